@@ -1,0 +1,501 @@
+//! The `DeviceConfig` document: one router's complete desired state, built
+//! from a small set of data-plane primitives (typed sets and rules).
+//!
+//! The agent knows these primitives, never services: the controller compiles
+//! every service into them, so a new service needs no new firmware.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::net::{Family, PortRange, Prefix, Protocol};
+
+/// The signed desired state of one router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The device this config is for; the agent refuses any other.
+    pub device_id: String,
+    /// Increases whenever the content changes; the agent refuses anything
+    /// not above the version it enforces.
+    pub version: u64,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds; after this the agent keeps enforcing it but reports it stale.
+    pub expires_at: i64,
+    pub firewall: Firewall,
+}
+
+/// Firewall primitives. Later primitives (classifiers, DNS, tunnels) sit beside it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firewall {
+    #[serde(default)]
+    pub sets: Vec<Set>,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+impl Firewall {
+    /// SHA-256 over the canonical JSON of the firewall content. The controller
+    /// uses it to decide whether a recompile changed anything; the agent
+    /// reports it as the digest of what it enforces.
+    pub fn digest(&self) -> String {
+        let bytes = serde_json::to_vec(self).expect("firewall serialises");
+        hex::encode(Sha256::digest(bytes))
+    }
+}
+
+/// A name for a set or rule: lowercase ASCII, digits, `_` and `-`, starting
+/// with a letter, at most 32 bytes. Safe to place in an nft or ipset script.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Name(String);
+
+impl Name {
+    pub const MAX_LEN: usize = 32;
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let ok_first = text.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+        let ok_rest = text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !ok_first || !ok_rest || text.len() > Self::MAX_LEN {
+            return Err(format!(
+                "`{text}` is not a valid name (a lowercase letter, then up to {} of a-z 0-9 _ -)",
+                Self::MAX_LEN - 1
+            ));
+        }
+        Ok(Name(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Name::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+pub type SetName = Name;
+pub type RuleId = Name;
+
+/// A named, typed kernel set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Set {
+    pub name: SetName,
+    pub key: SetKey,
+    #[serde(default)]
+    pub elements: Vec<SetElement>,
+}
+
+/// What a set's elements are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SetKey {
+    /// IPv4 addresses or prefixes.
+    Ipv4Addr,
+    /// IPv6 addresses or prefixes.
+    Ipv6Addr,
+    /// IPv4 flow patterns: protocol, source prefix and ports, destination prefix and ports.
+    Ipv4Flow,
+    /// IPv6 flow patterns.
+    Ipv6Flow,
+}
+
+impl SetKey {
+    pub fn family(self) -> Family {
+        match self {
+            SetKey::Ipv4Addr | SetKey::Ipv4Flow => Family::Ipv4,
+            SetKey::Ipv6Addr | SetKey::Ipv6Flow => Family::Ipv6,
+        }
+    }
+
+    pub fn is_flow(self) -> bool {
+        matches!(self, SetKey::Ipv4Flow | SetKey::Ipv6Flow)
+    }
+}
+
+/// One set element, optionally with an absolute expiry (Unix seconds). The
+/// agent turns the expiry into a kernel element timeout, so an element leaves
+/// the set on time even when the agent is not running.
+///
+/// On the wire: `{"addr": "192.0.2.1"}` or `{"flow": {...}, "expires_at": 1795003600}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "WireSetElement", into = "WireSetElement")]
+pub struct SetElement {
+    pub value: ElementValue,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ElementValue {
+    Addr(Prefix),
+    Flow(FlowPattern),
+}
+
+impl SetElement {
+    pub fn expires_at(&self) -> Option<i64> {
+        self.expires_at
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireSetElement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    addr: Option<Prefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    flow: Option<FlowPattern>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<i64>,
+}
+
+impl TryFrom<WireSetElement> for SetElement {
+    type Error = String;
+    fn try_from(w: WireSetElement) -> Result<Self, String> {
+        let value = match (w.addr, w.flow) {
+            (Some(a), None) => ElementValue::Addr(a),
+            (None, Some(f)) => ElementValue::Flow(f),
+            _ => return Err("a set element has exactly one of `addr` and `flow`".into()),
+        };
+        Ok(SetElement {
+            value,
+            expires_at: w.expires_at,
+        })
+    }
+}
+
+impl From<SetElement> for WireSetElement {
+    fn from(e: SetElement) -> Self {
+        let (addr, flow) = match e.value {
+            ElementValue::Addr(a) => (Some(a), None),
+            ElementValue::Flow(f) => (None, Some(f)),
+        };
+        WireSetElement {
+            addr,
+            flow,
+            expires_at: e.expires_at,
+        }
+    }
+}
+
+/// A flow pattern: each field may be "any". Ports need a protocol with ports.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowPattern {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    pub src: Prefix,
+    #[serde(default = "any_port", skip_serializing_if = "PortRange::is_any")]
+    pub sport: PortRange,
+    pub dst: Prefix,
+    #[serde(default = "any_port", skip_serializing_if = "PortRange::is_any")]
+    pub dport: PortRange,
+}
+
+fn any_port() -> PortRange {
+    PortRange::ANY
+}
+
+impl FlowPattern {
+    /// Checks the pattern is self-consistent and returns its family.
+    pub fn check(&self) -> Result<Family, String> {
+        let family = self.src.family();
+        if self.dst.family() != family {
+            return Err(format!(
+                "flow mixes families: source {} and destination {}",
+                self.src, self.dst
+            ));
+        }
+        if let Some(proto) = self.protocol {
+            if let Some(f) = proto.family() {
+                if f != family {
+                    return Err(format!("protocol {} cannot be used with {family:?}", proto.name()));
+                }
+            }
+            if !proto.has_ports() && !(self.sport.is_any() && self.dport.is_any()) {
+                return Err(format!("protocol {} has no ports", proto.name()));
+            }
+        } else if !(self.sport.is_any() && self.dport.is_any()) {
+            return Err("ports need a protocol with ports (tcp or udp)".into());
+        }
+        Ok(family)
+    }
+}
+
+/// The hook a rule runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Chain {
+    /// Traffic routed through the router (LAN <-> WAN).
+    Forward,
+    /// Traffic to the router itself.
+    Input,
+    /// Traffic from the router itself.
+    Output,
+}
+
+impl Chain {
+    pub const ALL: [Chain; 3] = [Chain::Forward, Chain::Input, Chain::Output];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Chain::Forward => "forward",
+            Chain::Input => "input",
+            Chain::Output => "output",
+        }
+    }
+}
+
+/// What happens to a packet a rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Accept,
+    Drop,
+    /// Drop and tell the sender: TCP reset for TCP, ICMP unreachable otherwise.
+    Reject,
+    /// Only count.
+    Count,
+}
+
+/// A rule: all present match fields must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Stable id; counters are reported under it.
+    pub id: RuleId,
+    pub chain: Chain,
+    #[serde(rename = "match")]
+    pub matches: Match,
+    pub action: Action,
+}
+
+/// Match fields of a rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<Family>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<Prefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<Prefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport: Option<PortRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<PortRange>,
+    /// The packet's flow (protocol, addresses, ports) is in this flow set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_in_set: Option<SetName>,
+    /// The packet's source address is in this address set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_in_set: Option<SetName>,
+    /// The packet's destination address is in this address set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_in_set: Option<SetName>,
+}
+
+/// Why a config is internally inconsistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl DeviceConfig {
+    /// Checks everything the type system cannot: unique names, references to
+    /// existing sets of the right type, elements matching their set, rules
+    /// that do not mix families. The agent refuses a config that fails this.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: String| Err(ConfigError(m));
+        if self.expires_at <= self.issued_at {
+            return fail("expires_at is not after issued_at".into());
+        }
+        let mut set_names = HashSet::new();
+        for set in &self.firewall.sets {
+            if !set_names.insert(set.name.as_str()) {
+                return fail(format!("set `{}` is defined twice", set.name));
+            }
+            for element in &set.elements {
+                check_element(set, element).map_err(ConfigError)?;
+            }
+        }
+        let mut rule_ids = HashSet::new();
+        for rule in &self.firewall.rules {
+            if !rule_ids.insert(rule.id.as_str()) {
+                return fail(format!("rule `{}` is defined twice", rule.id));
+            }
+            rule.matches
+                .family_with(&self.firewall.sets)
+                .map_err(|m| ConfigError(format!("rule `{}`: {m}", rule.id)))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_element(set: &Set, element: &SetElement) -> Result<(), String> {
+    let family = match (set.key, &element.value) {
+        (SetKey::Ipv4Addr | SetKey::Ipv6Addr, ElementValue::Addr(addr)) => addr.family(),
+        (SetKey::Ipv4Flow | SetKey::Ipv6Flow, ElementValue::Flow(flow)) => {
+            flow.check().map_err(|m| format!("set `{}`: {m}", set.name))?
+        }
+        _ => return Err(format!("set `{}` holds an element of the wrong type", set.name)),
+    };
+    if family != set.key.family() {
+        return Err(format!("set `{}` holds an element of the wrong family", set.name));
+    }
+    Ok(())
+}
+
+impl Match {
+    /// The single family this match is restricted to (None: both), or why it
+    /// is contradictory.
+    pub fn family_with(&self, sets: &[Set]) -> Result<Option<Family>, String> {
+        let mut family = self.family;
+        let mut require = |f: Family, what: &str| -> Result<(), String> {
+            match family {
+                Some(existing) if existing != f => {
+                    Err(format!("{what} is {f:?} but the rule is {existing:?}"))
+                }
+                _ => {
+                    family = Some(f);
+                    Ok(())
+                }
+            }
+        };
+        if let Some(p) = &self.src {
+            require(p.family(), "source")?;
+        }
+        if let Some(p) = &self.dst {
+            require(p.family(), "destination")?;
+        }
+        if let Some(f) = self.protocol.and_then(Protocol::family) {
+            require(f, "protocol")?;
+        }
+        let set_refs = [
+            (&self.flow_in_set, true, "flow_in_set"),
+            (&self.src_in_set, false, "src_in_set"),
+            (&self.dst_in_set, false, "dst_in_set"),
+        ];
+        for (reference, wants_flow, what) in set_refs {
+            let Some(name) = reference else { continue };
+            let set = sets
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| format!("{what} names unknown set `{name}`"))?;
+            if set.key.is_flow() != wants_flow {
+                return Err(format!("{what} names set `{name}` of the wrong type"));
+            }
+            require(set.key.family(), what)?;
+        }
+        let has_ports = self.sport.is_some() || self.dport.is_some();
+        if has_ports && !self.protocol.is_some_and(Protocol::has_ports) {
+            return Err("ports need protocol tcp or udp".into());
+        }
+        Ok(family)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> DeviceConfig {
+        serde_json::from_str(include_str!("../tests/vectors/config-sample.json")).unwrap()
+    }
+
+    #[test]
+    fn sample_config_is_valid_and_round_trips() {
+        let config = sample();
+        config.validate().unwrap();
+        let again: DeviceConfig =
+            serde_json::from_slice(&serde_json::to_vec(&config).unwrap()).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_everywhere() {
+        let base = serde_json::to_value(sample()).unwrap();
+        let pointers = ["", "/firewall", "/firewall/sets/0", "/firewall/rules/0", "/firewall/rules/0/match"];
+        for pointer in pointers {
+            let mut doc = base.clone();
+            doc.pointer_mut(pointer)
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .insert("surprise".into(), 1.into());
+            let err = serde_json::from_value::<DeviceConfig>(doc).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{pointer}: {err}");
+        }
+    }
+
+    #[test]
+    fn inconsistent_configs_are_rejected() {
+        let mut c = sample();
+        c.firewall.rules[0].matches.flow_in_set = Some(Name::parse("nope").unwrap());
+        assert!(c.validate().unwrap_err().0.contains("unknown set"));
+
+        let mut c = sample();
+        c.firewall.rules.push(c.firewall.rules[0].clone());
+        assert!(c.validate().unwrap_err().0.contains("twice"));
+
+        let mut c = sample();
+        c.firewall.sets[0].key = SetKey::Ipv6Flow;
+        assert!(c.validate().unwrap_err().0.contains("wrong family"));
+
+        let mut c = sample();
+        c.firewall.rules[0].matches.dport = Some(PortRange::single(1));
+        c.firewall.rules[0].matches.protocol = None;
+        assert!(c.validate().unwrap_err().0.contains("ports need"));
+
+        let mut c = sample();
+        c.expires_at = c.issued_at;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn flow_patterns_check_their_parts() {
+        let p = |j: &str| serde_json::from_str::<FlowPattern>(j).unwrap().check();
+        assert_eq!(p(r#"{"src":"0.0.0.0/0","dst":"192.0.2.1"}"#), Ok(Family::Ipv4));
+        assert!(p(r#"{"src":"::/0","dst":"192.0.2.1"}"#).is_err());
+        assert!(p(r#"{"src":"::/0","dst":"::/0","dport":"80"}"#).is_err());
+        assert!(p(r#"{"protocol":"icmp","src":"::/0","dst":"::/0"}"#).is_err());
+        assert_eq!(
+            p(r#"{"protocol":"tcp","src":"::/0","dst":"2001:db8::/32","dport":"80-90"}"#),
+            Ok(Family::Ipv6)
+        );
+    }
+
+    #[test]
+    fn names_are_script_safe() {
+        assert!(Name::parse("flow_drop_v4").is_ok());
+        for bad in ["", "1abc", "Abc", "a b", "a;b", "a\"", &"a".repeat(33)] {
+            assert!(Name::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn digest_depends_only_on_firewall_content() {
+        let a = sample();
+        let mut b = a.clone();
+        b.version += 1;
+        b.issued_at += 10;
+        assert_eq!(a.firewall.digest(), b.firewall.digest());
+        b.firewall.rules.pop();
+        assert_ne!(a.firewall.digest(), b.firewall.digest());
+    }
+}

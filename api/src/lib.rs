@@ -1,0 +1,32 @@
+//! The iSDF wire contract shared by the controller and the router agent.
+//!
+//! This crate does no I/O: it defines the documents that cross the network
+//! ([`DeviceConfig`], [`StatusReport`]), the data-plane primitives a config is
+//! built from, and the signed [`Envelope`] with its verification rules. Both
+//! sides use the same code and the same test vectors, so they cannot drift.
+
+pub mod config;
+pub mod envelope;
+pub mod net;
+pub mod status;
+
+pub use config::{
+    Action, Chain, ConfigError, DeviceConfig, ElementValue, Firewall, FlowPattern, Match, Rule, RuleId, Set,
+    SetElement, SetKey, SetName,
+};
+pub use envelope::{
+    open_device_config, seal, Envelope, KeyId, OpenError, OpenPolicy, TrustedKeys,
+    CONFIG_PAYLOAD_TYPE, MAX_ENVELOPE_BYTES,
+};
+pub use net::{Family, PortRange, Prefix, Protocol};
+pub use status::{Outcome, RuleCounter, StatusReport};
+
+/// HTTP paths of the device API, shared so the agent and controller agree.
+pub mod paths {
+    /// Long-poll for the device's signed config (`GET`).
+    pub const DEVICE_CONFIG: &str = "/device/v1/config";
+    /// Post a status report (`POST`).
+    pub const DEVICE_STATUS: &str = "/device/v1/status";
+    /// Cheap reachability check used after applying a config (`GET`).
+    pub const DEVICE_PING: &str = "/device/v1/ping";
+}
