@@ -1,0 +1,179 @@
+//! `Application::build`: connects the database, prepares keys and
+//! certificates, binds both listeners and returns their real addresses, so
+//! tests run the real server on port 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum_server::tls_rustls::RustlsConfig;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::config_cache::ConfigCache;
+use crate::pki::Pki;
+use crate::reconcile::Reconciler;
+use crate::secrets::{hash_token, new_token, OPERATOR_TOKEN_PREFIX};
+use crate::signer::{ConfigSigner, FileSigner};
+use crate::state::{AgentBootstrap, AppState};
+use crate::{db, routes};
+
+/// Everything the controller needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub api_listen: SocketAddr,
+    pub device_listen: SocketAddr,
+    /// The device API URL agents are told to use; derived from the bound address if None.
+    pub device_public_url: Option<String>,
+    /// Names and addresses in the device listener's certificate.
+    pub device_tls_names: Vec<String>,
+    pub config_lifetime: Duration,
+    pub max_poll_wait: Duration,
+}
+
+pub struct Application {
+    pub api_addr: SocketAddr,
+    pub device_addr: SocketAddr,
+    pub device_api_url: String,
+    pub state: AppState,
+    /// Printed once: the first operator token, when none existed.
+    pub initial_operator_token: Option<String>,
+    pub ca_pem: String,
+    pub signing_public_key_hex: String,
+    api_listener: std::net::TcpListener,
+    device_listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(database_url)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+/// Creates an operator token if none is active; returns it (shown once).
+pub async fn bootstrap_operator_token(pool: &PgPool) -> anyhow::Result<Option<String>> {
+    if db::operators::count_active(pool).await.context("counting operator tokens")? > 0 {
+        return Ok(None);
+    }
+    let token = new_token(OPERATOR_TOKEN_PREFIX);
+    db::operators::insert(pool, Uuid::new_v4(), "initial-admin", &hash_token(&token))
+        .await
+        .context("storing the initial operator token")?;
+    Ok(Some(token))
+}
+
+fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    listener.set_nonblocking(true).context("non-blocking listener")?;
+    Ok(listener)
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+        let pool = connect(&settings.database_url).await?;
+        db::migrate(&pool).await?;
+
+        let signer: Arc<dyn ConfigSigner> =
+            Arc::new(FileSigner::load_or_create(&settings.data_dir.join("signing-key.pem"))?);
+        let pki = Pki::load_or_create(&settings.data_dir, &settings.device_tls_names)?;
+        let tls = pki.server_config()?;
+
+        let api_listener = bind(settings.api_listen)?;
+        let device_listener = bind(settings.device_listen)?;
+        let api_addr = api_listener.local_addr()?;
+        let device_addr = device_listener.local_addr()?;
+        let device_api_url = settings
+            .device_public_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{device_addr}"));
+
+        let cache = Arc::new(ConfigCache::default());
+        let reconciler = Arc::new(Reconciler {
+            pool: pool.clone(),
+            signer: signer.clone(),
+            cache: cache.clone(),
+            config_lifetime: settings.config_lifetime,
+        });
+        reconciler.load_cache().await?;
+        // Catch up on anything a previous run left uncompiled, and re-sign
+        // what is about to expire.
+        reconciler.recompile(None, crate::reconcile::Resign::IfChanged).await?;
+        reconciler.refresh_expiring().await?;
+
+        let signing_public_key_hex = hex::encode(signer.public_key().as_bytes());
+        let state = AppState {
+            pool: pool.clone(),
+            cache,
+            reconciler,
+            agent_bootstrap: Arc::new(AgentBootstrap {
+                device_api_url: device_api_url.clone(),
+                ca_pem: pki.ca_pem.clone(),
+                signing_public_key_hex: signing_public_key_hex.clone(),
+            }),
+            max_poll_wait: settings.max_poll_wait,
+        };
+        let initial_operator_token = bootstrap_operator_token(&pool).await?;
+        Ok(Application {
+            api_addr,
+            device_addr,
+            device_api_url,
+            state,
+            initial_operator_token,
+            ca_pem: pki.ca_pem,
+            signing_public_key_hex,
+            api_listener,
+            device_listener,
+            tls,
+        })
+    }
+
+    /// Serves both listeners until `shutdown` resolves, then drains.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let handle = axum_server::Handle::new();
+        let device_server = axum_server::from_tcp_rustls(self.device_listener, RustlsConfig::from_config(self.tls))
+            .handle(handle.clone())
+            .serve(routes::device_router(self.state.clone()).into_make_service());
+        let api_listener = tokio::net::TcpListener::from_std(self.api_listener)?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let api_server = axum::serve(api_listener, routes::operator_router(self.state.clone()))
+            .with_graceful_shutdown(async move {
+                let mut rx = stop_rx;
+                let _ = rx.wait_for(|stop| *stop).await;
+            });
+        let refresher = tokio::spawn(refresh_loop(self.state.reconciler.clone()));
+        let stopper = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+            // Long polls end at once; the agent simply polls again later.
+            handle.graceful_shutdown(Some(Duration::from_secs(1)));
+        });
+        let (device_result, api_result) = tokio::join!(device_server, api_server);
+        refresher.abort();
+        stopper.abort();
+        self.state.pool.close().await;
+        device_result.context("device API server")?;
+        api_result.context("operator API server")?;
+        Ok(())
+    }
+}
+
+async fn refresh_loop(reconciler: Arc<Reconciler>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        if let Err(e) = reconciler.refresh_expiring().await {
+            tracing::warn!(error = ?e, "refreshing expiring configs");
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The compiler: a pure function from one device and the assignments in force
+//! to that device's firewall primitives. No I/O, no clock: `now` is an input,
+//! so the same inputs always give the same output (and the same digest).
+
+use std::collections::BTreeMap;
+
+use isdf_api::{
+    Action, Chain, ElementValue, Family, Firewall, FlowPattern, Match, Rule, Set, SetElement,
+    SetKey, SetName,
+};
+
+use crate::domain::{BlockAction, FlowBlockSpec, Labels, Selector, ServiceSpec};
+
+/// An assignment as the compiler sees it: its selector and the parsed spec of
+/// the revision it pins.
+#[derive(Debug, Clone)]
+pub struct CompiledAssignment {
+    pub selector: Selector,
+    /// Unix seconds; timed services count their duration from here.
+    pub created_at: i64,
+    pub spec: ServiceSpec,
+}
+
+/// Compiles the firewall of a device with `labels` from every assignment in
+/// force. Assignments whose selector does not match are ignored; timed
+/// elements already expired at `now` are left out.
+pub fn compile_firewall(labels: &Labels, assignments: &[CompiledAssignment], now: i64) -> Firewall {
+    // BTreeMap keys give a deterministic order, so equal inputs give equal digests.
+    let mut blocks: BTreeMap<(BlockAction, Family), BTreeMap<FlowPattern, Option<i64>>> =
+        BTreeMap::new();
+    for assignment in assignments.iter().filter(|a| a.selector.matches(labels)) {
+        match &assignment.spec {
+            ServiceSpec::FlowBlock(spec) => {
+                add_flow_block(&mut blocks, spec, assignment.created_at, now)
+            }
+        }
+    }
+
+    let mut firewall = Firewall::default();
+    for ((action, family), patterns) in blocks {
+        if patterns.is_empty() {
+            continue;
+        }
+        let (set_name, rule_id) = flow_block_names(action, family);
+        firewall.sets.push(Set {
+            name: set_name.clone(),
+            key: match family {
+                Family::Ipv4 => SetKey::Ipv4Flow,
+                Family::Ipv6 => SetKey::Ipv6Flow,
+            },
+            elements: patterns
+                .into_iter()
+                .map(|(pattern, expires_at)| SetElement {
+                    value: ElementValue::Flow(pattern),
+                    expires_at,
+                })
+                .collect(),
+        });
+        firewall.rules.push(Rule {
+            id: rule_id,
+            chain: Chain::Forward,
+            matches: Match {
+                flow_in_set: Some(set_name),
+                ..Match::default()
+            },
+            action: match action {
+                BlockAction::Drop => Action::Drop,
+                BlockAction::Reject => Action::Reject,
+            },
+        });
+    }
+    firewall
+}
+
+fn flow_block_names(action: BlockAction, family: Family) -> (SetName, SetName) {
+    let action = match action {
+        BlockAction::Drop => "drop",
+        BlockAction::Reject => "reject",
+    };
+    let family = match family {
+        Family::Ipv4 => "v4",
+        Family::Ipv6 => "v6",
+    };
+    let set = SetName::parse(&format!("flow_{action}_{family}")).expect("fixed shape");
+    let rule = SetName::parse(&format!("flow-{action}-{family}")).expect("fixed shape");
+    (set, rule)
+}
+
+fn add_flow_block(
+    blocks: &mut BTreeMap<(BlockAction, Family), BTreeMap<FlowPattern, Option<i64>>>,
+    spec: &FlowBlockSpec,
+    assigned_at: i64,
+    now: i64,
+) {
+    let expires_at = spec
+        .duration_secs
+        .map(|d| assigned_at.saturating_add(i64::try_from(d).unwrap_or(i64::MAX)));
+    if expires_at.is_some_and(|e| e <= now) {
+        return;
+    }
+    for flow in &spec.flows {
+        // Specs are checked when stored, so every flow expands.
+        for pattern in flow.patterns().unwrap_or_default() {
+            let family = pattern.src.family();
+            let entry = blocks
+                .entry((spec.action, family))
+                .or_default()
+                .entry(pattern)
+                .or_insert(expires_at);
+            // The same flow from two assignments: the longer block wins, and
+            // a permanent one (None) beats any timed one.
+            *entry = match (*entry, expires_at) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ServiceKind;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        Labels::parse(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+    }
+
+    fn assignment(selector: &str, created_at: i64, spec: &str) -> CompiledAssignment {
+        CompiledAssignment {
+            selector: Selector::parse(selector).unwrap(),
+            created_at,
+            spec: ServiceSpec::parse(ServiceKind::FlowBlock, &serde_json::from_str(spec).unwrap())
+                .unwrap(),
+        }
+    }
+
+    #[test]
+    fn flow_block_compiles_to_sets_and_rules() {
+        let assignments = [
+            assignment("env=prod", 100, r#"{"flows":[{"protocol":"tcp","dst":"198.51.100.2","dport":9000}]}"#),
+            assignment("*", 100, r#"{"action":"reject","flows":[{"protocol":"udp","dport":"5000-5010"}],"duration_secs":60}"#),
+            assignment("env=lab", 100, r#"{"flows":[{"dst":"203.0.113.0/24"}]}"#),
+        ];
+        let firewall = compile_firewall(&labels(&[("env", "prod")]), &assignments, 120);
+        insta::assert_json_snapshot!(firewall);
+    }
+
+    #[test]
+    fn expired_timed_blocks_are_left_out() {
+        let assignments = [assignment("*", 100, r#"{"flows":[{"protocol":"tcp","dport":1}],"duration_secs":60}"#)];
+        assert_eq!(compile_firewall(&Labels::default(), &assignments, 159).sets.len(), 2);
+        assert!(compile_firewall(&Labels::default(), &assignments, 160).sets.is_empty());
+    }
+
+    #[test]
+    fn overlapping_assignments_merge_and_the_longest_block_wins() {
+        let spec = r#"{"flows":[{"protocol":"tcp","dst":"192.0.2.1","dport":1}],"duration_secs":60}"#;
+        let permanent = r#"{"flows":[{"protocol":"tcp","dst":"192.0.2.1","dport":1}]}"#;
+        let timed = [assignment("*", 100, spec), assignment("*", 200, spec)];
+        let fw = compile_firewall(&Labels::default(), &timed, 150);
+        assert_eq!(fw.sets[0].elements.len(), 1);
+        assert_eq!(fw.sets[0].elements[0].expires_at, Some(260));
+        let mixed = [assignment("*", 100, spec), assignment("*", 100, permanent)];
+        let fw = compile_firewall(&Labels::default(), &mixed, 150);
+        assert_eq!(fw.sets[0].elements[0].expires_at, None);
+    }
+
+    #[test]
+    fn output_does_not_depend_on_assignment_order() {
+        let a = assignment("*", 1, r#"{"flows":[{"dst":"192.0.2.1"},{"dst":"192.0.2.2"}]}"#);
+        let b = assignment("*", 2, r#"{"action":"reject","flows":[{"dst":"2001:db8::1"}]}"#);
+        let one = compile_firewall(&Labels::default(), &[a.clone(), b.clone()], 0);
+        let two = compile_firewall(&Labels::default(), &[b, a], 0);
+        assert_eq!(one.digest(), two.digest());
+    }
+
+    #[test]
+    fn compiled_configs_pass_the_agent_side_validation() {
+        let assignments = [
+            assignment("*", 0, r#"{"flows":[{"protocol":"icmp"},{"protocol":"tcp","sport":"1-2","dst":"::/0","dport":3}]}"#),
+        ];
+        let firewall = compile_firewall(&Labels::default(), &assignments, 0);
+        let config = isdf_api::DeviceConfig {
+            device_id: "d".into(),
+            version: 1,
+            issued_at: 0,
+            expires_at: 1,
+            firewall,
+        };
+        config.validate().unwrap();
+    }
+}

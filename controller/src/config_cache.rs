@@ -1,0 +1,96 @@
+//! In-memory index of what the device API serves: each device's latest signed
+//! envelope and token hash, with a change notification per device.
+//!
+//! This is what keeps the poll hot path free of database queries and signing:
+//! a poll that finds no change is a hash, two map lookups and a 304. The
+//! database stays the source of truth; the cache is filled at start and
+//! updated after every committed recompile.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::body::Bytes;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::secrets::TokenHash;
+
+/// A signed config ready to serve.
+#[derive(Debug)]
+pub struct ServedConfig {
+    pub version: u64,
+    pub envelope: Bytes,
+}
+
+struct DeviceSlot {
+    token_hash: TokenHash,
+    current: Option<Arc<ServedConfig>>,
+    /// Carries the latest version; long polls wait on it.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+pub struct ConfigCache {
+    devices: RwLock<HashMap<Uuid, DeviceSlot>>,
+    tokens: RwLock<HashMap<TokenHash, Uuid>>,
+}
+
+impl ConfigCache {
+    pub fn add_device(&self, id: Uuid, token_hash: TokenHash) {
+        let (changed, _) = watch::channel(0);
+        self.devices.write().expect("lock").insert(
+            id,
+            DeviceSlot {
+                token_hash,
+                current: None,
+                changed,
+            },
+        );
+        self.tokens.write().expect("lock").insert(token_hash, id);
+    }
+
+    pub fn remove_device(&self, id: Uuid) {
+        if let Some(slot) = self.devices.write().expect("lock").remove(&id) {
+            self.tokens.write().expect("lock").remove(&slot.token_hash);
+        }
+    }
+
+    /// The device a bearer token belongs to.
+    pub fn authenticate(&self, token_hash: &TokenHash) -> Option<Uuid> {
+        self.tokens.read().expect("lock").get(token_hash).copied()
+    }
+
+    /// Publishes a newer config and wakes the device's waiting polls.
+    pub fn publish(&self, id: Uuid, config: ServedConfig) {
+        let mut devices = self.devices.write().expect("lock");
+        if let Some(slot) = devices.get_mut(&id) {
+            if slot.current.as_ref().is_some_and(|c| c.version >= config.version) {
+                return;
+            }
+            let version = config.version;
+            slot.current = Some(Arc::new(config));
+            slot.changed.send_replace(version);
+        }
+    }
+
+    pub fn current(&self, id: Uuid) -> Option<Arc<ServedConfig>> {
+        self.devices
+            .read()
+            .expect("lock")
+            .get(&id)
+            .and_then(|s| s.current.clone())
+    }
+
+    /// A receiver that changes when the device's config does (None: unknown device).
+    pub fn subscribe(&self, id: Uuid) -> Option<watch::Receiver<u64>> {
+        self.devices
+            .read()
+            .expect("lock")
+            .get(&id)
+            .map(|s| s.changed.subscribe())
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.read().expect("lock").len()
+    }
+}

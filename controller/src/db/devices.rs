@@ -1,0 +1,130 @@
+//! `devices`: registered routers, their labels and hashed device tokens.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgExecutor, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::domain::{Requirement, Selector};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceRow {
+    pub id: Uuid,
+    pub name: String,
+    pub labels: Json<BTreeMap<String, String>>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    token_hash: &[u8],
+) -> Result<DeviceRow, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO devices (id, name, labels, token_hash) VALUES ($1, $2, $3, $4)
+         RETURNING id, name, labels, created_at",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(Json(labels))
+    .bind(token_hash)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<DeviceRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, name, labels, created_at FROM devices WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM devices WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Appends `selector` as SQL conditions on `labels` (same meaning as
+/// [`Selector::matches`]; the integration tests check both agree).
+fn push_selector(q: &mut QueryBuilder<'_, Postgres>, selector: &Selector) {
+    for requirement in selector.requirements() {
+        q.push(" AND ");
+        match requirement.clone() {
+            Requirement::Equals(k, v) => {
+                q.push("(labels ->> ").push_bind(k).push(") = ").push_bind(v);
+            }
+            Requirement::NotEquals(k, v) => {
+                q.push("(labels ->> ").push_bind(k).push(") IS DISTINCT FROM ").push_bind(v);
+            }
+            Requirement::In(k, vs) => {
+                q.push("(labels ->> ").push_bind(k).push(") = ANY(").push_bind(vs).push(")");
+            }
+            Requirement::NotIn(k, vs) => {
+                q.push("NOT coalesce((labels ->> ")
+                    .push_bind(k)
+                    .push(") = ANY(")
+                    .push_bind(vs)
+                    .push("), false)");
+            }
+            Requirement::Exists(k) => {
+                q.push("labels ? ").push_bind(k);
+            }
+            Requirement::NotExists(k) => {
+                q.push("NOT (labels ? ").push_bind(k).push(")");
+            }
+        }
+    }
+}
+
+/// One page of devices ordered by name, after the name `after`.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    selector: Option<&Selector>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeviceRow>, sqlx::Error> {
+    let mut q = QueryBuilder::new("SELECT id, name, labels, created_at FROM devices WHERE true");
+    if let Some(s) = selector {
+        push_selector(&mut q, s);
+    }
+    if let Some(after) = after {
+        q.push(" AND name > ").push_bind(after.to_owned());
+    }
+    q.push(" ORDER BY name LIMIT ").push_bind(limit);
+    q.build_query_as().fetch_all(db).await
+}
+
+/// Ids of every device `selector` matches.
+pub async fn matching_ids(
+    db: impl PgExecutor<'_>,
+    selector: &Selector,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut q = QueryBuilder::new("SELECT id FROM devices WHERE true");
+    push_selector(&mut q, selector);
+    q.build_query_scalar().fetch_all(db).await
+}
+
+/// Id and labels of the given devices (all devices when `ids` is None).
+pub async fn labels_of(
+    db: impl PgExecutor<'_>,
+    ids: Option<&[Uuid]>,
+) -> Result<Vec<(Uuid, Json<BTreeMap<String, String>>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, labels FROM devices WHERE $1::uuid[] IS NULL OR id = ANY($1)")
+        .bind(ids)
+        .fetch_all(db)
+        .await
+}
+
+/// Every device's token hash, to authenticate devices without a query per poll.
+pub async fn token_hashes(db: impl PgExecutor<'_>) -> Result<Vec<(Uuid, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, token_hash FROM devices")
+        .fetch_all(db)
+        .await
+}

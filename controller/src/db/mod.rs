@@ -1,0 +1,30 @@
+//! SQL, one module per table. Functions take an executor (pool, connection or
+//! transaction) and return `sqlx::Error`; callers add context.
+//!
+//! Queries are checked at run time rather than with `query!`: the offline
+//! `.sqlx` data would have to be regenerated against a live database on every
+//! schema change, and every query here is exercised by the integration tests
+//! against a real PostgreSQL.
+
+pub mod assignments;
+pub mod configs;
+pub mod devices;
+pub mod operators;
+pub mod services;
+pub mod status;
+
+/// Whether `e` is a unique-constraint violation (SQLSTATE 23505).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "23505")
+}
+
+/// Applies the migrations in `migrations/`.
+pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    sqlx::migrate!("../migrations")
+        .run(pool)
+        .await
+        .context("applying database migrations")
+}

@@ -1,0 +1,175 @@
+//! `/api/v1/assignments`: a service revision applied to the devices a label
+//! selector matches. Every change recompiles only the devices it touches.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::Operator;
+use crate::db;
+use crate::domain::Selector;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::handlers::{page, Page};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAssignment {
+    pub service_id: Uuid,
+    /// Revision to apply; the latest when absent.
+    pub revision: Option<i32>,
+    /// Label selector of the target devices, e.g. `env=prod`; `*` for all.
+    pub selector: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAssignment {
+    /// Revision of the same service to apply instead.
+    pub revision: i32,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AssignmentView {
+    pub id: Uuid,
+    pub service_id: Uuid,
+    pub revision: i32,
+    pub selector: String,
+    pub created_at: DateTime<Utc>,
+    /// Devices recompiled by this call, and how many got a new config version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recompiled: Option<RecompiledView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecompiledView {
+    pub devices: usize,
+    pub changed: usize,
+}
+
+impl AssignmentView {
+    fn new(row: db::assignments::AssignmentRow, recompiled: Option<RecompiledView>) -> Self {
+        AssignmentView {
+            id: row.id,
+            service_id: row.service_id,
+            revision: row.revision,
+            selector: row.selector,
+            created_at: row.created_at,
+            recompiled,
+        }
+    }
+}
+
+fn parse_selector(text: &str) -> ApiResult<Selector> {
+    Selector::parse(text).map_err(|e| ApiError::bad_request("invalid_selector", e))
+}
+
+async fn check_revision(state: &AppState, service_id: Uuid, revision: i32) -> ApiResult<()> {
+    db::services::get_revision(&state.pool, service_id, revision)
+        .await?
+        .map(drop)
+        .ok_or_else(|| ApiError::bad_request("unknown_revision", format!("service {service_id} has no revision {revision}")))
+}
+
+async fn recompile_for(state: &AppState, selector: &str) -> ApiResult<RecompiledView> {
+    let summary = state.reconciler.recompile_selected(&parse_selector(selector)?).await?;
+    Ok(RecompiledView {
+        devices: summary.compiled,
+        changed: summary.changed,
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/assignments", request_body = CreateAssignment, tag = "assignments",
+    responses((status = 201, body = AssignmentView), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn create(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateAssignment>,
+) -> ApiResult<(StatusCode, Json<AssignmentView>)> {
+    let selector = parse_selector(&body.selector)?;
+    let service = db::services::get(&state.pool, body.service_id)
+        .await?
+        .ok_or_else(|| ApiError::bad_request("unknown_service", format!("no service {}", body.service_id)))?;
+    let revision = body.revision.unwrap_or(service.latest_revision);
+    check_revision(&state, service.id, revision).await?;
+    let row = db::assignments::insert(&state.pool, Uuid::new_v4(), service.id, revision, selector.as_str()).await?;
+    let recompiled = recompile_for(&state, &row.selector).await?;
+    Ok((StatusCode::CREATED, Json(AssignmentView::new(row, Some(recompiled)))))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListAssignments {
+    pub service_id: Option<Uuid>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/assignments", params(ListAssignments), tag = "assignments",
+    responses((status = 200, body = Page<AssignmentView>)))]
+pub async fn list(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListAssignments>,
+) -> ApiResult<Json<Page<AssignmentView>>> {
+    let paging = crate::handlers::PageParams {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let limit = paging.limit()?;
+    let after = paging
+        .after()?
+        .map(|a| a.parse::<Uuid>().map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor")))
+        .transpose()?;
+    let rows = db::assignments::list(&state.pool, query.service_id, after, limit).await?;
+    Ok(Json(page(rows, limit, |r| r.id.to_string(), |r| AssignmentView::new(r, None))))
+}
+
+#[utoipa::path(get, path = "/api/v1/assignments/{id}", tag = "assignments",
+    responses((status = 200, body = AssignmentView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<AssignmentView>> {
+    db::assignments::get(&state.pool, id)
+        .await?
+        .map(|r| Json(AssignmentView::new(r, None)))
+        .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))
+}
+
+#[utoipa::path(patch, path = "/api/v1/assignments/{id}", request_body = UpdateAssignment, tag = "assignments",
+    responses((status = 200, body = AssignmentView), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn update(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<UpdateAssignment>,
+) -> ApiResult<Json<AssignmentView>> {
+    let current = db::assignments::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))?;
+    check_revision(&state, current.service_id, body.revision).await?;
+    let row = db::assignments::set_revision(&state.pool, id, body.revision)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))?;
+    let recompiled = recompile_for(&state, &row.selector).await?;
+    Ok(Json(AssignmentView::new(row, Some(recompiled))))
+}
+
+#[utoipa::path(delete, path = "/api/v1/assignments/{id}", tag = "assignments",
+    responses((status = 200, body = AssignmentView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn delete(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<AssignmentView>> {
+    let row = db::assignments::delete(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))?;
+    let recompiled = recompile_for(&state, &row.selector).await?;
+    Ok(Json(AssignmentView::new(row, Some(recompiled))))
+}

@@ -1,0 +1,100 @@
+//! The device API (its own HTTPS listener): long-poll config pull and status
+//! reports. The poll path touches no database and signs nothing.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use crate::auth::Device;
+use crate::db;
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PollParams {
+    /// Seconds to wait for a newer config before answering 304 (capped by the server).
+    pub wait: Option<u64>,
+}
+
+pub const ENVELOPE_CONTENT_TYPE: &str = "application/vnd.isdf.envelope+json";
+
+/// The version in `If-None-Match` (`"12"`, `12` or `W/"12"`); 0 when absent.
+fn enforced_version(headers: &HeaderMap) -> ApiResult<u64> {
+    let Some(value) = headers.get(IF_NONE_MATCH) else {
+        return Ok(0);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid_header", "If-None-Match must be a config version"))
+}
+
+#[utoipa::path(get, path = "/device/v1/config", params(PollParams), tag = "device",
+    responses((status = 200, description = "A newer signed config (DSSE envelope)"), (status = 304, description = "No newer config within the wait"), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn poll_config(
+    Device(id): Device,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<PollParams>,
+) -> ApiResult<Response> {
+    let enforced = enforced_version(&headers)?;
+    let wait = Duration::from_secs(params.wait.unwrap_or(0)).min(state.max_poll_wait);
+    // Subscribe before looking, so a publish between the look and the wait is not missed.
+    let mut changes = state.cache.subscribe(id).ok_or(ApiError::Unauthorized)?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(current) = state.cache.current(id).filter(|c| c.version > enforced) {
+            return Ok((
+                StatusCode::OK,
+                [
+                    (CONTENT_TYPE, ENVELOPE_CONTENT_TYPE.to_owned()),
+                    (ETAG, format!("\"{}\"", current.version)),
+                ],
+                current.envelope.clone(),
+            )
+                .into_response());
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out, or the device was deleted while waiting.
+            Ok(Err(_)) | Err(_) => {
+                return Ok((StatusCode::NOT_MODIFIED, [(ETAG, format!("\"{enforced}\""))]).into_response())
+            }
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/device/v1/status", tag = "device",
+    responses((status = 204), (status = 409, body = crate::error::ErrorBody, description = "Sequence not above the last one (replay or reorder)")))]
+pub async fn report_status(
+    Device(id): Device,
+    State(state): State<AppState>,
+    ApiJson(report): ApiJson<isdf_api::StatusReport>,
+) -> ApiResult<StatusCode> {
+    if report.sequence > i64::MAX as u64 {
+        return Err(ApiError::invalid("sequence is too large"));
+    }
+    let mut tx = state.pool.begin().await?;
+    if !db::status::record(&mut tx, id, &report).await? {
+        return Err(ApiError::conflict(
+            "stale_sequence",
+            format!("sequence {} is not above the last accepted report", report.sequence),
+        ));
+    }
+    tx.commit().await?;
+    tracing::info!(device = %id, outcome = ?report.outcome, version = ?report.enforced_version, "status report");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Reachability check the agent makes after applying a config.
+pub async fn ping(Device(_): Device) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"ok": true}))
+}

@@ -1,0 +1,239 @@
+//! `/api/v1/devices`: pre-registration, listing, reading and deleting routers,
+//! and each router's compiled config and latest status.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::Operator;
+use crate::db;
+use crate::domain::{parse_name, Labels, Selector};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::handlers::{page, Page, PageParams};
+use crate::reconcile::Resign;
+use crate::secrets::{hash_token, new_token, DEVICE_TOKEN_PREFIX};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDevice {
+    /// Unique name, 1-64 of `A-Za-z0-9._-`.
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeviceView {
+    pub id: Uuid,
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<db::devices::DeviceRow> for DeviceView {
+    fn from(row: db::devices::DeviceRow) -> Self {
+        DeviceView {
+            id: row.id,
+            name: row.name,
+            labels: row.labels.0,
+            created_at: row.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeviceCreated {
+    pub device: DeviceView,
+    /// The device's API token. Shown once; only its hash is stored.
+    pub token: String,
+    /// A ready agent config file (TOML) for this device.
+    pub agent_config: String,
+    /// The controller CA the agent must pin (PEM).
+    pub ca_pem: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/devices", request_body = CreateDevice, tag = "devices",
+    responses((status = 201, body = DeviceCreated), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn create(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateDevice>,
+) -> ApiResult<(StatusCode, Json<DeviceCreated>)> {
+    let name = parse_name(&body.name, "device").map_err(ApiError::invalid)?;
+    let id = Uuid::new_v4();
+    let token = new_token(DEVICE_TOKEN_PREFIX);
+    let token_hash = hash_token(&token);
+    let row = db::devices::insert(&state.pool, id, &name, body.labels.as_map(), &token_hash)
+        .await
+        .map_err(|e| {
+            if db::is_unique_violation(&e) {
+                ApiError::conflict("name_taken", format!("a device named `{name}` exists"))
+            } else {
+                e.into()
+            }
+        })?;
+    state.cache.add_device(id, token_hash);
+    state.reconciler.recompile(Some(&[id]), Resign::IfChanged).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DeviceCreated {
+            agent_config: state.agent_bootstrap.agent_toml(&id.to_string()),
+            ca_pem: state.agent_bootstrap.ca_pem.clone(),
+            device: row.into(),
+            token,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListDevices {
+    /// Label selector, e.g. `env=prod,region in (eu,us)`.
+    pub selector: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/devices", params(ListDevices), tag = "devices",
+    responses((status = 200, body = Page<DeviceView>), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn list(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListDevices>,
+) -> ApiResult<Json<Page<DeviceView>>> {
+    let selector = query
+        .selector
+        .as_deref()
+        .map(Selector::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_selector", e))?;
+    let paging = PageParams {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let limit = paging.limit()?;
+    let rows = db::devices::list(&state.pool, selector.as_ref(), paging.after()?.as_deref(), limit).await?;
+    Ok(Json(page(rows, limit, |r| r.name.clone(), DeviceView::from)))
+}
+
+async fn find(state: &AppState, id: Uuid) -> ApiResult<db::devices::DeviceRow> {
+    db::devices::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no device {id}")))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
+    responses((status = 200, body = DeviceView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<DeviceView>> {
+    Ok(Json(find(&state, id).await?.into()))
+}
+
+#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices",
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn delete(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    if !db::devices::delete(&state.pool, id).await? {
+        return Err(ApiError::NotFound(format!("no device {id}")));
+    }
+    state.cache.remove_device(id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CompiledConfigView {
+    pub version: i64,
+    /// SHA-256 of the firewall content; the agent reports the same digest.
+    pub digest: String,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// The signed document, decoded.
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    /// The exact envelope served to the device.
+    #[schema(value_type = Object)]
+    pub envelope: serde_json::Value,
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}/config", tag = "devices",
+    responses((status = 200, body = CompiledConfigView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn config(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<CompiledConfigView>> {
+    find(&state, id).await?;
+    let row = db::configs::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("device {id} has no compiled config yet")))?;
+    let envelope: isdf_api::Envelope =
+        serde_json::from_slice(&row.envelope).map_err(|e| anyhow::anyhow!("stored envelope: {e}"))?;
+    let payload = BASE64
+        .decode(&envelope.payload)
+        .map_err(|e| anyhow::anyhow!("stored payload: {e}"))?;
+    Ok(Json(CompiledConfigView {
+        version: row.version,
+        digest: row.digest,
+        issued_at: row.issued_at,
+        expires_at: row.expires_at,
+        config: serde_json::from_slice(&payload).map_err(|e| anyhow::anyhow!("stored config: {e}"))?,
+        envelope: serde_json::to_value(&envelope).map_err(|e| anyhow::anyhow!("{e}"))?,
+    }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StatusView {
+    pub sequence: i64,
+    pub received_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
+    pub report: isdf_api::StatusReport,
+}
+
+impl From<db::status::StatusRow> for StatusView {
+    fn from(row: db::status::StatusRow) -> Self {
+        StatusView {
+            sequence: row.sequence,
+            received_at: row.received_at,
+            report: row.report.0,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}/status", tag = "devices",
+    responses((status = 200, body = StatusView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn status(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<StatusView>> {
+    find(&state, id).await?;
+    let row = db::status::latest(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("device {id} has not reported yet")))?;
+    Ok(Json(row.into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}/status/history", tag = "devices", params(PageParams),
+    responses((status = 200, body = Vec<StatusView>), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn status_history(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(paging): ApiQuery<PageParams>,
+) -> ApiResult<Json<Vec<StatusView>>> {
+    find(&state, id).await?;
+    let rows = db::status::history(&state.pool, id, paging.limit()?).await?;
+    Ok(Json(rows.into_iter().map(StatusView::from).collect()))
+}

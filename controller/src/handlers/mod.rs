@@ -1,0 +1,72 @@
+//! HTTP handlers, one module per resource. Handlers are thin: parse, call
+//! `db/` and the reconciler, shape the response.
+
+pub mod assignments;
+pub mod device_api;
+pub mod devices;
+pub mod services;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// One page of a list, with the cursor of the next page if there is one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Common list parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    /// Items per page, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 500;
+
+impl PageParams {
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit.unwrap_or(DEFAULT_PAGE) {
+            l @ 1..=MAX_PAGE => Ok(i64::from(l)),
+            l => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit {l} is outside 1..={MAX_PAGE}"),
+            )),
+        }
+    }
+
+    /// The decoded cursor: the sort key of the last item of the previous page.
+    pub fn after(&self) -> Result<Option<String>, ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| ApiError::bad_request("invalid_query", "invalid cursor"))
+            })
+            .transpose()
+    }
+}
+
+/// Builds a page from one extra-long fetch: `rows` was fetched with `limit`
+/// items; a full page gets a cursor made from the last item's sort key.
+pub fn page<R, T>(rows: Vec<R>, limit: i64, key: impl Fn(&R) -> String, view: impl Fn(R) -> T) -> Page<T> {
+    let next_cursor = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| URL_SAFE_NO_PAD.encode(key(r))))
+        .flatten();
+    Page {
+        items: rows.into_iter().map(view).collect(),
+        next_cursor,
+    }
+}

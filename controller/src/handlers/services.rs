@@ -1,0 +1,186 @@
+//! `/api/v1/services`: service definitions and their immutable revisions.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::Operator;
+use crate::db;
+use crate::domain::{parse_name, ServiceKind, ServiceSpec};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::handlers::{page, Page, PageParams};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateService {
+    pub name: String,
+    /// Service kind; `flow-block` for now.
+    pub kind: String,
+    /// The first revision's spec, whose shape depends on `kind`.
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServiceView {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: String,
+    pub latest_revision: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<db::services::ServiceRow> for ServiceView {
+    fn from(row: db::services::ServiceRow) -> Self {
+        ServiceView {
+            id: row.id,
+            name: row.name,
+            kind: row.kind,
+            latest_revision: row.latest_revision,
+            created_at: row.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RevisionView {
+    pub service_id: Uuid,
+    pub revision: i32,
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<db::services::RevisionRow> for RevisionView {
+    fn from(row: db::services::RevisionRow) -> Self {
+        RevisionView {
+            service_id: row.service_id,
+            revision: row.revision,
+            spec: row.spec.0,
+            created_at: row.created_at,
+        }
+    }
+}
+
+fn parse_kind(kind: &str) -> ApiResult<ServiceKind> {
+    ServiceKind::parse(kind)
+        .ok_or_else(|| ApiError::bad_request("unknown_kind", format!("unknown service kind `{kind}`; known: flow-block")))
+}
+
+fn check_spec(kind: ServiceKind, spec: &serde_json::Value) -> ApiResult<()> {
+    ServiceSpec::parse(kind, spec)
+        .map(drop)
+        .map_err(|e| ApiError::bad_request("invalid_spec", format!("invalid {} spec: {e}", kind.as_str())))
+}
+
+#[utoipa::path(post, path = "/api/v1/services", request_body = CreateService, tag = "services",
+    responses((status = 201, body = ServiceView), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn create(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateService>,
+) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+    let name = parse_name(&body.name, "service").map_err(ApiError::invalid)?;
+    let kind = parse_kind(&body.kind)?;
+    check_spec(kind, &body.spec)?;
+    let mut tx = state.pool.begin().await?;
+    let row = db::services::insert(&mut tx, Uuid::new_v4(), &name, kind.as_str(), &body.spec)
+        .await
+        .map_err(|e| {
+            if db::is_unique_violation(&e) {
+                ApiError::conflict("name_taken", format!("a service named `{name}` exists"))
+            } else {
+                e.into()
+            }
+        })?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+#[utoipa::path(get, path = "/api/v1/services", params(PageParams), tag = "services",
+    responses((status = 200, body = Page<ServiceView>)))]
+pub async fn list(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiQuery(paging): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<ServiceView>>> {
+    let limit = paging.limit()?;
+    let rows = db::services::list(&state.pool, paging.after()?.as_deref(), limit).await?;
+    Ok(Json(page(rows, limit, |r| r.name.clone(), ServiceView::from)))
+}
+
+pub(crate) async fn find(state: &AppState, id: Uuid) -> ApiResult<db::services::ServiceRow> {
+    db::services::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no service {id}")))
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{id}", tag = "services",
+    responses((status = 200, body = ServiceView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<ServiceView>> {
+    Ok(Json(find(&state, id).await?.into()))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRevision {
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+}
+
+#[utoipa::path(post, path = "/api/v1/services/{id}/revisions", request_body = CreateRevision, tag = "services",
+    responses((status = 201, body = RevisionView), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn create_revision(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<CreateRevision>,
+) -> ApiResult<(StatusCode, Json<RevisionView>)> {
+    let service = find(&state, id).await?;
+    check_spec(parse_kind(&service.kind)?, &body.spec)?;
+    let mut tx = state.pool.begin().await?;
+    let row = db::services::insert_revision(&mut tx, id, &body.spec)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no service {id}")))?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{id}/revisions", params(PageParams), tag = "services",
+    responses((status = 200, body = Page<RevisionView>), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn list_revisions(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(paging): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<RevisionView>>> {
+    find(&state, id).await?;
+    let limit = paging.limit()?;
+    let after = paging
+        .after()?
+        .map(|a| a.parse::<i32>().map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor")))
+        .transpose()?;
+    let rows = db::services::list_revisions(&state.pool, id, after, limit).await?;
+    Ok(Json(page(rows, limit, |r| r.revision.to_string(), RevisionView::from)))
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{id}/revisions/{revision}", tag = "services",
+    responses((status = 200, body = RevisionView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_revision(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath((id, revision)): ApiPath<(Uuid, i32)>,
+) -> ApiResult<Json<RevisionView>> {
+    db::services::get_revision(&state.pool, id, revision)
+        .await?
+        .map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::NotFound(format!("no revision {revision} of service {id}")))
+}

@@ -1,0 +1,23 @@
+//! iSDF controller: the operator REST API, the pure compiler from services to
+//! per-router configs, the signer, and the device API that serves signed
+//! configs by long poll and takes status reports.
+
+pub mod app;
+pub mod auth;
+pub mod compiler;
+pub mod config_cache;
+pub mod db;
+pub mod domain;
+pub mod embedded_pg;
+pub mod error;
+pub mod fs_util;
+pub mod handlers;
+pub mod openapi;
+pub mod pki;
+pub mod reconcile;
+pub mod routes;
+pub mod secrets;
+pub mod signer;
+pub mod state;
+
+pub use app::{Application, Settings};

@@ -1,0 +1,44 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use crate::handlers::{assignments, device_api, devices, services};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "iSDF controller API", description = "Operator API (/api/v1) and device API (/device/v1)."),
+    paths(
+        devices::create, devices::list, devices::get, devices::delete, devices::config,
+        devices::status, devices::status_history,
+        services::create, services::list, services::get, services::create_revision,
+        services::list_revisions, services::get_revision,
+        assignments::create, assignments::list, assignments::get, assignments::update,
+        assignments::delete,
+        device_api::poll_config, device_api::report_status,
+    ),
+    components(schemas(
+        crate::error::ErrorBody, crate::domain::FlowBlockSpec, crate::domain::FlowSpec,
+        crate::domain::BlockAction, crate::domain::ServiceKind,
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

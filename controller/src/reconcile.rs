@@ -1,0 +1,205 @@
+//! Recompiling: runs the pure compiler for the devices a change touches,
+//! signs the configs whose content changed, stores them and publishes them.
+//!
+//! A device's version increases only when its compiled content (the firewall
+//! digest) changes, or when its signed config nears expiry and is re-issued.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::compiler::{compile_firewall, CompiledAssignment};
+use crate::config_cache::{ConfigCache, ServedConfig};
+use crate::db;
+use crate::domain::{Labels, Selector, ServiceKind, ServiceSpec};
+use crate::signer::ConfigSigner;
+
+/// Serialises recompiles across controller replicas (pg advisory lock key).
+const RECOMPILE_LOCK: i64 = 0x1a5d_c0de;
+
+pub struct Reconciler {
+    pub pool: PgPool,
+    pub signer: Arc<dyn ConfigSigner>,
+    pub cache: Arc<ConfigCache>,
+    pub config_lifetime: Duration,
+}
+
+/// What a recompile did: how many devices it compiled and how many got a new version.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecompileSummary {
+    pub compiled: usize,
+    pub changed: usize,
+}
+
+/// Why content is re-signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resign {
+    /// Only when the compiled content changed.
+    IfChanged,
+    /// Also when the signed config expires before this instant.
+    IfExpiringBefore(DateTime<Utc>),
+}
+
+pub fn parse_assignments(rows: Vec<db::assignments::AssignmentWithSpec>) -> Vec<CompiledAssignment> {
+    rows.into_iter()
+        .filter_map(|row| {
+            // Selectors and specs were validated when stored; a row that no
+            // longer parses (a newer controller's kind) is skipped, not fatal.
+            let parsed = ServiceKind::parse(&row.kind)
+                .ok_or_else(|| format!("unknown kind {}", row.kind))
+                .and_then(|kind| ServiceSpec::parse(kind, &row.spec.0))
+                .and_then(|spec| Ok((spec, Selector::parse(&row.selector)?)));
+            match parsed {
+                Ok((spec, selector)) => Some(CompiledAssignment {
+                    selector,
+                    created_at: row.created_at.timestamp(),
+                    spec,
+                }),
+                Err(e) => {
+                    tracing::warn!(assignment = %row.id, error = %e, "skipping assignment");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+impl Reconciler {
+    /// Recompiles `devices` (every device when None).
+    #[tracing::instrument(skip(self, devices), fields(devices = devices.map_or(-1, |d| d.len() as i64)))]
+    pub async fn recompile(
+        &self,
+        devices: Option<&[Uuid]>,
+        resign: Resign,
+    ) -> anyhow::Result<RecompileSummary> {
+        if devices.is_some_and(|d| d.is_empty()) {
+            return Ok(RecompileSummary::default());
+        }
+        let mut tx = self.pool.begin().await.context("starting recompile")?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(RECOMPILE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .context("taking the recompile lock")?;
+        let targets = db::devices::labels_of(&mut *tx, devices)
+            .await
+            .context("loading device labels")?;
+        let assignments = parse_assignments(
+            db::assignments::all_with_specs(&mut *tx)
+                .await
+                .context("loading assignments")?,
+        );
+        let ids: Vec<Uuid> = targets.iter().map(|(id, _)| *id).collect();
+        let existing: std::collections::HashMap<Uuid, (i64, String, DateTime<Utc>)> =
+            db::configs::versions_for_update(&mut *tx, &ids)
+                .await
+                .context("loading current versions")?
+                .into_iter()
+                .map(|(id, v, d, e)| (id, (v, d, e)))
+                .collect();
+
+        let now = Utc::now();
+        let lifetime = chrono::Duration::from_std(self.config_lifetime).context("lifetime")?;
+        let mut published = Vec::new();
+        for (id, labels) in &targets {
+            let labels = Labels::parse(labels.0.clone()).unwrap_or_default();
+            let firewall = compile_firewall(&labels, &assignments, now.timestamp());
+            let digest = firewall.digest();
+            let previous = existing.get(id);
+            let unchanged = previous.is_some_and(|(_, d, expires)| {
+                *d == digest
+                    && match resign {
+                        Resign::IfChanged => true,
+                        Resign::IfExpiringBefore(t) => *expires >= t,
+                    }
+            });
+            if unchanged {
+                continue;
+            }
+            let version = previous.map_or(1, |(v, _, _)| v + 1);
+            let config = isdf_api::DeviceConfig {
+                device_id: id.to_string(),
+                version: u64::try_from(version).context("version")?,
+                issued_at: now.timestamp(),
+                expires_at: (now + lifetime).timestamp(),
+                firewall,
+            };
+            let payload = serde_json::to_vec(&config).context("serialising config")?;
+            let envelope = self
+                .signer
+                .sign(isdf_api::CONFIG_PAYLOAD_TYPE, &payload)
+                .context("signing config")?
+                .to_json();
+            let row = db::configs::ConfigRow {
+                device_id: *id,
+                version,
+                digest,
+                issued_at: now,
+                expires_at: now + lifetime,
+                envelope,
+            };
+            db::configs::upsert(&mut *tx, &row)
+                .await
+                .context("storing config")?;
+            published.push(row);
+        }
+        tx.commit().await.context("committing recompile")?;
+
+        let summary = RecompileSummary {
+            compiled: targets.len(),
+            changed: published.len(),
+        };
+        for row in published {
+            self.cache.publish(
+                row.device_id,
+                ServedConfig {
+                    version: row.version as u64,
+                    envelope: row.envelope.into(),
+                },
+            );
+        }
+        tracing::debug!(?summary, "recompiled");
+        Ok(summary)
+    }
+
+    /// Recompiles the devices `selector` matches now.
+    pub async fn recompile_selected(&self, selector: &Selector) -> anyhow::Result<RecompileSummary> {
+        let ids = db::devices::matching_ids(&self.pool, selector)
+            .await
+            .context("selecting devices")?;
+        self.recompile(Some(&ids), Resign::IfChanged).await
+    }
+
+    /// Re-issues configs that pass half their lifetime, so a router whose
+    /// services do not change never sees its config expire.
+    pub async fn refresh_expiring(&self) -> anyhow::Result<RecompileSummary> {
+        let half = chrono::Duration::from_std(self.config_lifetime / 2).context("lifetime")?;
+        let threshold = Utc::now() + half;
+        let ids = db::configs::expiring_before(&self.pool, threshold)
+            .await
+            .context("finding expiring configs")?;
+        self.recompile(Some(&ids), Resign::IfExpiringBefore(threshold)).await
+    }
+
+    /// Fills the cache from the database at start.
+    pub async fn load_cache(&self) -> anyhow::Result<()> {
+        for (id, hash) in db::devices::token_hashes(&self.pool).await.context("loading devices")? {
+            let hash: [u8; 32] = hash.try_into().map_err(|_| anyhow::anyhow!("bad token hash for {id}"))?;
+            self.cache.add_device(id, hash);
+        }
+        for row in db::configs::all(&self.pool).await.context("loading configs")? {
+            self.cache.publish(
+                row.device_id,
+                ServedConfig {
+                    version: row.version as u64,
+                    envelope: row.envelope.into(),
+                },
+            );
+        }
+        Ok(())
+    }
+}

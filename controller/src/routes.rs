@@ -1,0 +1,58 @@
+//! Every route of both listeners, in one place.
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+use crate::handlers::{assignments, device_api, devices, services};
+use crate::openapi;
+use crate::state::AppState;
+
+/// Largest operator request body (a service spec with 10,000 flows fits).
+pub const OPERATOR_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// Largest device request body (a status report).
+pub const DEVICE_BODY_LIMIT: usize = 256 * 1024;
+
+/// The operator API, under `/api/v1`.
+pub fn operator_router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/devices", post(devices::create).get(devices::list))
+        .route("/api/v1/devices/{id}", get(devices::get).delete(devices::delete))
+        .route("/api/v1/devices/{id}/config", get(devices::config))
+        .route("/api/v1/devices/{id}/status", get(devices::status))
+        .route("/api/v1/devices/{id}/status/history", get(devices::status_history))
+        .route("/api/v1/services", post(services::create).get(services::list))
+        .route("/api/v1/services/{id}", get(services::get))
+        .route(
+            "/api/v1/services/{id}/revisions",
+            post(services::create_revision).get(services::list_revisions),
+        )
+        .route("/api/v1/services/{id}/revisions/{revision}", get(services::get_revision))
+        .route("/api/v1/assignments", post(assignments::create).get(assignments::list))
+        .route(
+            "/api/v1/assignments/{id}",
+            get(assignments::get).patch(assignments::update).delete(assignments::delete),
+        )
+        .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(OPERATOR_BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The device API, served over HTTPS on its own listener.
+pub fn device_router(state: AppState) -> Router {
+    Router::new()
+        .route(isdf_api::paths::DEVICE_CONFIG, get(device_api::poll_config))
+        .route(isdf_api::paths::DEVICE_STATUS, post(device_api::report_status))
+        .route(isdf_api::paths::DEVICE_PING, get(device_api::ping))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> crate::error::ApiError {
+    crate::error::ApiError::NotFound(format!("no route for {}", uri.path()))
+}
