@@ -49,13 +49,14 @@ impl Firewall {
 }
 
 /// A name for a set or rule: lowercase ASCII, digits, `_` and `-`, starting
-/// with a letter, at most 32 bytes. Safe to place in an nft or ipset script.
+/// with a letter, at most 24 bytes. Safe to place in an nft or ipset script,
+/// and short enough for ipset's 31-byte set names with a prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct Name(String);
 
 impl Name {
-    pub const MAX_LEN: usize = 32;
+    pub const MAX_LEN: usize = 24;
 
     pub fn parse(text: &str) -> Result<Self, String> {
         let ok_first = text.chars().next().is_some_and(|c| c.is_ascii_lowercase());
@@ -223,7 +224,10 @@ impl FlowPattern {
         if let Some(proto) = self.protocol {
             if let Some(f) = proto.family() {
                 if f != family {
-                    return Err(format!("protocol {} cannot be used with {family:?}", proto.name()));
+                    return Err(format!(
+                        "protocol {} cannot be used with {family:?}",
+                        proto.name()
+                    ));
                 }
             }
             if !proto.has_ports() && !(self.sport.is_any() && self.dport.is_any()) {
@@ -350,13 +354,21 @@ impl DeviceConfig {
 fn check_element(set: &Set, element: &SetElement) -> Result<(), String> {
     let family = match (set.key, &element.value) {
         (SetKey::Ipv4Addr | SetKey::Ipv6Addr, ElementValue::Addr(addr)) => addr.family(),
-        (SetKey::Ipv4Flow | SetKey::Ipv6Flow, ElementValue::Flow(flow)) => {
-            flow.check().map_err(|m| format!("set `{}`: {m}", set.name))?
+        (SetKey::Ipv4Flow | SetKey::Ipv6Flow, ElementValue::Flow(flow)) => flow
+            .check()
+            .map_err(|m| format!("set `{}`: {m}", set.name))?,
+        _ => {
+            return Err(format!(
+                "set `{}` holds an element of the wrong type",
+                set.name
+            ))
         }
-        _ => return Err(format!("set `{}` holds an element of the wrong type", set.name)),
     };
     if family != set.key.family() {
-        return Err(format!("set `{}` holds an element of the wrong family", set.name));
+        return Err(format!(
+            "set `{}` holds an element of the wrong family",
+            set.name
+        ));
     }
     Ok(())
 }
@@ -430,7 +442,13 @@ mod tests {
     #[test]
     fn unknown_fields_are_rejected_everywhere() {
         let base = serde_json::to_value(sample()).unwrap();
-        let pointers = ["", "/firewall", "/firewall/sets/0", "/firewall/rules/0", "/firewall/rules/0/match"];
+        let pointers = [
+            "",
+            "/firewall",
+            "/firewall/sets/0",
+            "/firewall/rules/0",
+            "/firewall/rules/0/match",
+        ];
         for pointer in pointers {
             let mut doc = base.clone();
             doc.pointer_mut(pointer)
@@ -439,7 +457,10 @@ mod tests {
                 .unwrap()
                 .insert("surprise".into(), 1.into());
             let err = serde_json::from_value::<DeviceConfig>(doc).unwrap_err();
-            assert!(err.to_string().contains("unknown field"), "{pointer}: {err}");
+            assert!(
+                err.to_string().contains("unknown field"),
+                "{pointer}: {err}"
+            );
         }
     }
 
@@ -470,7 +491,10 @@ mod tests {
     #[test]
     fn flow_patterns_check_their_parts() {
         let p = |j: &str| serde_json::from_str::<FlowPattern>(j).unwrap().check();
-        assert_eq!(p(r#"{"src":"0.0.0.0/0","dst":"192.0.2.1"}"#), Ok(Family::Ipv4));
+        assert_eq!(
+            p(r#"{"src":"0.0.0.0/0","dst":"192.0.2.1"}"#),
+            Ok(Family::Ipv4)
+        );
         assert!(p(r#"{"src":"::/0","dst":"192.0.2.1"}"#).is_err());
         assert!(p(r#"{"src":"::/0","dst":"::/0","dport":"80"}"#).is_err());
         assert!(p(r#"{"protocol":"icmp","src":"::/0","dst":"::/0"}"#).is_err());
@@ -483,7 +507,7 @@ mod tests {
     #[test]
     fn names_are_script_safe() {
         assert!(Name::parse("flow_drop_v4").is_ok());
-        for bad in ["", "1abc", "Abc", "a b", "a;b", "a\"", &"a".repeat(33)] {
+        for bad in ["", "1abc", "Abc", "a b", "a;b", "a\"", &"a".repeat(25)] {
             assert!(Name::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -56,7 +56,13 @@ impl KeyId {
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + payload_type.len() + 32);
     out.extend_from_slice(
-        format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len()).as_bytes(),
+        format!(
+            "DSSEv1 {} {} {} ",
+            payload_type.len(),
+            payload_type,
+            payload.len()
+        )
+        .as_bytes(),
     );
     out.extend_from_slice(payload);
     out
@@ -64,7 +70,12 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 
 impl Envelope {
     /// Builds an envelope from a signature made elsewhere (a KMS, an HSM).
-    pub fn from_signature(payload_type: &str, payload: &[u8], keyid: &KeyId, sig: &[u8; 64]) -> Self {
+    pub fn from_signature(
+        payload_type: &str,
+        payload: &[u8],
+        keyid: &KeyId,
+        sig: &[u8; 64],
+    ) -> Self {
         Envelope {
             payload_type: payload_type.to_owned(),
             payload: BASE64.encode(payload),
@@ -118,7 +129,10 @@ impl TrustedKeys {
     }
 
     fn find(&self, keyid: &str) -> Option<&VerifyingKey> {
-        self.keys.iter().find(|(id, _)| id.0 == keyid).map(|(_, k)| k)
+        self.keys
+            .iter()
+            .find(|(id, _)| id.0 == keyid)
+            .map(|(_, k)| k)
     }
 }
 
@@ -202,8 +216,8 @@ pub fn open_device_config(
         .map_err(|e| OpenError::MalformedEnvelope(format!("payload is not base64: {e}")))?;
     verify_signature(&envelope, &payload, trusted)?;
 
-    let config: DeviceConfig = serde_json::from_slice(&payload)
-        .map_err(|e| OpenError::MalformedConfig(e.to_string()))?;
+    let config: DeviceConfig =
+        serde_json::from_slice(&payload).map_err(|e| OpenError::MalformedConfig(e.to_string()))?;
     config
         .validate()
         .map_err(|e| OpenError::InvalidConfig(e.0))?;
@@ -304,19 +318,28 @@ mod tests {
 
     /// Compares with a committed vector file; `UPDATE_VECTORS=1` rewrites it.
     fn check_vector(file: &str, actual: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(file);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/vectors")
+            .join(file);
         if std::env::var_os("UPDATE_VECTORS").is_some() {
             std::fs::write(&path, format!("{actual}\n")).unwrap();
         }
         let expected = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(actual, expected.trim(), "{file} differs; UPDATE_VECTORS=1 rewrites it");
+        assert_eq!(
+            actual,
+            expected.trim(),
+            "{file} differs; UPDATE_VECTORS=1 rewrites it"
+        );
     }
 
     #[test]
     fn envelope_matches_the_committed_vector() {
         let envelope = String::from_utf8(sealed(&sample_payload())).unwrap();
         check_vector("envelope-sample.json", &envelope);
-        check_vector("public-key.hex", &hex::encode(key().verifying_key().as_bytes()));
+        check_vector(
+            "public-key.hex",
+            &hex::encode(key().verifying_key().as_bytes()),
+        );
     }
 
     #[test]
@@ -342,7 +365,10 @@ mod tests {
 
         let mut extra = serde_json::to_value(&good).unwrap();
         extra["extra"] = 1.into();
-        assert_eq!(rejection(extra.to_string().as_bytes()), "malformed_envelope");
+        assert_eq!(
+            rejection(extra.to_string().as_bytes()),
+            "malformed_envelope"
+        );
 
         let mut wrong_type = good.clone();
         wrong_type.payload_type = "application/json".into();
@@ -370,15 +396,24 @@ mod tests {
 
         let mut doc: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         doc["unexpected"] = true.into();
-        assert_eq!(rejection(&sealed(doc.to_string().as_bytes())), "malformed_config");
+        assert_eq!(
+            rejection(&sealed(doc.to_string().as_bytes())),
+            "malformed_config"
+        );
 
         let mut doc: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         doc["firewall"]["rules"][0]["match"]["flow_in_set"] = "missing".into();
-        assert_eq!(rejection(&sealed(doc.to_string().as_bytes())), "invalid_config");
+        assert_eq!(
+            rejection(&sealed(doc.to_string().as_bytes())),
+            "invalid_config"
+        );
 
         let mut doc: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         doc["device_id"] = "someone-else".into();
-        assert_eq!(rejection(&sealed(doc.to_string().as_bytes())), "wrong_device");
+        assert_eq!(
+            rejection(&sealed(doc.to_string().as_bytes())),
+            "wrong_device"
+        );
 
         let mut doc: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         doc["version"] = 2.into();
@@ -405,8 +440,14 @@ mod tests {
     #[test]
     fn public_keys_parse_from_hex_and_base64() {
         let k = key().verifying_key();
-        assert_eq!(TrustedKeys::parse_public_key(&hex::encode(k.as_bytes())), Ok(k));
-        assert_eq!(TrustedKeys::parse_public_key(&BASE64.encode(k.as_bytes())), Ok(k));
+        assert_eq!(
+            TrustedKeys::parse_public_key(&hex::encode(k.as_bytes())),
+            Ok(k)
+        );
+        assert_eq!(
+            TrustedKeys::parse_public_key(&BASE64.encode(k.as_bytes())),
+            Ok(k)
+        );
         assert!(TrustedKeys::parse_public_key("abcd").is_err());
     }
 }

@@ -11,8 +11,8 @@ pub mod net;
 pub mod status;
 
 pub use config::{
-    Action, Chain, ConfigError, DeviceConfig, ElementValue, Firewall, FlowPattern, Match, Rule, RuleId, Set,
-    SetElement, SetKey, SetName,
+    Action, Chain, ConfigError, DeviceConfig, ElementValue, Firewall, FlowPattern, Match, Rule,
+    RuleId, Set, SetElement, SetKey, SetName,
 };
 pub use envelope::{
     open_device_config, seal, Envelope, KeyId, OpenError, OpenPolicy, TrustedKeys,

@@ -251,7 +251,9 @@ mod tests {
             Prefix::parse("2001:db8::/32").unwrap().family(),
             Family::Ipv6
         );
-        assert!(Prefix::parse("10.0.0.1/8").unwrap_err().contains("host bits"));
+        assert!(Prefix::parse("10.0.0.1/8")
+            .unwrap_err()
+            .contains("host bits"));
         assert!(Prefix::parse("300.1.1.1").is_err());
         assert!(Prefix::parse("10.0.0.0/33").is_err());
     }

@@ -61,7 +61,11 @@ pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
 
 /// Creates an operator token if none is active; returns it (shown once).
 pub async fn bootstrap_operator_token(pool: &PgPool) -> anyhow::Result<Option<String>> {
-    if db::operators::count_active(pool).await.context("counting operator tokens")? > 0 {
+    if db::operators::count_active(pool)
+        .await
+        .context("counting operator tokens")?
+        > 0
+    {
         return Ok(None);
     }
     let token = new_token(OPERATOR_TOKEN_PREFIX);
@@ -73,7 +77,9 @@ pub async fn bootstrap_operator_token(pool: &PgPool) -> anyhow::Result<Option<St
 
 fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-    listener.set_nonblocking(true).context("non-blocking listener")?;
+    listener
+        .set_nonblocking(true)
+        .context("non-blocking listener")?;
     Ok(listener)
 }
 
@@ -84,8 +90,9 @@ impl Application {
         let pool = connect(&settings.database_url).await?;
         db::migrate(&pool).await?;
 
-        let signer: Arc<dyn ConfigSigner> =
-            Arc::new(FileSigner::load_or_create(&settings.data_dir.join("signing-key.pem"))?);
+        let signer: Arc<dyn ConfigSigner> = Arc::new(FileSigner::load_or_create(
+            &settings.data_dir.join("signing-key.pem"),
+        )?);
         let pki = Pki::load_or_create(&settings.data_dir, &settings.device_tls_names)?;
         let tls = pki.server_config()?;
 
@@ -108,7 +115,9 @@ impl Application {
         reconciler.load_cache().await?;
         // Catch up on anything a previous run left uncompiled, and re-sign
         // what is about to expire.
-        reconciler.recompile(None, crate::reconcile::Resign::IfChanged).await?;
+        reconciler
+            .recompile(None, crate::reconcile::Resign::IfChanged)
+            .await?;
         reconciler.refresh_expiring().await?;
 
         let signing_public_key_hex = hex::encode(signer.public_key().as_bytes());
@@ -139,11 +148,15 @@ impl Application {
     }
 
     /// Serves both listeners until `shutdown` resolves, then drains.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let handle = axum_server::Handle::new();
-        let device_server = axum_server::from_tcp_rustls(self.device_listener, RustlsConfig::from_config(self.tls))
-            .handle(handle.clone())
-            .serve(routes::device_router(self.state.clone()).into_make_service());
+        let device_server =
+            axum_server::from_tcp_rustls(self.device_listener, RustlsConfig::from_config(self.tls))
+                .handle(handle.clone())
+                .serve(routes::device_router(self.state.clone()).into_make_service());
         let api_listener = tokio::net::TcpListener::from_std(self.api_listener)?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let api_server = axum::serve(api_listener, routes::operator_router(self.state.clone()))

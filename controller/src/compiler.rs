@@ -123,7 +123,13 @@ mod tests {
     use crate::domain::ServiceKind;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        Labels::parse(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+        Labels::parse(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .unwrap()
     }
 
     fn assignment(selector: &str, created_at: i64, spec: &str) -> CompiledAssignment {
@@ -138,8 +144,16 @@ mod tests {
     #[test]
     fn flow_block_compiles_to_sets_and_rules() {
         let assignments = [
-            assignment("env=prod", 100, r#"{"flows":[{"protocol":"tcp","dst":"198.51.100.2","dport":9000}]}"#),
-            assignment("*", 100, r#"{"action":"reject","flows":[{"protocol":"udp","dport":"5000-5010"}],"duration_secs":60}"#),
+            assignment(
+                "env=prod",
+                100,
+                r#"{"flows":[{"protocol":"tcp","dst":"198.51.100.2","dport":9000}]}"#,
+            ),
+            assignment(
+                "*",
+                100,
+                r#"{"action":"reject","flows":[{"protocol":"udp","dport":"5000-5010"}],"duration_secs":60}"#,
+            ),
             assignment("env=lab", 100, r#"{"flows":[{"dst":"203.0.113.0/24"}]}"#),
         ];
         let firewall = compile_firewall(&labels(&[("env", "prod")]), &assignments, 120);
@@ -148,14 +162,26 @@ mod tests {
 
     #[test]
     fn expired_timed_blocks_are_left_out() {
-        let assignments = [assignment("*", 100, r#"{"flows":[{"protocol":"tcp","dport":1}],"duration_secs":60}"#)];
-        assert_eq!(compile_firewall(&Labels::default(), &assignments, 159).sets.len(), 2);
-        assert!(compile_firewall(&Labels::default(), &assignments, 160).sets.is_empty());
+        let assignments = [assignment(
+            "*",
+            100,
+            r#"{"flows":[{"protocol":"tcp","dport":1}],"duration_secs":60}"#,
+        )];
+        assert_eq!(
+            compile_firewall(&Labels::default(), &assignments, 159)
+                .sets
+                .len(),
+            2
+        );
+        assert!(compile_firewall(&Labels::default(), &assignments, 160)
+            .sets
+            .is_empty());
     }
 
     #[test]
     fn overlapping_assignments_merge_and_the_longest_block_wins() {
-        let spec = r#"{"flows":[{"protocol":"tcp","dst":"192.0.2.1","dport":1}],"duration_secs":60}"#;
+        let spec =
+            r#"{"flows":[{"protocol":"tcp","dst":"192.0.2.1","dport":1}],"duration_secs":60}"#;
         let permanent = r#"{"flows":[{"protocol":"tcp","dst":"192.0.2.1","dport":1}]}"#;
         let timed = [assignment("*", 100, spec), assignment("*", 200, spec)];
         let fw = compile_firewall(&Labels::default(), &timed, 150);
@@ -168,8 +194,16 @@ mod tests {
 
     #[test]
     fn output_does_not_depend_on_assignment_order() {
-        let a = assignment("*", 1, r#"{"flows":[{"dst":"192.0.2.1"},{"dst":"192.0.2.2"}]}"#);
-        let b = assignment("*", 2, r#"{"action":"reject","flows":[{"dst":"2001:db8::1"}]}"#);
+        let a = assignment(
+            "*",
+            1,
+            r#"{"flows":[{"dst":"192.0.2.1"},{"dst":"192.0.2.2"}]}"#,
+        );
+        let b = assignment(
+            "*",
+            2,
+            r#"{"action":"reject","flows":[{"dst":"2001:db8::1"}]}"#,
+        );
         let one = compile_firewall(&Labels::default(), &[a.clone(), b.clone()], 0);
         let two = compile_firewall(&Labels::default(), &[b, a], 0);
         assert_eq!(one.digest(), two.digest());
@@ -177,9 +211,11 @@ mod tests {
 
     #[test]
     fn compiled_configs_pass_the_agent_side_validation() {
-        let assignments = [
-            assignment("*", 0, r#"{"flows":[{"protocol":"icmp"},{"protocol":"tcp","sport":"1-2","dst":"::/0","dport":3}]}"#),
-        ];
+        let assignments = [assignment(
+            "*",
+            0,
+            r#"{"flows":[{"protocol":"icmp"},{"protocol":"tcp","sport":"1-2","dst":"::/0","dport":3}]}"#,
+        )];
         let firewall = compile_firewall(&Labels::default(), &assignments, 0);
         let config = isdf_api::DeviceConfig {
             device_id: "d".into(),

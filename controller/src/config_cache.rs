@@ -64,7 +64,11 @@ impl ConfigCache {
     pub fn publish(&self, id: Uuid, config: ServedConfig) {
         let mut devices = self.devices.write().expect("lock");
         if let Some(slot) = devices.get_mut(&id) {
-            if slot.current.as_ref().is_some_and(|c| c.version >= config.version) {
+            if slot
+                .current
+                .as_ref()
+                .is_some_and(|c| c.version >= config.version)
+            {
                 return;
             }
             let version = config.version;

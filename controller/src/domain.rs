@@ -31,10 +31,14 @@ impl Labels {
         }
         for (k, v) in &map {
             if !is_label_text(k) {
-                return Err(format!("label key `{k}` must be 1-63 of A-Z a-z 0-9 . _ - /"));
+                return Err(format!(
+                    "label key `{k}` must be 1-63 of A-Z a-z 0-9 . _ - /"
+                ));
             }
             if !is_label_text(v) {
-                return Err(format!("label value `{v}` of `{k}` must be 1-63 of A-Z a-z 0-9 . _ - /"));
+                return Err(format!(
+                    "label value `{v}` of `{k}` must be 1-63 of A-Z a-z 0-9 . _ - /"
+                ));
             }
         }
         Ok(Labels(map))
@@ -166,10 +170,16 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
         return Err("empty requirement in selector".into());
     }
     if let Some((k, v)) = part.split_once("!=") {
-        return Ok(Requirement::NotEquals(label_part(k, "key")?, label_part(v, "value")?));
+        return Ok(Requirement::NotEquals(
+            label_part(k, "key")?,
+            label_part(v, "value")?,
+        ));
     }
     if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
-        return Ok(Requirement::Equals(label_part(k, "key")?, label_part(v, "value")?));
+        return Ok(Requirement::Equals(
+            label_part(k, "key")?,
+            label_part(v, "value")?,
+        ));
     }
     if let Some(key) = part.strip_prefix('!') {
         return Ok(Requirement::NotExists(label_part(key, "key")?));
@@ -246,7 +256,18 @@ pub struct FlowBlockSpec {
 }
 
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum BlockAction {
@@ -280,14 +301,15 @@ impl FlowSpec {
     /// The concrete patterns this spec stands for: one per family it can
     /// apply to (a spec naming no address applies to IPv4 and IPv6).
     pub fn patterns(&self) -> Result<Vec<FlowPattern>, String> {
-        let families: Vec<Family> = match (self.src, self.dst, self.protocol.and_then(Protocol::family)) {
-            (Some(a), Some(b), _) if a.family() != b.family() => {
-                return Err(format!("flow mixes families: src {a} and dst {b}"))
-            }
-            (Some(a), _, _) | (_, Some(a), _) => vec![a.family()],
-            (None, None, Some(f)) => vec![f],
-            (None, None, None) => vec![Family::Ipv4, Family::Ipv6],
-        };
+        let families: Vec<Family> =
+            match (self.src, self.dst, self.protocol.and_then(Protocol::family)) {
+                (Some(a), Some(b), _) if a.family() != b.family() => {
+                    return Err(format!("flow mixes families: src {a} and dst {b}"))
+                }
+                (Some(a), _, _) | (_, Some(a), _) => vec![a.family()],
+                (None, None, Some(f)) => vec![f],
+                (None, None, None) => vec![Family::Ipv4, Family::Ipv6],
+            };
         families
             .into_iter()
             .map(|family| {
@@ -318,7 +340,10 @@ impl FlowBlockSpec {
         }
         if let Some(d) = self.duration_secs {
             if d == 0 || d > Self::MAX_DURATION_SECS {
-                return Err(format!("duration_secs must be 1 to {}", Self::MAX_DURATION_SECS));
+                return Err(format!(
+                    "duration_secs must be 1 to {}",
+                    Self::MAX_DURATION_SECS
+                ));
             }
         }
         for (i, flow) in self.flows.iter().enumerate() {
@@ -332,11 +357,15 @@ impl FlowBlockSpec {
 pub fn parse_name(text: &str, what: &str) -> Result<String, String> {
     let ok = !text.is_empty()
         && text.len() <= 64
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(text.to_owned())
     } else {
-        Err(format!("{what} name `{text}` must be 1-64 of A-Z a-z 0-9 . _ -"))
+        Err(format!(
+            "{what} name `{text}` must be 1-64 of A-Z a-z 0-9 . _ -"
+        ))
     }
 }
 
@@ -345,14 +374,37 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        Labels::parse(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+        Labels::parse(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn selectors_match_like_kubernetes() {
         let l = labels(&[("env", "prod"), ("region", "eu")]);
-        let yes = ["*", "env=prod", "env==prod", "env", "!beta", "region in (eu, us)", "region notin (ap)", "env=prod,region!=us", "tier!=lab"];
-        let no = ["env=lab", "!env", "beta", "region in (ap)", "region notin (eu)", "env=prod,region=us"];
+        let yes = [
+            "*",
+            "env=prod",
+            "env==prod",
+            "env",
+            "!beta",
+            "region in (eu, us)",
+            "region notin (ap)",
+            "env=prod,region!=us",
+            "tier!=lab",
+        ];
+        let no = [
+            "env=lab",
+            "!env",
+            "beta",
+            "region in (ap)",
+            "region notin (eu)",
+            "env=prod,region=us",
+        ];
         for s in yes {
             assert!(Selector::parse(s).unwrap().matches(&l), "{s}");
         }
@@ -363,7 +415,9 @@ mod tests {
 
     #[test]
     fn bad_selectors_are_refused() {
-        for s in ["", " ", "env=", "=prod", "env=a b", "x in eu", "x in (eu", "a,,b", "k=v;rm"] {
+        for s in [
+            "", " ", "env=", "=prod", "env=a b", "x in eu", "x in (eu", "a,,b", "k=v;rm",
+        ] {
             assert!(Selector::parse(s).is_err(), "{s:?}");
         }
     }
@@ -382,7 +436,8 @@ mod tests {
 
     #[test]
     fn flow_block_specs_are_checked() {
-        let parse = |j: &str| ServiceSpec::parse(ServiceKind::FlowBlock, &serde_json::from_str(j).unwrap());
+        let parse =
+            |j: &str| ServiceSpec::parse(ServiceKind::FlowBlock, &serde_json::from_str(j).unwrap());
         assert!(parse(r#"{"flows":[{"protocol":"tcp","dport":9000}]}"#).is_ok());
         assert!(parse(r#"{"flows":[]}"#).is_err());
         assert!(parse(r#"{"flows":[{"protocol":"tcp","dport":70000}]}"#).is_err());

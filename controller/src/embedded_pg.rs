@@ -142,7 +142,10 @@ impl EmbeddedPostgres {
     }
 
     fn url_for(&self, database: &str) -> String {
-        format!("postgres://{ROLE}@localhost/{database}?host={}", self.socket_dir.display())
+        format!(
+            "postgres://{ROLE}@localhost/{database}?host={}",
+            self.socket_dir.display()
+        )
     }
 
     pub fn database_name() -> &'static str {

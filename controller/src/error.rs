@@ -112,7 +112,9 @@ impl From<JsonRejection> for ApiError {
                 // "unknown field `x`, expected one of ..." or "invalid value".
                 ApiError::bad_request("invalid_body", e.body_text())
             }
-            JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("malformed_json", e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::bad_request("malformed_json", e.body_text())
+            }
             JsonRejection::MissingJsonContentType(_) => {
                 ApiError::UnsupportedMediaType("expected `Content-Type: application/json`".into())
             }

@@ -27,28 +27,58 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Keys, certificates and (without a database URL) the private PostgreSQL cluster.
-    #[arg(global = true, long, env = "ISDF_DATA_DIR", default_value = ".isdf-data")]
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_DATA_DIR",
+        default_value = ".isdf-data"
+    )]
     data_dir: PathBuf,
     /// PostgreSQL URL; without it a private cluster is started in the data directory.
     #[arg(global = true, long, env = "ISDF_DATABASE_URL")]
     database_url: Option<String>,
     /// Operator API and dashboard (plain HTTP; keep it on loopback or behind TLS).
-    #[arg(global = true, long, env = "ISDF_API_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_API_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     api_listen: SocketAddr,
     /// Device API (HTTPS).
-    #[arg(global = true, long, env = "ISDF_DEVICE_LISTEN", default_value = "0.0.0.0:8443")]
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_DEVICE_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
     device_listen: SocketAddr,
     /// Device API URL given to agents, e.g. https://controller.example.net:8443.
     #[arg(global = true, long, env = "ISDF_DEVICE_PUBLIC_URL")]
     device_public_url: Option<String>,
     /// Extra DNS names or IP addresses for the device API certificate.
-    #[arg(global = true, long = "device-tls-name", env = "ISDF_DEVICE_TLS_NAMES", value_delimiter = ',')]
+    #[arg(
+        global = true,
+        long = "device-tls-name",
+        env = "ISDF_DEVICE_TLS_NAMES",
+        value_delimiter = ','
+    )]
     device_tls_names: Vec<String>,
     /// Lifetime of signed configs, in hours (re-issued at half-life).
-    #[arg(global = true, long, env = "ISDF_CONFIG_LIFETIME_HOURS", default_value_t = 168)]
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_CONFIG_LIFETIME_HOURS",
+        default_value_t = 168
+    )]
     config_lifetime_hours: u64,
     /// Longest long-poll wait, in seconds.
-    #[arg(global = true, long, env = "ISDF_MAX_POLL_WAIT_SECS", default_value_t = 60)]
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_MAX_POLL_WAIT_SECS",
+        default_value_t = 60
+    )]
     max_poll_wait_secs: u64,
 }
 
@@ -73,7 +103,10 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let data_dir = args.data_dir.canonicalize().context("resolving the data directory")?;
+    let data_dir = args
+        .data_dir
+        .canonicalize()
+        .context("resolving the data directory")?;
     // Kept alive until the end of this function: dropping it stops the cluster.
     let mut embedded = None;
     let database_url = match args.database_url {
@@ -87,7 +120,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             url
         }
     };
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if let Ok(host) = nix::unistd::gethostname() {
         names.extend(host.into_string().ok());
     }
@@ -108,7 +145,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let app = Application::build(settings).await?;
     println!("iSDF controller is running.");
-    println!("  Operator API:  http://{}/api/v1  (OpenAPI: http://{}/api/v1/openapi.json)", app.api_addr, app.api_addr);
+    println!(
+        "  Operator API:  http://{}/api/v1  (OpenAPI: http://{}/api/v1/openapi.json)",
+        app.api_addr, app.api_addr
+    );
     println!("  Dashboard:     http://{}/  (the web dashboard arrives with the rollouts work; the API is complete)", app.api_addr);
     println!("  Device API:    {}", app.device_api_url);
     println!("  Controller CA: {}", data_dir.join("ca.pem").display());
@@ -130,12 +170,15 @@ async fn create_database_if_missing(pg: &EmbeddedPostgres) -> anyhow::Result<()>
         .await
         .context("connecting to the private PostgreSQL")?;
     let name = EmbeddedPostgres::database_name();
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
-        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await?;
     }
     Ok(())
 }

@@ -21,8 +21,12 @@ pub struct Pki {
 fn ca_params() -> anyhow::Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "iSDF controller CA");
-    params.distinguished_name.push(DnType::OrganizationName, "iSDF");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "iSDF controller CA");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "iSDF");
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2044, 1, 1);
@@ -45,7 +49,9 @@ impl Pki {
         };
         // The CA certificate is rebuilt from fixed parameters and the stored
         // key: issuer name and key are what children are verified against.
-        let ca_cert = ca_params()?.self_signed(&ca_key).context("self-signing the CA")?;
+        let ca_cert = ca_params()?
+            .self_signed(&ca_key)
+            .context("self-signing the CA")?;
         let ca_pem = if ca_cert_path.exists() {
             std::fs::read_to_string(&ca_cert_path)
                 .with_context(|| format!("reading {}", ca_cert_path.display()))?
@@ -57,7 +63,9 @@ impl Pki {
 
         let server_key = KeyPair::generate().context("generating the server key")?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "iSDF device API");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "iSDF device API");
         params.subject_alt_names = names
             .iter()
             .map(|n| match n.parse::<std::net::IpAddr>() {
@@ -76,7 +84,10 @@ impl Pki {
             server_cert_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
         };
-        write_public_file(&dir.join("device-api-cert.pem"), pki.server_cert_pem.as_bytes())?;
+        write_public_file(
+            &dir.join("device-api-cert.pem"),
+            pki.server_cert_pem.as_bytes(),
+        )?;
         Ok(pki)
     }
 

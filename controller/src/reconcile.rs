@@ -44,7 +44,9 @@ pub enum Resign {
     IfExpiringBefore(DateTime<Utc>),
 }
 
-pub fn parse_assignments(rows: Vec<db::assignments::AssignmentWithSpec>) -> Vec<CompiledAssignment> {
+pub fn parse_assignments(
+    rows: Vec<db::assignments::AssignmentWithSpec>,
+) -> Vec<CompiledAssignment> {
     rows.into_iter()
         .filter_map(|row| {
             // Selectors and specs were validated when stored; a row that no
@@ -167,7 +169,10 @@ impl Reconciler {
     }
 
     /// Recompiles the devices `selector` matches now.
-    pub async fn recompile_selected(&self, selector: &Selector) -> anyhow::Result<RecompileSummary> {
+    pub async fn recompile_selected(
+        &self,
+        selector: &Selector,
+    ) -> anyhow::Result<RecompileSummary> {
         let ids = db::devices::matching_ids(&self.pool, selector)
             .await
             .context("selecting devices")?;
@@ -182,16 +187,25 @@ impl Reconciler {
         let ids = db::configs::expiring_before(&self.pool, threshold)
             .await
             .context("finding expiring configs")?;
-        self.recompile(Some(&ids), Resign::IfExpiringBefore(threshold)).await
+        self.recompile(Some(&ids), Resign::IfExpiringBefore(threshold))
+            .await
     }
 
     /// Fills the cache from the database at start.
     pub async fn load_cache(&self) -> anyhow::Result<()> {
-        for (id, hash) in db::devices::token_hashes(&self.pool).await.context("loading devices")? {
-            let hash: [u8; 32] = hash.try_into().map_err(|_| anyhow::anyhow!("bad token hash for {id}"))?;
+        for (id, hash) in db::devices::token_hashes(&self.pool)
+            .await
+            .context("loading devices")?
+        {
+            let hash: [u8; 32] = hash
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("bad token hash for {id}"))?;
             self.cache.add_device(id, hash);
         }
-        for row in db::configs::all(&self.pool).await.context("loading configs")? {
+        for row in db::configs::all(&self.pool)
+            .await
+            .context("loading configs")?
+        {
             self.cache.publish(
                 row.device_id,
                 ServedConfig {

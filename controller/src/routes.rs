@@ -18,21 +18,38 @@ pub const DEVICE_BODY_LIMIT: usize = 256 * 1024;
 pub fn operator_router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/devices", post(devices::create).get(devices::list))
-        .route("/api/v1/devices/{id}", get(devices::get).delete(devices::delete))
+        .route(
+            "/api/v1/devices/{id}",
+            get(devices::get).delete(devices::delete),
+        )
         .route("/api/v1/devices/{id}/config", get(devices::config))
         .route("/api/v1/devices/{id}/status", get(devices::status))
-        .route("/api/v1/devices/{id}/status/history", get(devices::status_history))
-        .route("/api/v1/services", post(services::create).get(services::list))
+        .route(
+            "/api/v1/devices/{id}/status/history",
+            get(devices::status_history),
+        )
+        .route(
+            "/api/v1/services",
+            post(services::create).get(services::list),
+        )
         .route("/api/v1/services/{id}", get(services::get))
         .route(
             "/api/v1/services/{id}/revisions",
             post(services::create_revision).get(services::list_revisions),
         )
-        .route("/api/v1/services/{id}/revisions/{revision}", get(services::get_revision))
-        .route("/api/v1/assignments", post(assignments::create).get(assignments::list))
+        .route(
+            "/api/v1/services/{id}/revisions/{revision}",
+            get(services::get_revision),
+        )
+        .route(
+            "/api/v1/assignments",
+            post(assignments::create).get(assignments::list),
+        )
         .route(
             "/api/v1/assignments/{id}",
-            get(assignments::get).patch(assignments::update).delete(assignments::delete),
+            get(assignments::get)
+                .patch(assignments::update)
+                .delete(assignments::delete),
         )
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/healthz", get(|| async { "ok" }))
@@ -46,7 +63,10 @@ pub fn operator_router(state: AppState) -> Router {
 pub fn device_router(state: AppState) -> Router {
     Router::new()
         .route(isdf_api::paths::DEVICE_CONFIG, get(device_api::poll_config))
-        .route(isdf_api::paths::DEVICE_STATUS, post(device_api::report_status))
+        .route(
+            isdf_api::paths::DEVICE_STATUS,
+            post(device_api::report_status),
+        )
         .route(isdf_api::paths::DEVICE_PING, get(device_api::ping))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))

@@ -73,19 +73,23 @@ mod tests {
         let again = FileSigner::load_or_create(&path).unwrap();
         assert_eq!(first.public_key(), again.public_key());
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]
     fn file_signer_produces_the_api_test_vector() {
         // Same seed and payload as isdf-api's vector: both sides agree on bytes.
         let signer = FileSigner::from_key(SigningKey::from_bytes(&[7; 32]));
-        let config: isdf_api::DeviceConfig = serde_json::from_str(include_str!(
-            "../../api/tests/vectors/config-sample.json"
-        ))
-        .unwrap();
+        let config: isdf_api::DeviceConfig =
+            serde_json::from_str(include_str!("../../api/tests/vectors/config-sample.json"))
+                .unwrap();
         let payload = serde_json::to_vec(&config).unwrap();
-        let envelope = signer.sign(isdf_api::CONFIG_PAYLOAD_TYPE, &payload).unwrap();
+        let envelope = signer
+            .sign(isdf_api::CONFIG_PAYLOAD_TYPE, &payload)
+            .unwrap();
         assert_eq!(
             String::from_utf8(envelope.to_json()).unwrap(),
             include_str!("../../api/tests/vectors/envelope-sample.json").trim()

@@ -86,15 +86,22 @@ pub async fn set_revision(
     .await
 }
 
-pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<AssignmentRow>, sqlx::Error> {
-    sqlx::query_as(&format!("DELETE FROM assignments WHERE id = $1 RETURNING {COLUMNS}"))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+pub async fn delete(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<AssignmentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "DELETE FROM assignments WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
 }
 
 /// Every assignment with its spec, in a stable order.
-pub async fn all_with_specs(db: impl PgExecutor<'_>) -> Result<Vec<AssignmentWithSpec>, sqlx::Error> {
+pub async fn all_with_specs(
+    db: impl PgExecutor<'_>,
+) -> Result<Vec<AssignmentWithSpec>, sqlx::Error> {
     sqlx::query_as(
         "SELECT a.id, a.selector, a.created_at, s.kind, r.spec
          FROM assignments a

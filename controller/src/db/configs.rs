@@ -16,11 +16,16 @@ pub struct ConfigRow {
 
 const COLUMNS: &str = "device_id, version, digest, issued_at, expires_at, envelope";
 
-pub async fn get(db: impl PgExecutor<'_>, device_id: Uuid) -> Result<Option<ConfigRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM device_configs WHERE device_id = $1"))
-        .bind(device_id)
-        .fetch_optional(db)
-        .await
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    device_id: Uuid,
+) -> Result<Option<ConfigRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM device_configs WHERE device_id = $1"
+    ))
+    .bind(device_id)
+    .fetch_optional(db)
+    .await
 }
 
 /// Version and digest of the given devices' current configs, locked for update.

@@ -58,13 +58,23 @@ fn push_selector(q: &mut QueryBuilder<'_, Postgres>, selector: &Selector) {
         q.push(" AND ");
         match requirement.clone() {
             Requirement::Equals(k, v) => {
-                q.push("(labels ->> ").push_bind(k).push(") = ").push_bind(v);
+                q.push("(labels ->> ")
+                    .push_bind(k)
+                    .push(") = ")
+                    .push_bind(v);
             }
             Requirement::NotEquals(k, v) => {
-                q.push("(labels ->> ").push_bind(k).push(") IS DISTINCT FROM ").push_bind(v);
+                q.push("(labels ->> ")
+                    .push_bind(k)
+                    .push(") IS DISTINCT FROM ")
+                    .push_bind(v);
             }
             Requirement::In(k, vs) => {
-                q.push("(labels ->> ").push_bind(k).push(") = ANY(").push_bind(vs).push(")");
+                q.push("(labels ->> ")
+                    .push_bind(k)
+                    .push(") = ANY(")
+                    .push_bind(vs)
+                    .push(")");
             }
             Requirement::NotIn(k, vs) => {
                 q.push("NOT coalesce((labels ->> ")

@@ -29,8 +29,10 @@ pub async fn find_active(
     db: impl PgExecutor<'_>,
     token_hash: &[u8],
 ) -> Result<Option<(Uuid, String)>, sqlx::Error> {
-    sqlx::query_as("SELECT id, name FROM operator_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
-        .bind(token_hash)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "SELECT id, name FROM operator_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(token_hash)
+    .fetch_optional(db)
+    .await
 }

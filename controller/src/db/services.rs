@@ -48,10 +48,12 @@ pub async fn insert(
 }
 
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ServiceRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {SERVICE_COLUMNS} FROM services s WHERE s.id = $1"))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {SERVICE_COLUMNS} FROM services s WHERE s.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
 }
 
 pub async fn list(
@@ -76,10 +78,11 @@ pub async fn insert_revision(
     service_id: Uuid,
     spec: &serde_json::Value,
 ) -> Result<Option<RevisionRow>, sqlx::Error> {
-    let locked: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM services WHERE id = $1 FOR UPDATE")
-        .bind(service_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let locked: Option<(Uuid,)> =
+        sqlx::query_as("SELECT id FROM services WHERE id = $1 FOR UPDATE")
+            .bind(service_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     if locked.is_none() {
         return Ok(None);
     }

@@ -39,12 +39,14 @@ pub async fn record(
     .rows_affected()
         == 1;
     if accepted {
-        sqlx::query("INSERT INTO device_status_history (device_id, sequence, report) VALUES ($1, $2, $3)")
-            .bind(device_id)
-            .bind(sequence)
-            .bind(Json(report))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO device_status_history (device_id, sequence, report) VALUES ($1, $2, $3)",
+        )
+        .bind(device_id)
+        .bind(sequence)
+        .bind(Json(report))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "DELETE FROM device_status_history WHERE device_id = $1 AND sequence <= $2 - $3
                AND sequence < (SELECT min(sequence) FROM (SELECT sequence FROM device_status_history
@@ -59,7 +61,10 @@ pub async fn record(
     Ok(accepted)
 }
 
-pub async fn latest(db: impl PgExecutor<'_>, device_id: Uuid) -> Result<Option<StatusRow>, sqlx::Error> {
+pub async fn latest(
+    db: impl PgExecutor<'_>,
+    device_id: Uuid,
+) -> Result<Option<StatusRow>, sqlx::Error> {
     sqlx::query_as("SELECT sequence, received_at, report FROM device_status WHERE device_id = $1")
         .bind(device_id)
         .fetch_optional(db)

@@ -71,11 +71,19 @@ async fn check_revision(state: &AppState, service_id: Uuid, revision: i32) -> Ap
     db::services::get_revision(&state.pool, service_id, revision)
         .await?
         .map(drop)
-        .ok_or_else(|| ApiError::bad_request("unknown_revision", format!("service {service_id} has no revision {revision}")))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_revision",
+                format!("service {service_id} has no revision {revision}"),
+            )
+        })
 }
 
 async fn recompile_for(state: &AppState, selector: &str) -> ApiResult<RecompiledView> {
-    let summary = state.reconciler.recompile_selected(&parse_selector(selector)?).await?;
+    let summary = state
+        .reconciler
+        .recompile_selected(&parse_selector(selector)?)
+        .await?;
     Ok(RecompiledView {
         devices: summary.compiled,
         changed: summary.changed,
@@ -92,12 +100,24 @@ pub async fn create(
     let selector = parse_selector(&body.selector)?;
     let service = db::services::get(&state.pool, body.service_id)
         .await?
-        .ok_or_else(|| ApiError::bad_request("unknown_service", format!("no service {}", body.service_id)))?;
+        .ok_or_else(|| {
+            ApiError::bad_request("unknown_service", format!("no service {}", body.service_id))
+        })?;
     let revision = body.revision.unwrap_or(service.latest_revision);
     check_revision(&state, service.id, revision).await?;
-    let row = db::assignments::insert(&state.pool, Uuid::new_v4(), service.id, revision, selector.as_str()).await?;
+    let row = db::assignments::insert(
+        &state.pool,
+        Uuid::new_v4(),
+        service.id,
+        revision,
+        selector.as_str(),
+    )
+    .await?;
     let recompiled = recompile_for(&state, &row.selector).await?;
-    Ok((StatusCode::CREATED, Json(AssignmentView::new(row, Some(recompiled)))))
+    Ok((
+        StatusCode::CREATED,
+        Json(AssignmentView::new(row, Some(recompiled))),
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -122,10 +142,18 @@ pub async fn list(
     let limit = paging.limit()?;
     let after = paging
         .after()?
-        .map(|a| a.parse::<Uuid>().map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor")))
+        .map(|a| {
+            a.parse::<Uuid>()
+                .map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor"))
+        })
         .transpose()?;
     let rows = db::assignments::list(&state.pool, query.service_id, after, limit).await?;
-    Ok(Json(page(rows, limit, |r| r.id.to_string(), |r| AssignmentView::new(r, None))))
+    Ok(Json(page(
+        rows,
+        limit,
+        |r| r.id.to_string(),
+        |r| AssignmentView::new(r, None),
+    )))
 }
 
 #[utoipa::path(get, path = "/api/v1/assignments/{id}", tag = "assignments",

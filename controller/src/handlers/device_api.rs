@@ -34,7 +34,9 @@ fn enforced_version(headers: &HeaderMap) -> ApiResult<u64> {
         .ok()
         .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| ApiError::bad_request("invalid_header", "If-None-Match must be a config version"))
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_header", "If-None-Match must be a config version")
+        })
 }
 
 #[utoipa::path(get, path = "/device/v1/config", params(PollParams), tag = "device",
@@ -66,7 +68,11 @@ pub async fn poll_config(
             Ok(Ok(())) => continue,
             // Timed out, or the device was deleted while waiting.
             Ok(Err(_)) | Err(_) => {
-                return Ok((StatusCode::NOT_MODIFIED, [(ETAG, format!("\"{enforced}\""))]).into_response())
+                return Ok((
+                    StatusCode::NOT_MODIFIED,
+                    [(ETAG, format!("\"{enforced}\""))],
+                )
+                    .into_response())
             }
         }
     }
@@ -86,7 +92,10 @@ pub async fn report_status(
     if !db::status::record(&mut tx, id, &report).await? {
         return Err(ApiError::conflict(
             "stale_sequence",
-            format!("sequence {} is not above the last accepted report", report.sequence),
+            format!(
+                "sequence {} is not above the last accepted report",
+                report.sequence
+            ),
         ));
     }
     tx.commit().await?;

@@ -79,7 +79,10 @@ pub async fn create(
             }
         })?;
     state.cache.add_device(id, token_hash);
-    state.reconciler.recompile(Some(&[id]), Resign::IfChanged).await?;
+    state
+        .reconciler
+        .recompile(Some(&[id]), Resign::IfChanged)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(DeviceCreated {
@@ -118,8 +121,19 @@ pub async fn list(
         cursor: query.cursor,
     };
     let limit = paging.limit()?;
-    let rows = db::devices::list(&state.pool, selector.as_ref(), paging.after()?.as_deref(), limit).await?;
-    Ok(Json(page(rows, limit, |r| r.name.clone(), DeviceView::from)))
+    let rows = db::devices::list(
+        &state.pool,
+        selector.as_ref(),
+        paging.after()?.as_deref(),
+        limit,
+    )
+    .await?;
+    Ok(Json(page(
+        rows,
+        limit,
+        |r| r.name.clone(),
+        DeviceView::from,
+    )))
 }
 
 async fn find(state: &AppState, id: Uuid) -> ApiResult<db::devices::DeviceRow> {
@@ -178,8 +192,8 @@ pub async fn config(
     let row = db::configs::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("device {id} has no compiled config yet")))?;
-    let envelope: isdf_api::Envelope =
-        serde_json::from_slice(&row.envelope).map_err(|e| anyhow::anyhow!("stored envelope: {e}"))?;
+    let envelope: isdf_api::Envelope = serde_json::from_slice(&row.envelope)
+        .map_err(|e| anyhow::anyhow!("stored envelope: {e}"))?;
     let payload = BASE64
         .decode(&envelope.payload)
         .map_err(|e| anyhow::anyhow!("stored payload: {e}"))?;
@@ -188,7 +202,8 @@ pub async fn config(
         digest: row.digest,
         issued_at: row.issued_at,
         expires_at: row.expires_at,
-        config: serde_json::from_slice(&payload).map_err(|e| anyhow::anyhow!("stored config: {e}"))?,
+        config: serde_json::from_slice(&payload)
+            .map_err(|e| anyhow::anyhow!("stored config: {e}"))?,
         envelope: serde_json::to_value(&envelope).map_err(|e| anyhow::anyhow!("{e}"))?,
     }))
 }

@@ -61,7 +61,12 @@ impl PageParams {
 
 /// Builds a page from one extra-long fetch: `rows` was fetched with `limit`
 /// items; a full page gets a cursor made from the last item's sort key.
-pub fn page<R, T>(rows: Vec<R>, limit: i64, key: impl Fn(&R) -> String, view: impl Fn(R) -> T) -> Page<T> {
+pub fn page<R, T>(
+    rows: Vec<R>,
+    limit: i64,
+    key: impl Fn(&R) -> String,
+    view: impl Fn(R) -> T,
+) -> Page<T> {
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| URL_SAFE_NO_PAD.encode(key(r))))
         .flatten();

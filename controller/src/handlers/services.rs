@@ -67,14 +67,21 @@ impl From<db::services::RevisionRow> for RevisionView {
 }
 
 fn parse_kind(kind: &str) -> ApiResult<ServiceKind> {
-    ServiceKind::parse(kind)
-        .ok_or_else(|| ApiError::bad_request("unknown_kind", format!("unknown service kind `{kind}`; known: flow-block")))
+    ServiceKind::parse(kind).ok_or_else(|| {
+        ApiError::bad_request(
+            "unknown_kind",
+            format!("unknown service kind `{kind}`; known: flow-block"),
+        )
+    })
 }
 
 fn check_spec(kind: ServiceKind, spec: &serde_json::Value) -> ApiResult<()> {
-    ServiceSpec::parse(kind, spec)
-        .map(drop)
-        .map_err(|e| ApiError::bad_request("invalid_spec", format!("invalid {} spec: {e}", kind.as_str())))
+    ServiceSpec::parse(kind, spec).map(drop).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_spec",
+            format!("invalid {} spec: {e}", kind.as_str()),
+        )
+    })
 }
 
 #[utoipa::path(post, path = "/api/v1/services", request_body = CreateService, tag = "services",
@@ -110,7 +117,12 @@ pub async fn list(
 ) -> ApiResult<Json<Page<ServiceView>>> {
     let limit = paging.limit()?;
     let rows = db::services::list(&state.pool, paging.after()?.as_deref(), limit).await?;
-    Ok(Json(page(rows, limit, |r| r.name.clone(), ServiceView::from)))
+    Ok(Json(page(
+        rows,
+        limit,
+        |r| r.name.clone(),
+        ServiceView::from,
+    )))
 }
 
 pub(crate) async fn find(state: &AppState, id: Uuid) -> ApiResult<db::services::ServiceRow> {
@@ -166,10 +178,18 @@ pub async fn list_revisions(
     let limit = paging.limit()?;
     let after = paging
         .after()?
-        .map(|a| a.parse::<i32>().map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor")))
+        .map(|a| {
+            a.parse::<i32>()
+                .map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor"))
+        })
         .transpose()?;
     let rows = db::services::list_revisions(&state.pool, id, after, limit).await?;
-    Ok(Json(page(rows, limit, |r| r.revision.to_string(), RevisionView::from)))
+    Ok(Json(page(
+        rows,
+        limit,
+        |r| r.revision.to_string(),
+        RevisionView::from,
+    )))
 }
 
 #[utoipa::path(get, path = "/api/v1/services/{id}/revisions/{revision}", tag = "services",

@@ -1,0 +1,324 @@
+//! The agent loop: enforce the last good config at start (before any network
+//! call), then long-poll, verify, apply, verify the kernel, report.
+//!
+//! Invariants: **nothing reaches the backend before `open_device_config`
+//! accepted it** (signature, device id, version, expiry); a failed apply
+//! restores the previous ruleset; losing the controller never removes rules.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use isdf_api::{open_device_config, DeviceConfig, OpenPolicy, Outcome, StatusReport, TrustedKeys};
+use rand::Rng;
+
+use crate::backend::FirewallBackend;
+use crate::client::{Client, Poll};
+use crate::settings::Settings;
+use crate::state::StateDir;
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The config the kernel enforces now.
+struct Enforced {
+    config: DeviceConfig,
+}
+
+/// What the last attempt produced, for the next status report.
+struct LastResult {
+    outcome: Outcome,
+    attempted_version: Option<u64>,
+    errors: Vec<String>,
+}
+
+pub struct Agent {
+    settings: Settings,
+    trusted: TrustedKeys,
+    backend: Box<dyn FirewallBackend>,
+    state: StateDir,
+    client: Client,
+    enforced: Option<Enforced>,
+    last: Option<LastResult>,
+    report_due: bool,
+    last_report: Option<Instant>,
+}
+
+impl Agent {
+    pub fn new(settings: Settings, backend: Box<dyn FirewallBackend>) -> anyhow::Result<Self> {
+        let trusted = settings.trusted_keys()?;
+        let state = StateDir::open(&settings.state_dir)?;
+        let ca = std::fs::read(&settings.ca_cert)
+            .with_context(|| format!("reading controller CA {}", settings.ca_cert.display()))?;
+        let client = Client::new(&settings.controller_url, &ca, &settings.device_token()?)?;
+        Ok(Agent {
+            settings,
+            trusted,
+            backend,
+            state,
+            client,
+            enforced: None,
+            last: None,
+            report_due: false,
+            last_report: None,
+        })
+    }
+
+    /// Re-enforces the persisted last good config. Runs before any network
+    /// call, so a rebooted router is protected while the controller is away.
+    /// The envelope is verified again (signature and device); its version and
+    /// expiry are not checked, as it was accepted when it arrived and
+    /// enforcing it can only keep the firewall closed.
+    pub fn restore_last_good(&mut self) -> anyhow::Result<()> {
+        let Some(envelope) = self.state.last_good()? else {
+            tracing::info!("no last good config yet");
+            return Ok(());
+        };
+        let policy = OpenPolicy {
+            device_id: &self.settings.device_id,
+            enforced_version: None,
+            now: None,
+        };
+        let config = open_device_config(&envelope, &self.trusted, &policy)
+            .context("the persisted last good config no longer verifies")?;
+        let now = unix_now();
+        self.backend
+            .apply(&config.firewall, now)
+            .and_then(|()| self.backend.verify(&config.firewall, now))
+            .context("re-enforcing the last good config")?;
+        tracing::info!(
+            version = config.version,
+            "enforced the last good config from the state directory"
+        );
+        self.enforced = Some(Enforced { config });
+        self.report_due = true;
+        Ok(())
+    }
+
+    pub fn enforced_version(&self) -> Option<u64> {
+        self.enforced.as_ref().map(|e| e.config.version)
+    }
+
+    /// Handles one envelope from the controller: verify, apply, check, keep or roll back.
+    pub async fn handle_envelope(&mut self, envelope: Vec<u8>) {
+        let policy = OpenPolicy {
+            device_id: &self.settings.device_id,
+            enforced_version: self.enforced_version(),
+            now: Some(unix_now()),
+        };
+        let config = match open_device_config(&envelope, &self.trusted, &policy) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::warn!(code = e.code(), error = %e, "rejected config; the firewall is unchanged");
+                self.set_result(Outcome::Rejected, None, vec![format!("{}: {e}", e.code())]);
+                return;
+            }
+        };
+        let version = config.version;
+        match self.apply_checked(&config).await {
+            Ok(()) => {
+                if let Err(e) = self.state.save_last_good(&envelope) {
+                    // Enforced but not persisted: after a reboot the previous
+                    // good config comes back, which is safe; say so.
+                    tracing::error!(error = ?e, "persisting the last good config");
+                }
+                tracing::info!(version, "applied config");
+                self.enforced = Some(Enforced { config });
+                self.set_result(Outcome::Applied, Some(version), vec![]);
+            }
+            Err(reason) => {
+                let restored = self.restore_previous();
+                let mut errors = vec![format!("apply_failed: {reason:#}")];
+                if let Err(e) = restored {
+                    errors.push(format!("restore_failed: {e:#}"));
+                }
+                tracing::error!(version, errors = ?errors, "rolled back");
+                self.set_result(Outcome::RolledBack, Some(version), errors);
+            }
+        }
+    }
+
+    async fn apply_checked(&mut self, config: &DeviceConfig) -> anyhow::Result<()> {
+        let now = unix_now();
+        self.backend.apply(&config.firewall, now)?;
+        self.backend
+            .verify(&config.firewall, now)
+            .context("the kernel does not hold the applied ruleset")?;
+        if self.settings.wan_check {
+            self.client
+                .ping()
+                .await
+                .context("the controller is unreachable after applying")?;
+        }
+        Ok(())
+    }
+
+    /// Puts back what was enforced before (or nothing, if nothing was).
+    fn restore_previous(&mut self) -> anyhow::Result<()> {
+        match &self.enforced {
+            Some(previous) => {
+                let now = unix_now();
+                self.backend.apply(&previous.config.firewall, now)?;
+                self.backend.verify(&previous.config.firewall, now)
+            }
+            None => self.backend.remove(),
+        }
+    }
+
+    fn set_result(
+        &mut self,
+        outcome: Outcome,
+        attempted_version: Option<u64>,
+        errors: Vec<String>,
+    ) {
+        self.last = Some(LastResult {
+            outcome,
+            attempted_version,
+            errors,
+        });
+        self.report_due = true;
+    }
+
+    /// Detects a flushed or altered table and puts the enforced config back;
+    /// re-applies when the backend needs it for expiries.
+    fn repair_and_expire(&mut self) {
+        let Some(enforced) = &self.enforced else {
+            return;
+        };
+        let now = unix_now();
+        let due = self
+            .backend
+            .next_reapply(&enforced.config.firewall, now - 1)
+            .is_some_and(|t| t <= now);
+        let verify = self.backend.verify(&enforced.config.firewall, now);
+        if verify.is_ok() && !due {
+            return;
+        }
+        if let Err(e) = &verify {
+            tracing::warn!(error = %e, "kernel state drifted; re-applying the enforced config");
+        }
+        let firewall = enforced.config.firewall.clone();
+        if let Err(e) = self.backend.apply(&firewall, now) {
+            tracing::error!(error = ?e, "re-applying the enforced config");
+        }
+    }
+
+    fn stale(&self) -> bool {
+        self.enforced
+            .as_ref()
+            .is_some_and(|e| e.config.expires_at <= unix_now())
+    }
+
+    fn build_report(&self) -> anyhow::Result<StatusReport> {
+        let (outcome, attempted_version, errors) = match (&self.last, self.stale()) {
+            (_, true) => (
+                Outcome::Stale,
+                self.enforced_version(),
+                vec!["config expired; still enforcing it".into()],
+            ),
+            (Some(last), false) => (last.outcome, last.attempted_version, last.errors.clone()),
+            (None, false) => (Outcome::Applied, self.enforced_version(), vec![]),
+        };
+        Ok(StatusReport {
+            sequence: self.state.next_sequence(unix_millis())?,
+            enforced_version: self.enforced_version(),
+            enforced_digest: self.enforced.as_ref().map(|e| e.config.firewall.digest()),
+            outcome,
+            attempted_version,
+            errors,
+            counters: self.backend.counters().unwrap_or_default(),
+            backend: self.backend.name().to_owned(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+    }
+
+    async fn report_if_due(&mut self) {
+        let heartbeat = Duration::from_secs(self.settings.heartbeat_secs);
+        let heartbeat_due = self.last_report.is_none_or(|t| t.elapsed() >= heartbeat);
+        if !self.report_due && !heartbeat_due {
+            return;
+        }
+        let result = match self.build_report() {
+            Ok(report) => self.client.report(&report).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.report_due = false;
+                self.last_report = Some(Instant::now());
+            }
+            Err(e) => tracing::warn!(error = %e, "status report failed; will retry"),
+        }
+    }
+
+    /// Runs until `shutdown` resolves. The firewall is left as it is on exit.
+    pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let wait = Duration::from_secs(self.settings.poll_wait_secs);
+        let mut failures: u32 = 0;
+        loop {
+            self.repair_and_expire();
+            self.report_if_due().await;
+            let reapply_in = self
+                .enforced
+                .as_ref()
+                .and_then(|e| self.backend.next_reapply(&e.config.firewall, unix_now()))
+                .map(|t| Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0)));
+            let this_wait = reapply_in.map_or(wait, |r| r.min(wait));
+            let poll = tokio::select! {
+                () = &mut shutdown => return,
+                poll = self.client.poll(self.enforced_version(), this_wait) => poll,
+            };
+            match poll {
+                Ok(Poll::Newer(envelope)) => {
+                    failures = 0;
+                    self.handle_envelope(envelope).await;
+                }
+                Ok(Poll::NotModified) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = backoff(
+                        failures,
+                        Duration::from_secs(self.settings.max_backoff_secs),
+                    );
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "poll failed; rules stay as they are");
+                    tokio::select! {
+                        () = &mut shutdown => return,
+                        () = tokio::time::sleep(delay) => {},
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter between half and all of the step,
+/// so a fleet that lost its controller does not come back in lockstep.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    let step = Duration::from_secs(1u64 << failures.min(16).saturating_sub(1)).min(max);
+    let jitter = rand::thread_rng().gen_range(0.5..=1.0);
+    step.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let max = Duration::from_secs(60);
+        for (failures, ceiling) in [(1, 1), (2, 2), (3, 4), (7, 60), (40, 60)] {
+            let d = backoff(failures, max);
+            assert!(d <= Duration::from_secs(ceiling), "{failures}: {d:?}");
+            assert!(d >= Duration::from_secs(ceiling) / 2, "{failures}: {d:?}");
+        }
+    }
+}

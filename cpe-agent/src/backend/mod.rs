@@ -1,0 +1,74 @@
+//! Firewall backends. Each has a pure planner (`Firewall` + time -> script
+//! text, snapshot-tested) and an executor that checks, applies atomically and
+//! verifies. **Only this module runs `nft`, `iptables` and `ipset`.**
+
+pub mod exec;
+pub mod iptables;
+pub mod nft;
+
+use isdf_api::{Firewall, RuleCounter};
+
+pub trait FirewallBackend: Send {
+    /// `nftables` or `iptables`; reported to the controller.
+    fn name(&self) -> &'static str;
+
+    /// Makes the kernel enforce `firewall` at Unix time `now`, replacing what
+    /// this agent enforced before, all or nothing. Element expiries become
+    /// kernel timeouts counted from `now`.
+    fn apply(&mut self, firewall: &Firewall, now: i64) -> anyhow::Result<()>;
+
+    /// Checks the kernel holds what `apply(firewall, ...)` put there (our
+    /// table, sets and rules are present; someone may have flushed them).
+    fn verify(&self, firewall: &Firewall, now: i64) -> anyhow::Result<()>;
+
+    /// Packet and byte counters per rule id.
+    fn counters(&self) -> anyhow::Result<Vec<RuleCounter>>;
+
+    /// The earliest instant (Unix seconds) after `now` at which the agent must
+    /// re-apply because the kernel cannot expire something by itself (None:
+    /// the kernel handles every expiry).
+    fn next_reapply(&self, firewall: &Firewall, now: i64) -> Option<i64> {
+        let _ = (firewall, now);
+        None
+    }
+
+    /// Removes everything this agent installed (uninstall and tests).
+    fn remove(&mut self) -> anyhow::Result<()>;
+}
+
+/// Which backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// nftables when `nft` works, else iptables.
+    Auto,
+    Nftables,
+    Iptables,
+}
+
+/// Builds the chosen backend; `Auto` prefers nftables.
+pub fn select(choice: BackendChoice) -> anyhow::Result<Box<dyn FirewallBackend>> {
+    match choice {
+        BackendChoice::Nftables => Ok(Box::new(nft::NftBackend::new())),
+        BackendChoice::Iptables => Ok(Box::new(iptables::IptablesBackend::new())),
+        BackendChoice::Auto => {
+            if exec::works("nft", &["list", "tables"]) {
+                Ok(Box::new(nft::NftBackend::new()))
+            } else if exec::works("iptables", &["-w", "-L", "-n"])
+                && exec::works("ipset", &["list", "-n"])
+            {
+                Ok(Box::new(iptables::IptablesBackend::new()))
+            } else {
+                anyhow::bail!(
+                    "neither nft nor iptables+ipset work on this router; install nftables"
+                )
+            }
+        }
+    }
+}
+
+/// Remaining seconds of an element expiring at `expires_at`; None when it has
+/// no expiry; Some(0) when it has already expired (leave it out).
+pub fn remaining_secs(expires_at: Option<i64>, now: i64) -> Option<u64> {
+    expires_at.map(|e| u64::try_from(e.saturating_sub(now)).unwrap_or(0))
+}
