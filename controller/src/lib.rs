@@ -19,5 +19,7 @@ pub mod routes;
 pub mod secrets;
 pub mod signer;
 pub mod state;
+#[doc(hidden)]
+pub mod test_support;
 
 pub use app::{Application, Settings};

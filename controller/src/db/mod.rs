@@ -20,10 +20,14 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c == "23505")
 }
 
-/// Applies the migrations in `migrations/`.
+/// The migrations in `migrations/`, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Applies the migrations (expand-then-contract: each release's migrations
+/// must work with the previous release's code still running).
 pub async fn migrate(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     use anyhow::Context;
-    sqlx::migrate!("../migrations")
+    MIGRATOR
         .run(pool)
         .await
         .context("applying database migrations")

@@ -1,0 +1,199 @@
+//! Support for tests (this crate's and the agent's end-to-end tests): a fresh
+//! database per test, cloned from a migrated template, and the real
+//! controller started on port 0. Not used by the controller itself.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, PgConnection};
+
+use crate::{Application, Settings};
+
+/// Names the PostgreSQL maintenance URL the tests create their databases in.
+pub const TEST_DATABASE_ENV: &str = "ISDF_TEST_DATABASE_URL";
+
+fn maintenance_url() -> anyhow::Result<String> {
+    std::env::var(TEST_DATABASE_ENV).with_context(|| {
+        format!(
+            "{TEST_DATABASE_ENV} is not set: these tests need a real PostgreSQL. \
+             Run them with scripts/test, which starts one, or set {TEST_DATABASE_ENV} \
+             to a maintenance database URL (e.g. postgres://postgres@localhost/postgres)"
+        )
+    })
+}
+
+/// Replaces the database name in a `postgres://` URL.
+fn with_database(url: &str, database: &str) -> String {
+    let (head, query) = url
+        .split_once('?')
+        .map_or((url, None), |(h, q)| (h, Some(q)));
+    let base = head.rsplit_once('/').map_or(head, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// The template's name changes whenever a migration does.
+fn template_name() -> String {
+    let mut hasher = Sha256::new();
+    for migration in crate::db::MIGRATOR.iter() {
+        hasher.update(migration.version.to_le_bytes());
+        hasher.update(&migration.checksum);
+    }
+    format!("isdf_template_{}", &hex::encode(hasher.finalize())[..12])
+}
+
+/// Creates a new database for one test from the migrated template (made once
+/// per schema, under an advisory lock, shared by parallel test processes).
+pub async fn create_test_database() -> anyhow::Result<String> {
+    let admin_url = maintenance_url()?;
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .with_context(|| format!("connecting to {TEST_DATABASE_ENV}"))?;
+    let template = template_name();
+    sqlx::query("SELECT pg_advisory_lock(7242)")
+        .execute(&mut admin)
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let building = format!("{template}_building");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {building}"))
+            .execute(&mut admin)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE {building}"))
+            .execute(&mut admin)
+            .await?;
+        let pool = sqlx::PgPool::connect(&with_database(&admin_url, &building)).await?;
+        crate::db::migrate(&pool).await?;
+        pool.close().await;
+        sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}"))
+            .execute(&mut admin)
+            .await?;
+    }
+    sqlx::query("SELECT pg_advisory_unlock(7242)")
+        .execute(&mut admin)
+        .await?;
+    let name = format!("isdf_test_{}", uuid::Uuid::new_v4().simple());
+    // Cloning fails while another session is connected to the template
+    // (briefly possible); retry a few times.
+    for attempt in 0..20 {
+        match sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => return Ok(with_database(&admin_url, &name)),
+            Err(e) if attempt < 19 && e.to_string().contains("being accessed") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).context("cloning the template database"),
+        }
+    }
+    bail!("could not clone the template database")
+}
+
+/// A running controller for tests.
+pub struct TestController {
+    pub api_url: String,
+    pub device_url: String,
+    pub operator_token: String,
+    pub ca_pem: String,
+    pub signing_public_key_hex: String,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub state: crate::state::AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Options for [`TestController::start`].
+pub struct TestControllerOptions {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub device_listen: std::net::SocketAddr,
+    pub device_tls_names: Vec<String>,
+}
+
+impl TestControllerOptions {
+    pub fn new(data_dir: &Path) -> Self {
+        TestControllerOptions {
+            data_dir: data_dir.to_owned(),
+            database_url: None,
+            device_listen: "127.0.0.1:0".parse().expect("literal"),
+            device_tls_names: vec!["localhost".into(), "127.0.0.1".into()],
+        }
+    }
+}
+
+impl TestController {
+    /// Starts the real controller (both listeners, TLS) on the current runtime.
+    pub async fn start(options: TestControllerOptions) -> anyhow::Result<Self> {
+        let database_url = match options.database_url {
+            Some(url) => url,
+            None => create_test_database().await?,
+        };
+        let settings = Settings {
+            data_dir: options.data_dir.clone(),
+            database_url: database_url.clone(),
+            api_listen: "127.0.0.1:0".parse()?,
+            device_listen: options.device_listen,
+            device_public_url: None,
+            device_tls_names: options.device_tls_names,
+            config_lifetime: Duration::from_secs(3600),
+            max_poll_wait: Duration::from_secs(30),
+        };
+        let app = Application::build(settings).await?;
+        let operator_token = match app.initial_operator_token.clone() {
+            Some(t) => t,
+            None => {
+                // A restart on the same database: make a fresh token for the test.
+                let token = crate::secrets::new_token(crate::secrets::OPERATOR_TOKEN_PREFIX);
+                crate::db::operators::insert(
+                    &app.state.pool,
+                    uuid::Uuid::new_v4(),
+                    "test",
+                    &crate::secrets::hash_token(&token),
+                )
+                .await?;
+                token
+            }
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let controller = TestController {
+            api_url: format!("http://{}", app.api_addr),
+            device_url: app.device_api_url.clone(),
+            operator_token,
+            ca_pem: app.ca_pem.clone(),
+            signing_public_key_hex: app.signing_public_key_hex.clone(),
+            data_dir: options.data_dir,
+            database_url,
+            state: app.state.clone(),
+            stop: Some(stop),
+            task: None,
+        };
+        let task = tokio::spawn(app.run(async move {
+            let _ = stopped.await;
+        }));
+        Ok(TestController {
+            task: Some(task),
+            ..controller
+        })
+    }
+
+    /// Stops both listeners and waits until they are closed.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.context("controller task")??;
+        }
+        Ok(())
+    }
+}

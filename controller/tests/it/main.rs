@@ -1,0 +1,7 @@
+//! Controller integration tests: the real controller on port 0 against a real
+//! PostgreSQL, one database per test. One test binary keeps link times down.
+
+mod api;
+mod device_api;
+mod recompile;
+mod support;
