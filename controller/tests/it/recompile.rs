@@ -65,15 +65,21 @@ async fn version_increases_only_when_compiled_content_changes() {
     assert_eq!(moved.body["recompiled"]["changed"], 1);
     assert_eq!(h.config_version(&prod).await, 3);
 
-    for a in h.get("/api/v1/assignments").await.body["items"]
-        .as_array()
-        .unwrap()
-    {
-        let id = a["id"].as_str().unwrap();
-        h.call(Method::DELETE, &format!("/api/v1/assignments/{id}"), None)
-            .await;
-    }
+    // Removing the revision-2 assignment brings back revision 1's content
+    // (version 4); removing the last one empties the firewall (version 5).
+    let deleted = h
+        .call(Method::DELETE, &format!("/api/v1/assignments/{id}"), None)
+        .await;
+    assert_eq!(deleted.body["recompiled"]["changed"], 1);
     assert_eq!(h.config_version(&prod).await, 4);
+    let other = twice.body["id"].as_str().unwrap();
+    h.call(
+        Method::DELETE,
+        &format!("/api/v1/assignments/{other}"),
+        None,
+    )
+    .await;
+    assert_eq!(h.config_version(&prod).await, 5);
     let empty = h.get(&format!("/api/v1/devices/{prod}/config")).await;
     assert_eq!(
         empty.body["config"]["firewall"],
