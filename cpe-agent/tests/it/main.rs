@@ -1,1 +1,8 @@
-//! Agent end-to-end tests.
+//! Agent end-to-end tests: a LAN host, the router running the real agent
+//! binary, and a WAN host with servers and the real controller, each in a
+//! network namespace the test creates, with real nft / iptables and real
+//! traffic. Nothing is connected to the root namespace.
+
+mod e2e;
+mod netns;
+mod rogue_controller;

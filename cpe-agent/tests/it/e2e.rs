@@ -1,0 +1,502 @@
+//! The end-to-end scenario, run once per firewall backend.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use isdf_api::{DeviceConfig, Envelope, Outcome, CONFIG_PAYLOAD_TYPE};
+use isdf_controller::signer::{ConfigSigner, FileSigner};
+use isdf_controller::test_support::{TestController, TestControllerOptions};
+use serde_json::{json, Value};
+
+use crate::netns::{Netns, Topology, WAN_HOST};
+use crate::rogue_controller::RogueController;
+
+const BLOCKED_PORT: u16 = 9000;
+const OPEN_PORT: u16 = 9001;
+const ATTEMPT: Duration = Duration::from_millis(300);
+
+#[test]
+fn nftables_backend_end_to_end() {
+    end_to_end("nftables");
+}
+
+#[test]
+fn iptables_backend_end_to_end() {
+    end_to_end("iptables");
+}
+
+/// The real agent binary running in the router namespace; killed on drop.
+struct AgentProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    fn start(router: &Netns, config: &Path, backend: &str, log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &router.name,
+                env!("CARGO_BIN_EXE_isdf-agent"),
+                "run",
+                "--config",
+            ])
+            .arg(config)
+            .args(["--backend", backend])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("starting the agent");
+        AgentProcess {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Kills the agent without warning, as a crash or power cut would.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The kernel ruleset the backend manages, without counters and timers, so
+/// two snapshots are equal exactly when rules, sets and elements are.
+fn ruleset(router: &Netns, backend: &str) -> String {
+    let raw = match backend {
+        "nftables" => {
+            let out = router.exec("nft", &["-s", "list", "table", "inet", "isdf"]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+        _ => {
+            let mut all = String::new();
+            for (program, args) in [
+                ("iptables-save", &["-t", "filter"][..]),
+                ("ip6tables-save", &["-t", "filter"][..]),
+                ("ipset", &["save"][..]),
+            ] {
+                all.push_str(&router.run(program, args));
+            }
+            all
+        }
+    };
+    raw.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            // Drop counters ([p:b]), element timers and expiry countdowns.
+            let l = match l.find(" [") {
+                Some(i) if l.starts_with(':') => &l[..i],
+                _ => l,
+            };
+            l.split(" expires ")
+                .next()
+                .unwrap()
+                .split(" timeout ")
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if check() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wan(port: u16) -> SocketAddr {
+    format!("{WAN_HOST}:{port}").parse().unwrap()
+}
+
+struct Operator {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Operator {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn delete(&self, path: &str) -> Value {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Waits until the device reports `version` applied.
+    async fn wait_applied(&self, device: &str, version: u64) {
+        let started = Instant::now();
+        loop {
+            let response = self
+                .http
+                .get(format!("{}/api/v1/devices/{device}/status", self.url))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap();
+            if response.status().is_success() {
+                let status: Value = response.json().await.unwrap();
+                if status["report"]["enforced_version"] == json!(version)
+                    && status["report"]["outcome"] == "applied"
+                {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "device never reported version {version} applied"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn serve_greeting(port: u16) {
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stream.write_all(b"ok\n").await;
+            });
+        }
+    });
+}
+
+/// Runs blocking `f` without stalling the runtime.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+fn end_to_end(backend: &'static str) {
+    let topo = std::sync::Arc::new(Topology::create(&backend[..3]));
+    let work = tempfile::tempdir().unwrap();
+    let work_path = work.path().to_owned();
+    let wan_ns = &topo.wan;
+    let topo_inner = topo.clone();
+    // Everything network-facing of the test (servers, controller, operator
+    // calls) runs inside the WAN namespace.
+    wan_ns.enter(move || {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(scenario(topo_inner, backend, work_path))
+    });
+}
+
+async fn scenario(topo: std::sync::Arc<Topology>, backend: &'static str, work: PathBuf) {
+    serve_greeting(BLOCKED_PORT).await;
+    serve_greeting(OPEN_PORT).await;
+
+    let controller_dir = work.join("controller");
+    let mut options = TestControllerOptions::new(&controller_dir);
+    options.device_listen = wan(0);
+    options.device_tls_names = vec![WAN_HOST.to_owned()];
+    let controller = TestController::start(options)
+        .await
+        .expect("controller starts");
+    let device_addr: SocketAddr = controller
+        .device_url
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let operator = Operator {
+        http: reqwest::Client::new(),
+        url: controller.api_url.clone(),
+        token: controller.operator_token.clone(),
+    };
+
+    // Pre-register the router and write the agent's files.
+    let created = operator
+        .post(
+            "/api/v1/devices",
+            json!({"name": "home-1", "labels": {"plan": "family"}}),
+        )
+        .await;
+    let device = created["device"]["id"].as_str().unwrap().to_owned();
+    let agent_dir = work.join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    std::fs::write(agent_dir.join("token"), created["token"].as_str().unwrap()).unwrap();
+    std::fs::write(
+        agent_dir.join("ca.pem"),
+        created["ca_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    let config_path = agent_dir.join("agent.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "controller_url = \"{url}\"\ndevice_id = \"{device}\"\ndevice_token_file = \"{dir}/token\"\n\
+             ca_cert = \"{dir}/ca.pem\"\nsigning_public_keys = [\"{key}\"]\nstate_dir = \"{dir}/state\"\n\
+             poll_wait_secs = 20\nmax_backoff_secs = 2\n",
+            url = controller.device_url,
+            dir = agent_dir.display(),
+            key = controller.signing_public_key_hex,
+        ),
+    )
+    .unwrap();
+    let log = agent_dir.join("agent.log");
+    let agent = AgentProcess::start(&topo.router, &config_path, backend, &log);
+    operator.wait_applied(&device, 1).await;
+
+    let lan = |port| {
+        let topo = topo.clone();
+        blocking(move || topo.lan.tcp_works(wan(port), ATTEMPT))
+    };
+    assert!(
+        lan(BLOCKED_PORT).await && lan(OPEN_PORT).await,
+        "both ports work before any service"
+    );
+
+    // Assign a flow block: the LAN host's connections to port 9000 fail within 2 s.
+    let service = operator
+        .post(
+            "/api/v1/services",
+            json!({"name": "block-9000", "kind": "flow-block",
+                   "spec": {"flows": [{"protocol": "tcp", "dst": WAN_HOST, "dport": BLOCKED_PORT}]}}),
+        )
+        .await;
+    let service_id = service["id"].as_str().unwrap();
+    let assigned_at = Instant::now();
+    let assignment = operator
+        .post(
+            "/api/v1/assignments",
+            json!({"service_id": service_id, "selector": "plan=family"}),
+        )
+        .await;
+    let topo2 = topo.clone();
+    blocking(move || {
+        wait_until(
+            "port 9000 is blocked",
+            Duration::from_secs(2).saturating_sub(assigned_at.elapsed()),
+            || !topo2.lan.tcp_works(wan(BLOCKED_PORT), ATTEMPT),
+        )
+    })
+    .await;
+    assert!(
+        lan(OPEN_PORT).await,
+        "port 9001 still works while 9000 is blocked"
+    );
+    operator.wait_applied(&device, 2).await;
+    let older_envelope = operator
+        .get(&format!("/api/v1/devices/{device}/config"))
+        .await["envelope"]
+        .to_string();
+
+    // Unassign: port 9000 works again.
+    operator
+        .delete(&format!(
+            "/api/v1/assignments/{}",
+            assignment["id"].as_str().unwrap()
+        ))
+        .await;
+    let topo2 = topo.clone();
+    blocking(move || {
+        wait_until("port 9000 works again", Duration::from_secs(5), || {
+            topo2.lan.tcp_works(wan(BLOCKED_PORT), ATTEMPT)
+        })
+    })
+    .await;
+    operator.wait_applied(&device, 3).await;
+
+    // Block again, then attack the agent with bad envelopes.
+    operator
+        .post(
+            "/api/v1/assignments",
+            json!({"service_id": service_id, "selector": "*"}),
+        )
+        .await;
+    operator.wait_applied(&device, 4).await;
+    assert!(!lan(BLOCKED_PORT).await);
+    let enforced = ruleset(&topo.router, backend);
+    assert!(!enforced.trim().is_empty(), "the backend shows a ruleset");
+
+    let current: Envelope = serde_json::from_value(
+        operator
+            .get(&format!("/api/v1/devices/{device}/config"))
+            .await["envelope"]
+            .clone(),
+    )
+    .unwrap();
+    let other = operator
+        .post("/api/v1/devices", json!({"name": "home-2"}))
+        .await;
+    let foreign = operator
+        .get(&format!(
+            "/api/v1/devices/{}/config",
+            other["device"]["id"].as_str().unwrap()
+        ))
+        .await["envelope"]
+        .to_string();
+    let signer = FileSigner::load_or_create(&controller_dir.join("signing-key.pem")).unwrap();
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(&current.payload)
+        .unwrap();
+    let config: DeviceConfig = serde_json::from_slice(&payload).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let expired = DeviceConfig {
+        version: config.version + 10,
+        issued_at: now - 100,
+        expires_at: now - 10,
+        ..config.clone()
+    };
+    let stranger = FileSigner::from_key(ed25519_dalek::SigningKey::from_bytes(&[42; 32]));
+    let newer = DeviceConfig {
+        version: config.version + 10,
+        firewall: Default::default(),
+        ..config.clone()
+    };
+    let mut tampered = current.clone();
+    let altered = String::from_utf8(payload.clone())
+        .unwrap()
+        .replace("9000", "9002");
+    tampered.payload = base64::engine::general_purpose::STANDARD.encode(altered);
+    let sign = |signer: &FileSigner, c: &DeviceConfig| {
+        signer
+            .sign(CONFIG_PAYLOAD_TYPE, &serde_json::to_vec(c).unwrap())
+            .unwrap()
+            .to_json()
+    };
+    let attacks: Vec<(&str, Vec<u8>)> = vec![
+        ("bad_signature", tampered.to_json()),
+        ("not_newer", older_envelope.into_bytes()),
+        ("wrong_device", foreign.into_bytes()),
+        ("expired", sign(&signer, &expired)),
+        ("unknown_key", sign(&stranger, &newer)),
+    ];
+
+    // Stop the controller: the block stays.
+    controller.stop().await.unwrap();
+    assert!(
+        !lan(BLOCKED_PORT).await,
+        "the block stays while the controller is down"
+    );
+    assert!(lan(OPEN_PORT).await);
+
+    let mut rogue = RogueController::start(device_addr, &controller_dir).await;
+    for (code, envelope) in attacks {
+        rogue.serve_next(envelope);
+        let report = loop {
+            let report = rogue.next_report(Duration::from_secs(30)).await;
+            if report.outcome == Outcome::Rejected {
+                break report;
+            }
+        };
+        assert!(
+            report.errors[0].starts_with(code),
+            "expected {code}, got {:?}",
+            report.errors
+        );
+        assert_eq!(
+            report.enforced_version,
+            Some(4),
+            "{code}: the enforced version is unchanged"
+        );
+        assert_eq!(
+            ruleset(&topo.router, backend),
+            enforced,
+            "{code}: the kernel ruleset is unchanged"
+        );
+    }
+    assert!(!lan(BLOCKED_PORT).await);
+    rogue.stop();
+
+    // Crash the agent and wipe its rules as a reboot would; with the
+    // controller still down, the restarted agent puts the block back from
+    // its state directory before any network call.
+    agent.kill();
+    match backend {
+        "nftables" => drop(topo.router.run("nft", &["delete", "table", "inet", "isdf"])),
+        _ => {
+            for program in ["iptables", "ip6tables"] {
+                for chain in ["FORWARD", "INPUT", "OUTPUT"] {
+                    topo.router.run(program, &["-F", chain]);
+                }
+            }
+        }
+    }
+    assert!(
+        lan(BLOCKED_PORT).await,
+        "the simulated reboot removed the block"
+    );
+    let restarted = AgentProcess::start(&topo.router, &config_path, backend, &log);
+    let topo2 = topo.clone();
+    blocking(move || {
+        wait_until(
+            "the restarted agent blocks again",
+            Duration::from_secs(10),
+            || !topo2.lan.tcp_works(wan(BLOCKED_PORT), ATTEMPT),
+        )
+    })
+    .await;
+    assert_eq!(ruleset(&topo.router, backend), enforced);
+    let log = restarted.log();
+    let restored_at = log
+        .rfind("enforced the last good config")
+        .expect("the agent logged the restore");
+    let first_poll_failure_after = log[..restored_at].rfind("starting").unwrap_or(0);
+    assert!(
+        !log[first_poll_failure_after..restored_at].contains("poll failed"),
+        "the restore came before any network call:\n{log}"
+    );
+    drop(restarted);
+}

@@ -1,0 +1,162 @@
+//! Network namespaces for tests: create, run code inside, clean up.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect(
+        "running `ip` (iproute2); these tests need root and iproute2: run them through scripts/test",
+    );
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    pub fn create(name: String) -> Self {
+        // A leftover from a killed run would make `add` fail.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Runs a command inside the namespace and returns its stdout; panics on failure.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        let out = self.exec(program, args);
+        assert!(
+            out.status.success(),
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace: every socket
+    /// it (or threads it starts) opens lives in the namespace.
+    pub fn enter<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("namespace file");
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in namespace")
+    }
+
+    /// Whether a TCP connection to `addr` from this namespace completes and
+    /// the server greets within `timeout`.
+    pub fn tcp_works(&self, addr: SocketAddr, timeout: Duration) -> bool {
+        self.enter(move || {
+            use std::io::Read;
+            let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
+                return false;
+            };
+            let _ = stream.set_read_timeout(Some(timeout));
+            let mut buf = [0u8; 3];
+            stream.read_exact(&mut buf).is_ok() && &buf == b"ok\n"
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// LAN host — router — WAN host, with IPv4 and IPv6, routed without NAT.
+pub struct Topology {
+    pub lan: Netns,
+    pub router: Netns,
+    pub wan: Netns,
+}
+
+pub const WAN_HOST: &str = "198.51.100.2";
+
+impl Topology {
+    pub fn create(tag: &str) -> Self {
+        let prefix = format!("isdf-{tag}-{}", std::process::id());
+        let lan = Netns::create(format!("{prefix}-lan"));
+        let router = Netns::create(format!("{prefix}-rtr"));
+        let wan = Netns::create(format!("{prefix}-wan"));
+        let (l, r, w) = (lan.name.as_str(), router.name.as_str(), wan.name.as_str());
+        ip(&[
+            "-n", r, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", l,
+        ]);
+        ip(&[
+            "-n", r, "link", "add", "wan", "type", "veth", "peer", "name", "eth0", "netns", w,
+        ]);
+        for (ns, dev, v4, v6) in [
+            (l, "eth0", "192.0.2.2/24", "2001:db8:1::2/64"),
+            (r, "lan", "192.0.2.1/24", "2001:db8:1::1/64"),
+            (r, "wan", "198.51.100.1/24", "2001:db8:2::1/64"),
+            (w, "eth0", "198.51.100.2/24", "2001:db8:2::2/64"),
+        ] {
+            ip(&["-n", ns, "addr", "add", v4, "dev", dev]);
+            ip(&["-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        ip(&["-n", l, "route", "add", "default", "via", "192.0.2.1"]);
+        ip(&[
+            "-n",
+            l,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:1::1",
+        ]);
+        ip(&[
+            "-n",
+            w,
+            "route",
+            "add",
+            "192.0.2.0/24",
+            "via",
+            "198.51.100.1",
+        ]);
+        ip(&[
+            "-n",
+            w,
+            "-6",
+            "route",
+            "add",
+            "2001:db8:1::/64",
+            "via",
+            "2001:db8:2::1",
+        ]);
+        router.run(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        );
+        Topology { lan, router, wan }
+    }
+}

@@ -1,0 +1,94 @@
+//! A rogue device API: holds a certificate from the controller's CA (as a
+//! compromised or impersonating server would) and serves whatever envelopes
+//! the test queues, recording the status reports the agent sends back.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use isdf_api::StatusReport;
+use tokio::sync::mpsc;
+
+#[derive(Clone)]
+struct Shared {
+    queue: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    reports: mpsc::UnboundedSender<StatusReport>,
+}
+
+pub struct RogueController {
+    queue: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    pub reports: mpsc::UnboundedReceiver<StatusReport>,
+    handle: axum_server::Handle,
+}
+
+async fn serve_config(State(shared): State<Shared>) -> Response {
+    let next = shared.queue.lock().unwrap().pop_front();
+    match next {
+        Some(envelope) => (StatusCode::OK, envelope).into_response(),
+        None => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            StatusCode::NOT_MODIFIED.into_response()
+        }
+    }
+}
+
+async fn take_report(State(shared): State<Shared>, Json(report): Json<StatusReport>) -> StatusCode {
+    let _ = shared.reports.send(report);
+    StatusCode::NO_CONTENT
+}
+
+impl RogueController {
+    pub async fn start(addr: SocketAddr, controller_data_dir: &Path) -> Self {
+        let pki = isdf_controller::pki::Pki::load_or_create(
+            controller_data_dir,
+            &[addr.ip().to_string()],
+        )
+        .expect("certificate from the controller CA");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Shared {
+            queue: Arc::default(),
+            reports: tx,
+        };
+        let router = Router::new()
+            .route(isdf_api::paths::DEVICE_CONFIG, get(serve_config))
+            .route(isdf_api::paths::DEVICE_STATUS, post(take_report))
+            .route(isdf_api::paths::DEVICE_PING, get(|| async { "ok" }))
+            .with_state(shared.clone());
+        let listener = std::net::TcpListener::bind(addr).expect("binding the rogue server");
+        listener.set_nonblocking(true).unwrap();
+        let handle = axum_server::Handle::new();
+        let tls = axum_server::tls_rustls::RustlsConfig::from_config(pki.server_config().unwrap());
+        let server = axum_server::from_tcp_rustls(listener, tls)
+            .handle(handle.clone())
+            .serve(router.into_make_service());
+        tokio::spawn(server);
+        RogueController {
+            queue: shared.queue,
+            reports: rx,
+            handle,
+        }
+    }
+
+    pub fn serve_next(&self, envelope: Vec<u8>) {
+        self.queue.lock().unwrap().push_back(envelope);
+    }
+
+    /// The next status report, waiting at most `timeout`.
+    pub async fn next_report(&mut self, timeout: Duration) -> StatusReport {
+        tokio::time::timeout(timeout, self.reports.recv())
+            .await
+            .expect("a status report in time")
+            .expect("report channel open")
+    }
+
+    pub fn stop(self) {
+        self.handle.shutdown();
+    }
+}
