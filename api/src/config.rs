@@ -221,22 +221,18 @@ impl FlowPattern {
                 self.src, self.dst
             ));
         }
-        if let Some(proto) = self.protocol {
-            if let Some(f) = proto.family() {
-                if f != family {
-                    return Err(format!(
-                        "protocol {} cannot be used with {family:?}",
-                        proto.name()
-                    ));
-                }
+        let any_ports = self.sport.is_any() && self.dport.is_any();
+        match self.protocol {
+            Some(proto) if proto.family().is_some_and(|f| f != family) => Err(format!(
+                "protocol {} cannot be used with {family:?}",
+                proto.name()
+            )),
+            Some(proto) if !proto.has_ports() && !any_ports => {
+                Err(format!("protocol {} has no ports", proto.name()))
             }
-            if !proto.has_ports() && !(self.sport.is_any() && self.dport.is_any()) {
-                return Err(format!("protocol {} has no ports", proto.name()));
-            }
-        } else if !(self.sport.is_any() && self.dport.is_any()) {
-            return Err("ports need a protocol with ports (tcp or udp)".into());
+            None if !any_ports => Err("ports need a protocol with ports (tcp or udp)".into()),
+            _ => Ok(family),
         }
-        Ok(family)
     }
 }
 

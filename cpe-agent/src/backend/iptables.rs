@@ -11,9 +11,13 @@
 //!   rule naming it becomes one iptables rule per element. Inlined elements
 //!   cannot expire in the kernel, so `next_reapply` asks the agent to re-apply
 //!   when one does.
+//!   A count rule naming an inlined set counts a packet once per element it
+//!   matches (nft counts it once); identical elements are merged.
 //! - The change is atomic per table, not across sets and both families: sets
 //!   are swapped first (old rules briefly see new set contents), then the IPv4
 //!   rules, then the IPv6 rules.
+//! - Our chains run first because the jumps to them are kept at the top of
+//!   `FORWARD`, `INPUT` and `OUTPUT` (nft uses a hook priority instead).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
@@ -166,6 +170,7 @@ struct PlannedSet {
 }
 
 impl PlannedSet {
+    /// `timeout 0` makes elements permanent unless they carry their own timeout.
     fn create(&self, name: &str) -> String {
         format!(
             "create {name} {} family {} maxelem {MAX_ELEMENTS} timeout 0 -exist",
@@ -289,7 +294,8 @@ fn port_arg(r: PortRange) -> String {
     }
 }
 
-/// ipset's `hash:net` refuses `/0`, so "any" becomes its two halves.
+/// ipset's `hash:net` refuses `/0`, so "any" becomes its two halves (also in
+/// `hash:net,port,net`, which is documented to take `/0`, to keep one path).
 fn ipset_nets(p: &Prefix) -> Vec<String> {
     if !p.is_any() {
         return vec![p.net().to_string()];
