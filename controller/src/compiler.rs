@@ -226,4 +226,59 @@ mod tests {
         };
         config.validate().unwrap();
     }
+
+    fn arbitrary_flow() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let v4 = (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, l)| {
+            ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(a), l)
+                .unwrap()
+                .trunc()
+                .to_string()
+        });
+        let v6 = (any::<[u16; 8]>(), 0u8..=128).prop_map(|(a, l)| {
+            ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(a), l)
+                .unwrap()
+                .trunc()
+                .to_string()
+        });
+        let ports =
+            (any::<u16>(), any::<u16>()).prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b)));
+        (
+            any::<bool>(),
+            v4,
+            v6,
+            proptest::option::of(ports.clone()),
+            proptest::option::of(ports),
+            any::<bool>(),
+        )
+            .prop_map(|(ipv6, a4, a6, sport, dport, tcp)| {
+                let addr = if ipv6 { a6 } else { a4 };
+                serde_json::json!({
+                    "protocol": if tcp { "tcp" } else { "udp" },
+                    "dst": addr, "sport": sport, "dport": dport,
+                })
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_valid_spec_compiles_to_a_config_the_agent_accepts(
+            flows in proptest::collection::vec(arbitrary_flow(), 1..20),
+            duration in proptest::option::of(1u64..100_000),
+            now in 0i64..200_000,
+        ) {
+            let spec = serde_json::json!({"flows": flows, "duration_secs": duration});
+            let assignment = CompiledAssignment {
+                selector: Selector::parse("*").unwrap(),
+                created_at: 100_000,
+                spec: ServiceSpec::parse(ServiceKind::FlowBlock, &spec).unwrap(),
+            };
+            let firewall = compile_firewall(&Labels::default(), &[assignment], now);
+            let config = isdf_api::DeviceConfig { device_id: "d".into(), version: 1, issued_at: 0, expires_at: 1, firewall };
+            proptest::prop_assert!(config.validate().is_ok());
+            let bytes = serde_json::to_vec(&config).unwrap();
+            let again: isdf_api::DeviceConfig = serde_json::from_slice(&bytes).unwrap();
+            proptest::prop_assert_eq!(again, config);
+        }
+    }
 }

@@ -52,6 +52,7 @@ pub fn operator_router(state: AppState) -> Router {
                 .delete(assignments::delete),
         )
         .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/", get(landing_page))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(OPERATOR_BODY_LIMIT))
@@ -71,6 +72,18 @@ pub fn device_router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))
         .with_state(state)
+}
+
+/// What the printed dashboard URL shows until the dashboard exists: where
+/// the API and its documentation are.
+async fn landing_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(concat!(
+        "<!doctype html><meta charset=utf-8><title>iSDF controller</title>",
+        "<h1>iSDF controller</h1>",
+        "<p>Operator API: <a href=/api/v1/devices>/api/v1</a> (bearer token). ",
+        "OpenAPI document: <a href=/api/v1/openapi.json>/api/v1/openapi.json</a>.</p>",
+        "<p>The web dashboard arrives with rollouts; everything is available through the API.</p>",
+    ))
 }
 
 async fn not_found(uri: axum::http::Uri) -> crate::error::ApiError {

@@ -48,6 +48,8 @@ pub struct Agent {
     client: Client,
     enforced: Option<Enforced>,
     last: Option<LastResult>,
+    /// When the enforced config must be applied again (see `next_reapply`).
+    reapply_at: Option<i64>,
     report_due: bool,
     last_report: Option<Instant>,
 }
@@ -67,6 +69,7 @@ impl Agent {
             client,
             enforced: None,
             last: None,
+            reapply_at: None,
             report_due: false,
             last_report: None,
         })
@@ -89,10 +92,7 @@ impl Agent {
         };
         let config = open_device_config(&envelope, &self.trusted, &policy)
             .context("the persisted last good config no longer verifies")?;
-        let now = unix_now();
-        self.backend
-            .apply(&config.firewall, now)
-            .and_then(|()| self.backend.verify(&config.firewall, now))
+        self.enforce(&config.firewall)
             .context("re-enforcing the last good config")?;
         tracing::info!(
             version = config.version,
@@ -146,12 +146,18 @@ impl Agent {
         }
     }
 
-    async fn apply_checked(&mut self, config: &DeviceConfig) -> anyhow::Result<()> {
+    /// Applies `firewall` and checks the kernel holds it.
+    fn enforce(&mut self, firewall: &isdf_api::Firewall) -> anyhow::Result<()> {
         let now = unix_now();
-        self.backend.apply(&config.firewall, now)?;
+        self.backend.apply(firewall, now)?;
+        self.reapply_at = self.backend.next_reapply(firewall, now);
         self.backend
-            .verify(&config.firewall, now)
-            .context("the kernel does not hold the applied ruleset")?;
+            .verify(firewall, now)
+            .context("the kernel does not hold the applied ruleset")
+    }
+
+    async fn apply_checked(&mut self, config: &DeviceConfig) -> anyhow::Result<()> {
+        self.enforce(&config.firewall)?;
         if self.settings.wan_check {
             self.client
                 .ping()
@@ -163,13 +169,12 @@ impl Agent {
 
     /// Puts back what was enforced before (or nothing, if nothing was).
     fn restore_previous(&mut self) -> anyhow::Result<()> {
-        match &self.enforced {
-            Some(previous) => {
-                let now = unix_now();
-                self.backend.apply(&previous.config.firewall, now)?;
-                self.backend.verify(&previous.config.firewall, now)
+        match self.enforced.as_ref().map(|e| e.config.firewall.clone()) {
+            Some(previous) => self.enforce(&previous),
+            None => {
+                self.reapply_at = None;
+                self.backend.remove()
             }
-            None => self.backend.remove(),
         }
     }
 
@@ -188,25 +193,23 @@ impl Agent {
     }
 
     /// Detects a flushed or altered table and puts the enforced config back;
-    /// re-applies when the backend needs it for expiries.
+    /// re-applies when the backend asked for it (expiries it cannot leave to
+    /// the kernel).
     fn repair_and_expire(&mut self) {
         let Some(enforced) = &self.enforced else {
             return;
         };
+        let firewall = enforced.config.firewall.clone();
         let now = unix_now();
-        let due = self
-            .backend
-            .next_reapply(&enforced.config.firewall, now - 1)
-            .is_some_and(|t| t <= now);
-        let verify = self.backend.verify(&enforced.config.firewall, now);
-        if verify.is_ok() && !due {
+        let due = self.reapply_at.is_some_and(|t| t <= now);
+        let drifted = self.backend.verify(&firewall, now);
+        if drifted.is_ok() && !due {
             return;
         }
-        if let Err(e) = &verify {
+        if let Err(e) = &drifted {
             tracing::warn!(error = %e, "kernel state drifted; re-applying the enforced config");
         }
-        let firewall = enforced.config.firewall.clone();
-        if let Err(e) = self.backend.apply(&firewall, now) {
+        if let Err(e) = self.enforce(&firewall) {
             tracing::error!(error = ?e, "re-applying the enforced config");
         }
     }
@@ -268,9 +271,7 @@ impl Agent {
             self.repair_and_expire();
             self.report_if_due().await;
             let reapply_in = self
-                .enforced
-                .as_ref()
-                .and_then(|e| self.backend.next_reapply(&e.config.firewall, unix_now()))
+                .reapply_at
                 .map(|t| Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0)));
             let this_wait = reapply_in.map_or(wait, |r| r.min(wait));
             let poll = tokio::select! {

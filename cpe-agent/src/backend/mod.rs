@@ -3,6 +3,7 @@
 //! verifies. **Only this module runs `nft`, `iptables` and `ipset`.**
 
 pub mod exec;
+pub mod interval_layers;
 pub mod iptables;
 pub mod nft;
 
@@ -24,9 +25,11 @@ pub trait FirewallBackend: Send {
     /// Packet and byte counters per rule id.
     fn counters(&self) -> anyhow::Result<Vec<RuleCounter>>;
 
-    /// The earliest instant (Unix seconds) after `now` at which the agent must
-    /// re-apply because the kernel cannot expire something by itself (None:
-    /// the kernel handles every expiry).
+    /// Asked right after `apply(firewall, now)`: the instant (Unix seconds)
+    /// at which the agent must apply the same firewall again, because the
+    /// kernel cannot expire something by itself (an inlined iptables rule, an
+    /// nft timeout too long for the kernel). None: the kernel handles every
+    /// expiry.
     fn next_reapply(&self, firewall: &Firewall, now: i64) -> Option<i64> {
         let _ = (firewall, now);
         None

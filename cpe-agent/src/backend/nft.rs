@@ -20,12 +20,16 @@ use isdf_api::{
     Rule, RuleCounter, Set, SetElement, SetKey,
 };
 
-use super::{exec, remaining_secs, FirewallBackend};
+use super::{exec, interval_layers, remaining_secs, FirewallBackend};
 
 pub const TABLE: &str = "isdf";
 /// Our chains run just before fw4's (priority filter = 0), so a block here
 /// wins over an accept there.
 const CHAIN_PRIORITY: &str = "filter - 10";
+/// Longest element timeout written to the kernel (nft refuses values of a few
+/// months). An element lasting longer goes in without a timeout, and the agent
+/// re-applies when its remaining time fits (see `next_reapply`).
+pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 /// Suffix of the interval half of a flow set.
 const RANGES_SUFFIX: &str = "_R";
 
@@ -51,10 +55,9 @@ fn plan_script(firewall: &Firewall, now: i64, elements: Elements) -> String {
     let _ = writeln!(s, "table inet {TABLE} {{}}");
     let _ = writeln!(s, "delete table inet {TABLE}");
     let _ = writeln!(s, "table inet {TABLE} {{");
-    for set in &firewall.sets {
-        for kernel_set in kernel_sets(set) {
-            plan_set(&mut s, &kernel_set, now, elements);
-        }
+    let layout = layout(firewall);
+    for kernel_set in layout.values().flatten() {
+        plan_set(&mut s, kernel_set, now, elements);
     }
     for chain in Chain::ALL {
         let _ = writeln!(s, "\tchain {} {{", chain.name());
@@ -64,7 +67,7 @@ fn plan_script(firewall: &Firewall, now: i64, elements: Elements) -> String {
             chain.name()
         );
         for rule in firewall.rules.iter().filter(|r| r.chain == chain) {
-            for line in rule_lines(rule, &firewall.sets) {
+            for line in rule_lines(rule, &firewall.sets, &layout) {
                 let _ = writeln!(s, "\t\t{line}");
             }
         }
@@ -94,51 +97,107 @@ fn is_exact(f: &FlowPattern) -> bool {
         && f.dport.first() == f.dport.last()
 }
 
+/// Kernel sets of every config set, by config set name.
+type Layout<'a> = BTreeMap<&'a str, Vec<KernelSet<'a>>>;
+
+fn layout(firewall: &Firewall) -> Layout<'_> {
+    firewall
+        .sets
+        .iter()
+        .map(|set| (set.name.as_str(), kernel_sets(set)))
+        .collect()
+}
+
+/// Keeps one of identical elements, the one lasting longest.
+fn dedup_exact(elements: Vec<&SetElement>) -> Vec<&SetElement> {
+    let mut by_value: BTreeMap<&FlowPattern, &SetElement> = BTreeMap::new();
+    for element in elements {
+        let ElementValue::Flow(flow) = &element.value else {
+            continue;
+        };
+        by_value
+            .entry(flow)
+            .and_modify(|kept| {
+                let longer = match (kept.expires_at, element.expires_at) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(a), Some(b)) => b > a,
+                };
+                if longer {
+                    *kept = element;
+                }
+            })
+            .or_insert(element);
+    }
+    by_value.into_values().collect()
+}
+
+/// The kernel sets standing for one config set: for a flow set, a hash set of
+/// exact 5-tuples plus interval layers (`_R`, `_R1`, ...); for an address
+/// set, interval layers (the first keeps the set's own name). There is always
+/// at least one interval set, so rules never lose their set.
 fn kernel_sets(set: &Set) -> Vec<KernelSet<'_>> {
     let flow_type = |family| match family {
         Family::Ipv4 => "inet_proto . ipv4_addr . inet_service . ipv4_addr . inet_service",
         Family::Ipv6 => "inet_proto . ipv6_addr . inet_service . ipv6_addr . inet_service",
     };
-    match set.key {
-        SetKey::Ipv4Addr | SetKey::Ipv6Addr => vec![KernelSet {
-            name: set.name.to_string(),
-            type_expr: if set.key == SetKey::Ipv4Addr {
+    let (type_expr, mut sets, ranges, first_layer_name) = match set.key {
+        SetKey::Ipv4Addr | SetKey::Ipv6Addr => (
+            if set.key == SetKey::Ipv4Addr {
                 "ipv4_addr"
             } else {
                 "ipv6_addr"
             },
-            interval: true,
-            elements: set.elements.iter().collect(),
-        }],
+            Vec::new(),
+            set.elements.iter().collect::<Vec<_>>(),
+            set.name.to_string(),
+        ),
         SetKey::Ipv4Flow | SetKey::Ipv6Flow => {
             let (exact, ranges): (Vec<_>, Vec<_>) = set
                 .elements
                 .iter()
                 .partition(|e| matches!(&e.value, ElementValue::Flow(f) if is_exact(f)));
-            vec![
-                KernelSet {
-                    name: set.name.to_string(),
-                    type_expr: flow_type(set.key.family()),
-                    interval: false,
-                    elements: exact,
-                },
-                KernelSet {
-                    name: format!("{}{RANGES_SUFFIX}", set.name),
-                    type_expr: flow_type(set.key.family()),
-                    interval: true,
-                    elements: ranges,
-                },
-            ]
+            let hash = KernelSet {
+                name: set.name.to_string(),
+                type_expr: flow_type(set.key.family()),
+                interval: false,
+                elements: dedup_exact(exact),
+            };
+            (
+                hash.type_expr,
+                vec![hash],
+                ranges,
+                format!("{}{RANGES_SUFFIX}", set.name),
+            )
         }
+    };
+    let mut layers = interval_layers::layers(&ranges);
+    if layers.is_empty() {
+        layers.push(Vec::new());
     }
+    for (i, elements) in layers.into_iter().enumerate() {
+        sets.push(KernelSet {
+            name: if i == 0 {
+                first_layer_name.clone()
+            } else {
+                format!("{}{RANGES_SUFFIX}{i}", set.name)
+            },
+            type_expr,
+            interval: true,
+            elements,
+        });
+    }
+    sets
 }
 
 fn ports(range: PortRange) -> String {
     range.to_string()
 }
 
+/// A prefix as nft reads it; host prefixes as bare addresses, which hash
+/// sets require.
 fn prefix(p: &Prefix) -> String {
-    p.net().to_string()
+    p.to_string()
 }
 
 fn flow_element(f: &FlowPattern) -> String {
@@ -174,6 +233,7 @@ fn plan_set(s: &mut String, set: &KernelSet<'_>, now: i64, elements: Elements) {
             match remaining_secs(e.expires_at, now) {
                 None => Some(value),
                 Some(0) => None,
+                Some(secs) if secs > MAX_TIMEOUT_SECS => Some(value),
                 Some(secs) => Some(format!("{value} timeout {secs}s")),
             }
         })
@@ -189,8 +249,8 @@ fn plan_set(s: &mut String, set: &KernelSet<'_>, now: i64, elements: Elements) {
 }
 
 /// The match expressions of a rule (without action or counter): one per
-/// kernel set it looks up, so a flow set gives two.
-fn match_exprs(m: &Match, sets: &[Set]) -> Vec<String> {
+/// combination of the kernel sets its set references stand for.
+fn match_exprs(m: &Match, sets: &[Set], layout: &Layout<'_>) -> Vec<String> {
     let family = m.family_with(sets).ok().flatten();
     let ip = |f: Family| if f == Family::Ipv4 { "ip" } else { "ip6" };
     let mut parts = Vec::new();
@@ -215,29 +275,32 @@ fn match_exprs(m: &Match, sets: &[Set]) -> Vec<String> {
     if let Some(r) = m.dport {
         parts.push(format!("th dport {}", ports(r)));
     }
-    if let (Some(name), Some(f)) = (&m.src_in_set, family) {
-        parts.push(format!("{} saddr @{name}", ip(f)));
-    }
-    if let (Some(name), Some(f)) = (&m.dst_in_set, family) {
-        parts.push(format!("{} daddr @{name}", ip(f)));
-    }
-    let base = parts.join(" ");
-    match (&m.flow_in_set, family) {
-        (Some(name), Some(f)) => {
-            let ip = ip(f);
-            let key = format!("meta l4proto . {ip} saddr . th sport . {ip} daddr . th dport");
-            [name.to_string(), format!("{name}{RANGES_SUFFIX}")]
-                .iter()
-                .map(|set| {
-                    [base.as_str(), &format!("{key} @{set}")]
-                        .join(" ")
-                        .trim()
-                        .to_owned()
-                })
-                .collect()
+    let mut exprs = vec![parts.join(" ")];
+    let Some(f) = family else { return exprs };
+    let ip = ip(f);
+    let lookups = [
+        (&m.src_in_set, format!("{ip} saddr")),
+        (&m.dst_in_set, format!("{ip} daddr")),
+        (
+            &m.flow_in_set,
+            format!("meta l4proto . {ip} saddr . th sport . {ip} daddr . th dport"),
+        ),
+    ];
+    for (reference, key) in &lookups {
+        let Some(name) = reference else { continue };
+        let kernel_names: Vec<&str> = layout
+            .get(name.as_str())
+            .map(|k| k.iter().map(|s| s.name.as_str()).collect())
+            .unwrap_or_default();
+        let mut combined = Vec::with_capacity(exprs.len() * kernel_names.len());
+        for base in &exprs {
+            for set in &kernel_names {
+                combined.push(format!("{base} {key} @{set}").trim().to_owned());
+            }
         }
-        _ => vec![base],
+        exprs = combined;
     }
+    exprs
 }
 
 /// Which reject statements a match needs: (TCP reset, ICMP). A rule already
@@ -252,10 +315,10 @@ fn reject_variants(m: &Match) -> (bool, bool) {
 
 /// The nft rule lines of one config rule; all carry the rule id as comment,
 /// so their counters add up under it.
-fn rule_lines(rule: &Rule, sets: &[Set]) -> Vec<String> {
+fn rule_lines(rule: &Rule, sets: &[Set], layout: &Layout<'_>) -> Vec<String> {
     let comment = format!("comment \"{}\"", rule.id);
     let mut lines = Vec::new();
-    for expr in match_exprs(&rule.matches, sets) {
+    for expr in match_exprs(&rule.matches, sets, layout) {
         let sep = if expr.is_empty() { "" } else { " " };
         match rule.action {
             Action::Accept => lines.push(format!("{expr}{sep}counter accept {comment}")),
@@ -290,12 +353,8 @@ struct Shape {
 }
 
 fn expected_shape(firewall: &Firewall) -> Shape {
-    let mut sets: Vec<String> = firewall
-        .sets
-        .iter()
-        .flat_map(kernel_sets)
-        .map(|k| k.name)
-        .collect();
+    let layout = layout(firewall);
+    let mut sets: Vec<String> = layout.values().flatten().map(|k| k.name.clone()).collect();
     sets.sort();
     let chains = Chain::ALL
         .iter()
@@ -305,7 +364,10 @@ fn expected_shape(firewall: &Firewall) -> Shape {
                 .iter()
                 .filter(|r| r.chain == *chain)
                 .flat_map(|r| {
-                    std::iter::repeat_n(r.id.to_string(), rule_lines(r, &firewall.sets).len())
+                    std::iter::repeat_n(
+                        r.id.to_string(),
+                        rule_lines(r, &firewall.sets, &layout).len(),
+                    )
                 })
                 .collect();
             (chain.name().to_owned(), comments)
@@ -434,6 +496,18 @@ impl FirewallBackend for NftBackend {
         Ok(())
     }
 
+    fn next_reapply(&self, firewall: &Firewall, now: i64) -> Option<i64> {
+        let max = i64::try_from(MAX_TIMEOUT_SECS).unwrap_or(i64::MAX);
+        firewall
+            .sets
+            .iter()
+            .flat_map(|s| &s.elements)
+            .filter_map(|e| e.expires_at)
+            .filter(|&e| e - now > max)
+            .map(|e| e - max)
+            .min()
+    }
+
     fn counters(&self) -> anyhow::Result<Vec<RuleCounter>> {
         match self.list_terse()? {
             Some(json) => Ok(listed_shape(&json)?.1),
@@ -501,6 +575,26 @@ mod tests {
                 .lines()
                 .filter(|l| l.contains("comment"))
                 .count()
+        );
+    }
+
+    #[test]
+    fn timeouts_beyond_the_kernel_limit_wait_for_a_reapply() {
+        let now = 1_000;
+        let long = now + 40 * 24 * 3600;
+        let firewall: Firewall = serde_json::from_value(serde_json::json!({"sets": [{"name": "a", "key": "ipv4-addr",
+            "elements": [{"addr": "192.0.2.1", "expires_at": long}, {"addr": "192.0.2.2", "expires_at": now + 60}]}]}))
+        .unwrap();
+        let script = plan(&firewall, now);
+        assert!(
+            script.contains("192.0.2.1,\n") || script.contains("192.0.2.1\n"),
+            "{script}"
+        );
+        assert!(script.contains("192.0.2.2 timeout 60s"), "{script}");
+        let reapply = NftBackend::new().next_reapply(&firewall, now).unwrap();
+        assert_eq!(reapply, long - MAX_TIMEOUT_SECS as i64);
+        assert!(
+            plan(&firewall, reapply).contains(&format!("192.0.2.1 timeout {MAX_TIMEOUT_SECS}s"))
         );
     }
 

@@ -3,6 +3,7 @@
 //! network namespace the test creates, with real nft / iptables and real
 //! traffic. Nothing is connected to the root namespace.
 
+mod backends;
 mod e2e;
 mod netns;
 mod rogue_controller;
