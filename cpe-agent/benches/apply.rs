@@ -130,6 +130,17 @@ fn main() {
             ipt.push(time(|| ipt_backend.apply(&firewall, now).unwrap()));
         }
         ipt_backend.remove().unwrap();
+        let mut agent_at = |count: usize| {
+            let smaller = timed_five_tuples(count, now);
+            let took = median(
+                (0..RUNS)
+                    .map(|_| time(|| nft_backend.apply(&smaller, now).unwrap()))
+                    .collect(),
+            );
+            nft_backend.remove().unwrap();
+            took
+        };
+        let (agent_1k, agent_5k) = (agent_at(1_000), agent_at(5_000));
         let per_rule_1k = median((0..3).map(|_| iptables_per_rule(1_000)).collect());
         let per_rule_5k = iptables_per_rule(5_000);
         let _ = std::fs::remove_file(&script_file);
@@ -151,10 +162,12 @@ fn main() {
                 "agent iptables+ipset apply, 10,000 elements".to_owned(),
                 median(ipt),
             ),
+            ("agent nftables apply, 1,000 elements".to_owned(), agent_1k),
             (
                 "one `iptables` process per rule, 1,000 rules".to_owned(),
                 per_rule_1k,
             ),
+            ("agent nftables apply, 5,000 elements".to_owned(), agent_5k),
             (
                 "one `iptables` process per rule, 5,000 rules".to_owned(),
                 per_rule_5k,
