@@ -123,13 +123,7 @@ mod tests {
     use crate::domain::ServiceKind;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        Labels::parse(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-        .unwrap()
+        Labels::from_pairs(pairs)
     }
 
     fn assignment(selector: &str, created_at: i64, spec: &str) -> CompiledAssignment {

@@ -48,6 +48,16 @@ impl Labels {
         self.0.get(key).map(String::as_str)
     }
 
+    /// Labels from literal pairs, for tests.
+    #[cfg(test)]
+    pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Labels::parse(map).expect("valid test labels")
+    }
+
     pub fn as_map(&self) -> &BTreeMap<String, String> {
         &self.0
     }
@@ -374,13 +384,7 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        Labels::parse(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-        .unwrap()
+        Labels::from_pairs(pairs)
     }
 
     #[test]

@@ -1035,13 +1035,7 @@ impl FirewallBackend for IptablesBackend {
 mod tests {
     use super::*;
 
-    fn sample() -> Firewall {
-        let config: isdf_api::DeviceConfig = serde_json::from_str(include_str!(
-            "../../../api/tests/vectors/config-sample.json"
-        ))
-        .unwrap();
-        config.firewall
-    }
+    use crate::backend::sample_firewall as sample;
 
     /// 100 s before the sample's timed element expires.
     const NOW: i64 = 1_795_003_500;

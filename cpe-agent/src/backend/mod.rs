@@ -75,3 +75,13 @@ pub fn select(choice: BackendChoice) -> anyhow::Result<Box<dyn FirewallBackend>>
 pub fn remaining_secs(expires_at: Option<i64>, now: i64) -> Option<u64> {
     expires_at.map(|e| u64::try_from(e.saturating_sub(now)).unwrap_or(0))
 }
+
+/// The firewall of the shared test vector (`api/tests/vectors/config-sample.json`).
+#[cfg(test)]
+pub(crate) fn sample_firewall() -> Firewall {
+    let config: isdf_api::DeviceConfig = serde_json::from_str(include_str!(
+        "../../../api/tests/vectors/config-sample.json"
+    ))
+    .expect("sample config parses");
+    config.firewall
+}

@@ -529,13 +529,7 @@ impl FirewallBackend for NftBackend {
 mod tests {
     use super::*;
 
-    fn sample() -> Firewall {
-        let config: isdf_api::DeviceConfig = serde_json::from_str(include_str!(
-            "../../../api/tests/vectors/config-sample.json"
-        ))
-        .unwrap();
-        config.firewall
-    }
+    use crate::backend::sample_firewall as sample;
 
     #[test]
     fn plan_of_the_shared_sample() {
