@@ -103,7 +103,7 @@ impl Application {
         let device_api_url = settings
             .device_public_url
             .clone()
-            .unwrap_or_else(|| format!("https://{device_addr}"));
+            .unwrap_or_else(|| default_device_url(device_addr));
 
         let cache = Arc::new(ConfigCache::default());
         let reconciler = Arc::new(Reconciler {
@@ -178,6 +178,19 @@ impl Application {
         device_result.context("device API server")?;
         api_result.context("operator API server")?;
         Ok(())
+    }
+}
+
+/// The device API URL when none is configured: the bound address, or the
+/// host name when bound to every address (`0.0.0.0` is no URL for a router).
+fn default_device_url(addr: SocketAddr) -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|_| addr.ip().is_unspecified());
+    match host {
+        Some(host) => format!("https://{host}:{}", addr.port()),
+        None => format!("https://{addr}"),
     }
 }
 

@@ -50,6 +50,9 @@ pub struct Agent {
     last: Option<LastResult>,
     /// When the enforced config must be applied again (see `next_reapply`).
     reapply_at: Option<i64>,
+    /// A version that was refused or failed to apply, and until when the
+    /// agent waits for a newer one instead of fetching it again at once.
+    held_back: Option<(u64, Instant)>,
     report_due: bool,
     last_report: Option<Instant>,
 }
@@ -70,6 +73,7 @@ impl Agent {
             enforced: None,
             last: None,
             reapply_at: None,
+            held_back: None,
             report_due: false,
             last_report: None,
         })
@@ -107,8 +111,21 @@ impl Agent {
         self.enforced.as_ref().map(|e| e.config.version)
     }
 
-    /// Handles one envelope from the controller: verify, apply, check, keep or roll back.
-    pub async fn handle_envelope(&mut self, envelope: Vec<u8>) {
+    /// Waits for a version newer than `version` for a while instead of
+    /// fetching `version` again. Without this, a config the agent cannot take
+    /// (say, one with a field this agent version does not know) would be
+    /// served and refused in a tight loop. The same version is tried again
+    /// after a few minutes, in case the cause was passing (a clock step, a
+    /// busy xtables lock).
+    fn hold_back(&mut self, version: Option<u64>) {
+        self.held_back =
+            version.map(|v| (v, Instant::now() + backoff(10, Duration::from_secs(300))));
+    }
+
+    /// Handles one envelope from the controller: verify, apply, check, keep or
+    /// roll back. `version_hint` is the unverified version the server claimed
+    /// (its ETag); it only decides what to poll for next.
+    pub async fn handle_envelope(&mut self, envelope: Vec<u8>, version_hint: Option<u64>) {
         let policy = OpenPolicy {
             device_id: &self.settings.device_id,
             enforced_version: self.enforced_version(),
@@ -119,6 +136,7 @@ impl Agent {
             Err(e) => {
                 tracing::warn!(code = e.code(), error = %e, "rejected config; the firewall is unchanged");
                 self.set_result(Outcome::Rejected, None, vec![format!("{}: {e}", e.code())]);
+                self.hold_back(version_hint);
                 return;
             }
         };
@@ -132,6 +150,7 @@ impl Agent {
                 }
                 tracing::info!(version, "applied config");
                 self.enforced = Some(Enforced { config });
+                self.held_back = None;
                 self.set_result(Outcome::Applied, Some(version), vec![]);
             }
             Err(reason) => {
@@ -142,6 +161,7 @@ impl Agent {
                 }
                 tracing::error!(version, errors = ?errors, "rolled back");
                 self.set_result(Outcome::RolledBack, Some(version), errors);
+                self.hold_back(Some(version));
             }
         }
     }
@@ -214,6 +234,16 @@ impl Agent {
         }
     }
 
+    /// The version to send in `If-None-Match`: the enforced one, or a
+    /// refused newer one while it is held back.
+    fn poll_version(&self) -> Option<u64> {
+        let held = self
+            .held_back
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(v, _)| v);
+        self.enforced_version().max(held)
+    }
+
     fn stale(&self) -> bool {
         self.enforced
             .as_ref()
@@ -246,7 +276,9 @@ impl Agent {
     async fn report_if_due(&mut self) {
         let heartbeat = Duration::from_secs(self.settings.heartbeat_secs);
         let heartbeat_due = self.last_report.is_none_or(|t| t.elapsed() >= heartbeat);
-        if !self.report_due && !heartbeat_due {
+        // Nothing tried and nothing enforced yet: there is no outcome to report.
+        let nothing_yet = self.last.is_none() && self.enforced.is_none();
+        if nothing_yet || (!self.report_due && !heartbeat_due) {
             return;
         }
         let result = match self.build_report() {
@@ -276,12 +308,15 @@ impl Agent {
             let this_wait = reapply_in.map_or(wait, |r| r.min(wait));
             let poll = tokio::select! {
                 () = &mut shutdown => return,
-                poll = self.client.poll(self.enforced_version(), this_wait) => poll,
+                poll = self.client.poll(self.poll_version(), this_wait) => poll,
             };
             match poll {
-                Ok(Poll::Newer(envelope)) => {
+                Ok(Poll::Newer {
+                    envelope,
+                    version_hint,
+                }) => {
                     failures = 0;
-                    self.handle_envelope(envelope).await;
+                    self.handle_envelope(envelope, version_hint).await;
                 }
                 Ok(Poll::NotModified) => failures = 0,
                 Err(e) => {

@@ -17,8 +17,12 @@ pub struct Client {
 
 /// The answer to a poll.
 pub enum Poll {
-    /// A newer envelope (raw bytes, not yet verified).
-    Newer(Vec<u8>),
+    /// A newer envelope (raw bytes, not yet verified), and the version the
+    /// server claims for it in its ETag (unverified: a polling hint only).
+    Newer {
+        envelope: Vec<u8>,
+        version_hint: Option<u64>,
+    },
     NotModified,
 }
 
@@ -71,6 +75,11 @@ impl Client {
         match response.status() {
             StatusCode::NOT_MODIFIED => Ok(Poll::NotModified),
             StatusCode::OK => {
+                let version_hint = response
+                    .headers()
+                    .get(reqwest::header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim_matches('"').parse().ok());
                 // Cap the body before reading it all: a hostile or broken
                 // server cannot make the router buffer more than the limit.
                 if response
@@ -89,7 +98,10 @@ impl Client {
                     }
                     body.extend_from_slice(&chunk);
                 }
-                Ok(Poll::Newer(body))
+                Ok(Poll::Newer {
+                    envelope: body,
+                    version_hint,
+                })
             }
             status => {
                 let text = response.text().await.unwrap_or_default();

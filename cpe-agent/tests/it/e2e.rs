@@ -174,8 +174,8 @@ impl Operator {
         self.call(reqwest::Method::DELETE, path, None).await
     }
 
-    /// Waits until the device reports `version` applied.
-    async fn wait_applied(&self, device: &str, version: u64) {
+    /// Waits until the device's latest report satisfies `done`; returns it.
+    async fn wait_status(&self, device: &str, done: impl Fn(&Value) -> bool) -> Value {
         let started = Instant::now();
         loop {
             let response = self
@@ -187,18 +187,24 @@ impl Operator {
                 .unwrap();
             if response.status().is_success() {
                 let status: Value = response.json().await.unwrap();
-                if status["report"]["enforced_version"] == json!(version)
-                    && status["report"]["outcome"] == "applied"
-                {
-                    return;
+                if done(&status["report"]) {
+                    return status["report"].clone();
                 }
             }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "device never reported version {version} applied"
+                "the device never reported the expected status"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits until the device reports `version` applied.
+    async fn wait_applied(&self, device: &str, version: u64) {
+        self.wait_status(device, |r| {
+            r["enforced_version"] == json!(version) && r["outcome"] == "applied"
+        })
+        .await;
     }
 }
 
@@ -224,77 +230,119 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
-fn end_to_end(backend: &'static str) {
-    let topo = std::sync::Arc::new(Topology::create(&backend[..3]));
+/// Runs `scenario` inside the WAN namespace: servers, the controller and
+/// operator calls live there; the agent runs in the router namespace.
+fn in_wan<F>(
+    tag: &str,
+    scenario: impl FnOnce(std::sync::Arc<Topology>, PathBuf) -> F + Send + 'static,
+) where
+    F: std::future::Future<Output = ()>,
+{
+    let topo = std::sync::Arc::new(Topology::create(tag));
     let work = tempfile::tempdir().unwrap();
     let work_path = work.path().to_owned();
-    let wan_ns = &topo.wan;
     let topo_inner = topo.clone();
-    // Everything network-facing of the test (servers, controller, operator
-    // calls) runs inside the WAN namespace.
-    wan_ns.enter(move || {
+    topo.wan.enter(move || {
         let _ = rustls::crypto::ring::default_provider().install_default();
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap()
-            .block_on(scenario(topo_inner, backend, work_path))
+            .block_on(scenario(topo_inner, work_path))
     });
+}
+
+fn end_to_end(backend: &'static str) {
+    in_wan(&backend[..3], move |topo, work| {
+        scenario(topo, backend, work)
+    });
+}
+
+/// A controller in the WAN namespace with one registered router and the
+/// router's agent files written.
+struct Stage {
+    controller: TestController,
+    controller_dir: PathBuf,
+    device_addr: SocketAddr,
+    operator: Operator,
+    device: String,
+    config_path: PathBuf,
+    log: PathBuf,
+}
+
+impl Stage {
+    /// `trusted_key` overrides the signing key the agent trusts.
+    async fn prepare(work: &Path, trusted_key: Option<&str>) -> Self {
+        let controller_dir = work.join("controller");
+        let mut options = TestControllerOptions::new(&controller_dir);
+        options.device_listen = wan(0);
+        options.device_tls_names = vec![WAN_HOST.to_owned()];
+        let controller = TestController::start(options)
+            .await
+            .expect("controller starts");
+        let device_addr: SocketAddr = controller
+            .device_url
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap();
+        let operator = Operator {
+            http: reqwest::Client::new(),
+            url: controller.api_url.clone(),
+            token: controller.operator_token.clone(),
+        };
+        let created = operator
+            .post(
+                "/api/v1/devices",
+                json!({"name": "home-1", "labels": {"plan": "family"}}),
+            )
+            .await;
+        let device = created["device"]["id"].as_str().unwrap().to_owned();
+        let agent_dir = work.join("agent");
+        std::fs::create_dir_all(&agent_dir).unwrap();
+        std::fs::write(agent_dir.join("token"), created["token"].as_str().unwrap()).unwrap();
+        std::fs::write(
+            agent_dir.join("ca.pem"),
+            created["ca_pem"].as_str().unwrap(),
+        )
+        .unwrap();
+        let config_path = agent_dir.join("agent.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "controller_url = \"{url}\"\ndevice_id = \"{device}\"\ndevice_token_file = \"{dir}/token\"\n\
+                 ca_cert = \"{dir}/ca.pem\"\nsigning_public_keys = [\"{key}\"]\nstate_dir = \"{dir}/state\"\n\
+                 poll_wait_secs = 20\nmax_backoff_secs = 2\n",
+                url = controller.device_url,
+                dir = agent_dir.display(),
+                key = trusted_key.unwrap_or(&controller.signing_public_key_hex),
+            ),
+        )
+        .unwrap();
+        Stage {
+            controller,
+            controller_dir,
+            device_addr,
+            operator,
+            device,
+            config_path,
+            log: agent_dir.join("agent.log"),
+        }
+    }
 }
 
 async fn scenario(topo: std::sync::Arc<Topology>, backend: &'static str, work: PathBuf) {
     serve_greeting(BLOCKED_PORT).await;
     serve_greeting(OPEN_PORT).await;
-
-    let controller_dir = work.join("controller");
-    let mut options = TestControllerOptions::new(&controller_dir);
-    options.device_listen = wan(0);
-    options.device_tls_names = vec![WAN_HOST.to_owned()];
-    let controller = TestController::start(options)
-        .await
-        .expect("controller starts");
-    let device_addr: SocketAddr = controller
-        .device_url
-        .trim_start_matches("https://")
-        .parse()
-        .unwrap();
-    let operator = Operator {
-        http: reqwest::Client::new(),
-        url: controller.api_url.clone(),
-        token: controller.operator_token.clone(),
-    };
-
-    // Pre-register the router and write the agent's files.
-    let created = operator
-        .post(
-            "/api/v1/devices",
-            json!({"name": "home-1", "labels": {"plan": "family"}}),
-        )
-        .await;
-    let device = created["device"]["id"].as_str().unwrap().to_owned();
-    let agent_dir = work.join("agent");
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    std::fs::write(agent_dir.join("token"), created["token"].as_str().unwrap()).unwrap();
-    std::fs::write(
-        agent_dir.join("ca.pem"),
-        created["ca_pem"].as_str().unwrap(),
-    )
-    .unwrap();
-    let config_path = agent_dir.join("agent.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "controller_url = \"{url}\"\ndevice_id = \"{device}\"\ndevice_token_file = \"{dir}/token\"\n\
-             ca_cert = \"{dir}/ca.pem\"\nsigning_public_keys = [\"{key}\"]\nstate_dir = \"{dir}/state\"\n\
-             poll_wait_secs = 20\nmax_backoff_secs = 2\n",
-            url = controller.device_url,
-            dir = agent_dir.display(),
-            key = controller.signing_public_key_hex,
-        ),
-    )
-    .unwrap();
-    let log = agent_dir.join("agent.log");
+    let Stage {
+        controller,
+        controller_dir,
+        device_addr,
+        operator,
+        device,
+        config_path,
+        log,
+    } = Stage::prepare(&work, None).await;
     let agent = AgentProcess::start(&topo.router, &config_path, backend, &log);
     operator.wait_applied(&device, 1).await;
 
@@ -499,4 +547,43 @@ async fn scenario(topo: std::sync::Arc<Topology>, backend: &'static str, work: P
         "the restore came before any network call:\n{log}"
     );
     drop(restarted);
+}
+
+/// A config the agent refuses is not fetched again and again: the agent
+/// waits for a newer version (and retries the same one only minutes later).
+#[test]
+fn a_refused_config_is_not_fetched_in_a_loop() {
+    in_wan("ref", |topo, work| async move {
+        let stranger = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+        let stranger: String = stranger
+            .verifying_key()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let stage = Stage::prepare(&work, Some(&stranger)).await;
+        let _agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
+        let (operator, device) = (&stage.operator, &stage.device);
+        let report = operator
+            .wait_status(device, |r| r["outcome"] == "rejected")
+            .await;
+        assert!(
+            report["errors"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("unknown_key"),
+            "{report}"
+        );
+        // Watch for a few seconds: a hot loop would post a report per fetch.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let history = operator
+            .get(&format!("/api/v1/devices/{device}/status/history"))
+            .await;
+        assert_eq!(
+            history.as_array().unwrap().len(),
+            1,
+            "the refused config was fetched again: {history}"
+        );
+        stage.controller.stop().await.unwrap();
+    });
 }
