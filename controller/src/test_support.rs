@@ -73,29 +73,40 @@ pub async fn create_test_database() -> anyhow::Result<String> {
         let pool = sqlx::PgPool::connect(&with_database(&admin_url, &building)).await?;
         crate::db::migrate(&pool).await?;
         pool.close().await;
-        sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}"))
-            .execute(&mut admin)
-            .await?;
+        // The migration pool's server processes may still be exiting.
+        run_while_busy(
+            &mut admin,
+            &format!("ALTER DATABASE {building} RENAME TO {template}"),
+        )
+        .await?;
     }
     sqlx::query("SELECT pg_advisory_unlock(7242)")
         .execute(&mut admin)
         .await?;
     let name = format!("isdf_test_{}", uuid::Uuid::new_v4().simple());
     // Cloning fails while another session is connected to the template
-    // (briefly possible); retry a few times.
-    for attempt in 0..20 {
-        match sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
-            .execute(&mut admin)
-            .await
-        {
-            Ok(_) => return Ok(with_database(&admin_url, &name)),
-            Err(e) if attempt < 19 && e.to_string().contains("being accessed") => {
+    // (briefly possible while it is being built).
+    run_while_busy(
+        &mut admin,
+        &format!("CREATE DATABASE {name} TEMPLATE {template}"),
+    )
+    .await?;
+    Ok(with_database(&admin_url, &name))
+}
+
+/// Runs `sql`, retrying for up to 5 s while PostgreSQL says the database is
+/// being accessed by other users.
+async fn run_while_busy(admin: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
+    for _ in 0..50 {
+        match sqlx::query(sql).execute(&mut *admin).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("being accessed by other users") => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(e).context("cloning the template database"),
+            Err(e) => return Err(e).with_context(|| format!("running `{sql}`")),
         }
     }
-    bail!("could not clone the template database")
+    bail!("`{sql}`: the database stayed busy for 5 s")
 }
 
 /// A running controller for tests.

@@ -346,7 +346,13 @@ pub fn backoff(failures: u32, max: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use ed25519_dalek::SigningKey;
+    use isdf_api::{Firewall, RuleCounter};
+
     use super::*;
+    use crate::backend::BackendChoice;
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -356,5 +362,183 @@ mod tests {
             assert!(d <= Duration::from_secs(ceiling), "{failures}: {d:?}");
             assert!(d >= Duration::from_secs(ceiling) / 2, "{failures}: {d:?}");
         }
+    }
+
+    const DEVICE: &str = "7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50";
+
+    /// What the fake kernel holds and what was done to it.
+    #[derive(Default)]
+    struct Kernel {
+        holds: Option<Firewall>,
+        applies: usize,
+        /// Verification fails while the kernel holds a firewall with this many rules.
+        broken_rule_count: Option<usize>,
+    }
+
+    struct FakeBackend(Arc<Mutex<Kernel>>);
+
+    impl FirewallBackend for FakeBackend {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn apply(&mut self, firewall: &Firewall, _now: i64) -> anyhow::Result<()> {
+            let mut k = self.0.lock().unwrap();
+            k.applies += 1;
+            k.holds = Some(firewall.clone());
+            Ok(())
+        }
+        fn verify(&self, firewall: &Firewall, _now: i64) -> anyhow::Result<()> {
+            let k = self.0.lock().unwrap();
+            anyhow::ensure!(k.holds.as_ref() == Some(firewall), "kernel differs");
+            anyhow::ensure!(
+                k.broken_rule_count != Some(firewall.rules.len()),
+                "rules vanished"
+            );
+            Ok(())
+        }
+        fn counters(&self) -> anyhow::Result<Vec<RuleCounter>> {
+            Ok(vec![])
+        }
+        fn remove(&mut self) -> anyhow::Result<()> {
+            self.0.lock().unwrap().holds = None;
+            Ok(())
+        }
+    }
+
+    fn agent(dir: &std::path::Path, kernel: &Arc<Mutex<Kernel>>) -> Agent {
+        std::fs::write(dir.join("token"), "isdf_dev_test").unwrap();
+        std::fs::write(dir.join("ca.pem"), include_str!("testdata/ca.pem")).unwrap();
+        let settings = Settings {
+            // Nothing listens here; with wan_check off no test reaches the network.
+            controller_url: "https://127.0.0.1:9".into(),
+            device_id: DEVICE.into(),
+            device_token_file: dir.join("token"),
+            ca_cert: dir.join("ca.pem"),
+            signing_public_keys: vec![hex_key(&key())],
+            state_dir: dir.join("state"),
+            backend: BackendChoice::Nftables,
+            poll_wait_secs: 30,
+            max_backoff_secs: 60,
+            wan_check: false,
+            heartbeat_secs: 300,
+        };
+        Agent::new(settings, Box::new(FakeBackend(kernel.clone()))).unwrap()
+    }
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    fn hex_key(key: &SigningKey) -> String {
+        key.verifying_key()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn envelope(version: u64, rules: usize, signer: &SigningKey) -> Vec<u8> {
+        let rules: Vec<serde_json::Value> = (0..rules)
+            .map(|i| serde_json::json!({"id": format!("r{i}"), "chain": "input", "match": {"protocol": "tcp", "dport": 1000 + i}, "action": "drop"}))
+            .collect();
+        let config = serde_json::json!({"device_id": DEVICE, "version": version, "issued_at": unix_now() - 10,
+            "expires_at": unix_now() + 3600, "firewall": {"rules": rules}});
+        isdf_api::seal(
+            isdf_api::CONFIG_PAYLOAD_TYPE,
+            config.to_string().as_bytes(),
+            signer,
+        )
+        .to_json()
+    }
+
+    fn rules_held(kernel: &Arc<Mutex<Kernel>>) -> Option<usize> {
+        kernel.lock().unwrap().holds.as_ref().map(|f| f.rules.len())
+    }
+
+    #[tokio::test]
+    async fn a_failed_apply_restores_the_previous_config_and_holds_the_version_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let mut agent = agent(dir.path(), &kernel);
+
+        agent.handle_envelope(envelope(1, 1, &key()), Some(1)).await;
+        assert_eq!(
+            (agent.enforced_version(), rules_held(&kernel)),
+            (Some(1), Some(1))
+        );
+        assert_eq!(agent.last.as_ref().unwrap().outcome, Outcome::Applied);
+
+        kernel.lock().unwrap().broken_rule_count = Some(2);
+        agent.handle_envelope(envelope(2, 2, &key()), Some(2)).await;
+        let last = agent.last.as_ref().unwrap();
+        assert_eq!(last.outcome, Outcome::RolledBack);
+        assert!(
+            last.errors[0].starts_with("apply_failed"),
+            "{:?}",
+            last.errors
+        );
+        assert_eq!(last.attempted_version, Some(2));
+        assert_eq!(agent.enforced_version(), Some(1));
+        assert_eq!(rules_held(&kernel), Some(1), "the previous ruleset is back");
+        assert_eq!(
+            agent.poll_version(),
+            Some(2),
+            "version 2 is not fetched again at once"
+        );
+
+        kernel.lock().unwrap().broken_rule_count = None;
+        agent.handle_envelope(envelope(3, 3, &key()), Some(3)).await;
+        assert_eq!(
+            (agent.enforced_version(), rules_held(&kernel)),
+            (Some(3), Some(3))
+        );
+        assert_eq!(agent.poll_version(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn refused_envelopes_never_reach_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let mut agent = agent(dir.path(), &kernel);
+        agent.handle_envelope(envelope(5, 1, &key()), None).await;
+        let applies = kernel.lock().unwrap().applies;
+
+        let stranger = SigningKey::from_bytes(&[9; 32]);
+        for (bytes, code) in [
+            (envelope(6, 2, &stranger), "unknown_key"),
+            (envelope(5, 2, &key()), "not_newer"),
+            (b"{}".to_vec(), "malformed_envelope"),
+        ] {
+            agent.handle_envelope(bytes, Some(6)).await;
+            let last = agent.last.as_ref().unwrap();
+            assert_eq!(last.outcome, Outcome::Rejected);
+            assert!(last.errors[0].starts_with(code), "{:?}", last.errors);
+        }
+        assert_eq!(
+            kernel.lock().unwrap().applies,
+            applies,
+            "nothing was applied"
+        );
+        assert_eq!(
+            (agent.enforced_version(), rules_held(&kernel)),
+            (Some(5), Some(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_last_good_config_comes_back_at_start_before_any_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let mut first = agent(dir.path(), &kernel);
+        first.handle_envelope(envelope(4, 2, &key()), None).await;
+        drop(first);
+
+        let rebooted = Arc::new(Mutex::new(Kernel::default()));
+        let mut second = agent(dir.path(), &rebooted);
+        second.restore_last_good().unwrap();
+        assert_eq!(
+            (second.enforced_version(), rules_held(&rebooted)),
+            (Some(4), Some(2))
+        );
     }
 }
