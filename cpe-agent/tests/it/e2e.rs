@@ -36,6 +36,16 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(router: &Netns, config: &Path, backend: &str, log: &Path) -> Self {
+        Self::start_with_env(router, config, backend, log, &[])
+    }
+
+    fn start_with_env(
+        router: &Netns,
+        config: &Path,
+        backend: &str,
+        log: &Path,
+        env: &[(&str, &Path)],
+    ) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -53,6 +63,7 @@ impl AgentProcess {
             .arg(config)
             .args(["--backend", backend])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -584,6 +595,96 @@ fn a_refused_config_is_not_fetched_in_a_loop() {
             1,
             "the refused config was fetched again: {history}"
         );
+        stage.controller.stop().await.unwrap();
+    });
+}
+
+/// A config that applies but then fails the kernel check is rolled back: the
+/// previous ruleset is restored in the kernel and `rolled_back` is reported
+/// with the reason. The failure is real: a wrapper around `nft` flushes our
+/// forward chain right after one apply (armed by a flag file, once).
+#[test]
+fn a_config_failing_its_kernel_check_is_rolled_back() {
+    in_wan("rb", |topo, work| async move {
+        serve_greeting(BLOCKED_PORT).await;
+        serve_greeting(OPEN_PORT).await;
+        let stage = Stage::prepare(&work, None).await;
+        let flag = work.join("sabotage-next-apply");
+        let wrapper = work.join("nft-wrapper");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nif [ -e '{flag}' ] && [ \"$1\" = -f ]; then\n  rm -f '{flag}'\n  nft \"$@\" && exec nft flush chain inet isdf forward\nfi\nexec nft \"$@\"\n",
+                flag = flag.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _agent = AgentProcess::start_with_env(
+            &topo.router,
+            &stage.config_path,
+            "nftables",
+            &stage.log,
+            &[("ISDF_NFT", &wrapper)],
+        );
+        let (operator, device) = (&stage.operator, &stage.device);
+        let service = operator
+            .post(
+                "/api/v1/services",
+                json!({"name": "b", "kind": "flow-block",
+                "spec": {"flows": [{"protocol": "tcp", "dst": WAN_HOST, "dport": BLOCKED_PORT}]}}),
+            )
+            .await;
+        operator
+            .post(
+                "/api/v1/assignments",
+                json!({"service_id": service["id"], "selector": "*"}),
+            )
+            .await;
+        operator.wait_applied(device, 2).await;
+        let before = ruleset(&topo.router, "nftables");
+
+        std::fs::write(&flag, "").unwrap();
+        let r2 = operator
+            .post(&format!("/api/v1/services/{}/revisions", service["id"].as_str().unwrap()),
+                json!({"spec": {"flows": [{"protocol": "tcp", "dst": WAN_HOST, "dport": OPEN_PORT}]}}))
+            .await;
+        let assignments = operator.get("/api/v1/assignments").await;
+        let id = assignments["items"][0]["id"].as_str().unwrap();
+        operator
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/assignments/{id}"),
+                Some(json!({"revision": r2["revision"]})),
+            )
+            .await;
+
+        let report = operator
+            .wait_status(device, |r| r["outcome"] == "rolled_back")
+            .await;
+        assert_eq!(report["attempted_version"], 3);
+        assert_eq!(report["enforced_version"], 2);
+        let reason = report["errors"][0].as_str().unwrap();
+        assert!(
+            reason.starts_with("apply_failed") && reason.contains("chains differ"),
+            "{reason}"
+        );
+        assert!(!flag.exists(), "the sabotage ran");
+        assert_eq!(
+            ruleset(&topo.router, "nftables"),
+            before,
+            "the previous ruleset is back"
+        );
+        let topo2 = topo.clone();
+        let (blocked, open) = blocking(move || {
+            (
+                topo2.lan.tcp_works(wan(BLOCKED_PORT), ATTEMPT),
+                topo2.lan.tcp_works(wan(OPEN_PORT), ATTEMPT),
+            )
+        })
+        .await;
+        assert!(!blocked && open, "traffic follows the restored config");
         stage.controller.stop().await.unwrap();
     });
 }
