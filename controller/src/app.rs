@@ -11,12 +11,10 @@ use anyhow::Context;
 use axum_server::tls_rustls::RustlsConfig;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::config_cache::ConfigCache;
 use crate::pki::Pki;
 use crate::reconcile::Reconciler;
-use crate::secrets::{hash_token, new_token, OPERATOR_TOKEN_PREFIX};
 use crate::signer::{ConfigSigner, FileSigner};
 use crate::state::{AgentBootstrap, AppState};
 use crate::{db, routes};
@@ -59,7 +57,7 @@ pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
         .context("connecting to PostgreSQL")
 }
 
-/// Creates an operator token if none is active; returns it (shown once).
+/// Creates an admin token if no token is active; returns it (shown once).
 pub async fn bootstrap_operator_token(pool: &PgPool) -> anyhow::Result<Option<String>> {
     if db::operators::count_active(pool)
         .await
@@ -68,10 +66,14 @@ pub async fn bootstrap_operator_token(pool: &PgPool) -> anyhow::Result<Option<St
     {
         return Ok(None);
     }
-    let token = new_token(OPERATOR_TOKEN_PREFIX);
-    db::operators::insert(pool, Uuid::new_v4(), "initial-admin", &hash_token(&token))
-        .await
-        .context("storing the initial operator token")?;
+    let (_, token) = crate::handlers::operators::create_token(
+        pool,
+        "initial-admin",
+        crate::domain::Role::Admin,
+        "first start",
+    )
+    .await
+    .context("storing the initial operator token")?;
     Ok(Some(token))
 }
 

@@ -1,31 +1,194 @@
-//! Authentication extractors for both listeners.
+//! Authentication and authorisation for both listeners, and the audit of
+//! operator actions.
+//!
+//! Every operator route sits behind [`authorize_and_audit`]: it resolves the
+//! bearer token to an operator, checks the role the route and method need,
+//! and appends every mutating call (and every refused one) to the audit log
+//! with who, what, when, the target and a summary of the change. Handlers
+//! then take the [`Operator`] it stored in the request.
 
-use axum::extract::FromRequestParts;
+use axum::body::{to_bytes, Body};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use crate::db;
+use crate::db::audit::NewAuditEntry;
+use crate::domain::Role;
 use crate::error::ApiError;
 use crate::secrets::{bearer, hash_token};
 use crate::state::AppState;
 
-/// An authenticated operator (bearer token from `operator_tokens`).
+/// An authenticated operator.
 #[derive(Debug, Clone)]
 pub struct Operator {
     pub id: Uuid,
     pub name: String,
+    pub role: Role,
 }
 
-impl FromRequestParts<AppState> for Operator {
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts.headers.get(AUTHORIZATION)).ok_or(ApiError::Unauthorized)?;
-        let (id, name) = db::operators::find_active(&state.pool, &hash_token(token))
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        Ok(Operator { id, name })
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        // Put there by `authorize_and_audit`; absent only if a route was
+        // registered outside it, which must fail closed.
+        parts
+            .extensions
+            .get::<Operator>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// The role a call needs.
+fn required_role(method: &Method, route: &str) -> Role {
+    let reads = matches!(*method, Method::GET | Method::HEAD);
+    match (route.starts_with("/api/v1/operator-tokens"), reads) {
+        (true, _) => Role::Admin,
+        (false, true) => Role::Viewer,
+        (false, false) => Role::Operator,
+    }
+}
+
+async fn authenticate(state: &AppState, parts: &Parts) -> Result<Operator, ApiError> {
+    let token = bearer(parts.headers.get(AUTHORIZATION)).ok_or(ApiError::Unauthorized)?;
+    let row = db::operators::find_active(&state.pool, &hash_token(token))
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let role =
+        Role::parse(&row.role).ok_or_else(|| anyhow::anyhow!("stored role `{}`", row.role))?;
+    Ok(Operator {
+        id: row.id,
+        name: row.name,
+        role,
+    })
+}
+
+/// Largest part of a request body kept as the audit summary.
+const SUMMARY_BYTES: usize = 2048;
+
+/// A summary of a request body: the JSON itself when small, else its start.
+fn summarize(body: &[u8]) -> serde_json::Value {
+    if body.is_empty() {
+        return serde_json::Value::Null;
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) if body.len() <= SUMMARY_BYTES => value,
+        _ => {
+            let cut = String::from_utf8_lossy(&body[..body.len().min(SUMMARY_BYTES)]).into_owned();
+            serde_json::json!({"truncated": cut, "bytes": body.len()})
+        }
+    }
+}
+
+/// The id a call acted on: the path's id, or the id of what it created.
+fn target(path: &str, response_body: &[u8]) -> Option<String> {
+    let from_path = path
+        .trim_start_matches("/api/v1/")
+        .split('/')
+        .nth(1)
+        .map(str::to_owned);
+    from_path.or_else(|| {
+        let created: serde_json::Value = serde_json::from_slice(response_body).ok()?;
+        created["id"]
+            .as_str()
+            .or_else(|| created["device"]["id"].as_str())
+            .map(str::to_owned)
+    })
+}
+
+/// Middleware for every operator route (see the module doc).
+pub async fn authorize_and_audit(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let operator = match authenticate(&state, &parts).await {
+        Ok(operator) => operator,
+        Err(e) => {
+            tracing::warn!(path = %parts.uri.path(), "operator call without valid credentials");
+            return e.into_response();
+        }
+    };
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map_or_else(|| parts.uri.path().to_owned(), |m| m.as_str().to_owned());
+    let action = format!("{} {route}", parts.method);
+    let mutating = !matches!(parts.method, Method::GET | Method::HEAD);
+    let needed = required_role(&parts.method, &route);
+
+    if operator.role < needed {
+        let refusal = ApiError::Forbidden(format!(
+            "`{}` is a {} token; {action} needs {}",
+            operator.name,
+            operator.role.as_str(),
+            needed.as_str()
+        ));
+        if mutating || needed == Role::Admin {
+            record(
+                &state,
+                &operator,
+                &action,
+                Some(parts.uri.path().to_owned()),
+                403,
+                serde_json::Value::Null,
+            )
+            .await;
+        }
+        return refusal.into_response();
+    }
+    parts.extensions.insert(operator.clone());
+    if !mutating {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+
+    // Bodies are already capped by the route's limit; keep a copy for the summary.
+    let bytes = match to_bytes(body, crate::routes::OPERATOR_BODY_LIMIT).await {
+        Ok(bytes) => bytes,
+        Err(_) => return ApiError::PayloadTooLarge.into_response(),
+    };
+    let summary = summarize(&bytes);
+    let path = parts.uri.path().to_owned();
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    let status = response.status();
+    let (response_parts, response_body) = response.into_parts();
+    let response_bytes = to_bytes(response_body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let target = target(&path, &response_bytes);
+    record(&state, &operator, &action, target, status.as_u16(), summary).await;
+    Response::from_parts(response_parts, Body::from(response_bytes))
+}
+
+async fn record(
+    state: &AppState,
+    operator: &Operator,
+    action: &str,
+    target: Option<String>,
+    status: u16,
+    summary: serde_json::Value,
+) {
+    let entry = NewAuditEntry {
+        actor_id: Some(operator.id),
+        actor: &operator.name,
+        action,
+        target: target.as_deref(),
+        status,
+        summary,
+    };
+    if let Err(e) = db::audit::append(&state.pool, &entry).await {
+        // The change itself is committed; losing its audit entry must at
+        // least be loud.
+        tracing::error!(error = %e, actor = %operator.name, action, "could not append to the audit log");
     }
 }
 
@@ -44,5 +207,63 @@ impl FromRequestParts<AppState> for Device {
             .authenticate(&hash_token(token))
             .map(Device)
             .ok_or(ApiError::Unauthorized)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_needed_per_route() {
+        assert_eq!(required_role(&Method::GET, "/api/v1/devices"), Role::Viewer);
+        assert_eq!(
+            required_role(&Method::POST, "/api/v1/devices"),
+            Role::Operator
+        );
+        assert_eq!(
+            required_role(&Method::DELETE, "/api/v1/assignments/{id}"),
+            Role::Operator
+        );
+        assert_eq!(
+            required_role(&Method::GET, "/api/v1/operator-tokens"),
+            Role::Admin
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/api/v1/operator-tokens"),
+            Role::Admin
+        );
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+    }
+
+    #[test]
+    fn targets_come_from_the_path_or_the_created_object() {
+        assert_eq!(target("/api/v1/devices/abc", b""), Some("abc".into()));
+        assert_eq!(
+            target("/api/v1/devices/abc/config", b""),
+            Some("abc".into())
+        );
+        assert_eq!(
+            target("/api/v1/services", br#"{"id":"s1"}"#),
+            Some("s1".into())
+        );
+        assert_eq!(
+            target("/api/v1/devices", br#"{"device":{"id":"d1"},"token":"x"}"#),
+            Some("d1".into())
+        );
+        assert_eq!(target("/api/v1/devices", b"not json"), None);
+    }
+
+    #[test]
+    fn summaries_keep_small_json_and_cut_the_rest() {
+        assert_eq!(
+            summarize(br#"{"name":"a"}"#),
+            serde_json::json!({"name": "a"})
+        );
+        let big = format!("{{\"x\":\"{}\"}}", "y".repeat(5000));
+        let s = summarize(big.as_bytes());
+        assert_eq!(s["bytes"], big.len());
+        assert_eq!(s["truncated"].as_str().unwrap().len(), SUMMARY_BYTES);
+        assert_eq!(summarize(b""), serde_json::Value::Null);
     }
 }

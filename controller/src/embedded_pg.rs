@@ -17,13 +17,15 @@ const SERVER_BINARIES: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
 const DATABASE: &str = "isdf";
 const ROLE: &str = "isdf";
 
-/// A running private cluster; stopped on drop.
+/// A running private cluster. Stopped on drop if this process owns it: it
+/// started it, or (the controller) adopted it; a CLI command that found it
+/// already running leaves it to its owner.
 pub struct EmbeddedPostgres {
     bin_dir: PathBuf,
     cluster_dir: PathBuf,
     socket_dir: PathBuf,
     run_as: Option<nix::unistd::User>,
-    stopped: bool,
+    owned: bool,
 }
 
 /// Finds a directory holding `initdb`, `pg_ctl` and `postgres`: first on
@@ -82,12 +84,12 @@ impl EmbeddedPostgres {
                     .with_context(|| format!("giving {} to the postgres user", d.display()))?;
             }
         }
-        let pg = EmbeddedPostgres {
+        let mut pg = EmbeddedPostgres {
             bin_dir,
             cluster_dir,
             socket_dir,
             run_as,
-            stopped: false,
+            owned: false,
         };
         pg.check_reachable_by_server_user(dir)?;
         if !pg.cluster_dir.join("PG_VERSION").exists() {
@@ -127,6 +129,7 @@ impl EmbeddedPostgres {
                 ],
             )
             .with_context(|| format!("starting PostgreSQL; see {}", log.display()))?;
+            pg.owned = true;
         }
         Ok(pg)
     }
@@ -161,13 +164,19 @@ impl EmbeddedPostgres {
             .is_ok_and(|o| o.status.success())
     }
 
-    /// Stops the cluster (fast shutdown: running transactions are rolled
-    /// back, committed data is safe).
+    /// Takes ownership of a cluster found running (left by a crashed
+    /// controller), so it is stopped when this process ends.
+    pub fn adopt(&mut self) {
+        self.owned = true;
+    }
+
+    /// Stops the cluster if this process owns it (fast shutdown: running
+    /// transactions are rolled back, committed data is safe).
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        if self.stopped {
+        if !self.owned {
             return Ok(());
         }
-        self.stopped = true;
+        self.owned = false;
         self.run(
             "pg_ctl",
             &[

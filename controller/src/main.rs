@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use isdf_controller::db;
+use isdf_controller::domain::Role;
 use isdf_controller::embedded_pg::EmbeddedPostgres;
 use isdf_controller::{Application, Settings};
 
@@ -22,6 +24,25 @@ struct Cli {
 enum Command {
     /// Run the controller (the default).
     Serve,
+    /// Manage operator API tokens directly in the database (works while the
+    /// controller runs, and when the API is unreachable).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (once).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: uuid::Uuid },
 }
 
 #[derive(clap::Args)]
@@ -90,36 +111,129 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Serve) | None => cli.serve,
-    };
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?
-        .block_on(serve(args))
+        .context("starting the runtime")?;
+    match cli.command {
+        Some(Command::Serve) | None => runtime.block_on(serve(cli.serve)),
+        Some(Command::Token(command)) => runtime.block_on(token(cli.serve, command)),
+    }
+}
+
+fn resolve_data_dir(args: &ServeArgs) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    args.data_dir
+        .canonicalize()
+        .context("resolving the data directory")
+}
+
+/// The configured database, or the embedded cluster (started if it is not
+/// running; owned, and so stopped at the end, only if started here).
+async fn database(args: &ServeArgs) -> anyhow::Result<(String, Option<EmbeddedPostgres>)> {
+    if let Some(url) = &args.database_url {
+        return Ok((url.clone(), None));
+    }
+    let data_dir = resolve_data_dir(args)?;
+    let pg = tokio::task::block_in_place(|| EmbeddedPostgres::start(&data_dir))?;
+    create_database_if_missing(&pg).await?;
+    Ok((pg.database_url(), Some(pg)))
+}
+
+fn cli_actor() -> String {
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| "unknown".to_owned(), |u| u.name);
+    format!("cli:{user}")
+}
+
+async fn token(args: ServeArgs, command: TokenCommand) -> anyhow::Result<()> {
+    let (url, mut embedded) = database(&args).await?;
+    let pool = isdf_controller::app::connect(&url).await?;
+    db::migrate(&pool).await?;
+    let actor = cli_actor();
+    let audit = |action: &'static str, target: String, summary: serde_json::Value| {
+        let (pool, actor) = (pool.clone(), actor.clone());
+        async move {
+            let entry = db::audit::NewAuditEntry {
+                actor_id: None,
+                actor: &actor,
+                action,
+                target: Some(&target),
+                status: 200,
+                summary,
+            };
+            db::audit::append(&pool, &entry)
+                .await
+                .context("writing the audit log")
+        }
+    };
+    match command {
+        TokenCommand::Create { name, role } => {
+            let name =
+                isdf_controller::domain::parse_name(&name, "token").map_err(anyhow::Error::msg)?;
+            let (row, token) =
+                isdf_controller::handlers::operators::create_token(&pool, &name, role, &actor)
+                    .await?;
+            audit(
+                "token.create",
+                row.id.to_string(),
+                serde_json::json!({"name": name, "role": role.as_str()}),
+            )
+            .await?;
+            println!("{token}");
+            eprintln!(
+                "created {} token `{name}` ({}); the token above is shown once",
+                role.as_str(),
+                row.id
+            );
+        }
+        TokenCommand::List => {
+            for row in db::operators::list(&pool, None, i64::MAX).await? {
+                let state = row
+                    .revoked_at
+                    .map_or_else(|| "active".to_owned(), |t| format!("revoked {t}"));
+                println!(
+                    "{}  {:<8}  {:<24}  created {} by {}  {state}",
+                    row.id,
+                    row.role,
+                    row.name,
+                    row.created_at,
+                    row.created_by.unwrap_or_default()
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let row = db::operators::revoke(&pool, id)
+                .await?
+                .with_context(|| format!("no active operator token {id}"))?;
+            audit(
+                "token.revoke",
+                id.to_string(),
+                serde_json::json!({"name": row.name}),
+            )
+            .await?;
+            eprintln!("revoked `{}` ({id})", row.name);
+        }
+    }
+    pool.close().await;
+    if let Some(pg) = embedded.as_mut() {
+        tokio::task::block_in_place(|| pg.stop())?;
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let data_dir = args
-        .data_dir
-        .canonicalize()
-        .context("resolving the data directory")?;
+    let data_dir = resolve_data_dir(&args)?;
     // Kept alive until the end of this function: dropping it stops the cluster.
-    let mut embedded = None;
-    let database_url = match args.database_url {
-        Some(url) => url,
-        None => {
-            let pg = tokio::task::block_in_place(|| EmbeddedPostgres::start(&data_dir))?;
-            create_database_if_missing(&pg).await?;
-            tracing::info!(dir = %data_dir.join("postgres").display(), "started private PostgreSQL");
-            let url = pg.database_url();
-            embedded = Some(pg);
-            url
-        }
-    };
+    let (database_url, mut embedded) = database(&args).await?;
+    if let Some(pg) = embedded.as_mut() {
+        // Also a cluster a crashed run left behind: this run stops it on exit.
+        pg.adopt();
+        tracing::info!(dir = %data_dir.join("postgres").display(), "private PostgreSQL is up");
+    }
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),

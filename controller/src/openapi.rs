@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::handlers::{assignments, device_api, devices, services};
+use crate::handlers::{assignments, device_api, devices, operators, services};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,11 +15,12 @@ use crate::handlers::{assignments, device_api, devices, services};
         services::list_revisions, services::get_revision,
         assignments::create, assignments::list, assignments::get, assignments::update,
         assignments::delete,
+        operators::create, operators::list, operators::revoke, operators::audit,
         device_api::poll_config, device_api::report_status,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::domain::FlowBlockSpec, crate::domain::FlowSpec,
-        crate::domain::BlockAction, crate::domain::ServiceKind,
+        crate::domain::BlockAction, crate::domain::ServiceKind, crate::domain::Role,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

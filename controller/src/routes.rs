@@ -5,7 +5,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
-use crate::handlers::{assignments, device_api, devices, services};
+use crate::auth::authorize_and_audit;
+use crate::handlers::{assignments, device_api, devices, operators, services};
 use crate::openapi;
 use crate::state::AppState;
 
@@ -14,9 +15,10 @@ pub const OPERATOR_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// Largest device request body (a status report).
 pub const DEVICE_BODY_LIMIT: usize = 256 * 1024;
 
-/// The operator API, under `/api/v1`.
+/// The operator API, under `/api/v1`. Every `/api/v1` route sits behind
+/// [`authorize_and_audit`] (authentication, role check, audit log).
 pub fn operator_router(state: AppState) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/api/v1/devices", post(devices::create).get(devices::list))
         .route(
             "/api/v1/devices/{id}",
@@ -51,6 +53,21 @@ pub fn operator_router(state: AppState) -> Router {
                 .patch(assignments::update)
                 .delete(assignments::delete),
         )
+        .route(
+            "/api/v1/operator-tokens",
+            post(operators::create).get(operators::list),
+        )
+        .route(
+            "/api/v1/operator-tokens/{id}",
+            axum::routing::delete(operators::revoke),
+        )
+        .route("/api/v1/audit", get(operators::audit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize_and_audit,
+        ));
+    Router::new()
+        .merge(api)
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/", get(landing_page))
         .route("/healthz", get(|| async { "ok" }))

@@ -164,12 +164,11 @@ impl TestController {
             Some(t) => t,
             None => {
                 // A restart on the same database: make a fresh token for the test.
-                let token = crate::secrets::new_token(crate::secrets::OPERATOR_TOKEN_PREFIX);
-                crate::db::operators::insert(
+                let (_, token) = crate::handlers::operators::create_token(
                     &app.state.pool,
-                    uuid::Uuid::new_v4(),
                     "test",
-                    &crate::secrets::hash_token(&token),
+                    crate::domain::Role::Admin,
+                    "test",
                 )
                 .await?;
                 token

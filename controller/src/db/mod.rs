@@ -7,6 +7,7 @@
 //! against a real PostgreSQL.
 
 pub mod assignments;
+pub mod audit;
 pub mod configs;
 pub mod devices;
 pub mod operators;

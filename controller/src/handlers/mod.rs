@@ -4,6 +4,7 @@
 pub mod assignments;
 pub mod device_api;
 pub mod devices;
+pub mod operators;
 pub mod services;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

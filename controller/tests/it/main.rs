@@ -3,5 +3,6 @@
 
 mod api;
 mod device_api;
+mod operators;
 mod recompile;
 mod support;

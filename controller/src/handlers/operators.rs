@@ -1,0 +1,182 @@
+//! `/api/v1/operator-tokens` (admin only) and `/api/v1/audit`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::Operator;
+use crate::db;
+use crate::domain::{parse_name, Role};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::handlers::{page, Page, PageParams};
+use crate::secrets::{hash_token, new_token, OPERATOR_TOKEN_PREFIX};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOperatorToken {
+    /// Who or what holds the token, e.g. `alice` or `billing-sync`.
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OperatorTokenView {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<db::operators::OperatorRow> for OperatorTokenView {
+    fn from(row: db::operators::OperatorRow) -> Self {
+        OperatorTokenView {
+            id: row.id,
+            name: row.name,
+            role: row.role,
+            created_at: row.created_at,
+            created_by: row.created_by,
+            revoked_at: row.revoked_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OperatorTokenCreated {
+    #[serde(flatten)]
+    pub token_info: OperatorTokenView,
+    /// The bearer token. Shown once; only its hash is stored.
+    pub token: String,
+}
+
+/// Creates a token with `role` for `name`; shared by the API and the CLI.
+pub async fn create_token(
+    pool: &sqlx::PgPool,
+    name: &str,
+    role: Role,
+    created_by: &str,
+) -> anyhow::Result<(db::operators::OperatorRow, String)> {
+    let token = new_token(OPERATOR_TOKEN_PREFIX);
+    let row = db::operators::insert(
+        pool,
+        Uuid::new_v4(),
+        name,
+        role.as_str(),
+        &hash_token(&token),
+        created_by,
+    )
+    .await?;
+    Ok((row, token))
+}
+
+#[utoipa::path(post, path = "/api/v1/operator-tokens", request_body = CreateOperatorToken, tag = "operators",
+    responses((status = 201, body = OperatorTokenCreated), (status = 403, body = crate::error::ErrorBody)))]
+pub async fn create(
+    operator: Operator,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateOperatorToken>,
+) -> ApiResult<(StatusCode, Json<OperatorTokenCreated>)> {
+    let name = parse_name(&body.name, "token").map_err(ApiError::invalid)?;
+    let (row, token) = create_token(&state.pool, &name, body.role, &operator.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(OperatorTokenCreated {
+            token_info: row.into(),
+            token,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/operator-tokens", params(PageParams), tag = "operators",
+    responses((status = 200, body = Page<OperatorTokenView>), (status = 403, body = crate::error::ErrorBody)))]
+pub async fn list(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiQuery(paging): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<OperatorTokenView>>> {
+    let limit = paging.limit()?;
+    let after = paging
+        .after()?
+        .map(|a| {
+            a.parse::<Uuid>()
+                .map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor"))
+        })
+        .transpose()?;
+    let rows = db::operators::list(&state.pool, after, limit).await?;
+    Ok(Json(page(
+        rows,
+        limit,
+        |r| r.id.to_string(),
+        OperatorTokenView::from,
+    )))
+}
+
+#[utoipa::path(delete, path = "/api/v1/operator-tokens/{id}", tag = "operators",
+    responses((status = 200, body = OperatorTokenView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn revoke(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<OperatorTokenView>> {
+    db::operators::revoke(&state.pool, id)
+        .await?
+        .map(|row| Json(row.into()))
+        .ok_or_else(|| ApiError::NotFound(format!("no active operator token {id}")))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditEntryView {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor_id: Option<Uuid>,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub status: i32,
+    #[schema(value_type = Object)]
+    pub summary: serde_json::Value,
+}
+
+impl From<db::audit::AuditRow> for AuditEntryView {
+    fn from(row: db::audit::AuditRow) -> Self {
+        AuditEntryView {
+            id: row.id,
+            at: row.at,
+            actor_id: row.actor_id,
+            actor: row.actor,
+            action: row.action,
+            target: row.target,
+            status: row.status,
+            summary: row.summary.0,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", params(PageParams), tag = "operators",
+    responses((status = 200, body = Page<AuditEntryView>)))]
+pub async fn audit(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiQuery(paging): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<AuditEntryView>>> {
+    let limit = paging.limit()?;
+    let before = paging
+        .after()?
+        .map(|a| {
+            a.parse::<i64>()
+                .map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor"))
+        })
+        .transpose()?;
+    let rows = db::audit::list(&state.pool, before, limit).await?;
+    Ok(Json(page(
+        rows,
+        limit,
+        |r| r.id.to_string(),
+        AuditEntryView::from,
+    )))
+}
