@@ -8,7 +8,9 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use isdf_api::{open_device_config, DeviceConfig, OpenPolicy, Outcome, StatusReport, TrustedKeys};
+use isdf_api::{
+    open_device_config, DeviceConfig, OpenError, OpenPolicy, Outcome, StatusReport, TrustedKeys,
+};
 use rand::Rng;
 
 use crate::backend::FirewallBackend;
@@ -133,12 +135,7 @@ impl Agent {
         };
         let config = match open_device_config(&envelope, &self.trusted, &policy) {
             Ok(config) => config,
-            Err(e) => {
-                tracing::warn!(code = e.code(), error = %e, "rejected config; the firewall is unchanged");
-                self.set_result(Outcome::Rejected, None, vec![format!("{}: {e}", e.code())]);
-                self.hold_back(version_hint);
-                return;
-            }
+            Err(e) => return self.reject(&e, version_hint),
         };
         let version = config.version;
         match self.apply_checked(&config).await {
@@ -164,6 +161,21 @@ impl Agent {
                 self.hold_back(Some(version));
             }
         }
+    }
+
+    /// A body above the cap was cut off unread: a rejection like any other.
+    pub fn refuse_oversized(&mut self, size: u64, version_hint: Option<u64>) {
+        let e = OpenError::TooLarge {
+            size: usize::try_from(size).unwrap_or(usize::MAX),
+            limit: isdf_api::MAX_ENVELOPE_BYTES,
+        };
+        self.reject(&e, version_hint);
+    }
+
+    fn reject(&mut self, e: &OpenError, version_hint: Option<u64>) {
+        tracing::warn!(code = e.code(), error = %e, "rejected config; the firewall is unchanged");
+        self.set_result(Outcome::Rejected, None, vec![format!("{}: {e}", e.code())]);
+        self.hold_back(version_hint);
     }
 
     /// Applies `firewall` and checks the kernel holds it.
@@ -319,6 +331,10 @@ impl Agent {
                     self.handle_envelope(envelope, version_hint).await;
                 }
                 Ok(Poll::NotModified) => failures = 0,
+                Ok(Poll::TooLarge { size, version_hint }) => {
+                    failures = 0;
+                    self.refuse_oversized(size, version_hint);
+                }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let delay = backoff(

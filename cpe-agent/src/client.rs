@@ -24,6 +24,11 @@ pub enum Poll {
         version_hint: Option<u64>,
     },
     NotModified,
+    /// The server sent a body above [`MAX_ENVELOPE_BYTES`]; it was not read in full.
+    TooLarge {
+        size: u64,
+        version_hint: Option<u64>,
+    },
 }
 
 impl Client {
@@ -82,20 +87,17 @@ impl Client {
                     .and_then(|v| v.trim_matches('"').parse().ok());
                 // Cap the body before reading it all: a hostile or broken
                 // server cannot make the router buffer more than the limit.
-                if response
-                    .content_length()
-                    .is_some_and(|l| l > MAX_ENVELOPE_BYTES as u64)
-                {
-                    bail!(
-                        "config body of {} bytes is above the limit",
-                        response.content_length().unwrap_or(0)
-                    );
+                let limit = MAX_ENVELOPE_BYTES as u64;
+                if let Some(size) = response.content_length().filter(|l| *l > limit) {
+                    return Ok(Poll::TooLarge { size, version_hint });
                 }
                 let mut body = Vec::new();
                 while let Some(chunk) = response.chunk().await.context("reading the config body")? {
                     if body.len() + chunk.len() > MAX_ENVELOPE_BYTES {
-                        bail!("config body is above the {MAX_ENVELOPE_BYTES}-byte limit");
+                        let size = (body.len() + chunk.len()) as u64;
+                        return Ok(Poll::TooLarge { size, version_hint });
                     }
+
                     body.extend_from_slice(&chunk);
                 }
                 Ok(Poll::Newer {

@@ -179,10 +179,18 @@ async fn mutating_calls_and_refusals_are_audited() {
         summary,
         [
             ("watcher".into(), "DELETE /api/v1/devices/{id}".into(), 403),
-            ("initial-admin".into(), "POST /api/v1/assignments".into(), 201),
+            (
+                "initial-admin".into(),
+                "POST /api/v1/assignments".into(),
+                201
+            ),
             ("initial-admin".into(), "POST /api/v1/services".into(), 201),
             ("initial-admin".into(), "POST /api/v1/devices".into(), 201),
-            ("initial-admin".into(), "POST /api/v1/operator-tokens".into(), 201),
+            (
+                "initial-admin".into(),
+                "POST /api/v1/operator-tokens".into(),
+                201
+            ),
         ]
         .map(|(a, b, c): (String, String, i64)| (a, b, c)),
         "newest first, reads not recorded"

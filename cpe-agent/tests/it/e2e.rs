@@ -475,12 +475,44 @@ async fn scenario(topo: std::sync::Arc<Topology>, backend: &'static str, work: P
             .unwrap()
             .to_json()
     };
+    let same_version_other_content = DeviceConfig {
+        firewall: Default::default(),
+        ..config.clone()
+    };
+    let mut with_unknown_field = serde_json::to_value(&newer).unwrap();
+    with_unknown_field["firewall"]["dns"] = json!({"redirect": "198.51.100.66"});
+    let current_bytes = current.to_json();
+    let mut oversized = current_bytes.clone();
+    oversized.resize(isdf_api::MAX_ENVELOPE_BYTES + 1, b' ');
     let attacks: Vec<(&str, Vec<u8>)> = vec![
         ("bad_signature", tampered.to_json()),
         ("not_newer", older_envelope.into_bytes()),
+        ("not_newer", sign(&signer, &same_version_other_content)),
         ("wrong_device", foreign.into_bytes()),
         ("expired", sign(&signer, &expired)),
         ("unknown_key", sign(&stranger, &newer)),
+        (
+            "wrong_payload_type",
+            signer
+                .sign("application/json", &serde_json::to_vec(&newer).unwrap())
+                .unwrap()
+                .to_json(),
+        ),
+        (
+            "malformed_config",
+            signer
+                .sign(
+                    CONFIG_PAYLOAD_TYPE,
+                    with_unknown_field.to_string().as_bytes(),
+                )
+                .unwrap()
+                .to_json(),
+        ),
+        (
+            "malformed_envelope",
+            current_bytes[..current_bytes.len() / 2].to_vec(),
+        ),
+        ("too_large", oversized),
     ];
 
     // Stop the controller: the block stays.
@@ -493,9 +525,18 @@ async fn scenario(topo: std::sync::Arc<Topology>, backend: &'static str, work: P
 
     let mut rogue = RogueController::start(device_addr, &controller_dir).await;
     for (code, envelope) in attacks {
+        eprintln!("attack: {code}");
         rogue.serve_next(envelope);
         let report = loop {
-            let report = rogue.next_report(Duration::from_secs(30)).await;
+            let report = rogue
+                .next_report(Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no report after the {code} attack; agent log:\n{}",
+                        agent.log()
+                    )
+                });
             if report.outcome == Outcome::Rejected {
                 break report;
             }
