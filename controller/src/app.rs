@@ -13,6 +13,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::config_cache::ConfigCache;
+use crate::limits::{DeviceGate, Limits};
+
 use crate::pki::Pki;
 use crate::reconcile::Reconciler;
 use crate::signer::{ConfigSigner, FileSigner};
@@ -31,7 +33,7 @@ pub struct Settings {
     /// Names and addresses in the device listener's certificate.
     pub device_tls_names: Vec<String>,
     pub config_lifetime: Duration,
-    pub max_poll_wait: Duration,
+    pub limits: Limits,
 }
 
 pub struct Application {
@@ -132,7 +134,7 @@ impl Application {
                 ca_pem: pki.ca_pem.clone(),
                 signing_public_key_hex: signing_public_key_hex.clone(),
             }),
-            max_poll_wait: settings.max_poll_wait,
+            device_gate: Arc::new(DeviceGate::new(settings.limits.clone())),
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
@@ -155,21 +157,23 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let handle = axum_server::Handle::new();
+        let limits = self.state.device_gate.limits().clone();
+        let acceptor =
+            axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(self.tls))
+                .handshake_timeout(limits.tls_handshake_timeout);
+        let mut device_server = axum_server::from_tcp(self.device_listener)
+            .acceptor(acceptor)
+            .handle(handle.clone());
+        limit_headers(device_server.http_builder(), &limits);
         let device_server =
-            axum_server::from_tcp_rustls(self.device_listener, RustlsConfig::from_config(self.tls))
-                .handle(handle.clone())
-                .serve(routes::device_router(self.state.clone()).into_make_service());
-        let api_listener = tokio::net::TcpListener::from_std(self.api_listener)?;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let api_server = axum::serve(api_listener, routes::operator_router(self.state.clone()))
-            .with_graceful_shutdown(async move {
-                let mut rx = stop_rx;
-                let _ = rx.wait_for(|stop| *stop).await;
-            });
+            device_server.serve(routes::device_router(self.state.clone()).into_make_service());
+        let mut api_server = axum_server::from_tcp(self.api_listener).handle(handle.clone());
+        limit_headers(api_server.http_builder(), &limits);
+        let api_server =
+            api_server.serve(routes::operator_router(self.state.clone()).into_make_service());
         let refresher = tokio::spawn(refresh_loop(self.state.reconciler.clone()));
         let stopper = tokio::spawn(async move {
             shutdown.await;
-            let _ = stop_tx.send(true);
             // Long polls end at once; the agent simply polls again later.
             handle.graceful_shutdown(Some(Duration::from_secs(1)));
         });
@@ -181,6 +185,18 @@ impl Application {
         api_result.context("operator API server")?;
         Ok(())
     }
+}
+
+/// HTTP/1 only (what agents and operators use), with a deadline for the
+/// request headers so a slow client cannot hold a connection open for free.
+fn limit_headers(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    limits: &Limits,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
 }
 
 /// The device API URL when none is configured: the bound address, or the

@@ -202,11 +202,13 @@ impl FromRequestParts<AppState> for Device {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts.headers.get(AUTHORIZATION)).ok_or(ApiError::Unauthorized)?;
-        state
+        let device = state
             .cache
             .authenticate(&hash_token(token))
-            .map(Device)
-            .ok_or(ApiError::Unauthorized)
+            .ok_or(ApiError::Unauthorized)?;
+        // Limited per identity: routers share addresses behind CGNAT.
+        state.device_gate.admit(device)?;
+        Ok(Device(device))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod embedded_pg;
 pub mod error;
 pub mod fs_util;
 pub mod handlers;
+pub mod limits;
 pub mod openapi;
 pub mod pki;
 pub mod reconcile;

@@ -101,6 +101,15 @@ struct ServeArgs {
         default_value_t = 60
     )]
     max_poll_wait_secs: u64,
+    /// Seconds an agent waits before its next poll (jittered by up to half).
+    #[arg(global = true, long, env = "ISDF_POLL_DELAY_SECS", default_value_t = 0)]
+    poll_delay_secs: u64,
+    /// Sustained device API requests per second per device.
+    #[arg(global = true, long, env = "ISDF_DEVICE_RATE", default_value_t = 2.0)]
+    device_rate: f64,
+    /// Device API requests a device may burst above its rate.
+    #[arg(global = true, long, env = "ISDF_DEVICE_BURST", default_value_t = 20)]
+    device_burst: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -255,7 +264,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         device_public_url: args.device_public_url,
         device_tls_names: names,
         config_lifetime: Duration::from_secs(args.config_lifetime_hours.max(1) * 3600),
-        max_poll_wait: Duration::from_secs(args.max_poll_wait_secs),
+        limits: isdf_controller::limits::Limits {
+            max_poll_wait: Duration::from_secs(args.max_poll_wait_secs),
+            poll_delay: Duration::from_secs(args.poll_delay_secs),
+            device_requests_per_sec: args.device_rate,
+            device_burst: args.device_burst,
+            ..Default::default()
+        },
     };
     let app = Application::build(settings).await?;
     println!("iSDF controller is running.");

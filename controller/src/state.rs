@@ -1,11 +1,12 @@
 //! Shared state of both listeners.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::PgPool;
 
 use crate::config_cache::ConfigCache;
+use crate::limits::DeviceGate;
+
 use crate::reconcile::Reconciler;
 
 #[derive(Clone)]
@@ -14,8 +15,8 @@ pub struct AppState {
     pub cache: Arc<ConfigCache>,
     pub reconciler: Arc<Reconciler>,
     pub agent_bootstrap: Arc<AgentBootstrap>,
-    /// Upper bound for a long poll's wait.
-    pub max_poll_wait: Duration,
+    /// Rate and long-poll limits of the device API.
+    pub device_gate: Arc<DeviceGate>,
 }
 
 /// What an agent needs besides its token: shown when a device is registered.

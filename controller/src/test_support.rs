@@ -129,6 +129,7 @@ pub struct TestControllerOptions {
     pub database_url: Option<String>,
     pub device_listen: std::net::SocketAddr,
     pub device_tls_names: Vec<String>,
+    pub limits: crate::limits::Limits,
 }
 
 impl TestControllerOptions {
@@ -138,6 +139,7 @@ impl TestControllerOptions {
             database_url: None,
             device_listen: "127.0.0.1:0".parse().expect("literal"),
             device_tls_names: vec!["localhost".into(), "127.0.0.1".into()],
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -157,7 +159,7 @@ impl TestController {
             device_public_url: None,
             device_tls_names: options.device_tls_names,
             config_lifetime: Duration::from_secs(3600),
-            max_poll_wait: Duration::from_secs(30),
+            limits: options.limits,
         };
         let app = Application::build(settings).await?;
         let operator_token = match app.initial_operator_token.clone() {

@@ -322,19 +322,22 @@ impl Agent {
                 () = &mut shutdown => return,
                 poll = self.client.poll(self.poll_version(), this_wait) => poll,
             };
-            match poll {
-                Ok(Poll::Newer {
-                    envelope,
-                    version_hint,
-                }) => {
+            let pace = match poll {
+                Ok((polled, pace)) => {
                     failures = 0;
-                    self.handle_envelope(envelope, version_hint).await;
+                    match polled {
+                        Poll::Newer {
+                            envelope,
+                            version_hint,
+                        } => self.handle_envelope(envelope, version_hint).await,
+                        Poll::NotModified => {}
+                        Poll::TooLarge { size, version_hint } => {
+                            self.refuse_oversized(size, version_hint)
+                        }
+                    }
+                    pace
                 }
-                Ok(Poll::NotModified) => failures = 0,
-                Ok(Poll::TooLarge { size, version_hint }) => {
-                    failures = 0;
-                    self.refuse_oversized(size, version_hint);
-                }
+
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let delay = backoff(
@@ -342,10 +345,17 @@ impl Agent {
                         Duration::from_secs(self.settings.max_backoff_secs),
                     );
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "poll failed; rules stay as they are");
-                    tokio::select! {
-                        () = &mut shutdown => return,
-                        () = tokio::time::sleep(delay) => {},
-                    }
+                    delay
+                }
+            };
+            // The server's pacing, or the backoff after an error. What just
+            // happened is reported before the pause, not after it.
+            if !pace.is_zero() {
+                self.report_if_due().await;
+
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(pace) => {},
                 }
             }
         }

@@ -9,6 +9,11 @@ use isdf_api::{paths, StatusReport, MAX_ENVELOPE_BYTES};
 use reqwest::header::{AUTHORIZATION, IF_NONE_MATCH};
 use reqwest::StatusCode;
 
+/// Header in which the controller asks for a pause before the next poll.
+const POLL_AFTER_HEADER: &str = "isdf-poll-after";
+/// The longest pause the agent accepts from a server.
+const MAX_POLL_PACE: Duration = Duration::from_secs(3600);
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -62,7 +67,25 @@ impl Client {
     }
 
     /// Long-polls for a config newer than `enforced`, waiting up to `wait`.
-    pub async fn poll(&self, enforced: Option<u64>, wait: Duration) -> anyhow::Result<Poll> {
+    /// Long-polls for a config newer than `enforced`, waiting up to `wait`.
+    /// Also returns how long the server asks the agent to wait before the
+    /// next poll (its `isdf-poll-after` header; zero when absent).
+    pub async fn poll(
+        &self,
+        enforced: Option<u64>,
+        wait: Duration,
+    ) -> anyhow::Result<(Poll, Duration)> {
+        let mut pace = Duration::ZERO;
+        let poll = self.poll_once(enforced, wait, &mut pace).await?;
+        Ok((poll, pace))
+    }
+
+    async fn poll_once(
+        &self,
+        enforced: Option<u64>,
+        wait: Duration,
+        pace: &mut Duration,
+    ) -> anyhow::Result<Poll> {
         let mut request = self
             .http
             .get(format!(
@@ -77,6 +100,15 @@ impl Client {
             request = request.header(IF_NONE_MATCH, format!("\"{v}\""));
         }
         let mut response = request.send().await.context("polling the controller")?;
+        *pace = response
+            .headers()
+            .get(POLL_AFTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(Duration::ZERO, |s| {
+                Duration::from_secs(s).min(MAX_POLL_PACE)
+            });
+
         match response.status() {
             StatusCode::NOT_MODIFIED => Ok(Poll::NotModified),
             StatusCode::OK => {

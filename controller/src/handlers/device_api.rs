@@ -49,27 +49,31 @@ pub async fn poll_config(
     ApiQuery(params): ApiQuery<PollParams>,
 ) -> ApiResult<Response> {
     let enforced = enforced_version(&headers)?;
-    let wait = Duration::from_secs(params.wait.unwrap_or(0)).min(state.max_poll_wait);
+    let wait = state
+        .device_gate
+        .poll_wait(Duration::from_secs(params.wait.unwrap_or(0)));
+    let pace = state.device_gate.next_poll_delay();
     let newer = || state.cache.current(id).filter(|c| c.version > enforced);
     if let Some(current) = newer() {
-        return Ok(envelope_response(&current));
+        return Ok(paced(envelope_response(&current), pace));
     }
     // A poll without wait answers at once: no timer, no channel. This is the
     // hot path of a fleet checking in, so it stays a hash and two lookups.
     if wait.is_zero() {
-        return Ok(not_modified(enforced));
+        return Ok(paced(not_modified(enforced), pace));
     }
+    let _slot = state.device_gate.begin_poll(id)?;
     let mut changes = state.cache.subscribe(id).ok_or(ApiError::Unauthorized)?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Look after subscribing, so a publish in between is not missed.
         if let Some(current) = newer() {
-            return Ok(envelope_response(&current));
+            return Ok(paced(envelope_response(&current), pace));
         }
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => continue,
             // Timed out, or the device was deleted while waiting.
-            Ok(Err(_)) | Err(_) => return Ok(not_modified(enforced)),
+            Ok(Err(_)) | Err(_) => return Ok(paced(not_modified(enforced), pace)),
         }
     }
 }
@@ -84,6 +88,19 @@ fn envelope_response(config: &ServedConfig) -> Response {
         config.envelope.clone(),
     )
         .into_response()
+}
+
+/// Header telling the agent how many seconds to wait before its next poll.
+pub const POLL_AFTER_HEADER: &str = "isdf-poll-after";
+
+/// Adds the server-chosen delay before the next poll (none when zero).
+fn paced(mut response: Response, delay: Duration) -> Response {
+    if !delay.is_zero() {
+        response
+            .headers_mut()
+            .insert(POLL_AFTER_HEADER, delay.as_secs().into());
+    }
+    response
 }
 
 fn not_modified(enforced: u64) -> Response {

@@ -79,7 +79,8 @@ async fn a_poll_without_change_waits_then_answers_304() {
     let (status, _, body) = h.poll(&token, Some(1), 1).await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
     assert!(body.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(900));
+    // The server takes off up to a fifth of the wait, to spread reconnections.
+    assert!(started.elapsed() >= Duration::from_millis(750));
 }
 
 #[tokio::test]

@@ -18,12 +18,19 @@ pub struct Response {
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with(isdf_controller::limits::Limits::default()).await
+    }
+
+    pub async fn start_with(limits: isdf_controller::limits::Limits) -> Self {
         // reqwest is built without a default TLS provider; plain clients need one too.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let data_dir = tempfile::tempdir().unwrap();
-        let controller = TestController::start(TestControllerOptions::new(data_dir.path()))
+        let mut options = TestControllerOptions::new(data_dir.path());
+        options.limits = limits;
+        let controller = TestController::start(options)
             .await
             .expect("controller starts");
+
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut controller.ca_pem.as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
