@@ -6,6 +6,7 @@
 //! sides use the same code and the same test vectors, so they cannot drift.
 
 pub mod config;
+pub mod enrollment;
 pub mod envelope;
 pub mod net;
 pub mod status;
@@ -29,4 +30,8 @@ pub mod paths {
     pub const DEVICE_STATUS: &str = "/device/v1/status";
     /// Cheap reachability check used after applying a config (`GET`).
     pub const DEVICE_PING: &str = "/device/v1/ping";
+    /// Renew the client certificate over mutual TLS (`POST`).
+    pub const DEVICE_RENEW: &str = "/device/v1/renew";
+    /// Enroll with a token and a CSR, on the enrollment listener (`POST`).
+    pub const ENROLL: &str = "/enroll/v1";
 }
