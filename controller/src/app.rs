@@ -12,8 +12,9 @@ use axum_server::tls_rustls::RustlsConfig;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+use crate::auth::DeviceIdentityAcceptor;
 use crate::config_cache::ConfigCache;
-use crate::limits::{DeviceGate, Limits};
+use crate::limits::{DeviceGate, EnrollmentGate, Limits};
 
 use crate::pki::Pki;
 use crate::reconcile::Reconciler;
@@ -32,7 +33,13 @@ pub struct Settings {
     pub device_public_url: Option<String>,
     /// Names and addresses in the device listener's certificate.
     pub device_tls_names: Vec<String>,
+    /// The enrollment listener (server-authenticated TLS, own port).
+    pub enrollment_listen: SocketAddr,
+    /// The enrollment URL agents are told to use; derived if None.
+    pub enrollment_public_url: Option<String>,
     pub config_lifetime: Duration,
+    /// Lifetime of device certificates (agents renew at two thirds).
+    pub device_cert_lifetime: Duration,
     pub limits: Limits,
 }
 
@@ -40,6 +47,8 @@ pub struct Application {
     pub api_addr: SocketAddr,
     pub device_addr: SocketAddr,
     pub device_api_url: String,
+    pub enrollment_addr: SocketAddr,
+    pub enrollment_url: String,
     pub state: AppState,
     /// Printed once: the first operator token, when none existed.
     pub initial_operator_token: Option<String>,
@@ -47,7 +56,9 @@ pub struct Application {
     pub signing_public_key_hex: String,
     api_listener: std::net::TcpListener,
     device_listener: std::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    enrollment_listener: std::net::TcpListener,
+    device_tls: Arc<rustls::ServerConfig>,
+    enrollment_tls: Arc<rustls::ServerConfig>,
 }
 
 pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
@@ -98,7 +109,8 @@ impl Application {
             &settings.data_dir.join("signing-key.pem"),
         )?);
         let pki = Pki::load_or_create(&settings.data_dir, &settings.device_tls_names)?;
-        let tls = pki.server_config()?;
+        let device_tls = pki.device_server_config()?;
+        let enrollment_tls = pki.enrollment_server_config()?;
 
         let api_listener = bind(settings.api_listen)?;
         let device_listener = bind(settings.device_listen)?;
@@ -107,7 +119,13 @@ impl Application {
         let device_api_url = settings
             .device_public_url
             .clone()
-            .unwrap_or_else(|| default_device_url(device_addr));
+            .unwrap_or_else(|| default_https_url(device_addr));
+        let enrollment_listener = bind(settings.enrollment_listen)?;
+        let enrollment_addr = enrollment_listener.local_addr()?;
+        let enrollment_url = settings
+            .enrollment_public_url
+            .clone()
+            .unwrap_or_else(|| default_https_url(enrollment_addr));
 
         let cache = Arc::new(ConfigCache::default());
         let reconciler = Arc::new(Reconciler {
@@ -131,23 +149,31 @@ impl Application {
             reconciler,
             agent_bootstrap: Arc::new(AgentBootstrap {
                 device_api_url: device_api_url.clone(),
+                enrollment_url: enrollment_url.clone(),
                 ca_pem: pki.ca_pem.clone(),
                 signing_public_key_hex: signing_public_key_hex.clone(),
             }),
             device_gate: Arc::new(DeviceGate::new(settings.limits.clone())),
+            enrollment_gate: Arc::new(EnrollmentGate::default()),
+            device_cert_lifetime: settings.device_cert_lifetime,
+            pki: Arc::new(pki),
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
             api_addr,
             device_addr,
             device_api_url,
-            state,
             initial_operator_token,
-            ca_pem: pki.ca_pem,
+            ca_pem: state.pki.ca_pem.clone(),
+            enrollment_addr,
+            enrollment_url,
+            state,
             signing_public_key_hex,
             api_listener,
             device_listener,
-            tls,
+            enrollment_listener,
+            device_tls,
+            enrollment_tls,
         })
     }
 
@@ -158,11 +184,12 @@ impl Application {
     ) -> anyhow::Result<()> {
         let handle = axum_server::Handle::new();
         let limits = self.state.device_gate.limits().clone();
-        let acceptor =
-            axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(self.tls))
-                .handshake_timeout(limits.tls_handshake_timeout);
+        let tls_acceptor = |config| {
+            axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(config))
+                .handshake_timeout(limits.tls_handshake_timeout)
+        };
         let mut device_server = axum_server::from_tcp(self.device_listener)
-            .acceptor(acceptor)
+            .acceptor(DeviceIdentityAcceptor::new(tls_acceptor(self.device_tls)))
             .handle(handle.clone());
         limit_headers(device_server.http_builder(), &limits);
         let device_server =
@@ -171,18 +198,28 @@ impl Application {
         limit_headers(api_server.http_builder(), &limits);
         let api_server =
             api_server.serve(routes::operator_router(self.state.clone()).into_make_service());
+        let mut enrollment_server = axum_server::from_tcp(self.enrollment_listener)
+            .acceptor(tls_acceptor(self.enrollment_tls))
+            .handle(handle.clone());
+        limit_headers(enrollment_server.http_builder(), &limits);
+        let enrollment_server = enrollment_server.serve(
+            routes::enrollment_router(self.state.clone())
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        );
         let refresher = tokio::spawn(refresh_loop(self.state.reconciler.clone()));
         let stopper = tokio::spawn(async move {
             shutdown.await;
             // Long polls end at once; the agent simply polls again later.
             handle.graceful_shutdown(Some(Duration::from_secs(1)));
         });
-        let (device_result, api_result) = tokio::join!(device_server, api_server);
+        let (device_result, api_result, enrollment_result) =
+            tokio::join!(device_server, api_server, enrollment_server);
         refresher.abort();
         stopper.abort();
         self.state.pool.close().await;
         device_result.context("device API server")?;
         api_result.context("operator API server")?;
+        enrollment_result.context("enrollment server")?;
         Ok(())
     }
 }
@@ -201,7 +238,7 @@ fn limit_headers(
 
 /// The device API URL when none is configured: the bound address, or the
 /// host name when bound to every address (`0.0.0.0` is no URL for a router).
-fn default_device_url(addr: SocketAddr) -> String {
+fn default_https_url(addr: SocketAddr) -> String {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

@@ -192,8 +192,14 @@ async fn record(
     }
 }
 
-/// The device making a device-API call, from its token. No database query:
-/// the token index lives in the config cache.
+/// The device id in the TLS client certificate of the connection, put on
+/// every request by [`DeviceIdentityAcceptor`]. None: no usable certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerDevice(pub Option<Uuid>);
+
+/// The device making a device-API call. Its identity comes from its client
+/// certificate only (verified against our CA during the handshake), never
+/// from the request. No database query: known devices live in the cache.
 #[derive(Debug, Clone, Copy)]
 pub struct Device(pub Uuid);
 
@@ -201,14 +207,64 @@ impl FromRequestParts<AppState> for Device {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts.headers.get(AUTHORIZATION)).ok_or(ApiError::Unauthorized)?;
-        let device = state
-            .cache
-            .authenticate(&hash_token(token))
+        let device = parts
+            .extensions
+            .get::<PeerDevice>()
+            .and_then(|p| p.0)
             .ok_or(ApiError::Unauthorized)?;
+        if !state.cache.contains(device) {
+            return Err(ApiError::Denied {
+                code: "device_unknown",
+                message: "this device was deleted or revoked; enroll again with a new token".into(),
+            });
+        }
         // Limited per identity: routers share addresses behind CGNAT.
         state.device_gate.admit(device)?;
         Ok(Device(device))
+    }
+}
+
+/// Accepts TLS connections on the device listener and tags the connection's
+/// requests with the device id of its (already verified) client certificate.
+#[derive(Clone)]
+pub struct DeviceIdentityAcceptor {
+    tls: axum_server::tls_rustls::RustlsAcceptor,
+}
+
+impl DeviceIdentityAcceptor {
+    pub fn new(tls: axum_server::tls_rustls::RustlsAcceptor) -> Self {
+        DeviceIdentityAcceptor { tls }
+    }
+}
+
+impl<I, S> axum_server::accept::Accept<I, S> for DeviceIdentityAcceptor
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Send + 'static,
+{
+    type Stream = tokio_rustls::server::TlsStream<I>;
+    type Service = tower_http::add_extension::AddExtension<S, PeerDevice>;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = std::io::Result<(Self::Stream, Self::Service)>> + Send,
+        >,
+    >;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let (stream, service) = tls.accept(stream, service).await?;
+            let device = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(crate::pki::device_id_of);
+            Ok((
+                stream,
+                tower_http::add_extension::AddExtension::new(service, PeerDevice(device)),
+            ))
+        })
     }
 }
 

@@ -1,5 +1,6 @@
 //! In-memory index of what the device API serves: each device's latest signed
-//! envelope and token hash, with a change notification per device.
+//! envelope, with a change notification per device. A device that is not
+//! here (deleted) is refused by the device API.
 //!
 //! This is what keeps the poll hot path free of database queries and signing:
 //! a poll that finds no change is a hash, two map lookups and a 304. The
@@ -13,8 +14,6 @@ use axum::body::Bytes;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::secrets::TokenHash;
-
 /// A signed config ready to serve.
 #[derive(Debug)]
 pub struct ServedConfig {
@@ -23,7 +22,6 @@ pub struct ServedConfig {
 }
 
 struct DeviceSlot {
-    token_hash: TokenHash,
     current: Option<Arc<ServedConfig>>,
     /// Carries the latest version; long polls wait on it.
     changed: watch::Sender<u64>,
@@ -32,32 +30,28 @@ struct DeviceSlot {
 #[derive(Default)]
 pub struct ConfigCache {
     devices: RwLock<HashMap<Uuid, DeviceSlot>>,
-    tokens: RwLock<HashMap<TokenHash, Uuid>>,
 }
 
 impl ConfigCache {
-    pub fn add_device(&self, id: Uuid, token_hash: TokenHash) {
+    pub fn add_device(&self, id: Uuid) {
         let (changed, _) = watch::channel(0);
-        self.devices.write().expect("lock").insert(
-            id,
-            DeviceSlot {
-                token_hash,
+        self.devices
+            .write()
+            .expect("lock")
+            .entry(id)
+            .or_insert(DeviceSlot {
                 current: None,
                 changed,
-            },
-        );
-        self.tokens.write().expect("lock").insert(token_hash, id);
+            });
     }
 
     pub fn remove_device(&self, id: Uuid) {
-        if let Some(slot) = self.devices.write().expect("lock").remove(&id) {
-            self.tokens.write().expect("lock").remove(&slot.token_hash);
-        }
+        self.devices.write().expect("lock").remove(&id);
     }
 
-    /// The device a bearer token belongs to.
-    pub fn authenticate(&self, token_hash: &TokenHash) -> Option<Uuid> {
-        self.tokens.read().expect("lock").get(token_hash).copied()
+    /// Whether the device exists (a deleted device's certificate is refused).
+    pub fn contains(&self, id: Uuid) -> bool {
+        self.devices.read().expect("lock").contains_key(&id)
     }
 
     /// Publishes a newer config and wakes the device's waiting polls.

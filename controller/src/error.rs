@@ -22,6 +22,10 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("missing or invalid credentials")]
     Unauthorized,
+    /// Refused credentials with a precise reason (enrollment tokens, device
+    /// certificates).
+    #[error("{message}")]
+    Denied { code: &'static str, message: String },
     #[error("{0}")]
     Forbidden(String),
     #[error("{message}")]
@@ -63,6 +67,8 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Denied { code, .. } => (StatusCode::UNAUTHORIZED, code),
+
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),

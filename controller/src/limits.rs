@@ -50,11 +50,81 @@ struct Bucket {
     refilled: Instant,
 }
 
+/// A token bucket per key: `burst` requests at once, then `rate` per second.
+pub struct RateLimiter<K> {
+    rate: f64,
+    burst: u32,
+    buckets: Mutex<HashMap<K, Bucket>>,
+}
+
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
+    pub fn new(rate: f64, burst: u32) -> Self {
+        RateLimiter {
+            rate,
+            burst,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes a token for `key`, or says in how many seconds one is available.
+    pub fn admit(&self, key: K) -> Result<(), u64> {
+        let now = Instant::now();
+        let burst = f64::from(self.burst);
+        let mut buckets = self.buckets.lock().expect("lock");
+        // Bound the memory an attacker cycling keys can make us hold.
+        if buckets.len() > 100_000 {
+            buckets.retain(|_, b| now.duration_since(b.refilled).as_secs_f64() * self.rate < burst);
+        }
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: burst,
+            refilled: now,
+        });
+        bucket.tokens = (bucket.tokens
+            + now.duration_since(bucket.refilled).as_secs_f64() * self.rate)
+            .min(burst);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        Err(((1.0 - bucket.tokens) / self.rate).ceil().max(1.0) as u64)
+    }
+}
+
 /// Admission for device API calls.
 pub struct DeviceGate {
     limits: Limits,
-    buckets: Mutex<HashMap<Uuid, Bucket>>,
+    rate: RateLimiter<Uuid>,
     polls: Mutex<HashMap<Uuid, u32>>,
+}
+
+/// Admission for enrollment: per source address and per token, so neither
+/// guessing tokens from one place nor hammering one token gets far.
+pub struct EnrollmentGate {
+    per_address: RateLimiter<std::net::IpAddr>,
+    per_token: RateLimiter<[u8; 32]>,
+}
+
+impl Default for EnrollmentGate {
+    fn default() -> Self {
+        EnrollmentGate {
+            per_address: RateLimiter::new(1.0, 10),
+            per_token: RateLimiter::new(0.1, 3),
+        }
+    }
+}
+
+impl EnrollmentGate {
+    pub fn admit(&self, address: std::net::IpAddr, token_hash: [u8; 32]) -> Result<(), ApiError> {
+        self.per_address
+            .admit(address)
+            .and_then(|()| self.per_token.admit(token_hash))
+            .map_err(|retry_after| ApiError::TooManyRequests {
+                code: "rate_limited",
+                message: format!("too many enrollment attempts; retry in {retry_after} s"),
+                retry_after,
+            })
+    }
 }
 
 /// Holds one of a device's long-poll slots until dropped.
@@ -78,8 +148,8 @@ impl Drop for PollSlot {
 impl DeviceGate {
     pub fn new(limits: Limits) -> Self {
         DeviceGate {
+            rate: RateLimiter::new(limits.device_requests_per_sec, limits.device_burst),
             limits,
-            buckets: Mutex::default(),
             polls: Mutex::default(),
         }
     }
@@ -90,27 +160,13 @@ impl DeviceGate {
 
     /// Takes one token from the device's bucket, or refuses with 429.
     pub fn admit(&self, device: Uuid) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let burst = f64::from(self.limits.device_burst);
-        let rate = self.limits.device_requests_per_sec;
-        let mut buckets = self.buckets.lock().expect("lock");
-        let bucket = buckets.entry(device).or_insert(Bucket {
-            tokens: burst,
-            refilled: now,
-        });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.refilled).as_secs_f64() * rate).min(burst);
-        bucket.refilled = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Ok(());
-        }
-        let retry_after = ((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64;
-        Err(ApiError::TooManyRequests {
-            code: "rate_limited",
-            message: format!("too many requests from this device; retry in {retry_after} s"),
-            retry_after,
-        })
+        self.rate
+            .admit(device)
+            .map_err(|retry_after| ApiError::TooManyRequests {
+                code: "rate_limited",
+                message: format!("too many requests from this device; retry in {retry_after} s"),
+                retry_after,
+            })
     }
 
     /// Takes a long-poll slot, or refuses with 429 when the device already

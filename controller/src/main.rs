@@ -77,6 +77,25 @@ struct ServeArgs {
     /// Device API URL given to agents, e.g. https://controller.example.net:8443.
     #[arg(global = true, long, env = "ISDF_DEVICE_PUBLIC_URL")]
     device_public_url: Option<String>,
+    /// Enrollment listener (HTTPS, server-authenticated; routers without a certificate).
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_ENROLLMENT_LISTEN",
+        default_value = "0.0.0.0:8444"
+    )]
+    enrollment_listen: SocketAddr,
+    /// Enrollment URL given to agents, e.g. https://controller.example.net:8444.
+    #[arg(global = true, long, env = "ISDF_ENROLLMENT_PUBLIC_URL")]
+    enrollment_public_url: Option<String>,
+    /// Lifetime of device certificates in days (agents renew at two thirds).
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_DEVICE_CERT_LIFETIME_DAYS",
+        default_value_t = 30
+    )]
+    device_cert_lifetime_days: u64,
     /// Extra DNS names or IP addresses for the device API certificate.
     #[arg(
         global = true,
@@ -263,6 +282,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         device_listen: args.device_listen,
         device_public_url: args.device_public_url,
         device_tls_names: names,
+        enrollment_listen: args.enrollment_listen,
+        enrollment_public_url: args.enrollment_public_url,
+        device_cert_lifetime: Duration::from_secs(
+            args.device_cert_lifetime_days.max(1) * 24 * 3600,
+        ),
         config_lifetime: Duration::from_secs(args.config_lifetime_hours.max(1) * 3600),
         limits: isdf_controller::limits::Limits {
             max_poll_wait: Duration::from_secs(args.max_poll_wait_secs),
@@ -280,6 +304,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("  Dashboard:     http://{}/  (the web dashboard arrives with the rollouts work; the API is complete)", app.api_addr);
     println!("  Device API:    {}", app.device_api_url);
+    println!("  Enrollment:    {}", app.enrollment_url);
     println!("  Controller CA: {}", data_dir.join("ca.pem").display());
     match &app.initial_operator_token {
         Some(token) => println!("  Operator token (shown once, keep it): {token}"),

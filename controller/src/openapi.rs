@@ -3,14 +3,15 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::handlers::{assignments, device_api, devices, operators, services};
+use crate::handlers::{assignments, device_api, devices, enrollment, operators, services};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "iSDF controller API", description = "Operator API (/api/v1) and device API (/device/v1)."),
     paths(
         devices::create, devices::list, devices::get, devices::delete, devices::config,
-        devices::status, devices::status_history,
+        devices::status, devices::status_history, devices::create_enrollment_token,
+        enrollment::create_tokens,
         services::create, services::list, services::get, services::create_revision,
         services::list_revisions, services::get_revision,
         assignments::create, assignments::list, assignments::get, assignments::update,

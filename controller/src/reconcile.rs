@@ -193,14 +193,11 @@ impl Reconciler {
 
     /// Fills the cache from the database at start.
     pub async fn load_cache(&self) -> anyhow::Result<()> {
-        for (id, hash) in db::devices::token_hashes(&self.pool)
+        for id in db::devices::all_ids(&self.pool)
             .await
             .context("loading devices")?
         {
-            let hash: [u8; 32] = hash
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("bad token hash for {id}"))?;
-            self.cache.add_device(id, hash);
+            self.cache.add_device(id);
         }
         for row in db::configs::all(&self.pool)
             .await

@@ -6,7 +6,7 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::authorize_and_audit;
-use crate::handlers::{assignments, device_api, devices, operators, services};
+use crate::handlers::{assignments, device_api, devices, enrollment, operators, services};
 use crate::openapi;
 use crate::state::AppState;
 
@@ -30,6 +30,11 @@ pub fn operator_router(state: AppState) -> Router {
             "/api/v1/devices/{id}/status/history",
             get(devices::status_history),
         )
+        .route(
+            "/api/v1/devices/{id}/enrollment-token",
+            post(devices::create_enrollment_token),
+        )
+        .route("/api/v1/enrollment-tokens", post(enrollment::create_tokens))
         .route(
             "/api/v1/services",
             post(services::create).get(services::list),
@@ -86,6 +91,7 @@ pub fn device_router(state: AppState) -> Router {
             post(device_api::report_status),
         )
         .route(isdf_api::paths::DEVICE_PING, get(device_api::ping))
+        .route(isdf_api::paths::DEVICE_RENEW, post(enrollment::renew))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))
         .with_state(state)
@@ -101,6 +107,18 @@ async fn landing_page() -> axum::response::Html<&'static str> {
         "OpenAPI document: <a href=/api/v1/openapi.json>/api/v1/openapi.json</a>.</p>",
         "<p>The web dashboard arrives with rollouts; everything is available through the API.</p>",
     ))
+}
+
+/// Largest enrollment request (a token and a CSR).
+pub const ENROLLMENT_BODY_LIMIT: usize = 16 * 1024;
+
+/// The enrollment listener: routers without a certificate yet.
+pub fn enrollment_router(state: AppState) -> Router {
+    Router::new()
+        .route(isdf_api::paths::ENROLL, post(enrollment::enroll))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(ENROLLMENT_BODY_LIMIT))
+        .with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> crate::error::ApiError {

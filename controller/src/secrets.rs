@@ -29,5 +29,4 @@ pub fn bearer(header: Option<&axum::http::HeaderValue>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-pub const DEVICE_TOKEN_PREFIX: &str = "isdf_dev_";
 pub const OPERATOR_TOKEN_PREFIX: &str = "isdf_op_";

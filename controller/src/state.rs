@@ -1,11 +1,13 @@
 //! Shared state of both listeners.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 
 use crate::config_cache::ConfigCache;
-use crate::limits::DeviceGate;
+use crate::limits::{DeviceGate, EnrollmentGate};
+use crate::pki::Pki;
 
 use crate::reconcile::Reconciler;
 
@@ -17,27 +19,36 @@ pub struct AppState {
     pub agent_bootstrap: Arc<AgentBootstrap>,
     /// Rate and long-poll limits of the device API.
     pub device_gate: Arc<DeviceGate>,
+    /// Rate limits of the enrollment listener.
+    pub enrollment_gate: Arc<EnrollmentGate>,
+    /// The CA that issues device certificates.
+    pub pki: Arc<Pki>,
+    /// Lifetime of a device certificate (agents renew at two thirds).
+    pub device_cert_lifetime: Duration,
 }
 
-/// What an agent needs besides its token: shown when a device is registered.
+/// What an agent needs to enroll and to trust the controller.
 pub struct AgentBootstrap {
     pub device_api_url: String,
+    pub enrollment_url: String,
     pub ca_pem: String,
     pub signing_public_key_hex: String,
 }
 
 impl AgentBootstrap {
-    /// A ready-to-use agent config file (TOML) for one device.
-    pub fn agent_toml(&self, device_id: &str) -> String {
+    /// A ready-to-use agent config file (TOML): the router enrolls with the
+    /// token in `enrollment_token_file` at first start.
+    pub fn agent_toml(&self) -> String {
         format!(
-            "# iSDF agent configuration for device {device_id}\n\
+            "# iSDF agent configuration\n\
+             enrollment_url = \"{enroll}\"\n\
              controller_url = \"{url}\"\n\
-             device_id = \"{device_id}\"\n\
-             device_token_file = \"/etc/isdf/device-token\"\n\
              ca_cert = \"/etc/isdf/ca.pem\"\n\
+             enrollment_token_file = \"/etc/isdf/enrollment-token\"\n\
              signing_public_keys = [\"{key}\"]\n\
              state_dir = \"/var/lib/isdf-agent\"\n\
              backend = \"auto\"\n",
+            enroll = self.enrollment_url,
             url = self.device_api_url,
             key = self.signing_public_key_hex,
         )

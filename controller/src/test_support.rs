@@ -113,6 +113,7 @@ async fn run_while_busy(admin: &mut PgConnection, sql: &str) -> anyhow::Result<(
 pub struct TestController {
     pub api_url: String,
     pub device_url: String,
+    pub enrollment_url: String,
     pub operator_token: String,
     pub ca_pem: String,
     pub signing_public_key_hex: String,
@@ -130,6 +131,7 @@ pub struct TestControllerOptions {
     pub device_listen: std::net::SocketAddr,
     pub device_tls_names: Vec<String>,
     pub limits: crate::limits::Limits,
+    pub device_cert_lifetime: Duration,
 }
 
 impl TestControllerOptions {
@@ -140,6 +142,7 @@ impl TestControllerOptions {
             device_listen: "127.0.0.1:0".parse().expect("literal"),
             device_tls_names: vec!["localhost".into(), "127.0.0.1".into()],
             limits: crate::limits::Limits::default(),
+            device_cert_lifetime: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -158,6 +161,10 @@ impl TestController {
             device_listen: options.device_listen,
             device_public_url: None,
             device_tls_names: options.device_tls_names,
+            // The enrollment listener shares the device listener's address.
+            enrollment_listen: std::net::SocketAddr::new(options.device_listen.ip(), 0),
+            enrollment_public_url: None,
+            device_cert_lifetime: options.device_cert_lifetime,
             config_lifetime: Duration::from_secs(3600),
             limits: options.limits,
         };
@@ -180,6 +187,7 @@ impl TestController {
         let controller = TestController {
             api_url: format!("http://{}", app.api_addr),
             device_url: app.device_api_url.clone(),
+            enrollment_url: app.enrollment_url.clone(),
             operator_token,
             ca_pem: app.ca_pem.clone(),
             signing_public_key_hex: app.signing_public_key_hex.clone(),

@@ -22,16 +22,14 @@ pub async fn insert(
     id: Uuid,
     name: &str,
     labels: &BTreeMap<String, String>,
-    token_hash: &[u8],
 ) -> Result<DeviceRow, sqlx::Error> {
     sqlx::query_as(
-        "INSERT INTO devices (id, name, labels, token_hash) VALUES ($1, $2, $3, $4)
+        "INSERT INTO devices (id, name, labels) VALUES ($1, $2, $3)
          RETURNING id, name, labels, created_at",
     )
     .bind(id)
     .bind(name)
     .bind(Json(labels))
-    .bind(token_hash)
     .fetch_one(db)
     .await
 }
@@ -132,9 +130,9 @@ pub async fn labels_of(
         .await
 }
 
-/// Every device's token hash, to authenticate devices without a query per poll.
-pub async fn token_hashes(db: impl PgExecutor<'_>) -> Result<Vec<(Uuid, Vec<u8>)>, sqlx::Error> {
-    sqlx::query_as("SELECT id, token_hash FROM devices")
+/// Every device id, to fill the config cache at start.
+pub async fn all_ids(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM devices")
         .fetch_all(db)
         .await
 }

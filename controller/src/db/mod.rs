@@ -10,6 +10,7 @@ pub mod assignments;
 pub mod audit;
 pub mod configs;
 pub mod devices;
+pub mod enrollment;
 pub mod operators;
 pub mod services;
 pub mod status;

@@ -14,9 +14,9 @@ use crate::auth::Operator;
 use crate::db;
 use crate::domain::{parse_name, Labels, Selector};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::handlers::enrollment;
 use crate::handlers::{page, Page, PageParams};
 use crate::reconcile::Resign;
-use crate::secrets::{hash_token, new_token, DEVICE_TOKEN_PREFIX};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -26,6 +26,8 @@ pub struct CreateDevice {
     pub name: String,
     #[serde(default)]
     pub labels: Labels,
+    /// Lifetime of the enrollment token returned (default 7 days).
+    pub enrollment_token_expires_in_secs: Option<u64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -50,9 +52,11 @@ impl From<db::devices::DeviceRow> for DeviceView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeviceCreated {
     pub device: DeviceView,
-    /// The device's API token. Shown once; only its hash is stored.
-    pub token: String,
-    /// A ready agent config file (TOML) for this device.
+    /// A single-use enrollment token bound to this device. Shown once; only
+    /// its hash is stored. The router trades it for its client certificate.
+    pub enrollment_token: String,
+    pub enrollment_token_expires_at: DateTime<Utc>,
+    /// A ready agent config file (TOML).
     pub agent_config: String,
     /// The controller CA the agent must pin (PEM).
     pub ca_pem: String,
@@ -61,15 +65,14 @@ pub struct DeviceCreated {
 #[utoipa::path(post, path = "/api/v1/devices", request_body = CreateDevice, tag = "devices",
     responses((status = 201, body = DeviceCreated), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn create(
-    _operator: Operator,
+    operator: Operator,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateDevice>,
 ) -> ApiResult<(StatusCode, Json<DeviceCreated>)> {
     let name = parse_name(&body.name, "device").map_err(ApiError::invalid)?;
+    let ttl = enrollment::token_ttl(body.enrollment_token_expires_in_secs)?;
     let id = Uuid::new_v4();
-    let token = new_token(DEVICE_TOKEN_PREFIX);
-    let token_hash = hash_token(&token);
-    let row = db::devices::insert(&state.pool, id, &name, body.labels.as_map(), &token_hash)
+    let row = db::devices::insert(&state.pool, id, &name, body.labels.as_map())
         .await
         .map_err(|e| {
             if db::is_unique_violation(&e) {
@@ -78,18 +81,71 @@ pub async fn create(
                 e.into()
             }
         })?;
-    state.cache.add_device(id, token_hash);
+    state.cache.add_device(id);
     state
         .reconciler
         .recompile(Some(&[id]), Resign::IfChanged)
         .await?;
+    let (enrollment_token, expires_at) = enrollment::create_token(
+        &state,
+        Some(id),
+        &Default::default(),
+        "router",
+        ttl,
+        &operator.name,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(DeviceCreated {
-            agent_config: state.agent_bootstrap.agent_toml(&id.to_string()),
+            agent_config: state.agent_bootstrap.agent_toml(),
             ca_pem: state.agent_bootstrap.ca_pem.clone(),
             device: row.into(),
-            token,
+            enrollment_token,
+            enrollment_token_expires_at: expires_at,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollmentToken {
+    /// Seconds until the token expires (60 s to 90 days; default 7 days).
+    pub expires_in_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EnrollmentTokenCreated {
+    pub enrollment_token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A new enrollment token for an existing device: for a replaced router, or
+/// one that missed its certificate renewal.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/enrollment-token", request_body = CreateEnrollmentToken, tag = "devices",
+    responses((status = 201, body = EnrollmentTokenCreated), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn create_enrollment_token(
+    operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<CreateEnrollmentToken>,
+) -> ApiResult<(StatusCode, Json<EnrollmentTokenCreated>)> {
+    find(&state, id).await?;
+    let ttl = enrollment::token_ttl(body.expires_in_secs)?;
+    let (enrollment_token, expires_at) = enrollment::create_token(
+        &state,
+        Some(id),
+        &Default::default(),
+        "router",
+        ttl,
+        &operator.name,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollmentTokenCreated {
+            enrollment_token,
+            expires_at,
         }),
     ))
 }

@@ -4,6 +4,7 @@
 pub mod assignments;
 pub mod device_api;
 pub mod devices;
+pub mod enrollment;
 pub mod operators;
 pub mod services;
 

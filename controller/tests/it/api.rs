@@ -9,9 +9,12 @@ use crate::support::{error_code, Harness};
 #[tokio::test]
 async fn devices_are_registered_listed_by_label_and_deleted() {
     let h = Harness::start().await;
-    let (a, _) = h.device("a", json!({"env": "prod", "region": "eu"})).await;
-    h.device("b", json!({"env": "lab"})).await;
-    h.device("c", json!({"env": "prod", "region": "us"})).await;
+    let (a, _) = h
+        .register("a", json!({"env": "prod", "region": "eu"}))
+        .await;
+    h.register("b", json!({"env": "lab"})).await;
+    h.register("c", json!({"env": "prod", "region": "us"}))
+        .await;
 
     let all = h.get("/api/v1/devices").await;
     assert_eq!(all.body["items"].as_array().unwrap().len(), 3);
@@ -42,7 +45,7 @@ async fn devices_are_registered_listed_by_label_and_deleted() {
 async fn lists_are_paginated_with_cursors() {
     let h = Harness::start().await;
     for i in 0..7 {
-        h.device(&format!("d{i}"), json!({})).await;
+        h.register(&format!("d{i}"), json!({})).await;
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -154,7 +157,7 @@ async fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
     assert_eq!(count(&h, "/api/v1/services").await, 1);
     assert_eq!(count(&h, "/api/v1/assignments").await, 0);
 
-    h.device("dup", json!({})).await;
+    h.register("dup", json!({})).await;
     let again = h.post("/api/v1/devices", json!({"name": "dup"})).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert_eq!(error_code(&again), "name_taken");

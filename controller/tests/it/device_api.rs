@@ -1,4 +1,5 @@
-//! The device API: long poll, 304s, authentication, status sequence.
+//! The device API: long poll, 304s, identity from the client certificate,
+//! status sequence.
 
 use std::time::{Duration, Instant};
 
@@ -6,7 +7,7 @@ use isdf_api::{open_device_config, OpenPolicy, Outcome, StatusReport, TrustedKey
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{error_code, Harness};
+use crate::support::{error_code, DeviceHandle, Harness};
 
 fn trusted(h: &Harness) -> TrustedKeys {
     TrustedKeys::new([TrustedKeys::parse_public_key(&h.controller.signing_public_key_hex).unwrap()])
@@ -15,8 +16,8 @@ fn trusted(h: &Harness) -> TrustedKeys {
 #[tokio::test]
 async fn a_registered_device_gets_a_signed_config_bound_to_it() {
     let h = Harness::start().await;
-    let (id, token) = h.device("r1", json!({})).await;
-    let (status, etag, body) = h.poll(&token, None, 0).await;
+    let (id, device) = h.device("r1", json!({})).await;
+    let (status, etag, body) = h.poll(&device, None, 0).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(etag.as_deref(), Some("\"1\""));
     let policy = OpenPolicy {
@@ -29,31 +30,25 @@ async fn a_registered_device_gets_a_signed_config_bound_to_it() {
     assert!(config.firewall.rules.is_empty());
     assert!(config.expires_at > config.issued_at);
 
-    let (status, _, _) = h.poll(&token, Some(1), 0).await;
+    let (status, _, _) = h.poll(&device, Some(1), 0).await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
 }
 
 #[tokio::test]
 async fn a_long_poll_returns_as_soon_as_a_change_is_compiled() {
     let h = Harness::start().await;
-    let (_, token) = h.device("r1", json!({"env": "prod"})).await;
+    let (_, device) = h.device("r1", json!({"env": "prod"})).await;
     let service = h
         .flow_block("b", json!({"flows": [{"protocol": "tcp", "dport": 9000}]}))
         .await;
 
     let poller = {
-        let token = token.clone();
-        let client = h.device_http.clone();
-        let url = format!(
-            "{}{}?wait=20",
-            h.controller.device_url,
-            isdf_api::paths::DEVICE_CONFIG
-        );
+        let client = device.http.clone();
+        let url = device.url(&format!("{}?wait=20", isdf_api::paths::DEVICE_CONFIG));
         tokio::spawn(async move {
             let started = Instant::now();
             let r = client
                 .get(url)
-                .bearer_auth(token)
                 .header("if-none-match", "\"1\"")
                 .send()
                 .await
@@ -74,9 +69,9 @@ async fn a_long_poll_returns_as_soon_as_a_change_is_compiled() {
 #[tokio::test]
 async fn a_poll_without_change_waits_then_answers_304() {
     let h = Harness::start().await;
-    let (_, token) = h.device("r1", json!({})).await;
+    let (_, device) = h.device("r1", json!({})).await;
     let started = Instant::now();
-    let (status, _, body) = h.poll(&token, Some(1), 1).await;
+    let (status, _, body) = h.poll(&device, Some(1), 1).await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
     assert!(body.is_empty());
     // The server takes off up to a fifth of the wait, to spread reconnections.
@@ -84,11 +79,10 @@ async fn a_poll_without_change_waits_then_answers_304() {
 }
 
 #[tokio::test]
-async fn devices_must_authenticate_and_deleted_devices_are_refused() {
+async fn a_deleted_device_is_refused_on_its_next_request() {
     let h = Harness::start().await;
-    let (id, token) = h.device("r1", json!({})).await;
-    let (status, _, _) = h.poll("isdf_dev_forged", None, 0).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (id, device) = h.device("r1", json!({})).await;
+    assert_eq!(h.poll(&device, None, 0).await.0, StatusCode::OK);
     let deleted = h
         .call(
             reqwest::Method::DELETE,
@@ -97,8 +91,15 @@ async fn devices_must_authenticate_and_deleted_devices_are_refused() {
         )
         .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    let (status, _, _) = h.poll(&token, None, 0).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let refused = device
+        .http
+        .get(device.url(isdf_api::paths::DEVICE_CONFIG))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "device_unknown");
 }
 
 fn report(sequence: u64) -> StatusReport {
@@ -115,35 +116,31 @@ fn report(sequence: u64) -> StatusReport {
     }
 }
 
+async fn post_status(device: &DeviceHandle, body: serde_json::Value) -> reqwest::Response {
+    device
+        .http
+        .post(device.url(isdf_api::paths::DEVICE_STATUS))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn status_reports_are_stored_and_replays_refused() {
     let h = Harness::start().await;
-    let (id, token) = h.device("r1", json!({})).await;
-    let post = |body: serde_json::Value| {
-        h.device_http
-            .post(format!(
-                "{}{}",
-                h.controller.device_url,
-                isdf_api::paths::DEVICE_STATUS
-            ))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-    };
+    let (id, device) = h.device("r1", json!({})).await;
     let none = h.get(&format!("/api/v1/devices/{id}/status")).await;
     assert_eq!(error_code(&none), "not_found");
 
     assert_eq!(
-        post(serde_json::to_value(report(5)).unwrap())
+        post_status(&device, serde_json::to_value(report(5)).unwrap())
             .await
-            .unwrap()
             .status(),
         StatusCode::NO_CONTENT
     );
     for stale in [5, 4] {
-        let r = post(serde_json::to_value(report(stale)).unwrap())
-            .await
-            .unwrap();
+        let r = post_status(&device, serde_json::to_value(report(stale)).unwrap()).await;
         assert_eq!(r.status(), StatusCode::CONFLICT);
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "stale_sequence");
@@ -151,13 +148,12 @@ async fn status_reports_are_stored_and_replays_refused() {
     let mut unknown = serde_json::to_value(report(6)).unwrap();
     unknown["extra"] = json!(1);
     assert_eq!(
-        post(unknown).await.unwrap().status(),
+        post_status(&device, unknown).await.status(),
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        post(serde_json::to_value(report(7)).unwrap())
+        post_status(&device, serde_json::to_value(report(7)).unwrap())
             .await
-            .unwrap()
             .status(),
         StatusCode::NO_CONTENT
     );

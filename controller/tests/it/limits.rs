@@ -24,14 +24,9 @@ async fn a_device_is_rate_limited_by_identity_not_address() {
     for _ in 0..5 {
         assert_eq!(h.poll(&noisy, Some(1), 0).await.0, StatusCode::NOT_MODIFIED);
     }
-    let limited = h
-        .device_http
-        .get(format!(
-            "{}{}",
-            h.controller.device_url,
-            isdf_api::paths::DEVICE_CONFIG
-        ))
-        .bearer_auth(&noisy)
+    let limited = noisy
+        .http
+        .get(noisy.url(isdf_api::paths::DEVICE_CONFIG))
         .send()
         .await
         .unwrap();
@@ -57,34 +52,27 @@ async fn concurrent_long_polls_per_device_are_bounded() {
         ..Limits::default()
     })
     .await;
-    let (_, token) = h.device("r1", json!({})).await;
-    let url = format!(
-        "{}{}?wait=10",
-        h.controller.device_url,
-        isdf_api::paths::DEVICE_CONFIG
-    );
-    let hold = |client: reqwest::Client, url: String, token: String| {
+    let (_, device) = h.device("r1", json!({})).await;
+    let url = device.url(&format!("{}?wait=10", isdf_api::paths::DEVICE_CONFIG));
+    let hold = |client: reqwest::Client, url: String| {
         tokio::spawn(async move {
             client
                 .get(url)
-                .bearer_auth(token)
                 .header("if-none-match", "\"1\"")
                 .send()
                 .await
         })
     };
     let held: Vec<_> = (0..2)
-        .map(|_| hold(h.device_http.clone(), url.clone(), token.clone()))
+        .map(|_| hold(device.http.clone(), url.clone()))
         .collect();
-    // Wait until both polls hold their slot: a third is then refused at once.
+    // Once both polls hold their slot, a third is refused at once.
     let started = Instant::now();
     let refused = loop {
-        let third = h
-            .device_http
+        let third = device
+            .http
             .get(&url)
-            .bearer_auth(&token)
             .header("if-none-match", "\"1\"")
-            .timeout(Duration::from_secs(20))
             .send()
             .await
             .unwrap();
@@ -156,19 +144,14 @@ async fn slow_headers_and_stalled_handshakes_are_cut_off() {
 #[tokio::test]
 async fn device_bodies_are_capped() {
     let h = Harness::start().await;
-    let (_, token) = h.device("r1", json!({})).await;
+    let (_, device) = h.device("r1", json!({})).await;
     let big = format!(
         "{{\"sequence\":1,\"errors\":[\"{}\"]}}",
         "x".repeat(isdf_controller::routes::DEVICE_BODY_LIMIT)
     );
-    let r = h
-        .device_http
-        .post(format!(
-            "{}{}",
-            h.controller.device_url,
-            isdf_api::paths::DEVICE_STATUS
-        ))
-        .bearer_auth(&token)
+    let r = device
+        .http
+        .post(device.url(isdf_api::paths::DEVICE_STATUS))
         .header("content-type", "application/json")
         .body(big)
         .send()
@@ -184,17 +167,12 @@ async fn the_server_paces_polls_with_jitter() {
         ..Limits::default()
     })
     .await;
-    let (_, token) = h.device("r1", json!({})).await;
+    let (_, device) = h.device("r1", json!({})).await;
     let mut delays = Vec::new();
     for _ in 0..10 {
-        let r = h
-            .device_http
-            .get(format!(
-                "{}{}",
-                h.controller.device_url,
-                isdf_api::paths::DEVICE_CONFIG
-            ))
-            .bearer_auth(&token)
+        let r = device
+            .http
+            .get(device.url(isdf_api::paths::DEVICE_CONFIG))
             .header("if-none-match", "\"1\"")
             .send()
             .await

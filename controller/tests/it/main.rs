@@ -3,6 +3,7 @@
 
 mod api;
 mod device_api;
+mod enrollment;
 mod limits;
 mod operators;
 mod recompile;

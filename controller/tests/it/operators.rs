@@ -144,7 +144,7 @@ async fn a_revoked_token_is_refused_at_once() {
 async fn mutating_calls_and_refusals_are_audited() {
     let h = Harness::start().await;
     let viewer = token_with_role(&h, "watcher", "viewer").await;
-    let (device, _) = h.device("r1", json!({"env": "prod"})).await;
+    let (device, _) = h.register("r1", json!({"env": "prod"})).await;
     let service = h
         .flow_block(
             "block",

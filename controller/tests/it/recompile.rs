@@ -9,8 +9,8 @@ use crate::support::Harness;
 #[tokio::test]
 async fn version_increases_only_when_compiled_content_changes() {
     let h = Harness::start().await;
-    let (prod, _) = h.device("prod", json!({"env": "prod"})).await;
-    let (lab, _) = h.device("lab", json!({"env": "lab"})).await;
+    let (prod, _) = h.register("prod", json!({"env": "prod"})).await;
+    let (lab, _) = h.register("lab", json!({"env": "lab"})).await;
     assert_eq!(
         (h.config_version(&prod).await, h.config_version(&lab).await),
         (1, 1)
@@ -93,7 +93,7 @@ async fn a_change_recompiles_only_the_devices_it_selects() {
     let h = Harness::start().await;
     for i in 0..30 {
         let region = if i % 3 == 0 { "eu" } else { "us" };
-        h.device(&format!("r{i:02}"), json!({"region": region}))
+        h.register(&format!("r{i:02}"), json!({"region": region}))
             .await;
     }
     let service = h
@@ -123,7 +123,7 @@ async fn sql_and_in_memory_selectors_agree() {
         json!({"region": "us", "beta": "no"}),
     ];
     for (i, labels) in label_sets.iter().enumerate() {
-        h.device(&format!("d{i}"), labels.clone()).await;
+        h.register(&format!("d{i}"), labels.clone()).await;
     }
     let selectors = [
         "*",

@@ -81,16 +81,104 @@ impl Harness {
         self.call(Method::GET, path, None).await
     }
 
-    /// Registers a device; returns (id, token).
-    pub async fn device(&self, name: &str, labels: Value) -> (String, String) {
+    /// Registers a device; returns its id and enrollment token.
+    pub async fn register(&self, name: &str, labels: Value) -> (String, String) {
         let r = self
             .post("/api/v1/devices", json!({"name": name, "labels": labels}))
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         (
             r.body["device"]["id"].as_str().unwrap().to_owned(),
-            r.body["token"].as_str().unwrap().to_owned(),
+            r.body["enrollment_token"].as_str().unwrap().to_owned(),
         )
+    }
+
+    /// Registers and enrolls a device; returns its id and a client holding
+    /// its certificate.
+    pub async fn device(&self, name: &str, labels: Value) -> (String, DeviceHandle) {
+        let (id, token) = self.register(name, labels).await;
+        let handle = self
+            .enroll(&token)
+            .await
+            .unwrap_or_else(|r| panic!("enrollment: {} {}", r.status, r.body));
+        assert_eq!(handle.certificate.device_id, id);
+        (id, handle)
+    }
+
+    /// A certificate signing request for a fresh key: (key PEM, CSR PEM).
+    pub fn csr(&self) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(vec!["ignored.example".to_owned()])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        (key.serialize_pem(), csr)
+    }
+
+    /// Enrolls with `token` and a fresh key made here: a handle, or the refusal.
+    pub async fn enroll(&self, token: &str) -> Result<DeviceHandle, Response> {
+        let (key_pem, csr) = self.csr();
+        let response = self
+            .device_http
+            .post(format!(
+                "{}{}",
+                self.controller.enrollment_url,
+                isdf_api::paths::ENROLL
+            ))
+            .json(&json!({"token": token, "csr_pem": csr}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        if !status.is_success() {
+            return Err(Response { status, body });
+        }
+        let certificate: isdf_api::enrollment::DeviceCertificate =
+            serde_json::from_value(body).unwrap();
+        Ok(self.handle(certificate, key_pem))
+    }
+
+    /// A device handle for a certificate and its key.
+    pub fn handle(
+        &self,
+        certificate: isdf_api::enrollment::DeviceCertificate,
+        key_pem: String,
+    ) -> DeviceHandle {
+        DeviceHandle {
+            http: self.client_with_certificate(&certificate.certificate_pem, &key_pem),
+            certificate,
+            key_pem,
+            base: self.controller.device_url.clone(),
+        }
+    }
+
+    /// An HTTPS client trusting the controller CA and presenting this certificate.
+    pub fn client_with_certificate(&self, cert_pem: &str, key_pem: &str) -> reqwest::Client {
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut self.controller.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap()
     }
 
     /// Creates a flow-block service; returns its id.
@@ -124,18 +212,13 @@ impl Harness {
     /// A device-API poll: (status, ETag, body bytes).
     pub async fn poll(
         &self,
-        token: &str,
+        device: &DeviceHandle,
         enforced: Option<u64>,
         wait: u64,
     ) -> (StatusCode, Option<String>, Vec<u8>) {
-        let mut request = self
-            .device_http
-            .get(format!(
-                "{}{}?wait={wait}",
-                self.controller.device_url,
-                isdf_api::paths::DEVICE_CONFIG
-            ))
-            .bearer_auth(token);
+        let mut request = device
+            .http
+            .get(device.url(&format!("{}?wait={wait}", isdf_api::paths::DEVICE_CONFIG)));
         if let Some(v) = enforced {
             request = request.header("if-none-match", format!("\"{v}\""));
         }
@@ -146,6 +229,20 @@ impl Harness {
             .get("etag")
             .map(|v| v.to_str().unwrap().to_owned());
         (status, etag, response.bytes().await.unwrap().to_vec())
+    }
+}
+
+/// An enrolled device: its certificate, key and a client presenting them.
+pub struct DeviceHandle {
+    pub http: reqwest::Client,
+    pub certificate: isdf_api::enrollment::DeviceCertificate,
+    pub key_pem: String,
+    base: String,
+}
+
+impl DeviceHandle {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
     }
 }
 

@@ -1,0 +1,232 @@
+//! Enrollment: operators create single-use enrollment tokens; a router trades
+//! one, with a CSR for a key it made itself, for a client certificate naming
+//! the device id the controller chose. Renewal trades the current
+//! certificate (mutual TLS) for a new one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use isdf_api::enrollment::{DeviceCertificate, EnrollRequest, RenewRequest};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::{Device, Operator};
+use crate::db;
+use crate::domain::{parse_name, Labels};
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::reconcile::Resign;
+use crate::secrets::{hash_token, new_token};
+use crate::state::AppState;
+
+pub const ENROLLMENT_TOKEN_PREFIX: &str = "isdf_enr_";
+/// Default and longest lifetime of an enrollment token.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+pub const MAX_TOKENS_PER_CALL: u32 = 1000;
+
+/// Creates one enrollment token (shared by device registration and batches).
+pub async fn create_token(
+    state: &AppState,
+    device: Option<Uuid>,
+    labels: &BTreeMap<String, String>,
+    name_prefix: &str,
+    ttl: Duration,
+    created_by: &str,
+) -> anyhow::Result<(String, DateTime<Utc>)> {
+    let token = new_token(ENROLLMENT_TOKEN_PREFIX);
+    let expires_at = Utc::now() + chrono::Duration::from_std(ttl)?;
+    db::enrollment::insert(
+        &state.pool,
+        Uuid::new_v4(),
+        &hash_token(&token),
+        device,
+        labels,
+        name_prefix,
+        expires_at,
+        created_by,
+    )
+    .await?;
+    Ok((token, expires_at))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollmentTokens {
+    /// How many tokens (1 to 1000), e.g. one per router of a shipment.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Seconds until the tokens expire (60 s to 90 days; default 7 days).
+    pub expires_in_secs: Option<u64>,
+    /// Labels of the devices these tokens create.
+    #[serde(default)]
+    pub labels: Labels,
+    /// Name prefix of the devices these tokens create (`<prefix>-<id>`).
+    pub name_prefix: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EnrollmentTokensCreated {
+    /// The tokens; shown once, only their hashes are stored.
+    pub tokens: Vec<String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub fn token_ttl(expires_in_secs: Option<u64>) -> ApiResult<Duration> {
+    let ttl = expires_in_secs.map_or(DEFAULT_TOKEN_TTL, Duration::from_secs);
+    if ttl < Duration::from_secs(60) || ttl > MAX_TOKEN_TTL {
+        return Err(ApiError::invalid("expires_in_secs must be 60 s to 90 days"));
+    }
+    Ok(ttl)
+}
+
+#[utoipa::path(post, path = "/api/v1/enrollment-tokens", request_body = CreateEnrollmentTokens, tag = "enrollment",
+    responses((status = 201, body = EnrollmentTokensCreated), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn create_tokens(
+    operator: Operator,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateEnrollmentTokens>,
+) -> ApiResult<(StatusCode, Json<EnrollmentTokensCreated>)> {
+    if !(1..=MAX_TOKENS_PER_CALL).contains(&body.count) {
+        return Err(ApiError::invalid(format!(
+            "count must be 1 to {MAX_TOKENS_PER_CALL}"
+        )));
+    }
+    let ttl = token_ttl(body.expires_in_secs)?;
+    let prefix = parse_name(
+        body.name_prefix.as_deref().unwrap_or("router"),
+        "name prefix",
+    )
+    .map_err(ApiError::invalid)?;
+    let mut tokens = Vec::new();
+    let mut expires_at = Utc::now();
+    for _ in 0..body.count {
+        let (token, expiry) = create_token(
+            &state,
+            None,
+            body.labels.as_map(),
+            &prefix,
+            ttl,
+            &operator.name,
+        )
+        .await?;
+        tokens.push(token);
+        expires_at = expiry;
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollmentTokensCreated { tokens, expires_at }),
+    ))
+}
+
+/// Issues a certificate for `device` from the router's CSR; returns it with
+/// its serial (which the caller records in its own transaction).
+fn issue(
+    state: &AppState,
+    csr_pem: &str,
+    device: Uuid,
+) -> ApiResult<(DeviceCertificate, String, DateTime<Utc>)> {
+    let issued = state
+        .pki
+        .issue_device_certificate(csr_pem, device, state.device_cert_lifetime)
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_csr",
+                format!("the certificate signing request is not usable: {e}"),
+            )
+        })?;
+    let not_after = DateTime::from_timestamp(issued.not_after, 0).unwrap_or_default();
+    let certificate = DeviceCertificate {
+        device_id: device.to_string(),
+        certificate_pem: issued.pem,
+        ca_pem: state.agent_bootstrap.ca_pem.clone(),
+        signing_public_keys: vec![state.agent_bootstrap.signing_public_key_hex.clone()],
+        device_api_url: state.agent_bootstrap.device_api_url.clone(),
+        not_before: issued.not_before,
+        not_after: issued.not_after,
+    };
+    Ok((certificate, issued.serial, not_after))
+}
+
+fn denied(code: &'static str, message: &str) -> ApiError {
+    ApiError::Denied {
+        code,
+        message: message.to_owned(),
+    }
+}
+
+/// `POST /enroll/v1` on the enrollment listener.
+pub async fn enroll(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(request): ApiJson<EnrollRequest>,
+) -> ApiResult<Json<DeviceCertificate>> {
+    let token_hash = hash_token(&request.token);
+    // Per source address and per token: guessing and hammering both stop here.
+    state.enrollment_gate.admit(peer.ip(), token_hash)?;
+    let mut tx = state.pool.begin().await?;
+    let row = db::enrollment::lock_by_hash(&mut tx, &token_hash)
+        .await?
+        .ok_or_else(|| denied("token_unknown", "unknown enrollment token"))?;
+    if row.used_at.is_some() {
+        return Err(denied(
+            "token_used",
+            "this enrollment token was already used",
+        ));
+    }
+    if row.expires_at <= Utc::now() {
+        return Err(denied("token_expired", "this enrollment token has expired"));
+    }
+    let (device, created) = match row.device_id {
+        Some(device) => (device, false),
+        None => {
+            let device = Uuid::new_v4();
+            let name = format!("{}-{}", row.name_prefix, &device.simple().to_string()[..12]);
+            db::devices::insert(&mut *tx, device, &name, &row.labels.0).await?;
+            (device, true)
+        }
+    };
+    // A CSR we cannot use fails here and leaves the token unused.
+    let (certificate, serial, not_after) = issue(&state, &request.csr_pem, device)?;
+    db::enrollment::mark_used(&mut tx, row.id, device).await?;
+    db::enrollment::record_certificate(&mut *tx, device, &serial, not_after).await?;
+    tx.commit().await?;
+    if created {
+        state.cache.add_device(device);
+        state
+            .reconciler
+            .recompile(Some(&[device]), Resign::IfChanged)
+            .await?;
+    }
+    let entry = db::audit::NewAuditEntry {
+        actor_id: None,
+        actor: "enrollment",
+        action: "device.enroll",
+        target: Some(&certificate.device_id),
+        status: 200,
+        summary: serde_json::json!({"token_id": row.id, "created_device": created, "peer": peer.ip().to_string()}),
+    };
+    db::audit::append(&state.pool, &entry).await?;
+    tracing::info!(device = %device, created, "device enrolled");
+    Ok(Json(certificate))
+}
+
+/// `POST /device/v1/renew` on the device listener (mutual TLS).
+pub async fn renew(
+    Device(device): Device,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RenewRequest>,
+) -> ApiResult<Json<DeviceCertificate>> {
+    let (certificate, serial, not_after) = issue(&state, &request.csr_pem, device)?;
+    db::enrollment::record_certificate(&state.pool, device, &serial, not_after).await?;
+    tracing::info!(device = %device, "device certificate renewed");
+    Ok(Json(certificate))
+}
