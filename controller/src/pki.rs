@@ -41,7 +41,8 @@ pub struct IssuedCertificate {
     pub not_after: i64,
 }
 
-/// Tolerance for routers whose clock runs a little behind.
+/// Tolerance for routers whose clock runs a little behind (at most a tenth
+/// of the lifetime, so short-lived certificates keep their renewal point).
 const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 fn ca_params() -> anyhow::Result<CertificateParams> {
@@ -139,7 +140,7 @@ impl Pki {
     ) -> Result<IssuedCertificate, rcgen::Error> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
         let now = time::OffsetDateTime::now_utc();
-        let (not_before, not_after) = (now - CLOCK_SKEW, now + lifetime);
+        let (not_before, not_after) = (now - CLOCK_SKEW.min(lifetime / 10), now + lifetime);
         let (serial_number, serial) = random_serial();
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = rcgen::DistinguishedName::new();

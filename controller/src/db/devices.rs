@@ -15,6 +15,8 @@ pub struct DeviceRow {
     pub name: String,
     pub labels: Json<BTreeMap<String, String>>,
     pub created_at: DateTime<Utc>,
+    /// Expiry of the device's current client certificate (None: not enrolled).
+    pub cert_not_after: Option<DateTime<Utc>>,
 }
 
 pub async fn insert(
@@ -25,7 +27,7 @@ pub async fn insert(
 ) -> Result<DeviceRow, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO devices (id, name, labels) VALUES ($1, $2, $3)
-         RETURNING id, name, labels, created_at",
+         RETURNING id, name, labels, created_at, cert_not_after",
     )
     .bind(id)
     .bind(name)
@@ -35,7 +37,7 @@ pub async fn insert(
 }
 
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<DeviceRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, name, labels, created_at FROM devices WHERE id = $1")
+    sqlx::query_as("SELECT id, name, labels, created_at, cert_not_after FROM devices WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
         .await
@@ -98,7 +100,9 @@ pub async fn list(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DeviceRow>, sqlx::Error> {
-    let mut q = QueryBuilder::new("SELECT id, name, labels, created_at FROM devices WHERE true");
+    let mut q = QueryBuilder::new(
+        "SELECT id, name, labels, created_at, cert_not_after FROM devices WHERE true",
+    );
     if let Some(s) = selector {
         push_selector(&mut q, s);
     }

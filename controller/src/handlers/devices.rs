@@ -36,6 +36,8 @@ pub struct DeviceView {
     pub name: String,
     pub labels: std::collections::BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
+    /// When the device's client certificate expires; absent until it enrolls.
+    pub certificate_expires_at: Option<DateTime<Utc>>,
 }
 
 impl From<db::devices::DeviceRow> for DeviceView {
@@ -45,6 +47,7 @@ impl From<db::devices::DeviceRow> for DeviceView {
             name: row.name,
             labels: row.labels.0,
             created_at: row.created_at,
+            certificate_expires_at: row.cert_not_after,
         }
     }
 }

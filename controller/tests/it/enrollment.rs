@@ -39,6 +39,10 @@ async fn enrollment_issues_a_certificate_naming_the_device_only() {
     );
     assert!(device.certificate.not_after > device.certificate.not_before);
     assert_eq!(h.poll(&device, None, 0).await.0, StatusCode::OK);
+    let view = h.get(&format!("/api/v1/devices/{id}")).await;
+    let expires: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(view.body["certificate_expires_at"].clone()).unwrap();
+    assert_eq!(expires.timestamp(), device.certificate.not_after);
     let audit = h.get("/api/v1/audit").await;
     assert_eq!(audit.body["items"][0]["action"], "device.enroll");
     assert_eq!(audit.body["items"][0]["target"], id.as_str());
