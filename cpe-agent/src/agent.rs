@@ -1,9 +1,12 @@
 //! The agent loop: enforce the last good config at start (before any network
-//! call), then long-poll, verify, apply, verify the kernel, report.
+//! call), then long-poll, verify, apply, verify the kernel, report; renew the
+//! device certificate when it is two thirds through its life.
 //!
 //! Invariants: **nothing reaches the backend before `open_device_config`
 //! accepted it** (signature, device id, version, expiry); a failed apply
-//! restores the previous ruleset; losing the controller never removes rules.
+//! restores the previous ruleset; losing the controller never removes rules,
+//! and neither does losing the certificate: a router that can no longer
+//! authenticate keeps enforcing what it has.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,8 +18,9 @@ use rand::Rng;
 
 use crate::backend::FirewallBackend;
 use crate::client::{Client, Poll};
+use crate::enrollment;
 use crate::settings::Settings;
-use crate::state::StateDir;
+use crate::state::{Identity, StateDir};
 
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -44,6 +48,9 @@ struct LastResult {
 
 pub struct Agent {
     settings: Settings,
+    /// The certificate and key the client authenticates with; the device id
+    /// comes from here.
+    identity: Identity,
     trusted: TrustedKeys,
     backend: Box<dyn FirewallBackend>,
     state: StateDir,
@@ -57,17 +64,26 @@ pub struct Agent {
     held_back: Option<(u64, Instant)>,
     report_due: bool,
     last_report: Option<Instant>,
+    /// After a failed renewal or re-enrollment: how many failed in a row,
+    /// and when the next attempt is due.
+    identity_retry: Option<(u32, Instant)>,
 }
 
 impl Agent {
-    pub fn new(settings: Settings, backend: Box<dyn FirewallBackend>) -> anyhow::Result<Self> {
-        let trusted = settings.trusted_keys()?;
+    /// An agent for the enrolled router `identity`. Trusts the signing keys
+    /// of the settings if any are set, else those of the enrollment answer;
+    /// talks to `controller_url`, else the URL of the answer, trusting only
+    /// the CA of the answer.
+    pub fn new(
+        settings: Settings,
+        identity: Identity,
+        backend: Box<dyn FirewallBackend>,
+    ) -> anyhow::Result<Self> {
         let state = StateDir::open(&settings.state_dir)?;
-        let ca = std::fs::read(&settings.ca_cert)
-            .with_context(|| format!("reading controller CA {}", settings.ca_cert.display()))?;
-        let client = Client::new(&settings.controller_url, &ca, &settings.device_token()?)?;
+        let (client, trusted) = Self::connect(&settings, &identity)?;
         Ok(Agent {
             settings,
+            identity,
             trusted,
             backend,
             state,
@@ -78,7 +94,45 @@ impl Agent {
             held_back: None,
             report_due: false,
             last_report: None,
+            identity_retry: None,
         })
+    }
+
+    fn connect(settings: &Settings, identity: &Identity) -> anyhow::Result<(Client, TrustedKeys)> {
+        let trusted = settings.trusted_keys(identity)?;
+        let client = Client::new(
+            settings.device_api_url(identity),
+            identity.certificate.ca_pem.as_bytes(),
+            identity,
+        )?;
+        Ok((client, trusted))
+    }
+
+    /// Switches to a renewed or re-enrolled identity (already persisted).
+    fn adopt(&mut self, identity: Identity) -> anyhow::Result<()> {
+        let (client, trusted) = Self::connect(&self.settings, &identity)?;
+        if identity.device_id() != self.identity.device_id() {
+            // Enrolled again as another device: the enforced config stays in
+            // the kernel (and is put back if a new one fails), but its
+            // version says nothing about the new device's versions.
+            tracing::warn!(
+                old = self.identity.device_id(),
+                new = identity.device_id(),
+                "the device id changed"
+            );
+        }
+        self.client = client;
+        self.trusted = trusted;
+        self.identity = identity;
+        Ok(())
+    }
+
+    pub fn device_id(&self) -> &str {
+        self.identity.device_id()
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// Re-enforces the persisted last good config. Runs before any network
@@ -92,7 +146,7 @@ impl Agent {
             return Ok(());
         };
         let policy = OpenPolicy {
-            device_id: &self.settings.device_id,
+            device_id: self.identity.device_id(),
             enforced_version: None,
             now: None,
         };
@@ -109,8 +163,14 @@ impl Agent {
         Ok(())
     }
 
+    /// The version of the enforced config, if it is this device's: after
+    /// enrolling again as another device the old device's versions do not
+    /// order the new one's.
     pub fn enforced_version(&self) -> Option<u64> {
-        self.enforced.as_ref().map(|e| e.config.version)
+        self.enforced
+            .as_ref()
+            .filter(|e| e.config.device_id == self.identity.device_id())
+            .map(|e| e.config.version)
     }
 
     /// Waits for a version newer than `version` for a while instead of
@@ -129,7 +189,7 @@ impl Agent {
     /// (its ETag); it only decides what to poll for next.
     pub async fn handle_envelope(&mut self, envelope: Vec<u8>, version_hint: Option<u64>) {
         let policy = OpenPolicy {
-            device_id: &self.settings.device_id,
+            device_id: self.identity.device_id(),
             enforced_version: self.enforced_version(),
             now: Some(unix_now()),
         };
@@ -302,8 +362,112 @@ impl Agent {
                 self.report_due = false;
                 self.last_report = Some(Instant::now());
             }
-            Err(e) => tracing::warn!(error = %e, "status report failed; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "status report failed; will retry")
+            }
         }
+    }
+
+    /// Renews the certificate once it is two thirds through its life. A
+    /// failed renewal is retried with backoff; the poll loop goes on
+    /// meanwhile. When the certificate has expired (or the controller says
+    /// the device is gone) renewal cannot work: the agent says the router
+    /// must be enrolled again and, if `enrollment_token_file` is set, tries
+    /// that token. The rules in the kernel stay in every case.
+    async fn maintain_identity(&mut self) {
+        let now = unix_now();
+        if now < self.identity.certificate.renew_at()
+            || self
+                .identity_retry
+                .is_some_and(|(_, at)| Instant::now() < at)
+        {
+            return;
+        }
+        // Renewal is tried even when the local clock says the certificate
+        // has expired: a router's clock can be wrong, the controller's
+        // verdict is the one that counts.
+        let error = match enrollment::renew(&self.client, &self.settings, &self.identity).await {
+            Ok(identity) => return self.adopted(identity, "renewed the device certificate"),
+            Err(e) => e,
+        };
+        let expired = now > self.identity.certificate.not_after;
+        let dead = expired || enrollment::is_device_unknown(&error);
+        if !dead {
+            tracing::warn!(error = %format!("{error:#}"), "certificate renewal failed; will retry");
+            return self.retry_identity_later(&error);
+        }
+        tracing::error!(
+            device = self.identity.device_id(),
+            not_after = self.identity.certificate.not_after,
+            error = %format!("{error:#}"),
+            "the device certificate has expired or was revoked: the controller refuses this \
+             router until it is enrolled again with a new token (`isdf-agent enroll`, or a new \
+             token in enrollment_token_file); the enforced rules stay"
+        );
+        let Some(token) = self.settings.enrollment_token() else {
+            return self.retry_identity_later(&error);
+        };
+        let enrolled = match token {
+            Ok(token) => enrollment::enroll(&self.settings, &token).await,
+            Err(e) => Err(e),
+        };
+        match enrolled {
+            Ok(identity) => self.adopted(identity, "enrolled again"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "enrolling again with enrollment_token_file failed");
+                self.retry_identity_later(&e);
+            }
+        }
+    }
+
+    /// How long until `maintain_identity` has something to do.
+    fn identity_due_in(&self) -> Duration {
+        let renew_in = u64::try_from(self.identity.certificate.renew_at() - unix_now())
+            .map_or(Duration::ZERO, Duration::from_secs);
+        let retry_in = self.identity_retry.map_or(Duration::ZERO, |(_, at)| {
+            at.saturating_duration_since(Instant::now())
+        });
+        renew_in.max(retry_in)
+    }
+
+    fn adopted(&mut self, identity: Identity, what: &'static str) {
+        let not_after = identity.certificate.not_after;
+        match self.adopt(identity) {
+            Ok(()) => {
+                self.identity_retry = None;
+                tracing::info!(device = self.identity.device_id(), not_after, "{what}");
+                if self.identity.certificate.renew_at() <= unix_now() {
+                    // Due again at once: the router's clock is far ahead of
+                    // the controller's. Renewing in a loop would not help.
+                    tracing::warn!(
+                        not_before = self.identity.certificate.not_before,
+                        now = unix_now(),
+                        "the new certificate is already due for renewal; is the clock right?"
+                    );
+                    let pause = Duration::from_secs(self.settings.max_backoff_secs.max(60));
+                    self.identity_retry = Some((0, Instant::now() + pause));
+                }
+            }
+            Err(e) => {
+                // Cannot happen for a checked answer; the new identity is
+                // persisted, so a restart picks it up.
+                tracing::error!(error = ?e, "using the new device certificate");
+                self.retry_identity_later(&e);
+            }
+        }
+    }
+
+    fn retry_identity_later(&mut self, error: &anyhow::Error) {
+        let failures = self.identity_retry.map_or(0, |(n, _)| n).saturating_add(1);
+        let delay = if enrollment::is_permanent(error) {
+            enrollment::PERMANENT_FAILURE_RETRY
+        } else {
+            backoff(
+                failures,
+                Duration::from_secs(self.settings.max_backoff_secs),
+            )
+        };
+        self.identity_retry = Some((failures, Instant::now() + delay));
     }
 
     /// Runs until `shutdown` resolves. The firewall is left as it is on exit.
@@ -313,11 +477,16 @@ impl Agent {
         let mut failures: u32 = 0;
         loop {
             self.repair_and_expire();
+            self.maintain_identity().await;
             self.report_if_due().await;
             let reapply_in = self
                 .reapply_at
                 .map(|t| Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0)));
-            let this_wait = reapply_in.map_or(wait, |r| r.min(wait));
+            // The poll returns in time for a re-apply or a renewal: a short
+            // certificate lifetime must not be outlived by one long poll.
+            let this_wait = reapply_in
+                .map_or(wait, |r| r.min(wait))
+                .min(self.identity_due_in());
             let poll = tokio::select! {
                 () = &mut shutdown => return,
                 poll = self.client.poll(self.poll_version(), this_wait) => poll,
@@ -379,6 +548,7 @@ mod tests {
 
     use super::*;
     use crate::backend::BackendChoice;
+    use crate::test_pki::{FakeController, TestCa, SIGNING_KEY_HEX};
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -431,24 +601,34 @@ mod tests {
         }
     }
 
-    fn agent(dir: &std::path::Path, kernel: &Arc<Mutex<Kernel>>) -> Agent {
-        std::fs::write(dir.join("token"), "isdf_dev_test").unwrap();
-        std::fs::write(dir.join("ca.pem"), include_str!("testdata/ca.pem")).unwrap();
-        let settings = Settings {
-            // Nothing listens here; with wan_check off no test reaches the network.
-            controller_url: "https://127.0.0.1:9".into(),
-            device_id: DEVICE.into(),
-            device_token_file: dir.join("token"),
-            ca_cert: dir.join("ca.pem"),
-            signing_public_keys: vec![hex_key(&key())],
+    fn settings(dir: &std::path::Path) -> Settings {
+        Settings {
+            controller_url: None,
+            enrollment_url: None,
+            ca_cert: None,
+            // Empty: the keys come from the identity (the enrollment answer).
+            signing_public_keys: vec![],
+            enrollment_token_file: None,
             state_dir: dir.join("state"),
             backend: BackendChoice::Nftables,
             poll_wait_secs: 30,
             max_backoff_secs: 60,
             wan_check: false,
             heartbeat_secs: 300,
-        };
-        Agent::new(settings, Box::new(FakeBackend(kernel.clone()))).unwrap()
+        }
+    }
+
+    /// An agent whose identity came from a CA nobody serves: nothing listens
+    /// at its URL, and with wan_check off no test reaches the network.
+    fn agent(dir: &std::path::Path, kernel: &Arc<Mutex<Kernel>>) -> Agent {
+        let ca = TestCa::new("unit test CA");
+        let identity = ca.identity(DEVICE, "https://127.0.0.1:9");
+        Agent::new(
+            settings(dir),
+            identity,
+            Box::new(FakeBackend(kernel.clone())),
+        )
+        .unwrap()
     }
 
     fn key() -> SigningKey {
@@ -566,5 +746,157 @@ mod tests {
             (second.enforced_version(), rules_held(&rebooted)),
             (Some(4), Some(2))
         );
+    }
+
+    #[test]
+    fn the_test_signing_key_is_the_one_the_identity_names() {
+        assert_eq!(hex_key(&key()), SIGNING_KEY_HEX);
+    }
+
+    #[tokio::test]
+    async fn configured_signing_keys_replace_those_of_the_enrollment_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let stranger = SigningKey::from_bytes(&[9; 32]);
+        let mut settings = settings(dir.path());
+        settings.signing_public_keys = vec![hex_key(&stranger)];
+        let identity = TestCa::new("ca").identity(DEVICE, "https://127.0.0.1:9");
+        let mut agent =
+            Agent::new(settings, identity, Box::new(FakeBackend(kernel.clone()))).unwrap();
+        agent.handle_envelope(envelope(1, 1, &key()), None).await;
+        assert_eq!(agent.last.as_ref().unwrap().outcome, Outcome::Rejected);
+        agent.handle_envelope(envelope(1, 1, &stranger), None).await;
+        assert_eq!(agent.enforced_version(), Some(1));
+    }
+
+    /// An identity from `controller`'s CA whose validity is `[now + from, now + to]`.
+    fn identity_valid(controller: &FakeController, from: i64, to: i64) -> Identity {
+        let mut identity = controller.ca.identity(DEVICE, &controller.device_url);
+        identity.certificate.not_before = unix_now() + from;
+        identity.certificate.not_after = unix_now() + to;
+        identity
+    }
+
+    #[tokio::test]
+    async fn a_certificate_is_renewed_once_two_thirds_of_its_life_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let controller = FakeController::start(DEVICE, &[]).await;
+        let fresh = identity_valid(&controller, -100, 1000);
+        let mut agent = Agent::new(
+            settings(dir.path()),
+            fresh.clone(),
+            Box::new(FakeBackend(kernel.clone())),
+        )
+        .unwrap();
+        agent.maintain_identity().await;
+        assert_eq!(
+            controller.behaviour.lock().unwrap().renewals,
+            0,
+            "not due yet"
+        );
+        assert_eq!(agent.identity(), &fresh);
+        // Due two thirds into [now - 100, now + 1000]: the long poll is cut
+        // short to renew in time.
+        let due_in = agent.identity_due_in().as_secs();
+        assert!((630..=634).contains(&due_in), "{due_in}");
+
+        let due = identity_valid(&controller, -3000, 1000);
+        let mut agent = Agent::new(
+            settings(dir.path()),
+            due.clone(),
+            Box::new(FakeBackend(kernel)),
+        )
+        .unwrap();
+        agent.handle_envelope(envelope(1, 1, &key()), None).await;
+        agent.maintain_identity().await;
+        assert_eq!(controller.behaviour.lock().unwrap().renewals, 1);
+        assert_eq!(agent.device_id(), DEVICE);
+        assert_ne!(agent.identity().key_pem, due.key_pem);
+        assert!(agent.identity().certificate.not_after > due.certificate.not_after);
+        let persisted = StateDir::open(&dir.path().join("state"))
+            .unwrap()
+            .identity()
+            .unwrap();
+        assert_eq!(persisted.as_ref(), Some(agent.identity()));
+        // The new client authenticates with the new certificate, and the
+        // enforced config is still this device's.
+        agent.client.ping().await.unwrap();
+        assert_eq!(agent.enforced_version(), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_failed_renewal_is_retried_later_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let controller = FakeController::start(DEVICE, &[]).await;
+        controller.behaviour.lock().unwrap().renew_error =
+            Some((axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy"));
+        let due = identity_valid(&controller, -3000, 1000);
+        let mut agent = Agent::new(
+            settings(dir.path()),
+            due.clone(),
+            Box::new(FakeBackend(kernel)),
+        )
+        .unwrap();
+        agent.maintain_identity().await;
+        assert_eq!(agent.identity(), &due);
+        let (failures, next) = agent.identity_retry.unwrap();
+        assert_eq!(failures, 1);
+        assert!(next > Instant::now());
+        assert!(agent.identity_due_in() <= Duration::from_secs(1));
+        assert!(agent.identity_due_in() > Duration::ZERO);
+        // Not retried before the backoff ends.
+        controller.behaviour.lock().unwrap().renew_error = None;
+        agent.maintain_identity().await;
+        assert_eq!(controller.behaviour.lock().unwrap().renewals, 0);
+        agent.identity_retry = Some((1, Instant::now()));
+        agent.maintain_identity().await;
+        assert_eq!(controller.behaviour.lock().unwrap().renewals, 1);
+        assert_eq!(agent.identity_retry, None);
+    }
+
+    #[tokio::test]
+    async fn an_expired_certificate_enrolls_again_with_the_token_file_and_keeps_the_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let controller = FakeController::start(DEVICE, &["second-token"]).await;
+        // The real controller refuses an expired certificate in the TLS
+        // handshake; the fake one says so in an error answer.
+        controller.behaviour.lock().unwrap().renew_error =
+            Some((axum::http::StatusCode::UNAUTHORIZED, "certificate_expired"));
+        let expired = identity_valid(&controller, -7200, -10);
+        let mut settings = settings(dir.path());
+        std::fs::write(dir.path().join("ca.pem"), controller.ca_pem()).unwrap();
+        settings.ca_cert = Some(dir.path().join("ca.pem"));
+        settings.enrollment_url = Some(controller.enrollment_url.clone());
+
+        // Without a token file: the rules stay, the identity too.
+        let mut agent = Agent::new(
+            settings.clone(),
+            expired.clone(),
+            Box::new(FakeBackend(kernel.clone())),
+        )
+        .unwrap();
+        agent.handle_envelope(envelope(1, 2, &key()), None).await;
+        agent.maintain_identity().await;
+        assert_eq!(agent.identity(), &expired);
+        assert_eq!(rules_held(&kernel), Some(2));
+
+        std::fs::write(dir.path().join("token"), "second-token\n").unwrap();
+        settings.enrollment_token_file = Some(dir.path().join("token"));
+        let mut agent = Agent::new(
+            settings,
+            expired.clone(),
+            Box::new(FakeBackend(kernel.clone())),
+        )
+        .unwrap();
+        agent.restore_last_good().unwrap();
+        agent.maintain_identity().await;
+        assert_eq!(controller.behaviour.lock().unwrap().enrollments, 1);
+        assert!(agent.identity().certificate.not_after > unix_now());
+        assert_eq!(agent.device_id(), DEVICE);
+        assert_eq!(rules_held(&kernel), Some(2));
+        agent.client.ping().await.unwrap();
     }
 }

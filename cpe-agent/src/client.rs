@@ -1,23 +1,31 @@
 //! The device API client: HTTPS with the controller CA pinned as the only
-//! root, long-poll config pull with a body cap, status reports.
+//! root and the router's certificate as its credential (mutual TLS);
+//! long-poll config pull with a body cap, status reports, renewal.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use isdf_api::enrollment::{DeviceCertificate, RenewRequest};
 use isdf_api::{paths, StatusReport, MAX_ENVELOPE_BYTES};
-use reqwest::header::{AUTHORIZATION, IF_NONE_MATCH};
+use reqwest::header::IF_NONE_MATCH;
 use reqwest::StatusCode;
+
+use crate::state::Identity;
 
 /// Header in which the controller asks for a pause before the next poll.
 const POLL_AFTER_HEADER: &str = "isdf-poll-after";
 /// The longest pause the agent accepts from a server.
 const MAX_POLL_PACE: Duration = Duration::from_secs(3600);
+/// The most the agent reads of a certificate answer: two certificates and a
+/// few keys take a few kilobytes.
+pub(crate) const MAX_CERTIFICATE_ANSWER_BYTES: usize = 64 * 1024;
+/// The most the agent reads of an error answer.
+const MAX_ERROR_BYTES: usize = 4096;
 
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    authorization: String,
 }
 
 /// The answer to a poll.
@@ -36,37 +44,169 @@ pub enum Poll {
     },
 }
 
+/// An error answer from the controller, with the stable code of its JSON
+/// body (`{"error": {"code", "message"}}`) when it had one.
+#[derive(Debug)]
+pub struct ControllerError {
+    pub status: StatusCode,
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ControllerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.code {
+            Some(code) => write!(
+                f,
+                "controller answered {}: {code}: {}",
+                self.status, self.message
+            ),
+            None => write!(f, "controller answered {}: {}", self.status, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ControllerError {}
+
+impl ControllerError {
+    /// Reads (a capped amount of) an error answer.
+    pub(crate) async fn read(response: reqwest::Response) -> Self {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            error: Detail,
+        }
+        #[derive(serde::Deserialize)]
+        struct Detail {
+            code: String,
+            #[serde(default)]
+            message: String,
+        }
+        let status = response.status();
+        let bytes = read_capped(response, MAX_ERROR_BYTES)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match serde_json::from_slice::<Body>(&bytes) {
+            Ok(body) => ControllerError {
+                status,
+                code: Some(body.error.code),
+                message: body.error.message,
+            },
+            Err(_) => ControllerError {
+                status,
+                code: None,
+                message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+            },
+        }
+    }
+}
+
+/// Reads a body of at most `limit` bytes; None when it is larger (the rest
+/// is not read).
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    if response.content_length().is_some_and(|l| l > limit as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.context("reading the answer")? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// Reads a `DeviceCertificate` answer (enrollment or renewal).
+pub(crate) async fn read_device_certificate(
+    response: reqwest::Response,
+) -> anyhow::Result<DeviceCertificate> {
+    if !response.status().is_success() {
+        return Err(ControllerError::read(response).await.into());
+    }
+    let body = read_capped(response, MAX_CERTIFICATE_ANSWER_BYTES)
+        .await?
+        .context("the certificate answer is too large")?;
+    serde_json::from_slice(&body).context("parsing the certificate answer")
+}
+
+/// TLS that trusts only the certificates of `ca_pem`, ring as the crypto
+/// provider (no system roots, no second crypto library).
+pub(crate) fn tls_builder(
+    ca_pem: &[u8],
+) -> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots
+            .add(cert.context("parsing the controller CA")?)
+            .context("adding the controller CA")?;
+    }
+    if roots.is_empty() {
+        bail!("the controller CA holds no certificate");
+    }
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        key_provider: &EcdsaKeys,
+        ..rustls::crypto::ring::default_provider()
+    });
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots))
+}
+
+/// Loads only ECDSA private keys, the kind `enrollment` generates. The
+/// default loader also takes RSA and Ed25519 keys, which links ring's RSA
+/// signing into a binary that never uses it.
+#[derive(Debug)]
+struct EcdsaKeys;
+
+impl rustls::crypto::KeyProvider for EcdsaKeys {
+    fn load_private_key(
+        &self,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        rustls::crypto::ring::sign::any_ecdsa_type(&key)
+    }
+}
+
+/// An HTTPS-only client over `tls`.
+pub(crate) fn https_client(tls: rustls::ClientConfig) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .https_only(true)
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .context("building the HTTPS client")
+}
+
 impl Client {
-    pub fn new(base: &str, ca_pem: &[u8], token: &str) -> anyhow::Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
-            roots
-                .add(cert.context("parsing the controller CA")?)
-                .context("adding the controller CA")?;
+    /// A client of the device API at `base` that trusts only `ca_pem` and
+    /// authenticates with the certificate and key of `identity`. Fails when
+    /// the key does not belong to the certificate.
+    pub fn new(base: &str, ca_pem: &[u8], identity: &Identity) -> anyhow::Result<Self> {
+        let chain = rustls_pemfile::certs(&mut identity.certificate.certificate_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .context("parsing the device certificate")?;
+        if chain.is_empty() {
+            bail!("the device certificate PEM holds no certificate");
         }
-        if roots.is_empty() {
-            bail!("the controller CA file holds no certificate");
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS versions")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .context("building the HTTPS client")?;
+        let key = rustls_pemfile::private_key(&mut identity.key_pem.as_bytes())
+            .context("parsing the device key")?
+            .context("the device key PEM holds no private key")?;
+        let tls = tls_builder(ca_pem)?
+            .with_client_auth_cert(chain, key)
+            .context("the device key does not fit the device certificate")?;
         Ok(Client {
-            http,
+            http: https_client(tls)?,
             base: base.trim_end_matches('/').to_owned(),
-            authorization: format!("Bearer {token}"),
         })
     }
 
-    /// Long-polls for a config newer than `enforced`, waiting up to `wait`.
     /// Long-polls for a config newer than `enforced`, waiting up to `wait`.
     /// Also returns how long the server asks the agent to wait before the
     /// next poll (its `isdf-poll-after` header; zero when absent).
@@ -94,7 +234,6 @@ impl Client {
                 paths::DEVICE_CONFIG,
                 wait.as_secs()
             ))
-            .header(AUTHORIZATION, &self.authorization)
             .timeout(wait + Duration::from_secs(20));
         if let Some(v) = enforced {
             request = request.header(IF_NONE_MATCH, format!("\"{v}\""));
@@ -137,13 +276,7 @@ impl Client {
                     version_hint,
                 })
             }
-            status => {
-                let text = response.text().await.unwrap_or_default();
-                bail!(
-                    "controller answered {status}: {}",
-                    text.chars().take(300).collect::<String>()
-                )
-            }
+            _ => Err(ControllerError::read(response).await.into()),
         }
     }
 
@@ -151,19 +284,14 @@ impl Client {
         let response = self
             .http
             .post(format!("{}{}", self.base, paths::DEVICE_STATUS))
-            .header(AUTHORIZATION, &self.authorization)
             .json(report)
             .timeout(Duration::from_secs(15))
             .send()
             .await
             .context("posting status")?;
         if !response.status().is_success() {
-            let status = response.status();
-            let text = response.text().await.unwrap_or_default();
-            bail!(
-                "status report refused ({status}): {}",
-                text.chars().take(300).collect::<String>()
-            );
+            let e = ControllerError::read(response).await;
+            return Err(anyhow::Error::new(e).context("status report refused"));
         }
         Ok(())
     }
@@ -173,7 +301,6 @@ impl Client {
         let response = self
             .http
             .get(format!("{}{}", self.base, paths::DEVICE_PING))
-            .header(AUTHORIZATION, &self.authorization)
             .timeout(Duration::from_secs(5))
             .send()
             .await
@@ -182,5 +309,21 @@ impl Client {
             bail!("controller answered {}", response.status());
         }
         Ok(())
+    }
+
+    /// Asks for a certificate for the key pair of `csr_pem`, authenticated
+    /// by the current certificate.
+    pub async fn renew(&self, csr_pem: &str) -> anyhow::Result<DeviceCertificate> {
+        let response = self
+            .http
+            .post(format!("{}{}", self.base, paths::DEVICE_RENEW))
+            .json(&RenewRequest {
+                csr_pem: csr_pem.to_owned(),
+            })
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .context("reaching the controller to renew")?;
+        read_device_certificate(response).await
     }
 }

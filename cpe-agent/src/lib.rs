@@ -1,8 +1,14 @@
 //! iSDF router agent: pulls this router's signed config, verifies it, enforces
-//! it with a firewall backend and reports what it really enforces.
+//! it with a firewall backend and reports what it really enforces. The router
+//! authenticates with a client certificate it obtains by enrollment and
+//! renews by itself.
 
 pub mod agent;
 pub mod backend;
 pub mod client;
+pub mod enrollment;
 pub mod settings;
 pub mod state;
+
+#[cfg(test)]
+mod test_pki;

@@ -1,12 +1,14 @@
 //! `isdf-agent`: command line entry point.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
 use isdf_agent::agent::Agent;
 use isdf_agent::backend::{self, BackendChoice};
-use isdf_agent::settings::Settings;
+use isdf_agent::enrollment;
+use isdf_agent::settings::{read_token, Settings};
+use isdf_agent::state::StateDir;
 
 #[derive(Parser)]
 #[command(name = "isdf-agent", version, about = "iSDF router agent")]
@@ -17,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enforce the last good config, then follow the controller.
+    /// Enforce the last good config, then follow the controller. Enrolls
+    /// first if there is no identity yet and `enrollment_token_file` is set.
     Run {
         #[arg(long, default_value = "/etc/isdf/agent.toml")]
         config: PathBuf,
@@ -28,6 +31,44 @@ enum Command {
         #[arg(long, value_enum)]
         backend: Option<BackendChoice>,
     },
+    /// Obtain this router's certificate with an enrollment token, store it in
+    /// the state directory and print the device id.
+    Enroll {
+        #[arg(long, default_value = "/etc/isdf/agent.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        token: TokenSource,
+        /// Overrides `state_dir` of the config file.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct TokenSource {
+    /// The enrollment token (visible to other local users in the process
+    /// list: prefer --token-file).
+    #[arg(long)]
+    token: Option<String>,
+    /// A file holding the enrollment token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn load(config: &Path, state_dir: Option<PathBuf>) -> anyhow::Result<Settings> {
+    let mut settings = Settings::load(config)?;
+    if let Some(dir) = state_dir {
+        settings.state_dir = dir;
+    }
+    Ok(settings)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,37 +78,86 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
-    tracing_subscriber::fmt().with_max_level(level).init();
+    // Logs go to stderr: `enroll` prints only the device id on stdout.
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Run {
             config,
             state_dir,
             backend,
         } => {
-            let mut settings = Settings::load(&config)?;
-            if let Some(dir) = state_dir {
-                settings.state_dir = dir;
-            }
+            let mut settings = load(&config, state_dir)?;
             if let Some(choice) = backend {
                 settings.backend = choice;
             }
-            let backend = backend::select(settings.backend)?;
-            tracing::info!(backend = backend.name(), device = %settings.device_id, "starting");
-            let mut agent = Agent::new(settings, backend)?;
-            if let Err(e) = agent.restore_last_good() {
-                // Keep whatever the kernel holds; the controller will send a
-                // fresh config. Nothing is removed.
-                tracing::error!(error = ?e, "could not re-enforce the last good config");
+            run(settings, &config)
+        }
+        Command::Enroll {
+            config,
+            token,
+            state_dir,
+        } => {
+            let settings = load(&config, state_dir)?;
+            let token = match (token.token, token.token_file) {
+                (Some(token), _) => token,
+                (None, Some(file)) => read_token(&file)?,
+                (None, None) => unreachable!("clap requires one of --token and --token-file"),
+            };
+            if let Some(old) = StateDir::open(&settings.state_dir)?
+                .identity()
+                .ok()
+                .flatten()
+            {
+                tracing::warn!(
+                    device = old.device_id(),
+                    "replacing the existing identity; restart a running agent to use the new one"
+                );
             }
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the runtime")?
-                .block_on(agent.run(shutdown_signal()));
-            tracing::info!("stopped; the firewall stays as it is");
+            let identity = runtime()?.block_on(enrollment::enroll(&settings, &token))?;
+            println!("{}", identity.device_id());
             Ok(())
         }
     }
+}
+
+fn run(settings: Settings, config: &Path) -> anyhow::Result<()> {
+    let backend = backend::select(settings.backend)?;
+    let runtime = runtime()?;
+    // Without an identity there is no device id to check the last good
+    // config against, so there is nothing to restore before enrolling.
+    let identity = match StateDir::open(&settings.state_dir)?.identity()? {
+        Some(identity) => identity,
+        None => match settings.enrollment_token_file.clone() {
+            Some(file) => {
+                tracing::info!(token_file = %file.display(), "no identity yet: enrolling");
+                runtime.block_on(enrollment::enroll_with_token_file(&settings, &file))?
+            }
+            None => bail!(
+                "this router is not enrolled (no identity in {}): run `isdf-agent enroll \
+                 --config {} --token-file FILE` with the enrollment token from the operator, \
+                 or set enrollment_token_file to enroll at start",
+                settings.state_dir.display(),
+                config.display()
+            ),
+        },
+    };
+    tracing::info!(
+        backend = backend.name(),
+        device = identity.device_id(),
+        "starting"
+    );
+    let mut agent = Agent::new(settings, identity, backend)?;
+    if let Err(e) = agent.restore_last_good() {
+        // Keep whatever the kernel holds; the controller will send a
+        // fresh config. Nothing is removed.
+        tracing::error!(error = ?e, "could not re-enforce the last good config");
+    }
+    runtime.block_on(agent.run(shutdown_signal()));
+    tracing::info!("stopped; the firewall stays as it is");
+    Ok(())
 }
 
 async fn shutdown_signal() {

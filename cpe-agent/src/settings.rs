@@ -1,26 +1,43 @@
 //! Agent configuration: a TOML file (written by the OpenWrt init script from
 //! UCI, or by hand) plus command-line overrides.
+//!
+//! What the controller tells the router at enrollment (its device id, the CA,
+//! the signing keys, the device API URL) lives in the state directory, not
+//! here; the keys below only override it.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::backend::BackendChoice;
+use crate::state::Identity;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Device API base URL, e.g. `https://controller.example.net:8443`.
-    pub controller_url: String,
-    /// This router's device id.
-    pub device_id: String,
-    /// File holding the per-device token.
-    pub device_token_file: PathBuf,
-    /// The controller CA (PEM): the only root this agent trusts.
-    pub ca_cert: PathBuf,
-    /// Ed25519 public keys (hex or base64) whose config signatures are accepted.
+    /// Default: the `device_api_url` of the enrollment answer.
+    #[serde(default)]
+    pub controller_url: Option<String>,
+    /// Enrollment listener base URL, e.g.
+    /// `https://controller.example.net:8444`. Needed only to enroll.
+    #[serde(default)]
+    pub enrollment_url: Option<String>,
+    /// The controller CA (PEM) shipped with the enrollment token: the only
+    /// root trusted for enrollment. Afterwards the CA of the enrollment
+    /// answer, kept in the state directory, is used.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Ed25519 public keys (hex or base64) whose config signatures are
+    /// accepted. Empty: the keys of the enrollment answer.
+    #[serde(default)]
     pub signing_public_keys: Vec<String>,
+    /// A file holding an enrollment token. When the agent has no identity
+    /// (first start, or a certificate that expired) it enrolls with it by
+    /// itself: zero-touch provisioning.
+    #[serde(default)]
+    pub enrollment_token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     #[serde(default = "default_backend")]
     pub backend: BackendChoice,
@@ -54,35 +71,177 @@ fn default_heartbeat() -> u64 {
     300
 }
 
+/// Refuses a URL the agent would talk to in clear: the enrollment token and
+/// the configs must never cross the network unencrypted.
+fn require_https(key: &str, url: &str) -> anyhow::Result<()> {
+    if !url.starts_with("https://") {
+        bail!("{key} must be an https:// URL (got {url:?})");
+    }
+    Ok(())
+}
+
 impl Settings {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading agent config {}", path.display()))?;
-        let settings: Settings = toml::from_str(&text)
-            .with_context(|| format!("parsing agent config {}", path.display()))?;
-        if settings.signing_public_keys.is_empty() {
-            anyhow::bail!(
-                "{}: signing_public_keys is empty; the agent would trust nothing",
-                path.display()
-            );
+        Self::parse(&text).with_context(|| format!("agent config {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let settings: Settings = toml::from_str(text).context("parsing")?;
+        if let Some(url) = &settings.controller_url {
+            require_https("controller_url", url)?;
+        }
+        if let Some(url) = &settings.enrollment_url {
+            require_https("enrollment_url", url)?;
+        }
+        // Fail now rather than at the first config: a key that does not
+        // parse would otherwise surface as every config being refused.
+        if !settings.signing_public_keys.is_empty() {
+            parse_keys(&settings.signing_public_keys).context("signing_public_keys")?;
         }
         Ok(settings)
     }
 
-    pub fn device_token(&self) -> anyhow::Result<String> {
-        let token = std::fs::read_to_string(&self.device_token_file).with_context(|| {
-            format!("reading device token {}", self.device_token_file.display())
-        })?;
-        Ok(token.trim().to_owned())
+    /// The keys config signatures are accepted from: `signing_public_keys`
+    /// when set, else those the controller named at enrollment.
+    pub fn trusted_keys(&self, identity: &Identity) -> anyhow::Result<isdf_api::TrustedKeys> {
+        if self.signing_public_keys.is_empty() {
+            parse_keys(&identity.certificate.signing_public_keys)
+                .context("the signing keys of the enrollment answer")
+        } else {
+            parse_keys(&self.signing_public_keys).context("signing_public_keys")
+        }
     }
 
-    pub fn trusted_keys(&self) -> anyhow::Result<isdf_api::TrustedKeys> {
-        let keys = self
-            .signing_public_keys
-            .iter()
-            .map(|k| isdf_api::TrustedKeys::parse_public_key(k).map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<Vec<_>>>()
-            .context("signing_public_keys")?;
-        Ok(isdf_api::TrustedKeys::new(keys))
+    /// The device API base URL: `controller_url` when set, else the one the
+    /// controller named at enrollment.
+    pub fn device_api_url<'a>(&'a self, identity: &'a Identity) -> &'a str {
+        self.controller_url
+            .as_deref()
+            .unwrap_or(&identity.certificate.device_api_url)
+    }
+
+    /// The enrollment token from `enrollment_token_file`, if that is set.
+    pub fn enrollment_token(&self) -> Option<anyhow::Result<String>> {
+        let path = self.enrollment_token_file.as_ref()?;
+        Some(read_token(path))
+    }
+}
+
+/// Parses Ed25519 public keys (hex or base64); refuses an empty list, with
+/// which the agent would trust nothing.
+pub fn parse_keys(keys: &[String]) -> anyhow::Result<isdf_api::TrustedKeys> {
+    if keys.is_empty() {
+        bail!("no signing public key: the agent would trust nothing");
+    }
+    let keys = keys
+        .iter()
+        .map(|k| isdf_api::TrustedKeys::parse_public_key(k).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(isdf_api::TrustedKeys::new(keys))
+}
+
+/// Reads a token file (surrounding white space removed).
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading enrollment token {}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        bail!("enrollment token file {} is empty", path.display());
+    }
+    Ok(token.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The public key of the Ed25519 secret key [7; 32], hex.
+    const KEY: &str = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c";
+
+    #[test]
+    fn a_minimal_config_takes_everything_else_from_enrollment() {
+        let s = Settings::parse("state_dir = \"/etc/isdf/state\"\n").unwrap();
+        assert_eq!(s.controller_url, None);
+        assert_eq!(s.enrollment_url, None);
+        assert_eq!(s.ca_cert, None);
+        assert!(s.signing_public_keys.is_empty());
+        assert_eq!(s.enrollment_token_file, None);
+        assert_eq!(s.backend, BackendChoice::Auto);
+        assert_eq!(
+            (
+                s.poll_wait_secs,
+                s.max_backoff_secs,
+                s.wan_check,
+                s.heartbeat_secs
+            ),
+            (30, 60, true, 300)
+        );
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let s = Settings::parse(&format!(
+            r#"
+            controller_url = "https://c.example:8443"
+            enrollment_url = "https://c.example:8444"
+            ca_cert = "/etc/isdf/ca.pem"
+            signing_public_keys = ["{KEY}"]
+            enrollment_token_file = "/etc/isdf/enrollment-token"
+            state_dir = "/etc/isdf/state"
+            backend = "iptables"
+            poll_wait_secs = 20
+            max_backoff_secs = 5
+            wan_check = false
+            heartbeat_secs = 60
+            "#
+        ))
+        .unwrap();
+        assert_eq!(s.controller_url.as_deref(), Some("https://c.example:8443"));
+        assert_eq!(s.enrollment_url.as_deref(), Some("https://c.example:8444"));
+        assert_eq!(s.ca_cert.as_deref(), Some(Path::new("/etc/isdf/ca.pem")));
+        assert_eq!(s.signing_public_keys, [KEY]);
+        assert_eq!(
+            s.enrollment_token_file.as_deref(),
+            Some(Path::new("/etc/isdf/enrollment-token"))
+        );
+        assert_eq!(s.backend, BackendChoice::Iptables);
+        assert_eq!(
+            (
+                s.poll_wait_secs,
+                s.max_backoff_secs,
+                s.wan_check,
+                s.heartbeat_secs
+            ),
+            (20, 5, false, 60)
+        );
+    }
+
+    #[test]
+    fn removed_and_unknown_keys_are_refused() {
+        for key in [
+            "device_id = \"7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50\"",
+            "device_token_file = \"/etc/isdf/device-token\"",
+            "signing_public_key = \"x\"",
+        ] {
+            let err = Settings::parse(&format!("state_dir = \"/s\"\n{key}\n")).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("unknown field"),
+                "{key}: {err:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn clear_text_urls_and_bad_keys_are_refused() {
+        for (text, needle) in [
+            ("controller_url = \"http://c:8443\"", "controller_url"),
+            ("enrollment_url = \"http://c:8444\"", "enrollment_url"),
+            ("signing_public_keys = [\"nope\"]", "signing_public_keys"),
+        ] {
+            let err = Settings::parse(&format!("state_dir = \"/s\"\n{text}\n")).unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{text}: {err:#}");
+        }
     }
 }

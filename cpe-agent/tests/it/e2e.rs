@@ -283,12 +283,19 @@ struct Stage {
 }
 
 impl Stage {
-    /// `trusted_key` overrides the signing key the agent trusts.
+    /// `trusted_key` overrides the signing key the agent trusts (else the
+    /// one from its enrollment answer).
     async fn prepare(work: &Path, trusted_key: Option<&str>) -> Self {
+        Self::prepare_with(work, trusted_key, Duration::from_secs(30 * 24 * 3600)).await
+    }
+
+    /// Like `prepare`, with device certificates of `cert_lifetime`.
+    async fn prepare_with(work: &Path, trusted_key: Option<&str>, cert_lifetime: Duration) -> Self {
         let controller_dir = work.join("controller");
         let mut options = TestControllerOptions::new(&controller_dir);
         options.device_listen = wan(0);
         options.device_tls_names = vec![WAN_HOST.to_owned()];
+        options.device_cert_lifetime = cert_lifetime;
         let controller = TestController::start(options)
             .await
             .expect("controller starts");
@@ -302,6 +309,8 @@ impl Stage {
             url: controller.api_url.clone(),
             token: controller.operator_token.clone(),
         };
+        // Pre-register the router; it enrolls itself at first start with the
+        // token (zero-touch), making its key pair on the router.
         let created = operator
             .post(
                 "/api/v1/devices",
@@ -311,22 +320,28 @@ impl Stage {
         let device = created["device"]["id"].as_str().unwrap().to_owned();
         let agent_dir = work.join("agent");
         std::fs::create_dir_all(&agent_dir).unwrap();
-        std::fs::write(agent_dir.join("token"), created["token"].as_str().unwrap()).unwrap();
+        std::fs::write(
+            agent_dir.join("enrollment-token"),
+            created["enrollment_token"].as_str().unwrap(),
+        )
+        .unwrap();
         std::fs::write(
             agent_dir.join("ca.pem"),
             created["ca_pem"].as_str().unwrap(),
         )
         .unwrap();
         let config_path = agent_dir.join("agent.toml");
+        let keys = trusted_key.map_or_else(String::new, |k| {
+            format!("signing_public_keys = [\"{k}\"]\n")
+        });
         std::fs::write(
             &config_path,
             format!(
-                "controller_url = \"{url}\"\ndevice_id = \"{device}\"\ndevice_token_file = \"{dir}/token\"\n\
-                 ca_cert = \"{dir}/ca.pem\"\nsigning_public_keys = [\"{key}\"]\nstate_dir = \"{dir}/state\"\n\
-                 poll_wait_secs = 20\nmax_backoff_secs = 2\n",
-                url = controller.device_url,
+                "enrollment_url = \"{url}\"\nca_cert = \"{dir}/ca.pem\"\n\
+                 enrollment_token_file = \"{dir}/enrollment-token\"\nstate_dir = \"{dir}/state\"\n\
+                 poll_wait_secs = 20\nmax_backoff_secs = 2\n{keys}",
+                url = controller.enrollment_url,
                 dir = agent_dir.display(),
-                key = trusted_key.unwrap_or(&controller.signing_public_key_hex),
             ),
         )
         .unwrap();
@@ -726,6 +741,48 @@ fn a_config_failing_its_kernel_check_is_rolled_back() {
         })
         .await;
         assert!(!blocked && open, "traffic follows the restored config");
+        stage.controller.stop().await.unwrap();
+    });
+}
+
+/// The agent renews its certificate over mutual TLS before it expires and
+/// keeps working with the new one.
+#[test]
+fn the_agent_renews_its_certificate_before_expiry() {
+    in_wan("rn", |topo, work| async move {
+        let stage = Stage::prepare_with(&work, None, Duration::from_secs(12)).await;
+        let _agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
+        let (operator, device) = (&stage.operator, &stage.device);
+        operator.wait_applied(device, 1).await;
+        let first = operator.get(&format!("/api/v1/devices/{device}")).await
+            ["certificate_expires_at"]
+            .clone();
+        assert!(first.is_string(), "enrolled: {first}");
+        let started = Instant::now();
+        loop {
+            let now = operator.get(&format!("/api/v1/devices/{device}")).await
+                ["certificate_expires_at"]
+                .clone();
+            if now != first {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the certificate was never renewed"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The renewed certificate works: a change still reaches the router.
+        let service = operator
+            .post("/api/v1/services", json!({"name": "b", "kind": "flow-block", "spec": {"flows": [{"protocol": "udp", "dport": 53}]}}))
+            .await;
+        operator
+            .post(
+                "/api/v1/assignments",
+                json!({"service_id": service["id"], "selector": "*"}),
+            )
+            .await;
+        operator.wait_applied(device, 2).await;
         stage.controller.stop().await.unwrap();
     });
 }

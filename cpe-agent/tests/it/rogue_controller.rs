@@ -1,5 +1,5 @@
 //! A rogue device API: holds a certificate from the controller's CA (as a
-//! compromised or impersonating server would) and serves whatever envelopes
+//! compromised or impersonating server would; it asks no client certificate) and serves whatever envelopes
 //! the test queues, recording the status reports the agent sends back.
 
 use std::collections::VecDeque;
@@ -64,7 +64,9 @@ impl RogueController {
         let listener = std::net::TcpListener::bind(addr).expect("binding the rogue server");
         listener.set_nonblocking(true).unwrap();
         let handle = axum_server::Handle::new();
-        let tls = axum_server::tls_rustls::RustlsConfig::from_config(pki.server_config().unwrap());
+        let tls = axum_server::tls_rustls::RustlsConfig::from_config(
+            pki.enrollment_server_config().unwrap(),
+        );
         let server = axum_server::from_tcp_rustls(listener, tls)
             .handle(handle.clone())
             .serve(router.into_make_service());
