@@ -70,10 +70,14 @@ pub async fn create_test_database() -> anyhow::Result<String> {
         sqlx::query(&format!("CREATE DATABASE {building}"))
             .execute(&mut admin)
             .await?;
-        let pool = sqlx::PgPool::connect(&with_database(&admin_url, &building)).await?;
-        crate::db::migrate(&pool).await?;
-        pool.close().await;
-        // The migration pool's server processes may still be exiting.
+        // One connection, closed explicitly: a pool may keep a session on the
+        // template open, and a template with sessions cannot be renamed or cloned.
+        let mut conn = PgConnection::connect(&with_database(&admin_url, &building)).await?;
+        crate::db::MIGRATOR
+            .run(&mut conn)
+            .await
+            .context("migrating the template")?;
+        conn.close().await?;
         run_while_busy(
             &mut admin,
             &format!("ALTER DATABASE {building} RENAME TO {template}"),
@@ -94,10 +98,11 @@ pub async fn create_test_database() -> anyhow::Result<String> {
     Ok(with_database(&admin_url, &name))
 }
 
-/// Runs `sql`, retrying for up to 5 s while PostgreSQL says the database is
+/// Runs `sql`, retrying a few times while PostgreSQL says the database is
 /// being accessed by other users.
 async fn run_while_busy(admin: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
-    for _ in 0..50 {
+    // PostgreSQL itself waits up to 5 s for other sessions each time.
+    for _ in 0..10 {
         match sqlx::query(sql).execute(&mut *admin).await {
             Ok(_) => return Ok(()),
             Err(e) if e.to_string().contains("being accessed by other users") => {
@@ -106,7 +111,7 @@ async fn run_while_busy(admin: &mut PgConnection, sql: &str) -> anyhow::Result<(
             Err(e) => return Err(e).with_context(|| format!("running `{sql}`")),
         }
     }
-    bail!("`{sql}`: the database stayed busy for 5 s")
+    bail!("`{sql}`: the database stayed busy")
 }
 
 /// A running controller for tests.
