@@ -89,15 +89,8 @@ pub async fn create(
         .reconciler
         .recompile(Some(&[id]), Resign::IfChanged)
         .await?;
-    let (enrollment_token, expires_at) = enrollment::create_token(
-        &state,
-        Some(id),
-        &Default::default(),
-        "router",
-        ttl,
-        &operator.name,
-    )
-    .await?;
+    let (enrollment_token, expires_at) =
+        enrollment::create_device_token(&state, id, ttl, &operator.name).await?;
     Ok((
         StatusCode::CREATED,
         Json(DeviceCreated {
@@ -135,15 +128,8 @@ pub async fn create_enrollment_token(
 ) -> ApiResult<(StatusCode, Json<EnrollmentTokenCreated>)> {
     find(&state, id).await?;
     let ttl = enrollment::token_ttl(body.expires_in_secs)?;
-    let (enrollment_token, expires_at) = enrollment::create_token(
-        &state,
-        Some(id),
-        &Default::default(),
-        "router",
-        ttl,
-        &operator.name,
-    )
-    .await?;
+    let (enrollment_token, expires_at) =
+        enrollment::create_device_token(&state, id, ttl, &operator.name).await?;
     Ok((
         StatusCode::CREATED,
         Json(EnrollmentTokenCreated {

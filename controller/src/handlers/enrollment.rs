@@ -54,6 +54,24 @@ pub async fn create_token(
     Ok((token, expires_at))
 }
 
+/// An enrollment token bound to an existing device.
+pub async fn create_device_token(
+    state: &AppState,
+    device: Uuid,
+    ttl: Duration,
+    created_by: &str,
+) -> anyhow::Result<(String, DateTime<Utc>)> {
+    create_token(
+        state,
+        Some(device),
+        &BTreeMap::new(),
+        "router",
+        ttl,
+        created_by,
+    )
+    .await
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEnrollmentTokens {
