@@ -185,6 +185,23 @@ impl Operator {
         self.call(reqwest::Method::DELETE, path, None).await
     }
 
+    /// Creates a `flow-block` service with `flows` and assigns it to every
+    /// device; returns the service.
+    async fn block_everywhere(&self, flows: Value) -> Value {
+        let service = self
+            .post(
+                "/api/v1/services",
+                json!({"name": "b", "kind": "flow-block", "spec": {"flows": flows}}),
+            )
+            .await;
+        self.post(
+            "/api/v1/assignments",
+            json!({"service_id": service["id"], "selector": "*"}),
+        )
+        .await;
+        service
+    }
+
     /// Waits until the device's latest report satisfies `done`; returns it.
     async fn wait_status(&self, device: &str, done: impl Fn(&Value) -> bool) -> Value {
         let started = Instant::now();
@@ -686,17 +703,7 @@ fn a_config_failing_its_kernel_check_is_rolled_back() {
         );
         let (operator, device) = (&stage.operator, &stage.device);
         let service = operator
-            .post(
-                "/api/v1/services",
-                json!({"name": "b", "kind": "flow-block",
-                "spec": {"flows": [{"protocol": "tcp", "dst": WAN_HOST, "dport": BLOCKED_PORT}]}}),
-            )
-            .await;
-        operator
-            .post(
-                "/api/v1/assignments",
-                json!({"service_id": service["id"], "selector": "*"}),
-            )
+            .block_everywhere(json!([{"protocol": "tcp", "dst": WAN_HOST, "dport": BLOCKED_PORT}]))
             .await;
         operator.wait_applied(device, 2).await;
         let before = ruleset(&topo.router, "nftables");
@@ -773,14 +780,8 @@ fn the_agent_renews_its_certificate_before_expiry() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // The renewed certificate works: a change still reaches the router.
-        let service = operator
-            .post("/api/v1/services", json!({"name": "b", "kind": "flow-block", "spec": {"flows": [{"protocol": "udp", "dport": 53}]}}))
-            .await;
         operator
-            .post(
-                "/api/v1/assignments",
-                json!({"service_id": service["id"], "selector": "*"}),
-            )
+            .block_everywhere(json!([{"protocol": "udp", "dport": 53}]))
             .await;
         operator.wait_applied(device, 2).await;
         stage.controller.stop().await.unwrap();
