@@ -246,7 +246,7 @@ pub fn open_device_config(
     Ok(config)
 }
 
-fn verify_signature(
+pub(crate) fn verify_signature(
     envelope: &Envelope,
     payload: &[u8],
     trusted: &TrustedKeys,

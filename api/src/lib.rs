@@ -9,6 +9,7 @@ pub mod config;
 pub mod enrollment;
 pub mod envelope;
 pub mod net;
+pub mod root;
 pub mod status;
 
 pub use config::{
