@@ -39,6 +39,10 @@ pub struct DeviceCertificate {
     pub signing_public_keys: Vec<String>,
     /// Device API base URL.
     pub device_api_url: String,
+    /// The chain of root documents (DSSE envelopes, JSON text) from version
+    /// 1: which keys may sign configs, and who may change that.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roots: Vec<String>,
     /// Validity of the certificate, Unix seconds.
     pub not_before: i64,
     pub not_after: i64,

@@ -31,6 +31,8 @@ pub mod paths {
     pub const DEVICE_STATUS: &str = "/device/v1/status";
     /// Cheap reachability check used after applying a config (`GET`).
     pub const DEVICE_PING: &str = "/device/v1/ping";
+    /// The chain of root documents, oldest first (`GET`).
+    pub const DEVICE_ROOTS: &str = "/device/v1/roots";
     /// Renew the client certificate over mutual TLS (`POST`).
     pub const DEVICE_RENEW: &str = "/device/v1/renew";
     /// Enroll with a token and a CSR, on the enrollment listener (`POST`).

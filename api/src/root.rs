@@ -94,6 +94,71 @@ impl RootDocument {
 
     /// Checks `envelope` is the next root after `self` and returns it.
     pub fn open_next(&self, envelope_bytes: &[u8]) -> Result<RootDocument, RootError> {
+        let (envelope, payload) = self.decode(envelope_bytes)?;
+        verify_signature(&envelope, &payload, &self.root_trust()?)
+            .map_err(RootError::NotSignedByCurrentRoot)?;
+        let next: RootDocument = serde_json::from_slice(&payload)
+            .map_err(|e| RootError::Envelope(OpenError::MalformedConfig(e.to_string())))?;
+        verify_signature(&envelope, &payload, &next.root_trust()?)
+            .map_err(RootError::NotSignedByNewRoot)?;
+        next.config_keys()?;
+        if next.version != self.version + 1 {
+            return Err(RootError::WrongVersion {
+                got: next.version,
+                current: self.version,
+            });
+        }
+        Ok(next)
+    }
+}
+
+impl RootDocument {
+    /// Opens the first root (version 1), which signs itself: it is trusted
+    /// because it came over the pinned channel (the enrollment answer).
+    pub fn open_first(envelope_bytes: &[u8]) -> Result<RootDocument, RootError> {
+        let genesis = RootDocument {
+            version: 0,
+            root_keys: Vec::new(),
+            signing_keys: Vec::new(),
+            config_version_floor: None,
+        };
+        let (envelope, payload) = genesis.decode(envelope_bytes)?;
+        let first: RootDocument = serde_json::from_slice(&payload)
+            .map_err(|e| RootError::Envelope(OpenError::MalformedConfig(e.to_string())))?;
+        verify_signature(&envelope, &payload, &first.root_trust()?)
+            .map_err(RootError::NotSignedByNewRoot)?;
+        first.config_keys()?;
+        if first.version != 1 {
+            return Err(RootError::WrongVersion {
+                got: first.version,
+                current: 0,
+            });
+        }
+        Ok(first)
+    }
+
+    /// Walks `chain` (envelopes in version order, possibly including ones
+    /// already known) from `self` to the newest root.
+    pub fn walk<'a>(
+        &self,
+        chain: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<RootDocument, RootError> {
+        let mut current = self.clone();
+        for envelope in chain {
+            let (_, payload) = current.decode(envelope)?;
+            let version = serde_json::from_slice::<serde_json::Value>(&payload)
+                .ok()
+                .and_then(|v| v["version"].as_u64())
+                .unwrap_or(u64::MAX);
+            if version <= current.version {
+                continue;
+            }
+            current = current.open_next(envelope)?;
+        }
+        Ok(current)
+    }
+
+    fn decode(&self, envelope_bytes: &[u8]) -> Result<(Envelope, Vec<u8>), RootError> {
         if envelope_bytes.len() > MAX_ROOT_BYTES {
             return Err(RootError::Envelope(OpenError::TooLarge {
                 size: envelope_bytes.len(),
@@ -110,20 +175,7 @@ impl RootDocument {
         let payload = BASE64
             .decode(&envelope.payload)
             .map_err(|e| RootError::Envelope(OpenError::MalformedEnvelope(e.to_string())))?;
-        verify_signature(&envelope, &payload, &self.root_trust()?)
-            .map_err(RootError::NotSignedByCurrentRoot)?;
-        let next: RootDocument = serde_json::from_slice(&payload)
-            .map_err(|e| RootError::Envelope(OpenError::MalformedConfig(e.to_string())))?;
-        verify_signature(&envelope, &payload, &next.root_trust()?)
-            .map_err(RootError::NotSignedByNewRoot)?;
-        next.config_keys()?;
-        if next.version != self.version + 1 {
-            return Err(RootError::WrongVersion {
-                got: next.version,
-                current: self.version,
-            });
-        }
-        Ok(next)
+        Ok((envelope, payload))
     }
 }
 
@@ -240,6 +292,27 @@ mod tests {
         .to_json();
         assert_eq!(code(&wrong_type), "wrong_payload_type");
         assert_eq!(code(&vec![b' '; MAX_ROOT_BYTES + 1]), "too_large");
+    }
+
+    #[test]
+    fn the_first_root_signs_itself_and_walk_skips_known_versions() {
+        let (r1, r2, online) = (key(1), key(2), key(3));
+        let v1 = root(1, &r1, &online);
+        let e1 = signed(&v1, &[&r1]);
+        assert_eq!(RootDocument::open_first(&e1).unwrap(), v1);
+        assert_eq!(
+            RootDocument::open_first(&signed(&v1, &[&key(7)]))
+                .unwrap_err()
+                .code(),
+            "root_not_signed_by_new_root"
+        );
+        let e2 = signed(&root(2, &r2, &online), &[&r1, &r2]);
+        let latest = v1.walk([e1.as_slice(), e2.as_slice()]).unwrap();
+        assert_eq!(latest.version, 2);
+        assert_eq!(
+            latest.walk([e1.as_slice(), e2.as_slice()]).unwrap().version,
+            2
+        );
     }
 
     #[test]

@@ -143,6 +143,15 @@ impl Application {
         reconciler.refresh_expiring().await?;
 
         let signing_public_key_hex = hex::encode(signer.public_key().as_bytes());
+        let roots =
+            crate::roots::RootChain::load_or_create(&settings.data_dir, &signing_public_key_hex)?;
+        let resigned = reconciler.resign_other_keys().await?;
+        if resigned.changed > 0 {
+            tracing::info!(
+                devices = resigned.changed,
+                "re-signed configs with the current signing key"
+            );
+        }
         let state = AppState {
             pool: pool.clone(),
             cache,
@@ -152,6 +161,7 @@ impl Application {
                 enrollment_url: enrollment_url.clone(),
                 ca_pem: pki.ca_pem.clone(),
                 signing_public_key_hex: signing_public_key_hex.clone(),
+                roots: roots.envelopes.clone(),
             }),
             device_gate: Arc::new(DeviceGate::new(settings.limits.clone())),
             enrollment_gate: Arc::new(EnrollmentGate::default()),

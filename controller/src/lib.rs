@@ -16,6 +16,7 @@ pub mod limits;
 pub mod openapi;
 pub mod pki;
 pub mod reconcile;
+pub mod roots;
 pub mod routes;
 pub mod secrets;
 pub mod signer;

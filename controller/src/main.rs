@@ -28,6 +28,43 @@ enum Command {
     /// controller runs, and when the API is unreachable).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Root documents: which keys may sign configs. Works offline on a copy
+    /// of the data directory's `roots/` and the key files.
+    #[command(subcommand)]
+    Root(RootCommand),
+    /// Config-signing keys.
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
+}
+
+#[derive(Subcommand)]
+enum RootCommand {
+    /// Sign the next root: certify `--signing-key`s (and drop any not listed).
+    Rotate {
+        /// The current root key (PKCS#8 PEM).
+        #[arg(long)]
+        root_key: PathBuf,
+        /// A new root key to hand over to (PKCS#8 PEM); default: keep the current one.
+        #[arg(long)]
+        new_root_key: Option<PathBuf>,
+        /// Public keys (hex) trusted to sign configs under the new root.
+        #[arg(long = "signing-key", required = true)]
+        signing_keys: Vec<String>,
+        /// After removing a compromised key: accept config versions from here again.
+        #[arg(long)]
+        config_version_floor: Option<u64>,
+    },
+    /// Show the verified chain.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum SigningKeyCommand {
+    /// Create a new key file and print its public key (hex).
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -146,6 +183,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Serve) | None => runtime.block_on(serve(cli.serve)),
         Some(Command::Token(command)) => runtime.block_on(token(cli.serve, command)),
+        Some(Command::Root(command)) => root(&cli.serve, command),
+        Some(Command::SigningKey(SigningKeyCommand::Generate { out })) => {
+            let key = isdf_controller::roots::generate_key(&out)?;
+            println!("{}", isdf_controller::roots::public_hex(&key));
+            Ok(())
+        }
     }
 }
 
@@ -167,6 +210,41 @@ async fn database(args: &ServeArgs) -> anyhow::Result<(String, Option<EmbeddedPo
     let pg = tokio::task::block_in_place(|| EmbeddedPostgres::start(&data_dir))?;
     create_database_if_missing(&pg).await?;
     Ok((pg.database_url(), Some(pg)))
+}
+
+fn root(args: &ServeArgs, command: RootCommand) -> anyhow::Result<()> {
+    use isdf_controller::roots::{read_key, RootChain};
+    let data_dir = resolve_data_dir(args)?;
+    match command {
+        RootCommand::Rotate {
+            root_key,
+            new_root_key,
+            signing_keys,
+            config_version_floor,
+        } => {
+            for key in &signing_keys {
+                isdf_api::TrustedKeys::parse_public_key(key).map_err(anyhow::Error::msg)?;
+            }
+            let current = read_key(&root_key)?;
+            let handover = new_root_key.as_deref().map(read_key).transpose()?;
+            let next = RootChain::rotate(
+                &data_dir,
+                &current,
+                handover.as_ref(),
+                signing_keys,
+                config_version_floor,
+            )?;
+            println!(
+                "signed root {}; restart the controller with a certified signing key",
+                next.version
+            );
+        }
+        RootCommand::Show => {
+            let chain = RootChain::load(&data_dir)?;
+            println!("{}", serde_json::to_string_pretty(&chain.latest)?);
+        }
+    }
+    Ok(())
 }
 
 fn cli_actor() -> String {

@@ -42,6 +42,8 @@ pub enum Resign {
     IfChanged,
     /// Also when the signed config expires before this instant.
     IfExpiringBefore(DateTime<Utc>),
+    /// Always (the signing key changed).
+    Always,
 }
 
 pub fn parse_assignments(
@@ -117,6 +119,7 @@ impl Reconciler {
                     && match resign {
                         Resign::IfChanged => true,
                         Resign::IfExpiringBefore(t) => *expires >= t,
+                        Resign::Always => false,
                     }
             });
             if unchanged {
@@ -189,6 +192,24 @@ impl Reconciler {
             .context("finding expiring configs")?;
         self.recompile(Some(&ids), Resign::IfExpiringBefore(threshold))
             .await
+    }
+
+    /// Re-signs every config signed by another key than the current one:
+    /// after a signing-key rotation, routers get configs they can verify
+    /// against the new root (with a new version).
+    pub async fn resign_other_keys(&self) -> anyhow::Result<RecompileSummary> {
+        let current = self.signer.key_id().0;
+        let stale: Vec<Uuid> = db::configs::all(&self.pool)
+            .await
+            .context("loading configs")?
+            .into_iter()
+            .filter(|row| {
+                serde_json::from_slice::<isdf_api::Envelope>(&row.envelope)
+                    .map_or(true, |e| e.signatures.iter().all(|s| s.keyid != current))
+            })
+            .map(|row| row.device_id)
+            .collect();
+        self.recompile(Some(&stale), Resign::Always).await
     }
 
     /// Fills the cache from the database at start.

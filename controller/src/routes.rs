@@ -92,6 +92,7 @@ pub fn device_router(state: AppState) -> Router {
         )
         .route(isdf_api::paths::DEVICE_PING, get(device_api::ping))
         .route(isdf_api::paths::DEVICE_RENEW, post(enrollment::renew))
+        .route(isdf_api::paths::DEVICE_ROOTS, get(device_api::roots))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))
         .with_state(state)

@@ -33,6 +33,8 @@ pub struct AgentBootstrap {
     pub enrollment_url: String,
     pub ca_pem: String,
     pub signing_public_key_hex: String,
+    /// The root chain (envelopes, oldest first), given to agents.
+    pub roots: Vec<String>,
 }
 
 impl AgentBootstrap {
@@ -45,12 +47,10 @@ impl AgentBootstrap {
              controller_url = \"{url}\"\n\
              ca_cert = \"/etc/isdf/ca.pem\"\n\
              enrollment_token_file = \"/etc/isdf/enrollment-token\"\n\
-             signing_public_keys = [\"{key}\"]\n\
              state_dir = \"/var/lib/isdf-agent\"\n\
              backend = \"auto\"\n",
             enroll = self.enrollment_url,
             url = self.device_api_url,
-            key = self.signing_public_key_hex,
         )
     }
 }

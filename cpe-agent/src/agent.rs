@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use isdf_api::root::RootDocument;
 use isdf_api::{
     open_device_config, DeviceConfig, OpenError, OpenPolicy, Outcome, StatusReport, TrustedKeys,
 };
@@ -52,6 +53,12 @@ pub struct Agent {
     /// comes from here.
     identity: Identity,
     trusted: TrustedKeys,
+    /// The newest root the agent verified (None: signing keys are pinned in
+    /// the settings, or the controller sent no roots).
+    root: Option<RootDocument>,
+    /// Set by a root that removed a compromised key: configs from this
+    /// version on are accepted again even below the enforced version.
+    version_floor: Option<u64>,
     backend: Box<dyn FirewallBackend>,
     state: StateDir,
     client: Client,
@@ -71,7 +78,8 @@ pub struct Agent {
 
 impl Agent {
     /// An agent for the enrolled router `identity`. Trusts the signing keys
-    /// of the settings if any are set, else those of the enrollment answer;
+    /// of the settings if any are set, else those of the newest verified
+    /// root (see `trust`);
     /// talks to `controller_url`, else the URL of the answer, trusting only
     /// the CA of the answer.
     pub fn new(
@@ -80,11 +88,14 @@ impl Agent {
         backend: Box<dyn FirewallBackend>,
     ) -> anyhow::Result<Self> {
         let state = StateDir::open(&settings.state_dir)?;
-        let (client, trusted) = Self::connect(&settings, &identity)?;
+        let client = Self::connect(&settings, &identity)?;
+        let (trusted, root) = Self::trust(&settings, &identity, &state)?;
         Ok(Agent {
             settings,
             identity,
             trusted,
+            root,
+            version_floor: None,
             backend,
             state,
             client,
@@ -98,19 +109,82 @@ impl Agent {
         })
     }
 
-    fn connect(settings: &Settings, identity: &Identity) -> anyhow::Result<(Client, TrustedKeys)> {
-        let trusted = settings.trusted_keys(identity)?;
-        let client = Client::new(
+    /// The keys configs may be signed with: pinned in the settings, or those
+    /// of the newest root reachable from the enrollment answer's root 1
+    /// through the roots fetched since (each step verified), or, from a
+    /// controller without roots, the keys named at enrollment.
+    fn trust(
+        settings: &Settings,
+        identity: &Identity,
+        state: &StateDir,
+    ) -> anyhow::Result<(TrustedKeys, Option<RootDocument>)> {
+        let roots = &identity.certificate.roots;
+        if !settings.signing_public_keys.is_empty() || roots.is_empty() {
+            return Ok((settings.trusted_keys(identity)?, None));
+        }
+        let first = RootDocument::open_first(roots[0].as_bytes())
+            .map_err(|e| anyhow::anyhow!("root 1: {e}"))?;
+        let fetched = state.roots()?;
+        let latest = first
+            .walk(roots.iter().chain(&fetched).map(|e| e.as_bytes()))
+            .map_err(|e| anyhow::anyhow!("the root chain: {e}"))?;
+        let keys = latest.config_keys().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok((keys, Some(latest)))
+    }
+
+    /// After a config signed by an unknown key: fetches the controller's root
+    /// chain and, if it verifies from the newest root held, moves to it.
+    /// Returns whether the trusted keys changed.
+    async fn follow_roots(&mut self) -> bool {
+        let Some(current) = self.root.clone() else {
+            return false;
+        };
+        let chain = match self.client.roots().await {
+            Ok(chain) => chain,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not fetch the root chain");
+                return false;
+            }
+        };
+        let latest = match current.walk(chain.iter().map(|e| e.as_bytes())) {
+            Ok(latest) if latest.version > current.version => latest,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::warn!(code = e.code(), error = %e, "refused a root update; trust is unchanged");
+                return false;
+            }
+        };
+        let Ok(keys) = latest.config_keys() else {
+            return false;
+        };
+        if let Err(e) = self.state.save_roots(&chain) {
+            tracing::error!(error = ?e, "persisting the root chain");
+        }
+        tracing::info!(
+            from = current.version,
+            to = latest.version,
+            "moved to a new root"
+        );
+        if let Some(floor) = latest.config_version_floor {
+            self.version_floor = Some(floor);
+        }
+        self.trusted = keys;
+        self.root = Some(latest);
+        true
+    }
+
+    fn connect(settings: &Settings, identity: &Identity) -> anyhow::Result<Client> {
+        Client::new(
             settings.device_api_url(identity),
             identity.certificate.ca_pem.as_bytes(),
             identity,
-        )?;
-        Ok((client, trusted))
+        )
     }
 
     /// Switches to a renewed or re-enrolled identity (already persisted).
     fn adopt(&mut self, identity: Identity) -> anyhow::Result<()> {
-        let (client, trusted) = Self::connect(&self.settings, &identity)?;
+        let client = Self::connect(&self.settings, &identity)?;
+        let (trusted, root) = Self::trust(&self.settings, &identity, &self.state)?;
         if identity.device_id() != self.identity.device_id() {
             // Enrolled again as another device: the enforced config stays in
             // the kernel (and is put back if a new one fails), but its
@@ -122,7 +196,11 @@ impl Agent {
             );
         }
         self.client = client;
-        self.trusted = trusted;
+        // Never step back to an older root than the one already followed.
+        if root.as_ref().map(|r| r.version) >= self.root.as_ref().map(|r| r.version) {
+            self.trusted = trusted;
+            self.root = root;
+        }
         self.identity = identity;
         Ok(())
     }
@@ -188,12 +266,13 @@ impl Agent {
     /// roll back. `version_hint` is the unverified version the server claimed
     /// (its ETag); it only decides what to poll for next.
     pub async fn handle_envelope(&mut self, envelope: Vec<u8>, version_hint: Option<u64>) {
-        let policy = OpenPolicy {
-            device_id: self.identity.device_id(),
-            enforced_version: self.enforced_version(),
-            now: Some(unix_now()),
-        };
-        let config = match open_device_config(&envelope, &self.trusted, &policy) {
+        let mut opened = self.open(&envelope);
+        // Signed by a key we do not know yet: perhaps the controller rotated
+        // its key under a new root. Follow the chain once, then try again.
+        if matches!(&opened, Err(OpenError::UnknownKey(_))) && self.follow_roots().await {
+            opened = self.open(&envelope);
+        }
+        let config = match opened {
             Ok(config) => config,
             Err(e) => return self.reject(&e, version_hint),
         };
@@ -208,6 +287,7 @@ impl Agent {
                 tracing::info!(version, "applied config");
                 self.enforced = Some(Enforced { config });
                 self.held_back = None;
+                self.version_floor = None;
                 self.set_result(Outcome::Applied, Some(version), vec![]);
             }
             Err(reason) => {
@@ -236,6 +316,21 @@ impl Agent {
         tracing::warn!(code = e.code(), error = %e, "rejected config; the firewall is unchanged");
         self.set_result(Outcome::Rejected, None, vec![format!("{}: {e}", e.code())]);
         self.hold_back(version_hint);
+    }
+
+    fn open(&self, envelope: &[u8]) -> Result<DeviceConfig, OpenError> {
+        // After a root removed a compromised key, versions from the floor on
+        // count as newer again (the attacker may have signed a huge one).
+        let enforced = self.enforced_version().map(|v| match self.version_floor {
+            Some(floor) if v >= floor => floor.saturating_sub(1),
+            _ => v,
+        });
+        let policy = OpenPolicy {
+            device_id: self.identity.device_id(),
+            enforced_version: enforced,
+            now: Some(unix_now()),
+        };
+        open_device_config(envelope, &self.trusted, &policy)
     }
 
     /// Applies `firewall` and checks the kernel holds it.

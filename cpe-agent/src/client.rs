@@ -313,6 +313,26 @@ impl Client {
 
     /// Asks for a certificate for the key pair of `csr_pem`, authenticated
     /// by the current certificate.
+    /// The controller's root chain (envelopes as JSON text, oldest first).
+    pub async fn roots(&self) -> anyhow::Result<Vec<String>> {
+        let response = self
+            .http
+            .get(format!("{}{}", self.base, paths::DEVICE_ROOTS))
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .context("fetching the root chain")?;
+        if !response.status().is_success() {
+            anyhow::bail!(
+                "controller answered {} for the root chain",
+                response.status()
+            );
+        }
+        let chain: Vec<serde_json::Value> =
+            response.json().await.context("reading the root chain")?;
+        Ok(chain.iter().map(|v| v.to_string()).collect())
+    }
+
     pub async fn renew(&self, csr_pem: &str) -> anyhow::Result<DeviceCertificate> {
         let response = self
             .http

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 const LAST_GOOD: &str = "last-good.envelope.json";
 const SEQUENCE: &str = "status-sequence";
+const ROOTS: &str = "roots.json";
 /// The device identity: one file holding the certificate answer and the
 /// private key, mode 0600.
 ///
@@ -135,6 +136,22 @@ impl StateDir {
         self.write_atomically(LAST_GOOD, envelope, 0o644)
     }
 
+    /// Root documents fetched after enrollment (envelopes, oldest first).
+    pub fn roots(&self) -> anyhow::Result<Vec<String>> {
+        let path = self.dir.join(ROOTS);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Persists the chain the agent walked (verified before it is saved).
+    pub fn save_roots(&self, envelopes: &[String]) -> anyhow::Result<()> {
+        self.write_atomically(ROOTS, &serde_json::to_vec(envelopes)?, 0o644)
+    }
+
     /// The next status sequence number, persisted before it is used. Seeded
     /// from the clock (milliseconds) so a router whose state was wiped still
     /// reports above its old sequence.
@@ -179,6 +196,7 @@ mod tests {
                 ca_pem: "ca".into(),
                 signing_public_keys: vec!["00".repeat(32)],
                 device_api_url: "https://controller.test:8443".into(),
+                roots: Vec::new(),
                 not_before: 1_000,
                 not_after: 4_000,
             },

@@ -72,6 +72,7 @@ impl TestCa {
             ca_pem: self.pem(),
             signing_public_keys: vec![SIGNING_KEY_HEX.into()],
             device_api_url: device_api_url.into(),
+            roots: Vec::new(),
             not_before: now - 10,
             not_after: now + 3600,
         }

@@ -136,6 +136,22 @@ pub async fn report_status(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The root chain (oldest first): agents walk it from the newest root they
+/// hold when a config is signed by a key they do not know yet.
+pub async fn roots(
+    Device(_): Device,
+    State(state): State<AppState>,
+) -> Json<Vec<serde_json::Value>> {
+    Json(
+        state
+            .agent_bootstrap
+            .roots
+            .iter()
+            .filter_map(|e| serde_json::from_str(e).ok())
+            .collect(),
+    )
+}
+
 /// Reachability check the agent makes after applying a config.
 pub async fn ping(Device(_): Device) -> Json<serde_json::Value> {
     Json(serde_json::json!({"ok": true}))

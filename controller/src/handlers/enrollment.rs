@@ -168,6 +168,7 @@ fn issue(
         ca_pem: state.agent_bootstrap.ca_pem.clone(),
         signing_public_keys: vec![state.agent_bootstrap.signing_public_key_hex.clone()],
         device_api_url: state.agent_bootstrap.device_api_url.clone(),
+        roots: state.agent_bootstrap.roots.clone(),
         not_before: issued.not_before,
         not_after: issued.not_after,
     };

@@ -39,6 +39,23 @@ async fn enrollment_issues_a_certificate_naming_the_device_only() {
     );
     assert!(device.certificate.not_after > device.certificate.not_before);
     assert_eq!(h.poll(&device, None, 0).await.0, StatusCode::OK);
+    // The root chain comes with the certificate and from the device API.
+    let root =
+        isdf_api::root::RootDocument::open_first(device.certificate.roots[0].as_bytes()).unwrap();
+    assert_eq!(
+        root.signing_keys,
+        std::slice::from_ref(&h.controller.signing_public_key_hex)
+    );
+    let served: Vec<serde_json::Value> = device
+        .http
+        .get(device.url(isdf_api::paths::DEVICE_ROOTS))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served.len(), 1);
     let view = h.get(&format!("/api/v1/devices/{id}")).await;
     let expires: chrono::DateTime<chrono::Utc> =
         serde_json::from_value(view.body["certificate_expires_at"].clone()).unwrap();

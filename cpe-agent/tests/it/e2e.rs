@@ -787,3 +787,102 @@ fn the_agent_renews_its_certificate_before_expiry() {
         stage.controller.stop().await.unwrap();
     });
 }
+
+/// Rotating the config-signing key under a new root, with a running agent:
+/// the agent follows the root chain and takes configs signed with the new
+/// key; the old key is refused from then on. No re-enrollment.
+#[test]
+fn signing_key_rotation_with_a_running_agent() {
+    in_wan("rot", |topo, work| async move {
+        serve_greeting(BLOCKED_PORT).await;
+        let Stage {
+            controller,
+            controller_dir,
+            device_addr,
+            operator,
+            device,
+            config_path,
+            log,
+        } = Stage::prepare(&work, None).await;
+        let agent = AgentProcess::start(&topo.router, &config_path, "nftables", &log);
+        operator
+            .block_everywhere(json!([{"protocol": "tcp", "dst": WAN_HOST, "dport": BLOCKED_PORT}]))
+            .await;
+        operator.wait_applied(&device, 2).await;
+        let old_key = FileSigner::load_or_create(&controller_dir.join("signing-key.pem")).unwrap();
+
+        // Offline: a new signing key, and root 2 certifying only it.
+        let new_key_path = controller_dir.join("new-signing-key.pem");
+        let new_key = isdf_controller::roots::generate_key(&new_key_path).unwrap();
+        let root_key =
+            isdf_controller::roots::read_key(&controller_dir.join("root-key.pem")).unwrap();
+        let new_hex = isdf_controller::roots::public_hex(&new_key);
+        isdf_controller::roots::RootChain::rotate(
+            &controller_dir,
+            &root_key,
+            None,
+            vec![new_hex],
+            None,
+        )
+        .unwrap();
+        // Swap the key and restart: the controller re-signs every config.
+        let database_url = controller.database_url.clone();
+        controller.stop().await.unwrap();
+        std::fs::rename(&new_key_path, controller_dir.join("signing-key.pem")).unwrap();
+        let mut options = TestControllerOptions::new(&controller_dir);
+        options.device_listen = device_addr;
+        options.device_tls_names = vec![WAN_HOST.to_owned()];
+        options.database_url = Some(database_url);
+        let controller = TestController::start(options)
+            .await
+            .expect("controller restarts");
+        let operator = Operator {
+            http: reqwest::Client::new(),
+            url: controller.api_url.clone(),
+            token: controller.operator_token.clone(),
+        };
+        operator.wait_applied(&device, 3).await;
+        assert!(
+            agent.log().contains("moved to a new root"),
+            "{}",
+            agent.log()
+        );
+        let enforced = ruleset(&topo.router, "nftables");
+
+        // The old key is refused now, even for a much higher version.
+        controller.stop().await.unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let config: DeviceConfig =
+            serde_json::from_value(json!({"device_id": device, "version": 100,
+            "issued_at": now - 5, "expires_at": now + 3600, "firewall": {}}))
+            .unwrap();
+        let forged = old_key
+            .sign(CONFIG_PAYLOAD_TYPE, &serde_json::to_vec(&config).unwrap())
+            .unwrap()
+            .to_json();
+        let mut rogue = RogueController::start(device_addr, &controller_dir).await;
+        rogue.serve_next(forged);
+        let report = loop {
+            let report = rogue
+                .next_report(Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("no report; agent log:\n{}", agent.log()));
+            if report.outcome == Outcome::Rejected {
+                break report;
+            }
+        };
+        assert!(
+            report.errors[0].starts_with("unknown_key"),
+            "{:?}",
+            report.errors
+        );
+        assert_eq!(report.enforced_version, Some(3));
+        assert_eq!(
+            ruleset(&topo.router, "nftables"),
+            enforced,
+            "the kernel ruleset is unchanged"
+        );
+        rogue.stop();
+        drop(agent);
+    });
+}
