@@ -861,28 +861,160 @@ fn signing_key_rotation_with_a_running_agent() {
             .unwrap()
             .to_json();
         let mut rogue = RogueController::start(device_addr, &controller_dir).await;
-        rogue.serve_next(forged);
-        let report = loop {
-            let report = rogue
-                .next_report(Duration::from_secs(30))
-                .await
-                .unwrap_or_else(|| panic!("no report; agent log:\n{}", agent.log()));
-            if report.outcome == Outcome::Rejected {
-                break report;
-            }
-        };
-        assert!(
-            report.errors[0].starts_with("unknown_key"),
-            "{:?}",
-            report.errors
+        rogue.serve_roots(
+            isdf_controller::roots::RootChain::load(&controller_dir)
+                .unwrap()
+                .envelopes,
         );
-        assert_eq!(report.enforced_version, Some(3));
+        let rejected = next_rejection(&mut rogue, &agent, forged).await;
+        assert!(
+            rejected.errors[0].starts_with("unknown_key"),
+            "{:?}",
+            rejected.errors
+        );
+        assert_eq!(rejected.enforced_version, Some(3));
         assert_eq!(
             ruleset(&topo.router, "nftables"),
             enforced,
             "the kernel ruleset is unchanged"
         );
+
+        // A root rotation signed by the wrong key is not followed: the
+        // attacker's signing key stays unknown.
+        let attacker_root = ed25519_dalek::SigningKey::from_bytes(&[66; 32]);
+        let attacker_online =
+            FileSigner::from_key(ed25519_dalek::SigningKey::from_bytes(&[67; 32]));
+        let fake_root = isdf_api::root::RootDocument {
+            version: 3,
+            root_keys: vec![isdf_controller::roots::public_hex(&attacker_root)],
+            signing_keys: vec![hex_of(&attacker_online)],
+            config_version_floor: Some(1),
+        };
+        let fake_root = isdf_api::root::seal_with_all(
+            isdf_api::root::ROOT_PAYLOAD_TYPE,
+            &serde_json::to_vec(&fake_root).unwrap(),
+            &[&attacker_root],
+        );
+        let mut chain = isdf_controller::roots::RootChain::load(&controller_dir)
+            .unwrap()
+            .envelopes;
+        chain.push(String::from_utf8(fake_root.to_json()).unwrap());
+        rogue.serve_roots(chain);
+        let signed = |signer: &FileSigner, version: u64| {
+            let c = DeviceConfig {
+                version,
+                ..config.clone()
+            };
+            signer
+                .sign(CONFIG_PAYLOAD_TYPE, &serde_json::to_vec(&c).unwrap())
+                .unwrap()
+                .to_json()
+        };
+        let rejected = next_rejection(&mut rogue, &agent, signed(&attacker_online, 101)).await;
+        assert!(
+            rejected.errors[0].starts_with("unknown_key"),
+            "{:?}",
+            rejected.errors
+        );
+        assert!(
+            agent.log().contains("root_not_signed_by_current_root"),
+            "{}",
+            agent.log()
+        );
+        assert_eq!(
+            ruleset(&topo.router, "nftables"),
+            enforced,
+            "the kernel ruleset is unchanged"
+        );
+
+        // Recovery from a compromised signing key that signed a huge version:
+        // root 3 drops it and sets a version floor, so the controller's
+        // ordinary next version is accepted again.
+        let compromised = FileSigner::from_key(new_key.clone());
+        rogue.serve_next(signed(&compromised, 1_000_000));
+        wait_report(&mut rogue, &agent, |r| {
+            r.outcome == Outcome::Applied && r.enforced_version == Some(1_000_000)
+        })
+        .await;
+        let recovery_key = ed25519_dalek::SigningKey::from_bytes(&[68; 32]);
+        isdf_controller::roots::RootChain::rotate(
+            &controller_dir,
+            &root_key,
+            None,
+            vec![isdf_controller::roots::public_hex(&recovery_key)],
+            Some(4),
+        )
+        .unwrap();
+        rogue.serve_roots(
+            isdf_controller::roots::RootChain::load(&controller_dir)
+                .unwrap()
+                .envelopes,
+        );
+        rogue.serve_next(signed(&FileSigner::from_key(recovery_key), 4));
+        wait_report(&mut rogue, &agent, |r| {
+            r.outcome == Outcome::Applied && r.enforced_version == Some(4)
+        })
+        .await;
+        // And the compromised key is refused from then on.
+        let rejected = next_rejection(&mut rogue, &agent, signed(&compromised, 2_000_000)).await;
+        assert!(
+            rejected.errors[0].starts_with("unknown_key"),
+            "{:?}",
+            rejected.errors
+        );
         rogue.stop();
         drop(agent);
     });
+}
+
+fn hex_of(signer: &FileSigner) -> String {
+    signer
+        .public_key()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Waits for a report from the agent that satisfies `done`; a rejection
+/// on the way fails the test.
+async fn wait_report(
+    rogue: &mut RogueController,
+    agent: &AgentProcess,
+    done: impl Fn(&isdf_api::StatusReport) -> bool,
+) {
+    loop {
+        let report = rogue
+            .next_report(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("no report; agent log:\n{}", agent.log()));
+        assert_ne!(
+            report.outcome,
+            Outcome::Rejected,
+            "{:?}\n{}",
+            report.errors,
+            agent.log()
+        );
+        if done(&report) {
+            return;
+        }
+    }
+}
+
+/// Serves `envelope` and waits for the agent's rejection report.
+async fn next_rejection(
+    rogue: &mut RogueController,
+    agent: &AgentProcess,
+    envelope: Vec<u8>,
+) -> isdf_api::StatusReport {
+    rogue.serve_next(envelope);
+    loop {
+        let report = rogue
+            .next_report(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("no report; agent log:\n{}", agent.log()));
+        if report.outcome == Outcome::Rejected {
+            return report;
+        }
+    }
 }

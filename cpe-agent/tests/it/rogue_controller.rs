@@ -19,11 +19,14 @@ use tokio::sync::mpsc;
 #[derive(Clone)]
 struct Shared {
     queue: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    /// The root chain served at /device/v1/roots (envelopes as JSON text).
+    roots: Arc<Mutex<Vec<String>>>,
     reports: mpsc::UnboundedSender<StatusReport>,
 }
 
 pub struct RogueController {
     queue: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    roots: Arc<Mutex<Vec<String>>>,
     pub reports: mpsc::UnboundedReceiver<StatusReport>,
     handle: axum_server::Handle,
 }
@@ -37,6 +40,16 @@ async fn serve_config(State(shared): State<Shared>) -> Response {
             StatusCode::NOT_MODIFIED.into_response()
         }
     }
+}
+
+async fn serve_roots(State(shared): State<Shared>) -> Json<Vec<serde_json::Value>> {
+    let roots = shared.roots.lock().unwrap().clone();
+    Json(
+        roots
+            .iter()
+            .map(|r| serde_json::from_str(r).unwrap())
+            .collect(),
+    )
 }
 
 async fn take_report(State(shared): State<Shared>, Json(report): Json<StatusReport>) -> StatusCode {
@@ -54,12 +67,14 @@ impl RogueController {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Shared {
             queue: Arc::default(),
+            roots: Arc::default(),
             reports: tx,
         };
         let router = Router::new()
             .route(isdf_api::paths::DEVICE_CONFIG, get(serve_config))
             .route(isdf_api::paths::DEVICE_STATUS, post(take_report))
             .route(isdf_api::paths::DEVICE_PING, get(|| async { "ok" }))
+            .route(isdf_api::paths::DEVICE_ROOTS, get(serve_roots))
             .with_state(shared.clone());
         let listener = std::net::TcpListener::bind(addr).expect("binding the rogue server");
         listener.set_nonblocking(true).unwrap();
@@ -73,9 +88,15 @@ impl RogueController {
         tokio::spawn(server);
         RogueController {
             queue: shared.queue,
+            roots: shared.roots,
             reports: rx,
             handle,
         }
+    }
+
+    /// Serves this root chain from now on.
+    pub fn serve_roots(&self, roots: Vec<String>) {
+        *self.roots.lock().unwrap() = roots;
     }
 
     pub fn serve_next(&self, envelope: Vec<u8>) {
