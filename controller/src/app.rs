@@ -28,6 +28,10 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub database_url: String,
     pub api_listen: SocketAddr,
+    /// Serve the operator API over HTTPS (the controller CA's certificate).
+    /// Required when it listens beyond loopback: bearer tokens must not
+    /// cross a network in clear.
+    pub api_tls: bool,
     pub device_listen: SocketAddr,
     /// The device API URL agents are told to use; derived from the bound address if None.
     pub device_public_url: Option<String>,
@@ -45,6 +49,8 @@ pub struct Settings {
 
 pub struct Application {
     pub api_addr: SocketAddr,
+    /// `http://` or `https://` and the bound address.
+    pub api_url: String,
     pub device_addr: SocketAddr,
     pub device_api_url: String,
     pub enrollment_addr: SocketAddr,
@@ -55,6 +61,7 @@ pub struct Application {
     pub ca_pem: String,
     pub signing_public_key_hex: String,
     api_listener: std::net::TcpListener,
+    api_tls: Option<Arc<rustls::ServerConfig>>,
     device_listener: std::net::TcpListener,
     enrollment_listener: std::net::TcpListener,
     device_tls: Arc<rustls::ServerConfig>,
@@ -112,6 +119,13 @@ impl Application {
         let device_tls = pki.device_server_config()?;
         let enrollment_tls = pki.enrollment_server_config()?;
 
+        if !settings.api_tls && !settings.api_listen.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to serve the operator API over plain HTTP on {}: operator tokens would \
+                 cross the network in clear; add --api-tls or listen on loopback",
+                settings.api_listen
+            );
+        }
         let api_listener = bind(settings.api_listen)?;
         let device_listener = bind(settings.device_listen)?;
         let api_addr = api_listener.local_addr()?;
@@ -171,6 +185,10 @@ impl Application {
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
             api_addr,
+            api_url: format!(
+                "{}://{api_addr}",
+                if settings.api_tls { "https" } else { "http" }
+            ),
             device_addr,
             device_api_url,
             initial_operator_token,
@@ -180,6 +198,7 @@ impl Application {
             state,
             signing_public_key_hex,
             api_listener,
+            api_tls: settings.api_tls.then_some(enrollment_tls.clone()),
             device_listener,
             enrollment_listener,
             device_tls,
@@ -204,10 +223,23 @@ impl Application {
         limit_headers(device_server.http_builder(), &limits);
         let device_server =
             device_server.serve(routes::device_router(self.state.clone()).into_make_service());
-        let mut api_server = axum_server::from_tcp(self.api_listener).handle(handle.clone());
-        limit_headers(api_server.http_builder(), &limits);
-        let api_server =
-            api_server.serve(routes::operator_router(self.state.clone()).into_make_service());
+        let operator_app = routes::operator_router(self.state.clone()).into_make_service();
+        let api_server: std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
+        > = match self.api_tls {
+            Some(config) => {
+                let mut server = axum_server::from_tcp(self.api_listener)
+                    .acceptor(tls_acceptor(config))
+                    .handle(handle.clone());
+                limit_headers(server.http_builder(), &limits);
+                Box::pin(server.serve(operator_app))
+            }
+            None => {
+                let mut server = axum_server::from_tcp(self.api_listener).handle(handle.clone());
+                limit_headers(server.http_builder(), &limits);
+                Box::pin(server.serve(operator_app))
+            }
+        };
         let mut enrollment_server = axum_server::from_tcp(self.enrollment_listener)
             .acceptor(tls_acceptor(self.enrollment_tls))
             .handle(handle.clone());

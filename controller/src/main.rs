@@ -103,6 +103,10 @@ struct ServeArgs {
         default_value = "127.0.0.1:8080"
     )]
     api_listen: SocketAddr,
+    /// Serve the operator API over HTTPS with the controller CA's certificate
+    /// (required when it listens beyond loopback).
+    #[arg(global = true, long, env = "ISDF_API_TLS")]
+    api_tls: bool,
     /// Device API (HTTPS).
     #[arg(
         global = true,
@@ -357,6 +361,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         database_url,
         api_listen: args.api_listen,
+        api_tls: args.api_tls,
         device_listen: args.device_listen,
         device_public_url: args.device_public_url,
         device_tls_names: names,
@@ -377,10 +382,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
     println!("iSDF controller is running.");
     println!(
-        "  Operator API:  http://{}/api/v1  (OpenAPI: http://{}/api/v1/openapi.json)",
-        app.api_addr, app.api_addr
+        "  Operator API:  {url}/api/v1  (OpenAPI: {url}/api/v1/openapi.json)",
+        url = app.api_url
     );
-    println!("  Dashboard:     http://{}/  (the web dashboard arrives with the rollouts work; the API is complete)", app.api_addr);
+    println!(
+        "  Dashboard:     {}/  (the web dashboard arrives with the rollouts work; the API is complete)",
+        app.api_url
+    );
     println!("  Device API:    {}", app.device_api_url);
     println!("  Enrollment:    {}", app.enrollment_url);
     println!("  Controller CA: {}", data_dir.join("ca.pem").display());

@@ -137,6 +137,7 @@ pub struct TestControllerOptions {
     pub device_tls_names: Vec<String>,
     pub limits: crate::limits::Limits,
     pub device_cert_lifetime: Duration,
+    pub api_tls: bool,
 }
 
 impl TestControllerOptions {
@@ -148,6 +149,7 @@ impl TestControllerOptions {
             device_tls_names: vec!["localhost".into(), "127.0.0.1".into()],
             limits: crate::limits::Limits::default(),
             device_cert_lifetime: Duration::from_secs(30 * 24 * 3600),
+            api_tls: false,
         }
     }
 }
@@ -163,6 +165,7 @@ impl TestController {
             data_dir: options.data_dir.clone(),
             database_url: database_url.clone(),
             api_listen: "127.0.0.1:0".parse()?,
+            api_tls: options.api_tls,
             device_listen: options.device_listen,
             device_public_url: None,
             device_tls_names: options.device_tls_names,
@@ -190,7 +193,7 @@ impl TestController {
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let controller = TestController {
-            api_url: format!("http://{}", app.api_addr),
+            api_url: app.api_url.clone(),
             device_url: app.device_api_url.clone(),
             enrollment_url: app.enrollment_url.clone(),
             operator_token,

@@ -196,3 +196,63 @@ async fn openapi_document_lists_the_routes() {
         assert!(paths.contains_key(p), "{p} missing");
     }
 }
+
+#[tokio::test]
+async fn the_operator_api_is_served_over_tls_on_request_and_never_in_clear_off_loopback() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = isdf_controller::test_support::TestControllerOptions::new(dir.path());
+    options.api_tls = true;
+    let controller = isdf_controller::test_support::TestController::start(options)
+        .await
+        .unwrap();
+    assert!(
+        controller.api_url.starts_with("https://"),
+        "{}",
+        controller.api_url
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut controller.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
+    let listed = https
+        .get(format!("{}/api/v1/devices", controller.api_url))
+        .bearer_auth(&controller.operator_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    let database_url = controller.database_url.clone();
+    controller.stop().await.unwrap();
+
+    let settings = isdf_controller::Settings {
+        data_dir: dir.path().to_owned(),
+        database_url,
+        api_listen: "0.0.0.0:0".parse().unwrap(),
+        api_tls: false,
+        device_listen: "127.0.0.1:0".parse().unwrap(),
+        device_public_url: None,
+        device_tls_names: vec!["localhost".into()],
+        enrollment_listen: "127.0.0.1:0".parse().unwrap(),
+        enrollment_public_url: None,
+        config_lifetime: std::time::Duration::from_secs(3600),
+        device_cert_lifetime: std::time::Duration::from_secs(3600),
+        limits: Default::default(),
+    };
+    let refused = isdf_controller::Application::build(settings)
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{refused:#}").contains("plain HTTP"), "{refused:#}");
+}
