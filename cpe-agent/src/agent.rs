@@ -15,7 +15,6 @@ use isdf_api::root::RootDocument;
 use isdf_api::{
     open_device_config, DeviceConfig, OpenError, OpenPolicy, Outcome, StatusReport, TrustedKeys,
 };
-use rand::Rng;
 
 use crate::backend::FirewallBackend;
 use crate::client::{Client, Poll};
@@ -626,11 +625,23 @@ impl Agent {
     }
 }
 
+/// A number in [0, 1) that differs between calls and between routers: std's
+/// randomly keyed SipHash over a counter. Good enough for jitter, and it
+/// spares the router a random number generator crate (binary size).
+fn unit_random() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Exponential backoff with full jitter between half and all of the step,
 /// so a fleet that lost its controller does not come back in lockstep.
 pub fn backoff(failures: u32, max: Duration) -> Duration {
     let step = Duration::from_secs(1u64 << failures.min(16).saturating_sub(1)).min(max);
-    let jitter = rand::thread_rng().gen_range(0.5..=1.0);
+    let jitter = 0.5 + 0.5 * unit_random();
     step.mul_f64(jitter)
 }
 
@@ -644,6 +655,14 @@ mod tests {
     use super::*;
     use crate::backend::BackendChoice;
     use crate::test_pki::{FakeController, TestCa, SIGNING_KEY_HEX};
+
+    #[test]
+    fn jitter_is_spread_over_the_unit_interval() {
+        let draws: Vec<f64> = (0..1000).map(|_| unit_random()).collect();
+        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
+        let low = draws.iter().filter(|d| **d < 0.5).count();
+        assert!((350..650).contains(&low), "{low} of 1000 below one half");
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
