@@ -211,17 +211,7 @@ async fn the_operator_api_is_served_over_tls_on_request_and_never_in_clear_off_l
         "{}",
         controller.api_url
     );
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut controller.ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = crate::support::trusting_the_ca(&controller.ca_pem).with_no_client_auth();
     let https = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .build()

@@ -31,17 +31,7 @@ impl Harness {
             .await
             .expect("controller starts");
 
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut controller.ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = trusting_the_ca(&controller.ca_pem).with_no_client_auth();
         Harness {
             controller,
             http: reqwest::Client::new(),
@@ -163,18 +153,9 @@ impl Harness {
         let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
             .unwrap()
             .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut self.controller.ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .unwrap();
+        let tls = trusting_the_ca(&self.controller.ca_pem)
+            .with_client_auth_cert(certs, key)
+            .unwrap();
         reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .build()
@@ -262,4 +243,20 @@ pub fn error_code(r: &Response) -> &str {
         r.body
     );
     r.body["error"]["code"].as_str().expect("error.code")
+}
+
+/// A TLS client configuration trusting only the controller CA.
+pub fn trusting_the_ca(
+    ca_pem: &str,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
 }
