@@ -327,6 +327,12 @@ impl DeviceConfig {
         }
         let mut set_names = HashSet::new();
         for set in &self.firewall.sets {
+            if set.name.as_str().starts_with(RESERVED_PREFIX) {
+                return fail(format!(
+                    "set `{}`: names starting with `{RESERVED_PREFIX}` are the router's own",
+                    set.name
+                ));
+            }
             if !set_names.insert(set.name.as_str()) {
                 return fail(format!("set `{}` is defined twice", set.name));
             }
@@ -336,6 +342,12 @@ impl DeviceConfig {
         }
         let mut rule_ids = HashSet::new();
         for rule in &self.firewall.rules {
+            if rule.id.as_str().starts_with(RESERVED_PREFIX) {
+                return fail(format!(
+                    "rule `{}`: names starting with `{RESERVED_PREFIX}` are the router's own",
+                    rule.id
+                ));
+            }
             if !rule_ids.insert(rule.id.as_str()) {
                 return fail(format!("rule `{}` is defined twice", rule.id));
             }
@@ -346,6 +358,11 @@ impl DeviceConfig {
         Ok(())
     }
 }
+
+/// Set names and rule ids starting with this belong to the agent: it adds
+/// its own sets and rules (local blocks, detections) next to the config's,
+/// and a config can never name them.
+pub const RESERVED_PREFIX: &str = "agent";
 
 fn check_element(set: &Set, element: &SetElement) -> Result<(), String> {
     let family = match (set.key, &element.value) {

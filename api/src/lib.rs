@@ -8,6 +8,7 @@
 pub mod config;
 pub mod enrollment;
 pub mod envelope;
+pub mod events;
 pub mod net;
 pub mod root;
 pub mod status;
@@ -33,7 +34,10 @@ pub mod paths {
     pub const DEVICE_PING: &str = "/device/v1/ping";
     /// The chain of root documents, oldest first (`GET`).
     pub const DEVICE_ROOTS: &str = "/device/v1/roots";
+    /// Events the router reports on its own: local blocks, detections (`POST`).
+    pub const DEVICE_EVENTS: &str = "/device/v1/events";
     /// Renew the client certificate over mutual TLS (`POST`).
+
     pub const DEVICE_RENEW: &str = "/device/v1/renew";
     /// Enroll with a token and a CSR, on the enrollment listener (`POST`).
     pub const ENROLL: &str = "/enroll/v1";

@@ -11,6 +11,15 @@ use isdf_api::{
 
 use crate::domain::{BlockAction, FlowBlockSpec, Labels, Selector, ServiceSpec};
 
+/// A timed block an operator set on one device, as the compiler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceBlock {
+    pub action: BlockAction,
+    pub pattern: FlowPattern,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
 /// An assignment as the compiler sees it: its selector and the parsed spec of
 /// the revision it pins.
 #[derive(Debug, Clone)]
@@ -21,19 +30,35 @@ pub struct CompiledAssignment {
     pub spec: ServiceSpec,
 }
 
+/// Flow patterns to block, by action and family, each with its expiry (None: permanent).
+type FlowBlocks = BTreeMap<(BlockAction, Family), BTreeMap<FlowPattern, Option<i64>>>;
+
 /// Compiles the firewall of a device with `labels` from every assignment in
-/// force. Assignments whose selector does not match are ignored; timed
-/// elements already expired at `now` are left out.
-pub fn compile_firewall(labels: &Labels, assignments: &[CompiledAssignment], now: i64) -> Firewall {
+/// force and the device's own timed blocks. Assignments whose selector does
+/// not match are ignored; timed elements already expired at `now` are left
+/// out.
+pub fn compile_firewall(
+    labels: &Labels,
+    assignments: &[CompiledAssignment],
+    device_blocks: &[DeviceBlock],
+    now: i64,
+) -> Firewall {
     // BTreeMap keys give a deterministic order, so equal inputs give equal digests.
-    let mut blocks: BTreeMap<(BlockAction, Family), BTreeMap<FlowPattern, Option<i64>>> =
-        BTreeMap::new();
+    let mut blocks = FlowBlocks::new();
     for assignment in assignments.iter().filter(|a| a.selector.matches(labels)) {
         match &assignment.spec {
             ServiceSpec::FlowBlock(spec) => {
                 add_flow_block(&mut blocks, spec, assignment.created_at, now)
             }
         }
+    }
+    for block in device_blocks.iter().filter(|b| b.expires_at > now) {
+        add_pattern(
+            &mut blocks,
+            block.action,
+            block.pattern.clone(),
+            Some(block.expires_at),
+        );
     }
 
     let mut firewall = Firewall::default();
@@ -86,12 +111,7 @@ fn flow_block_names(action: BlockAction, family: Family) -> (SetName, SetName) {
     (set, rule)
 }
 
-fn add_flow_block(
-    blocks: &mut BTreeMap<(BlockAction, Family), BTreeMap<FlowPattern, Option<i64>>>,
-    spec: &FlowBlockSpec,
-    assigned_at: i64,
-    now: i64,
-) {
+fn add_flow_block(blocks: &mut FlowBlocks, spec: &FlowBlockSpec, assigned_at: i64, now: i64) {
     let expires_at = spec
         .duration_secs
         .map(|d| assigned_at.saturating_add(i64::try_from(d).unwrap_or(i64::MAX)));
@@ -101,20 +121,29 @@ fn add_flow_block(
     for flow in &spec.flows {
         // Specs are checked when stored, so every flow expands.
         for pattern in flow.patterns().unwrap_or_default() {
-            let family = pattern.src.family();
-            let entry = blocks
-                .entry((spec.action, family))
-                .or_default()
-                .entry(pattern)
-                .or_insert(expires_at);
-            // The same flow from two assignments: the longer block wins, and
-            // a permanent one (None) beats any timed one.
-            *entry = match (*entry, expires_at) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                _ => None,
-            };
+            add_pattern(blocks, spec.action, pattern, expires_at);
         }
     }
+}
+
+fn add_pattern(
+    blocks: &mut FlowBlocks,
+    action: BlockAction,
+    pattern: FlowPattern,
+    expires_at: Option<i64>,
+) {
+    let family = pattern.src.family();
+    let entry = blocks
+        .entry((action, family))
+        .or_default()
+        .entry(pattern)
+        .or_insert(expires_at);
+    // The same flow blocked twice: the longer block wins, and a permanent
+    // one (None) beats any timed one.
+    *entry = match (*entry, expires_at) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        _ => None,
+    };
 }
 
 #[cfg(test)]
@@ -150,7 +179,7 @@ mod tests {
             ),
             assignment("env=lab", 100, r#"{"flows":[{"dst":"203.0.113.0/24"}]}"#),
         ];
-        let firewall = compile_firewall(&labels(&[("env", "prod")]), &assignments, 120);
+        let firewall = compile_firewall(&labels(&[("env", "prod")]), &assignments, &[], 120);
         insta::assert_json_snapshot!(firewall);
     }
 
@@ -162,12 +191,12 @@ mod tests {
             r#"{"flows":[{"protocol":"tcp","dport":1}],"duration_secs":60}"#,
         )];
         assert_eq!(
-            compile_firewall(&Labels::default(), &assignments, 159)
+            compile_firewall(&Labels::default(), &assignments, &[], 159)
                 .sets
                 .len(),
             2
         );
-        assert!(compile_firewall(&Labels::default(), &assignments, 160)
+        assert!(compile_firewall(&Labels::default(), &assignments, &[], 160)
             .sets
             .is_empty());
     }
@@ -178,11 +207,11 @@ mod tests {
             r#"{"flows":[{"protocol":"tcp","dst":"192.0.2.1","dport":1}],"duration_secs":60}"#;
         let permanent = r#"{"flows":[{"protocol":"tcp","dst":"192.0.2.1","dport":1}]}"#;
         let timed = [assignment("*", 100, spec), assignment("*", 200, spec)];
-        let fw = compile_firewall(&Labels::default(), &timed, 150);
+        let fw = compile_firewall(&Labels::default(), &timed, &[], 150);
         assert_eq!(fw.sets[0].elements.len(), 1);
         assert_eq!(fw.sets[0].elements[0].expires_at, Some(260));
         let mixed = [assignment("*", 100, spec), assignment("*", 100, permanent)];
-        let fw = compile_firewall(&Labels::default(), &mixed, 150);
+        let fw = compile_firewall(&Labels::default(), &mixed, &[], 150);
         assert_eq!(fw.sets[0].elements[0].expires_at, None);
     }
 
@@ -198,9 +227,36 @@ mod tests {
             2,
             r#"{"action":"reject","flows":[{"dst":"2001:db8::1"}]}"#,
         );
-        let one = compile_firewall(&Labels::default(), &[a.clone(), b.clone()], 0);
-        let two = compile_firewall(&Labels::default(), &[b, a], 0);
+        let one = compile_firewall(&Labels::default(), &[a.clone(), b.clone()], &[], 0);
+        let two = compile_firewall(&Labels::default(), &[b, a], &[], 0);
         assert_eq!(one.digest(), two.digest());
+    }
+
+    #[test]
+    fn device_blocks_join_the_flow_sets_until_they_expire() {
+        let pattern: FlowPattern = serde_json::from_value(serde_json::json!(
+            {"protocol": "tcp", "src": "192.0.2.2", "sport": 40000, "dst": "198.51.100.2", "dport": 22}
+        ))
+        .unwrap();
+        let service = [assignment(
+            "*",
+            100,
+            r#"{"flows":[{"protocol":"tcp","src":"192.0.2.2","sport":40000,"dst":"198.51.100.2","dport":22}],"duration_secs":10}"#,
+        )];
+        let block = DeviceBlock {
+            action: BlockAction::Drop,
+            pattern: pattern.clone(),
+            expires_at: 130,
+        };
+        // Merged with the same flow from a service: the later end wins.
+        let fw = compile_firewall(&Labels::default(), &service, &[block.clone()], 105);
+        assert_eq!(fw.sets.len(), 1);
+        assert_eq!(fw.sets[0].elements.len(), 1);
+        assert_eq!(fw.sets[0].elements[0].expires_at, Some(130));
+        assert_eq!(fw.rules[0].action, Action::Drop);
+        assert!(compile_firewall(&Labels::default(), &[], &[block], 130)
+            .sets
+            .is_empty());
     }
 
     #[test]
@@ -210,7 +266,7 @@ mod tests {
             0,
             r#"{"flows":[{"protocol":"icmp"},{"protocol":"tcp","sport":"1-2","dst":"::/0","dport":3}]}"#,
         )];
-        let firewall = compile_firewall(&Labels::default(), &assignments, 0);
+        let firewall = compile_firewall(&Labels::default(), &assignments, &[], 0);
         let config = isdf_api::DeviceConfig {
             device_id: "d".into(),
             version: 1,
@@ -267,7 +323,7 @@ mod tests {
                 created_at: 100_000,
                 spec: ServiceSpec::parse(ServiceKind::FlowBlock, &spec).unwrap(),
             };
-            let firewall = compile_firewall(&Labels::default(), &[assignment], now);
+            let firewall = compile_firewall(&Labels::default(), &[assignment], &[], now);
             let config = isdf_api::DeviceConfig { device_id: "d".into(), version: 1, issued_at: 0, expires_at: 1, firewall };
             proptest::prop_assert!(config.validate().is_ok());
             let bytes = serde_json::to_vec(&config).unwrap();

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::handlers::{assignments, device_api, devices, enrollment, operators, services};
+use crate::handlers::{assignments, blocks, device_api, devices, enrollment, operators, services};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,7 +17,8 @@ use crate::handlers::{assignments, device_api, devices, enrollment, operators, s
         assignments::create, assignments::list, assignments::get, assignments::update,
         assignments::delete,
         operators::create, operators::list, operators::revoke, operators::audit,
-        device_api::poll_config, device_api::report_status,
+        blocks::create, blocks::list, blocks::delete, blocks::events,
+        device_api::poll_config, device_api::report_status, device_api::report_events,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::domain::FlowBlockSpec, crate::domain::FlowSpec,

@@ -12,10 +12,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::compiler::{compile_firewall, CompiledAssignment};
+use crate::compiler::{compile_firewall, CompiledAssignment, DeviceBlock};
 use crate::config_cache::{ConfigCache, ServedConfig};
 use crate::db;
-use crate::domain::{Labels, Selector, ServiceKind, ServiceSpec};
+use crate::domain::{BlockAction, Labels, Selector, ServiceKind, ServiceSpec};
 use crate::signer::ConfigSigner;
 
 /// Serialises recompiles across controller replicas (pg advisory lock key).
@@ -72,6 +72,21 @@ pub fn parse_assignments(
         .collect()
 }
 
+/// An operator block row as the compiler takes it. The wire carries whole
+/// seconds: the end is rounded to the nearest one (within half a second of
+/// what was asked).
+fn device_block(row: &db::blocks::BlockRow) -> DeviceBlock {
+    DeviceBlock {
+        action: if row.action == "reject" {
+            BlockAction::Reject
+        } else {
+            BlockAction::Drop
+        },
+        pattern: row.flow.0.clone(),
+        expires_at: (row.expires_at.timestamp_millis() + 500).div_euclid(1000),
+    }
+}
+
 impl Reconciler {
     /// Recompiles `devices` (every device when None).
     #[tracing::instrument(skip(self, devices), fields(devices = devices.map_or(-1, |d| d.len() as i64)))]
@@ -98,6 +113,18 @@ impl Reconciler {
                 .context("loading assignments")?,
         );
         let ids: Vec<Uuid> = targets.iter().map(|(id, _)| *id).collect();
+        let now = Utc::now();
+        let mut device_blocks: std::collections::HashMap<Uuid, Vec<DeviceBlock>> =
+            std::collections::HashMap::new();
+        for row in db::blocks::active_operator_blocks(&mut *tx, devices, now)
+            .await
+            .context("loading device blocks")?
+        {
+            device_blocks
+                .entry(row.device_id)
+                .or_default()
+                .push(device_block(&row));
+        }
         let existing: std::collections::HashMap<Uuid, (i64, String, DateTime<Utc>)> =
             db::configs::versions_for_update(&mut *tx, &ids)
                 .await
@@ -106,12 +133,12 @@ impl Reconciler {
                 .map(|(id, v, d, e)| (id, (v, d, e)))
                 .collect();
 
-        let now = Utc::now();
         let lifetime = chrono::Duration::from_std(self.config_lifetime).context("lifetime")?;
         let mut published = Vec::new();
         for (id, labels) in &targets {
             let labels = Labels::parse(labels.0.clone()).unwrap_or_default();
-            let firewall = compile_firewall(&labels, &assignments, now.timestamp());
+            let blocks = device_blocks.get(id).map_or(&[][..], Vec::as_slice);
+            let firewall = compile_firewall(&labels, &assignments, blocks, now.timestamp());
             let digest = firewall.digest();
             let previous = existing.get(id);
             let unchanged = previous.is_some_and(|(_, d, expires)| {

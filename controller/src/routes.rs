@@ -6,7 +6,7 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::authorize_and_audit;
-use crate::handlers::{assignments, device_api, devices, enrollment, operators, services};
+use crate::handlers::{assignments, blocks, device_api, devices, enrollment, operators, services};
 use crate::openapi;
 use crate::state::AppState;
 
@@ -30,6 +30,15 @@ pub fn operator_router(state: AppState) -> Router {
             "/api/v1/devices/{id}/status/history",
             get(devices::status_history),
         )
+        .route(
+            "/api/v1/devices/{id}/blocks",
+            post(blocks::create).get(blocks::list),
+        )
+        .route(
+            "/api/v1/devices/{id}/blocks/{block_id}",
+            axum::routing::delete(blocks::delete),
+        )
+        .route("/api/v1/devices/{id}/events", get(blocks::events))
         .route(
             "/api/v1/devices/{id}/enrollment-token",
             post(devices::create_enrollment_token),
@@ -89,6 +98,10 @@ pub fn device_router(state: AppState) -> Router {
         .route(
             isdf_api::paths::DEVICE_STATUS,
             post(device_api::report_status),
+        )
+        .route(
+            isdf_api::paths::DEVICE_EVENTS,
+            post(device_api::report_events),
         )
         .route(isdf_api::paths::DEVICE_PING, get(device_api::ping))
         .route(isdf_api::paths::DEVICE_RENEW, post(enrollment::renew))

@@ -8,9 +8,12 @@
 
 pub mod assignments;
 pub mod audit;
+pub mod blocks;
 pub mod configs;
 pub mod devices;
 pub mod enrollment;
+pub mod events;
+
 pub mod operators;
 pub mod services;
 pub mod status;

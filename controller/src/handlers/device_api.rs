@@ -136,7 +136,80 @@ pub async fn report_status(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/device/v1/events", tag = "device",
+    responses((status = 200, description = "How many events were new"), (status = 400, body = crate::error::ErrorBody)))]
+/// Events the router reports on its own (local blocks, detections). Each
+
+/// event is stored once per sequence number, so a resent batch changes
+/// nothing; router-side blocks appear in the device's block list.
+pub async fn report_events(
+    Device(id): Device,
+    State(state): State<AppState>,
+    ApiJson(batch): ApiJson<isdf_api::events::EventBatch>,
+) -> ApiResult<Json<serde_json::Value>> {
+    use isdf_api::events::{EventKind, MAX_EVENTS_PER_BATCH};
+    if batch.events.len() > MAX_EVENTS_PER_BATCH {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_EVENTS_PER_BATCH} events per batch"
+        )));
+    }
+    for event in &batch.events {
+        let block = &event.block;
+        if event.sequence > i64::MAX as u64 || block.id > i64::MAX as u64 {
+            return Err(ApiError::invalid("sequence or block id is too large"));
+        }
+        block
+            .flow
+            .check()
+            .map_err(|e| ApiError::invalid(format!("event {}: {e}", event.sequence)))?;
+        if block.reason.chars().count() > 200 {
+            return Err(ApiError::invalid(format!(
+                "event {}: reason is longer than 200 characters",
+                event.sequence
+            )));
+        }
+    }
+    let mut tx = state.pool.begin().await?;
+    let mut stored = 0;
+    for event in &batch.events {
+        let at = chrono::DateTime::from_timestamp_millis(event.at_ms)
+            .ok_or_else(|| ApiError::invalid("at_ms is out of range"))?;
+        if !db::events::record(&mut tx, id, event, at).await? {
+            continue;
+        }
+        stored += 1;
+        let block = &event.block;
+        let router_block_id = block.id as i64;
+        match event.kind {
+            EventKind::Block => {
+                let expires_at = chrono::DateTime::from_timestamp_millis(block.expires_at_ms)
+                    .ok_or_else(|| ApiError::invalid("expires_at_ms is out of range"))?;
+                let new = db::blocks::NewBlock {
+                    origin: block.origin.as_str(),
+                    router_block_id: Some(router_block_id),
+                    flow: &block.flow,
+                    action: "drop",
+                    reason: &block.reason,
+                    created_by: "router",
+                    expires_at,
+                };
+                db::blocks::upsert_router_block(&mut *tx, id, &new).await?;
+            }
+            EventKind::Unblock => {
+                db::blocks::remove_router_block(&mut *tx, id, router_block_id).await?
+            }
+        }
+    }
+    db::events::trim(&mut tx, id).await?;
+    tx.commit().await?;
+    if stored > 0 {
+        tracing::info!(device = %id, stored, "router events");
+    }
+    Ok(Json(serde_json::json!({ "stored": stored })))
+}
+
 /// The root chain (oldest first): agents walk it from the newest root they
+
 /// hold when a config is signed by a key they do not know yet.
 pub async fn roots(
     Device(_): Device,

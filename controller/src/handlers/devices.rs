@@ -181,7 +181,7 @@ pub async fn list(
     )))
 }
 
-async fn find(state: &AppState, id: Uuid) -> ApiResult<db::devices::DeviceRow> {
+pub(crate) async fn find(state: &AppState, id: Uuid) -> ApiResult<db::devices::DeviceRow> {
     db::devices::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no device {id}")))

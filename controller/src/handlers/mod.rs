@@ -2,6 +2,8 @@
 //! `db/` and the reconciler, shape the response.
 
 pub mod assignments;
+pub mod blocks;
+
 pub mod device_api;
 pub mod devices;
 pub mod enrollment;

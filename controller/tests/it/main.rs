@@ -2,6 +2,7 @@
 //! PostgreSQL, one database per test. One test binary keeps link times down.
 
 mod api;
+mod blocks;
 mod device_api;
 mod enrollment;
 mod limits;

@@ -1,0 +1,80 @@
+//! Events a router reports on its own initiative: blocks added through its
+//! local interface (detectors such as Zeek) and blocks its classifier
+//! decided. The controller stores them; a repeated batch changes nothing
+//! (events are keyed by the router's sequence number).
+
+use serde::{Deserialize, Serialize};
+
+use crate::FlowPattern;
+
+/// Most events in one batch; the agent sends more in several.
+pub const MAX_EVENTS_PER_BATCH: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A block added on the router (local interface or classifier).
+    Block,
+    /// A block removed on the router before its end.
+    Unblock,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Block => "block",
+            EventKind::Unblock => "unblock",
+        }
+    }
+}
+
+/// Who decided a router-side block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockOrigin {
+    /// A program on the router, through the agent's local socket.
+    Local,
+    /// The agent's own traffic classifier.
+    Detection,
+}
+
+impl BlockOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockOrigin::Local => "local",
+            BlockOrigin::Detection => "detection",
+        }
+    }
+}
+
+/// A block the router enforces on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterBlock {
+    /// The router's id for the block (unique per router).
+    pub id: u64,
+    pub origin: BlockOrigin,
+    pub flow: FlowPattern,
+    /// Unix milliseconds.
+    pub expires_at_ms: i64,
+    /// Free text from the requester or the classifier's reason code.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceEvent {
+    /// Strictly increasing per router; the controller keeps one event per
+    /// sequence number.
+    pub sequence: u64,
+    /// Unix milliseconds, the router's clock.
+    pub at_ms: i64,
+    pub kind: EventKind,
+    pub block: RouterBlock,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBatch {
+    pub events: Vec<DeviceEvent>,
+}
