@@ -37,7 +37,6 @@ pub mod paths {
     /// Events the router reports on its own: local blocks, detections (`POST`).
     pub const DEVICE_EVENTS: &str = "/device/v1/events";
     /// Renew the client certificate over mutual TLS (`POST`).
-
     pub const DEVICE_RENEW: &str = "/device/v1/renew";
     /// Enroll with a token and a CSR, on the enrollment listener (`POST`).
     pub const ENROLL: &str = "/enroll/v1";
