@@ -249,7 +249,12 @@ mod tests {
             expires_at: 130,
         };
         // Merged with the same flow from a service: the later end wins.
-        let fw = compile_firewall(&Labels::default(), &service, &[block.clone()], 105);
+        let fw = compile_firewall(
+            &Labels::default(),
+            &service,
+            std::slice::from_ref(&block),
+            105,
+        );
         assert_eq!(fw.sets.len(), 1);
         assert_eq!(fw.sets[0].elements.len(), 1);
         assert_eq!(fw.sets[0].elements[0].expires_at, Some(130));

@@ -139,7 +139,6 @@ pub async fn report_status(
 #[utoipa::path(post, path = "/device/v1/events", tag = "device",
     responses((status = 200, description = "How many events were new"), (status = 400, body = crate::error::ErrorBody)))]
 /// Events the router reports on its own (local blocks, detections). Each
-
 /// event is stored once per sequence number, so a resent batch changes
 /// nothing; router-side blocks appear in the device's block list.
 pub async fn report_events(
@@ -209,7 +208,6 @@ pub async fn report_events(
 }
 
 /// The root chain (oldest first): agents walk it from the newest root they
-
 /// hold when a config is signed by a key they do not know yet.
 pub async fn roots(
     Device(_): Device,
