@@ -13,7 +13,6 @@ pub mod configs;
 pub mod devices;
 pub mod enrollment;
 pub mod events;
-
 pub mod operators;
 pub mod services;
 pub mod status;

@@ -3,7 +3,6 @@
 
 pub mod assignments;
 pub mod blocks;
-
 pub mod device_api;
 pub mod devices;
 pub mod enrollment;
