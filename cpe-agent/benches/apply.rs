@@ -110,7 +110,8 @@ fn main() {
             .unwrap()
             .as_secs() as i64;
         let firewall = timed_five_tuples(10_000, now);
-        let script = nft::plan(&firewall, now);
+        let now_ms = now * 1000;
+        let script = nft::plan(&firewall, now_ms);
         let script_file = std::env::temp_dir().join(format!("{ns_for_thread}.nft"));
         std::fs::write(&script_file, &script).unwrap();
 
@@ -119,22 +120,22 @@ fn main() {
         let (mut agent, mut agent_verify, mut raw, mut ipt) = (vec![], vec![], vec![], vec![]);
         for _ in 0..RUNS {
             raw.push(time(|| sh(&["nft", "-f", script_file.to_str().unwrap()])));
-            agent.push(time(|| nft_backend.apply(&firewall, now).unwrap()));
+            agent.push(time(|| nft_backend.apply(&firewall, now_ms).unwrap()));
             agent_verify.push(time(|| {
-                nft_backend.apply(&firewall, now).unwrap();
-                nft_backend.verify(&firewall, now).unwrap();
+                nft_backend.apply(&firewall, now_ms).unwrap();
+                nft_backend.verify(&firewall, now_ms).unwrap();
             }));
         }
         nft_backend.remove().unwrap();
         for _ in 0..RUNS {
-            ipt.push(time(|| ipt_backend.apply(&firewall, now).unwrap()));
+            ipt.push(time(|| ipt_backend.apply(&firewall, now_ms).unwrap()));
         }
         ipt_backend.remove().unwrap();
         let mut agent_at = |count: usize| {
             let smaller = timed_five_tuples(count, now);
             let took = median(
                 (0..RUNS)
-                    .map(|_| time(|| nft_backend.apply(&smaller, now).unwrap()))
+                    .map(|_| time(|| nft_backend.apply(&smaller, now_ms).unwrap()))
                     .collect(),
             );
             nft_backend.remove().unwrap();

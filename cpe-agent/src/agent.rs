@@ -28,10 +28,10 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn unix_millis() -> u64 {
+pub fn unix_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The config the kernel enforces now.
@@ -334,11 +334,11 @@ impl Agent {
 
     /// Applies `firewall` and checks the kernel holds it.
     fn enforce(&mut self, firewall: &isdf_api::Firewall) -> anyhow::Result<()> {
-        let now = unix_now();
-        self.backend.apply(firewall, now)?;
-        self.reapply_at = self.backend.next_reapply(firewall, now);
+        let now_ms = unix_millis();
+        self.backend.apply(firewall, now_ms)?;
+        self.reapply_at = self.backend.next_reapply(firewall, now_ms);
         self.backend
-            .verify(firewall, now)
+            .verify(firewall, now_ms)
             .context("the kernel does not hold the applied ruleset")
     }
 
@@ -386,9 +386,8 @@ impl Agent {
             return;
         };
         let firewall = enforced.config.firewall.clone();
-        let now = unix_now();
-        let due = self.reapply_at.is_some_and(|t| t <= now);
-        let drifted = self.backend.verify(&firewall, now);
+        let due = self.reapply_at.is_some_and(|t| t <= unix_now());
+        let drifted = self.backend.verify(&firewall, unix_millis());
         if drifted.is_ok() && !due {
             return;
         }
@@ -427,7 +426,7 @@ impl Agent {
             (None, false) => (Outcome::Applied, self.enforced_version(), vec![]),
         };
         Ok(StatusReport {
-            sequence: self.state.next_sequence(unix_millis())?,
+            sequence: self.state.next_sequence(unix_millis() as u64)?,
             enforced_version: self.enforced_version(),
             enforced_digest: self.enforced.as_ref().map(|e| e.config.firewall.digest()),
             outcome,

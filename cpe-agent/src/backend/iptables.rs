@@ -29,7 +29,7 @@ use isdf_api::{
     RuleCounter, Set,
 };
 
-use super::{exec, remaining_secs, FirewallBackend};
+use super::{exec, nearest_second, remaining_secs, FirewallBackend};
 
 /// Live sets are `isdf-<name>`; set names are at most 24 bytes, so this stays
 /// within ipset's 31.
@@ -889,8 +889,8 @@ impl FirewallBackend for IptablesBackend {
     }
 
     #[tracing::instrument(skip(self, firewall))]
-    fn apply(&mut self, firewall: &Firewall, now: i64) -> anyhow::Result<()> {
-        let layout = Layout::new(firewall, now, self.capabilities());
+    fn apply(&mut self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<()> {
+        let layout = Layout::new(firewall, nearest_second(now_ms), self.capabilities());
         let live = self.live_sets()?;
         for name in live.keys().filter(|n| n.starts_with(TEMP_PREFIX)) {
             self.destroy_set(name)?;
@@ -938,8 +938,8 @@ impl FirewallBackend for IptablesBackend {
         Ok(())
     }
 
-    fn verify(&self, firewall: &Firewall, now: i64) -> anyhow::Result<()> {
-        let layout = Layout::new(firewall, now, self.capabilities());
+    fn verify(&self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<()> {
+        let layout = Layout::new(firewall, nearest_second(now_ms), self.capabilities());
         for family in FAMILIES {
             let saved = self.save(family, false)?;
             let tool = self.tool(family);
@@ -1011,8 +1011,8 @@ impl FirewallBackend for IptablesBackend {
             .collect())
     }
 
-    fn next_reapply(&self, firewall: &Firewall, now: i64) -> Option<i64> {
-        Layout::new(firewall, now, self.capabilities()).next_reapply
+    fn next_reapply(&self, firewall: &Firewall, now_ms: i64) -> Option<i64> {
+        Layout::new(firewall, nearest_second(now_ms), self.capabilities()).next_reapply
     }
 
     #[tracing::instrument(skip_all)]

@@ -13,25 +13,26 @@ pub trait FirewallBackend: Send {
     /// `nftables` or `iptables`; reported to the controller.
     fn name(&self) -> &'static str;
 
-    /// Makes the kernel enforce `firewall` at Unix time `now`, replacing what
-    /// this agent enforced before, all or nothing. Element expiries become
-    /// kernel timeouts counted from `now`.
-    fn apply(&mut self, firewall: &Firewall, now: i64) -> anyhow::Result<()>;
+    /// Makes the kernel enforce `firewall` at Unix time `now_ms`
+    /// (milliseconds), replacing what this agent enforced before, all or
+    /// nothing. Element expiries become kernel timeouts counted from
+    /// `now_ms`.
+    fn apply(&mut self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<()>;
 
     /// Checks the kernel holds what `apply(firewall, ...)` put there (our
     /// table, sets and rules are present; someone may have flushed them).
-    fn verify(&self, firewall: &Firewall, now: i64) -> anyhow::Result<()>;
+    fn verify(&self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<()>;
 
     /// Packet and byte counters per rule id.
     fn counters(&self) -> anyhow::Result<Vec<RuleCounter>>;
 
-    /// Asked right after `apply(firewall, now)`: the instant (Unix seconds)
+    /// Asked right after `apply(firewall, now_ms)`: the instant (Unix seconds)
     /// at which the agent must apply the same firewall again, because the
     /// kernel cannot expire something by itself (an inlined iptables rule, an
     /// nft timeout too long for the kernel). None: the kernel handles every
     /// expiry.
-    fn next_reapply(&self, firewall: &Firewall, now: i64) -> Option<i64> {
-        let _ = (firewall, now);
+    fn next_reapply(&self, firewall: &Firewall, now_ms: i64) -> Option<i64> {
+        let _ = (firewall, now_ms);
         None
     }
 
@@ -68,6 +69,19 @@ pub fn select(choice: BackendChoice) -> anyhow::Result<Box<dyn FirewallBackend>>
             }
         }
     }
+}
+
+/// Remaining milliseconds of an element expiring at `expires_at` (Unix
+/// seconds) at `now_ms`; None when it has no expiry; Some(0) when it has
+/// already expired (leave it out).
+pub fn remaining_ms(expires_at: Option<i64>, now_ms: i64) -> Option<u64> {
+    expires_at.map(|e| u64::try_from(e.saturating_mul(1000).saturating_sub(now_ms)).unwrap_or(0))
+}
+
+/// Unix seconds of `now_ms`, to the nearest second, for kernels that count
+/// timeouts in whole seconds.
+pub fn nearest_second(now_ms: i64) -> i64 {
+    now_ms.saturating_add(500).div_euclid(1000)
 }
 
 /// Remaining seconds of an element expiring at `expires_at`; None when it has

@@ -20,7 +20,7 @@ use isdf_api::{
     Rule, RuleCounter, Set, SetElement, SetKey,
 };
 
-use super::{exec, interval_layers, remaining_secs, FirewallBackend};
+use super::{exec, interval_layers, remaining_ms, FirewallBackend};
 
 pub const TABLE: &str = "isdf";
 /// Our chains run just before fw4's (priority filter = 0), so a block here
@@ -42,22 +42,23 @@ enum Elements {
     Omit,
 }
 
-/// Plans the complete nft script that replaces our table with `firewall` as of `now`.
+/// Plans the complete nft script that replaces our table with `firewall` as
+/// of `now_ms` (Unix milliseconds: timeouts end to the millisecond).
 ///
 /// The script first makes sure the table exists, then deletes and recreates
 /// it inside the same transaction: no moment exists with a half ruleset.
-pub fn plan(firewall: &Firewall, now: i64) -> String {
-    plan_script(firewall, now, Elements::Include)
+pub fn plan(firewall: &Firewall, now_ms: i64) -> String {
+    plan_script(firewall, now_ms, Elements::Include)
 }
 
-fn plan_script(firewall: &Firewall, now: i64, elements: Elements) -> String {
+fn plan_script(firewall: &Firewall, now_ms: i64, elements: Elements) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "table inet {TABLE} {{}}");
     let _ = writeln!(s, "delete table inet {TABLE}");
     let _ = writeln!(s, "table inet {TABLE} {{");
     let layout = layout(firewall);
     for kernel_set in layout.values().flatten() {
-        plan_set(&mut s, kernel_set, now, elements);
+        plan_set(&mut s, kernel_set, now_ms, elements);
     }
     for chain in Chain::ALL {
         let _ = writeln!(s, "\tchain {} {{", chain.name());
@@ -213,7 +214,7 @@ fn flow_element(f: &FlowPattern) -> String {
     )
 }
 
-fn plan_set(s: &mut String, set: &KernelSet<'_>, now: i64, elements: Elements) {
+fn plan_set(s: &mut String, set: &KernelSet<'_>, now_ms: i64, elements: Elements) {
     let flags = if set.interval {
         "interval, timeout"
     } else {
@@ -230,11 +231,11 @@ fn plan_set(s: &mut String, set: &KernelSet<'_>, now: i64, elements: Elements) {
                 ElementValue::Addr(p) => prefix(p),
                 ElementValue::Flow(f) => flow_element(f),
             };
-            match remaining_secs(e.expires_at, now) {
+            match remaining_ms(e.expires_at, now_ms) {
                 None => Some(value),
                 Some(0) => None,
-                Some(secs) if secs > MAX_TIMEOUT_SECS => Some(value),
-                Some(secs) => Some(format!("{value} timeout {secs}s")),
+                Some(ms) if ms > MAX_TIMEOUT_SECS * 1000 => Some(value),
+                Some(ms) => Some(format!("{value} timeout {}", timeout(ms))),
             }
         })
         .collect();
@@ -246,6 +247,15 @@ fn plan_set(s: &mut String, set: &KernelSet<'_>, now: i64, elements: Elements) {
         );
     }
     let _ = writeln!(s, "\t}}");
+}
+
+/// A timeout as nft reads it: `90s`, or `1s500ms` (a bare millisecond count
+/// above 2^32 is refused).
+fn timeout(ms: u64) -> String {
+    match (ms / 1000, ms % 1000) {
+        (secs, 0) => format!("{secs}s"),
+        (secs, ms) => format!("{secs}s{ms}ms"),
+    }
 }
 
 /// The match expressions of a rule (without action or counter): one per
@@ -461,11 +471,11 @@ impl FirewallBackend for NftBackend {
         "nftables"
     }
 
-    fn apply(&mut self, firewall: &Firewall, now: i64) -> anyhow::Result<()> {
-        let structure = plan_script(firewall, now, Elements::Omit);
+    fn apply(&mut self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<()> {
+        let structure = plan_script(firewall, now_ms, Elements::Omit);
         exec::run(&self.program, &["-c", "-f", "-"], &structure)
             .context("nft rejected the planned ruleset (check)")?;
-        exec::run(&self.program, &["-f", "-"], &plan(firewall, now))
+        exec::run(&self.program, &["-f", "-"], &plan(firewall, now_ms))
             .context("applying the ruleset with nft -f")?;
         Ok(())
     }
@@ -473,7 +483,7 @@ impl FirewallBackend for NftBackend {
     /// Checks our table, its sets, chains and rules are what the plan made.
     /// Set elements are not compared: they arrive in the same transaction as
     /// the rules, and listing them costs as much as loading them.
-    fn verify(&self, firewall: &Firewall, _now: i64) -> anyhow::Result<()> {
+    fn verify(&self, firewall: &Firewall, _now_ms: i64) -> anyhow::Result<()> {
         let Some(json) = self.list_terse()? else {
             bail!("table inet {TABLE} is missing");
         };
@@ -496,8 +506,9 @@ impl FirewallBackend for NftBackend {
         Ok(())
     }
 
-    fn next_reapply(&self, firewall: &Firewall, now: i64) -> Option<i64> {
+    fn next_reapply(&self, firewall: &Firewall, now_ms: i64) -> Option<i64> {
         let max = i64::try_from(MAX_TIMEOUT_SECS).unwrap_or(i64::MAX);
+        let now = now_ms.div_euclid(1000);
         firewall
             .sets
             .iter()
@@ -534,12 +545,12 @@ mod tests {
     #[test]
     fn plan_of_the_shared_sample() {
         // now is 100 s before the timed element expires.
-        insta::assert_snapshot!(plan(&sample(), 1_795_003_500));
+        insta::assert_snapshot!(plan(&sample(), 1_795_003_500_000));
     }
 
     #[test]
     fn expired_elements_are_left_out() {
-        let script = plan(&sample(), 1_795_003_600);
+        let script = plan(&sample(), 1_795_003_600_000);
         assert!(!script.contains("5000-5010"));
         assert!(
             !script.contains("s,\n") && !script.contains("s\n\t\t}"),
@@ -579,17 +590,28 @@ mod tests {
         let firewall: Firewall = serde_json::from_value(serde_json::json!({"sets": [{"name": "a", "key": "ipv4-addr",
             "elements": [{"addr": "192.0.2.1", "expires_at": long}, {"addr": "192.0.2.2", "expires_at": now + 60}]}]}))
         .unwrap();
-        let script = plan(&firewall, now);
+        let script = plan(&firewall, now * 1000);
         assert!(
             script.contains("192.0.2.1,\n") || script.contains("192.0.2.1\n"),
             "{script}"
         );
         assert!(script.contains("192.0.2.2 timeout 60s"), "{script}");
-        let reapply = NftBackend::new().next_reapply(&firewall, now).unwrap();
+        let reapply = NftBackend::new().next_reapply(&firewall, now * 1000).unwrap();
         assert_eq!(reapply, long - MAX_TIMEOUT_SECS as i64);
         assert!(
-            plan(&firewall, reapply).contains(&format!("192.0.2.1 timeout {MAX_TIMEOUT_SECS}s"))
+            plan(&firewall, reapply * 1000).contains(&format!("192.0.2.1 timeout {MAX_TIMEOUT_SECS}s"))
         );
+    }
+
+    #[test]
+    fn timeouts_end_to_the_millisecond() {
+        let firewall: Firewall = serde_json::from_value(serde_json::json!({"sets": [{"name": "a", "key": "ipv4-addr",
+            "elements": [{"addr": "192.0.2.1", "expires_at": 100}, {"addr": "192.0.2.2", "expires_at": 101}]}]}))
+        .unwrap();
+        let script = plan(&firewall, 99_250);
+        assert!(script.contains("192.0.2.1 timeout 0s750ms"), "{script}");
+        assert!(script.contains("192.0.2.2 timeout 1s750ms"), "{script}");
+        assert!(!plan(&firewall, 100_000).contains("192.0.2.1"));
     }
 
     #[test]

@@ -46,7 +46,7 @@ fn exercise(backend: &'static str) {
             _ => Box::new(IptablesBackend::new()),
         };
         let firewall = tricky_firewall();
-        let now = 1_795_000_000;
+        let now = 1_795_000_000_000;
         for round in 0..2 {
             b.apply(&firewall, now)
                 .unwrap_or_else(|e| panic!("{backend} apply round {round}: {e:#}"));
