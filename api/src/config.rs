@@ -212,6 +212,23 @@ fn any_port() -> PortRange {
 }
 
 impl FlowPattern {
+    /// Whether a packet or connection with this 5-tuple matches (`protocol`
+    /// is the IANA number; ports are ignored for protocols without ports).
+    pub fn matches(
+        &self,
+        protocol: u8,
+        src: std::net::IpAddr,
+        sport: u16,
+        dst: std::net::IpAddr,
+        dport: u16,
+    ) -> bool {
+        self.protocol.is_none_or(|p| p.number() == protocol)
+            && self.src.contains(src)
+            && self.dst.contains(dst)
+            && self.sport.contains(sport)
+            && self.dport.contains(dport)
+    }
+
     /// Checks the pattern is self-consistent and returns its family.
     pub fn check(&self) -> Result<Family, String> {
         let family = self.src.family();

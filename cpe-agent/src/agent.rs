@@ -16,9 +16,11 @@ use isdf_api::{
     open_device_config, DeviceConfig, OpenError, OpenPolicy, Outcome, StatusReport, TrustedKeys,
 };
 
-use crate::backend::FirewallBackend;
+use crate::backend::{conntrack, FirewallBackend};
 use crate::client::{Client, Poll};
+use crate::control::{Command, Request, Response};
 use crate::enrollment;
+use crate::router_blocks::{blocked_patterns, RouterBlocks};
 use crate::settings::Settings;
 use crate::state::{Identity, StateDir};
 
@@ -73,6 +75,14 @@ pub struct Agent {
     /// After a failed renewal or re-enrollment: how many failed in a row,
     /// and when the next attempt is due.
     identity_retry: Option<(u32, Instant)>,
+    /// Blocks decided on the router (local socket, classifier) and the
+    /// events about them not yet delivered.
+    router_blocks: RouterBlocks,
+    /// Requests from the local control socket, once it listens.
+    commands: Option<tokio::sync::mpsc::Receiver<Command>>,
+    /// The flow patterns the last enforced ruleset blocked: an apply ends
+    /// the established flows of the patterns not in here.
+    blocked: std::collections::BTreeSet<isdf_api::FlowPattern>,
 }
 
 impl Agent {
@@ -89,6 +99,13 @@ impl Agent {
         let state = StateDir::open(&settings.state_dir)?;
         let client = Self::connect(&settings, &identity)?;
         let (trusted, root) = Self::trust(&settings, &identity, &state)?;
+        let router_blocks = RouterBlocks::new(
+            state.router_blocks().unwrap_or_else(|e| {
+                tracing::error!(error = ?e, "unreadable router blocks; starting without them");
+                Default::default()
+            }),
+            settings.router_block_limits(),
+        );
         Ok(Agent {
             settings,
             identity,
@@ -105,6 +122,9 @@ impl Agent {
             report_due: false,
             last_report: None,
             identity_retry: None,
+            router_blocks,
+            commands: None,
+            blocked: Default::default(),
         })
     }
 
@@ -220,6 +240,10 @@ impl Agent {
     pub fn restore_last_good(&mut self) -> anyhow::Result<()> {
         let Some(envelope) = self.state.last_good()? else {
             tracing::info!("no last good config yet");
+            if !self.router_blocks.active(unix_millis()).is_empty() {
+                self.enforce(&isdf_api::Firewall::default())
+                    .context("re-enforcing the router's own blocks")?;
+            }
             return Ok(());
         };
         let policy = OpenPolicy {
@@ -332,14 +356,120 @@ impl Agent {
         open_device_config(envelope, &self.trusted, &policy)
     }
 
-    /// Applies `firewall` and checks the kernel holds it.
+    /// Applies `firewall` with the router's own blocks and checks the kernel
+    /// holds it; then ends the established flows of what is newly blocked.
     fn enforce(&mut self, firewall: &isdf_api::Firewall) -> anyhow::Result<()> {
         let now_ms = unix_millis();
-        self.backend.apply(firewall, now_ms)?;
-        self.reapply_at = self.backend.next_reapply(firewall, now_ms);
+        let merged = self.router_blocks.merged_into(firewall, now_ms);
+        self.backend.apply(&merged, now_ms)?;
+        self.reapply_at = self.backend.next_reapply(&merged, now_ms);
         self.backend
-            .verify(firewall, now_ms)
-            .context("the kernel does not hold the applied ruleset")
+            .verify(&merged, now_ms)
+            .context("the kernel does not hold the applied ruleset")?;
+        let blocked = blocked_patterns(&merged);
+        let new: Vec<_> = blocked
+            .iter()
+            .copied()
+            .filter(|p| !self.blocked.contains(*p))
+            .collect();
+        if !new.is_empty() {
+            // The block is in force either way; a flow that survives here
+            // only lives on where the kernel offloads it.
+            match conntrack::end_flows(&new) {
+                Ok(0) => {}
+                Ok(ended) => tracing::info!(ended, "ended established flows that are now blocked"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not end blocked flows"),
+            }
+        }
+        self.blocked = blocked.into_iter().cloned().collect();
+        Ok(())
+    }
+
+    /// The config firewall in force (empty before the first config).
+    fn config_firewall(&self) -> isdf_api::Firewall {
+        self.enforced
+            .as_ref()
+            .map(|e| e.config.firewall.clone())
+            .unwrap_or_default()
+    }
+
+    /// Serves one request of the local control socket.
+    fn handle_command(&mut self, request: Request) -> Response {
+        use isdf_api::events::BlockOrigin;
+        let now_ms = unix_millis();
+        let changed = match request {
+            Request::List {} => {
+                let blocks = self.router_blocks.active(now_ms).into_iter().cloned();
+                return Response::ok(blocks.collect(), now_ms);
+            }
+            Request::Block {
+                flow,
+                duration_ms,
+                reason,
+            } => self
+                .router_blocks
+                .add(BlockOrigin::Local, flow, duration_ms, &reason, now_ms),
+            Request::Unblock { id } => self.router_blocks.remove(id, now_ms),
+        };
+        let block = match changed {
+            Ok(block) => block,
+            Err(refusal) => return Response::error(refusal.code, refusal.message, now_ms),
+        };
+        if let Err(e) = self
+            .state
+            .save_router_blocks(self.router_blocks.persisted())
+        {
+            tracing::error!(error = ?e, "persisting router blocks");
+        }
+        let firewall = self.config_firewall();
+        if let Err(e) = self.enforce(&firewall) {
+            tracing::error!(error = ?e, "enforcing a router block");
+            return Response::error("apply_failed", format!("{e:#}"), now_ms);
+        }
+        tracing::info!(id = block.id, flow = ?block.flow, until_ms = block.expires_at_ms, reason = %block.reason, "router block");
+        Response::ok(vec![block], now_ms)
+    }
+
+    /// Delivers queued router events to the controller, oldest first.
+    async fn send_events_if_due(&mut self) {
+        use isdf_api::events::{EventBatch, MAX_EVENTS_PER_BATCH};
+        while self.router_blocks.has_pending_events() {
+            let events = self.router_blocks.pending_events(MAX_EVENTS_PER_BATCH);
+            let last = events.last().map_or(0, |e| e.sequence);
+            if let Err(e) = self.client.report_events(&EventBatch { events }).await {
+                tracing::warn!(error = %format!("{e:#}"), "delivering router events failed; will retry");
+                return;
+            }
+            self.router_blocks.delivered(last);
+            if let Err(e) = self
+                .state
+                .save_router_blocks(self.router_blocks.persisted())
+            {
+                tracing::error!(error = ?e, "persisting router blocks");
+            }
+        }
+    }
+
+    /// The next request of the control socket (never, without a socket).
+    async fn next_command(commands: &mut Option<tokio::sync::mpsc::Receiver<Command>>) -> Command {
+        match commands {
+            Some(rx) => match rx.recv().await {
+                Some(command) => command,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Listens on the control socket; without it the agent still runs.
+    fn listen(&mut self) {
+        match crate::control::serve(&self.settings.control_socket) {
+            Ok(rx) => self.commands = Some(rx),
+            Err(e) => tracing::error!(
+                error = %format!("{e:#}"),
+                "the local control socket is unavailable; local blocks cannot be added"
+            ),
+        }
     }
 
     async fn apply_checked(&mut self, config: &DeviceConfig) -> anyhow::Result<()> {
@@ -357,8 +487,12 @@ impl Agent {
     fn restore_previous(&mut self) -> anyhow::Result<()> {
         match self.enforced.as_ref().map(|e| e.config.firewall.clone()) {
             Some(previous) => self.enforce(&previous),
+            None if !self.router_blocks.active(unix_millis()).is_empty() => {
+                self.enforce(&isdf_api::Firewall::default())
+            }
             None => {
                 self.reapply_at = None;
+                self.blocked.clear();
                 self.backend.remove()
             }
         }
@@ -382,12 +516,22 @@ impl Agent {
     /// re-applies when the backend asked for it (expiries it cannot leave to
     /// the kernel).
     fn repair_and_expire(&mut self) {
-        let Some(enforced) = &self.enforced else {
+        let now_ms = unix_millis();
+        if self.router_blocks.prune(now_ms) {
+            if let Err(e) = self
+                .state
+                .save_router_blocks(self.router_blocks.persisted())
+            {
+                tracing::error!(error = ?e, "persisting router blocks");
+            }
+        }
+        if self.enforced.is_none() && self.router_blocks.active(now_ms).is_empty() {
             return;
-        };
-        let firewall = enforced.config.firewall.clone();
+        }
+        let firewall = self.config_firewall();
         let due = self.reapply_at.is_some_and(|t| t <= unix_now());
-        let drifted = self.backend.verify(&firewall, unix_millis());
+        let merged = self.router_blocks.merged_into(&firewall, now_ms);
+        let drifted = self.backend.verify(&merged, now_ms);
         if drifted.is_ok() && !due {
             return;
         }
@@ -566,12 +710,16 @@ impl Agent {
     /// Runs until `shutdown` resolves. The firewall is left as it is on exit.
     pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        if self.commands.is_none() {
+            self.listen();
+        }
         let wait = Duration::from_secs(self.settings.poll_wait_secs);
         let mut failures: u32 = 0;
         loop {
             self.repair_and_expire();
             self.maintain_identity().await;
             self.report_if_due().await;
+            self.send_events_if_due().await;
             let reapply_in = self
                 .reapply_at
                 .map(|t| Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0)));
@@ -580,9 +728,17 @@ impl Agent {
             let this_wait = reapply_in
                 .map_or(wait, |r| r.min(wait))
                 .min(self.identity_due_in());
+            let version = self.poll_version();
             let poll = tokio::select! {
                 () = &mut shutdown => return,
-                poll = self.client.poll(self.poll_version(), this_wait) => poll,
+                command = Self::next_command(&mut self.commands) => {
+                    // The long poll is dropped; the loop starts a new one
+                    // after delivering the events this request made.
+                    let response = self.handle_command(command.request);
+                    let _ = command.reply.send(response);
+                    continue;
+                }
+                poll = self.client.poll(version, this_wait) => poll,
             };
             let pace = match poll {
                 Ok((polled, pace)) => {
@@ -614,10 +770,17 @@ impl Agent {
             // happened is reported before the pause, not after it.
             if !pace.is_zero() {
                 self.report_if_due().await;
-
-                tokio::select! {
-                    () = &mut shutdown => return,
-                    () = tokio::time::sleep(pace) => {},
+                let until = tokio::time::Instant::now() + pace;
+                // Local requests are served during the pause too.
+                loop {
+                    tokio::select! {
+                        () = &mut shutdown => return,
+                        () = tokio::time::sleep_until(until) => break,
+                        command = Self::next_command(&mut self.commands) => {
+                            let response = self.handle_command(command.request);
+                            let _ = command.reply.send(response);
+                        }
+                    }
                 }
             }
         }
@@ -686,6 +849,15 @@ mod tests {
 
     struct FakeBackend(Arc<Mutex<Kernel>>);
 
+    /// Rules of the config (the agent's own rules left out).
+    fn config_rules(firewall: &Firewall) -> usize {
+        firewall
+            .rules
+            .iter()
+            .filter(|r| !r.id.as_str().starts_with(isdf_api::config::RESERVED_PREFIX))
+            .count()
+    }
+
     impl FirewallBackend for FakeBackend {
         fn name(&self) -> &'static str {
             "fake"
@@ -700,7 +872,7 @@ mod tests {
             let k = self.0.lock().unwrap();
             anyhow::ensure!(k.holds.as_ref() == Some(firewall), "kernel differs");
             anyhow::ensure!(
-                k.broken_rule_count != Some(firewall.rules.len()),
+                k.broken_rule_count != Some(config_rules(firewall)),
                 "rules vanished"
             );
             Ok(())
@@ -728,6 +900,9 @@ mod tests {
             max_backoff_secs: 60,
             wan_check: false,
             heartbeat_secs: 300,
+            control_socket: dir.join("agent.sock"),
+            local_block_max: 4096,
+            local_block_rate: 20,
         }
     }
 
@@ -771,7 +946,7 @@ mod tests {
     }
 
     fn rules_held(kernel: &Arc<Mutex<Kernel>>) -> Option<usize> {
-        kernel.lock().unwrap().holds.as_ref().map(|f| f.rules.len())
+        kernel.lock().unwrap().holds.as_ref().map(config_rules)
     }
 
     #[tokio::test]

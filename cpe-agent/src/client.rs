@@ -281,17 +281,33 @@ impl Client {
     }
 
     pub async fn report(&self, report: &StatusReport) -> anyhow::Result<()> {
+        self.post_json(paths::DEVICE_STATUS, report, "status report")
+            .await
+    }
+
+    /// Delivers router events; a resent batch is harmless.
+    pub async fn report_events(&self, batch: &isdf_api::events::EventBatch) -> anyhow::Result<()> {
+        self.post_json(paths::DEVICE_EVENTS, batch, "router events")
+            .await
+    }
+
+    async fn post_json(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        what: &str,
+    ) -> anyhow::Result<()> {
         let response = self
             .http
-            .post(format!("{}{}", self.base, paths::DEVICE_STATUS))
-            .json(report)
+            .post(format!("{}{path}", self.base))
+            .json(body)
             .timeout(Duration::from_secs(15))
             .send()
             .await
-            .context("posting status")?;
+            .with_context(|| format!("posting {what}"))?;
         if !response.status().is_success() {
             let e = ControllerError::read(response).await;
-            return Err(anyhow::Error::new(e).context("status report refused"));
+            return Err(anyhow::Error::new(e).context(format!("{what} refused")));
         }
         Ok(())
     }

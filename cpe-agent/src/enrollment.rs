@@ -257,6 +257,9 @@ mod tests {
             max_backoff_secs: 1,
             wan_check: false,
             heartbeat_secs: 300,
+            control_socket: dir.join("agent.sock"),
+            local_block_max: 4096,
+            local_block_rate: 20,
         }
     }
 

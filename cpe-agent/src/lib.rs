@@ -6,7 +6,9 @@
 pub mod agent;
 pub mod backend;
 pub mod client;
+pub mod control;
 pub mod enrollment;
+pub mod router_blocks;
 pub mod settings;
 pub mod state;
 

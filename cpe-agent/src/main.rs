@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use isdf_agent::agent::Agent;
 use isdf_agent::backend::{self, BackendChoice};
+use isdf_agent::control::{self, Request};
 use isdf_agent::enrollment;
 use isdf_agent::settings::{read_token, Settings};
 use isdf_agent::state::StateDir;
@@ -42,6 +43,58 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Block a flow on this router for a while (for detectors: Zeek,
+    /// Suricata, scripts). Each field is a value or `any`; addresses may be
+    /// prefixes, ports ranges (`5000-5010`).
+    Block {
+        /// tcp, udp, icmp, icmpv6 or any.
+        protocol: String,
+        src: String,
+        sport: String,
+        dst: String,
+        dport: String,
+        /// How long: 1500ms, 30s, 5m, 2h, 1d (1 s to 30 days).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Kept with the block and shown to the operator.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// End a block made with `block` before its time.
+    Unblock {
+        id: u64,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// List the blocks this router decided itself (local and detections).
+    Blocks {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+}
+
+#[derive(Args)]
+struct SocketArgs {
+    /// The agent's control socket; default: `control_socket` of the config file.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[arg(long, default_value = "/etc/isdf/agent.toml")]
+    config: PathBuf,
+}
+
+impl SocketArgs {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        match &self.socket {
+            Some(path) => Ok(path.clone()),
+            None if self.config.exists() => Ok(Settings::load(&self.config)?.control_socket),
+            None => Ok(PathBuf::from("/run/isdf-agent.sock")),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -120,7 +173,66 @@ fn main() -> anyhow::Result<()> {
             println!("{}", identity.device_id());
             Ok(())
         }
+        Command::Block {
+            protocol,
+            src,
+            sport,
+            dst,
+            dport,
+            duration,
+            reason,
+            socket,
+        } => {
+            let flow = control::parse_flow(&protocol, &src, &sport, &dst, &dport)
+                .map_err(anyhow::Error::msg)?;
+            let duration_ms = isdf_agent::router_blocks::parse_duration_ms(&duration)
+                .map_err(anyhow::Error::msg)?;
+            let request = Request::Block {
+                flow,
+                duration_ms,
+                reason,
+            };
+            print_blocks(&ask(&socket, &request)?, false)
+        }
+        Command::Unblock { id, socket } => {
+            ask(&socket, &Request::Unblock { id })?;
+            println!("unblocked {id}");
+            Ok(())
+        }
+        Command::Blocks { json, socket } => print_blocks(&ask(&socket, &Request::List {})?, json),
     }
+}
+
+/// Sends a request to the running agent; a refusal becomes the error.
+fn ask(socket: &SocketArgs, request: &Request) -> anyhow::Result<control::Response> {
+    let response = control::call(&socket.path()?, request)?;
+    match &response.error {
+        Some(e) => bail!("{}: {}", e.code, e.message),
+        None => Ok(response),
+    }
+}
+
+fn print_blocks(response: &control::Response, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response.blocks)?);
+        return Ok(());
+    }
+    for b in &response.blocks {
+        let f = &b.flow;
+        let left = (b.expires_at_ms - response.now_ms).max(0) as f64 / 1000.0;
+        println!(
+            "{:>6}  {:<9} {} {}:{} -> {}:{}  {left:.1}s left  {}",
+            b.id,
+            b.origin.as_str(),
+            f.protocol.map_or("any", |p| p.name()),
+            f.src,
+            f.sport,
+            f.dst,
+            f.dport,
+            b.reason
+        );
+    }
+    Ok(())
 }
 
 fn run(settings: Settings, config: &Path) -> anyhow::Result<()> {

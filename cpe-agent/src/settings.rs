@@ -53,6 +53,26 @@ pub struct Settings {
     /// Seconds between status heartbeats when nothing changes.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_secs: u64,
+    /// The Unix socket detectors on the router use to block flows
+    /// (`isdf-agent block ...`); only root may use it.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+    /// Most router-side blocks (local and detections) in force at once.
+    #[serde(default = "default_local_block_max")]
+    pub local_block_max: usize,
+    /// Sustained local block requests per second (bursts of ten times that).
+    #[serde(default = "default_local_block_rate")]
+    pub local_block_rate: u32,
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/isdf-agent.sock")
+}
+fn default_local_block_max() -> usize {
+    4096
+}
+fn default_local_block_rate() -> u32 {
+    20
 }
 
 fn default_backend() -> BackendChoice {
@@ -120,6 +140,16 @@ impl Settings {
         self.controller_url
             .as_deref()
             .unwrap_or(&identity.certificate.device_api_url)
+    }
+
+    /// Bounds on router-side blocks.
+    pub fn router_block_limits(&self) -> crate::router_blocks::Limits {
+        let per_sec = f64::from(self.local_block_rate.max(1));
+        crate::router_blocks::Limits {
+            max_active: self.local_block_max,
+            per_sec,
+            burst: per_sec * 10.0,
+        }
     }
 
     /// The enrollment token from `enrollment_token_file`, if that is set.
@@ -195,6 +225,9 @@ mod tests {
             max_backoff_secs = 5
             wan_check = false
             heartbeat_secs = 60
+            control_socket = "/var/run/isdf.sock"
+            local_block_max = 100
+            local_block_rate = 5
             "#
         ))
         .unwrap();
@@ -216,6 +249,9 @@ mod tests {
             ),
             (20, 5, false, 60)
         );
+        assert_eq!(s.control_socket, Path::new("/var/run/isdf.sock"));
+        assert_eq!(s.router_block_limits().max_active, 100);
+        assert_eq!(s.router_block_limits().burst, 50.0);
     }
 
     #[test]

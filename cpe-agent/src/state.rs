@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 const LAST_GOOD: &str = "last-good.envelope.json";
 const SEQUENCE: &str = "status-sequence";
 const ROOTS: &str = "roots.json";
+const ROUTER_BLOCKS: &str = "router-blocks.json";
 /// The device identity: one file holding the certificate answer and the
 /// private key, mode 0600.
 ///
@@ -150,6 +151,22 @@ impl StateDir {
     /// Persists the chain the agent walked (verified before it is saved).
     pub fn save_roots(&self, envelopes: &[String]) -> anyhow::Result<()> {
         self.write_atomically(ROOTS, &serde_json::to_vec(envelopes)?, 0o644)
+    }
+
+    /// Blocks the router decided itself and events not yet delivered.
+    pub fn router_blocks(&self) -> anyhow::Result<crate::router_blocks::Persisted> {
+        match self.read_optional(ROUTER_BLOCKS)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {}", self.dir.join(ROUTER_BLOCKS).display())),
+            None => Ok(Default::default()),
+        }
+    }
+
+    pub fn save_router_blocks(
+        &self,
+        blocks: &crate::router_blocks::Persisted,
+    ) -> anyhow::Result<()> {
+        self.write_atomically(ROUTER_BLOCKS, &serde_json::to_vec(blocks)?, 0o644)
     }
 
     /// The next status sequence number, persisted before it is used. Seeded

@@ -2,6 +2,7 @@
 //! text, snapshot-tested) and an executor that checks, applies atomically and
 //! verifies. **Only this module runs `nft`, `iptables` and `ipset`.**
 
+pub mod conntrack;
 pub mod exec;
 pub mod interval_layers;
 pub mod iptables;

@@ -596,11 +596,12 @@ mod tests {
             "{script}"
         );
         assert!(script.contains("192.0.2.2 timeout 60s"), "{script}");
-        let reapply = NftBackend::new().next_reapply(&firewall, now * 1000).unwrap();
+        let reapply = NftBackend::new()
+            .next_reapply(&firewall, now * 1000)
+            .unwrap();
         assert_eq!(reapply, long - MAX_TIMEOUT_SECS as i64);
-        assert!(
-            plan(&firewall, reapply * 1000).contains(&format!("192.0.2.1 timeout {MAX_TIMEOUT_SECS}s"))
-        );
+        assert!(plan(&firewall, reapply * 1000)
+            .contains(&format!("192.0.2.1 timeout {MAX_TIMEOUT_SECS}s")));
     }
 
     #[test]
