@@ -66,7 +66,8 @@ pub async fn insert_many(
     Ok(rows)
 }
 
-/// Stores a block the router reported; a repeat (same router id) changes nothing.
+/// Stores a block the router reported. The router's latest word on one of
+/// its block ids wins: an extension, or an id reused after a state wipe.
 pub async fn upsert_router_block(
     db: impl PgExecutor<'_>,
     device_id: Uuid,
@@ -76,7 +77,9 @@ pub async fn upsert_router_block(
         "INSERT INTO flow_blocks (id, device_id, origin, router_block_id, flow, action, reason,
              created_by, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (device_id, router_block_id) WHERE router_block_id IS NOT NULL DO NOTHING",
+         ON CONFLICT (device_id, router_block_id) WHERE router_block_id IS NOT NULL DO UPDATE
+         SET origin = EXCLUDED.origin, flow = EXCLUDED.flow, reason = EXCLUDED.reason,
+             expires_at = EXCLUDED.expires_at, removed_at = NULL",
     )
     .bind(Uuid::new_v4())
     .bind(device_id)

@@ -199,6 +199,10 @@ async fn router_events_are_stored_once_and_their_blocks_are_listed() {
     // A resent batch (the answer was lost) changes nothing.
     let (_, body) = post_events(&device, batch).await;
     assert_eq!(body["stored"], 0);
+    // The router extends block 7: its latest end wins.
+    let mut extended = event(5, "block", 7, "local");
+    extended["block"]["expires_at_ms"] = json!(chrono::Utc::now().timestamp_millis() + 600_000);
+    assert_eq!(post_events(&device, json!([extended])).await.1["stored"], 1);
 
     let blocks = h.get(&format!("/api/v1/devices/{id}/blocks")).await;
     let origins: Vec<_> = blocks
@@ -225,12 +229,23 @@ async fn router_events_are_stored_once_and_their_blocks_are_listed() {
         .iter()
         .map(|e| e["sequence"].as_i64().unwrap())
         .collect();
-    assert_eq!(seqs, vec![4, 3, 2]);
-    assert_eq!(events.body["next_before"], 2);
+    assert_eq!(seqs, vec![5, 4, 3]);
+    assert_eq!(events.body["next_before"], 3);
     let totals = &events.body["totals"];
     assert!(totals.as_array().unwrap().contains(
         &json!({"kind": "block", "origin": "detection", "reason": "tcp_handshake", "count": 2})
     ));
+    let local_block = blocks
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["origin"] == "local")
+        .unwrap();
+    assert!(
+        local_block["remaining_secs"].as_f64().unwrap() > 500.0,
+        "{local_block}"
+    );
 
     // The operator cannot end a router-side block from the API.
     let local = blocks
@@ -253,11 +268,11 @@ async fn router_events_are_stored_once_and_their_blocks_are_listed() {
     assert_eq!(error_code(&refused), "router_block");
 
     // A malformed event is refused as a whole.
-    let mut bad = event(5, "block", 10, "local");
+    let mut bad = event(7, "block", 10, "local");
     bad["block"]["flow"] =
         json!({"protocol": "icmp", "src": "192.0.2.2", "dst": "198.51.100.2", "dport": 1});
     let (status, body) = post_events(&device, json!([event(6, "block", 11, "local"), bad])).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let events = h.get(&format!("/api/v1/devices/{id}/events")).await;
-    assert_eq!(events.body["items"].as_array().unwrap().len(), 4);
+    assert_eq!(events.body["items"].as_array().unwrap().len(), 5);
 }
