@@ -153,7 +153,10 @@ impl RouterBlocks {
             ));
         }
         self.prune(now_ms);
-        let expires_at_ms = now_ms.saturating_add(duration_ms as i64);
+        // Rulesets carry whole seconds: the end is the nearest one, so the
+        // end shown is exactly the one enforced.
+        let expires_at_ms =
+            (now_ms.saturating_add(duration_ms as i64) + 500).div_euclid(1000) * 1000;
         // The same flow again: extend the block in force instead of adding one.
         if let Some(existing) = self
             .data
@@ -450,11 +453,11 @@ mod tests {
             .iter()
             .find(|s| s.name.as_str() == "agent_block_v4")
             .unwrap();
-        // 11_700 ms rounds to 12 s.
+        // The end rounds to the nearest second: 11_700 ms to 12 s.
         assert_eq!(v4.elements[0].expires_at, Some(12));
         assert_eq!(blocked_patterns(&merged).len(), 1);
         assert!(merged_is_consistent(&merged));
-        assert!(blocks.merged_into(&config, 11_700).sets[1]
+        assert!(blocks.merged_into(&config, 12_000).sets[1]
             .elements
             .is_empty());
     }

@@ -112,7 +112,11 @@ pub async fn create(
 
     let now = Utc::now();
     let duration = i64::try_from(body.duration_secs).unwrap_or(i64::MAX);
-    let expires_at = now + chrono::Duration::seconds(duration);
+    // Configs carry whole seconds: the end is the nearest one, so the end
+    // shown here is exactly the one the router enforces.
+    let end_ms = (now + chrono::Duration::seconds(duration)).timestamp_millis();
+    let expires_at = DateTime::from_timestamp_millis((end_ms + 500).div_euclid(1000) * 1000)
+        .ok_or_else(|| ApiError::invalid("duration_secs is out of range"))?;
     let action_name = match action {
         BlockAction::Drop => "drop",
         BlockAction::Reject => "reject",

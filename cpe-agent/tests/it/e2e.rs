@@ -15,8 +15,8 @@ use crate::netns::{Netns, Topology, WAN_HOST};
 use crate::rogue_controller::RogueController;
 
 const BLOCKED_PORT: u16 = 9000;
-const OPEN_PORT: u16 = 9001;
-const ATTEMPT: Duration = Duration::from_millis(300);
+pub(crate) const OPEN_PORT: u16 = 9001;
+pub(crate) const ATTEMPT: Duration = Duration::from_millis(300);
 
 #[test]
 fn nftables_backend_end_to_end() {
@@ -29,17 +29,17 @@ fn iptables_backend_end_to_end() {
 }
 
 /// The real agent binary running in the router namespace; killed on drop.
-struct AgentProcess {
+pub(crate) struct AgentProcess {
     child: Child,
     log: PathBuf,
 }
 
 impl AgentProcess {
-    fn start(router: &Netns, config: &Path, backend: &str, log: &Path) -> Self {
+    pub(crate) fn start(router: &Netns, config: &Path, backend: &str, log: &Path) -> Self {
         Self::start_with_env(router, config, backend, log, &[])
     }
 
-    fn start_with_env(
+    pub(crate) fn start_with_env(
         router: &Netns,
         config: &Path,
         backend: &str,
@@ -76,12 +76,12 @@ impl AgentProcess {
     }
 
     /// Kills the agent without warning, as a crash or power cut would.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -95,7 +95,7 @@ impl Drop for AgentProcess {
 
 /// The kernel ruleset the backend manages, without counters and timers, so
 /// two snapshots are equal exactly when rules, sets and elements are.
-fn ruleset(router: &Netns, backend: &str) -> String {
+pub(crate) fn ruleset(router: &Netns, backend: &str) -> String {
     let raw = match backend {
         "nftables" => {
             let out = router.exec("nft", &["-s", "list", "table", "inet", "isdf"]);
@@ -133,7 +133,11 @@ fn ruleset(router: &Netns, backend: &str) -> String {
         .join("\n")
 }
 
-fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) -> Duration {
+pub(crate) fn wait_until(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Duration {
     let started = Instant::now();
     loop {
         if check() {
@@ -147,18 +151,23 @@ fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) -
     }
 }
 
-fn wan(port: u16) -> SocketAddr {
+pub(crate) fn wan(port: u16) -> SocketAddr {
     format!("{WAN_HOST}:{port}").parse().unwrap()
 }
 
-struct Operator {
+pub(crate) struct Operator {
     http: reqwest::Client,
     url: String,
     token: String,
 }
 
 impl Operator {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -173,15 +182,15 @@ impl Operator {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
-    async fn post(&self, path: &str, body: Value) -> Value {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Value {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub(crate) async fn get(&self, path: &str) -> Value {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    async fn delete(&self, path: &str) -> Value {
+    pub(crate) async fn delete(&self, path: &str) -> Value {
         self.call(reqwest::Method::DELETE, path, None).await
     }
 
@@ -203,7 +212,7 @@ impl Operator {
     }
 
     /// Waits until the device's latest report satisfies `done`; returns it.
-    async fn wait_status(&self, device: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_status(&self, device: &str, done: impl Fn(&Value) -> bool) -> Value {
         let started = Instant::now();
         loop {
             let response = self
@@ -228,7 +237,7 @@ impl Operator {
     }
 
     /// Waits until the device reports `version` applied.
-    async fn wait_applied(&self, device: &str, version: u64) {
+    pub(crate) async fn wait_applied(&self, device: &str, version: u64) {
         self.wait_status(device, |r| {
             r["enforced_version"] == json!(version) && r["outcome"] == "applied"
         })
@@ -236,7 +245,7 @@ impl Operator {
     }
 }
 
-async fn serve_greeting(port: u16) {
+pub(crate) async fn serve_greeting(port: u16) {
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
         .unwrap();
@@ -254,13 +263,13 @@ async fn serve_greeting(port: u16) {
 }
 
 /// Runs blocking `f` without stalling the runtime.
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+pub(crate) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
 /// Runs `scenario` inside the WAN namespace: servers, the controller and
 /// operator calls live there; the agent runs in the router namespace.
-fn in_wan<F>(
+pub(crate) fn in_wan<F>(
     tag: &str,
     scenario: impl FnOnce(std::sync::Arc<Topology>, PathBuf) -> F + Send + 'static,
 ) where
@@ -289,25 +298,29 @@ fn end_to_end(backend: &'static str) {
 
 /// A controller in the WAN namespace with one registered router and the
 /// router's agent files written.
-struct Stage {
-    controller: TestController,
-    controller_dir: PathBuf,
-    device_addr: SocketAddr,
-    operator: Operator,
-    device: String,
-    config_path: PathBuf,
-    log: PathBuf,
+pub(crate) struct Stage {
+    pub(crate) controller: TestController,
+    pub(crate) controller_dir: PathBuf,
+    pub(crate) device_addr: SocketAddr,
+    pub(crate) operator: Operator,
+    pub(crate) device: String,
+    pub(crate) config_path: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Stage {
     /// `trusted_key` overrides the signing key the agent trusts (else the
     /// one from its enrollment answer).
-    async fn prepare(work: &Path, trusted_key: Option<&str>) -> Self {
+    pub(crate) async fn prepare(work: &Path, trusted_key: Option<&str>) -> Self {
         Self::prepare_with(work, trusted_key, Duration::from_secs(30 * 24 * 3600)).await
     }
 
     /// Like `prepare`, with device certificates of `cert_lifetime`.
-    async fn prepare_with(work: &Path, trusted_key: Option<&str>, cert_lifetime: Duration) -> Self {
+    pub(crate) async fn prepare_with(
+        work: &Path,
+        trusted_key: Option<&str>,
+        cert_lifetime: Duration,
+    ) -> Self {
         let controller_dir = work.join("controller");
         let mut options = TestControllerOptions::new(&controller_dir);
         options.device_listen = wan(0);
@@ -356,6 +369,7 @@ impl Stage {
             format!(
                 "enrollment_url = \"{url}\"\nca_cert = \"{dir}/ca.pem\"\n\
                  enrollment_token_file = \"{dir}/enrollment-token\"\nstate_dir = \"{dir}/state\"\n\
+                 control_socket = \"{dir}/agent.sock\"\n\
                  poll_wait_secs = 20\nmax_backoff_secs = 2\n{keys}",
                 url = controller.enrollment_url,
                 dir = agent_dir.display(),
