@@ -114,14 +114,23 @@ pub enum SetKey {
     Ipv4Flow,
     /// IPv6 flow patterns.
     Ipv6Flow,
+    /// IPv4 endpoints (address, protocol, port) that rules may also add at
+    /// run time (`Rule::add_endpoints_to`): peers the router found itself.
+    Ipv4Endpoint,
+    /// IPv6 endpoints.
+    Ipv6Endpoint,
 }
 
 impl SetKey {
     pub fn family(self) -> Family {
         match self {
-            SetKey::Ipv4Addr | SetKey::Ipv4Flow => Family::Ipv4,
-            SetKey::Ipv6Addr | SetKey::Ipv6Flow => Family::Ipv6,
+            SetKey::Ipv4Addr | SetKey::Ipv4Flow | SetKey::Ipv4Endpoint => Family::Ipv4,
+            SetKey::Ipv6Addr | SetKey::Ipv6Flow | SetKey::Ipv6Endpoint => Family::Ipv6,
         }
+    }
+
+    pub fn is_endpoint(self) -> bool {
+        matches!(self, SetKey::Ipv4Endpoint | SetKey::Ipv6Endpoint)
     }
 
     pub fn is_flow(self) -> bool {
@@ -145,6 +154,25 @@ pub struct SetElement {
 pub enum ElementValue {
     Addr(Prefix),
     Flow(FlowPattern),
+    Endpoint(Endpoint),
+}
+
+/// One side of a connection: address, protocol with ports, port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub addr: std::net::IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn family(&self) -> Family {
+        match self.addr {
+            std::net::IpAddr::V4(_) => Family::Ipv4,
+            std::net::IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
 }
 
 impl SetElement {
@@ -161,16 +189,21 @@ struct WireSetElement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     flow: Option<FlowPattern>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint: Option<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<i64>,
 }
 
 impl TryFrom<WireSetElement> for SetElement {
     type Error = String;
     fn try_from(w: WireSetElement) -> Result<Self, String> {
-        let value = match (w.addr, w.flow) {
-            (Some(a), None) => ElementValue::Addr(a),
-            (None, Some(f)) => ElementValue::Flow(f),
-            _ => return Err("a set element has exactly one of `addr` and `flow`".into()),
+        let value = match (w.addr, w.flow, w.endpoint) {
+            (Some(a), None, None) => ElementValue::Addr(a),
+            (None, Some(f), None) => ElementValue::Flow(f),
+            (None, None, Some(e)) => ElementValue::Endpoint(e),
+            _ => {
+                return Err("a set element has exactly one of `addr`, `flow` and `endpoint`".into())
+            }
         };
         Ok(SetElement {
             value,
@@ -181,13 +214,16 @@ impl TryFrom<WireSetElement> for SetElement {
 
 impl From<SetElement> for WireSetElement {
     fn from(e: SetElement) -> Self {
-        let (addr, flow) = match e.value {
-            ElementValue::Addr(a) => (Some(a), None),
-            ElementValue::Flow(f) => (None, Some(f)),
-        };
+        let (mut addr, mut flow, mut endpoint) = (None, None, None);
+        match e.value {
+            ElementValue::Addr(a) => addr = Some(a),
+            ElementValue::Flow(f) => flow = Some(f),
+            ElementValue::Endpoint(p) => endpoint = Some(p),
+        }
         WireSetElement {
             addr,
             flow,
+            endpoint,
             expires_at: e.expires_at,
         }
     }
@@ -299,6 +335,91 @@ pub struct Rule {
     #[serde(rename = "match")]
     pub matches: Match,
     pub action: Action,
+    /// Before the action, add both endpoints of the packet (source address,
+    /// protocol, port and the same for the destination) to an endpoint set
+    /// for a while: the kernel remembers the peers a signature found, with
+    /// no program on the packet path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_endpoints_to: Option<AddEndpoints>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddEndpoints {
+    pub set: SetName,
+    /// 1 s to 30 days.
+    pub timeout_secs: u32,
+}
+
+/// Bytes at a fixed offset of the transport payload (after the TCP or UDP
+/// header), optionally under a mask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadMatch {
+    pub offset: u16,
+    /// 1 to 16 bytes, hex.
+    #[serde(with = "hex_bytes")]
+    pub bytes: Vec<u8>,
+    /// As long as `bytes`; only the bits set here are compared.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_opt")]
+    pub mask: Option<Vec<u8>>,
+}
+
+impl PayloadMatch {
+    pub const MAX_BYTES: usize = 16;
+    pub const MAX_END: usize = 1500;
+
+    fn check(&self) -> Result<(), String> {
+        if self.bytes.is_empty() || self.bytes.len() > Self::MAX_BYTES {
+            return Err(format!(
+                "a payload match has 1 to {} bytes",
+                Self::MAX_BYTES
+            ));
+        }
+        if self
+            .mask
+            .as_ref()
+            .is_some_and(|m| m.len() != self.bytes.len())
+        {
+            return Err("a payload mask is as long as its bytes".into());
+        }
+        if usize::from(self.offset) + self.bytes.len() > Self::MAX_END {
+            return Err(format!(
+                "payload matches end within {} bytes",
+                Self::MAX_END
+            ));
+        }
+        Ok(())
+    }
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        hex::decode(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => super::hex_bytes::serialize(b, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| hex::decode(t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// Match fields of a rule.
@@ -326,6 +447,17 @@ pub struct Match {
     /// The packet's destination address is in this address set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst_in_set: Option<SetName>,
+    /// Either endpoint of the packet (address, protocol, port) is in this
+    /// endpoint set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_in_set: Option<SetName>,
+    /// Bytes at fixed offsets of the transport payload; all must match.
+    /// Needs protocol tcp or udp.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payload: Vec<PayloadMatch>,
+    /// The UDP payload length lies in this range (bytes). Needs udp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_len: Option<PortRange>,
 }
 
 /// Why a config is internally inconsistent.
@@ -368,8 +500,7 @@ impl DeviceConfig {
             if !rule_ids.insert(rule.id.as_str()) {
                 return fail(format!("rule `{}` is defined twice", rule.id));
             }
-            rule.matches
-                .family_with(&self.firewall.sets)
+            rule.family_with(&self.firewall.sets)
                 .map_err(|m| ConfigError(format!("rule `{}`: {m}", rule.id)))?;
         }
         Ok(())
@@ -387,6 +518,12 @@ fn check_element(set: &Set, element: &SetElement) -> Result<(), String> {
         (SetKey::Ipv4Flow | SetKey::Ipv6Flow, ElementValue::Flow(flow)) => flow
             .check()
             .map_err(|m| format!("set `{}`: {m}", set.name))?,
+        (SetKey::Ipv4Endpoint | SetKey::Ipv6Endpoint, ElementValue::Endpoint(e)) => {
+            if !e.protocol.has_ports() {
+                return Err(format!("set `{}`: endpoints are tcp or udp", set.name));
+            }
+            e.family()
+        }
         _ => {
             return Err(format!(
                 "set `{}` holds an element of the wrong type",
@@ -401,6 +538,56 @@ fn check_element(set: &Set, element: &SetElement) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The three kinds of sets, by what a rule may look up in them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetKind {
+    Addr,
+    Flow,
+    Endpoint,
+}
+
+impl SetKind {
+    fn of(key: SetKey) -> Self {
+        match key {
+            SetKey::Ipv4Addr | SetKey::Ipv6Addr => SetKind::Addr,
+            SetKey::Ipv4Flow | SetKey::Ipv6Flow => SetKind::Flow,
+            SetKey::Ipv4Endpoint | SetKey::Ipv6Endpoint => SetKind::Endpoint,
+        }
+    }
+}
+
+impl Rule {
+    /// The rule's family (None: both), checking `add_endpoints_to` too.
+    pub fn family_with(&self, sets: &[Set]) -> Result<Option<Family>, String> {
+        let family = self.matches.family_with(sets)?;
+        let Some(add) = &self.add_endpoints_to else {
+            return Ok(family);
+        };
+        let set = sets
+            .iter()
+            .find(|s| s.name == add.set)
+            .ok_or_else(|| format!("add_endpoints_to names unknown set `{}`", add.set))?;
+        if !set.key.is_endpoint() {
+            return Err(format!(
+                "add_endpoints_to names set `{}` of the wrong type",
+                add.set
+            ));
+        }
+        if family.is_some_and(|f| f != set.key.family()) {
+            return Err(format!(
+                "add_endpoints_to names a set of another family than the rule"
+            ));
+        }
+        if !self.matches.protocol.is_some_and(Protocol::has_ports) {
+            return Err("add_endpoints_to needs protocol tcp or udp".into());
+        }
+        if !(1..=30 * 24 * 3600).contains(&add.timeout_secs) {
+            return Err("add_endpoints_to lasts 1 s to 30 days".into());
+        }
+        Ok(Some(set.key.family()))
+    }
 }
 
 impl Match {
@@ -429,20 +616,30 @@ impl Match {
             require(f, "protocol")?;
         }
         let set_refs = [
-            (&self.flow_in_set, true, "flow_in_set"),
-            (&self.src_in_set, false, "src_in_set"),
-            (&self.dst_in_set, false, "dst_in_set"),
+            (&self.flow_in_set, SetKind::Flow, "flow_in_set"),
+            (&self.src_in_set, SetKind::Addr, "src_in_set"),
+            (&self.dst_in_set, SetKind::Addr, "dst_in_set"),
+            (&self.endpoint_in_set, SetKind::Endpoint, "endpoint_in_set"),
         ];
-        for (reference, wants_flow, what) in set_refs {
+        for (reference, wants, what) in set_refs {
             let Some(name) = reference else { continue };
             let set = sets
                 .iter()
                 .find(|s| &s.name == name)
                 .ok_or_else(|| format!("{what} names unknown set `{name}`"))?;
-            if set.key.is_flow() != wants_flow {
+            if SetKind::of(set.key) != wants {
                 return Err(format!("{what} names set `{name}` of the wrong type"));
             }
             require(set.key.family(), what)?;
+        }
+        for p in &self.payload {
+            p.check()?;
+        }
+        if !self.payload.is_empty() && !self.protocol.is_some_and(Protocol::has_ports) {
+            return Err("payload matches need protocol tcp or udp".into());
+        }
+        if self.payload_len.is_some() && self.protocol != Some(Protocol::Udp) {
+            return Err("payload_len needs protocol udp".into());
         }
         let has_ports = self.sport.is_some() || self.dport.is_some();
         if has_ports && !self.protocol.is_some_and(Protocol::has_ports) {

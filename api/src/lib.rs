@@ -14,8 +14,8 @@ pub mod root;
 pub mod status;
 
 pub use config::{
-    Action, Chain, ConfigError, DeviceConfig, ElementValue, Firewall, FlowPattern, Match, Rule,
-    RuleId, Set, SetElement, SetKey, SetName,
+    Action, AddEndpoints, Chain, ConfigError, DeviceConfig, ElementValue, Endpoint, Firewall,
+    FlowPattern, Match, PayloadMatch, Rule, RuleId, Set, SetElement, SetKey, SetName,
 };
 pub use envelope::{
     open_device_config, seal, Envelope, KeyId, OpenError, OpenPolicy, TrustedKeys,

@@ -51,6 +51,11 @@ impl Prefix {
         Ok(Prefix(net))
     }
 
+    /// The host prefix of one address (/32 or /128).
+    pub fn from_addr(addr: IpAddr) -> Self {
+        Prefix(IpNet::from(addr))
+    }
+
     pub fn family(&self) -> Family {
         match self.0 {
             IpNet::V4(_) => Family::Ipv4,

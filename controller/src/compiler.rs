@@ -9,7 +9,9 @@ use isdf_api::{
     SetKey, SetName,
 };
 
-use crate::domain::{BlockAction, FlowBlockSpec, Labels, Selector, ServiceSpec};
+use crate::domain::{
+    BittorrentBlockSpec, BlockAction, FlowBlockSpec, Labels, Selector, ServiceSpec,
+};
 
 /// A timed block an operator set on one device, as the compiler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,10 +47,18 @@ pub fn compile_firewall(
 ) -> Firewall {
     // BTreeMap keys give a deterministic order, so equal inputs give equal digests.
     let mut blocks = FlowBlocks::new();
+    let mut bittorrent: Option<BittorrentBlockSpec> = None;
     for assignment in assignments.iter().filter(|a| a.selector.matches(labels)) {
         match &assignment.spec {
             ServiceSpec::FlowBlock(spec) => {
                 add_flow_block(&mut blocks, spec, assignment.created_at, now)
+            }
+            // Assigned twice: once, with the longest block time.
+            ServiceSpec::BittorrentBlock(spec) => {
+                bittorrent = Some(match bittorrent {
+                    Some(b) if b.block_secs >= spec.block_secs => b,
+                    _ => spec.clone(),
+                })
             }
         }
     }
@@ -92,7 +102,11 @@ pub fn compile_firewall(
                 BlockAction::Drop => Action::Drop,
                 BlockAction::Reject => Action::Reject,
             },
+            add_endpoints_to: None,
         });
+    }
+    if let Some(spec) = &bittorrent {
+        crate::bittorrent::add_to(&mut firewall, spec);
     }
     firewall
 }
@@ -262,6 +276,34 @@ mod tests {
         assert!(compile_firewall(&Labels::default(), &[], &[block], 130)
             .sets
             .is_empty());
+    }
+
+    #[test]
+    fn bittorrent_block_compiles_to_signatures_that_validate() {
+        let spec = |secs: u32| CompiledAssignment {
+            selector: Selector::parse("*").unwrap(),
+            created_at: 0,
+            spec: ServiceSpec::parse(
+                ServiceKind::BittorrentBlock,
+                &serde_json::json!({ "block_secs": secs }),
+            )
+            .unwrap(),
+        };
+        let firewall = compile_firewall(&Labels::default(), &[spec(60), spec(600)], &[], 0);
+        insta::assert_json_snapshot!(firewall);
+        let config = isdf_api::DeviceConfig {
+            device_id: "d".into(),
+            version: 1,
+            issued_at: 0,
+            expires_at: 1,
+            firewall,
+        };
+        config.validate().unwrap();
+        assert!(ServiceSpec::parse(
+            ServiceKind::BittorrentBlock,
+            &serde_json::json!({"block_secs": 0})
+        )
+        .is_err());
     }
 
     #[test]

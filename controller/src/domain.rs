@@ -258,18 +258,21 @@ impl Role {
 #[serde(rename_all = "kebab-case")]
 pub enum ServiceKind {
     FlowBlock,
+    BittorrentBlock,
 }
 
 impl ServiceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceKind::FlowBlock => "flow-block",
+            ServiceKind::BittorrentBlock => "bittorrent-block",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "flow-block" => Some(ServiceKind::FlowBlock),
+            "bittorrent-block" => Some(ServiceKind::BittorrentBlock),
             _ => None,
         }
     }
@@ -279,6 +282,7 @@ impl ServiceKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceSpec {
     FlowBlock(FlowBlockSpec),
+    BittorrentBlock(BittorrentBlockSpec),
 }
 
 impl ServiceSpec {
@@ -290,6 +294,12 @@ impl ServiceSpec {
                     serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
                 spec.check()?;
                 Ok(ServiceSpec::FlowBlock(spec))
+            }
+            ServiceKind::BittorrentBlock => {
+                let spec: BittorrentBlockSpec =
+                    serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+                spec.check()?;
+                Ok(ServiceSpec::BittorrentBlock(spec))
             }
         }
     }
@@ -327,6 +337,33 @@ pub enum BlockAction {
     #[default]
     Drop,
     Reject,
+}
+
+/// `bittorrent-block`: the router drops BitTorrent traffic it recognises
+/// by fixed-offset payload signatures, in the kernel, and blocks both
+/// endpoints of the offending packet (the peer, and the client's port) for
+/// `block_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BittorrentBlockSpec {
+    /// How long a detected endpoint stays blocked: 1 s to 30 days (default 1 h).
+    #[serde(default = "default_bittorrent_block_secs")]
+    pub block_secs: u32,
+}
+
+fn default_bittorrent_block_secs() -> u32 {
+    3600
+}
+
+impl BittorrentBlockSpec {
+    pub const MAX_BLOCK_SECS: u32 = 30 * 24 * 3600;
+
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=Self::MAX_BLOCK_SECS).contains(&self.block_secs) {
+            return Err(format!("block_secs must be 1 to {}", Self::MAX_BLOCK_SECS));
+        }
+        Ok(())
+    }
 }
 
 /// One flow to block; absent fields mean "any".

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod bittorrent;
 pub mod compiler;
 pub mod config_cache;
 pub mod db;

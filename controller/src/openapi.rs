@@ -23,6 +23,7 @@ use crate::handlers::{assignments, blocks, device_api, devices, enrollment, oper
     components(schemas(
         crate::error::ErrorBody, crate::domain::FlowBlockSpec, crate::domain::FlowSpec,
         crate::domain::BlockAction, crate::domain::ServiceKind, crate::domain::Role,
+        crate::domain::BittorrentBlockSpec,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -65,6 +65,7 @@ fn timed_five_tuples(count: usize, now: i64) -> isdf_api::Firewall {
                 ..Match::default()
             },
             action: Action::Drop,
+            add_endpoints_to: None,
         }],
     }
 }

@@ -24,6 +24,9 @@ use crate::router_blocks::{blocked_patterns, RouterBlocks};
 use crate::settings::Settings;
 use crate::state::{Identity, StateDir};
 
+/// How often the kernel's detections are collected and reported.
+const HARVEST_EVERY: Duration = Duration::from_secs(2);
+
 pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -359,6 +362,9 @@ impl Agent {
     /// Applies `firewall` with the router's own blocks and checks the kernel
     /// holds it; then ends the established flows of what is newly blocked.
     fn enforce(&mut self, firewall: &isdf_api::Firewall) -> anyhow::Result<()> {
+        // The replacement empties the kernel's endpoint sets: keep what
+        // they learned first.
+        self.harvest_detections();
         let now_ms = unix_millis();
         let merged = self.router_blocks.merged_into(firewall, now_ms);
         self.backend.apply(&merged, now_ms)?;
@@ -391,6 +397,77 @@ impl Agent {
             .as_ref()
             .map(|e| e.config.firewall.clone())
             .unwrap_or_default()
+    }
+
+    /// Whether the enforced config has endpoint sets the kernel fills
+    /// (detections to harvest).
+    fn watches_detections(&self) -> bool {
+        self.enforced
+            .as_ref()
+            .is_some_and(|e| e.config.firewall.sets.iter().any(|s| s.key.is_endpoint()))
+    }
+
+    /// Turns endpoints the kernel's signatures found into router blocks of
+    /// origin `detection`: reported to the controller, kept across restarts
+    /// and across the next ruleset replacement (which empties the kernel's
+    /// sets); their established flows are ended.
+    fn harvest_detections(&mut self) {
+        use isdf_api::events::BlockOrigin;
+        if !self.watches_detections() {
+            return;
+        }
+        let firewall = self.config_firewall();
+        let learned = match self.backend.learned_endpoints(&firewall) {
+            Ok(learned) => learned,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading detections");
+                return;
+            }
+        };
+        let now_ms = unix_millis();
+        let mut new_flows = Vec::new();
+        for found in learned {
+            let reason = found.set.trim_end_matches("_v4").trim_end_matches("_v6");
+            for flow in crate::router_blocks::endpoint_flows(&found.endpoint) {
+                if self
+                    .router_blocks
+                    .has(BlockOrigin::Detection, &flow, now_ms)
+                {
+                    continue;
+                }
+                let duration = found
+                    .remaining_ms
+                    .max(crate::router_blocks::MIN_DURATION_MS);
+                match self.router_blocks.add(
+                    BlockOrigin::Detection,
+                    flow.clone(),
+                    duration,
+                    reason,
+                    now_ms,
+                ) {
+                    Ok(_) => new_flows.push(flow),
+                    Err(refusal) => {
+                        // The kernel still blocks it until its timeout.
+                        tracing::warn!(%refusal, "detection not kept");
+                        break;
+                    }
+                }
+            }
+        }
+        if new_flows.is_empty() {
+            return;
+        }
+        tracing::info!(count = new_flows.len(), "detections");
+        if let Err(e) = self
+            .state
+            .save_router_blocks(self.router_blocks.persisted())
+        {
+            tracing::error!(error = ?e, "persisting router blocks");
+        }
+        let refs: Vec<_> = new_flows.iter().collect();
+        if let Err(e) = conntrack::end_flows(&refs) {
+            tracing::warn!(error = %format!("{e:#}"), "could not end detected flows");
+        }
     }
 
     /// Serves one request of the local control socket.
@@ -728,17 +805,27 @@ impl Agent {
             let this_wait = reapply_in
                 .map_or(wait, |r| r.min(wait))
                 .min(self.identity_due_in());
-            let version = self.poll_version();
-            let poll = tokio::select! {
-                () = &mut shutdown => return,
-                command = Self::next_command(&mut self.commands) => {
-                    // The long poll is dropped; the loop starts a new one
-                    // after delivering the events this request made.
-                    let response = self.handle_command(command.request);
-                    let _ = command.reply.send(response);
-                    continue;
+            // The poll owns a clone of the client, so local requests and
+            // detections are handled while it waits, without cutting it.
+            let client = self.client.clone();
+            let poll = client.poll(self.poll_version(), this_wait);
+            tokio::pin!(poll);
+            let mut harvest = tokio::time::interval(HARVEST_EVERY);
+            harvest.reset();
+            let poll = loop {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    command = Self::next_command(&mut self.commands) => {
+                        let response = self.handle_command(command.request);
+                        let _ = command.reply.send(response);
+                        self.send_events_if_due().await;
+                    }
+                    _ = harvest.tick(), if self.watches_detections() => {
+                        self.harvest_detections();
+                        self.send_events_if_due().await;
+                    }
+                    result = &mut poll => break result,
                 }
-                poll = self.client.poll(version, this_wait) => poll,
             };
             let pace = match poll {
                 Ok((polled, pace)) => {

@@ -23,6 +23,8 @@ pub(crate) const MAX_CERTIFICATE_ANSWER_BYTES: usize = 64 * 1024;
 /// The most the agent reads of an error answer.
 const MAX_ERROR_BYTES: usize = 4096;
 
+/// Cheap to clone: the connection pool is shared.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,

@@ -109,6 +109,14 @@ impl RouterBlocks {
         blocks
     }
 
+    /// Whether a block of `origin` for exactly `flow` is in force.
+    pub fn has(&self, origin: BlockOrigin, flow: &FlowPattern, now_ms: i64) -> bool {
+        self.data
+            .blocks
+            .iter()
+            .any(|b| b.origin == origin && &b.flow == flow && b.expires_at_ms > now_ms)
+    }
+
     /// Forgets blocks that have ended (the kernel already let them go).
     /// Returns whether any were removed.
     pub fn prune(&mut self, now_ms: i64) -> bool {
@@ -291,6 +299,7 @@ impl RouterBlocks {
                     ..Match::default()
                 },
                 action: Action::Drop,
+                add_endpoints_to: None,
             });
         }
         rules.append(&mut merged.rules);
@@ -311,9 +320,32 @@ pub fn blocked_patterns(firewall: &Firewall) -> std::collections::BTreeSet<&Flow
         .flat_map(|s| &s.elements)
         .filter_map(|e| match &e.value {
             ElementValue::Flow(f) => Some(f),
-            ElementValue::Addr(_) => None,
+            ElementValue::Addr(_) | ElementValue::Endpoint(_) => None,
         })
         .collect()
+}
+
+/// The two flow patterns that stop all traffic from and to an endpoint.
+pub fn endpoint_flows(e: &isdf_api::Endpoint) -> [FlowPattern; 2] {
+    let host = isdf_api::Prefix::from_addr(e.addr);
+    let any = e.family().any();
+    let port = isdf_api::PortRange::new(e.port, e.port).expect("one port");
+    [
+        FlowPattern {
+            protocol: Some(e.protocol),
+            src: host,
+            sport: port,
+            dst: any,
+            dport: isdf_api::PortRange::ANY,
+        },
+        FlowPattern {
+            protocol: Some(e.protocol),
+            src: any,
+            sport: isdf_api::PortRange::ANY,
+            dst: host,
+            dport: port,
+        },
+    ]
 }
 
 /// Parses a duration: `1500ms`, `30s`, `5m`, `2h`, `1d`, or bare seconds.

@@ -45,6 +45,8 @@ fn bounds(element: &SetElement) -> Bounds {
     match &element.value {
         ElementValue::Addr(p) => Bounds(vec![prefix_range(p)]),
         ElementValue::Flow(f) => flow_bounds(f),
+        // Endpoint sets are hash sets: never layered.
+        ElementValue::Endpoint(_) => Bounds(Vec::new()),
     }
 }
 

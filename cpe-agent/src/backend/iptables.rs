@@ -883,6 +883,26 @@ impl Default for IptablesBackend {
     }
 }
 
+/// Payload signatures and endpoint sets filled by rules are nftables
+/// features here: a config using them is refused (and rolled back) rather
+/// than enforced in part.
+fn refuse_unsupported(firewall: &Firewall) -> anyhow::Result<()> {
+    let endpoint_sets = firewall.sets.iter().any(|s| s.key.is_endpoint());
+    let signatures = firewall.rules.iter().any(|r| {
+        !r.matches.payload.is_empty()
+            || r.matches.payload_len.is_some()
+            || r.matches.endpoint_in_set.is_some()
+            || r.add_endpoints_to.is_some()
+    });
+    if endpoint_sets || signatures {
+        bail!(
+            "the iptables backend cannot enforce payload signatures or endpoint sets \
+             (the bittorrent-block service); run the agent with the nftables backend"
+        );
+    }
+    Ok(())
+}
+
 impl FirewallBackend for IptablesBackend {
     fn name(&self) -> &'static str {
         "iptables"
@@ -890,6 +910,7 @@ impl FirewallBackend for IptablesBackend {
 
     #[tracing::instrument(skip(self, firewall))]
     fn apply(&mut self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<()> {
+        refuse_unsupported(firewall)?;
         let layout = Layout::new(firewall, nearest_second(now_ms), self.capabilities());
         let live = self.live_sets()?;
         for name in live.keys().filter(|n| n.starts_with(TEMP_PREFIX)) {

@@ -37,8 +37,24 @@ pub trait FirewallBackend: Send {
         None
     }
 
+    /// The endpoints rules added to the endpoint sets of `firewall` since it
+    /// was applied (peers a signature found), with the time each has left
+    /// in milliseconds.
+    fn learned_endpoints(&self, firewall: &Firewall) -> anyhow::Result<Vec<LearnedEndpoint>> {
+        let _ = firewall;
+        Ok(Vec::new())
+    }
+
     /// Removes everything this agent installed (uninstall and tests).
     fn remove(&mut self) -> anyhow::Result<()>;
+}
+
+/// An endpoint the kernel added to an endpoint set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnedEndpoint {
+    pub set: String,
+    pub endpoint: isdf_api::Endpoint,
+    pub remaining_ms: u64,
 }
 
 /// Which backend to use.

@@ -16,11 +16,11 @@ use std::fmt::Write as _;
 
 use anyhow::{bail, Context};
 use isdf_api::{
-    Action, Chain, ElementValue, Family, Firewall, FlowPattern, Match, PortRange, Prefix, Protocol,
-    Rule, RuleCounter, Set, SetElement, SetKey,
+    Action, Chain, ElementValue, Family, Firewall, FlowPattern, Match, PayloadMatch, PortRange,
+    Prefix, Protocol, Rule, RuleCounter, Set, SetElement, SetKey,
 };
 
-use super::{exec, interval_layers, remaining_ms, FirewallBackend};
+use super::{exec, interval_layers, remaining_ms, FirewallBackend, LearnedEndpoint};
 
 pub const TABLE: &str = "isdf";
 /// Our chains run just before fw4's (priority filter = 0), so a block here
@@ -83,8 +83,13 @@ struct KernelSet<'a> {
     name: String,
     type_expr: &'static str,
     interval: bool,
+    /// Rules add elements at run time (endpoint sets).
+    dynamic: bool,
     elements: Vec<&'a SetElement>,
 }
+
+/// Most elements rules may add to an endpoint set.
+const DYNAMIC_SET_SIZE: usize = 65_536;
 
 fn is_host(p: &Prefix) -> bool {
     p.net().prefix_len() == p.net().max_prefix_len()
@@ -142,6 +147,18 @@ fn kernel_sets(set: &Set) -> Vec<KernelSet<'_>> {
         Family::Ipv4 => "inet_proto . ipv4_addr . inet_service . ipv4_addr . inet_service",
         Family::Ipv6 => "inet_proto . ipv6_addr . inet_service . ipv6_addr . inet_service",
     };
+    if set.key.is_endpoint() {
+        return vec![KernelSet {
+            name: set.name.to_string(),
+            type_expr: match set.key.family() {
+                Family::Ipv4 => "ipv4_addr . inet_proto . inet_service",
+                Family::Ipv6 => "ipv6_addr . inet_proto . inet_service",
+            },
+            interval: false,
+            dynamic: true,
+            elements: set.elements.iter().collect(),
+        }];
+    }
     let (type_expr, mut sets, ranges, first_layer_name) = match set.key {
         SetKey::Ipv4Addr | SetKey::Ipv6Addr => (
             if set.key == SetKey::Ipv4Addr {
@@ -153,7 +170,7 @@ fn kernel_sets(set: &Set) -> Vec<KernelSet<'_>> {
             set.elements.iter().collect::<Vec<_>>(),
             set.name.to_string(),
         ),
-        SetKey::Ipv4Flow | SetKey::Ipv6Flow => {
+        SetKey::Ipv4Flow | SetKey::Ipv6Flow | SetKey::Ipv4Endpoint | SetKey::Ipv6Endpoint => {
             let (exact, ranges): (Vec<_>, Vec<_>) = set
                 .elements
                 .iter()
@@ -162,6 +179,7 @@ fn kernel_sets(set: &Set) -> Vec<KernelSet<'_>> {
                 name: set.name.to_string(),
                 type_expr: flow_type(set.key.family()),
                 interval: false,
+                dynamic: false,
                 elements: dedup_exact(exact),
             };
             (
@@ -185,6 +203,7 @@ fn kernel_sets(set: &Set) -> Vec<KernelSet<'_>> {
             },
             type_expr,
             interval: true,
+            dynamic: false,
             elements,
         });
     }
@@ -215,13 +234,16 @@ fn flow_element(f: &FlowPattern) -> String {
 }
 
 fn plan_set(s: &mut String, set: &KernelSet<'_>, now_ms: i64, elements: Elements) {
-    let flags = if set.interval {
-        "interval, timeout"
-    } else {
-        "timeout"
+    let flags = match (set.interval, set.dynamic) {
+        (true, _) => "interval, timeout",
+        (false, true) => "dynamic, timeout",
+        (false, false) => "timeout",
     };
     let _ = writeln!(s, "\tset {} {{", set.name);
     let _ = writeln!(s, "\t\ttype {}; flags {flags};", set.type_expr);
+    if set.dynamic {
+        let _ = writeln!(s, "\t\tsize {DYNAMIC_SET_SIZE};");
+    }
     let values: Vec<String> = set
         .elements
         .iter()
@@ -230,6 +252,9 @@ fn plan_set(s: &mut String, set: &KernelSet<'_>, now_ms: i64, elements: Elements
             let value = match &e.value {
                 ElementValue::Addr(p) => prefix(p),
                 ElementValue::Flow(f) => flow_element(f),
+                ElementValue::Endpoint(e) => {
+                    format!("{} . {} . {}", e.addr, e.protocol.number(), e.port)
+                }
             };
             match remaining_ms(e.expires_at, now_ms) {
                 None => Some(value),
@@ -285,9 +310,34 @@ fn match_exprs(m: &Match, sets: &[Set], layout: &Layout<'_>) -> Vec<String> {
     if let Some(r) = m.dport {
         parts.push(format!("th dport {}", ports(r)));
     }
+    if let Some(r) = m.payload_len {
+        // The UDP length field counts its 8-byte header.
+        let (a, b) = (u32::from(r.first()) + 8, u32::from(r.last()) + 8);
+        parts.push(if a == b {
+            format!("udp length {a}")
+        } else {
+            format!("udp length {a}-{b}")
+        });
+    }
+    for p in &m.payload {
+        parts.push(payload_expr(p));
+    }
     let mut exprs = vec![parts.join(" ")];
     let Some(f) = family else { return exprs };
     let ip = ip(f);
+    if let Some(name) = &m.endpoint_in_set {
+        // Either side of the packet: one rule line per side.
+        exprs = exprs
+            .iter()
+            .flat_map(|base| {
+                [
+                    "saddr . meta l4proto . th sport",
+                    "daddr . meta l4proto . th dport",
+                ]
+                .map(|side| format!("{base} {ip} {side} @{name}").trim().to_owned())
+            })
+            .collect();
+    }
     let lookups = [
         (&m.src_in_set, format!("{ip} saddr")),
         (&m.dst_in_set, format!("{ip} daddr")),
@@ -313,6 +363,41 @@ fn match_exprs(m: &Match, sets: &[Set], layout: &Layout<'_>) -> Vec<String> {
     exprs
 }
 
+/// One payload match: `@ih` is the transport payload (after the TCP or UDP
+/// header); a mask compares only its bits.
+fn payload_expr(p: &PayloadMatch) -> String {
+    let (offset, bits) = (u32::from(p.offset) * 8, p.bytes.len() * 8);
+    let hex = |b: &[u8]| {
+        b.iter().fold(String::from("0x"), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+    };
+    match &p.mask {
+        Some(mask) => format!("@ih,{offset},{bits} & {} == {}", hex(mask), hex(&p.bytes)),
+        None => format!("@ih,{offset},{bits} {}", hex(&p.bytes)),
+    }
+}
+
+/// The statements that add both endpoints of the packet to an endpoint set.
+fn add_endpoints(rule: &Rule, family: Option<Family>) -> String {
+    let (Some(add), Some(f)) = (&rule.add_endpoints_to, family) else {
+        return String::new();
+    };
+    let ip = if f == Family::Ipv4 { "ip" } else { "ip6" };
+    [
+        "saddr . meta l4proto . th sport",
+        "daddr . meta l4proto . th dport",
+    ]
+    .map(|side| {
+        format!(
+            "add @{} {{ {ip} {side} timeout {}s }} ",
+            add.set, add.timeout_secs
+        )
+    })
+    .concat()
+}
+
 /// Which reject statements a match needs: (TCP reset, ICMP). A rule already
 /// limited to one protocol needs only one of them.
 fn reject_variants(m: &Match) -> (bool, bool) {
@@ -327,9 +412,12 @@ fn reject_variants(m: &Match) -> (bool, bool) {
 /// so their counters add up under it.
 fn rule_lines(rule: &Rule, sets: &[Set], layout: &Layout<'_>) -> Vec<String> {
     let comment = format!("comment \"{}\"", rule.id);
+    let remember = add_endpoints(rule, rule.family_with(sets).ok().flatten());
     let mut lines = Vec::new();
     for expr in match_exprs(&rule.matches, sets, layout) {
         let sep = if expr.is_empty() { "" } else { " " };
+        let sep = format!("{sep}{remember}");
+        let sep = sep.as_str();
         match rule.action {
             Action::Accept => lines.push(format!("{expr}{sep}counter accept {comment}")),
             Action::Drop => lines.push(format!("{expr}{sep}counter drop {comment}")),
@@ -431,6 +519,41 @@ fn listed_shape(json: &serde_json::Value) -> anyhow::Result<(Shape, Vec<RuleCoun
     Ok((shape, counters))
 }
 
+/// The elements of one listed endpoint set (`nft -j list set`): each is
+/// `{"elem": {"val": {"concat": [addr, proto, port]}, "expires": secs}}`.
+fn parse_endpoints(set: &str, json: &serde_json::Value) -> Vec<LearnedEndpoint> {
+    let elements = json["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item["set"]["elem"].as_array())
+        .flatten();
+    elements
+        .filter_map(|e| {
+            let concat = e["elem"]["val"]["concat"].as_array()?;
+            let addr = concat.first()?.as_str()?.parse().ok()?;
+            let protocol = match &concat.get(1)? {
+                serde_json::Value::String(name) if name == "tcp" => Protocol::Tcp,
+                serde_json::Value::String(name) if name == "udp" => Protocol::Udp,
+                serde_json::Value::Number(n) if n.as_u64() == Some(6) => Protocol::Tcp,
+                serde_json::Value::Number(n) if n.as_u64() == Some(17) => Protocol::Udp,
+                _ => return None,
+            };
+            let port = u16::try_from(concat.get(2)?.as_u64()?).ok()?;
+            let expires_secs = e["elem"]["expires"].as_u64().unwrap_or(0);
+            Some(LearnedEndpoint {
+                set: set.to_owned(),
+                endpoint: isdf_api::Endpoint {
+                    addr,
+                    protocol,
+                    port,
+                },
+                remaining_ms: expires_secs * 1000,
+            })
+        })
+        .collect()
+}
+
 /// Runs `nft` in the agent's network namespace.
 pub struct NftBackend {
     program: String,
@@ -517,6 +640,21 @@ impl FirewallBackend for NftBackend {
             .filter(|&e| e - now > max)
             .map(|e| e - max)
             .min()
+    }
+
+    fn learned_endpoints(&self, firewall: &Firewall) -> anyhow::Result<Vec<LearnedEndpoint>> {
+        let mut learned = Vec::new();
+        for set in firewall.sets.iter().filter(|s| s.key.is_endpoint()) {
+            let out = exec::run(
+                &self.program,
+                &["-j", "list", "set", "inet", TABLE, set.name.as_str()],
+                "",
+            )?;
+            let json: serde_json::Value =
+                serde_json::from_str(&out).context("parsing nft -j output")?;
+            learned.extend(parse_endpoints(set.name.as_str(), &json));
+        }
+        Ok(learned)
     }
 
     fn counters(&self) -> anyhow::Result<Vec<RuleCounter>> {
@@ -613,6 +751,19 @@ mod tests {
         assert!(script.contains("192.0.2.1 timeout 0s750ms"), "{script}");
         assert!(script.contains("192.0.2.2 timeout 1s750ms"), "{script}");
         assert!(!plan(&firewall, 100_000).contains("192.0.2.1"));
+    }
+
+    #[test]
+    fn learned_endpoints_parse_from_the_listing() {
+        let json: serde_json::Value = serde_json::from_str(r#"{"nftables": [{"metainfo": {}}, {"set": {"family": "inet", "name": "bt", "table": "isdf",
+            "elem": [{"elem": {"val": {"concat": ["198.51.100.2", "udp", 6969]}, "timeout": 60, "expires": 59}},
+                     {"elem": {"val": {"concat": ["2001:db8::1", "tcp", 6881]}, "timeout": 60, "expires": 3}}]}}]}"#).unwrap();
+        let learned = parse_endpoints("bt", &json);
+        assert_eq!(learned.len(), 2);
+        assert_eq!(learned[0].endpoint.port, 6969);
+        assert_eq!(learned[0].endpoint.protocol, Protocol::Udp);
+        assert_eq!(learned[0].remaining_ms, 59_000);
+        assert_eq!(learned[1].endpoint.addr.to_string(), "2001:db8::1");
     }
 
     #[test]

@@ -8,3 +8,4 @@ mod blocks;
 mod e2e;
 mod netns;
 mod rogue_controller;
+mod signatures;

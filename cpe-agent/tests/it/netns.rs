@@ -27,6 +27,21 @@ impl Netns {
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         ip(&["netns", "add", &name]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
+        // No duplicate address detection: IPv6 (link-local addresses too,
+        // which neighbour discovery needs) works as soon as a link is up.
+        let out = Command::new("ip")
+            .args(["netns", "exec", &name, "sysctl", "-qw"])
+            .args([
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ])
+            .output()
+            .expect("sysctl (procps)");
+        assert!(
+            out.status.success(),
+            "sysctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Netns { name }
     }
 

@@ -1,0 +1,134 @@
+//! The `bittorrent-block` service compiled to data-plane primitives:
+//! fixed-offset payload signatures that add both endpoints of a matching
+//! packet to a kernel endpoint set, and a rule dropping traffic from or to
+//! any endpoint in that set. Everything runs in the router's kernel; no
+//! program sees packets.
+//!
+//! The signatures are written tightly enough not to match QUIC, DNS, TLS or
+//! other UDP: each pins at least eight bytes, or a length and six bytes.
+
+use isdf_api::{
+    Action, AddEndpoints, Chain, Family, Firewall, Match, PayloadMatch, PortRange, Protocol, Rule,
+    Set, SetKey, SetName,
+};
+
+use crate::domain::BittorrentBlockSpec;
+
+/// A fixed-offset signature: protocol, (offset, bytes) pieces, UDP payload length.
+struct Signature {
+    id: &'static str,
+    protocol: Protocol,
+    pieces: &'static [(u16, &'static [u8])],
+    udp_payload_len: Option<u16>,
+}
+
+const SIGNATURES: &[Signature] = &[
+    // BEP 3: the peer handshake, 19 then the protocol name.
+    Signature {
+        id: "bt-handshake",
+        protocol: Protocol::Tcp,
+        pieces: &[(0, b"\x13BitTorrent prot"), (16, b"ocol")],
+        udp_payload_len: None,
+    },
+    // BEP 5: DHT queries are bencoded dicts whose first (sorted) key is
+    // the arguments dict, itself starting with the node id.
+    Signature {
+        id: "bt-dht-query",
+        protocol: Protocol::Udp,
+        pieces: &[(0, b"d1:ad2:id20:")],
+        udp_payload_len: None,
+    },
+    Signature {
+        id: "bt-dht-reply",
+        protocol: Protocol::Udp,
+        pieces: &[(0, b"d1:rd2:id20:")],
+        udp_payload_len: None,
+    },
+    // BEP 29: a uTP SYN is a bare 20-byte header: type 4 version 1, no
+    // extension, and no timestamp difference yet.
+    Signature {
+        id: "bt-utp-syn",
+        protocol: Protocol::Udp,
+        pieces: &[(0, &[0x41, 0x00]), (8, &[0, 0, 0, 0])],
+        udp_payload_len: Some(20),
+    },
+    // BEP 15: the UDP tracker connect request, 16 bytes: the protocol
+    // magic and action 0.
+    Signature {
+        id: "bt-udp-tracker",
+        protocol: Protocol::Udp,
+        pieces: &[(0, &[0, 0, 0x04, 0x17, 0x27, 0x10, 0x19, 0x80, 0, 0, 0, 0])],
+        udp_payload_len: Some(16),
+    },
+    // BEP 3: HTTP tracker announces and scrapes name the torrent first.
+    Signature {
+        id: "bt-http-announce",
+        protocol: Protocol::Tcp,
+        pieces: &[(0, b"GET /announce?in"), (16, b"fo_hash=")],
+        udp_payload_len: None,
+    },
+    Signature {
+        id: "bt-http-scrape",
+        protocol: Protocol::Tcp,
+        pieces: &[(0, b"GET /scrape?info"), (16, b"_hash=")],
+        udp_payload_len: None,
+    },
+];
+
+fn name(text: String) -> SetName {
+    SetName::parse(&text).expect("fixed shape")
+}
+
+/// Adds the service's sets and rules to `firewall` (once, however many
+/// assignments ask for it; the longest block time wins).
+pub fn add_to(firewall: &mut Firewall, spec: &BittorrentBlockSpec) {
+    for (family, suffix) in [(Family::Ipv4, "v4"), (Family::Ipv6, "v6")] {
+        let set = name(format!("bittorrent_{suffix}"));
+        firewall.sets.push(Set {
+            name: set.clone(),
+            key: match family {
+                Family::Ipv4 => SetKey::Ipv4Endpoint,
+                Family::Ipv6 => SetKey::Ipv6Endpoint,
+            },
+            elements: Vec::new(),
+        });
+        firewall.rules.push(Rule {
+            id: name(format!("bt-peer-{suffix}")),
+            chain: Chain::Forward,
+            matches: Match {
+                endpoint_in_set: Some(set.clone()),
+                ..Match::default()
+            },
+            action: Action::Drop,
+            add_endpoints_to: None,
+        });
+        for sig in SIGNATURES {
+            firewall.rules.push(Rule {
+                id: name(format!("{}-{suffix}", sig.id)),
+                chain: Chain::Forward,
+                matches: Match {
+                    family: Some(family),
+                    protocol: Some(sig.protocol),
+                    payload: sig
+                        .pieces
+                        .iter()
+                        .map(|(offset, bytes)| PayloadMatch {
+                            offset: *offset,
+                            bytes: bytes.to_vec(),
+                            mask: None,
+                        })
+                        .collect(),
+                    payload_len: sig
+                        .udp_payload_len
+                        .map(|len| PortRange::new(len, len).expect("a single length")),
+                    ..Match::default()
+                },
+                action: Action::Drop,
+                add_endpoints_to: Some(AddEndpoints {
+                    set: set.clone(),
+                    timeout_secs: spec.block_secs,
+                }),
+            });
+        }
+    }
+}
