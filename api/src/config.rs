@@ -576,9 +576,7 @@ impl Rule {
             ));
         }
         if family.is_some_and(|f| f != set.key.family()) {
-            return Err(format!(
-                "add_endpoints_to names a set of another family than the rule"
-            ));
+            return Err("add_endpoints_to names a set of another family than the rule".into());
         }
         if !self.matches.protocol.is_some_and(Protocol::has_ports) {
             return Err("add_endpoints_to needs protocol tcp or udp".into());
