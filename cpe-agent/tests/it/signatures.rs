@@ -34,15 +34,12 @@ const WAN_V6: &str = "2001:db8:2::2";
 /// Sends one UDP datagram from the LAN host (from `sport`) to `dst`; returns
 /// whether the WAN host received it.
 fn udp_passes(topo: &Topology, dst: SocketAddr, sport: u16, payload: &'static [u8]) -> bool {
-    let sink = {
-        let dst = dst;
-        topo.wan.enter(move || {
-            let s = UdpSocket::bind(dst).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
-            s
-        })
-    };
+    let sink = topo.wan.enter(move || {
+        let s = UdpSocket::bind(dst).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s
+    });
     let v6 = dst.is_ipv6();
     topo.lan.enter(move || {
         let bind: SocketAddr = if v6 {
