@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("reading {dir}"))?
         .map(|entry| entry.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
+    paths.retain(|path| path.is_file());
     paths.sort();
     let mut report = BTreeMap::new();
     for path in paths {

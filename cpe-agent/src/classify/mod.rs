@@ -192,7 +192,11 @@ enum Decision {
 #[derive(Clone, Copy)]
 enum Watch {
     Nothing,
-    HttpTrackerAnswer,
+    /// Whether the answer's headers have ended: servers often send the
+    /// body in a segment of its own.
+    HttpTrackerAnswer {
+        in_body: bool,
+    },
     /// The transaction id of the latest request.
     UdpTrackerAnswer(u32),
     Dht,
@@ -252,12 +256,11 @@ impl Classifier {
             (packet.protocol, dst, src)
         };
         let since = now_ms.saturating_sub(self.limits.flow_idle_ms);
-        let index = match self.flows.find(&key, since) {
-            Some(index) => index,
+        let (index, learned) = match self.flows.find(&key, since) {
+            Some(index) => (index, None),
             None => {
                 let learned = self.learned(&packet, now_ms);
-                let flow = Flow::new(src, learned.map_or(Decision::Open, Decision::BitTorrent));
-                self.flows.insert(key, flow, now_ms)
+                (self.flows.insert(key, Flow::new(src), now_ms), learned)
             }
         };
         let slot = self.flows.slot_mut(index);
@@ -279,6 +282,11 @@ impl Classifier {
             let step = match packet.protocol {
                 Transport::Tcp => flow.tcp(&packet, from_initiator, bittorrent_host),
                 Transport::Udp => flow.udp(&packet, from_initiator),
+            };
+            // A message says more than a learned endpoint, so it names the reason.
+            let step = match (step, learned) {
+                (Step::Found(reason), _) | (_, Some(reason)) => Step::Found(reason),
+                (step, None) => step,
             };
             match step {
                 Step::NeedMore if fresh => {}
@@ -385,10 +393,10 @@ fn is_local(ip: IpAddr) -> bool {
 }
 
 impl Flow {
-    fn new(initiator: Ep, decision: Decision) -> Self {
+    fn new(initiator: Ep) -> Self {
         Self {
             initiator,
-            decision,
+            decision: Decision::Open,
             watch: Watch::Nothing,
             payloads: 0,
             next_seq: None,
@@ -475,10 +483,16 @@ impl Flow {
         if self.segments == 1 {
             match protocol::http_tracker(new) {
                 Some(HttpTracker::Announce) => {
-                    return self.found(Reason::HttpTrackerAnnounce, Watch::HttpTrackerAnswer)
+                    return self.found(
+                        Reason::HttpTrackerAnnounce,
+                        Watch::HttpTrackerAnswer { in_body: false },
+                    )
                 }
                 Some(HttpTracker::Scrape) => {
-                    return self.found(Reason::HttpTrackerScrape, Watch::HttpTrackerAnswer)
+                    return self.found(
+                        Reason::HttpTrackerScrape,
+                        Watch::HttpTrackerAnswer { in_body: false },
+                    )
                 }
                 None => {}
             }
@@ -564,13 +578,23 @@ impl Flow {
             |reason, list: protocol::Peers| list.for_each(|ep| learn(peers, ep, reason, now_ms));
         match &mut self.watch {
             Watch::Nothing => {}
-            Watch::HttpTrackerAnswer if !from_initiator => {
-                if let Some((peers4, peers6)) = protocol::http_tracker_answer(payload) {
-                    remember(Reason::TrackerAnswerPeer, peers4);
-                    remember(Reason::TrackerAnswerPeer, peers6);
+            Watch::HttpTrackerAnswer { in_body } if !from_initiator => {
+                match if *in_body {
+                    Some(payload)
+                } else {
+                    protocol::http_body(payload)
+                } {
+                    Some([]) => *in_body = true,
+                    Some(body) => {
+                        let (peers4, peers6) = protocol::http_tracker_answer(body);
+                        remember(Reason::TrackerAnswerPeer, peers4);
+                        remember(Reason::TrackerAnswerPeer, peers6);
+                        self.watch = Watch::Nothing;
+                    }
+                    None => {}
                 }
             }
-            Watch::HttpTrackerAnswer => {}
+            Watch::HttpTrackerAnswer { .. } => {}
             Watch::UdpTrackerAnswer(id) if from_initiator => {
                 if let Some((_, request)) = protocol::udp_tracker_request(payload) {
                     *id = request;

@@ -108,19 +108,25 @@ pub(super) fn dht_answer(payload: &[u8]) -> (Peers<'_>, Peers<'_>) {
     (values, nodes)
 }
 
-/// Peers in an HTTP tracker's answer (`peers`, compact or a list of
-/// dictionaries, and `peers6`), if this segment holds the start of its body.
-pub(super) fn http_tracker_answer(payload: &[u8]) -> Option<(Peers<'_>, Peers<'_>)> {
-    let mut body = &payload[find(payload, b"\r\n\r\n")? + 4..];
+/// The part of an HTTP answer's segment after its headers, if they end here.
+pub(super) fn http_body(segment: &[u8]) -> Option<&[u8]> {
+    Some(&segment[find(segment, b"\r\n\r\n")? + 4..])
+}
+
+/// Peers in the start of an HTTP tracker's answer body (`peers`, compact or
+/// a list of dictionaries, and `peers6`).
+pub(super) fn http_tracker_answer(mut body: &[u8]) -> (Peers<'_>, Peers<'_>) {
     // A chunked body starts with its first chunk's size in hexadecimal.
     if let Some(end) = find(body.get(..10).unwrap_or(body), b"\r\n") {
         if body[..end].iter().all(u8::is_ascii_hexdigit) {
             body = &body[end + 2..];
         }
     }
-    let answer = bencode::dict_prefix(body)?;
     let (mut peers, mut peers6) = (Peers::List(None), Peers::List(None));
-    for (key, value) in answer.entries() {
+    for (key, value) in bencode::dict_prefix(body)
+        .into_iter()
+        .flat_map(|answer| answer.entries())
+    {
         match (key, value) {
             (b"peers", Value::Bytes(compact)) => peers = Peers::compact(compact, false),
             (b"peers", Value::List(list)) => peers = Peers::List(Some(list)),
@@ -128,7 +134,7 @@ pub(super) fn http_tracker_answer(payload: &[u8]) -> Option<(Peers<'_>, Peers<'_
             _ => {}
         }
     }
-    Some((peers, peers6))
+    (peers, peers6)
 }
 
 /// A peer list in one of its encodings, read lazily from the packet.

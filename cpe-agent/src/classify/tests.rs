@@ -982,3 +982,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn http_tracker_answer_with_its_body_in_a_segment_of_its_own() {
+    let mut c = classifier();
+    let request = b"GET /announce?info_hash=%aa&peer_id=x&compact=1 HTTP/1.1\r\n\r\n";
+    let headers = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 78\r\n\r\n";
+    let body = [
+        &b"d8:completei1e10:incompletei1e8:intervali10e5:peers6:"[..],
+        &compact("198.51.100.2:40000"),
+        b"e",
+    ]
+    .concat();
+    tcp_flow(
+        &mut c,
+        CLIENT,
+        "198.51.100.2:7070",
+        &[request],
+        &[headers, &body],
+    );
+    let syn = c.packet(&tcp(CLIENT, "198.51.100.2:40000", SYN, 1, b""), 3);
+    assert_eq!(reason(syn), Some(Reason::TrackerAnswerPeer));
+}
+
+#[test]
+fn table_entries_stay_small() {
+    // 4,096 flows (120 bytes each) and 8,192 peers (32 bytes) by default: 0.75 MB.
+    assert!(std::mem::size_of::<Option<table::Slot<FlowKey, Flow>>>() <= 120);
+    assert!(std::mem::size_of::<Option<table::Slot<Ep, Reason>>>() <= 32);
+}
