@@ -10,6 +10,31 @@ use super::Transport;
 /// info and scope), because thousands of them sit in the flow table.
 pub(super) type Ep = (IpAddr, u16);
 
+/// Tables hash endpoints as bytes: the address (IPv4 mapped into IPv6)
+/// then the port.
+impl super::table::Key for Ep {
+    fn bytes(&self) -> [u8; 40] {
+        let mut bytes = [0; 40];
+        write_endpoint(&mut bytes[..18], *self);
+        bytes
+    }
+}
+
+impl super::table::Key for IpAddr {
+    fn bytes(&self) -> [u8; 40] {
+        (*self, 0).bytes()
+    }
+}
+
+pub(super) fn write_endpoint(bytes: &mut [u8], (ip, port): Ep) {
+    let octets = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    bytes[..16].copy_from_slice(&octets);
+    bytes[16..18].copy_from_slice(&port.to_be_bytes());
+}
+
 pub(super) struct Packet<'a> {
     pub protocol: Transport,
     pub src: Ep,

@@ -181,6 +181,16 @@ impl Default for Limits {
 /// Both endpoints, the lower first, so that both directions share a key.
 type FlowKey = (Transport, Ep, Ep);
 
+impl table::Key for FlowKey {
+    fn bytes(&self) -> [u8; 40] {
+        let mut bytes = [0; 40];
+        bytes[0] = self.0 as u8;
+        ip::write_endpoint(&mut bytes[1..19], self.1);
+        ip::write_endpoint(&mut bytes[19..37], self.2);
+        bytes
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Decision {
     Open,
@@ -256,11 +266,15 @@ impl Classifier {
             (packet.protocol, dst, src)
         };
         let since = now_ms.saturating_sub(self.limits.flow_idle_ms);
-        let (index, learned) = match self.flows.find(&key, since) {
+        let bucket = self.flows.bucket(&key);
+        let (index, learned) = match self.flows.find_in(bucket.clone(), &key, since) {
             Some(index) => (index, None),
             None => {
                 let learned = self.learned(&packet, now_ms);
-                (self.flows.insert(key, Flow::new(src), now_ms), learned)
+                (
+                    self.flows.insert_in(bucket, key, Flow::new(src), now_ms),
+                    learned,
+                )
             }
         };
         let slot = self.flows.slot_mut(index);

@@ -81,19 +81,29 @@ pub(super) fn dht_message(payload: &[u8]) -> bool {
     let Some((Value::Dict(message), length)) = bencode::parse(payload) else {
         return false;
     };
-    let has_id = |body: Option<Value>| {
-        body.and_then(|b| b.dict()?.get(b"id")?.bytes())
+    // One pass over the message's entries: lookups by key would parse it again each time.
+    let (mut transaction, mut kind, mut method, mut body) = (false, None, false, None);
+    for (key, value) in message.entries() {
+        match key {
+            b"t" => transaction = value.bytes().is_some(),
+            b"y" => kind = value.bytes(),
+            b"q" => method = value.bytes().is_some(),
+            b"a" | b"r" | b"e" => body = Some((key, value)),
+            _ => {}
+        }
+    }
+    let has_id = |body: Value| {
+        body.dict()
+            .and_then(|b| b.get(b"id")?.bytes())
             .map(<[u8]>::len)
             == Some(20)
     };
     length == payload.len()
-        && message.get(b"t").and_then(Value::bytes).is_some()
-        && match message.get(b"y").and_then(Value::bytes) {
-            Some(b"q") => {
-                message.get(b"q").and_then(Value::bytes).is_some() && has_id(message.get(b"a"))
-            }
-            Some(b"r") => has_id(message.get(b"r")),
-            Some(b"e") => message.get(b"e").and_then(Value::list).is_some(),
+        && transaction
+        && match (kind, body) {
+            (Some(b"q"), Some((b"a", arguments))) => method && has_id(arguments),
+            (Some(b"r"), Some((b"r", response))) => has_id(response),
+            (Some(b"e"), Some((b"e", error))) => error.list().is_some(),
             _ => false,
         }
 }

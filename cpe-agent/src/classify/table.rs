@@ -3,11 +3,17 @@
 //! is the one replaced, so no input can make it grow or slow down.
 
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, Hasher};
 
 /// Entries per bucket. A full bucket replaces its oldest entry; with 8 ways
 /// a few colliding keys cannot push out an unrelated busy entry.
 const WAYS: usize = 8;
+
+/// A key that can be hashed as one block of bytes: one call to the hasher
+/// per packet rather than one per field, which costs several times more.
+pub(super) trait Key: Eq {
+    fn bytes(&self) -> [u8; 40];
+}
 
 pub(super) struct Slot<K, V> {
     pub key: K,
@@ -16,6 +22,10 @@ pub(super) struct Slot<K, V> {
     pub value: V,
 }
 
+/// The slots of one hash bucket.
+#[derive(Clone)]
+pub(super) struct Bucket(std::ops::Range<usize>);
+
 pub(super) struct Table<K, V> {
     slots: Vec<Option<Slot<K, V>>>,
     mask: usize,
@@ -23,7 +33,7 @@ pub(super) struct Table<K, V> {
     hasher: RandomState,
 }
 
-impl<K: Hash + Eq, V> Table<K, V> {
+impl<K: Key, V> Table<K, V> {
     /// At least `capacity` entries, rounded up to a power of two.
     pub fn with_capacity(capacity: usize) -> Self {
         let buckets = capacity.div_ceil(WAYS).next_power_of_two();
@@ -34,14 +44,22 @@ impl<K: Hash + Eq, V> Table<K, V> {
         }
     }
 
-    fn bucket(&self, key: &K) -> std::ops::Range<usize> {
-        let first = (self.hasher.hash_one(key) as usize & self.mask) * WAYS;
-        first..first + WAYS
+    /// The slots where `key` may be: hash once, then `find_in` and
+    /// `insert_in` the same bucket.
+    pub fn bucket(&self, key: &K) -> Bucket {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(&key.bytes());
+        let first = (hasher.finish() as usize & self.mask) * WAYS;
+        Bucket(first..first + WAYS)
     }
 
     /// The index of `key`'s slot, stamped at or after `since`.
     pub fn find(&self, key: &K, since: u64) -> Option<usize> {
-        self.bucket(key).find(
+        self.find_in(self.bucket(key), key, since)
+    }
+
+    pub fn find_in(&self, Bucket(bucket): Bucket, key: &K, since: u64) -> Option<usize> {
+        bucket.into_iter().find(
             |&i| matches!(&self.slots[i], Some(slot) if slot.key == *key && slot.stamp >= since),
         )
     }
@@ -59,7 +77,10 @@ impl<K: Hash + Eq, V> Table<K, V> {
     /// Puts `key` in its own slot if it has one, else in a free one, else in
     /// the oldest of its bucket, and returns the slot's index.
     pub fn insert(&mut self, key: K, value: V, stamp: u64) -> usize {
-        let bucket = self.bucket(&key);
+        self.insert_in(self.bucket(&key), key, value, stamp)
+    }
+
+    pub fn insert_in(&mut self, Bucket(bucket): Bucket, key: K, value: V, stamp: u64) -> usize {
         let index = bucket
             .clone()
             .find(|&i| matches!(&self.slots[i], Some(slot) if slot.key == key))
