@@ -55,17 +55,23 @@ pub(super) enum UdpTracker {
 }
 
 /// A BEP 15 connect or announce request, and its transaction id. A connect
-/// request has 64 bits of magic; an announce (98 bytes, then BEP 41 options)
-/// has action 1 and an event of at most 3: more than 60 fixed bits.
+/// request has 64 bits of magic. An announce (98 bytes, then BEP 41
+/// options) has action 1 and an event of at most 3, more than 60 fixed
+/// bits; and, against binary protocols full of zeros, a connection id (from
+/// the tracker's answer to connect), an info hash and a port that are not 0.
 pub(super) fn udp_tracker_request(payload: &[u8]) -> Option<(UdpTracker, u32)> {
     let (action, transaction) = (be32(payload, 8)?, be32(payload, 12)?);
-    if payload.len() >= 16 && payload[..8] == UDP_TRACKER_MAGIC && action == 0 {
-        Some((UdpTracker::Connect, transaction))
-    } else if (98..=98 + 512).contains(&payload.len()) && action == 1 && be32(payload, 80)? <= 3 {
-        Some((UdpTracker::Announce, transaction))
-    } else {
-        None
+    if payload[..8] == UDP_TRACKER_MAGIC && action == 0 {
+        return Some((UdpTracker::Connect, transaction));
     }
+    let nonzero = |range: std::ops::Range<usize>| payload[range].iter().any(|&b| b != 0);
+    let announce = (98..=98 + 512).contains(&payload.len())
+        && action == 1
+        && be32(payload, 80)? <= 3
+        && nonzero(0..8)
+        && nonzero(16..36)
+        && nonzero(96..98);
+    announce.then_some((UdpTracker::Announce, transaction))
 }
 
 /// The compact peers of a UDP tracker's answer to announce `transaction`:

@@ -398,6 +398,16 @@ fn udp_tracker_connect_announce_and_answer() {
 }
 
 #[test]
+fn udp_tracker_announce_lookalikes_full_of_zeros_are_not_bittorrent() {
+    for zeroed in [0..8, 16..36, 96..98] {
+        let mut announce = udp_tracker_announce(8);
+        announce[zeroed].fill(0);
+        let verdict = classifier().packet(&udp(CLIENT, "192.0.2.2:1337", &announce), 1);
+        assert_eq!(verdict, Verdict::NotBitTorrent);
+    }
+}
+
+#[test]
 fn udp_tracker_answer_with_another_transaction_teaches_nothing() {
     let mut c = classifier();
     let tracker = "192.0.2.2:1337";
