@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod classify;
 pub mod client;
 pub mod control;
 pub mod enrollment;
