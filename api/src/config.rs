@@ -458,6 +458,10 @@ pub struct Match {
     /// The UDP payload length lies in this range (bytes). Needs udp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_len: Option<PortRange>,
+    /// Only the first this many packets of a connection (both directions
+    /// counted, 1 to 1000): signatures need not look at bulk transfers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_packets: Option<u16>,
 }
 
 /// Why a config is internally inconsistent.
@@ -638,6 +642,9 @@ impl Match {
         }
         if self.payload_len.is_some() && self.protocol != Some(Protocol::Udp) {
             return Err("payload_len needs protocol udp".into());
+        }
+        if self.first_packets.is_some_and(|n| !(1..=1000).contains(&n)) {
+            return Err("first_packets is 1 to 1000".into());
         }
         let has_ports = self.sport.is_some() || self.dport.is_some();
         if has_ports && !self.protocol.is_some_and(Protocol::has_ports) {

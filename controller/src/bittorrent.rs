@@ -75,6 +75,10 @@ const SIGNATURES: &[Signature] = &[
     },
 ];
 
+/// Signatures look at the first packets of a connection only (both ways:
+/// the TCP handshake, then the first messages); bulk traffic skips them.
+const FIRST_PACKETS: u16 = 10;
+
 fn name(text: String) -> SetName {
     SetName::parse(&text).expect("fixed shape")
 }
@@ -121,6 +125,7 @@ pub fn add_to(firewall: &mut Firewall, spec: &BittorrentBlockSpec) {
                     payload_len: sig
                         .udp_payload_len
                         .map(|len| PortRange::new(len, len).expect("a single length")),
+                    first_packets: Some(FIRST_PACKETS),
                     ..Match::default()
                 },
                 action: Action::Drop,

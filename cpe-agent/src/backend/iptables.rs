@@ -891,6 +891,7 @@ fn refuse_unsupported(firewall: &Firewall) -> anyhow::Result<()> {
     let signatures = firewall.rules.iter().any(|r| {
         !r.matches.payload.is_empty()
             || r.matches.payload_len.is_some()
+            || r.matches.first_packets.is_some()
             || r.matches.endpoint_in_set.is_some()
             || r.add_endpoints_to.is_some()
     });

@@ -319,6 +319,10 @@ fn match_exprs(m: &Match, sets: &[Set], layout: &Layout<'_>) -> Vec<String> {
             format!("udp length {a}-{b}")
         });
     }
+    if let Some(n) = m.first_packets {
+        // Both directions counted (conntrack accounting; see `apply`).
+        parts.push(format!("ct packets 1-{n}"));
+    }
     for p in &m.payload {
         parts.push(payload_expr(p));
     }
@@ -554,6 +558,17 @@ fn parse_endpoints(set: &str, json: &serde_json::Value) -> Vec<LearnedEndpoint> 
         .collect()
 }
 
+/// `ct packets` needs conntrack accounting: without it the expression never
+/// matches and signatures would silently stop working. OpenWrt turns it on
+/// by default; the agent makes sure.
+fn enable_conntrack_accounting() -> anyhow::Result<()> {
+    const PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_acct";
+    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(PATH, "1").with_context(|| format!("turning on conntrack accounting ({PATH})"))
+}
+
 /// Runs `nft` in the agent's network namespace.
 pub struct NftBackend {
     program: String,
@@ -595,6 +610,13 @@ impl FirewallBackend for NftBackend {
     }
 
     fn apply(&mut self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<()> {
+        if firewall
+            .rules
+            .iter()
+            .any(|r| r.matches.first_packets.is_some())
+        {
+            enable_conntrack_accounting()?;
+        }
         let structure = plan_script(firewall, now_ms, Elements::Omit);
         exec::run(&self.program, &["-c", "-f", "-"], &structure)
             .context("nft rejected the planned ruleset (check)")?;

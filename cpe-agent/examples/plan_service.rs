@@ -1,0 +1,33 @@
+//! Prints the nft script the agent would apply for one service assigned
+//! alone, e.g. for benchmarks that load it into a router namespace by hand:
+//!
+//! ```sh
+//! cargo run -q -p isdf-agent --example plan_service -- bittorrent-block '{"block_secs": 600}'
+//! ```
+
+use isdf_controller::compiler::{compile_firewall, CompiledAssignment};
+use isdf_controller::domain::{Labels, Selector, ServiceKind, ServiceSpec};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(kind), Some(spec)) = (args.next(), args.next()) else {
+        eprintln!("usage: plan_service KIND SPEC_JSON");
+        std::process::exit(2);
+    };
+    let kind = ServiceKind::parse(&kind).unwrap_or_else(|| {
+        eprintln!("unknown service kind {kind}");
+        std::process::exit(2)
+    });
+    let spec: serde_json::Value = serde_json::from_str(&spec).expect("SPEC_JSON is JSON");
+    let spec = ServiceSpec::parse(kind, &spec).unwrap_or_else(|e| {
+        eprintln!("invalid spec: {e}");
+        std::process::exit(2)
+    });
+    let assignment = CompiledAssignment {
+        selector: Selector::parse("*").expect("valid"),
+        created_at: 0,
+        spec,
+    };
+    let firewall = compile_firewall(&Labels::default(), &[assignment], &[], 0);
+    print!("{}", isdf_agent::backend::nft::plan(&firewall, 0));
+}
