@@ -50,7 +50,7 @@ def main():
     bind_packed = ipaddress.ip_address(a.bind).packed
     secret = secrets.token_bytes(16)
     store = {}  # info_hash -> {(ip, port): last_seen}
-    stats = {"queries": 0, "announces": 0}
+    stats = {"queries": 0, "announces": 0, "by_source": {}}
 
     def write_state():
         if not a.state:
@@ -79,9 +79,14 @@ def main():
             return
         if not isinstance(msg, dict) or msg.get(b"y") != b"q":
             return  # we never query, so responses/errors are not for us
-        stats["queries"] += 1
         t = msg.get(b"t", b"")
         q = msg.get(b"q", b"")
+        stats["queries"] += 1
+        src = stats["by_source"].setdefault(addr[0], {})
+        qn = q.decode("ascii", "replace") if isinstance(q, bytes) else "?"
+        src[qn] = src.get(qn, 0) + 1
+        if stats["queries"] % 20 == 0:
+            write_state()
         args = msg.get(b"a", {}) if isinstance(msg.get(b"a"), dict) else {}
         ip, sport = addr[0], addr[1]
         ext = ipaddress.ip_address(ip).packed + struct.pack(">H", sport)

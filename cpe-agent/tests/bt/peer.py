@@ -60,10 +60,34 @@ def settings(a):
                           | lt.alert.category_t.status_notification
                           | lt.alert.category_t.tracker_notification
                           | lt.alert.category_t.dht_notification
-                          | lt.alert.category_t.peer_notification),
+                          | lt.alert.category_t.peer_notification
+                          | lt.alert.category_t.connect_notification),
         "user_agent": "isdf-bt-harness/libtorrent-" + lt.__version__,
     }
     return s
+
+
+def write_status(h, ses, a, last):
+    """Mirror libtorrent's own counters to --status when they change
+    (last=None: always). total_wanted_done counts only hash-checked pieces."""
+    st = h.status()
+    doc = {
+        "role": a.role,
+        "state": str(st.state),
+        "is_seeding": bool(st.is_seeding),
+        "total_wanted": st.total_wanted,
+        "total_wanted_done": st.total_wanted_done,
+        "total_payload_upload": st.total_payload_upload,
+        "total_payload_download": st.total_payload_download,
+        "num_peers": st.num_peers,
+        "dht_nodes": ses.status().dht_nodes if a.dht_bootstrap else 0,
+    }
+    cur = json.dumps(doc, sort_keys=True)
+    if a.status and cur != last:
+        with open(a.status + ".tmp", "w") as f:
+            f.write(cur)
+        os.replace(a.status + ".tmp", a.status)
+    return cur
 
 
 def main():
@@ -104,7 +128,7 @@ def main():
             if cat & lt.alert.category_t.error_notification or isinstance(
                     al, (lt.peer_connect_alert, lt.peer_disconnected_alert, lt.tracker_reply_alert,
                          lt.dht_bootstrap_alert, lt.torrent_finished_alert, lt.dht_reply_alert)):
-                sys.stderr.write("%s %s: %s\n" % (a.role, type(al).__name__, al.message()))
+                sys.stderr.write("%.3f %s %s: %s\n" % (time.time(), a.role, type(al).__name__, al.message()))
         now = time.monotonic()
         # With DHT only, announce (seeder) / look up (leecher) as soon as the
         # table is bootstrapped and again every 3 s, instead of libtorrent's
@@ -112,24 +136,8 @@ def main():
         if a.dht_bootstrap and dht_ready and now - last_dht_announce > 3:
             h.force_dht_announce()
             last_dht_announce = now
-        st = h.status()
-        doc = {
-            "role": a.role,
-            "state": str(st.state),
-            "is_seeding": bool(st.is_seeding),
-            "total_wanted": st.total_wanted,
-            "total_wanted_done": st.total_wanted_done,
-            "total_payload_upload": st.total_payload_upload,
-            "total_payload_download": st.total_payload_download,
-            "num_peers": st.num_peers,
-            "dht_nodes": ses.status().dht_nodes if a.dht_bootstrap else 0,
-        }
-        cur = json.dumps(doc, sort_keys=True)
-        if a.status and cur != last:
-            with open(a.status + ".tmp", "w") as f:
-                f.write(cur)
-            os.replace(a.status + ".tmp", a.status)
-            last = cur
+        last = write_status(h, ses, a, last)
+    write_status(h, ses, a, None)
     # pause so a final "stopped" announce is attempted, bounded by stop_tracker_timeout
     ses.pause()
     del ses

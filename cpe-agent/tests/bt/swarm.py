@@ -187,9 +187,15 @@ def leecher_argv(a, torrent, dl, dht_boot):
                 "--status", os.path.join(a.workdir, "leech-status.json"),
                 "--max-seconds", str(a.timeout + 30)]
     if a.client == "aria2":
+        # aria2 speaks to UDP trackers only through its DHT UDP socket, so
+        # udp discovery needs --enable-dht=true; with no --dht-entry-point,
+        # no dht.dat and no "nodes" in the torrent its routing table stays
+        # empty and it sends no DHT traffic at all (aria2 has no built-in
+        # bootstrap routers).
+        dht_on = dht or a.discovery == "udp"
         argv = ["aria2c", "--no-conf=true", "--dir=" + dl,
                 "--listen-port=%d" % LEECH_PORT,
-                "--enable-dht=%s" % ("true" if dht else "false"), "--enable-dht6=false",
+                "--enable-dht=%s" % ("true" if dht_on else "false"), "--enable-dht6=false",
                 "--dht-file-path=" + os.path.join(a.workdir, "aria2-dht.dat"),
                 "--bt-enable-lpd=false", "--enable-peer-exchange=true",
                 "--bt-require-crypto=%s" % ("true" if enc else "false"),
@@ -200,8 +206,10 @@ def leecher_argv(a, torrent, dl, dht_boot):
                 "--check-certificate=false", "--auto-file-renaming=false", "--allow-overwrite=true",
                 "--summary-interval=0", "--enable-color=false", "--console-log-level=notice",
                 "--log=" + os.path.join(a.workdir, "aria2-debug.log"), "--log-level=info"]
+        if dht_on:
+            argv += ["--dht-listen-port=%d" % LEECH_PORT]
         if dht:
-            argv += ["--dht-listen-port=%d" % LEECH_PORT, "--dht-entry-point=" + dht_boot]
+            argv += ["--dht-entry-point=" + dht_boot]
         return argv + [torrent]
     if a.client == "transmission":
         cfg = os.path.join(a.workdir, "transmission")
@@ -231,17 +239,22 @@ def leecher_argv(a, torrent, dl, dht_boot):
             "speed-limit-up-enabled": False,
             "alt-speed-enabled": False,
             "scrape-paused-torrents-enabled": False,
-            "message-level": 2,
+            "message-level": 3 if os.environ.get("BTH_DEBUG") else 2,
         }
         with open(os.path.join(cfg, "settings.json"), "w") as f:
             json.dump(settings, f, indent=1)
         if dht:
-            # Transmission reads extra bootstrap nodes from <config>/dht.bootstrap.
-            # (Its built-in fallback name, dht.transmissionbt.com, resolves to
-            # 127.0.0.1 inside bth-* namespaces: see topology.sh.)
+            # Transmission reads bootstrap nodes from <config>/dht.bootstrap.
+            # It will not announce or search until its table has >= 4 nodes
+            # that answered it and > 8 in all, which one bootstrap node gives
+            # only after minutes of slow maintenance, so it is handed every
+            # node of the harness's closed DHT (all in the WAN namespace).
+            # Its built-in fallback, dht.transmissionbt.com, resolves to
+            # 127.0.0.1 inside bth-* namespaces (see topology.sh).
             host, port = dht_boot.rsplit(":", 1)
             with open(os.path.join(cfg, "dht.bootstrap"), "w") as f:
-                f.write("%s %s\n" % (host, port))
+                for i in range(DHT_NODES):
+                    f.write("%s %d\n" % (host, int(port) + i))
         return ["transmission-cli", "-g", cfg, "-w", dl, "-p", str(LEECH_PORT), "-M", "-B",
                 "-er" if enc else "-et", torrent]
     raise ValueError(a.client)
@@ -383,10 +396,15 @@ def main():
     if temp:
         a.workdir = tempfile.mkdtemp(prefix="bth-swarm-")
     else:
+        # A fresh run each time (old downloads would count as received
+        # bytes, a saved DHT table would change the run); only a directory
+        # that is empty or was made by this tool is wiped.
+        if os.path.isdir(a.workdir) and os.listdir(a.workdir):
+            if not os.path.exists(os.path.join(a.workdir, ".bth-swarm")):
+                ap.error("--workdir %s is not empty and was not made by swarm.py" % a.workdir)
+            shutil.rmtree(a.workdir)
         os.makedirs(a.workdir, exist_ok=True)
-        # a fresh run: old downloads would count as received bytes
-        for sub in ("download", "seed"):
-            shutil.rmtree(os.path.join(a.workdir, sub), ignore_errors=True)
+    open(os.path.join(a.workdir, ".bth-swarm"), "w").close()
     a.workdir = os.path.abspath(a.workdir)
     # SIGTERM/SIGINT: unwind through run()'s finally, which stops every child
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
