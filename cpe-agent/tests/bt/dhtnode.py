@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import ipaddress
 import json
+import random
 import os
 import secrets
 import selectors
@@ -62,11 +63,19 @@ def main():
             json.dump(doc, f)
         os.replace(a.state + ".tmp", a.state)
 
-    def closest(target, k=8, exclude=None):
+    def some_nodes(target, exclude=None):
+        """8 nodes for a find_node/get_peers answer: the 4 closest to the
+        target plus 4 random others. Strict "closest" answers would keep
+        handing a client the same few nodes; the random ones make a client
+        whose table is thin (Transmission) learn, ping and confirm enough
+        nodes within seconds. Every node holds every announced peer, so a
+        lookup cannot miss."""
         t = int.from_bytes(target, "big") if len(target) == 20 else 0
-        cands = [(int.from_bytes(nid, "big") ^ t, nid, port) for _s, nid, port in nodes if port != exclude]
-        cands.sort()
-        return b"".join(nid + bind_packed + struct.pack(">H", port) for _d, nid, port in cands[:k])
+        cands = sorted((int.from_bytes(nid, "big") ^ t, nid, port) for _s, nid, port in nodes if port != exclude)
+        pick = cands[:4]
+        rest = cands[4:]
+        pick += random.sample(rest, min(4, len(rest)))
+        return b"".join(nid + bind_packed + struct.pack(">H", port) for _d, nid, port in pick)
 
     def token_for(ip):
         return hashlib.sha1(secret + ip.encode()).digest()[:8]
@@ -94,11 +103,11 @@ def main():
         if q == b"ping":
             pass
         elif q == b"find_node":
-            r[b"nodes"] = closest(args.get(b"target", b""), exclude=port)
+            r[b"nodes"] = some_nodes(args.get(b"target", b""), exclude=port)
         elif q == b"get_peers":
             ih = args.get(b"info_hash", b"")
             r[b"token"] = token_for(ip)
-            r[b"nodes"] = closest(ih, exclude=port)
+            r[b"nodes"] = some_nodes(ih, exclude=port)
             peers = store.get(ih, {})
             if peers:
                 r[b"values"] = [ipaddress.ip_address(pi).packed + struct.pack(">H", pp)

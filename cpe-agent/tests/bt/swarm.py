@@ -30,12 +30,17 @@ import json
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import bencode  # noqa: E402
+
 PY = "/usr/bin/python3"  # Debian's, which has python3-libtorrent (not a pyenv shim)
 
 HTTP_TRACKER_PORT = 7070
@@ -43,7 +48,7 @@ UDP_TRACKER_PORT = 7071
 SEED_PORT = 40000
 LEECH_PORT = 40001
 DHT_PORT = 41000
-DHT_NODES = 16
+DHT_NODES = 32
 PIECE = 256 * 1024
 POLL = 0.2  # seconds between progress polls
 SETUP_TIMEOUT = 30.0  # bound on each setup wait (tracker up, seeder announced)
@@ -244,17 +249,21 @@ def leecher_argv(a, torrent, dl, dht_boot):
         with open(os.path.join(cfg, "settings.json"), "w") as f:
             json.dump(settings, f, indent=1)
         if dht:
-            # Transmission reads bootstrap nodes from <config>/dht.bootstrap.
-            # It will not announce or search until its table has >= 4 nodes
-            # that answered it and > 8 in all, which one bootstrap node gives
-            # only after minutes of slow maintenance, so it is handed every
-            # node of the harness's closed DHT (all in the WAN namespace).
-            # Its built-in fallback, dht.transmissionbt.com, resolves to
-            # 127.0.0.1 inside bth-* namespaces (see topology.sh).
+            # Transmission will not announce or search until its table holds
+            # >= 4 nodes that answered it and > 8 in all. Its bootstrap from
+            # <config>/dht.bootstrap pings one name per ~15 s, so it is also
+            # handed the nodes of the harness's closed DHT (all in the WAN
+            # namespace) the way it keeps them between runs, in dht.dat,
+            # whose first 8 nodes it pings at once. Its built-in fallback,
+            # dht.transmissionbt.com, resolves to 127.0.0.1 inside bth-*
+            # namespaces (see topology.sh).
             host, port = dht_boot.rsplit(":", 1)
             with open(os.path.join(cfg, "dht.bootstrap"), "w") as f:
-                for i in range(DHT_NODES):
-                    f.write("%s %d\n" % (host, int(port) + i))
+                f.write("%s %s\n" % (host, port))
+            packed = socket.inet_aton(host)
+            nodes = b"".join(packed + struct.pack(">H", int(port) + i) for i in range(DHT_NODES))
+            with open(os.path.join(cfg, "dht.dat"), "wb") as f:
+                f.write(bencode.encode({"id": os.urandom(20), "nodes": nodes}))
         return ["transmission-cli", "-g", cfg, "-w", dl, "-p", str(LEECH_PORT), "-M", "-B",
                 "-er" if enc else "-et", torrent]
     raise ValueError(a.client)
