@@ -81,6 +81,8 @@ def main():
 
     summary = {"ndpi_version": a.ndpi_version, "command": "ndpiReader -i FILE.pcap -v 2", "captures": {}}
     for txt in sorted(glob.glob(os.path.join(a.outdir, "ndpi", "*.txt"))):
+        if txt.endswith(".peer.txt"):
+            continue
         name = os.path.basename(txt)[:-4]
         flows, detected = parse(txt)
         by_proto = {}
@@ -104,6 +106,18 @@ def main():
             "non_bittorrent_protocols": sorted(p for p in by_proto if not is_bt(p)),
             "detected_protocols": detected,
         }
+        peer_txt = txt[:-4] + ".peer.txt"
+        if os.path.exists(peer_txt):
+            pflows, _ = parse(peer_txt)
+            pbig = max(pflows, key=lambda f: f["bytes"]) if pflows else None
+            entry["peer_port_only"] = {
+                "filter": "tcp|udp port 40000 (by transport)",
+                "flows": len(pflows),
+                "bittorrent_flows": sum(1 for f in pflows if is_bt(f["proto"])),
+                "largest_flow": ({"l4": pbig["l4"], "proto": pbig["proto"], "confidence": pbig["confidence"],
+                                  "bytes": pbig["bytes"]} if pbig else None),
+                "largest_flow_is_bittorrent": bool(pbig and is_bt(pbig["proto"])),
+            }
         if name in results:
             entry["download_complete"] = bool(results[name].get("complete"))
             entry["seconds"] = results[name].get("seconds")
@@ -115,6 +129,8 @@ def main():
         "bittorrent_captures": len(bt),
         "bittorrent_captures_flagged": sum(e["bittorrent_detected"] for e in bt),
         "bittorrent_captures_payload_flow_flagged": sum(e["largest_flow_is_bittorrent"] for e in bt),
+        "bittorrent_captures_payload_flow_flagged_peer_port_only": sum(
+            bool(e.get("peer_port_only", {}).get("largest_flow_is_bittorrent")) for e in bt),
         "ordinary_captures": len(od),
         "ordinary_captures_flagged_bittorrent": sum(e["bittorrent_detected"] for e in od),
     }
@@ -122,18 +138,26 @@ def main():
         json.dump(summary, f, indent=1, sort_keys=True)
 
     w = max([len(n) for n in summary["captures"]] + [10])
-    print("%-*s  %-8s  %5s  %5s  %-28s  %s" % (w, "capture", "complete", "flows", "BT", "largest flow (confidence)", "other protocols"))
+    print("%-*s  %-8s  %5s  %4s  %-30s  %-30s  %s" % (w, "capture", "complete", "flows", "BT", "largest flow (confidence)",
+                                                     "peer port alone", "other protocols"))
     for n, e in summary["captures"].items():
         lf = e["largest_flow"]
         lfs = "%s (%s)" % (lf["proto"], lf["confidence"]) if lf else "-"
+        po = e.get("peer_port_only")
+        pos = "-"
+        if po and po["largest_flow"]:
+            pos = "%s (%s)" % (po["largest_flow"]["proto"], po["largest_flow"]["confidence"])
         comp = {True: "yes", False: "NO"}.get(e.get("download_complete"), "-")
         others = ", ".join("%s:%d" % (p, e["protocols"][p]["flows"]) for p in e["non_bittorrent_protocols"])
-        print("%-*s  %-8s  %5d  %5d  %-28s  %s" % (w, n, comp, e["flows"], e["bittorrent_flows"], lfs[:28], others))
+        print("%-*s  %-8s  %5d  %4d  %-30s  %-30s  %s" % (w, n, comp, e["flows"], e["bittorrent_flows"], lfs[:30],
+                                                      pos[:30], others))
     t = summary["totals"]
-    print("\nBitTorrent captures flagged by nDPI: %d/%d (payload flow flagged: %d/%d); "
+    print("\nBitTorrent captures flagged by nDPI: %d/%d (payload flow flagged: %d/%d; "
+          "with the peer port's packets alone: %d/%d); "
           "ordinary captures flagged as BitTorrent: %d/%d"
           % (t["bittorrent_captures_flagged"], t["bittorrent_captures"],
              t["bittorrent_captures_payload_flow_flagged"], t["bittorrent_captures"],
+             t["bittorrent_captures_payload_flow_flagged_peer_port_only"], t["bittorrent_captures"],
              t["ordinary_captures_flagged_bittorrent"], t["ordinary_captures"]))
     print("summary: %s" % os.path.join(a.outdir, "ndpi-summary.json"))
 

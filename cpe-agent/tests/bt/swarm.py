@@ -12,7 +12,7 @@ library + libtorrent only. Must run as root (ip netns exec).
 WAN namespace: tracker (tracker.py: HTTP or UDP), or for --discovery dht a
 closed DHT (dhtnode.py) whose first node is the only bootstrap node anyone is
 given, and a libtorrent seeder (peer.py) honouring --mode/--transport.
-LAN namespace: the leecher (aria2c, transmission-cli or peer.py).
+LAN namespace: the leecher (aria2c, transmission-daemon or peer.py).
 
 Nothing here reaches beyond the two namespaces: every client is told to use
 only the harness's tracker / DHT node, with LSD, UPnP, NAT-PMP, blocklist
@@ -54,6 +54,11 @@ POLL = 0.2  # seconds between progress polls
 SETUP_TIMEOUT = 30.0  # bound on each setup wait (tracker up, seeder announced)
 
 CLIENTS = ("aria2", "transmission", "libtorrent")
+# Built-in DHT routers / fallbacks of common clients; pinned to 127.0.0.1 for
+# the leecher (see Harness.start).
+PUBLIC_BOOTSTRAP_NAMES = ("router.bittorrent.com", "router.utorrent.com", "dht.transmissionbt.com",
+                          "dht.libtorrent.org", "router.bitcomet.com", "dht.aelitis.com",
+                          "router.silotis.us", "dht.anacrolix.link")
 UTP_CAPABLE = {"transmission", "libtorrent"}
 
 
@@ -68,13 +73,36 @@ class Harness:
         }  # no *_proxy: tracker requests must go straight to the WAN namespace
         os.makedirs(self.env["HOME"], exist_ok=True)
 
-    def start(self, name, ns, argv):
+    def start(self, name, ns, argv, pin_dns=False):
         log = open(os.path.join(self.a.workdir, name + ".log"), "wb")
+        if pin_dns:
+            # Defence in depth for third-party clients, whatever namespace
+            # they run in: `ip netns exec` gives the command a private mount
+            # namespace, in which /etc/hosts and /etc/resolv.conf are
+            # replaced (for this process only) by ones that send the public
+            # DHT bootstrap / tracker names to 127.0.0.1 and DNS to the
+            # namespace's own loopback. The shell execs the client, so the
+            # PID stays the client's.
+            hosts, resolv = self.dns_files()
+            argv = ["/bin/sh", "-c",
+                    'mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && shift 2 && exec "$@"',
+                    "bth-pin-dns", hosts, resolv] + argv
         p = subprocess.Popen(["ip", "netns", "exec", ns] + argv, stdout=log, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, env=self.env, cwd=self.a.workdir)
         # `ip netns exec` execs the command, so p.pid is the client itself.
         self.procs.append((name, p, log))
         return p
+
+    def dns_files(self):
+        hosts = os.path.join(self.a.workdir, "etc-hosts")
+        resolv = os.path.join(self.a.workdir, "etc-resolv.conf")
+        with open(hosts, "w") as f:
+            f.write("127.0.0.1\tlocalhost\n")
+            for h in PUBLIC_BOOTSTRAP_NAMES:
+                f.write("127.0.0.1\t%s\n" % h)
+        with open(resolv, "w") as f:
+            f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        return hosts, resolv
 
     def stop_all(self):
         # leecher first, then seeder, then tracker/DHT (reverse start order)
@@ -236,15 +264,18 @@ def leecher_argv(a, torrent, dl, dht_boot):
             "preallocation": 0,
             "download-dir": dl,
             "incomplete-dir-enabled": False,
-            "watch-dir-enabled": False,
+            "watch-dir-enabled": True,
+            "watch-dir": os.path.join(a.workdir, "watch"),
+            "trash-original-torrent-files": False,
+            "start-added-torrents": True,
             "rpc-enabled": False,
+            "umask": 18,
             "ratio-limit-enabled": False,
             "idle-seeding-limit-enabled": False,
             "speed-limit-down-enabled": False,
             "speed-limit-up-enabled": False,
             "alt-speed-enabled": False,
             "scrape-paused-torrents-enabled": False,
-            "message-level": 3 if os.environ.get("BTH_DEBUG") else 2,
         }
         with open(os.path.join(cfg, "settings.json"), "w") as f:
             json.dump(settings, f, indent=1)
@@ -264,8 +295,15 @@ def leecher_argv(a, torrent, dl, dht_boot):
             nodes = b"".join(packed + struct.pack(">H", int(port) + i) for i in range(DHT_NODES))
             with open(os.path.join(cfg, "dht.dat"), "wb") as f:
                 f.write(bencode.encode({"id": os.urandom(20), "nodes": nodes}))
-        return ["transmission-cli", "-g", cfg, "-w", dl, "-p", str(LEECH_PORT), "-M", "-B",
-                "-er" if enc else "-et", torrent]
+        # transmission-daemon in the foreground, fed through its watch dir
+        # (RPC off). Not transmission-cli: that one quits when it happens to
+        # poll its torrent in the brief "stopped" state between being added
+        # and being verified (seen in about 1 run of 25).
+        watch = os.path.join(a.workdir, "watch")
+        os.makedirs(watch, exist_ok=True)
+        shutil.copy(torrent, os.path.join(watch, "payload.torrent"))
+        return ["transmission-daemon", "-f", "-g", cfg,
+                "--log-debug" if os.environ.get("BTH_DEBUG") else "--log-info"]
     raise ValueError(a.client)
 
 
@@ -340,7 +378,7 @@ def run(a):
 
         target = os.path.join(dl, name)
         t0 = time.monotonic()
-        leecher = h.start("leecher", a.lan_ns, leecher_argv(a, torrent, dl, dht_boot))
+        leecher = h.start("leecher", a.lan_ns, leecher_argv(a, torrent, dl, dht_boot), pin_dns=True)
         complete = False
         err = None
         end = t0 + a.timeout
