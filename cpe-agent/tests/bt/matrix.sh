@@ -3,13 +3,13 @@
 # the bth-* topology (brought up here, torn down at exit) with no blocking,
 # and prints one JSON line per combination plus a Markdown table.
 #
-# Usage: matrix.sh [OUT.jsonl]    env: SIZE_MB (8), TIMEOUT (60),
+# Usage: matrix.sh [OUT.jsonl]    env: SIZE_MB (8), TIMEOUT (90),
 #        CLIENTS, MODES, TRANSPORTS, DISCOVERIES (space-separated subsets)
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-/var/tmp/isdf-bt-matrix.jsonl}
 SIZE_MB=${SIZE_MB:-8}
-TIMEOUT=${TIMEOUT:-60}
+TIMEOUT=${TIMEOUT:-90}
 CLIENTS=${CLIENTS:-aria2 transmission libtorrent}
 MODES=${MODES:-plain encrypted}
 TRANSPORTS=${TRANSPORTS:-tcp utp}
