@@ -4,6 +4,7 @@
 //! traffic. Nothing is connected to the root namespace.
 
 mod backends;
+mod bittorrent_clients;
 mod blocks;
 mod e2e;
 mod netns;

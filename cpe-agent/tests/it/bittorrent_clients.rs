@@ -1,0 +1,175 @@
+//! Real BitTorrent clients from Debian through a router running the agent
+//! with the `bittorrent-block` service: a leecher on the LAN host, a
+//! tracker (HTTP and UDP), a closed DHT and a seeder on the WAN host
+//! (cpe-agent/tests/bt, driven by `swarm.py`). Every namespace is the
+//! test's own; the clients' public bootstrap nodes, LSD, UPnP and NAT-PMP
+//! are off.
+//!
+//! Each blocked combination runs in its own topology, so no block learned
+//! in one run helps another; with the service the leecher must get under 1%
+//! of the payload in 60 s, and without it the same download completes.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::e2e::{blocking, in_wan, serve_greeting, AgentProcess, Stage, OPEN_PORT};
+
+const SWARM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bt/swarm.py");
+const PYTHON: &str = "/usr/bin/python3";
+const WINDOW_SECS: u64 = 60;
+
+fn require_clients() {
+    let ok = Command::new(PYTHON)
+        .args(["-c", "import libtorrent"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && ["aria2c", "transmission-daemon"].iter().all(|tool| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    assert!(
+        ok,
+        "these tests need aria2, transmission-daemon and python3-libtorrent (Debian's \
+         /usr/bin/python3): run scripts/install-bt-deps, or the whole suite with scripts/test"
+    );
+}
+
+/// One download through the router; the harness's JSON line.
+fn swarm(topo: &crate::netns::Topology, combo: (&str, &str, &str, &str), timeout: u64) -> Value {
+    let (client, mode, transport, discovery) = combo;
+    let out = Command::new(PYTHON)
+        .arg(SWARM)
+        .args(["--client", client, "--mode", mode, "--transport", transport])
+        .args(["--discovery", discovery, "--size-mb", "8"])
+        .args(["--timeout", &timeout.to_string()])
+        .args(["--lan-ns", &topo.lan.name, "--lan-addr", "192.0.2.2"])
+        .args(["--wan-ns", &topo.wan.name, "--wan-addr", "198.51.100.2"])
+        .output()
+        .expect("running swarm.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| {
+        panic!(
+            "swarm.py printed no result ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Runs `combo` through a router whose agent enforces `bittorrent-block`
+/// (or not) and returns the result.
+fn run(tag: &str, combo: (&'static str, &'static str, &'static str, &'static str), blocked: bool) {
+    require_clients();
+    in_wan(tag, move |topo, work| async move {
+        serve_greeting(OPEN_PORT).await;
+        let stage = Stage::prepare(&work, None).await;
+        let _agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
+        stage.operator.wait_applied(&stage.device, 1).await;
+        if blocked {
+            let service = stage
+                .operator
+                .post(
+                    "/api/v1/services",
+                    json!({"name": "no-bittorrent", "kind": "bittorrent-block", "spec": {"block_secs": 600}}),
+                )
+                .await;
+            stage
+                .operator
+                .post(
+                    "/api/v1/assignments",
+                    json!({"service_id": service["id"], "selector": "*"}),
+                )
+                .await;
+            stage.operator.wait_applied(&stage.device, 2).await;
+        }
+        let timeout = if blocked { WINDOW_SECS } else { 90 };
+        let result = {
+            let topo = topo.clone();
+            blocking(move || swarm(&topo, combo, timeout)).await
+        };
+        eprintln!("{combo:?} blocked={blocked}: {result}");
+        let total = result["total_bytes"].as_u64().unwrap();
+        let received = result["received_bytes"].as_u64().unwrap_or(0);
+        if !blocked {
+            assert_eq!(
+                result["complete"], true,
+                "without the service the download completes: {result}"
+            );
+            return;
+        }
+        assert!(
+            received * 100 < total,
+            "{combo:?}: the leecher got {received} of {total} bytes in {WINDOW_SECS} s"
+        );
+        // Ordinary traffic through the same router still works.
+        let lan = topo.clone();
+        assert!(
+            blocking(move || lan
+                .lan
+                .tcp_works(crate::e2e::wan(OPEN_PORT), Duration::from_secs(1)))
+            .await
+        );
+        // The router reported what it caught.
+        let path = format!("/api/v1/devices/{}/events", stage.device);
+        let started = std::time::Instant::now();
+        loop {
+            let events = stage.operator.get(&path).await;
+            let detections = events["totals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["origin"] == "detection")
+                .map(|t| t["count"].as_u64().unwrap())
+                .sum::<u64>();
+            if detections > 0 {
+                eprintln!(
+                    "{combo:?}: {detections} detection events; totals {}",
+                    events["totals"]
+                );
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{combo:?}: no detection reached the controller: {events}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+macro_rules! blocked {
+    ($($name:ident: $client:literal $mode:literal $transport:literal $discovery:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            run(&format!("b{}", &stringify!($name)[..3]), ($client, $mode, $transport, $discovery), true);
+        }
+    )*};
+}
+
+// One run per client and mode at least, every transport and discovery
+// covered; the harness's `matrix.sh` runs the full matrix.
+blocked! {
+    bt_aria2_plain_tcp_http_is_blocked: "aria2" "plain" "tcp" "http";
+    bt_aria2_encrypted_tcp_udp_is_blocked: "aria2" "encrypted" "tcp" "udp";
+    bt_aria2_encrypted_tcp_dht_is_blocked: "aria2" "encrypted" "tcp" "dht";
+    bt_libtorrent_plain_utp_udp_is_blocked: "libtorrent" "plain" "utp" "udp";
+    bt_libtorrent_encrypted_tcp_http_is_blocked: "libtorrent" "encrypted" "tcp" "http";
+    bt_libtorrent_encrypted_utp_dht_is_blocked: "libtorrent" "encrypted" "utp" "dht";
+    bt_transmission_plain_tcp_dht_is_blocked: "transmission" "plain" "tcp" "dht";
+    bt_transmission_encrypted_utp_http_is_blocked: "transmission" "encrypted" "utp" "http";
+    bt_transmission_encrypted_tcp_udp_is_blocked: "transmission" "encrypted" "tcp" "udp";
+}
+
+#[test]
+fn bt_downloads_complete_without_the_service() {
+    for combo in [
+        ("aria2", "encrypted", "tcp", "http"),
+        ("libtorrent", "encrypted", "utp", "dht"),
+        ("transmission", "encrypted", "tcp", "udp"),
+    ] {
+        run("bok", combo, false);
+    }
+}
