@@ -323,6 +323,11 @@ pub enum Action {
     Reject,
     /// Only count.
     Count,
+    /// Hand the packet to the router's classifier (the agent), which drops
+    /// it if it recognises the traffic and then blocks the peer like
+    /// `add_endpoints_to` says; the packet passes while no classifier runs.
+    /// Needs `first_packets` and `add_endpoints_to`.
+    Classify,
 }
 
 /// A rule: all present match fields must hold.
@@ -567,6 +572,11 @@ impl Rule {
     pub fn family_with(&self, sets: &[Set]) -> Result<Option<Family>, String> {
         let family = self.matches.family_with(sets)?;
         let Some(add) = &self.add_endpoints_to else {
+            if self.action == Action::Classify {
+                return Err(
+                    "classify needs add_endpoints_to: where the classifier's finds go".into(),
+                );
+            }
             return Ok(family);
         };
         let set = sets
@@ -584,6 +594,12 @@ impl Rule {
         }
         if !self.matches.protocol.is_some_and(Protocol::has_ports) {
             return Err("add_endpoints_to needs protocol tcp or udp".into());
+        }
+        if self.action == Action::Classify && self.matches.first_packets.is_none() {
+            return Err(
+                "classify needs first_packets: only a flow's first packets go to the classifier"
+                    .into(),
+            );
         }
         if !(1..=30 * 24 * 3600).contains(&add.timeout_secs) {
             return Err("add_endpoints_to lasts 1 s to 30 days".into());

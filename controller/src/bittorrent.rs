@@ -1,8 +1,9 @@
 //! The `bittorrent-block` service compiled to data-plane primitives:
 //! fixed-offset payload signatures that add both endpoints of a matching
-//! packet to a kernel endpoint set, and a rule dropping traffic from or to
-//! any endpoint in that set. Everything runs in the router's kernel; no
-//! program sees packets.
+//! packet to a kernel endpoint set, a rule dropping traffic from or to any
+//! endpoint in that set (all in the kernel, no program on the packet path),
+//! and `classify` rules that show the first packets of the remaining flows
+//! to the agent's classifier (NFQUEUE with bypass).
 //!
 //! The signatures are written tightly enough not to match QUIC, DNS, TLS or
 //! other UDP: each pins at least eight bytes, or a length and six bytes.
@@ -129,6 +130,27 @@ pub fn add_to(firewall: &mut Firewall, spec: &BittorrentBlockSpec) {
                     ..Match::default()
                 },
                 action: Action::Drop,
+                add_endpoints_to: Some(AddEndpoints {
+                    set: set.clone(),
+                    timeout_secs: spec.block_secs,
+                }),
+            });
+        }
+        // What fixed offsets miss (announces on other paths, handshakes
+        // split across packets, uTP data, encrypted peers learned from
+        // tracker and DHT answers) the agent's classifier sees: the first
+        // packets of every TCP and UDP flow, never a whole transfer.
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            firewall.rules.push(Rule {
+                id: name(format!("bt-classify-{}-{suffix}", protocol.name())),
+                chain: Chain::Forward,
+                matches: Match {
+                    family: Some(family),
+                    protocol: Some(protocol),
+                    first_packets: Some(FIRST_PACKETS),
+                    ..Match::default()
+                },
+                action: Action::Classify,
                 add_endpoints_to: Some(AddEndpoints {
                     set: set.clone(),
                     timeout_secs: spec.block_secs,

@@ -24,6 +24,18 @@ use crate::router_blocks::{blocked_patterns, RouterBlocks};
 use crate::settings::Settings;
 use crate::state::{Identity, StateDir};
 
+/// How long the config's `classify` rule blocks what the classifier finds
+/// (None: the config does not classify).
+fn classify_timeout(firewall: &isdf_api::Firewall) -> Option<u32> {
+    firewall
+        .rules
+        .iter()
+        .filter(|r| r.action == isdf_api::Action::Classify)
+        .filter_map(|r| r.add_endpoints_to.as_ref())
+        .map(|a| a.timeout_secs)
+        .max()
+}
+
 /// How often the kernel's detections are collected and reported.
 const HARVEST_EVERY: Duration = Duration::from_secs(2);
 
@@ -86,6 +98,10 @@ pub struct Agent {
     /// The flow patterns the last enforced ruleset blocked: an apply ends
     /// the established flows of the patterns not in here.
     blocked: std::collections::BTreeSet<isdf_api::FlowPattern>,
+    /// What the classifier on NFQUEUE found, once a config asked for it.
+    detections: Option<tokio::sync::mpsc::Receiver<crate::classify::Detection>>,
+    /// The classifier could not bind its queue; not retried at every apply.
+    classifier_failed: bool,
 }
 
 impl Agent {
@@ -128,6 +144,8 @@ impl Agent {
             router_blocks,
             commands: None,
             blocked: Default::default(),
+            detections: None,
+            classifier_failed: false,
         })
     }
 
@@ -388,7 +406,98 @@ impl Agent {
             }
         }
         self.blocked = blocked.into_iter().cloned().collect();
+        if classify_timeout(firewall).is_some() {
+            self.start_classifier();
+        }
         Ok(())
+    }
+
+    /// Starts the classifier on its queue the first time a config asks.
+    fn start_classifier(&mut self) {
+        if self.detections.is_some() || self.classifier_failed {
+            return;
+        }
+        match crate::inspect::start(crate::backend::CLASSIFY_QUEUE) {
+            Ok(rx) => self.detections = Some(rx),
+            Err(e) => {
+                // The queue rule has `bypass`: traffic passes unclassified,
+                // and the kernel's signatures still block.
+                tracing::error!(error = %format!("{e:#}"), "the classifier cannot run");
+                self.classifier_failed = true;
+            }
+        }
+    }
+
+    /// Blocks the peers the classifier found, for as long as the config's
+    /// classify rule says, and enforces that at once (which also ends their
+    /// established flows).
+    fn handle_detections(&mut self, first: crate::classify::Detection) {
+        use isdf_api::events::BlockOrigin;
+        let firewall = self.config_firewall();
+        let Some(timeout_secs) = classify_timeout(&firewall) else {
+            return;
+        };
+        let mut found = vec![first];
+        if let Some(rx) = self.detections.as_mut() {
+            while let Ok(more) = rx.try_recv() {
+                found.push(more);
+            }
+        }
+        let now_ms = unix_millis();
+        let mut added = 0;
+        for detection in found {
+            let endpoint = isdf_api::Endpoint {
+                addr: detection.peer.addr.ip(),
+                protocol: match detection.peer.protocol {
+                    crate::classify::Transport::Tcp => isdf_api::Protocol::Tcp,
+                    crate::classify::Transport::Udp => isdf_api::Protocol::Udp,
+                },
+                port: detection.peer.addr.port(),
+            };
+            for flow in crate::router_blocks::endpoint_flows(&endpoint) {
+                if self
+                    .router_blocks
+                    .has(BlockOrigin::Detection, &flow, now_ms)
+                {
+                    continue;
+                }
+                let duration = u64::from(timeout_secs) * 1000;
+                let reason = detection.reason.as_str();
+                match self
+                    .router_blocks
+                    .add(BlockOrigin::Detection, flow, duration, reason, now_ms)
+                {
+                    Ok(_) => added += 1,
+                    Err(refusal) => tracing::warn!(%refusal, "detection not kept"),
+                }
+            }
+        }
+        if added == 0 {
+            return;
+        }
+        tracing::info!(added, "classifier detections");
+        if let Err(e) = self
+            .state
+            .save_router_blocks(self.router_blocks.persisted())
+        {
+            tracing::error!(error = ?e, "persisting router blocks");
+        }
+        if let Err(e) = self.enforce(&firewall) {
+            tracing::error!(error = ?e, "enforcing detections");
+        }
+    }
+
+    /// The next classifier detection (never, without a classifier).
+    async fn next_detection(
+        detections: &mut Option<tokio::sync::mpsc::Receiver<crate::classify::Detection>>,
+    ) -> crate::classify::Detection {
+        match detections {
+            Some(rx) => match rx.recv().await {
+                Some(detection) => detection,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
     }
 
     /// The config firewall in force (empty before the first config).
@@ -818,6 +927,10 @@ impl Agent {
                     command = Self::next_command(&mut self.commands) => {
                         let response = self.handle_command(command.request);
                         let _ = command.reply.send(response);
+                        self.send_events_if_due().await;
+                    }
+                    detection = Self::next_detection(&mut self.detections) => {
+                        self.handle_detections(detection);
                         self.send_events_if_due().await;
                     }
                     _ = harvest.tick(), if self.watches_detections() => {

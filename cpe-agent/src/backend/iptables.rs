@@ -521,6 +521,8 @@ impl Layout {
                 Action::Drop => push(spec, " -j DROP".into()),
                 // A rule without a target only counts, then the packet goes on.
                 Action::Count => push(spec, String::new()),
+                // Refused before planning (`refuse_unsupported`).
+                Action::Classify => {}
                 Action::Reject => {
                     // As in nft.rs: TCP gets a reset (the client fails at
                     // once), the rest an ICMP administratively-prohibited.
@@ -892,6 +894,7 @@ fn refuse_unsupported(firewall: &Firewall) -> anyhow::Result<()> {
         !r.matches.payload.is_empty()
             || r.matches.payload_len.is_some()
             || r.matches.first_packets.is_some()
+            || r.action == isdf_api::Action::Classify
             || r.matches.endpoint_in_set.is_some()
             || r.add_endpoints_to.is_some()
     });

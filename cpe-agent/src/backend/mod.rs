@@ -49,6 +49,9 @@ pub trait FirewallBackend: Send {
     fn remove(&mut self) -> anyhow::Result<()>;
 }
 
+/// The NFQUEUE number `classify` rules queue to.
+pub const CLASSIFY_QUEUE: u16 = 4242;
+
 /// An endpoint the kernel added to an endpoint set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LearnedEndpoint {

@@ -20,7 +20,9 @@ use isdf_api::{
     Prefix, Protocol, Rule, RuleCounter, Set, SetElement, SetKey,
 };
 
-use super::{exec, interval_layers, remaining_ms, FirewallBackend, LearnedEndpoint};
+use super::{
+    exec, interval_layers, remaining_ms, FirewallBackend, LearnedEndpoint, CLASSIFY_QUEUE,
+};
 
 pub const TABLE: &str = "isdf";
 /// Our chains run just before fw4's (priority filter = 0), so a block here
@@ -48,10 +50,29 @@ enum Elements {
 /// The script first makes sure the table exists, then deletes and recreates
 /// it inside the same transaction: no moment exists with a half ruleset.
 pub fn plan(firewall: &Firewall, now_ms: i64) -> String {
-    plan_script(firewall, now_ms, Elements::Include)
+    plan_with(firewall, now_ms, Queueing::Native)
 }
 
-fn plan_script(firewall: &Firewall, now_ms: i64, elements: Elements) -> String {
+/// How `classify` rules hand packets to the agent's classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queueing {
+    /// nft's `queue` statement with `bypass` (the kernel has nft_queue).
+    Native,
+    /// The kernel lacks nft_queue: the rule marks the packet (one bit,
+    /// `CLASSIFY_MARK`) and an iptables `NFQUEUE --queue-bypass` rule on
+    /// that mark, after our chain, queues it.
+    Mark,
+}
+
+/// The packet mark bit of `Queueing::Mark`.
+pub const CLASSIFY_MARK: u32 = 0x4000_0000;
+
+/// `plan` for kernels with or without nft_queue.
+pub fn plan_with(firewall: &Firewall, now_ms: i64, queueing: Queueing) -> String {
+    plan_script(firewall, now_ms, Elements::Include, queueing)
+}
+
+fn plan_script(firewall: &Firewall, now_ms: i64, elements: Elements, queueing: Queueing) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "table inet {TABLE} {{}}");
     let _ = writeln!(s, "delete table inet {TABLE}");
@@ -68,7 +89,7 @@ fn plan_script(firewall: &Firewall, now_ms: i64, elements: Elements) -> String {
             chain.name()
         );
         for rule in firewall.rules.iter().filter(|r| r.chain == chain) {
-            for line in rule_lines(rule, &firewall.sets, &layout) {
+            for line in rule_lines(rule, &firewall.sets, &layout, queueing) {
                 let _ = writeln!(s, "\t\t{line}");
             }
         }
@@ -414,9 +435,13 @@ fn reject_variants(m: &Match) -> (bool, bool) {
 
 /// The nft rule lines of one config rule; all carry the rule id as comment,
 /// so their counters add up under it.
-fn rule_lines(rule: &Rule, sets: &[Set], layout: &Layout<'_>) -> Vec<String> {
+fn rule_lines(rule: &Rule, sets: &[Set], layout: &Layout<'_>, queueing: Queueing) -> Vec<String> {
     let comment = format!("comment \"{}\"", rule.id);
-    let remember = add_endpoints(rule, rule.family_with(sets).ok().flatten());
+    // A classify rule's endpoints are added by the classifier, on a find.
+    let remember = match rule.action {
+        Action::Classify => String::new(),
+        _ => add_endpoints(rule, rule.family_with(sets).ok().flatten()),
+    };
     let mut lines = Vec::new();
     for expr in match_exprs(&rule.matches, sets, layout) {
         let sep = if expr.is_empty() { "" } else { " " };
@@ -426,6 +451,14 @@ fn rule_lines(rule: &Rule, sets: &[Set], layout: &Layout<'_>) -> Vec<String> {
             Action::Accept => lines.push(format!("{expr}{sep}counter accept {comment}")),
             Action::Drop => lines.push(format!("{expr}{sep}counter drop {comment}")),
             Action::Count => lines.push(format!("{expr}{sep}counter {comment}")),
+            Action::Classify => lines.push(match queueing {
+                Queueing::Native => {
+                    format!("{expr}{sep}counter queue num {CLASSIFY_QUEUE} bypass {comment}")
+                }
+                Queueing::Mark => format!(
+                    "{expr}{sep}counter meta mark set meta mark | {CLASSIFY_MARK:#x} {comment}"
+                ),
+            }),
             Action::Reject => {
                 // TCP gets a reset (the client fails at once), the rest an
                 // ICMP administratively-prohibited.
@@ -468,7 +501,7 @@ fn expected_shape(firewall: &Firewall) -> Shape {
                 .flat_map(|r| {
                     std::iter::repeat_n(
                         r.id.to_string(),
-                        rule_lines(r, &firewall.sets, &layout).len(),
+                        rule_lines(r, &firewall.sets, &layout, Queueing::Native).len(),
                     )
                 })
                 .collect();
@@ -572,13 +605,57 @@ fn enable_conntrack_accounting() -> anyhow::Result<()> {
 /// Runs `nft` in the agent's network namespace.
 pub struct NftBackend {
     program: String,
+    /// Probed at the first apply that needs it.
+    queueing: std::sync::OnceLock<Queueing>,
 }
 
 impl NftBackend {
     pub fn new() -> Self {
         NftBackend {
             program: std::env::var("ISDF_NFT").unwrap_or_else(|_| "nft".to_owned()),
+            queueing: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether this kernel has nft's `queue` (a dry run, nothing changes).
+    fn queueing(&self) -> Queueing {
+        *self.queueing.get_or_init(|| {
+            let probe = format!(
+                "table inet {TABLE}_probe {{\n\tchain c {{\n\t\ttype filter hook forward priority 0;\n\t\tqueue num {CLASSIFY_QUEUE} bypass\n\t}}\n}}\n"
+            );
+            if exec::run(&self.program, &["-c", "-f", "-"], &probe).is_ok() {
+                Queueing::Native
+            } else {
+                tracing::info!("this kernel has no nft queue: classify rules mark packets for an iptables NFQUEUE rule");
+                Queueing::Mark
+            }
+        })
+    }
+
+    /// Adds or removes the iptables rule that queues marked packets (only
+    /// with `Queueing::Mark`), for IPv4 and IPv6.
+    fn sync_mark_queue(&self, wanted: bool) -> anyhow::Result<()> {
+        let (queue, mark) = (
+            CLASSIFY_QUEUE.to_string(),
+            format!("{CLASSIFY_MARK:#x}/{CLASSIFY_MARK:#x}"),
+        );
+        for tool in ["iptables", "ip6tables"] {
+            let rule = |op: &'static str| {
+                let mut args = vec!["-w", "-t", "filter", op, "FORWARD"];
+                args.extend(["-m", "mark", "--mark", &mark, "-m", "comment"]);
+                args.extend(["--comment", "isdf-classify", "-j", "NFQUEUE"]);
+                args.extend(["--queue-num", &queue, "--queue-bypass"]);
+                exec::run(tool, &args, "")
+            };
+            let present = rule("-C").is_ok();
+            if wanted && !present {
+                rule("-I")
+                    .with_context(|| format!("adding the {tool} NFQUEUE rule for classify"))?;
+            } else if !wanted && present {
+                rule("-D").with_context(|| format!("removing the {tool} NFQUEUE rule"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Lists our table without set elements (terse): what verification and
@@ -617,11 +694,25 @@ impl FirewallBackend for NftBackend {
         {
             enable_conntrack_accounting()?;
         }
-        let structure = plan_script(firewall, now_ms, Elements::Omit);
+        let classifies = firewall.rules.iter().any(|r| r.action == Action::Classify);
+        // Without classify rules the queueing does not show in the script.
+        let queueing = if classifies {
+            self.queueing()
+        } else {
+            Queueing::Native
+        };
+        let structure = plan_script(firewall, now_ms, Elements::Omit, queueing);
         exec::run(&self.program, &["-c", "-f", "-"], &structure)
             .context("nft rejected the planned ruleset (check)")?;
-        exec::run(&self.program, &["-f", "-"], &plan(firewall, now_ms))
-            .context("applying the ruleset with nft -f")?;
+        exec::run(
+            &self.program,
+            &["-f", "-"],
+            &plan_with(firewall, now_ms, queueing),
+        )
+        .context("applying the ruleset with nft -f")?;
+        if self.queueing.get() == Some(&Queueing::Mark) {
+            self.sync_mark_queue(classifies)?;
+        }
         Ok(())
     }
 
@@ -687,6 +778,9 @@ impl FirewallBackend for NftBackend {
     }
 
     fn remove(&mut self) -> anyhow::Result<()> {
+        if self.queueing.get() == Some(&Queueing::Mark) {
+            self.sync_mark_queue(false)?;
+        }
         exec::run(
             &self.program,
             &["-f", "-"],
@@ -732,7 +826,7 @@ mod tests {
 
     #[test]
     fn the_check_script_has_the_structure_without_elements() {
-        let structure = plan_script(&sample(), 0, Elements::Omit);
+        let structure = plan_script(&sample(), 0, Elements::Omit, Queueing::Native);
         assert!(!structure.contains("elements"));
         assert_eq!(
             structure.lines().filter(|l| l.contains("comment")).count(),

@@ -6,6 +6,7 @@
 mod backends;
 mod bittorrent_clients;
 mod blocks;
+mod classifier;
 mod e2e;
 mod netns;
 mod rogue_controller;

@@ -1,0 +1,79 @@
+//! The classifier on the packet path: NFQUEUE hands it the first packets of
+//! each new flow (the `classify` rules say which), it answers accept or
+//! drop, and what it recognises goes to the agent loop, which blocks the
+//! peer.
+//!
+//! Failing open, by construction: the queue rule has `bypass` (no program
+//! bound: the kernel accepts), the queue is bound with fail-open (full:
+//! the kernel accepts), and only a flow's first packets are queued. An
+//! agent crash or hang never stops traffic; the kernel's own signatures
+//! keep blocking.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::classify::{Classifier, Detection, Limits, Verdict};
+
+/// Bytes of each packet copied to the classifier: headers and the first
+/// messages are all it reads.
+const COPY_BYTES: u16 = 1024;
+/// Packets the kernel holds for us before failing open.
+const QUEUE_LEN: u32 = 4096;
+/// Detections waiting for the agent loop; more are dropped (the flows
+/// themselves were dropped already).
+const PENDING: usize = 256;
+
+/// Binds queue `queue` and classifies its packets on a thread of its own.
+/// Detections come out of the returned channel.
+pub fn start(queue: u16) -> anyhow::Result<mpsc::Receiver<Detection>> {
+    let mut nfq = nfq::Queue::open().context("opening an NFQUEUE netlink socket")?;
+    nfq.bind(queue)
+        .with_context(|| format!("binding NFQUEUE {queue} (is nfnetlink_queue there?)"))?;
+    nfq.set_fail_open(queue, true)
+        .context("setting fail-open")?;
+    nfq.set_copy_range(queue, COPY_BYTES)
+        .context("setting the copy range")?;
+    nfq.set_queue_max_len(queue, QUEUE_LEN)
+        .context("setting the queue length")?;
+    let (tx, rx) = mpsc::channel(PENDING);
+    std::thread::Builder::new()
+        .name("classifier".into())
+        .spawn(move || serve(nfq, &tx))
+        .context("starting the classifier thread")?;
+    tracing::info!(queue, "classifier listening on NFQUEUE");
+    Ok(rx)
+}
+
+fn serve(mut nfq: nfq::Queue, tx: &mpsc::Sender<Detection>) {
+    let mut classifier = Classifier::new(Limits::default());
+    let started = Instant::now();
+    let mut errors = 0u32;
+    loop {
+        let mut msg = match nfq.recv() {
+            Ok(msg) => msg,
+            Err(e) => {
+                // ENOBUFS and the like: the kernel failed open meanwhile.
+                errors = errors.saturating_add(1);
+                if errors.is_power_of_two() {
+                    tracing::warn!(error = %e, errors, "NFQUEUE receive");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let now_ms = started.elapsed().as_millis() as u64;
+        let verdict = match classifier.packet(msg.get_payload(), now_ms) {
+            Verdict::BitTorrent(detection) => {
+                let _ = tx.try_send(detection);
+                nfq::Verdict::Drop
+            }
+            _ => nfq::Verdict::Accept,
+        };
+        msg.set_verdict(verdict);
+        if let Err(e) = nfq.verdict(msg) {
+            tracing::warn!(error = %e, "NFQUEUE verdict");
+        }
+    }
+}
