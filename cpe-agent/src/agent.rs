@@ -595,7 +595,19 @@ impl Agent {
             } => self
                 .router_blocks
                 .add(BlockOrigin::Local, flow, duration_ms, &reason, now_ms),
-            Request::Unblock { id } => self.router_blocks.remove(id, now_ms),
+            Request::Unblock { id } => {
+                self.router_blocks
+                    .remove_detection(id, now_ms)
+                    .map(|(block, endpoint)| {
+                        // Out of the kernel's endpoint sets too, before the
+                        // next apply harvests it back.
+                        if let Some(endpoint) = endpoint {
+                            self.backend
+                                .forget_endpoint(&self.config_firewall(), &endpoint);
+                        }
+                        block
+                    })
+            }
         };
         let block = match changed {
             Ok(block) => block,

@@ -226,6 +226,35 @@ impl RouterBlocks {
         Ok(block)
     }
 
+    /// Ends a detection and its twin (a detected endpoint is blocked by two
+    /// patterns, one per direction); returns the endpoint to forget in the
+    /// kernel too.
+    pub fn remove_detection(
+        &mut self,
+        id: u64,
+        now_ms: i64,
+    ) -> Result<(RouterBlock, Option<isdf_api::Endpoint>), Refusal> {
+        let block = self.remove(id, now_ms)?;
+        let endpoint = (block.origin == BlockOrigin::Detection)
+            .then(|| endpoint_of(&block.flow))
+            .flatten();
+        if let Some(endpoint) = endpoint {
+            let twins: Vec<u64> = self
+                .data
+                .blocks
+                .iter()
+                .filter(|b| {
+                    b.origin == BlockOrigin::Detection && endpoint_of(&b.flow) == Some(endpoint)
+                })
+                .map(|b| b.id)
+                .collect();
+            for twin in twins {
+                let _ = self.remove(twin, now_ms);
+            }
+        }
+        Ok((block, endpoint))
+    }
+
     fn queue(&mut self, kind: EventKind, block: RouterBlock, now_ms: i64) {
         // Seeded from the clock, like status reports: a router whose state
         // was wiped still numbers its events above the old ones.
@@ -346,6 +375,27 @@ pub fn endpoint_flows(e: &isdf_api::Endpoint) -> [FlowPattern; 2] {
             dport: port,
         },
     ]
+}
+
+/// The endpoint a pattern of `endpoint_flows` stands for.
+pub fn endpoint_of(flow: &FlowPattern) -> Option<isdf_api::Endpoint> {
+    let host = |p: &isdf_api::Prefix| {
+        (p.net().prefix_len() == p.net().max_prefix_len()).then(|| p.net().addr())
+    };
+    let single = |r: &isdf_api::PortRange| (r.first() == r.last()).then(|| r.first());
+    let protocol = flow.protocol.filter(|p| p.has_ports())?;
+    let (addr, port) = if flow.dst.is_any() && flow.dport.is_any() {
+        (host(&flow.src)?, single(&flow.sport)?)
+    } else if flow.src.is_any() && flow.sport.is_any() {
+        (host(&flow.dst)?, single(&flow.dport)?)
+    } else {
+        return None;
+    };
+    Some(isdf_api::Endpoint {
+        addr,
+        protocol,
+        port,
+    })
 }
 
 /// Parses a duration: `1500ms`, `30s`, `5m`, `2h`, `1d`, or bare seconds.
@@ -499,6 +549,29 @@ mod tests {
             .rules
             .iter()
             .all(|r| r.matches.family_with(&firewall.sets).is_ok())
+    }
+
+    #[test]
+    fn a_detected_endpoint_is_unblocked_whole() {
+        let mut blocks = RouterBlocks::new(Persisted::default(), LIMITS);
+        let endpoint = isdf_api::Endpoint {
+            addr: "198.51.100.2".parse().unwrap(),
+            protocol: isdf_api::Protocol::Udp,
+            port: 6881,
+        };
+        let [a, b] = endpoint_flows(&endpoint);
+        assert_eq!(endpoint_of(&a), Some(endpoint));
+        assert_eq!(endpoint_of(&b), Some(endpoint));
+        assert_eq!(endpoint_of(&flow(1)), None);
+        let first = blocks
+            .add(BlockOrigin::Detection, a, 60_000, "dht_message", 0)
+            .unwrap();
+        blocks
+            .add(BlockOrigin::Detection, b, 60_000, "dht_message", 0)
+            .unwrap();
+        let (_, forgotten) = blocks.remove_detection(first.id, 1).unwrap();
+        assert_eq!(forgotten, Some(endpoint));
+        assert!(blocks.active(1).is_empty());
     }
 
     #[test]

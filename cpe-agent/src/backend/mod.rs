@@ -45,6 +45,12 @@ pub trait FirewallBackend: Send {
         Ok(Vec::new())
     }
 
+    /// Takes an endpoint out of the endpoint sets of `firewall` (a
+    /// detection the operator or a detector ended early).
+    fn forget_endpoint(&self, firewall: &Firewall, endpoint: &isdf_api::Endpoint) {
+        let _ = (firewall, endpoint);
+    }
+
     /// Removes everything this agent installed (uninstall and tests).
     fn remove(&mut self) -> anyhow::Result<()>;
 }

@@ -770,6 +770,34 @@ impl FirewallBackend for NftBackend {
         Ok(learned)
     }
 
+    fn forget_endpoint(&self, firewall: &Firewall, endpoint: &isdf_api::Endpoint) {
+        let sets = firewall
+            .sets
+            .iter()
+            .filter(|s| s.key.is_endpoint() && s.key.family() == endpoint.family());
+        for set in sets {
+            let element = format!(
+                "{{ {} . {} . {} }}",
+                endpoint.addr,
+                endpoint.protocol.number(),
+                endpoint.port
+            );
+            // Absent (never learned by the kernel, or expired) is fine.
+            let _ = exec::run(
+                &self.program,
+                &[
+                    "delete",
+                    "element",
+                    "inet",
+                    TABLE,
+                    set.name.as_str(),
+                    &element,
+                ],
+                "",
+            );
+        }
+    }
+
     fn counters(&self) -> anyhow::Result<Vec<RuleCounter>> {
         match self.list_terse()? {
             Some(json) => Ok(listed_shape(&json)?.1),

@@ -129,6 +129,37 @@ fn the_classifier_catches_what_signatures_miss_and_fails_open() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
 
+        // Ending the detection early (say, a false positive) lets the peer
+        // through again at once, kernel sets included.
+        let socket = stage.config_path.with_file_name("agent.sock");
+        let cli = |args: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_isdf-agent"))
+                .args(args)
+                .arg("--socket")
+                .arg(&socket)
+                .output()
+                .unwrap()
+        };
+        let listed: serde_json::Value =
+            serde_json::from_slice(&cli(&["blocks", "--json"]).stdout).unwrap();
+        let id = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["origin"] == "detection" && b["flow"]["dport"] == "51413")
+            .unwrap_or_else(|| panic!("no detection of the peer: {listed}"))["id"]
+            .to_string();
+        assert!(cli(&["unblock", &id]).status.success());
+        let t = topo.clone();
+        assert!(
+            blocking(move || t.lan.enter(move || TcpStream::connect_timeout(
+                &wan(51413),
+                Duration::from_secs(1)
+            )
+            .is_ok()))
+            .await
+        );
+
         // Fail open: with the agent gone, new flows still pass (the queue
         // has no listener and the rule has bypass).
         agent.kill();
