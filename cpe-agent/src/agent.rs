@@ -8,6 +8,7 @@
 //! and neither does losing the certificate: a router that can no longer
 //! authenticate keeps enforcing what it has.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -98,8 +99,8 @@ pub struct Agent {
     /// The flow patterns the last enforced ruleset blocked: an apply ends
     /// the established flows of the patterns not in here.
     blocked: std::collections::BTreeSet<isdf_api::FlowPattern>,
-    /// What the classifier on NFQUEUE found, once a config asked for it.
-    detections: Option<tokio::sync::mpsc::Receiver<crate::classify::Detection>>,
+    /// The classifier on NFQUEUE, once a config asked for it.
+    inspector: Option<crate::inspect::Inspector>,
     /// The classifier could not bind its queue; not retried at every apply.
     classifier_failed: bool,
 }
@@ -144,7 +145,7 @@ impl Agent {
             router_blocks,
             commands: None,
             blocked: Default::default(),
-            detections: None,
+            inspector: None,
             classifier_failed: false,
         })
     }
@@ -414,11 +415,11 @@ impl Agent {
 
     /// Starts the classifier on its queue the first time a config asks.
     fn start_classifier(&mut self) {
-        if self.detections.is_some() || self.classifier_failed {
+        if self.inspector.is_some() || self.classifier_failed {
             return;
         }
         match crate::inspect::start(crate::backend::CLASSIFY_QUEUE) {
-            Ok(rx) => self.detections = Some(rx),
+            Ok(inspector) => self.inspector = Some(inspector),
             Err(e) => {
                 // The queue rule has `bypass`: traffic passes unclassified,
                 // and the kernel's signatures still block.
@@ -438,8 +439,8 @@ impl Agent {
             return;
         };
         let mut found = vec![first];
-        if let Some(rx) = self.detections.as_mut() {
-            while let Ok(more) = rx.try_recv() {
+        if let Some(inspector) = self.inspector.as_mut() {
+            while let Ok(more) = inspector.detections.try_recv() {
                 found.push(more);
             }
         }
@@ -489,10 +490,10 @@ impl Agent {
 
     /// The next classifier detection (never, without a classifier).
     async fn next_detection(
-        detections: &mut Option<tokio::sync::mpsc::Receiver<crate::classify::Detection>>,
+        inspector: &mut Option<crate::inspect::Inspector>,
     ) -> crate::classify::Detection {
-        match detections {
-            Some(rx) => match rx.recv().await {
+        match inspector {
+            Some(inspector) => match inspector.detections.recv().await {
                 Some(detection) => detection,
                 None => std::future::pending().await,
             },
@@ -604,6 +605,9 @@ impl Agent {
                         if let Some(endpoint) = endpoint {
                             self.backend
                                 .forget_endpoint(&self.config_firewall(), &endpoint);
+                            if let Some(inspector) = &self.inspector {
+                                inspector.forget(SocketAddr::new(endpoint.addr, endpoint.port));
+                            }
                         }
                         block
                     })
@@ -941,7 +945,7 @@ impl Agent {
                         let _ = command.reply.send(response);
                         self.send_events_if_due().await;
                     }
-                    detection = Self::next_detection(&mut self.detections) => {
+                    detection = Self::next_detection(&mut self.inspector) => {
                         self.handle_detections(detection);
                         self.send_events_if_due().await;
                     }

@@ -9,6 +9,7 @@
 //! agent crash or hang never stops traffic; the kernel's own signatures
 //! keep blocking.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -25,9 +26,23 @@ const QUEUE_LEN: u32 = 4096;
 /// themselves were dropped already).
 const PENDING: usize = 256;
 
+/// The running classifier, seen from the agent loop.
+pub struct Inspector {
+    /// What it recognised.
+    pub detections: mpsc::Receiver<Detection>,
+    /// Peers to forget (their block was ended early), applied before the
+    /// next packet is classified.
+    forget: std::sync::mpsc::Sender<SocketAddr>,
+}
+
+impl Inspector {
+    pub fn forget(&self, peer: SocketAddr) {
+        let _ = self.forget.send(peer);
+    }
+}
+
 /// Binds queue `queue` and classifies its packets on a thread of its own.
-/// Detections come out of the returned channel.
-pub fn start(queue: u16) -> anyhow::Result<mpsc::Receiver<Detection>> {
+pub fn start(queue: u16) -> anyhow::Result<Inspector> {
     let mut nfq = nfq::Queue::open().context("opening an NFQUEUE netlink socket")?;
     nfq.bind(queue)
         .with_context(|| format!("binding NFQUEUE {queue} (is nfnetlink_queue there?)"))?;
@@ -38,15 +53,23 @@ pub fn start(queue: u16) -> anyhow::Result<mpsc::Receiver<Detection>> {
     nfq.set_queue_max_len(queue, QUEUE_LEN)
         .context("setting the queue length")?;
     let (tx, rx) = mpsc::channel(PENDING);
+    let (forget, forgotten) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("classifier".into())
-        .spawn(move || serve(nfq, &tx))
+        .spawn(move || serve(nfq, &tx, &forgotten))
         .context("starting the classifier thread")?;
     tracing::info!(queue, "classifier listening on NFQUEUE");
-    Ok(rx)
+    Ok(Inspector {
+        detections: rx,
+        forget,
+    })
 }
 
-fn serve(mut nfq: nfq::Queue, tx: &mpsc::Sender<Detection>) {
+fn serve(
+    mut nfq: nfq::Queue,
+    tx: &mpsc::Sender<Detection>,
+    forgotten: &std::sync::mpsc::Receiver<SocketAddr>,
+) {
     let mut classifier = Classifier::new(Limits::default());
     let started = Instant::now();
     let mut errors = 0u32;
@@ -63,6 +86,9 @@ fn serve(mut nfq: nfq::Queue, tx: &mpsc::Sender<Detection>) {
                 continue;
             }
         };
+        while let Ok(peer) = forgotten.try_recv() {
+            classifier.forget_peer(peer);
+        }
         let now_ms = started.elapsed().as_millis() as u64;
         let verdict = match classifier.packet(msg.get_payload(), now_ms) {
             Verdict::BitTorrent(detection) => {

@@ -351,6 +351,11 @@ impl Classifier {
         );
     }
 
+    /// Forgets a learned peer (its block was ended early: a false positive).
+    pub fn forget_peer(&mut self, peer: SocketAddr) {
+        self.peers.remove(&(peer.ip(), peer.port()));
+    }
+
     /// The peers learned and not yet expired, e.g. to block them in the kernel.
     pub fn learned_peers(&self, now_ms: u64) -> impl Iterator<Item = (SocketAddr, Reason)> + '_ {
         let since = now_ms.saturating_sub(self.limits.learned_peer_ttl_ms);

@@ -94,6 +94,13 @@ impl<K: Key, V> Table<K, V> {
         index
     }
 
+    /// Empties `key`'s slot, if it has one.
+    pub fn remove(&mut self, key: &K) {
+        if let Some(index) = self.find(key, 0) {
+            self.slots[index] = None;
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Slot<K, V>> {
         self.slots.iter().flatten()
     }

@@ -61,7 +61,7 @@ fn the_classifier_catches_what_signatures_miss_and_fails_open() {
     in_wan("cls", |topo, work| async move {
         serve_greeting(OPEN_PORT).await;
         let handshakes = recording_server(&topo, 51413);
-        let tracker = recording_server(&topo, 8080);
+        let tracker = recording_server(&topo, 8081);
         let stage = Stage::prepare(&work, None).await;
         let agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
         stage.operator.wait_applied(&stage.device, 1).await;
@@ -81,6 +81,10 @@ fn the_classifier_catches_what_signatures_miss_and_fails_open() {
             .await;
         stage.operator.wait_applied(&stage.device, 2).await;
 
+        // Ordinary traffic passes the live classifier untouched.
+        let t = topo.clone();
+        blocking(move || crate::signatures::ordinary_traffic_passes(&t)).await;
+
         // The handshake in two segments: the kernel signature needs all 20
         // bytes in one packet; the classifier reassembles and drops the
         // second segment.
@@ -96,7 +100,7 @@ fn the_classifier_catches_what_signatures_miss_and_fails_open() {
         // An announce on a path no fixed signature knows.
         const ANNOUNCE: &[&[u8]] = &[b"GET /tracker/announce.php?info_hash=%aa%bb&peer_id=-TR3000-abcdefghijkl&port=51413 HTTP/1.1\r\nHost: t\r\n\r\n"];
         let t = topo.clone();
-        blocking(move || send_pieces(&t, 8080, ANNOUNCE)).await;
+        blocking(move || send_pieces(&t, 8081, ANNOUNCE)).await;
         let got = tracker.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(got, 0, "the announce never reached the tracker");
 
