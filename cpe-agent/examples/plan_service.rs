@@ -2,8 +2,11 @@
 //! alone, e.g. for benchmarks that load it into a router namespace by hand:
 //!
 //! ```sh
-//! cargo run -q -p isdf-agent --example plan_service -- bittorrent-block '{"block_secs": 600}'
+//! cargo run -q -p isdf-agent --example plan_service -- bittorrent-block '{"block_secs": 600}' [mark]
 //! ```
+//!
+//! `mark`: for kernels without nft's `queue` (classify rules mark packets
+//! for an iptables NFQUEUE rule instead; see `backend::nft::Queueing`).
 
 use isdf_controller::compiler::{compile_firewall, CompiledAssignment};
 use isdf_controller::domain::{Labels, Selector, ServiceKind, ServiceSpec};
@@ -29,5 +32,10 @@ fn main() {
         spec,
     };
     let firewall = compile_firewall(&Labels::default(), &[assignment], &[], 0);
-    print!("{}", isdf_agent::backend::nft::plan(&firewall, 0));
+    use isdf_agent::backend::nft::{plan_with, Queueing};
+    let queueing = match args.next().as_deref() {
+        Some("mark") => Queueing::Mark,
+        _ => Queueing::Native,
+    };
+    print!("{}", plan_with(&firewall, 0, queueing));
 }
