@@ -9,6 +9,7 @@ pub mod classify;
 pub mod client;
 pub mod control;
 pub mod enrollment;
+pub mod logging;
 pub mod router_blocks;
 pub mod settings;
 pub mod state;
