@@ -10,6 +10,7 @@ pub mod client;
 pub mod control;
 pub mod enrollment;
 pub mod inspect;
+pub mod logging;
 pub mod router_blocks;
 pub mod settings;
 pub mod state;

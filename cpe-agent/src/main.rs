@@ -132,10 +132,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
     // Logs go to stderr: `enroll` prints only the device id on stdout.
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .init();
+    isdf_agent::logging::init(level);
     match Cli::parse().command {
         Command::Run {
             config,

@@ -1,0 +1,28 @@
+//! Link options that keep the agent binary small: routers hold it in a few
+//! MB of flash (see `release-small` in the workspace manifest).
+//!
+//! They are given only where the linker is known to be rustc's bundled
+//! `rust-lld` and the C library glibc: `x86_64-unknown-linux-gnu` without a
+//! configured linker. Other targets and linkers keep their defaults.
+
+use std::env;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+    let bundled_lld = env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu")
+        && env::var_os("RUSTC_LINKER").is_none()
+        && !env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|flags| flags.contains("linker"));
+    if !bundled_lld {
+        return;
+    }
+    // Relative relocations packed as a bitmap (DT_RELR) instead of 24 bytes
+    // each: about 140 KB less. The binary then asks for glibc 2.36 by
+    // version (GLIBC_ABI_DT_RELR), so an older glibc refuses it at start
+    // rather than running it unrelocated.
+    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    // Identical code folding: the many generic instances that compile to
+    // the same machine code are kept once (about 40 KB). Rust promises no
+    // distinct addresses for distinct functions, so nothing may rely on them.
+    println!("cargo:rustc-link-arg-bins=-Wl,--icf=all");
+}
