@@ -149,18 +149,39 @@ macro_rules! blocked {
     )*};
 }
 
-// One run per client and mode at least, every transport and discovery
-// covered; the harness's `matrix.sh` runs the full matrix.
+// Every combination the clients support (aria2 has no uTP): 30 runs of
+// 60 s, two at a time in CI.
 blocked! {
     bt_aria2_plain_tcp_http_is_blocked: "aria2" "plain" "tcp" "http";
+    bt_aria2_plain_tcp_udp_is_blocked: "aria2" "plain" "tcp" "udp";
+    bt_aria2_plain_tcp_dht_is_blocked: "aria2" "plain" "tcp" "dht";
+    bt_aria2_encrypted_tcp_http_is_blocked: "aria2" "encrypted" "tcp" "http";
     bt_aria2_encrypted_tcp_udp_is_blocked: "aria2" "encrypted" "tcp" "udp";
     bt_aria2_encrypted_tcp_dht_is_blocked: "aria2" "encrypted" "tcp" "dht";
+    bt_libtorrent_plain_tcp_http_is_blocked: "libtorrent" "plain" "tcp" "http";
+    bt_libtorrent_plain_tcp_udp_is_blocked: "libtorrent" "plain" "tcp" "udp";
+    bt_libtorrent_plain_tcp_dht_is_blocked: "libtorrent" "plain" "tcp" "dht";
+    bt_libtorrent_plain_utp_http_is_blocked: "libtorrent" "plain" "utp" "http";
     bt_libtorrent_plain_utp_udp_is_blocked: "libtorrent" "plain" "utp" "udp";
+    bt_libtorrent_plain_utp_dht_is_blocked: "libtorrent" "plain" "utp" "dht";
     bt_libtorrent_encrypted_tcp_http_is_blocked: "libtorrent" "encrypted" "tcp" "http";
+    bt_libtorrent_encrypted_tcp_udp_is_blocked: "libtorrent" "encrypted" "tcp" "udp";
+    bt_libtorrent_encrypted_tcp_dht_is_blocked: "libtorrent" "encrypted" "tcp" "dht";
+    bt_libtorrent_encrypted_utp_http_is_blocked: "libtorrent" "encrypted" "utp" "http";
+    bt_libtorrent_encrypted_utp_udp_is_blocked: "libtorrent" "encrypted" "utp" "udp";
     bt_libtorrent_encrypted_utp_dht_is_blocked: "libtorrent" "encrypted" "utp" "dht";
+    bt_transmission_plain_tcp_http_is_blocked: "transmission" "plain" "tcp" "http";
+    bt_transmission_plain_tcp_udp_is_blocked: "transmission" "plain" "tcp" "udp";
     bt_transmission_plain_tcp_dht_is_blocked: "transmission" "plain" "tcp" "dht";
-    bt_transmission_encrypted_utp_http_is_blocked: "transmission" "encrypted" "utp" "http";
+    bt_transmission_plain_utp_http_is_blocked: "transmission" "plain" "utp" "http";
+    bt_transmission_plain_utp_udp_is_blocked: "transmission" "plain" "utp" "udp";
+    bt_transmission_plain_utp_dht_is_blocked: "transmission" "plain" "utp" "dht";
+    bt_transmission_encrypted_tcp_http_is_blocked: "transmission" "encrypted" "tcp" "http";
     bt_transmission_encrypted_tcp_udp_is_blocked: "transmission" "encrypted" "tcp" "udp";
+    bt_transmission_encrypted_tcp_dht_is_blocked: "transmission" "encrypted" "tcp" "dht";
+    bt_transmission_encrypted_utp_http_is_blocked: "transmission" "encrypted" "utp" "http";
+    bt_transmission_encrypted_utp_udp_is_blocked: "transmission" "encrypted" "utp" "udp";
+    bt_transmission_encrypted_utp_dht_is_blocked: "transmission" "encrypted" "utp" "dht";
 }
 
 #[test]
