@@ -36,6 +36,31 @@ pub struct NewBlock<'a> {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Inserts one block; `on_conflict` is appended to the statement.
+async fn insert(
+    db: impl PgExecutor<'_>,
+    device_id: Uuid,
+    block: &NewBlock<'_>,
+    on_conflict: &str,
+) -> Result<BlockRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "INSERT INTO flow_blocks (id, device_id, origin, router_block_id, flow, action, reason,
+             created_by, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) {on_conflict} RETURNING {COLUMNS}"
+    ))
+    .bind(Uuid::new_v4())
+    .bind(device_id)
+    .bind(block.origin)
+    .bind(block.router_block_id)
+    .bind(Json(block.flow))
+    .bind(block.action)
+    .bind(block.reason)
+    .bind(block.created_by)
+    .bind(block.expires_at)
+    .fetch_one(db)
+    .await
+}
+
 /// Inserts operator blocks for `device_id`, all in the caller's transaction.
 pub async fn insert_many(
     tx: &mut PgConnection,
@@ -44,24 +69,7 @@ pub async fn insert_many(
 ) -> Result<Vec<BlockRow>, sqlx::Error> {
     let mut rows = Vec::with_capacity(blocks.len());
     for block in blocks {
-        rows.push(
-            sqlx::query_as(&format!(
-                "INSERT INTO flow_blocks (id, device_id, origin, router_block_id, flow, action,
-                     reason, created_by, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
-            ))
-            .bind(Uuid::new_v4())
-            .bind(device_id)
-            .bind(block.origin)
-            .bind(block.router_block_id)
-            .bind(Json(block.flow))
-            .bind(block.action)
-            .bind(block.reason)
-            .bind(block.created_by)
-            .bind(block.expires_at)
-            .fetch_one(&mut *tx)
-            .await?,
-        );
+        rows.push(insert(&mut *tx, device_id, block, "").await?);
     }
     Ok(rows)
 }
@@ -73,24 +81,14 @@ pub async fn upsert_router_block(
     device_id: Uuid,
     block: &NewBlock<'_>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO flow_blocks (id, device_id, origin, router_block_id, flow, action, reason,
-             created_by, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (device_id, router_block_id) WHERE router_block_id IS NOT NULL DO UPDATE
+    insert(
+        db,
+        device_id,
+        block,
+        "ON CONFLICT (device_id, router_block_id) WHERE router_block_id IS NOT NULL DO UPDATE
          SET origin = EXCLUDED.origin, flow = EXCLUDED.flow, reason = EXCLUDED.reason,
              expires_at = EXCLUDED.expires_at, removed_at = NULL",
     )
-    .bind(Uuid::new_v4())
-    .bind(device_id)
-    .bind(block.origin)
-    .bind(block.router_block_id)
-    .bind(Json(block.flow))
-    .bind(block.action)
-    .bind(block.reason)
-    .bind(block.created_by)
-    .bind(block.expires_at)
-    .execute(db)
     .await
     .map(drop)
 }

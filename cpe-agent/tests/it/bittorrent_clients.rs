@@ -69,19 +69,9 @@ fn run(tag: &str, combo: (&'static str, &'static str, &'static str, &'static str
         let _agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
         stage.operator.wait_applied(&stage.device, 1).await;
         if blocked {
-            let service = stage
-                .operator
-                .post(
-                    "/api/v1/services",
-                    json!({"name": "no-bittorrent", "kind": "bittorrent-block", "spec": {"block_secs": 600}}),
-                )
-                .await;
             stage
                 .operator
-                .post(
-                    "/api/v1/assignments",
-                    json!({"service_id": service["id"], "selector": "*"}),
-                )
+                .assign_everywhere("bittorrent-block", json!({"block_secs": 600}))
                 .await;
             stage.operator.wait_applied(&stage.device, 2).await;
         }

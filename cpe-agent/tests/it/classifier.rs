@@ -65,19 +65,9 @@ fn the_classifier_catches_what_signatures_miss_and_fails_open() {
         let stage = Stage::prepare(&work, None).await;
         let agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
         stage.operator.wait_applied(&stage.device, 1).await;
-        let service = stage
-            .operator
-            .post(
-                "/api/v1/services",
-                json!({"name": "no-bt", "kind": "bittorrent-block", "spec": {"block_secs": 600}}),
-            )
-            .await;
         stage
             .operator
-            .post(
-                "/api/v1/assignments",
-                json!({"service_id": service["id"], "selector": "*"}),
-            )
+            .assign_everywhere("bittorrent-block", json!({"block_secs": 600}))
             .await;
         stage.operator.wait_applied(&stage.device, 2).await;
 

@@ -197,10 +197,17 @@ impl Operator {
     /// Creates a `flow-block` service with `flows` and assigns it to every
     /// device; returns the service.
     async fn block_everywhere(&self, flows: Value) -> Value {
+        self.assign_everywhere("flow-block", json!({ "flows": flows }))
+            .await
+    }
+
+    /// Creates a service of `kind` with `spec` and assigns it to every
+    /// device; returns the service.
+    pub(crate) async fn assign_everywhere(&self, kind: &str, spec: Value) -> Value {
         let service = self
             .post(
                 "/api/v1/services",
-                json!({"name": "b", "kind": "flow-block", "spec": {"flows": flows}}),
+                json!({"name": format!("{kind}-everywhere"), "kind": kind, "spec": spec}),
             )
             .await;
         self.post(
