@@ -208,6 +208,18 @@ fn agent_cli(args: &[&str], socket: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs the agent's command line and asserts it succeeded.
+fn agent_cli_ok(args: &[&str], socket: &Path) -> std::process::Output {
+    let out = agent_cli(args, socket);
+    assert!(
+        out.status.success(),
+        "isdf-agent {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 #[test]
 fn local_blocks_from_the_cli_are_enforced_bounded_and_reach_the_controller() {
     in_wan("lbk", |topo, work| async move {
@@ -223,7 +235,7 @@ fn local_blocks_from_the_cli_are_enforced_bounded_and_reach_the_controller() {
         let _agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
         stage.operator.wait_applied(&stage.device, 1).await;
 
-        let out = agent_cli(
+        agent_cli_ok(
             &[
                 "block",
                 "tcp",
@@ -237,11 +249,6 @@ fn local_blocks_from_the_cli_are_enforced_bounded_and_reach_the_controller() {
                 "zeek: scan",
             ],
             &socket,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
         );
         // Enforced when the command returns.
         assert!(!greeting_works(&topo, 9103).await);
@@ -284,7 +291,7 @@ fn local_blocks_from_the_cli_are_enforced_bounded_and_reach_the_controller() {
         );
 
         // Ending a block early.
-        let out = agent_cli(
+        agent_cli_ok(
             &[
                 "block",
                 "tcp",
@@ -296,11 +303,6 @@ fn local_blocks_from_the_cli_are_enforced_bounded_and_reach_the_controller() {
                 "1h",
             ],
             &socket,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
         );
         assert!(!greeting_works(&topo, 9104).await);
         let listed: Value =
