@@ -10,6 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::dns::{check_url, DnsPolicy, PortalRedirect};
 use crate::net::{Family, PortRange, Prefix, Protocol};
 
 /// The signed desired state of one router.
@@ -28,7 +29,10 @@ pub struct DeviceConfig {
     pub firewall: Firewall,
 }
 
-/// Firewall primitives. Later primitives (classifiers, DNS, tunnels) sit beside it.
+/// The data-plane primitives: kernel sets and rules, and the DNS policy and
+/// portal redirect that fill and serve them (one unit: sets filled by DNS
+/// and the rules using them only make sense together, and are applied and
+/// rolled back together).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Firewall {
@@ -36,6 +40,12 @@ pub struct Firewall {
     pub sets: Vec<Set>,
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// What the router's resolver enforces; None: the agent runs no resolver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsPolicy>,
+    /// The router's answer to HTTP requests a `redirect` rule sends to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal: Option<PortalRedirect>,
 }
 
 impl Firewall {
@@ -299,18 +309,37 @@ pub enum Chain {
     Input,
     /// Traffic from the router itself.
     Output,
+    /// The first packet of each new connection arriving on any interface,
+    /// before routing: where `redirect` sends it to the router itself.
+    /// Only `accept` (skip the later redirects), `redirect` and `count`.
+    Prerouting,
 }
 
 impl Chain {
-    pub const ALL: [Chain; 3] = [Chain::Forward, Chain::Input, Chain::Output];
+    pub const ALL: [Chain; 4] = [
+        Chain::Forward,
+        Chain::Input,
+        Chain::Output,
+        Chain::Prerouting,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Chain::Forward => "forward",
             Chain::Input => "input",
             Chain::Output => "output",
+            Chain::Prerouting => "prerouting",
         }
     }
+}
+
+/// Which side of the router a packet came in on; the agent knows its
+/// interfaces (settings `lan_interfaces`, `wan_interfaces`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceRole {
+    Lan,
+    Wan,
 }
 
 /// What happens to a packet a rule matches.
@@ -328,6 +357,12 @@ pub enum Action {
     /// `add_endpoints_to` says; the packet passes while no classifier runs.
     /// Needs `first_packets` and `add_endpoints_to`.
     Classify,
+    /// Send a new connection to this port on the router itself (the address
+    /// it arrived at). Only in `prerouting`; needs protocol tcp or udp.
+    /// On the wire: `{"redirect": {"port": 53}}`.
+    Redirect {
+        port: u16,
+    },
 }
 
 /// A rule: all present match fields must hold.
@@ -467,6 +502,14 @@ pub struct Match {
     /// counted, 1 to 1000): signatures need not look at bulk transfers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_packets: Option<u16>,
+    /// The packet came in on a LAN (or WAN) interface of the router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_interface: Option<InterfaceRole>,
+    /// Matches only before this instant (Unix seconds): the kernel stops
+    /// matching on its own at that second (a pass that ends while the
+    /// router is offline), and the agent drops the rule after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
 }
 
 /// Why a config is internally inconsistent.
@@ -511,9 +554,71 @@ impl DeviceConfig {
             }
             rule.family_with(&self.firewall.sets)
                 .map_err(|m| ConfigError(format!("rule `{}`: {m}", rule.id)))?;
+            rule.check_chain()
+                .map_err(|m| ConfigError(format!("rule `{}`: {m}", rule.id)))?;
+        }
+        if let Some(dns) = &self.firewall.dns {
+            check_dns(dns, &self.firewall.sets).map_err(ConfigError)?;
+        }
+        if let Some(portal) = &self.firewall.portal {
+            check_portal(portal).map_err(ConfigError)?;
         }
         Ok(())
     }
+}
+
+/// Longest TTL cap: a day.
+pub const MAX_DNS_TTL_SECS: u32 = 24 * 3600;
+
+fn check_dns(dns: &crate::dns::DnsPolicy, sets: &[Set]) -> Result<(), String> {
+    if dns
+        .max_ttl_secs
+        .is_some_and(|t| !(1..=MAX_DNS_TTL_SECS).contains(&t))
+    {
+        return Err("dns max_ttl_secs is 1 s to 1 day".into());
+    }
+    for fill in &dns.fill_sets {
+        if fill.domains.is_empty() {
+            return Err("a dns fill_sets entry names no domain".into());
+        }
+        for (name, key) in [
+            (&fill.ipv4_set, SetKey::Ipv4Addr),
+            (&fill.ipv6_set, SetKey::Ipv6Addr),
+        ] {
+            let set = sets
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| format!("dns fills unknown set `{name}`"))?;
+            if set.key != key {
+                return Err(format!(
+                    "dns fills set `{name}`, which is not a {key:?} set"
+                ));
+            }
+            if set.elements.iter().any(|e| {
+                !matches!(&e.value, ElementValue::Addr(p)
+                    if p.net().prefix_len() == p.net().max_prefix_len())
+            }) {
+                return Err(format!(
+                    "set `{name}` is filled by dns and may only hold single addresses"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_portal(portal: &crate::dns::PortalRedirect) -> Result<(), String> {
+    if portal.port == 0 {
+        return Err("the portal port is 1 to 65535".into());
+    }
+    check_url(&portal.default_url)?;
+    for site in &portal.sites {
+        if site.domains.is_empty() {
+            return Err("a portal site names no domain".into());
+        }
+        check_url(&site.url)?;
+    }
+    Ok(())
 }
 
 /// Set names and rule ids starting with this belong to the agent: it adds
@@ -568,6 +673,41 @@ impl SetKind {
 }
 
 impl Rule {
+    /// Checks the action and match fields suit the rule's chain.
+    fn check_chain(&self) -> Result<(), String> {
+        let redirect = matches!(self.action, Action::Redirect { .. });
+        if let Action::Redirect { port } = self.action {
+            if port == 0 {
+                return Err("redirect port is 1 to 65535".into());
+            }
+            if !self.matches.protocol.is_some_and(Protocol::has_ports) {
+                return Err("redirect needs protocol tcp or udp".into());
+            }
+        }
+        match self.chain {
+            Chain::Prerouting => {
+                if !matches!(
+                    self.action,
+                    Action::Accept | Action::Count | Action::Redirect { .. }
+                ) {
+                    return Err("prerouting rules accept, count or redirect".into());
+                }
+                if self.add_endpoints_to.is_some() || self.matches.first_packets.is_some() {
+                    return Err(
+                        "prerouting sees only a connection's first packet: no add_endpoints_to or first_packets"
+                            .into(),
+                    );
+                }
+            }
+            _ if redirect => return Err("redirect only in prerouting".into()),
+            Chain::Output if self.matches.in_interface.is_some() => {
+                return Err("output traffic comes in on no interface".into())
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// The rule's family (None: both), checking `add_endpoints_to` too.
     pub fn family_with(&self, sets: &[Set]) -> Result<Option<Family>, String> {
         let family = self.matches.family_with(sets)?;
@@ -734,6 +874,76 @@ mod tests {
         let mut c = sample();
         c.expires_at = c.issued_at;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn chains_dns_and_portal_are_checked() {
+        let rule = |json: serde_json::Value| serde_json::from_value::<Rule>(json).unwrap();
+        let with = |rules: Vec<Rule>, extra: serde_json::Value| {
+            let mut c = sample();
+            c.firewall.rules = rules;
+            let mut doc = serde_json::to_value(&c).unwrap();
+            for (k, v) in extra.as_object().unwrap() {
+                doc["firewall"][k] = v.clone();
+            }
+            serde_json::from_value::<DeviceConfig>(doc)
+                .unwrap()
+                .validate()
+        };
+        let redirect = rule(serde_json::json!({"id": "dns", "chain": "prerouting",
+            "match": {"protocol": "udp", "dport": "53", "in_interface": "lan"},
+            "action": {"redirect": {"port": 53}}}));
+        assert_eq!(with(vec![redirect.clone()], serde_json::json!({})), Ok(()));
+        let mut misplaced = redirect.clone();
+        misplaced.chain = Chain::Forward;
+        assert!(with(vec![misplaced], serde_json::json!({}))
+            .unwrap_err()
+            .0
+            .contains("only in prerouting"));
+        let mut dropping = redirect.clone();
+        dropping.action = Action::Drop;
+        assert!(with(vec![dropping], serde_json::json!({})).is_err());
+        let mut no_proto = redirect;
+        no_proto.matches.protocol = None;
+        no_proto.matches.dport = None;
+        assert!(with(vec![no_proto], serde_json::json!({}))
+            .unwrap_err()
+            .0
+            .contains("protocol"));
+
+        let sets = serde_json::json!([
+            {"name": "site_v4", "key": "ipv4-addr", "elements": [{"addr": "192.0.2.7"}]},
+            {"name": "site_v6", "key": "ipv6-addr"}]);
+        let fill = |v4: &str| {
+            serde_json::json!({"sets": sets, "dns": {"max_ttl_secs": 30,
+            "fill_sets": [{"domains": ["video.test"], "ipv4_set": v4, "ipv6_set": "site_v6"}],
+            "local_answers": [{"domain": "use-application-dns.net"}]}})
+        };
+        assert_eq!(with(vec![], fill("site_v4")), Ok(()));
+        assert!(with(vec![], fill("site_v6"))
+            .unwrap_err()
+            .0
+            .contains("not a Ipv4Addr"));
+        assert!(with(vec![], fill("nope"))
+            .unwrap_err()
+            .0
+            .contains("unknown set"));
+        let mut prefixed = fill("site_v4");
+        prefixed["sets"][0]["elements"][0]["addr"] = "192.0.2.0/24".into();
+        assert!(with(vec![], prefixed)
+            .unwrap_err()
+            .0
+            .contains("single addresses"));
+        let mut zero_ttl = fill("site_v4");
+        zero_ttl["dns"]["max_ttl_secs"] = 0.into();
+        assert!(with(vec![], zero_ttl).is_err());
+
+        let portal = |url: &str| {
+            serde_json::json!({"portal": {"port": 8042,
+            "default_url": url, "sites": [{"domains": ["video.test"], "url": "https://p/1"}]}})
+        };
+        assert_eq!(with(vec![], portal("https://p/")), Ok(()));
+        assert!(with(vec![], portal("https://p/\r\nX: y")).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! sides use the same code and the same test vectors, so they cannot drift.
 
 pub mod config;
+pub mod dns;
 pub mod enrollment;
 pub mod envelope;
 pub mod events;
@@ -15,8 +16,10 @@ pub mod status;
 
 pub use config::{
     Action, AddEndpoints, Chain, ConfigError, DeviceConfig, ElementValue, Endpoint, Firewall,
-    FlowPattern, Match, PayloadMatch, Rule, RuleId, Set, SetElement, SetKey, SetName,
+    FlowPattern, InterfaceRole, Match, PayloadMatch, Rule, RuleId, Set, SetElement, SetKey,
+    SetName,
 };
+pub use dns::{DnsPolicy, DnsSetFill, DomainPattern, LocalAnswer, PortalRedirect, PortalSite};
 pub use envelope::{
     open_device_config, seal, Envelope, KeyId, OpenError, OpenPolicy, TrustedKeys,
     CONFIG_PAYLOAD_TYPE, MAX_ENVELOPE_BYTES,

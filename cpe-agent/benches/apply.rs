@@ -67,6 +67,7 @@ fn timed_five_tuples(count: usize, now: i64) -> isdf_api::Firewall {
             action: Action::Drop,
             add_endpoints_to: None,
         }],
+        ..isdf_api::Firewall::default()
     }
 }
 

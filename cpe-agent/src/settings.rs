@@ -63,6 +63,21 @@ pub struct Settings {
     /// Sustained local block requests per second (bursts of ten times that).
     #[serde(default = "default_local_block_rate")]
     pub local_block_rate: u32,
+    /// The router's interfaces facing the customer's LAN (rules matching
+    /// `in_interface: lan`; where the managed resolver listens).
+    #[serde(default = "default_lan_interfaces")]
+    pub lan_interfaces: Vec<String>,
+    /// The router's interfaces facing the ISP (`in_interface: wan`).
+    #[serde(default = "default_wan_interfaces")]
+    pub wan_interfaces: Vec<String>,
+}
+
+/// OpenWrt's names.
+fn default_lan_interfaces() -> Vec<String> {
+    vec!["br-lan".to_owned()]
+}
+fn default_wan_interfaces() -> Vec<String> {
+    vec!["wan".to_owned(), "pppoe-wan".to_owned()]
 }
 
 fn default_control_socket() -> PathBuf {

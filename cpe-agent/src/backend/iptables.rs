@@ -54,6 +54,7 @@ fn our_chain(chain: Chain) -> &'static str {
         Chain::Forward => "ISDF-FORWARD",
         Chain::Input => "ISDF-INPUT",
         Chain::Output => "ISDF-OUTPUT",
+        Chain::Prerouting => "ISDF-PREROUTING",
     }
 }
 
@@ -62,6 +63,7 @@ fn builtin_chain(chain: Chain) -> &'static str {
         Chain::Forward => "FORWARD",
         Chain::Input => "INPUT",
         Chain::Output => "OUTPUT",
+        Chain::Prerouting => "PREROUTING",
     }
 }
 
@@ -522,7 +524,7 @@ impl Layout {
                 // A rule without a target only counts, then the packet goes on.
                 Action::Count => push(spec, String::new()),
                 // Refused before planning (`refuse_unsupported`).
-                Action::Classify => {}
+                Action::Classify | Action::Redirect { .. } => {}
                 Action::Reject => {
                     // As in nft.rs: TCP gets a reset (the client fails at
                     // once), the rest an ICMP administratively-prohibited.

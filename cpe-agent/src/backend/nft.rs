@@ -451,6 +451,9 @@ fn rule_lines(rule: &Rule, sets: &[Set], layout: &Layout<'_>, queueing: Queueing
             Action::Accept => lines.push(format!("{expr}{sep}counter accept {comment}")),
             Action::Drop => lines.push(format!("{expr}{sep}counter drop {comment}")),
             Action::Count => lines.push(format!("{expr}{sep}counter {comment}")),
+            Action::Redirect { port } => {
+                lines.push(format!("{expr}{sep}counter redirect to :{port} {comment}"))
+            }
             Action::Classify => lines.push(match queueing {
                 Queueing::Native => {
                     format!("{expr}{sep}counter queue num {CLASSIFY_QUEUE} bypass {comment}")
@@ -926,8 +929,8 @@ mod tests {
         )
         .unwrap();
         let firewall = Firewall {
-            sets: vec![],
             rules,
+            ..Firewall::default()
         };
         insta::assert_snapshot!(plan(&firewall, 0));
     }
