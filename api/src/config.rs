@@ -322,6 +322,8 @@ impl Chain {
         Chain::Output,
         Chain::Prerouting,
     ];
+    /// The filtering chains (every chain but `prerouting`).
+    pub const FILTER: [Chain; 3] = [Chain::Forward, Chain::Input, Chain::Output];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -1031,7 +1031,6 @@ mod tests {
     use isdf_api::{Firewall, RuleCounter};
 
     use super::*;
-    use crate::backend::BackendChoice;
     use crate::test_pki::{FakeController, TestCa, SIGNING_KEY_HEX};
 
     #[test]
@@ -1103,23 +1102,13 @@ mod tests {
     }
 
     fn settings(dir: &std::path::Path) -> Settings {
-        Settings {
-            controller_url: None,
-            enrollment_url: None,
-            ca_cert: None,
-            // Empty: the keys come from the identity (the enrollment answer).
-            signing_public_keys: vec![],
-            enrollment_token_file: None,
-            state_dir: dir.join("state"),
-            backend: BackendChoice::Nftables,
-            poll_wait_secs: 30,
-            max_backoff_secs: 60,
-            wan_check: false,
-            heartbeat_secs: 300,
-            control_socket: dir.join("agent.sock"),
-            local_block_max: 4096,
-            local_block_rate: 20,
-        }
+        // Signing keys empty: they come from the identity (the enrollment answer).
+        Settings::parse(&format!(
+            "state_dir = {:?}\ncontrol_socket = {:?}\nbackend = \"nftables\"\nwan_check = false\n",
+            dir.join("state"),
+            dir.join("agent.sock"),
+        ))
+        .expect("test settings parse")
     }
 
     /// An agent whose identity came from a CA nobody serves: nothing listens

@@ -335,29 +335,21 @@ mod tests {
     use axum::http::StatusCode;
 
     use super::*;
-    use crate::backend::BackendChoice;
     use crate::test_pki::{FakeController, TestCa};
 
     const DEVICE: &str = "7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50";
 
     fn settings(dir: &Path, controller: &FakeController, ca_pem: &str) -> Settings {
         std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
-        Settings {
-            controller_url: None,
-            enrollment_url: Some(controller.enrollment_url.clone()),
-            ca_cert: Some(dir.join("ca.pem")),
-            signing_public_keys: vec![],
-            enrollment_token_file: None,
-            state_dir: dir.join("state"),
-            backend: BackendChoice::Nftables,
-            poll_wait_secs: 30,
-            max_backoff_secs: 1,
-            wan_check: false,
-            heartbeat_secs: 300,
-            control_socket: dir.join("agent.sock"),
-            local_block_max: 4096,
-            local_block_rate: 20,
-        }
+        Settings::parse(&format!(
+            "enrollment_url = {:?}\nca_cert = {:?}\nstate_dir = {:?}\ncontrol_socket = {:?}\n\
+             backend = \"nftables\"\nmax_backoff_secs = 1\nwan_check = false\n",
+            controller.enrollment_url,
+            dir.join("ca.pem"),
+            dir.join("state"),
+            dir.join("agent.sock"),
+        ))
+        .expect("test settings parse")
     }
 
     fn persisted(settings: &Settings) -> Option<Identity> {

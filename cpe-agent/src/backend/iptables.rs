@@ -582,10 +582,10 @@ impl Layout {
     fn rules_script(&self, family: Family, extra: &[String]) -> String {
         let mut s = String::from("*filter\n");
         // In a --noflush restore, declaring a chain creates it or empties it.
-        for chain in Chain::ALL {
+        for chain in Chain::FILTER {
             let _ = writeln!(s, ":{} - [0:0]", our_chain(chain));
         }
-        for chain in Chain::ALL {
+        for chain in Chain::FILTER {
             for rule in self.rules_in(family, chain) {
                 let _ = writeln!(s, "-A {} {}", our_chain(chain), rule.line);
             }
@@ -696,7 +696,7 @@ impl SavedFilter {
     /// of its builtin chain: rules above ours could accept what we block.
     fn jump_repairs(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        for chain in Chain::ALL {
+        for chain in Chain::FILTER {
             let (builtin, ours) = (builtin_chain(chain), our_chain(chain));
             let jump = format!("-j {ours}");
             let positions: Vec<usize> = self
@@ -722,7 +722,7 @@ impl SavedFilter {
                 lines.push(format!("-D {} {}", rule.chain, rule.spec));
             }
         }
-        for chain in Chain::ALL.map(our_chain) {
+        for chain in Chain::FILTER.map(our_chain) {
             if self.chains.contains(chain) {
                 lines.push(format!("-F {chain}"));
                 lines.push(format!("-X {chain}"));
@@ -970,7 +970,7 @@ impl FirewallBackend for IptablesBackend {
         for family in FAMILIES {
             let saved = self.save(family, false)?;
             let tool = self.tool(family);
-            for chain in Chain::ALL {
+            for chain in Chain::FILTER {
                 let ours = our_chain(chain);
                 if !saved.chains.contains(ours) {
                     bail!("{tool}: chain {ours} is missing");

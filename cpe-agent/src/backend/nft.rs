@@ -81,7 +81,7 @@ fn plan_script(firewall: &Firewall, now_ms: i64, elements: Elements, queueing: Q
     for kernel_set in layout.values().flatten() {
         plan_set(&mut s, kernel_set, now_ms, elements);
     }
-    for chain in Chain::ALL {
+    for chain in Chain::FILTER {
         let _ = writeln!(s, "\tchain {} {{", chain.name());
         let _ = writeln!(
             s,
@@ -494,7 +494,7 @@ fn expected_shape(firewall: &Firewall) -> Shape {
     let layout = layout(firewall);
     let mut sets: Vec<String> = layout.values().flatten().map(|k| k.name.clone()).collect();
     sets.sort();
-    let chains = Chain::ALL
+    let chains = Chain::FILTER
         .iter()
         .map(|chain| {
             let comments = firewall
