@@ -36,7 +36,7 @@ fn compile_and_sign(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("compile+sign, 100 rules", |b| {
         b.iter(|| {
-            let firewall = compile_firewall(&labels, &assignments, &[], 1_795_000_100);
+            let firewall = compile_firewall(&labels, &assignments, &[], None, 1_795_000_100);
             let config = isdf_api::DeviceConfig {
                 device_id: "7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50".into(),
                 version: 7,

@@ -10,8 +10,9 @@ use isdf_api::{
 };
 
 use crate::domain::{
-    BittorrentBlockSpec, BlockAction, FlowBlockSpec, Labels, Selector, ServiceSpec,
+    BittorrentBlockSpec, BlockAction, FlowBlockSpec, Labels, PayPerSiteSpec, Selector, ServiceSpec,
 };
+use crate::pay_per_site::DeviceShop;
 
 /// A timed block an operator set on one device, as the compiler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,18 +37,21 @@ pub struct CompiledAssignment {
 type FlowBlocks = BTreeMap<(BlockAction, Family), BTreeMap<FlowPattern, Option<i64>>>;
 
 /// Compiles the firewall of a device with `labels` from every assignment in
-/// force and the device's own timed blocks. Assignments whose selector does
-/// not match are ignored; timed elements already expired at `now` are left
-/// out.
+/// force, the device's own timed blocks and, for `pay-per-site`, its shop
+/// (catalogs, the household's passes, portal links; None: the service
+/// compiles to nothing). Assignments whose selector does not match are
+/// ignored; timed elements and passes already ended at `now` are left out.
 pub fn compile_firewall(
     labels: &Labels,
     assignments: &[CompiledAssignment],
     device_blocks: &[DeviceBlock],
+    shop: Option<&DeviceShop<'_>>,
     now: i64,
 ) -> Firewall {
     // BTreeMap keys give a deterministic order, so equal inputs give equal digests.
     let mut blocks = FlowBlocks::new();
     let mut bittorrent: Option<BittorrentBlockSpec> = None;
+    let mut pay_per_site: Option<&PayPerSiteSpec> = None;
     for assignment in assignments.iter().filter(|a| a.selector.matches(labels)) {
         match &assignment.spec {
             ServiceSpec::FlowBlock(spec) => {
@@ -58,6 +62,13 @@ pub fn compile_firewall(
                 bittorrent = Some(match bittorrent {
                     Some(b) if b.block_secs >= spec.block_secs => b,
                     _ => spec.clone(),
+                })
+            }
+            // A router takes one catalog: of several, the first by name.
+            ServiceSpec::PayPerSite(spec) => {
+                pay_per_site = Some(match pay_per_site {
+                    Some(p) if p.catalog <= spec.catalog => p,
+                    _ => spec,
                 })
             }
         }
@@ -107,6 +118,9 @@ pub fn compile_firewall(
     }
     if let Some(spec) = &bittorrent {
         crate::bittorrent::add_to(&mut firewall, spec);
+    }
+    if let (Some(spec), Some(shop)) = (pay_per_site, shop) {
+        crate::pay_per_site::add_to(&mut firewall, spec, shop, now);
     }
     firewall
 }
@@ -193,7 +207,7 @@ mod tests {
             ),
             assignment("env=lab", 100, r#"{"flows":[{"dst":"203.0.113.0/24"}]}"#),
         ];
-        let firewall = compile_firewall(&labels(&[("env", "prod")]), &assignments, &[], 120);
+        let firewall = compile_firewall(&labels(&[("env", "prod")]), &assignments, &[], None, 120);
         insta::assert_json_snapshot!(firewall);
     }
 
@@ -205,14 +219,16 @@ mod tests {
             r#"{"flows":[{"protocol":"tcp","dport":1}],"duration_secs":60}"#,
         )];
         assert_eq!(
-            compile_firewall(&Labels::default(), &assignments, &[], 159)
+            compile_firewall(&Labels::default(), &assignments, &[], None, 159)
                 .sets
                 .len(),
             2
         );
-        assert!(compile_firewall(&Labels::default(), &assignments, &[], 160)
-            .sets
-            .is_empty());
+        assert!(
+            compile_firewall(&Labels::default(), &assignments, &[], None, 160)
+                .sets
+                .is_empty()
+        );
     }
 
     #[test]
@@ -221,11 +237,11 @@ mod tests {
             r#"{"flows":[{"protocol":"tcp","dst":"192.0.2.1","dport":1}],"duration_secs":60}"#;
         let permanent = r#"{"flows":[{"protocol":"tcp","dst":"192.0.2.1","dport":1}]}"#;
         let timed = [assignment("*", 100, spec), assignment("*", 200, spec)];
-        let fw = compile_firewall(&Labels::default(), &timed, &[], 150);
+        let fw = compile_firewall(&Labels::default(), &timed, &[], None, 150);
         assert_eq!(fw.sets[0].elements.len(), 1);
         assert_eq!(fw.sets[0].elements[0].expires_at, Some(260));
         let mixed = [assignment("*", 100, spec), assignment("*", 100, permanent)];
-        let fw = compile_firewall(&Labels::default(), &mixed, &[], 150);
+        let fw = compile_firewall(&Labels::default(), &mixed, &[], None, 150);
         assert_eq!(fw.sets[0].elements[0].expires_at, None);
     }
 
@@ -241,8 +257,8 @@ mod tests {
             2,
             r#"{"action":"reject","flows":[{"dst":"2001:db8::1"}]}"#,
         );
-        let one = compile_firewall(&Labels::default(), &[a.clone(), b.clone()], &[], 0);
-        let two = compile_firewall(&Labels::default(), &[b, a], &[], 0);
+        let one = compile_firewall(&Labels::default(), &[a.clone(), b.clone()], &[], None, 0);
+        let two = compile_firewall(&Labels::default(), &[b, a], &[], None, 0);
         assert_eq!(one.digest(), two.digest());
     }
 
@@ -267,15 +283,87 @@ mod tests {
             &Labels::default(),
             &service,
             std::slice::from_ref(&block),
+            None,
             105,
         );
         assert_eq!(fw.sets.len(), 1);
         assert_eq!(fw.sets[0].elements.len(), 1);
         assert_eq!(fw.sets[0].elements[0].expires_at, Some(130));
         assert_eq!(fw.rules[0].action, Action::Drop);
-        assert!(compile_firewall(&Labels::default(), &[], &[block], 130)
-            .sets
-            .is_empty());
+        assert!(
+            compile_firewall(&Labels::default(), &[], &[block], None, 130)
+                .sets
+                .is_empty()
+        );
+    }
+
+    fn validated(firewall: Firewall) -> Firewall {
+        let config = isdf_api::DeviceConfig {
+            device_id: "d".into(),
+            version: 1,
+            issued_at: 0,
+            expires_at: 1,
+            firewall,
+        };
+        config.validate().unwrap();
+        config.firewall
+    }
+
+    #[test]
+    fn pay_per_site_gates_unpaid_sites_and_opens_paid_ones_until_their_end() {
+        use crate::pay_per_site::{CatalogSite, Catalogs, PortalLinks};
+        let spec = |catalog: &str| CompiledAssignment {
+            selector: Selector::parse("*").unwrap(),
+            created_at: 0,
+            spec: ServiceSpec::parse(
+                ServiceKind::PayPerSite,
+                &serde_json::json!({"catalog": catalog, "max_ttl_secs": 30,
+                    "extra_doh_addresses": ["198.51.100.53"]}),
+            )
+            .unwrap(),
+        };
+        let site = |id: i64, domain: &str| CatalogSite {
+            id,
+            domains: vec![isdf_api::DomainPattern::parse(domain).unwrap()],
+        };
+        let catalogs: Catalogs = [
+            (
+                "main".to_owned(),
+                vec![site(1, "video.test"), site(2, "*.games.test")],
+            ),
+            ("zzz".to_owned(), vec![site(9, "other.test")]),
+        ]
+        .into();
+        let portal = PortalLinks::new("https://portal.isp.test", [1; 32]);
+        let passes = [(1, 1_000), (2, 500)].into();
+        let shop = DeviceShop {
+            device_id: "dev-1",
+            catalogs: &catalogs,
+            passes: &passes,
+            portal: &portal,
+        };
+        // Two assignments: the first catalog by name wins.
+        let firewall = validated(compile_firewall(
+            &Labels::default(),
+            &[spec("zzz"), spec("main")],
+            &[],
+            Some(&shop),
+            600,
+        ));
+        insta::assert_json_snapshot!(firewall);
+        // Site 2's pass ended at 500: no open/pass rules for it.
+        let ids: Vec<&str> = firewall.rules.iter().map(|r| r.id.as_str()).collect();
+        assert!(ids.contains(&"pps1-pass-v4") && ids.contains(&"pps1-open-v6"));
+        assert!(!ids
+            .iter()
+            .any(|id| id.starts_with("pps2-pass") || id.starts_with("pps2-open")));
+        assert!(!ids.iter().any(|id| id.starts_with("pps9")));
+        // Without a shop (no catalog data) the service adds nothing.
+        assert!(
+            compile_firewall(&Labels::default(), &[spec("main")], &[], None, 600)
+                .rules
+                .is_empty()
+        );
     }
 
     #[test]
@@ -289,7 +377,7 @@ mod tests {
             )
             .unwrap(),
         };
-        let firewall = compile_firewall(&Labels::default(), &[spec(60), spec(600)], &[], 0);
+        let firewall = compile_firewall(&Labels::default(), &[spec(60), spec(600)], &[], None, 0);
         insta::assert_json_snapshot!(firewall);
         let config = isdf_api::DeviceConfig {
             device_id: "d".into(),
@@ -313,7 +401,7 @@ mod tests {
             0,
             r#"{"flows":[{"protocol":"icmp"},{"protocol":"tcp","sport":"1-2","dst":"::/0","dport":3}]}"#,
         )];
-        let firewall = compile_firewall(&Labels::default(), &assignments, &[], 0);
+        let firewall = compile_firewall(&Labels::default(), &assignments, &[], None, 0);
         let config = isdf_api::DeviceConfig {
             device_id: "d".into(),
             version: 1,
@@ -370,7 +458,7 @@ mod tests {
                 created_at: 100_000,
                 spec: ServiceSpec::parse(ServiceKind::FlowBlock, &spec).unwrap(),
             };
-            let firewall = compile_firewall(&Labels::default(), &[assignment], &[], now);
+            let firewall = compile_firewall(&Labels::default(), &[assignment], &[], None, now);
             let config = isdf_api::DeviceConfig { device_id: "d".into(), version: 1, issued_at: 0, expires_at: 1, firewall };
             proptest::prop_assert!(config.validate().is_ok());
             let bytes = serde_json::to_vec(&config).unwrap();

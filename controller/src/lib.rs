@@ -15,6 +15,7 @@ pub mod fs_util;
 pub mod handlers;
 pub mod limits;
 pub mod openapi;
+pub mod pay_per_site;
 pub mod pki;
 pub mod reconcile;
 pub mod roots;

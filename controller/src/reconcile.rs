@@ -138,7 +138,7 @@ impl Reconciler {
         for (id, labels) in &targets {
             let labels = Labels::parse(labels.0.clone()).unwrap_or_default();
             let blocks = device_blocks.get(id).map_or(&[][..], Vec::as_slice);
-            let firewall = compile_firewall(&labels, &assignments, blocks, now.timestamp());
+            let firewall = compile_firewall(&labels, &assignments, blocks, None, now.timestamp());
             let digest = firewall.digest();
             let previous = existing.get(id);
             let unchanged = previous.is_some_and(|(_, d, expires)| {
