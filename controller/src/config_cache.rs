@@ -1,6 +1,7 @@
 //! In-memory index of what the device API serves: each device's latest signed
-//! envelope, with a change notification per device. A device that is not
-//! here (deleted) is refused by the device API.
+//! envelope, with a change notification per device, and the version each
+//! device last reported enforcing (the portal waits on it). A device that is
+//! not here (deleted) is refused by the device API.
 //!
 //! This is what keeps the poll hot path free of database queries and signing:
 //! a poll that finds no change is a hash, two map lookups and a 304. The
@@ -25,6 +26,8 @@ struct DeviceSlot {
     current: Option<Arc<ServedConfig>>,
     /// Carries the latest version; long polls wait on it.
     changed: watch::Sender<u64>,
+    /// The version the device last reported applied (0: none yet).
+    enforced: watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -35,6 +38,7 @@ pub struct ConfigCache {
 impl ConfigCache {
     pub fn add_device(&self, id: Uuid) {
         let (changed, _) = watch::channel(0);
+        let (enforced, _) = watch::channel(0);
         self.devices
             .write()
             .expect("lock")
@@ -42,6 +46,7 @@ impl ConfigCache {
             .or_insert(DeviceSlot {
                 current: None,
                 changed,
+                enforced,
             });
     }
 
@@ -86,6 +91,42 @@ impl ConfigCache {
             .expect("lock")
             .get(&id)
             .map(|s| s.changed.subscribe())
+    }
+
+    /// Records the version a device reports applied and wakes whoever
+    /// waits for it.
+    pub fn report_enforced(&self, id: Uuid, version: u64) {
+        if let Some(slot) = self.devices.read().expect("lock").get(&id) {
+            slot.enforced.send_if_modified(|v| {
+                let newer = version > *v;
+                if newer {
+                    *v = version;
+                }
+                newer
+            });
+        }
+    }
+
+    /// Waits until the device reports enforcing `version` or newer; false
+    /// when `timeout` passes first or the device is unknown.
+    pub async fn wait_enforced(
+        &self,
+        id: Uuid,
+        version: u64,
+        timeout: std::time::Duration,
+    ) -> bool {
+        let receiver = self
+            .devices
+            .read()
+            .expect("lock")
+            .get(&id)
+            .map(|s| s.enforced.subscribe());
+        let Some(mut receiver) = receiver else {
+            return false;
+        };
+        tokio::time::timeout(timeout, receiver.wait_for(|v| *v >= version))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     pub fn device_count(&self) -> usize {

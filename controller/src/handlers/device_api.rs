@@ -132,6 +132,9 @@ pub async fn report_status(
         ));
     }
     tx.commit().await?;
+    if let Some(version) = report.enforced_version {
+        state.cache.report_enforced(id, version);
+    }
     tracing::info!(device = %id, outcome = ?report.outcome, version = ?report.enforced_version, "status report");
     Ok(StatusCode::NO_CONTENT)
 }
