@@ -42,6 +42,11 @@ pub const TABLE: &str = "isdf";
 const CHAIN_PRIORITY: &str = "filter - 10";
 /// Our redirects run just before fw4's port forwards (priority dstnat).
 const NAT_PRIORITY: &str = "dstnat - 10";
+/// The last second `meta time` can compare (the kernel counts nanoseconds in
+/// 64 bits, in 2554). nft silently wraps larger values (`18446744074`
+/// becomes 1970 and the rule would never match), so an `until` beyond it is
+/// left out of the rule: it matches as long as the kernel can count.
+const MAX_META_TIME_SECS: i64 = (u64::MAX / 1_000_000_000) as i64;
 /// Most elements of a set DNS fills (the resolver adds one per answer).
 pub const DNS_SET_SIZE: usize = 65_536;
 /// The comment on the config's own elements of a DNS-filled set: what the
@@ -536,7 +541,7 @@ fn match_exprs(
         let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
         parts.push(format!("iifname {{ {} }}", quoted.join(", ")));
     }
-    if let Some(until) = m.until {
+    if let Some(until) = m.until.filter(|&u| u <= MAX_META_TIME_SECS) {
         // An integer is Unix seconds; the kernel compares its own clock, so
         // the rule stops matching on time with no agent running.
         parts.push(format!("meta time < {until}"));
@@ -1464,6 +1469,19 @@ mod tests {
         let ended = plan_with(&firewall, until * 1000, &router()).unwrap();
         assert!(!ended.contains("paid-v4"), "{ended}");
         assert_eq!(backend.next_reapply(&firewall, until * 1000), None);
+    }
+
+    #[test]
+    fn an_until_beyond_the_kernel_clock_is_left_to_the_rule() {
+        let mut firewall = pay_per_site();
+        firewall.rules[1].matches.until = Some(MAX_META_TIME_SECS);
+        let script = plan_with(&firewall, PPS_NOW, &router()).unwrap();
+        assert!(script.contains("meta time < 18446744073 "), "{script}");
+        // nft would wrap this one to 1970.
+        firewall.rules[1].matches.until = Some(MAX_META_TIME_SECS + 1);
+        let script = plan_with(&firewall, PPS_NOW, &router()).unwrap();
+        assert!(!script.contains("meta time"), "{script}");
+        assert!(script.contains("paid-v4"));
     }
 
     #[test]
