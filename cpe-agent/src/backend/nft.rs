@@ -456,7 +456,9 @@ fn kernel_timeout_ms(expires_at: Option<i64>, now_ms: i64) -> Option<Option<u64>
 /// The elements of a DNS-filled set: the config's (marked with
 /// `CONFIG_ELEMENT_COMMENT`) and what the resolver added, one per address,
 /// in address order. Where both hold an address, the longer lasting copy
-/// stays (no timeout lasts longest); on a tie, the config's.
+/// stays (no timeout lasts longest); on a tie, the config's. A config copy
+/// that stays is no longer carried once the config drops it: the resolver
+/// adds it again at its next answer for it.
 fn dns_filled_values(set: &KernelSet<'_>, now_ms: i64) -> Vec<String> {
     // Address -> (time left, from the config).
     let mut by_addr: BTreeMap<IpAddr, (Option<u64>, bool)> = BTreeMap::new();
