@@ -113,7 +113,7 @@ fn main() {
             .as_secs() as i64;
         let firewall = timed_five_tuples(10_000, now);
         let now_ms = now * 1000;
-        let script = nft::plan(&firewall, now_ms);
+        let script = nft::plan(&firewall, now_ms).expect("the benchmark config plans");
         let script_file = std::env::temp_dir().join(format!("{ns_for_thread}.nft"));
         std::fs::write(&script_file, &script).unwrap();
 

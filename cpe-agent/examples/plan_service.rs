@@ -32,10 +32,25 @@ fn main() {
         spec,
     };
     let firewall = compile_firewall(&Labels::default(), &[assignment], &[], 0);
-    use isdf_agent::backend::nft::{plan_with, Queueing};
+    use isdf_agent::backend::nft::{plan_with, PlanInputs, Queueing};
     let queueing = match args.next().as_deref() {
         Some("mark") => Queueing::Mark,
         _ => Queueing::Native,
     };
-    print!("{}", plan_with(&firewall, 0, queueing));
+    // The agent's default interface names (OpenWrt's).
+    let inputs = PlanInputs {
+        interfaces: isdf_agent::backend::Interfaces {
+            lan: vec!["br-lan".into()],
+            wan: vec!["wan".into(), "pppoe-wan".into()],
+        },
+        queueing,
+        ..PlanInputs::default()
+    };
+    match plan_with(&firewall, 0, &inputs) {
+        Ok(script) => print!("{script}"),
+        Err(e) => {
+            eprintln!("cannot plan: {e:#}");
+            std::process::exit(1)
+        }
+    }
 }

@@ -233,7 +233,11 @@ fn print_blocks(response: &control::Response, json: bool) -> anyhow::Result<()> 
 }
 
 fn run(settings: Settings, config: &Path) -> anyhow::Result<()> {
-    let backend = backend::select(settings.backend)?;
+    let interfaces = backend::Interfaces {
+        lan: settings.lan_interfaces.clone(),
+        wan: settings.wan_interfaces.clone(),
+    };
+    let backend = backend::select(settings.backend, interfaces)?;
     let runtime = runtime()?;
     // Without an identity there is no device id to check the last good
     // config against, so there is nothing to restore before enrolling.

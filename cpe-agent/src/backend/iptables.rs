@@ -18,6 +18,11 @@
 //!   rules, then the IPv6 rules.
 //! - Our chains run first because the jumps to them are kept at the top of
 //!   `FORWARD`, `INPUT` and `OUTPUT` (nft uses a hook priority instead).
+//! - `in_interface` becomes one rule per interface (`-i`).
+//! - The pay-per-site primitives are refused (`refuse_unsupported`):
+//!   prerouting redirects, `until` (iptables has no clock match this agent
+//!   can rely on: `-m time` is optional and counts in local time), and a DNS
+//!   policy or portal (their sets must survive each replacement).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
@@ -29,7 +34,7 @@ use isdf_api::{
     RuleCounter, Set,
 };
 
-use super::{exec, nearest_second, remaining_secs, FirewallBackend};
+use super::{exec, nearest_second, remaining_secs, FirewallBackend, Interfaces};
 
 /// Live sets are `isdf-<name>`; set names are at most 24 bytes, so this stays
 /// within ipset's 31.
@@ -114,19 +119,26 @@ impl fmt::Display for IptablesPlan {
 }
 
 /// Plans the scripts that make the kernel enforce `firewall` as of `now`,
-/// assuming the kernel supports every set type.
-pub fn plan(firewall: &Firewall, now: i64) -> IptablesPlan {
-    plan_with(firewall, now, Capabilities::ALL)
+/// assuming the kernel supports every set type and the router has no
+/// interfaces configured.
+pub fn plan(firewall: &Firewall, now: i64) -> anyhow::Result<IptablesPlan> {
+    plan_with(firewall, now, Capabilities::ALL, &Interfaces::default())
 }
 
-/// Plans the scripts for a kernel with `capabilities`.
-pub fn plan_with(firewall: &Firewall, now: i64, capabilities: Capabilities) -> IptablesPlan {
-    let layout = Layout::new(firewall, now, capabilities);
-    IptablesPlan {
+/// Plans the scripts for a kernel with `capabilities` on a router with
+/// `interfaces`. Fails when a rule needs an interface role with none.
+pub fn plan_with(
+    firewall: &Firewall,
+    now: i64,
+    capabilities: Capabilities,
+    interfaces: &Interfaces,
+) -> anyhow::Result<IptablesPlan> {
+    let layout = Layout::new(firewall, now, capabilities, interfaces)?;
+    Ok(IptablesPlan {
         ipset: layout.ipset_script(),
         v4: layout.rules_script(Family::Ipv4, &[]),
         v6: layout.rules_script(Family::Ipv6, &[]),
-    }
+    })
 }
 
 /// How an ipset stores a set's elements.
@@ -199,6 +211,8 @@ enum Representation<'a> {
 /// The match part of one iptables rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Spec {
+    /// `-i`: the interface the packet came in on (`+` ends a prefix).
+    in_interface: Option<String>,
     protocol: Option<Protocol>,
     src: Option<Prefix>,
     dst: Option<Prefix>,
@@ -215,6 +229,7 @@ impl Spec {
         let any_to_none = |p: Prefix| (!p.is_any()).then_some(p);
         let ports = |r: PortRange| (!r.is_any()).then_some(r);
         Some(Spec {
+            in_interface: self.in_interface.clone(),
             protocol: both(self.protocol, flow.protocol, |a, b| (a == b).then_some(a))?,
             src: both(self.src, any_to_none(flow.src), narrower)?,
             dst: both(self.dst, any_to_none(flow.dst), narrower)?,
@@ -226,6 +241,9 @@ impl Spec {
 
     fn render(&self) -> String {
         let mut parts = Vec::new();
+        if let Some(name) = &self.in_interface {
+            parts.push(format!("-i {name}"));
+        }
         if let Some(p) = self.src {
             parts.push(format!("-s {}", p.net()));
         }
@@ -353,8 +371,22 @@ struct Layout {
     next_reapply: Option<i64>,
 }
 
+/// An interface name as iptables reads it: nft's trailing wildcard `*` is
+/// iptables' `+`.
+fn iptables_interface(name: &str) -> String {
+    match name.strip_suffix('*') {
+        Some(prefix) => format!("{prefix}+"),
+        None => name.to_owned(),
+    }
+}
+
 impl Layout {
-    fn new(firewall: &Firewall, now: i64, capabilities: Capabilities) -> Layout {
+    fn new(
+        firewall: &Firewall,
+        now: i64,
+        capabilities: Capabilities,
+        interfaces: &Interfaces,
+    ) -> anyhow::Result<Layout> {
         let mut layout = Layout::default();
         let mut representations = HashMap::new();
         for set in &firewall.sets {
@@ -390,12 +422,13 @@ impl Layout {
                 Some(f) => vec![f],
                 None => FAMILIES.to_vec(),
             };
+            let in_interfaces = interfaces.for_rule(rule)?;
             for family in families {
-                let planned = layout.plan_rule(rule, family, &representations, now);
+                let planned = layout.plan_rule(rule, family, &representations, in_interfaces, now);
                 layout.rules.entry(family).or_default().extend(planned);
             }
         }
-        layout
+        Ok(layout)
     }
 
     fn reapply_at(&mut self, at: i64) {
@@ -452,10 +485,12 @@ impl Layout {
         rule: &Rule,
         family: Family,
         representations: &HashMap<&str, Representation>,
+        in_interfaces: Option<&[String]>,
         now: i64,
     ) -> Vec<PlannedRule> {
         let m = &rule.matches;
         let mut base = Spec {
+            in_interface: None,
             protocol: m.protocol,
             src: m.src,
             dst: m.dst,
@@ -505,6 +540,18 @@ impl Layout {
                     specs.push(base);
                 }
             },
+        }
+        if let Some(names) = in_interfaces {
+            // One rule per interface, each with every spec.
+            specs = names
+                .iter()
+                .flat_map(|name| {
+                    specs.iter().map(|spec| Spec {
+                        in_interface: Some(iptables_interface(name)),
+                        ..spec.clone()
+                    })
+                })
+                .collect();
         }
         let id = rule.id.to_string();
         let mut planned = Vec::new();
@@ -796,10 +843,18 @@ pub struct IptablesBackend {
     ip6tables: String,
     ipset: String,
     capabilities: OnceLock<Capabilities>,
+    interfaces: Interfaces,
 }
 
 impl IptablesBackend {
+    /// A backend for a router with no interfaces configured (rules matching
+    /// `in_interface` are refused).
     pub fn new() -> Self {
+        Self::with_interfaces(Interfaces::default())
+    }
+
+    /// A backend whose `in_interface` roles stand for `interfaces`.
+    pub fn with_interfaces(interfaces: Interfaces) -> Self {
         let var =
             |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
         IptablesBackend {
@@ -807,7 +862,17 @@ impl IptablesBackend {
             ip6tables: var("ISDF_IP6TABLES", "ip6tables"),
             ipset: var("ISDF_IPSET", "ipset"),
             capabilities: OnceLock::new(),
+            interfaces,
         }
+    }
+
+    fn layout(&self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<Layout> {
+        Layout::new(
+            firewall,
+            nearest_second(now_ms),
+            self.capabilities(),
+            &self.interfaces,
+        )
     }
 
     fn tool(&self, family: Family) -> &str {
@@ -887,9 +952,9 @@ impl Default for IptablesBackend {
     }
 }
 
-/// Payload signatures and endpoint sets filled by rules are nftables
-/// features here: a config using them is refused (and rolled back) rather
-/// than enforced in part.
+/// Payload signatures, endpoint sets filled by rules and the pay-per-site
+/// primitives are nftables features here: a config using them is refused
+/// (and rolled back) rather than enforced in part.
 fn refuse_unsupported(firewall: &Firewall) -> anyhow::Result<()> {
     let endpoint_sets = firewall.sets.iter().any(|s| s.key.is_endpoint());
     let signatures = firewall.rules.iter().any(|r| {
@@ -906,6 +971,33 @@ fn refuse_unsupported(firewall: &Firewall) -> anyhow::Result<()> {
              (the bittorrent-block service); run the agent with the nftables backend"
         );
     }
+    let mut pay_per_site = Vec::new();
+    if let Some(rule) = firewall.rules.iter().find(|r| r.chain == Chain::Prerouting) {
+        pay_per_site.push(format!("prerouting rules (`{}`)", rule.id));
+    }
+    if let Some(rule) = firewall
+        .rules
+        .iter()
+        .find(|r| matches!(r.action, Action::Redirect { .. }))
+    {
+        pay_per_site.push(format!("redirects (`{}`)", rule.id));
+    }
+    if let Some(rule) = firewall.rules.iter().find(|r| r.matches.until.is_some()) {
+        pay_per_site.push(format!("rules with `until` (`{}`)", rule.id));
+    }
+    if firewall.dns.is_some() {
+        pay_per_site.push("a DNS policy".to_owned());
+    }
+    if firewall.portal.is_some() {
+        pay_per_site.push("a portal".to_owned());
+    }
+    if !pay_per_site.is_empty() {
+        bail!(
+            "the iptables backend cannot enforce {} (the pay-per-site service); \
+             run the agent with the nftables backend",
+            pay_per_site.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -917,7 +1009,7 @@ impl FirewallBackend for IptablesBackend {
     #[tracing::instrument(skip(self, firewall))]
     fn apply(&mut self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<()> {
         refuse_unsupported(firewall)?;
-        let layout = Layout::new(firewall, nearest_second(now_ms), self.capabilities());
+        let layout = self.layout(firewall, now_ms)?;
         let live = self.live_sets()?;
         for name in live.keys().filter(|n| n.starts_with(TEMP_PREFIX)) {
             self.destroy_set(name)?;
@@ -966,7 +1058,7 @@ impl FirewallBackend for IptablesBackend {
     }
 
     fn verify(&self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<()> {
-        let layout = Layout::new(firewall, nearest_second(now_ms), self.capabilities());
+        let layout = self.layout(firewall, now_ms)?;
         for family in FAMILIES {
             let saved = self.save(family, false)?;
             let tool = self.tool(family);
@@ -1039,7 +1131,8 @@ impl FirewallBackend for IptablesBackend {
     }
 
     fn next_reapply(&self, firewall: &Firewall, now_ms: i64) -> Option<i64> {
-        Layout::new(firewall, nearest_second(now_ms), self.capabilities()).next_reapply
+        // A firewall that does not plan was refused by `apply`.
+        self.layout(firewall, now_ms).ok()?.next_reapply
     }
 
     #[tracing::instrument(skip_all)]
@@ -1070,12 +1163,12 @@ mod tests {
 
     #[test]
     fn plan_of_the_shared_sample() {
-        insta::assert_snapshot!(plan(&sample(), NOW).render());
+        insta::assert_snapshot!(plan(&sample(), NOW).unwrap().render());
     }
 
     #[test]
     fn expired_elements_are_left_out() {
-        let plan = plan(&sample(), EXPIRY).render();
+        let plan = plan(&sample(), EXPIRY).unwrap().render();
         assert!(!plan.contains("5000"), "{plan}");
         assert!(!plan.contains("timeout 1"), "{plan}");
     }
@@ -1083,11 +1176,11 @@ mod tests {
     #[test]
     fn flow_sets_use_an_ipset_only_when_every_live_element_fits() {
         // While the port-range element lives, the set is inlined.
-        let before = plan(&sample(), NOW);
+        let before = plan(&sample(), NOW).unwrap();
         assert!(!before.ipset.contains("flow_drop_v4"), "{before}");
         assert!(before.v4.contains("--dport 5000:5010"), "{before}");
         // Once it has expired, the rest fits a hash:net,port,net set.
-        let after = plan(&sample(), EXPIRY);
+        let after = plan(&sample(), EXPIRY).unwrap();
         insta::assert_snapshot!(after.render());
         assert!(after
             .v4
@@ -1099,7 +1192,9 @@ mod tests {
             Capabilities {
                 net_port_net: false,
             },
-        );
+            &Interfaces::default(),
+        )
+        .unwrap();
         assert!(!no_support.ipset.contains("flow_drop_v4"), "{no_support}");
         assert!(
             no_support
@@ -1139,7 +1234,7 @@ mod tests {
         }"#,
         )
         .unwrap();
-        insta::assert_snapshot!(plan(&firewall, 100).render());
+        insta::assert_snapshot!(plan(&firewall, 100).unwrap().render());
     }
 
     #[test]
@@ -1152,7 +1247,7 @@ mod tests {
             ]}"#,
         )
         .unwrap();
-        let layout = Layout::new(&firewall, 0, Capabilities::ALL);
+        let layout = Layout::new(&firewall, 0, Capabilities::ALL, &Interfaces::default()).unwrap();
         let lines: Vec<&str> = layout.rules[&Family::Ipv4]
             .iter()
             .map(|r| r.line.as_str())
@@ -1184,7 +1279,7 @@ mod tests {
         }"#,
         )
         .unwrap();
-        let layout = Layout::new(&firewall, 0, Capabilities::ALL);
+        let layout = Layout::new(&firewall, 0, Capabilities::ALL, &Interfaces::default()).unwrap();
         let lines: Vec<&str> = layout.rules[&Family::Ipv4]
             .iter()
             .map(|r| r.line.as_str())
@@ -1202,11 +1297,15 @@ mod tests {
     #[test]
     fn next_reapply_is_the_next_inline_expiry() {
         assert_eq!(
-            Layout::new(&sample(), NOW, Capabilities::ALL).next_reapply,
+            Layout::new(&sample(), NOW, Capabilities::ALL, &Interfaces::default())
+                .unwrap()
+                .next_reapply,
             Some(EXPIRY)
         );
         assert_eq!(
-            Layout::new(&sample(), EXPIRY, Capabilities::ALL).next_reapply,
+            Layout::new(&sample(), EXPIRY, Capabilities::ALL, &Interfaces::default())
+                .unwrap()
+                .next_reapply,
             None
         );
 
@@ -1218,7 +1317,8 @@ mod tests {
             value: ElementValue::Addr(Prefix::parse("203.0.113.10").unwrap()),
             expires_at: Some(far),
         });
-        let layout = Layout::new(&firewall, EXPIRY, Capabilities::ALL);
+        let layout =
+            Layout::new(&firewall, EXPIRY, Capabilities::ALL, &Interfaces::default()).unwrap();
         assert_eq!(layout.next_reapply, Some(far - MAX_TIMEOUT as i64));
         let script = layout.ipset_script();
         assert!(
@@ -1236,7 +1336,8 @@ mod tests {
             ]}]}"#,
         )
         .unwrap();
-        let layout = Layout::new(&firewall, 100, Capabilities::ALL);
+        let layout =
+            Layout::new(&firewall, 100, Capabilities::ALL, &Interfaces::default()).unwrap();
         let entries: Vec<_> = layout.sets[0]
             .entries
             .iter()
@@ -1307,6 +1408,93 @@ COMMIT
         )
         .unwrap();
         assert!(repaired.jump_repairs().is_empty());
+    }
+
+    #[test]
+    fn pay_per_site_primitives_are_refused() {
+        let with = |extra: serde_json::Value| -> String {
+            let mut doc = serde_json::json!({
+                "sets": [{"name": "site_v4", "key": "ipv4-addr"}, {"name": "site_v6", "key": "ipv6-addr"}],
+                "rules": []
+            });
+            for (key, value) in extra.as_object().unwrap() {
+                doc[key] = value.clone();
+            }
+            let firewall: Firewall = serde_json::from_value(doc).unwrap();
+            match refuse_unsupported(&firewall) {
+                Ok(()) => "accepted".to_owned(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let refusals = [
+            with(
+                serde_json::json!({"rules": [{"id": "portal-http", "chain": "prerouting",
+                "match": {"protocol": "tcp", "dport": 80}, "action": {"redirect": {"port": 8042}}}]}),
+            ),
+            with(
+                serde_json::json!({"rules": [{"id": "skip", "chain": "prerouting",
+                "match": {"dst_in_set": "site_v4"}, "action": "accept"}]}),
+            ),
+            with(
+                serde_json::json!({"rules": [{"id": "paid", "chain": "forward",
+                "match": {"dst_in_set": "site_v4", "until": 1_795_000_000}, "action": "accept"}]}),
+            ),
+            with(
+                serde_json::json!({"dns": {"fill_sets": [{"domains": ["video.test"],
+                "ipv4_set": "site_v4", "ipv6_set": "site_v6"}]}}),
+            ),
+            with(
+                serde_json::json!({"portal": {"port": 8042, "default_url": "https://portal.test/"}}),
+            ),
+            with(
+                serde_json::json!({"rules": [{"id": "from-lan", "chain": "forward",
+                "match": {"in_interface": "lan"}, "action": "count"}]}),
+            ),
+        ];
+        insta::assert_snapshot!(refusals.join("\n"));
+    }
+
+    #[test]
+    fn in_interface_becomes_one_rule_per_interface() {
+        let firewall: Firewall = serde_json::from_str(
+            r#"{"rules":[
+                {"id":"lan-ssh","chain":"input","match":{"in_interface":"lan","protocol":"tcp","dport":22},"action":"accept"},
+                {"id":"wan-any","chain":"forward","match":{"in_interface":"wan","family":"ipv4"},"action":"reject"}
+            ]}"#,
+        )
+        .unwrap();
+        let interfaces = Interfaces {
+            lan: vec!["lan0".into(), "br-*".into()],
+            wan: vec!["wan".into()],
+        };
+        let plan = plan_with(&firewall, 0, Capabilities::ALL, &interfaces).unwrap();
+        let ours: Vec<&str> = plan.v4.lines().filter(|l| l.starts_with("-A")).collect();
+        assert_eq!(
+            ours,
+            [
+                "-A ISDF-FORWARD -i wan -p tcp -m comment --comment wan-any -j REJECT --reject-with tcp-reset",
+                "-A ISDF-FORWARD -i wan -m comment --comment wan-any -j REJECT --reject-with icmp-admin-prohibited",
+                "-A ISDF-INPUT -i lan0 -p tcp -m tcp --dport 22 -m comment --comment lan-ssh -j ACCEPT",
+                "-A ISDF-INPUT -i br-+ -p tcp -m tcp --dport 22 -m comment --comment lan-ssh -j ACCEPT",
+            ]
+        );
+        assert_eq!(
+            plan.v6.lines().filter(|l| l.starts_with("-A")).count(),
+            2,
+            "{}",
+            plan.v6
+        );
+        let err = plan_with(
+            &firewall,
+            0,
+            Capabilities::ALL,
+            &Interfaces {
+                lan: Vec::new(),
+                ..interfaces
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`lan_interfaces`"), "{err}");
     }
 
     #[test]

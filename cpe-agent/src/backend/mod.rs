@@ -8,7 +8,7 @@ pub mod interval_layers;
 pub mod iptables;
 pub mod nft;
 
-use isdf_api::{Firewall, RuleCounter};
+use isdf_api::{Firewall, InterfaceRole, Rule, RuleCounter};
 
 pub trait FirewallBackend: Send {
     /// `nftables` or `iptables`; reported to the controller.
@@ -76,18 +76,27 @@ pub enum BackendChoice {
     Iptables,
 }
 
-/// Builds the chosen backend; `Auto` prefers nftables.
-pub fn select(choice: BackendChoice) -> anyhow::Result<Box<dyn FirewallBackend>> {
+/// Builds the chosen backend; `Auto` prefers nftables. `interfaces` are the
+/// router's own (settings `lan_interfaces` and `wan_interfaces`), which
+/// rules matching `in_interface` stand for.
+pub fn select(
+    choice: BackendChoice,
+    interfaces: Interfaces,
+) -> anyhow::Result<Box<dyn FirewallBackend>> {
     match choice {
-        BackendChoice::Nftables => Ok(Box::new(nft::NftBackend::new())),
-        BackendChoice::Iptables => Ok(Box::new(iptables::IptablesBackend::new())),
+        BackendChoice::Nftables => Ok(Box::new(nft::NftBackend::with_interfaces(interfaces))),
+        BackendChoice::Iptables => Ok(Box::new(iptables::IptablesBackend::with_interfaces(
+            interfaces,
+        ))),
         BackendChoice::Auto => {
             if exec::works("nft", &["list", "tables"]) {
-                Ok(Box::new(nft::NftBackend::new()))
+                Ok(Box::new(nft::NftBackend::with_interfaces(interfaces)))
             } else if exec::works("iptables", &["-w", "-L", "-n"])
                 && exec::works("ipset", &["list", "-n"])
             {
-                Ok(Box::new(iptables::IptablesBackend::new()))
+                Ok(Box::new(iptables::IptablesBackend::with_interfaces(
+                    interfaces,
+                )))
             } else {
                 anyhow::bail!(
                     "neither nft nor iptables+ipset work on this router; install nftables"
@@ -95,6 +104,60 @@ pub fn select(choice: BackendChoice) -> anyhow::Result<Box<dyn FirewallBackend>>
             }
         }
     }
+}
+
+/// The router's interfaces by role: what `in_interface: lan` and
+/// `in_interface: wan` stand for. The config names roles, never interfaces,
+/// so one config fits routers whose interfaces are named differently.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interfaces {
+    /// Setting `lan_interfaces`.
+    pub lan: Vec<String>,
+    /// Setting `wan_interfaces`.
+    pub wan: Vec<String>,
+}
+
+impl Interfaces {
+    /// Longest interface name Linux accepts (IFNAMSIZ less the NUL).
+    pub const MAX_NAME_LEN: usize = 15;
+
+    /// The interface names `rule` matches on (None: it matches any
+    /// interface), or why the router cannot enforce it: no interface of that
+    /// role is configured, or a configured name is not an interface name.
+    /// A trailing `*` matches every name with that prefix (nft's wildcard).
+    pub fn for_rule(&self, rule: &Rule) -> anyhow::Result<Option<&[String]>> {
+        let Some(role) = rule.matches.in_interface else {
+            return Ok(None);
+        };
+        let (names, setting, role_name) = match role {
+            InterfaceRole::Lan => (&self.lan, "lan_interfaces", "lan"),
+            InterfaceRole::Wan => (&self.wan, "wan_interfaces", "wan"),
+        };
+        if names.is_empty() {
+            anyhow::bail!(
+                "rule `{}` matches in_interface {role_name}, but the agent setting \
+                 `{setting}` lists no interface",
+                rule.id
+            );
+        }
+        if let Some(bad) = names.iter().find(|n| !is_interface_name(n)) {
+            anyhow::bail!(
+                "the agent setting `{setting}` holds `{bad}`, which is not an interface name \
+                 (1 to {} printable characters without quotes, `/`, `\\` or spaces)",
+                Self::MAX_NAME_LEN
+            );
+        }
+        Ok(Some(names))
+    }
+}
+
+/// Whether `name` can be an interface name, and so is safe to place in a
+/// script between double quotes or as one word.
+fn is_interface_name(name: &str) -> bool {
+    (1..=Interfaces::MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'/' | b'\''))
 }
 
 /// Remaining milliseconds of an element expiring at `expires_at` (Unix

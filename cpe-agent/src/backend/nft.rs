@@ -10,9 +10,20 @@
 //! interval set (`<name>_R`; the uppercase suffix cannot collide with a config
 //! name). Interval sets of concatenations cost nft about six times more per
 //! element to load than hash sets, and timed 5-tuple blocks are the bulk case.
+//!
+//! Sets the config's DNS policy fills (`dns.fill_sets`) are plain hash sets
+//! the router's resolver adds answers to at run time. Replacing the table
+//! would empty them and open whatever they gate until clients ask again, so
+//! `apply` reads what the resolver added and the script puts it back in the
+//! same transaction (`Carried`).
+//!
+//! A rule with `until` carries `meta time < until`: the kernel stops matching
+//! at that second by itself. Once past, the planner leaves the rule out, and
+//! `next_reapply` asks for a re-plan then, which only tidies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use anyhow::{bail, Context};
 use isdf_api::{
@@ -21,13 +32,27 @@ use isdf_api::{
 };
 
 use super::{
-    exec, interval_layers, remaining_ms, FirewallBackend, LearnedEndpoint, CLASSIFY_QUEUE,
+    exec, interval_layers, remaining_ms, FirewallBackend, Interfaces, LearnedEndpoint,
+    CLASSIFY_QUEUE,
 };
 
 pub const TABLE: &str = "isdf";
 /// Our chains run just before fw4's (priority filter = 0), so a block here
 /// wins over an accept there.
 const CHAIN_PRIORITY: &str = "filter - 10";
+/// Our redirects run just before fw4's port forwards (priority dstnat).
+const NAT_PRIORITY: &str = "dstnat - 10";
+/// The last second `meta time` can compare (the kernel counts nanoseconds in
+/// 64 bits, in 2554). nft silently wraps larger values (`18446744074`
+/// becomes 1970 and the rule would never match), so an `until` beyond it is
+/// left out of the rule: it matches as long as the kernel can count.
+const MAX_META_TIME_SECS: i64 = (u64::MAX / 1_000_000_000) as i64;
+/// Most elements of a set DNS fills (the resolver adds one per answer).
+pub const DNS_SET_SIZE: usize = 65_536;
+/// The comment on the config's own elements of a DNS-filled set: what the
+/// resolver added has none, and only that is carried into the next ruleset
+/// (the config's elements come from the config, so removing one works).
+const CONFIG_ELEMENT_COMMENT: &str = "config";
 /// Longest element timeout written to the kernel (nft refuses values of a few
 /// months). An element lasting longer goes in without a timeout, and the agent
 /// re-applies when its remaining time fits (see `next_reapply`).
@@ -45,18 +70,44 @@ enum Elements {
 }
 
 /// Plans the complete nft script that replaces our table with `firewall` as
-/// of `now_ms` (Unix milliseconds: timeouts end to the millisecond).
+/// of `now_ms` (Unix milliseconds: timeouts end to the millisecond), on a
+/// router with no interfaces configured and nothing to carry over.
 ///
 /// The script first makes sure the table exists, then deletes and recreates
 /// it inside the same transaction: no moment exists with a half ruleset.
-pub fn plan(firewall: &Firewall, now_ms: i64) -> String {
-    plan_with(firewall, now_ms, Queueing::Native)
+pub fn plan(firewall: &Firewall, now_ms: i64) -> anyhow::Result<String> {
+    plan_with(firewall, now_ms, &PlanInputs::default())
+}
+
+/// What the planner needs to know about the router besides the config.
+/// `apply` gathers it (probes, settings, the kernel's sets); the planner
+/// stays pure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanInputs {
+    /// What `in_interface` roles stand for.
+    pub interfaces: Interfaces,
+    pub queueing: Queueing,
+    /// What the resolver added to the DNS-filled sets, by set name.
+    pub carried: Carried,
+}
+
+/// Elements of DNS-filled sets the kernel held when the apply began and the
+/// config did not put there, by set name: they go into the new sets.
+pub type Carried = BTreeMap<String, Vec<CarriedElement>>;
+
+/// An element the resolver added to a DNS-filled set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CarriedElement {
+    pub addr: IpAddr,
+    /// Time left in the kernel (None: no timeout).
+    pub remaining_ms: Option<u64>,
 }
 
 /// How `classify` rules hand packets to the agent's classifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Queueing {
     /// nft's `queue` statement with `bypass` (the kernel has nft_queue).
+    #[default]
     Native,
     /// The kernel lacks nft_queue: the rule marks the packet (one bit,
     /// `CLASSIFY_MARK`) and an iptables `NFQUEUE --queue-bypass` rule on
@@ -67,36 +118,86 @@ pub enum Queueing {
 /// The packet mark bit of `Queueing::Mark`.
 pub const CLASSIFY_MARK: u32 = 0x4000_0000;
 
-/// `plan` for kernels with or without nft_queue.
-pub fn plan_with(firewall: &Firewall, now_ms: i64, queueing: Queueing) -> String {
-    plan_script(firewall, now_ms, Elements::Include, queueing)
+/// `plan` on a router described by `inputs`. Fails only when a rule needs
+/// something the router lacks (an interface role with no interface).
+pub fn plan_with(firewall: &Firewall, now_ms: i64, inputs: &PlanInputs) -> anyhow::Result<String> {
+    plan_script(firewall, now_ms, Elements::Include, inputs)
 }
 
-fn plan_script(firewall: &Firewall, now_ms: i64, elements: Elements, queueing: Queueing) -> String {
+/// Whether `rule` still matches at `now_ms`: a rule whose `until` has come
+/// is left out of the plan (the kernel already stopped matching it).
+fn in_force(rule: &Rule, now_ms: i64) -> bool {
+    rule.matches
+        .until
+        .is_none_or(|until| until.saturating_mul(1000) > now_ms)
+}
+
+/// The chains the plan has: the filter chains always (an empty config still
+/// installs them), `prerouting` only when a rule in force needs it, so a
+/// kernel without nat still takes every config that does not.
+fn planned_chains(firewall: &Firewall, now_ms: i64) -> Vec<Chain> {
+    let prerouting = firewall
+        .rules
+        .iter()
+        .any(|r| r.chain == Chain::Prerouting && in_force(r, now_ms));
+    Chain::ALL
+        .into_iter()
+        .filter(|&c| c != Chain::Prerouting || prerouting)
+        .collect()
+}
+
+fn chain_header(chain: Chain) -> String {
+    match chain {
+        Chain::Prerouting => {
+            format!("type nat hook prerouting priority {NAT_PRIORITY}; policy accept;")
+        }
+        Chain::Forward | Chain::Input | Chain::Output => format!(
+            "type filter hook {} priority {CHAIN_PRIORITY}; policy accept;",
+            chain.name()
+        ),
+    }
+}
+
+/// The names of the sets the config's DNS policy fills.
+fn dns_filled(firewall: &Firewall) -> BTreeSet<&str> {
+    firewall
+        .dns
+        .iter()
+        .flat_map(|dns| &dns.fill_sets)
+        .flat_map(|fill| [fill.ipv4_set.as_str(), fill.ipv6_set.as_str()])
+        .collect()
+}
+
+fn plan_script(
+    firewall: &Firewall,
+    now_ms: i64,
+    elements: Elements,
+    inputs: &PlanInputs,
+) -> anyhow::Result<String> {
     let mut s = String::new();
     let _ = writeln!(s, "table inet {TABLE} {{}}");
     let _ = writeln!(s, "delete table inet {TABLE}");
     let _ = writeln!(s, "table inet {TABLE} {{");
-    let layout = layout(firewall);
+    let layout = layout(firewall, &inputs.carried);
     for kernel_set in layout.values().flatten() {
         plan_set(&mut s, kernel_set, now_ms, elements);
     }
-    for chain in Chain::FILTER {
+    for chain in planned_chains(firewall, now_ms) {
         let _ = writeln!(s, "\tchain {} {{", chain.name());
-        let _ = writeln!(
-            s,
-            "\t\ttype filter hook {} priority {CHAIN_PRIORITY}; policy accept;",
-            chain.name()
-        );
-        for rule in firewall.rules.iter().filter(|r| r.chain == chain) {
-            for line in rule_lines(rule, &firewall.sets, &layout, queueing) {
+        let _ = writeln!(s, "\t\t{}", chain_header(chain));
+        let rules = firewall
+            .rules
+            .iter()
+            .filter(|r| r.chain == chain && in_force(r, now_ms));
+        for rule in rules {
+            for line in rule_lines(rule, &firewall.sets, &layout, inputs)? {
                 let _ = writeln!(s, "\t\t{line}");
             }
         }
         let _ = writeln!(s, "\t}}");
     }
     let _ = writeln!(s, "}}");
-    s
+    Ok(s)
 }
 
 /// A set as the kernel holds it.
@@ -106,7 +207,11 @@ struct KernelSet<'a> {
     interval: bool,
     /// Rules add elements at run time (endpoint sets).
     dynamic: bool,
+    /// The resolver adds elements at run time (`dns.fill_sets`).
+    dns_filled: bool,
     elements: Vec<&'a SetElement>,
+    /// What the resolver added before this apply (DNS-filled sets only).
+    carried: &'a [CarriedElement],
 }
 
 /// Most elements rules may add to an endpoint set.
@@ -127,12 +232,45 @@ fn is_exact(f: &FlowPattern) -> bool {
 /// Kernel sets of every config set, by config set name.
 type Layout<'a> = BTreeMap<&'a str, Vec<KernelSet<'a>>>;
 
-fn layout(firewall: &Firewall) -> Layout<'_> {
+fn layout<'a>(firewall: &'a Firewall, carried: &'a Carried) -> Layout<'a> {
+    let dns_filled = dns_filled(firewall);
     firewall
         .sets
         .iter()
-        .map(|set| (set.name.as_str(), kernel_sets(set)))
+        .map(|set| {
+            let kernel = if dns_filled.contains(set.name.as_str()) {
+                let carried = carried
+                    .get(set.name.as_str())
+                    .map_or(&[][..], Vec::as_slice);
+                vec![dns_filled_set(set, carried)]
+            } else {
+                kernel_sets(set)
+            };
+            (set.name.as_str(), kernel)
+        })
         .collect()
+}
+
+/// A set the resolver fills: one hash set of single addresses under the
+/// set's own name (its config elements are single addresses, `validate`
+/// makes sure), so the resolver and rules find it by that name.
+fn dns_filled_set<'a>(set: &'a Set, carried: &'a [CarriedElement]) -> KernelSet<'a> {
+    KernelSet {
+        name: set.name.to_string(),
+        type_expr: addr_type(set.key.family()),
+        interval: false,
+        dynamic: false,
+        dns_filled: true,
+        elements: set.elements.iter().collect(),
+        carried,
+    }
+}
+
+fn addr_type(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "ipv4_addr",
+        Family::Ipv6 => "ipv6_addr",
+    }
 }
 
 /// Keeps one of identical elements, the one lasting longest.
@@ -177,16 +315,14 @@ fn kernel_sets(set: &Set) -> Vec<KernelSet<'_>> {
             },
             interval: false,
             dynamic: true,
+            dns_filled: false,
             elements: set.elements.iter().collect(),
+            carried: &[],
         }];
     }
     let (type_expr, mut sets, ranges, first_layer_name) = match set.key {
         SetKey::Ipv4Addr | SetKey::Ipv6Addr => (
-            if set.key == SetKey::Ipv4Addr {
-                "ipv4_addr"
-            } else {
-                "ipv6_addr"
-            },
+            addr_type(set.key.family()),
             Vec::new(),
             set.elements.iter().collect::<Vec<_>>(),
             set.name.to_string(),
@@ -201,7 +337,9 @@ fn kernel_sets(set: &Set) -> Vec<KernelSet<'_>> {
                 type_expr: flow_type(set.key.family()),
                 interval: false,
                 dynamic: false,
+                dns_filled: false,
                 elements: dedup_exact(exact),
+                carried: &[],
             };
             (
                 hash.type_expr,
@@ -225,7 +363,9 @@ fn kernel_sets(set: &Set) -> Vec<KernelSet<'_>> {
             type_expr,
             interval: true,
             dynamic: false,
+            dns_filled: false,
             elements,
+            carried: &[],
         });
     }
     sets
@@ -260,31 +400,37 @@ fn plan_set(s: &mut String, set: &KernelSet<'_>, now_ms: i64, elements: Elements
         (false, true) => "dynamic, timeout",
         (false, false) => "timeout",
     };
+    let values = match elements {
+        Elements::Omit => Vec::new(),
+        Elements::Include if set.dns_filled => dns_filled_values(set, now_ms),
+        Elements::Include => set
+            .elements
+            .iter()
+            .filter_map(|e| {
+                let value = match &e.value {
+                    ElementValue::Addr(p) => prefix(p),
+                    ElementValue::Flow(f) => flow_element(f),
+                    ElementValue::Endpoint(e) => {
+                        format!("{} . {} . {}", e.addr, e.protocol.number(), e.port)
+                    }
+                };
+                let ms = kernel_timeout_ms(e.expires_at, now_ms)?;
+                Some(match ms {
+                    None => value,
+                    Some(ms) => format!("{value} timeout {}", timeout(ms)),
+                })
+            })
+            .collect(),
+    };
     let _ = writeln!(s, "\tset {} {{", set.name);
     let _ = writeln!(s, "\t\ttype {}; flags {flags};", set.type_expr);
     if set.dynamic {
         let _ = writeln!(s, "\t\tsize {DYNAMIC_SET_SIZE};");
     }
-    let values: Vec<String> = set
-        .elements
-        .iter()
-        .filter(|_| elements == Elements::Include)
-        .filter_map(|e| {
-            let value = match &e.value {
-                ElementValue::Addr(p) => prefix(p),
-                ElementValue::Flow(f) => flow_element(f),
-                ElementValue::Endpoint(e) => {
-                    format!("{} . {} . {}", e.addr, e.protocol.number(), e.port)
-                }
-            };
-            match remaining_ms(e.expires_at, now_ms) {
-                None => Some(value),
-                Some(0) => None,
-                Some(ms) if ms > MAX_TIMEOUT_SECS * 1000 => Some(value),
-                Some(ms) => Some(format!("{value} timeout {}", timeout(ms))),
-            }
-        })
-        .collect();
+    if set.dns_filled {
+        // Never smaller than what goes in now, so carrying cannot fail.
+        let _ = writeln!(s, "\t\tsize {};", DNS_SET_SIZE.max(values.len()));
+    }
     if !values.is_empty() {
         let _ = writeln!(
             s,
@@ -293,6 +439,76 @@ fn plan_set(s: &mut String, set: &KernelSet<'_>, now_ms: i64, elements: Elements
         );
     }
     let _ = writeln!(s, "\t}}");
+}
+
+/// The kernel timeout of an element expiring at `expires_at` as of `now_ms`:
+/// None when it is already gone (leave it out), Some(None) for no timeout
+/// (none, or one too long for the kernel: see `next_reapply`).
+fn kernel_timeout_ms(expires_at: Option<i64>, now_ms: i64) -> Option<Option<u64>> {
+    match remaining_ms(expires_at, now_ms) {
+        None => Some(None),
+        Some(0) => None,
+        Some(ms) if ms > MAX_TIMEOUT_SECS * 1000 => Some(None),
+        Some(ms) => Some(Some(ms)),
+    }
+}
+
+/// The elements of a DNS-filled set: the config's (marked with
+/// `CONFIG_ELEMENT_COMMENT`) and what the resolver added, one per address,
+/// in address order. Where both hold an address, the longer lasting copy
+/// stays (no timeout lasts longest); on a tie, the config's. A config copy
+/// that stays is no longer carried once the config drops it: the resolver
+/// adds it again at its next answer for it.
+fn dns_filled_values(set: &KernelSet<'_>, now_ms: i64) -> Vec<String> {
+    // Address -> (time left, from the config).
+    let mut by_addr: BTreeMap<IpAddr, (Option<u64>, bool)> = BTreeMap::new();
+    let lasts_longer = |new: Option<u64>, kept: Option<u64>| match (new, kept) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => a > b,
+    };
+    let config = set.elements.iter().filter_map(|e| match &e.value {
+        ElementValue::Addr(p) => {
+            let ms = kernel_timeout_ms(e.expires_at, now_ms)?;
+            Some((p.net().addr(), ms, true))
+        }
+        _ => None,
+    });
+    let carried = set
+        .carried
+        .iter()
+        .filter(|c| c.remaining_ms != Some(0))
+        .map(|c| (c.addr, c.remaining_ms, false));
+    for (addr, ms, from_config) in config.chain(carried) {
+        let family_fits = matches!(
+            (addr, set.type_expr),
+            (IpAddr::V4(_), "ipv4_addr") | (IpAddr::V6(_), "ipv6_addr")
+        );
+        if !family_fits {
+            continue;
+        }
+        by_addr
+            .entry(addr)
+            .and_modify(|kept| {
+                if lasts_longer(ms, kept.0) {
+                    *kept = (ms, from_config);
+                }
+            })
+            .or_insert((ms, from_config));
+    }
+    by_addr
+        .into_iter()
+        .map(|(addr, (ms, from_config))| {
+            let mut value = addr.to_string();
+            if let Some(ms) = ms {
+                let _ = write!(value, " timeout {}", timeout(ms));
+            }
+            if from_config {
+                let _ = write!(value, " comment \"{CONFIG_ELEMENT_COMMENT}\"");
+            }
+            value
+        })
+        .collect()
 }
 
 /// A timeout as nft reads it: `90s`, or `1s500ms` (a bare millisecond count
@@ -306,7 +522,13 @@ fn timeout(ms: u64) -> String {
 
 /// The match expressions of a rule (without action or counter): one per
 /// combination of the kernel sets its set references stand for.
-fn match_exprs(m: &Match, sets: &[Set], layout: &Layout<'_>) -> Vec<String> {
+/// `interfaces`: the names `in_interface` stands for (None: any).
+fn match_exprs(
+    m: &Match,
+    sets: &[Set],
+    layout: &Layout<'_>,
+    interfaces: Option<&[String]>,
+) -> Vec<String> {
     let family = m.family_with(sets).ok().flatten();
     let ip = |f: Family| if f == Family::Ipv4 { "ip" } else { "ip6" };
     let mut parts = Vec::new();
@@ -315,6 +537,16 @@ fn match_exprs(m: &Match, sets: &[Set], layout: &Layout<'_>) -> Vec<String> {
             "meta nfproto {}",
             if f == Family::Ipv4 { "ipv4" } else { "ipv6" }
         ));
+    }
+    if let Some(names) = interfaces {
+        // Quoted: `Interfaces::for_rule` allows no quote or backslash.
+        let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        parts.push(format!("iifname {{ {} }}", quoted.join(", ")));
+    }
+    if let Some(until) = m.until.filter(|&u| u <= MAX_META_TIME_SECS) {
+        // An integer is Unix seconds; the kernel compares its own clock, so
+        // the rule stops matching on time with no agent running.
+        parts.push(format!("meta time < {until}"));
     }
     if let Some(p) = m.protocol {
         parts.push(format!("meta l4proto {}", p.number()));
@@ -435,15 +667,22 @@ fn reject_variants(m: &Match) -> (bool, bool) {
 
 /// The nft rule lines of one config rule; all carry the rule id as comment,
 /// so their counters add up under it.
-fn rule_lines(rule: &Rule, sets: &[Set], layout: &Layout<'_>, queueing: Queueing) -> Vec<String> {
+fn rule_lines(
+    rule: &Rule,
+    sets: &[Set],
+    layout: &Layout<'_>,
+    inputs: &PlanInputs,
+) -> anyhow::Result<Vec<String>> {
     let comment = format!("comment \"{}\"", rule.id);
+    let interfaces = inputs.interfaces.for_rule(rule)?;
+    let queueing = inputs.queueing;
     // A classify rule's endpoints are added by the classifier, on a find.
     let remember = match rule.action {
         Action::Classify => String::new(),
         _ => add_endpoints(rule, rule.family_with(sets).ok().flatten()),
     };
     let mut lines = Vec::new();
-    for expr in match_exprs(&rule.matches, sets, layout) {
+    for expr in match_exprs(&rule.matches, sets, layout, interfaces) {
         let sep = if expr.is_empty() { "" } else { " " };
         let sep = format!("{sep}{remember}");
         let sep = sep.as_str();
@@ -479,7 +718,7 @@ fn rule_lines(rule: &Rule, sets: &[Set], layout: &Layout<'_>, queueing: Queueing
             }
         }
     }
-    lines
+    Ok(lines)
 }
 
 /// What `nft -t -j list table inet isdf` shows: set names and, per chain,
@@ -490,28 +729,48 @@ struct Shape {
     chains: BTreeMap<String, Vec<String>>,
 }
 
-fn expected_shape(firewall: &Firewall) -> Shape {
-    let layout = layout(firewall);
+/// The shape `plan_with(firewall, now_ms, inputs)` gives the table.
+fn expected_shape(firewall: &Firewall, now_ms: i64, inputs: &PlanInputs) -> anyhow::Result<Shape> {
+    let layout = layout(firewall, &inputs.carried);
     let mut sets: Vec<String> = layout.values().flatten().map(|k| k.name.clone()).collect();
     sets.sort();
-    let chains = Chain::FILTER
+    let mut chains = BTreeMap::new();
+    for chain in planned_chains(firewall, now_ms) {
+        let mut comments = Vec::new();
+        let rules = firewall
+            .rules
+            .iter()
+            .filter(|r| r.chain == chain && in_force(r, now_ms));
+        for rule in rules {
+            let lines = rule_lines(rule, &firewall.sets, &layout, inputs)?.len();
+            comments.extend(std::iter::repeat_n(rule.id.to_string(), lines));
+        }
+        chains.insert(chain.name().to_owned(), comments);
+    }
+    Ok(Shape { sets, chains })
+}
+
+/// `listed` without the rules of `firewall` whose `until` has come by
+/// `now_ms`, and without a `prerouting` chain left empty by that: the plan
+/// applied before `until` still has them, and the kernel no longer matches
+/// them, until the re-apply at `until` tidies them away.
+fn without_ended_rules(mut listed: Shape, firewall: &Firewall, now_ms: i64) -> Shape {
+    let ended: BTreeSet<&str> = firewall
+        .rules
         .iter()
-        .map(|chain| {
-            let comments = firewall
-                .rules
-                .iter()
-                .filter(|r| r.chain == *chain)
-                .flat_map(|r| {
-                    std::iter::repeat_n(
-                        r.id.to_string(),
-                        rule_lines(r, &firewall.sets, &layout, Queueing::Native).len(),
-                    )
-                })
-                .collect();
-            (chain.name().to_owned(), comments)
-        })
+        .filter(|r| !in_force(r, now_ms))
+        .map(|r| r.id.as_str())
         .collect();
-    Shape { sets, chains }
+    for comments in listed.chains.values_mut() {
+        comments.retain(|c| !ended.contains(c.as_str()));
+    }
+    let prerouting = Chain::Prerouting.name();
+    if listed.chains.get(prerouting).is_some_and(Vec::is_empty)
+        && !planned_chains(firewall, now_ms).contains(&Chain::Prerouting)
+    {
+        listed.chains.remove(prerouting);
+    }
+    listed
 }
 
 fn listed_shape(json: &serde_json::Value) -> anyhow::Result<(Shape, Vec<RuleCounter>)> {
@@ -594,6 +853,54 @@ fn parse_endpoints(set: &str, json: &serde_json::Value) -> Vec<LearnedEndpoint> 
         .collect()
 }
 
+/// What the resolver added to a DNS-filled set, from its listing (`nft -j
+/// list set`), if the kernel set is one the planner makes for a set DNS
+/// fills (a hash set of `type_expr`); anything else carries nothing.
+/// Elements look like `"192.0.2.1"` (no timeout) or `{"elem": {"val":
+/// "192.0.2.1", "timeout": 60, "expires": 42, "comment": ...}}`; those with
+/// the config's comment are the config's own and are not carried.
+fn parse_carried(json: &serde_json::Value, type_expr: &str) -> Vec<CarriedElement> {
+    let sets = json["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.get("set"));
+    let mut carried = Vec::new();
+    for set in sets {
+        let interval = set["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "interval"));
+        if set["type"] != type_expr || interval {
+            continue;
+        }
+        for element in set["elem"].as_array().into_iter().flatten() {
+            let (value, detail) = match element.get("elem") {
+                Some(detail) => (&detail["val"], Some(detail)),
+                None => (element, None),
+            };
+            let Some(addr) = value.as_str().and_then(|v| v.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            if detail.is_some_and(|d| d["comment"] == CONFIG_ELEMENT_COMMENT) {
+                continue;
+            }
+            // The listing counts whole seconds left (rounded down): an
+            // element with less than a second left is left to expire.
+            let remaining_ms = detail
+                .filter(|d| d.get("timeout").is_some() || d.get("expires").is_some())
+                .map(|d| {
+                    let secs = d["expires"].as_u64().or(d["timeout"].as_u64());
+                    secs.unwrap_or(0).saturating_mul(1000)
+                });
+            if remaining_ms == Some(0) {
+                continue;
+            }
+            carried.push(CarriedElement { addr, remaining_ms });
+        }
+    }
+    carried
+}
+
 /// `ct packets` needs conntrack accounting: without it the expression never
 /// matches and signatures would silently stop working. OpenWrt turns it on
 /// by default; the agent makes sure.
@@ -610,14 +917,56 @@ pub struct NftBackend {
     program: String,
     /// Probed at the first apply that needs it.
     queueing: std::sync::OnceLock<Queueing>,
+    interfaces: Interfaces,
 }
 
 impl NftBackend {
+    /// A backend for a router with no interfaces configured (rules matching
+    /// `in_interface` are refused).
     pub fn new() -> Self {
+        Self::with_interfaces(Interfaces::default())
+    }
+
+    /// A backend whose `in_interface` roles stand for `interfaces`.
+    pub fn with_interfaces(interfaces: Interfaces) -> Self {
         NftBackend {
             program: std::env::var("ISDF_NFT").unwrap_or_else(|_| "nft".to_owned()),
             queueing: std::sync::OnceLock::new(),
+            interfaces,
         }
+    }
+
+    /// What the resolver added to the sets `firewall`'s DNS policy fills,
+    /// read from the kernel sets of the same name and type (absent ones
+    /// start empty).
+    fn read_dns_filled(&self, firewall: &Firewall) -> anyhow::Result<Carried> {
+        let mut carried = Carried::new();
+        let dns_filled = dns_filled(firewall);
+        for set in firewall
+            .sets
+            .iter()
+            .filter(|s| dns_filled.contains(s.name.as_str()))
+        {
+            let name = set.name.as_str();
+            let out = match exec::run(
+                &self.program,
+                &["-j", "list", "set", "inet", TABLE, name],
+                "",
+            ) {
+                Ok(out) => out,
+                Err(e) if format!("{e:#}").contains("No such file or directory") => continue,
+                // Not knowing what the resolver added would empty the set:
+                // better not to replace the ruleset at all.
+                Err(e) => return Err(e.context(format!("reading DNS-filled set {name}"))),
+            };
+            let json: serde_json::Value =
+                serde_json::from_str(&out).context("parsing nft -j output")?;
+            let elements = parse_carried(&json, addr_type(set.key.family()));
+            if !elements.is_empty() {
+                carried.insert(name.to_owned(), elements);
+            }
+        }
+        Ok(carried)
     }
 
     /// Whether this kernel has nft's `queue` (a dry run, nothing changes).
@@ -704,13 +1053,22 @@ impl FirewallBackend for NftBackend {
         } else {
             Queueing::Native
         };
-        let structure = plan_script(firewall, now_ms, Elements::Omit, queueing);
+        let mut inputs = PlanInputs {
+            interfaces: self.interfaces.clone(),
+            queueing,
+            carried: Carried::new(),
+        };
+        let structure = plan_script(firewall, now_ms, Elements::Omit, &inputs)?;
         exec::run(&self.program, &["-c", "-f", "-"], &structure)
             .context("nft rejected the planned ruleset (check)")?;
+        // Read as late as possible: what the resolver adds between this read
+        // and the transaction below is lost (it adds it again on the
+        // client's next query, which the TTL cap keeps near).
+        inputs.carried = self.read_dns_filled(firewall)?;
         exec::run(
             &self.program,
             &["-f", "-"],
-            &plan_with(firewall, now_ms, queueing),
+            &plan_with(firewall, now_ms, &inputs)?,
         )
         .context("applying the ruleset with nft -f")?;
         if self.queueing.get() == Some(&Queueing::Mark) {
@@ -721,13 +1079,20 @@ impl FirewallBackend for NftBackend {
 
     /// Checks our table, its sets, chains and rules are what the plan made.
     /// Set elements are not compared: they arrive in the same transaction as
-    /// the rules, and listing them costs as much as loading them.
-    fn verify(&self, firewall: &Firewall, _now_ms: i64) -> anyhow::Result<()> {
+    /// the rules, listing them costs as much as loading them, and the sets
+    /// DNS fills hold what the resolver added besides. Rules whose `until`
+    /// came after the apply may still be listed.
+    fn verify(&self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<()> {
         let Some(json) = self.list_terse()? else {
             bail!("table inet {TABLE} is missing");
         };
         let (listed, _) = listed_shape(&json)?;
-        let expected = expected_shape(firewall);
+        let listed = without_ended_rules(listed, firewall, now_ms);
+        let inputs = PlanInputs {
+            interfaces: self.interfaces.clone(),
+            ..PlanInputs::default()
+        };
+        let expected = expected_shape(firewall, now_ms, &inputs)?;
         if listed.chains != expected.chains {
             bail!(
                 "chains differ: kernel has {:?}, expected {:?}",
@@ -745,17 +1110,25 @@ impl FirewallBackend for NftBackend {
         Ok(())
     }
 
+    /// The earliest of: when an element's timeout first fits the kernel,
+    /// and when a rule's `until` comes (the kernel stops matching it by
+    /// itself; the re-plan only leaves it out).
     fn next_reapply(&self, firewall: &Firewall, now_ms: i64) -> Option<i64> {
         let max = i64::try_from(MAX_TIMEOUT_SECS).unwrap_or(i64::MAX);
         let now = now_ms.div_euclid(1000);
-        firewall
+        let long_timeouts = firewall
             .sets
             .iter()
             .flat_map(|s| &s.elements)
             .filter_map(|e| e.expires_at)
             .filter(|&e| e - now > max)
-            .map(|e| e - max)
-            .min()
+            .map(|e| e - max);
+        let untils = firewall
+            .rules
+            .iter()
+            .filter(|r| in_force(r, now_ms))
+            .filter_map(|r| r.matches.until);
+        long_timeouts.chain(untils).min()
     }
 
     fn learned_endpoints(&self, firewall: &Firewall) -> anyhow::Result<Vec<LearnedEndpoint>> {
@@ -830,12 +1203,12 @@ mod tests {
     #[test]
     fn plan_of_the_shared_sample() {
         // now is 100 s before the timed element expires.
-        insta::assert_snapshot!(plan(&sample(), 1_795_003_500_000));
+        insta::assert_snapshot!(plan(&sample(), 1_795_003_500_000).unwrap());
     }
 
     #[test]
     fn expired_elements_are_left_out() {
-        let script = plan(&sample(), 1_795_003_600_000);
+        let script = plan(&sample(), 1_795_003_600_000).unwrap();
         assert!(!script.contains("5000-5010"));
         assert!(
             !script.contains("s,\n") && !script.contains("s\n\t\t}"),
@@ -852,16 +1225,17 @@ mod tests {
             ]}],"rules":[{"id":"f","chain":"forward","match":{"flow_in_set":"f"},"action":"drop"}]}"#,
         )
         .unwrap();
-        insta::assert_snapshot!(plan(&firewall, 0));
+        insta::assert_snapshot!(plan(&firewall, 0).unwrap());
     }
 
     #[test]
     fn the_check_script_has_the_structure_without_elements() {
-        let structure = plan_script(&sample(), 0, Elements::Omit, Queueing::Native);
+        let structure = plan_script(&sample(), 0, Elements::Omit, &PlanInputs::default()).unwrap();
         assert!(!structure.contains("elements"));
         assert_eq!(
             structure.lines().filter(|l| l.contains("comment")).count(),
             plan(&sample(), 0)
+                .unwrap()
                 .lines()
                 .filter(|l| l.contains("comment"))
                 .count()
@@ -875,7 +1249,7 @@ mod tests {
         let firewall: Firewall = serde_json::from_value(serde_json::json!({"sets": [{"name": "a", "key": "ipv4-addr",
             "elements": [{"addr": "192.0.2.1", "expires_at": long}, {"addr": "192.0.2.2", "expires_at": now + 60}]}]}))
         .unwrap();
-        let script = plan(&firewall, now * 1000);
+        let script = plan(&firewall, now * 1000).unwrap();
         assert!(
             script.contains("192.0.2.1,\n") || script.contains("192.0.2.1\n"),
             "{script}"
@@ -886,6 +1260,7 @@ mod tests {
             .unwrap();
         assert_eq!(reapply, long - MAX_TIMEOUT_SECS as i64);
         assert!(plan(&firewall, reapply * 1000)
+            .unwrap()
             .contains(&format!("192.0.2.1 timeout {MAX_TIMEOUT_SECS}s")));
     }
 
@@ -894,10 +1269,10 @@ mod tests {
         let firewall: Firewall = serde_json::from_value(serde_json::json!({"sets": [{"name": "a", "key": "ipv4-addr",
             "elements": [{"addr": "192.0.2.1", "expires_at": 100}, {"addr": "192.0.2.2", "expires_at": 101}]}]}))
         .unwrap();
-        let script = plan(&firewall, 99_250);
+        let script = plan(&firewall, 99_250).unwrap();
         assert!(script.contains("192.0.2.1 timeout 0s750ms"), "{script}");
         assert!(script.contains("192.0.2.2 timeout 1s750ms"), "{script}");
-        assert!(!plan(&firewall, 100_000).contains("192.0.2.1"));
+        assert!(!plan(&firewall, 100_000).unwrap().contains("192.0.2.1"));
     }
 
     #[test]
@@ -915,7 +1290,7 @@ mod tests {
 
     #[test]
     fn empty_config_still_installs_an_empty_table() {
-        insta::assert_snapshot!(plan(&Firewall::default(), 0));
+        insta::assert_snapshot!(plan(&Firewall::default(), 0).unwrap());
     }
 
     #[test]
@@ -932,13 +1307,13 @@ mod tests {
             rules,
             ..Firewall::default()
         };
-        insta::assert_snapshot!(plan(&firewall, 0));
+        insta::assert_snapshot!(plan(&firewall, 0).unwrap());
     }
 
     #[test]
     fn the_expected_shape_matches_what_the_plan_writes() {
         let firewall = sample();
-        let shape = expected_shape(&firewall);
+        let shape = expected_shape(&firewall, 0, &PlanInputs::default()).unwrap();
         assert_eq!(
             shape.sets,
             [
@@ -951,6 +1326,253 @@ mod tests {
         );
         assert_eq!(shape.chains["forward"].len(), 6);
         assert_eq!(shape.chains["input"], ["no-telnet"]);
+    }
+
+    /// A pay-per-site firewall with every new primitive: a DNS-filled set
+    /// pair gating a site, a prerouting redirect from the LAN, rules in
+    /// force until a time (one already ended at `PPS_NOW`), `in_interface`.
+    fn pay_per_site() -> Firewall {
+        serde_json::from_value(serde_json::json!({
+            "sets": [
+                {"name": "site_v4", "key": "ipv4-addr", "elements": [
+                    {"addr": "192.0.2.7"}, {"addr": "192.0.2.8", "expires_at": PPS_NOW / 1000 + 60}]},
+                {"name": "site_v6", "key": "ipv6-addr"},
+                {"name": "other_v4", "key": "ipv4-addr", "elements": [{"addr": "10.0.0.0/8"}]}
+            ],
+            "rules": [
+                {"id": "http-portal", "chain": "prerouting",
+                 "match": {"protocol": "tcp", "dport": 80, "in_interface": "lan", "dst_in_set": "site_v4"},
+                 "action": {"redirect": {"port": 8042}}},
+                {"id": "paid-v4", "chain": "forward",
+                 "match": {"dst_in_set": "site_v4", "until": PPS_NOW / 1000 + 3600},
+                 "action": "accept"},
+                {"id": "paid-earlier", "chain": "forward",
+                 "match": {"dst_in_set": "site_v4", "until": PPS_NOW / 1000},
+                 "action": "accept"},
+                {"id": "gate-v4", "chain": "forward",
+                 "match": {"dst_in_set": "site_v4", "in_interface": "lan"}, "action": "reject"},
+                {"id": "gate-v6", "chain": "forward",
+                 "match": {"dst_in_set": "site_v6", "protocol": "tcp"}, "action": "reject"},
+                {"id": "ssh-from-wan", "chain": "input",
+                 "match": {"protocol": "tcp", "dport": 22, "in_interface": "wan"}, "action": "drop"}
+            ],
+            "dns": {"max_ttl_secs": 60, "fill_sets": [
+                {"domains": ["video.test"], "ipv4_set": "site_v4", "ipv6_set": "site_v6"}]}
+        }))
+        .unwrap()
+    }
+
+    const PPS_NOW: i64 = 1_795_000_000_000;
+
+    fn router() -> PlanInputs {
+        PlanInputs {
+            interfaces: Interfaces {
+                lan: vec!["lan0".into(), "br-lan".into()],
+                wan: vec!["wan".into()],
+            },
+            ..PlanInputs::default()
+        }
+    }
+
+    fn carried(addr: &str, remaining_ms: Option<u64>) -> CarriedElement {
+        CarriedElement {
+            addr: addr.parse().unwrap(),
+            remaining_ms,
+        }
+    }
+
+    #[test]
+    fn plan_of_every_pay_per_site_primitive() {
+        let firewall = pay_per_site();
+        let mut inputs = router();
+        inputs.carried.insert(
+            "site_v4".into(),
+            vec![
+                carried("203.0.113.7", None),
+                carried("203.0.113.8", Some(30_000)),
+                // The config has it for good: the config's copy stays.
+                carried("192.0.2.7", Some(5_000)),
+                // The config's ends in 60 s: the resolver's lasts longer.
+                carried("192.0.2.8", None),
+                // Another family never goes in (the kernel would refuse it).
+                carried("2001:db8::9", None),
+            ],
+        );
+        inputs
+            .carried
+            .insert("site_v6".into(), vec![carried("2001:db8::7", Some(1_500))]);
+        // Not filled by DNS: nothing is carried into it.
+        inputs
+            .carried
+            .insert("other_v4".into(), vec![carried("203.0.113.9", None)]);
+        insta::assert_snapshot!(plan_with(&firewall, PPS_NOW, &inputs).unwrap());
+    }
+
+    #[test]
+    fn the_shape_of_a_pay_per_site_plan_matches_its_script() {
+        let firewall = pay_per_site();
+        let script = plan_with(&firewall, PPS_NOW, &router()).unwrap();
+        let shape = expected_shape(&firewall, PPS_NOW, &router()).unwrap();
+        assert_eq!(shape.sets, ["other_v4", "site_v4", "site_v6"]);
+        assert_eq!(shape.chains["prerouting"], ["http-portal"]);
+        assert_eq!(
+            shape.chains["forward"],
+            ["paid-v4", "gate-v4", "gate-v4", "gate-v6"]
+        );
+        for (chain, comments) in &shape.chains {
+            let body = script
+                .split(&format!("\tchain {chain} {{\n"))
+                .nth(1)
+                .and_then(|rest| rest.split("\n\t}").next())
+                .unwrap();
+            let listed: Vec<&str> = body
+                .lines()
+                .filter_map(|l| l.rsplit_once("comment \"").map(|(_, c)| &c[..c.len() - 1]))
+                .collect();
+            assert_eq!(&listed, comments, "{chain}");
+        }
+    }
+
+    #[test]
+    fn prerouting_is_planned_only_for_rules_in_force() {
+        let script = plan(&sample(), 0).unwrap();
+        assert!(!script.contains("prerouting") && !script.contains("nat"));
+        assert!(!expected_shape(&sample(), 0, &PlanInputs::default())
+            .unwrap()
+            .chains
+            .contains_key("prerouting"));
+
+        let mut firewall = pay_per_site();
+        firewall.rules[0].matches.until = Some(PPS_NOW / 1000 + 10);
+        let before = plan_with(&firewall, PPS_NOW + 9_999, &router()).unwrap();
+        assert!(before.contains("type nat hook prerouting priority dstnat - 10; policy accept;"));
+        assert!(before.contains(&format!("meta time < {}", PPS_NOW / 1000 + 10)));
+        let after = plan_with(&firewall, PPS_NOW + 10_000, &router()).unwrap();
+        assert!(!after.contains("prerouting"), "{after}");
+        assert!(!expected_shape(&firewall, PPS_NOW + 10_000, &router())
+            .unwrap()
+            .chains
+            .contains_key("prerouting"));
+    }
+
+    #[test]
+    fn rules_leave_the_plan_when_their_until_comes_and_the_agent_replans_then() {
+        let firewall = pay_per_site();
+        let until = PPS_NOW / 1000 + 3600;
+        let backend = NftBackend::with_interfaces(router().interfaces);
+        // `paid-earlier` ended at PPS_NOW: left out, and no reason to re-plan.
+        let at_now = plan_with(&firewall, PPS_NOW, &router()).unwrap();
+        assert!(!at_now.contains("paid-earlier"));
+        assert!(at_now.contains("paid-v4"));
+        assert!(plan_with(&firewall, PPS_NOW - 1, &router())
+            .unwrap()
+            .contains("paid-earlier"));
+        assert_eq!(backend.next_reapply(&firewall, PPS_NOW), Some(until));
+        let ended = plan_with(&firewall, until * 1000, &router()).unwrap();
+        assert!(!ended.contains("paid-v4"), "{ended}");
+        assert_eq!(backend.next_reapply(&firewall, until * 1000), None);
+    }
+
+    #[test]
+    fn an_until_beyond_the_kernel_clock_is_left_to_the_rule() {
+        let mut firewall = pay_per_site();
+        firewall.rules[1].matches.until = Some(MAX_META_TIME_SECS);
+        let script = plan_with(&firewall, PPS_NOW, &router()).unwrap();
+        assert!(script.contains("meta time < 18446744073 "), "{script}");
+        // nft would wrap this one to 1970.
+        firewall.rules[1].matches.until = Some(MAX_META_TIME_SECS + 1);
+        let script = plan_with(&firewall, PPS_NOW, &router()).unwrap();
+        assert!(!script.contains("meta time"), "{script}");
+        assert!(script.contains("paid-v4"));
+    }
+
+    #[test]
+    fn the_earliest_reason_to_reapply_wins() {
+        let now = 1_000;
+        let mut firewall: Firewall = serde_json::from_value(serde_json::json!({"sets": [{"name": "a", "key": "ipv4-addr",
+            "elements": [{"addr": "192.0.2.1", "expires_at": now + 40 * 24 * 3600}]}],
+            "rules": [{"id": "r", "chain": "forward", "match": {"until": now + 60}, "action": "accept"}]}))
+        .unwrap();
+        let backend = NftBackend::new();
+        assert_eq!(backend.next_reapply(&firewall, now * 1000), Some(now + 60));
+        firewall.rules[0].matches.until = Some(now + 20 * 24 * 3600);
+        assert_eq!(
+            backend.next_reapply(&firewall, now * 1000),
+            Some(now + 10 * 24 * 3600)
+        );
+    }
+
+    #[test]
+    fn verify_accepts_rules_that_ended_since_the_apply() {
+        let firewall = pay_per_site();
+        let until = PPS_NOW / 1000 + 3600;
+        // What the kernel lists: the plan applied at PPS_NOW.
+        let applied = expected_shape(&firewall, PPS_NOW, &router()).unwrap();
+        let later = until * 1000 + 5_000;
+        let expected = expected_shape(&firewall, later, &router()).unwrap();
+        assert_ne!(applied, expected);
+        assert_eq!(without_ended_rules(applied, &firewall, later), expected);
+        // Another missing rule is still drift.
+        let mut flushed = expected_shape(&firewall, PPS_NOW, &router()).unwrap();
+        flushed.chains.get_mut("forward").unwrap().pop();
+        assert_ne!(without_ended_rules(flushed, &firewall, later), expected);
+    }
+
+    #[test]
+    fn a_role_without_interfaces_is_an_error_naming_the_setting() {
+        let firewall = pay_per_site();
+        let err = plan(&firewall, PPS_NOW).unwrap_err().to_string();
+        assert!(err.contains("`lan_interfaces`"), "{err}");
+        assert!(err.contains("rule `gate-v4`"), "{err}");
+        let mut inputs = router();
+        inputs.interfaces.wan.clear();
+        let err = plan_with(&firewall, PPS_NOW, &inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`wan_interfaces`"), "{err}");
+        inputs.interfaces.wan = vec!["we\"ird".into()];
+        let err = plan_with(&firewall, PPS_NOW, &inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an interface name"), "{err}");
+    }
+
+    #[test]
+    fn carried_elements_parse_from_the_listing() {
+        let json: serde_json::Value = serde_json::from_str(
+            r#"{"nftables": [{"metainfo": {}}, {"set": {"family": "inet", "name": "site_v4", "table": "isdf",
+            "type": "ipv4_addr", "size": 65536, "flags": ["timeout"], "elem": [
+                {"elem": {"val": "192.0.2.7", "comment": "config"}},
+                {"elem": {"val": "192.0.2.8", "timeout": 60, "expires": 42, "comment": "config"}},
+                {"elem": {"val": "203.0.113.8", "timeout": 60, "expires": 42}},
+                {"elem": {"val": "203.0.113.9", "timeout": 60, "expires": 0}},
+                "203.0.113.7"]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_carried(&json, "ipv4_addr"),
+            [
+                carried("203.0.113.8", Some(42_000)),
+                carried("203.0.113.7", None)
+            ]
+        );
+        // Another type, or an interval set (a set of the same name that
+        // DNS did not fill), carries nothing.
+        assert!(parse_carried(&json, "ipv6_addr").is_empty());
+        let mut interval = json.clone();
+        interval["nftables"][1]["set"]["flags"] = serde_json::json!(["interval", "timeout"]);
+        assert!(parse_carried(&interval, "ipv4_addr").is_empty());
+    }
+
+    #[test]
+    fn the_check_script_of_a_dns_filled_set_has_no_elements() {
+        let mut inputs = router();
+        inputs
+            .carried
+            .insert("site_v4".into(), vec![carried("203.0.113.7", None)]);
+        let structure = plan_script(&pay_per_site(), PPS_NOW, Elements::Omit, &inputs).unwrap();
+        assert!(!structure.contains("elements"), "{structure}");
+        assert!(structure.contains("\t\tsize 65536;\n"));
     }
 
     #[test]
