@@ -569,6 +569,9 @@ impl DeviceConfig {
     }
 }
 
+/// Latest `until` (2500-01-01): the kernel's clock match wraps past 2554.
+pub const MAX_UNTIL: i64 = 16_725_225_600;
+
 /// Longest TTL cap: a day.
 pub const MAX_DNS_TTL_SECS: u32 = 24 * 3600;
 
@@ -800,6 +803,9 @@ impl Match {
         }
         if self.payload_len.is_some() && self.protocol != Some(Protocol::Udp) {
             return Err("payload_len needs protocol udp".into());
+        }
+        if self.until.is_some_and(|t| !(0..=MAX_UNTIL).contains(&t)) {
+            return Err("until is a Unix time between 1970 and 2500".into());
         }
         if self.first_packets.is_some_and(|n| !(1..=1000).contains(&n)) {
             return Err("first_packets is 1 to 1000".into());

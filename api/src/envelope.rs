@@ -89,6 +89,12 @@ impl Envelope {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("envelope serialises")
     }
+
+    /// The signed bytes, *unverified*: for the controller reading back what
+    /// it signed itself. Agents go through [`open_device_config`].
+    pub fn payload_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        BASE64.decode(&self.payload)
+    }
 }
 
 /// Signs `payload` with a key held in memory.

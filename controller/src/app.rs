@@ -45,6 +45,11 @@ pub struct Settings {
     /// Lifetime of device certificates (agents renew at two thirds).
     pub device_cert_lifetime: Duration,
     pub limits: Limits,
+    /// The customer-facing portal (plain HTTP; put a TLS proxy in front
+    /// beyond a lab).
+    pub portal_listen: SocketAddr,
+    /// The portal URL routers send customers to; derived if None.
+    pub portal_public_url: Option<String>,
 }
 
 pub struct Application {
@@ -55,6 +60,8 @@ pub struct Application {
     pub device_api_url: String,
     pub enrollment_addr: SocketAddr,
     pub enrollment_url: String,
+    pub portal_addr: SocketAddr,
+    pub portal_url: String,
     pub state: AppState,
     /// Printed once: the first operator token, when none existed.
     pub initial_operator_token: Option<String>,
@@ -64,6 +71,7 @@ pub struct Application {
     api_tls: Option<Arc<rustls::ServerConfig>>,
     device_listener: std::net::TcpListener,
     enrollment_listener: std::net::TcpListener,
+    portal_listener: std::net::TcpListener,
     device_tls: Arc<rustls::ServerConfig>,
     enrollment_tls: Arc<rustls::ServerConfig>,
 }
@@ -141,12 +149,24 @@ impl Application {
             .clone()
             .unwrap_or_else(|| default_https_url(enrollment_addr));
 
+        let portal_listener = bind(settings.portal_listen)?;
+        let portal_addr = portal_listener.local_addr()?;
+        let portal_url = settings
+            .portal_public_url
+            .clone()
+            .unwrap_or_else(|| default_url("http", portal_addr));
+        let portal_links = crate::pay_per_site::PortalLinks::new(
+            &portal_url,
+            crate::fs_util::load_or_create_secret(&settings.data_dir.join("portal.key"))?,
+        );
+
         let cache = Arc::new(ConfigCache::default());
         let reconciler = Arc::new(Reconciler {
             pool: pool.clone(),
             signer: signer.clone(),
             cache: cache.clone(),
             config_lifetime: settings.config_lifetime,
+            portal_links: portal_links.clone(),
         });
         reconciler.load_cache().await?;
         // Catch up on anything a previous run left uncompiled, and re-sign
@@ -181,6 +201,10 @@ impl Application {
             enrollment_gate: Arc::new(EnrollmentGate::default()),
             device_cert_lifetime: settings.device_cert_lifetime,
             pki: Arc::new(pki),
+            portal: Arc::new(crate::state::Portal {
+                links: portal_links,
+                payments: Arc::new(crate::payment::TestPaymentProvider),
+            }),
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
@@ -195,12 +219,15 @@ impl Application {
             ca_pem: state.pki.ca_pem.clone(),
             enrollment_addr,
             enrollment_url,
+            portal_addr,
+            portal_url,
             state,
             signing_public_key_hex,
             api_listener,
             api_tls: settings.api_tls.then_some(enrollment_tls.clone()),
             device_listener,
             enrollment_listener,
+            portal_listener,
             device_tls,
             enrollment_tls,
         })
@@ -248,20 +275,25 @@ impl Application {
             routes::enrollment_router(self.state.clone())
                 .into_make_service_with_connect_info::<SocketAddr>(),
         );
+        let mut portal_server = axum_server::from_tcp(self.portal_listener).handle(handle.clone());
+        limit_headers(portal_server.http_builder(), &limits);
+        let portal_server =
+            portal_server.serve(routes::portal_router(self.state.clone()).into_make_service());
         let refresher = tokio::spawn(refresh_loop(self.state.reconciler.clone()));
         let stopper = tokio::spawn(async move {
             shutdown.await;
             // Long polls end at once; the agent simply polls again later.
             handle.graceful_shutdown(Some(Duration::from_secs(1)));
         });
-        let (device_result, api_result, enrollment_result) =
-            tokio::join!(device_server, api_server, enrollment_server);
+        let (device_result, api_result, enrollment_result, portal_result) =
+            tokio::join!(device_server, api_server, enrollment_server, portal_server);
         refresher.abort();
         stopper.abort();
         self.state.pool.close().await;
         device_result.context("device API server")?;
         api_result.context("operator API server")?;
         enrollment_result.context("enrollment server")?;
+        portal_result.context("portal server")?;
         Ok(())
     }
 }
@@ -281,13 +313,17 @@ fn limit_headers(
 /// The device API URL when none is configured: the bound address, or the
 /// host name when bound to every address (`0.0.0.0` is no URL for a router).
 fn default_https_url(addr: SocketAddr) -> String {
+    default_url("https", addr)
+}
+
+fn default_url(scheme: &str, addr: SocketAddr) -> String {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .filter(|_| addr.ip().is_unspecified());
     match host {
-        Some(host) => format!("https://{host}:{}", addr.port()),
-        None => format!("https://{addr}"),
+        Some(host) => format!("{scheme}://{host}:{}", addr.port()),
+        None => format!("{scheme}://{addr}"),
     }
 }
 

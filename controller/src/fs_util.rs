@@ -6,6 +6,26 @@ use std::path::Path;
 
 use anyhow::Context;
 
+/// A 32-byte secret kept hex-encoded in `path` (mode 0600), made at first use.
+pub fn load_or_create_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let bytes = hex::decode(text.trim())
+                .with_context(|| format!("{} is not hex", path.display()))?;
+            bytes
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{} does not hold 32 bytes", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+            write_private_file(path, hex::encode(secret).as_bytes())?;
+            Ok(secret)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename) with mode 0600.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write_file_with_mode(path, bytes, 0o600)

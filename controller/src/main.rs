@@ -129,6 +129,18 @@ struct ServeArgs {
     /// Enrollment URL given to agents, e.g. https://controller.example.net:8444.
     #[arg(global = true, long, env = "ISDF_ENROLLMENT_PUBLIC_URL")]
     enrollment_public_url: Option<String>,
+    /// Customer-facing pay-per-site portal (plain HTTP: put a TLS proxy in
+    /// front of it and give its URL with --portal-public-url).
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_PORTAL_LISTEN",
+        default_value = "0.0.0.0:8081"
+    )]
+    portal_listen: SocketAddr,
+    /// Portal URL routers send customers to, e.g. https://pay.isp.example.
+    #[arg(global = true, long, env = "ISDF_PORTAL_PUBLIC_URL")]
+    portal_public_url: Option<String>,
     /// Lifetime of device certificates in days (agents renew at two thirds).
     #[arg(
         global = true,
@@ -371,6 +383,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.device_cert_lifetime_days.max(1) * 24 * 3600,
         ),
         config_lifetime: Duration::from_secs(args.config_lifetime_hours.max(1) * 3600),
+        portal_listen: args.portal_listen,
+        portal_public_url: args.portal_public_url,
         limits: isdf_controller::limits::Limits {
             max_poll_wait: Duration::from_secs(args.max_poll_wait_secs),
             poll_delay: Duration::from_secs(args.poll_delay_secs),
@@ -391,6 +405,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("  Device API:    {}", app.device_api_url);
     println!("  Enrollment:    {}", app.enrollment_url);
+    println!("  Portal:        {}  (customers pay for gated sites here)", app.portal_url);
     println!("  Controller CA: {}", data_dir.join("ca.pem").display());
     match &app.initial_operator_token {
         Some(token) => println!("  Operator token (shown once, keep it): {token}"),

@@ -169,6 +169,25 @@ fn script_string(text: &str) -> String {
         .replace('&', "\\u0026")
 }
 
+/// The router's page: a link per gated site (domain, portal URL).
+pub fn device_page(sites: &[(String, String)]) -> String {
+    let mut body = String::from(
+        "<h1>Sites with passes</h1><p class=\"muted\">These sites open on your connection with a pass.</p>",
+    );
+    for (domain, url) in sites {
+        let _ = write!(
+            body,
+            "<form><span><strong>{}</strong></span><a class=\"button\" href=\"{}\">Passes</a></form>",
+            escape(domain),
+            escape(url)
+        );
+    }
+    if sites.is_empty() {
+        body.push_str("<p>No site needs a pass on your connection.</p>");
+    }
+    page("Sites with passes", &body)
+}
+
 pub fn message_page(title: &str, message: &str) -> String {
     page(
         title,

@@ -4,6 +4,7 @@
 //! A device's version increases only when its compiled content (the firewall
 //! digest) changes, or when its signed config nears expiry and is re-issued.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::compiler::{compile_firewall, CompiledAssignment, DeviceBlock};
 use crate::config_cache::{ConfigCache, ServedConfig};
 use crate::db;
 use crate::domain::{BlockAction, Labels, Selector, ServiceKind, ServiceSpec};
+use crate::pay_per_site::{CatalogSite, Catalogs, DeviceShop};
 use crate::signer::ConfigSigner;
 
 /// Serialises recompiles across controller replicas (pg advisory lock key).
@@ -26,6 +28,8 @@ pub struct Reconciler {
     pub signer: Arc<dyn ConfigSigner>,
     pub cache: Arc<ConfigCache>,
     pub config_lifetime: Duration,
+    /// Links to the portal compiled into `pay-per-site` configs.
+    pub portal_links: crate::pay_per_site::PortalLinks,
 }
 
 /// What a recompile did: how many devices it compiled and how many got a new version.
@@ -87,7 +91,67 @@ fn device_block(row: &db::blocks::BlockRow) -> DeviceBlock {
     }
 }
 
+/// What `pay-per-site` compiles from: the sites of the assigned catalogs and
+/// each device's passes (site id -> end, Unix seconds).
+struct Shops {
+    catalogs: Catalogs,
+    passes: HashMap<Uuid, BTreeMap<i64, i64>>,
+    no_passes: BTreeMap<i64, i64>,
+}
+
 impl Reconciler {
+    /// Loads the catalogs `assignments` name and the passes of `devices`
+    /// (nothing when no `pay-per-site` is assigned).
+    async fn load_shops(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        devices: Option<&[Uuid]>,
+        assignments: &[CompiledAssignment],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Shops> {
+        let mut names: Vec<String> = assignments
+            .iter()
+            .filter_map(|a| match &a.spec {
+                ServiceSpec::PayPerSite(spec) => Some(spec.catalog.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut shops = Shops {
+            catalogs: Catalogs::new(),
+            passes: HashMap::new(),
+            no_passes: BTreeMap::new(),
+        };
+        if names.is_empty() {
+            return Ok(shops);
+        }
+        for row in db::catalog::sites_of_catalogs(&mut **tx, &names)
+            .await
+            .context("loading catalogs")?
+        {
+            shops
+                .catalogs
+                .entry(row.catalog.clone())
+                .or_default()
+                .push(CatalogSite {
+                    id: row.id,
+                    domains: row.domain_patterns(),
+                });
+        }
+        for (device, site, ends_at) in db::purchases::active_for_devices(&mut **tx, devices, now)
+            .await
+            .context("loading passes")?
+        {
+            shops
+                .passes
+                .entry(device)
+                .or_default()
+                .insert(site, ends_at.timestamp());
+        }
+        Ok(shops)
+    }
+
     /// Recompiles `devices` (every device when None).
     #[tracing::instrument(skip(self, devices), fields(devices = devices.map_or(-1, |d| d.len() as i64)))]
     pub async fn recompile(
@@ -114,8 +178,8 @@ impl Reconciler {
         );
         let ids: Vec<Uuid> = targets.iter().map(|(id, _)| *id).collect();
         let now = Utc::now();
-        let mut device_blocks: std::collections::HashMap<Uuid, Vec<DeviceBlock>> =
-            std::collections::HashMap::new();
+        let mut device_blocks: HashMap<Uuid, Vec<DeviceBlock>> =
+            HashMap::new();
         for row in db::blocks::active_operator_blocks(&mut *tx, devices, now)
             .await
             .context("loading device blocks")?
@@ -125,7 +189,8 @@ impl Reconciler {
                 .or_default()
                 .push(device_block(&row));
         }
-        let existing: std::collections::HashMap<Uuid, (i64, String, DateTime<Utc>)> =
+        let shops = self.load_shops(&mut tx, devices, &assignments, now).await?;
+        let existing: HashMap<Uuid, (i64, String, DateTime<Utc>)> =
             db::configs::versions_for_update(&mut *tx, &ids)
                 .await
                 .context("loading current versions")?
@@ -138,7 +203,15 @@ impl Reconciler {
         for (id, labels) in &targets {
             let labels = Labels::parse(labels.0.clone()).unwrap_or_default();
             let blocks = device_blocks.get(id).map_or(&[][..], Vec::as_slice);
-            let firewall = compile_firewall(&labels, &assignments, blocks, None, now.timestamp());
+            let device_id = id.to_string();
+            let shop = DeviceShop {
+                device_id: &device_id,
+                catalogs: &shops.catalogs,
+                passes: shops.passes.get(id).unwrap_or(&shops.no_passes),
+                portal: &self.portal_links,
+            };
+            let firewall =
+                compile_firewall(&labels, &assignments, blocks, Some(&shop), now.timestamp());
             let digest = firewall.digest();
             let previous = existing.get(id);
             let unchanged = previous.is_some_and(|(_, d, expires)| {

@@ -6,7 +6,9 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::authorize_and_audit;
-use crate::handlers::{assignments, blocks, device_api, devices, enrollment, operators, services};
+use crate::handlers::{
+    assignments, blocks, device_api, devices, enrollment, operators, portal, services,
+};
 use crate::openapi;
 use crate::state::AppState;
 
@@ -132,6 +134,22 @@ pub fn enrollment_router(state: AppState) -> Router {
         .route(isdf_api::paths::ENROLL, post(enrollment::enroll))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(ENROLLMENT_BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Portal forms are tiny.
+pub const PORTAL_BODY_LIMIT: usize = 4 * 1024;
+
+/// The customer-facing portal (its own listener): gated sites' pages,
+/// paying for a pass, waiting for the router to open the site.
+pub fn portal_router(state: AppState) -> Router {
+    Router::new()
+        .route("/p/{device}", get(portal::device_page))
+        .route("/p/{device}/{site}", get(portal::site_page))
+        .route("/p/{device}/{site}/buy", post(portal::buy))
+        .route("/p/{device}/{site}/wait", get(portal::wait_page))
+        .route("/p/{device}/{site}/open", get(portal::open))
+        .layer(DefaultBodyLimit::max(PORTAL_BODY_LIMIT))
         .with_state(state)
 }
 

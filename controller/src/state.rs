@@ -9,6 +9,8 @@ use crate::config_cache::ConfigCache;
 use crate::limits::{DeviceGate, EnrollmentGate};
 use crate::pki::Pki;
 
+use crate::pay_per_site::PortalLinks;
+use crate::payment::PaymentProvider;
 use crate::reconcile::Reconciler;
 
 #[derive(Clone)]
@@ -25,6 +27,13 @@ pub struct AppState {
     pub pki: Arc<Pki>,
     /// Lifetime of a device certificate (agents renew at two thirds).
     pub device_cert_lifetime: Duration,
+    pub portal: Arc<Portal>,
+}
+
+/// The customer-facing portal: its signed links and how it takes payment.
+pub struct Portal {
+    pub links: PortalLinks,
+    pub payments: Arc<dyn PaymentProvider>,
 }
 
 /// What an agent needs to enroll and to trust the controller.

@@ -119,6 +119,8 @@ pub struct TestController {
     pub api_url: String,
     pub device_url: String,
     pub enrollment_url: String,
+    /// The customer-facing portal (plain HTTP).
+    pub portal_url: String,
     pub operator_token: String,
     pub ca_pem: String,
     pub signing_public_key_hex: String,
@@ -175,6 +177,9 @@ impl TestController {
             device_cert_lifetime: options.device_cert_lifetime,
             config_lifetime: Duration::from_secs(3600),
             limits: options.limits,
+            // The portal too: LAN hosts reach it where they reach the controller.
+            portal_listen: std::net::SocketAddr::new(options.device_listen.ip(), 0),
+            portal_public_url: None,
         };
         let app = Application::build(settings).await?;
         let operator_token = match app.initial_operator_token.clone() {
@@ -196,6 +201,7 @@ impl TestController {
             api_url: app.api_url.clone(),
             device_url: app.device_api_url.clone(),
             enrollment_url: app.enrollment_url.clone(),
+            portal_url: app.portal_url.clone(),
             operator_token,
             ca_pem: app.ca_pem.clone(),
             signing_public_key_hex: app.signing_public_key_hex.clone(),

@@ -4,8 +4,6 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -239,8 +237,8 @@ pub async fn config(
         .ok_or_else(|| ApiError::NotFound(format!("device {id} has no compiled config yet")))?;
     let envelope: isdf_api::Envelope = serde_json::from_slice(&row.envelope)
         .map_err(|e| anyhow::anyhow!("stored envelope: {e}"))?;
-    let payload = BASE64
-        .decode(&envelope.payload)
+    let payload = envelope
+        .payload_bytes()
         .map_err(|e| anyhow::anyhow!("stored payload: {e}"))?;
     Ok(Json(CompiledConfigView {
         version: row.version,
