@@ -60,6 +60,8 @@ pub struct Application {
     pub initial_operator_token: Option<String>,
     pub ca_pem: String,
     pub signing_public_key_hex: String,
+    /// Where the billing webhook's shared secret is (hex, 0600).
+    pub billing_webhook_key_path: PathBuf,
     api_listener: std::net::TcpListener,
     api_tls: Option<Arc<rustls::ServerConfig>>,
     device_listener: std::net::TcpListener,
@@ -116,6 +118,9 @@ impl Application {
             &settings.data_dir.join("signing-key.pem"),
         )?);
         let pki = Pki::load_or_create(&settings.data_dir, &settings.device_tls_names)?;
+        let billing_webhook_key_path = settings.data_dir.join(crate::billing_webhook::KEY_FILE);
+        let billing_webhook_key =
+            crate::billing_webhook::WebhookKey::load_or_create(&billing_webhook_key_path)?;
         let device_tls = pki.device_server_config()?;
         let enrollment_tls = pki.enrollment_server_config()?;
 
@@ -181,6 +186,7 @@ impl Application {
             enrollment_gate: Arc::new(EnrollmentGate::default()),
             device_cert_lifetime: settings.device_cert_lifetime,
             pki: Arc::new(pki),
+            billing_webhook_key: Arc::new(billing_webhook_key),
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
@@ -197,6 +203,7 @@ impl Application {
             enrollment_url,
             state,
             signing_public_key_hex,
+            billing_webhook_key_path,
             api_listener,
             api_tls: settings.api_tls.then_some(enrollment_tls.clone()),
             device_listener,

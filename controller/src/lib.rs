@@ -4,7 +4,9 @@
 
 pub mod app;
 pub mod auth;
+pub mod billing_webhook;
 pub mod bittorrent;
+pub mod catalog;
 pub mod compiler;
 pub mod config_cache;
 pub mod db;
@@ -16,6 +18,7 @@ pub mod handlers;
 pub mod limits;
 pub mod openapi;
 pub mod pki;
+pub mod purchases;
 pub mod reconcile;
 pub mod roots;
 pub mod routes;
