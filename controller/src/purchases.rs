@@ -120,8 +120,10 @@ pub enum PurchaseError {
 
 /// Configs carry whole seconds: starts and ends are whole seconds, so the
 /// end shown is the one the router enforces and stacked passes meet exactly.
+/// Rounded down, so a pass bought now has started now (not up to half a
+/// second later).
 fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp((t.timestamp_millis() + 500).div_euclid(1000), 0).unwrap_or(t)
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
 }
 
 /// Records a pass in one transaction, then recompiles the household's routers.

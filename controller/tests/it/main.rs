@@ -3,6 +3,7 @@
 
 mod api;
 mod blocks;
+mod catalog;
 mod device_api;
 mod enrollment;
 mod limits;
