@@ -67,6 +67,8 @@ pub struct Application {
     pub initial_operator_token: Option<String>,
     pub ca_pem: String,
     pub signing_public_key_hex: String,
+    /// Where the billing webhook's shared secret is (hex, 0600).
+    pub billing_webhook_key_path: PathBuf,
     api_listener: std::net::TcpListener,
     api_tls: Option<Arc<rustls::ServerConfig>>,
     device_listener: std::net::TcpListener,
@@ -124,6 +126,9 @@ impl Application {
             &settings.data_dir.join("signing-key.pem"),
         )?);
         let pki = Pki::load_or_create(&settings.data_dir, &settings.device_tls_names)?;
+        let billing_webhook_key_path = settings.data_dir.join(crate::billing_webhook::KEY_FILE);
+        let billing_webhook_key =
+            crate::billing_webhook::WebhookKey::load_or_create(&billing_webhook_key_path)?;
         let device_tls = pki.device_server_config()?;
         let enrollment_tls = pki.enrollment_server_config()?;
 
@@ -205,6 +210,7 @@ impl Application {
                 links: portal_links,
                 payments: Arc::new(crate::payment::TestPaymentProvider),
             }),
+            billing_webhook_key: Arc::new(billing_webhook_key),
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
@@ -223,6 +229,7 @@ impl Application {
             portal_url,
             state,
             signing_public_key_hex,
+            billing_webhook_key_path,
             api_listener,
             api_tls: settings.api_tls.then_some(enrollment_tls.clone()),
             device_listener,

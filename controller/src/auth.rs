@@ -73,7 +73,7 @@ async fn authenticate(state: &AppState, parts: &Parts) -> Result<Operator, ApiEr
 const SUMMARY_BYTES: usize = 2048;
 
 /// A summary of a request body: the JSON itself when small, else its start.
-fn summarize(body: &[u8]) -> serde_json::Value {
+pub(crate) fn summarize(body: &[u8]) -> serde_json::Value {
     if body.is_empty() {
         return serde_json::Value::Null;
     }
@@ -95,10 +95,12 @@ fn target(path: &str, response_body: &[u8]) -> Option<String> {
         .map(str::to_owned);
     from_path.or_else(|| {
         let created: serde_json::Value = serde_json::from_slice(response_body).ok()?;
+        // Ids are uuids, or numbers (sites).
         created["id"]
             .as_str()
             .or_else(|| created["device"]["id"].as_str())
             .map(str::to_owned)
+            .or_else(|| created["id"].as_i64().map(|id| id.to_string()))
     })
 }
 
@@ -309,6 +311,7 @@ mod tests {
             target("/api/v1/devices", br#"{"device":{"id":"d1"},"token":"x"}"#),
             Some("d1".into())
         );
+        assert_eq!(target("/api/v1/sites", br#"{"id":7}"#), Some("7".into()));
         assert_eq!(target("/api/v1/devices", b"not json"), None);
     }
 

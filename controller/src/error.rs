@@ -18,6 +18,10 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("{0}")]
     NotFound(String),
+    /// Something the request body names does not exist (`unknown_customer`,
+    /// `unknown_site`, ...); what the path names is [`ApiError::NotFound`].
+    #[error("{message}")]
+    UnknownReference { code: &'static str, message: String },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("missing or invalid credentials")]
@@ -54,6 +58,13 @@ impl ApiError {
         Self::bad_request("invalid_request", message)
     }
 
+    pub fn unknown(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::UnknownReference {
+            code,
+            message: message.into(),
+        }
+    }
+
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::Conflict {
             code,
@@ -61,10 +72,11 @@ impl ApiError {
         }
     }
 
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::UnknownReference { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Denied { code, .. } => (StatusCode::UNAUTHORIZED, code),
@@ -123,6 +135,24 @@ impl IntoResponse for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         ApiError::Internal(anyhow::Error::new(e).context("database"))
+    }
+}
+
+impl From<crate::purchases::PurchaseError> for ApiError {
+    fn from(e: crate::purchases::PurchaseError) -> Self {
+        use crate::purchases::PurchaseError as E;
+        let message = e.to_string();
+        match e {
+            E::UnknownCustomer(_) => ApiError::unknown("unknown_customer", message),
+            E::UnknownSite(_) => ApiError::unknown("unknown_site", message),
+            E::UnknownPass { .. } => ApiError::bad_request("unknown_pass", message),
+            E::CurrencyMismatch { .. } => ApiError::bad_request("currency_mismatch", message),
+            E::InvalidPrice(_) | E::InvalidPaymentId(_) => ApiError::invalid(message),
+            E::DuplicatePayment { .. } => ApiError::conflict("duplicate_payment", message),
+            E::NotInForce(_) => ApiError::NotFound(message),
+            E::Database(e) => e.into(),
+            E::Recompile { source, .. } => ApiError::Internal(source.context(message)),
+        }
     }
 }
 

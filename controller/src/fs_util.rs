@@ -19,7 +19,8 @@ pub fn load_or_create_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
-            write_private_file(path, hex::encode(secret).as_bytes())?;
+            write_private_file(path, format!("{}\n", hex::encode(secret)).as_bytes())?;
+            tracing::info!(path = %path.display(), "created a secret");
             Ok(secret)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),

@@ -4,7 +4,9 @@
 
 pub mod app;
 pub mod auth;
+pub mod billing_webhook;
 pub mod bittorrent;
+pub mod catalog;
 pub mod compiler;
 pub mod config_cache;
 pub mod db;
@@ -19,6 +21,7 @@ pub mod pay_per_site;
 pub mod payment;
 pub mod pki;
 pub mod portal_page;
+pub mod purchases;
 pub mod reconcile;
 pub mod roots;
 pub mod routes;

@@ -405,8 +405,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("  Device API:    {}", app.device_api_url);
     println!("  Enrollment:    {}", app.enrollment_url);
-    println!("  Portal:        {}  (customers pay for gated sites here)", app.portal_url);
+    println!(
+        "  Portal:        {}  (customers pay for gated sites here)",
+        app.portal_url
+    );
     println!("  Controller CA: {}", data_dir.join("ca.pem").display());
+    println!(
+        "  Billing webhook: {}{}  (HMAC key: {})",
+        app.api_url,
+        isdf_controller::handlers::billing::PATH,
+        app.billing_webhook_key_path.display()
+    );
     match &app.initial_operator_token {
         Some(token) => println!("  Operator token (shown once, keep it): {token}"),
         None => println!("  Operator token: created on first start (already shown then)"),

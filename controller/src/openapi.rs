@@ -3,7 +3,10 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::handlers::{assignments, blocks, device_api, devices, enrollment, operators, services};
+use crate::handlers::{
+    assignments, billing, blocks, customers, device_api, devices, enrollment, operators, purchases,
+    services, sites,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,12 +21,17 @@ use crate::handlers::{assignments, blocks, device_api, devices, enrollment, oper
         assignments::delete,
         operators::create, operators::list, operators::revoke, operators::audit,
         blocks::create, blocks::list, blocks::delete, blocks::events,
+        customers::create, customers::list, customers::get, customers::attach_device,
+        customers::detach_device, customers::delete,
+        sites::create, sites::list, sites::get, sites::update, sites::delete,
+        purchases::create, purchases::list, purchases::cancel, billing::webhook,
         device_api::poll_config, device_api::report_status, device_api::report_events,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::domain::FlowBlockSpec, crate::domain::FlowSpec,
         crate::domain::BlockAction, crate::domain::ServiceKind, crate::domain::Role,
-        crate::domain::BittorrentBlockSpec,
+        crate::domain::BittorrentBlockSpec, crate::catalog::Pass, crate::catalog::PassInput,
+        crate::purchases::PurchaseSource,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

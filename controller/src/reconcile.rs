@@ -178,8 +178,7 @@ impl Reconciler {
         );
         let ids: Vec<Uuid> = targets.iter().map(|(id, _)| *id).collect();
         let now = Utc::now();
-        let mut device_blocks: HashMap<Uuid, Vec<DeviceBlock>> =
-            HashMap::new();
+        let mut device_blocks: HashMap<Uuid, Vec<DeviceBlock>> = HashMap::new();
         for row in db::blocks::active_operator_blocks(&mut *tx, devices, now)
             .await
             .context("loading device blocks")?

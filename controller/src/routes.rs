@@ -7,13 +7,16 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::authorize_and_audit;
 use crate::handlers::{
-    assignments, blocks, device_api, devices, enrollment, operators, portal, services,
+    assignments, billing, blocks, customers, device_api, devices, enrollment, operators, portal,
+    purchases, services, sites,
 };
 use crate::openapi;
 use crate::state::AppState;
 
 /// Largest operator request body (a service spec with 10,000 flows fits).
 pub const OPERATOR_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// Largest billing webhook body (one payment).
+pub const WEBHOOK_BODY_LIMIT: usize = 64 * 1024;
 /// Largest device request body (a status report).
 pub const DEVICE_BODY_LIMIT: usize = 256 * 1024;
 
@@ -78,12 +81,43 @@ pub fn operator_router(state: AppState) -> Router {
             axum::routing::delete(operators::revoke),
         )
         .route("/api/v1/audit", get(operators::audit))
+        .route(
+            "/api/v1/customers",
+            post(customers::create).get(customers::list),
+        )
+        .route(
+            "/api/v1/customers/{id}",
+            get(customers::get).delete(customers::delete),
+        )
+        .route(
+            "/api/v1/customers/{id}/devices/{device_id}",
+            axum::routing::put(customers::attach_device).delete(customers::detach_device),
+        )
+        .route("/api/v1/sites", post(sites::create).get(sites::list))
+        .route(
+            "/api/v1/sites/{id}",
+            get(sites::get).put(sites::update).delete(sites::delete),
+        )
+        .route(
+            "/api/v1/purchases",
+            post(purchases::create).get(purchases::list),
+        )
+        .route(
+            "/api/v1/purchases/{id}",
+            axum::routing::delete(purchases::cancel),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize_and_audit,
         ));
     Router::new()
         .merge(api)
+        // Outside the operator-token middleware: signed by the billing
+        // system, and audited by its handler.
+        .route(
+            billing::PATH,
+            post(billing::webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+        )
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/", get(landing_page))
         .route("/healthz", get(|| async { "ok" }))

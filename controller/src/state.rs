@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use crate::billing_webhook::WebhookKey;
 use crate::config_cache::ConfigCache;
 use crate::limits::{DeviceGate, EnrollmentGate};
 use crate::pki::Pki;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub pki: Arc<Pki>,
     /// Lifetime of a device certificate (agents renew at two thirds).
     pub device_cert_lifetime: Duration,
+    /// The shared secret that signs billing webhooks.
+    pub billing_webhook_key: Arc<WebhookKey>,
     pub portal: Arc<Portal>,
 }
 

@@ -76,3 +76,17 @@ pub async fn expiring_before(
         .fetch_all(db)
         .await
 }
+
+/// The current config version of each of these devices that has one.
+pub async fn versions(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT device_id, version FROM device_configs WHERE device_id = ANY($1)
+         ORDER BY device_id",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await
+}

@@ -140,3 +140,96 @@ pub async fn all_ids(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> 
         .fetch_all(db)
         .await
 }
+
+/// A device's household: the customer it belongs to, if any, and its name.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceHousehold {
+    pub device_id: Uuid,
+    pub device_name: String,
+    pub customer_id: Option<Uuid>,
+    pub customer_name: Option<String>,
+}
+
+/// The device and its household, the device locked until the end of the
+/// caller's transaction (attaching is decided on what this returns).
+pub async fn household_for_update(
+    db: impl PgExecutor<'_>,
+    device_id: Uuid,
+) -> Result<Option<DeviceHousehold>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT d.id AS device_id, d.name AS device_name, d.customer_id, c.name AS customer_name
+         FROM devices d LEFT JOIN customers c ON c.id = d.customer_id
+         WHERE d.id = $1 FOR UPDATE OF d",
+    )
+    .bind(device_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The household of a device: None for an unknown device, Some(None) for
+/// a device without one.
+pub async fn customer_of(
+    db: impl PgExecutor<'_>,
+    device_id: Uuid,
+) -> Result<Option<Option<Uuid>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT customer_id FROM devices WHERE id = $1")
+        .bind(device_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Sets (or clears, with None) the household of a device.
+pub async fn set_customer(
+    db: impl PgExecutor<'_>,
+    device_id: Uuid,
+    customer_id: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE devices SET customer_id = $2 WHERE id = $1")
+        .bind(device_id)
+        .bind(customer_id)
+        .execute(db)
+        .await
+        .map(drop)
+}
+
+/// Detaches a device from `customer_id`; false if it was not attached to it.
+pub async fn detach_from_customer(
+    db: impl PgExecutor<'_>,
+    device_id: Uuid,
+    customer_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query("UPDATE devices SET customer_id = NULL WHERE id = $1 AND customer_id = $2")
+            .bind(device_id)
+            .bind(customer_id)
+            .execute(db)
+            .await?
+            .rows_affected()
+            == 1,
+    )
+}
+
+/// The household's routers, by name.
+pub async fn of_customer(
+    db: impl PgExecutor<'_>,
+    customer_id: Uuid,
+) -> Result<Vec<DeviceRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, labels, created_at, cert_not_after FROM devices
+         WHERE customer_id = $1 ORDER BY name",
+    )
+    .bind(customer_id)
+    .fetch_all(db)
+    .await
+}
+
+/// Ids of the household's routers.
+pub async fn ids_of_customer(
+    db: impl PgExecutor<'_>,
+    customer_id: Uuid,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM devices WHERE customer_id = $1 ORDER BY id")
+        .bind(customer_id)
+        .fetch_all(db)
+        .await
+}

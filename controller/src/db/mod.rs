@@ -9,11 +9,14 @@
 pub mod assignments;
 pub mod audit;
 pub mod blocks;
+pub mod catalog;
 pub mod configs;
+pub mod customers;
 pub mod devices;
 pub mod enrollment;
 pub mod events;
 pub mod operators;
+pub mod purchases;
 pub mod services;
 pub mod status;
 
@@ -22,6 +25,14 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .and_then(|d| d.code())
         .is_some_and(|c| c == "23505")
+}
+
+/// Whether `e` is a violation of the unique constraint `constraint`.
+pub fn is_unique_violation_of(e: &sqlx::Error, constraint: &str) -> bool {
+    is_unique_violation(e)
+        && e.as_database_error()
+            .and_then(|d| d.constraint())
+            .is_some_and(|c| c == constraint)
 }
 
 /// The migrations in `migrations/`, embedded at build time.

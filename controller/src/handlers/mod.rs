@@ -2,12 +2,17 @@
 //! `db/` and the reconciler, shape the response.
 
 pub mod assignments;
+pub mod billing;
 pub mod blocks;
+pub mod customers;
 pub mod device_api;
 pub mod devices;
 pub mod enrollment;
 pub mod operators;
+pub mod portal;
+pub mod purchases;
 pub mod services;
+pub mod sites;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -101,11 +101,7 @@ impl IntoResponse for PortalError {
 type PortalResult<T> = Result<T, PortalError>;
 
 fn check_link(state: &AppState, device: Uuid, site: Option<i64>, sig: &str) -> PortalResult<()> {
-    if state
-        .portal
-        .links
-        .verify(&device.to_string(), site, sig)
-    {
+    if state.portal.links.verify(&device.to_string(), site, sig) {
         Ok(())
     } else {
         Err(PortalError::BadLink)
@@ -114,10 +110,10 @@ fn check_link(state: &AppState, device: Uuid, site: Option<i64>, sig: &str) -> P
 
 /// The household of a device, which pays and holds the passes.
 async fn household(state: &AppState, device: Uuid) -> PortalResult<Uuid> {
-    let row = db::devices::get(&state.pool, device)
+    db::devices::customer_of(&state.pool, device)
         .await?
-        .ok_or_else(|| PortalError::NotFound("This router is no longer registered.".into()))?;
-    row.customer_id.ok_or(PortalError::NoHousehold)
+        .ok_or_else(|| PortalError::NotFound("This router is no longer registered.".into()))?
+        .ok_or(PortalError::NoHousehold)
 }
 
 async fn site(state: &AppState, site: i64) -> PortalResult<db::catalog::SiteRow> {
@@ -169,9 +165,10 @@ pub async fn site_page(
     check_link(&state, device, Some(site_id), &link.sig)?;
     let customer = household(&state, device).await?;
     let site = site(&state, site_id).await?;
-    let current_pass_ends = db::purchases::access_end(&state.pool, customer, site_id, chrono::Utc::now())
-        .await?
-        .map(|end| end.timestamp());
+    let current_pass_ends =
+        db::purchases::access_end(&state.pool, customer, site_id, chrono::Utc::now())
+            .await?
+            .map(|end| end.timestamp());
     let passes: Vec<PassOffer> = site
         .passes
         .0
@@ -208,7 +205,9 @@ pub async fn buy(
         || form.nonce.len() > 64
         || !form.nonce.bytes().all(|b| b.is_ascii_alphanumeric())
     {
-        return Err(PortalError::BadRequest("The form is damaged; open the page again.".into()));
+        return Err(PortalError::BadRequest(
+            "The form is damaged; open the page again.".into(),
+        ));
     }
     let customer = household(&state, device).await?;
     let site = site(&state, site_id).await?;
@@ -221,7 +220,11 @@ pub async fn buy(
         .charge(ChargeRequest {
             customer_id: customer,
             site_id,
-            description: format!("{} for {}", portal_page::duration(pass.duration_secs()), site.name),
+            description: format!(
+                "{} for {}",
+                portal_page::duration(pass.duration_secs()),
+                site.name
+            ),
             amount: pass.price(),
             currency: site.currency.clone(),
             idempotency_key: format!("{device}-{site_id}-{}", form.nonce),
@@ -303,5 +306,7 @@ pub async fn open(
         .cache
         .wait_enforced(device, after.version, OPEN_WAIT)
         .await;
-    Ok(Json(serde_json::json!({ "open": open, "url": site_url(&site) })))
+    Ok(Json(
+        serde_json::json!({ "open": open, "url": site_url(&site) }),
+    ))
 }

@@ -239,6 +239,8 @@ async fn the_operator_api_is_served_over_tls_on_request_and_never_in_clear_off_l
         config_lifetime: std::time::Duration::from_secs(3600),
         device_cert_lifetime: std::time::Duration::from_secs(3600),
         limits: Default::default(),
+        portal_listen: "127.0.0.1:0".parse().unwrap(),
+        portal_public_url: None,
     };
     let refused = isdf_controller::Application::build(settings)
         .await

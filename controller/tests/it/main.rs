@@ -3,9 +3,11 @@
 
 mod api;
 mod blocks;
+mod catalog;
 mod device_api;
 mod enrollment;
 mod limits;
 mod operators;
+mod pay_per_site_fleet;
 mod recompile;
 mod support;

@@ -103,7 +103,11 @@ async fn purchases_reach_long_polling_routers() {
         let (tx, rx) = watch::channel(0);
         tokio::spawn(router_loop(
             h.client_with_certificate(&cert.pem, &key_pem),
-            format!("{}{}", h.controller.device_url, isdf_api::paths::DEVICE_CONFIG),
+            format!(
+                "{}{}",
+                h.controller.device_url,
+                isdf_api::paths::DEVICE_CONFIG
+            ),
             tx,
         ));
         fleet.push((customer.body["id"].as_str().unwrap().to_owned(), rx));
@@ -114,7 +118,10 @@ async fn purchases_reach_long_polling_routers() {
             .expect("every router fetches its first config")
             .unwrap();
     }
-    eprintln!("{routers} routers registered, certified and polling in {:?}", setup.elapsed());
+    eprintln!(
+        "{routers} routers registered, certified and polling in {:?}",
+        setup.elapsed()
+    );
 
     let mut latencies = Vec::with_capacity(purchases);
     for k in 0..purchases {
