@@ -9,5 +9,6 @@ mod enrollment;
 mod limits;
 mod operators;
 mod pay_per_site_fleet;
+mod portal;
 mod recompile;
 mod support;
