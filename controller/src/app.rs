@@ -334,12 +334,25 @@ fn default_url(scheme: &str, addr: SocketAddr) -> String {
     }
 }
 
+/// Re-signs configs nearing expiry, and recompiles the routers whose passes
+/// ended (the kernel closed the site at the end already; this takes the
+/// ended rules out of their configs).
 async fn refresh_loop(reconciler: Arc<Reconciler>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
-    loop {
+    const EXPIRY_EVERY: u32 = 40;
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    let mut passes_checked = chrono::Utc::now();
+    for round in 0u32.. {
         tick.tick().await;
-        if let Err(e) = reconciler.refresh_expiring().await {
-            tracing::warn!(error = ?e, "refreshing expiring configs");
+        let now = chrono::Utc::now();
+        if let Err(e) = reconciler.recompile_ended_passes(passes_checked, now).await {
+            tracing::warn!(error = ?e, "recompiling routers whose passes ended");
+        } else {
+            passes_checked = now;
+        }
+        if round % EXPIRY_EVERY == 0 {
+            if let Err(e) = reconciler.refresh_expiring().await {
+                tracing::warn!(error = ?e, "refreshing expiring configs");
+            }
         }
     }
 }

@@ -293,6 +293,19 @@ impl Reconciler {
             .await
     }
 
+    /// Recompiles the routers whose household had a pass end in `(after,
+    /// until]`: the ended `until` rules leave their configs.
+    pub async fn recompile_ended_passes(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<RecompileSummary> {
+        let ids = db::purchases::devices_with_passes_ended(&self.pool, after, until)
+            .await
+            .context("finding routers whose passes ended")?;
+        self.recompile(Some(&ids), Resign::IfChanged).await
+    }
+
     /// Re-signs every config signed by another key than the current one:
     /// after a signing-key rotation, routers get configs they can verify
     /// against the new root (with a new version).

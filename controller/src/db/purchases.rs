@@ -241,6 +241,23 @@ pub async fn list(
     q.build_query_as().fetch_all(db).await
 }
 
+/// Routers whose household had a pass end in `(after, until]`: their
+/// configs still carry it (the kernel already stopped matching it).
+pub async fn devices_with_passes_ended(
+    db: impl PgExecutor<'_>,
+    after: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT d.id FROM devices d JOIN purchases p ON p.customer_id = d.customer_id
+         WHERE p.ends_at > $1 AND p.ends_at <= $2 ORDER BY d.id",
+    )
+    .bind(after)
+    .bind(until)
+    .fetch_all(db)
+    .await
+}
+
 /// For each router (of `devices`, or every router when None) and each site
 /// its household has a pass for: when that access ends. Cancelled and ended
 /// passes are left out; a household's passes for one site are contiguous, so
