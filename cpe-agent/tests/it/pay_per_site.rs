@@ -243,60 +243,87 @@ fn assert_open(lan: &Netns, ca: &Path, family: &str) {
     }
 }
 
+/// Everything a pay-per-site run needs: the WAN side (sites, upstream
+/// DNS), the LAN host's resolver, the controller with a catalog of one
+/// gated site, a household owning the router, and the agent enforcing.
+struct Shop {
+    stage: Stage,
+    ca: PathBuf,
+    site_id: i64,
+    customer_id: String,
+    _agent: AgentProcess,
+    _resolver: LanResolver,
+    _upstream: UpstreamDns,
+}
+
+impl Shop {
+    async fn open(topo: &Topology, work: &Path) -> Self {
+        for addr in [VIDEO_V4, NEWS_V4, RESOLVER_V4] {
+            topo.wan.run("ip", &["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+        }
+        for addr in [VIDEO_V6, NEWS_V6, RESOLVER_V6] {
+            topo.wan
+                .run("ip", &["addr", "add", &format!("{addr}/128"), "dev", "eth0", "nodad"]);
+        }
+        let ca = serve_sites(work).await;
+        let upstream = start_upstream_dns(&topo.wan, work);
+        let resolver = LanResolver::point_to_router(&topo.lan);
+
+        let stage = Stage::prepare(work, None).await;
+        let op = &stage.operator;
+        let mut agent_toml = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&stage.config_path)
+            .unwrap();
+        std::io::Write::write_all(
+            &mut agent_toml,
+            format!(
+                "lan_interfaces = [\"lan\"]\nwan_interfaces = [\"wan\"]\n[dns]\nupstream = [\"{UPSTREAM}\"]\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let site = op
+            .post(
+                "/api/v1/sites",
+                json!({"catalog": "main", "name": "Video", "domains": ["video.test"],
+                       "currency": "EUR", "passes": [{"duration_secs": PASS_SECS, "price": 150},
+                                                      {"duration_secs": 3600, "price": 500}]}),
+            )
+            .await;
+        let customer = op
+            .post(
+                "/api/v1/customers",
+                json!({"name": "household-1", "devices": [stage.device]}),
+            )
+            .await;
+        op.assign_everywhere(
+            "pay-per-site",
+            json!({"catalog": "main", "max_ttl_secs": MAX_TTL,
+                   "extra_doh_addresses": [RESOLVER_V4, RESOLVER_V6]}),
+        )
+        .await;
+        let agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
+        let version = op.get(&format!("/api/v1/devices/{}/config", stage.device)).await["version"]
+            .as_u64()
+            .unwrap();
+        op.wait_applied(&stage.device, version).await;
+        Shop {
+            site_id: site["id"].as_i64().unwrap(),
+            customer_id: customer["id"].as_str().unwrap().to_owned(),
+            stage,
+            ca,
+            _agent: agent,
+            _resolver: resolver,
+            _upstream: upstream,
+        }
+    }
+}
+
 async fn scenario(topo: Arc<Topology>, work: PathBuf) {
-    for addr in [VIDEO_V4, NEWS_V4, RESOLVER_V4] {
-        topo.wan.run("ip", &["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
-    }
-    for addr in [VIDEO_V6, NEWS_V6, RESOLVER_V6] {
-        topo.wan
-            .run("ip", &["addr", "add", &format!("{addr}/128"), "dev", "eth0", "nodad"]);
-    }
-    let ca = serve_sites(&work).await;
-    let upstream = start_upstream_dns(&topo.wan, &work);
-    let _resolver = LanResolver::point_to_router(&topo.lan);
-
-    let stage = Stage::prepare(&work, None).await;
+    let shop = Shop::open(&topo, &work).await;
+    let (stage, ca, site_id) = (&shop.stage, shop.ca.clone(), shop.site_id);
     let op = &stage.operator;
-    let mut agent_toml = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&stage.config_path)
-        .unwrap();
-    std::io::Write::write_all(
-        &mut agent_toml,
-        format!(
-            "lan_interfaces = [\"lan\"]\nwan_interfaces = [\"wan\"]\n[dns]\nupstream = [\"{UPSTREAM}\"]\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-
-    let site = op
-        .post(
-            "/api/v1/sites",
-            json!({"catalog": "main", "name": "Video", "domains": ["video.test"],
-                   "currency": "EUR", "passes": [{"duration_secs": PASS_SECS, "price": 150}]}),
-        )
-        .await;
-    let site_id = site["id"].as_i64().unwrap();
-    let customer = op
-        .post(
-            "/api/v1/customers",
-            json!({"name": "household-1", "devices": [stage.device]}),
-        )
-        .await;
-    op.assign_everywhere(
-        "pay-per-site",
-        json!({"catalog": "main", "max_ttl_secs": MAX_TTL,
-               "extra_doh_addresses": [RESOLVER_V4, RESOLVER_V6]}),
-    )
-    .await;
-
-    let _agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
-    let version = op.get(&format!("/api/v1/devices/{}/config", stage.device)).await["version"]
-        .as_u64()
-        .unwrap();
-    op.wait_applied(&stage.device, version).await;
-
     let portal_prefix = format!(
         "{}/p/{}/{site_id}?sig=",
         stage.controller.portal_url, stage.device
@@ -384,7 +411,7 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
 
     // Paying twice with the same form (a resubmission) is one purchase.
     let purchases = op
-        .get(&format!("/api/v1/purchases?customer_id={}", customer["id"].as_str().unwrap()))
+        .get(&format!("/api/v1/purchases?customer_id={}", shop.customer_id))
         .await;
     let items = purchases["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{purchases}");
@@ -393,6 +420,7 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
         .timestamp_millis();
 
     // The controller goes away; the router closes the site at the pass's end by itself.
+    let Shop { stage, .. } = shop;
     stage.controller.stop().await.unwrap();
     let closed = {
         let (topo, ca) = (topo.clone(), ca.clone());
@@ -427,7 +455,6 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
     );
     assert!(last_open.is_some_and(|t| t < ends_at + 100), "it was open until the end");
     blocking(move || assert_gated(&topo.lan, &ca, "-6", "http")).await;
-    drop(upstream);
 }
 
 /// Whether a TCP connection from `ns` to `addr` is accepted (a gated site
@@ -442,4 +469,89 @@ fn between(text: &str, start: &str, end: &str) -> String {
     let from = text.find(start).unwrap_or_else(|| panic!("{start:?} not in {text}")) + start.len();
     let len = text[from..].find(end).unwrap();
     text[from..from + len].to_owned()
+}
+
+/// One HTTP GET for the gated site from the LAN host (port 80, no DNS):
+/// true when the site itself answers, false when the router's portal
+/// responder does (or the connection fails).
+fn site_answers(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: video.test\r\nConnection: close\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// Benchmark (`scripts/bench-pay-per-site`): time from a purchase (the
+/// operator API call) to the site answering the LAN host, over
+/// `ISDF_BENCH_PURCHASES` (200) purchases; each pass is cancelled before
+/// the next.
+#[test]
+#[ignore = "benchmark: scripts/bench-pay-per-site"]
+fn purchase_to_site_answering_latency() {
+    in_wan("ppsb", |topo, work| async move {
+        let rounds: usize = std::env::var("ISDF_BENCH_PURCHASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        let shop = Shop::open(&topo, &work).await;
+        let op = &shop.stage.operator;
+        // The LAN host resolves the site once: the router's set learns it.
+        let lan_topo = topo.clone();
+        let ca = shop.ca.clone();
+        blocking(move || assert_gated(&lan_topo.lan, &ca, "-4", "http")).await;
+        let target = sock(VIDEO_V4, 80);
+        let mut latencies = Vec::with_capacity(rounds);
+        for round in 0..rounds {
+            let started = Instant::now();
+            let purchase = op
+                .post(
+                    "/api/v1/purchases",
+                    json!({"customer_id": shop.customer_id, "site_id": shop.site_id,
+                           "duration_secs": 3600}),
+                )
+                .await;
+            let probe_topo = topo.clone();
+            let opened = blocking(move || {
+                probe_topo.lan.enter(move || {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while Instant::now() < deadline {
+                        if site_answers(target) {
+                            return true;
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    false
+                })
+            })
+            .await;
+            assert!(opened, "round {round}: the site never opened");
+            latencies.push(started.elapsed());
+            let id = purchase["id"].as_str().unwrap().to_owned();
+            op.delete(&format!("/api/v1/purchases/{id}")).await;
+            let probe_topo = topo.clone();
+            blocking(move || {
+                probe_topo.lan.enter(move || {
+                    wait_until("the cancelled pass closes the site", Duration::from_secs(10), || {
+                        !site_answers(target)
+                    })
+                })
+            })
+            .await;
+        }
+        latencies.sort();
+        let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "PPS_LATENCY {}",
+            json!({"purchases": rounds,
+                   "p50_ms": at(0.5).as_secs_f64() * 1e3,
+                   "p99_ms": at(0.99).as_secs_f64() * 1e3,
+                   "max_ms": latencies.last().unwrap().as_secs_f64() * 1e3})
+        );
+    });
 }
