@@ -707,7 +707,10 @@ impl Agent {
         if let Err(e) = self.resolver.repair() {
             tracing::error!(error = %format!("{e:#}"), "the router's resolver");
         }
-        let portal = self.enforced.as_ref().and_then(|e| e.config.firewall.portal.as_ref());
+        let portal = self
+            .enforced
+            .as_ref()
+            .and_then(|e| e.config.firewall.portal.as_ref());
         if let Err(e) = self.portal.set(portal) {
             tracing::error!(error = %format!("{e:#}"), "the portal redirect");
         }
@@ -743,7 +746,10 @@ impl Agent {
             }
         };
         let services = self.enforce_services(&previous.unwrap_or_default());
-        [kernel.err(), services.err()].into_iter().flatten().collect()
+        [kernel.err(), services.err()]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     fn set_result(
@@ -1299,7 +1305,11 @@ mod tests {
     }
 
     fn ttl_held(dns: &Arc<Mutex<Dns>>) -> Option<u32> {
-        dns.lock().unwrap().holds.as_ref().and_then(|p| p.max_ttl_secs)
+        dns.lock()
+            .unwrap()
+            .holds
+            .as_ref()
+            .and_then(|p| p.max_ttl_secs)
     }
 
     #[tokio::test]
@@ -1337,7 +1347,11 @@ mod tests {
 
         agent.handle_envelope(envelope(3, 3, &key()), Some(3)).await;
         assert_eq!(agent.enforced_version(), Some(3));
-        assert_eq!(dns.lock().unwrap().holds, None, "no DNS policy: no resolver");
+        assert_eq!(
+            dns.lock().unwrap().holds,
+            None,
+            "no DNS policy: no resolver"
+        );
     }
 
     #[tokio::test]
@@ -1353,7 +1367,8 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
         let mut extra = dns_policy(120);
-        extra["portal"] = serde_json::json!({"port": port, "default_url": "https://portal.isp.test/"});
+        extra["portal"] =
+            serde_json::json!({"port": port, "default_url": "https://portal.isp.test/"});
         agent
             .handle_envelope(envelope_with(2, 2, extra, &key()), Some(2))
             .await;

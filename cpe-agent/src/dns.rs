@@ -234,7 +234,10 @@ impl Dnsmasq {
             self.kill_leftover();
         }
         if let Some(running) = &mut self.running {
-            let current = self.desired.as_ref().is_some_and(|d| d.text == running.text);
+            let current = self
+                .desired
+                .as_ref()
+                .is_some_and(|d| d.text == running.text);
             match running.exited() {
                 None if current => return Ok(()),
                 None => {}
@@ -253,13 +256,17 @@ impl Dnsmasq {
         let mut running = self.spawn(&desired.text)?;
         // Written after the start, so a crashed agent's successor can end
         // this dnsmasq, which would otherwise hold the port.
-        if let Err(e) = write_atomically(&self.pid_path(), running.child.id().to_string().as_bytes())
+        if let Err(e) =
+            write_atomically(&self.pid_path(), running.child.id().to_string().as_bytes())
         {
             tracing::warn!(error = %format!("{e:#}"), "recording dnsmasq's pid");
         }
         match wait_until_answers(self.settings.port, &desired.digest, Some(&mut running)) {
             Ok(()) => {
-                tracing::info!(pid = running.child.id(), "dnsmasq answers with the new config");
+                tracing::info!(
+                    pid = running.child.id(),
+                    "dnsmasq answers with the new config"
+                );
                 self.running = Some(running);
                 Ok(())
             }
@@ -328,7 +335,7 @@ impl Dnsmasq {
             tracing::warn!(pid, "ending the dnsmasq a previous agent left running");
             let _ = Command::new("kill").arg(pid).status();
             let deadline = Instant::now() + Duration::from_secs(2);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            while process_runs(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -369,7 +376,9 @@ impl Dnsmasq {
     /// Runs `reload_command`, bounded in time.
     fn reload(&self) -> anyhow::Result<()> {
         let command = &self.settings.reload_command;
-        let (program, args) = command.split_first().context("dns.reload_command is empty")?;
+        let (program, args) = command
+            .split_first()
+            .context("dns.reload_command is empty")?;
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -412,6 +421,16 @@ impl Drop for Dnsmasq {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether process `pid` exists and has not exited (a zombie holds no
+/// port).
+pub fn process_runs(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 /// Waits until the dnsmasq on 127.0.0.1:`port` answers with the config of
@@ -479,9 +498,7 @@ fn answers_with(answer: &[u8], id: u16, digest: &str) -> bool {
         && answer[..2] == id.to_be_bytes()
         && answer[2] & 0x80 != 0
         && answer[3] & 0x0f == 0
-        && answer
-            .windows(digest.len())
-            .any(|w| w == digest.as_bytes())
+        && answer.windows(digest.len()).any(|w| w == digest.as_bytes())
 }
 
 /// Writes `path` by a rename, so dnsmasq never reads half a file.
@@ -598,8 +615,10 @@ mod tests {
     #[test]
     fn a_dnsmasq_that_cannot_start_fails_the_apply_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
-        let mut dnsmasq =
-            Dnsmasq::new(&settings(dir.path(), "dnsmasq = \"/nonexistent/dnsmasq\"\n"));
+        let mut dnsmasq = Dnsmasq::new(&settings(
+            dir.path(),
+            "dnsmasq = \"/nonexistent/dnsmasq\"\n",
+        ));
         dnsmasq.apply(None).unwrap();
         let e = dnsmasq.apply(Some(&policy())).unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/dnsmasq"), "{e:#}");
@@ -628,7 +647,10 @@ mod tests {
         assert!(format!("{e:#}").contains("exit status: 3"), "{e:#}");
         let file = dir.path().join("d/isdf.conf");
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(text.contains("nftset=/video.test/cdn-video.test/"), "{text}");
+        assert!(
+            text.contains("nftset=/video.test/cdn-video.test/"),
+            "{text}"
+        );
         assert!(!text.contains("port="), "{text}");
         assert!(dnsmasq.apply(None).is_err(), "the reload fails again");
         assert!(!file.exists());

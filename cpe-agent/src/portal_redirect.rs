@@ -57,7 +57,9 @@ impl PortalResponder {
             return Ok(());
         }
         let listener = bind(portal.port)?;
-        let local = listener.local_addr().context("the portal listener's address")?;
+        let local = listener
+            .local_addr()
+            .context("the portal listener's address")?;
         let (redirect, urls) = watch::channel(Arc::new(portal.clone()));
         let task = tokio::spawn(serve(listener, urls));
         tracing::info!(%local, "portal redirect listening");
@@ -125,8 +127,7 @@ async fn serve(listener: TcpListener, urls: watch::Receiver<Arc<PortalRedirect>>
 
 async fn serve_one(mut stream: TcpStream, portal: &PortalRedirect) {
     let mut head = Vec::with_capacity(1024);
-    let response = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream, &mut head)).await
-    {
+    let response = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream, &mut head)).await {
         Ok(Ok(true)) => answer(&head, portal),
         Ok(Ok(false)) => bad_request(),
         // Too slow, or gone: nobody to answer.
@@ -223,7 +224,10 @@ fn parse_head(head: &[u8]) -> Option<(&str, Option<&str>)> {
     for line in lines {
         let (name, value) = line.split_once(':')?;
         let value = value.trim_matches([' ', '\t']);
-        if !token(name) || !value.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+        if !token(name)
+            || !value
+                .bytes()
+                .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
         {
             return None;
         }
@@ -313,11 +317,19 @@ mod tests {
     fn other_hosts_get_the_default_page_and_head_gets_no_body() {
         let p = portal(8042, "https://portal.isp.test/site/video");
         let got = text(answer(b"HEAD / HTTP/1.1\r\nHost: other.test\r\n\r\n", &p));
-        assert!(got.starts_with("HTTP/1.1 302 Found\r\nLocation: https://portal.isp.test/?a=1&b=2\r\n"));
+        assert!(
+            got.starts_with("HTTP/1.1 302 Found\r\nLocation: https://portal.isp.test/?a=1&b=2\r\n")
+        );
         assert!(got.ends_with("\r\n\r\n"), "{got}");
         let got = text(answer(b"GET / HTTP/1.0\r\n\r\n", &p));
-        assert!(got.contains("Location: https://portal.isp.test/?a=1&b=2\r\n"), "{got}");
-        assert!(got.contains("href=\"https://portal.isp.test/?a=1&amp;b=2\""), "{got}");
+        assert!(
+            got.contains("Location: https://portal.isp.test/?a=1&b=2\r\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains("href=\"https://portal.isp.test/?a=1&amp;b=2\""),
+            "{got}"
+        );
     }
 
     #[test]
@@ -365,7 +377,9 @@ mod tests {
     async fn the_responder_answers_on_loopback_and_follows_the_config() {
         let mut responder = PortalResponder::default();
         // Port 0 (which a config cannot hold): whatever is free.
-        responder.set(Some(&portal(0, "https://p.test/one"))).unwrap();
+        responder
+            .set(Some(&portal(0, "https://p.test/one")))
+            .unwrap();
         let port = responder.local_addr().unwrap().port();
         let request = b"GET / HTTP/1.1\r\nHost: video.test\r\n\r\n";
         for addr in [
@@ -373,7 +387,10 @@ mod tests {
             SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         ] {
             let got = exchange(addr, request).await;
-            assert!(got.contains("\r\nLocation: https://p.test/one\r\n"), "{addr}: {got}");
+            assert!(
+                got.contains("\r\nLocation: https://p.test/one\r\n"),
+                "{addr}: {got}"
+            );
         }
         let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
 
@@ -389,15 +406,23 @@ mod tests {
         stream.read_to_string(&mut got).await.unwrap();
         assert!(got.starts_with("HTTP/1.1 302 Found\r\n"), "{got}");
 
-        let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
+        let long = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
         let got = exchange(v4, long.as_bytes()).await;
         assert!(got.starts_with("HTTP/1.1 400 "), "{got}");
 
         // New URLs on the same port: same listener, new answer.
-        responder.set(Some(&portal(0, "https://p.test/two"))).unwrap();
+        responder
+            .set(Some(&portal(0, "https://p.test/two")))
+            .unwrap();
         assert_eq!(responder.local_addr().unwrap().port(), port);
         let got = exchange(v4, request).await;
-        assert!(got.contains("\r\nLocation: https://p.test/two\r\n"), "{got}");
+        assert!(
+            got.contains("\r\nLocation: https://p.test/two\r\n"),
+            "{got}"
+        );
 
         responder.set(None).unwrap();
         assert_eq!(responder.local_addr(), None);
@@ -411,14 +436,23 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken_port = taken.local_addr().unwrap().port();
         let mut responder = PortalResponder::default();
-        responder.set(Some(&portal(0, "https://p.test/one"))).unwrap();
+        responder
+            .set(Some(&portal(0, "https://p.test/one")))
+            .unwrap();
         let before = responder.local_addr();
         let e = responder
             .set(Some(&portal(taken_port, "https://p.test/two")))
             .unwrap_err();
-        assert!(format!("{e:#}").contains(&format!("port {taken_port}")), "{e:#}");
+        assert!(
+            format!("{e:#}").contains(&format!("port {taken_port}")),
+            "{e:#}"
+        );
         assert_eq!(responder.local_addr(), before);
-        let got = exchange(before.unwrap(), b"GET / HTTP/1.0\r\nHost: video.test\r\n\r\n").await;
+        let got = exchange(
+            before.unwrap(),
+            b"GET / HTTP/1.0\r\nHost: video.test\r\n\r\n",
+        )
+        .await;
         assert!(got.contains("https://p.test/one"), "{got}");
     }
 }

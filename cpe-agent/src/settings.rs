@@ -206,7 +206,11 @@ impl Settings {
         if let Some(url) = &settings.enrollment_url {
             require_https("enrollment_url", url)?;
         }
-        for name in settings.lan_interfaces.iter().chain(&settings.wan_interfaces) {
+        for name in settings
+            .lan_interfaces
+            .iter()
+            .chain(&settings.wan_interfaces)
+        {
             check_interface_name(name)?;
         }
         if settings.dns.mode == DnsMode::ConfDir && settings.dns.reload_command.is_empty() {
@@ -405,11 +409,23 @@ mod tests {
     #[test]
     fn text_that_would_reach_dnsmasq_unchecked_is_refused() {
         for (text, needle) in [
-            ("[dns]\nupstream = [\"192.0.2.1\\nport=1\"]", "not an address"),
+            (
+                "[dns]\nupstream = [\"192.0.2.1\\nport=1\"]",
+                "not an address",
+            ),
             ("[dns]\nmode = \"system\"", "unknown variant"),
-            ("[dns]\nmode = \"conf-dir\"\nreload_command = []", "reload_command"),
-            ("lan_interfaces = [\"br-lan\\ninterface=eth0\"]", "not an interface name"),
-            ("wan_interfaces = [\"a-very-long-interface\"]", "not an interface name"),
+            (
+                "[dns]\nmode = \"conf-dir\"\nreload_command = []",
+                "reload_command",
+            ),
+            (
+                "lan_interfaces = [\"br-lan\\ninterface=eth0\"]",
+                "not an interface name",
+            ),
+            (
+                "wan_interfaces = [\"a-very-long-interface\"]",
+                "not an interface name",
+            ),
             ("lan_interfaces = [\"\"]", "not an interface name"),
         ] {
             let err = Settings::parse(&format!("state_dir = \"/s\"\n{text}\n")).unwrap_err();

@@ -7,6 +7,7 @@ mod backends;
 mod bittorrent_clients;
 mod blocks;
 mod classifier;
+mod dns;
 mod e2e;
 mod netns;
 mod rogue_controller;
