@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use isdf_api::DnsPolicy;
 
-use crate::settings::{DnsMode, DnsSettings, Settings, UpstreamServer};
+use crate::settings::{DnsMode, DnsSettings, Settings};
 
 /// How long dnsmasq has to answer after a start or reload.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,7 +54,7 @@ pub struct RenderOptions<'a> {
     pub port: u16,
     /// Interfaces a managed dnsmasq answers on, besides lo.
     pub lan_interfaces: &'a [String],
-    pub upstream: &'a [UpstreamServer],
+    pub upstream: &'a [SocketAddr],
 }
 
 /// The dnsmasq config enforcing `policy`. Everything written comes from
@@ -75,7 +75,7 @@ pub fn render(policy: &DnsPolicy, options: &RenderOptions) -> String {
         if !options.upstream.is_empty() {
             s.push_str("no-resolv\n");
             for server in options.upstream {
-                let _ = writeln!(s, "server={}#{}", server.0.ip(), server.0.port());
+                let _ = writeln!(s, "server={}#{}", server.ip(), server.port());
             }
         }
         // The agent supervises it and logs what it says.
@@ -170,6 +170,8 @@ impl Running {
 /// dnsmasq, managed by the agent or configured through its conf-dir.
 pub struct Dnsmasq {
     settings: DnsSettings,
+    mode: DnsMode,
+    upstream: Vec<SocketAddr>,
     lan_interfaces: Vec<String>,
     run_dir: PathBuf,
     desired: Option<Desired>,
@@ -183,7 +185,10 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     /// Does nothing until the first `apply`.
     pub fn new(settings: &Settings) -> Self {
+        // Both were checked by `Settings::parse`.
         Dnsmasq {
+            mode: settings.dns.mode().unwrap_or(DnsMode::Managed),
+            upstream: settings.dns.upstream_servers().unwrap_or_default(),
             settings: settings.dns.clone(),
             lan_interfaces: settings.lan_interfaces.clone(),
             run_dir: settings.dns_run_dir(),
@@ -201,10 +206,10 @@ impl Dnsmasq {
 
     fn options(&self) -> RenderOptions<'_> {
         RenderOptions {
-            mode: self.settings.mode,
+            mode: self.mode,
             port: self.settings.port,
             lan_interfaces: &self.lan_interfaces,
-            upstream: &self.settings.upstream,
+            upstream: &self.upstream,
         }
     }
 
@@ -222,7 +227,7 @@ impl Dnsmasq {
 
     /// Brings the resolver to `self.desired`, restarting only what differs.
     fn converge(&mut self) -> anyhow::Result<()> {
-        match self.settings.mode {
+        match self.mode {
             DnsMode::Managed => self.converge_managed(),
             DnsMode::ConfDir => self.converge_conf_dir(),
         }
@@ -329,7 +334,8 @@ impl Dnsmasq {
         let ours = pid.bytes().all(|b| b.is_ascii_digit())
             && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
                 let conf = self.conf_path();
-                String::from_utf8_lossy(&cmdline).contains(&*conf.to_string_lossy())
+                let conf = conf.as_os_str().as_encoded_bytes();
+                cmdline.windows(conf.len()).any(|w| w == conf)
             });
         if ours {
             tracing::warn!(pid, "ending the dnsmasq a previous agent left running");
@@ -403,7 +409,6 @@ impl Dnsmasq {
 }
 
 impl Resolver for Dnsmasq {
-    #[tracing::instrument(skip_all)]
     fn apply(&mut self, policy: Option<&DnsPolicy>) -> anyhow::Result<()> {
         self.desired = policy.map(|p| {
             let (text, digest) = with_marker(render(p, &self.options()));
@@ -464,7 +469,7 @@ fn wait_until_answers(
 /// Asks 127.0.0.1:`port` once for the marker's TXT record; true when the
 /// answer holds `digest`.
 fn query_marker(port: u16, digest: &str) -> std::io::Result<bool> {
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let socket = UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     socket.connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let nanos = std::time::SystemTime::now()
@@ -535,8 +540,8 @@ mod tests {
     fn a_managed_dnsmasq_config() {
         let lan = ["br-lan".to_owned(), "wlan0".to_owned()];
         let upstream = [
-            UpstreamServer("198.51.100.2:53".parse().unwrap()),
-            UpstreamServer("[2001:db8:2::2]:5353".parse().unwrap()),
+            "198.51.100.2:53".parse().unwrap(),
+            "[2001:db8:2::2]:5353".parse().unwrap(),
         ];
         let options = RenderOptions {
             mode: DnsMode::Managed,

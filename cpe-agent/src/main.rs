@@ -258,18 +258,12 @@ fn run(settings: Settings, config: &Path) -> anyhow::Result<()> {
         device = identity.device_id(),
         "starting"
     );
-    let mut agent = {
-        // The portal responder of the last good config listens on this
-        // runtime, which runs once the loop starts.
-        let _context = runtime.enter();
-        let mut agent = Agent::new(settings, identity, backend)?;
-        if let Err(e) = agent.restore_last_good() {
-            // Keep whatever the kernel holds; the controller will send a
-            // fresh config. Nothing is removed.
-            tracing::error!(error = ?e, "could not re-enforce the last good config");
-        }
-        agent
-    };
+    let mut agent = Agent::new(settings, identity, backend)?;
+    if let Err(e) = agent.restore_last_good() {
+        // Keep whatever the kernel holds; the controller will send a
+        // fresh config. Nothing is removed.
+        tracing::error!(error = ?e, "could not re-enforce the last good config");
+    }
     runtime.block_on(agent.run(shutdown_signal()));
     // A managed dnsmasq ends with the agent (dropped here), so the next
     // agent can start its own on the port.

@@ -6,24 +6,30 @@
 //! can only choose which of them it gets. The responder is small on purpose
 //! (no HTTP library): it reads one request head, bounded in size and time,
 //! answers and closes.
+//!
+//! It runs on threads of its own rather than on the agent's runtime: it
+//! keeps answering while the loop waits for a dnsmasq, and it stops at
+//! once (the port is free when `set` returns), which a rollback to the
+//! previous port needs.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use isdf_api::PortalRedirect;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
 
 /// Largest request head read; a longer one gets a 400.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
-/// A client must send its request head within this; the whole exchange
-/// ends after twice that.
+/// A client must send its request head within this, and take the answer
+/// within this again.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait in the listen backlog.
+/// Connections served at once; more are closed unanswered.
 const MAX_CONNECTIONS: usize = 32;
+/// A connection's thread needs little: buffers are on the heap.
+const THREAD_STACK: usize = 64 * 1024;
 
 /// The responder: running while the config has a portal.
 #[derive(Default)]
@@ -35,42 +41,56 @@ struct Running {
     /// The port the config asked for.
     port: u16,
     local: SocketAddr,
-    redirect: watch::Sender<Arc<PortalRedirect>>,
-    task: tokio::task::JoinHandle<()>,
+    urls: Arc<Mutex<Arc<PortalRedirect>>>,
+    /// The listening socket again: shutting it down wakes the accepting
+    /// thread, which then ends (Linux fails a pending accept with EINVAL).
+    wake: TcpStream,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    fn stop(self) {
+        let _ = self.wake.shutdown(Shutdown::Both);
+        let _ = self.thread.join();
+        tracing::info!(port = self.port, "portal redirect stopped");
+    }
 }
 
 impl PortalResponder {
     /// Serves `portal` (None: stops). The same port keeps its listener and
     /// takes the new URLs; another port is bound before the old one is
-    /// closed, so a failure leaves the responder as it was. Needs a tokio
-    /// runtime context.
+    /// closed, so a failure leaves the responder as it was.
     pub fn set(&mut self, portal: Option<&PortalRedirect>) -> anyhow::Result<()> {
         let Some(portal) = portal else {
             if let Some(old) = self.running.take() {
-                old.task.abort();
-                tracing::info!(port = old.port, "portal redirect stopped");
+                old.stop();
             }
             return Ok(());
         };
         if let Some(running) = self.running.as_ref().filter(|r| r.port == portal.port) {
-            running.redirect.send_replace(Arc::new(portal.clone()));
+            *running.urls.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(portal.clone());
             return Ok(());
         }
         let listener = bind(portal.port)?;
-        let local = listener
-            .local_addr()
-            .context("the portal listener's address")?;
-        let (redirect, urls) = watch::channel(Arc::new(portal.clone()));
-        let task = tokio::spawn(serve(listener, urls));
+        let local = listener.local_addr()?;
+        let wake = TcpStream::from(std::os::fd::OwnedFd::from(listener.try_clone()?));
+        let urls = Arc::new(Mutex::new(Arc::new(portal.clone())));
+        let shared = urls.clone();
+        let thread = std::thread::Builder::new()
+            .name("portal".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || serve(&listener, &shared))
+            .context("starting the portal redirect")?;
         tracing::info!(%local, "portal redirect listening");
         let running = Running {
             port: portal.port,
             local,
-            redirect,
-            task,
+            urls,
+            wake,
+            thread,
         };
         if let Some(old) = self.running.replace(running) {
-            old.task.abort();
+            old.stop();
         }
         Ok(())
     }
@@ -84,7 +104,7 @@ impl PortalResponder {
 impl Drop for PortalResponder {
     fn drop(&mut self) {
         if let Some(running) = self.running.take() {
-            running.task.abort();
+            running.stop();
         }
     }
 }
@@ -92,69 +112,77 @@ impl Drop for PortalResponder {
 /// Binds `[::]:port`, which takes IPv4 too (Linux's default), or
 /// `0.0.0.0:port` on a router without IPv6.
 fn bind(port: u16) -> anyhow::Result<TcpListener> {
-    let listener = std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+    TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
         .or_else(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => Err(e),
-            _ => std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)),
+            _ => TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)),
         })
-        .with_context(|| format!("listening on port {port} for the portal redirect"))?;
-    listener.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(listener)?)
+        .with_context(|| format!("listening on port {port} for the portal redirect"))
 }
 
-async fn serve(listener: TcpListener, urls: watch::Receiver<Arc<PortalRedirect>>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// Accepts until the listener is shut down.
+fn serve(listener: &TcpListener, urls: &Mutex<Arc<PortalRedirect>>) {
+    let active = Arc::new(AtomicUsize::new(0));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
+        let stream = match listener.accept() {
             Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => return,
             Err(e) => {
                 // Out of descriptors, say: pause rather than spin.
                 tracing::warn!(error = %e, "portal redirect accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
-        let portal = urls.borrow().clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(IO_TIMEOUT * 2, serve_one(stream, &portal)).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn serve_one(mut stream: TcpStream, portal: &PortalRedirect) {
-    let mut head = Vec::with_capacity(1024);
-    let response = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream, &mut head)).await {
-        Ok(Ok(true)) => answer(&head, portal),
-        Ok(Ok(false)) => bad_request(),
-        // Too slow, or gone: nobody to answer.
-        Err(_) | Ok(Err(_)) => return,
-    };
-    if stream.write_all(&response).await.is_ok() {
-        // Read what the client still sends (a body) before closing, so
-        // the close does not reset the connection under the answer.
-        let _ = stream.shutdown().await;
-        let mut sink = [0u8; 1024];
-        let mut left = 64 * 1024;
-        while let Ok(n @ 1..) = stream.read(&mut sink).await {
-            left -= n.min(left);
-            if left == 0 {
-                break;
-            }
+        if active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::Relaxed);
+            continue;
+        }
+        let portal = urls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let done = active.clone();
+        let spawned = std::thread::Builder::new()
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                serve_one(stream, &portal);
+                done.fetch_sub(1, Ordering::Relaxed);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-/// Reads until the empty line ending the head and keeps the head; false
-/// when the head is longer than `MAX_HEAD_BYTES` or the client stopped
-/// sending first.
-async fn read_head(stream: &mut TcpStream, head: &mut Vec<u8>) -> std::io::Result<bool> {
+fn serve_one(mut stream: TcpStream, portal: &PortalRedirect) {
+    let mut head = Vec::with_capacity(1024);
+    let response = match read_head(&mut stream, &mut head) {
+        Ok(true) => answer(&head, portal),
+        Ok(false) => bad_request(),
+        // Too slow, or gone: nobody to answer.
+        Err(_) => return,
+    };
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    if stream.write_all(&response).is_ok() {
+        // Read what the client still sends (a body) before closing, so
+        // the close does not reset the connection under the answer.
+        let _ = stream.shutdown(Shutdown::Write);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = std::io::copy(&mut (&stream).take(64 * 1024), &mut std::io::sink());
+    }
+}
+
+/// Reads until the empty line ending the head and keeps the head, within
+/// `IO_TIMEOUT`; false when the head is longer than `MAX_HEAD_BYTES` or the
+/// client stopped sending first.
+fn read_head(stream: &mut TcpStream, head: &mut Vec<u8>) -> std::io::Result<bool> {
+    let deadline = Instant::now() + IO_TIMEOUT;
     let mut buf = [0u8; 1024];
     loop {
-        let n = stream.read(&mut buf).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut buf)?;
         if n == 0 {
             return Ok(false);
         }
@@ -365,16 +393,16 @@ mod tests {
         }
     }
 
-    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request).await.unwrap();
-        let mut got = Vec::new();
-        stream.read_to_end(&mut got).await.unwrap();
-        String::from_utf8(got).unwrap()
+    fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(request).unwrap();
+        let mut got = String::new();
+        stream.read_to_string(&mut got).unwrap();
+        got
     }
 
-    #[tokio::test]
-    async fn the_responder_answers_on_loopback_and_follows_the_config() {
+    #[test]
+    fn the_responder_answers_on_loopback_and_follows_the_config() {
         let mut responder = PortalResponder::default();
         // Port 0 (which a config cannot hold): whatever is free.
         responder
@@ -386,7 +414,7 @@ mod tests {
             SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
             SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         ] {
-            let got = exchange(addr, request).await;
+            let got = exchange(addr, request);
             assert!(
                 got.contains("\r\nLocation: https://p.test/one\r\n"),
                 "{addr}: {got}"
@@ -395,22 +423,21 @@ mod tests {
         let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
 
         // Sent in pieces, with a body after the head.
-        let mut stream = TcpStream::connect(v4).await.unwrap();
-        stream.write_all(b"POST /x HTTP/1.1\r\nHo").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut stream = TcpStream::connect(v4).unwrap();
+        stream.write_all(b"POST /x HTTP/1.1\r\nHo").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
         stream
             .write_all(b"st: video.test\r\nContent-Length: 3\r\n\r\nabc")
-            .await
             .unwrap();
         let mut got = String::new();
-        stream.read_to_string(&mut got).await.unwrap();
+        stream.read_to_string(&mut got).unwrap();
         assert!(got.starts_with("HTTP/1.1 302 Found\r\n"), "{got}");
 
         let long = format!(
             "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
             "a".repeat(MAX_HEAD_BYTES)
         );
-        let got = exchange(v4, long.as_bytes()).await;
+        let got = exchange(v4, long.as_bytes());
         assert!(got.starts_with("HTTP/1.1 400 "), "{got}");
 
         // New URLs on the same port: same listener, new answer.
@@ -418,20 +445,20 @@ mod tests {
             .set(Some(&portal(0, "https://p.test/two")))
             .unwrap();
         assert_eq!(responder.local_addr().unwrap().port(), port);
-        let got = exchange(v4, request).await;
+        let got = exchange(v4, request);
         assert!(
             got.contains("\r\nLocation: https://p.test/two\r\n"),
             "{got}"
         );
 
+        // Stopped: the port is free as soon as `set` returns.
         responder.set(None).unwrap();
         assert_eq!(responder.local_addr(), None);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(TcpStream::connect(v4).await.is_err(), "closed");
+        assert!(TcpStream::connect(v4).is_err(), "closed");
     }
 
-    #[tokio::test]
-    async fn a_port_in_use_is_an_error_and_the_old_listener_stays() {
+    #[test]
+    fn a_port_in_use_is_an_error_and_the_old_listener_stays() {
         // Listening on loopback only: the responder's [::] on that port is refused.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken_port = taken.local_addr().unwrap().port();
@@ -451,8 +478,20 @@ mod tests {
         let got = exchange(
             before.unwrap(),
             b"GET / HTTP/1.0\r\nHost: video.test\r\n\r\n",
-        )
-        .await;
+        );
         assert!(got.contains("https://p.test/one"), "{got}");
+
+        // Another port, then back: each old listener is closed on return.
+        drop(taken);
+        responder
+            .set(Some(&portal(taken_port, "https://p.test/two")))
+            .unwrap();
+        responder
+            .set(Some(&portal(0, "https://p.test/one")))
+            .unwrap();
+        responder
+            .set(Some(&portal(taken_port, "https://p.test/two")))
+            .unwrap();
+        assert_eq!(responder.local_addr().unwrap().port(), taken_port);
     }
 }

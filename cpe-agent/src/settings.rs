@@ -80,14 +80,17 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsSettings {
-    pub mode: DnsMode,
+    /// `managed` or `conf-dir` (parsed by `Settings::parse`: an enum here
+    /// would cost the small binary a deserializer of its own).
+    pub mode: String,
     /// The dnsmasq program (managed mode).
     pub dnsmasq: PathBuf,
     /// Where the resolver answers (both modes: the agent checks it there).
     pub port: u16,
     /// Servers the managed dnsmasq asks (`192.0.2.53`, `192.0.2.53:5353`,
-    /// `[2001:db8::53]:53`); empty: those of /etc/resolv.conf.
-    pub upstream: Vec<UpstreamServer>,
+    /// `[2001:db8::53]:53`); empty: those of /etc/resolv.conf. Checked by
+    /// `Settings::parse`; see `DnsSettings::upstream_servers`.
+    pub upstream: Vec<String>,
     /// Where the managed dnsmasq's config lives; default: `dnsmasq/` in the
     /// state directory.
     pub run_dir: Option<PathBuf>,
@@ -98,8 +101,7 @@ pub struct DnsSettings {
 }
 
 /// Who runs the dnsmasq that enforces the DNS policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DnsMode {
     /// The agent runs a dnsmasq of its own, on the LAN interfaces and lo.
     Managed,
@@ -111,7 +113,7 @@ pub enum DnsMode {
 impl Default for DnsSettings {
     fn default() -> Self {
         DnsSettings {
-            mode: DnsMode::Managed,
+            mode: "managed".to_owned(),
             dnsmasq: PathBuf::from("dnsmasq"),
             port: 53,
             upstream: Vec::new(),
@@ -122,17 +124,28 @@ impl Default for DnsSettings {
     }
 }
 
-/// A DNS server address, port 53 unless given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamServer(pub SocketAddr);
+impl DnsSettings {
+    pub fn mode(&self) -> anyhow::Result<DnsMode> {
+        match self.mode.as_str() {
+            "managed" => Ok(DnsMode::Managed),
+            "conf-dir" => Ok(DnsMode::ConfDir),
+            other => bail!("dns.mode is `managed` or `conf-dir`, not `{other}`"),
+        }
+    }
 
-impl<'de> Deserialize<'de> for UpstreamServer {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse::<SocketAddr>()
-            .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-            .map(UpstreamServer)
-            .map_err(|_| serde::de::Error::custom(format!("`{text}` is not an address")))
+    /// The upstream servers, port 53 unless given.
+    pub fn upstream_servers(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        let mut servers = Vec::with_capacity(self.upstream.len());
+        for text in &self.upstream {
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => servers.push(addr),
+                Err(_) => match text.parse::<IpAddr>() {
+                    Ok(ip) => servers.push(SocketAddr::new(ip, 53)),
+                    Err(_) => bail!("dns.upstream: `{text}` is not an address"),
+                },
+            }
+        }
+        Ok(servers)
     }
 }
 
@@ -213,7 +226,8 @@ impl Settings {
         {
             check_interface_name(name)?;
         }
-        if settings.dns.mode == DnsMode::ConfDir && settings.dns.reload_command.is_empty() {
+        settings.dns.upstream_servers()?;
+        if settings.dns.mode()? == DnsMode::ConfDir && settings.dns.reload_command.is_empty() {
             bail!("dns.reload_command is empty: the system dnsmasq would never read isdf.conf");
         }
         // Fail now rather than at the first config: a key that does not
@@ -367,7 +381,7 @@ mod tests {
     fn the_dns_table_defaults_to_a_managed_dnsmasq() {
         let s = Settings::parse("state_dir = \"/s\"\n").unwrap();
         assert_eq!(s.dns, DnsSettings::default());
-        assert_eq!(s.dns.mode, DnsMode::Managed);
+        assert_eq!(s.dns.mode().unwrap(), DnsMode::Managed);
         assert_eq!(s.dns.port, 53);
         assert_eq!(s.dns_run_dir(), Path::new("/s/dnsmasq"));
         assert_eq!(s.dns.conf_dir, Path::new("/tmp/dnsmasq.d"));
@@ -388,10 +402,16 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(s.dns.mode, DnsMode::ConfDir);
+        assert_eq!(s.dns.mode().unwrap(), DnsMode::ConfDir);
         assert_eq!(s.dns.dnsmasq, Path::new("/usr/sbin/dnsmasq"));
         assert_eq!(s.dns.port, 5353);
-        let upstream: Vec<String> = s.dns.upstream.iter().map(|u| u.0.to_string()).collect();
+        let upstream: Vec<String> = s
+            .dns
+            .upstream_servers()
+            .unwrap()
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
         assert_eq!(
             upstream,
             [
@@ -407,13 +427,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let s = Settings::parse(include_str!("../../deploy/agent.toml.example")).unwrap();
+        assert_eq!(s.dns, DnsSettings::default());
+    }
+
+    #[test]
     fn text_that_would_reach_dnsmasq_unchecked_is_refused() {
         for (text, needle) in [
             (
                 "[dns]\nupstream = [\"192.0.2.1\\nport=1\"]",
                 "not an address",
             ),
-            ("[dns]\nmode = \"system\"", "unknown variant"),
+            ("[dns]\nmode = \"system\"", "not `system`"),
             (
                 "[dns]\nmode = \"conf-dir\"\nreload_command = []",
                 "reload_command",
