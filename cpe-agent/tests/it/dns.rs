@@ -314,3 +314,88 @@ fn the_portal_redirect_answers_the_lan() {
         .exec("curl", &["-s", "--max-time", "5", "http://192.0.2.1:8042/"]);
     assert!(!refused.status.success(), "stopped");
 }
+
+#[test]
+fn conf_dir_mode_drives_the_system_dnsmasq() {
+    let ns = Netns::create(format!("isdf-dnsdir-{}", std::process::id()));
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    // The "system" dnsmasq: a daemon reading the conf-dir, restarted by
+    // the reload command, which also counts its runs.
+    std::fs::create_dir(dir.join("conf.d")).unwrap();
+    std::fs::write(
+        dir.join("system.conf"),
+        format!(
+            "port=5353\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\nno-hosts\n\
+             pid-file={0}/system.pid\nconf-dir={0}/conf.d\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let reload = format!(
+        "echo run >> {0}/reloads; [ -s {0}/system.pid ] && kill $(cat {0}/system.pid); \
+         for i in $(seq 50); do case $(cut -d\\  -f3 /proc/$(cat {0}/system.pid)/stat 2>/dev/null) in ''|Z) break;; esac; sleep 0.05; done; \
+         dnsmasq --conf-file={0}/system.conf",
+        dir.display()
+    );
+    let settings = settings(
+        dir,
+        &format!(
+            "mode = \"conf-dir\"\nport = 5353\nconf_dir = {:?}\nreload_command = [\"sh\", \"-c\", {reload:?}]\n",
+            dir.join("conf.d")
+        ),
+    );
+    let work_dir = dir.to_owned();
+    let ns_name = ns.name.clone();
+    ns.enter(move || {
+        let dir = work_dir.as_path();
+        let reloads = || {
+            std::fs::read_to_string(dir.join("reloads"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let mut dnsmasq = Dnsmasq::new(&settings);
+        dnsmasq.apply(Some(&policy("192.0.2.1", 30))).unwrap();
+        assert_eq!(reloads(), 1);
+        let local = dig(
+            &ns_name,
+            &["@127.0.0.1", "-p", "5353", "+short", "portal.isp.test"],
+        );
+        assert_eq!(local.trim(), "192.0.2.1");
+
+        // The agent restarts: the file is the same and dnsmasq answers
+        // with it, so nothing is reloaded.
+        drop(dnsmasq);
+        let mut dnsmasq = Dnsmasq::new(&settings);
+        dnsmasq.apply(Some(&policy("192.0.2.1", 30))).unwrap();
+        assert_eq!(reloads(), 1, "no reload for the config in force");
+
+        dnsmasq.apply(Some(&policy("192.0.2.53", 30))).unwrap();
+        assert_eq!(reloads(), 2);
+        let local = dig(
+            &ns_name,
+            &["@127.0.0.1", "-p", "5353", "+short", "portal.isp.test"],
+        );
+        assert_eq!(local.trim(), "192.0.2.53");
+
+        // Someone removed the file: the periodic repair puts it back.
+        std::fs::remove_file(dir.join("conf.d/isdf.conf")).unwrap();
+        dnsmasq.repair().unwrap();
+        assert!(dir.join("conf.d/isdf.conf").exists());
+        assert_eq!(reloads(), 3);
+
+        dnsmasq.apply(None).unwrap();
+        assert!(!dir.join("conf.d/isdf.conf").exists());
+        assert_eq!(reloads(), 4);
+        let gone = dig(&ns_name, &["@127.0.0.1", "-p", "5353", "portal.isp.test"]);
+        assert!(!gone.contains("192.0.2.53"), "{gone}");
+    });
+    // The system dnsmasq is a daemon: end it by its pid file.
+    let pid = std::fs::read_to_string(dir.join("system.pid")).unwrap();
+    let pid = pid.trim();
+    let _ = Command::new("kill").arg(pid).status();
+    wait_until("the system dnsmasq ends", Duration::from_secs(5), || {
+        !isdf_agent::dns::process_runs(pid)
+    });
+}
