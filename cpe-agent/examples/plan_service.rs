@@ -31,7 +31,7 @@ fn main() {
         created_at: 0,
         spec,
     };
-    let firewall = compile_firewall(&Labels::default(), &[assignment], &[], 0);
+    let firewall = compile_firewall(&Labels::default(), &[assignment], &[], None, 0);
     use isdf_agent::backend::nft::{plan_with, PlanInputs, Queueing};
     let queueing = match args.next().as_deref() {
         Some("mark") => Queueing::Mark,

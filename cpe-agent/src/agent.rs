@@ -2,9 +2,15 @@
 //! call), then long-poll, verify, apply, verify the kernel, report; renew the
 //! device certificate when it is two thirds through its life.
 //!
+//! A config is applied in order: the kernel ruleset (applied and verified),
+//! then the DNS policy (the resolver answers with it), then the portal
+//! redirect (listening), then the reachability check. A failure at any step
+//! puts all three back as they were and reports `rolled_back`.
+//!
 //! Invariants: **nothing reaches the backend before `open_device_config`
 //! accepted it** (signature, device id, version, expiry); a failed apply
-//! restores the previous ruleset; losing the controller never removes rules,
+//! restores the previous ruleset, DNS policy and portal redirect; losing the
+//! controller never removes rules,
 //! and neither does losing the certificate: a router that can no longer
 //! authenticate keeps enforcing what it has.
 
@@ -20,7 +26,9 @@ use isdf_api::{
 use crate::backend::{conntrack, FirewallBackend};
 use crate::client::{Client, Poll};
 use crate::control::{Command, Request, Response};
+use crate::dns::{Dnsmasq, Resolver};
 use crate::enrollment;
+use crate::portal_redirect::PortalResponder;
 use crate::router_blocks::{blocked_patterns, RouterBlocks};
 use crate::settings::Settings;
 use crate::state::{Identity, StateDir};
@@ -77,6 +85,10 @@ pub struct Agent {
     /// version on are accepted again even below the enforced version.
     version_floor: Option<u64>,
     backend: Box<dyn FirewallBackend>,
+    /// The router's resolver, which enforces the config's DNS policy.
+    resolver: Box<dyn Resolver>,
+    /// Answers the HTTP requests the config redirects to the router.
+    portal: PortalResponder,
     state: StateDir,
     client: Client,
     enforced: Option<Enforced>,
@@ -127,6 +139,8 @@ impl Agent {
             settings.router_block_limits(),
         );
         Ok(Agent {
+            resolver: Box::new(Dnsmasq::new(&settings)),
+            portal: PortalResponder::default(),
             settings,
             identity,
             trusted,
@@ -281,9 +295,12 @@ impl Agent {
             version = config.version,
             "enforced the last good config from the state directory"
         );
+        let services = self.enforce_services(&config.firewall);
         self.enforced = Some(Enforced { config });
         self.report_due = true;
-        Ok(())
+        // The kernel holds it either way; the periodic pass tries the
+        // resolver and the portal again.
+        services.context("re-enforcing the DNS policy and portal of the last good config")
     }
 
     /// The version of the enforced config, if it is this device's: after
@@ -336,9 +353,8 @@ impl Agent {
                 self.set_result(Outcome::Applied, Some(version), vec![]);
             }
             Err(reason) => {
-                let restored = self.restore_previous();
                 let mut errors = vec![format!("apply_failed: {reason:#}")];
-                if let Err(e) = restored {
+                for e in self.restore_previous() {
                     errors.push(format!("restore_failed: {e:#}"));
                 }
                 tracing::error!(version, errors = ?errors, "rolled back");
@@ -674,8 +690,36 @@ impl Agent {
         }
     }
 
+    /// Enforces the DNS policy, then the portal redirect, of `firewall`
+    /// (after its ruleset: the sets DNS answers fill must exist first).
+    fn enforce_services(&mut self, firewall: &isdf_api::Firewall) -> anyhow::Result<()> {
+        self.resolver
+            .apply(firewall.dns.as_ref())
+            .context("the router's resolver")?;
+        self.portal
+            .set(firewall.portal.as_ref())
+            .context("the portal redirect")
+    }
+
+    /// The periodic pass for the resolver and the portal: a dnsmasq that
+    /// died is started again, a portal that could not listen tries again.
+    fn repair_services(&mut self) {
+        if let Err(e) = self.resolver.repair() {
+            tracing::error!(error = %format!("{e:#}"), "the router's resolver");
+        }
+        let portal = self
+            .enforced
+            .as_ref()
+            .and_then(|e| e.config.firewall.portal.as_ref());
+        if let Err(e) = self.portal.set(portal) {
+            tracing::error!(error = %format!("{e:#}"), "the portal redirect");
+        }
+    }
+
     async fn apply_checked(&mut self, config: &DeviceConfig) -> anyhow::Result<()> {
         self.enforce(&config.firewall)?;
+        self.enforce_services(&config.firewall)?;
+        // Last: the router's own name lookups may go through the resolver.
         if self.settings.wan_check {
             self.client
                 .ping()
@@ -685,10 +729,13 @@ impl Agent {
         Ok(())
     }
 
-    /// Puts back what was enforced before (or nothing, if nothing was).
-    fn restore_previous(&mut self) -> anyhow::Result<()> {
-        match self.enforced.as_ref().map(|e| e.config.firewall.clone()) {
-            Some(previous) => self.enforce(&previous),
+    /// Puts back what was enforced before (or nothing, if nothing was):
+    /// ruleset, DNS policy and portal redirect, each tried whatever the
+    /// others did. Returns what could not be put back.
+    fn restore_previous(&mut self) -> Vec<anyhow::Error> {
+        let previous = self.enforced.as_ref().map(|e| e.config.firewall.clone());
+        let kernel = match &previous {
+            Some(previous) => self.enforce(previous),
             None if !self.router_blocks.active(unix_millis()).is_empty() => {
                 self.enforce(&isdf_api::Firewall::default())
             }
@@ -697,7 +744,12 @@ impl Agent {
                 self.blocked.clear();
                 self.backend.remove()
             }
-        }
+        };
+        let services = self.enforce_services(&previous.unwrap_or_default());
+        [kernel.err(), services.err()]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     fn set_result(
@@ -919,6 +971,7 @@ impl Agent {
         let mut failures: u32 = 0;
         loop {
             self.repair_and_expire();
+            self.repair_services();
             self.maintain_identity().await;
             self.report_if_due().await;
             self.send_events_if_due().await;
@@ -1137,11 +1190,25 @@ mod tests {
     }
 
     fn envelope(version: u64, rules: usize, signer: &SigningKey) -> Vec<u8> {
+        envelope_with(version, rules, serde_json::json!({}), signer)
+    }
+
+    /// A config with `rules` rules and the firewall fields of `extra` (dns, portal).
+    fn envelope_with(
+        version: u64,
+        rules: usize,
+        extra: serde_json::Value,
+        signer: &SigningKey,
+    ) -> Vec<u8> {
         let rules: Vec<serde_json::Value> = (0..rules)
             .map(|i| serde_json::json!({"id": format!("r{i}"), "chain": "input", "match": {"protocol": "tcp", "dport": 1000 + i}, "action": "drop"}))
             .collect();
+        let mut firewall = serde_json::json!({"rules": rules});
+        for (k, v) in extra.as_object().unwrap() {
+            firewall[k] = v.clone();
+        }
         let config = serde_json::json!({"device_id": DEVICE, "version": version, "issued_at": unix_now() - 10,
-            "expires_at": unix_now() + 3600, "firewall": {"rules": rules}});
+            "expires_at": unix_now() + 3600, "firewall": firewall});
         isdf_api::seal(
             isdf_api::CONFIG_PAYLOAD_TYPE,
             config.to_string().as_bytes(),
@@ -1192,6 +1259,167 @@ mod tests {
             (Some(3), Some(3))
         );
         assert_eq!(agent.poll_version(), Some(3));
+    }
+
+    /// What the fake resolver enforces and what was asked of it.
+    #[derive(Default)]
+    struct Dns {
+        holds: Option<isdf_api::DnsPolicy>,
+        repairs: usize,
+        /// Applying a policy with this TTL cap fails (dnsmasq cannot start).
+        failing_ttl: Option<u32>,
+    }
+
+    struct FakeResolver(Arc<Mutex<Dns>>);
+
+    impl Resolver for FakeResolver {
+        fn apply(&mut self, policy: Option<&isdf_api::DnsPolicy>) -> anyhow::Result<()> {
+            let mut dns = self.0.lock().unwrap();
+            let ttl = policy.and_then(|p| p.max_ttl_secs);
+            if ttl.is_some() && ttl == dns.failing_ttl {
+                // Like a real dnsmasq that did not start: none runs.
+                dns.holds = None;
+                anyhow::bail!("dnsmasq exited: failed to create listening socket for port 53: Address already in use");
+            }
+            dns.holds = policy.cloned();
+            Ok(())
+        }
+        fn repair(&mut self) -> anyhow::Result<()> {
+            self.0.lock().unwrap().repairs += 1;
+            Ok(())
+        }
+    }
+
+    fn agent_with_dns(
+        dir: &std::path::Path,
+        kernel: &Arc<Mutex<Kernel>>,
+        dns: &Arc<Mutex<Dns>>,
+    ) -> Agent {
+        let mut agent = agent(dir, kernel);
+        agent.resolver = Box::new(FakeResolver(dns.clone()));
+        agent
+    }
+
+    fn dns_policy(ttl: u32) -> serde_json::Value {
+        serde_json::json!({"dns": {"max_ttl_secs": ttl, "local_answers": [{"domain": "use-application-dns.net"}]}})
+    }
+
+    fn ttl_held(dns: &Arc<Mutex<Dns>>) -> Option<u32> {
+        dns.lock()
+            .unwrap()
+            .holds
+            .as_ref()
+            .and_then(|p| p.max_ttl_secs)
+    }
+
+    #[tokio::test]
+    async fn a_config_whose_dns_fails_is_rolled_back_with_the_previous_firewall_and_dns() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let dns = Arc::new(Mutex::new(Dns::default()));
+        let mut agent = agent_with_dns(dir.path(), &kernel, &dns);
+        agent
+            .handle_envelope(envelope_with(1, 1, dns_policy(60), &key()), Some(1))
+            .await;
+        assert_eq!(agent.last.as_ref().unwrap().outcome, Outcome::Applied);
+        assert_eq!((rules_held(&kernel), ttl_held(&dns)), (Some(1), Some(60)));
+
+        dns.lock().unwrap().failing_ttl = Some(30);
+        agent
+            .handle_envelope(envelope_with(2, 2, dns_policy(30), &key()), Some(2))
+            .await;
+        let last = agent.last.as_ref().unwrap();
+        assert_eq!(last.outcome, Outcome::RolledBack);
+        assert_eq!(last.errors.len(), 1, "{:?}", last.errors);
+        assert!(
+            last.errors[0].starts_with("apply_failed: the router's resolver: dnsmasq exited")
+                && last.errors[0].contains("Address already in use"),
+            "{:?}",
+            last.errors
+        );
+        assert_eq!(agent.enforced_version(), Some(1));
+        assert_eq!(
+            (rules_held(&kernel), ttl_held(&dns)),
+            (Some(1), Some(60)),
+            "the previous ruleset and DNS policy are back"
+        );
+        assert_eq!(agent.poll_version(), Some(2), "held back");
+
+        agent.handle_envelope(envelope(3, 3, &key()), Some(3)).await;
+        assert_eq!(agent.enforced_version(), Some(3));
+        assert_eq!(
+            dns.lock().unwrap().holds,
+            None,
+            "no DNS policy: no resolver"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_portal_that_cannot_listen_rolls_back_the_firewall_and_dns() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let dns = Arc::new(Mutex::new(Dns::default()));
+        let mut agent = agent_with_dns(dir.path(), &kernel, &dns);
+        agent
+            .handle_envelope(envelope_with(1, 1, dns_policy(60), &key()), Some(1))
+            .await;
+        // Listening on loopback: the portal's [::] on that port is refused.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let mut extra = dns_policy(120);
+        extra["portal"] =
+            serde_json::json!({"port": port, "default_url": "https://portal.isp.test/"});
+        agent
+            .handle_envelope(envelope_with(2, 2, extra, &key()), Some(2))
+            .await;
+        let last = agent.last.as_ref().unwrap();
+        assert_eq!(last.outcome, Outcome::RolledBack);
+        assert!(
+            last.errors[0].starts_with("apply_failed: the portal redirect: listening on port"),
+            "{:?}",
+            last.errors
+        );
+        assert_eq!(
+            (rules_held(&kernel), ttl_held(&dns)),
+            (Some(1), Some(60)),
+            "the DNS policy that went in is taken out again"
+        );
+        assert_eq!(agent.portal.local_addr(), None);
+    }
+
+    #[tokio::test]
+    async fn the_last_good_dns_policy_comes_back_at_start_and_is_retried_until_it_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(Mutex::new(Kernel::default()));
+        let dns = Arc::new(Mutex::new(Dns::default()));
+        let mut first = agent_with_dns(dir.path(), &kernel, &dns);
+        first
+            .handle_envelope(envelope_with(4, 2, dns_policy(60), &key()), None)
+            .await;
+        drop(first);
+
+        let rebooted = Arc::new(Mutex::new(Kernel::default()));
+        let fresh_dns = Arc::new(Mutex::new(Dns::default()));
+        let mut second = agent_with_dns(dir.path(), &rebooted, &fresh_dns);
+        second.restore_last_good().unwrap();
+        assert_eq!(
+            (rules_held(&rebooted), ttl_held(&fresh_dns)),
+            (Some(2), Some(60))
+        );
+
+        // The resolver cannot start at boot: the ruleset is enforced all
+        // the same, and the periodic pass tries the resolver again.
+        let failing_dns = Arc::new(Mutex::new(Dns {
+            failing_ttl: Some(60),
+            ..Dns::default()
+        }));
+        let mut third = agent_with_dns(dir.path(), &rebooted, &failing_dns);
+        let e = third.restore_last_good().unwrap_err();
+        assert!(format!("{e:#}").contains("Address already in use"), "{e:#}");
+        assert_eq!(third.enforced_version(), Some(4));
+        assert_eq!(rules_held(&rebooted), Some(2));
+        third.repair_services();
+        assert_eq!(failing_dns.lock().unwrap().repairs, 1);
     }
 
     #[tokio::test]

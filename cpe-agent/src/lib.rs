@@ -1,5 +1,6 @@
 //! iSDF router agent: pulls this router's signed config, verifies it, enforces
-//! it with a firewall backend and reports what it really enforces. The router
+//! it with a firewall backend, a dnsmasq and a portal redirect, and reports
+//! what it really enforces. The router
 //! authenticates with a client certificate it obtains by enrollment and
 //! renews by itself.
 
@@ -8,9 +9,11 @@ pub mod backend;
 pub mod classify;
 pub mod client;
 pub mod control;
+pub mod dns;
 pub mod enrollment;
 pub mod inspect;
 pub mod logging;
+pub mod portal_redirect;
 pub mod router_blocks;
 pub mod settings;
 pub mod state;

@@ -269,6 +269,9 @@ fn run(settings: Settings, config: &Path) -> anyhow::Result<()> {
         tracing::error!(error = ?e, "could not re-enforce the last good config");
     }
     runtime.block_on(agent.run(shutdown_signal()));
+    // A managed dnsmasq ends with the agent (dropped here), so the next
+    // agent can start its own on the port.
+    drop(agent);
     tracing::info!("stopped; the firewall stays as it is");
     Ok(())
 }

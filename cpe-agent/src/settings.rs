@@ -5,6 +5,7 @@
 //! the signing keys, the device API URL) lives in the state directory, not
 //! here; the keys below only override it.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -70,6 +71,94 @@ pub struct Settings {
     /// The router's interfaces facing the ISP (`in_interface: wan`).
     #[serde(default = "default_wan_interfaces")]
     pub wan_interfaces: Vec<String>,
+    /// The router's resolver, which enforces the config's DNS policy.
+    #[serde(default)]
+    pub dns: DnsSettings,
+}
+
+/// The `[dns]` table: how the config's DNS policy reaches a dnsmasq.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSettings {
+    /// `managed` or `conf-dir` (parsed by `Settings::parse`: an enum here
+    /// would cost the small binary a deserializer of its own).
+    pub mode: String,
+    /// The dnsmasq program (managed mode).
+    pub dnsmasq: PathBuf,
+    /// Where the resolver answers (both modes: the agent checks it there).
+    pub port: u16,
+    /// Servers the managed dnsmasq asks (`192.0.2.53`, `192.0.2.53:5353`,
+    /// `[2001:db8::53]:53`); empty: those of /etc/resolv.conf. Checked by
+    /// `Settings::parse`; see `DnsSettings::upstream_servers`.
+    pub upstream: Vec<String>,
+    /// Where the managed dnsmasq's config lives; default: `dnsmasq/` in the
+    /// state directory.
+    pub run_dir: Option<PathBuf>,
+    /// The system dnsmasq's conf-dir (`conf-dir` mode).
+    pub conf_dir: PathBuf,
+    /// Makes the system dnsmasq read its conf-dir again (`conf-dir` mode).
+    pub reload_command: Vec<String>,
+}
+
+/// Who runs the dnsmasq that enforces the DNS policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsMode {
+    /// The agent runs a dnsmasq of its own, on the LAN interfaces and lo.
+    Managed,
+    /// The system's dnsmasq (OpenWrt) reads a file the agent writes into
+    /// its conf-dir.
+    ConfDir,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            mode: "managed".to_owned(),
+            dnsmasq: PathBuf::from("dnsmasq"),
+            port: 53,
+            upstream: Vec::new(),
+            run_dir: None,
+            conf_dir: PathBuf::from("/tmp/dnsmasq.d"),
+            reload_command: vec!["/etc/init.d/dnsmasq".to_owned(), "restart".to_owned()],
+        }
+    }
+}
+
+impl DnsSettings {
+    pub fn mode(&self) -> anyhow::Result<DnsMode> {
+        match self.mode.as_str() {
+            "managed" => Ok(DnsMode::Managed),
+            "conf-dir" => Ok(DnsMode::ConfDir),
+            other => bail!("dns.mode is `managed` or `conf-dir`, not `{other}`"),
+        }
+    }
+
+    /// The upstream servers, port 53 unless given.
+    pub fn upstream_servers(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        let mut servers = Vec::with_capacity(self.upstream.len());
+        for text in &self.upstream {
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => servers.push(addr),
+                Err(_) => match text.parse::<IpAddr>() {
+                    Ok(ip) => servers.push(SocketAddr::new(ip, 53)),
+                    Err(_) => bail!("dns.upstream: `{text}` is not an address"),
+                },
+            }
+        }
+        Ok(servers)
+    }
+}
+
+/// Whether `name` can be a Linux interface name (it is written into
+/// dnsmasq's config and nft scripts as is).
+fn check_interface_name(name: &str) -> anyhow::Result<()> {
+    let chars_ok = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if name.is_empty() || name.len() > 15 || !chars_ok {
+        bail!("`{name}` is not an interface name (1 to 15 of a-z A-Z 0-9 . _ -)");
+    }
+    Ok(())
 }
 
 /// OpenWrt's names.
@@ -130,6 +219,17 @@ impl Settings {
         if let Some(url) = &settings.enrollment_url {
             require_https("enrollment_url", url)?;
         }
+        for name in settings
+            .lan_interfaces
+            .iter()
+            .chain(&settings.wan_interfaces)
+        {
+            check_interface_name(name)?;
+        }
+        settings.dns.upstream_servers()?;
+        if settings.dns.mode()? == DnsMode::ConfDir && settings.dns.reload_command.is_empty() {
+            bail!("dns.reload_command is empty: the system dnsmasq would never read isdf.conf");
+        }
         // Fail now rather than at the first config: a key that does not
         // parse would otherwise surface as every config being refused.
         if !settings.signing_public_keys.is_empty() {
@@ -165,6 +265,14 @@ impl Settings {
             per_sec,
             burst: per_sec * 10.0,
         }
+    }
+
+    /// The managed dnsmasq's directory.
+    pub fn dns_run_dir(&self) -> PathBuf {
+        self.dns
+            .run_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("dnsmasq"))
     }
 
     /// The enrollment token from `enrollment_token_file`, if that is set.
@@ -267,6 +375,88 @@ mod tests {
         assert_eq!(s.control_socket, Path::new("/var/run/isdf.sock"));
         assert_eq!(s.router_block_limits().max_active, 100);
         assert_eq!(s.router_block_limits().burst, 50.0);
+    }
+
+    #[test]
+    fn the_dns_table_defaults_to_a_managed_dnsmasq() {
+        let s = Settings::parse("state_dir = \"/s\"\n").unwrap();
+        assert_eq!(s.dns, DnsSettings::default());
+        assert_eq!(s.dns.mode().unwrap(), DnsMode::Managed);
+        assert_eq!(s.dns.port, 53);
+        assert_eq!(s.dns_run_dir(), Path::new("/s/dnsmasq"));
+        assert_eq!(s.dns.conf_dir, Path::new("/tmp/dnsmasq.d"));
+        assert_eq!(s.dns.reload_command, ["/etc/init.d/dnsmasq", "restart"]);
+
+        let s = Settings::parse(
+            r#"
+            state_dir = "/s"
+            lan_interfaces = ["br-lan", "wlan0.1"]
+            [dns]
+            mode = "conf-dir"
+            dnsmasq = "/usr/sbin/dnsmasq"
+            port = 5353
+            upstream = ["192.0.2.53", "192.0.2.54:5353", "2001:db8::53", "[2001:db8::54]:5353"]
+            run_dir = "/run/isdf-dns"
+            conf_dir = "/tmp/dnsmasq.cfg01411c.d"
+            reload_command = ["/etc/init.d/dnsmasq", "reload"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.dns.mode().unwrap(), DnsMode::ConfDir);
+        assert_eq!(s.dns.dnsmasq, Path::new("/usr/sbin/dnsmasq"));
+        assert_eq!(s.dns.port, 5353);
+        let upstream: Vec<String> = s
+            .dns
+            .upstream_servers()
+            .unwrap()
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        assert_eq!(
+            upstream,
+            [
+                "192.0.2.53:53",
+                "192.0.2.54:5353",
+                "[2001:db8::53]:53",
+                "[2001:db8::54]:5353"
+            ]
+        );
+        assert_eq!(s.dns_run_dir(), Path::new("/run/isdf-dns"));
+        assert_eq!(s.dns.conf_dir, Path::new("/tmp/dnsmasq.cfg01411c.d"));
+        assert_eq!(s.dns.reload_command, ["/etc/init.d/dnsmasq", "reload"]);
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let s = Settings::parse(include_str!("../../deploy/agent.toml.example")).unwrap();
+        assert_eq!(s.dns, DnsSettings::default());
+    }
+
+    #[test]
+    fn text_that_would_reach_dnsmasq_unchecked_is_refused() {
+        for (text, needle) in [
+            (
+                "[dns]\nupstream = [\"192.0.2.1\\nport=1\"]",
+                "not an address",
+            ),
+            ("[dns]\nmode = \"system\"", "not `system`"),
+            (
+                "[dns]\nmode = \"conf-dir\"\nreload_command = []",
+                "reload_command",
+            ),
+            (
+                "lan_interfaces = [\"br-lan\\ninterface=eth0\"]",
+                "not an interface name",
+            ),
+            (
+                "wan_interfaces = [\"a-very-long-interface\"]",
+                "not an interface name",
+            ),
+            ("lan_interfaces = [\"\"]", "not an interface name"),
+        ] {
+            let err = Settings::parse(&format!("state_dir = \"/s\"\n{text}\n")).unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{text}: {err:#}");
+        }
     }
 
     #[test]

@@ -104,8 +104,13 @@ fn start_upstream_dns(wan: &Netns, work: &Path) -> UpstreamDns {
 /// (answering with the Host they were asked for), a UDP echo on 443 (a QUIC
 /// stand-in) and a TCP greeter on 853 (DNS over TLS).
 async fn serve_sites(work: &Path) -> PathBuf {
-    use axum::extract::Host;
-    let site = axum::Router::new().fallback(|Host(host): Host| async move { format!("site {host}\n") });
+    let site = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let host = headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        format!("site {host}")
+    });
     let listener = tokio::net::TcpListener::bind("[::]:80").await.unwrap();
     let http = site.clone();
     tokio::spawn(async move { axum::serve(listener, http).await });
@@ -158,15 +163,17 @@ struct Fetch {
 }
 
 fn curl(lan: &Netns, ca: &Path, args: &[&str]) -> Fetch {
-    let out = lan.exec(
-        "curl",
-        &[
-            &["-sS", "--max-time", "3", "--cacert", ca.to_str().unwrap()],
-            &["-w", "\n%{http_code} %{time_total} %{redirect_url}"],
-            args,
-        ]
-        .concat(),
-    );
+    let mut all = vec![
+        "-sS",
+        "--max-time",
+        "3",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-w",
+        "\n%{http_code} %{time_total} %{redirect_url}",
+    ];
+    all.extend_from_slice(args);
+    let out = lan.exec("curl", &all);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, meta) = text.rsplit_once('\n').unwrap_or(("", &text));
     let mut meta = meta.splitn(3, ' ');
@@ -423,7 +430,7 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
     let Shop { stage, .. } = shop;
     stage.controller.stop().await.unwrap();
     let closed = {
-        let (topo, ca) = (topo.clone(), ca.clone());
+        let topo = topo.clone();
         blocking(move || {
             let lan = &topo.lan;
             let now_ms = || chrono::Utc::now().timestamp_millis();

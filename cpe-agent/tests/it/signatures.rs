@@ -25,7 +25,7 @@ fn bittorrent_firewall() -> isdf_api::Firewall {
         )
         .unwrap(),
     };
-    compile_firewall(&Labels::default(), &[assignment], &[], 0)
+    compile_firewall(&Labels::default(), &[assignment], &[], None, 0)
 }
 
 const WAN_V4: &str = "198.51.100.2";
