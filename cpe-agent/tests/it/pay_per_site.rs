@@ -83,7 +83,13 @@ fn start_upstream_dns(wan: &Netns, work: &Path) -> UpstreamDns {
     )
     .unwrap();
     let child = Command::new("ip")
-        .args(["netns", "exec", &wan.name, "dnsmasq", "--keep-in-foreground"])
+        .args([
+            "netns",
+            "exec",
+            &wan.name,
+            "dnsmasq",
+            "--keep-in-foreground",
+        ])
         .arg(format!("--conf-file={}", conf.display()))
         .arg("--pid-file=")
         .stdin(Stdio::null())
@@ -92,11 +98,24 @@ fn start_upstream_dns(wan: &Netns, work: &Path) -> UpstreamDns {
         .spawn()
         .expect("dnsmasq (Debian package dnsmasq-base; scripts/test installs it)");
     let upstream = UpstreamDns(child);
-    wait_until("the upstream resolver answers", Duration::from_secs(10), || {
-        wan.exec("dig", &["+short", "+time=1", "+tries=1", &format!("@{UPSTREAM}"), "news.test"])
+    wait_until(
+        "the upstream resolver answers",
+        Duration::from_secs(10),
+        || {
+            wan.exec(
+                "dig",
+                &[
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    &format!("@{UPSTREAM}"),
+                    "news.test",
+                ],
+            )
             .stdout
             .starts_with(NEWS_V4.as_bytes())
-    });
+        },
+    );
     upstream
 }
 
@@ -104,13 +123,17 @@ fn start_upstream_dns(wan: &Netns, work: &Path) -> UpstreamDns {
 /// (answering with the Host they were asked for), a UDP echo on 443 (a QUIC
 /// stand-in) and a TCP greeter on 853 (DNS over TLS).
 async fn serve_sites(work: &Path) -> PathBuf {
-    let site = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
-        let host = headers
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        format!("site {host}")
-    });
+    // HTTP/1.1 names the site in Host, HTTP/2 in the URI's authority.
+    let site = axum::Router::new().fallback(
+        |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
+            let host = headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .or(uri.host())
+                .unwrap_or("");
+            format!("site {host}")
+        },
+    );
     let listener = tokio::net::TcpListener::bind("[::]:80").await.unwrap();
     let http = site.clone();
     tokio::spawn(async move { axum::serve(listener, http).await });
@@ -189,7 +212,11 @@ fn curl(lan: &Netns, ca: &Path, args: &[&str]) -> Fetch {
 /// Whether a UDP datagram to `addr` from the LAN host is echoed.
 fn udp_echoed(lan: &Netns, addr: SocketAddr) -> bool {
     lan.enter(move || {
-        let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let bind = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
         let socket = std::net::UdpSocket::bind(bind).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(500)))
@@ -204,7 +231,15 @@ fn dig(lan: &Netns, server: &str, name: &str) -> String {
     String::from_utf8_lossy(
         &lan.exec(
             "dig",
-            &["+time=2", "+tries=1", "+noall", "+answer", "+comments", &format!("@{server}"), name],
+            &[
+                "+time=2",
+                "+tries=1",
+                "+noall",
+                "+answer",
+                "+comments",
+                &format!("@{server}"),
+                name,
+            ],
         )
         .stdout,
     )
@@ -234,8 +269,16 @@ fn assert_gated(lan: &Netns, ca: &Path, family: &str, portal_prefix: &str) {
         http.location
     );
     let https = curl(lan, ca, &[family, "https://video.test/"]);
-    assert_eq!(https.exit, 7, "{family}: gated HTTPS is refused (curl exit 7), got {}", https.exit);
-    assert!(https.secs < 1.0, "{family}: refused at once, not after {} s", https.secs);
+    assert_eq!(
+        https.exit, 7,
+        "{family}: gated HTTPS is refused (curl exit 7), got {}",
+        https.exit
+    );
+    assert!(
+        https.secs < 1.0,
+        "{family}: refused at once, not after {} s",
+        https.secs
+    );
 }
 
 fn assert_open(lan: &Netns, ca: &Path, family: &str) {
@@ -266,11 +309,21 @@ struct Shop {
 impl Shop {
     async fn open(topo: &Topology, work: &Path) -> Self {
         for addr in [VIDEO_V4, NEWS_V4, RESOLVER_V4] {
-            topo.wan.run("ip", &["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+            topo.wan
+                .run("ip", &["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
         }
         for addr in [VIDEO_V6, NEWS_V6, RESOLVER_V6] {
-            topo.wan
-                .run("ip", &["addr", "add", &format!("{addr}/128"), "dev", "eth0", "nodad"]);
+            topo.wan.run(
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    &format!("{addr}/128"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            );
         }
         let ca = serve_sites(work).await;
         let upstream = start_upstream_dns(&topo.wan, work);
@@ -311,7 +364,9 @@ impl Shop {
         )
         .await;
         let agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
-        let version = op.get(&format!("/api/v1/devices/{}/config", stage.device)).await["version"]
+        let version = op
+            .get(&format!("/api/v1/devices/{}/config", stage.device))
+            .await["version"]
             .as_u64()
             .unwrap();
         op.wait_applied(&stage.device, version).await;
@@ -343,13 +398,23 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
             for family in ["-4", "-6"] {
                 for url in ["http://news.test/", "https://news.test/"] {
                     let fetch = curl(lan, &ca, &[family, url]);
-                    assert_eq!((fetch.status, fetch.body.as_str()), (200, "site news.test"), "{family} {url}");
+                    assert_eq!(
+                        (fetch.status, fetch.body.as_str()),
+                        (200, "site news.test"),
+                        "{family} {url}"
+                    );
                 }
                 assert_gated(lan, &ca, family, &portal_prefix);
             }
-            assert!(udp_echoed(lan, sock(NEWS_V4, 443)), "QUIC to an ordinary site passes");
+            assert!(
+                udp_echoed(lan, sock(NEWS_V4, 443)),
+                "QUIC to an ordinary site passes"
+            );
             assert!(udp_echoed(lan, sock(NEWS_V6, 443)));
-            assert!(!udp_echoed(lan, sock(VIDEO_V4, 443)), "QUIC to a gated site is dropped");
+            assert!(
+                !udp_echoed(lan, sock(VIDEO_V4, 443)),
+                "QUIC to a gated site is dropped"
+            );
             assert!(!udp_echoed(lan, sock(VIDEO_V6, 443)));
 
             // Bypass: another resolver answers with the router's capped TTL
@@ -365,11 +430,22 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
                 assert!(canary.contains("NXDOMAIN"), "{canary}");
             }
             for resolver in [sock(RESOLVER_V4, 853), sock(RESOLVER_V6, 853)] {
-                assert!(!lan.tcp_works(resolver, Duration::from_millis(800)), "DoT to {resolver}");
+                assert!(
+                    !lan.tcp_works(resolver, Duration::from_millis(800)),
+                    "DoT to {resolver}"
+                );
             }
             for family in ["-4", "-6"] {
-                let host = if family == "-4" { RESOLVER_V4.to_owned() } else { format!("[{RESOLVER_V6}]") };
-                let doh = curl(lan, &ca, &[family, "-k", &format!("https://{host}/dns-query")]);
+                let host = if family == "-4" {
+                    RESOLVER_V4.to_owned()
+                } else {
+                    format!("[{RESOLVER_V6}]")
+                };
+                let doh = curl(
+                    lan,
+                    &ca,
+                    &[family, "-k", &format!("https://{host}/dns-query")],
+                );
                 assert_eq!(doh.exit, 7, "DoH to the resolver set is refused ({family})");
             }
             // The gated site is still gated after all that.
@@ -386,7 +462,11 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
             let portal = curl(lan, &ca, &["-4", "http://video.test/"]).location;
             let page = curl(lan, &ca, &[&portal]);
             assert_eq!(page.status, 200, "portal page: {}", page.body);
-            assert!(page.body.contains("Video") && page.body.contains("1.50 EUR"), "{}", page.body);
+            assert!(
+                page.body.contains("Video") && page.body.contains("1.50 EUR"),
+                "{}",
+                page.body
+            );
             let action = between(&page.body, "action=\"", "\"").replace("&amp;", "&");
             let nonce = between(&page.body, "name=\"nonce\" value=\"", "\"");
             let base = portal.split("/p/").next().unwrap().to_owned();
@@ -394,12 +474,20 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
             let buy = curl(
                 &lan,
                 &ca,
-                &["-d", &format!("duration_secs={PASS_SECS}&nonce={nonce}"), &format!("{base}{action}")],
+                &[
+                    "-d",
+                    &format!("duration_secs={PASS_SECS}&nonce={nonce}"),
+                    &format!("{base}{action}"),
+                ],
             );
             assert_eq!(buy.status, 303, "buying: {}", buy.body);
             let wait = curl(lan, &ca, &[&buy.location]);
             let open_url = between(&wait.body, "const openUrl=\"", "\"").replace("\\u0026", "&");
-            let opened = curl(lan, &ca, &["--max-time", "25", &format!("{base}{open_url}")]);
+            let opened = curl(
+                lan,
+                &ca,
+                &["--max-time", "25", &format!("{base}{open_url}")],
+            );
             let answer: Value = serde_json::from_str(&opened.body).unwrap();
             assert_eq!(answer["open"], true, "{}", opened.body);
             assert_eq!(answer["url"], "http://video.test/");
@@ -410,15 +498,21 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
             for family in ["-4", "-6"] {
                 assert_open(lan, &ca, family);
             }
-            assert!(udp_echoed(lan, sock(VIDEO_V4, 443)), "QUIC to a paid site passes");
+            assert!(
+                udp_echoed(lan, sock(VIDEO_V4, 443)),
+                "QUIC to a paid site passes"
+            );
             assert!(udp_echoed(lan, sock(VIDEO_V6, 443)));
         })
     };
     bought.await;
 
-    // Paying twice with the same form (a resubmission) is one purchase.
+    // One purchase, with its end (whole seconds) as the router enforces it.
     let purchases = op
-        .get(&format!("/api/v1/purchases?customer_id={}", shop.customer_id))
+        .get(&format!(
+            "/api/v1/purchases?customer_id={}",
+            shop.customer_id
+        ))
         .await;
     let items = purchases["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{purchases}");
@@ -460,7 +554,10 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
         "gated again {} ms after the pass ended",
         closed_at - ends_at
     );
-    assert!(last_open.is_some_and(|t| t < ends_at + 100), "it was open until the end");
+    assert!(
+        last_open.is_some_and(|t| t < ends_at + 100),
+        "it was open until the end"
+    );
     blocking(move || assert_gated(&topo.lan, &ca, "-6", "http")).await;
 }
 
@@ -473,7 +570,10 @@ fn tcp_connects(ns: &Netns, addr: SocketAddr) -> bool {
 }
 
 fn between(text: &str, start: &str, end: &str) -> String {
-    let from = text.find(start).unwrap_or_else(|| panic!("{start:?} not in {text}")) + start.len();
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start:?} not in {text}"))
+        + start.len();
     let len = text[from..].find(end).unwrap();
     text[from..from + len].to_owned()
 }
@@ -544,9 +644,11 @@ fn purchase_to_site_answering_latency() {
             let probe_topo = topo.clone();
             blocking(move || {
                 probe_topo.lan.enter(move || {
-                    wait_until("the cancelled pass closes the site", Duration::from_secs(10), || {
-                        !site_answers(target)
-                    })
+                    wait_until(
+                        "the cancelled pass closes the site",
+                        Duration::from_secs(10),
+                        || !site_answers(target),
+                    )
                 })
             })
             .await;
