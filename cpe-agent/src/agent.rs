@@ -328,6 +328,7 @@ impl Agent {
     /// roll back. `version_hint` is the unverified version the server claimed
     /// (its ETag); it only decides what to poll for next.
     pub async fn handle_envelope(&mut self, envelope: Vec<u8>, version_hint: Option<u64>) {
+        let started = Instant::now();
         let mut opened = self.open(&envelope);
         // Signed by a key we do not know yet: perhaps the controller rotated
         // its key under a new root. Follow the chain once, then try again.
@@ -346,7 +347,11 @@ impl Agent {
                     // good config comes back, which is safe; say so.
                     tracing::error!(error = ?e, "persisting the last good config");
                 }
-                tracing::info!(version, "applied config");
+                tracing::info!(
+                    version,
+                    ms = started.elapsed().as_millis() as u64,
+                    "applied config"
+                );
                 self.enforced = Some(Enforced { config });
                 self.held_back = None;
                 self.version_floor = None;

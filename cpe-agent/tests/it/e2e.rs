@@ -319,20 +319,20 @@ impl Stage {
     /// `trusted_key` overrides the signing key the agent trusts (else the
     /// one from its enrollment answer).
     pub(crate) async fn prepare(work: &Path, trusted_key: Option<&str>) -> Self {
-        Self::prepare_with(work, trusted_key, Duration::from_secs(30 * 24 * 3600)).await
+        Self::prepare_with(work, trusted_key, |_| {}).await
     }
 
-    /// Like `prepare`, with device certificates of `cert_lifetime`.
+    /// Like `prepare`, with the controller's options adjusted by `adjust`.
     pub(crate) async fn prepare_with(
         work: &Path,
         trusted_key: Option<&str>,
-        cert_lifetime: Duration,
+        adjust: impl FnOnce(&mut TestControllerOptions),
     ) -> Self {
         let controller_dir = work.join("controller");
         let mut options = TestControllerOptions::new(&controller_dir);
         options.device_listen = wan(0);
         options.device_tls_names = vec![WAN_HOST.to_owned()];
-        options.device_cert_lifetime = cert_lifetime;
+        adjust(&mut options);
         let controller = TestController::start(options)
             .await
             .expect("controller starts");
@@ -778,7 +778,10 @@ fn a_config_failing_its_kernel_check_is_rolled_back() {
 #[test]
 fn the_agent_renews_its_certificate_before_expiry() {
     in_wan("rn", |topo, work| async move {
-        let stage = Stage::prepare_with(&work, None, Duration::from_secs(12)).await;
+        let stage = Stage::prepare_with(&work, None, |o| {
+            o.device_cert_lifetime = Duration::from_secs(12)
+        })
+        .await;
         let _agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
         let (operator, device) = (&stage.operator, &stage.device);
         operator.wait_applied(device, 1).await;

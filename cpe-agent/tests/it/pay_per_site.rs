@@ -308,6 +308,14 @@ struct Shop {
 
 impl Shop {
     async fn open(topo: &Topology, work: &Path) -> Self {
+        Self::open_with(topo, work, |_| {}).await
+    }
+
+    async fn open_with(
+        topo: &Topology,
+        work: &Path,
+        adjust: impl FnOnce(&mut isdf_controller::test_support::TestControllerOptions),
+    ) -> Self {
         for addr in [VIDEO_V4, NEWS_V4, RESOLVER_V4] {
             topo.wan
                 .run("ip", &["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
@@ -329,7 +337,7 @@ impl Shop {
         let upstream = start_upstream_dns(&topo.wan, work);
         let resolver = LanResolver::point_to_router(&topo.lan);
 
-        let stage = Stage::prepare(work, None).await;
+        let stage = Stage::prepare_with(work, None, adjust).await;
         let op = &stage.operator;
         let mut agent_toml = std::fs::OpenOptions::new()
             .append(true)
@@ -606,7 +614,14 @@ fn purchase_to_site_answering_latency() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(200);
-        let shop = Shop::open(&topo, &work).await;
+        // A router taking two configs a second for minutes would meet the
+        // per-device rate limit (2 requests/s, bursts of 20), which guards
+        // against broken agents, not purchases: raised for this run.
+        let shop = Shop::open_with(&topo, &work, |o| {
+            o.limits.device_requests_per_sec = 50.0;
+            o.limits.device_burst = 100;
+        })
+        .await;
         let op = &shop.stage.operator;
         // The LAN host resolves the site once: the router's set learns it.
         let lan_topo = topo.clone();
@@ -640,7 +655,10 @@ fn purchase_to_site_answering_latency() {
             assert!(opened, "round {round}: the site never opened");
             latencies.push(started.elapsed());
             let id = purchase["id"].as_str().unwrap().to_owned();
-            op.delete(&format!("/api/v1/purchases/{id}")).await;
+            let cancelled = op.delete(&format!("/api/v1/purchases/{id}")).await;
+            // The next round starts from a router at rest.
+            let version = cancelled["device_versions"][0]["version"].as_u64().unwrap();
+            op.wait_applied(&shop.stage.device, version).await;
             let probe_topo = topo.clone();
             blocking(move || {
                 probe_topo.lan.enter(move || {
