@@ -209,6 +209,8 @@ impl Application {
             portal: Arc::new(crate::state::Portal {
                 links: portal_links,
                 payments: Arc::new(crate::payment::TestPaymentProvider),
+                // Bursts of 5, then one a minute.
+                charges: crate::limits::RateLimiter::new(1.0 / 60.0, 5),
             }),
             billing_webhook_key: Arc::new(billing_webhook_key),
         };

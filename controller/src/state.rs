@@ -37,6 +37,9 @@ pub struct AppState {
 pub struct Portal {
     pub links: PortalLinks,
     pub payments: Arc<dyn PaymentProvider>,
+    /// Payments per router: a LAN host cannot make its household pay in a
+    /// loop.
+    pub charges: crate::limits::RateLimiter<uuid::Uuid>,
 }
 
 /// What an agent needs to enroll and to trust the controller.

@@ -55,6 +55,7 @@ pub enum PortalError {
     Declined(String),
     Unavailable(String),
     BadRequest(String),
+    TooMany(u64),
     Internal(anyhow::Error),
 }
 
@@ -85,6 +86,11 @@ impl IntoResponse for PortalError {
                 format!("Nothing was charged. Please try again in a moment. ({why})"),
             ),
             PortalError::BadRequest(why) => (StatusCode::BAD_REQUEST, "Bad request", why),
+            PortalError::TooMany(secs) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many payments",
+                format!("Nothing was charged. Please try again in {secs} s."),
+            ),
             PortalError::Internal(e) => {
                 tracing::error!(error = ?e, "portal");
                 (
@@ -210,6 +216,11 @@ pub async fn buy(
         ));
     }
     let customer = household(&state, device).await?;
+    state
+        .portal
+        .charges
+        .admit(device)
+        .map_err(PortalError::TooMany)?;
     let site = site(&state, site_id).await?;
     let pass = site.pass(form.duration_secs).ok_or_else(|| {
         PortalError::BadRequest("This pass is no longer sold; open the page again.".into())

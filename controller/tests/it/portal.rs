@@ -232,6 +232,23 @@ async fn a_customer_pays_once_and_the_router_gets_the_pass() {
         .await
         .unwrap();
     assert!(again.contains("Your household has a pass until"), "{again}");
+
+    // Charges are rate limited per router: bursts of five (two used above).
+    let mut statuses = Vec::new();
+    for n in 0..4 {
+        let bought = http
+            .post(format!("{portal}{action}"))
+            .form(&[("duration_secs", "3600"), ("nonce", &format!("n{n}"))])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(bought.status().as_u16());
+    }
+    assert_eq!(statuses, [303, 303, 303, 429]);
+    let purchases = h
+        .get(&format!("/api/v1/purchases?customer_id={customer}"))
+        .await;
+    assert_eq!(purchases.body["items"].as_array().unwrap().len(), 4);
 }
 
 #[tokio::test]
