@@ -34,7 +34,7 @@ const PASS_SECS: i64 = 60;
 
 #[test]
 fn pay_per_site_end_to_end() {
-    in_wan("pps", |topo, work| scenario(topo, work));
+    in_wan("pps", scenario);
 }
 
 /// An upstream dnsmasq in the WAN namespace, killed on drop.
@@ -472,7 +472,7 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
             let base = portal.split("/p/").next().unwrap().to_owned();
             let paid_at = Instant::now();
             let buy = curl(
-                &lan,
+                lan,
                 &ca,
                 &[
                     "-d",
