@@ -493,12 +493,7 @@ impl Agent {
             return;
         }
         tracing::info!(added, "classifier detections");
-        if let Err(e) = self
-            .state
-            .save_router_blocks(self.router_blocks.persisted())
-        {
-            tracing::error!(error = ?e, "persisting router blocks");
-        }
+        self.persist_router_blocks();
         if let Err(e) = self.enforce(&firewall) {
             tracing::error!(error = ?e, "enforcing detections");
         }
@@ -584,12 +579,7 @@ impl Agent {
             return;
         }
         tracing::info!(count = new_flows.len(), "detections");
-        if let Err(e) = self
-            .state
-            .save_router_blocks(self.router_blocks.persisted())
-        {
-            tracing::error!(error = ?e, "persisting router blocks");
-        }
+        self.persist_router_blocks();
         let refs: Vec<_> = new_flows.iter().collect();
         if let Err(e) = conntrack::end_flows(&refs) {
             tracing::warn!(error = %format!("{e:#}"), "could not end detected flows");
@@ -633,12 +623,7 @@ impl Agent {
             Ok(block) => block,
             Err(refusal) => return Response::error(refusal.code, refusal.message, now_ms),
         };
-        if let Err(e) = self
-            .state
-            .save_router_blocks(self.router_blocks.persisted())
-        {
-            tracing::error!(error = ?e, "persisting router blocks");
-        }
+        self.persist_router_blocks();
         let firewall = self.config_firewall();
         if let Err(e) = self.enforce(&firewall) {
             tracing::error!(error = ?e, "enforcing a router block");
@@ -659,12 +644,7 @@ impl Agent {
                 return;
             }
             self.router_blocks.delivered(last);
-            if let Err(e) = self
-                .state
-                .save_router_blocks(self.router_blocks.persisted())
-            {
-                tracing::error!(error = ?e, "persisting router blocks");
-            }
+            self.persist_router_blocks();
         }
     }
 
@@ -752,6 +732,17 @@ impl Agent {
             .collect()
     }
 
+    /// Saves the router blocks to the state directory; a failure is logged
+    /// (they stay in force, and the next change saves them again).
+    fn persist_router_blocks(&self) {
+        if let Err(e) = self
+            .state
+            .save_router_blocks(self.router_blocks.persisted())
+        {
+            tracing::error!(error = ?e, "persisting router blocks");
+        }
+    }
+
     fn set_result(
         &mut self,
         outcome: Outcome,
@@ -772,12 +763,7 @@ impl Agent {
     fn repair_and_expire(&mut self) {
         let now_ms = unix_millis();
         if self.router_blocks.prune(now_ms) {
-            if let Err(e) = self
-                .state
-                .save_router_blocks(self.router_blocks.persisted())
-            {
-                tracing::error!(error = ?e, "persisting router blocks");
-            }
+            self.persist_router_blocks();
         }
         if self.enforced.is_none() && self.router_blocks.active(now_ms).is_empty() {
             return;
