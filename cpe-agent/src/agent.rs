@@ -133,7 +133,7 @@ impl Agent {
         let (trusted, root) = Self::trust(&settings, &identity, &state)?;
         let router_blocks = RouterBlocks::new(
             state.router_blocks().unwrap_or_else(|e| {
-                tracing::error!(error = ?e, "unreadable router blocks; starting without them");
+                error_debug("unreadable router blocks; starting without them", &e);
                 Default::default()
             }),
             settings.router_block_limits(),
@@ -197,7 +197,7 @@ impl Agent {
         let chain = match self.client.roots().await {
             Ok(chain) => chain,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "could not fetch the root chain");
+                warn_failed("could not fetch the root chain", &e);
                 return false;
             }
         };
@@ -213,7 +213,7 @@ impl Agent {
             return false;
         };
         if let Err(e) = self.state.save_roots(&chain) {
-            tracing::error!(error = ?e, "persisting the root chain");
+            error_debug("persisting the root chain", &e);
         }
         tracing::info!(
             from = current.version,
@@ -345,7 +345,7 @@ impl Agent {
                 if let Err(e) = self.state.save_last_good(&envelope) {
                     // Enforced but not persisted: after a reboot the previous
                     // good config comes back, which is safe; say so.
-                    tracing::error!(error = ?e, "persisting the last good config");
+                    error_debug("persisting the last good config", &e);
                 }
                 tracing::info!(
                     version,
@@ -424,7 +424,7 @@ impl Agent {
             match conntrack::end_flows(&new) {
                 Ok(0) => {}
                 Ok(ended) => tracing::info!(ended, "ended established flows that are now blocked"),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not end blocked flows"),
+                Err(e) => warn_failed("could not end blocked flows", &e),
             }
         }
         self.blocked = blocked.into_iter().cloned().collect();
@@ -444,7 +444,7 @@ impl Agent {
             Err(e) => {
                 // The queue rule has `bypass`: traffic passes unclassified,
                 // and the kernel's signatures still block.
-                tracing::error!(error = %format!("{e:#}"), "the classifier cannot run");
+                error_failed("the classifier cannot run", &e);
                 self.classifier_failed = true;
             }
         }
@@ -498,14 +498,9 @@ impl Agent {
             return;
         }
         tracing::info!(added, "classifier detections");
-        if let Err(e) = self
-            .state
-            .save_router_blocks(self.router_blocks.persisted())
-        {
-            tracing::error!(error = ?e, "persisting router blocks");
-        }
+        self.persist_router_blocks();
         if let Err(e) = self.enforce(&firewall) {
-            tracing::error!(error = ?e, "enforcing detections");
+            error_debug("enforcing detections", &e);
         }
     }
 
@@ -551,7 +546,7 @@ impl Agent {
         let learned = match self.backend.learned_endpoints(&firewall) {
             Ok(learned) => learned,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "reading detections");
+                warn_failed("reading detections", &e);
                 return;
             }
         };
@@ -589,15 +584,10 @@ impl Agent {
             return;
         }
         tracing::info!(count = new_flows.len(), "detections");
-        if let Err(e) = self
-            .state
-            .save_router_blocks(self.router_blocks.persisted())
-        {
-            tracing::error!(error = ?e, "persisting router blocks");
-        }
+        self.persist_router_blocks();
         let refs: Vec<_> = new_flows.iter().collect();
         if let Err(e) = conntrack::end_flows(&refs) {
-            tracing::warn!(error = %format!("{e:#}"), "could not end detected flows");
+            warn_failed("could not end detected flows", &e);
         }
     }
 
@@ -638,15 +628,10 @@ impl Agent {
             Ok(block) => block,
             Err(refusal) => return Response::error(refusal.code, refusal.message, now_ms),
         };
-        if let Err(e) = self
-            .state
-            .save_router_blocks(self.router_blocks.persisted())
-        {
-            tracing::error!(error = ?e, "persisting router blocks");
-        }
+        self.persist_router_blocks();
         let firewall = self.config_firewall();
         if let Err(e) = self.enforce(&firewall) {
-            tracing::error!(error = ?e, "enforcing a router block");
+            error_debug("enforcing a router block", &e);
             return Response::error("apply_failed", format!("{e:#}"), now_ms);
         }
         tracing::info!(id = block.id, flow = ?block.flow, until_ms = block.expires_at_ms, reason = %block.reason, "router block");
@@ -660,16 +645,11 @@ impl Agent {
             let events = self.router_blocks.pending_events(MAX_EVENTS_PER_BATCH);
             let last = events.last().map_or(0, |e| e.sequence);
             if let Err(e) = self.client.report_events(&EventBatch { events }).await {
-                tracing::warn!(error = %format!("{e:#}"), "delivering router events failed; will retry");
+                warn_failed("delivering router events failed; will retry", &e);
                 return;
             }
             self.router_blocks.delivered(last);
-            if let Err(e) = self
-                .state
-                .save_router_blocks(self.router_blocks.persisted())
-            {
-                tracing::error!(error = ?e, "persisting router blocks");
-            }
+            self.persist_router_blocks();
         }
     }
 
@@ -710,14 +690,14 @@ impl Agent {
     /// died is started again, a portal that could not listen tries again.
     fn repair_services(&mut self) {
         if let Err(e) = self.resolver.repair() {
-            tracing::error!(error = %format!("{e:#}"), "the router's resolver");
+            error_failed("the router's resolver", &e);
         }
         let portal = self
             .enforced
             .as_ref()
             .and_then(|e| e.config.firewall.portal.as_ref());
         if let Err(e) = self.portal.set(portal) {
-            tracing::error!(error = %format!("{e:#}"), "the portal redirect");
+            error_failed("the portal redirect", &e);
         }
     }
 
@@ -757,6 +737,17 @@ impl Agent {
             .collect()
     }
 
+    /// Saves the router blocks to the state directory; a failure is logged
+    /// (they stay in force, and the next change saves them again).
+    fn persist_router_blocks(&self) {
+        if let Err(e) = self
+            .state
+            .save_router_blocks(self.router_blocks.persisted())
+        {
+            error_debug("persisting router blocks", &e);
+        }
+    }
+
     fn set_result(
         &mut self,
         outcome: Outcome,
@@ -777,12 +768,7 @@ impl Agent {
     fn repair_and_expire(&mut self) {
         let now_ms = unix_millis();
         if self.router_blocks.prune(now_ms) {
-            if let Err(e) = self
-                .state
-                .save_router_blocks(self.router_blocks.persisted())
-            {
-                tracing::error!(error = ?e, "persisting router blocks");
-            }
+            self.persist_router_blocks();
         }
         if self.enforced.is_none() && self.router_blocks.active(now_ms).is_empty() {
             return;
@@ -798,7 +784,7 @@ impl Agent {
             tracing::warn!(error = %e, "kernel state drifted; re-applying the enforced config");
         }
         if let Err(e) = self.enforce(&firewall) {
-            tracing::error!(error = ?e, "re-applying the enforced config");
+            error_debug("re-applying the enforced config", &e);
         }
     }
 
@@ -858,9 +844,7 @@ impl Agent {
                 self.report_due = false;
                 self.last_report = Some(Instant::now());
             }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "status report failed; will retry")
-            }
+            Err(e) => warn_failed("status report failed; will retry", &e),
         }
     }
 
@@ -889,7 +873,7 @@ impl Agent {
         let expired = now > self.identity.certificate.not_after;
         let dead = expired || enrollment::is_device_unknown(&error);
         if !dead {
-            tracing::warn!(error = %format!("{error:#}"), "certificate renewal failed; will retry");
+            warn_failed("certificate renewal failed; will retry", &error);
             return self.retry_identity_later(&error);
         }
         tracing::error!(
@@ -910,7 +894,7 @@ impl Agent {
         match enrolled {
             Ok(identity) => self.adopted(identity, "enrolled again"),
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "enrolling again with enrollment_token_file failed");
+                error_failed("enrolling again with enrollment_token_file failed", &e);
                 self.retry_identity_later(&e);
             }
         }
@@ -947,7 +931,7 @@ impl Agent {
             Err(e) => {
                 // Cannot happen for a checked answer; the new identity is
                 // persisted, so a restart picks it up.
-                tracing::error!(error = ?e, "using the new device certificate");
+                error_debug("using the new device certificate", &e);
                 self.retry_identity_later(&e);
             }
         }
@@ -1059,6 +1043,26 @@ impl Agent {
             }
         }
     }
+}
+
+// The failures the loop logs and carries on after, through one `tracing`
+// call site per form rather than one per failure: each call site costs the
+// small binary about 300 bytes of code and metadata. The message is
+// printed as given; the target stays this module.
+
+/// A warning: `message`, and the error with its causes on one line.
+fn warn_failed(message: &str, e: &anyhow::Error) {
+    tracing::warn!(error = %format!("{e:#}"), "{message}");
+}
+
+/// An error: `message`, and the error with its causes on one line.
+fn error_failed(message: &str, e: &anyhow::Error) {
+    tracing::error!(error = %format!("{e:#}"), "{message}");
+}
+
+/// An error: `message`, and the error with its causes as `Debug` shows them.
+fn error_debug(message: &str, e: &anyhow::Error) {
+    tracing::error!(error = ?e, "{message}");
 }
 
 /// A number in [0, 1) that differs between calls and between routers: std's

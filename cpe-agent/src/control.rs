@@ -144,7 +144,9 @@ async fn serve_one(stream: tokio::net::UnixStream, tx: mpsc::Sender<Command>) {
     let now_ms = crate::agent::unix_millis();
     let response = match reader.read_line(&mut line).await {
         Err(e) => Response::error("invalid_request", format!("reading: {e}"), now_ms),
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
+        // From bytes, as everything else the agent parses: deserializers
+        // for text too would add some kB to the small binary.
+        Ok(_) => match serde_json::from_slice::<Request>(line.as_bytes()) {
             Err(e) => Response::error("invalid_request", e.to_string(), now_ms),
             Ok(request) => {
                 let (reply, answer) = oneshot::channel();
@@ -178,7 +180,8 @@ pub fn call(path: &Path, request: &Request) -> anyhow::Result<Response> {
     BufReader::new(stream)
         .read_line(&mut answer)
         .context("reading the agent's answer")?;
-    serde_json::from_str(&answer).with_context(|| format!("the agent answered {answer:?}"))
+    serde_json::from_slice(answer.as_bytes())
+        .with_context(|| format!("the agent answered {answer:?}"))
 }
 
 /// Builds a flow pattern from command-line words: `any` or a value for each

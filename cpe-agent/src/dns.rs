@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use isdf_api::DnsPolicy;
 
-use crate::settings::{DnsMode, DnsSettings, Settings};
+use crate::settings::{DnsMode, Settings};
 
 /// How long dnsmasq has to answer after a start or reload.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,8 +169,13 @@ impl Running {
 
 /// dnsmasq, managed by the agent or configured through its conf-dir.
 pub struct Dnsmasq {
-    settings: DnsSettings,
     mode: DnsMode,
+    /// The dnsmasq program (managed mode).
+    program: PathBuf,
+    port: u16,
+    /// The system dnsmasq's conf-dir and reload command (conf-dir mode).
+    conf_dir: PathBuf,
+    reload_command: Vec<String>,
     upstream: Vec<SocketAddr>,
     lan_interfaces: Vec<String>,
     run_dir: PathBuf,
@@ -187,11 +192,14 @@ impl Dnsmasq {
     pub fn new(settings: &Settings) -> Self {
         // Both were checked by `Settings::parse`.
         Dnsmasq {
-            mode: settings.dns.mode().unwrap_or(DnsMode::Managed),
-            upstream: settings.dns.upstream_servers().unwrap_or_default(),
-            settings: settings.dns.clone(),
+            mode: settings.resolver_mode().unwrap_or(DnsMode::Managed),
+            program: settings.dns_dnsmasq.clone(),
+            port: settings.dns_port,
+            conf_dir: settings.dns_conf_dir.clone(),
+            reload_command: settings.dns_reload_command.clone(),
+            upstream: settings.upstream_servers().unwrap_or_default(),
             lan_interfaces: settings.lan_interfaces.clone(),
-            run_dir: settings.dns_run_dir(),
+            run_dir: settings.dnsmasq_run_dir(),
             desired: None,
             running: None,
             loaded: None,
@@ -207,7 +215,7 @@ impl Dnsmasq {
     fn options(&self) -> RenderOptions<'_> {
         RenderOptions {
             mode: self.mode,
-            port: self.settings.port,
+            port: self.port,
             lan_interfaces: &self.lan_interfaces,
             upstream: &self.upstream,
         }
@@ -222,7 +230,7 @@ impl Dnsmasq {
     }
 
     fn conf_dir_path(&self) -> PathBuf {
-        self.settings.conf_dir.join(CONF_DIR_FILE)
+        self.conf_dir.join(CONF_DIR_FILE)
     }
 
     /// Brings the resolver to `self.desired`, restarting only what differs.
@@ -266,7 +274,7 @@ impl Dnsmasq {
         {
             tracing::warn!(error = %format!("{e:#}"), "recording dnsmasq's pid");
         }
-        match wait_until_answers(self.settings.port, &desired.digest, Some(&mut running)) {
+        match wait_until_answers(self.port, &desired.digest, Some(&mut running)) {
             Ok(()) => {
                 tracing::info!(
                     pid = running.child.id(),
@@ -284,13 +292,13 @@ impl Dnsmasq {
     }
 
     fn spawn(&self, text: &str) -> anyhow::Result<Running> {
-        let mut child = Command::new(&self.settings.dnsmasq)
+        let mut child = Command::new(&self.program)
             .arg(format!("--conf-file={}", self.conf_path().display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {}", self.settings.dnsmasq.display()))?;
+            .with_context(|| format!("starting {}", self.program.display()))?;
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         let pipe = child.stderr.take().context("dnsmasq's stderr")?;
         let tail = stderr.clone();
@@ -365,7 +373,7 @@ impl Dnsmasq {
             }
             // Written by a previous run of the agent: the system dnsmasq
             // may already answer with it.
-            if query_marker(self.settings.port, &desired.digest).unwrap_or(false) {
+            if query_marker(self.port, &desired.digest).unwrap_or(false) {
                 self.loaded = Some(desired.text);
                 return Ok(());
             }
@@ -373,7 +381,7 @@ impl Dnsmasq {
         self.loaded = None;
         write_atomically(&path, desired.text.as_bytes())?;
         self.reload()?;
-        wait_until_answers(self.settings.port, &desired.digest, None)
+        wait_until_answers(self.port, &desired.digest, None)
             .context("the system dnsmasq (its log: logread -e dnsmasq)")?;
         self.loaded = Some(desired.text);
         Ok(())
@@ -381,10 +389,10 @@ impl Dnsmasq {
 
     /// Runs `reload_command`, bounded in time.
     fn reload(&self) -> anyhow::Result<()> {
-        let command = &self.settings.reload_command;
+        let command = &self.reload_command;
         let (program, args) = command
             .split_first()
-            .context("dns.reload_command is empty")?;
+            .context("dns_reload_command is empty")?;
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -608,7 +616,7 @@ mod tests {
 
     fn settings(dir: &Path, extra: &str) -> Settings {
         Settings::parse(&format!(
-            "state_dir = {:?}\n[dns]\nport = 1\n{extra}",
+            "state_dir = {:?}\ndns_port = 1\n{extra}",
             dir.join("state")
         ))
         .unwrap()
@@ -622,7 +630,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut dnsmasq = Dnsmasq::new(&settings(
             dir.path(),
-            "dnsmasq = \"/nonexistent/dnsmasq\"\n",
+            "dns_dnsmasq = \"/nonexistent/dnsmasq\"\n",
         ));
         dnsmasq.apply(None).unwrap();
         let e = dnsmasq.apply(Some(&policy())).unwrap_err();
@@ -642,7 +650,7 @@ mod tests {
         let mut dnsmasq = Dnsmasq::new(&settings(
             dir.path(),
             &format!(
-                "mode = \"conf-dir\"\nconf_dir = {:?}\nreload_command = [\"sh\", \"-c\", \"echo x >> {}; exit 3\"]\n",
+                "dns_mode = \"conf-dir\"\ndns_conf_dir = {:?}\ndns_reload_command = [\"sh\", \"-c\", \"echo x >> {}; exit 3\"]\n",
                 dir.path().join("d"),
                 log.display()
             ),

@@ -71,33 +71,34 @@ pub struct Settings {
     /// The router's interfaces facing the ISP (`in_interface: wan`).
     #[serde(default = "default_wan_interfaces")]
     pub wan_interfaces: Vec<String>,
-    /// The router's resolver, which enforces the config's DNS policy.
-    #[serde(default)]
-    pub dns: DnsSettings,
-}
-
-/// The `[dns]` table: how the config's DNS policy reaches a dnsmasq.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DnsSettings {
-    /// `managed` or `conf-dir` (parsed by `Settings::parse`: an enum here
-    /// would cost the small binary a deserializer of its own).
-    pub mode: String,
+    // The router's resolver, which enforces the config's DNS policy. Flat
+    // `dns_*` keys rather than a `[dns]` table: a nested table costs the
+    // small binary a deserializer of its own (about 12 kB).
+    /// `managed` or `conf-dir` (`Settings::resolver_mode`; a string, not an
+    /// enum, for the same reason).
+    #[serde(default = "default_dns_mode")]
+    pub dns_mode: String,
     /// The dnsmasq program (managed mode).
-    pub dnsmasq: PathBuf,
+    #[serde(default = "default_dns_dnsmasq")]
+    pub dns_dnsmasq: PathBuf,
     /// Where the resolver answers (both modes: the agent checks it there).
-    pub port: u16,
+    #[serde(default = "default_dns_port")]
+    pub dns_port: u16,
     /// Servers the managed dnsmasq asks (`192.0.2.53`, `192.0.2.53:5353`,
     /// `[2001:db8::53]:53`); empty: those of /etc/resolv.conf. Checked by
-    /// `Settings::parse`; see `DnsSettings::upstream_servers`.
-    pub upstream: Vec<String>,
+    /// `Settings::parse`; see `Settings::upstream_servers`.
+    #[serde(default)]
+    pub dns_upstream: Vec<String>,
     /// Where the managed dnsmasq's config lives; default: `dnsmasq/` in the
-    /// state directory.
-    pub run_dir: Option<PathBuf>,
+    /// state directory (see `Settings::dnsmasq_run_dir`).
+    #[serde(default)]
+    pub dns_run_dir: Option<PathBuf>,
     /// The system dnsmasq's conf-dir (`conf-dir` mode).
-    pub conf_dir: PathBuf,
+    #[serde(default = "default_dns_conf_dir")]
+    pub dns_conf_dir: PathBuf,
     /// Makes the system dnsmasq read its conf-dir again (`conf-dir` mode).
-    pub reload_command: Vec<String>,
+    #[serde(default = "default_dns_reload_command")]
+    pub dns_reload_command: Vec<String>,
 }
 
 /// Who runs the dnsmasq that enforces the DNS policy.
@@ -108,45 +109,6 @@ pub enum DnsMode {
     /// The system's dnsmasq (OpenWrt) reads a file the agent writes into
     /// its conf-dir.
     ConfDir,
-}
-
-impl Default for DnsSettings {
-    fn default() -> Self {
-        DnsSettings {
-            mode: "managed".to_owned(),
-            dnsmasq: PathBuf::from("dnsmasq"),
-            port: 53,
-            upstream: Vec::new(),
-            run_dir: None,
-            conf_dir: PathBuf::from("/tmp/dnsmasq.d"),
-            reload_command: vec!["/etc/init.d/dnsmasq".to_owned(), "restart".to_owned()],
-        }
-    }
-}
-
-impl DnsSettings {
-    pub fn mode(&self) -> anyhow::Result<DnsMode> {
-        match self.mode.as_str() {
-            "managed" => Ok(DnsMode::Managed),
-            "conf-dir" => Ok(DnsMode::ConfDir),
-            other => bail!("dns.mode is `managed` or `conf-dir`, not `{other}`"),
-        }
-    }
-
-    /// The upstream servers, port 53 unless given.
-    pub fn upstream_servers(&self) -> anyhow::Result<Vec<SocketAddr>> {
-        let mut servers = Vec::with_capacity(self.upstream.len());
-        for text in &self.upstream {
-            match text.parse::<SocketAddr>() {
-                Ok(addr) => servers.push(addr),
-                Err(_) => match text.parse::<IpAddr>() {
-                    Ok(ip) => servers.push(SocketAddr::new(ip, 53)),
-                    Err(_) => bail!("dns.upstream: `{text}` is not an address"),
-                },
-            }
-        }
-        Ok(servers)
-    }
 }
 
 /// Whether `name` can be a Linux interface name (it is written into
@@ -177,6 +139,22 @@ fn default_local_block_max() -> usize {
 }
 fn default_local_block_rate() -> u32 {
     20
+}
+
+fn default_dns_mode() -> String {
+    "managed".to_owned()
+}
+fn default_dns_dnsmasq() -> PathBuf {
+    PathBuf::from("dnsmasq")
+}
+fn default_dns_port() -> u16 {
+    53
+}
+fn default_dns_conf_dir() -> PathBuf {
+    PathBuf::from("/tmp/dnsmasq.d")
+}
+fn default_dns_reload_command() -> Vec<String> {
+    vec!["/etc/init.d/dnsmasq".to_owned(), "restart".to_owned()]
 }
 
 fn default_backend() -> BackendChoice {
@@ -226,9 +204,9 @@ impl Settings {
         {
             check_interface_name(name)?;
         }
-        settings.dns.upstream_servers()?;
-        if settings.dns.mode()? == DnsMode::ConfDir && settings.dns.reload_command.is_empty() {
-            bail!("dns.reload_command is empty: the system dnsmasq would never read isdf.conf");
+        settings.upstream_servers()?;
+        if settings.resolver_mode()? == DnsMode::ConfDir && settings.dns_reload_command.is_empty() {
+            bail!("dns_reload_command is empty: the system dnsmasq would never read isdf.conf");
         }
         // Fail now rather than at the first config: a key that does not
         // parse would otherwise surface as every config being refused.
@@ -267,10 +245,33 @@ impl Settings {
         }
     }
 
-    /// The managed dnsmasq's directory.
-    pub fn dns_run_dir(&self) -> PathBuf {
-        self.dns
-            .run_dir
+    /// Who runs the dnsmasq that enforces the DNS policy (`dns_mode`).
+    pub fn resolver_mode(&self) -> anyhow::Result<DnsMode> {
+        match self.dns_mode.as_str() {
+            "managed" => Ok(DnsMode::Managed),
+            "conf-dir" => Ok(DnsMode::ConfDir),
+            other => bail!("dns_mode is `managed` or `conf-dir`, not `{other}`"),
+        }
+    }
+
+    /// The upstream servers (`dns_upstream`), port 53 unless given.
+    pub fn upstream_servers(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        let mut servers = Vec::with_capacity(self.dns_upstream.len());
+        for text in &self.dns_upstream {
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => servers.push(addr),
+                Err(_) => match text.parse::<IpAddr>() {
+                    Ok(ip) => servers.push(SocketAddr::new(ip, 53)),
+                    Err(_) => bail!("dns_upstream: `{text}` is not an address"),
+                },
+            }
+        }
+        Ok(servers)
+    }
+
+    /// The managed dnsmasq's directory (`dns_run_dir`).
+    pub fn dnsmasq_run_dir(&self) -> PathBuf {
+        self.dns_run_dir
             .clone()
             .unwrap_or_else(|| self.state_dir.join("dnsmasq"))
     }
@@ -377,36 +378,57 @@ mod tests {
         assert_eq!(s.router_block_limits().burst, 50.0);
     }
 
+    /// The `dns_*` keys of `s`, to compare.
+    #[allow(clippy::type_complexity)]
+    fn dns_keys(s: &Settings) -> (&str, &Path, u16, &[String], Option<&Path>, &Path, &[String]) {
+        (
+            &s.dns_mode,
+            &s.dns_dnsmasq,
+            s.dns_port,
+            &s.dns_upstream,
+            s.dns_run_dir.as_deref(),
+            &s.dns_conf_dir,
+            &s.dns_reload_command,
+        )
+    }
+
     #[test]
-    fn the_dns_table_defaults_to_a_managed_dnsmasq() {
+    fn the_dns_keys_default_to_a_managed_dnsmasq() {
         let s = Settings::parse("state_dir = \"/s\"\n").unwrap();
-        assert_eq!(s.dns, DnsSettings::default());
-        assert_eq!(s.dns.mode().unwrap(), DnsMode::Managed);
-        assert_eq!(s.dns.port, 53);
-        assert_eq!(s.dns_run_dir(), Path::new("/s/dnsmasq"));
-        assert_eq!(s.dns.conf_dir, Path::new("/tmp/dnsmasq.d"));
-        assert_eq!(s.dns.reload_command, ["/etc/init.d/dnsmasq", "restart"]);
+        assert_eq!(
+            dns_keys(&s),
+            (
+                "managed",
+                Path::new("dnsmasq"),
+                53,
+                &[][..],
+                None,
+                Path::new("/tmp/dnsmasq.d"),
+                &["/etc/init.d/dnsmasq".to_owned(), "restart".to_owned()][..],
+            )
+        );
+        assert_eq!(s.resolver_mode().unwrap(), DnsMode::Managed);
+        assert!(s.upstream_servers().unwrap().is_empty());
+        assert_eq!(s.dnsmasq_run_dir(), Path::new("/s/dnsmasq"));
 
         let s = Settings::parse(
             r#"
             state_dir = "/s"
             lan_interfaces = ["br-lan", "wlan0.1"]
-            [dns]
-            mode = "conf-dir"
-            dnsmasq = "/usr/sbin/dnsmasq"
-            port = 5353
-            upstream = ["192.0.2.53", "192.0.2.54:5353", "2001:db8::53", "[2001:db8::54]:5353"]
-            run_dir = "/run/isdf-dns"
-            conf_dir = "/tmp/dnsmasq.cfg01411c.d"
-            reload_command = ["/etc/init.d/dnsmasq", "reload"]
+            dns_mode = "conf-dir"
+            dns_dnsmasq = "/usr/sbin/dnsmasq"
+            dns_port = 5353
+            dns_upstream = ["192.0.2.53", "192.0.2.54:5353", "2001:db8::53", "[2001:db8::54]:5353"]
+            dns_run_dir = "/run/isdf-dns"
+            dns_conf_dir = "/tmp/dnsmasq.cfg01411c.d"
+            dns_reload_command = ["/etc/init.d/dnsmasq", "reload"]
             "#,
         )
         .unwrap();
-        assert_eq!(s.dns.mode().unwrap(), DnsMode::ConfDir);
-        assert_eq!(s.dns.dnsmasq, Path::new("/usr/sbin/dnsmasq"));
-        assert_eq!(s.dns.port, 5353);
+        assert_eq!(s.resolver_mode().unwrap(), DnsMode::ConfDir);
+        assert_eq!(s.dns_dnsmasq, Path::new("/usr/sbin/dnsmasq"));
+        assert_eq!(s.dns_port, 5353);
         let upstream: Vec<String> = s
-            .dns
             .upstream_servers()
             .unwrap()
             .iter()
@@ -421,27 +443,33 @@ mod tests {
                 "[2001:db8::54]:5353"
             ]
         );
-        assert_eq!(s.dns_run_dir(), Path::new("/run/isdf-dns"));
-        assert_eq!(s.dns.conf_dir, Path::new("/tmp/dnsmasq.cfg01411c.d"));
-        assert_eq!(s.dns.reload_command, ["/etc/init.d/dnsmasq", "reload"]);
+        assert_eq!(s.dnsmasq_run_dir(), Path::new("/run/isdf-dns"));
+        assert_eq!(s.dns_conf_dir, Path::new("/tmp/dnsmasq.cfg01411c.d"));
+        assert_eq!(s.dns_reload_command, ["/etc/init.d/dnsmasq", "reload"]);
     }
 
     #[test]
     fn the_example_config_parses() {
         let s = Settings::parse(include_str!("../../deploy/agent.toml.example")).unwrap();
-        assert_eq!(s.dns, DnsSettings::default());
+        let defaults = Settings::parse(&format!("state_dir = {:?}\n", s.state_dir)).unwrap();
+        assert_eq!(dns_keys(&s), dns_keys(&defaults));
+    }
+
+    #[test]
+    fn the_dns_table_of_before_is_refused() {
+        // The keys were in a `[dns]` table once: an old file must not
+        // silently lose them.
+        let err = Settings::parse("state_dir = \"/s\"\n[dns]\nmode = \"conf-dir\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
     }
 
     #[test]
     fn text_that_would_reach_dnsmasq_unchecked_is_refused() {
         for (text, needle) in [
+            ("dns_upstream = [\"192.0.2.1\\nport=1\"]", "not an address"),
+            ("dns_mode = \"system\"", "not `system`"),
             (
-                "[dns]\nupstream = [\"192.0.2.1\\nport=1\"]",
-                "not an address",
-            ),
-            ("[dns]\nmode = \"system\"", "not `system`"),
-            (
-                "[dns]\nmode = \"conf-dir\"\nreload_command = []",
+                "dns_mode = \"conf-dir\"\ndns_reload_command = []",
                 "reload_command",
             ),
             (

@@ -818,6 +818,13 @@ fn listed_shape(json: &serde_json::Value) -> anyhow::Result<(Shape, Vec<RuleCoun
     Ok((shape, counters))
 }
 
+/// Parses `nft -j` output. From bytes, as `isdf_api` reads JSON values (the
+/// root chain): a second deserializer, for text, would add some kB to the
+/// small binary.
+fn parse_json(out: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_slice(out.as_bytes()).context("parsing nft -j output")
+}
+
 /// The elements of one listed endpoint set (`nft -j list set`): each is
 /// `{"elem": {"val": {"concat": [addr, proto, port]}, "expires": secs}}`.
 fn parse_endpoints(set: &str, json: &serde_json::Value) -> Vec<LearnedEndpoint> {
@@ -959,8 +966,7 @@ impl NftBackend {
                 // better not to replace the ruleset at all.
                 Err(e) => return Err(e.context(format!("reading DNS-filled set {name}"))),
             };
-            let json: serde_json::Value =
-                serde_json::from_str(&out).context("parsing nft -j output")?;
+            let json = parse_json(&out)?;
             let elements = parse_carried(&json, addr_type(set.key.family()));
             if !elements.is_empty() {
                 carried.insert(name.to_owned(), elements);
@@ -1018,9 +1024,7 @@ impl NftBackend {
             &["-t", "-j", "list", "table", "inet", TABLE],
             "",
         ) {
-            Ok(out) => Ok(Some(
-                serde_json::from_str(&out).context("parsing nft -j output")?,
-            )),
+            Ok(out) => Ok(Some(parse_json(&out)?)),
             Err(e) if format!("{e:#}").contains("No such file or directory") => Ok(None),
             Err(e) => Err(e),
         }
@@ -1139,8 +1143,7 @@ impl FirewallBackend for NftBackend {
                 &["-j", "list", "set", "inet", TABLE, set.name.as_str()],
                 "",
             )?;
-            let json: serde_json::Value =
-                serde_json::from_str(&out).context("parsing nft -j output")?;
+            let json = parse_json(&out)?;
             learned.extend(parse_endpoints(set.name.as_str(), &json));
         }
         Ok(learned)

@@ -108,7 +108,7 @@ fn policy(local_address: &str, max_ttl: u32) -> DnsPolicy {
 
 fn settings(dir: &Path, extra: &str) -> Settings {
     Settings::parse(&format!(
-        "state_dir = {:?}\nlan_interfaces = [\"lan\"]\n[dns]\n{extra}",
+        "state_dir = {:?}\nlan_interfaces = [\"lan\"]\n{extra}",
         dir.join("state")
     ))
     .unwrap()
@@ -158,7 +158,7 @@ fn the_managed_dnsmasq_fills_sets_caps_ttls_and_answers_locally() {
         &["-f", &work.path().join("sets.nft").to_string_lossy()],
     );
 
-    let settings = settings(work.path(), "upstream = [\"198.51.100.2\"]\n");
+    let settings = settings(work.path(), "dns_upstream = [\"198.51.100.2\"]\n");
     let t = topo.clone();
     topo.router.enter(move || {
         let lan = t.lan.name.as_str();
@@ -244,7 +244,10 @@ fn the_managed_dnsmasq_fills_sets_caps_ttls_and_answers_locally() {
 fn a_dnsmasq_that_cannot_start_names_the_reason_and_a_leftover_is_ended() {
     let ns = Netns::create(format!("isdf-dnsfail-{}", std::process::id()));
     let work = tempfile::tempdir().unwrap();
-    let settings = settings(work.path(), "port = 5353\nupstream = [\"192.0.2.9\"]\n");
+    let settings = settings(
+        work.path(),
+        "dns_port = 5353\ndns_upstream = [\"192.0.2.9\"]\n",
+    );
     ns.enter(move || {
         let taken = std::net::UdpSocket::bind("127.0.0.1:5353").unwrap();
         let mut dnsmasq = Dnsmasq::new(&settings);
@@ -341,7 +344,7 @@ fn conf_dir_mode_drives_the_system_dnsmasq() {
     let settings = settings(
         dir,
         &format!(
-            "mode = \"conf-dir\"\nport = 5353\nconf_dir = {:?}\nreload_command = [\"sh\", \"-c\", {reload:?}]\n",
+            "dns_mode = \"conf-dir\"\ndns_port = 5353\ndns_conf_dir = {:?}\ndns_reload_command = [\"sh\", \"-c\", {reload:?}]\n",
             dir.join("conf.d")
         ),
     );

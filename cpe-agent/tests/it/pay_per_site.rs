@@ -346,7 +346,7 @@ impl Shop {
         std::io::Write::write_all(
             &mut agent_toml,
             format!(
-                "lan_interfaces = [\"lan\"]\nwan_interfaces = [\"wan\"]\n[dns]\nupstream = [\"{UPSTREAM}\"]\n"
+                "lan_interfaces = [\"lan\"]\nwan_interfaces = [\"wan\"]\ndns_upstream = [\"{UPSTREAM}\"]\n"
             )
             .as_bytes(),
         )
