@@ -170,6 +170,24 @@ impl PortalRedirect {
     }
 }
 
+/// Text made safe for HTML text and attribute values: the portal pages of
+/// both the router (its redirect body) and the controller show URLs and
+/// operator-written names.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Checks a URL the router hands out: http(s), printable ASCII, bounded.
 pub fn check_url(url: &str) -> Result<(), String> {
     let scheme_ok = url.starts_with("http://") || url.starts_with("https://");

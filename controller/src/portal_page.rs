@@ -34,20 +34,7 @@ pub struct WaitPage<'a> {
     pub open_url: &'a str,
 }
 
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use isdf_api::dns::escape_html as escape;
 
 /// `1,234.50 EUR` from minor units (two decimals).
 pub fn price(minor: i64, currency: &str) -> String {

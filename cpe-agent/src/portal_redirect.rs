@@ -205,7 +205,7 @@ pub fn answer(head: &[u8], portal: &PortalRedirect) -> Vec<u8> {
     match parse_head(head) {
         Some((method, host)) => {
             let url = portal.url_for(host.unwrap_or(""));
-            let escaped = html_escape(url);
+            let escaped = isdf_api::dns::escape_html(url);
             let body = format!(
                 "<!DOCTYPE html><title>Redirect</title><a href=\"{escaped}\">{escaped}</a>\n"
             );
@@ -288,21 +288,6 @@ fn response(status: &str, location: Option<&str>, body: &str, head_only: bool) -
         out.push_str(body);
     }
     out.into_bytes()
-}
-
-fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -140,13 +140,7 @@ pub async fn list(
         cursor: query.cursor,
     };
     let limit = paging.limit()?;
-    let after = paging
-        .after()?
-        .map(|a| {
-            a.parse::<Uuid>()
-                .map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor"))
-        })
-        .transpose()?;
+    let after = paging.after_parsed::<Uuid>()?;
     let rows = db::assignments::list(&state.pool, query.service_id, after, limit).await?;
     Ok(Json(page(
         rows,

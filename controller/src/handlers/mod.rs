@@ -65,6 +65,16 @@ impl PageParams {
             })
             .transpose()
     }
+
+    /// The decoded cursor parsed as the list's sort key (an id, a number).
+    pub fn after_parsed<T: std::str::FromStr>(&self) -> Result<Option<T>, ApiError> {
+        self.after()?
+            .map(|a| {
+                a.parse::<T>()
+                    .map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor"))
+            })
+            .transpose()
+    }
 }
 
 /// Builds a page from one extra-long fetch: `rows` was fetched with `limit`

@@ -100,13 +100,7 @@ pub async fn list(
     ApiQuery(paging): ApiQuery<PageParams>,
 ) -> ApiResult<Json<Page<OperatorTokenView>>> {
     let limit = paging.limit()?;
-    let after = paging
-        .after()?
-        .map(|a| {
-            a.parse::<Uuid>()
-                .map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor"))
-        })
-        .transpose()?;
+    let after = paging.after_parsed::<Uuid>()?;
     let rows = db::operators::list(&state.pool, after, limit).await?;
     Ok(Json(page(
         rows,
@@ -165,13 +159,7 @@ pub async fn audit(
     ApiQuery(paging): ApiQuery<PageParams>,
 ) -> ApiResult<Json<Page<AuditEntryView>>> {
     let limit = paging.limit()?;
-    let before = paging
-        .after()?
-        .map(|a| {
-            a.parse::<i64>()
-                .map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor"))
-        })
-        .transpose()?;
+    let before = paging.after_parsed::<i64>()?;
     let rows = db::audit::list(&state.pool, before, limit).await?;
     Ok(Json(page(
         rows,

@@ -176,13 +176,7 @@ pub async fn list_revisions(
 ) -> ApiResult<Json<Page<RevisionView>>> {
     find(&state, id).await?;
     let limit = paging.limit()?;
-    let after = paging
-        .after()?
-        .map(|a| {
-            a.parse::<i32>()
-                .map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor"))
-        })
-        .transpose()?;
+    let after = paging.after_parsed::<i32>()?;
     let rows = db::services::list_revisions(&state.pool, id, after, limit).await?;
     Ok(Json(page(
         rows,

@@ -141,13 +141,7 @@ pub async fn list(
         cursor: query.cursor,
     };
     let limit = paging.limit()?;
-    let after = paging
-        .after()?
-        .map(|a| {
-            a.parse::<i64>()
-                .map_err(|_| ApiError::bad_request("invalid_query", "invalid cursor"))
-        })
-        .transpose()?;
+    let after = paging.after_parsed::<i64>()?;
     let rows = db::catalog::list(&state.pool, catalog.as_deref(), after, limit).await?;
     Ok(Json(page(
         rows,
