@@ -378,15 +378,7 @@ mod tests {
             .unwrap(),
         };
         let firewall = compile_firewall(&Labels::default(), &[spec(60), spec(600)], &[], None, 0);
-        insta::assert_json_snapshot!(firewall);
-        let config = isdf_api::DeviceConfig {
-            device_id: "d".into(),
-            version: 1,
-            issued_at: 0,
-            expires_at: 1,
-            firewall,
-        };
-        config.validate().unwrap();
+        insta::assert_json_snapshot!(validated(firewall));
         assert!(ServiceSpec::parse(
             ServiceKind::BittorrentBlock,
             &serde_json::json!({"block_secs": 0})
@@ -401,15 +393,13 @@ mod tests {
             0,
             r#"{"flows":[{"protocol":"icmp"},{"protocol":"tcp","sport":"1-2","dst":"::/0","dport":3}]}"#,
         )];
-        let firewall = compile_firewall(&Labels::default(), &assignments, &[], None, 0);
-        let config = isdf_api::DeviceConfig {
-            device_id: "d".into(),
-            version: 1,
-            issued_at: 0,
-            expires_at: 1,
-            firewall,
-        };
-        config.validate().unwrap();
+        validated(compile_firewall(
+            &Labels::default(),
+            &assignments,
+            &[],
+            None,
+            0,
+        ));
     }
 
     fn arbitrary_flow() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
