@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::dns::{check_url, DnsPolicy, PortalRedirect};
 use crate::net::{Family, PortRange, Prefix, Protocol};
+use crate::wireguard::{check_wireguard, Wireguard};
 
 /// The signed desired state of one router.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +47,9 @@ pub struct Firewall {
     /// The router's answer to HTTP requests a `redirect` rule sends to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub portal: Option<PortalRedirect>,
+    /// Site-to-site tunnels; None: the router runs none and makes no key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<Wireguard>,
 }
 
 impl Firewall {
@@ -564,6 +568,9 @@ impl DeviceConfig {
         }
         if let Some(portal) = &self.firewall.portal {
             check_portal(portal).map_err(ConfigError)?;
+        }
+        if let Some(wireguard) = &self.firewall.wireguard {
+            check_wireguard(wireguard).map_err(ConfigError)?;
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ pub mod events;
 pub mod net;
 pub mod root;
 pub mod status;
+pub mod wireguard;
 
 pub use config::{
     Action, AddEndpoints, Chain, ConfigError, DeviceConfig, ElementValue, Endpoint, Firewall,
@@ -26,6 +27,10 @@ pub use envelope::{
 };
 pub use net::{Family, PortRange, Prefix, Protocol};
 pub use status::{Outcome, RuleCounter, StatusReport};
+pub use wireguard::{
+    Peer, PeerStatus, ProbeAnswer, ProbeRequest, Tunnel, TunnelStatus, WgKey, Wireguard,
+    WireguardFacts,
+};
 
 /// HTTP paths of the device API, shared so the agent and controller agree.
 pub mod paths {
@@ -39,6 +44,11 @@ pub mod paths {
     pub const DEVICE_ROOTS: &str = "/device/v1/roots";
     /// Events the router reports on its own: local blocks, detections (`POST`).
     pub const DEVICE_EVENTS: &str = "/device/v1/events";
+    /// Report the router's WireGuard facts: public keys, port, WAN
+    /// addresses, probe proof (`PUT`).
+    pub const DEVICE_WIREGUARD_FACTS: &str = "/device/v1/wireguard/facts";
+    /// Ask for UDP probes to the router's probe port (`POST`).
+    pub const DEVICE_WIREGUARD_PROBE: &str = "/device/v1/wireguard/probe";
     /// Renew the client certificate over mutual TLS (`POST`).
     pub const DEVICE_RENEW: &str = "/device/v1/renew";
     /// Enroll with a token and a CSR, on the enrollment listener (`POST`).

@@ -42,6 +42,9 @@ pub struct StatusReport {
     pub errors: Vec<String>,
     #[serde(default)]
     pub counters: Vec<RuleCounter>,
+    /// The tunnels the router runs, as the kernel (or wireguard-go) reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnels: Vec<crate::wireguard::TunnelStatus>,
     /// Firewall backend in use (`nftables` or `iptables`).
     pub backend: String,
     pub agent_version: String,

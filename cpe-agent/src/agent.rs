@@ -822,6 +822,7 @@ impl Agent {
             attempted_version,
             errors,
             counters: self.backend.counters().unwrap_or_default(),
+            tunnels: vec![],
             backend: self.backend.name().to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         })

@@ -111,6 +111,7 @@ fn report(sequence: u64) -> StatusReport {
         attempted_version: Some(1),
         errors: vec![],
         counters: vec![],
+        tunnels: vec![],
         backend: "nftables".into(),
         agent_version: "test".into(),
     }
