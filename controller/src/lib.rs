@@ -30,5 +30,6 @@ pub mod signer;
 pub mod state;
 #[doc(hidden)]
 pub mod test_support;
+pub mod vpn;
 
 pub use app::{Application, Settings};
