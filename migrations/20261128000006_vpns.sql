@@ -62,6 +62,9 @@ CREATE TABLE wireguard_facts (
     rotation_waits_for jsonb,
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
+-- Status reports look up the rotations waiting on the reporting router.
+CREATE INDEX wireguard_facts_rotating_idx ON wireguard_facts (device_id)
+    WHERE rotation_stage IS NOT NULL;
 
 -- Routers the ISP runs as relays (enrolled like any router), and which VPN
 -- each relays on which port.

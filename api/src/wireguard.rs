@@ -114,7 +114,10 @@ pub struct Peer {
 
 impl Tunnel {
     pub const MAX_PEERS: usize = 4096;
+    /// Local prefixes of a router.
     pub const MAX_PREFIXES: usize = 256;
+    /// Allowed prefixes of one peer (a hub carries every site behind it).
+    pub const MAX_PEER_PREFIXES: usize = 16_384;
 
     /// Every prefix of the VPN as seen from this router: its own address and
     /// LAN prefixes and what its peers may send from.
@@ -192,11 +195,13 @@ fn check_tunnel(tunnel: &Tunnel, own_key: Option<WgKey>) -> Result<(), String> {
                 ));
             }
         }
-        if peer.allowed_prefixes.is_empty() || peer.allowed_prefixes.len() > Tunnel::MAX_PREFIXES {
+        if peer.allowed_prefixes.is_empty()
+            || peer.allowed_prefixes.len() > Tunnel::MAX_PEER_PREFIXES
+        {
             return Err(format!(
                 "peer `{}` has 1 to {} allowed prefixes",
                 peer.name,
-                Tunnel::MAX_PREFIXES
+                Tunnel::MAX_PEER_PREFIXES
             ));
         }
         if peer.keepalive_secs == Some(0) {

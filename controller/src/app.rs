@@ -213,6 +213,7 @@ impl Application {
                 charges: crate::limits::RateLimiter::new(1.0 / 60.0, 5),
             }),
             billing_webhook_key: Arc::new(billing_webhook_key),
+            probes: Arc::default(),
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
@@ -257,8 +258,10 @@ impl Application {
             .acceptor(DeviceIdentityAcceptor::new(tls_acceptor(self.device_tls)))
             .handle(handle.clone());
         limit_headers(device_server.http_builder(), &limits);
-        let device_server =
-            device_server.serve(routes::device_router(self.state.clone()).into_make_service());
+        let device_server = device_server.serve(
+            routes::device_router(self.state.clone())
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        );
         let operator_app = routes::operator_router(self.state.clone()).into_make_service();
         let api_server: std::pin::Pin<
             Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
@@ -350,6 +353,15 @@ async fn refresh_loop(reconciler: Arc<Reconciler>) {
             tracing::warn!(error = ?e, "recompiling routers whose passes ended");
         } else {
             passes_checked = now;
+        }
+        let keys = crate::wireguard_facts::KeyKeeper {
+            reconciler: &reconciler,
+        };
+        if let Err(e) = keys.switch_stalled().await {
+            tracing::warn!(error = ?e, "switching stalled key rotations");
+        }
+        if let Err(e) = reconciler.recompile_vpns_wanting_relay().await {
+            tracing::warn!(error = ?e, "giving VPNs a relay");
         }
         if round % EXPIRY_EVERY == 0 {
             if let Err(e) = reconciler.refresh_expiring().await {

@@ -107,6 +107,15 @@ impl ConfigCache {
         }
     }
 
+    /// The version the device last reported enforcing (0: none yet).
+    pub fn enforced(&self, id: Uuid) -> u64 {
+        self.devices
+            .read()
+            .expect("lock")
+            .get(&id)
+            .map_or(0, |s| *s.enforced.borrow())
+    }
+
     /// Waits until the device reports enforcing `version` or newer; false
     /// when `timeout` passes first or the device is unknown.
     pub async fn wait_enforced(

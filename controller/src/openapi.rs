@@ -5,7 +5,7 @@ use utoipa::OpenApi;
 
 use crate::handlers::{
     assignments, billing, blocks, customers, device_api, devices, enrollment, operators, purchases,
-    services, sites,
+    services, sites, wireguard,
 };
 
 #[derive(OpenApi)]
@@ -26,6 +26,8 @@ use crate::handlers::{
         sites::create, sites::list, sites::get, sites::update, sites::delete,
         purchases::create, purchases::list, purchases::cancel, billing::webhook,
         device_api::poll_config, device_api::report_status, device_api::report_events,
+        device_api::probe, device_api::wireguard_facts,
+        wireguard::get, wireguard::rotate,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::domain::FlowBlockSpec, crate::domain::FlowSpec,

@@ -19,6 +19,7 @@ use crate::db;
 use crate::domain::{BlockAction, Labels, Selector, ServiceKind, ServiceSpec};
 use crate::pay_per_site::{CatalogSite, Catalogs, DeviceShop};
 use crate::signer::ConfigSigner;
+use crate::vpn;
 
 /// Serialises recompiles across controller replicas (pg advisory lock key).
 const RECOMPILE_LOCK: i64 = 0x1a5d_c0de;
@@ -91,6 +92,81 @@ fn device_block(row: &db::blocks::BlockRow) -> DeviceBlock {
     }
 }
 
+/// The VPNs a recompile's routers are in (as members or relays), and each
+/// such router's own key settings.
+struct Vpns {
+    vpns: Vec<vpn::Vpn>,
+    /// Router -> (key it is told to use, generation asked of it).
+    own: HashMap<Uuid, (Option<isdf_api::WgKey>, u32)>,
+    /// Routers the relay decisions added to the recompile.
+    extra_targets: Vec<Uuid>,
+}
+
+impl Vpns {
+    /// Each router's `Wireguard`: None for routers in no VPN and not a relay.
+    fn compile(&self) -> HashMap<Uuid, isdf_api::Wireguard> {
+        let mut out: HashMap<Uuid, isdf_api::Wireguard> = self
+            .own
+            .iter()
+            .map(|(id, (key, generation))| {
+                let wireguard = isdf_api::Wireguard {
+                    public_key: *key,
+                    key_generation: *generation,
+                    tunnels: vec![],
+                };
+                (*id, wireguard)
+            })
+            .collect();
+        for vpn in &self.vpns {
+            let plan = vpn::Plan::decide(vpn);
+            let routers = vpn
+                .sites
+                .iter()
+                .map(|s| s.device_id)
+                .chain(vpn.relay.as_ref().map(|r| r.device_id));
+            for router in routers {
+                let Some(wireguard) = out.get_mut(&router) else {
+                    continue; // not being recompiled
+                };
+                if wireguard.public_key.is_none() {
+                    continue; // no key yet: it reports one first
+                }
+                if let Some(tunnel) = plan.tunnel_for(router) {
+                    wireguard.tunnels.push(tunnel);
+                }
+            }
+        }
+        for wireguard in out.values_mut() {
+            wireguard
+                .tunnels
+                .sort_by(|a, b| a.interface.cmp(&b.interface));
+        }
+        out
+    }
+}
+
+fn parse_keys(
+    active: Option<&str>,
+    alternate: Option<&str>,
+    listen_port: Option<i32>,
+    reachable: Option<&str>,
+) -> Option<vpn::SiteKeys> {
+    Some(vpn::SiteKeys {
+        active: isdf_api::WgKey::parse(active?).ok()?,
+        alternate: alternate.and_then(|k| isdf_api::WgKey::parse(k).ok()),
+        listen_port: u16::try_from(listen_port?).ok()?,
+        reachable: reachable.and_then(|a| a.parse().ok()),
+    })
+}
+
+/// The highest usable address of a pool: a relay's address in that VPN.
+fn relay_address(pool: &str) -> Option<std::net::Ipv4Addr> {
+    let net: ipnet::Ipv4Net = pool.parse().ok()?;
+    Some(std::net::Ipv4Addr::from(
+        u32::from(net.broadcast()).checked_sub(1)?,
+    ))
+}
+
 /// What `pay-per-site` compiles from: the sites of the assigned catalogs and
 /// each device's passes (site id -> end, Unix seconds).
 struct Shops {
@@ -100,6 +176,133 @@ struct Shops {
 }
 
 impl Reconciler {
+    /// Loads the VPNs `devices` are in (members or relays) with everything
+    /// their tunnels are compiled from, giving a relay to an auto VPN that
+    /// needs one and taking it from one that no longer does (the relay is
+    /// then recompiled too).
+    async fn load_vpns(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        devices: Option<&[Uuid]>,
+    ) -> anyhow::Result<Vpns> {
+        let own = db::wireguard::own_sides(&mut **tx, devices)
+            .await
+            .context("loading routers' key settings")?
+            .into_iter()
+            .map(|(id, key, generation)| {
+                let key = key.and_then(|k| isdf_api::WgKey::parse(&k).ok());
+                let generation = generation.map_or(1, |g| u32::try_from(g).unwrap_or(1));
+                (id, (key, generation))
+            })
+            .collect();
+        let ids = db::wireguard::vpns_of_devices(&mut **tx, devices)
+            .await
+            .context("finding VPNs")?;
+        let mut out = Vpns {
+            vpns: vec![],
+            own,
+            extra_targets: vec![],
+        };
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let rows = db::wireguard::vpns(&mut **tx, &ids)
+            .await
+            .context("loading VPNs")?;
+        let mut members: HashMap<Uuid, Vec<vpn::Site>> = HashMap::new();
+        for m in db::wireguard::members_of(&mut **tx, &ids)
+            .await
+            .context("loading VPN members")?
+        {
+            let site = vpn::Site {
+                device_id: m.device_id,
+                name: m.name,
+                tunnel_address: m.tunnel_address.parse().context("tunnel address")?,
+                prefixes: m
+                    .prefixes
+                    .iter()
+                    .filter_map(|p| isdf_api::Prefix::parse(p).ok())
+                    .collect(),
+                keys: parse_keys(
+                    m.active_public_key.as_deref(),
+                    m.alternate_public_key.as_deref(),
+                    m.listen_port,
+                    m.reachable_address.as_deref(),
+                ),
+            };
+            members.entry(m.vpn_id).or_default().push(site);
+        }
+        let mut slots: HashMap<Uuid, db::wireguard::RelaySlotRow> =
+            db::wireguard::relay_slots_of(&mut **tx, &ids)
+                .await
+                .context("loading relay slots")?
+                .into_iter()
+                .map(|r| (r.vpn_id, r))
+                .collect();
+        for row in rows {
+            let relay_of = |slot: &db::wireguard::RelaySlotRow| {
+                Some(vpn::Relay {
+                    device_id: slot.relay_device_id,
+                    name: slot.name.clone(),
+                    slot: u16::try_from(slot.slot).ok()?,
+                    tunnel_address: relay_address(&row.address_pool)?,
+                    keys: parse_keys(
+                        slot.active_public_key.as_deref(),
+                        slot.alternate_public_key.as_deref(),
+                        slot.listen_port,
+                        slot.reachable_address.as_deref(),
+                    )?,
+                })
+            };
+            let mut vpn = vpn::Vpn {
+                id: row.id,
+                topology: vpn::Topology::parse(&row.topology).context("topology")?,
+                hub: row.hub_device_id,
+                sites: members.remove(&row.id).unwrap_or_default(),
+                relay: slots.get(&row.id).and_then(relay_of),
+            };
+            let need = vpn::Plan::decide(&vpn).relay_need();
+            let has_slot = slots.contains_key(&row.id);
+            if need == vpn::RelayNeed::Needed && !has_slot {
+                if let Some((relay, _)) = db::wireguard::assign_relay(&mut **tx, row.id)
+                    .await
+                    .context("assigning a relay")?
+                {
+                    for slot in db::wireguard::relay_slots_of(&mut **tx, &[row.id])
+                        .await
+                        .context("loading the new relay slot")?
+                    {
+                        vpn.relay = relay_of(&slot);
+                        slots.insert(row.id, slot);
+                    }
+                    out.extra_targets.push(relay);
+                }
+            } else if need == vpn::RelayNeed::NotNeeded && has_slot {
+                db::wireguard::release_relay(&mut **tx, row.id)
+                    .await
+                    .context("releasing the relay")?;
+                if let Some(slot) = slots.remove(&row.id) {
+                    out.extra_targets.push(slot.relay_device_id);
+                }
+                vpn.relay = None;
+            }
+            out.vpns.push(vpn);
+        }
+        if !out.extra_targets.is_empty() {
+            // The relays' own key settings, when they were not targets.
+            for (id, key, generation) in
+                db::wireguard::own_sides(&mut **tx, Some(&out.extra_targets))
+                    .await
+                    .context("loading relays' key settings")?
+            {
+                let key = key.and_then(|k| isdf_api::WgKey::parse(&k).ok());
+                let generation = generation.map_or(1, |g| u32::try_from(g).unwrap_or(1));
+                out.own.insert(id, (key, generation));
+            }
+        }
+        Ok(out)
+    }
+
     /// Loads the catalogs `assignments` name and the passes of `devices`
     /// (nothing when no `pay-per-site` is assigned).
     async fn load_shops(
@@ -168,6 +371,14 @@ impl Reconciler {
             .execute(&mut *tx)
             .await
             .context("taking the recompile lock")?;
+        let vpns = self.load_vpns(&mut tx, devices).await?;
+        let widened: Option<Vec<Uuid>> = devices.map(|d| {
+            let mut all = d.to_vec();
+            all.extend(vpns.extra_targets.iter().filter(|r| !d.contains(r)));
+            all
+        });
+        let devices = widened.as_deref();
+        let wireguard = vpns.compile();
         let targets = db::devices::labels_of(&mut *tx, devices)
             .await
             .context("loading device labels")?;
@@ -209,8 +420,9 @@ impl Reconciler {
                 passes: shops.passes.get(id).unwrap_or(&shops.no_passes),
                 portal: &self.portal_links,
             };
-            let firewall =
+            let mut firewall =
                 compile_firewall(&labels, &assignments, blocks, Some(&shop), now.timestamp());
+            firewall.wireguard = wireguard.get(id).cloned();
             let digest = firewall.digest();
             let previous = existing.get(id);
             let unchanged = previous.is_some_and(|(_, d, expires)| {
@@ -303,6 +515,15 @@ impl Reconciler {
         let ids = db::purchases::devices_with_passes_ended(&self.pool, after, until)
             .await
             .context("finding routers whose passes ended")?;
+        self.recompile(Some(&ids), Resign::IfChanged).await
+    }
+
+    /// Recompiles the members of auto VPNs that need a relay and have none
+    /// (a relay became reachable since), which gives them one.
+    pub async fn recompile_vpns_wanting_relay(&self) -> anyhow::Result<RecompileSummary> {
+        let ids = db::wireguard::members_of_vpns_wanting_relay(&self.pool)
+            .await
+            .context("finding VPNs that need a relay")?;
         self.recompile(Some(&ids), Resign::IfChanged).await
     }
 

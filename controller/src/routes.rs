@@ -1,14 +1,14 @@
 //! Every route of both listeners, in one place.
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::authorize_and_audit;
 use crate::handlers::{
     assignments, billing, blocks, customers, device_api, devices, enrollment, operators, portal,
-    purchases, services, sites,
+    purchases, services, sites, wireguard,
 };
 use crate::openapi;
 use crate::state::AppState;
@@ -93,6 +93,11 @@ pub fn operator_router(state: AppState) -> Router {
             "/api/v1/customers/{id}/devices/{device_id}",
             axum::routing::put(customers::attach_device).delete(customers::detach_device),
         )
+        .route("/api/v1/devices/{id}/wireguard", get(wireguard::get))
+        .route(
+            "/api/v1/devices/{id}/wireguard/rotate",
+            post(wireguard::rotate),
+        )
         .route("/api/v1/sites", post(sites::create).get(sites::list))
         .route(
             "/api/v1/sites/{id}",
@@ -140,6 +145,14 @@ pub fn device_router(state: AppState) -> Router {
             post(device_api::report_events),
         )
         .route(isdf_api::paths::DEVICE_PING, get(device_api::ping))
+        .route(
+            isdf_api::paths::DEVICE_WIREGUARD_PROBE,
+            post(device_api::probe),
+        )
+        .route(
+            isdf_api::paths::DEVICE_WIREGUARD_FACTS,
+            put(device_api::wireguard_facts),
+        )
         .route(isdf_api::paths::DEVICE_RENEW, post(enrollment::renew))
         .route(isdf_api::paths::DEVICE_ROOTS, get(device_api::roots))
         .fallback(not_found)

@@ -31,6 +31,8 @@ pub struct AppState {
     /// The shared secret that signs billing webhooks.
     pub billing_webhook_key: Arc<WebhookKey>,
     pub portal: Arc<Portal>,
+    /// UDP probes sent to routers and not yet redeemed.
+    pub probes: Arc<crate::wireguard_facts::Probes>,
 }
 
 /// The customer-facing portal: its signed links and how it takes payment.

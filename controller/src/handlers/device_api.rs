@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,7 @@ use crate::config_cache::ServedConfig;
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::state::AppState;
+use crate::wireguard_facts::{probe_targets, FactsError, KeyKeeper};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +135,14 @@ pub async fn report_status(
     tx.commit().await?;
     if let Some(version) = report.enforced_version {
         state.cache.report_enforced(id, version);
+        let keys = KeyKeeper {
+            reconciler: &state.reconciler,
+        };
+        // The report is stored; a rotation that cannot advance now advances
+        // with the next report or after its wait.
+        if let Err(e) = keys.enforced(id, version).await {
+            tracing::warn!(device = %id, error = ?e, "advancing key rotations");
+        }
     }
     tracing::info!(device = %id, outcome = ?report.outcome, version = ?report.enforced_version, "status report");
     Ok(StatusCode::NO_CONTENT)
@@ -229,4 +238,53 @@ pub async fn roots(
 /// Reachability check the agent makes after applying a config.
 pub async fn ping(Device(_): Device) -> Json<serde_json::Value> {
     Json(serde_json::json!({"ok": true}))
+}
+
+#[utoipa::path(post, path = "/device/v1/wireguard/probe", tag = "device",
+    responses((status = 200, description = "Where probes were sent"), (status = 400, body = crate::error::ErrorBody)))]
+/// Sends one UDP datagram with its own nonce to the router's probe port at
+/// the address this request came from and at each WAN address it names.
+/// The router reports the nonce it received in its facts.
+pub async fn probe(
+    Device(id): Device,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ApiJson(request): ApiJson<isdf_api::ProbeRequest>,
+) -> ApiResult<Json<isdf_api::ProbeAnswer>> {
+    if request.port == 0 {
+        return Err(ApiError::invalid("port is 0"));
+    }
+    let observed = peer.ip().to_canonical();
+    let targets = probe_targets(observed, &request.wan_addresses, request.port);
+    let sent_to = state.probes.send(id, &targets).await?;
+    Ok(Json(isdf_api::ProbeAnswer { sent_to }))
+}
+
+#[utoipa::path(put, path = "/device/v1/wireguard/facts", tag = "device",
+    responses((status = 204), (status = 400, body = crate::error::ErrorBody)))]
+/// The router's WireGuard facts: the key it uses (and one made for a
+/// rotation), its port, WAN addresses, and the nonce of a probe it
+/// received. Routers sharing a VPN with it are recompiled when this
+/// changes their configs.
+pub async fn wireguard_facts(
+    Device(id): Device,
+    State(state): State<AppState>,
+    ApiJson(facts): ApiJson<isdf_api::WireguardFacts>,
+) -> ApiResult<StatusCode> {
+    let reachable = facts
+        .probe_nonce
+        .as_deref()
+        .and_then(|nonce| state.probes.redeem(id, nonce))
+        .map(|to| to.ip());
+    let keys = KeyKeeper {
+        reconciler: &state.reconciler,
+    };
+    match keys.record(id, &facts, reachable).await {
+        Ok(()) => {
+            tracing::info!(device = %id, key = %facts.public_key, reachable = ?reachable, "WireGuard facts");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(FactsError::Invalid(message)) => Err(ApiError::invalid(message)),
+        Err(FactsError::Internal(e)) => Err(e.into()),
+    }
 }
