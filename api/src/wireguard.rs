@@ -233,11 +233,14 @@ fn check_tunnel(tunnel: &Tunnel, own_key: Option<WgKey>) -> Result<(), String> {
     Ok(())
 }
 
+/// A prefix and who it belongs to.
+pub type OwnedPrefix<'a, T> = (&'a Prefix, T);
+
 /// The first two prefixes (of different owners) that overlap, sorting by
 /// start address so a long list is checked in n log n.
 pub fn first_overlap<'a, T: Copy>(
-    items: &[(&'a Prefix, T)],
-) -> Option<((&'a Prefix, T), (&'a Prefix, T))> {
+    items: &[OwnedPrefix<'a, T>],
+) -> Option<(OwnedPrefix<'a, T>, OwnedPrefix<'a, T>)> {
     let mut sorted: Vec<(&Prefix, T)> = items.to_vec();
     sorted.sort_by_key(|(p, _)| (p.family(), p.net().network(), p.net().prefix_len()));
     // Keep the prefix that reaches furthest so far: a later one overlaps
