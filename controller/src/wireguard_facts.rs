@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::db::wireguard::FactsRow;
-use crate::reconcile::{Reconciler, Resign};
+use crate::reconcile::{RecompileSummary, Reconciler, Resign};
 
 /// How long a probe's nonce can be redeemed.
 const PROBE_VALIDITY: Duration = Duration::from_secs(60);
@@ -239,7 +239,7 @@ impl KeyKeeper<'_> {
         device: Uuid,
         facts: &WireguardFacts,
         reachable: Option<IpAddr>,
-    ) -> Result<(), FactsError> {
+    ) -> Result<RecompileSummary, FactsError> {
         if facts.listen_port == 0 {
             return Err(FactsError::Invalid("listen_port is 0".into()));
         }
@@ -263,13 +263,14 @@ impl KeyKeeper<'_> {
         tx.commit().await.context("committing facts")?;
         let announced =
             new.rotation_stage.as_deref() == Some(ANNOUNCED) && new.rotation_waits_for.is_none();
+        let mut summary = RecompileSummary::default();
         if changes_configs(old.as_ref(), &new) {
-            self.recompile_around(device).await?;
+            summary = self.recompile_around(device).await?;
         }
         if announced {
             self.wait_for_peers(device).await?;
         }
-        Ok(())
+        Ok(summary)
     }
 
     /// Asks the router for a new key; the rotation proceeds from its report.
@@ -285,14 +286,13 @@ impl KeyKeeper<'_> {
         Ok(generation)
     }
 
-    async fn recompile_around(&self, device: Uuid) -> anyhow::Result<()> {
+    async fn recompile_around(&self, device: Uuid) -> anyhow::Result<RecompileSummary> {
         let group = db::wireguard::devices_sharing_vpns_with(&self.reconciler.pool, device)
             .await
             .context("finding the routers that share a VPN")?;
         self.reconciler
             .recompile(Some(&group), Resign::IfChanged)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// After announcing: note which config version each other router must
@@ -411,7 +411,8 @@ impl KeyKeeper<'_> {
             .context("storing switch")?;
         tx.commit().await.context("committing switch")?;
         tracing::info!(%device, key = %row.active_public_key, "WireGuard key switch");
-        self.recompile_around(device).await
+        self.recompile_around(device).await?;
+        Ok(())
     }
 }
 

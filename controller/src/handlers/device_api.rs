@@ -280,7 +280,7 @@ pub async fn wireguard_facts(
         reconciler: &state.reconciler,
     };
     match keys.record(id, &facts, reachable).await {
-        Ok(()) => {
+        Ok(_) => {
             tracing::info!(device = %id, key = %facts.public_key, reachable = ?reachable, "WireGuard facts");
             Ok(StatusCode::NO_CONTENT)
         }
