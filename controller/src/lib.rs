@@ -31,5 +31,6 @@ pub mod state;
 #[doc(hidden)]
 pub mod test_support;
 pub mod vpn;
+pub mod vpn_admin;
 
 pub use app::{Application, Settings};

@@ -19,6 +19,7 @@ pub mod operators;
 pub mod purchases;
 pub mod services;
 pub mod status;
+pub mod vpns;
 
 /// Whether `e` is a unique-constraint violation (SQLSTATE 23505).
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {

@@ -13,6 +13,7 @@ pub mod portal;
 pub mod purchases;
 pub mod services;
 pub mod sites;
+pub mod vpns;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
