@@ -99,9 +99,9 @@ pub struct LanPrefixes(Vec<Prefix>);
 /// Why a site's prefixes were refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PrefixError {
-    /// `invalid_prefix`: malformed, host bits set, or a default route.
+    /// `invalid_prefix`: malformed, host bits set, a default route, or none.
     Invalid(String),
-    /// `too_many_prefixes` (or none at all).
+    /// `too_many_prefixes`.
     Count(String),
 }
 
@@ -111,7 +111,13 @@ impl LanPrefixes {
 
     /// Parses `texts`; `site` names the router in messages.
     pub fn parse(texts: &[String], site: &str) -> Result<Self, PrefixError> {
-        if texts.is_empty() || texts.len() > Self::MAX {
+        if texts.is_empty() {
+            return Err(PrefixError::Invalid(format!(
+                "`{site}` has no prefixes; a site exports 1 to {}",
+                Self::MAX
+            )));
+        }
+        if texts.len() > Self::MAX {
             return Err(PrefixError::Count(format!(
                 "`{site}` has {} prefixes; a site exports 1 to {}",
                 texts.len(),
@@ -240,7 +246,7 @@ mod tests {
         ));
         assert!(matches!(
             LanPrefixes::parse(&[], "a"),
-            Err(PrefixError::Count(_))
+            Err(PrefixError::Invalid(_))
         ));
         let many: Vec<String> = (0..=LanPrefixes::MAX)
             .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))

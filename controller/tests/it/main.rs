@@ -12,3 +12,4 @@ mod pay_per_site_fleet;
 mod portal;
 mod recompile;
 mod support;
+mod vpns;
