@@ -68,10 +68,12 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<VpnRow>, sq
 /// The VPN, locked until the end of the caller's transaction: its members,
 /// their addresses and its topology change one writer at a time.
 pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<VpnRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM vpns WHERE id = $1 FOR UPDATE"))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM vpns WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
 }
 
 /// A VPN in a list, with its number of members.

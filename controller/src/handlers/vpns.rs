@@ -658,9 +658,9 @@ pub async fn put_member(
 
     let before = db::vpns::affected_devices(&mut *tx, id).await?;
     let status = if member {
-        let unchanged = others.iter().any(|m| {
-            m.device_id == device_id && LanPrefixes::from_stored(&m.prefixes) == prefixes
-        });
+        let unchanged = others
+            .iter()
+            .any(|m| m.device_id == device_id && LanPrefixes::from_stored(&m.prefixes) == prefixes);
         if unchanged {
             return Ok((StatusCode::OK, Json(view(&mut tx, vpn).await?)));
         }
@@ -671,24 +671,17 @@ pub async fn put_member(
         let mut taken: Vec<Ipv4Addr> = others
             .iter()
             .map(|m| {
-                parse_tunnel_address(&m.tunnel_address).ok_or_else(|| {
-                    anyhow::anyhow!("stored tunnel address `{}`", m.tunnel_address)
-                })
+                parse_tunnel_address(&m.tunnel_address)
+                    .ok_or_else(|| anyhow::anyhow!("stored tunnel address `{}`", m.tunnel_address))
             })
             .collect::<Result<_, _>>()?;
         taken.sort();
         let address = pool
             .lowest_free(&taken)
             .ok_or_else(|| exhausted(&vpn.name, &pool))?;
-        db::vpns::insert_member(
-            &mut *tx,
-            id,
-            device_id,
-            address,
-            &prefixes.to_cidr_texts(),
-        )
-        .await
-        .map_err(|e| member_taken(e, &name, device_id))?;
+        db::vpns::insert_member(&mut *tx, id, device_id, address, &prefixes.to_cidr_texts())
+            .await
+            .map_err(|e| member_taken(e, &name, device_id))?;
         StatusCode::CREATED
     };
     db::vpns::touch(&mut *tx, id).await?;

@@ -193,7 +193,10 @@ async fn vpn_members_keep_their_addresses_until_they_leave() {
     assert_eq!(moved.body["hub"], a3.as_str());
     let auto = patch(json!({"topology": "auto"})).await;
     assert_eq!(auto.status, StatusCode::OK, "{}", auto.body);
-    assert_eq!((&auto.body["topology"], &auto.body["hub"]), (&json!("auto"), &Value::Null));
+    assert_eq!(
+        (&auto.body["topology"], &auto.body["hub"]),
+        (&json!("auto"), &Value::Null)
+    );
 
     // Lists, with the customer filter and pages.
     let other = customer(&h, "Jones", &[]).await;
@@ -210,7 +213,12 @@ async fn vpn_members_keep_their_addresses_until_they_leave() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["name"].as_str().unwrap(), v["member_count"].as_i64().unwrap()))
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap(),
+                v["member_count"].as_i64().unwrap(),
+            )
+        })
         .collect();
     names.sort();
     assert_eq!(names, [("home", 3), ("office", 0)]);
@@ -218,7 +226,9 @@ async fn vpn_members_keep_their_addresses_until_they_leave() {
     assert_eq!(none.body["items"], json!([]));
     let first_page = h.get("/api/v1/vpns?limit=1").await;
     let cursor = first_page.body["next_cursor"].as_str().unwrap();
-    let second_page = h.get(&format!("/api/v1/vpns?limit=1&cursor={cursor}")).await;
+    let second_page = h
+        .get(&format!("/api/v1/vpns?limit=1&cursor={cursor}"))
+        .await;
     assert_eq!(second_page.body["items"].as_array().unwrap().len(), 1);
     assert_ne!(
         first_page.body["items"][0]["id"],
@@ -236,7 +246,10 @@ async fn vpn_members_keep_their_addresses_until_they_leave() {
     let office = second.body["id"].as_str().unwrap();
     let rejoined = put_member(&h, office, a1, json!(["10.1.0.0/16"])).await;
     assert_eq!(rejoined.status, StatusCode::CREATED, "{}", rejoined.body);
-    assert_eq!(members(&rejoined.body), [member("a1", "100.64.0.1", &["10.1.0.0/16"])]);
+    assert_eq!(
+        members(&rejoined.body),
+        [member("a1", "100.64.0.1", &["10.1.0.0/16"])]
+    );
 
     // Every change was audited, under the operator role.
     let audit = h.get("/api/v1/audit?limit=500").await;
@@ -277,7 +290,11 @@ async fn vpn_relays_are_isp_routers_and_show_in_the_vpns_they_serve() {
     assert_eq!(made.body["vpns"], 0);
     assert_eq!(put(relay.clone()).await.status, StatusCode::OK);
     let customers_router = put(a1.clone()).await;
-    refused(&customers_router, StatusCode::CONFLICT, "device_has_customer");
+    refused(
+        &customers_router,
+        StatusCode::CONFLICT,
+        "device_has_customer",
+    );
     let unknown = put(uuid::Uuid::new_v4().to_string()).await;
     refused(&unknown, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(rows(&h, "vpn_relays").await, 1);
@@ -405,13 +422,19 @@ async fn vpn_refusals_name_the_problem_and_write_nothing() {
             vec!["100.64.9.0/24", "`a3`", "100.64.0.0/16"],
         ),
         (
-            new(two("10.2.0.0/16", "10.3.0.0/16"), json!({"topology": "hub", "hub": a1})),
+            new(
+                two("10.2.0.0/16", "10.3.0.0/16"),
+                json!({"topology": "hub", "hub": a1}),
+            ),
             StatusCode::BAD_REQUEST,
             "hub_not_member",
             vec![],
         ),
         (
-            new(two("10.2.0.0/16", "10.3.0.0/16"), json!({"topology": "hub"})),
+            new(
+                two("10.2.0.0/16", "10.3.0.0/16"),
+                json!({"topology": "hub"}),
+            ),
             StatusCode::BAD_REQUEST,
             "hub_required",
             vec![],
@@ -423,13 +446,19 @@ async fn vpn_refusals_name_the_problem_and_write_nothing() {
             vec![],
         ),
         (
-            new(json!([{"device_id": b1, "prefixes": ["10.2.0.0/16"]}]), json!({})),
+            new(
+                json!([{"device_id": b1, "prefixes": ["10.2.0.0/16"]}]),
+                json!({}),
+            ),
             StatusCode::CONFLICT,
             "device_not_of_customer",
             vec!["`b1`", "Jones", "Smith"],
         ),
         (
-            new(json!([{"device_id": loose, "prefixes": ["10.2.0.0/16"]}]), json!({})),
+            new(
+                json!([{"device_id": loose, "prefixes": ["10.2.0.0/16"]}]),
+                json!({}),
+            ),
             StatusCode::CONFLICT,
             "device_not_of_customer",
             vec!["`loose`", "no household"],
@@ -447,13 +476,19 @@ async fn vpn_refusals_name_the_problem_and_write_nothing() {
             vec!["`a1`", "`home`"],
         ),
         (
-            new(two("10.2.0.0/16", "10.3.0.0/16"), json!({"address_pool": "10.99.0.0/30"})),
+            new(
+                two("10.2.0.0/16", "10.3.0.0/16"),
+                json!({"address_pool": "10.99.0.0/30"}),
+            ),
             StatusCode::CONFLICT,
             "address_pool_exhausted",
             vec!["10.99.0.0/30"],
         ),
         (
-            new(two("10.2.0.0/16", "10.3.0.0/16"), json!({"customer_id": uuid::Uuid::new_v4()})),
+            new(
+                two("10.2.0.0/16", "10.3.0.0/16"),
+                json!({"customer_id": uuid::Uuid::new_v4()}),
+            ),
             StatusCode::NOT_FOUND,
             "unknown_customer",
             vec![],
@@ -579,13 +614,24 @@ async fn vpn_refusals_name_the_problem_and_write_nothing() {
             "device_not_of_customer",
         ),
         (
-            put_member(&h, &vpn, &uuid::Uuid::new_v4().to_string(), json!(["10.2.0.0/16"]))
-                .await,
+            put_member(
+                &h,
+                &vpn,
+                &uuid::Uuid::new_v4().to_string(),
+                json!(["10.2.0.0/16"]),
+            )
+            .await,
             StatusCode::NOT_FOUND,
             "not_found",
         ),
         (
-            put_member(&h, &uuid::Uuid::new_v4().to_string(), a2, json!(["10.2.0.0/16"])).await,
+            put_member(
+                &h,
+                &uuid::Uuid::new_v4().to_string(),
+                a2,
+                json!(["10.2.0.0/16"]),
+            )
+            .await,
             StatusCode::NOT_FOUND,
             "not_found",
         ),
