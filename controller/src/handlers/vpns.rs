@@ -415,6 +415,13 @@ pub async fn create(
                 format!("no customer {}", body.customer_id),
             )
         })?;
+    // The hub is one of the members (checked above); an unknown one is
+    // reported as such rather than as the row's foreign-key violation.
+    if let Some(hub) = body.hub {
+        db::devices::get(&mut *tx, hub)
+            .await?
+            .ok_or_else(|| ApiError::unknown("unknown_device", format!("no device {hub}")))?;
+    }
     let pool_text = pool.to_string();
     let vpn = db::vpns::insert(
         &mut *tx,

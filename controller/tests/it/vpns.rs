@@ -503,6 +503,18 @@ async fn vpn_refusals_name_the_problem_and_write_nothing() {
             vec![],
         ),
         (
+            {
+                let hub = uuid::Uuid::new_v4();
+                new(
+                    json!([{"device_id": hub, "prefixes": ["10.2.0.0/16"]}]),
+                    json!({"topology": "hub", "hub": hub}),
+                )
+            },
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            vec![],
+        ),
+        (
             new(json!([]), json!({"name": "home"})),
             StatusCode::CONFLICT,
             "name_taken",
@@ -882,4 +894,32 @@ async fn vpn_concurrent_writers_never_share_an_address_or_a_prefix() {
         "{statuses:?}"
     );
     assert_eq!(rows(&h, "vpn_members").await, 10);
+}
+
+#[tokio::test]
+async fn vpn_routes_are_in_the_openapi_document() {
+    let h = Harness::start().await;
+    let doc = h.get("/api/v1/openapi.json").await;
+    let paths = doc.body["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/api/v1/vpns", &["get", "post"][..]),
+        ("/api/v1/vpns/{id}", &["get", "patch", "delete"]),
+        ("/api/v1/vpns/{id}/members/{device_id}", &["put", "delete"]),
+        ("/api/v1/vpn-relays", &["get"]),
+        ("/api/v1/vpn-relays/{device_id}", &["put", "delete"]),
+    ] {
+        for method in methods {
+            assert!(paths[path].get(method).is_some(), "{method} {path} missing");
+        }
+    }
+    let schemas = doc.body["components"]["schemas"].as_object().unwrap();
+    for schema in [
+        "CreateVpn",
+        "VpnView",
+        "MemberView",
+        "Topology",
+        "RelayView",
+    ] {
+        assert!(schemas.contains_key(schema), "{schema} missing");
+    }
 }
