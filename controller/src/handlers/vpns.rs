@@ -7,7 +7,7 @@
 //! nothing. After the commit exactly the routers the change can touch are
 //! recompiled: the VPN's members and relay before the change and after it.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use axum::extract::State;
@@ -441,7 +441,7 @@ pub async fn create(
     // cannot deadlock; addresses follow the request's order.
     let mut by_id: Vec<Uuid> = members.iter().map(|(id, _)| *id).collect();
     by_id.sort();
-    let mut names = std::collections::HashMap::new();
+    let mut names = HashMap::new();
     for device_id in by_id {
         let (device_name, _) = admit(&mut tx, &vpn, &customer, device_id, || {
             ApiError::unknown("unknown_device", format!("no device {device_id}"))
@@ -826,7 +826,8 @@ pub async fn delete_relay(
         )));
     }
     tx.commit().await?;
-    let affected = sorted_union(affected, Vec::new());
+    affected.sort();
+    affected.dedup();
     state
         .reconciler
         .recompile(Some(&affected), Resign::IfChanged)
