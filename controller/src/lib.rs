@@ -31,6 +31,7 @@ pub mod state;
 #[doc(hidden)]
 pub mod test_support;
 pub mod vpn;
+pub mod vpn_admin;
 pub mod wireguard_facts;
 
 pub use app::{Application, Settings};

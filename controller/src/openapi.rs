@@ -5,7 +5,7 @@ use utoipa::OpenApi;
 
 use crate::handlers::{
     assignments, billing, blocks, customers, device_api, devices, enrollment, operators, purchases,
-    services, sites, wireguard,
+    services, sites, vpns, wireguard,
 };
 
 #[derive(OpenApi)]
@@ -25,6 +25,8 @@ use crate::handlers::{
         customers::detach_device, customers::delete,
         sites::create, sites::list, sites::get, sites::update, sites::delete,
         purchases::create, purchases::list, purchases::cancel, billing::webhook,
+        vpns::create, vpns::list, vpns::get, vpns::update, vpns::delete, vpns::put_member,
+        vpns::delete_member, vpns::list_relays, vpns::put_relay, vpns::delete_relay,
         device_api::poll_config, device_api::report_status, device_api::report_events,
         device_api::probe, device_api::wireguard_facts,
         wireguard::get, wireguard::rotate,
@@ -33,7 +35,7 @@ use crate::handlers::{
         crate::error::ErrorBody, crate::domain::FlowBlockSpec, crate::domain::FlowSpec,
         crate::domain::BlockAction, crate::domain::ServiceKind, crate::domain::Role,
         crate::domain::BittorrentBlockSpec, crate::catalog::Pass, crate::catalog::PassInput,
-        crate::purchases::PurchaseSource,
+        crate::purchases::PurchaseSource, crate::vpn::Topology,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

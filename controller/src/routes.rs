@@ -8,7 +8,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::authorize_and_audit;
 use crate::handlers::{
     assignments, billing, blocks, customers, device_api, devices, enrollment, operators, portal,
-    purchases, services, sites, wireguard,
+    purchases, services, sites, vpns, wireguard,
 };
 use crate::openapi;
 use crate::state::AppState;
@@ -110,6 +110,20 @@ pub fn operator_router(state: AppState) -> Router {
         .route(
             "/api/v1/purchases/{id}",
             axum::routing::delete(purchases::cancel),
+        )
+        .route("/api/v1/vpns", post(vpns::create).get(vpns::list))
+        .route(
+            "/api/v1/vpns/{id}",
+            get(vpns::get).patch(vpns::update).delete(vpns::delete),
+        )
+        .route(
+            "/api/v1/vpns/{id}/members/{device_id}",
+            axum::routing::put(vpns::put_member).delete(vpns::delete_member),
+        )
+        .route("/api/v1/vpn-relays", get(vpns::list_relays))
+        .route(
+            "/api/v1/vpn-relays/{device_id}",
+            axum::routing::put(vpns::put_relay).delete(vpns::delete_relay),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -19,6 +19,7 @@ pub mod operators;
 pub mod purchases;
 pub mod services;
 pub mod status;
+pub mod vpns;
 pub mod wireguard;
 
 /// Whether `e` is a unique-constraint violation (SQLSTATE 23505).

@@ -254,21 +254,40 @@ pub async fn attach_device(
 }
 
 #[utoipa::path(delete, path = "/api/v1/customers/{id}/devices/{device_id}", tag = "customers",
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
 /// Detaches a router from the household: it loses the household's passes.
+/// A member of one of the household's VPNs leaves the VPN first.
 pub async fn detach_device(
     _operator: Operator,
     State(state): State<AppState>,
     ApiPath((id, device_id)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
-    db::customers::get(&state.pool, id)
+    let mut tx = state.pool.begin().await?;
+    db::customers::get(&mut *tx, id)
         .await?
         .ok_or_else(|| no_customer(id))?;
-    if !db::devices::detach_from_customer(&state.pool, device_id, id).await? {
+    // The device's row lock orders this against a VPN admitting it (which
+    // checks the household under the same lock).
+    let household = db::devices::household_for_update(&mut *tx, device_id).await?;
+    if let Some(vpn) = db::vpns::vpn_of_device(&mut *tx, device_id).await? {
+        return Err(ApiError::conflict(
+            "device_in_vpn",
+            format!(
+                "device `{}` ({device_id}) is a member of the household's VPN `{}` ({}); \
+                 remove it from the VPN before detaching it",
+                household.map(|h| h.device_name).unwrap_or_default(),
+                vpn.name,
+                vpn.id
+            ),
+        ));
+    }
+    if !db::devices::detach_from_customer(&mut *tx, device_id, id).await? {
         return Err(ApiError::NotFound(format!(
             "device {device_id} is not attached to customer {id}"
         )));
     }
+    tx.commit().await?;
     state
         .reconciler
         .recompile(Some(&[device_id]), Resign::IfChanged)
@@ -278,8 +297,9 @@ pub async fn detach_device(
 
 #[utoipa::path(delete, path = "/api/v1/customers/{id}", tag = "customers",
     responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
-/// Deletes a household without passes in force (cancel them first): its
-/// routers are detached, its ended passes removed.
+/// Deletes a household without passes in force (cancel them first) and
+/// without VPNs (delete them first): its routers are detached, its ended
+/// passes removed.
 pub async fn delete(
     _operator: Operator,
     State(state): State<AppState>,
@@ -297,6 +317,16 @@ pub async fn delete(
                 "customer `{}` has {} passes in force; cancel them before deleting it",
                 customer.name,
                 passes.len()
+            ),
+        ));
+    }
+    let vpns = db::vpns::count_of_customer(&mut *tx, id).await?;
+    if vpns > 0 {
+        return Err(ApiError::conflict(
+            "customer_has_vpns",
+            format!(
+                "customer `{}` has {vpns} VPNs; delete them before deleting it",
+                customer.name
             ),
         ));
     }

@@ -196,15 +196,39 @@ pub async fn get(
 }
 
 #[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices",
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+/// Deletes a router that is neither a VPN member nor a relay.
 pub async fn delete(
     _operator: Operator,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    if !db::devices::delete(&state.pool, id).await? {
-        return Err(ApiError::NotFound(format!("no device {id}")));
+    let mut tx = state.pool.begin().await?;
+    // Locked so no VPN admits it or makes it a relay meanwhile.
+    let device = db::devices::household_for_update(&mut *tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no device {id}")))?;
+    if let Some(vpn) = db::vpns::vpn_of_device(&mut *tx, id).await? {
+        return Err(ApiError::conflict(
+            "device_in_vpn",
+            format!(
+                "device `{}` is a member of VPN `{}` ({}); remove it from the VPN first",
+                device.device_name, vpn.name, vpn.id
+            ),
+        ));
     }
+    if db::vpns::get_relay(&mut *tx, id).await?.is_some() {
+        return Err(ApiError::conflict(
+            "device_is_relay",
+            format!(
+                "device `{}` is a VPN relay; remove it from the relays first",
+                device.device_name
+            ),
+        ));
+    }
+    db::devices::delete(&mut *tx, id).await?;
+    tx.commit().await?;
     state.cache.remove_device(id);
     Ok(StatusCode::NO_CONTENT)
 }

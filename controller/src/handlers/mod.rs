@@ -13,6 +13,7 @@ pub mod portal;
 pub mod purchases;
 pub mod services;
 pub mod sites;
+pub mod vpns;
 pub mod wireguard;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

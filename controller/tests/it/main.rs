@@ -13,3 +13,4 @@ mod portal;
 mod recompile;
 mod support;
 mod vpn_control;
+mod vpns;

@@ -1,0 +1,836 @@
+//! `/api/v1/vpns` and `/api/v1/vpn-relays`: customers' site-to-site VPNs,
+//! their member routers, and the ISP routers that may relay.
+//!
+//! Every change is one transaction holding the VPN's row lock (and the
+//! rows of the routers it admits), so two writers never hand out the same
+//! tunnel address or both pass the prefix checks; a refused change writes
+//! nothing. After the commit exactly the routers the change can touch are
+//! recompiled: the VPN's members and relay before the change and after it.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use isdf_api::wireguard::first_overlap;
+use isdf_api::Prefix;
+
+use crate::auth::Operator;
+use crate::catalog::DisplayName;
+use crate::db;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::handlers::{page, Page, PageParams};
+use crate::reconcile::Resign;
+use crate::state::AppState;
+use crate::vpn::Topology;
+use crate::vpn_admin::{parse_tunnel_address, AddressPool, LanPrefixes, PrefixError};
+
+/// Most members named when creating a VPN.
+pub const MAX_MEMBERS_AT_CREATION: usize = 1000;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVpn {
+    /// The household whose routers the VPN joins.
+    pub customer_id: Uuid,
+    /// Unique per customer: 1 to 100 printable characters.
+    pub name: String,
+    pub topology: Topology,
+    /// The hub router (a member): required with topology `hub`, refused otherwise.
+    pub hub: Option<Uuid>,
+    /// IPv4 prefix, /8 to /30, tunnel addresses come from (default `100.64.0.0/16`).
+    pub address_pool: Option<String>,
+    /// Up to 1000 routers of the customer, given tunnel addresses in this order.
+    #[serde(default)]
+    pub members: Vec<MemberInput>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberInput {
+    pub device_id: Uuid,
+    /// The site's LAN prefixes (1 to 256, no host bits, IPv4 or IPv6).
+    pub prefixes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVpn {
+    /// A new topology; leaving `hub` sets the hub to none.
+    pub topology: Option<Topology>,
+    /// The hub (a member): with topology `hub`, or alone to move the hub of
+    /// a VPN whose topology is `hub`.
+    pub hub: Option<Uuid>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutMember {
+    /// The site's LAN prefixes (1 to 256, no host bits, IPv4 or IPv6).
+    pub prefixes: Vec<String>,
+}
+
+/// What a router reported of its WireGuard side (read-only).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberFacts {
+    /// The key its tunnels use now.
+    pub public_key: String,
+    /// Where a controller probe reached it (inbound UDP works there); absent
+    /// behind NAT or a filter.
+    pub reachable_address: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberView {
+    pub device_id: Uuid,
+    pub name: String,
+    /// Its address inside the VPN, kept until it leaves.
+    pub tunnel_address: String,
+    pub prefixes: Vec<String>,
+    /// Absent until the router reports them.
+    pub facts: Option<MemberFacts>,
+    pub joined_at: DateTime<Utc>,
+}
+
+/// The relay the controller gave the VPN (sites that reach no other site).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RelayAssignment {
+    pub device_id: Uuid,
+    pub name: String,
+    /// Its tunnel for this VPN listens on its port plus this.
+    pub slot: i32,
+    /// The pool's highest usable address, which members never get.
+    pub tunnel_address: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VpnView {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub name: String,
+    pub topology: Topology,
+    pub hub: Option<Uuid>,
+    pub address_pool: String,
+    /// By tunnel address.
+    pub members: Vec<MemberView>,
+    pub relay: Option<RelayAssignment>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VpnSummary {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub name: String,
+    pub topology: Topology,
+    pub hub: Option<Uuid>,
+    pub address_pool: String,
+    pub member_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RelayView {
+    pub device_id: Uuid,
+    pub name: String,
+    /// How many VPNs it relays now.
+    pub vpns: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<db::vpns::RelayRow> for RelayView {
+    fn from(row: db::vpns::RelayRow) -> Self {
+        RelayView {
+            device_id: row.device_id,
+            name: row.device_name,
+            vpns: row.slots,
+            created_at: row.created_at,
+        }
+    }
+}
+
+fn topology_of(row: &db::vpns::VpnRow) -> ApiResult<Topology> {
+    Topology::parse(&row.topology)
+        .ok_or_else(|| anyhow::anyhow!("stored topology `{}`", row.topology).into())
+}
+
+fn pool_of(row: &db::vpns::VpnRow) -> ApiResult<AddressPool> {
+    AddressPool::parse(&row.address_pool)
+        .map_err(|e| anyhow::anyhow!("stored address pool of VPN {}: {e}", row.id).into())
+}
+
+async fn view(db: &mut PgConnection, vpn: db::vpns::VpnRow) -> ApiResult<VpnView> {
+    let members = db::vpns::members(&mut *db, vpn.id).await?;
+    let relay = db::vpns::relay_slot(&mut *db, vpn.id).await?;
+    let pool = pool_of(&vpn)?;
+    Ok(VpnView {
+        id: vpn.id,
+        customer_id: vpn.customer_id,
+        topology: topology_of(&vpn)?,
+        hub: vpn.hub_device_id,
+        address_pool: pool.to_string(),
+        members: members
+            .into_iter()
+            .map(|m| MemberView {
+                device_id: m.device_id,
+                name: m.device_name,
+                tunnel_address: m.tunnel_address,
+                prefixes: LanPrefixes::from_stored(&m.prefixes).to_texts(),
+                facts: m.public_key.map(|public_key| MemberFacts {
+                    public_key,
+                    reachable_address: m.reachable_address,
+                }),
+                joined_at: m.created_at,
+            })
+            .collect(),
+        relay: relay.map(|r| RelayAssignment {
+            device_id: r.relay_device_id,
+            name: r.relay_name,
+            slot: r.slot,
+            tunnel_address: pool.relay_address().to_string(),
+        }),
+        name: vpn.name,
+        created_at: vpn.created_at,
+        updated_at: vpn.updated_at,
+    })
+}
+
+fn no_vpn(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no VPN {id}"))
+}
+
+fn parse_prefixes(texts: &[String], site: &str) -> ApiResult<LanPrefixes> {
+    LanPrefixes::parse(texts, site).map_err(|e| match e {
+        PrefixError::Invalid(m) => ApiError::bad_request("invalid_prefix", m),
+        PrefixError::Count(m) => ApiError::bad_request("too_many_prefixes", m),
+    })
+}
+
+/// The hub a topology needs: one with `hub`, none otherwise.
+fn check_hub(topology: Topology, hub: Option<Uuid>) -> ApiResult<()> {
+    match (topology, hub) {
+        (Topology::Hub, None) => Err(ApiError::bad_request(
+            "hub_required",
+            "topology `hub` needs `hub`: the member every site connects through",
+        )),
+        (Topology::Auto | Topology::Mesh, Some(hub)) => Err(ApiError::bad_request(
+            "unexpected_hub",
+            format!(
+                "`hub` ({hub}) is only for topology `hub`; topology `{}` chooses its own paths",
+                topology.as_str()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn hub_not_member(hub: Uuid, vpn: &str) -> ApiError {
+    ApiError::bad_request(
+        "hub_not_member",
+        format!("hub {hub} is not a member of VPN `{vpn}`; add it as a member first"),
+    )
+}
+
+/// One site of the VPN as it will be: name and prefixes.
+struct Site<'a> {
+    name: &'a str,
+    prefixes: &'a [Prefix],
+}
+
+/// Refuses prefixes inside the address pool and prefixes of two sites (or
+/// of one) that overlap, naming both.
+fn check_prefixes(pool: &AddressPool, sites: &[Site<'_>]) -> ApiResult<()> {
+    for site in sites {
+        if let Some(prefix) = site.prefixes.iter().find(|p| pool.overlaps(p)) {
+            return Err(ApiError::conflict(
+                "prefix_in_address_pool",
+                format!(
+                    "prefix {prefix} of `{}` overlaps the VPN's address pool {pool}; tunnel \
+                     addresses come from there",
+                    site.name
+                ),
+            ));
+        }
+    }
+    let items: Vec<(&Prefix, &str)> = sites
+        .iter()
+        .flat_map(|s| s.prefixes.iter().map(move |p| (p, s.name)))
+        .collect();
+    if let Some(((a, a_site), (b, b_site))) = first_overlap(&items) {
+        return Err(ApiError::conflict(
+            "overlapping_prefixes",
+            format!(
+                "prefix {a} of `{a_site}` overlaps {b} of `{b_site}`; the sites of one VPN \
+                 need distinct LAN prefixes"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Locks a router about to join `vpn` and checks it may: it belongs to the
+/// VPN's customer, is in no other VPN and is no relay. Returns its name and
+/// whether it is a member of `vpn` already. `missing` is the error for a
+/// router that does not exist.
+async fn admit(
+    tx: &mut PgConnection,
+    vpn: &db::vpns::VpnRow,
+    customer: &db::customers::CustomerRow,
+    device_id: Uuid,
+    missing: impl FnOnce() -> ApiError,
+) -> ApiResult<(String, bool)> {
+    let household = db::devices::household_for_update(&mut *tx, device_id)
+        .await?
+        .ok_or_else(missing)?;
+    let name = household.device_name;
+    if household.customer_id != Some(customer.id) {
+        let owner = match (household.customer_id, household.customer_name) {
+            (Some(id), Some(other)) => format!("household `{other}` ({id})"),
+            _ => "no household".to_owned(),
+        };
+        return Err(ApiError::conflict(
+            "device_not_of_customer",
+            format!(
+                "device `{name}` ({device_id}) belongs to {owner}; VPN `{}` joins routers of \
+                 `{}` only",
+                vpn.name, customer.name
+            ),
+        ));
+    }
+    let member_here = match db::vpns::vpn_of_device(&mut *tx, device_id).await? {
+        Some(other) if other.id != vpn.id => {
+            return Err(in_other_vpn(&name, device_id, &other.name, other.id));
+        }
+        Some(_) => true,
+        None => false,
+    };
+    if db::vpns::get_relay(&mut *tx, device_id).await?.is_some() {
+        return Err(ApiError::conflict(
+            "device_is_relay",
+            format!("device `{name}` ({device_id}) is an ISP relay; relays are not VPN members"),
+        ));
+    }
+    Ok((name, member_here))
+}
+
+fn in_other_vpn(name: &str, device_id: Uuid, vpn: &str, vpn_id: Uuid) -> ApiError {
+    ApiError::conflict(
+        "device_in_vpn",
+        format!(
+            "device `{name}` ({device_id}) is a member of VPN `{vpn}` ({vpn_id}); a router is \
+             in one VPN at a time, remove it there first"
+        ),
+    )
+}
+
+fn exhausted(vpn: &str, pool: &AddressPool) -> ApiError {
+    ApiError::conflict(
+        "address_pool_exhausted",
+        format!(
+            "VPN `{vpn}`'s address pool {pool} holds {} members and has no free address; \
+             remove a member or create the VPN with a larger pool",
+            pool.capacity()
+        ),
+    )
+}
+
+/// A unique violation on the member's device: a concurrent writer put the
+/// router in another VPN first.
+fn member_taken(e: sqlx::Error, name: &str, device_id: Uuid) -> ApiError {
+    if db::is_unique_violation_of(&e, db::vpns::MEMBER_DEVICE_KEY) {
+        ApiError::conflict(
+            "device_in_vpn",
+            format!(
+                "device `{name}` ({device_id}) joined another VPN meanwhile; a router is in \
+                 one VPN at a time"
+            ),
+        )
+    } else {
+        e.into()
+    }
+}
+
+fn sorted_union(a: Vec<Uuid>, b: Vec<Uuid>) -> Vec<Uuid> {
+    a.into_iter()
+        .chain(b)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[utoipa::path(post, path = "/api/v1/vpns", request_body = CreateVpn, tag = "vpns",
+    responses((status = 201, body = VpnView), (status = 400, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+/// Creates a customer's VPN, optionally with its members (all or nothing).
+pub async fn create(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateVpn>,
+) -> ApiResult<(StatusCode, Json<VpnView>)> {
+    let name = DisplayName::parse(&body.name, "VPN").map_err(ApiError::invalid)?;
+    let pool = match &body.address_pool {
+        Some(text) => AddressPool::parse(text)
+            .map_err(|e| ApiError::bad_request("invalid_address_pool", e))?,
+        None => AddressPool::default_pool(),
+    };
+    check_hub(body.topology, body.hub)?;
+    if body.members.len() > MAX_MEMBERS_AT_CREATION {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_MEMBERS_AT_CREATION} members at creation; add more afterwards"
+        )));
+    }
+    let mut seen = HashSet::new();
+    let mut members = Vec::with_capacity(body.members.len());
+    for member in &body.members {
+        if !seen.insert(member.device_id) {
+            return Err(ApiError::bad_request(
+                "duplicate_member",
+                format!("device {} is named twice in `members`", member.device_id),
+            ));
+        }
+        let prefixes = parse_prefixes(&member.prefixes, &member.device_id.to_string())?;
+        members.push((member.device_id, prefixes));
+    }
+    if let Some(hub) = body.hub.filter(|h| !seen.contains(h)) {
+        return Err(hub_not_member(hub, name.as_str()));
+    }
+    if members.len() > pool.capacity() as usize {
+        return Err(exhausted(name.as_str(), &pool));
+    }
+
+    let mut tx = state.pool.begin().await?;
+    let customer = db::customers::lock(&mut *tx, body.customer_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::unknown(
+                "unknown_customer",
+                format!("no customer {}", body.customer_id),
+            )
+        })?;
+    // The hub is one of the members (checked above); an unknown one is
+    // reported as such rather than as the row's foreign-key violation.
+    if let Some(hub) = body.hub {
+        db::devices::get(&mut *tx, hub)
+            .await?
+            .ok_or_else(|| ApiError::unknown("unknown_device", format!("no device {hub}")))?;
+    }
+    let pool_text = pool.to_string();
+    let vpn = db::vpns::insert(
+        &mut *tx,
+        &db::vpns::NewVpn {
+            id: Uuid::new_v4(),
+            customer_id: customer.id,
+            name: name.as_str(),
+            topology: body.topology.as_str(),
+            hub_device_id: body.hub,
+            address_pool: &pool_text,
+        },
+    )
+    .await
+    .map_err(|e| name_taken(e, name.as_str(), &customer.name))?;
+
+    // Routers are locked in id order (as everywhere) so concurrent writers
+    // cannot deadlock; addresses follow the request's order.
+    let mut by_id: Vec<Uuid> = members.iter().map(|(id, _)| *id).collect();
+    by_id.sort();
+    let mut names = HashMap::new();
+    for device_id in by_id {
+        let (device_name, _) = admit(&mut tx, &vpn, &customer, device_id, || {
+            ApiError::unknown("unknown_device", format!("no device {device_id}"))
+        })
+        .await?;
+        names.insert(device_id, device_name);
+    }
+    let sites: Vec<Site<'_>> = members
+        .iter()
+        .map(|(id, prefixes)| Site {
+            name: &names[id],
+            prefixes: prefixes.as_slice(),
+        })
+        .collect();
+    check_prefixes(&pool, &sites)?;
+    let mut taken = Vec::new();
+    for (device_id, prefixes) in &members {
+        let address = pool
+            .lowest_free(&taken)
+            .ok_or_else(|| exhausted(&vpn.name, &pool))?;
+        db::vpns::insert_member(
+            &mut *tx,
+            vpn.id,
+            *device_id,
+            address,
+            &prefixes.to_cidr_texts(),
+        )
+        .await
+        .map_err(|e| member_taken(e, &names[device_id], *device_id))?;
+        taken.push(address);
+    }
+    let affected = db::vpns::affected_devices(&mut *tx, vpn.id).await?;
+    let view = view(&mut tx, vpn).await?;
+    tx.commit().await?;
+    state
+        .reconciler
+        .recompile(Some(&affected), Resign::IfChanged)
+        .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+fn name_taken(e: sqlx::Error, name: &str, customer: &str) -> ApiError {
+    if db::is_unique_violation_of(&e, db::vpns::NAME_KEY) {
+        ApiError::conflict(
+            "name_taken",
+            format!("customer `{customer}` has a VPN named `{name}`"),
+        )
+    } else {
+        e.into()
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListVpns {
+    /// Only this customer's VPNs.
+    pub customer_id: Option<Uuid>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/vpns", params(ListVpns), tag = "vpns",
+    responses((status = 200, body = Page<VpnSummary>), (status = 400, body = crate::error::ErrorBody)))]
+/// VPNs by id, of one customer or all.
+pub async fn list(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListVpns>,
+) -> ApiResult<Json<Page<VpnSummary>>> {
+    let paging = PageParams {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let limit = paging.limit()?;
+    let after = paging.after_parsed::<Uuid>()?;
+    let rows = db::vpns::list(&state.pool, query.customer_id, after, limit).await?;
+    let items = rows
+        .into_iter()
+        .map(|r| {
+            Ok(VpnSummary {
+                id: r.vpn.id,
+                customer_id: r.vpn.customer_id,
+                topology: topology_of(&r.vpn)?,
+                hub: r.vpn.hub_device_id,
+                address_pool: r.vpn.address_pool,
+                member_count: r.member_count,
+                name: r.vpn.name,
+                created_at: r.vpn.created_at,
+                updated_at: r.vpn.updated_at,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(page(items, limit, |v| v.id.to_string(), |v| v)))
+}
+
+#[utoipa::path(get, path = "/api/v1/vpns/{id}", tag = "vpns",
+    responses((status = 200, body = VpnView), (status = 404, body = crate::error::ErrorBody)))]
+/// A VPN with its members (their tunnel addresses, prefixes and reported
+/// facts) and its relay.
+pub async fn get(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<VpnView>> {
+    let mut conn = state.pool.acquire().await?;
+    let vpn = db::vpns::get(&mut *conn, id)
+        .await?
+        .ok_or_else(|| no_vpn(id))?;
+    Ok(Json(view(&mut conn, vpn).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/vpns/{id}", request_body = UpdateVpn, tag = "vpns",
+    responses((status = 200, body = VpnView), (status = 400, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody)))]
+/// Changes a VPN's topology or hub.
+pub async fn update(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<UpdateVpn>,
+) -> ApiResult<Json<VpnView>> {
+    let mut tx = state.pool.begin().await?;
+    let vpn = db::vpns::lock(&mut *tx, id)
+        .await?
+        .ok_or_else(|| no_vpn(id))?;
+    let current = topology_of(&vpn)?;
+    let topology = body.topology.unwrap_or(current);
+    let hub = match (topology, body.hub) {
+        // Staying a hub VPN without naming one keeps the hub it has.
+        (Topology::Hub, None) if current == Topology::Hub => vpn.hub_device_id,
+        (_, hub) => hub,
+    };
+    check_hub(topology, hub)?;
+    if (topology, hub) == (current, vpn.hub_device_id) {
+        return Ok(Json(view(&mut tx, vpn).await?));
+    }
+    if let Some(hub) = hub {
+        let in_vpn = db::vpns::vpn_of_device(&mut *tx, hub).await?;
+        if in_vpn.is_none_or(|v| v.id != id) {
+            return Err(hub_not_member(hub, &vpn.name));
+        }
+    }
+    let before = db::vpns::affected_devices(&mut *tx, id).await?;
+    let vpn = db::vpns::update_topology(&mut *tx, id, topology.as_str(), hub).await?;
+    let after = db::vpns::affected_devices(&mut *tx, id).await?;
+    let view = view(&mut tx, vpn).await?;
+    tx.commit().await?;
+    state
+        .reconciler
+        .recompile(Some(&sorted_union(before, after)), Resign::IfChanged)
+        .await?;
+    Ok(Json(view))
+}
+
+#[utoipa::path(delete, path = "/api/v1/vpns/{id}", tag = "vpns",
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+/// Deletes a VPN: its members' tunnels go.
+pub async fn delete(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    let mut tx = state.pool.begin().await?;
+    db::vpns::lock(&mut *tx, id)
+        .await?
+        .ok_or_else(|| no_vpn(id))?;
+    let before = db::vpns::affected_devices(&mut *tx, id).await?;
+    db::vpns::delete(&mut *tx, id).await?;
+    tx.commit().await?;
+    state
+        .reconciler
+        .recompile(Some(&before), Resign::IfChanged)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(put, path = "/api/v1/vpns/{id}/members/{device_id}", request_body = PutMember,
+    tag = "vpns",
+    responses((status = 201, description = "added", body = VpnView),
+        (status = 200, description = "prefixes replaced", body = VpnView),
+        (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+/// Adds a router of the VPN's customer (it gets the lowest free tunnel
+/// address) or replaces a member's prefixes (its address stays).
+pub async fn put_member(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath((id, device_id)): ApiPath<(Uuid, Uuid)>,
+    ApiJson(body): ApiJson<PutMember>,
+) -> ApiResult<(StatusCode, Json<VpnView>)> {
+    let prefixes = parse_prefixes(&body.prefixes, &device_id.to_string())?;
+    let mut tx = state.pool.begin().await?;
+    let vpn = db::vpns::lock(&mut *tx, id)
+        .await?
+        .ok_or_else(|| no_vpn(id))?;
+    let pool = pool_of(&vpn)?;
+    let customer = db::customers::get(&mut *tx, vpn.customer_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("VPN {id} without its customer"))?;
+    let (name, member) = admit(&mut tx, &vpn, &customer, device_id, || {
+        ApiError::NotFound(format!("no device {device_id}"))
+    })
+    .await?;
+
+    let others = db::vpns::members(&mut *tx, id).await?;
+    let other_prefixes: Vec<(String, LanPrefixes)> = others
+        .iter()
+        .filter(|m| m.device_id != device_id)
+        .map(|m| (m.device_name.clone(), LanPrefixes::from_stored(&m.prefixes)))
+        .collect();
+    let sites: Vec<Site<'_>> = std::iter::once(Site {
+        name: &name,
+        prefixes: prefixes.as_slice(),
+    })
+    .chain(other_prefixes.iter().map(|(n, p)| Site {
+        name: n,
+        prefixes: p.as_slice(),
+    }))
+    .collect();
+    check_prefixes(&pool, &sites)?;
+
+    let before = db::vpns::affected_devices(&mut *tx, id).await?;
+    let status = if member {
+        let unchanged = others
+            .iter()
+            .any(|m| m.device_id == device_id && LanPrefixes::from_stored(&m.prefixes) == prefixes);
+        if unchanged {
+            return Ok((StatusCode::OK, Json(view(&mut tx, vpn).await?)));
+        }
+        db::vpns::update_member_prefixes(&mut *tx, id, device_id, &prefixes.to_cidr_texts())
+            .await?;
+        StatusCode::OK
+    } else {
+        let mut taken: Vec<Ipv4Addr> = others
+            .iter()
+            .map(|m| {
+                parse_tunnel_address(&m.tunnel_address)
+                    .ok_or_else(|| anyhow::anyhow!("stored tunnel address `{}`", m.tunnel_address))
+            })
+            .collect::<Result<_, _>>()?;
+        taken.sort();
+        let address = pool
+            .lowest_free(&taken)
+            .ok_or_else(|| exhausted(&vpn.name, &pool))?;
+        db::vpns::insert_member(&mut *tx, id, device_id, address, &prefixes.to_cidr_texts())
+            .await
+            .map_err(|e| member_taken(e, &name, device_id))?;
+        StatusCode::CREATED
+    };
+    db::vpns::touch(&mut *tx, id).await?;
+    let after = db::vpns::affected_devices(&mut *tx, id).await?;
+    let vpn = db::vpns::get(&mut *tx, id)
+        .await?
+        .ok_or_else(|| no_vpn(id))?;
+    let view = view(&mut tx, vpn).await?;
+    tx.commit().await?;
+    state
+        .reconciler
+        .recompile(Some(&sorted_union(before, after)), Resign::IfChanged)
+        .await?;
+    Ok((status, Json(view)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/vpns/{id}/members/{device_id}", tag = "vpns",
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
+/// Removes a member (not the hub): its tunnels go and its address is free
+/// for the next router that joins.
+pub async fn delete_member(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath((id, device_id)): ApiPath<(Uuid, Uuid)>,
+) -> ApiResult<StatusCode> {
+    let mut tx = state.pool.begin().await?;
+    let vpn = db::vpns::lock(&mut *tx, id)
+        .await?
+        .ok_or_else(|| no_vpn(id))?;
+    if vpn.hub_device_id == Some(device_id) {
+        return Err(ApiError::conflict(
+            "member_is_hub",
+            format!(
+                "device {device_id} is the hub of VPN `{}`; choose another hub or topology first",
+                vpn.name
+            ),
+        ));
+    }
+    let before = db::vpns::affected_devices(&mut *tx, id).await?;
+    if !db::vpns::delete_member(&mut *tx, id, device_id).await? {
+        return Err(ApiError::NotFound(format!(
+            "device {device_id} is not a member of VPN `{}`",
+            vpn.name
+        )));
+    }
+    db::vpns::touch(&mut *tx, id).await?;
+    let after = db::vpns::affected_devices(&mut *tx, id).await?;
+    tx.commit().await?;
+    state
+        .reconciler
+        .recompile(Some(&sorted_union(before, after)), Resign::IfChanged)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/vpn-relays", params(PageParams), tag = "vpns",
+    responses((status = 200, body = Page<RelayView>), (status = 400, body = crate::error::ErrorBody)))]
+/// The ISP routers the controller may use as VPN relays, by device id.
+pub async fn list_relays(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiQuery(paging): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<RelayView>>> {
+    let limit = paging.limit()?;
+    let after = paging.after_parsed::<Uuid>()?;
+    let rows = db::vpns::list_relays(&state.pool, after, limit).await?;
+    Ok(Json(page(
+        rows,
+        limit,
+        |r| r.device_id.to_string(),
+        RelayView::from,
+    )))
+}
+
+#[utoipa::path(put, path = "/api/v1/vpn-relays/{device_id}", tag = "vpns",
+    responses((status = 201, description = "made a relay", body = RelayView),
+        (status = 200, description = "already a relay", body = RelayView),
+        (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+/// Lets the controller use an ISP router (one of no household) as a relay
+/// for VPN sites that reach no other site.
+pub async fn put_relay(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(device_id): ApiPath<Uuid>,
+) -> ApiResult<(StatusCode, Json<RelayView>)> {
+    let mut tx = state.pool.begin().await?;
+    let household = db::devices::household_for_update(&mut *tx, device_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no device {device_id}")))?;
+    if let (Some(customer_id), customer) = (household.customer_id, household.customer_name) {
+        return Err(ApiError::conflict(
+            "device_has_customer",
+            format!(
+                "device `{}` ({device_id}) belongs to household `{}` ({customer_id}); a relay \
+                 carries other customers' tunnels, so it is one of the ISP's routers",
+                household.device_name,
+                customer.unwrap_or_default()
+            ),
+        ));
+    }
+    let created = db::vpns::insert_relay(&mut *tx, device_id).await?;
+    let relay = db::vpns::get_relay(&mut *tx, device_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("relay {device_id} vanished"))?;
+    tx.commit().await?;
+    if !created {
+        return Ok((StatusCode::OK, Json(relay.into())));
+    }
+    state
+        .reconciler
+        .recompile(Some(&[device_id]), Resign::IfChanged)
+        .await?;
+    Ok((StatusCode::CREATED, Json(relay.into())))
+}
+
+#[utoipa::path(delete, path = "/api/v1/vpn-relays/{device_id}", tag = "vpns",
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+/// Stops using a router as a relay: the VPNs it relayed lose it (their
+/// members are recompiled and may be given another relay).
+pub async fn delete_relay(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(device_id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    let mut tx = state.pool.begin().await?;
+    let mut affected = vec![device_id];
+    for vpn_id in db::vpns::vpns_relayed_by(&mut *tx, device_id).await? {
+        db::vpns::lock(&mut *tx, vpn_id).await?;
+        affected.extend(db::vpns::affected_devices(&mut *tx, vpn_id).await?);
+    }
+    if !db::vpns::delete_relay(&mut *tx, device_id).await? {
+        return Err(ApiError::NotFound(format!(
+            "device {device_id} is not a relay"
+        )));
+    }
+    tx.commit().await?;
+    affected.sort();
+    affected.dedup();
+    state
+        .reconciler
+        .recompile(Some(&affected), Resign::IfChanged)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
