@@ -162,6 +162,29 @@ pub(crate) struct Operator {
 }
 
 impl Operator {
+    pub(crate) fn new(url: &str, token: &str) -> Self {
+        Operator {
+            http: reqwest::Client::new(),
+            url: url.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// A GET that may fail: the body of a success, None otherwise.
+    pub(crate) async fn try_get(&self, path: &str) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
     pub(crate) async fn call(
         &self,
         method: reqwest::Method,

@@ -1,0 +1,641 @@
+//! The distributed VPN end to end: the real controller in an ISP namespace,
+//! four real agents with wireguard-go. Customer A has three sites (a3 behind
+//! a NAT), customer B one. A's LAN hosts reach each other (ping and TCP),
+//! a3 goes through the hub, A and B cannot reach each other, a spoofed VPN
+//! source from the ISP side is dropped, a key rotation during a transfer
+//! barely pauses it, and removing a site removes it from every peer.
+//!
+//! ```text
+//!   a1h ─ a1 ─┐
+//!   a2h ─ a2 ─┤
+//!             ├─ br0 (isp: the controller, 203.0.113.1) ─ nat ─ a3 ─ a3h
+//!   b1h ─ b1 ─┘
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isdf_controller::test_support::{TestController, TestControllerOptions};
+use serde_json::{json, Value};
+
+use crate::e2e::{blocking, wait_until, AgentProcess, Operator};
+use crate::netns::Netns;
+
+const ISP: &str = "203.0.113.1";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("iproute2");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A router namespace with its LAN host.
+struct Site {
+    name: &'static str,
+    router: Netns,
+    host: Netns,
+    /// The LAN host's address; its LAN is the /24 around it.
+    host_addr: &'static str,
+    lan: &'static str,
+}
+
+struct Network {
+    isp: Netns,
+    _nat: Netns,
+    sites: Vec<Site>,
+}
+
+impl Network {
+    fn site(&self, name: &str) -> &Site {
+        self.sites.iter().find(|s| s.name == name).unwrap()
+    }
+
+    fn create() -> Self {
+        let tag = format!("isdf-vpn-{}", std::process::id());
+        let isp = Netns::create(format!("{tag}-isp"));
+        let nat = Netns::create(format!("{tag}-nat"));
+        let i = isp.name.as_str();
+        ip(&["-n", i, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", i, "addr", "add", &format!("{ISP}/24"), "dev", "br0"]);
+        ip(&["-n", i, "link", "set", "br0", "up"]);
+        // Every router's WAN (and the NAT's outside) is a port of br0.
+        let plug = |ns: &Netns, port: &str, addr: &str| {
+            ip(&[
+                "-n", i, "link", "add", port, "type", "veth", "peer", "name", "wan", "netns",
+                &ns.name,
+            ]);
+            ip(&["-n", i, "link", "set", port, "master", "br0", "up"]);
+            ip(&["-n", &ns.name, "addr", "add", addr, "dev", "wan"]);
+            ip(&["-n", &ns.name, "link", "set", "wan", "up"]);
+        };
+        plug(&nat, "p-nat", "203.0.113.13/24");
+        let mut sites = Vec::new();
+        for (name, wan, host_addr, lan) in [
+            ("a1", Some("203.0.113.11/24"), "10.1.0.2", "10.1.0.1/24"),
+            ("a2", Some("203.0.113.12/24"), "10.2.0.2", "10.2.0.1/24"),
+            ("a3", None, "10.3.0.2", "10.3.0.1/24"),
+            ("b1", Some("203.0.113.14/24"), "10.9.0.2", "10.9.0.1/24"),
+        ] {
+            let router = Netns::create(format!("{tag}-{name}"));
+            let host = Netns::create(format!("{tag}-{name}h"));
+            match wan {
+                Some(addr) => plug(&router, &format!("p-{name}"), addr),
+                None => {
+                    // Behind the NAT: 192.168.100.2, default via the NAT.
+                    ip(&[
+                        "-n",
+                        &nat.name,
+                        "link",
+                        "add",
+                        "inside",
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        "wan",
+                        "netns",
+                        &router.name,
+                    ]);
+                    ip(&[
+                        "-n",
+                        &nat.name,
+                        "addr",
+                        "add",
+                        "192.168.100.1/24",
+                        "dev",
+                        "inside",
+                    ]);
+                    ip(&["-n", &nat.name, "link", "set", "inside", "up"]);
+                    ip(&[
+                        "-n",
+                        &router.name,
+                        "addr",
+                        "add",
+                        "192.168.100.2/24",
+                        "dev",
+                        "wan",
+                    ]);
+                    ip(&["-n", &router.name, "link", "set", "wan", "up"]);
+                    ip(&[
+                        "-n",
+                        &router.name,
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        "192.168.100.1",
+                    ]);
+                }
+            }
+            ip(&[
+                "-n",
+                &router.name,
+                "link",
+                "add",
+                "lan",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &host.name,
+            ]);
+            ip(&["-n", &router.name, "addr", "add", lan, "dev", "lan"]);
+            ip(&["-n", &router.name, "link", "set", "lan", "up"]);
+            ip(&[
+                "-n",
+                &host.name,
+                "addr",
+                "add",
+                &format!("{host_addr}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &host.name, "link", "set", "eth0", "up"]);
+            let gateway = lan.split('/').next().unwrap();
+            ip(&["-n", &host.name, "route", "add", "default", "via", gateway]);
+            router.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+            sites.push(Site {
+                name,
+                router,
+                host,
+                host_addr,
+                lan: match name {
+                    "a1" => "10.1.0.0/24",
+                    "a2" => "10.2.0.0/24",
+                    "a3" => "10.3.0.0/24",
+                    _ => "10.9.0.0/24",
+                },
+            });
+        }
+        nat.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        // The NAT masquerades what leaves through its outside and lets in
+        // only answers: nothing reaches a3 unasked.
+        let rules = "table ip nat { chain post { type nat hook postrouting priority 100; \
+                     oifname \"wan\" masquerade } }\n\
+                     table ip filter { chain fwd { type filter hook forward priority 0; policy drop; \
+                     ct state established,related accept; iifname \"inside\" accept } }\n";
+        let out = Command::new("ip")
+            .args(["netns", "exec", &nat.name, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                child.stdin.take().unwrap().write_all(rules.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("nft in the NAT namespace");
+        assert!(out.status.success(), "NAT rules");
+        Network {
+            isp,
+            _nat: nat,
+            sites,
+        }
+    }
+}
+
+fn pings(from: &Netns, to: &str) -> bool {
+    from.exec("ping", &["-c", "1", "-W", "1", to])
+        .status
+        .success()
+}
+
+/// A TCP sink on the LAN host: counts bytes and remembers the longest pause
+/// between reads while `recording`.
+#[derive(Default)]
+struct Sink {
+    received: AtomicU64,
+    longest_gap_ms: AtomicU64,
+    recording: AtomicBool,
+}
+
+fn serve_sink(host: &Netns, port: u16) -> Arc<Sink> {
+    let sink = Arc::new(Sink::default());
+    let listener = host.enter(move || TcpListener::bind(("0.0.0.0", port)).unwrap());
+    let inner = sink.clone();
+    std::thread::spawn(move || {
+        // One connection per transfer, bounded by the test's lifetime.
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut last = Instant::now();
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let gap = last.elapsed().as_millis() as u64;
+                last = Instant::now();
+                if inner.recording.load(Ordering::SeqCst) {
+                    inner.longest_gap_ms.fetch_max(gap, Ordering::SeqCst);
+                }
+                inner.received.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        }
+    });
+    sink
+}
+
+/// Sends `bytes` to `to` from the LAN host; true when all were written.
+fn send(host: &Netns, to: SocketAddr, bytes: usize) -> bool {
+    host.enter(move || {
+        let Ok(mut stream) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) else {
+            return false;
+        };
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+        let chunk = vec![7u8; 16 * 1024];
+        let mut sent = 0;
+        while sent < bytes {
+            if stream.write_all(&chunk).is_err() {
+                return false;
+            }
+            sent += chunk.len();
+        }
+        true
+    })
+}
+
+/// Agent config for one router.
+fn agent_toml(dir: &Path, enrollment_url: &str, token: &str, ca_pem: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("enrollment-token"), token).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "enrollment_url = \"{enrollment_url}\"\nca_cert = \"{d}/ca.pem\"\n\
+             enrollment_token_file = \"{d}/enrollment-token\"\nstate_dir = \"{d}/state\"\n\
+             control_socket = \"{d}/agent.sock\"\npoll_wait_secs = 20\nmax_backoff_secs = 2\n\
+             lan_interfaces = [\"lan\"]\nwan_interfaces = [\"wan\"]\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn wg(router: &Netns, what: &str) -> String {
+    String::from_utf8_lossy(&router.exec("wg", &["show", "isdfvpn", what]).stdout).into_owned()
+}
+
+#[test]
+fn distributed_vpn_end_to_end() {
+    let net = Arc::new(Network::create());
+    let work = tempfile::tempdir().unwrap();
+    let work_path = work.path().to_owned();
+    let inner = net.clone();
+    net.isp.enter(move || {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(scenario(inner, work_path))
+    });
+    drop(work);
+}
+
+async fn scenario(net: Arc<Network>, work: PathBuf) {
+    let mut options = TestControllerOptions::new(&work.join("controller"));
+    options.device_listen = format!("{ISP}:0").parse().unwrap();
+    options.device_tls_names = vec![ISP.to_owned()];
+    let controller = TestController::start(options).await.expect("controller");
+    let operator = Operator::new(&controller.api_url, &controller.operator_token);
+
+    // Customers, routers, VPNs.
+    let mut devices = std::collections::HashMap::new();
+    let mut agents = Vec::new();
+    let customer_a = operator
+        .post("/api/v1/customers", json!({"name": "Acme"}))
+        .await["id"]
+        .clone();
+    let customer_b = operator
+        .post("/api/v1/customers", json!({"name": "Bolt"}))
+        .await["id"]
+        .clone();
+    for site in &net.sites {
+        let created = operator
+            .post("/api/v1/devices", json!({"name": site.name, "labels": {}}))
+            .await;
+        let id = created["device"]["id"].as_str().unwrap().to_owned();
+        let customer = if site.name.starts_with('a') {
+            &customer_a
+        } else {
+            &customer_b
+        };
+        operator
+            .call(
+                reqwest::Method::PUT,
+                &format!(
+                    "/api/v1/customers/{}/devices/{id}",
+                    customer.as_str().unwrap()
+                ),
+                None,
+            )
+            .await;
+        let config = agent_toml(
+            &work.join(site.name),
+            &controller.enrollment_url,
+            created["enrollment_token"].as_str().unwrap(),
+            created["ca_pem"].as_str().unwrap(),
+        );
+        devices.insert(site.name, id);
+        agents.push(AgentProcess::start(
+            &site.router,
+            &config,
+            "nftables",
+            &work.join(site.name).join("agent.log"),
+        ));
+    }
+    let member = |name: &str| json!({"device_id": devices[name], "prefixes": [net.site(name).lan]});
+    let vpn_a = operator
+        .post(
+            "/api/v1/vpns",
+            json!({"customer_id": customer_a, "name": "offices", "topology": "auto",
+                   "members": [member("a1"), member("a2"), member("a3")]}),
+        )
+        .await;
+    let vpn_a = vpn_a["id"].as_str().unwrap().to_owned();
+    operator
+        .post(
+            "/api/v1/vpns",
+            json!({"customer_id": customer_b, "name": "shop", "topology": "auto",
+                   "members": [member("b1")]}),
+        )
+        .await;
+
+    // Facts: a1, a2 and b1 are reachable (a probe got through), a3 is not.
+    let facts = |name: &'static str| {
+        let path = format!("/api/v1/devices/{}/wireguard", devices[name]);
+        let operator = &operator;
+        async move {
+            let started = Instant::now();
+            loop {
+                let response = operator.try_get(&path).await;
+                if let Some(view) = response.filter(|v| v["public_key"].is_string()) {
+                    return view;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{name} reported no facts"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    for name in ["a1", "a2", "b1"] {
+        let started = Instant::now();
+        loop {
+            let view = facts(name).await;
+            if view["reachable_address"].is_string() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{name} never reachable: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let a3 = facts("a3").await;
+    assert_eq!(
+        a3["reachable_address"],
+        Value::Null,
+        "a3 is behind NAT: {a3}"
+    );
+
+    // A's LAN hosts reach each other, a3 through the hub.
+    let net2 = net.clone();
+    let connected = blocking(move || {
+        let (a1, a2, a3) = (net2.site("a1"), net2.site("a2"), net2.site("a3"));
+        wait_until(
+            "A's sites reach each other",
+            Duration::from_secs(30),
+            || {
+                pings(&a1.host, a2.host_addr)
+                    && pings(&a1.host, a3.host_addr)
+                    && pings(&a3.host, a2.host_addr)
+                    && pings(&a2.host, a3.host_addr)
+            },
+        )
+    })
+    .await;
+    eprintln!("A's sites connected {connected:?} after the facts");
+    let a3_config = operator
+        .get(&format!("/api/v1/devices/{}/config", devices["a3"]))
+        .await;
+    let a3_peers = &a3_config["config"]["firewall"]["wireguard"]["tunnels"][0]["peers"];
+    assert_eq!(
+        a3_peers.as_array().unwrap().len(),
+        1,
+        "a3 has only its hub: {a3_peers}"
+    );
+    assert_eq!(
+        a3_peers[0]["name"], "a1",
+        "the hub is a1 (lowest tunnel address)"
+    );
+    let a2_keys = wg(&net.site("a2").router, "peers");
+    assert_eq!(
+        a2_keys.lines().count(),
+        1,
+        "a2 peers only with a1: {a2_keys}"
+    );
+
+    // TCP through the mesh and through the hub.
+    let a2_sink = serve_sink(&net.site("a2").host, 7000);
+    let net2 = net.clone();
+    assert!(
+        blocking(move || send(
+            &net2.site("a3").host,
+            "10.2.0.2:7000".parse().unwrap(),
+            4 << 20
+        ))
+        .await
+    );
+    let net2 = net.clone();
+    assert!(
+        blocking(move || send(
+            &net2.site("a1").host,
+            "10.2.0.2:7000".parse().unwrap(),
+            4 << 20
+        ))
+        .await
+    );
+    let sink = a2_sink.clone();
+    blocking(move || {
+        wait_until(
+            "8 MiB arrived at a2's host",
+            Duration::from_secs(10),
+            || sink.received.load(Ordering::SeqCst) >= 8 << 20,
+        )
+    })
+    .await;
+
+    // B and A cannot reach each other, in either direction.
+    let net2 = net.clone();
+    blocking(move || {
+        let (a1, b1) = (net2.site("a1"), net2.site("b1"));
+        for (from, to) in [
+            (&b1.host, "10.1.0.2"),
+            (&b1.host, "10.3.0.2"),
+            (&a1.host, "10.9.0.2"),
+        ] {
+            assert!(!pings(from, to), "{} reached {to}", from.name);
+        }
+        let to: SocketAddr = "10.2.0.2:7000".parse().unwrap();
+        assert!(!b1.host.tcp_works(to, Duration::from_millis(500)));
+    })
+    .await;
+    // Not even a router of B that claims an A address: spoofed VPN sources
+    // coming in from the ISP side never reach A's LAN.
+    let net2 = net.clone();
+    blocking(move || {
+        let (a1, b1) = (net2.site("a1"), net2.site("b1"));
+        let listener = a1.host.enter(|| UdpSocket::bind("0.0.0.0:7001").unwrap());
+        listener
+            .set_read_timeout(Some(Duration::from_millis(800)))
+            .unwrap();
+        b1.router
+            .run("ip", &["addr", "add", "10.2.0.99/32", "dev", "lo"]);
+        b1.router.run(
+            "ip",
+            &["route", "add", "10.1.0.0/24", "via", "203.0.113.11"],
+        );
+        b1.router.enter(|| {
+            let socket = UdpSocket::bind("10.2.0.99:0").unwrap();
+            for _ in 0..3 {
+                socket.send_to(b"spoofed", "10.1.0.2:7001").unwrap();
+            }
+        });
+        let mut buf = [0u8; 16];
+        assert!(
+            listener.recv_from(&mut buf).is_err(),
+            "a spoofed VPN source got in"
+        );
+        // The same datagram from B's own address does arrive: the drop was
+        // the VPN's anti-spoofing, not a dead path.
+        b1.router.enter(|| {
+            let socket = UdpSocket::bind("203.0.113.14:0").unwrap();
+            socket.send_to(b"plain", "10.1.0.2:7001").unwrap();
+        });
+        assert!(
+            listener.recv_from(&mut buf).is_ok(),
+            "the ISP path to a1 works"
+        );
+    })
+    .await;
+
+    // A key rotation during a transfer: a2 rotates while a1's host sends to
+    // a2's host; the longest pause in what arrives is measured.
+    let old_key = facts("a2").await["active_public_key"].clone();
+    let sink = a2_sink.clone();
+    sink.recording.store(true, Ordering::SeqCst);
+    let before = sink.received.load(Ordering::SeqCst);
+    let net2 = net.clone();
+    let transfer = tokio::task::spawn_blocking(move || {
+        send(
+            &net2.site("a1").host,
+            "10.2.0.2:7000".parse().unwrap(),
+            96 << 20,
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rotated_at = Instant::now();
+    operator
+        .post(
+            &format!("/api/v1/devices/{}/wireguard/rotate", devices["a2"]),
+            json!({}),
+        )
+        .await;
+    loop {
+        let view = facts("a2").await;
+        if view["active_public_key"] != old_key && view["rotation_stage"].is_null() {
+            break;
+        }
+        assert!(
+            rotated_at.elapsed() < Duration::from_secs(60),
+            "rotation never finished: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rotation_took = rotated_at.elapsed();
+    assert!(
+        transfer.await.unwrap(),
+        "the transfer survived the rotation"
+    );
+    sink.recording.store(false, Ordering::SeqCst);
+    let gap = Duration::from_millis(sink.longest_gap_ms.load(Ordering::SeqCst));
+    let moved = sink.received.load(Ordering::SeqCst) - before;
+    eprintln!(
+        "rotation took {rotation_took:?}; longest pause in the transfer {gap:?}; {moved} bytes"
+    );
+    assert!(
+        gap < Duration::from_secs(1),
+        "the transfer paused {gap:?} during the rotation"
+    );
+    let a1_keys = wg(&net.site("a1").router, "peers");
+    assert!(
+        !a1_keys.contains(old_key.as_str().unwrap()),
+        "a2's old key left a1: {a1_keys}"
+    );
+
+    // Removing a2: it leaves every peer.
+    let a2_key = facts("a2").await["active_public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let removed_at = Instant::now();
+    operator
+        .delete(&format!("/api/v1/vpns/{vpn_a}/members/{}", devices["a2"]))
+        .await;
+    let net2 = net.clone();
+    let gone = blocking(move || {
+        let (a1, a3) = (net2.site("a1"), net2.site("a3"));
+        wait_until("a2 left every peer", Duration::from_secs(10), || {
+            !wg(&a1.router, "peers").contains(&a2_key)
+                && !String::from_utf8_lossy(
+                    &a3.router
+                        .exec("ip", &["route", "show", "table", "all"])
+                        .stdout,
+                )
+                .contains("10.2.0.0/24")
+        })
+    })
+    .await;
+    let gone = removed_at.elapsed().max(gone);
+    eprintln!("a2 left every peer {gone:?} after the DELETE");
+    let net2 = net.clone();
+    blocking(move || {
+        assert!(
+            !pings(&net2.site("a1").host, "10.2.0.2"),
+            "a2 is out of the VPN"
+        );
+        assert!(
+            pings(&net2.site("a1").host, "10.3.0.2"),
+            "a1 and a3 still connect"
+        );
+    })
+    .await;
+
+    for (agent, site) in agents.iter().zip(&net.sites) {
+        let log = agent.log();
+        assert!(
+            !log.contains("panicked"),
+            "{} agent panicked:\n{log}",
+            site.name
+        );
+    }
+    drop(agents);
+    controller.stop().await.unwrap();
+}
