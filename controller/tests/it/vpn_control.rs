@@ -120,6 +120,7 @@ async fn a_change_recompiles_exactly_the_routers_of_its_vpn() {
     // One router's endpoint changes: only its VPN's ten routers compile,
     // and the nine others get a new version (its own config names no
     // endpoint of its own).
+    let started = std::time::Instant::now();
     let moved = keys
         .record(
             members[42][3],
@@ -128,6 +129,7 @@ async fn a_change_recompiles_exactly_the_routers_of_its_vpn() {
         )
         .await
         .unwrap();
+    let one_vpn = started.elapsed();
     assert_eq!((moved.compiled, moved.changed), (10, 9));
     let peer = config_of(&h, members[42][0]).await;
     let endpoints: Vec<&str> = peer["firewall"]["wireguard"]["tunnels"][0]["peers"]
@@ -150,12 +152,20 @@ async fn a_change_recompiles_exactly_the_routers_of_its_vpn() {
     assert_eq!((again.compiled, again.changed), (0, 0));
 
     // Recompiling everything touches all 1,000 routers and changes none.
+    let started = std::time::Instant::now();
     let everything = state
         .reconciler
         .recompile(None, Resign::IfChanged)
         .await
         .unwrap();
+    let all = started.elapsed();
     assert_eq!((everything.compiled, everything.changed), (1000, 0));
+    // Figures for docs/benchmarks.md (h); timings are not asserted.
+    eprintln!(
+        "one VPN's change: {} compiled, {} changed in {one_vpn:?}; \
+         everything: {} compiled, {} changed in {all:?}",
+        moved.compiled, moved.changed, everything.compiled, everything.changed
+    );
 }
 
 #[tokio::test]
