@@ -337,3 +337,68 @@ async fn a_rotation_is_announced_switched_and_finished() {
         .await;
     assert_eq!(view.body["rotation_stage"], Value::Null);
 }
+
+#[tokio::test]
+async fn an_auto_vpn_with_no_reachable_site_goes_through_a_relay_until_one_is() {
+    let h = Harness::start().await;
+    let state = &h.controller.state;
+    let members = fleet(&state.pool, 1, 2).await;
+    let relay = Uuid::new_v4();
+    sqlx::query("INSERT INTO devices (id, name, labels) VALUES ($1, 'relay-1', '{}')")
+        .bind(relay)
+        .execute(&state.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO vpn_relays (device_id) VALUES ($1)")
+        .bind(relay)
+        .execute(&state.pool)
+        .await
+        .unwrap();
+    for device in members[0].iter().chain([&relay]) {
+        state.cache.add_device(*device);
+    }
+    let keys = KeyKeeper {
+        reconciler: &state.reconciler,
+    };
+    let tunnels = |config: Value| config["firewall"]["wireguard"]["tunnels"].clone();
+    // The relay reports first (reachable); both sites are behind NAT.
+    keys.record(
+        relay,
+        &facts(500, None, 1),
+        Some("198.51.100.50".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    for (n, device) in members[0].iter().enumerate() {
+        keys.record(*device, &facts(n as u32, None, 1), None)
+            .await
+            .unwrap();
+    }
+    let site = tunnels(config_of(&h, members[0][0]).await);
+    assert_eq!(site[0]["peers"].as_array().unwrap().len(), 1, "{site}");
+    assert_eq!(site[0]["peers"][0]["name"], "relay-1");
+    assert_eq!(site[0]["peers"][0]["endpoint"], "198.51.100.50:51821");
+    let relayed = tunnels(config_of(&h, relay).await);
+    assert_eq!(relayed[0]["interface"], "isdfrelay1");
+    assert_eq!(relayed[0]["listen_port"], 51821);
+    assert_eq!(relayed[0]["address"], "100.64.255.254");
+    let names: Vec<&str> = relayed[0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["v0-s0", "v0-s1"]);
+
+    // A site becomes reachable: a direct mesh, and the relay lets go.
+    keys.record(
+        members[0][1],
+        &facts(1, None, 1),
+        Some("203.0.113.2".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let site = tunnels(config_of(&h, members[0][0]).await);
+    assert_eq!(site[0]["peers"][0]["name"], "v0-s1");
+    assert_eq!(tunnels(config_of(&h, relay).await), json!([]));
+}
