@@ -261,7 +261,9 @@ fn listed_rules(json: &serde_json::Value, v6: bool) -> BTreeSet<(bool, String)> 
         .filter(|r| r["priority"].as_u64() == Some(u64::from(RULE_PRIORITY)))
         .filter_map(|r| {
             let table = r["table"].as_str()?;
-            let selector = match (r["src"].as_str(), r["iif"].as_str()) {
+            // `iif` rules list their source as "all".
+            let src = r["src"].as_str().filter(|s| *s != "all");
+            let selector = match (src, r["iif"].as_str()) {
                 // A host prefix is listed without its length.
                 (Some(src), _) => {
                     let len = r["srclen"].as_u64().unwrap_or(if v6 { 128 } else { 32 });
@@ -376,8 +378,14 @@ fn ip_batch(v6: bool, lines: &[String]) -> anyhow::Result<()> {
     exec::run("ip", &[family, "-batch", "-"], &(lines.join("\n") + "\n")).map(drop)
 }
 
+/// Whether the interface exists in this thread's network namespace
+/// (`/sys/class/net` shows the namespace sysfs was mounted in).
 fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    std::fs::read_to_string("/proc/thread-self/net/dev").is_ok_and(|dev| {
+        dev.lines()
+            .filter_map(|l| l.split_once(':'))
+            .any(|(n, _)| n.trim() == name)
+    })
 }
 
 /// What the agent needs of its settings here.
@@ -710,9 +718,8 @@ impl Tunnels {
     /// Takes down `interface` and what drives it (its routes go with it).
     fn remove_interface(&mut self, interface: &str) {
         match self.drivers.remove(interface) {
-            Some(Driver::Child(mut child)) => {
-                let _ = child.kill();
-                let _ = child.wait();
+            Some(Driver::Child(child)) => {
+                stop(child, interface);
                 let _ = std::fs::remove_file(self.pid_path(interface));
             }
             Some(Driver::Kernel) | Some(Driver::Adopted) | None => {}
@@ -885,13 +892,25 @@ impl Drop for Tunnels {
     /// them): tunnels, unlike firewall rules, hold no protection to keep.
     fn drop(&mut self) {
         for (interface, driver) in std::mem::take(&mut self.drivers) {
-            if let Driver::Child(mut child) = driver {
-                let _ = child.kill();
-                let _ = child.wait();
+            if let Driver::Child(child) = driver {
+                stop(child, &interface);
                 let _ = std::fs::remove_file(self.pid_path(&interface));
             }
         }
     }
+}
+
+/// Ends a `wireguard-go` the agent started: asked to stop (it removes its
+/// UAPI socket and link), killed if it has not within two seconds.
+fn stop(mut child: Child, interface: &str) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(Path::new(UAPI_DIR).join(format!("{interface}.sock")));
 }
 
 /// Waits up to `PROBE_WAIT` on `socket` for the controller's probe; its
@@ -1047,7 +1066,7 @@ mod tests {
         let rules: serde_json::Value = serde_json::from_str(
             r#"[{"priority":0,"src":"all","table":"local"},
                 {"priority":5180,"src":"10.1.0.0","srclen":24,"table":"51820"},
-                {"priority":5180,"iif":"isdf0","table":"51820"},
+                {"priority":5180,"src":"all","iif":"isdf0","table":"51820"},
                 {"priority":32766,"src":"all","table":"main"}]"#,
         )
         .unwrap();

@@ -14,3 +14,4 @@ mod netns;
 mod pay_per_site;
 mod rogue_controller;
 mod signatures;
+mod wireguard;
