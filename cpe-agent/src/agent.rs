@@ -867,8 +867,7 @@ impl Agent {
     /// time with a fresh probe. Failures are retried with backoff and never
     /// hold up configs.
     async fn send_facts_if_due(&mut self) {
-        if !self.tunnels.configured()
-            || self.facts_retry.is_some_and(|(_, at)| Instant::now() < at)
+        if !self.tunnels.configured() || self.facts_retry.is_some_and(|(_, at)| Instant::now() < at)
         {
             return;
         }
@@ -896,7 +895,10 @@ impl Agent {
             Err(e) => {
                 warn_failed("reporting WireGuard facts failed; will retry", &e);
                 let failures = self.facts_retry.map_or(0, |(n, _)| n).saturating_add(1);
-                let delay = backoff(failures, Duration::from_secs(self.settings.max_backoff_secs));
+                let delay = backoff(
+                    failures,
+                    Duration::from_secs(self.settings.max_backoff_secs),
+                );
                 self.facts_retry = Some((failures, Instant::now() + delay));
             }
         }
@@ -1170,7 +1172,12 @@ struct WireguardFactsKey<'a> {
 impl<'a> WireguardFactsKey<'a> {
     fn of(f: &'a isdf_api::wireguard::WireguardFacts) -> Self {
         WireguardFactsKey {
-            keys: (f.public_key, f.next_public_key, f.key_generation, f.listen_port),
+            keys: (
+                f.public_key,
+                f.next_public_key,
+                f.key_generation,
+                f.listen_port,
+            ),
             wan_addresses: &f.wan_addresses,
         }
     }

@@ -299,8 +299,12 @@ impl Client {
         &self,
         facts: &isdf_api::wireguard::WireguardFacts,
     ) -> anyhow::Result<()> {
-        let request = self.http.put(format!("{}{}", self.base, paths::DEVICE_WIREGUARD_FACTS));
-        self.send_json(request, facts, "WireGuard facts").await.map(drop)
+        let request = self
+            .http
+            .put(format!("{}{}", self.base, paths::DEVICE_WIREGUARD_FACTS));
+        self.send_json(request, facts, "WireGuard facts")
+            .await
+            .map(drop)
     }
 
     /// Asks the controller to send UDP probes to the router.
@@ -308,7 +312,9 @@ impl Client {
         &self,
         probe: &isdf_api::wireguard::ProbeRequest,
     ) -> anyhow::Result<isdf_api::wireguard::ProbeAnswer> {
-        let request = self.http.post(format!("{}{}", self.base, paths::DEVICE_WIREGUARD_PROBE));
+        let request = self
+            .http
+            .post(format!("{}{}", self.base, paths::DEVICE_WIREGUARD_PROBE));
         let response = self.send_json(request, probe, "probe request").await?;
         let body = read_capped(response, MAX_ERROR_BYTES)
             .await?

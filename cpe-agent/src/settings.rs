@@ -517,10 +517,23 @@ mod tests {
         )
         .unwrap();
         let t = s.tunnel_settings();
-        assert_eq!((s.wireguard_listen_port, s.wireguard_probe_port, s.wireguard_facts_secs), (4500, 4501, 60));
-        assert_eq!((t.wireguard_go.as_path(), t.table_base), (Path::new("/usr/bin/wireguard-go"), 1000));
+        assert_eq!(
+            (
+                s.wireguard_listen_port,
+                s.wireguard_probe_port,
+                s.wireguard_facts_secs
+            ),
+            (4500, 4501, 60)
+        );
+        assert_eq!(
+            (t.wireguard_go.as_path(), t.table_base),
+            (Path::new("/usr/bin/wireguard-go"), 1000)
+        );
         for bad in ["wireguard_table_base = 0", "wireguard_facts_secs = 1"] {
-            assert!(Settings::parse(&format!("state_dir = \"/s\"\n{bad}\n")).is_err(), "{bad}");
+            assert!(
+                Settings::parse(&format!("state_dir = \"/s\"\n{bad}\n")).is_err(),
+                "{bad}"
+            );
         }
     }
 

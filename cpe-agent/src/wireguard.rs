@@ -289,7 +289,10 @@ fn listed_routes(json: &serde_json::Value) -> Vec<String> {
 /// Whether a listed route destination (`10.0.0.1`, `10.0.0.0/24`) is `prefix`.
 fn same_prefix(listed: &str, prefix: &Prefix) -> bool {
     match listed.parse::<IpAddr>() {
-        Ok(addr) => prefix.net().addr() == addr && prefix.net().prefix_len() == prefix.net().max_prefix_len(),
+        Ok(addr) => {
+            prefix.net().addr() == addr
+                && prefix.net().prefix_len() == prefix.net().max_prefix_len()
+        }
         Err(_) => Prefix::parse(listed).is_ok_and(|p| p == *prefix),
     }
 }
@@ -628,13 +631,16 @@ impl Tunnels {
         }
         self.kill_leftover(interface);
         if link_exists(interface) {
-            let kernel = ip_json(&["-d", "link", "show", "dev", interface]).is_some_and(|j| {
-                j[0]["linkinfo"]["info_kind"] == "wireguard"
-            });
+            let kernel = ip_json(&["-d", "link", "show", "dev", interface])
+                .is_some_and(|j| j[0]["linkinfo"]["info_kind"] == "wireguard");
             let uapi = Path::new(UAPI_DIR).join(format!("{interface}.sock"));
             if kernel || uapi.exists() {
                 // Left by a previous agent: configured afresh below.
-                let driver = if kernel { Driver::Kernel } else { Driver::Adopted };
+                let driver = if kernel {
+                    Driver::Kernel
+                } else {
+                    Driver::Adopted
+                };
                 self.drivers.insert(interface.to_owned(), driver);
                 return Ok(());
             }
@@ -705,7 +711,11 @@ impl Tunnels {
                     .any(|arg| arg == interface.as_bytes())
             });
         if ours {
-            tracing::warn!(pid, interface, "ending the wireguard-go a previous agent left");
+            tracing::warn!(
+                pid,
+                interface,
+                "ending the wireguard-go a previous agent left"
+            );
             let _ = Command::new("kill").arg(pid).status();
             let deadline = Instant::now() + Duration::from_secs(2);
             while crate::dns::process_runs(pid) && Instant::now() < deadline {
@@ -816,10 +826,21 @@ impl Tunnels {
                 if chosen == holder {
                     continue;
                 }
-                let list: Vec<String> = peer.allowed_prefixes.iter().map(Prefix::to_string).collect();
+                let list: Vec<String> = peer
+                    .allowed_prefixes
+                    .iter()
+                    .map(Prefix::to_string)
+                    .collect();
                 exec::run(
                     "wg",
-                    &["set", interface, "peer", &chosen.to_string(), "allowed-ips", &list.join(",")],
+                    &[
+                        "set",
+                        interface,
+                        "peer",
+                        &chosen.to_string(),
+                        "allowed-ips",
+                        &list.join(","),
+                    ],
                     "",
                 )?;
                 tracing::info!(interface, peer = %peer.name, key = %chosen, "peer moved to its other key");
@@ -975,10 +996,17 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let mut store = KeyStore::open(dir.path()).unwrap();
-        assert_eq!(store.keys(), [stored(1, 1), stored(2, 2)].map(|mut k| {
-            k.private = if k.generation == 1 { "a".into() } else { "b".into() };
-            k
-        }));
+        assert_eq!(
+            store.keys(),
+            [stored(1, 1), stored(2, 2)].map(|mut k| {
+                k.private = if k.generation == 1 {
+                    "a".into()
+                } else {
+                    "b".into()
+                };
+                k
+            })
+        );
         store.keep_from(key(1)).unwrap();
         assert_eq!(store.keys().len(), 2, "the old key is in use: both stay");
         store.keep_from(key(2)).unwrap();
@@ -992,7 +1020,10 @@ mod tests {
         assert_eq!(key_facts(&[], None), None);
         let held = [stored(1, 1), stored(2, 2)];
         assert_eq!(key_facts(&held, None), Some((key(2), None, 2)));
-        assert_eq!(key_facts(&held, Some(key(1))), Some((key(1), Some(key(2)), 2)));
+        assert_eq!(
+            key_facts(&held, Some(key(1))),
+            Some((key(1), Some(key(2)), 2))
+        );
         assert_eq!(key_facts(&held, Some(key(2))), Some((key(2), None, 2)));
         // A key the router does not hold is not reported as in use.
         assert_eq!(key_facts(&held, Some(key(9))), Some((key(2), None, 2)));
@@ -1003,10 +1034,20 @@ mod tests {
         let (p_, a) = (key(1), key(2));
         let hs = |pairs: &[(WgKey, i64)]| pairs.iter().copied().collect::<BTreeMap<_, _>>();
         let none = hs(&[]);
-        assert_eq!(choose_holder(p_, p_, a, &none, &none), p_, "no handshake yet");
+        assert_eq!(
+            choose_holder(p_, p_, a, &none, &none),
+            p_,
+            "no handshake yet"
+        );
         assert_eq!(choose_holder(p_, p_, a, &none, &hs(&[(p_, 100)])), p_);
-        assert_eq!(choose_holder(p_, p_, a, &none, &hs(&[(p_, 100), (a, 101)])), a);
-        assert_eq!(choose_holder(a, p_, a, &none, &hs(&[(p_, 102), (a, 101)])), p_);
+        assert_eq!(
+            choose_holder(p_, p_, a, &none, &hs(&[(p_, 100), (a, 101)])),
+            a
+        );
+        assert_eq!(
+            choose_holder(a, p_, a, &none, &hs(&[(p_, 102), (a, 101)])),
+            p_
+        );
         // Same second: the one that just changed wins, else nothing moves.
         let before = hs(&[(p_, 100)]);
         let now = hs(&[(p_, 100), (a, 100)]);
@@ -1050,7 +1091,11 @@ mod tests {
         insta::assert_snapshot!(render_conf(&t, "PRIVATE", |_| None));
         let moved = render_conf(&t, "PRIVATE", |k| (k == key(2)).then_some(key(3)));
         let b_new = moved.split("[Peer]").nth(2).unwrap();
-        assert!(b_new.contains(&key(3).to_string()) && b_new.contains("AllowedIPs = 10.2.0.0/24, 10.99.0.2"), "{moved}");
+        assert!(
+            b_new.contains(&key(3).to_string())
+                && b_new.contains("AllowedIPs = 10.2.0.0/24, 10.99.0.2"),
+            "{moved}"
+        );
         let b_old = moved.split("[Peer]").nth(1).unwrap();
         assert!(!b_old.contains("AllowedIPs"), "{moved}");
     }
@@ -1078,9 +1123,10 @@ mod tests {
                 (false, "iif isdf0 table 51820".to_owned())
             ]
         );
-        let routes: serde_json::Value =
-            serde_json::from_str(r#"[{"dst":"10.2.0.0/24","dev":"isdf0"},{"dst":"10.99.0.2","dev":"isdf0"}]"#)
-                .unwrap();
+        let routes: serde_json::Value = serde_json::from_str(
+            r#"[{"dst":"10.2.0.0/24","dev":"isdf0"},{"dst":"10.99.0.2","dev":"isdf0"}]"#,
+        )
+        .unwrap();
         let dsts = listed_routes(&routes);
         assert!(same_prefix(&dsts[0], &p("10.2.0.0/24")));
         assert!(same_prefix(&dsts[1], &p("10.99.0.2/32")));
@@ -1093,14 +1139,20 @@ mod tests {
         .unwrap();
         assert_eq!(
             listed_addresses(&addrs),
-            [("198.51.100.1".parse().unwrap(), 24), ("2001:db8::1".parse().unwrap(), 64)]
+            [
+                ("198.51.100.1".parse().unwrap(), 24),
+                ("2001:db8::1".parse().unwrap(), 64)
+            ]
         );
     }
 
     #[test]
     fn probe_datagrams_and_dumps_parse() {
         let nonce = "0123456789abcdef0123456789ABCDEF";
-        assert_eq!(probe_nonce(format!("ISDF-PROBE {nonce}").as_bytes()).as_deref(), Some(nonce));
+        assert_eq!(
+            probe_nonce(format!("ISDF-PROBE {nonce}").as_bytes()).as_deref(),
+            Some(nonce)
+        );
         assert_eq!(probe_nonce(b"ISDF-PROBE 123"), None);
         assert_eq!(probe_nonce(format!("OTHER {nonce}").as_bytes()), None);
         let dump = format!(
@@ -1110,7 +1162,14 @@ mod tests {
         let peers = parse_dump(&dump);
         assert_eq!(peers.len(), 2);
         assert_eq!(peers[0].endpoint, Some("192.0.2.2:51820".parse().unwrap()));
-        assert_eq!((peers[0].latest_handshake, peers[0].rx_bytes, peers[0].tx_bytes), (Some(1_700_000_000), 100, 200));
+        assert_eq!(
+            (
+                peers[0].latest_handshake,
+                peers[0].rx_bytes,
+                peers[0].tx_bytes
+            ),
+            (Some(1_700_000_000), 100, 200)
+        );
         assert_eq!((peers[1].endpoint, peers[1].latest_handshake), (None, None));
         let hs = parse_handshakes(&format!("{}\t5\n{}\t0\n", key(2), key(3)));
         assert_eq!(hs.get(&key(2)), Some(&5));

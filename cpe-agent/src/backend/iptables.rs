@@ -1478,7 +1478,10 @@ COMMIT
             "tunnels": [{"interface": "isdf0", "listen_port": 51820, "address": "10.99.0.1/32"}]
         }))
         .unwrap_err();
-        assert!(err.contains("WireGuard") && err.contains("nftables"), "{err}");
+        assert!(
+            err.contains("WireGuard") && err.contains("nftables"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -30,11 +30,11 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use anyhow::{bail, Context};
+use isdf_api::wireguard::Tunnel;
 use isdf_api::{
     Action, Chain, ElementValue, Family, Firewall, FlowPattern, Match, PayloadMatch, PortRange,
     Prefix, Protocol, Rule, RuleCounter, Set, SetElement, SetKey,
 };
-use isdf_api::wireguard::Tunnel;
 
 use super::{
     exec, interval_layers, remaining_ms, FirewallBackend, Interfaces, LearnedEndpoint,
@@ -224,7 +224,11 @@ fn tunnel_set_name(index: usize, what: &str, v6: bool) -> String {
 
 fn plan_tunnel_sets(s: &mut String, tunnels: &[Tunnel], elements: Elements) {
     for (index, tunnel) in tunnels.iter().enumerate() {
-        let remote: Vec<&Prefix> = tunnel.peers.iter().flat_map(|p| &p.allowed_prefixes).collect();
+        let remote: Vec<&Prefix> = tunnel
+            .peers
+            .iter()
+            .flat_map(|p| &p.allowed_prefixes)
+            .collect();
         let vpn: Vec<&Prefix> = tunnel.vpn_prefixes().collect();
         for (what, prefixes) in [("remote", &remote), ("vpn", &vpn)] {
             for (v6, family) in [(false, Family::Ipv4), (true, Family::Ipv6)] {
@@ -1444,8 +1448,20 @@ mod tests {
         assert_eq!(shape.sets.len(), 8);
         let forward = &shape.chains["forward"];
         assert_eq!(forward.last().map(String::as_str), Some("web"));
-        assert_eq!(forward.iter().filter(|c| c.starts_with("agent-wg0")).count(), 10);
-        assert_eq!(shape.chains["input"].iter().filter(|c| *c == "agent-wg1-local").count(), 3);
+        assert_eq!(
+            forward
+                .iter()
+                .filter(|c| c.starts_with("agent-wg0"))
+                .count(),
+            10
+        );
+        assert_eq!(
+            shape.chains["input"]
+                .iter()
+                .filter(|c| *c == "agent-wg1-local")
+                .count(),
+            3
+        );
     }
 
     #[test]

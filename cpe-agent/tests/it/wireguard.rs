@@ -210,16 +210,52 @@ impl Net {
             let lan = Netns::create(format!("{base}-l{n}"));
             let (r, l, w) = (&router.name, &lan.name, &wan.name);
             let port = format!("p{n}");
-            ip(&["-n", r, "link", "add", "wan", "type", "veth", "peer", "name", &port, "netns", w]);
+            ip(&[
+                "-n", r, "link", "add", "wan", "type", "veth", "peer", "name", &port, "netns", w,
+            ]);
             ip(&["-n", w, "link", "set", &port, "master", "br0", "up"]);
-            ip(&["-n", r, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", l]);
-            ip(&["-n", r, "addr", "add", &format!("203.0.113.{n}/24"), "dev", "wan"]);
-            ip(&["-n", r, "addr", "add", &format!("10.{n}.0.1/24"), "dev", "lan"]);
-            ip(&["-n", l, "addr", "add", &format!("10.{n}.0.2/24"), "dev", "eth0"]);
+            ip(&[
+                "-n", r, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", l,
+            ]);
+            ip(&[
+                "-n",
+                r,
+                "addr",
+                "add",
+                &format!("203.0.113.{n}/24"),
+                "dev",
+                "wan",
+            ]);
+            ip(&[
+                "-n",
+                r,
+                "addr",
+                "add",
+                &format!("10.{n}.0.1/24"),
+                "dev",
+                "lan",
+            ]);
+            ip(&[
+                "-n",
+                l,
+                "addr",
+                "add",
+                &format!("10.{n}.0.2/24"),
+                "dev",
+                "eth0",
+            ]);
             for (ns, dev) in [(r.as_str(), "wan"), (r, "lan"), (l, "eth0")] {
                 ip(&["-n", ns, "link", "set", dev, "up"]);
             }
-            ip(&["-n", l, "route", "add", "default", "via", &format!("10.{n}.0.1")]);
+            ip(&[
+                "-n",
+                l,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.{n}.0.1"),
+            ]);
             router.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
             let state = tempfile::tempdir().unwrap();
             let worker = Worker::start(&router.name, state.path().to_owned());
@@ -268,8 +304,18 @@ fn wireguard(site: &Site, key: WgKey, generation: u32, peers: Vec<Peer>) -> Wire
 fn pair(net: &Net) -> (Wireguard, Wireguard, WgKey, WgKey) {
     let (a, b) = (&net.sites[0], &net.sites[1]);
     let (ka, kb) = (a.worker.key(1), b.worker.key(1));
-    let wa = wireguard(a, ka, 1, vec![peer(b, kb, vec![b.lan_prefix(), b.tunnel_address()], true)]);
-    let wb = wireguard(b, kb, 1, vec![peer(a, ka, vec![a.lan_prefix(), a.tunnel_address()], true)]);
+    let wa = wireguard(
+        a,
+        ka,
+        1,
+        vec![peer(b, kb, vec![b.lan_prefix(), b.tunnel_address()], true)],
+    );
+    let wb = wireguard(
+        b,
+        kb,
+        1,
+        vec![peer(a, ka, vec![a.lan_prefix(), a.tunnel_address()], true)],
+    );
     (wa, wb, ka, kb)
 }
 
@@ -303,28 +349,70 @@ fn two_sites_carry_ping_and_tcp_and_nothing_else() {
     let (wa, wb, _, kb) = pair(&net);
     a.worker.apply(&wa).unwrap();
     b.worker.apply(&wb).unwrap();
-    assert!(a.ping_soon(&b.host()), "LAN A reaches LAN B through the tunnel");
+    assert!(
+        a.ping_soon(&b.host()),
+        "LAN A reaches LAN B through the tunnel"
+    );
     assert!(b.ping(&a.host()), "and back");
     let server = greet_once(&b.lan, 8080);
     let to = SocketAddr::new(b.host().parse().unwrap(), 8080);
-    assert!(a.lan.tcp_works(to, Duration::from_secs(3)), "TCP through the tunnel");
+    assert!(
+        a.lan.tcp_works(to, Duration::from_secs(3)),
+        "TCP through the tunnel"
+    );
     server.join().unwrap();
 
     // Status: B as A's peer, with a handshake and bytes both ways.
     let status = a.worker.run(|r| r.tunnels.status());
     let peer = &status[0].peers[0];
     assert_eq!(peer.public_key, kb);
-    assert!(peer.latest_handshake.is_some() && peer.rx_bytes > 0 && peer.tx_bytes > 0, "{status:?}");
+    assert!(
+        peer.latest_handshake.is_some() && peer.rx_bytes > 0 && peer.tx_bytes > 0,
+        "{status:?}"
+    );
 
     // A LAN prefix A does not export, routed into the tunnel by mistake:
     // A's firewall drops it on the way out.
-    ip(&["-n", &a.router.name, "addr", "add", "10.11.0.1/24", "dev", "lan"]);
-    ip(&["-n", &a.lan.name, "addr", "add", "10.11.0.2/24", "dev", "eth0"]);
-    ip(&["-n", &a.router.name, "route", "add", &b.lan_prefix().to_string(), "dev", &a.interface]);
+    ip(&[
+        "-n",
+        &a.router.name,
+        "addr",
+        "add",
+        "10.11.0.1/24",
+        "dev",
+        "lan",
+    ]);
+    ip(&[
+        "-n",
+        &a.lan.name,
+        "addr",
+        "add",
+        "10.11.0.2/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&[
+        "-n",
+        &a.router.name,
+        "route",
+        "add",
+        &b.lan_prefix().to_string(),
+        "dev",
+        &a.interface,
+    ]);
     let out_before = a.worker.counter("agent-wg0-out");
-    let unexported = a.lan.exec("ping", &["-c", "1", "-W", "1", "-I", "10.11.0.2", &b.host()]);
-    assert!(!unexported.status.success(), "a prefix not exported does not cross");
-    assert!(a.worker.counter("agent-wg0-out") > out_before, "dropped by the tunnel's out rule");
+    let unexported = a.lan.exec(
+        "ping",
+        &["-c", "1", "-W", "1", "-I", "10.11.0.2", &b.host()],
+    );
+    assert!(
+        !unexported.status.success(),
+        "a prefix not exported does not cross"
+    );
+    assert!(
+        a.worker.counter("agent-wg0-out") > out_before,
+        "dropped by the tunnel's out rule"
+    );
 
     // B's LAN prefix spoofed from the WAN side: dropped by A.
     let w = &net.wan.name;
@@ -332,9 +420,18 @@ fn two_sites_carry_ping_and_tcp_and_nothing_else() {
     ip(&["-n", w, "addr", "add", "10.2.0.99/32", "dev", "lo"]);
     ip(&["-n", w, "route", "add", "10.1.0.0/24", "via", "203.0.113.1"]);
     let spoof_before = a.worker.counter("agent-wg0-spoof");
-    let spoofed = net.wan.exec("ping", &["-c", "1", "-W", "1", "-I", "10.2.0.99", &a.host()]);
-    assert!(!spoofed.status.success(), "a spoofed VPN source does not get in");
-    assert!(a.worker.counter("agent-wg0-spoof") > spoof_before, "dropped by the spoof rule");
+    let spoofed = net.wan.exec(
+        "ping",
+        &["-c", "1", "-W", "1", "-I", "10.2.0.99", &a.host()],
+    );
+    assert!(
+        !spoofed.status.success(),
+        "a spoofed VPN source does not get in"
+    );
+    assert!(
+        a.worker.counter("agent-wg0-spoof") > spoof_before,
+        "dropped by the spoof rule"
+    );
 
     // A config naming a key A does not hold: refused, the tunnel stays.
     let mut stranger = wa.clone();
@@ -346,11 +443,24 @@ fn two_sites_carry_ping_and_tcp_and_nothing_else() {
     assert!(a.ping(&b.host()), "the previous tunnel still runs");
 
     // wireguard-go dies: the periodic pass makes the tunnel again.
-    let pid_file = a._state.path().join(format!("wireguard/{}.pid", a.interface));
+    let pid_file = a
+        ._state
+        .path()
+        .join(format!("wireguard/{}.pid", a.interface));
     let pid = std::fs::read_to_string(&pid_file).unwrap();
-    assert!(Command::new("kill").arg(pid.trim()).status().unwrap().success());
+    assert!(Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(3);
-    while a.router.exec("ip", &["link", "show", &a.interface]).status.success() && Instant::now() < deadline {
+    while a
+        .router
+        .exec("ip", &["link", "show", &a.interface])
+        .status
+        .success()
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     a.worker.run(|r| r.tunnels.repair()).unwrap();
@@ -358,7 +468,11 @@ fn two_sites_carry_ping_and_tcp_and_nothing_else() {
 
     // No tunnels: interface, rules and routes are gone.
     a.worker.run(|r| r.tunnels.apply(None)).unwrap();
-    assert!(!a.router.exec("ip", &["link", "show", &a.interface]).status.success());
+    assert!(!a
+        .router
+        .exec("ip", &["link", "show", &a.interface])
+        .status
+        .success());
     let rules = a.router.run("ip", &["rule", "show"]);
     assert!(!rules.contains("51820"), "{rules}");
 }
@@ -375,7 +489,12 @@ fn a_hub_relays_for_a_router_without_an_endpoint() {
     let mut to_b = peer(b, kb, both(a, b), true);
     to_b.keepalive_secs = Some(1);
     let wc = wireguard(c, kc, 1, vec![to_b]);
-    let wb = wireguard(b, kb, 1, vec![peer(a, ka, own(a), true), peer(c, kc, own(c), false)]);
+    let wb = wireguard(
+        b,
+        kb,
+        1,
+        vec![peer(a, ka, own(a), true), peer(c, kc, own(c), false)],
+    );
     // The hub exports no LAN of its own to this VPN.
     let mut wb = wb;
     wb.tunnels[0].local_prefixes.clear();
@@ -392,7 +511,10 @@ fn a_hub_relays_for_a_router_without_an_endpoint() {
     wb.tunnels[0].peers.truncate(1);
     b.worker.apply(&wb).unwrap();
     let routes = b.router.run("ip", &["route", "show", "table", table]);
-    assert!(!routes.contains("10.3.0.0/24") && routes.contains("10.1.0.0/24"), "{routes}");
+    assert!(
+        !routes.contains("10.3.0.0/24") && routes.contains("10.1.0.0/24"),
+        "{routes}"
+    );
     let peers = b.router.run("wg", &["show", &b.interface, "peers"]);
     assert!(!peers.contains(&kc.to_string()), "{peers}");
     assert!(!a.ping(&c.host()));
@@ -416,8 +538,11 @@ fn a_key_rotation_pauses_a_tcp_transfer_less_than_a_second() {
         let listener = TcpListener::bind(("0.0.0.0", 9000)).unwrap();
         ready_tx.send(()).unwrap();
         let (mut stream, _) = listener.accept().unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let (start, mut last, mut longest, mut total) = (Instant::now(), Instant::now(), Duration::ZERO, 0u64);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let (start, mut last, mut longest, mut total) =
+            (Instant::now(), Instant::now(), Duration::ZERO, 0u64);
         let mut buf = vec![0u8; 65536];
         while start.elapsed() < Duration::from_secs(12) {
             match stream.read(&mut buf) {
@@ -439,7 +564,9 @@ fn a_key_rotation_pauses_a_tcp_transfer_less_than_a_second() {
         let file = std::fs::File::open(&path).unwrap();
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
-        stream.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
         let chunk = vec![0x5a_u8; 40_000];
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
@@ -457,7 +584,11 @@ fn a_key_rotation_pauses_a_tcp_transfer_less_than_a_second() {
         let watcher = scope.spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(15);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-                b.worker.run(|r| r.tunnels.has_alternates().then(|| r.tunnels.watch_rotation()));
+                b.worker.run(|r| {
+                    r.tunnels
+                        .has_alternates()
+                        .then(|| r.tunnels.watch_rotation())
+                });
                 std::thread::sleep(isdf_agent::wireguard::WATCH_EVERY);
             }
         });
@@ -483,7 +614,10 @@ fn a_key_rotation_pauses_a_tcp_transfer_less_than_a_second() {
         std::thread::sleep(Duration::from_secs(3));
         let allowed = b.router.run("wg", &["show", &b.interface, "allowed-ips"]);
         let holder = allowed.lines().find(|l| l.contains("10.1.0.0/24"));
-        assert!(holder.is_some_and(|l| l.starts_with(&next.to_string())), "{allowed}");
+        assert!(
+            holder.is_some_and(|l| l.starts_with(&next.to_string())),
+            "{allowed}"
+        );
         // The rotation ends: B knows only the new key.
         let mut wb3 = wb.clone();
         wb3.tunnels[0].peers[0].public_key = next;
@@ -495,6 +629,12 @@ fn a_key_rotation_pauses_a_tcp_transfer_less_than_a_second() {
     let (longest, total) = receiver.join().unwrap();
     println!("rotation: longest pause in received bytes {longest:?}, {total} bytes received");
     assert!(total > 10_000_000, "the transfer ran: {total} bytes");
-    assert!(longest < Duration::from_secs(1), "longest pause {longest:?}");
-    assert!(a.ping(&b.host()) && b.ping(&a.host()), "the tunnel works after the rotation");
+    assert!(
+        longest < Duration::from_secs(1),
+        "longest pause {longest:?}"
+    );
+    assert!(
+        a.ping(&b.host()) && b.ping(&a.host()),
+        "the tunnel works after the rotation"
+    );
 }
