@@ -908,16 +908,12 @@ impl Agent {
     /// port: its nonce, or None (nothing arrived, or the request failed).
     async fn probe(&self, wan_addresses: &[std::net::IpAddr]) -> Option<String> {
         let port = self.settings.wireguard_probe_port;
-        // Dual-stack where the router has IPv6.
-        let socket = match tokio::net::UdpSocket::bind(("::", port)).await {
+        let socket = match crate::wireguard::probe_socket(port) {
             Ok(socket) => socket,
-            Err(_) => match tokio::net::UdpSocket::bind(("0.0.0.0", port)).await {
-                Ok(socket) => socket,
-                Err(e) => {
-                    warn_failed("cannot listen for the probe", &anyhow::Error::new(e));
-                    return None;
-                }
-            },
+            Err(e) => {
+                warn_failed("cannot listen for the probe", &e);
+                return None;
+            }
         };
         let request = isdf_api::wireguard::ProbeRequest {
             port,
@@ -927,7 +923,7 @@ impl Agent {
             warn_failed("the probe request failed", &e);
             return None;
         }
-        crate::wireguard::receive_probe(&socket).await
+        crate::wireguard::receive_probe(&socket)
     }
 
     async fn report_if_due(&mut self) {
