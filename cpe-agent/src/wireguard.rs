@@ -952,7 +952,9 @@ pub fn receive_probe(socket: &std::net::UdpSocket) -> Option<String> {
     let mut buf = [0u8; 128];
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
-        socket.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok()?;
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
         let (n, _) = socket.recv_from(&mut buf).ok()?;
         if let Some(nonce) = probe_nonce(&buf[..n]) {
             return Some(nonce);
