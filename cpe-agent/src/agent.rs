@@ -2,14 +2,16 @@
 //! call), then long-poll, verify, apply, verify the kernel, report; renew the
 //! device certificate when it is two thirds through its life.
 //!
-//! A config is applied in order: the kernel ruleset (applied and verified),
-//! then the DNS policy (the resolver answers with it), then the portal
-//! redirect (listening), then the reachability check. A failure at any step
-//! puts all three back as they were and reports `rolled_back`.
+//! A config is applied in order: the kernel ruleset (applied and verified,
+//! with the tunnels' isolation rules), then the WireGuard tunnels, then the
+//! DNS policy (the resolver answers with it), then the portal redirect
+//! (listening), then the reachability check. A failure at any step puts all
+//! four back as they were and reports `rolled_back`.
 //!
 //! Invariants: **nothing reaches the backend before `open_device_config`
 //! accepted it** (signature, device id, version, expiry); a failed apply
-//! restores the previous ruleset, DNS policy and portal redirect; losing the
+//! restores the previous ruleset, tunnels, DNS policy and portal redirect;
+//! losing the
 //! controller never removes rules,
 //! and neither does losing the certificate: a router that can no longer
 //! authenticate keeps enforcing what it has.
@@ -32,6 +34,7 @@ use crate::portal_redirect::PortalResponder;
 use crate::router_blocks::{blocked_patterns, RouterBlocks};
 use crate::settings::Settings;
 use crate::state::{Identity, StateDir};
+use crate::wireguard::Tunnels;
 
 /// How long the config's `classify` rule blocks what the classifier finds
 /// (None: the config does not classify).
@@ -115,6 +118,12 @@ pub struct Agent {
     inspector: Option<crate::inspect::Inspector>,
     /// The classifier could not bind its queue; not retried at every apply.
     classifier_failed: bool,
+    /// The router's WireGuard keys and tunnels.
+    tunnels: Tunnels,
+    /// The tunnel facts last reported, and when.
+    facts_sent: Option<(isdf_api::wireguard::WireguardFacts, Instant)>,
+    /// After failed facts reports: how many in a row, and when to retry.
+    facts_retry: Option<(u32, Instant)>,
 }
 
 impl Agent {
@@ -138,7 +147,11 @@ impl Agent {
             }),
             settings.router_block_limits(),
         );
+        let tunnels = Tunnels::new(settings.tunnel_settings())?;
         Ok(Agent {
+            tunnels,
+            facts_sent: None,
+            facts_retry: None,
             resolver: Box::new(Dnsmasq::new(&settings)),
             portal: PortalResponder::default(),
             settings,
@@ -295,12 +308,15 @@ impl Agent {
             version = config.version,
             "enforced the last good config from the state directory"
         );
+        let tunnels = self.enforce_tunnels(&config.firewall);
         let services = self.enforce_services(&config.firewall);
         self.enforced = Some(Enforced { config });
         self.report_due = true;
         // The kernel holds it either way; the periodic pass tries the
-        // resolver and the portal again.
-        services.context("re-enforcing the DNS policy and portal of the last good config")
+        // tunnels, the resolver and the portal again.
+        tunnels
+            .and(services)
+            .context("re-enforcing the tunnels, DNS policy and portal of the last good config")
     }
 
     /// The version of the enforced config, if it is this device's: after
@@ -346,6 +362,9 @@ impl Agent {
                     // Enforced but not persisted: after a reboot the previous
                     // good config comes back, which is safe; say so.
                     error_debug("persisting the last good config", &e);
+                }
+                if let Err(e) = self.tunnels.commit() {
+                    error_debug("forgetting the old WireGuard keys", &e);
                 }
                 tracing::info!(
                     version,
@@ -686,9 +705,21 @@ impl Agent {
             .context("the portal redirect")
     }
 
-    /// The periodic pass for the resolver and the portal: a dnsmasq that
-    /// died is started again, a portal that could not listen tries again.
+    /// Makes the router's tunnels those of `firewall` (after its ruleset,
+    /// which holds their isolation rules).
+    fn enforce_tunnels(&mut self, firewall: &isdf_api::Firewall) -> anyhow::Result<()> {
+        self.tunnels
+            .apply(firewall.wireguard.as_ref())
+            .context("the WireGuard tunnels")
+    }
+
+    /// The periodic pass for the tunnels, the resolver and the portal: a
+    /// tunnel interface that went away is made again, a dnsmasq that died
+    /// is started again, a portal that could not listen tries again.
     fn repair_services(&mut self) {
+        if let Err(e) = self.tunnels.repair() {
+            error_failed("the WireGuard tunnels", &e);
+        }
         if let Err(e) = self.resolver.repair() {
             error_failed("the router's resolver", &e);
         }
@@ -703,6 +734,7 @@ impl Agent {
 
     async fn apply_checked(&mut self, config: &DeviceConfig) -> anyhow::Result<()> {
         self.enforce(&config.firewall)?;
+        self.enforce_tunnels(&config.firewall)?;
         self.enforce_services(&config.firewall)?;
         // Last: the router's own name lookups may go through the resolver.
         if self.settings.wan_check {
@@ -715,8 +747,8 @@ impl Agent {
     }
 
     /// Puts back what was enforced before (or nothing, if nothing was):
-    /// ruleset, DNS policy and portal redirect, each tried whatever the
-    /// others did. Returns what could not be put back.
+    /// ruleset, tunnels, DNS policy and portal redirect, each tried whatever
+    /// the others did. Returns what could not be put back.
     fn restore_previous(&mut self) -> Vec<anyhow::Error> {
         let previous = self.enforced.as_ref().map(|e| e.config.firewall.clone());
         let kernel = match &previous {
@@ -730,8 +762,10 @@ impl Agent {
                 self.backend.remove()
             }
         };
-        let services = self.enforce_services(&previous.unwrap_or_default());
-        [kernel.err(), services.err()]
+        let previous = previous.unwrap_or_default();
+        let tunnels = self.enforce_tunnels(&previous);
+        let services = self.enforce_services(&previous);
+        [kernel.err(), tunnels.err(), services.err()]
             .into_iter()
             .flatten()
             .collect()
@@ -822,10 +856,74 @@ impl Agent {
             attempted_version,
             errors,
             counters: self.backend.counters().unwrap_or_default(),
-            tunnels: vec![],
+            tunnels: self.tunnels.status(),
             backend: self.backend.name().to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         })
+    }
+
+    /// Reports the tunnel facts when a config asked for tunnels and they
+    /// changed (keys, WAN addresses) or `wireguard_facts_secs` passed, each
+    /// time with a fresh probe. Failures are retried with backoff and never
+    /// hold up configs.
+    async fn send_facts_if_due(&mut self) {
+        if !self.tunnels.configured() || self.facts_retry.is_some_and(|(_, at)| Instant::now() < at)
+        {
+            return;
+        }
+        let wan = crate::wireguard::wan_addresses(&self.settings.wan_interfaces);
+        let Some(mut facts) = self.tunnels.facts(self.settings.wireguard_listen_port, wan) else {
+            return;
+        };
+        let every = Duration::from_secs(self.settings.wireguard_facts_secs);
+        let due = match &self.facts_sent {
+            None => true,
+            Some((sent, at)) => {
+                let unchanged = WireguardFactsKey::of(sent) == WireguardFactsKey::of(&facts);
+                !unchanged || at.elapsed() >= every
+            }
+        };
+        if !due {
+            return;
+        }
+        facts.probe_nonce = self.probe(&facts.wan_addresses).await;
+        match self.client.put_wireguard_facts(&facts).await {
+            Ok(()) => {
+                self.facts_sent = Some((facts, Instant::now()));
+                self.facts_retry = None;
+            }
+            Err(e) => {
+                warn_failed("reporting WireGuard facts failed; will retry", &e);
+                let failures = self.facts_retry.map_or(0, |(n, _)| n).saturating_add(1);
+                let delay = backoff(
+                    failures,
+                    Duration::from_secs(self.settings.max_backoff_secs),
+                );
+                self.facts_retry = Some((failures, Instant::now() + delay));
+            }
+        }
+    }
+
+    /// Asks the controller for a UDP probe and waits for it on the probe
+    /// port: its nonce, or None (nothing arrived, or the request failed).
+    async fn probe(&self, wan_addresses: &[std::net::IpAddr]) -> Option<String> {
+        let port = self.settings.wireguard_probe_port;
+        let socket = match crate::wireguard::probe_socket(port) {
+            Ok(socket) => socket,
+            Err(e) => {
+                warn_failed("cannot listen for the probe", &e);
+                return None;
+            }
+        };
+        let request = isdf_api::wireguard::ProbeRequest {
+            port,
+            wan_addresses: wan_addresses.to_vec(),
+        };
+        if let Err(e) = self.client.request_probe(&request).await {
+            warn_failed("the probe request failed", &e);
+            return None;
+        }
+        crate::wireguard::receive_probe(&socket)
     }
 
     async fn report_if_due(&mut self) {
@@ -965,6 +1063,7 @@ impl Agent {
             self.maintain_identity().await;
             self.report_if_due().await;
             self.send_events_if_due().await;
+            self.send_facts_if_due().await;
             let reapply_in = self
                 .reapply_at
                 .map(|t| Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0)));
@@ -980,6 +1079,8 @@ impl Agent {
             tokio::pin!(poll);
             let mut harvest = tokio::time::interval(HARVEST_EVERY);
             harvest.reset();
+            let mut rotation = tokio::time::interval(crate::wireguard::WATCH_EVERY);
+            rotation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let poll = loop {
                 tokio::select! {
                     () = &mut shutdown => return,
@@ -995,6 +1096,11 @@ impl Agent {
                     _ = harvest.tick(), if self.watches_detections() => {
                         self.harvest_detections();
                         self.send_events_if_due().await;
+                    }
+                    _ = rotation.tick(), if self.tunnels.has_alternates() => {
+                        if let Err(e) = self.tunnels.watch_rotation() {
+                            warn_failed("watching WireGuard handshakes", &e);
+                        }
                     }
                     result = &mut poll => break result,
                 }
@@ -1042,6 +1148,33 @@ impl Agent {
                     }
                 }
             }
+        }
+    }
+}
+
+/// What decides whether the facts changed: everything but the probe nonce
+/// (a fresh probe comes with every report anyway).
+#[derive(PartialEq, Eq)]
+struct WireguardFactsKey<'a> {
+    keys: (
+        isdf_api::wireguard::WgKey,
+        Option<isdf_api::wireguard::WgKey>,
+        u32,
+        u16,
+    ),
+    wan_addresses: &'a [std::net::IpAddr],
+}
+
+impl<'a> WireguardFactsKey<'a> {
+    fn of(f: &'a isdf_api::wireguard::WireguardFacts) -> Self {
+        WireguardFactsKey {
+            keys: (
+                f.public_key,
+                f.next_public_key,
+                f.key_generation,
+                f.listen_port,
+            ),
+            wan_addresses: &f.wan_addresses,
         }
     }
 }

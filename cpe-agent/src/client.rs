@@ -1,6 +1,7 @@
 //! The device API client: HTTPS with the controller CA pinned as the only
 //! root and the router's certificate as its credential (mutual TLS);
-//! long-poll config pull with a body cap, status reports, renewal.
+//! long-poll config pull with a body cap, status reports, renewal, and the
+//! tunnel facts and probe requests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -293,25 +294,61 @@ impl Client {
             .await
     }
 
+    /// Reports the router's tunnel facts (`PUT`; the controller answers 204).
+    pub async fn put_wireguard_facts(
+        &self,
+        facts: &isdf_api::wireguard::WireguardFacts,
+    ) -> anyhow::Result<()> {
+        let request = self
+            .http
+            .put(format!("{}{}", self.base, paths::DEVICE_WIREGUARD_FACTS));
+        self.send_json(request, facts, "WireGuard facts")
+            .await
+            .map(drop)
+    }
+
+    /// Asks the controller to send UDP probes to the router.
+    pub async fn request_probe(
+        &self,
+        probe: &isdf_api::wireguard::ProbeRequest,
+    ) -> anyhow::Result<isdf_api::wireguard::ProbeAnswer> {
+        let request = self
+            .http
+            .post(format!("{}{}", self.base, paths::DEVICE_WIREGUARD_PROBE));
+        let response = self.send_json(request, probe, "probe request").await?;
+        let body = read_capped(response, MAX_ERROR_BYTES)
+            .await?
+            .context("the probe answer is too large")?;
+        serde_json::from_slice(&body).context("reading the probe answer")
+    }
+
     async fn post_json(
         &self,
         path: &str,
         body: &impl serde::Serialize,
         what: &str,
     ) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
+        let request = self.http.post(format!("{}{path}", self.base));
+        self.send_json(request, body, what).await.map(drop)
+    }
+
+    async fn send_json(
+        &self,
+        request: reqwest::RequestBuilder,
+        body: &impl serde::Serialize,
+        what: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        let response = request
             .json(body)
             .timeout(Duration::from_secs(15))
             .send()
             .await
-            .with_context(|| format!("posting {what}"))?;
+            .with_context(|| format!("sending {what}"))?;
         if !response.status().is_success() {
             let e = ControllerError::read(response).await;
             return Err(anyhow::Error::new(e).context(format!("{what} refused")));
         }
-        Ok(())
+        Ok(response)
     }
 
     /// Whether the controller answers an authenticated request right now.

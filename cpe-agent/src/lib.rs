@@ -1,5 +1,6 @@
 //! iSDF router agent: pulls this router's signed config, verifies it, enforces
-//! it with a firewall backend, a dnsmasq and a portal redirect, and reports
+//! it with a firewall backend, a dnsmasq, a portal redirect and WireGuard
+//! tunnels, and reports
 //! what it really enforces. The router
 //! authenticates with a client certificate it obtains by enrollment and
 //! renews by itself.
@@ -17,6 +18,7 @@ pub mod portal_redirect;
 pub mod router_blocks;
 pub mod settings;
 pub mod state;
+pub mod wireguard;
 
 #[cfg(test)]
 mod test_pki;

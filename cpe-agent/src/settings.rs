@@ -99,6 +99,24 @@ pub struct Settings {
     /// Makes the system dnsmasq read its conf-dir again (`conf-dir` mode).
     #[serde(default = "default_dns_reload_command")]
     pub dns_reload_command: Vec<String>,
+    // Site-to-site tunnels (configs with `wireguard`); flat keys like the
+    // `dns_*` ones, for the same reason.
+    /// The port the facts report for the router's first tunnel (the
+    /// controller picks each tunnel's port, usually this one).
+    #[serde(default = "default_wireguard_listen_port")]
+    pub wireguard_listen_port: u16,
+    /// The UDP port the controller's reachability probe is received on.
+    #[serde(default = "default_wireguard_probe_port")]
+    pub wireguard_probe_port: u16,
+    /// Seconds between facts reports (each with a fresh probe).
+    #[serde(default = "default_wireguard_facts_secs")]
+    pub wireguard_facts_secs: u64,
+    /// The userspace WireGuard, for kernels without the module.
+    #[serde(default = "default_wireguard_go")]
+    pub wireguard_go: PathBuf,
+    /// The routing table of the first tunnel; tunnel n uses this plus n.
+    #[serde(default = "default_wireguard_table_base")]
+    pub wireguard_table_base: u32,
 }
 
 /// Who runs the dnsmasq that enforces the DNS policy.
@@ -157,6 +175,22 @@ fn default_dns_reload_command() -> Vec<String> {
     vec!["/etc/init.d/dnsmasq".to_owned(), "restart".to_owned()]
 }
 
+fn default_wireguard_listen_port() -> u16 {
+    51820
+}
+fn default_wireguard_probe_port() -> u16 {
+    51821
+}
+fn default_wireguard_facts_secs() -> u64 {
+    300
+}
+fn default_wireguard_go() -> PathBuf {
+    PathBuf::from("wireguard-go")
+}
+fn default_wireguard_table_base() -> u32 {
+    51820
+}
+
 fn default_backend() -> BackendChoice {
     BackendChoice::Auto
 }
@@ -205,6 +239,12 @@ impl Settings {
             check_interface_name(name)?;
         }
         settings.upstream_servers()?;
+        if settings.wireguard_table_base == 0 || settings.wireguard_table_base > 0xffff_0000 {
+            bail!("wireguard_table_base is a routing table number from 1 to 4294901760");
+        }
+        if settings.wireguard_facts_secs < 10 {
+            bail!("wireguard_facts_secs is at least 10");
+        }
         if settings.resolver_mode()? == DnsMode::ConfDir && settings.dns_reload_command.is_empty() {
             bail!("dns_reload_command is empty: the system dnsmasq would never read isdf.conf");
         }
@@ -274,6 +314,15 @@ impl Settings {
         self.dns_run_dir
             .clone()
             .unwrap_or_else(|| self.state_dir.join("dnsmasq"))
+    }
+
+    /// What the tunnels need of the settings.
+    pub fn tunnel_settings(&self) -> crate::wireguard::TunnelSettings {
+        crate::wireguard::TunnelSettings {
+            state_dir: self.state_dir.clone(),
+            wireguard_go: self.wireguard_go.clone(),
+            table_base: self.wireguard_table_base,
+        }
     }
 
     /// The enrollment token from `enrollment_token_file`, if that is set.
@@ -446,6 +495,46 @@ mod tests {
         assert_eq!(s.dnsmasq_run_dir(), Path::new("/run/isdf-dns"));
         assert_eq!(s.dns_conf_dir, Path::new("/tmp/dnsmasq.cfg01411c.d"));
         assert_eq!(s.dns_reload_command, ["/etc/init.d/dnsmasq", "reload"]);
+    }
+
+    #[test]
+    fn the_wireguard_keys_default_and_parse() {
+        let s = Settings::parse("state_dir = \"/s\"\n").unwrap();
+        assert_eq!(
+            (
+                s.wireguard_listen_port,
+                s.wireguard_probe_port,
+                s.wireguard_facts_secs,
+                s.wireguard_go.as_path(),
+                s.wireguard_table_base
+            ),
+            (51820, 51821, 300, Path::new("wireguard-go"), 51820)
+        );
+        let s = Settings::parse(
+            "state_dir = \"/s\"\nwireguard_listen_port = 4500\nwireguard_probe_port = 4501\n\
+             wireguard_facts_secs = 60\nwireguard_go = \"/usr/bin/wireguard-go\"\n\
+             wireguard_table_base = 1000\n",
+        )
+        .unwrap();
+        let t = s.tunnel_settings();
+        assert_eq!(
+            (
+                s.wireguard_listen_port,
+                s.wireguard_probe_port,
+                s.wireguard_facts_secs
+            ),
+            (4500, 4501, 60)
+        );
+        assert_eq!(
+            (t.wireguard_go.as_path(), t.table_base),
+            (Path::new("/usr/bin/wireguard-go"), 1000)
+        );
+        for bad in ["wireguard_table_base = 0", "wireguard_facts_secs = 1"] {
+            assert!(
+                Settings::parse(&format!("state_dir = \"/s\"\n{bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

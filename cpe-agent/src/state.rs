@@ -79,7 +79,12 @@ impl StateDir {
     /// Writes `name` atomically with permissions `mode` (before the umask).
     /// The temp file is created afresh, so a leftover from a crash cannot lend
     /// it wider permissions.
-    fn write_atomically(&self, name: &str, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    pub(crate) fn write_atomically(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        mode: u32,
+    ) -> anyhow::Result<()> {
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         match std::fs::remove_file(&tmp) {
@@ -103,7 +108,7 @@ impl StateDir {
         Ok(())
     }
 
-    fn read_optional(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    pub(crate) fn read_optional(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let path = self.dir.join(name);
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),

@@ -971,6 +971,16 @@ fn refuse_unsupported(firewall: &Firewall) -> anyhow::Result<()> {
              (the bittorrent-block service); run the agent with the nftables backend"
         );
     }
+    if firewall
+        .wireguard
+        .as_ref()
+        .is_some_and(|w| !w.tunnels.is_empty())
+    {
+        bail!(
+            "the iptables backend cannot keep WireGuard tunnels to their VPN's traffic; \
+             run the agent with the nftables backend"
+        );
+    }
     let mut pay_per_site = Vec::new();
     if let Some(rule) = firewall.rules.iter().find(|r| r.chain == Chain::Prerouting) {
         pay_per_site.push(format!("prerouting rules (`{}`)", rule.id));
@@ -1452,6 +1462,26 @@ COMMIT
             ),
         ];
         insta::assert_snapshot!(refusals.join("\n"));
+    }
+
+    #[test]
+    fn tunnels_are_refused_but_a_key_alone_is_not() {
+        let with = |wireguard: serde_json::Value| {
+            let firewall: Firewall =
+                serde_json::from_value(serde_json::json!({ "wireguard": wireguard })).unwrap();
+            refuse_unsupported(&firewall).map_err(|e| e.to_string())
+        };
+        assert!(with(serde_json::json!({"key_generation": 1})).is_ok());
+        let err = with(serde_json::json!({
+            "public_key": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
+            "key_generation": 1,
+            "tunnels": [{"interface": "isdf0", "listen_port": 51820, "address": "10.99.0.1/32"}]
+        }))
+        .unwrap_err();
+        assert!(
+            err.contains("WireGuard") && err.contains("nftables"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -17,6 +17,10 @@
 //! `apply` reads what the resolver added and the script puts it back in the
 //! same transaction (`Carried`).
 //!
+//! Each WireGuard tunnel of the config gets the agent's own interval sets
+//! (`agent_wg<n>_*`) and rules ahead of the config's, which keep the tunnel
+//! to traffic between its VPN's prefixes (`tunnel_rules`).
+//!
 //! A rule with `until` carries `meta time < until`: the kernel stops matching
 //! at that second by itself. Once past, the planner leaves the rule out, and
 //! `next_reapply` asks for a re-plan then, which only tidies.
@@ -26,6 +30,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use anyhow::{bail, Context};
+use isdf_api::wireguard::Tunnel;
 use isdf_api::{
     Action, Chain, ElementValue, Family, Firewall, FlowPattern, Match, PayloadMatch, PortRange,
     Prefix, Protocol, Rule, RuleCounter, Set, SetElement, SetKey,
@@ -182,9 +187,14 @@ fn plan_script(
     for kernel_set in layout.values().flatten() {
         plan_set(&mut s, kernel_set, now_ms, elements);
     }
+    let tunnels = tunnels(firewall);
+    plan_tunnel_sets(&mut s, tunnels, elements);
     for chain in planned_chains(firewall, now_ms) {
         let _ = writeln!(s, "\tchain {} {{", chain.name());
         let _ = writeln!(s, "\t\t{}", chain_header(chain));
+        for (comment, line) in tunnel_rules(chain, tunnels) {
+            let _ = writeln!(s, "\t\t{line} comment \"{comment}\"");
+        }
         let rules = firewall
             .rules
             .iter()
@@ -198,6 +208,95 @@ fn plan_script(
     }
     let _ = writeln!(s, "}}");
     Ok(s)
+}
+
+/// The config's tunnels (none without a tunnel side).
+fn tunnels(firewall: &Firewall) -> &[Tunnel] {
+    firewall.wireguard.as_ref().map_or(&[], |w| &w.tunnels)
+}
+
+/// The agent's sets of tunnel `index`: `agent_wg<index>_remote_v4` (what
+/// its peers may send from) and `_vpn_v4` (every prefix of the VPN), and
+/// the same for IPv6.
+fn tunnel_set_name(index: usize, what: &str, v6: bool) -> String {
+    format!("agent_wg{index}_{what}_{}", if v6 { "v6" } else { "v4" })
+}
+
+fn plan_tunnel_sets(s: &mut String, tunnels: &[Tunnel], elements: Elements) {
+    for (index, tunnel) in tunnels.iter().enumerate() {
+        let remote: Vec<&Prefix> = tunnel
+            .peers
+            .iter()
+            .flat_map(|p| &p.allowed_prefixes)
+            .collect();
+        let vpn: Vec<&Prefix> = tunnel.vpn_prefixes().collect();
+        for (what, prefixes) in [("remote", &remote), ("vpn", &vpn)] {
+            for (v6, family) in [(false, Family::Ipv4), (true, Family::Ipv6)] {
+                let values: Vec<String> = prefixes
+                    .iter()
+                    .filter(|p| p.family() == family && elements == Elements::Include)
+                    .map(|p| prefix(p))
+                    .collect();
+                let _ = writeln!(s, "\tset {} {{", tunnel_set_name(index, what, v6));
+                let _ = writeln!(s, "\t\ttype {}; flags interval;", addr_type(family));
+                if !values.is_empty() {
+                    let _ = writeln!(s, "\t\telements = {{ {} }}", values.join(", "));
+                }
+                let _ = writeln!(s, "\t}}");
+            }
+        }
+    }
+}
+
+/// The rules (comment, rule) that keep each tunnel to its VPN, ahead of
+/// everything else in `chain`. Forward: from the tunnel only the peers'
+/// prefixes to the VPN's, into it only the VPN's to the peers'. Forward and
+/// input: the peers' prefixes arrive through the tunnel only (no spoofing
+/// from the WAN or another tunnel). Input from the tunnel: echo requests and
+/// replies to the router's own connections only.
+fn tunnel_rules(chain: Chain, tunnels: &[Tunnel]) -> Vec<(String, String)> {
+    let mut rules = Vec::new();
+    for (index, tunnel) in tunnels.iter().enumerate() {
+        // Quoted: the config's names are `isdf` and a-z 0-9 - (api checks).
+        let interface = format!("\"{}\"", tunnel.interface);
+        let comment = |what: &str| format!("agent-wg{index}-{what}");
+        for v6 in [false, true] {
+            let ip = if v6 { "ip6" } else { "ip" };
+            let remote = tunnel_set_name(index, "remote", v6);
+            let vpn = tunnel_set_name(index, "vpn", v6);
+            if chain == Chain::Forward {
+                for (side, not_in) in [("saddr", &remote), ("daddr", &vpn)] {
+                    rules.push((
+                        comment("in"),
+                        format!("iifname {interface} {ip} {side} != @{not_in} counter drop"),
+                    ));
+                }
+                for (side, not_in) in [("saddr", &vpn), ("daddr", &remote)] {
+                    rules.push((
+                        comment("out"),
+                        format!("oifname {interface} {ip} {side} != @{not_in} counter drop"),
+                    ));
+                }
+            }
+            if matches!(chain, Chain::Forward | Chain::Input) {
+                rules.push((
+                    comment("spoof"),
+                    format!("iifname != {interface} {ip} saddr @{remote} counter drop"),
+                ));
+            }
+        }
+        if chain == Chain::Input {
+            let fresh = format!("iifname {interface} ct state new,invalid,untracked");
+            for rest in [
+                "meta l4proto != { icmp, ipv6-icmp }",
+                "icmp type != echo-request",
+                "icmpv6 type != echo-request",
+            ] {
+                rules.push((comment("local"), format!("{fresh} {rest} counter drop")));
+            }
+        }
+    }
+    rules
 }
 
 /// A set as the kernel holds it.
@@ -733,10 +832,18 @@ struct Shape {
 fn expected_shape(firewall: &Firewall, now_ms: i64, inputs: &PlanInputs) -> anyhow::Result<Shape> {
     let layout = layout(firewall, &inputs.carried);
     let mut sets: Vec<String> = layout.values().flatten().map(|k| k.name.clone()).collect();
+    for index in 0..tunnels(firewall).len() {
+        for what in ["remote", "vpn"] {
+            sets.extend([false, true].map(|v6| tunnel_set_name(index, what, v6)));
+        }
+    }
     sets.sort();
     let mut chains = BTreeMap::new();
     for chain in planned_chains(firewall, now_ms) {
-        let mut comments = Vec::new();
+        let mut comments: Vec<String> = tunnel_rules(chain, tunnels(firewall))
+            .into_iter()
+            .map(|(comment, _)| comment)
+            .collect();
         let rules = firewall
             .rules
             .iter()
@@ -1289,6 +1396,72 @@ mod tests {
         assert_eq!(learned[0].endpoint.protocol, Protocol::Udp);
         assert_eq!(learned[0].remaining_ms, 59_000);
         assert_eq!(learned[1].endpoint.addr.to_string(), "2001:db8::1");
+    }
+
+    /// A router with one tunnel (two peers, one rotating) and one
+    /// relay-style tunnel without local prefixes, after the router blocks.
+    fn with_tunnels() -> Firewall {
+        serde_json::from_value(serde_json::json!({
+            "rules": [{"id": "web", "chain": "forward", "match": {"protocol": "tcp", "dport": 80}, "action": "drop"}],
+            "wireguard": {
+                "public_key": "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=",
+                "key_generation": 1,
+                "tunnels": [
+                    {"interface": "isdf0", "listen_port": 51820, "address": "10.99.0.1/32",
+                     "local_prefixes": ["10.1.0.0/24", "2001:db8:1::/64"],
+                     "peers": [
+                        {"name": "b", "public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+                         "alternate_public_key": "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=",
+                         "endpoint": "192.0.2.2:51820", "allowed_prefixes": ["10.2.0.0/24", "10.99.0.2/32"]},
+                        {"name": "c", "public_key": "gN65BkIKy1eCE9pP1wdc8ROUtkHLF2PfAqYdyYBz6EA=",
+                         "allowed_prefixes": ["10.3.0.0/24", "2001:db8:3::/64"], "keepalive_secs": 25}
+                     ]},
+                    {"interface": "isdf-relay", "listen_port": 51821, "address": "10.98.0.1/32",
+                     "peers": [
+                        {"name": "d", "public_key": "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=",
+                         "allowed_prefixes": ["10.1.0.0/24"]}
+                     ]}
+                ]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn tunnels_get_isolation_sets_and_rules_ahead_of_the_config() {
+        let firewall = with_tunnels();
+        insta::assert_snapshot!(plan(&firewall, 0).unwrap());
+        let check = plan_script(&firewall, 0, Elements::Omit, &PlanInputs::default()).unwrap();
+        assert!(!check.contains("10.1.0.0/24"), "{check}");
+    }
+
+    #[test]
+    fn the_expected_shape_of_tunnels_matches_the_plan() {
+        let firewall = with_tunnels();
+        let script = plan(&firewall, 0).unwrap();
+        let shape = expected_shape(&firewall, 0, &PlanInputs::default()).unwrap();
+        let listed_sets = script
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("set "))
+            .count();
+        assert_eq!(shape.sets.len(), listed_sets);
+        assert_eq!(shape.sets.len(), 8);
+        let forward = &shape.chains["forward"];
+        assert_eq!(forward.last().map(String::as_str), Some("web"));
+        assert_eq!(
+            forward
+                .iter()
+                .filter(|c| c.starts_with("agent-wg0"))
+                .count(),
+            10
+        );
+        assert_eq!(
+            shape.chains["input"]
+                .iter()
+                .filter(|c| *c == "agent-wg1-local")
+                .count(),
+            3
+        );
     }
 
     #[test]

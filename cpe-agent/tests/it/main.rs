@@ -15,3 +15,4 @@ mod pay_per_site;
 mod rogue_controller;
 mod signatures;
 mod vpn;
+mod wireguard;
