@@ -39,6 +39,49 @@ impl AgentProcess {
         Self::start_with_env(router, config, backend, log, &[])
     }
 
+    /// Like `start`, with a `/run/wireguard` of its own: wireguard-go and
+    /// `wg` find tunnels by socket there, and every router of a test names
+    /// its tunnel alike (separate machines in real life).
+    pub(crate) fn start_with_own_run(router: &Netns, config: &Path, log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &router.name, "sh", "-c"])
+            .arg(
+                "mkdir -p /run/wireguard && mount -t tmpfs -o mode=0700 isdf-wg /run/wireguard \
+                 && exec \"$0\" \"$@\"",
+            )
+            .arg(env!("CARGO_BIN_EXE_isdf-agent"))
+            .args(["run", "--config"])
+            .arg(config)
+            .args(["--backend", "nftables"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("starting the agent");
+        AgentProcess {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Runs a program in the agent's network and mount namespaces (where
+    /// its `/run/wireguard` is).
+    pub(crate) fn exec_beside(&self, program: &str, args: &[&str]) -> String {
+        let pid = self.child.id().to_string();
+        let out = Command::new("nsenter")
+            .args(["-t", &pid, "-m", "-n", program])
+            .args(args)
+            .output()
+            .expect("nsenter (util-linux)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub(crate) fn start_with_env(
         router: &Netns,
         config: &Path,
