@@ -266,6 +266,16 @@ impl KeyKeeper<'_> {
         let mut summary = RecompileSummary::default();
         if changes_configs(old.as_ref(), &new) {
             summary = self.recompile_around(device).await?;
+            let reachable_now = new.reachable_address.is_some()
+                && old.is_none_or(|o| o.reachable_address.is_none());
+            if reachable_now
+                && db::wireguard::is_relay(&self.reconciler.pool, device)
+                    .await
+                    .context("is it a relay")?
+            {
+                // VPNs nothing reaches may wait for this relay.
+                self.reconciler.recompile_vpns_wanting_relay().await?;
+            }
         }
         if announced {
             self.wait_for_peers(device).await?;

@@ -322,3 +322,10 @@ pub async fn members_of_vpns_wanting_relay(
     .fetch_all(db)
     .await
 }
+
+pub async fn is_relay(db: impl PgExecutor<'_>, device: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM vpn_relays WHERE device_id = $1)")
+        .bind(device)
+        .fetch_one(db)
+        .await
+}

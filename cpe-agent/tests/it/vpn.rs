@@ -38,14 +38,45 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Runs `ip -n <ns> <args>` (`args` split at spaces).
+fn ip_in(ns: &Netns, args: &str) {
+    let mut all = vec!["-n", ns.name.as_str()];
+    all.extend(args.split(' '));
+    ip(&all);
+}
+
+/// How a router reaches the ISP network.
+#[derive(Clone, Copy)]
+enum Wan {
+    /// On the ISP bridge with this address (/24).
+    Direct(&'static str),
+    /// Behind the NAT, on its own inside link.
+    BehindNat,
+}
+
+/// A router of the test: its WAN and, for a customer site, its LAN (the
+/// /24 prefix; the router is .1, the LAN host .2).
+struct SiteSpec {
+    name: &'static str,
+    wan: Wan,
+    lan: Option<&'static str>,
+}
+
 /// A router namespace with its LAN host.
 struct Site {
     name: &'static str,
     router: Netns,
-    host: Netns,
-    /// The LAN host's address; its LAN is the /24 around it.
-    host_addr: &'static str,
+    /// None for a relay (no LAN).
+    host: Option<Netns>,
+    /// The LAN host's address and the LAN prefix.
+    host_addr: String,
     lan: &'static str,
+}
+
+impl Site {
+    fn host(&self) -> &Netns {
+        self.host.as_ref().expect("a site with a LAN")
+    }
 }
 
 struct Network {
@@ -59,132 +90,81 @@ impl Network {
         self.sites.iter().find(|s| s.name == name).unwrap()
     }
 
-    fn create() -> Self {
-        let tag = format!("isdf-vpn-{}", std::process::id());
+    /// The ISP bridge (the controller at 203.0.113.1), a NAT on it at
+    /// 203.0.113.254 that lets in only answers, and the routers.
+    fn create(tag: &str, specs: &[SiteSpec]) -> Self {
+        let tag = format!("isdf-{tag}-{}", std::process::id());
         let isp = Netns::create(format!("{tag}-isp"));
         let nat = Netns::create(format!("{tag}-nat"));
-        let i = isp.name.as_str();
-        ip(&["-n", i, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", i, "addr", "add", &format!("{ISP}/24"), "dev", "br0"]);
-        ip(&["-n", i, "link", "set", "br0", "up"]);
+        ip_in(&isp, "link add br0 type bridge");
+        ip_in(&isp, &format!("addr add {ISP}/24 dev br0"));
+        ip_in(&isp, "link set br0 up");
         // Every router's WAN (and the NAT's outside) is a port of br0.
         let plug = |ns: &Netns, port: &str, addr: &str| {
-            ip(&[
-                "-n", i, "link", "add", port, "type", "veth", "peer", "name", "wan", "netns",
-                &ns.name,
-            ]);
-            ip(&["-n", i, "link", "set", port, "master", "br0", "up"]);
-            ip(&["-n", &ns.name, "addr", "add", addr, "dev", "wan"]);
-            ip(&["-n", &ns.name, "link", "set", "wan", "up"]);
+            ip_in(
+                &isp,
+                &format!("link add {port} type veth peer name wan netns {}", ns.name),
+            );
+            ip_in(&isp, &format!("link set {port} master br0 up"));
+            ip_in(ns, &format!("addr add {addr} dev wan"));
+            ip_in(ns, "link set wan up");
         };
-        plug(&nat, "p-nat", "203.0.113.13/24");
+        plug(&nat, "p-nat", "203.0.113.254/24");
+        nat.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
         let mut sites = Vec::new();
-        for (name, wan, host_addr, lan) in [
-            ("a1", Some("203.0.113.11/24"), "10.1.0.2", "10.1.0.1/24"),
-            ("a2", Some("203.0.113.12/24"), "10.2.0.2", "10.2.0.1/24"),
-            ("a3", None, "10.3.0.2", "10.3.0.1/24"),
-            ("b1", Some("203.0.113.14/24"), "10.9.0.2", "10.9.0.1/24"),
-        ] {
-            let router = Netns::create(format!("{tag}-{name}"));
-            let host = Netns::create(format!("{tag}-{name}h"));
-            match wan {
-                Some(addr) => plug(&router, &format!("p-{name}"), addr),
-                None => {
-                    // Behind the NAT: 192.168.100.2, default via the NAT.
-                    ip(&[
-                        "-n",
-                        &nat.name,
-                        "link",
-                        "add",
-                        "inside",
-                        "type",
-                        "veth",
-                        "peer",
-                        "name",
-                        "wan",
-                        "netns",
-                        &router.name,
-                    ]);
-                    ip(&[
-                        "-n",
-                        &nat.name,
-                        "addr",
-                        "add",
-                        "192.168.100.1/24",
-                        "dev",
-                        "inside",
-                    ]);
-                    ip(&["-n", &nat.name, "link", "set", "inside", "up"]);
-                    ip(&[
-                        "-n",
-                        &router.name,
-                        "addr",
-                        "add",
-                        "192.168.100.2/24",
-                        "dev",
-                        "wan",
-                    ]);
-                    ip(&["-n", &router.name, "link", "set", "wan", "up"]);
-                    ip(&[
-                        "-n",
-                        &router.name,
-                        "route",
-                        "add",
-                        "default",
-                        "via",
-                        "192.168.100.1",
-                    ]);
+        for (index, spec) in specs.iter().enumerate() {
+            let router = Netns::create(format!("{tag}-{}", spec.name));
+            match spec.wan {
+                Wan::Direct(addr) => plug(&router, &format!("p-{}", spec.name), addr),
+                Wan::BehindNat => {
+                    // 192.168.<index>.2, default via the NAT's .1.
+                    let inside = format!("in-{}", spec.name);
+                    ip_in(
+                        &nat,
+                        &format!(
+                            "link add {inside} type veth peer name wan netns {}",
+                            router.name
+                        ),
+                    );
+                    ip_in(&nat, &format!("addr add 192.168.{index}.1/24 dev {inside}"));
+                    ip_in(&nat, &format!("link set {inside} up"));
+                    ip_in(&router, &format!("addr add 192.168.{index}.2/24 dev wan"));
+                    ip_in(&router, "link set wan up");
+                    ip_in(&router, &format!("route add default via 192.168.{index}.1"));
                 }
             }
-            ip(&[
-                "-n",
-                &router.name,
-                "link",
-                "add",
-                "lan",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &host.name,
-            ]);
-            ip(&["-n", &router.name, "addr", "add", lan, "dev", "lan"]);
-            ip(&["-n", &router.name, "link", "set", "lan", "up"]);
-            ip(&[
-                "-n",
-                &host.name,
-                "addr",
-                "add",
-                &format!("{host_addr}/24"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", &host.name, "link", "set", "eth0", "up"]);
-            let gateway = lan.split('/').next().unwrap();
-            ip(&["-n", &host.name, "route", "add", "default", "via", gateway]);
             router.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+            let (host, host_addr) = match spec.lan {
+                Some(lan) => {
+                    let host = Netns::create(format!("{tag}-{}h", spec.name));
+                    let base = lan.trim_end_matches(".0/24");
+                    ip_in(
+                        &router,
+                        &format!("link add lan type veth peer name eth0 netns {}", host.name),
+                    );
+                    ip_in(&router, &format!("addr add {base}.1/24 dev lan"));
+                    ip_in(&router, "link set lan up");
+                    ip_in(&host, &format!("addr add {base}.2/24 dev eth0"));
+                    ip_in(&host, "link set eth0 up");
+                    ip_in(&host, &format!("route add default via {base}.1"));
+                    (Some(host), format!("{base}.2"))
+                }
+                None => (None, String::new()),
+            };
             sites.push(Site {
-                name,
+                name: spec.name,
                 router,
                 host,
                 host_addr,
-                lan: match name {
-                    "a1" => "10.1.0.0/24",
-                    "a2" => "10.2.0.0/24",
-                    "a3" => "10.3.0.0/24",
-                    _ => "10.9.0.0/24",
-                },
+                lan: spec.lan.unwrap_or(""),
             });
         }
-        nat.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
         // The NAT masquerades what leaves through its outside and lets in
-        // only answers: nothing reaches a3 unasked.
+        // only answers: nothing reaches a router behind it unasked.
         let rules = "table ip nat {\n chain outgoing {\n type nat hook postrouting priority 100;\n \
                      oifname \"wan\" masquerade\n }\n}\n\
                      table ip filter {\n chain through {\n type filter hook forward priority 0; policy drop;\n \
-                     ct state established,related accept\n iifname \"inside\" accept\n }\n}\n";
+                     ct state established,related accept\n oifname \"wan\" accept\n }\n}\n";
         let out = Command::new("ip")
             .args(["netns", "exec", &nat.name, "nft", "-f", "-"])
             .stdin(std::process::Stdio::piped())
@@ -288,9 +268,155 @@ fn wg(agent: &AgentProcess, what: &str) -> String {
     agent.exec_beside("wg", &["show", "isdfvpn", what])
 }
 
-#[test]
-fn distributed_vpn_end_to_end() {
-    let net = Arc::new(Network::create());
+/// The controller in the ISP namespace and an agent on every router of
+/// `net`: `customers` own the routers whose names start with their letter
+/// (`a...` is customer `a`), `relays` are made ISP relays.
+struct Fleet {
+    controller: TestController,
+    operator: Operator,
+    devices: std::collections::HashMap<&'static str, String>,
+    customers: std::collections::HashMap<char, String>,
+    agents: Arc<std::collections::HashMap<&'static str, AgentProcess>>,
+}
+
+impl Fleet {
+    async fn start(net: &Network, work: &Path, relays: &[&str]) -> Self {
+        let mut options = TestControllerOptions::new(&work.join("controller"));
+        options.device_listen = format!("{ISP}:0").parse().unwrap();
+        options.device_tls_names = vec![ISP.to_owned()];
+        let controller = TestController::start(options).await.expect("controller");
+        let operator = Operator::new(&controller.api_url, &controller.operator_token);
+        let mut devices = std::collections::HashMap::new();
+        let mut customers = std::collections::HashMap::new();
+        let mut agents = std::collections::HashMap::new();
+        for site in &net.sites {
+            let created = operator
+                .post("/api/v1/devices", json!({"name": site.name, "labels": {}}))
+                .await;
+            let id = created["device"]["id"].as_str().unwrap().to_owned();
+            if relays.contains(&site.name) {
+                operator
+                    .call(
+                        reqwest::Method::PUT,
+                        &format!("/api/v1/vpn-relays/{id}"),
+                        None,
+                    )
+                    .await;
+            } else {
+                let letter = site.name.chars().next().unwrap();
+                if !customers.contains_key(&letter) {
+                    let customer = operator
+                        .post(
+                            "/api/v1/customers",
+                            json!({"name": format!("customer {letter}")}),
+                        )
+                        .await;
+                    customers.insert(letter, customer["id"].as_str().unwrap().to_owned());
+                }
+                operator
+                    .call(
+                        reqwest::Method::PUT,
+                        &format!("/api/v1/customers/{}/devices/{id}", customers[&letter]),
+                        None,
+                    )
+                    .await;
+            }
+            let config = agent_toml(
+                &work.join(site.name),
+                &controller.enrollment_url,
+                created["enrollment_token"].as_str().unwrap(),
+                created["ca_pem"].as_str().unwrap(),
+            );
+            devices.insert(site.name, id);
+            let agent = AgentProcess::start_with_own_run(
+                &site.router,
+                &config,
+                &work.join(site.name).join("agent.log"),
+            );
+            agents.insert(site.name, agent);
+        }
+        Fleet {
+            controller,
+            operator,
+            devices,
+            customers,
+            agents: Arc::new(agents),
+        }
+    }
+
+    /// Creates an `auto` VPN of `sites` (their LAN prefixes) for the
+    /// customer their names start with; returns its id.
+    async fn vpn(&self, net: &Network, name: &str, sites: &[&str]) -> String {
+        let members: Vec<Value> = sites
+            .iter()
+            .map(|s| json!({"device_id": self.devices[s], "prefixes": [net.site(s).lan]}))
+            .collect();
+        let letter = sites[0].chars().next().unwrap();
+        let vpn = self
+            .operator
+            .post(
+                "/api/v1/vpns",
+                json!({"customer_id": self.customers[&letter], "name": name,
+                       "topology": "auto", "members": members}),
+            )
+            .await;
+        vpn["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The router's WireGuard facts, once it has reported them.
+    async fn facts(&self, name: &str) -> Value {
+        let path = format!("/api/v1/devices/{}/wireguard", self.devices[name]);
+        let started = Instant::now();
+        loop {
+            let response = self.operator.try_get(&path).await;
+            if let Some(view) = response.filter(|v| v["public_key"].is_string()) {
+                return view;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{name} reported no facts"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until a probe reached the router.
+    async fn wait_reachable(&self, name: &str) {
+        let started = Instant::now();
+        loop {
+            let view = self.facts(name).await;
+            if view["reachable_address"].is_string() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{name} never reachable: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn config(&self, name: &str) -> Value {
+        self.operator
+            .get(&format!("/api/v1/devices/{}/config", self.devices[name]))
+            .await
+    }
+
+    async fn stop(self) {
+        for (name, agent) in self.agents.iter() {
+            let log = agent.log();
+            assert!(!log.contains("panicked"), "{name} agent panicked:\n{log}");
+        }
+        drop(self.agents);
+        self.controller.stop().await.unwrap();
+    }
+}
+
+/// Runs `scenario` with a runtime inside the ISP namespace.
+fn in_isp<F: std::future::Future<Output = ()>>(
+    net: Arc<Network>,
+    scenario: impl FnOnce(Arc<Network>, PathBuf) -> F + Send + 'static,
+) {
     let work = tempfile::tempdir().unwrap();
     let work_path = work.path().to_owned();
     let inner = net.clone();
@@ -306,108 +432,46 @@ fn distributed_vpn_end_to_end() {
     drop(work);
 }
 
-async fn scenario(net: Arc<Network>, work: PathBuf) {
-    let mut options = TestControllerOptions::new(&work.join("controller"));
-    options.device_listen = format!("{ISP}:0").parse().unwrap();
-    options.device_tls_names = vec![ISP.to_owned()];
-    let controller = TestController::start(options).await.expect("controller");
-    let operator = Operator::new(&controller.api_url, &controller.operator_token);
+#[test]
+fn distributed_vpn_end_to_end() {
+    let net = Arc::new(Network::create(
+        "vpn",
+        &[
+            SiteSpec {
+                name: "a1",
+                wan: Wan::Direct("203.0.113.11/24"),
+                lan: Some("10.1.0.0/24"),
+            },
+            SiteSpec {
+                name: "a2",
+                wan: Wan::Direct("203.0.113.12/24"),
+                lan: Some("10.2.0.0/24"),
+            },
+            SiteSpec {
+                name: "a3",
+                wan: Wan::BehindNat,
+                lan: Some("10.3.0.0/24"),
+            },
+            SiteSpec {
+                name: "b1",
+                wan: Wan::Direct("203.0.113.14/24"),
+                lan: Some("10.9.0.0/24"),
+            },
+        ],
+    ));
+    in_isp(net, scenario);
+}
 
-    // Customers, routers, VPNs.
-    let mut devices = std::collections::HashMap::new();
-    let mut agents = std::collections::HashMap::new();
-    let customer_a = operator
-        .post("/api/v1/customers", json!({"name": "Acme"}))
-        .await["id"]
-        .clone();
-    let customer_b = operator
-        .post("/api/v1/customers", json!({"name": "Bolt"}))
-        .await["id"]
-        .clone();
-    for site in &net.sites {
-        let created = operator
-            .post("/api/v1/devices", json!({"name": site.name, "labels": {}}))
-            .await;
-        let id = created["device"]["id"].as_str().unwrap().to_owned();
-        let customer = if site.name.starts_with('a') {
-            &customer_a
-        } else {
-            &customer_b
-        };
-        operator
-            .call(
-                reqwest::Method::PUT,
-                &format!(
-                    "/api/v1/customers/{}/devices/{id}",
-                    customer.as_str().unwrap()
-                ),
-                None,
-            )
-            .await;
-        let config = agent_toml(
-            &work.join(site.name),
-            &controller.enrollment_url,
-            created["enrollment_token"].as_str().unwrap(),
-            created["ca_pem"].as_str().unwrap(),
-        );
-        devices.insert(site.name, id);
-        let agent = AgentProcess::start_with_own_run(
-            &site.router,
-            &config,
-            &work.join(site.name).join("agent.log"),
-        );
-        agents.insert(site.name, agent);
-    }
-    let agents = Arc::new(agents);
-    let member = |name: &str| json!({"device_id": devices[name], "prefixes": [net.site(name).lan]});
-    let vpn_a = operator
-        .post(
-            "/api/v1/vpns",
-            json!({"customer_id": customer_a, "name": "offices", "topology": "auto",
-                   "members": [member("a1"), member("a2"), member("a3")]}),
-        )
-        .await;
-    let vpn_a = vpn_a["id"].as_str().unwrap().to_owned();
-    operator
-        .post(
-            "/api/v1/vpns",
-            json!({"customer_id": customer_b, "name": "shop", "topology": "auto",
-                   "members": [member("b1")]}),
-        )
-        .await;
+async fn scenario(net: Arc<Network>, work: PathBuf) {
+    let fleet = Fleet::start(&net, &work, &[]).await;
+    let vpn_a = fleet.vpn(&net, "offices", &["a1", "a2", "a3"]).await;
+    fleet.vpn(&net, "shop", &["b1"]).await;
+    let (operator, devices, agents) = (&fleet.operator, &fleet.devices, fleet.agents.clone());
+    let facts = |name: &'static str| fleet.facts(name);
 
     // Facts: a1, a2 and b1 are reachable (a probe got through), a3 is not.
-    let facts = |name: &'static str| {
-        let path = format!("/api/v1/devices/{}/wireguard", devices[name]);
-        let operator = &operator;
-        async move {
-            let started = Instant::now();
-            loop {
-                let response = operator.try_get(&path).await;
-                if let Some(view) = response.filter(|v| v["public_key"].is_string()) {
-                    return view;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "{name} reported no facts"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
     for name in ["a1", "a2", "b1"] {
-        let started = Instant::now();
-        loop {
-            let view = facts(name).await;
-            if view["reachable_address"].is_string() {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{name} never reachable: {view}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        fleet.wait_reachable(name).await;
     }
     let a3 = facts("a3").await;
     assert_eq!(
@@ -424,10 +488,10 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
             "A's sites reach each other",
             Duration::from_secs(30),
             || {
-                pings(&a1.host, a2.host_addr)
-                    && pings(&a1.host, a3.host_addr)
-                    && pings(&a3.host, a2.host_addr)
-                    && pings(&a2.host, a3.host_addr)
+                pings(&a1.host(), &a2.host_addr)
+                    && pings(&a1.host(), &a3.host_addr)
+                    && pings(&a3.host(), &a2.host_addr)
+                    && pings(&a2.host(), &a3.host_addr)
             },
         )
     })
@@ -454,11 +518,11 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     );
 
     // TCP through the mesh and through the hub.
-    let a2_sink = serve_sink(&net.site("a2").host, 7000);
+    let a2_sink = serve_sink(&net.site("a2").host(), 7000);
     let net2 = net.clone();
     assert!(
         blocking(move || send(
-            &net2.site("a3").host,
+            &net2.site("a3").host(),
             "10.2.0.2:7000".parse().unwrap(),
             4 << 20
         ))
@@ -467,7 +531,7 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     let net2 = net.clone();
     assert!(
         blocking(move || send(
-            &net2.site("a1").host,
+            &net2.site("a1").host(),
             "10.2.0.2:7000".parse().unwrap(),
             4 << 20
         ))
@@ -488,14 +552,14 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     blocking(move || {
         let (a1, b1) = (net2.site("a1"), net2.site("b1"));
         for (from, to) in [
-            (&b1.host, "10.1.0.2"),
-            (&b1.host, "10.3.0.2"),
-            (&a1.host, "10.9.0.2"),
+            (&b1.host(), "10.1.0.2"),
+            (&b1.host(), "10.3.0.2"),
+            (&a1.host(), "10.9.0.2"),
         ] {
             assert!(!pings(from, to), "{} reached {to}", from.name);
         }
         let to: SocketAddr = "10.2.0.2:7000".parse().unwrap();
-        assert!(!b1.host.tcp_works(to, Duration::from_millis(500)));
+        assert!(!b1.host().tcp_works(to, Duration::from_millis(500)));
     })
     .await;
     // Not even a router of B that claims an A address: spoofed VPN sources
@@ -503,7 +567,7 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     let net2 = net.clone();
     blocking(move || {
         let (a1, b1) = (net2.site("a1"), net2.site("b1"));
-        let listener = a1.host.enter(|| UdpSocket::bind("0.0.0.0:7001").unwrap());
+        let listener = a1.host().enter(|| UdpSocket::bind("0.0.0.0:7001").unwrap());
         listener
             .set_read_timeout(Some(Duration::from_millis(800)))
             .unwrap();
@@ -546,7 +610,7 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     let net2 = net.clone();
     let transfer = tokio::task::spawn_blocking(move || {
         send(
-            &net2.site("a1").host,
+            &net2.site("a1").host(),
             "10.2.0.2:7000".parse().unwrap(),
             96 << 20,
         )
@@ -615,20 +679,92 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     let net2 = net.clone();
     blocking(move || {
         assert!(
-            !pings(&net2.site("a1").host, "10.2.0.2"),
+            !pings(&net2.site("a1").host(), "10.2.0.2"),
             "a2 is out of the VPN"
         );
         assert!(
-            pings(&net2.site("a1").host, "10.3.0.2"),
+            pings(&net2.site("a1").host(), "10.3.0.2"),
             "a1 and a3 still connect"
         );
     })
     .await;
 
-    for (name, agent) in agents.iter() {
-        let log = agent.log();
-        assert!(!log.contains("panicked"), "{name} agent panicked:\n{log}");
-    }
     drop(agents);
-    controller.stop().await.unwrap();
+    fleet.stop().await;
+}
+
+/// Customer C's two sites are both behind the NAT: no site can take
+/// another's call, so the controller puts the ISP relay (an agent on an
+/// ISP host, enrolled like any router) between them.
+#[test]
+fn sites_that_nothing_reaches_go_through_the_isp_relay() {
+    let net = Arc::new(Network::create(
+        "rly",
+        &[
+            SiteSpec {
+                name: "c1",
+                wan: Wan::BehindNat,
+                lan: Some("10.21.0.0/24"),
+            },
+            SiteSpec {
+                name: "c2",
+                wan: Wan::BehindNat,
+                lan: Some("10.22.0.0/24"),
+            },
+            SiteSpec {
+                name: "relay",
+                wan: Wan::Direct("203.0.113.50/24"),
+                lan: None,
+            },
+        ],
+    ));
+    in_isp(net, relayed);
+}
+
+async fn relayed(net: Arc<Network>, work: PathBuf) {
+    let fleet = Fleet::start(&net, &work, &["relay"]).await;
+    fleet.vpn(&net, "depots", &["c1", "c2"]).await;
+    fleet.wait_reachable("relay").await;
+    for name in ["c1", "c2"] {
+        assert_eq!(fleet.facts(name).await["reachable_address"], Value::Null);
+    }
+    let net2 = net.clone();
+    let connected = blocking(move || {
+        let (c1, c2) = (net2.site("c1"), net2.site("c2"));
+        wait_until(
+            "C's sites reach each other",
+            Duration::from_secs(40),
+            || pings(c1.host(), &c2.host_addr) && pings(c2.host(), &c1.host_addr),
+        )
+    })
+    .await;
+    eprintln!("C's sites connected through the relay {connected:?} after its probe");
+    let c1 = fleet.config("c1").await;
+    let peers = &c1["config"]["firewall"]["wireguard"]["tunnels"][0]["peers"];
+    assert_eq!(peers.as_array().unwrap().len(), 1, "{peers}");
+    assert_eq!(peers[0]["name"], "relay");
+    let relay = fleet.config("relay").await;
+    let tunnel = &relay["config"]["firewall"]["wireguard"]["tunnels"][0];
+    assert_eq!(tunnel["interface"], "isdfrelay1", "{tunnel}");
+    assert_eq!(tunnel["peers"].as_array().unwrap().len(), 2);
+
+    let sink = serve_sink(net.site("c2").host(), 7000);
+    let net2 = net.clone();
+    assert!(
+        blocking(move || send(
+            net2.site("c1").host(),
+            "10.22.0.2:7000".parse().unwrap(),
+            4 << 20
+        ))
+        .await
+    );
+    blocking(move || {
+        wait_until(
+            "4 MiB arrived at c2's host",
+            Duration::from_secs(10),
+            || sink.received.load(Ordering::SeqCst) >= 4 << 20,
+        )
+    })
+    .await;
+    fleet.stop().await;
 }
