@@ -25,4 +25,14 @@ fn main() {
     // the same machine code are kept once (about 40 KB). Rust promises no
     // distinct addresses for distinct functions, so nothing may rely on them.
     println!("cargo:rustc-link-arg-bins=-Wl,--icf=all");
+    // No `.eh_frame_hdr` (the index of the unwind tables, 52 KB) in the
+    // size-optimised build, which aborts on panic and so never unwinds: the
+    // index serves only the backtraces a panic prints with RUST_BACKTRACE
+    // set, which a stripped binary cannot name anyway. Keyed on the
+    // optimisation level because a build script does not see the profile's
+    // panic strategy (CARGO_CFG_PANIC is the target's default); `opt-level =
+    // "z"` is only `release-small`, which has `panic = "abort"`.
+    if env::var("OPT_LEVEL").as_deref() == Ok("z") {
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-eh-frame-hdr");
+    }
 }

@@ -192,11 +192,10 @@ fn check(settings: &Settings, identity: &Identity) -> anyhow::Result<()> {
     if answer.not_after <= answer.not_before {
         bail!("the controller sent a certificate with an empty validity");
     }
-    if !answer.device_api_url.starts_with("https://") && settings.controller_url.is_none() {
-        bail!(
-            "the controller sent a device API URL that is not HTTPS: {:?}",
-            answer.device_api_url
-        );
+    if settings.controller_url.is_none() {
+        // Not HTTPS, or a host name this agent cannot look up (not ASCII).
+        crate::settings::require_https("the device API URL", &answer.device_api_url)
+            .context("the controller sent an unusable device API URL")?;
     }
     settings.trusted_keys(identity)?;
     // Builds the mutual-TLS client the agent will use: the CA must parse and
