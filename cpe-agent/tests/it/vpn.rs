@@ -304,14 +304,14 @@ impl Fleet {
                     .await;
             } else {
                 let letter = site.name.chars().next().unwrap();
-                if !customers.contains_key(&letter) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = customers.entry(letter) {
                     let customer = operator
                         .post(
                             "/api/v1/customers",
                             json!({"name": format!("customer {letter}")}),
                         )
                         .await;
-                    customers.insert(letter, customer["id"].as_str().unwrap().to_owned());
+                    slot.insert(customer["id"].as_str().unwrap().to_owned());
                 }
                 operator
                     .call(
@@ -488,10 +488,10 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
             "A's sites reach each other",
             Duration::from_secs(30),
             || {
-                pings(&a1.host(), &a2.host_addr)
-                    && pings(&a1.host(), &a3.host_addr)
-                    && pings(&a3.host(), &a2.host_addr)
-                    && pings(&a2.host(), &a3.host_addr)
+                pings(a1.host(), &a2.host_addr)
+                    && pings(a1.host(), &a3.host_addr)
+                    && pings(a3.host(), &a2.host_addr)
+                    && pings(a2.host(), &a3.host_addr)
             },
         )
     })
@@ -518,11 +518,11 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     );
 
     // TCP through the mesh and through the hub.
-    let a2_sink = serve_sink(&net.site("a2").host(), 7000);
+    let a2_sink = serve_sink(net.site("a2").host(), 7000);
     let net2 = net.clone();
     assert!(
         blocking(move || send(
-            &net2.site("a3").host(),
+            net2.site("a3").host(),
             "10.2.0.2:7000".parse().unwrap(),
             4 << 20
         ))
@@ -531,7 +531,7 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     let net2 = net.clone();
     assert!(
         blocking(move || send(
-            &net2.site("a1").host(),
+            net2.site("a1").host(),
             "10.2.0.2:7000".parse().unwrap(),
             4 << 20
         ))
@@ -552,9 +552,9 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     blocking(move || {
         let (a1, b1) = (net2.site("a1"), net2.site("b1"));
         for (from, to) in [
-            (&b1.host(), "10.1.0.2"),
-            (&b1.host(), "10.3.0.2"),
-            (&a1.host(), "10.9.0.2"),
+            (b1.host(), "10.1.0.2"),
+            (b1.host(), "10.3.0.2"),
+            (a1.host(), "10.9.0.2"),
         ] {
             assert!(!pings(from, to), "{} reached {to}", from.name);
         }
@@ -610,7 +610,7 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     let net2 = net.clone();
     let transfer = tokio::task::spawn_blocking(move || {
         send(
-            &net2.site("a1").host(),
+            net2.site("a1").host(),
             "10.2.0.2:7000".parse().unwrap(),
             96 << 20,
         )
@@ -679,11 +679,11 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     let net2 = net.clone();
     blocking(move || {
         assert!(
-            !pings(&net2.site("a1").host(), "10.2.0.2"),
+            !pings(net2.site("a1").host(), "10.2.0.2"),
             "a2 is out of the VPN"
         );
         assert!(
-            pings(&net2.site("a1").host(), "10.3.0.2"),
+            pings(net2.site("a1").host(), "10.3.0.2"),
             "a1 and a3 still connect"
         );
     })
