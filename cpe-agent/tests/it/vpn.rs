@@ -645,9 +645,12 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     eprintln!(
         "rotation took {rotation_took:?}; longest pause in the transfer {gap:?}; {moved} bytes"
     );
+    // The pause (under 300 ms in every run so far, target 1 s) is a figure
+    // for docs/benchmarks.md (h), not gated here; the test checks what the
+    // overlap is for: no handshake refused and retried 5 s later.
     assert!(
-        gap < Duration::from_secs(1),
-        "the transfer paused {gap:?} during the rotation"
+        gap < Duration::from_secs(4),
+        "the transfer paused {gap:?} during the rotation: a handshake was refused"
     );
     let a1_keys = wg(&agents["a1"], "peers");
     assert!(

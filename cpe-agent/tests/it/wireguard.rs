@@ -521,7 +521,7 @@ fn a_hub_relays_for_a_router_without_an_endpoint() {
 }
 
 #[test]
-fn a_key_rotation_pauses_a_tcp_transfer_less_than_a_second() {
+fn a_key_rotation_during_a_tcp_transfer_needs_no_handshake_retry() {
     let net = Net::create("r", 2);
     let (a, b) = (&net.sites[0], &net.sites[1]);
     let (wa, wb, ka, _) = pair(&net);
@@ -629,9 +629,12 @@ fn a_key_rotation_pauses_a_tcp_transfer_less_than_a_second() {
     let (longest, total) = receiver.join().unwrap();
     println!("rotation: longest pause in received bytes {longest:?}, {total} bytes received");
     assert!(total > 10_000_000, "the transfer ran: {total} bytes");
+    // The figure (tens of ms) is reported in docs/benchmarks.md (h); the
+    // test only checks what the overlap is for: without it a handshake with
+    // an unknown key is refused and WireGuard retries only after 5 s.
     assert!(
-        longest < Duration::from_secs(1),
-        "longest pause {longest:?}"
+        longest < Duration::from_secs(4),
+        "longest pause {longest:?}: a handshake was refused and retried"
     );
     assert!(
         a.ping(&b.host()) && b.ping(&a.host()),
