@@ -159,6 +159,43 @@ fn parse_keys(
     })
 }
 
+/// A member row as the VPN compiler takes it.
+pub(crate) fn site_of(m: &db::wireguard::MemberRow) -> anyhow::Result<vpn::Site> {
+    Ok(vpn::Site {
+        device_id: m.device_id,
+        name: m.name.clone(),
+        tunnel_address: m.tunnel_address.parse().context("tunnel address")?,
+        prefixes: m
+            .prefixes
+            .iter()
+            .filter_map(|p| isdf_api::Prefix::parse(p).ok())
+            .collect(),
+        keys: parse_keys(
+            m.active_public_key.as_deref(),
+            m.alternate_public_key.as_deref(),
+            m.listen_port,
+            m.reachable_address.as_deref(),
+        ),
+    })
+}
+
+/// A relay slot row as the VPN compiler takes it (None while the relay has
+/// reported no facts).
+pub(crate) fn relay_of(slot: &db::wireguard::RelaySlotRow, pool: &str) -> Option<vpn::Relay> {
+    Some(vpn::Relay {
+        device_id: slot.relay_device_id,
+        name: slot.name.clone(),
+        slot: u16::try_from(slot.slot).ok()?,
+        tunnel_address: relay_address(pool)?,
+        keys: parse_keys(
+            slot.active_public_key.as_deref(),
+            slot.alternate_public_key.as_deref(),
+            slot.listen_port,
+            slot.reachable_address.as_deref(),
+        )?,
+    })
+}
+
 /// The highest usable address of a pool: a relay's address in that VPN.
 fn relay_address(pool: &str) -> Option<std::net::Ipv4Addr> {
     let net: ipnet::Ipv4Net = pool.parse().ok()?;
@@ -214,22 +251,7 @@ impl Reconciler {
             .await
             .context("loading VPN members")?
         {
-            let site = vpn::Site {
-                device_id: m.device_id,
-                name: m.name,
-                tunnel_address: m.tunnel_address.parse().context("tunnel address")?,
-                prefixes: m
-                    .prefixes
-                    .iter()
-                    .filter_map(|p| isdf_api::Prefix::parse(p).ok())
-                    .collect(),
-                keys: parse_keys(
-                    m.active_public_key.as_deref(),
-                    m.alternate_public_key.as_deref(),
-                    m.listen_port,
-                    m.reachable_address.as_deref(),
-                ),
-            };
+            let site = site_of(&m)?;
             members.entry(m.vpn_id).or_default().push(site);
         }
         let mut slots: HashMap<Uuid, db::wireguard::RelaySlotRow> =
@@ -240,20 +262,7 @@ impl Reconciler {
                 .map(|r| (r.vpn_id, r))
                 .collect();
         for row in rows {
-            let relay_of = |slot: &db::wireguard::RelaySlotRow| {
-                Some(vpn::Relay {
-                    device_id: slot.relay_device_id,
-                    name: slot.name.clone(),
-                    slot: u16::try_from(slot.slot).ok()?,
-                    tunnel_address: relay_address(&row.address_pool)?,
-                    keys: parse_keys(
-                        slot.active_public_key.as_deref(),
-                        slot.alternate_public_key.as_deref(),
-                        slot.listen_port,
-                        slot.reachable_address.as_deref(),
-                    )?,
-                })
-            };
+            let relay_of = |slot: &db::wireguard::RelaySlotRow| relay_of(slot, &row.address_pool);
             let mut vpn = vpn::Vpn {
                 id: row.id,
                 topology: vpn::Topology::parse(&row.topology).context("topology")?,

@@ -95,6 +95,10 @@ pub struct MemberView {
     pub prefixes: Vec<String>,
     /// Absent until the router reports them.
     pub facts: Option<MemberFacts>,
+    /// How the controller connects it now, from the facts: `mesh`, `hub`,
+    /// `spoke` (through its hub), `relay_client` (through the ISP relay),
+    /// `waiting` (no facts yet).
+    pub role: crate::vpn::Role,
     pub joined_at: DateTime<Utc>,
 }
 
@@ -167,10 +171,35 @@ fn pool_of(row: &db::vpns::VpnRow) -> ApiResult<AddressPool> {
         .map_err(|e| anyhow::anyhow!("stored address pool of VPN {}: {e}", row.id).into())
 }
 
+/// Each member's role in the controller's current plan for the VPN.
+async fn roles(
+    db: &mut PgConnection,
+    vpn: &db::vpns::VpnRow,
+) -> ApiResult<std::collections::BTreeMap<Uuid, crate::vpn::Role>> {
+    let sites = db::wireguard::members_of(&mut *db, &[vpn.id])
+        .await?
+        .iter()
+        .map(crate::reconcile::site_of)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let relay = db::wireguard::relay_slots_of(&mut *db, &[vpn.id])
+        .await?
+        .first()
+        .and_then(|slot| crate::reconcile::relay_of(slot, &vpn.address_pool));
+    let planned = crate::vpn::Vpn {
+        id: vpn.id,
+        topology: topology_of(vpn)?,
+        hub: vpn.hub_device_id,
+        sites,
+        relay,
+    };
+    Ok(crate::vpn::Plan::decide(&planned).roles().clone())
+}
+
 async fn view(db: &mut PgConnection, vpn: db::vpns::VpnRow) -> ApiResult<VpnView> {
     let members = db::vpns::members(&mut *db, vpn.id).await?;
     let relay = db::vpns::relay_slot(&mut *db, vpn.id).await?;
     let pool = pool_of(&vpn)?;
+    let roles = roles(&mut *db, &vpn).await?;
     Ok(VpnView {
         id: vpn.id,
         customer_id: vpn.customer_id,
@@ -188,6 +217,10 @@ async fn view(db: &mut PgConnection, vpn: db::vpns::VpnRow) -> ApiResult<VpnView
                     public_key,
                     reachable_address: m.reachable_address,
                 }),
+                role: roles
+                    .get(&m.device_id)
+                    .copied()
+                    .unwrap_or(crate::vpn::Role::Waiting),
                 joined_at: m.created_at,
             })
             .collect(),

@@ -378,6 +378,21 @@ async fn an_auto_vpn_with_no_reachable_site_goes_through_a_relay_until_one_is() 
     assert_eq!(site[0]["peers"].as_array().unwrap().len(), 1, "{site}");
     assert_eq!(site[0]["peers"][0]["name"], "relay-1");
     assert_eq!(site[0]["peers"][0]["endpoint"], "198.51.100.50:51821");
+    let vpn: Uuid = sqlx::query_scalar("SELECT vpn_id FROM vpn_members WHERE device_id = $1")
+        .bind(members[0][0])
+        .fetch_one(&state.pool)
+        .await
+        .unwrap();
+    let roles = |view: Value| -> Vec<String> {
+        view["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let view = h.get(&format!("/api/v1/vpns/{vpn}")).await;
+    assert_eq!(roles(view.body), ["relay_client", "relay_client"]);
     let relayed = tunnels(config_of(&h, relay).await);
     assert_eq!(relayed[0]["interface"], "isdfrelay1");
     assert_eq!(relayed[0]["listen_port"], 51821);
@@ -400,5 +415,7 @@ async fn an_auto_vpn_with_no_reachable_site_goes_through_a_relay_until_one_is() 
     .unwrap();
     let site = tunnels(config_of(&h, members[0][0]).await);
     assert_eq!(site[0]["peers"][0]["name"], "v0-s1");
+    let view = h.get(&format!("/api/v1/vpns/{vpn}")).await;
+    assert_eq!(roles(view.body), ["spoke", "hub"]);
     assert_eq!(tunnels(config_of(&h, relay).await), json!([]));
 }

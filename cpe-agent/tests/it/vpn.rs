@@ -510,6 +510,18 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
         a3_peers[0]["name"], "a1",
         "the hub is a1 (lowest tunnel address)"
     );
+    let view = operator.get(&format!("/api/v1/vpns/{vpn_a}")).await;
+    let roles: Vec<(&str, &str)> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        roles,
+        [("a1", "hub"), ("a2", "mesh"), ("a3", "spoke")],
+        "{view}"
+    );
     let a2_keys = wg(&agents["a2"], "peers");
     assert_eq!(
         a2_keys.lines().count(),
