@@ -130,7 +130,16 @@ impl AgentProcess {
 }
 
 impl Drop for AgentProcess {
+    /// Asks the agent to stop (SIGTERM), so it ends what it started (its
+    /// wireguard-go processes), then kills it if it has not within 5 s.
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
