@@ -159,6 +159,16 @@ fn parse_keys(
     })
 }
 
+/// A router's own key settings as stored: the key it is told to use (None
+/// before its first facts) and the generation asked of it (1 by default).
+fn own_side(
+    (id, key, generation): (Uuid, Option<String>, Option<i32>),
+) -> (Uuid, (Option<isdf_api::WgKey>, u32)) {
+    let key = key.and_then(|k| isdf_api::WgKey::parse(&k).ok());
+    let generation = generation.map_or(1, |g| u32::try_from(g).unwrap_or(1));
+    (id, (key, generation))
+}
+
 /// A member row as the VPN compiler takes it.
 pub(crate) fn site_of(m: &db::wireguard::MemberRow) -> anyhow::Result<vpn::Site> {
     Ok(vpn::Site {
@@ -226,11 +236,7 @@ impl Reconciler {
             .await
             .context("loading routers' key settings")?
             .into_iter()
-            .map(|(id, key, generation)| {
-                let key = key.and_then(|k| isdf_api::WgKey::parse(&k).ok());
-                let generation = generation.map_or(1, |g| u32::try_from(g).unwrap_or(1));
-                (id, (key, generation))
-            })
+            .map(own_side)
             .collect();
         let ids = db::wireguard::vpns_of_devices(&mut **tx, devices)
             .await
@@ -299,14 +305,12 @@ impl Reconciler {
         }
         if !out.extra_targets.is_empty() {
             // The relays' own key settings, when they were not targets.
-            for (id, key, generation) in
-                db::wireguard::own_sides(&mut **tx, Some(&out.extra_targets))
-                    .await
-                    .context("loading relays' key settings")?
+            for row in db::wireguard::own_sides(&mut **tx, Some(&out.extra_targets))
+                .await
+                .context("loading relays' key settings")?
             {
-                let key = key.and_then(|k| isdf_api::WgKey::parse(&k).ok());
-                let generation = generation.map_or(1, |g| u32::try_from(g).unwrap_or(1));
-                out.own.insert(id, (key, generation));
+                let (id, side) = own_side(row);
+                out.own.insert(id, side);
             }
         }
         Ok(out)

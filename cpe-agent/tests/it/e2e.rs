@@ -349,6 +349,26 @@ pub(crate) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + '
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+/// Runs the future `scenario` makes (given a fresh work directory) on a
+/// two-thread runtime inside `ns`: every socket it opens lives there.
+pub(crate) fn block_on_in<F>(ns: &Netns, scenario: impl FnOnce(PathBuf) -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let work = tempfile::tempdir().unwrap();
+    let work_path = work.path().to_owned();
+    ns.enter(move || {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(scenario(work_path))
+    });
+    drop(work);
+}
+
 /// Runs `scenario` inside the WAN namespace: servers, the controller and
 /// operator calls live there; the agent runs in the router namespace.
 pub(crate) fn in_wan<F>(
@@ -358,18 +378,8 @@ pub(crate) fn in_wan<F>(
     F: std::future::Future<Output = ()>,
 {
     let topo = std::sync::Arc::new(Topology::create(tag));
-    let work = tempfile::tempdir().unwrap();
-    let work_path = work.path().to_owned();
     let topo_inner = topo.clone();
-    topo.wan.enter(move || {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(scenario(topo_inner, work_path))
-    });
+    block_on_in(&topo.wan, move |work| scenario(topo_inner, work));
 }
 
 fn end_to_end(backend: &'static str) {

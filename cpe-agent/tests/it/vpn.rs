@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use isdf_controller::test_support::{TestController, TestControllerOptions};
 use serde_json::{json, Value};
 
-use crate::e2e::{blocking, wait_until, AgentProcess, Operator};
+use crate::e2e::{block_on_in, blocking, wait_until, AgentProcess, Operator};
 use crate::netns::Netns;
 
 const ISP: &str = "203.0.113.1";
@@ -417,19 +417,8 @@ fn in_isp<F: std::future::Future<Output = ()>>(
     net: Arc<Network>,
     scenario: impl FnOnce(Arc<Network>, PathBuf) -> F + Send + 'static,
 ) {
-    let work = tempfile::tempdir().unwrap();
-    let work_path = work.path().to_owned();
     let inner = net.clone();
-    net.isp.enter(move || {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(scenario(inner, work_path))
-    });
-    drop(work);
+    block_on_in(&net.isp, move |work| scenario(inner, work));
 }
 
 #[test]
