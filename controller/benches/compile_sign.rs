@@ -20,6 +20,7 @@ fn assignments(count: usize) -> Vec<CompiledAssignment> {
             let action = if i % 2 == 0 { "drop" } else { "reject" };
             let spec = serde_json::json!({"action": action, "flows": [flow], "duration_secs": 3600});
             CompiledAssignment {
+                id: uuid::Uuid::new_v4(),
                 selector: Selector::parse("env=prod").unwrap(),
                 created_at: 1_795_000_000,
                 spec: ServiceSpec::parse(ServiceKind::FlowBlock, &spec).unwrap(),

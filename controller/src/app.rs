@@ -191,10 +191,15 @@ impl Application {
                 "re-signed configs with the current signing key"
             );
         }
+        let rollouts = Arc::new(crate::rollout_driver::Rollouts::new(
+            pool.clone(),
+            reconciler.clone(),
+        ));
         let state = AppState {
             pool: pool.clone(),
             cache,
             reconciler,
+            rollouts,
             agent_bootstrap: Arc::new(AgentBootstrap {
                 device_api_url: device_api_url.clone(),
                 enrollment_url: enrollment_url.clone(),
@@ -292,6 +297,7 @@ impl Application {
         let portal_server =
             portal_server.serve(routes::portal_router(self.state.clone()).into_make_service());
         let refresher = tokio::spawn(refresh_loop(self.state.reconciler.clone()));
+        let rollout_driver = tokio::spawn(self.state.rollouts.clone().run());
         let stopper = tokio::spawn(async move {
             shutdown.await;
             // Long polls end at once; the agent simply polls again later.
@@ -300,6 +306,7 @@ impl Application {
         let (device_result, api_result, enrollment_result, portal_result) =
             tokio::join!(device_server, api_server, enrollment_server, portal_server);
         refresher.abort();
+        rollout_driver.abort();
         stopper.abort();
         self.state.pool.close().await;
         device_result.context("device API server")?;

@@ -27,6 +27,8 @@ pub struct DeviceBlock {
 /// the revision it pins.
 #[derive(Debug, Clone)]
 pub struct CompiledAssignment {
+    /// The assignment's id (a staged rollout swaps forms by it).
+    pub id: uuid::Uuid,
     pub selector: Selector,
     /// Unix seconds; timed services count their duration from here.
     pub created_at: i64,
@@ -41,9 +43,9 @@ type FlowBlocks = BTreeMap<(BlockAction, Family), BTreeMap<FlowPattern, Option<i
 /// (catalogs, the household's passes, portal links; None: the service
 /// compiles to nothing). Assignments whose selector does not match are
 /// ignored; timed elements and passes already ended at `now` are left out.
-pub fn compile_firewall(
+pub fn compile_firewall<'a>(
     labels: &Labels,
-    assignments: &[CompiledAssignment],
+    assignments: impl IntoIterator<Item = &'a CompiledAssignment>,
     device_blocks: &[DeviceBlock],
     shop: Option<&DeviceShop<'_>>,
     now: i64,
@@ -52,7 +54,10 @@ pub fn compile_firewall(
     let mut blocks = FlowBlocks::new();
     let mut bittorrent: Option<BittorrentBlockSpec> = None;
     let mut pay_per_site: Option<&PayPerSiteSpec> = None;
-    for assignment in assignments.iter().filter(|a| a.selector.matches(labels)) {
+    for assignment in assignments
+        .into_iter()
+        .filter(|a| a.selector.matches(labels))
+    {
         match &assignment.spec {
             ServiceSpec::FlowBlock(spec) => {
                 add_flow_block(&mut blocks, spec, assignment.created_at, now)
@@ -185,6 +190,7 @@ mod tests {
 
     fn assignment(selector: &str, created_at: i64, spec: &str) -> CompiledAssignment {
         CompiledAssignment {
+            id: uuid::Uuid::new_v4(),
             selector: Selector::parse(selector).unwrap(),
             created_at,
             spec: ServiceSpec::parse(ServiceKind::FlowBlock, &serde_json::from_str(spec).unwrap())
@@ -313,6 +319,7 @@ mod tests {
     fn pay_per_site_gates_unpaid_sites_and_opens_paid_ones_until_their_end() {
         use crate::pay_per_site::{CatalogSite, Catalogs, PortalLinks};
         let spec = |catalog: &str| CompiledAssignment {
+            id: uuid::Uuid::nil(),
             selector: Selector::parse("*").unwrap(),
             created_at: 0,
             spec: ServiceSpec::parse(
@@ -369,6 +376,7 @@ mod tests {
     #[test]
     fn bittorrent_block_compiles_to_signatures_that_validate() {
         let spec = |secs: u32| CompiledAssignment {
+            id: uuid::Uuid::nil(),
             selector: Selector::parse("*").unwrap(),
             created_at: 0,
             spec: ServiceSpec::parse(
@@ -444,6 +452,7 @@ mod tests {
         ) {
             let spec = serde_json::json!({"flows": flows, "duration_secs": duration});
             let assignment = CompiledAssignment {
+                id: uuid::Uuid::nil(),
                 selector: Selector::parse("*").unwrap(),
                 created_at: 100_000,
                 spec: ServiceSpec::parse(ServiceKind::FlowBlock, &spec).unwrap(),

@@ -24,6 +24,8 @@ pub mod portal_page;
 pub mod purchases;
 pub mod reconcile;
 pub mod roots;
+pub mod rollout;
+pub mod rollout_driver;
 pub mod routes;
 pub mod secrets;
 pub mod signer;

@@ -5,7 +5,7 @@ use utoipa::OpenApi;
 
 use crate::handlers::{
     assignments, billing, blocks, customers, device_api, devices, enrollment, operators, purchases,
-    services, sites, vpns, wireguard,
+    rollouts, services, sites, vpns, wireguard,
 };
 
 #[derive(OpenApi)]
@@ -30,6 +30,8 @@ use crate::handlers::{
         device_api::poll_config, device_api::report_status, device_api::report_events,
         device_api::probe, device_api::wireguard_facts,
         wireguard::get, wireguard::rotate,
+        rollouts::create, rollouts::list, rollouts::get, rollouts::history, rollouts::samples,
+        rollouts::pause, rollouts::resume, rollouts::abort,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::domain::FlowBlockSpec, crate::domain::FlowSpec,

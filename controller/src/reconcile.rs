@@ -18,6 +18,7 @@ use crate::config_cache::{ConfigCache, ServedConfig};
 use crate::db;
 use crate::domain::{BlockAction, Labels, Selector, ServiceKind, ServiceSpec};
 use crate::pay_per_site::{CatalogSite, Catalogs, DeviceShop};
+use crate::rollout::Staged;
 use crate::signer::ConfigSigner;
 use crate::vpn;
 
@@ -51,6 +52,56 @@ pub enum Resign {
     Always,
 }
 
+/// A stored spec of a stored kind (validated when stored).
+fn parse_spec(kind: &str, spec: &serde_json::Value) -> Result<ServiceSpec, String> {
+    ServiceKind::parse(kind)
+        .ok_or_else(|| format!("unknown kind {kind}"))
+        .and_then(|kind| ServiceSpec::parse(kind, spec))
+}
+
+/// What the active rollouts stage: each staged assignment's previous form
+/// (same selector and start, the previous revision's spec) and the routers
+/// of `devices` already released to the new one.
+async fn load_staged(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    devices: Option<&[Uuid]>,
+    assignments: &[CompiledAssignment],
+) -> anyhow::Result<Staged> {
+    let mut staged = Staged::default();
+    let rows = db::rollouts::staged(&mut **tx)
+        .await
+        .context("loading staged assignments")?;
+    if rows.is_empty() {
+        return Ok(staged);
+    }
+    for row in rows {
+        let Some(current) = assignments.iter().find(|a| a.id == row.assignment_id) else {
+            continue;
+        };
+        let previous = match &row.previous_spec {
+            None => None,
+            Some(spec) => match parse_spec(&row.kind, &spec.0) {
+                Ok(spec) => Some(CompiledAssignment {
+                    spec,
+                    ..current.clone()
+                }),
+                Err(e) => {
+                    tracing::warn!(assignment = %row.assignment_id, error = %e, "previous revision does not parse; treating it as absent");
+                    None
+                }
+            },
+        };
+        staged.previous.insert(row.assignment_id, previous);
+    }
+    for (device, assignment) in db::rollouts::released_pairs(&mut **tx, devices)
+        .await
+        .context("loading released routers")?
+    {
+        staged.released.entry(device).or_default().insert(assignment);
+    }
+    Ok(staged)
+}
+
 pub fn parse_assignments(
     rows: Vec<db::assignments::AssignmentWithSpec>,
 ) -> Vec<CompiledAssignment> {
@@ -58,12 +109,11 @@ pub fn parse_assignments(
         .filter_map(|row| {
             // Selectors and specs were validated when stored; a row that no
             // longer parses (a newer controller's kind) is skipped, not fatal.
-            let parsed = ServiceKind::parse(&row.kind)
-                .ok_or_else(|| format!("unknown kind {}", row.kind))
-                .and_then(|kind| ServiceSpec::parse(kind, &row.spec.0))
+            let parsed = parse_spec(&row.kind, &row.spec.0)
                 .and_then(|spec| Ok((spec, Selector::parse(&row.selector)?)));
             match parsed {
                 Ok((spec, selector)) => Some(CompiledAssignment {
+                    id: row.id,
                     selector,
                     created_at: row.created_at.timestamp(),
                     spec,
@@ -322,11 +372,10 @@ impl Reconciler {
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         devices: Option<&[Uuid]>,
-        assignments: &[CompiledAssignment],
+        assignments: impl Iterator<Item = &CompiledAssignment>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Shops> {
         let mut names: Vec<String> = assignments
-            .iter()
             .filter_map(|a| match &a.spec {
                 ServiceSpec::PayPerSite(spec) => Some(spec.catalog.clone()),
                 _ => None,
@@ -400,6 +449,7 @@ impl Reconciler {
                 .await
                 .context("loading assignments")?,
         );
+        let staged = load_staged(&mut tx, devices, &assignments).await?;
         let ids: Vec<Uuid> = targets.iter().map(|(id, _)| *id).collect();
         let now = Utc::now();
         let mut device_blocks: HashMap<Uuid, Vec<DeviceBlock>> = HashMap::new();
@@ -412,7 +462,14 @@ impl Reconciler {
                 .or_default()
                 .push(device_block(&row));
         }
-        let shops = self.load_shops(&mut tx, devices, &assignments, now).await?;
+        let shops = self
+            .load_shops(
+                &mut tx,
+                devices,
+                assignments.iter().chain(staged.previous_forms()),
+                now,
+            )
+            .await?;
         let existing: HashMap<Uuid, (i64, String, DateTime<Utc>)> =
             db::configs::versions_for_update(&mut *tx, &ids)
                 .await
@@ -433,8 +490,13 @@ impl Reconciler {
                 passes: shops.passes.get(id).unwrap_or(&shops.no_passes),
                 portal: &self.portal_links,
             };
-            let mut firewall =
-                compile_firewall(&labels, &assignments, blocks, Some(&shop), now.timestamp());
+            let mut firewall = compile_firewall(
+                &labels,
+                staged.in_force(*id, &assignments),
+                blocks,
+                Some(&shop),
+                now.timestamp(),
+            );
             firewall.wireguard = wireguard.get(id).cloned();
             let digest = firewall.digest();
             let previous = existing.get(id);

@@ -8,7 +8,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::authorize_and_audit;
 use crate::handlers::{
     assignments, billing, blocks, customers, device_api, devices, enrollment, operators, portal,
-    purchases, services, sites, vpns, wireguard,
+    purchases, rollouts, services, sites, vpns, wireguard,
 };
 use crate::openapi;
 use crate::state::AppState;
@@ -72,6 +72,16 @@ pub fn operator_router(state: AppState) -> Router {
                 .patch(assignments::update)
                 .delete(assignments::delete),
         )
+        .route(
+            "/api/v1/rollouts",
+            post(rollouts::create).get(rollouts::list),
+        )
+        .route("/api/v1/rollouts/{id}", get(rollouts::get))
+        .route("/api/v1/rollouts/{id}/history", get(rollouts::history))
+        .route("/api/v1/rollouts/{id}/samples", get(rollouts::samples))
+        .route("/api/v1/rollouts/{id}/pause", post(rollouts::pause))
+        .route("/api/v1/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/api/v1/rollouts/{id}/abort", post(rollouts::abort))
         .route(
             "/api/v1/operator-tokens",
             post(operators::create).get(operators::list),

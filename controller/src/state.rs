@@ -33,6 +33,8 @@ pub struct AppState {
     pub portal: Arc<Portal>,
     /// UDP probes sent to routers and not yet redeemed.
     pub probes: Arc<crate::wireguard_facts::Probes>,
+    /// Staged rollouts (start, pause, resume, abort; the driver loop).
+    pub rollouts: Arc<crate::rollout_driver::Rollouts>,
 }
 
 /// The customer-facing portal: its signed links and how it takes payment.

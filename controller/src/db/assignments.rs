@@ -53,6 +53,19 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<AssignmentR
         .await
 }
 
+/// The assignment, its row locked until the transaction ends.
+pub async fn get_for_update(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<AssignmentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM assignments WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
 pub async fn list(
     db: impl PgExecutor<'_>,
     service_id: Option<Uuid>,

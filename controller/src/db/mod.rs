@@ -20,6 +20,7 @@ pub mod purchases;
 pub mod services;
 pub mod status;
 pub mod vpns;
+pub mod rollouts;
 pub mod wireguard;
 
 /// Whether `e` is a unique-constraint violation (SQLSTATE 23505).

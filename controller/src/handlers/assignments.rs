@@ -79,6 +79,17 @@ async fn check_revision(state: &AppState, service_id: Uuid, revision: i32) -> Ap
         })
 }
 
+/// Refuses a direct change to an assignment a rollout is staging.
+async fn refuse_if_staged(state: &AppState, id: Uuid) -> ApiResult<()> {
+    match db::rollouts::active_for_assignment(&state.pool, id).await? {
+        Some(rollout) => Err(ApiError::conflict(
+            "rollout_in_progress",
+            format!("assignment {id} is being rolled out by rollout {rollout}; pause and abort it, or let it finish"),
+        )),
+        None => Ok(()),
+    }
+}
+
 async fn recompile_for(state: &AppState, selector: &str) -> ApiResult<RecompiledView> {
     let summary = state
         .reconciler
@@ -174,6 +185,7 @@ pub async fn update(
     let current = db::assignments::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))?;
+    refuse_if_staged(&state, id).await?;
     check_revision(&state, current.service_id, body.revision).await?;
     let row = db::assignments::set_revision(&state.pool, id, body.revision)
         .await?
@@ -189,6 +201,7 @@ pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<AssignmentView>> {
+    refuse_if_staged(&state, id).await?;
     let row = db::assignments::delete(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))?;

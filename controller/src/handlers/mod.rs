@@ -11,6 +11,7 @@ pub mod enrollment;
 pub mod operators;
 pub mod portal;
 pub mod purchases;
+pub mod rollouts;
 pub mod services;
 pub mod sites;
 pub mod vpns;
@@ -79,6 +80,11 @@ impl PageParams {
     }
 }
 
+/// The opaque cursor of a sort key.
+pub fn encode_cursor(key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(key)
+}
+
 /// Builds a page from one extra-long fetch: `rows` was fetched with `limit`
 /// items; a full page gets a cursor made from the last item's sort key.
 pub fn page<R, T>(
@@ -88,7 +94,7 @@ pub fn page<R, T>(
     view: impl Fn(R) -> T,
 ) -> Page<T> {
     let next_cursor = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| URL_SAFE_NO_PAD.encode(key(r))))
+        .then(|| rows.last().map(|r| encode_cursor(&key(r))))
         .flatten();
     Page {
         items: rows.into_iter().map(view).collect(),

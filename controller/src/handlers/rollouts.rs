@@ -1,0 +1,384 @@
+//! `/api/v1/rollouts`: an assignment change rolled out wave by wave (see
+//! `rollout.rs` for the decisions and `rollout_driver.rs` for the steps).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::Operator;
+use crate::db;
+use crate::db::rollouts::RolloutRow;
+use crate::domain::Selector;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::handlers::{Page, PageParams};
+use crate::rollout::{Canary, Counts, Policy, WavePlan};
+use crate::rollout_driver::{wave_counts, Target};
+use crate::state::AppState;
+
+/// How the canary is chosen: routers matching a label selector, or a share.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum CanaryInput {
+    Selector(String),
+    Percent(f64),
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRollout {
+    /// Roll a new revision out to this assignment's routers...
+    pub assignment_id: Option<Uuid>,
+    /// ...or a new assignment of this service...
+    pub service_id: Option<Uuid>,
+    /// ...to the routers this selector matches.
+    pub selector: Option<String>,
+    /// The revision to roll out; the service's latest when absent.
+    pub revision: Option<i32>,
+    /// `{"selector": "canary=true"}` or `{"percent": 5}`; 10% when absent.
+    #[schema(value_type = Option<Object>)]
+    pub canary: Option<CanaryInput>,
+    /// Cumulative percentages after the canary, increasing, the last 100
+    /// (default `[100]`).
+    pub waves: Option<Vec<f64>>,
+    pub min_applied_share: Option<f64>,
+    pub max_failed_share: Option<f64>,
+    pub soak_secs: Option<u32>,
+    pub offline_timeout_secs: Option<u32>,
+}
+
+impl StartRollout {
+    fn target(&self) -> ApiResult<Target> {
+        match (self.assignment_id, self.service_id, &self.selector) {
+            (Some(assignment), None, None) => Ok(Target::Existing(assignment)),
+            (None, Some(service_id), Some(selector)) => Ok(Target::New {
+                service_id,
+                selector: Selector::parse(selector)
+                    .map_err(|e| ApiError::bad_request("invalid_selector", e))?,
+            }),
+            _ => Err(ApiError::bad_request(
+                "invalid_rollout",
+                "give either `assignment_id`, or `service_id` and `selector`",
+            )),
+        }
+    }
+
+    fn plan(&self) -> ApiResult<WavePlan> {
+        let canary = match &self.canary {
+            None => Canary::Percent(10.0),
+            Some(CanaryInput::Percent(p)) => Canary::Percent(*p),
+            Some(CanaryInput::Selector(s)) => Canary::Selector(
+                Selector::parse(s).map_err(|e| ApiError::bad_request("invalid_selector", e))?,
+            ),
+        };
+        let defaults = Policy::default();
+        let policy = Policy {
+            min_applied_share: self.min_applied_share.unwrap_or(defaults.min_applied_share),
+            max_failed_share: self.max_failed_share.unwrap_or(defaults.max_failed_share),
+            soak_secs: self.soak_secs.unwrap_or(defaults.soak_secs),
+            offline_timeout_secs: self
+                .offline_timeout_secs
+                .unwrap_or(defaults.offline_timeout_secs),
+        };
+        WavePlan::new(
+            canary,
+            self.waves.clone().unwrap_or_else(|| vec![100.0]),
+            policy,
+        )
+        .map_err(|e| ApiError::bad_request("invalid_rollout", e))
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WaveView {
+    pub index: i32,
+    pub label: String,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub released_at: Option<DateTime<Utc>>,
+    pub healthy_since: Option<DateTime<Utc>>,
+    pub passed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RolloutView {
+    pub id: Uuid,
+    pub assignment_id: Uuid,
+    pub service_id: Uuid,
+    pub service_name: String,
+    pub selector: String,
+    /// None: the rollout adds a new assignment.
+    pub from_revision: Option<i32>,
+    pub to_revision: i32,
+    /// running, paused, completed or aborted.
+    pub state: String,
+    pub pause_reason: Option<String>,
+    /// Index of the newest released wave.
+    pub current_wave: i32,
+    pub policy: Policy,
+    pub waves: Vec<WaveView>,
+    pub totals: Counts,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+async fn view(state: &AppState, row: RolloutRow) -> ApiResult<RolloutView> {
+    let counts = wave_counts(&state.pool, row.id).await?;
+    let waves: Vec<WaveView> = db::rollouts::waves(&state.pool, row.id)
+        .await?
+        .into_iter()
+        .map(|w| WaveView {
+            index: w.wave,
+            label: w.label,
+            counts: counts.get(&w.wave).copied().unwrap_or_default(),
+            released_at: w.released_at,
+            healthy_since: w.healthy_since,
+            passed_at: w.passed_at,
+        })
+        .collect();
+    let totals = waves.iter().fold(Counts::default(), |mut t, w| {
+        t.routers += w.counts.routers;
+        t.waiting += w.counts.waiting;
+        t.pending += w.counts.pending;
+        t.applied += w.counts.applied;
+        t.failed += w.counts.failed;
+        t.offline += w.counts.offline;
+        t
+    });
+    Ok(RolloutView {
+        id: row.id,
+        assignment_id: row.assignment_id,
+        service_id: row.service_id,
+        service_name: row.service_name,
+        selector: row.selector,
+        from_revision: row.from_revision,
+        to_revision: row.to_revision,
+        state: row.state,
+        pause_reason: row.pause_reason,
+        current_wave: row.current_wave,
+        policy: row.policy.0,
+        waves,
+        totals,
+        created_by: row.created_by,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        finished_at: row.finished_at,
+    })
+}
+
+async fn view_of(state: &AppState, id: Uuid) -> ApiResult<Json<RolloutView>> {
+    let row = db::rollouts::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))?;
+    Ok(Json(view(state, row).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/rollouts", request_body = StartRollout, tag = "rollouts",
+    responses((status = 201, body = RolloutView), (status = 400, body = crate::error::ErrorBody),
+              (status = 409, body = crate::error::ErrorBody)))]
+/// Starts a rollout: the assignment changes now, its routers get the new
+/// revision wave by wave, the canary first.
+pub async fn create(
+    operator: Operator,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<StartRollout>,
+) -> ApiResult<(StatusCode, Json<RolloutView>)> {
+    let target = body.target()?;
+    let plan = body.plan()?;
+    let id = state
+        .rollouts
+        .start(target, body.revision, &plan, &operator.name)
+        .await?;
+    Ok((StatusCode::CREATED, view_of(&state, id).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListRollouts {
+    /// running, paused, completed or aborted.
+    pub state: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/rollouts", params(ListRollouts), tag = "rollouts",
+    responses((status = 200, body = Page<RolloutView>)))]
+/// Rollouts, newest first.
+pub async fn list(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListRollouts>,
+) -> ApiResult<Json<Page<RolloutView>>> {
+    if let Some(s) = query.state.as_deref() {
+        if !["running", "paused", "completed", "aborted"].contains(&s) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("unknown state `{s}`"),
+            ));
+        }
+    }
+    let paging = PageParams {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let limit = paging.limit()?;
+    let after = paging
+        .after()?
+        .map(|c| {
+            c.split_once('|')
+                .and_then(|(at, id)| {
+                    Some((
+                        DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
+                        id.parse::<Uuid>().ok()?,
+                    ))
+                })
+                .ok_or_else(|| ApiError::bad_request("invalid_query", "invalid cursor"))
+        })
+        .transpose()?;
+    let rows = db::rollouts::list(&state.pool, query.state.as_deref(), after, limit).await?;
+    let next_cursor = (rows.len() as i64 == limit)
+        .then(|| rows.last())
+        .flatten()
+        .map(|last| {
+            crate::handlers::encode_cursor(&format!(
+                "{}|{}",
+                last.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                last.id
+            ))
+        });
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        items.push(view(&state, row).await?);
+    }
+    Ok(Json(Page { items, next_cursor }))
+}
+
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts",
+    responses((status = 200, body = RolloutView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<RolloutView>> {
+    view_of(&state, id).await
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RolloutEvent {
+    pub at: DateTime<Utc>,
+    /// created, wave_released, wave_passed, paused, resumed, breach, aborted, completed.
+    pub kind: String,
+    pub wave: Option<i32>,
+    /// An operator's name, or `controller` for automatic steps.
+    pub actor: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
+async fn exists(state: &AppState, id: Uuid) -> ApiResult<()> {
+    db::rollouts::get(&state.pool, id)
+        .await?
+        .map(drop)
+        .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))
+}
+
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/history", tag = "rollouts",
+    responses((status = 200, body = Items<RolloutEvent>), (status = 404, body = crate::error::ErrorBody)))]
+/// What happened, oldest first.
+pub async fn history(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Items<RolloutEvent>>> {
+    exists(&state, id).await?;
+    let items = db::rollouts::events(&state.pool, id)
+        .await?
+        .into_iter()
+        .map(|e| RolloutEvent {
+            at: e.at,
+            kind: e.kind,
+            wave: e.wave,
+            actor: e.actor,
+            detail: e.detail,
+        })
+        .collect();
+    Ok(Json(Items { items }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProgressSample {
+    pub at: DateTime<Utc>,
+    pub wave: i32,
+    pub pending: i32,
+    pub applied: i32,
+    pub failed: i32,
+    pub offline: i32,
+}
+
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/samples", tag = "rollouts",
+    responses((status = 200, body = Items<ProgressSample>), (status = 404, body = crate::error::ErrorBody)))]
+/// Each released wave's counts over time (a sample whenever they changed).
+pub async fn samples(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<Items<ProgressSample>>> {
+    exists(&state, id).await?;
+    let items = db::rollouts::samples(&state.pool, id)
+        .await?
+        .into_iter()
+        .map(|s| ProgressSample {
+            at: s.at,
+            wave: s.wave,
+            pending: s.pending,
+            applied: s.applied,
+            failed: s.failed,
+            offline: s.offline,
+        })
+        .collect();
+    Ok(Json(Items { items }))
+}
+
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", tag = "rollouts",
+    responses((status = 200, body = RolloutView), (status = 409, body = crate::error::ErrorBody)))]
+/// Stops releasing waves; released routers keep the new revision.
+pub async fn pause(
+    operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<RolloutView>> {
+    state.rollouts.pause(id, &operator.name).await?;
+    view_of(&state, id).await
+}
+
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", tag = "rollouts",
+    responses((status = 200, body = RolloutView), (status = 409, body = crate::error::ErrorBody)))]
+/// Goes on; the current wave's failures so far are accepted.
+pub async fn resume(
+    operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<RolloutView>> {
+    state.rollouts.resume(id, &operator.name).await?;
+    view_of(&state, id).await
+}
+
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", tag = "rollouts",
+    responses((status = 200, body = RolloutView), (status = 409, body = crate::error::ErrorBody)))]
+/// Every router returns to the previous revision.
+pub async fn abort(
+    operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<RolloutView>> {
+    state.rollouts.abort(id, &operator.name).await?;
+    view_of(&state, id).await
+}
