@@ -97,7 +97,11 @@ async fn load_staged(
         .await
         .context("loading released routers")?
     {
-        staged.released.entry(device).or_default().insert(assignment);
+        staged
+            .released
+            .entry(device)
+            .or_default()
+            .insert(assignment);
     }
     Ok(staged)
 }

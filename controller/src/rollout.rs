@@ -117,7 +117,8 @@ impl WavePlan {
         if policy.soak_secs > MAX_SOAK_SECS {
             return Err(format!("soak_secs is at most {MAX_SOAK_SECS}"));
         }
-        if policy.offline_timeout_secs == 0 || policy.offline_timeout_secs > MAX_OFFLINE_TIMEOUT_SECS
+        if policy.offline_timeout_secs == 0
+            || policy.offline_timeout_secs > MAX_OFFLINE_TIMEOUT_SECS
         {
             return Err(format!(
                 "offline_timeout_secs is 1 to {MAX_OFFLINE_TIMEOUT_SECS}"
@@ -133,7 +134,11 @@ impl WavePlan {
     /// Labels of the waves, canary first.
     pub fn labels(&self) -> Vec<String> {
         std::iter::once(self.canary.label())
-            .chain(self.percents.iter().map(|p| format!("{}%", display_percent(*p))))
+            .chain(
+                self.percents
+                    .iter()
+                    .map(|p| format!("{}%", display_percent(*p))),
+            )
             .collect()
     }
 
@@ -286,11 +291,13 @@ impl Staged {
         assignments: &'a [CompiledAssignment],
     ) -> impl Iterator<Item = &'a CompiledAssignment> + Clone + 'a {
         let released = self.released.get(&router);
-        assignments.iter().filter_map(move |a| match self.previous.get(&a.id) {
-            None => Some(a),
-            Some(_) if released.is_some_and(|r| r.contains(&a.id)) => Some(a),
-            Some(previous) => previous.as_ref(),
-        })
+        assignments
+            .iter()
+            .filter_map(move |a| match self.previous.get(&a.id) {
+                None => Some(a),
+                Some(_) if released.is_some_and(|r| r.contains(&a.id)) => Some(a),
+                Some(previous) => previous.as_ref(),
+            })
     }
 
     /// Every form a staged assignment may take (for loading what they need).
@@ -371,8 +378,7 @@ mod tests {
 
     #[test]
     fn percent_canaries_differ_between_rollouts() {
-        let plan =
-            WavePlan::new(Canary::Percent(5.0), vec![100.0], Policy::default()).unwrap();
+        let plan = WavePlan::new(Canary::Percent(5.0), vec![100.0], Policy::default()).unwrap();
         let all = routers(200, 0);
         let canary = |seed| -> HashSet<Uuid> {
             plan.assign(Uuid::from_u128(seed), &all)
@@ -458,12 +464,32 @@ mod tests {
         );
         // A whole wave offline does not block forever.
         assert_eq!(
-            judge(1, counts(0, 0, 0, 3), &Policy { soak_secs: 0, ..policy }, 0, None, at(0)),
+            judge(
+                1,
+                counts(0, 0, 0, 3),
+                &Policy {
+                    soak_secs: 0,
+                    ..policy
+                },
+                0,
+                None,
+                at(0)
+            ),
             Verdict::Pass
         );
         // An empty wave passes.
         assert_eq!(
-            judge(1, Counts::default(), &Policy { soak_secs: 0, ..policy }, 0, None, at(0)),
+            judge(
+                1,
+                Counts::default(),
+                &Policy {
+                    soak_secs: 0,
+                    ..policy
+                },
+                0,
+                None,
+                at(0)
+            ),
             Verdict::Pass
         );
     }
@@ -501,9 +527,15 @@ mod tests {
             )
             .unwrap(),
         };
-        let assignments = vec![form(1, "192.0.2.1/32"), form(2, "192.0.2.2/32"), form(3, "192.0.2.3/32")];
+        let assignments = vec![
+            form(1, "192.0.2.1/32"),
+            form(2, "192.0.2.2/32"),
+            form(3, "192.0.2.3/32"),
+        ];
         let mut staged = Staged::default();
-        staged.previous.insert(Uuid::from_u128(2), Some(form(2, "198.51.100.2/32")));
+        staged
+            .previous
+            .insert(Uuid::from_u128(2), Some(form(2, "198.51.100.2/32")));
         staged.previous.insert(Uuid::from_u128(3), None);
         let released = Uuid::from_u128(100);
         let waiting = Uuid::from_u128(101);

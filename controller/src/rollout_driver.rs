@@ -35,7 +35,10 @@ pub enum Target {
     /// A new revision for this assignment.
     Existing(Uuid),
     /// A new assignment of this service to these routers.
-    New { service_id: Uuid, selector: Selector },
+    New {
+        service_id: Uuid,
+        selector: Selector,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,13 +135,21 @@ impl Rollouts {
                     ));
                 }
                 db::assignments::set_revision(&mut *tx, assignment, to).await?;
-                (assignment, row.service_id, row.selector, Some(row.revision), to)
+                (
+                    assignment,
+                    row.service_id,
+                    row.selector,
+                    Some(row.revision),
+                    to,
+                )
             }
             Target::New {
                 service_id,
                 selector,
             } => {
-                let to = self.revision_or_latest(&mut tx, service_id, revision).await?;
+                let to = self
+                    .revision_or_latest(&mut tx, service_id, revision)
+                    .await?;
                 let row = db::assignments::insert(
                     &mut *tx,
                     Uuid::new_v4(),
@@ -241,6 +252,9 @@ impl Rollouts {
             .await?;
         tx.commit().await.context("committing a wave release")?;
         self.target_released(id).await?;
+        // The charts start from the release: everything pending.
+        let counts = wave_counts(&self.pool, id).await?;
+        self.sample(id, wave, &counts).await?;
         Ok(())
     }
 
@@ -263,7 +277,9 @@ impl Rollouts {
     }
 
     pub async fn pause(&self, id: Uuid, actor: &str) -> Result<(), RolloutError> {
-        let (mut tx, row) = self.lock_in(id, &["running"], "rollout_not_running").await?;
+        let (mut tx, row) = self
+            .lock_in(id, &["running"], "rollout_not_running")
+            .await?;
         let reason = format!("paused by {actor}");
         db::rollouts::set_state(&mut *tx, id, "paused", Some(&reason)).await?;
         db::rollouts::append_event(&mut *tx, id, "paused", Some(row.current_wave), actor, "")
@@ -340,7 +356,11 @@ impl Rollouts {
 
     /// One pass over the active rollouts (only one replica at a time).
     pub async fn tick(&self) -> anyhow::Result<()> {
-        let mut lock = self.pool.begin().await.context("starting the driver lock")?;
+        let mut lock = self
+            .pool
+            .begin()
+            .await
+            .context("starting the driver lock")?;
         let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(DRIVER_LOCK)
             .fetch_one(&mut *lock)
@@ -431,7 +451,13 @@ impl Rollouts {
                     self.complete(&row).await?;
                 } else {
                     self.release(id, next).await?;
-                    audit(&self.pool, id, "rollout.wave", serde_json::json!({"wave": next})).await;
+                    audit(
+                        &self.pool,
+                        id,
+                        "rollout.wave",
+                        serde_json::json!({"wave": next}),
+                    )
+                    .await;
                     self.nudge();
                 }
             }
@@ -472,7 +498,13 @@ impl Rollouts {
         db::rollouts::set_state(&mut *tx, row.id, "completed", None).await?;
         db::rollouts::append_event(&mut *tx, row.id, "completed", None, CONTROLLER, "").await?;
         tx.commit().await.context("committing a completion")?;
-        audit(&self.pool, row.id, "rollout.complete", serde_json::Value::Null).await;
+        audit(
+            &self.pool,
+            row.id,
+            "rollout.complete",
+            serde_json::Value::Null,
+        )
+        .await;
         // Routers that came to match the selector during the rollout kept
         // the previous revision until now.
         let selector = Selector::parse(&row.selector)
@@ -544,10 +576,7 @@ fn in_progress(assignment: Uuid, active: Uuid) -> RolloutError {
 }
 
 /// Each wave's routers by progress.
-pub async fn wave_counts(
-    pool: &PgPool,
-    id: Uuid,
-) -> Result<HashMap<i32, Counts>, RolloutError> {
+pub async fn wave_counts(pool: &PgPool, id: Uuid) -> Result<HashMap<i32, Counts>, RolloutError> {
     let mut out: HashMap<i32, Counts> = HashMap::new();
     for (wave, state, n) in db::rollouts::counts(pool, id).await? {
         out.entry(wave)

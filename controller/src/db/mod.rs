@@ -17,10 +17,10 @@ pub mod enrollment;
 pub mod events;
 pub mod operators;
 pub mod purchases;
+pub mod rollouts;
 pub mod services;
 pub mod status;
 pub mod vpns;
-pub mod rollouts;
 pub mod wireguard;
 
 /// Whether `e` is a unique-constraint violation (SQLSTATE 23505).

@@ -200,9 +200,11 @@ pub async fn list(
 
 /// Ids of the running rollouts (the driver's work list).
 pub async fn running_ids(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM rollouts WHERE state IN ('running', 'paused') ORDER BY created_at")
-        .fetch_all(db)
-        .await
+    sqlx::query_scalar(
+        "SELECT id FROM rollouts WHERE state IN ('running', 'paused') ORDER BY created_at",
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// Whether `assignment` has an active rollout.

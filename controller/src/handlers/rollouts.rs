@@ -246,7 +246,8 @@ pub async fn list(
         .map(|last| {
             crate::handlers::encode_cursor(&format!(
                 "{}|{}",
-                last.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                last.created_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                 last.id
             ))
         });

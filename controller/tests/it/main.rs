@@ -11,6 +11,7 @@ mod operators;
 mod pay_per_site_fleet;
 mod portal;
 mod recompile;
+mod rollouts;
 mod support;
 mod vpn_control;
 mod vpns;
