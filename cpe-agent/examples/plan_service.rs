@@ -27,6 +27,7 @@ fn main() {
         std::process::exit(2)
     });
     let assignment = CompiledAssignment {
+        id: uuid::Uuid::nil(),
         selector: Selector::parse("*").expect("valid"),
         created_at: 0,
         spec,

@@ -13,6 +13,7 @@ mod e2e;
 mod netns;
 mod pay_per_site;
 mod rogue_controller;
+mod rollouts;
 mod signatures;
 mod vpn;
 mod wireguard;

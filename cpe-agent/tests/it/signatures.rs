@@ -17,6 +17,7 @@ use crate::netns::Topology;
 
 fn bittorrent_firewall() -> isdf_api::Firewall {
     let assignment = CompiledAssignment {
+        id: uuid::Uuid::nil(),
         selector: Selector::parse("*").unwrap(),
         created_at: 0,
         spec: ServiceSpec::parse(

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use crate::e2e::{block_on_in, blocking, wait_until, AgentProcess, Operator};
 use crate::netns::Netns;
 
-const ISP: &str = "203.0.113.1";
+pub(crate) const ISP: &str = "203.0.113.1";
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("iproute2");
@@ -39,7 +39,7 @@ fn ip(args: &[&str]) {
 }
 
 /// Runs `ip -n <ns> <args>` (`args` split at spaces).
-fn ip_in(ns: &Netns, args: &str) {
+pub(crate) fn ip_in(ns: &Netns, args: &str) {
     let mut all = vec!["-n", ns.name.as_str()];
     all.extend(args.split(' '));
     ip(&all);
@@ -47,7 +47,7 @@ fn ip_in(ns: &Netns, args: &str) {
 
 /// How a router reaches the ISP network.
 #[derive(Clone, Copy)]
-enum Wan {
+pub(crate) enum Wan {
     /// On the ISP bridge with this address (/24).
     Direct(&'static str),
     /// Behind the NAT, on its own inside link.
@@ -56,16 +56,16 @@ enum Wan {
 
 /// A router of the test: its WAN and, for a customer site, its LAN (the
 /// /24 prefix; the router is .1, the LAN host .2).
-struct SiteSpec {
-    name: &'static str,
-    wan: Wan,
-    lan: Option<&'static str>,
+pub(crate) struct SiteSpec {
+    pub(crate) name: &'static str,
+    pub(crate) wan: Wan,
+    pub(crate) lan: Option<&'static str>,
 }
 
 /// A router namespace with its LAN host.
-struct Site {
-    name: &'static str,
-    router: Netns,
+pub(crate) struct Site {
+    pub(crate) name: &'static str,
+    pub(crate) router: Netns,
     /// None for a relay (no LAN).
     host: Option<Netns>,
     /// The LAN host's address and the LAN prefix.
@@ -74,25 +74,25 @@ struct Site {
 }
 
 impl Site {
-    fn host(&self) -> &Netns {
+    pub(crate) fn host(&self) -> &Netns {
         self.host.as_ref().expect("a site with a LAN")
     }
 }
 
-struct Network {
-    isp: Netns,
+pub(crate) struct Network {
+    pub(crate) isp: Netns,
     _nat: Netns,
-    sites: Vec<Site>,
+    pub(crate) sites: Vec<Site>,
 }
 
 impl Network {
-    fn site(&self, name: &str) -> &Site {
+    pub(crate) fn site(&self, name: &str) -> &Site {
         self.sites.iter().find(|s| s.name == name).unwrap()
     }
 
     /// The ISP bridge (the controller at 203.0.113.1), a NAT on it at
     /// 203.0.113.254 that lets in only answers, and the routers.
-    fn create(tag: &str, specs: &[SiteSpec]) -> Self {
+    pub(crate) fn create(tag: &str, specs: &[SiteSpec]) -> Self {
         let tag = format!("isdf-{tag}-{}", std::process::id());
         let isp = Netns::create(format!("{tag}-isp"));
         let nat = Netns::create(format!("{tag}-nat"));
@@ -245,7 +245,7 @@ fn send(host: &Netns, to: SocketAddr, bytes: usize) -> bool {
 }
 
 /// Agent config for one router.
-fn agent_toml(dir: &Path, enrollment_url: &str, token: &str, ca_pem: &str) -> PathBuf {
+pub(crate) fn agent_toml(dir: &Path, enrollment_url: &str, token: &str, ca_pem: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("enrollment-token"), token).unwrap();
     std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
