@@ -132,16 +132,31 @@ pub fn cell(value: &Value) -> String {
     }
 }
 
-/// One object for people: its scalar fields as `key: value`, then each list
-/// of objects as a table under its name.
+/// One object for people: `key: value` lines, nested objects indented under
+/// their key, lists of objects as tables, multi-line strings as blocks. Unlike
+/// table cells, nothing is cut.
 fn describe(value: &Value) -> String {
+    let mut text = String::new();
+    match value {
+        Value::Object(_) => describe_into(value, 0, &mut text),
+        other => text.push_str(&format!("{}\n", cell(other))),
+    }
+    text
+}
+
+fn describe_into(value: &Value, indent: usize, text: &mut String) {
     let Value::Object(map) = value else {
-        return format!("{}\n", cell(value));
+        return;
     };
-    let mut scalars = Vec::new();
-    let mut sections = String::new();
+    let pad = " ".repeat(indent);
+    let width = map.keys().map(|k| k.chars().count() + 1).max().unwrap_or(0);
     for (key, v) in map {
+        let label = format!("{key}:");
         match v {
+            Value::Object(inner) if !inner.is_empty() => {
+                text.push_str(&format!("{pad}{label}\n"));
+                describe_into(v, indent + 2, text);
+            }
             Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
                 let columns = scalar_keys(items);
                 let rows: Vec<Vec<String>> = items
@@ -155,26 +170,24 @@ fn describe(value: &Value) -> String {
                     .collect();
                 let headers: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
                 let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-                sections.push_str(&format!("\n{key}:\n{}", table(&headers, &rows)));
+                text.push_str(&format!("{pad}{label}\n"));
+                for line in table(&headers, &rows).lines() {
+                    text.push_str(&format!("{pad}  {line}\n"));
+                }
             }
-            _ => scalars.push(vec![format!("{key}:"), cell(v)]),
+            Value::String(s) if s.contains('\n') => {
+                text.push_str(&format!("{pad}{label} |\n"));
+                for line in s.lines() {
+                    text.push_str(&format!("{pad}  {line}\n"));
+                }
+            }
+            Value::String(s) => text.push_str(&format!("{pad}{label:width$} {s}\n")),
+            Value::Array(items) if items.is_empty() => {
+                text.push_str(&format!("{pad}{label:width$} -\n"));
+            }
+            other => text.push_str(&format!("{pad}{label:width$} {}\n", cell(other))),
         }
     }
-    let mut text = String::new();
-    for row in &scalars {
-        text.push_str(&format!(
-            "{:width$} {}\n",
-            row[0],
-            row[1],
-            width = width_of(&scalars)
-        ));
-    }
-    text.push_str(&sections);
-    text
-}
-
-fn width_of(rows: &[Vec<String>]) -> usize {
-    rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0)
 }
 
 /// The keys of a list of objects, in first-seen order.
@@ -210,5 +223,18 @@ mod tests {
         );
         assert_eq!(cell(&json!(["x", 1])), "x,1");
         assert_eq!(cell(&json!("é".repeat(100))).chars().count(), MAX_CELL);
+    }
+
+    #[test]
+    fn objects_describe_nested_fields_in_full() {
+        let text = describe(&json!({
+            "name": "x", "passes": [], "agent": "a = 1\nb = 2",
+            "relay": {"slot": 1}, "members": [{"name": "m", "role": "hub"}],
+        }));
+        assert_eq!(
+            text,
+            "agent: |\n  a = 1\n  b = 2\nmembers:\n  NAME  ROLE\n  m     hub\n\
+             name:    x\npasses:  -\nrelay:\n  slot: 1\n"
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::client::{Client, Paging};
+use super::client::{Client, Listed, Paging};
 use super::output::{self, Column, Format};
 use super::{CliError, Context};
 
@@ -21,7 +21,13 @@ pub struct Resource {
     pub scope_field: Option<&'static str>,
     /// Ids are integers (sites) rather than UUIDs.
     pub numeric_ids: bool,
+    /// Adds fields for the table only (names of referenced objects); JSON
+    /// and YAML stay the API's.
+    pub for_table: Option<AddForTable>,
 }
+
+/// Adds table-only fields to a list's items.
+pub type AddForTable = fn(&Client, &mut [Value]) -> Result<(), CliError>;
 
 const fn resource(kind: &'static str, path: &'static str, columns: &'static [Column]) -> Resource {
     Resource {
@@ -31,6 +37,7 @@ const fn resource(kind: &'static str, path: &'static str, columns: &'static [Col
         name_field: None,
         scope_field: None,
         numeric_ids: false,
+        for_table: None,
     }
 }
 
@@ -68,17 +75,34 @@ pub const REVISIONS: &[Column] = &[
     ("CREATED", "/created_at"),
     ("SPEC", "/spec"),
 ];
-pub const ASSIGNMENTS: Resource = resource(
-    "assignment",
-    "/api/v1/assignments",
-    &[
-        ("ID", "/id"),
-        ("SERVICE", "/service_id"),
-        ("REVISION", "/revision"),
-        ("SELECTOR", "/selector"),
-        ("CREATED", "/created_at"),
-    ],
-);
+pub const ASSIGNMENTS: Resource = Resource {
+    for_table: Some(add_service_names),
+    ..resource(
+        "assignment",
+        "/api/v1/assignments",
+        &[
+            ("ID", "/id"),
+            ("SERVICE", "/service_name"),
+            ("REVISION", "/revision"),
+            ("SELECTOR", "/selector"),
+            ("CREATED", "/created_at"),
+        ],
+    )
+};
+
+/// `service_name` beside each `service_id`.
+fn add_service_names(client: &Client, items: &mut [Value]) -> Result<(), CliError> {
+    let names: std::collections::HashMap<String, Value> = client
+        .list_all(SERVICES.path, &[])?
+        .into_iter()
+        .map(|s| (id_text(&s["id"]), s["name"].clone()))
+        .collect();
+    for item in items {
+        let name = names.get(&id_text(&item["service_id"])).cloned();
+        item["service_name"] = name.unwrap_or_else(|| item["service_id"].clone());
+    }
+    Ok(())
+}
 pub const OPERATOR_TOKENS: Resource = named(
     "operator-token",
     "/api/v1/operator-tokens",
@@ -287,7 +311,11 @@ impl Resource {
         query: &[(&str, String)],
         paging: &Paging,
     ) -> Result<(), CliError> {
-        print_page(context, self.path, query, paging, self.columns)
+        let mut listed = context.client.list(self.path, query, paging)?;
+        if let (Some(add), Format::Table) = (self.for_table, context.format) {
+            add(&context.client, &mut listed.items)?;
+        }
+        print_listed(context, &listed, self.columns)
     }
 
     /// Prints the item `text` names.
@@ -306,7 +334,10 @@ pub fn print_page(
     paging: &Paging,
     columns: &[Column],
 ) -> Result<(), CliError> {
-    let listed = context.client.list(path, query, paging)?;
+    print_listed(context, &context.client.list(path, query, paging)?, columns)
+}
+
+fn print_listed(context: &Context, listed: &Listed, columns: &[Column]) -> Result<(), CliError> {
     output::print_list(context.format, &listed.items, columns)?;
     if let (Some(cursor), Format::Table) = (&listed.next_cursor, context.format) {
         eprintln!("(more: add --all, or --cursor {cursor})");

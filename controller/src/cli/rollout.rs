@@ -293,9 +293,14 @@ fn status(context: &Context, args: &StatusArgs) -> Result<u8, CliError> {
 
 /// The state and a table of the waves; JSON/YAML: the rollout document.
 fn print_status(format: Format, view: &Value) -> Result<(), CliError> {
-    if format != Format::Table {
-        return output::print_document(format, view);
+    match format {
+        Format::Table => output::write_out(&status_table(view)),
+        other => output::print_document(other, view),
     }
+}
+
+/// A rollout's state line and its waves' table.
+fn status_table(view: &Value) -> String {
     let mut text = format!(
         "rollout {}  {} {} -> {}  state {}{}\n",
         output::cell(&view["id"]),
@@ -327,7 +332,7 @@ fn print_status(format: Format, view: &Value) -> Result<(), CliError> {
         .map(|w| keys.iter().map(|k| output::cell(&w[*k])).collect())
         .collect();
     text.push_str(&output::table(&columns, &rows));
-    output::write_out(&text)
+    text
 }
 
 fn waves(view: &Value) -> Vec<Value> {
@@ -405,5 +410,59 @@ impl Bars {
             bar.abandon();
         }
         self.header.abandon();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A RolloutView as the rollout API's contract describes it.
+    fn view() -> Value {
+        let wave = |index: u32, label: &str, routers: u32, applied: u32, released: bool| {
+            json!({
+                "index": index, "label": label, "routers": routers, "pending": routers - applied,
+                "applied": applied, "failed": 0, "offline": 0,
+                "released_at": released.then_some("2026-01-01T00:00:00Z"),
+                "healthy_since": null, "passed_at": null,
+            })
+        };
+        json!({
+            "id": "0b5d84cb-884b-4d5c-a8e2-8fafbfd8c6e6", "service_name": "block-telnet",
+            "from_revision": 1, "to_revision": 2, "state": "paused", "pause_reason": "breach",
+            "waves": [wave(0, "canary 10%", 1, 1, true), wave(1, "100%", 9, 0, false)],
+        })
+    }
+
+    #[test]
+    fn the_status_table_shows_every_wave() {
+        let text = status_table(&view());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "rollout 0b5d84cb-884b-4d5c-a8e2-8fafbfd8c6e6  block-telnet 1 -> 2  state paused (breach)"
+        );
+        assert!(
+            lines[1].starts_with("WAVE  LABEL       ROUTERS  APPLIED"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("0     canary 10%  1        1"),
+            "{text}"
+        );
+        assert!(
+            lines[3].starts_with("1     100%        9        0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bars_follow_the_waves() {
+        let mut bars = Bars::new(false);
+        bars.draw(&view());
+        assert_eq!(bars.waves.len(), 2);
+        assert_eq!(bars.waves[0].position(), 1);
+        assert_eq!(bars.waves[1].length(), Some(9));
+        bars.finish();
     }
 }
