@@ -1,6 +1,8 @@
 //! The operator API client: one request helper every command goes through,
 //! and one pagination walker for every list.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client as Http;
@@ -23,6 +25,9 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: Http,
+    /// Whole lists already walked (name lookups repeat them, `apply` most),
+    /// forgotten at every mutating call so nothing stale is read.
+    walked: RefCell<HashMap<String, Vec<Value>>>,
 }
 
 /// Which part of a list to fetch.
@@ -77,6 +82,7 @@ impl Client {
             base: server.trim_end_matches('/').to_owned(),
             token,
             http,
+            walked: RefCell::default(),
         })
     }
 
@@ -91,6 +97,9 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Option<Value>, CliError> {
+        if method != Method::GET {
+            self.walked.borrow_mut().clear();
+        }
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url).query(query);
         if let Some(token) = &self.token {
@@ -190,9 +199,15 @@ impl Client {
         )))
     }
 
-    /// Every item of a list.
+    /// Every item of a list (walked once until the next mutating call).
     pub fn list_all(&self, path: &str, query: &[(&str, String)]) -> Result<Vec<Value>, CliError> {
-        Ok(self.list(path, query, &Paging::all())?.items)
+        let key = format!("{path}?{query:?}");
+        if let Some(items) = self.walked.borrow().get(&key) {
+            return Ok(items.clone());
+        }
+        let items = self.list(path, query, &Paging::all())?.items;
+        self.walked.borrow_mut().insert(key, items.clone());
+        Ok(items)
     }
 }
 

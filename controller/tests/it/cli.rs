@@ -2,8 +2,10 @@
 //! a no-op (no new audit entry), a changed spec makes a revision, every
 //! command's `-o json` output parses, and errors have their codes.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use isdf_api::{WgKey, WireguardFacts};
 use serde_json::{json, Value};
@@ -28,9 +30,13 @@ struct Ctl {
 
 impl Ctl {
     fn new(h: &Harness) -> Self {
+        Self::at(&h.controller.api_url, &h.controller.operator_token)
+    }
+
+    fn at(server: &str, token: &str) -> Self {
         Ctl {
-            server: h.controller.api_url.clone(),
-            token: h.controller.operator_token.clone(),
+            server: server.to_owned(),
+            token: token.to_owned(),
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -690,5 +696,110 @@ async fn cli_errors_have_codes_and_exit_codes() {
             .starts_with("error: immutable_field: device/r1"),
         "{}",
         refused.stderr
+    );
+}
+
+/// A stand-in for `GET /api/v1/rollouts/{id}` as the rollout API's contract
+/// describes it (the API lands on main separately): answers `states` in
+/// turn, then the last one for ever. Returns its URL.
+async fn rollout_stub(states: &[&'static str]) -> String {
+    let states = Arc::new(Mutex::new(states.iter().copied().collect::<VecDeque<_>>()));
+    let answer = move |axum::extract::Path(id): axum::extract::Path<String>| {
+        let states = states.clone();
+        async move {
+            let state = {
+                let mut states = states.lock().unwrap();
+                if states.len() > 1 {
+                    states.pop_front().unwrap()
+                } else {
+                    states[0]
+                }
+            };
+            let applied = if state == "completed" { 10 } else { 1 };
+            axum::Json(json!({
+                "id": id, "service_name": "block-telnet", "from_revision": 1, "to_revision": 2,
+                "state": state, "pause_reason": (state == "paused").then_some("breach"),
+                "current_wave": 1,
+                "waves": [
+                    {"index": 0, "label": "canary 10%", "routers": 1, "pending": 0, "applied": 1,
+                     "failed": 0, "offline": 0, "released_at": "2026-01-01T00:00:00Z",
+                     "healthy_since": null, "passed_at": null},
+                    {"index": 1, "label": "100%", "routers": 9, "pending": 10 - applied,
+                     "applied": applied - 1, "failed": 0, "offline": 0,
+                     "released_at": null, "healthy_since": null, "passed_at": null},
+                ],
+                "totals": {"routers": 10, "pending": 10 - applied, "applied": applied, "failed": 0, "offline": 0},
+            }))
+        }
+    };
+    let app = axum::Router::new().route("/api/v1/rollouts/{id}", axum::routing::get(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn cli_rollout_status_watch_exits_with_the_rollouts_state() {
+    let id = "0b5d84cb-884b-4d5c-a8e2-8fafbfd8c6e6";
+    let cases: [(&[&str], &[&str], i32); 4] = [
+        (&["running", "running", "completed"], &[], 0),
+        (&["running", "aborted"], &[], 3),
+        (&["running", "paused"], &["--exit-on-pause"], 4),
+        (&["running"], &["--timeout", "1"], 5),
+    ];
+    for (states, flags, code) in cases {
+        let ctl = Ctl::at(&rollout_stub(states).await, "t");
+        let args = [
+            &[
+                "rollout",
+                "status",
+                id,
+                "--watch",
+                "--interval",
+                "0.1",
+                "-o",
+                "json",
+            ],
+            flags,
+        ]
+        .concat();
+        let run = ctl.run(&args).await;
+        assert_eq!(run.code, code, "{states:?}: {}", run.stderr);
+        // One JSON object per poll and line.
+        let polls: Vec<Value> = run
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if code == 5 {
+            assert!(
+                (5..=12).contains(&polls.len()),
+                "{} polls in 1 s",
+                polls.len()
+            );
+            assert!(run.stderr.contains("timeout"), "{}", run.stderr);
+        } else {
+            assert_eq!(polls.len(), states.len());
+        }
+        assert_eq!(&polls.last().unwrap()["state"], states.last().unwrap());
+    }
+
+    // For people: the bars (on a terminal only), then the final waves table.
+    let ctl = Ctl::at(&rollout_stub(&["running", "completed"]).await, "t");
+    let run = ctl
+        .run(&["rollout", "status", id, "--watch", "--interval", "0.1"])
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("state completed"), "{}", run.stdout);
+    assert!(run.stdout.contains("canary 10%"), "{}", run.stdout);
+    // Without --watch: one table, exit 0 whatever the state.
+    let ctl = Ctl::at(&rollout_stub(&["aborted"]).await, "t");
+    let run = ctl.run(&["rollout", "status", id]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with(&format!("rollout {id}")),
+        "{}",
+        run.stdout
     );
 }
