@@ -75,7 +75,7 @@ pub struct CreateArgs {
     pub canary_percent: Option<f64>,
     /// Cumulative percentages after the canary, e.g. `25,100`.
     #[arg(long, value_delimiter = ',')]
-    pub waves: Vec<u32>,
+    pub waves: Vec<f64>,
     /// Share of a wave's online routers that must apply (0 to 1).
     #[arg(long)]
     pub min_applied: Option<f64>,
@@ -194,7 +194,7 @@ pub struct Policy {
     #[serde(default)]
     pub canary_percent: Option<f64>,
     #[serde(default)]
-    pub waves: Option<Vec<u32>>,
+    pub waves: Option<Vec<f64>>,
     #[serde(default)]
     pub min_applied_share: Option<f64>,
     #[serde(default)]
@@ -314,7 +314,8 @@ fn status_table(view: &Value) -> String {
             .unwrap_or_default(),
     );
     let columns = [
-        "WAVE", "LABEL", "ROUTERS", "APPLIED", "PENDING", "FAILED", "OFFLINE", "RELEASED", "PASSED",
+        "WAVE", "LABEL", "ROUTERS", "APPLIED", "PENDING", "WAITING", "FAILED", "OFFLINE",
+        "RELEASED", "PASSED",
     ];
     let keys = [
         "index",
@@ -322,6 +323,7 @@ fn status_table(view: &Value) -> String {
         "routers",
         "applied",
         "pending",
+        "waiting",
         "failed",
         "offline",
         "released_at",
@@ -397,10 +399,11 @@ impl Bars {
                 ""
             };
             bar.set_message(format!(
-                "failed {} offline {} pending {}{released}",
+                "failed {} offline {} pending {} waiting {}{released}",
                 count("failed"),
                 count("offline"),
-                count("pending")
+                count("pending"),
+                count("waiting")
             ));
         }
     }
