@@ -278,7 +278,7 @@ impl Resource {
         }
         if self.name_field.is_none() {
             return Err(CliError::Usage(format!(
-                "`{text}` is not a {} id",
+                "`{text}` is not an id, and {}s have no names",
                 self.kind
             )));
         }

@@ -818,3 +818,26 @@ async fn cli_rollout_status_watch_exits_with_the_rollouts_state() {
         run.stdout
     );
 }
+
+#[tokio::test]
+async fn cli_speaks_https_trusting_the_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = isdf_controller::test_support::TestControllerOptions::new(dir.path());
+    options.api_tls = true;
+    let controller = isdf_controller::test_support::TestController::start(options)
+        .await
+        .unwrap();
+    assert!(controller.api_url.starts_with("https://"));
+    let ctl = Ctl::at(&controller.api_url, &controller.operator_token);
+    let ca = ctl.file("ca.pem", &controller.ca_pem);
+    let listed = ctl.json(&["get", "devices", "--ca-file", &ca]).await;
+    assert_eq!(listed, json!([]));
+    // Without the CA the controller's certificate is not trusted.
+    let refused = ctl.run(&["get", "devices"]).await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains(&controller.api_url),
+        "{}",
+        refused.stderr
+    );
+}
