@@ -337,21 +337,45 @@ fn status_table(view: &Value) -> String {
     text
 }
 
+/// The state and each wave's applied/routers on one line.
+fn progress_line(view: &Value) -> String {
+    let waves: Vec<String> = waves(view)
+        .iter()
+        .map(|w| {
+            format!(
+                "{} {}/{} (failed {}, offline {})",
+                output::cell(&w["label"]),
+                w["applied"].as_u64().unwrap_or(0),
+                w["routers"].as_u64().unwrap_or(0),
+                w["failed"].as_u64().unwrap_or(0),
+                w["offline"].as_u64().unwrap_or(0)
+            )
+        })
+        .collect();
+    format!("{}: {}", output::cell(&view["state"]), waves.join("; "))
+}
+
 fn waves(view: &Value) -> Vec<Value> {
     view["waves"].as_array().cloned().unwrap_or_default()
 }
 
-/// One progress bar per wave (applied of routers), and a line for the state.
-/// Drawn on stderr, and only on a terminal.
+/// One progress bar per wave (applied of routers), and a line for the state,
+/// drawn on stderr when it is a terminal. Elsewhere (a CI log) a progress
+/// line goes to stderr whenever the counts change.
 struct Bars {
     multi: MultiProgress,
     header: ProgressBar,
     waves: Vec<ProgressBar>,
+    /// Not drawing bars: print progress lines instead.
+    lines: bool,
+    last_line: String,
 }
 
 impl Bars {
     fn new(visible: bool) -> Self {
-        let target = if visible {
+        use std::io::IsTerminal;
+        let terminal = visible && std::io::stderr().is_terminal();
+        let target = if terminal {
             ProgressDrawTarget::stderr()
         } else {
             ProgressDrawTarget::hidden()
@@ -362,10 +386,19 @@ impl Bars {
             multi,
             header,
             waves: Vec::new(),
+            lines: visible && !terminal,
+            last_line: String::new(),
         }
     }
 
     fn draw(&mut self, view: &Value) {
+        if self.lines {
+            let line = progress_line(view);
+            if line != self.last_line {
+                eprintln!("{line}");
+                self.last_line = line;
+            }
+        }
         self.header.set_message(format!(
             "rollout {} {} -> {}: {}{}",
             output::cell(&view["service_name"]),
@@ -467,5 +500,9 @@ mod tests {
         assert_eq!(bars.waves[0].position(), 1);
         assert_eq!(bars.waves[1].length(), Some(9));
         bars.finish();
+        assert_eq!(
+            progress_line(&view()),
+            "paused: canary 10% 1/1 (failed 0, offline 0); 100% 0/9 (failed 0, offline 0)"
+        );
     }
 }

@@ -808,6 +808,12 @@ async fn cli_rollout_status_watch_exits_with_the_rollouts_state() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("state completed"), "{}", run.stdout);
     assert!(run.stdout.contains("canary 10%"), "{}", run.stdout);
+    // Not on a terminal: a progress line whenever the counts change.
+    assert!(
+        run.stderr.contains("completed: canary 10% 1/1"),
+        "{}",
+        run.stderr
+    );
     // Without --watch: one table, exit 0 whatever the state.
     let ctl = Ctl::at(&rollout_stub(&["aborted"]).await, "t");
     let run = ctl.run(&["rollout", "status", id]).await;
