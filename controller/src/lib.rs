@@ -7,6 +7,7 @@ pub mod auth;
 pub mod billing_webhook;
 pub mod bittorrent;
 pub mod catalog;
+pub mod cli;
 pub mod compiler;
 pub mod config_cache;
 pub mod db;
