@@ -240,13 +240,9 @@ impl Rollouts {
     /// Releases `wave` if the rollout is still running, then recompiles its
     /// routers and records the versions that carry the change.
     async fn release(&self, id: Uuid, wave: i32) -> Result<(), RolloutError> {
-        let mut tx = self.pool.begin().await?;
-        let row = db::rollouts::get_for_update(&mut *tx, id)
-            .await?
-            .ok_or(RolloutError::NotFound(id))?;
-        if row.state != "running" {
+        let Some((mut tx, _)) = self.lock_running(id).await? else {
             return Ok(());
-        }
+        };
         db::rollouts::release_wave(&mut *tx, id, wave).await?;
         db::rollouts::append_event(&mut *tx, id, "wave_released", Some(wave), CONTROLLER, "")
             .await?;
@@ -333,6 +329,29 @@ impl Rollouts {
         Ok(())
     }
 
+    /// The rollout's row, locked in a new transaction.
+    async fn lock(
+        &self,
+        id: Uuid,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, RolloutRow), RolloutError> {
+        let mut tx = self.pool.begin().await?;
+        let row = db::rollouts::get_for_update(&mut *tx, id)
+            .await?
+            .ok_or(RolloutError::NotFound(id))?;
+        Ok((tx, row))
+    }
+
+    /// The rollout's row locked, if it is still running: the loop's steps
+    /// give way to an operator's pause or abort that came first.
+    async fn lock_running(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(sqlx::Transaction<'static, sqlx::Postgres>, RolloutRow)>, RolloutError>
+    {
+        let (tx, row) = self.lock(id).await?;
+        Ok((row.state == "running").then_some((tx, row)))
+    }
+
     /// The rollout's row, locked in a new transaction, if its state is one
     /// of `from`; otherwise a conflict with `code`.
     async fn lock_in(
@@ -341,10 +360,7 @@ impl Rollouts {
         from: &[&str],
         code: &'static str,
     ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, RolloutRow), RolloutError> {
-        let mut tx = self.pool.begin().await?;
-        let row = db::rollouts::get_for_update(&mut *tx, id)
-            .await?
-            .ok_or(RolloutError::NotFound(id))?;
+        let (tx, row) = self.lock(id).await?;
         if !from.contains(&row.state.as_str()) {
             return Err(RolloutError::Conflict(
                 code,
@@ -466,13 +482,9 @@ impl Rollouts {
     }
 
     async fn pause_on_breach(&self, id: Uuid, wave: i32, reason: &str) -> Result<(), RolloutError> {
-        let mut tx = self.pool.begin().await?;
-        let row = db::rollouts::get_for_update(&mut *tx, id)
-            .await?
-            .ok_or(RolloutError::NotFound(id))?;
-        if row.state != "running" {
+        let Some((mut tx, _)) = self.lock_running(id).await? else {
             return Ok(());
-        }
+        };
         db::rollouts::set_state(&mut *tx, id, "paused", Some(reason)).await?;
         db::rollouts::append_event(&mut *tx, id, "breach", Some(wave), CONTROLLER, reason).await?;
         tx.commit().await.context("committing a pause")?;
@@ -488,13 +500,9 @@ impl Rollouts {
     }
 
     async fn complete(&self, row: &RolloutRow) -> Result<(), RolloutError> {
-        let mut tx = self.pool.begin().await?;
-        let current = db::rollouts::get_for_update(&mut *tx, row.id)
-            .await?
-            .ok_or(RolloutError::NotFound(row.id))?;
-        if current.state != "running" {
+        let Some((mut tx, _)) = self.lock_running(row.id).await? else {
             return Ok(());
-        }
+        };
         db::rollouts::set_state(&mut *tx, row.id, "completed", None).await?;
         db::rollouts::append_event(&mut *tx, row.id, "completed", None, CONTROLLER, "").await?;
         tx.commit().await.context("committing a completion")?;

@@ -150,6 +150,16 @@ impl Fleet {
         }
     }
 
+    /// Starts a rollout of the assignment's latest revision, the canary
+    /// (`canary=true`) first, with `policy`'s thresholds.
+    async fn start_rollout(&self, assignment: &str, waves: &[u32], policy: Value) -> Value {
+        let mut body = json!({"assignment_id": assignment,
+                              "canary": {"selector": "canary=true"}, "waves": waves});
+        let fields = body.as_object_mut().unwrap();
+        fields.extend(policy.as_object().unwrap().clone());
+        self.operator.post("/api/v1/rollouts", body).await
+    }
+
     async fn rollout(&self, id: &str) -> Value {
         self.operator.get(&format!("/api/v1/rollouts/{id}")).await
     }
@@ -268,17 +278,11 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     for r in ROUTERS {
         before.insert(r, fleet.version(r).await);
     }
-    let started = operator
-        .post(
-            "/api/v1/rollouts",
-            json!({
-                "assignment_id": assignment_id,
-                "canary": {"selector": "canary=true"},
-                "waves": [50, 100],
-                "min_applied_share": 1.0,
-                "soak_secs": 1,
-                "offline_timeout_secs": 120,
-            }),
+    let started = fleet
+        .start_rollout(
+            &assignment_id,
+            &[50, 100],
+            json!({"min_applied_share": 1.0, "soak_secs": 1, "offline_timeout_secs": 120}),
         )
         .await;
     let id = started["id"].as_str().unwrap().to_owned();
@@ -333,16 +337,8 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
     for r in ROUTERS {
         enforced.insert(r, fleet.version(r).await);
     }
-    let started = operator
-        .post(
-            "/api/v1/rollouts",
-            json!({
-                "assignment_id": assignment_id,
-                "canary": {"selector": "canary=true"},
-                "waves": [100],
-                "soak_secs": 0,
-            }),
-        )
+    let started = fleet
+        .start_rollout(&assignment_id, &[100], json!({"soak_secs": 0}))
         .await;
     let id = started["id"].as_str().unwrap().to_owned();
     let paused = fleet
