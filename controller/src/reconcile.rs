@@ -41,6 +41,14 @@ pub struct RecompileSummary {
     pub changed: usize,
 }
 
+/// Configs a recompile stored in a transaction not yet committed.
+#[must_use = "configs are served only once published"]
+#[derive(Default)]
+pub struct Compiled {
+    compiled: usize,
+    stored: Vec<db::configs::ConfigRow>,
+}
+
 /// Why content is re-signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resign {
@@ -432,12 +440,27 @@ impl Reconciler {
             return Ok(RecompileSummary::default());
         }
         let mut tx = self.pool.begin().await.context("starting recompile")?;
+        let compiled = self.recompile_in(&mut tx, devices, resign).await?;
+        tx.commit().await.context("committing recompile")?;
+        Ok(self.publish(compiled))
+    }
+
+    /// Recompiles `devices` inside the caller's transaction (which then
+    /// holds the recompile lock): the new configs are stored with whatever
+    /// else it writes, and served once it commits and hands them to
+    /// [`Reconciler::publish`].
+    pub async fn recompile_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        devices: Option<&[Uuid]>,
+        resign: Resign,
+    ) -> anyhow::Result<Compiled> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(RECOMPILE_LOCK)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .context("taking the recompile lock")?;
-        let vpns = self.load_vpns(&mut tx, devices).await?;
+        let vpns = self.load_vpns(tx, devices).await?;
         let widened: Option<Vec<Uuid>> = devices.map(|d| {
             let mut all = d.to_vec();
             all.extend(vpns.extra_targets.iter().filter(|r| !d.contains(r)));
@@ -445,19 +468,19 @@ impl Reconciler {
         });
         let devices = widened.as_deref();
         let wireguard = vpns.compile();
-        let targets = db::devices::labels_of(&mut *tx, devices)
+        let targets = db::devices::labels_of(&mut **tx, devices)
             .await
             .context("loading device labels")?;
         let assignments = parse_assignments(
-            db::assignments::all_with_specs(&mut *tx)
+            db::assignments::all_with_specs(&mut **tx)
                 .await
                 .context("loading assignments")?,
         );
-        let staged = load_staged(&mut tx, devices, &assignments).await?;
+        let staged = load_staged(tx, devices, &assignments).await?;
         let ids: Vec<Uuid> = targets.iter().map(|(id, _)| *id).collect();
         let now = Utc::now();
         let mut device_blocks: HashMap<Uuid, Vec<DeviceBlock>> = HashMap::new();
-        for row in db::blocks::active_operator_blocks(&mut *tx, devices, now)
+        for row in db::blocks::active_operator_blocks(&mut **tx, devices, now)
             .await
             .context("loading device blocks")?
         {
@@ -468,14 +491,14 @@ impl Reconciler {
         }
         let shops = self
             .load_shops(
-                &mut tx,
+                tx,
                 devices,
                 assignments.iter().chain(staged.previous_forms()),
                 now,
             )
             .await?;
         let existing: HashMap<Uuid, (i64, String, DateTime<Utc>)> =
-            db::configs::versions_for_update(&mut *tx, &ids)
+            db::configs::versions_for_update(&mut **tx, &ids)
                 .await
                 .context("loading current versions")?
                 .into_iter()
@@ -537,18 +560,25 @@ impl Reconciler {
                 expires_at: now + lifetime,
                 envelope,
             };
-            db::configs::upsert(&mut *tx, &row)
+            db::configs::upsert(&mut **tx, &row)
                 .await
                 .context("storing config")?;
             published.push(row);
         }
-        tx.commit().await.context("committing recompile")?;
-
-        let summary = RecompileSummary {
+        Ok(Compiled {
             compiled: targets.len(),
-            changed: published.len(),
+            stored: published,
+        })
+    }
+
+    /// Serves configs stored by [`Reconciler::recompile_in`] once their
+    /// transaction committed.
+    pub fn publish(&self, compiled: Compiled) -> RecompileSummary {
+        let summary = RecompileSummary {
+            compiled: compiled.compiled,
+            changed: compiled.stored.len(),
         };
-        for row in published {
+        for row in compiled.stored {
             self.cache.publish(
                 row.device_id,
                 ServedConfig {
@@ -558,7 +588,7 @@ impl Reconciler {
             );
         }
         tracing::debug!(?summary, "recompiled");
-        Ok(summary)
+        summary
     }
 
     /// Recompiles the devices `selector` matches now.

@@ -20,7 +20,7 @@ use crate::db;
 use crate::db::audit::NewAuditEntry;
 use crate::db::rollouts::{NewRollout, RolloutRow, SampleRow};
 use crate::domain::{Labels, Selector};
-use crate::reconcile::{Reconciler, Resign};
+use crate::reconcile::{Compiled, Reconciler, Resign};
 use crate::rollout::{judge, Counts, Verdict, WavePlan};
 
 /// Actor of the steps the controller takes on its own.
@@ -246,30 +246,39 @@ impl Rollouts {
         db::rollouts::release_wave(&mut *tx, id, wave).await?;
         db::rollouts::append_event(&mut *tx, id, "wave_released", Some(wave), CONTROLLER, "")
             .await?;
+        // Released and recompiled in one transaction: a wave shows as
+        // released exactly when its routers' new configs are stored.
+        let compiled = self.target_released(&mut tx, id).await?;
         tx.commit().await.context("committing a wave release")?;
-        self.target_released(id).await?;
+        self.reconciler.publish(compiled);
         // The charts start from the release: everything pending.
         let counts = wave_counts(&self.pool, id).await?;
         self.sample(id, wave, &counts).await?;
         Ok(())
     }
 
-    /// Recompiles released routers that have no target version yet (just
-    /// released, or the controller stopped in between) and records it.
-    async fn target_released(&self, id: Uuid) -> anyhow::Result<()> {
-        let devices = db::rollouts::untargeted(&self.pool, id)
+    /// Recompiles, in `tx`, the released routers that have no target
+    /// version yet (just released, or released before the controller
+    /// stopped) and records the version that carries the change.
+    async fn target_released(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        id: Uuid,
+    ) -> anyhow::Result<Compiled> {
+        let devices = db::rollouts::untargeted(&mut **tx, id)
             .await
             .context("loading released routers")?;
         if devices.is_empty() {
-            return Ok(());
+            return Ok(Compiled::default());
         }
-        self.reconciler
-            .recompile(Some(&devices), Resign::IfChanged)
+        let compiled = self
+            .reconciler
+            .recompile_in(tx, Some(&devices), Resign::IfChanged)
             .await?;
-        db::rollouts::set_targets(&self.pool, id, &devices)
+        db::rollouts::set_targets(&mut **tx, id, &devices)
             .await
             .context("recording target versions")?;
-        Ok(())
+        Ok(compiled)
     }
 
     pub async fn pause(&self, id: Uuid, actor: &str) -> Result<(), RolloutError> {
@@ -321,11 +330,13 @@ impl Rollouts {
             "routers return to the previous revision",
         )
         .await?;
-        tx.commit().await.context("committing an abort")?;
-        let released = db::rollouts::released_devices(&self.pool, id).await?;
-        self.reconciler
-            .recompile(Some(&released), Resign::IfChanged)
+        let released = db::rollouts::released_devices(&mut *tx, id).await?;
+        let compiled = self
+            .reconciler
+            .recompile_in(&mut tx, Some(&released), Resign::IfChanged)
             .await?;
+        tx.commit().await.context("committing an abort")?;
+        self.reconciler.publish(compiled);
         Ok(())
     }
 
@@ -403,7 +414,10 @@ impl Rollouts {
         let row = db::rollouts::get(&self.pool, id)
             .await?
             .ok_or(RolloutError::NotFound(id))?;
-        self.target_released(id).await?;
+        let mut tx = self.pool.begin().await?;
+        let compiled = self.target_released(&mut tx, id).await?;
+        tx.commit().await.context("committing target versions")?;
+        self.reconciler.publish(compiled);
         {
             let mut conn = self.pool.acquire().await.context("connection")?;
             db::rollouts::track_progress(&mut conn, id, row.policy.0.offline_timeout_secs)
