@@ -4,8 +4,8 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use crate::handlers::{
-    assignments, billing, blocks, customers, device_api, devices, enrollment, operators, purchases,
-    services, sites, vpns, wireguard,
+    assignments, billing, blocks, customers, device_api, devices, enrollment, fleet, operators,
+    purchases, services, sites, stream, vpns, wireguard,
 };
 
 #[derive(OpenApi)]
@@ -30,6 +30,7 @@ use crate::handlers::{
         device_api::poll_config, device_api::report_status, device_api::report_events,
         device_api::probe, device_api::wireguard_facts,
         wireguard::get, wireguard::rotate,
+        services::diff_revisions, operators::whoami, fleet::overview, stream::stream,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::domain::FlowBlockSpec, crate::domain::FlowSpec,

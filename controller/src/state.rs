@@ -33,6 +33,11 @@ pub struct AppState {
     pub portal: Arc<Portal>,
     /// UDP probes sent to routers and not yet redeemed.
     pub probes: Arc<crate::wireguard_facts::Probes>,
+    /// Tells the dashboard's open pages what changed: call
+    /// `state.live.notify(Topic::...)` after committing a change.
+    pub live: Arc<crate::live::LiveUpdates>,
+    /// Dashboard sessions' settings and login limits.
+    pub dashboard: Arc<crate::sessions::Dashboard>,
 }
 
 /// The customer-facing portal: its signed links and how it takes payment.
