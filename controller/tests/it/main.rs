@@ -4,6 +4,7 @@
 mod api;
 mod blocks;
 mod catalog;
+mod dashboard_api;
 mod device_api;
 mod enrollment;
 mod limits;
