@@ -4,6 +4,7 @@
 mod api;
 mod blocks;
 mod catalog;
+mod dashboard;
 mod dashboard_api;
 mod device_api;
 mod enrollment;
@@ -15,3 +16,4 @@ mod recompile;
 mod support;
 mod vpn_control;
 mod vpns;
+mod webdriver;
