@@ -555,7 +555,7 @@ async function rolloutsPage(gen) {
   filter.addEventListener("change", () => { location.hash = "#/rollouts" + (filter.value ? "?state=" + filter.value : ""); });
   show(h("section", { id: "rollouts" }, h("h1", {}, "Rollouts"),
     h("div", { class: "row" }, h("label", {}, "State", filter)), list, form));
-  current = { refresh: load, wants: (c) => c.topic === "rollout" };
+  current = { refresh: load, wants: (c) => c.topic === "rollout" || c.topic === "device" };
 }
 
 function rolloutForm(services) {
@@ -639,7 +639,8 @@ async function rolloutPage(gen, id) {
       table(["When", "Event", "Wave", "By", "Detail"], history.items.map((e) =>
         h("tr", {}, h("td", {}, when(e.at)), h("td", {}, badge(e.kind, "")), h("td", {}, e.wave ?? "—"), h("td", {}, e.actor), h("td", { class: "wrap" }, e.detail))),
       { id: "rollout-history" }));
-  }, (c) => c.topic === "rollout" && c.id === id);
+  // Routers' reports move the counts too (the rollout code also notifies).
+  }, (c) => (c.topic === "rollout" && c.id === id) || c.topic === "device");
 }
 
 // ---------------------------------------------------------------- audit
