@@ -225,9 +225,20 @@ async fn dashboard_rollout_start_pause_resume_complete() {
     browser.type_into("#rollout-waves", "100").await;
     browser.type_into("#rollout-soak", "0").await;
     browser.click("#rollout-start").await;
-    browser
-        .wait_text("#rollout-state-badge", "running", |t| t == "running")
+    // The rollout's page, or the form's error (the first of the two present).
+    let shown = browser
+        .wait_text(
+            "#rollout-state-badge, #rollout-error",
+            "the new rollout or an error",
+            |t| !t.is_empty(),
+        )
         .await;
+    assert_eq!(
+        shown, "running",
+        "starting a rollout from the form: the page shows {shown:?} \
+         (this test needs the rollout API: POST /api/v1/rollouts and the rest of \
+         /work/notes/rollout-api.md)"
+    );
     let rollout_id = browser
         .execute("return location.hash.split('/')[2];", json!([]))
         .await
@@ -281,6 +292,121 @@ async fn dashboard_rollout_start_pause_resume_complete() {
         )
         .await;
     assert_eq!(bands, 4);
+    browser.quit().await;
+}
+
+/// Replaces the page's `fetch` for `/api/v1/rollouts...` with answers shaped
+/// as /work/notes/rollout-api.md says (a rollout of 40 routers in three waves,
+/// the second one half done; pause/resume/abort change its state), so the
+/// rollout pages can be checked and pictured before that API is merged.
+const ROLLOUT_STUB: &str = r#"
+const id = "7d4f7c1e-2a41-4c55-9a0e-0b6f1f0c2d11";
+const t0 = Date.now() - 15 * 60 * 1000;
+const at = (s) => new Date(t0 + s * 1000).toISOString();
+const wave = (index, label, routers, applied, failed, offline, released, passed) => ({
+  index, label, routers, applied, failed, offline, pending: routers - applied - failed - offline,
+  released_at: released === null ? null : at(released), healthy_since: passed === null ? null : at(passed - 60),
+  passed_at: passed === null ? null : at(passed) });
+const view = { id, assignment_id: "5b0e4c2a-7d7e-4b8e-8a55-3c1f0e9d6a21", service_id: "1f2e3d4c-5b6a-4789-9abc-def012345678",
+  service_name: "games", selector: "region=eu", from_revision: 1, to_revision: 2, state: "running", pause_reason: null,
+  current_wave: 1,
+  policy: { min_applied_share: 0.9, max_failed_share: 0.05, soak_secs: 60, offline_timeout_secs: 600 },
+  waves: [wave(0, "canary 10%", 4, 4, 0, 0, 0, 180), wave(1, "50%", 16, 9, 1, 1, 240, null), wave(2, "100%", 20, 0, 0, 0, null, null)],
+  created_by: "initial-admin", created_at: at(0), updated_at: at(700), finished_at: null };
+const total = (k) => view.waves.reduce((a, w) => a + w[k], 0);
+const totals = () => ({ routers: total("routers"), pending: total("pending"), applied: total("applied"), failed: total("failed"), offline: total("offline") });
+const samples = [];
+for (let s = 0, a = 0; s <= 180; s += 30, a = Math.min(4, a + 1)) samples.push({ at: at(s), wave: 0, pending: 4 - a, applied: a, failed: 0, offline: 0 });
+[[240, 0, 0, 0], [300, 3, 0, 0], [360, 5, 1, 0], [480, 7, 1, 0], [600, 8, 1, 1], [700, 9, 1, 1]].forEach(([s, a, f, o]) =>
+  samples.push({ at: at(s), wave: 1, pending: 16 - a - f - o, applied: a, failed: f, offline: o }));
+const history = [
+  { at: at(0), kind: "created", wave: null, actor: "initial-admin", detail: "games 1 → 2 on region=eu, 40 routers" },
+  { at: at(0), kind: "wave_released", wave: 0, actor: "controller", detail: "canary 10%: 4 routers" },
+  { at: at(180), kind: "wave_passed", wave: 0, actor: "controller", detail: "4/4 applied for 60 s" },
+  { at: at(240), kind: "wave_released", wave: 1, actor: "controller", detail: "50%: 16 routers" } ];
+const json = (body, status) => Promise.resolve(new Response(JSON.stringify(body), { status: status || 200, headers: { "Content-Type": "application/json" } }));
+const real = window.fetch.bind(window);
+window.fetch = (url, init) => {
+  const path = String(url);
+  if (!path.startsWith("/api/v1/rollouts")) return real(url, init);
+  const method = (init && init.method) || "GET";
+  const verb = path.split("/")[5];
+  if (method === "POST" && verb) {
+    const next = { pause: ["running", "paused"], resume: ["paused", "running"], abort: [null, "aborted"] }[verb];
+    if (next[0] && view.state !== next[0]) return json({ error: { code: "rollout_not_" + next[0], message: "not " + next[0] } }, 409);
+    view.state = next[1];
+    view.pause_reason = verb === "pause" ? null : view.pause_reason;
+    history.push({ at: new Date().toISOString(), kind: verb === "pause" ? "paused" : verb === "resume" ? "resumed" : "aborted", wave: null, actor: "initial-admin", detail: "" });
+    return json({ ...view, totals: totals() });
+  }
+  if (path.includes("/history")) return json({ items: history });
+  if (path.includes("/samples")) return json({ items: samples });
+  if (path.startsWith("/api/v1/rollouts/")) return json({ ...view, totals: totals() });
+  return json({ items: [{ ...view, totals: totals() }], next_cursor: null });
+};
+return id;
+"#;
+
+/// The rollout pages against the API contract (answers stubbed in the page,
+/// see [`ROLLOUT_STUB`]): waves with progress bars and charts, the history,
+/// and the buttons enabled by state.
+#[tokio::test]
+async fn dashboard_rollout_pages_render_the_contract() {
+    let h = Harness::start().await;
+    let browser = Browser::start(LAPTOP.0, LAPTOP.1).await;
+    login(&browser, &h, &h.controller.operator_token).await;
+    browser.find("#count-devices").await;
+    let id = browser.execute(ROLLOUT_STUB, json!([])).await;
+    let id = id.as_str().unwrap();
+    browser
+        .execute("location.hash = '#/rollouts';", json!([]))
+        .await;
+    browser
+        .wait_text("#rollout-table", "the rollout", |t| {
+            t.contains("games") && t.contains("1 → 2") && t.contains("13/40")
+        })
+        .await;
+    browser
+        .execute(&format!("location.hash = '#/rollouts/{id}';"), json!([]))
+        .await;
+    let wave1 = browser
+        .wait_text("#wave-1", "the second wave", |t| t.contains("9 applied"))
+        .await;
+    assert!(
+        wave1.contains("1 failed") && wave1.contains("1 offline") && wave1.contains("5 pending"),
+        "{wave1}"
+    );
+    let charts = browser
+        .execute(
+            "return [0, 1, 2].map(i => document.querySelectorAll('#wave-' + i + ' svg polygon').length);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        charts,
+        json!([4, 4, 0]),
+        "bands per wave (the third has no samples)"
+    );
+    let enabled = "return ['pause', 'resume', 'abort'].map(b => !document.getElementById('rollout-' + b).disabled);";
+    assert_eq!(
+        browser.execute(enabled, json!([])).await,
+        json!([true, false, true])
+    );
+    browser.click("#rollout-pause").await;
+    browser
+        .wait_text("#rollout-state-badge", "paused", |t| t == "paused")
+        .await;
+    assert_eq!(
+        browser.execute(enabled, json!([])).await,
+        json!([false, true, true])
+    );
+    browser
+        .wait_text("#rollout-history", "the pause", |t| t.contains("paused"))
+        .await;
+    browser.click("#rollout-resume").await;
+    browser
+        .wait_text("#rollout-state-badge", "running", |t| t == "running")
+        .await;
     browser.quit().await;
 }
 
@@ -351,10 +477,15 @@ async fn dashboard_screenshots_of_the_main_pages() {
         ("service-diff", format!("#/services/{service}"), "#diff"),
         ("audit", "#/audit".into(), "#audit-table"),
     ];
-    if let Some(id) = &rollout_id {
-        pages.push(("rollouts", "#/rollouts".into(), "#rollout-table"));
-        pages.push(("rollout", format!("#/rollouts/{id}"), "#wave-0"));
-    }
+    // Without the rollout API (before the lead's branch is merged) the
+    // rollout pages are pictured with contract-shaped sample answers.
+    let stubbed = rollout_id.is_none();
+    let rollout_hash = match &rollout_id {
+        Some(id) => format!("#/rollouts/{id}"),
+        None => "#/rollouts/7d4f7c1e-2a41-4c55-9a0e-0b6f1f0c2d11".to_owned(),
+    };
+    pages.push(("rollouts", "#/rollouts".into(), "#rollout-table"));
+    pages.push(("rollout", rollout_hash, "#wave-0"));
     let browser = Browser::start(LAPTOP.0, LAPTOP.1).await;
     let mut written = Vec::new();
     for (size, (width, height)) in [("laptop", LAPTOP), ("phone", PHONE)] {
@@ -373,9 +504,16 @@ async fn dashboard_screenshots_of_the_main_pages() {
         browser.click("#login-button").await;
         browser.find("#count-online").await;
         for (name, hash, ready) in &pages {
-            browser
-                .goto(&format!("{}/ui/{hash}", h.controller.api_url))
-                .await;
+            if stubbed && name.starts_with("rollout") {
+                browser.execute(ROLLOUT_STUB, json!([])).await;
+                browser
+                    .execute(&format!("location.hash = '{hash}';"), json!([]))
+                    .await;
+            } else {
+                browser
+                    .goto(&format!("{}/ui/{hash}", h.controller.api_url))
+                    .await;
+            }
             browser.find(ready).await;
             // Let the live stream's first refresh settle (fonts, charts).
             browser
