@@ -368,7 +368,8 @@ async function devicesPage(gen) {
       h("label", {}, "Search", q), h("label", {}, "State", state), h("label", {}, "Labels", selector)),
     body));
   // Live: refetch the rows on screen, keeping the inputs as they are.
-  current = { refresh: reload, wants: (c) => c.topic === "device" };
+  // Audit entries come with every change made through the API (new devices).
+  current = { refresh: reload, wants: (c) => c.topic === "device" || c.topic === "audit" };
 }
 
 async function devicePage(gen, id) {
@@ -491,40 +492,36 @@ function legend() {
   return h("div", { class: "legend" }, WAVE_PARTS.map((p) => h("span", {}, h("i", { class: "c-" + p }), p)));
 }
 
-/** A stacked step-area chart of one wave's samples (counts held until the next sample). */
+/**
+ * A stacked step-area chart of one wave's samples (counts held until the
+ * next sample). The SVG stretches to the width; its labels are HTML below
+ * it, so they are not stretched with it.
+ */
 function waveChart(samples, routers, until) {
-  const W = 600, H = 140, L = 30, B = 18, T = 6, R = 6;
+  const W = 600, H = 120;
   const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": "progress over time" });
-  if (!samples.length) {
-    svg.append(s("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no samples yet"));
-    return svg;
-  }
+  if (!samples.length) return h("p", { class: "muted" }, "No samples yet.");
   const t0 = Date.parse(samples[0].at);
   const t1 = Math.max(until, Date.parse(samples[samples.length - 1].at), t0 + 1000);
   const top = Math.max(1, routers, ...samples.map((x) => WAVE_PARTS.reduce((a, p) => a + x[p], 0)));
-  const X = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
-  const Y = (v) => H - B - (v / top) * (H - B - T);
-  svg.append(s("line", { x1: L, y1: Y(top), x2: W - R, y2: Y(top) }), s("line", { x1: L, y1: Y(0), x2: W - R, y2: Y(0) }));
-  svg.append(s("text", { x: 2, y: Y(top) + 4 }, top), s("text", { x: 2, y: Y(0) }, 0));
-  svg.append(s("text", { x: L, y: H - 4 }, new Date(t0).toLocaleTimeString()),
-    s("text", { x: W - R, y: H - 4, "text-anchor": "end" }, new Date(t1).toLocaleTimeString()));
+  const X = (t) => ((t - t0) / (t1 - t0)) * W;
+  const Y = (v) => H - (v / top) * H;
+  const end = (i) => (i + 1 < samples.length ? Date.parse(samples[i + 1].at) : t1);
   // Cumulative bands, bottom to top.
   let below = samples.map(() => 0);
   for (const part of WAVE_PARTS) {
     const above = samples.map((x, i) => below[i] + x[part]);
     const pts = [];
-    samples.forEach((x, i) => {
-      const xa = X(Date.parse(x.at)), xb = X(i + 1 < samples.length ? Date.parse(samples[i + 1].at) : t1);
-      pts.push(`${xa},${Y(above[i])}`, `${xb},${Y(above[i])}`);
-    });
-    for (let i = samples.length - 1; i >= 0; i--) {
-      const xa = X(Date.parse(samples[i].at)), xb = X(i + 1 < samples.length ? Date.parse(samples[i + 1].at) : t1);
-      pts.push(`${xb},${Y(below[i])}`, `${xa},${Y(below[i])}`);
-    }
+    samples.forEach((x, i) => pts.push(`${X(Date.parse(x.at))},${Y(above[i])}`, `${X(end(i))},${Y(above[i])}`));
+    for (let i = samples.length - 1; i >= 0; i--) pts.push(`${X(end(i))},${Y(below[i])}`, `${X(Date.parse(samples[i].at))},${Y(below[i])}`);
     svg.append(s("polygon", { points: pts.join(" "), class: "c-" + part, "fill-opacity": 0.85 }));
     below = above;
   }
-  return svg;
+  return h("figure", { class: "chart" }, svg,
+    h("figcaption", { class: "axis" },
+      h("span", {}, new Date(t0).toLocaleTimeString()),
+      h("span", {}, `0 – ${top} routers`),
+      h("span", {}, new Date(t1).toLocaleTimeString())));
 }
 
 async function rolloutsPage(gen) {

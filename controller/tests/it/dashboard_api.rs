@@ -428,3 +428,22 @@ async fn the_stream_tells_of_status_reports_and_audit_entries() {
     }
     assert!(text.contains("event: change\n"), "{text}");
 }
+
+#[tokio::test]
+async fn logins_are_limited_per_address() {
+    let h = Harness::start().await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let r = h
+            .http
+            .post(format!("{}/ui/login", h.controller.api_url))
+            .json(&json!({"token": "isdf_op_guess"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    // A burst of 10, then 429 with Retry-After.
+    assert_eq!(&statuses[..10], &[401; 10]);
+    assert_eq!(&statuses[10..], &[429, 429]);
+}
