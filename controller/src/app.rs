@@ -50,6 +50,9 @@ pub struct Settings {
     pub portal_listen: SocketAddr,
     /// The portal URL routers send customers to; derived if None.
     pub portal_public_url: Option<String>,
+    /// A TLS proxy serves the operator API and dashboard to browsers: mark
+    /// the session cookie `Secure` (it is when `api_tls` is set anyway).
+    pub dashboard_behind_tls: bool,
 }
 
 pub struct Application {
@@ -165,7 +168,8 @@ impl Application {
             crate::fs_util::load_or_create_secret(&settings.data_dir.join("portal.key"))?,
         );
 
-        let cache = Arc::new(ConfigCache::default());
+        let live = Arc::new(crate::live::LiveUpdates::default());
+        let cache = Arc::new(ConfigCache::with_live(live.clone()));
         let reconciler = Arc::new(Reconciler {
             pool: pool.clone(),
             signer: signer.clone(),
@@ -194,6 +198,7 @@ impl Application {
         let rollouts = Arc::new(crate::rollout_driver::Rollouts::new(
             pool.clone(),
             reconciler.clone(),
+            live.clone(),
         ));
         let state = AppState {
             pool: pool.clone(),
@@ -219,6 +224,10 @@ impl Application {
             }),
             billing_webhook_key: Arc::new(billing_webhook_key),
             probes: Arc::default(),
+            live,
+            dashboard: Arc::new(crate::sessions::Dashboard::new(
+                settings.api_tls || settings.dashboard_behind_tls,
+            )),
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
@@ -267,7 +276,9 @@ impl Application {
             routes::device_router(self.state.clone())
                 .into_make_service_with_connect_info::<SocketAddr>(),
         );
-        let operator_app = routes::operator_router(self.state.clone()).into_make_service();
+        // With the client's address: dashboard logins are limited per address.
+        let operator_app = routes::operator_router(self.state.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
         let api_server: std::pin::Pin<
             Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
         > = match self.api_tls {

@@ -2,7 +2,9 @@
 //! operator actions.
 //!
 //! Every operator route sits behind [`authorize_and_audit`]: it resolves the
-//! bearer token to an operator, checks the role the route and method need,
+//! bearer token (or the dashboard's session cookie, see [`crate::sessions`];
+//! a cookie-authenticated change must carry the session's CSRF token) to an
+//! operator, checks the role the route and method need,
 //! and appends every mutating call (and every refused one) to the audit log
 //! with who, what, when, the target and a summary of the change. Handlers
 //! then take the [`Operator`] it stored in the request.
@@ -55,18 +57,37 @@ fn required_role(method: &Method, route: &str) -> Role {
     }
 }
 
-async fn authenticate(state: &AppState, parts: &Parts) -> Result<Operator, ApiError> {
-    let token = bearer(parts.headers.get(AUTHORIZATION)).ok_or(ApiError::Unauthorized)?;
+/// The operator the request's bearer token stands for, else the one its
+/// dashboard session cookie stands for (with the session, whose CSRF token
+/// changes must carry).
+async fn authenticate(
+    state: &AppState,
+    parts: &Parts,
+) -> Result<(Operator, Option<crate::sessions::Session>), ApiError> {
+    let Some(token) = bearer(parts.headers.get(AUTHORIZATION)) else {
+        let session = crate::sessions::find(&state.pool, &parts.headers)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        let operator = Operator {
+            id: session.token_id,
+            name: session.name.clone(),
+            role: session.role,
+        };
+        return Ok((operator, Some(session)));
+    };
     let row = db::operators::find_active(&state.pool, &hash_token(token))
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let role =
         Role::parse(&row.role).ok_or_else(|| anyhow::anyhow!("stored role `{}`", row.role))?;
-    Ok(Operator {
-        id: row.id,
-        name: row.name,
-        role,
-    })
+    Ok((
+        Operator {
+            id: row.id,
+            name: row.name,
+            role,
+        },
+        None,
+    ))
 }
 
 /// Largest part of a request body kept as the audit summary.
@@ -111,8 +132,8 @@ pub async fn authorize_and_audit(
     next: Next,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let operator = match authenticate(&state, &parts).await {
-        Ok(operator) => operator,
+    let (operator, session) = match authenticate(&state, &parts).await {
+        Ok(found) => found,
         Err(e) => {
             tracing::warn!(path = %parts.uri.path(), "operator call without valid credentials");
             return e.into_response();
@@ -125,6 +146,32 @@ pub async fn authorize_and_audit(
     let action = format!("{} {route}", parts.method);
     let mutating = !matches!(parts.method, Method::GET | Method::HEAD);
     let needed = required_role(&parts.method, &route);
+
+    // A browser's cookie rides along on any request to us, so a change made
+    // with one must also prove it comes from the dashboard's page.
+    if mutating
+        && session
+            .as_ref()
+            .is_some_and(|s| !s.csrf_matches(&parts.headers))
+    {
+        record(
+            &state,
+            &operator,
+            &action,
+            Some(parts.uri.path().to_owned()),
+            403,
+            serde_json::Value::Null,
+        )
+        .await;
+        return ApiError::Refused {
+            code: "csrf",
+            message: format!(
+                "a change made with a dashboard session needs the `{}` header of that session",
+                crate::sessions::CSRF_HEADER
+            ),
+        }
+        .into_response();
+    }
 
     if operator.role < needed {
         let refusal = ApiError::Forbidden(format!(
@@ -187,10 +234,13 @@ async fn record(
         status,
         summary,
     };
-    if let Err(e) = db::audit::append(&state.pool, &entry).await {
+    match db::audit::append(&state.pool, &entry).await {
+        Ok(()) => state.live.notify(crate::live::Topic::Audit),
         // The change itself is committed; losing its audit entry must at
         // least be loud.
-        tracing::error!(error = %e, actor = %operator.name, action, "could not append to the audit log");
+        Err(e) => {
+            tracing::error!(error = %e, actor = %operator.name, action, "could not append to the audit log")
+        }
     }
 }
 

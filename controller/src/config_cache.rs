@@ -33,9 +33,19 @@ struct DeviceSlot {
 #[derive(Default)]
 pub struct ConfigCache {
     devices: RwLock<HashMap<Uuid, DeviceSlot>>,
+    /// Told of every published config (the dashboard's live updates).
+    pub live: Arc<crate::live::LiveUpdates>,
 }
 
 impl ConfigCache {
+    /// A cache that tells `live` of every published config.
+    pub fn with_live(live: Arc<crate::live::LiveUpdates>) -> Self {
+        ConfigCache {
+            live,
+            ..ConfigCache::default()
+        }
+    }
+
     pub fn add_device(&self, id: Uuid) {
         let (changed, _) = watch::channel(0);
         let (enforced, _) = watch::channel(0);
@@ -73,6 +83,7 @@ impl ConfigCache {
             let version = config.version;
             slot.current = Some(Arc::new(config));
             slot.changed.send_replace(version);
+            self.live.notify(crate::live::Topic::Config(id));
         }
     }
 

@@ -32,6 +32,9 @@ pub enum ApiError {
     Denied { code: &'static str, message: String },
     #[error("{0}")]
     Forbidden(String),
+    /// Refused with a precise reason (`csrf`).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     #[error("{message}")]
     TooManyRequests {
         code: &'static str,
@@ -82,6 +85,7 @@ impl ApiError {
             ApiError::Denied { code, .. } => (StatusCode::UNAUTHORIZED, code),
 
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Refused { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => {

@@ -17,6 +17,7 @@ pub mod error;
 pub mod fs_util;
 pub mod handlers;
 pub mod limits;
+pub mod live;
 pub mod openapi;
 pub mod pay_per_site;
 pub mod payment;
@@ -29,6 +30,7 @@ pub mod rollout_driver;
 pub mod roots;
 pub mod routes;
 pub mod secrets;
+pub mod sessions;
 pub mod signer;
 pub mod state;
 #[doc(hidden)]

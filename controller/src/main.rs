@@ -107,6 +107,10 @@ struct ServeArgs {
     /// (required when it listens beyond loopback).
     #[arg(global = true, long, env = "ISDF_API_TLS")]
     api_tls: bool,
+    /// Browsers reach the dashboard through a TLS proxy: mark its session
+    /// cookie `Secure` (implied by --api-tls).
+    #[arg(global = true, long, env = "ISDF_DASHBOARD_BEHIND_TLS")]
+    dashboard_behind_tls: bool,
     /// Device API (HTTPS).
     #[arg(
         global = true,
@@ -385,6 +389,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config_lifetime: Duration::from_secs(args.config_lifetime_hours.max(1) * 3600),
         portal_listen: args.portal_listen,
         portal_public_url: args.portal_public_url,
+        dashboard_behind_tls: args.dashboard_behind_tls,
         limits: isdf_controller::limits::Limits {
             max_poll_wait: Duration::from_secs(args.max_poll_wait_secs),
             poll_delay: Duration::from_secs(args.poll_delay_secs),
@@ -400,7 +405,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         url = app.api_url
     );
     println!(
-        "  Dashboard:     {}/  (the web dashboard arrives with the rollouts work; the API is complete)",
+        "  Dashboard:     {}/ui/  (log in with an operator token)",
         app.api_url
     );
     println!("  Device API:    {}", app.device_api_url);

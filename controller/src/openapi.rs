@@ -4,8 +4,8 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use crate::handlers::{
-    assignments, billing, blocks, customers, device_api, devices, enrollment, operators, purchases,
-    rollouts, services, sites, vpns, wireguard,
+    assignments, billing, blocks, customers, device_api, devices, enrollment, fleet, operators,
+    purchases, rollouts, services, sites, stream, vpns, wireguard,
 };
 
 #[derive(OpenApi)]
@@ -32,6 +32,7 @@ use crate::handlers::{
         wireguard::get, wireguard::rotate,
         rollouts::create, rollouts::list, rollouts::get, rollouts::history, rollouts::samples,
         rollouts::pause, rollouts::resume, rollouts::abort,
+        services::diff_revisions, operators::whoami, fleet::overview, stream::stream,
     ),
     components(schemas(
         crate::error::ErrorBody, crate::domain::FlowBlockSpec, crate::domain::FlowSpec,

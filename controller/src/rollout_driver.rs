@@ -20,6 +20,7 @@ use crate::db;
 use crate::db::audit::NewAuditEntry;
 use crate::db::rollouts::{NewRollout, RolloutRow, SampleRow};
 use crate::domain::{Labels, Selector};
+use crate::live::{LiveUpdates, Topic};
 use crate::reconcile::{Compiled, Reconciler, Resign};
 use crate::rollout::{judge, Counts, Verdict, WavePlan};
 
@@ -79,19 +80,26 @@ impl From<RolloutError> for crate::error::ApiError {
 pub struct Rollouts {
     pool: PgPool,
     reconciler: Arc<Reconciler>,
+    /// The dashboard hears of every committed change.
+    live: Arc<LiveUpdates>,
     wake: tokio::sync::Notify,
     /// Last counts written to `rollout_samples`, per rollout and wave.
     sampled: Mutex<HashMap<(Uuid, i32), [i32; 4]>>,
 }
 
 impl Rollouts {
-    pub fn new(pool: PgPool, reconciler: Arc<Reconciler>) -> Self {
+    pub fn new(pool: PgPool, reconciler: Arc<Reconciler>, live: Arc<LiveUpdates>) -> Self {
         Rollouts {
             pool,
             reconciler,
+            live,
             wake: tokio::sync::Notify::new(),
             sampled: Mutex::default(),
         }
+    }
+
+    fn changed(&self, id: Uuid) {
+        self.live.notify(Topic::Rollout(id));
     }
 
     /// Something a rollout watches happened (a status report): look soon.
@@ -251,6 +259,7 @@ impl Rollouts {
         let compiled = self.target_released(&mut tx, id).await?;
         tx.commit().await.context("committing a wave release")?;
         self.reconciler.publish(compiled);
+        self.changed(id);
         // The charts start from the release: everything pending.
         let counts = wave_counts(&self.pool, id).await?;
         self.sample(id, wave, &counts).await?;
@@ -290,6 +299,7 @@ impl Rollouts {
         db::rollouts::append_event(&mut *tx, id, "paused", Some(row.current_wave), actor, "")
             .await?;
         tx.commit().await.context("committing a pause")?;
+        self.changed(id);
         Ok(())
     }
 
@@ -302,6 +312,7 @@ impl Rollouts {
         db::rollouts::append_event(&mut *tx, id, "resumed", Some(row.current_wave), actor, "")
             .await?;
         tx.commit().await.context("committing a resume")?;
+        self.changed(id);
         self.nudge();
         Ok(())
     }
@@ -337,6 +348,7 @@ impl Rollouts {
             .await?;
         tx.commit().await.context("committing an abort")?;
         self.reconciler.publish(compiled);
+        self.changed(id);
         Ok(())
     }
 
@@ -502,6 +514,7 @@ impl Rollouts {
         db::rollouts::set_state(&mut *tx, id, "paused", Some(reason)).await?;
         db::rollouts::append_event(&mut *tx, id, "breach", Some(wave), CONTROLLER, reason).await?;
         tx.commit().await.context("committing a pause")?;
+        self.changed(id);
         tracing::warn!(rollout = %id, reason, "rollout paused itself");
         audit(
             &self.pool,
@@ -520,6 +533,7 @@ impl Rollouts {
         db::rollouts::set_state(&mut *tx, row.id, "completed", None).await?;
         db::rollouts::append_event(&mut *tx, row.id, "completed", None, CONTROLLER, "").await?;
         tx.commit().await.context("committing a completion")?;
+        self.changed(row.id);
         audit(
             &self.pool,
             row.id,
@@ -561,11 +575,15 @@ impl Rollouts {
                 }
             }
         }
+        if fresh.is_empty() {
+            return Ok(());
+        }
         for sample in fresh {
             db::rollouts::append_sample(&self.pool, id, &sample)
                 .await
                 .context("appending a progress sample")?;
         }
+        self.changed(id);
         Ok(())
     }
 

@@ -7,8 +7,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::authorize_and_audit;
 use crate::handlers::{
-    assignments, billing, blocks, customers, device_api, devices, enrollment, operators, portal,
-    purchases, rollouts, services, sites, vpns, wireguard,
+    assignments, billing, blocks, customers, dashboard, device_api, devices, enrollment, fleet,
+    operators, portal, purchases, rollouts, services, sites, stream, vpns, wireguard,
 };
 use crate::openapi;
 use crate::state::AppState;
@@ -63,6 +63,10 @@ pub fn operator_router(state: AppState) -> Router {
             get(services::get_revision),
         )
         .route(
+            "/api/v1/services/{id}/revisions/{revision}/diff/{other}",
+            get(services::diff_revisions),
+        )
+        .route(
             "/api/v1/assignments",
             post(assignments::create).get(assignments::list),
         )
@@ -91,6 +95,9 @@ pub fn operator_router(state: AppState) -> Router {
             axum::routing::delete(operators::revoke),
         )
         .route("/api/v1/audit", get(operators::audit))
+        .route("/api/v1/whoami", get(operators::whoami))
+        .route("/api/v1/fleet/overview", get(fleet::overview))
+        .route("/api/v1/stream", get(stream::stream))
         .route(
             "/api/v1/customers",
             post(customers::create).get(customers::list),
@@ -148,7 +155,16 @@ pub fn operator_router(state: AppState) -> Router {
             post(billing::webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
         )
         .route("/api/v1/openapi.json", get(openapi::serve))
-        .route("/", get(landing_page))
+        // The dashboard: static files and its login, outside the API
+        // middleware (the page then calls the API with its session).
+        .route("/", get(dashboard::to_dashboard))
+        .route("/ui", get(dashboard::to_dashboard))
+        .route("/ui/", get(dashboard::index))
+        .route("/ui/app.js", get(dashboard::app_js))
+        .route("/ui/app.css", get(dashboard::app_css))
+        .route("/ui/login", post(dashboard::login))
+        .route("/ui/logout", post(dashboard::logout))
+        .route("/ui/session", get(dashboard::session))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(OPERATOR_BODY_LIMIT))
@@ -182,18 +198,6 @@ pub fn device_router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))
         .with_state(state)
-}
-
-/// What the printed dashboard URL shows until the dashboard exists: where
-/// the API and its documentation are.
-async fn landing_page() -> axum::response::Html<&'static str> {
-    axum::response::Html(concat!(
-        "<!doctype html><meta charset=utf-8><title>iSDF controller</title>",
-        "<h1>iSDF controller</h1>",
-        "<p>Operator API: <a href=/api/v1/devices>/api/v1</a> (bearer token). ",
-        "OpenAPI document: <a href=/api/v1/openapi.json>/api/v1/openapi.json</a>.</p>",
-        "<p>The web dashboard arrives with rollouts; everything is available through the API.</p>",
-    ))
 }
 
 /// Largest enrollment request (a token and a CSR).

@@ -35,6 +35,11 @@ pub struct AppState {
     pub probes: Arc<crate::wireguard_facts::Probes>,
     /// Staged rollouts (start, pause, resume, abort; the driver loop).
     pub rollouts: Arc<crate::rollout_driver::Rollouts>,
+    /// Tells the dashboard's open pages what changed: call
+    /// `state.live.notify(Topic::...)` after committing a change.
+    pub live: Arc<crate::live::LiveUpdates>,
+    /// Dashboard sessions' settings and login limits.
+    pub dashboard: Arc<crate::sessions::Dashboard>,
 }
 
 /// The customer-facing portal: its signed links and how it takes payment.

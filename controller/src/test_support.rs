@@ -180,6 +180,7 @@ impl TestController {
             // The portal too: LAN hosts reach it where they reach the controller.
             portal_listen: std::net::SocketAddr::new(options.device_listen.ip(), 0),
             portal_public_url: None,
+            dashboard_behind_tls: false,
         };
         let app = Application::build(settings).await?;
         let operator_token = match app.initial_operator_token.clone() {

@@ -93,21 +93,78 @@ fn push_selector(q: &mut QueryBuilder<'_, Postgres>, selector: &Selector) {
     }
 }
 
-/// One page of devices ordered by name, after the name `after`.
+/// What a device list is narrowed to; every part is optional.
+#[derive(Debug, Default, Clone)]
+pub struct DeviceFilter<'a> {
+    pub selector: Option<&'a Selector>,
+    /// Case-insensitive substring of the name.
+    pub name_contains: Option<&'a str>,
+    /// `online`, `stale`, `never_reported` (see [`crate::db::fleet::state_sql`])
+    /// or `failing`.
+    pub state: Option<&'a str>,
+}
+
+/// A device with what its latest report says about it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceListRow {
+    #[sqlx(flatten)]
+    pub device: DeviceRow,
+    pub state: String,
+    pub failing: bool,
+    pub last_report_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub enforced_version: Option<i64>,
+    pub agent_version: Option<String>,
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE` pattern.
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One page of devices ordered by name, after the name `after`, with their
+/// state.
 pub async fn list(
     db: impl PgExecutor<'_>,
-    selector: Option<&Selector>,
+    filter: &DeviceFilter<'_>,
     after: Option<&str>,
     limit: i64,
-) -> Result<Vec<DeviceRow>, sqlx::Error> {
-    let mut q = QueryBuilder::new(
-        "SELECT id, name, labels, created_at, cert_not_after FROM devices WHERE true",
-    );
-    if let Some(s) = selector {
+) -> Result<Vec<DeviceListRow>, sqlx::Error> {
+    use crate::db::fleet::{state_sql, FAILING_SQL};
+    let mut q = QueryBuilder::new(format!(
+        "SELECT * FROM (SELECT d.id, d.name, d.labels, d.created_at, d.cert_not_after, \
+         {state} AS state, {FAILING_SQL} AS failing, s.received_at AS last_report_at, \
+         s.report ->> 'outcome' AS outcome, (s.report ->> 'enforced_version')::bigint AS enforced_version, \
+         s.report ->> 'agent_version' AS agent_version \
+         FROM devices d LEFT JOIN device_status s ON s.device_id = d.id WHERE true",
+        state = state_sql()
+    ));
+    if let Some(s) = filter.selector {
         push_selector(&mut q, s);
     }
+    if let Some(text) = filter.name_contains {
+        q.push(" AND d.name ILIKE ")
+            .push_bind(format!("%{}%", like_escape(text)));
+    }
     if let Some(after) = after {
-        q.push(" AND name > ").push_bind(after.to_owned());
+        q.push(" AND d.name > ").push_bind(after.to_owned());
+    }
+    q.push(") listed");
+    match filter.state {
+        Some("failing") => {
+            q.push(" WHERE failing");
+        }
+        Some(state) => {
+            q.push(" WHERE state = ").push_bind(state.to_owned());
+        }
+        None => {}
     }
     q.push(" ORDER BY name LIMIT ").push_bind(limit);
     q.build_query_as().fetch_all(db).await

@@ -134,6 +134,7 @@ pub async fn report_status(
     }
     tx.commit().await?;
     state.rollouts.nudge();
+    state.live.notify(crate::live::Topic::Device(id));
     if let Some(version) = report.enforced_version {
         state.cache.report_enforced(id, version);
         let keys = KeyKeeper {

@@ -36,6 +36,39 @@ pub struct DeviceView {
     pub created_at: DateTime<Utc>,
     /// When the device's client certificate expires; absent until it enrolls.
     pub certificate_expires_at: Option<DateTime<Utc>>,
+    /// What its latest status report says (in lists only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<DeviceHealth>,
+}
+
+/// A router's state as the dashboard shows it, from its latest report.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeviceHealth {
+    /// `online` (reported within the online window, 10 minutes),
+    /// `stale` (not since, or its config expired) or `never_reported`.
+    pub state: String,
+    /// The last outcome was `rolled_back` or `rejected`.
+    pub failing: bool,
+    pub last_report_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub enforced_version: Option<i64>,
+    pub agent_version: Option<String>,
+}
+
+impl From<db::devices::DeviceListRow> for DeviceView {
+    fn from(row: db::devices::DeviceListRow) -> Self {
+        DeviceView {
+            health: Some(DeviceHealth {
+                state: row.state,
+                failing: row.failing,
+                last_report_at: row.last_report_at,
+                outcome: row.outcome,
+                enforced_version: row.enforced_version,
+                agent_version: row.agent_version,
+            }),
+            ..row.device.into()
+        }
+    }
 }
 
 impl From<db::devices::DeviceRow> for DeviceView {
@@ -46,6 +79,7 @@ impl From<db::devices::DeviceRow> for DeviceView {
             labels: row.labels.0,
             created_at: row.created_at,
             certificate_expires_at: row.cert_not_after,
+            health: None,
         }
     }
 }
@@ -142,9 +176,16 @@ pub async fn create_enrollment_token(
 pub struct ListDevices {
     /// Label selector, e.g. `env=prod,region in (eu,us)`.
     pub selector: Option<String>,
+    /// Case-insensitive substring of the name.
+    pub q: Option<String>,
+    /// `online`, `stale`, `failing` or `never_reported`.
+    pub state: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
+
+/// The values of the device list's `state` filter.
+pub const DEVICE_STATES: [&str; 4] = ["online", "stale", "failing", "never_reported"];
 
 #[utoipa::path(get, path = "/api/v1/devices", params(ListDevices), tag = "devices",
     responses((status = 200, body = Page<DeviceView>), (status = 400, body = crate::error::ErrorBody)))]
@@ -159,22 +200,36 @@ pub async fn list(
         .map(Selector::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_selector", e))?;
+    if let Some(wanted) = query.state.as_deref() {
+        if !DEVICE_STATES.contains(&wanted) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("state must be one of {}", DEVICE_STATES.join(", ")),
+            ));
+        }
+    }
+    let name_contains = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    if name_contains.is_some_and(|q| q.len() > 64) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "q is longer than a device name (64)",
+        ));
+    }
     let paging = PageParams {
         limit: query.limit,
         cursor: query.cursor,
     };
     let limit = paging.limit()?;
-    let rows = db::devices::list(
-        &state.pool,
-        selector.as_ref(),
-        paging.after()?.as_deref(),
-        limit,
-    )
-    .await?;
+    let filter = db::devices::DeviceFilter {
+        selector: selector.as_ref(),
+        name_contains,
+        state: query.state.as_deref(),
+    };
+    let rows = db::devices::list(&state.pool, &filter, paging.after()?.as_deref(), limit).await?;
     Ok(Json(page(
         rows,
         limit,
-        |r| r.name.clone(),
+        |r| r.device.name.clone(),
         DeviceView::from,
     )))
 }

@@ -5,15 +5,18 @@ pub mod assignments;
 pub mod billing;
 pub mod blocks;
 pub mod customers;
+pub mod dashboard;
 pub mod device_api;
 pub mod devices;
 pub mod enrollment;
+pub mod fleet;
 pub mod operators;
 pub mod portal;
 pub mod purchases;
 pub mod rollouts;
 pub mod services;
 pub mod sites;
+pub mod stream;
 pub mod vpns;
 pub mod wireguard;
 

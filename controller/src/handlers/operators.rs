@@ -168,3 +168,21 @@ pub async fn audit(
         AuditEntryView::from,
     )))
 }
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    pub name: String,
+    /// `viewer`, `operator` or `admin`: the dashboard hides what the role
+    /// cannot do (the API refuses it anyway).
+    pub role: String,
+}
+
+/// The operator the credentials (bearer token or dashboard session) stand for.
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "operators",
+    responses((status = 200, body = WhoAmI), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn whoami(operator: Operator) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        name: operator.name,
+        role: operator.role.as_str().to_owned(),
+    })
+}

@@ -260,3 +260,31 @@ pub fn trusting_the_ca(
     .unwrap()
     .with_root_certificates(roots)
 }
+
+/// Posts a status report for `device` (over mutual TLS, as an agent does).
+pub async fn report_status(
+    device: &DeviceHandle,
+    sequence: u64,
+    outcome: &str,
+    enforced_version: Option<u64>,
+    agent_version: &str,
+) -> StatusCode {
+    device
+        .http
+        .post(device.url(isdf_api::paths::DEVICE_STATUS))
+        .json(&json!({
+            "sequence": sequence,
+            "enforced_version": enforced_version,
+            "enforced_digest": null,
+            "outcome": outcome,
+            "attempted_version": enforced_version,
+            "errors": [],
+            "counters": [{"rule_id": "r1", "packets": 10 * sequence, "bytes": 1000 * sequence}],
+            "backend": "nftables",
+            "agent_version": agent_version,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}

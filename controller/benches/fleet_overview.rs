@@ -1,0 +1,166 @@
+//! The dashboard's queries over a 10,000-router fleet in a real PostgreSQL:
+//! the fleet overview (one statement), and device-list pages with the
+//! dashboard's filters (name search, state, label selector; first page and
+//! the 50th page by keyset).
+//!
+//! Needs a PostgreSQL maintenance URL in `ISDF_TEST_DATABASE_URL` (the
+//! benchmark makes its own database from the migrated template, as the
+//! tests do). Run:
+//! `ISDF_TEST_DATABASE_URL=... cargo bench -p isdf-controller --bench fleet_overview`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use isdf_controller::db;
+use isdf_controller::domain::Selector;
+use sqlx::postgres::PgPoolOptions;
+
+const DEVICES: i64 = 10_000;
+
+/// 10,000 routers in one statement each: three models, 90 % reported
+/// (some an hour ago: stale; one in twenty rolled back), 10 % never.
+async fn fill(pool: &sqlx::PgPool) {
+    sqlx::query(
+        "INSERT INTO devices (id, name, labels)
+         SELECT gen_random_uuid(), 'router-' || lpad(n::text, 5, '0'),
+                jsonb_build_object('model', (ARRAY['ax3000','mt7621','rpi4'])[1 + n % 3],
+                                   'plan', CASE WHEN n % 2 = 0 THEN 'family' ELSE 'basic' END)
+         FROM generate_series(1, $1) AS n",
+    )
+    .bind(DEVICES)
+    .execute(pool)
+    .await
+    .expect("devices");
+    sqlx::query(
+        "INSERT INTO device_status (device_id, sequence, received_at, report)
+         SELECT id, 1,
+                now() - CASE WHEN n % 13 = 0 THEN interval '1 hour' ELSE interval '30 seconds' END,
+                jsonb_build_object(
+                    'sequence', 1, 'enforced_version', 3, 'enforced_digest', null,
+                    'outcome', CASE WHEN n % 20 = 5 THEN 'rolled_back' ELSE 'applied' END,
+                    'attempted_version', 3, 'errors', '[]'::jsonb,
+                    'counters', '[{\"rule_id\":\"r1\",\"packets\":1,\"bytes\":60}]'::jsonb,
+                    'backend', 'nftables',
+                    'agent_version', CASE WHEN n % 4 = 0 THEN '0.2.9' ELSE '0.3.0' END)
+         FROM (SELECT id, row_number() OVER (ORDER BY name) AS n FROM devices) d
+         WHERE n % 10 <> 0",
+    )
+    .execute(pool)
+    .await
+    .expect("status");
+    for table in ["devices", "device_status"] {
+        sqlx::query(&format!("ANALYZE {table}"))
+            .execute(pool)
+            .await
+            .expect("analyze");
+    }
+}
+
+/// The cursor after `pages - 1` pages of 50 (what the 50th page starts after).
+async fn cursor_before_page(
+    pool: &sqlx::PgPool,
+    filter: &db::devices::DeviceFilter<'_>,
+    pages: usize,
+) -> Option<String> {
+    let mut after: Option<String> = None;
+    for _ in 1..pages {
+        let rows = db::devices::list(pool, filter, after.as_deref(), 50)
+            .await
+            .unwrap();
+        after = rows.last().map(|r| r.device.name.clone());
+    }
+    after
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = runtime.block_on(async {
+        let url = isdf_controller::test_support::create_test_database()
+            .await
+            .expect("a test database (set ISDF_TEST_DATABASE_URL)");
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        fill(&pool).await;
+        eprintln!(
+            "filled {DEVICES} routers with reports in {:?}",
+            started.elapsed()
+        );
+        pool
+    });
+    let overview = runtime.block_on(db::fleet::overview(&pool)).unwrap();
+    eprintln!("overview: {:?}", overview.totals.0);
+
+    let mut group = c.benchmark_group("fleet_10k");
+    group.sample_size(30);
+    group.bench_function("overview", |b| {
+        b.iter(|| runtime.block_on(db::fleet::overview(&pool)).unwrap())
+    });
+    let selector = Selector::parse("model=ax3000").unwrap();
+    // (name, filter, whether it has 50 pages of 50)
+    let filters: [(&str, db::devices::DeviceFilter, bool); 5] = [
+        ("unfiltered", db::devices::DeviceFilter::default(), true),
+        (
+            "search `router-`",
+            db::devices::DeviceFilter {
+                name_contains: Some("router-"),
+                ..Default::default()
+            },
+            true,
+        ),
+        (
+            "state online",
+            db::devices::DeviceFilter {
+                state: Some("online"),
+                ..Default::default()
+            },
+            true,
+        ),
+        (
+            "state failing",
+            db::devices::DeviceFilter {
+                state: Some("failing"),
+                ..Default::default()
+            },
+            false,
+        ),
+        (
+            "model=ax3000 + online + search `9`",
+            db::devices::DeviceFilter {
+                selector: Some(&selector),
+                state: Some("online"),
+                name_contains: Some("9"),
+            },
+            false,
+        ),
+    ];
+    for (name, filter, deep) in &filters {
+        group.bench_function(format!("list page 1, {name}"), |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(db::devices::list(&pool, filter, None, 50))
+                    .unwrap()
+            })
+        });
+        if !deep {
+            continue;
+        }
+        let after = runtime.block_on(cursor_before_page(&pool, filter, 50));
+        assert!(after.is_some(), "{name} has 50 pages");
+        group.bench_function(format!("list page 50, {name}"), |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(db::devices::list(&pool, filter, after.as_deref(), 50))
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

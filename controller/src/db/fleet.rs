@@ -1,0 +1,88 @@
+//! The fleet as the dashboard sees it: each router's state derived from its
+//! latest status report, and the overview's counts, in one query.
+
+use std::time::Duration;
+
+use sqlx::types::Json;
+use sqlx::PgExecutor;
+
+/// A router whose latest report is younger than this is online.
+///
+/// Agents report after every change and send a heartbeat every 300 s when
+/// nothing changes (`heartbeat_secs` in the agent's settings), so the window
+/// is two heartbeats: one lost report does not make a router stale.
+pub const ONLINE_WINDOW: Duration = Duration::from_secs(600);
+
+/// SQL for a router's state over `devices d LEFT JOIN device_status s`:
+/// `never_reported`, `stale` (no report within [`ONLINE_WINDOW`], or the
+/// agent says its config expired), else `online`. Being `failing` (last
+/// outcome `rolled_back` or `rejected`) is orthogonal: see [`FAILING_SQL`].
+/// The window is a constant, written into the SQL.
+pub fn state_sql() -> String {
+    format!(
+        "CASE WHEN s.device_id IS NULL THEN 'never_reported' \
+         WHEN s.received_at < now() - make_interval(secs => {}) \
+           OR s.report ->> 'outcome' = 'stale' THEN 'stale' \
+         ELSE 'online' END",
+        ONLINE_WINDOW.as_secs()
+    )
+}
+
+/// SQL true when the router's last outcome was a failure.
+pub const FAILING_SQL: &str =
+    "coalesce(s.report ->> 'outcome' IN ('rolled_back', 'rejected'), false)";
+
+/// A value and how many routers have it.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
+pub struct Bucket {
+    pub value: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Totals {
+    pub devices: i64,
+    pub online: i64,
+    pub stale: i64,
+    pub failing: i64,
+    pub never_reported: i64,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct OverviewRow {
+    pub totals: Json<Totals>,
+    pub by_agent_version: Json<Vec<Bucket>>,
+    pub by_model: Json<Vec<Bucket>>,
+    pub generated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The whole overview in one statement: one scan of `devices` joined to
+/// `device_status` by primary key, aggregated three ways.
+#[tracing::instrument(skip(db))]
+pub async fn overview(db: impl PgExecutor<'_>) -> Result<OverviewRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "WITH fleet AS MATERIALIZED (
+             SELECT {state} AS state, {FAILING_SQL} AS failing,
+                    coalesce(d.labels ->> 'model', 'unknown') AS model,
+                    s.report ->> 'agent_version' AS agent_version
+             FROM devices d LEFT JOIN device_status s ON s.device_id = d.id)
+         SELECT
+           (SELECT json_build_object(
+               'devices', count(*),
+               'online', count(*) FILTER (WHERE state = 'online'),
+               'stale', count(*) FILTER (WHERE state = 'stale'),
+               'never_reported', count(*) FILTER (WHERE state = 'never_reported'),
+               'failing', count(*) FILTER (WHERE failing)) FROM fleet) AS totals,
+           (SELECT coalesce(json_agg(json_build_object('value', value, 'count', n)
+                                     ORDER BY n DESC, value), '[]')
+            FROM (SELECT agent_version AS value, count(*) AS n FROM fleet
+                  WHERE agent_version IS NOT NULL GROUP BY 1) v) AS by_agent_version,
+           (SELECT coalesce(json_agg(json_build_object('value', value, 'count', n)
+                                     ORDER BY n DESC, value), '[]')
+            FROM (SELECT model AS value, count(*) AS n FROM fleet GROUP BY 1) m) AS by_model,
+           now() AS generated_at",
+        state = state_sql()
+    ))
+    .fetch_one(db)
+    .await
+}
