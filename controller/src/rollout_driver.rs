@@ -408,7 +408,7 @@ impl Rollouts {
         if !ours {
             return Ok(());
         }
-        for id in db::rollouts::running_ids(&self.pool)
+        for id in db::rollouts::active_ids(&self.pool)
             .await
             .context("listing active rollouts")?
         {

@@ -36,20 +36,21 @@ pub struct Cli {
         long,
         env = "ISDF_SERVER",
         default_value = "http://127.0.0.1:8080",
-        global = true
+        global = true,
+        help_heading = "Global options"
     )]
     pub server: String,
     /// Operator bearer token.
-    #[arg(long, env = "ISDF_TOKEN", hide_env_values = true, global = true)]
+    #[arg(long, env = "ISDF_TOKEN", hide_env_values = true, global = true, help_heading = "Global options")]
     pub token: Option<String>,
     /// A file holding the operator token (wins over --token).
-    #[arg(long, env = "ISDF_TOKEN_FILE", global = true)]
+    #[arg(long, env = "ISDF_TOKEN_FILE", global = true, help_heading = "Global options")]
     pub token_file: Option<PathBuf>,
     /// PEM CA certificate(s) to trust for an HTTPS operator API.
-    #[arg(long, env = "ISDF_CA_FILE", global = true)]
+    #[arg(long, env = "ISDF_CA_FILE", global = true, help_heading = "Global options")]
     pub ca_file: Option<PathBuf>,
     /// Output format.
-    #[arg(short, long, value_enum, default_value = "table", global = true)]
+    #[arg(short, long, value_enum, default_value = "table", global = true, help_heading = "Global options")]
     pub output: Format,
     #[command(subcommand)]
     pub command: commands::Command,

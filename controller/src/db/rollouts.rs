@@ -8,9 +8,6 @@ use uuid::Uuid;
 
 use crate::rollout::Policy;
 
-/// States in which a rollout stages its assignment.
-pub const ACTIVE: [&str; 2] = ["running", "paused"];
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RolloutRow {
     pub id: Uuid,
@@ -198,8 +195,9 @@ pub async fn list(
     .await
 }
 
-/// Ids of the running rollouts (the driver's work list).
-pub async fn running_ids(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
+/// Ids of the active (running or paused) rollouts: the driver follows
+/// their progress; it advances only running ones.
+pub async fn active_ids(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM rollouts WHERE state IN ('running', 'paused') ORDER BY created_at",
     )
