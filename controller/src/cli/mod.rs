@@ -41,16 +41,39 @@ pub struct Cli {
     )]
     pub server: String,
     /// Operator bearer token.
-    #[arg(long, env = "ISDF_TOKEN", hide_env_values = true, global = true, help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "ISDF_TOKEN",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Global options"
+    )]
     pub token: Option<String>,
     /// A file holding the operator token (wins over --token).
-    #[arg(long, env = "ISDF_TOKEN_FILE", global = true, help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "ISDF_TOKEN_FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub token_file: Option<PathBuf>,
     /// PEM CA certificate(s) to trust for an HTTPS operator API.
-    #[arg(long, env = "ISDF_CA_FILE", global = true, help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "ISDF_CA_FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub ca_file: Option<PathBuf>,
     /// Output format.
-    #[arg(short, long, value_enum, default_value = "table", global = true, help_heading = "Global options")]
+    #[arg(
+        short,
+        long,
+        value_enum,
+        default_value = "table",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub output: Format,
     #[command(subcommand)]
     pub command: commands::Command,
