@@ -214,7 +214,7 @@ impl Rollouts {
         )
         .await?;
         tx.commit().await.context("committing the new rollout")?;
-        self.release(id, 0).await?;
+        self.advance(id, None).await?;
         self.nudge();
         Ok(id)
     }
@@ -245,24 +245,69 @@ impl Rollouts {
         Ok(revision)
     }
 
-    /// Releases `wave` if the rollout is still running, then recompiles its
-    /// routers and records the versions that carry the change.
-    async fn release(&self, id: Uuid, wave: i32) -> Result<(), RolloutError> {
-        let Some((mut tx, _)) = self.lock_running(id).await? else {
+    /// Moves a running rollout on, in one transaction under its row lock:
+    /// records the wave that passed (if any), then releases the next wave
+    /// (the canary when none passed yet) or, after the last, completes it.
+    /// A released wave's routers are recompiled in that same transaction,
+    /// so a wave shows as released exactly when their new configs are
+    /// stored.
+    async fn advance(&self, id: Uuid, passed: Option<Passed>) -> Result<(), RolloutError> {
+        let Some((mut tx, row)) = self.lock_running(id).await? else {
             return Ok(());
         };
-        db::rollouts::release_wave(&mut *tx, id, wave).await?;
-        db::rollouts::append_event(&mut *tx, id, "wave_released", Some(wave), CONTROLLER, "")
-            .await?;
-        // Released and recompiled in one transaction: a wave shows as
-        // released exactly when its routers' new configs are stored.
-        let compiled = self.target_released(&mut tx, id).await?;
-        tx.commit().await.context("committing a wave release")?;
+        let next = match &passed {
+            None => 0,
+            Some(p) => {
+                let healthy_since = p.healthy_since.or(Some(Utc::now()));
+                db::rollouts::set_wave_health(&mut *tx, id, p.wave, healthy_since, true).await?;
+                let c = p.counts;
+                let detail = format!(
+                    "{} applied, {} failed, {} offline of {}",
+                    c.applied, c.failed, c.offline, c.routers
+                );
+                db::rollouts::append_event(
+                    &mut *tx,
+                    id,
+                    "wave_passed",
+                    Some(p.wave),
+                    CONTROLLER,
+                    &detail,
+                )
+                .await?;
+                p.wave + 1
+            }
+        };
+        let completes = passed.as_ref().is_some_and(|p| p.last);
+        let compiled = if completes {
+            db::rollouts::set_state(&mut *tx, id, "completed", None).await?;
+            db::rollouts::append_event(&mut *tx, id, "completed", None, CONTROLLER, "").await?;
+            Compiled::default()
+        } else {
+            db::rollouts::release_wave(&mut *tx, id, next).await?;
+            db::rollouts::append_event(&mut *tx, id, "wave_released", Some(next), CONTROLLER, "")
+                .await?;
+            self.target_released(&mut tx, id).await?
+        };
+        tx.commit().await.context("committing a rollout step")?;
         self.reconciler.publish(compiled);
         self.changed(id);
-        // The charts start from the release: everything pending.
-        let counts = wave_counts(&self.pool, id).await?;
-        self.sample(id, wave, &counts).await?;
+        if completes {
+            audit(&self.pool, id, "rollout.complete", serde_json::Value::Null).await;
+            // Routers that came to match the selector during the rollout
+            // kept the previous revision until now.
+            let selector = Selector::parse(&row.selector)
+                .map_err(|e| anyhow::anyhow!("stored selector `{}`: {e}", row.selector))?;
+            self.reconciler.recompile_selected(&selector).await?;
+        } else {
+            if passed.is_some() {
+                let summary = serde_json::json!({"wave": next});
+                audit(&self.pool, id, "rollout.wave", summary).await;
+            }
+            // The charts start from the release: everything pending.
+            let counts = wave_counts(&self.pool, id).await?;
+            self.sample(id, next, &counts).await?;
+            self.nudge();
+        }
         Ok(())
     }
 
@@ -467,41 +512,13 @@ impl Rollouts {
             }
             Verdict::Breach(reason) => self.pause_on_breach(id, wave.wave, &reason).await?,
             Verdict::Pass => {
-                let next = wave.wave + 1;
-                let last = waves.len() as i32 - 1;
-                db::rollouts::set_wave_health(
-                    &self.pool,
-                    id,
-                    wave.wave,
-                    wave.healthy_since.or(Some(Utc::now())),
-                    true,
-                )
-                .await?;
-                db::rollouts::append_event(
-                    &self.pool,
-                    id,
-                    "wave_passed",
-                    Some(wave.wave),
-                    CONTROLLER,
-                    &format!(
-                        "{} applied, {} failed, {} offline of {}",
-                        current.applied, current.failed, current.offline, current.routers
-                    ),
-                )
-                .await?;
-                if wave.wave >= last {
-                    self.complete(&row).await?;
-                } else {
-                    self.release(id, next).await?;
-                    audit(
-                        &self.pool,
-                        id,
-                        "rollout.wave",
-                        serde_json::json!({"wave": next}),
-                    )
-                    .await;
-                    self.nudge();
-                }
+                let passed = Passed {
+                    wave: wave.wave,
+                    counts: current,
+                    healthy_since: wave.healthy_since,
+                    last: wave.wave + 1 >= waves.len() as i32,
+                };
+                self.advance(id, Some(passed)).await?;
             }
         }
         Ok(())
@@ -523,29 +540,6 @@ impl Rollouts {
             serde_json::json!({"reason": reason}),
         )
         .await;
-        Ok(())
-    }
-
-    async fn complete(&self, row: &RolloutRow) -> Result<(), RolloutError> {
-        let Some((mut tx, _)) = self.lock_running(row.id).await? else {
-            return Ok(());
-        };
-        db::rollouts::set_state(&mut *tx, row.id, "completed", None).await?;
-        db::rollouts::append_event(&mut *tx, row.id, "completed", None, CONTROLLER, "").await?;
-        tx.commit().await.context("committing a completion")?;
-        self.changed(row.id);
-        audit(
-            &self.pool,
-            row.id,
-            "rollout.complete",
-            serde_json::Value::Null,
-        )
-        .await;
-        // Routers that came to match the selector during the rollout kept
-        // the previous revision until now.
-        let selector = Selector::parse(&row.selector)
-            .map_err(|e| anyhow::anyhow!("stored selector `{}`: {e}", row.selector))?;
-        self.reconciler.recompile_selected(&selector).await?;
         Ok(())
     }
 
@@ -601,6 +595,15 @@ impl Rollouts {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// A wave the loop found passed.
+struct Passed {
+    wave: i32,
+    counts: Counts,
+    healthy_since: Option<chrono::DateTime<Utc>>,
+    /// The rollout's last wave: it completes.
+    last: bool,
 }
 
 fn in_progress(assignment: Uuid, active: Uuid) -> RolloutError {
