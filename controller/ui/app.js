@@ -559,10 +559,10 @@ async function rolloutsPage(gen) {
     const p = new URLSearchParams({ limit: "100" });
     if (stateFilter) p.set("state", stateFilter);
     const page = await get("/api/v1/rollouts?" + p);
-    list.replaceChildren(table(["Service", "Selector", "Revisions", "State", "Progress", { label: "Started", cls: "wide-only" }],
+    list.replaceChildren(table(["Service", { label: "Selector", cls: "wide-only" }, "Revisions", "State", "Progress", { label: "Started", cls: "wide-only" }],
       page.items.map((r) => h("tr", {},
         h("td", {}, h("a", { href: "#/rollouts/" + r.id }, r.service_name)),
-        h("td", { class: "mono" }, r.selector),
+        h("td", { class: "mono wide-only" }, r.selector),
         h("td", {}, `${r.from_revision ?? "new"} → ${r.to_revision}`),
         h("td", {}, badge(r.state)),
         h("td", { class: "progress-cell", title: countsText(r.totals) }, progressBar(r.totals), `${r.totals.applied}/${r.totals.routers} applied`,

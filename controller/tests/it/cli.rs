@@ -716,9 +716,10 @@ async fn cli_errors_have_codes_and_exit_codes() {
     );
 }
 
-/// A stand-in for `GET /api/v1/rollouts/{id}` as the rollout API's contract
-/// describes it (the API lands on main separately): answers `states` in
-/// turn, then the last one for ever. Returns its URL.
+/// A stand-in for `GET /api/v1/rollouts/{id}` that answers `states` in turn,
+/// then the last one for ever, so `--watch` meets every end state at once
+/// (the real API is driven in `cli_apply_stages_a_rollout_and_the_rollout_commands_follow_it`).
+/// Returns its URL.
 async fn rollout_stub(states: &[&'static str]) -> String {
     let states = Arc::new(Mutex::new(states.iter().copied().collect::<VecDeque<_>>()));
     let answer = move |axum::extract::Path(id): axum::extract::Path<String>| {

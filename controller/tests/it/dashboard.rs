@@ -699,7 +699,8 @@ async fn apply_all(h: &Harness, routers: &[(String, DeviceHandle)], sequence: &m
     *sequence += 1;
 }
 
-/// Screenshots of the main pages at laptop and phone widths. Written to
+/// Screenshots of the main pages (a rollout mid-way among them, see
+/// [`mid_rollout`]) at laptop and phone widths. Written to
 /// `ISDF_DASHBOARD_SCREENSHOTS` when set (scripts/dashboard-screenshots sets
 /// it to docs/screenshots), else to a temporary directory (the test then
 /// only checks every page renders).
