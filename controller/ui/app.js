@@ -444,8 +444,12 @@ async function servicePage(gen, id) {
   if (gen !== generation) return;
   const revs = revisions.items.map((r) => r.revision);
   const latest = revs[revs.length - 1];
-  const from = h("select", { id: "diff-from", "aria-label": "From revision" }, revs.map((r) => h("option", { value: r, selected: r === (latest > 1 ? latest - 1 : latest) }, "revision " + r)));
-  const to = h("select", { id: "diff-to", "aria-label": "To revision" }, revs.map((r) => h("option", { value: r, selected: r === latest }, "revision " + r)));
+  // #/services/{id}?from=1&to=2 (a rollout's page links here) picks the pair.
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const pick = (name, otherwise) => { const n = Number(params.get(name)); return revs.includes(n) ? n : otherwise; };
+  const fromRev = pick("from", latest > 1 ? latest - 1 : latest), toRev = pick("to", latest);
+  const from = h("select", { id: "diff-from", "aria-label": "From revision" }, revs.map((r) => h("option", { value: r, selected: r === fromRev }, "revision " + r)));
+  const to = h("select", { id: "diff-to", "aria-label": "To revision" }, revs.map((r) => h("option", { value: r, selected: r === toRev }, "revision " + r)));
   const out = h("div", { id: "diff-out" });
   const showDiff = async () => {
     try {
@@ -476,13 +480,19 @@ async function servicePage(gen, id) {
 
 // ---------------------------------------------------------------- rollouts
 
-const WAVE_PARTS = ["applied", "failed", "offline", "pending"];
+// A router of a rollout is, in its wave: applied, failed (rolled back or
+// refused the new config), offline (silent past the offline timeout),
+// pending (released, not yet reported) or waiting (its wave is not released
+// yet). Samples are taken of released waves only, so charts have no waiting.
+const CHART_PARTS = ["applied", "failed", "offline", "pending"];
+const WAVE_PARTS = [...CHART_PARTS, "waiting"];
 
 function progressBar(w) {
-  const bar = h("div", { class: "progress", role: "img", "aria-label": WAVE_PARTS.map((p) => `${w[p]} ${p}`).join(", ") });
+  const parts = WAVE_PARTS.filter((p) => (w[p] || 0) > 0);
+  const bar = h("div", { class: "progress", role: "img", "aria-label": parts.map((p) => `${w[p]} ${p}`).join(", ") || "no routers" });
   for (const part of WAVE_PARTS) {
-    const seg = h("span", { class: "c-" + part, title: `${w[part]} ${part}` });
-    seg.style.width = (w.routers ? (100 * w[part]) / w.routers : 0).toFixed(2) + "%";
+    const seg = h("span", { class: "c-" + part, title: `${w[part] || 0} ${part}` });
+    seg.style.width = (w.routers ? (100 * (w[part] || 0)) / w.routers : 0).toFixed(2) + "%";
     bar.append(seg);
   }
   return bar;
@@ -490,6 +500,20 @@ function progressBar(w) {
 
 function legend() {
   return h("div", { class: "legend" }, WAVE_PARTS.map((p) => h("span", {}, h("i", { class: "c-" + p }), p)));
+}
+
+/** "16 applied, 1 failed, 3 offline, 0 pending · 20 waiting for later waves · 40 routers" */
+function countsText(c) {
+  const released = `${c.applied} applied, ${c.failed} failed, ${c.offline} offline, ${c.pending} pending`;
+  return [released, c.waiting ? `${c.waiting} waiting for later waves` : null, `${c.routers} routers`].filter(Boolean).join(" · ");
+}
+
+/** A wave's state: passed, soaking (healthy, waiting out the soak), released or waiting. */
+function waveState(w) {
+  if (w.passed_at) return badge("passed", "completed");
+  if (w.healthy_since) return badge("soaking", "running");
+  if (w.released_at) return badge("released", "running");
+  return badge("waiting", "waiting");
 }
 
 /**
@@ -503,13 +527,13 @@ function waveChart(samples, routers, until) {
   if (!samples.length) return h("p", { class: "muted" }, "No samples yet.");
   const t0 = Date.parse(samples[0].at);
   const t1 = Math.max(until, Date.parse(samples[samples.length - 1].at), t0 + 1000);
-  const top = Math.max(1, routers, ...samples.map((x) => WAVE_PARTS.reduce((a, p) => a + x[p], 0)));
+  const top = Math.max(1, routers, ...samples.map((x) => CHART_PARTS.reduce((a, p) => a + x[p], 0)));
   const X = (t) => ((t - t0) / (t1 - t0)) * W;
   const Y = (v) => H - (v / top) * H;
   const end = (i) => (i + 1 < samples.length ? Date.parse(samples[i + 1].at) : t1);
   // Cumulative bands, bottom to top.
   let below = samples.map(() => 0);
-  for (const part of WAVE_PARTS) {
+  for (const part of CHART_PARTS) {
     const above = samples.map((x, i) => below[i] + x[part]);
     const pts = [];
     samples.forEach((x, i) => pts.push(`${X(Date.parse(x.at))},${Y(above[i])}`, `${X(end(i))},${Y(above[i])}`));
@@ -535,13 +559,14 @@ async function rolloutsPage(gen) {
     const p = new URLSearchParams({ limit: "100" });
     if (stateFilter) p.set("state", stateFilter);
     const page = await get("/api/v1/rollouts?" + p);
-    list.replaceChildren(table(["Service", "Selector", "Revisions", "State", "Progress", { label: "Started", cls: "wide-only" }],
+    list.replaceChildren(table(["Service", { label: "Selector", cls: "wide-only" }, "Revisions", "State", "Progress", { label: "Started", cls: "wide-only" }],
       page.items.map((r) => h("tr", {},
         h("td", {}, h("a", { href: "#/rollouts/" + r.id }, r.service_name)),
-        h("td", { class: "mono" }, r.selector),
+        h("td", { class: "mono wide-only" }, r.selector),
         h("td", {}, `${r.from_revision ?? "new"} → ${r.to_revision}`),
         h("td", {}, badge(r.state)),
-        h("td", {}, progressBar(r.totals), `${r.totals.applied}/${r.totals.routers}`),
+        h("td", { class: "progress-cell", title: countsText(r.totals) }, progressBar(r.totals), `${r.totals.applied}/${r.totals.routers} applied`,
+          r.totals.failed ? `, ${r.totals.failed} failed` : null, r.totals.waiting ? `, ${r.totals.waiting} waiting` : null),
         h("td", { class: "wide-only" }, when(r.created_at)))),
       { id: "rollout-table", empty: "No rollouts yet." }));
   };
@@ -600,8 +625,8 @@ async function rolloutPage(gen, id) {
   await page(gen, async () => {
     const [r, history, samples] = await Promise.all([
       get(`/api/v1/rollouts/${id}`),
-      get(`/api/v1/rollouts/${id}/history`).catch(() => ({ items: [] })),
-      get(`/api/v1/rollouts/${id}/samples`).catch(() => ({ items: [] })),
+      get(`/api/v1/rollouts/${id}/history`),
+      get(`/api/v1/rollouts/${id}/samples`),
     ]);
     const until = r.finished_at ? Date.parse(r.finished_at) : Date.now();
     const message = h("p", { class: "error", id: "rollout-action-error", role: "alert" });
@@ -617,24 +642,36 @@ async function rolloutPage(gen, id) {
       h("button", { id: "rollout-resume", class: "secondary", disabled: !operator || r.state !== "paused", onclick: act("resume"), title: operator ? null : "operators only" }, "Resume"),
       h("button", { id: "rollout-abort", class: "danger", disabled: !operator || finished, onclick: act("abort"), title: operator ? null : "operators only" }, "Abort"));
     const p = r.policy;
+    const from = r.from_revision;
+    const paused = r.state === "paused" ? h("div", { class: "callout bad", id: "pause-reason", role: "status" },
+      h("strong", {}, "Paused: "), r.pause_reason || "no reason given",
+      h("p", { class: "muted" }, "Nothing more is released. Resume goes on and accepts the failures seen so far; abort returns every released router to ",
+        from === null ? "no assignment" : `revision ${from}`, ".")) : null;
+    const diff = from === null
+      ? h("span", { class: "muted" }, "a new assignment")
+      : h("a", { id: "rollout-diff", href: `#/services/${r.service_id}?from=${from}&to=${r.to_revision}` }, `diff of revision ${from} → ${r.to_revision}`);
     return h("section", { id: "rollout" },
       h("p", {}, h("a", { href: "#/rollouts" }, "← Rollouts")),
-      h("h1", {}, `${r.service_name}: revision ${r.from_revision ?? "new"} → ${r.to_revision} `, h("span", { id: "rollout-state-badge" }, badge(r.state))),
-      r.pause_reason ? h("p", { class: "error", id: "pause-reason" }, "Paused: ", r.pause_reason) : null,
+      h("h1", {}, h("a", { href: "#/services/" + r.service_id }, r.service_name), `: revision ${from ?? "new"} → ${r.to_revision} `, h("span", { id: "rollout-state-badge" }, badge(r.state))),
+      paused,
       h("div", { class: "panel" },
-        h("p", {}, "Selector ", h("code", {}, r.selector), ` · by ${r.created_by} `, when(r.created_at),
-          ` · needs ${Math.round(p.min_applied_share * 100)}% applied, at most ${Math.round(p.max_failed_share * 100)}% failed, soak ${p.soak_secs} s, offline after ${p.offline_timeout_secs} s`),
-        h("p", { id: "rollout-totals" }, `${r.totals.applied} applied, ${r.totals.failed} failed, ${r.totals.offline} offline, ${r.totals.pending} pending of ${r.totals.routers}`),
-        progressBar(r.totals), operator ? buttons : null, message),
-      h("div", { class: "panel" }, h("h2", {}, "Waves"), legend(),
-        r.waves.map((w) => h("div", { class: "wave", id: "wave-" + w.index },
-          h("h3", {}, `Wave ${w.index}: ${w.label} `, w.passed_at ? badge("passed", "completed") : w.released_at ? badge("released", "running") : badge("waiting", "pending")),
-          h("p", { class: "muted" }, `${w.applied} applied · ${w.failed} failed · ${w.offline} offline · ${w.pending} pending · ${w.routers} routers`),
+        h("p", {}, "Selector ", h("code", {}, r.selector), " · ", diff, ` · by ${r.created_by} `, when(r.created_at)),
+        h("p", { class: "muted" }, `Each wave needs ${Math.round(p.min_applied_share * 100)}% applied (offline routers left out) and at most ${Math.round(p.max_failed_share * 100)}% failed for ${p.soak_secs} s; a router silent ${p.offline_timeout_secs} s after its wave's release counts as offline.`),
+        h("p", { id: "rollout-totals" }, countsText(r.totals)),
+        progressBar(r.totals), legend(), operator ? buttons : null, message),
+      h("div", { class: "panel" }, h("h2", {}, "Waves"),
+        r.waves.map((w) => h("div", { class: "wave" + (w.released_at ? "" : " unreleased"), id: "wave-" + w.index },
+          h("h3", {}, `Wave ${w.index}: ${w.label} `, waveState(w)),
+          h("p", { class: "muted counts" }, w.released_at
+            ? [`${w.applied} applied · ${w.failed} failed · ${w.offline} offline · ${w.pending} pending · ${w.routers} routers · released `, when(w.released_at)]
+            : `${w.waiting} waiting · ${w.routers} routers · released when wave ${w.index - 1} passes`),
           progressBar(w),
-          waveChart(samples.items.filter((x) => x.wave === w.index).sort((a, b) => Date.parse(a.at) - Date.parse(b.at)), w.routers, until)))),
+          w.released_at
+            ? waveChart(samples.items.filter((x) => x.wave === w.index).sort((a, b) => Date.parse(a.at) - Date.parse(b.at)), w.routers, until)
+            : null))),
       h("h2", {}, "History"),
       table(["When", "Event", "Wave", "By", "Detail"], history.items.map((e) =>
-        h("tr", {}, h("td", {}, when(e.at)), h("td", {}, badge(e.kind, "")), h("td", {}, e.wave ?? "—"), h("td", {}, e.actor), h("td", { class: "wrap" }, e.detail))),
+        h("tr", {}, h("td", {}, when(e.at)), h("td", {}, badge(e.kind, "")), h("td", {}, e.wave ?? "—"), h("td", {}, e.actor), h("td", { class: "wrap" }, e.detail || "—"))),
       { id: "rollout-history" }));
   // Routers' reports move the counts too (the rollout code also notifies).
   }, (c) => (c.topic === "rollout" && c.id === id) || c.topic === "device");

@@ -520,10 +520,10 @@ async fn cli_json_output_of_every_command_parses() {
     assert!(table.stdout.starts_with("NAME"), "{}", table.stdout);
 }
 
-/// Needs the whoami, fleet overview and revision diff endpoints, which
-/// other branches add: passes once they are merged.
+/// `whoami`, `fleet overview` and `services diff` answer JSON that parses,
+/// and the diff's text shows the changed port.
 #[tokio::test]
-async fn cli_json_unmerged_whoami_fleet_and_diff_parse() {
+async fn cli_whoami_fleet_overview_and_revision_diff() {
     let h = Harness::start().await;
     let ctl = Ctl::new(&h);
     ctl.ok(&["apply", "-f", &ctl.file("fleet.yaml", FLEET)])
@@ -542,10 +542,12 @@ async fn cli_json_unmerged_whoami_fleet_and_diff_parse() {
     assert!(text.stdout.contains("2323"), "{}", text.stdout);
 }
 
-/// Needs the rollout API (on main, not on this branch yet): passes once
-/// main is merged (checked on a trial merge).
+/// `apply` stages a new revision as a rollout (and applying it again
+/// changes nothing); the rollout commands answer JSON that parses; `rollout
+/// status --watch` exits 4 on a pause (with `--exit-on-pause`) and 3 on an
+/// aborted rollout; `rollouts create` starts one for a new assignment.
 #[tokio::test]
-async fn cli_json_unmerged_rollouts_parse() {
+async fn cli_apply_stages_a_rollout_and_the_rollout_commands_follow_it() {
     let h = Harness::start().await;
     let ctl = Ctl::new(&h);
     ctl.ok(&["apply", "-f", &ctl.file("fleet.yaml", FLEET)])
@@ -714,9 +716,10 @@ async fn cli_errors_have_codes_and_exit_codes() {
     );
 }
 
-/// A stand-in for `GET /api/v1/rollouts/{id}` as the rollout API's contract
-/// describes it (the API lands on main separately): answers `states` in
-/// turn, then the last one for ever. Returns its URL.
+/// A stand-in for `GET /api/v1/rollouts/{id}` that answers `states` in turn,
+/// then the last one for ever, so `--watch` meets every end state at once
+/// (the real API is driven in `cli_apply_stages_a_rollout_and_the_rollout_commands_follow_it`).
+/// Returns its URL.
 async fn rollout_stub(states: &[&'static str]) -> String {
     let states = Arc::new(Mutex::new(states.iter().copied().collect::<VecDeque<_>>()));
     let answer = move |axum::extract::Path(id): axum::extract::Path<String>| {

@@ -1,11 +1,14 @@
 //! The dashboard in a real headless Chromium against the real controller:
 //! login, the fleet overview, device search, a revision diff, the audit log,
-//! live updates, and (once the rollout API is merged) a rollout driven from
-//! the page. Screenshots for docs/screenshots come from here too
+//! live updates, and rollouts: one driven from the page, one mid-way as
+//! routers report. Screenshots for docs/screenshots come from here too
 //! (scripts/dashboard-screenshots).
 
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::{report_status, DeviceHandle, Harness};
 use crate::webdriver::Browser;
@@ -13,57 +16,288 @@ use crate::webdriver::Browser;
 const LAPTOP: (u32, u32) = (1366, 900);
 const PHONE: (u32, u32) = (390, 844);
 
-/// A small fleet: `n` routers named edge-00.., most reporting, a few failing,
-/// some never. The first `enrolled` enroll and report over mutual TLS (the
-/// enrollment listener admits 10 at once per address); the others' reports
-/// are written to the database as if received, some long ago (stale).
-/// Returns the enrolled ones' ids and handles.
-async fn fleet(h: &Harness, n: usize, enrolled: usize) -> Vec<(String, DeviceHandle)> {
+/// A router of the test fleet.
+struct Router {
+    id: String,
+    /// Enrolled: reports over mutual TLS. `None`: registered, never enrolled.
+    device: Option<DeviceHandle>,
+    /// Reports no more (never enrolled, or last heard of an hour ago).
+    silent: bool,
+    agent: &'static str,
+    sequence: u64,
+    /// The version it last applied.
+    enforced: Option<i64>,
+}
+
+impl Router {
+    /// Reports (over mutual TLS, as an agent does) that it applied its
+    /// current config, or tried it and rolled back / refused it.
+    async fn report(&mut self, h: &Harness, outcome: &str) {
+        let device = self.device.as_ref().expect("an enrolled router");
+        let version = h.config_version(&self.id).await;
+        if outcome == "applied" {
+            self.enforced = Some(version);
+        }
+        self.sequence += 1;
+        let n = self.sequence;
+        let r = device
+            .http
+            .post(device.url(isdf_api::paths::DEVICE_STATUS))
+            .json(&json!({
+                "sequence": n, "enforced_version": self.enforced, "enforced_digest": null,
+                "outcome": outcome, "attempted_version": version, "errors": [],
+                "counters": [{"rule_id": "flow-block/games/0", "packets": 120 * n, "bytes": 9000 * n}],
+                "backend": "nftables", "agent_version": self.agent,
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+}
+
+/// A small fleet: `n` routers named edge-00.., labelled by model, plan and
+/// region, most reporting over mutual TLS, a few failing, some never
+/// enrolled (never reported), and every eleventh last heard of an hour ago
+/// (stale: its report is written to the database as if received then).
+/// Routers enroll from a few loopback addresses (enrollment admits 10 at
+/// once per address).
+async fn fleet(h: &Harness, n: usize) -> Vec<Router> {
     let models = ["ax3000", "mt7621", "rpi4"];
-    let mut handles = Vec::new();
+    let mut routers = Vec::new();
+    let mut enrolled = 0;
     for i in 0..n {
         let name = format!("edge-{i:02}");
         let labels = json!({"model": models[i % 3], "plan": if i % 2 == 0 { "family" } else { "basic" }, "region": "eu"});
         let outcome = if i % 5 == 4 { "rolled_back" } else { "applied" };
         let agent = if i % 4 == 0 { "0.2.9" } else { "0.3.0" };
         if i % 7 == 6 {
-            h.register(&name, labels).await;
+            let (id, _) = h.register(&name, labels).await;
+            routers.push(Router {
+                id,
+                device: None,
+                silent: true,
+                agent,
+                sequence: 0,
+                enforced: None,
+            });
             continue;
         }
-        if handles.len() < enrolled {
-            let (id, device) = h.device(&name, labels).await;
-            let version = h.config_version(&id).await as u64;
-            assert_eq!(
-                report_status(&device, 1, outcome, Some(version), agent).await,
-                StatusCode::NO_CONTENT
-            );
-            handles.push((id, device));
-            continue;
+        let source = Ipv4Addr::new(127, 0, 0, 2 + (enrolled / 9) as u8);
+        enrolled += 1;
+        let (id, device) = h.device_from(source, &name, labels).await;
+        let mut router = Router {
+            id,
+            device: Some(device),
+            silent: false,
+            agent,
+            sequence: 0,
+            enforced: None,
+        };
+        if i % 11 == 10 {
+            let version = h.config_version(&router.id).await;
+            let report = json!({
+                "sequence": 1, "enforced_version": version, "enforced_digest": null,
+                "outcome": outcome, "attempted_version": version, "errors": [],
+                "counters": [{"rule_id": "flow-block/games/0", "packets": 120 * i, "bytes": 9000 * i}],
+                "backend": "nftables", "agent_version": agent,
+            });
+            for table in ["device_status", "device_status_history"] {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (device_id, sequence, report, received_at)
+                     VALUES ($1::uuid, 1, $2, now() - interval '1 hour')"
+                ))
+                .bind(&router.id)
+                .bind(&report)
+                .execute(&h.controller.state.pool)
+                .await
+                .unwrap();
+            }
+            router.silent = true;
+            router.sequence = 1;
+        } else {
+            router.report(h, outcome).await;
         }
-        let (id, _) = h.register(&name, labels).await;
-        let version = h.config_version(&id).await;
-        let report = json!({
-            "sequence": 1, "enforced_version": version, "enforced_digest": null,
-            "outcome": outcome, "attempted_version": version, "errors": [],
-            "counters": [{"rule_id": "flow-block/games/0", "packets": 120 * i, "bytes": 9000 * i}],
-            "backend": "nftables", "agent_version": agent,
-        });
-        // Every eleventh last reported an hour ago: stale.
-        let age_secs: f64 = if i % 11 == 10 { 3600.0 } else { 30.0 };
-        for table in ["device_status", "device_status_history"] {
-            sqlx::query(&format!(
-                "INSERT INTO {table} (device_id, sequence, report, received_at)
-                 VALUES ($1::uuid, 1, $2, now() - make_interval(secs => $3))"
-            ))
-            .bind(&id)
-            .bind(&report)
-            .bind(age_secs)
-            .execute(&h.controller.state.pool)
-            .await
-            .unwrap();
+        routers.push(router);
+    }
+    routers
+}
+
+/// 40 routers of [`fleet`] and a `games` flow block with two revisions,
+/// assigned at revision 1 to `region=eu` (all of them); the reporting
+/// routers report that config (a few refuse it). Returns the routers, the
+/// service id and the assignment id.
+async fn fleet_with_a_service(h: &Harness) -> (Vec<Router>, String, String) {
+    let mut routers = fleet(h, 40).await;
+    let service = h
+        .flow_block(
+            "games",
+            json!({"flows": [{"protocol": "udp", "dport": 27015}, {"protocol": "tcp", "dport": 3074}]}),
+        )
+        .await;
+    let r = h.post(
+        &format!("/api/v1/services/{service}/revisions"),
+        json!({"spec": {"flows": [{"protocol": "udp", "dport": 27016}, {"protocol": "tcp", "dport": 3074}, {"protocol": "udp", "dport": 3478}]}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = h
+        .post(
+            "/api/v1/assignments",
+            json!({"service_id": service, "revision": 1, "selector": "region=eu"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let assignment = r.body["id"].as_str().unwrap().to_owned();
+    // A second round of reports, so histories have more than one line.
+    for (i, router) in routers.iter_mut().enumerate() {
+        if !router.silent {
+            let outcome = if i % 9 == 8 { "rejected" } else { "applied" };
+            router.report(h, outcome).await;
         }
     }
-    handles
+    (routers, service, assignment)
+}
+
+/// A rollout mid-way, as [`mid_rollout`] leaves it.
+struct MidRollout {
+    id: String,
+    /// An enrolled router of wave 1 that has not reported (offline for now).
+    held_back: usize,
+}
+
+/// Waits (at most 30 s) until the rollout's view satisfies `done`.
+async fn wait_for_rollout(
+    h: &Harness,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = h.get(&format!("/api/v1/rollouts/{id}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        if done(&r.body) {
+            return r.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rollout never got to {what}: {:#}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The chart's steps a little apart: a pause for the picture, not a wait
+/// for anything.
+async fn chart_step() {
+    tokio::time::sleep(Duration::from_millis(700)).await;
+}
+
+/// Indices of the routers whose config moved past `before` (released).
+async fn moved(h: &Harness, routers: &[Router], before: &[i64]) -> Vec<usize> {
+    let mut released = Vec::new();
+    for (i, router) in routers.iter().enumerate() {
+        if h.config_version(&router.id).await > before[i] {
+            released.push(i);
+        }
+    }
+    released
+}
+
+/// Starts a rollout of revision 2 over the assignment (a 10% canary, then
+/// waves to 50% and 100%) and drives it mid-way with the routers' reports,
+/// in a few rounds: the canary applies and passes; in wave 1 one router
+/// rolls back (within the 10% allowed failures, but then fewer than 95%
+/// applied: the wave holds), one more is held back and the silent ones go
+/// offline after 4 s; wave 2 waits.
+async fn mid_rollout(h: &Harness, routers: &mut [Router], assignment: &str) -> MidRollout {
+    let mut before = Vec::new();
+    for router in routers.iter() {
+        before.push(h.config_version(&router.id).await);
+    }
+    let r = h
+        .post(
+            "/api/v1/rollouts",
+            json!({
+                "assignment_id": assignment, "revision": 2,
+                "canary": {"percent": 10}, "waves": [50, 100],
+                "min_applied_share": 0.95, "max_failed_share": 0.1,
+                "soak_secs": 1, "offline_timeout_secs": 4,
+            }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+
+    // The canary: half its routers apply, then the rest; it passes.
+    let canary = moved(h, routers, &before).await;
+    assert_eq!(canary.len(), 4, "10% of 40");
+    let reporting: Vec<usize> = canary
+        .iter()
+        .copied()
+        .filter(|&i| !routers[i].silent)
+        .collect();
+    let (first, rest) = reporting.split_at(reporting.len() / 2);
+    for &i in first {
+        routers[i].report(h, "applied").await;
+    }
+    let n = first.len();
+    wait_for_rollout(h, &id, "the first canaries applied", |r| {
+        r["waves"][0]["applied"] == n
+    })
+    .await;
+    chart_step().await;
+    for &i in rest {
+        routers[i].report(h, "applied").await;
+    }
+    wait_for_rollout(h, &id, "wave 1 released", |r| r["current_wave"] == 1).await;
+
+    // Wave 1, in three rounds.
+    let wave1: Vec<usize> = moved(h, routers, &before)
+        .await
+        .into_iter()
+        .filter(|i| !canary.contains(i))
+        .collect();
+    assert_eq!(wave1.len(), 16, "50% of 40, less the canary");
+    let reporting: Vec<usize> = wave1
+        .iter()
+        .copied()
+        .filter(|&i| !routers[i].silent)
+        .collect();
+    assert!(reporting.len() >= 4, "{reporting:?}");
+    let (failing, held_back, appliers) = (reporting[0], reporting[1], &reporting[2..]);
+    let third = appliers.len().div_ceil(3);
+    let mut applied = 0;
+    for (round, chunk) in appliers.chunks(third).enumerate() {
+        if round == 1 {
+            routers[failing].report(h, "rolled_back").await;
+        }
+        for &i in chunk {
+            routers[i].report(h, "applied").await;
+        }
+        applied += chunk.len();
+        let failed = usize::from(round >= 1);
+        wait_for_rollout(h, &id, "a round of reports counted", |r| {
+            r["waves"][1]["applied"] == applied && r["waves"][1]["failed"] == failed
+        })
+        .await;
+        chart_step().await;
+    }
+    let silent = wave1.len() - reporting.len() + 1;
+    wait_for_rollout(h, &id, "wave 1 mid-way, its silent routers offline", |r| {
+        let w = &r["waves"][1];
+        r["state"] == "running"
+            && r["current_wave"] == 1
+            && w["applied"] == appliers.len()
+            && w["failed"] == 1
+            && w["offline"] == silent
+            && w["pending"] == 0
+            && r["waves"][2]["waiting"] == 20
+    })
+    .await;
+    MidRollout { id, held_back }
 }
 
 async fn login(browser: &Browser, h: &Harness, token: &str) {
@@ -75,7 +309,7 @@ async fn login(browser: &Browser, h: &Harness, token: &str) {
 #[tokio::test]
 async fn dashboard_logs_in_and_shows_the_fleet_devices_diffs_and_audit() {
     let h = Harness::start().await;
-    fleet(&h, 8, 8).await;
+    fleet(&h, 8).await;
     let service = h
         .flow_block(
             "games",
@@ -195,8 +429,6 @@ async fn dashboard_logs_in_and_shows_the_fleet_devices_diffs_and_audit() {
 
 /// Drives a rollout from the page: start it with the form, watch the canary
 /// wave complete as routers report, pause and resume it, watch it complete.
-/// Needs the rollout API (docs: /work/notes/rollout-api.md, the lead's
-/// branch); fails until it is merged.
 #[tokio::test]
 async fn dashboard_rollout_start_pause_resume_complete() {
     let h = Harness::start().await;
@@ -235,9 +467,7 @@ async fn dashboard_rollout_start_pause_resume_complete() {
         .await;
     assert_eq!(
         shown, "running",
-        "starting a rollout from the form: the page shows {shown:?} \
-         (this test needs the rollout API: POST /api/v1/rollouts and the rest of \
-         /work/notes/rollout-api.md)"
+        "starting a rollout from the form: the page shows {shown:?}"
     );
     let rollout_id = browser
         .execute("return location.hash.split('/')[2];", json!([]))
@@ -259,6 +489,11 @@ async fn dashboard_rollout_start_pause_resume_complete() {
         .await;
     let view = h.get(&format!("/api/v1/rollouts/{rollout_id}")).await;
     assert_eq!(view.body["state"], "paused", "{}", view.body);
+    browser
+        .wait_text("#pause-reason", "who paused it", |t| {
+            t.contains("paused by initial-admin")
+        })
+        .await;
     browser.click("#rollout-resume").await;
     browser
         .wait_text("#rollout-state-badge", "running again", |t| {
@@ -295,104 +530,151 @@ async fn dashboard_rollout_start_pause_resume_complete() {
     browser.quit().await;
 }
 
-/// Replaces the page's `fetch` for `/api/v1/rollouts...` with answers shaped
-/// as /work/notes/rollout-api.md says (a rollout of 40 routers in three waves,
-/// the second one half done; pause/resume/abort change its state), so the
-/// rollout pages can be checked and pictured before that API is merged.
-const ROLLOUT_STUB: &str = r#"
-const id = "7d4f7c1e-2a41-4c55-9a0e-0b6f1f0c2d11";
-const t0 = Date.now() - 15 * 60 * 1000;
-const at = (s) => new Date(t0 + s * 1000).toISOString();
-const wave = (index, label, routers, applied, failed, offline, released, passed) => ({
-  index, label, routers, applied, failed, offline, pending: routers - applied - failed - offline,
-  released_at: released === null ? null : at(released), healthy_since: passed === null ? null : at(passed - 60),
-  passed_at: passed === null ? null : at(passed) });
-const view = { id, assignment_id: "5b0e4c2a-7d7e-4b8e-8a55-3c1f0e9d6a21", service_id: "1f2e3d4c-5b6a-4789-9abc-def012345678",
-  service_name: "games", selector: "region=eu", from_revision: 1, to_revision: 2, state: "running", pause_reason: null,
-  current_wave: 1,
-  policy: { min_applied_share: 0.9, max_failed_share: 0.05, soak_secs: 60, offline_timeout_secs: 600 },
-  waves: [wave(0, "canary 10%", 4, 4, 0, 0, 0, 180), wave(1, "50%", 16, 9, 1, 1, 240, null), wave(2, "100%", 20, 0, 0, 0, null, null)],
-  created_by: "initial-admin", created_at: at(0), updated_at: at(700), finished_at: null };
-const total = (k) => view.waves.reduce((a, w) => a + w[k], 0);
-const totals = () => ({ routers: total("routers"), pending: total("pending"), applied: total("applied"), failed: total("failed"), offline: total("offline") });
-const samples = [];
-for (let s = 0, a = 0; s <= 180; s += 30, a = Math.min(4, a + 1)) samples.push({ at: at(s), wave: 0, pending: 4 - a, applied: a, failed: 0, offline: 0 });
-[[240, 0, 0, 0], [300, 3, 0, 0], [360, 5, 1, 0], [480, 7, 1, 0], [600, 8, 1, 1], [700, 9, 1, 1]].forEach(([s, a, f, o]) =>
-  samples.push({ at: at(s), wave: 1, pending: 16 - a - f - o, applied: a, failed: f, offline: o }));
-const history = [
-  { at: at(0), kind: "created", wave: null, actor: "initial-admin", detail: "games 1 → 2 on region=eu, 40 routers" },
-  { at: at(0), kind: "wave_released", wave: 0, actor: "controller", detail: "canary 10%: 4 routers" },
-  { at: at(180), kind: "wave_passed", wave: 0, actor: "controller", detail: "4/4 applied for 60 s" },
-  { at: at(240), kind: "wave_released", wave: 1, actor: "controller", detail: "50%: 16 routers" } ];
-const json = (body, status) => Promise.resolve(new Response(JSON.stringify(body), { status: status || 200, headers: { "Content-Type": "application/json" } }));
-const real = window.fetch.bind(window);
-window.fetch = (url, init) => {
-  const path = String(url);
-  if (!path.startsWith("/api/v1/rollouts")) return real(url, init);
-  const method = (init && init.method) || "GET";
-  const verb = path.split("/")[5];
-  if (method === "POST" && verb) {
-    const next = { pause: ["running", "paused"], resume: ["paused", "running"], abort: [null, "aborted"] }[verb];
-    if (next[0] && view.state !== next[0]) return json({ error: { code: "rollout_not_" + next[0], message: "not " + next[0] } }, 409);
-    view.state = next[1];
-    view.pause_reason = verb === "pause" ? null : view.pause_reason;
-    history.push({ at: new Date().toISOString(), kind: verb === "pause" ? "paused" : verb === "resume" ? "resumed" : "aborted", wave: null, actor: "initial-admin", detail: "" });
-    return json({ ...view, totals: totals() });
-  }
-  if (path.includes("/history")) return json({ items: history });
-  if (path.includes("/samples")) return json({ items: samples });
-  if (path.startsWith("/api/v1/rollouts/")) return json({ ...view, totals: totals() });
-  return json({ items: [{ ...view, totals: totals() }], next_cursor: null });
-};
-return id;
-"#;
-
-/// The rollout pages against the API contract (answers stubbed in the page,
-/// see [`ROLLOUT_STUB`]): waves with progress bars and charts, the history,
-/// and the buttons enabled by state.
+/// The rollout pages on a real rollout mid-way (see [`mid_rollout`]): the
+/// list; the rollout's totals with the routers still waiting apart, each
+/// wave's state, counts and chart, the link to the revision diff, the
+/// history with who did what; then a breach pauses it and the page says why.
 #[tokio::test]
-async fn dashboard_rollout_pages_render_the_contract() {
+async fn dashboard_rollout_pages_show_a_rollout_mid_way() {
     let h = Harness::start().await;
+    let (mut routers, service, assignment) = fleet_with_a_service(&h).await;
+    let mid = mid_rollout(&h, &mut routers, &assignment).await;
+    let id = &mid.id;
+    // A later revision: the rollout's diff link still picks 1 → 2.
+    let r = h
+        .post(
+            &format!("/api/v1/services/{service}/revisions"),
+            json!({"spec": {"flows": [{"protocol": "udp", "dport": 9}]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let view = h.get(&format!("/api/v1/rollouts/{id}")).await.body;
+    let totals = &view["totals"];
+    let (applied, failed, offline, waiting) = (
+        &totals["applied"],
+        &totals["failed"],
+        &totals["offline"],
+        &totals["waiting"],
+    );
+    assert_eq!(waiting, 20, "{view:#}");
+
     let browser = Browser::start(LAPTOP.0, LAPTOP.1).await;
     login(&browser, &h, &h.controller.operator_token).await;
     browser.find("#count-devices").await;
-    let id = browser.execute(ROLLOUT_STUB, json!([])).await;
-    let id = id.as_str().unwrap();
+    browser.click("a[data-page=rollouts]").await;
+    let want = format!("{applied}/40 applied, 1 failed, 20 waiting");
+    let list = browser
+        .wait_text("#rollout-table tbody", "the rollout", |t| t.contains(&want))
+        .await;
+    for part in ["games", "region=eu", "1 → 2", "running"] {
+        assert!(list.contains(part), "{part}: {list}");
+    }
+
+    browser.click("#rollout-table a").await;
+    let want = format!(
+        "{applied} applied, {failed} failed, {offline} offline, 0 pending · \
+         20 waiting for later waves · 40 routers"
+    );
     browser
-        .execute("location.hash = '#/rollouts';", json!([]))
+        .wait_text("#rollout-totals", "the totals", |t| t == want)
         .await;
-    browser
-        .wait_text("#rollout-table", "the rollout", |t| {
-            t.contains("games") && t.contains("1 → 2") && t.contains("13/40")
-        })
-        .await;
-    browser
-        .execute(&format!("location.hash = '#/rollouts/{id}';"), json!([]))
-        .await;
-    let wave1 = browser
-        .wait_text("#wave-1", "the second wave", |t| t.contains("9 applied"))
-        .await;
+    let wave0 = browser.text("#wave-0").await;
     assert!(
-        wave1.contains("1 failed") && wave1.contains("1 offline") && wave1.contains("5 pending"),
+        wave0.contains("passed") && wave0.contains("4 routers"),
+        "{wave0}"
+    );
+    let w1 = &view["waves"][1];
+    let want = format!(
+        "{} applied · 1 failed · {} offline · 0 pending · 16 routers",
+        w1["applied"], w1["offline"]
+    );
+    let wave1 = browser.text("#wave-1").await;
+    assert!(
+        wave1.contains("released") && wave1.contains(&want),
         "{wave1}"
     );
+    let wave2 = browser.text("#wave-2").await;
+    assert!(
+        wave2.contains("waiting") && wave2.contains("20 waiting · 20 routers"),
+        "{wave2}"
+    );
+    // Charts of the released waves (a band per state), none for the last.
     let charts = browser
         .execute(
             "return [0, 1, 2].map(i => document.querySelectorAll('#wave-' + i + ' svg polygon').length);",
             json!([]),
         )
         .await;
-    assert_eq!(
-        charts,
-        json!([4, 4, 0]),
-        "bands per wave (the third has no samples)"
-    );
+    assert_eq!(charts, json!([4, 4, 0]));
+    // Wave 1's chart has steps: several samples.
+    let samples = h.get(&format!("/api/v1/rollouts/{id}/samples")).await.body;
+    let wave1_samples = samples["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["wave"] == 1)
+        .count();
+    assert!(wave1_samples >= 4, "{samples:#}");
+    // The overall bar: half the fleet waiting, in its own band.
+    let widths = browser
+        .execute(
+            "const bar = document.querySelector('#rollout .panel .progress');
+             return ['applied', 'waiting'].map(p => bar.querySelector('.c-' + p).style.width);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(widths[1], "50%", "{widths}");
     let enabled = "return ['pause', 'resume', 'abort'].map(b => !document.getElementById('rollout-' + b).disabled);";
     assert_eq!(
         browser.execute(enabled, json!([])).await,
         json!([true, false, true])
     );
-    browser.click("#rollout-pause").await;
+
+    // The history, with who did what.
+    let history = h.get(&format!("/api/v1/rollouts/{id}/history")).await.body;
+    let shown = browser.text("#rollout-history").await;
+    let items = history["items"].as_array().unwrap();
+    assert!(items.len() >= 4, "{history:#}");
+    for e in items {
+        for field in ["kind", "actor", "detail"] {
+            let text = e[field].as_str().unwrap();
+            assert!(shown.contains(text), "{field} {text:?} not in {shown}");
+        }
+    }
+    assert!(
+        shown.contains("initial-admin") && shown.contains("controller"),
+        "{shown}"
+    );
+
+    // The diff link: revision 1 against 2, though 3 is the latest.
+    browser.click("#rollout-diff").await;
+    let diff = browser
+        .wait_text("#diff", "the rollout's change", |t| t.contains("27016"))
+        .await;
+    assert!(diff.contains("-      \"dport\": 27015"), "{diff}");
+    let picked = browser
+        .execute(
+            "return [document.getElementById('diff-from').value, document.getElementById('diff-to').value];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(picked, json!(["1", "2"]));
+
+    // The held-back router comes back and rolls back too: 2 of 16 failed,
+    // over the 10% allowed. The rollout pauses itself; the page says why.
+    browser
+        .goto(&format!("{}/ui/#/rollouts/{id}", h.controller.api_url))
+        .await;
+    browser.find("#wave-1").await;
+    routers[mid.held_back].report(&h, "rolled_back").await;
+    let reason = browser
+        .wait_text("#pause-reason", "the breach", |t| !t.is_empty())
+        .await;
+    assert!(
+        reason.contains("Paused: wave 1: 2 of 16 routers failed")
+            && reason.contains("> 10% allowed"),
+        "{reason}"
+    );
     browser
         .wait_text("#rollout-state-badge", "paused", |t| t == "paused")
         .await;
@@ -401,11 +683,9 @@ async fn dashboard_rollout_pages_render_the_contract() {
         json!([false, true, true])
     );
     browser
-        .wait_text("#rollout-history", "the pause", |t| t.contains("paused"))
-        .await;
-    browser.click("#rollout-resume").await;
-    browser
-        .wait_text("#rollout-state-badge", "running", |t| t == "running")
+        .wait_text("#rollout-history", "the breach", |t| {
+            t.contains("breach") && t.contains("2 of 16 routers failed")
+        })
         .await;
     browser.quit().await;
 }
@@ -419,7 +699,8 @@ async fn apply_all(h: &Harness, routers: &[(String, DeviceHandle)], sequence: &m
     *sequence += 1;
 }
 
-/// Screenshots of the main pages at laptop and phone widths. Written to
+/// Screenshots of the main pages (a rollout mid-way among them, see
+/// [`mid_rollout`]) at laptop and phone widths. Written to
 /// `ISDF_DASHBOARD_SCREENSHOTS` when set (scripts/dashboard-screenshots sets
 /// it to docs/screenshots), else to a temporary directory (the test then
 /// only checks every page renders).
@@ -431,61 +712,23 @@ async fn dashboard_screenshots_of_the_main_pages() {
     std::fs::create_dir_all(&dir).unwrap();
 
     let h = Harness::start().await;
-    let devices = fleet(&h, 40, 8).await;
-    let service = h
-        .flow_block(
-            "games",
-            json!({"flows": [{"protocol": "udp", "dport": 27015}, {"protocol": "tcp", "dport": 3074}]}),
-        )
-        .await;
-    h.post(
-        &format!("/api/v1/services/{service}/revisions"),
-        json!({"spec": {"flows": [{"protocol": "udp", "dport": 27016}, {"protocol": "tcp", "dport": 3074}, {"protocol": "udp", "dport": 3478}]}}),
-    )
-    .await;
-    let assigned = h.assign(&service, "plan=family").await;
-    assert!(assigned.status.is_success(), "{}", assigned.body);
-    // A second round of reports, so histories have more than one line.
-    for (i, (id, device)) in devices.iter().enumerate() {
-        let version = h.config_version(id).await as u64;
-        let outcome = if i % 9 == 8 { "rejected" } else { "applied" };
-        report_status(device, 2, outcome, Some(version), "0.3.0").await;
-    }
-    // A rollout when the API exists (the lead's branch); else those pages
-    // are skipped in the pictures.
-    let rollout = h
-        .post(
-            "/api/v1/rollouts",
-            json!({"service_id": service, "selector": "region=eu", "canary": {"percent": 10}, "waves": [50, 100], "soak_secs": 5}),
-        )
-        .await;
-    let rollout_id = (rollout.status == StatusCode::CREATED)
-        .then(|| rollout.body["id"].as_str().unwrap().to_owned());
-    if let Some(_id) = &rollout_id {
-        for (i, (id, device)) in devices.iter().enumerate().take(12) {
-            let version = h.config_version(id).await as u64;
-            let outcome = if i == 3 { "rolled_back" } else { "applied" };
-            report_status(device, 3, outcome, Some(version), "0.3.0").await;
-        }
-    }
+    let (mut routers, service, assignment) = fleet_with_a_service(&h).await;
+    let rollout = mid_rollout(&h, &mut routers, &assignment).await;
 
-    let device_id = &devices[1].0;
-    let mut pages: Vec<(&str, String, &str)> = vec![
+    let device_id = &routers[1].id;
+    let pages: Vec<(&str, String, &str)> = vec![
         ("fleet", "#/fleet".into(), "#count-online"),
         ("devices", "#/devices".into(), "#device-table"),
         ("device", format!("#/devices/{device_id}"), "#history-table"),
         ("service-diff", format!("#/services/{service}"), "#diff"),
+        ("rollouts", "#/rollouts".into(), "#rollout-table"),
+        (
+            "rollout",
+            format!("#/rollouts/{}", rollout.id),
+            "#wave-1 svg",
+        ),
         ("audit", "#/audit".into(), "#audit-table"),
     ];
-    // Without the rollout API (before the lead's branch is merged) the
-    // rollout pages are pictured with contract-shaped sample answers.
-    let stubbed = rollout_id.is_none();
-    let rollout_hash = match &rollout_id {
-        Some(id) => format!("#/rollouts/{id}"),
-        None => "#/rollouts/7d4f7c1e-2a41-4c55-9a0e-0b6f1f0c2d11".to_owned(),
-    };
-    pages.push(("rollouts", "#/rollouts".into(), "#rollout-table"));
-    pages.push(("rollout", rollout_hash, "#wave-0"));
     let browser = Browser::start(LAPTOP.0, LAPTOP.1).await;
     let mut written = Vec::new();
     for (size, (width, height)) in [("laptop", LAPTOP), ("phone", PHONE)] {
@@ -504,16 +747,9 @@ async fn dashboard_screenshots_of_the_main_pages() {
         browser.click("#login-button").await;
         browser.find("#count-online").await;
         for (name, hash, ready) in &pages {
-            if stubbed && name.starts_with("rollout") {
-                browser.execute(ROLLOUT_STUB, json!([])).await;
-                browser
-                    .execute(&format!("location.hash = '{hash}';"), json!([]))
-                    .await;
-            } else {
-                browser
-                    .goto(&format!("{}/ui/{hash}", h.controller.api_url))
-                    .await;
-            }
+            browser
+                .goto(&format!("{}/ui/{hash}", h.controller.api_url))
+                .await;
             browser.find(ready).await;
             // Let the live stream's first refresh settle (fonts, charts).
             browser

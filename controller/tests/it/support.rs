@@ -107,11 +107,43 @@ impl Harness {
         (key.serialize_pem(), csr)
     }
 
+    /// Registers and enrolls a device from another loopback address
+    /// (127.0.0.0/8): enrollment admits 10 at once per address, so a test
+    /// with a bigger fleet spreads its routers over a few.
+    pub async fn device_from(
+        &self,
+        source: std::net::Ipv4Addr,
+        name: &str,
+        labels: Value,
+    ) -> (String, DeviceHandle) {
+        assert!(source.is_loopback(), "{source} is not a loopback address");
+        let (id, token) = self.register(name, labels).await;
+        let tls = trusting_the_ca(&self.controller.ca_pem).with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .local_address(std::net::IpAddr::V4(source))
+            .build()
+            .unwrap();
+        let handle = self
+            .enroll_with(&client, &token)
+            .await
+            .unwrap_or_else(|r| panic!("enrollment: {} {}", r.status, r.body));
+        assert_eq!(handle.certificate.device_id, id);
+        (id, handle)
+    }
+
     /// Enrolls with `token` and a fresh key made here: a handle, or the refusal.
     pub async fn enroll(&self, token: &str) -> Result<DeviceHandle, Response> {
+        self.enroll_with(&self.device_http, token).await
+    }
+
+    async fn enroll_with(
+        &self,
+        client: &reqwest::Client,
+        token: &str,
+    ) -> Result<DeviceHandle, Response> {
         let (key_pem, csr) = self.csr();
-        let response = self
-            .device_http
+        let response = client
             .post(format!(
                 "{}{}",
                 self.controller.enrollment_url,

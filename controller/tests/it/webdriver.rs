@@ -199,14 +199,31 @@ impl Browser {
         }
     }
 
+    /// Clicks `css`. Live pages redraw: an element replaced between finding
+    /// and clicking it is found again (bounded).
     pub async fn click(&self, css: &str) {
-        let element = self.find(css).await;
-        self.command(
-            "POST",
-            &self.session_path(&format!("/element/{element}/click")),
-            json!({}),
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let element = self.find(css).await;
+            let path = self.session_path(&format!("/element/{element}/click"));
+            let response = self
+                .http
+                .post(format!("{}{path}", self.base))
+                .json(&json!({}))
+                .send()
+                .await
+                .expect("chromedriver answers");
+            let status = response.status();
+            let body: Value = response.json().await.expect("WebDriver JSON");
+            if status.is_success() {
+                return;
+            }
+            assert!(
+                body["value"]["error"] == "stale element reference"
+                    && tokio::time::Instant::now() < deadline,
+                "WebDriver POST {path}: {status} {body}"
+            );
+        }
     }
 
     /// Replaces the text of the input `css` with `text`, typed as a user would.
