@@ -44,6 +44,9 @@ async fn serve_echo(port: u16) {
 struct Session {
     last_echo: Arc<Mutex<Instant>>,
     stop: Arc<AtomicBool>,
+    /// Joined on drop: the thread holds the topology, whose namespaces are
+    /// deleted only when the last holder lets go (before the process exits).
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Session {
@@ -51,7 +54,7 @@ impl Session {
         let last_echo = Arc::new(Mutex::new(Instant::now()));
         let stop = Arc::new(AtomicBool::new(false));
         let (last, halt, topo) = (last_echo.clone(), stop.clone(), topo.clone());
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             topo.lan.enter(move || {
                 let mut stream =
                     TcpStream::connect_timeout(&wan(ECHO_PORT), Duration::from_secs(2)).unwrap();
@@ -68,7 +71,11 @@ impl Session {
                 }
             })
         });
-        Session { last_echo, stop }
+        Session {
+            last_echo,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn last_echo(&self) -> Instant {
@@ -79,6 +86,9 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
