@@ -222,6 +222,20 @@ impl Counts {
     }
 }
 
+/// Several waves' counts together (a rollout's totals).
+impl std::iter::Sum for Counts {
+    fn sum<I: Iterator<Item = Counts>>(waves: I) -> Counts {
+        waves.fold(Counts::default(), |t, w| Counts {
+            routers: t.routers + w.routers,
+            waiting: t.waiting + w.waiting,
+            pending: t.pending + w.pending,
+            applied: t.applied + w.applied,
+            failed: t.failed + w.failed,
+            offline: t.offline + w.offline,
+        })
+    }
+}
+
 /// What a released wave's counts mean now.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {

@@ -140,15 +140,7 @@ async fn view(state: &AppState, row: RolloutRow) -> ApiResult<RolloutView> {
             passed_at: w.passed_at,
         })
         .collect();
-    let totals = waves.iter().fold(Counts::default(), |mut t, w| {
-        t.routers += w.counts.routers;
-        t.waiting += w.counts.waiting;
-        t.pending += w.counts.pending;
-        t.applied += w.counts.applied;
-        t.failed += w.counts.failed;
-        t.offline += w.counts.offline;
-        t
-    });
+    let totals = counts.values().copied().sum();
     Ok(RolloutView {
         id: row.id,
         assignment_id: row.assignment_id,

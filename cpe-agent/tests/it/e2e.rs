@@ -43,31 +43,15 @@ impl AgentProcess {
     /// `wg` find tunnels by socket there, and every router of a test names
     /// its tunnel alike (separate machines in real life).
     pub(crate) fn start_with_own_run(router: &Netns, config: &Path, log: &Path) -> Self {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &router.name, "sh", "-c"])
             .arg(
                 "mkdir -p /run/wireguard && mount -t tmpfs -o mode=0700 isdf-wg /run/wireguard \
                  && exec \"$0\" \"$@\"",
             )
-            .arg(env!("CARGO_BIN_EXE_isdf-agent"))
-            .args(["run", "--config"])
-            .arg(config)
-            .args(["--backend", "nftables"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("starting the agent");
-        AgentProcess {
-            child,
-            log: log.to_owned(),
-        }
+            .arg(env!("CARGO_BIN_EXE_isdf-agent"));
+        Self::spawn(command, config, "nftables", log)
     }
 
     /// Runs a program in the agent's network and mount namespaces (where
@@ -89,24 +73,31 @@ impl AgentProcess {
         log: &Path,
         env: &[(&str, &Path)],
     ) -> Self {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args([
                 "netns",
                 "exec",
                 &router.name,
                 env!("CARGO_BIN_EXE_isdf-agent"),
-                "run",
-                "--config",
             ])
+            .envs(env.iter().copied());
+        Self::spawn(command, config, backend, log)
+    }
+
+    /// Runs `command` (which ends in the agent binary) with the agent's
+    /// arguments, its output appended to `log`.
+    fn spawn(mut command: Command, config: &Path, backend: &str, log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = command
+            .args(["run", "--config"])
             .arg(config)
             .args(["--backend", backend])
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
