@@ -5,9 +5,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
-use isdf_controller::compiler::{compile_firewall, CompiledAssignment};
-use isdf_controller::domain::{Labels, Selector, ServiceKind, ServiceSpec};
-use isdf_controller::signer::{ConfigSigner, FileSigner};
+use isdf_controller::model::{Labels, Selector};
+use isdf_controller::reconcile::signer::{ConfigSigner, FileSigner};
+use isdf_controller::services::compiler::{compile_firewall, CompiledAssignment};
+use isdf_controller::services::{ServiceKind, ServiceSpec};
 
 fn assignments(count: usize) -> Vec<CompiledAssignment> {
     (0..count)

@@ -10,7 +10,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use isdf_controller::db;
-use isdf_controller::domain::Selector;
+use isdf_controller::model::Selector;
 use sqlx::postgres::PgPoolOptions;
 
 const DEVICES: i64 = 10_000;

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use criterion::{criterion_group, criterion_main, Criterion};
 use ed25519_dalek::SigningKey;
 use isdf_api::{Prefix, WgKey};
-use isdf_controller::signer::{ConfigSigner, FileSigner};
+use isdf_controller::reconcile::signer::{ConfigSigner, FileSigner};
 use isdf_controller::vpn::{Plan, Site, SiteKeys, Topology, Vpn};
 use uuid::Uuid;
 

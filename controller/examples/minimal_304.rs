@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         .parse()?;
     let tls = match std::env::args().nth(2) {
         // The controller's own TLS setup: mutual TLS with its CA.
-        Some(data_dir) => isdf_controller::pki::Pki::load_or_create(
+        Some(data_dir) => isdf_controller::trust::pki::Pki::load_or_create(
             std::path::Path::new(&data_dir),
             &["localhost".to_owned()],
         )?

@@ -12,15 +12,16 @@ use axum_server::tls_rustls::RustlsConfig;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::auth::DeviceIdentityAcceptor;
-use crate::config_cache::ConfigCache;
-use crate::limits::{DeviceGate, EnrollmentGate, Limits};
+use crate::http::auth::DeviceIdentityAcceptor;
+use crate::http::limits::{DeviceGate, EnrollmentGate, Limits};
+use crate::reconcile::config_cache::ConfigCache;
 
-use crate::pki::Pki;
+use crate::db;
+use crate::http::routes;
+use crate::http::state::{AgentBootstrap, AppState};
+use crate::reconcile::signer::{ConfigSigner, FileSigner};
 use crate::reconcile::Reconciler;
-use crate::signer::{ConfigSigner, FileSigner};
-use crate::state::{AgentBootstrap, AppState};
-use crate::{db, routes};
+use crate::trust::pki::Pki;
 
 /// Everything the controller needs to start.
 #[derive(Debug, Clone)]
@@ -102,7 +103,7 @@ pub async fn bootstrap_operator_token(pool: &PgPool) -> anyhow::Result<Option<St
     let (_, token) = crate::handlers::operators::create_token(
         pool,
         "initial-admin",
-        crate::domain::Role::Admin,
+        crate::model::Role::Admin,
         "first start",
     )
     .await
@@ -129,9 +130,11 @@ impl Application {
             &settings.data_dir.join("signing-key.pem"),
         )?);
         let pki = Pki::load_or_create(&settings.data_dir, &settings.device_tls_names)?;
-        let billing_webhook_key_path = settings.data_dir.join(crate::billing_webhook::KEY_FILE);
+        let billing_webhook_key_path = settings
+            .data_dir
+            .join(crate::shop::billing_webhook::KEY_FILE);
         let billing_webhook_key =
-            crate::billing_webhook::WebhookKey::load_or_create(&billing_webhook_key_path)?;
+            crate::shop::billing_webhook::WebhookKey::load_or_create(&billing_webhook_key_path)?;
         let device_tls = pki.device_server_config()?;
         let enrollment_tls = pki.enrollment_server_config()?;
 
@@ -163,12 +166,12 @@ impl Application {
             .portal_public_url
             .clone()
             .unwrap_or_else(|| default_url("http", portal_addr));
-        let portal_links = crate::pay_per_site::PortalLinks::new(
+        let portal_links = crate::services::pay_per_site::PortalLinks::new(
             &portal_url,
-            crate::fs_util::load_or_create_secret(&settings.data_dir.join("portal.key"))?,
+            crate::trust::key_files::load_or_create_secret(&settings.data_dir.join("portal.key"))?,
         );
 
-        let live = Arc::new(crate::live::LiveUpdates::default());
+        let live = Arc::new(crate::http::live::LiveUpdates::default());
         let cache = Arc::new(ConfigCache::with_live(live.clone()));
         let reconciler = Arc::new(Reconciler {
             pool: pool.clone(),
@@ -186,8 +189,10 @@ impl Application {
         reconciler.refresh_expiring().await?;
 
         let signing_public_key_hex = hex::encode(signer.public_key().as_bytes());
-        let roots =
-            crate::roots::RootChain::load_or_create(&settings.data_dir, &signing_public_key_hex)?;
+        let roots = crate::trust::roots::RootChain::load_or_create(
+            &settings.data_dir,
+            &signing_public_key_hex,
+        )?;
         let resigned = reconciler.resign_other_keys().await?;
         if resigned.changed > 0 {
             tracing::info!(
@@ -195,7 +200,7 @@ impl Application {
                 "re-signed configs with the current signing key"
             );
         }
-        let rollouts = Arc::new(crate::rollout_driver::Rollouts::new(
+        let rollouts = Arc::new(crate::rollout::driver::Rollouts::new(
             pool.clone(),
             reconciler.clone(),
             live.clone(),
@@ -216,16 +221,16 @@ impl Application {
             enrollment_gate: Arc::new(EnrollmentGate::default()),
             device_cert_lifetime: settings.device_cert_lifetime,
             pki: Arc::new(pki),
-            portal: Arc::new(crate::state::Portal {
+            portal: Arc::new(crate::http::state::Portal {
                 links: portal_links,
-                payments: Arc::new(crate::payment::TestPaymentProvider),
+                payments: Arc::new(crate::shop::payment::TestPaymentProvider),
                 // Bursts of 5, then one a minute.
-                charges: crate::limits::RateLimiter::new(1.0 / 60.0, 5),
+                charges: crate::http::limits::RateLimiter::new(1.0 / 60.0, 5),
             }),
             billing_webhook_key: Arc::new(billing_webhook_key),
             probes: Arc::default(),
             live,
-            dashboard: Arc::new(crate::sessions::Dashboard::new(
+            dashboard: Arc::new(crate::http::sessions::Dashboard::new(
                 settings.api_tls || settings.dashboard_behind_tls,
             )),
         };
@@ -372,7 +377,7 @@ async fn refresh_loop(reconciler: Arc<Reconciler>) {
         } else {
             passes_checked = now;
         }
-        let keys = crate::wireguard_facts::KeyKeeper {
+        let keys = crate::vpn::keys::KeyKeeper {
             reconciler: &reconciler,
         };
         if let Err(e) = keys.switch_stalled().await {

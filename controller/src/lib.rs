@@ -1,42 +1,25 @@
 //! iSDF controller: the operator REST API, the pure compiler from services to
 //! per-router configs, the signer, and the device API that serves signed
 //! configs by long poll and takes status reports.
+//!
+//! One folder per concern (ARCHITECTURE.md maps them): `model` and
+//! `services` are pure; `reconcile`, `rollout`, `vpn` and `shop` act on the
+//! database; `http` and `handlers` are the HTTP edge; `db` holds every SQL
+//! statement; `trust` the keys and certificates; `cli` is `isdfctl`.
 
 pub mod app;
-pub mod auth;
-pub mod billing_webhook;
-pub mod bittorrent;
-pub mod catalog;
 pub mod cli;
-pub mod compiler;
-pub mod config_cache;
 pub mod db;
-pub mod domain;
-pub mod embedded_pg;
-pub mod error;
-pub mod fs_util;
 pub mod handlers;
-pub mod limits;
-pub mod live;
-pub mod openapi;
-pub mod pay_per_site;
-pub mod payment;
-pub mod pki;
-pub mod portal_page;
-pub mod purchases;
+pub mod http;
+pub mod model;
 pub mod reconcile;
 pub mod rollout;
-pub mod rollout_driver;
-pub mod roots;
-pub mod routes;
-pub mod secrets;
-pub mod sessions;
-pub mod signer;
-pub mod state;
+pub mod services;
+pub mod shop;
 #[doc(hidden)]
 pub mod test_support;
+pub mod trust;
 pub mod vpn;
-pub mod vpn_admin;
-pub mod wireguard_facts;
 
 pub use app::{Application, Settings};

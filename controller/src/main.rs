@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use isdf_controller::db;
-use isdf_controller::domain::Role;
-use isdf_controller::embedded_pg::EmbeddedPostgres;
+use isdf_controller::db::embedded_pg::EmbeddedPostgres;
+use isdf_controller::model::Role;
 use isdf_controller::{Application, Settings};
 
 #[derive(Parser)]
@@ -205,8 +205,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Token(command)) => runtime.block_on(token(cli.serve, command)),
         Some(Command::Root(command)) => root(&cli.serve, command),
         Some(Command::SigningKey(SigningKeyCommand::Generate { out })) => {
-            let key = isdf_controller::roots::generate_key(&out)?;
-            println!("{}", isdf_controller::roots::public_hex(&key));
+            let key = isdf_controller::trust::roots::generate_key(&out)?;
+            println!("{}", isdf_controller::trust::roots::public_hex(&key));
             Ok(())
         }
     }
@@ -228,12 +228,12 @@ async fn database(args: &ServeArgs) -> anyhow::Result<(String, Option<EmbeddedPo
     }
     let data_dir = resolve_data_dir(args)?;
     let pg = tokio::task::block_in_place(|| EmbeddedPostgres::start(&data_dir))?;
-    create_database_if_missing(&pg).await?;
+    pg.create_database_if_missing().await?;
     Ok((pg.database_url(), Some(pg)))
 }
 
 fn root(args: &ServeArgs, command: RootCommand) -> anyhow::Result<()> {
-    use isdf_controller::roots::{read_key, RootChain};
+    use isdf_controller::trust::roots::{read_key, RootChain};
     let data_dir = resolve_data_dir(args)?;
     match command {
         RootCommand::Rotate {
@@ -299,7 +299,7 @@ async fn token(args: ServeArgs, command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { name, role } => {
             let name =
-                isdf_controller::domain::parse_name(&name, "token").map_err(anyhow::Error::msg)?;
+                isdf_controller::model::parse_name(&name, "token").map_err(anyhow::Error::msg)?;
             let (row, token) =
                 isdf_controller::handlers::operators::create_token(&pool, &name, role, &actor)
                     .await?;
@@ -390,7 +390,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         portal_listen: args.portal_listen,
         portal_public_url: args.portal_public_url,
         dashboard_behind_tls: args.dashboard_behind_tls,
-        limits: isdf_controller::limits::Limits {
+        limits: isdf_controller::http::limits::Limits {
             max_poll_wait: Duration::from_secs(args.max_poll_wait_secs),
             poll_delay: Duration::from_secs(args.poll_delay_secs),
             device_requests_per_sec: args.device_rate,
@@ -429,25 +429,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(mut pg) = embedded {
         tokio::task::block_in_place(|| pg.stop())?;
         tracing::info!("stopped private PostgreSQL");
-    }
-    Ok(())
-}
-
-async fn create_database_if_missing(pg: &EmbeddedPostgres) -> anyhow::Result<()> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&pg.maintenance_url())
-        .await
-        .context("connecting to the private PostgreSQL")?;
-    let name = EmbeddedPostgres::database_name();
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut conn)
-            .await?;
     }
     Ok(())
 }

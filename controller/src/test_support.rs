@@ -9,6 +9,8 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 
+use crate::db;
+use crate::db::databases::DatabaseChange;
 use crate::{Application, Settings};
 
 /// Names the PostgreSQL maintenance URL the tests create their databases in.
@@ -39,7 +41,7 @@ fn with_database(url: &str, database: &str) -> String {
 /// The template's name changes whenever a migration does.
 fn template_name() -> String {
     let mut hasher = Sha256::new();
-    for migration in crate::db::MIGRATOR.iter() {
+    for migration in db::MIGRATOR.iter() {
         hasher.update(migration.version.to_le_bytes());
         hasher.update(&migration.checksum);
     }
@@ -54,64 +56,60 @@ pub async fn create_test_database() -> anyhow::Result<String> {
         .await
         .with_context(|| format!("connecting to {TEST_DATABASE_ENV}"))?;
     let template = template_name();
-    sqlx::query("SELECT pg_advisory_lock(7242)")
-        .execute(&mut admin)
-        .await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&template)
-            .fetch_one(&mut admin)
-            .await?;
-    if !exists {
+    db::locks::test_template(&mut admin).await?;
+    if !db::databases::exists(&mut admin, &template).await? {
         let building = format!("{template}_building");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {building}"))
-            .execute(&mut admin)
-            .await?;
-        sqlx::query(&format!("CREATE DATABASE {building}"))
-            .execute(&mut admin)
-            .await?;
+        db::databases::apply(&mut admin, DatabaseChange::DropIfExists(&building)).await?;
+        db::databases::apply(&mut admin, DatabaseChange::Create(&building)).await?;
         // One connection, closed explicitly: a pool may keep a session on the
         // template open, and a template with sessions cannot be renamed or cloned.
         let mut conn = PgConnection::connect(&with_database(&admin_url, &building)).await?;
-        crate::db::MIGRATOR
+        db::MIGRATOR
             .run(&mut conn)
             .await
             .context("migrating the template")?;
         conn.close().await?;
         run_while_busy(
             &mut admin,
-            &format!("ALTER DATABASE {building} RENAME TO {template}"),
+            DatabaseChange::Rename {
+                from: &building,
+                to: &template,
+            },
         )
         .await?;
     }
-    sqlx::query("SELECT pg_advisory_unlock(7242)")
-        .execute(&mut admin)
-        .await?;
+    db::locks::release_test_template(&mut admin).await?;
     let name = format!("isdf_test_{}", uuid::Uuid::new_v4().simple());
     // Cloning fails while another session is connected to the template
     // (briefly possible while it is being built).
     run_while_busy(
         &mut admin,
-        &format!("CREATE DATABASE {name} TEMPLATE {template}"),
+        DatabaseChange::CreateFromTemplate {
+            name: &name,
+            template: &template,
+        },
     )
     .await?;
     Ok(with_database(&admin_url, &name))
 }
 
-/// Runs `sql`, retrying a few times while PostgreSQL says the database is
-/// being accessed by other users.
-async fn run_while_busy(admin: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
+/// Applies `change`, retrying a few times while PostgreSQL says the database
+/// is being accessed by other users.
+async fn run_while_busy(
+    admin: &mut PgConnection,
+    change: DatabaseChange<'_>,
+) -> anyhow::Result<()> {
     // PostgreSQL itself waits up to 5 s for other sessions each time.
     for _ in 0..10 {
-        match sqlx::query(sql).execute(&mut *admin).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.to_string().contains("being accessed by other users") => {
+        match db::databases::apply(&mut *admin, change).await {
+            Ok(()) => return Ok(()),
+            Err(e) if db::databases::is_busy(&e) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(e).with_context(|| format!("running `{sql}`")),
+            Err(e) => return Err(e).with_context(|| format!("running `{change}`")),
         }
     }
-    bail!("`{sql}`: the database stayed busy")
+    bail!("`{change}`: the database stayed busy")
 }
 
 /// A running controller for tests.
@@ -126,7 +124,7 @@ pub struct TestController {
     pub signing_public_key_hex: String,
     pub data_dir: PathBuf,
     pub database_url: String,
-    pub state: crate::state::AppState,
+    pub state: crate::http::state::AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -137,7 +135,7 @@ pub struct TestControllerOptions {
     pub database_url: Option<String>,
     pub device_listen: std::net::SocketAddr,
     pub device_tls_names: Vec<String>,
-    pub limits: crate::limits::Limits,
+    pub limits: crate::http::limits::Limits,
     pub device_cert_lifetime: Duration,
     pub api_tls: bool,
 }
@@ -149,7 +147,7 @@ impl TestControllerOptions {
             database_url: None,
             device_listen: "127.0.0.1:0".parse().expect("literal"),
             device_tls_names: vec!["localhost".into(), "127.0.0.1".into()],
-            limits: crate::limits::Limits::default(),
+            limits: crate::http::limits::Limits::default(),
             device_cert_lifetime: Duration::from_secs(30 * 24 * 3600),
             api_tls: false,
         }
@@ -190,7 +188,7 @@ impl TestController {
                 let (_, token) = crate::handlers::operators::create_token(
                     &app.state.pool,
                     "test",
-                    crate::domain::Role::Admin,
+                    crate::model::Role::Admin,
                     "test",
                 )
                 .await?;

@@ -8,8 +8,9 @@
 //! `mark`: for kernels without nft's `queue` (classify rules mark packets
 //! for an iptables NFQUEUE rule instead; see `backend::nft::Queueing`).
 
-use isdf_controller::compiler::{compile_firewall, CompiledAssignment};
-use isdf_controller::domain::{Labels, Selector, ServiceKind, ServiceSpec};
+use isdf_controller::model::{Labels, Selector};
+use isdf_controller::services::compiler::{compile_firewall, CompiledAssignment};
+use isdf_controller::services::{ServiceKind, ServiceSpec};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -304,7 +304,7 @@ impl Applier<'_> {
 
     fn device(&mut self, doc: &DeviceDoc) -> Result<(), CliError> {
         let what = format!("device/{}", doc.name);
-        crate::domain::Labels::parse(doc.labels.clone()).map_err(|e| invalid(what.clone(), e))?;
+        crate::model::Labels::parse(doc.labels.clone()).map_err(|e| invalid(what.clone(), e))?;
         let Some(device) = self.find(&res::DEVICES, &doc.name)? else {
             let body = json!({"name": doc.name, "labels": doc.labels});
             self.mutate(Method::POST, res::DEVICES.path, Some(&body))?;
@@ -409,10 +409,10 @@ impl Applier<'_> {
             "currency": doc.currency, "passes": doc.passes,
         });
         let what = format!("site/{}", doc.name);
-        let parsed: crate::catalog::SiteInput =
+        let parsed: crate::services::pay_per_site::catalog::SiteInput =
             serde_json::from_value(input.clone()).map_err(|e| invalid(what.clone(), e))?;
-        let spec =
-            crate::catalog::SiteSpec::parse(&parsed).map_err(|e| invalid(what.clone(), e))?;
+        let spec = crate::services::pay_per_site::catalog::SiteSpec::parse(&parsed)
+            .map_err(|e| invalid(what.clone(), e))?;
         let normal = json!({
             "catalog": spec.catalog(),
             "name": spec.name().as_str(),
@@ -514,7 +514,7 @@ impl Applier<'_> {
     }
 
     fn assignment(&mut self, doc: &AssignmentDoc) -> Result<(), CliError> {
-        let selector = crate::domain::Selector::parse(&doc.selector)
+        let selector = crate::model::Selector::parse(&doc.selector)
             .map_err(|e| invalid(format!("assignment/{}:{}", doc.service, doc.selector), e))?;
         let selector = selector.as_str().to_owned();
         let name = format!("{}:{selector}", doc.service);
@@ -598,10 +598,10 @@ impl Applier<'_> {
         let mut members = BTreeMap::new();
         for member in &doc.members {
             let prefixes =
-                crate::vpn_admin::LanPrefixes::parse(&member.lan_prefixes, &member.device)
+                crate::vpn::addresses::LanPrefixes::parse(&member.lan_prefixes, &member.device)
                     .map_err(|e| {
-                        let (crate::vpn_admin::PrefixError::Invalid(m)
-                        | crate::vpn_admin::PrefixError::Count(m)) = e;
+                        let (crate::vpn::addresses::PrefixError::Invalid(m)
+                        | crate::vpn::addresses::PrefixError::Count(m)) = e;
                         invalid(what.clone(), m)
                     })?
                     .to_texts();
@@ -620,7 +620,7 @@ impl Applier<'_> {
         let pool = doc
             .pool
             .as_deref()
-            .map(|p| crate::vpn_admin::AddressPool::parse(p).map(|p| p.to_string()))
+            .map(|p| crate::vpn::addresses::AddressPool::parse(p).map(|p| p.to_string()))
             .transpose()
             .map_err(|e| invalid(what.clone(), e))?;
         let customer = self.reference(&res::CUSTOMERS, &doc.customer)?;

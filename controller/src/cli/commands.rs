@@ -12,7 +12,7 @@ use super::client::Paging;
 use super::output;
 use super::resources::{self as res, print_done, print_page, Resource};
 use super::{apply, rollout, CliError, Context};
-use crate::domain::Role;
+use crate::model::Role;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

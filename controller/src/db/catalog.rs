@@ -7,7 +7,7 @@ use sqlx::PgExecutor;
 
 use isdf_api::DomainPattern;
 
-use crate::catalog::{Pass, SiteSpec};
+use crate::services::pay_per_site::catalog::{Pass, SiteSpec};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SiteRow {

@@ -7,7 +7,7 @@ use sqlx::types::Json;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::domain::{Requirement, Selector};
+use crate::model::{Requirement, Selector};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeviceRow {
@@ -41,6 +41,16 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<DeviceRow>,
         .bind(id)
         .fetch_optional(db)
         .await
+}
+
+/// Locks a device's row until the transaction ends (serialises changes
+/// per device); false when there is no such device.
+pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query("SELECT id FROM devices WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(db)
+        .await
+        .map(|r| r.rows_affected() > 0)
 }
 
 pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {

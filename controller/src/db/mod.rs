@@ -1,5 +1,8 @@
-//! SQL, one module per table. Functions take an executor (pool, connection or
+//! SQL, one module per table (plus `locks.rs` for advisory locks and
+//! `databases.rs` for statements on the cluster): every SQL statement of the
+//! controller is here. Functions take an executor (pool, connection or
 //! transaction) and return `sqlx::Error`; callers add context.
+//! `embedded_pg.rs` runs the private PostgreSQL of the embedded default.
 //!
 //! Queries are checked at run time rather than with `query!`: the offline
 //! `.sqlx` data would have to be regenerated against a live database on every
@@ -12,10 +15,13 @@ pub mod blocks;
 pub mod catalog;
 pub mod configs;
 pub mod customers;
+pub mod databases;
 pub mod devices;
+pub mod embedded_pg;
 pub mod enrollment;
 pub mod events;
 pub mod fleet;
+pub mod locks;
 pub mod operators;
 pub mod purchases;
 pub mod rollouts;

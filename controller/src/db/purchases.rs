@@ -1,6 +1,6 @@
 //! `purchases`: passes households bought (or operators granted). A pass is
 //! in force from `starts_at` to `ends_at` unless cancelled. A household's
-//! passes for one site are kept contiguous (see `crate::purchases`), so the
+//! passes for one site are kept contiguous (see `crate::shop::purchases`), so the
 //! end of its access is the latest end among passes not ended.
 
 use chrono::{DateTime, Utc};

@@ -6,7 +6,7 @@ use sqlx::types::Json;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::rollout::Policy;
+use crate::rollout::plan::Policy;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RolloutRow {

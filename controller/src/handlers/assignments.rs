@@ -8,12 +8,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::Operator;
 use crate::db;
-use crate::domain::Selector;
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::handlers::{page, Page};
-use crate::state::AppState;
+use crate::http::auth::Operator;
+use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::http::state::AppState;
+use crate::model::Selector;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -102,7 +102,7 @@ async fn recompile_for(state: &AppState, selector: &str) -> ApiResult<Recompiled
 }
 
 #[utoipa::path(post, path = "/api/v1/assignments", request_body = CreateAssignment, tag = "assignments",
-    responses((status = 201, body = AssignmentView), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = AssignmentView), (status = 400, body = crate::http::error::ErrorBody)))]
 pub async fn create(
     _operator: Operator,
     State(state): State<AppState>,
@@ -162,7 +162,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/api/v1/assignments/{id}", tag = "assignments",
-    responses((status = 200, body = AssignmentView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = AssignmentView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get(
     _operator: Operator,
     State(state): State<AppState>,
@@ -175,7 +175,7 @@ pub async fn get(
 }
 
 #[utoipa::path(patch, path = "/api/v1/assignments/{id}", request_body = UpdateAssignment, tag = "assignments",
-    responses((status = 200, body = AssignmentView), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = AssignmentView), (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn update(
     _operator: Operator,
     State(state): State<AppState>,
@@ -195,7 +195,7 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/api/v1/assignments/{id}", tag = "assignments",
-    responses((status = 200, body = AssignmentView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = AssignmentView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn delete(
     _operator: Operator,
     State(state): State<AppState>,

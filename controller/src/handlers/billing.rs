@@ -1,6 +1,6 @@
 //! `POST /webhooks/v1/billing`: the billing system reports a payment for a
 //! pass. Outside the operator-token middleware: authenticated by an HMAC
-//! over the timestamp and the raw body (`crate::billing_webhook`), made
+//! over the timestamp and the raw body (`crate::shop::billing_webhook`), made
 //! idempotent by the payment id, and audited here (actor `billing-webhook`),
 //! whether accepted or refused.
 
@@ -13,14 +13,15 @@ use chrono::Utc;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::billing_webhook::SIGNATURE_HEADER;
-use crate::catalog::{parse_reference, Currency};
 use crate::db;
 use crate::db::audit::NewAuditEntry;
-use crate::error::{ApiError, ApiResult};
 use crate::handlers::purchases::PurchaseRecorded;
-use crate::purchases::{NewPurchase, PurchaseSource};
-use crate::state::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::state::AppState;
+use crate::model::parse_reference;
+use crate::services::pay_per_site::catalog::Currency;
+use crate::shop::billing_webhook::SIGNATURE_HEADER;
+use crate::shop::purchases::{NewPurchase, PurchaseSource};
 
 /// The route, on the operator listener.
 pub const PATH: &str = "/webhooks/v1/billing";
@@ -51,9 +52,9 @@ pub struct BillingPayment {
     security(()),
     params(("Isdf-Signature" = String, Header,
         description = "`t=<unix secs>,v1=<hex HMAC-SHA256(key, \"<t>.<raw body>\")>`; the key is `<data-dir>/billing-webhook.key`")),
-    responses((status = 201, body = PurchaseRecorded), (status = 400, body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = PurchaseRecorded), (status = 400, body = crate::http::error::ErrorBody),
+        (status = 401, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody)))]
 /// Records a payment reported by the billing system (signed like Stripe's
 /// webhooks). A payment id seen before is refused with `duplicate_payment`
 /// naming the purchase already recorded.
@@ -76,7 +77,7 @@ pub async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: By
     };
     // Only a signed body is kept: unauthenticated bytes never reach the log.
     let request = match verified {
-        Ok(()) => crate::auth::summarize(&body),
+        Ok(()) => crate::http::auth::summarize(&body),
         Err(_) => serde_json::json!({"unsigned_bytes": body.len()}),
     };
     let (status, target, summary) = match &result {
@@ -149,7 +150,7 @@ async fn record(state: &AppState, body: &[u8]) -> ApiResult<(StatusCode, Json<Pu
             ))
         }
     };
-    let recorded = crate::purchases::record(
+    let recorded = crate::shop::purchases::record(
         &state.pool,
         &state.reconciler,
         NewPurchase {

@@ -13,13 +13,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::Operator;
 use crate::db;
-use crate::domain::{BlockAction, FlowBlockSpec, FlowSpec};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::handlers::devices::find;
+use crate::http::auth::Operator;
+use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::http::state::AppState;
 use crate::reconcile::Resign;
-use crate::state::AppState;
+use crate::services::{BlockAction, FlowBlockSpec, FlowSpec};
 
 /// Most operator blocks in force on one router (each is a kernel set element).
 pub const MAX_ACTIVE_BLOCKS: i64 = 20_000;
@@ -84,8 +84,8 @@ pub struct BlocksCreated {
 }
 
 #[utoipa::path(post, path = "/api/v1/devices/{id}/blocks", request_body = CreateBlocks, tag = "blocks",
-    responses((status = 201, body = BlocksCreated), (status = 400, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = BlocksCreated), (status = 400, body = crate::http::error::ErrorBody),
+        (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 pub async fn create(
     operator: Operator,
     State(state): State<AppState>,
@@ -135,10 +135,7 @@ pub async fn create(
         .collect();
     let mut tx = state.pool.begin().await?;
     // Serialise creations per device so two calls cannot both pass the cap.
-    sqlx::query("SELECT id FROM devices WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    db::devices::lock(&mut *tx, id).await?;
     let active = db::blocks::count_active_operator_blocks(&mut *tx, id, now).await?;
     if active + new.len() as i64 > MAX_ACTIVE_BLOCKS {
         return Err(ApiError::conflict(
@@ -165,7 +162,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}/blocks", tag = "blocks",
-    responses((status = 200, body = Vec<BlockView>), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Vec<BlockView>), (status = 404, body = crate::http::error::ErrorBody)))]
 /// Blocks in force on the router (operator, local and detection), soonest to end first.
 pub async fn list(
     _operator: Operator,
@@ -181,7 +178,7 @@ pub async fn list(
 }
 
 #[utoipa::path(delete, path = "/api/v1/devices/{id}/blocks/{block_id}", tag = "blocks",
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Ends an operator block early. Router-side blocks end on the router.
 pub async fn delete(
     _operator: Operator,
@@ -249,7 +246,7 @@ pub struct EventsView {
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}/events", tag = "blocks", params(EventParams),
-    responses((status = 200, body = EventsView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = EventsView), (status = 404, body = crate::http::error::ErrorBody)))]
 /// The router's reported events (local blocks, detections) and their totals.
 pub async fn events(
     _operator: Operator,

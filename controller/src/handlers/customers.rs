@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::auth::Operator;
-use crate::catalog::{parse_reference, DisplayName};
 use crate::db;
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::handlers::purchases::PurchaseView;
 use crate::handlers::{page, Page, PageParams};
+use crate::http::auth::Operator;
+use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::http::state::AppState;
+use crate::model::{parse_reference, DisplayName};
 use crate::reconcile::Resign;
-use crate::state::AppState;
 
 /// Most routers named when creating a household.
 pub const MAX_DEVICES_AT_CREATION: usize = 1000;
@@ -140,8 +140,8 @@ async fn attach(
 }
 
 #[utoipa::path(post, path = "/api/v1/customers", request_body = CreateCustomer, tag = "customers",
-    responses((status = 201, body = CustomerDetail), (status = 400, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = CustomerDetail), (status = 400, body = crate::http::error::ErrorBody),
+        (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Creates a household, optionally with its routers.
 pub async fn create(
     _operator: Operator,
@@ -189,7 +189,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/api/v1/customers", params(PageParams), tag = "customers",
-    responses((status = 200, body = Page<CustomerView>), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Page<CustomerView>), (status = 400, body = crate::http::error::ErrorBody)))]
 /// Households by name.
 pub async fn list(
     _operator: Operator,
@@ -211,7 +211,7 @@ fn no_customer(id: Uuid) -> ApiError {
 }
 
 #[utoipa::path(get, path = "/api/v1/customers/{id}", tag = "customers",
-    responses((status = 200, body = CustomerDetail), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = CustomerDetail), (status = 404, body = crate::http::error::ErrorBody)))]
 /// A household with its routers and its passes in force.
 pub async fn get(
     _operator: Operator,
@@ -226,8 +226,8 @@ pub async fn get(
 }
 
 #[utoipa::path(put, path = "/api/v1/customers/{id}/devices/{device_id}", tag = "customers",
-    responses((status = 200, body = CustomerDetail), (status = 404, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = CustomerDetail), (status = 404, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody)))]
 /// Attaches a router to the household (nothing changes if it already is).
 pub async fn attach_device(
     _operator: Operator,
@@ -254,8 +254,8 @@ pub async fn attach_device(
 }
 
 #[utoipa::path(delete, path = "/api/v1/customers/{id}/devices/{device_id}", tag = "customers",
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody)))]
 /// Detaches a router from the household: it loses the household's passes.
 /// A member of one of the household's VPNs leaves the VPN first.
 pub async fn detach_device(
@@ -296,7 +296,7 @@ pub async fn detach_device(
 }
 
 #[utoipa::path(delete, path = "/api/v1/customers/{id}", tag = "customers",
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Deletes a household without passes in force (cancel them first) and
 /// without VPNs (delete them first): its routers are detached, its ended
 /// passes removed.

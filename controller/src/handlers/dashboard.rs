@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::db;
 use crate::db::audit::NewAuditEntry;
-use crate::error::{ApiError, ApiJson, ApiResult};
-use crate::secrets::hash_token;
-use crate::state::AppState;
+use crate::http::error::{ApiError, ApiJson, ApiResult};
+use crate::http::state::AppState;
+use crate::trust::tokens::hash_token;
 
 /// Only our own files: no inline scripts or styles, nothing from elsewhere,
 /// no framing.
@@ -173,7 +173,7 @@ async fn start_session(
         audit(state, None, "unknown", 401, peer_text).await;
         return Err(ApiError::Unauthorized);
     };
-    let (id, csrf, expires_at) = crate::sessions::start(&state.pool, operator.id).await?;
+    let (id, csrf, expires_at) = crate::http::sessions::start(&state.pool, operator.id).await?;
     audit(state, Some(operator.id), &operator.name, 200, peer_text).await;
     Ok((
         SessionView {
@@ -202,7 +202,7 @@ async fn audit(
         summary: serde_json::json!({ "peer": peer }),
     };
     match db::audit::append(&state.pool, &entry).await {
-        Ok(()) => state.live.notify(crate::live::Topic::Audit),
+        Ok(()) => state.live.notify(crate::http::live::Topic::Audit),
         Err(e) => tracing::error!(error = %e, actor, "could not append a login to the audit log"),
     }
 }
@@ -210,7 +210,7 @@ async fn audit(
 /// `GET /ui/session`: the current session (after a reload the page gets its
 /// CSRF token back here), or 401.
 pub async fn session(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    let session = crate::sessions::find(&state.pool, &headers)
+    let session = crate::http::sessions::find(&state.pool, &headers)
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let mut response = Json(SessionView {
@@ -229,17 +229,17 @@ pub async fn session(State(state): State<AppState>, headers: HeaderMap) -> ApiRe
 /// `POST /ui/logout` (with the CSRF header): ends the session and clears
 /// the cookie.
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    if let Some(session) = crate::sessions::find(&state.pool, &headers).await? {
+    if let Some(session) = crate::http::sessions::find(&state.pool, &headers).await? {
         if !session.csrf_matches(&headers) {
             return Err(ApiError::Refused {
                 code: "csrf",
                 message: format!(
                     "logging out needs the `{}` header",
-                    crate::sessions::CSRF_HEADER
+                    crate::http::sessions::CSRF_HEADER
                 ),
             });
         }
-        crate::sessions::end(&state.pool, &headers).await?;
+        crate::http::sessions::end(&state.pool, &headers).await?;
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     set_cookie(&mut response, &state.dashboard.expired_cookie());

@@ -10,12 +10,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use crate::auth::Device;
-use crate::config_cache::ServedConfig;
 use crate::db;
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
-use crate::state::AppState;
-use crate::wireguard_facts::{probe_targets, FactsError, KeyKeeper};
+use crate::http::auth::Device;
+use crate::http::error::{ApiError, ApiJson, ApiQuery, ApiResult};
+use crate::http::state::AppState;
+use crate::reconcile::config_cache::ServedConfig;
+use crate::vpn::keys::{FactsError, KeyKeeper};
+use crate::vpn::probes::probe_targets;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +43,7 @@ fn enforced_version(headers: &HeaderMap) -> ApiResult<u64> {
 }
 
 #[utoipa::path(get, path = "/device/v1/config", params(PollParams), tag = "device",
-    responses((status = 200, description = "A newer signed config (DSSE envelope)"), (status = 304, description = "No newer config within the wait"), (status = 401, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "A newer signed config (DSSE envelope)"), (status = 304, description = "No newer config within the wait"), (status = 401, body = crate::http::error::ErrorBody)))]
 pub async fn poll_config(
     Device(id): Device,
     State(state): State<AppState>,
@@ -113,7 +114,7 @@ fn not_modified(enforced: u64) -> Response {
 }
 
 #[utoipa::path(post, path = "/device/v1/status", tag = "device",
-    responses((status = 204), (status = 409, body = crate::error::ErrorBody, description = "Sequence not above the last one (replay or reorder)")))]
+    responses((status = 204), (status = 409, body = crate::http::error::ErrorBody, description = "Sequence not above the last one (replay or reorder)")))]
 pub async fn report_status(
     Device(id): Device,
     State(state): State<AppState>,
@@ -134,7 +135,7 @@ pub async fn report_status(
     }
     tx.commit().await?;
     state.rollouts.nudge();
-    state.live.notify(crate::live::Topic::Device(id));
+    state.live.notify(crate::http::live::Topic::Device(id));
     if let Some(version) = report.enforced_version {
         state.cache.report_enforced(id, version);
         let keys = KeyKeeper {
@@ -151,7 +152,7 @@ pub async fn report_status(
 }
 
 #[utoipa::path(post, path = "/device/v1/events", tag = "device",
-    responses((status = 200, description = "How many events were new"), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "How many events were new"), (status = 400, body = crate::http::error::ErrorBody)))]
 /// Events the router reports on its own (local blocks, detections). Each
 /// event is stored once per sequence number, so a resent batch changes
 /// nothing; router-side blocks appear in the device's block list.
@@ -243,7 +244,7 @@ pub async fn ping(Device(_): Device) -> Json<serde_json::Value> {
 }
 
 #[utoipa::path(post, path = "/device/v1/wireguard/probe", tag = "device",
-    responses((status = 200, description = "Where probes were sent"), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "Where probes were sent"), (status = 400, body = crate::http::error::ErrorBody)))]
 /// Sends one UDP datagram with its own nonce to the router's probe port at
 /// the address this request came from and at each WAN address it names.
 /// The router reports the nonce it received in its facts.
@@ -263,7 +264,7 @@ pub async fn probe(
 }
 
 #[utoipa::path(put, path = "/device/v1/wireguard/facts", tag = "device",
-    responses((status = 204), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 400, body = crate::http::error::ErrorBody)))]
 /// The router's WireGuard facts: the key it uses (and one made for a
 /// rotation), its port, WAN addresses, and the nonce of a probe it
 /// received. Routers sharing a VPN with it are recompiled when this

@@ -8,14 +8,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::Operator;
 use crate::db;
-use crate::domain::{parse_name, Labels, Selector};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::handlers::enrollment;
 use crate::handlers::{page, Page, PageParams};
+use crate::http::auth::Operator;
+use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::http::state::AppState;
+use crate::model::{parse_name, Labels, Selector};
 use crate::reconcile::Resign;
-use crate::state::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -98,7 +98,7 @@ pub struct DeviceCreated {
 }
 
 #[utoipa::path(post, path = "/api/v1/devices", request_body = CreateDevice, tag = "devices",
-    responses((status = 201, body = DeviceCreated), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = DeviceCreated), (status = 400, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 pub async fn create(
     operator: Operator,
     State(state): State<AppState>,
@@ -151,7 +151,7 @@ pub struct EnrollmentTokenCreated {
 /// A new enrollment token for an existing device: for a replaced router, or
 /// one that missed its certificate renewal.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/enrollment-token", request_body = CreateEnrollmentToken, tag = "devices",
-    responses((status = 201, body = EnrollmentTokenCreated), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = EnrollmentTokenCreated), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn create_enrollment_token(
     operator: Operator,
     State(state): State<AppState>,
@@ -188,7 +188,7 @@ pub struct ListDevices {
 pub const DEVICE_STATES: [&str; 4] = ["online", "stale", "failing", "never_reported"];
 
 #[utoipa::path(get, path = "/api/v1/devices", params(ListDevices), tag = "devices",
-    responses((status = 200, body = Page<DeviceView>), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Page<DeviceView>), (status = 400, body = crate::http::error::ErrorBody)))]
 pub async fn list(
     _operator: Operator,
     State(state): State<AppState>,
@@ -241,7 +241,7 @@ pub(crate) async fn find(state: &AppState, id: Uuid) -> ApiResult<db::devices::D
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
-    responses((status = 200, body = DeviceView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = DeviceView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get(
     _operator: Operator,
     State(state): State<AppState>,
@@ -251,8 +251,8 @@ pub async fn get(
 }
 
 #[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices",
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody)))]
 /// Deletes a router that is neither a VPN member nor a relay.
 pub async fn delete(
     _operator: Operator,
@@ -304,7 +304,7 @@ pub struct CompiledConfigView {
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}/config", tag = "devices",
-    responses((status = 200, body = CompiledConfigView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = CompiledConfigView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn config(
     _operator: Operator,
     State(state): State<AppState>,
@@ -349,7 +349,7 @@ impl From<db::status::StatusRow> for StatusView {
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}/status", tag = "devices",
-    responses((status = 200, body = StatusView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = StatusView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn status(
     _operator: Operator,
     State(state): State<AppState>,
@@ -363,7 +363,7 @@ pub async fn status(
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}/status/history", tag = "devices", params(PageParams),
-    responses((status = 200, body = Vec<StatusView>), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Vec<StatusView>), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn status_history(
     _operator: Operator,
     State(state): State<AppState>,

@@ -15,13 +15,13 @@ use isdf_api::enrollment::{DeviceCertificate, EnrollRequest, RenewRequest};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::{Device, Operator};
 use crate::db;
-use crate::domain::{parse_name, Labels};
-use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::http::auth::{Device, Operator};
+use crate::http::error::{ApiError, ApiJson, ApiResult};
+use crate::http::state::AppState;
+use crate::model::{parse_name, Labels};
 use crate::reconcile::Resign;
-use crate::secrets::{hash_token, new_token};
-use crate::state::AppState;
+use crate::trust::tokens::{hash_token, new_token};
 
 pub const ENROLLMENT_TOKEN_PREFIX: &str = "isdf_enr_";
 /// Default and longest lifetime of an enrollment token.
@@ -107,7 +107,7 @@ pub fn token_ttl(expires_in_secs: Option<u64>) -> ApiResult<Duration> {
 }
 
 #[utoipa::path(post, path = "/api/v1/enrollment-tokens", request_body = CreateEnrollmentTokens, tag = "enrollment",
-    responses((status = 201, body = EnrollmentTokensCreated), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = EnrollmentTokensCreated), (status = 400, body = crate::http::error::ErrorBody)))]
 pub async fn create_tokens(
     operator: Operator,
     State(state): State<AppState>,

@@ -5,11 +5,11 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::auth::Operator;
 use crate::db;
 use crate::db::fleet::Bucket;
-use crate::error::ApiResult;
-use crate::state::AppState;
+use crate::http::auth::Operator;
+use crate::http::error::ApiResult;
+use crate::http::state::AppState;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FleetOverview {

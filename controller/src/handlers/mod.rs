@@ -24,7 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// One page of a list, with the cursor of the next page if there is one.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -7,13 +7,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::Operator;
 use crate::db;
-use crate::domain::{parse_name, Role};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::handlers::{page, Page, PageParams};
-use crate::secrets::{hash_token, new_token, OPERATOR_TOKEN_PREFIX};
-use crate::state::AppState;
+use crate::http::auth::Operator;
+use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::http::state::AppState;
+use crate::model::{parse_name, Role};
+use crate::trust::tokens::{hash_token, new_token, OPERATOR_TOKEN_PREFIX};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -75,7 +75,7 @@ pub async fn create_token(
 }
 
 #[utoipa::path(post, path = "/api/v1/operator-tokens", request_body = CreateOperatorToken, tag = "operators",
-    responses((status = 201, body = OperatorTokenCreated), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = OperatorTokenCreated), (status = 403, body = crate::http::error::ErrorBody)))]
 pub async fn create(
     operator: Operator,
     State(state): State<AppState>,
@@ -93,7 +93,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/api/v1/operator-tokens", params(PageParams), tag = "operators",
-    responses((status = 200, body = Page<OperatorTokenView>), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Page<OperatorTokenView>), (status = 403, body = crate::http::error::ErrorBody)))]
 pub async fn list(
     _operator: Operator,
     State(state): State<AppState>,
@@ -111,7 +111,7 @@ pub async fn list(
 }
 
 #[utoipa::path(delete, path = "/api/v1/operator-tokens/{id}", tag = "operators",
-    responses((status = 200, body = OperatorTokenView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = OperatorTokenView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn revoke(
     _operator: Operator,
     State(state): State<AppState>,
@@ -179,7 +179,7 @@ pub struct WhoAmI {
 
 /// The operator the credentials (bearer token or dashboard session) stand for.
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "operators",
-    responses((status = 200, body = WhoAmI), (status = 401, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = WhoAmI), (status = 401, body = crate::http::error::ErrorBody)))]
 pub async fn whoami(operator: Operator) -> Json<WhoAmI> {
     Json(WhoAmI {
         name: operator.name,

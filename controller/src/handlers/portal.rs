@@ -19,10 +19,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::db;
-use crate::payment::{ChargeRequest, PaymentError};
-use crate::portal_page::{self, PassOffer, SitePage, WaitPage};
-use crate::purchases::{self, NewPurchase, PurchaseError, PurchaseSource};
-use crate::state::AppState;
+use crate::http::state::AppState;
+use crate::shop::payment::{ChargeRequest, PaymentError};
+use crate::shop::portal_page::{self, PassOffer, SitePage, WaitPage};
+use crate::shop::purchases::{self, NewPurchase, PurchaseError, PurchaseSource};
 
 /// Longest wait of one `open` request; the page asks again.
 const OPEN_WAIT: Duration = Duration::from_secs(20);
@@ -245,7 +245,8 @@ pub async fn buy(
             PaymentError::Declined(why) => PortalError::Declined(why),
             PaymentError::Unavailable(why) => PortalError::Unavailable(why),
         })?;
-    let currency = crate::catalog::Currency::parse(&site.currency).map_err(anyhow::Error::msg)?;
+    let currency = crate::services::pay_per_site::catalog::Currency::parse(&site.currency)
+        .map_err(anyhow::Error::msg)?;
     let recorded = purchases::record(
         &state.pool,
         &state.reconciler,

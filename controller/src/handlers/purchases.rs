@@ -1,5 +1,5 @@
 //! `/api/v1/purchases`: passes operators sell or grant, the list of passes,
-//! and cancelling (refunding) one. Writes go through `crate::purchases`.
+//! and cancelling (refunding) one. Writes go through `crate::shop::purchases`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,13 +8,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::Operator;
-use crate::catalog::Currency;
 use crate::db;
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::handlers::{page, Page, PageParams};
-use crate::purchases::{NewPurchase, PurchaseSource, RecordedPurchase};
-use crate::state::AppState;
+use crate::http::auth::Operator;
+use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::http::state::AppState;
+use crate::services::pay_per_site::catalog::Currency;
+use crate::shop::purchases::{NewPurchase, PurchaseSource, RecordedPurchase};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PurchaseView {
@@ -92,8 +92,8 @@ pub struct CreatePurchase {
 }
 
 #[utoipa::path(post, path = "/api/v1/purchases", request_body = CreatePurchase, tag = "purchases",
-    responses((status = 201, body = PurchaseRecorded), (status = 400, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = PurchaseRecorded), (status = 400, body = crate::http::error::ErrorBody),
+        (status = 404, body = crate::http::error::ErrorBody)))]
 /// Sells or grants a pass at its catalog price. A pass for a site the
 /// household already has starts when its access ends.
 pub async fn create(
@@ -105,7 +105,7 @@ pub async fn create(
         .await?
         .ok_or_else(|| ApiError::unknown("unknown_site", format!("no site {}", body.site_id)))?;
     let currency = Currency::parse(&site.currency).map_err(anyhow::Error::msg)?;
-    let recorded = crate::purchases::record(
+    let recorded = crate::shop::purchases::record(
         &state.pool,
         &state.reconciler,
         NewPurchase {
@@ -135,7 +135,7 @@ pub struct ListPurchases {
 }
 
 #[utoipa::path(get, path = "/api/v1/purchases", params(ListPurchases), tag = "purchases",
-    responses((status = 200, body = Page<PurchaseView>), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Page<PurchaseView>), (status = 400, body = crate::http::error::ErrorBody)))]
 /// Purchases, newest first.
 pub async fn list(
     _operator: Operator,
@@ -185,7 +185,7 @@ pub async fn list(
 }
 
 #[utoipa::path(delete, path = "/api/v1/purchases/{id}", tag = "purchases",
-    responses((status = 200, body = PurchaseRecorded), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = PurchaseRecorded), (status = 404, body = crate::http::error::ErrorBody)))]
 /// Cancels (refunds) a pass in force: it ends now, and the household's
 /// passes queued after it for the same site move forward.
 pub async fn cancel(
@@ -193,6 +193,6 @@ pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<PurchaseRecorded>> {
-    let cancelled = crate::purchases::cancel(&state.pool, &state.reconciler, id).await?;
+    let cancelled = crate::shop::purchases::cancel(&state.pool, &state.reconciler, id).await?;
     Ok(Json(cancelled.into()))
 }

@@ -8,15 +8,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::Operator;
 use crate::db;
 use crate::db::rollouts::RolloutRow;
-use crate::domain::Selector;
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::handlers::{Page, PageParams};
-use crate::rollout::{Canary, Counts, Policy, WavePlan};
-use crate::rollout_driver::{wave_counts, Target};
-use crate::state::AppState;
+use crate::http::auth::Operator;
+use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::http::state::AppState;
+use crate::model::Selector;
+use crate::rollout::driver::{wave_counts, Target};
+use crate::rollout::plan::{Canary, Counts, Policy, WavePlan};
 
 /// How the canary is chosen: routers matching a label selector, or a share.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -170,8 +170,8 @@ async fn view_of(state: &AppState, id: Uuid) -> ApiResult<Json<RolloutView>> {
 }
 
 #[utoipa::path(post, path = "/api/v1/rollouts", request_body = StartRollout, tag = "rollouts",
-    responses((status = 201, body = RolloutView), (status = 400, body = crate::error::ErrorBody),
-              (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = RolloutView), (status = 400, body = crate::http::error::ErrorBody),
+              (status = 409, body = crate::http::error::ErrorBody)))]
 /// Starts a rollout: the assignment changes now, its routers get the new
 /// revision wave by wave, the canary first.
 pub async fn create(
@@ -251,7 +251,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts",
-    responses((status = 200, body = RolloutView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = RolloutView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get(
     _operator: Operator,
     State(state): State<AppState>,
@@ -284,7 +284,7 @@ async fn exists(state: &AppState, id: Uuid) -> ApiResult<()> {
 }
 
 #[utoipa::path(get, path = "/api/v1/rollouts/{id}/history", tag = "rollouts",
-    responses((status = 200, body = Items<RolloutEvent>), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Items<RolloutEvent>), (status = 404, body = crate::http::error::ErrorBody)))]
 /// What happened, oldest first.
 pub async fn history(
     _operator: Operator,
@@ -317,7 +317,7 @@ pub struct ProgressSample {
 }
 
 #[utoipa::path(get, path = "/api/v1/rollouts/{id}/samples", tag = "rollouts",
-    responses((status = 200, body = Items<ProgressSample>), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Items<ProgressSample>), (status = 404, body = crate::http::error::ErrorBody)))]
 /// Each released wave's counts over time (a sample whenever they changed).
 pub async fn samples(
     _operator: Operator,
@@ -341,7 +341,7 @@ pub async fn samples(
 }
 
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", tag = "rollouts",
-    responses((status = 200, body = RolloutView), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = RolloutView), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Stops releasing waves; released routers keep the new revision.
 pub async fn pause(
     operator: Operator,
@@ -353,7 +353,7 @@ pub async fn pause(
 }
 
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", tag = "rollouts",
-    responses((status = 200, body = RolloutView), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = RolloutView), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Goes on; the current wave's failures so far are accepted.
 pub async fn resume(
     operator: Operator,
@@ -365,7 +365,7 @@ pub async fn resume(
 }
 
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", tag = "rollouts",
-    responses((status = 200, body = RolloutView), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = RolloutView), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Every router returns to the previous revision.
 pub async fn abort(
     operator: Operator,

@@ -7,12 +7,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::auth::Operator;
 use crate::db;
-use crate::domain::{parse_name, ServiceKind, ServiceSpec};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::handlers::{page, Page, PageParams};
-use crate::state::AppState;
+use crate::http::auth::Operator;
+use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::http::state::AppState;
+use crate::model::parse_name;
+use crate::services::{ServiceKind, ServiceSpec};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -85,7 +86,7 @@ fn check_spec(kind: ServiceKind, spec: &serde_json::Value) -> ApiResult<()> {
 }
 
 #[utoipa::path(post, path = "/api/v1/services", request_body = CreateService, tag = "services",
-    responses((status = 201, body = ServiceView), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = ServiceView), (status = 400, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 pub async fn create(
     _operator: Operator,
     State(state): State<AppState>,
@@ -132,7 +133,7 @@ pub(crate) async fn find(state: &AppState, id: Uuid) -> ApiResult<db::services::
 }
 
 #[utoipa::path(get, path = "/api/v1/services/{id}", tag = "services",
-    responses((status = 200, body = ServiceView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = ServiceView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get(
     _operator: Operator,
     State(state): State<AppState>,
@@ -149,7 +150,7 @@ pub struct CreateRevision {
 }
 
 #[utoipa::path(post, path = "/api/v1/services/{id}/revisions", request_body = CreateRevision, tag = "services",
-    responses((status = 201, body = RevisionView), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = RevisionView), (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn create_revision(
     _operator: Operator,
     State(state): State<AppState>,
@@ -167,7 +168,7 @@ pub async fn create_revision(
 }
 
 #[utoipa::path(get, path = "/api/v1/services/{id}/revisions", params(PageParams), tag = "services",
-    responses((status = 200, body = Page<RevisionView>), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Page<RevisionView>), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn list_revisions(
     _operator: Operator,
     State(state): State<AppState>,
@@ -187,7 +188,7 @@ pub async fn list_revisions(
 }
 
 #[utoipa::path(get, path = "/api/v1/services/{id}/revisions/{revision}", tag = "services",
-    responses((status = 200, body = RevisionView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = RevisionView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get_revision(
     _operator: Operator,
     State(state): State<AppState>,
@@ -210,7 +211,7 @@ pub struct RevisionDiff {
 
 /// The difference between two revisions of a service.
 #[utoipa::path(get, path = "/api/v1/services/{id}/revisions/{revision}/diff/{other}", tag = "services",
-    responses((status = 200, body = RevisionDiff), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = RevisionDiff), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn diff_revisions(
     _operator: Operator,
     State(state): State<AppState>,

@@ -10,13 +10,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use crate::auth::Operator;
-use crate::catalog::{first_overlap, parse_catalog, Pass, SiteInput, SiteSpec};
 use crate::db;
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::handlers::{page, Page};
+use crate::http::auth::Operator;
+use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::http::state::AppState;
 use crate::reconcile::Resign;
-use crate::state::AppState;
+use crate::services::pay_per_site::catalog::{
+    first_overlap, parse_catalog, Pass, SiteInput, SiteSpec,
+};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SiteView {
@@ -94,8 +96,8 @@ fn name_taken(e: sqlx::Error, spec: &SiteSpec) -> ApiError {
 }
 
 #[utoipa::path(post, path = "/api/v1/sites", request_body = SiteInput, tag = "catalog",
-    responses((status = 201, body = SiteView), (status = 400, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = SiteView), (status = 400, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody)))]
 /// Adds a site to a catalog.
 pub async fn create(
     _operator: Operator,
@@ -123,7 +125,7 @@ pub struct ListSites {
 }
 
 #[utoipa::path(get, path = "/api/v1/sites", params(ListSites), tag = "catalog",
-    responses((status = 200, body = Page<SiteView>), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Page<SiteView>), (status = 400, body = crate::http::error::ErrorBody)))]
 /// Sites by id, of one catalog or all.
 pub async fn list(
     _operator: Operator,
@@ -152,7 +154,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/api/v1/sites/{id}", tag = "catalog",
-    responses((status = 200, body = SiteView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = SiteView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get(
     _operator: Operator,
     State(state): State<AppState>,
@@ -165,8 +167,8 @@ pub async fn get(
 }
 
 #[utoipa::path(put, path = "/api/v1/sites/{id}", request_body = SiteInput, tag = "catalog",
-    responses((status = 200, body = SiteView), (status = 400, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = SiteView), (status = 400, body = crate::http::error::ErrorBody),
+        (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Replaces a site's description (it may move to another catalog). Passes
 /// already bought keep their duration and price.
 pub async fn update(
@@ -191,7 +193,7 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/api/v1/sites/{id}", tag = "catalog",
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Removes a site without passes in force (cancel them first); its ended
 /// passes go with it.
 pub async fn delete(

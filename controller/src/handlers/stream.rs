@@ -1,5 +1,5 @@
 //! `/api/v1/stream`: Server-Sent Events telling the dashboard what changed
-//! (see [`crate::live`]), so it refetches without reloading.
+//! (see [`crate::http::live`]), so it refetches without reloading.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -10,9 +10,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::auth::Operator;
-use crate::live::Change;
-use crate::state::AppState;
+use crate::http::auth::Operator;
+use crate::http::live::Change;
+use crate::http::state::AppState;
 
 /// At most one batch of events per this interval per connection: a fleet
 /// reporting at once must not make every open page refetch hundreds of
@@ -39,7 +39,7 @@ pub async fn stream(
 
 /// Collects changes and sends them in batches, until the client leaves.
 async fn forward(
-    mut updates: broadcast::Receiver<crate::live::Topic>,
+    mut updates: broadcast::Receiver<crate::http::live::Topic>,
     sender: mpsc::Sender<Event>,
 ) {
     loop {
@@ -52,7 +52,7 @@ async fn forward(
         let mut seen = HashSet::new();
         let mut lagged = false;
         let mut take =
-            |update: Result<crate::live::Topic, broadcast::error::RecvError>| match update {
+            |update: Result<crate::http::live::Topic, broadcast::error::RecvError>| match update {
                 Ok(topic) => {
                     let change = Change::from(topic);
                     if seen.insert(change.clone()) {

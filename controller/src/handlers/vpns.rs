@@ -7,7 +7,7 @@
 //! nothing. After the commit exactly the routers the change can touch are
 //! recompiled: the VPN's members and relay before the change and after it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use axum::extract::State;
@@ -18,18 +18,19 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use isdf_api::wireguard::first_overlap;
-use isdf_api::Prefix;
-
-use crate::auth::Operator;
-use crate::catalog::DisplayName;
 use crate::db;
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::handlers::{page, Page, PageParams};
+use crate::http::auth::Operator;
+use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::http::state::AppState;
+use crate::model::names::DisplayName;
 use crate::reconcile::Resign;
-use crate::state::AppState;
+use crate::vpn::addresses::{parse_tunnel_address, AddressPool, LanPrefixes};
+use crate::vpn::membership::{
+    admit, check_hub, check_prefixes, exhausted, hub_not_member, member_taken, parse_prefixes,
+    sorted_union, Admitted, Site,
+};
 use crate::vpn::Topology;
-use crate::vpn_admin::{parse_tunnel_address, AddressPool, LanPrefixes, PrefixError};
 
 /// Most members named when creating a VPN.
 pub const MAX_MEMBERS_AT_CREATION: usize = 1000;
@@ -171,35 +172,11 @@ fn pool_of(row: &db::vpns::VpnRow) -> ApiResult<AddressPool> {
         .map_err(|e| anyhow::anyhow!("stored address pool of VPN {}: {e}", row.id).into())
 }
 
-/// Each member's role in the controller's current plan for the VPN.
-async fn roles(
-    db: &mut PgConnection,
-    vpn: &db::vpns::VpnRow,
-) -> ApiResult<std::collections::BTreeMap<Uuid, crate::vpn::Role>> {
-    let sites = db::wireguard::members_of(&mut *db, &[vpn.id])
-        .await?
-        .iter()
-        .map(crate::reconcile::site_of)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let relay = db::wireguard::relay_slots_of(&mut *db, &[vpn.id])
-        .await?
-        .first()
-        .and_then(|slot| crate::reconcile::relay_of(slot, &vpn.address_pool));
-    let planned = crate::vpn::Vpn {
-        id: vpn.id,
-        topology: topology_of(vpn)?,
-        hub: vpn.hub_device_id,
-        sites,
-        relay,
-    };
-    Ok(crate::vpn::Plan::decide(&planned).roles().clone())
-}
-
 async fn view(db: &mut PgConnection, vpn: db::vpns::VpnRow) -> ApiResult<VpnView> {
     let members = db::vpns::members(&mut *db, vpn.id).await?;
     let relay = db::vpns::relay_slot(&mut *db, vpn.id).await?;
     let pool = pool_of(&vpn)?;
-    let roles = roles(&mut *db, &vpn).await?;
+    let roles = crate::vpn::inputs::roles(&mut *db, &vpn).await?;
     Ok(VpnView {
         id: vpn.id,
         customer_id: vpn.customer_id,
@@ -240,168 +217,9 @@ fn no_vpn(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no VPN {id}"))
 }
 
-fn parse_prefixes(texts: &[String], site: &str) -> ApiResult<LanPrefixes> {
-    LanPrefixes::parse(texts, site).map_err(|e| match e {
-        PrefixError::Invalid(m) => ApiError::bad_request("invalid_prefix", m),
-        PrefixError::Count(m) => ApiError::bad_request("too_many_prefixes", m),
-    })
-}
-
-/// The hub a topology needs: one with `hub`, none otherwise.
-fn check_hub(topology: Topology, hub: Option<Uuid>) -> ApiResult<()> {
-    match (topology, hub) {
-        (Topology::Hub, None) => Err(ApiError::bad_request(
-            "hub_required",
-            "topology `hub` needs `hub`: the member every site connects through",
-        )),
-        (Topology::Auto | Topology::Mesh, Some(hub)) => Err(ApiError::bad_request(
-            "unexpected_hub",
-            format!(
-                "`hub` ({hub}) is only for topology `hub`; topology `{}` chooses its own paths",
-                topology.as_str()
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
-fn hub_not_member(hub: Uuid, vpn: &str) -> ApiError {
-    ApiError::bad_request(
-        "hub_not_member",
-        format!("hub {hub} is not a member of VPN `{vpn}`; add it as a member first"),
-    )
-}
-
-/// One site of the VPN as it will be: name and prefixes.
-struct Site<'a> {
-    name: &'a str,
-    prefixes: &'a [Prefix],
-}
-
-/// Refuses prefixes inside the address pool and prefixes of two sites (or
-/// of one) that overlap, naming both.
-fn check_prefixes(pool: &AddressPool, sites: &[Site<'_>]) -> ApiResult<()> {
-    for site in sites {
-        if let Some(prefix) = site.prefixes.iter().find(|p| pool.overlaps(p)) {
-            return Err(ApiError::conflict(
-                "prefix_in_address_pool",
-                format!(
-                    "prefix {prefix} of `{}` overlaps the VPN's address pool {pool}; tunnel \
-                     addresses come from there",
-                    site.name
-                ),
-            ));
-        }
-    }
-    let items: Vec<(&Prefix, &str)> = sites
-        .iter()
-        .flat_map(|s| s.prefixes.iter().map(move |p| (p, s.name)))
-        .collect();
-    if let Some(((a, a_site), (b, b_site))) = first_overlap(&items) {
-        return Err(ApiError::conflict(
-            "overlapping_prefixes",
-            format!(
-                "prefix {a} of `{a_site}` overlaps {b} of `{b_site}`; the sites of one VPN \
-                 need distinct LAN prefixes"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Locks a router about to join `vpn` and checks it may: it belongs to the
-/// VPN's customer, is in no other VPN and is no relay. Returns its name and
-/// whether it is a member of `vpn` already. `missing` is the error for a
-/// router that does not exist.
-async fn admit(
-    tx: &mut PgConnection,
-    vpn: &db::vpns::VpnRow,
-    customer: &db::customers::CustomerRow,
-    device_id: Uuid,
-    missing: impl FnOnce() -> ApiError,
-) -> ApiResult<(String, bool)> {
-    let household = db::devices::household_for_update(&mut *tx, device_id)
-        .await?
-        .ok_or_else(missing)?;
-    let name = household.device_name;
-    if household.customer_id != Some(customer.id) {
-        let owner = match (household.customer_id, household.customer_name) {
-            (Some(id), Some(other)) => format!("household `{other}` ({id})"),
-            _ => "no household".to_owned(),
-        };
-        return Err(ApiError::conflict(
-            "device_not_of_customer",
-            format!(
-                "device `{name}` ({device_id}) belongs to {owner}; VPN `{}` joins routers of \
-                 `{}` only",
-                vpn.name, customer.name
-            ),
-        ));
-    }
-    let member_here = match db::vpns::vpn_of_device(&mut *tx, device_id).await? {
-        Some(other) if other.id != vpn.id => {
-            return Err(in_other_vpn(&name, device_id, &other.name, other.id));
-        }
-        Some(_) => true,
-        None => false,
-    };
-    if db::vpns::get_relay(&mut *tx, device_id).await?.is_some() {
-        return Err(ApiError::conflict(
-            "device_is_relay",
-            format!("device `{name}` ({device_id}) is an ISP relay; relays are not VPN members"),
-        ));
-    }
-    Ok((name, member_here))
-}
-
-fn in_other_vpn(name: &str, device_id: Uuid, vpn: &str, vpn_id: Uuid) -> ApiError {
-    ApiError::conflict(
-        "device_in_vpn",
-        format!(
-            "device `{name}` ({device_id}) is a member of VPN `{vpn}` ({vpn_id}); a router is \
-             in one VPN at a time, remove it there first"
-        ),
-    )
-}
-
-fn exhausted(vpn: &str, pool: &AddressPool) -> ApiError {
-    ApiError::conflict(
-        "address_pool_exhausted",
-        format!(
-            "VPN `{vpn}`'s address pool {pool} holds {} members and has no free address; \
-             remove a member or create the VPN with a larger pool",
-            pool.capacity()
-        ),
-    )
-}
-
-/// A unique violation on the member's device: a concurrent writer put the
-/// router in another VPN first.
-fn member_taken(e: sqlx::Error, name: &str, device_id: Uuid) -> ApiError {
-    if db::is_unique_violation_of(&e, db::vpns::MEMBER_DEVICE_KEY) {
-        ApiError::conflict(
-            "device_in_vpn",
-            format!(
-                "device `{name}` ({device_id}) joined another VPN meanwhile; a router is in \
-                 one VPN at a time"
-            ),
-        )
-    } else {
-        e.into()
-    }
-}
-
-fn sorted_union(a: Vec<Uuid>, b: Vec<Uuid>) -> Vec<Uuid> {
-    a.into_iter()
-        .chain(b)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
-}
-
 #[utoipa::path(post, path = "/api/v1/vpns", request_body = CreateVpn, tag = "vpns",
-    responses((status = 201, body = VpnView), (status = 400, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = VpnView), (status = 400, body = crate::http::error::ErrorBody),
+        (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Creates a customer's VPN, optionally with its members (all or nothing).
 pub async fn create(
     _operator: Operator,
@@ -433,10 +251,10 @@ pub async fn create(
         members.push((member.device_id, prefixes));
     }
     if let Some(hub) = body.hub.filter(|h| !seen.contains(h)) {
-        return Err(hub_not_member(hub, name.as_str()));
+        return Err(hub_not_member(hub, name.as_str()).into());
     }
     if members.len() > pool.capacity() as usize {
-        return Err(exhausted(name.as_str(), &pool));
+        return Err(exhausted(name.as_str(), &pool).into());
     }
 
     let mut tx = state.pool.begin().await?;
@@ -476,11 +294,10 @@ pub async fn create(
     by_id.sort();
     let mut names = HashMap::new();
     for device_id in by_id {
-        let (device_name, _) = admit(&mut tx, &vpn, &customer, device_id, || {
-            ApiError::unknown("unknown_device", format!("no device {device_id}"))
-        })
-        .await?;
-        names.insert(device_id, device_name);
+        let admitted = admit(&mut tx, &vpn, &customer, device_id)
+            .await?
+            .ok_or_else(|| ApiError::unknown("unknown_device", format!("no device {device_id}")))?;
+        names.insert(device_id, admitted.name);
     }
     let sites: Vec<Site<'_>> = members
         .iter()
@@ -537,7 +354,7 @@ pub struct ListVpns {
 }
 
 #[utoipa::path(get, path = "/api/v1/vpns", params(ListVpns), tag = "vpns",
-    responses((status = 200, body = Page<VpnSummary>), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Page<VpnSummary>), (status = 400, body = crate::http::error::ErrorBody)))]
 /// VPNs by id, of one customer or all.
 pub async fn list(
     _operator: Operator,
@@ -571,7 +388,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/api/v1/vpns/{id}", tag = "vpns",
-    responses((status = 200, body = VpnView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = VpnView), (status = 404, body = crate::http::error::ErrorBody)))]
 /// A VPN with its members (their tunnel addresses, prefixes and reported
 /// facts) and its relay.
 pub async fn get(
@@ -587,8 +404,8 @@ pub async fn get(
 }
 
 #[utoipa::path(patch, path = "/api/v1/vpns/{id}", request_body = UpdateVpn, tag = "vpns",
-    responses((status = 200, body = VpnView), (status = 400, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = VpnView), (status = 400, body = crate::http::error::ErrorBody),
+        (status = 404, body = crate::http::error::ErrorBody)))]
 /// Changes a VPN's topology or hub.
 pub async fn update(
     _operator: Operator,
@@ -614,7 +431,7 @@ pub async fn update(
     if let Some(hub) = hub {
         let in_vpn = db::vpns::vpn_of_device(&mut *tx, hub).await?;
         if in_vpn.is_none_or(|v| v.id != id) {
-            return Err(hub_not_member(hub, &vpn.name));
+            return Err(hub_not_member(hub, &vpn.name).into());
         }
     }
     let before = db::vpns::affected_devices(&mut *tx, id).await?;
@@ -630,7 +447,7 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/api/v1/vpns/{id}", tag = "vpns",
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::http::error::ErrorBody)))]
 /// Deletes a VPN: its members' tunnels go.
 pub async fn delete(
     _operator: Operator,
@@ -655,8 +472,8 @@ pub async fn delete(
     tag = "vpns",
     responses((status = 201, description = "added", body = VpnView),
         (status = 200, description = "prefixes replaced", body = VpnView),
-        (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody)))]
+        (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody)))]
 /// Adds a router of the VPN's customer (it gets the lowest free tunnel
 /// address) or replaces a member's prefixes (its address stays).
 pub async fn put_member(
@@ -674,10 +491,12 @@ pub async fn put_member(
     let customer = db::customers::get(&mut *tx, vpn.customer_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("VPN {id} without its customer"))?;
-    let (name, member) = admit(&mut tx, &vpn, &customer, device_id, || {
-        ApiError::NotFound(format!("no device {device_id}"))
-    })
-    .await?;
+    let Admitted {
+        name,
+        member_here: member,
+    } = admit(&mut tx, &vpn, &customer, device_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no device {device_id}")))?;
 
     let others = db::vpns::members(&mut *tx, id).await?;
     let other_prefixes: Vec<(String, LanPrefixes)> = others
@@ -739,8 +558,8 @@ pub async fn put_member(
 }
 
 #[utoipa::path(delete, path = "/api/v1/vpns/{id}/members/{device_id}", tag = "vpns",
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody)))]
 /// Removes a member (not the hub): its tunnels go and its address is free
 /// for the next router that joins.
 pub async fn delete_member(
@@ -779,7 +598,7 @@ pub async fn delete_member(
 }
 
 #[utoipa::path(get, path = "/api/v1/vpn-relays", params(PageParams), tag = "vpns",
-    responses((status = 200, body = Page<RelayView>), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Page<RelayView>), (status = 400, body = crate::http::error::ErrorBody)))]
 /// The ISP routers the controller may use as VPN relays, by device id.
 pub async fn list_relays(
     _operator: Operator,
@@ -800,7 +619,7 @@ pub async fn list_relays(
 #[utoipa::path(put, path = "/api/v1/vpn-relays/{device_id}", tag = "vpns",
     responses((status = 201, description = "made a relay", body = RelayView),
         (status = 200, description = "already a relay", body = RelayView),
-        (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+        (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Lets the controller use an ISP router (one of no household) as a relay
 /// for VPN sites that reach no other site.
 pub async fn put_relay(
@@ -839,7 +658,7 @@ pub async fn put_relay(
 }
 
 #[utoipa::path(delete, path = "/api/v1/vpn-relays/{device_id}", tag = "vpns",
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = crate::http::error::ErrorBody)))]
 /// Stops using a router as a relay: the VPNs it relayed lose it (their
 /// members are recompiled and may be given another relay).
 pub async fn delete_relay(

@@ -7,11 +7,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::auth::Operator;
 use crate::db;
-use crate::error::{ApiError, ApiPath, ApiResult};
-use crate::state::AppState;
-use crate::wireguard_facts::KeyKeeper;
+use crate::http::auth::Operator;
+use crate::http::error::{ApiError, ApiPath, ApiResult};
+use crate::http::state::AppState;
+use crate::vpn::keys::KeyKeeper;
 
 /// What a router reported of its WireGuard side and the controller's key
 /// decisions for it.
@@ -74,8 +74,8 @@ async fn known_device(state: &AppState, id: Uuid) -> ApiResult<()> {
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}/wireguard", tag = "vpns",
-    responses((status = 200, body = WireguardView), (status = 404, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = WireguardView), (status = 404, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody)))]
 /// The router's WireGuard facts and key state.
 pub async fn get(
     _operator: Operator,
@@ -90,8 +90,8 @@ pub async fn get(
 }
 
 #[utoipa::path(post, path = "/api/v1/devices/{id}/wireguard/rotate", tag = "vpns",
-    responses((status = 202, body = WireguardView), (status = 404, body = crate::error::ErrorBody),
-        (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = WireguardView), (status = 404, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody)))]
 /// Rotates the router's WireGuard key: the router makes a new key pair and
 /// reports its public half; its peers learn it while still accepting the
 /// old one; the router switches; the old key leaves the peers. Answers

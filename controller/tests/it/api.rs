@@ -143,7 +143,7 @@ async fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
     for (i, (response, code)) in cases.iter().enumerate() {
         assert_eq!(error_code(response), *code, "case {i}: {}", response.body);
     }
-    let oversized = "x".repeat(isdf_controller::routes::OPERATOR_BODY_LIMIT + 1);
+    let oversized = "x".repeat(isdf_controller::http::limits::OPERATOR_BODY_LIMIT + 1);
     let big = raw(
         "/api/v1/devices",
         &format!("{{\"name\":\"{oversized}\"}}"),

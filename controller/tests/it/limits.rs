@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use isdf_controller::limits::Limits;
+use isdf_controller::http::limits::Limits;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -147,7 +147,7 @@ async fn device_bodies_are_capped() {
     let (_, device) = h.device("r1", json!({})).await;
     let big = format!(
         "{{\"sequence\":1,\"errors\":[\"{}\"]}}",
-        "x".repeat(isdf_controller::routes::DEVICE_BODY_LIMIT)
+        "x".repeat(isdf_controller::http::limits::DEVICE_BODY_LIMIT)
     );
     let r = device
         .http

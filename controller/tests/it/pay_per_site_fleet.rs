@@ -58,7 +58,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn purchases_reach_long_polling_routers() {
     let routers = env_or("ISDF_BENCH_ROUTERS", 1000);
     let purchases = env_or("ISDF_BENCH_PURCHASES", 200);
-    let h = Harness::start_with(isdf_controller::limits::Limits {
+    let h = Harness::start_with(isdf_controller::http::limits::Limits {
         device_requests_per_sec: 100.0,
         device_burst: 100,
         ..Default::default()

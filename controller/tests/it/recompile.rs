@@ -113,7 +113,7 @@ async fn a_change_recompiles_only_the_devices_it_selects() {
 
 #[tokio::test]
 async fn sql_and_in_memory_selectors_agree() {
-    use isdf_controller::domain::{Labels, Selector};
+    use isdf_controller::model::{Labels, Selector};
     let h = Harness::start().await;
     let label_sets = [
         json!({}),

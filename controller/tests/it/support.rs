@@ -18,10 +18,10 @@ pub struct Response {
 
 impl Harness {
     pub async fn start() -> Self {
-        Self::start_with(isdf_controller::limits::Limits::default()).await
+        Self::start_with(isdf_controller::http::limits::Limits::default()).await
     }
 
-    pub async fn start_with(limits: isdf_controller::limits::Limits) -> Self {
+    pub async fn start_with(limits: isdf_controller::http::limits::Limits) -> Self {
         // reqwest is built without a default TLS provider; plain clients need one too.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let data_dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use isdf_api::{WgKey, WireguardFacts};
 use isdf_controller::reconcile::Resign;
-use isdf_controller::wireguard_facts::KeyKeeper;
+use isdf_controller::vpn::keys::KeyKeeper;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use isdf_api::{DeviceConfig, Envelope, Outcome, CONFIG_PAYLOAD_TYPE};
-use isdf_controller::signer::{ConfigSigner, FileSigner};
+use isdf_controller::reconcile::signer::{ConfigSigner, FileSigner};
 use isdf_controller::test_support::{TestController, TestControllerOptions};
 use serde_json::{json, Value};
 
@@ -913,11 +913,11 @@ fn signing_key_rotation_with_a_running_agent() {
 
         // Offline: a new signing key, and root 2 certifying only it.
         let new_key_path = controller_dir.join("new-signing-key.pem");
-        let new_key = isdf_controller::roots::generate_key(&new_key_path).unwrap();
+        let new_key = isdf_controller::trust::roots::generate_key(&new_key_path).unwrap();
         let root_key =
-            isdf_controller::roots::read_key(&controller_dir.join("root-key.pem")).unwrap();
-        let new_hex = isdf_controller::roots::public_hex(&new_key);
-        isdf_controller::roots::RootChain::rotate(
+            isdf_controller::trust::roots::read_key(&controller_dir.join("root-key.pem")).unwrap();
+        let new_hex = isdf_controller::trust::roots::public_hex(&new_key);
+        isdf_controller::trust::roots::RootChain::rotate(
             &controller_dir,
             &root_key,
             None,
@@ -962,7 +962,7 @@ fn signing_key_rotation_with_a_running_agent() {
             .to_json();
         let mut rogue = RogueController::start(device_addr, &controller_dir).await;
         rogue.serve_roots(
-            isdf_controller::roots::RootChain::load(&controller_dir)
+            isdf_controller::trust::roots::RootChain::load(&controller_dir)
                 .unwrap()
                 .envelopes,
         );
@@ -986,7 +986,7 @@ fn signing_key_rotation_with_a_running_agent() {
             FileSigner::from_key(ed25519_dalek::SigningKey::from_bytes(&[67; 32]));
         let fake_root = isdf_api::root::RootDocument {
             version: 3,
-            root_keys: vec![isdf_controller::roots::public_hex(&attacker_root)],
+            root_keys: vec![isdf_controller::trust::roots::public_hex(&attacker_root)],
             signing_keys: vec![hex_of(&attacker_online)],
             config_version_floor: Some(1),
         };
@@ -995,7 +995,7 @@ fn signing_key_rotation_with_a_running_agent() {
             &serde_json::to_vec(&fake_root).unwrap(),
             &[&attacker_root],
         );
-        let mut chain = isdf_controller::roots::RootChain::load(&controller_dir)
+        let mut chain = isdf_controller::trust::roots::RootChain::load(&controller_dir)
             .unwrap()
             .envelopes;
         chain.push(String::from_utf8(fake_root.to_json()).unwrap());
@@ -1037,16 +1037,16 @@ fn signing_key_rotation_with_a_running_agent() {
         })
         .await;
         let recovery_key = ed25519_dalek::SigningKey::from_bytes(&[68; 32]);
-        isdf_controller::roots::RootChain::rotate(
+        isdf_controller::trust::roots::RootChain::rotate(
             &controller_dir,
             &root_key,
             None,
-            vec![isdf_controller::roots::public_hex(&recovery_key)],
+            vec![isdf_controller::trust::roots::public_hex(&recovery_key)],
             Some(4),
         )
         .unwrap();
         rogue.serve_roots(
-            isdf_controller::roots::RootChain::load(&controller_dir)
+            isdf_controller::trust::roots::RootChain::load(&controller_dir)
                 .unwrap()
                 .envelopes,
         );

@@ -59,7 +59,7 @@ async fn take_report(State(shared): State<Shared>, Json(report): Json<StatusRepo
 
 impl RogueController {
     pub async fn start(addr: SocketAddr, controller_data_dir: &Path) -> Self {
-        let pki = isdf_controller::pki::Pki::load_or_create(
+        let pki = isdf_controller::trust::pki::Pki::load_or_create(
             controller_data_dir,
             &[addr.ip().to_string()],
         )

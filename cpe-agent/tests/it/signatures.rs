@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use isdf_agent::backend::nft::NftBackend;
 use isdf_agent::backend::FirewallBackend;
-use isdf_controller::compiler::{compile_firewall, CompiledAssignment};
-use isdf_controller::domain::{Labels, Selector, ServiceKind, ServiceSpec};
+use isdf_controller::model::{Labels, Selector};
+use isdf_controller::services::compiler::{compile_firewall, CompiledAssignment};
+use isdf_controller::services::{ServiceKind, ServiceSpec};
 
 use crate::netns::Topology;
 

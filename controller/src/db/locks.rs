@@ -1,0 +1,49 @@
+//! PostgreSQL advisory locks: every key in one place, so two uses never
+//! share one by accident. Transaction-scoped locks end with their
+//! transaction (commit, rollback or a dropped connection), so a replica that
+//! dies never leaves one held.
+
+use sqlx::PgConnection;
+
+/// Serialises recompiles across controller replicas.
+const RECOMPILE: i64 = 0x1a5d_c0de;
+/// One replica at a time drives the rollouts.
+const ROLLOUT_DRIVER: i64 = 0x6973_6466_726f_6c6c; // "isdfroll"
+/// Test processes building the migrated template database.
+const TEST_TEMPLATE: i64 = 7242;
+
+/// Waits for the recompile lock, held until `tx` ends.
+pub async fn recompile(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(RECOMPILE)
+        .execute(tx)
+        .await
+        .map(drop)
+}
+
+/// Takes the rollout driver's lock until `tx` ends, if no other replica
+/// holds it; false when one does.
+pub async fn try_rollout_driver(tx: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(ROLLOUT_DRIVER)
+        .fetch_one(tx)
+        .await
+}
+
+/// Waits for the test template's session lock (released by
+/// [`release_test_template`] or when the connection closes).
+pub async fn test_template(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(TEST_TEMPLATE)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+pub async fn release_test_template(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(TEST_TEMPLATE)
+        .execute(conn)
+        .await
+        .map(drop)
+}

@@ -1,0 +1,240 @@
+//! Errors at the HTTP edge.
+//!
+//! Tiers: `anyhow` in `main`, background tasks and start-up; `sqlx::Error` in
+//! `db/`; [`ApiError`] at the HTTP edge, the only error a handler returns. It
+//! renders as the stable body `{"error": {"code": "...", "message": "..."}}`,
+//! and every extractor rejection (bad JSON, unknown fields, oversized body,
+//! bad path or query) goes through the same shape.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::rollout::driver::RolloutError;
+use crate::shop::purchases::PurchaseError;
+use crate::vpn::membership::MembershipError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    /// Something the request body names does not exist (`unknown_customer`,
+    /// `unknown_site`, ...); what the path names is [`ApiError::NotFound`].
+    #[error("{message}")]
+    UnknownReference { code: &'static str, message: String },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    /// Refused credentials with a precise reason (enrollment tokens, device
+    /// certificates).
+    #[error("{message}")]
+    Denied { code: &'static str, message: String },
+    #[error("{0}")]
+    Forbidden(String),
+    /// Refused with a precise reason (`csrf`).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+    #[error("{message}")]
+    TooManyRequests {
+        code: &'static str,
+        message: String,
+        retry_after: u64,
+    },
+    #[error("request body is larger than the limit")]
+    PayloadTooLarge,
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::bad_request("invalid_request", message)
+    }
+
+    pub fn unknown(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::UnknownReference {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::UnknownReference { code, .. } => (StatusCode::NOT_FOUND, code),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Denied { code, .. } => (StatusCode::UNAUTHORIZED, code),
+
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Refused { code, .. } => (StatusCode::FORBIDDEN, code),
+            ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+/// The stable error body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable, stable: `invalid_request`, `malformed_json`, `not_found`, ...
+    pub code: String,
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            // Never leak internals; the log has the chain.
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, (*retry_after).into());
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(e).context("database"))
+    }
+}
+
+impl From<PurchaseError> for ApiError {
+    fn from(e: PurchaseError) -> Self {
+        use PurchaseError as E;
+        let message = e.to_string();
+        match e {
+            E::UnknownCustomer(_) => ApiError::unknown("unknown_customer", message),
+            E::UnknownSite(_) => ApiError::unknown("unknown_site", message),
+            E::UnknownPass { .. } => ApiError::bad_request("unknown_pass", message),
+            E::CurrencyMismatch { .. } => ApiError::bad_request("currency_mismatch", message),
+            E::InvalidPrice(_) | E::InvalidPaymentId(_) => ApiError::invalid(message),
+            E::DuplicatePayment { .. } => ApiError::conflict("duplicate_payment", message),
+            E::NotInForce(_) => ApiError::NotFound(message),
+            E::Database(e) => e.into(),
+            E::Recompile { source, .. } => ApiError::Internal(source.context(message)),
+        }
+    }
+}
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            RolloutError::Invalid(code, message) => ApiError::BadRequest { code, message },
+            RolloutError::UnknownReference(code, message) => {
+                ApiError::UnknownReference { code, message }
+            }
+            RolloutError::Conflict(code, message) => ApiError::Conflict { code, message },
+            RolloutError::NotFound(id) => ApiError::NotFound(format!("no rollout {id}")),
+            RolloutError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<MembershipError> for ApiError {
+    fn from(e: MembershipError) -> Self {
+        match e {
+            MembershipError::Invalid(code, message) => ApiError::BadRequest { code, message },
+            MembershipError::Conflict(code, message) => ApiError::Conflict { code, message },
+            MembershipError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => {
+                // serde's message names the field and the problem, e.g.
+                // "unknown field `x`, expected one of ..." or "invalid value".
+                ApiError::bad_request("invalid_body", e.body_text())
+            }
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::bad_request("malformed_json", e.body_text())
+            }
+            JsonRejection::MissingJsonContentType(_) => {
+                ApiError::UnsupportedMediaType("expected `Content-Type: application/json`".into())
+            }
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge
+            }
+            other => ApiError::bad_request("invalid_body", other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::bad_request("invalid_path", rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::bad_request("invalid_query", rejection.body_text())
+    }
+}
+
+/// `axum::Json` whose rejections are [`ApiError`]s.
+#[derive(axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Path` whose rejections are [`ApiError`]s.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// `axum::extract::Query` whose rejections are [`ApiError`]s.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+pub type ApiResult<T> = Result<T, ApiError>;
