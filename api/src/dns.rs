@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::SetName;
+use crate::name::SetName;
 
 /// A domain and every name under it, as dnsmasq matches: `example.com`
 /// covers `example.com`, `www.example.com` and `a.b.example.com`. The

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod enrollment;
 pub mod envelope;
 pub mod events;
+pub mod name;
 pub mod net;
 pub mod root;
 pub mod status;
