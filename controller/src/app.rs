@@ -171,7 +171,7 @@ impl Application {
             crate::trust::key_files::load_or_create_secret(&settings.data_dir.join("portal.key"))?,
         );
 
-        let live = Arc::new(crate::http::live::LiveUpdates::default());
+        let live = Arc::new(crate::reconcile::live::LiveUpdates::default());
         let cache = Arc::new(ConfigCache::with_live(live.clone()));
         let reconciler = Arc::new(Reconciler {
             pool: pool.clone(),

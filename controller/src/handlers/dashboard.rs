@@ -202,7 +202,7 @@ async fn audit(
         summary: serde_json::json!({ "peer": peer }),
     };
     match db::audit::append(&state.pool, &entry).await {
-        Ok(()) => state.live.notify(crate::http::live::Topic::Audit),
+        Ok(()) => state.live.notify(crate::reconcile::live::Topic::Audit),
         Err(e) => tracing::error!(error = %e, actor, "could not append a login to the audit log"),
     }
 }

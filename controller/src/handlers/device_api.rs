@@ -135,7 +135,7 @@ pub async fn report_status(
     }
     tx.commit().await?;
     state.rollouts.nudge();
-    state.live.notify(crate::http::live::Topic::Device(id));
+    state.live.notify(crate::reconcile::live::Topic::Device(id));
     if let Some(version) = report.enforced_version {
         state.cache.report_enforced(id, version);
         let keys = KeyKeeper {

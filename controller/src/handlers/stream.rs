@@ -1,5 +1,5 @@
 //! `/api/v1/stream`: Server-Sent Events telling the dashboard what changed
-//! (see [`crate::http::live`]), so it refetches without reloading.
+//! (see [`crate::reconcile::live`]), so it refetches without reloading.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -11,8 +11,8 @@ use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::http::auth::Operator;
-use crate::http::live::Change;
 use crate::http::state::AppState;
+use crate::reconcile::live::Change;
 
 /// At most one batch of events per this interval per connection: a fleet
 /// reporting at once must not make every open page refetch hundreds of
@@ -39,7 +39,7 @@ pub async fn stream(
 
 /// Collects changes and sends them in batches, until the client leaves.
 async fn forward(
-    mut updates: broadcast::Receiver<crate::http::live::Topic>,
+    mut updates: broadcast::Receiver<crate::reconcile::live::Topic>,
     sender: mpsc::Sender<Event>,
 ) {
     loop {
@@ -51,21 +51,23 @@ async fn forward(
         let mut batch: Vec<Change> = Vec::new();
         let mut seen = HashSet::new();
         let mut lagged = false;
-        let mut take =
-            |update: Result<crate::http::live::Topic, broadcast::error::RecvError>| match update {
-                Ok(topic) => {
-                    let change = Change::from(topic);
-                    if seen.insert(change.clone()) {
-                        batch.push(change);
-                    }
-                    true
+        let mut take = |update: Result<
+            crate::reconcile::live::Topic,
+            broadcast::error::RecvError,
+        >| match update {
+            Ok(topic) => {
+                let change = Change::from(topic);
+                if seen.insert(change.clone()) {
+                    batch.push(change);
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    lagged = true;
-                    true
-                }
-                Err(broadcast::error::RecvError::Closed) => false,
-            };
+                true
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                lagged = true;
+                true
+            }
+            Err(broadcast::error::RecvError::Closed) => false,
+        };
         if !take(first) {
             return;
         }

@@ -235,7 +235,7 @@ async fn record(
         summary,
     };
     match db::audit::append(&state.pool, &entry).await {
-        Ok(()) => state.live.notify(crate::http::live::Topic::Audit),
+        Ok(()) => state.live.notify(crate::reconcile::live::Topic::Audit),
         // The change itself is committed; losing its audit entry must at
         // least be loud.
         Err(e) => {

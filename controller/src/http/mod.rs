@@ -1,14 +1,13 @@
 //! The HTTP edge: every route of the four listeners (`routes.rs`), the
 //! operator authentication, authorisation and audit middleware and the
 //! device identity from client certificates (`auth.rs`), dashboard sessions,
-//! rate limits and body limits, the one error type, the dashboard's live
-//! updates, the OpenAPI document, and the state handlers share. Handlers
-//! themselves are in `crate::handlers`.
+//! rate limits and body limits, the one error type (every domain error's
+//! conversion to it is in `error.rs`), the OpenAPI document, and the state
+//! handlers share. Handlers themselves are in `crate::handlers`.
 
 pub mod auth;
 pub mod error;
 pub mod limits;
-pub mod live;
 pub mod openapi;
 pub mod routes;
 pub mod sessions;

@@ -37,7 +37,7 @@ pub struct AppState {
     pub rollouts: Arc<crate::rollout::driver::Rollouts>,
     /// Tells the dashboard's open pages what changed: call
     /// `state.live.notify(Topic::...)` after committing a change.
-    pub live: Arc<crate::http::live::LiveUpdates>,
+    pub live: Arc<crate::reconcile::live::LiveUpdates>,
     /// Dashboard sessions' settings and login limits.
     pub dashboard: Arc<crate::http::sessions::Dashboard>,
 }

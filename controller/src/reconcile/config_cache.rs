@@ -34,12 +34,12 @@ struct DeviceSlot {
 pub struct ConfigCache {
     devices: RwLock<HashMap<Uuid, DeviceSlot>>,
     /// Told of every published config (the dashboard's live updates).
-    pub live: Arc<crate::http::live::LiveUpdates>,
+    pub live: Arc<crate::reconcile::live::LiveUpdates>,
 }
 
 impl ConfigCache {
     /// A cache that tells `live` of every published config.
-    pub fn with_live(live: Arc<crate::http::live::LiveUpdates>) -> Self {
+    pub fn with_live(live: Arc<crate::reconcile::live::LiveUpdates>) -> Self {
         ConfigCache {
             live,
             ..ConfigCache::default()
@@ -83,7 +83,7 @@ impl ConfigCache {
             let version = config.version;
             slot.current = Some(Arc::new(config));
             slot.changed.send_replace(version);
-            self.live.notify(crate::http::live::Topic::Config(id));
+            self.live.notify(crate::reconcile::live::Topic::Config(id));
         }
     }
 

@@ -22,6 +22,7 @@ use signer::ConfigSigner;
 
 pub mod config_cache;
 pub mod inputs;
+pub mod live;
 pub mod signer;
 
 pub use inputs::parse_assignments;

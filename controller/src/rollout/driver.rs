@@ -20,8 +20,8 @@ use super::plan::{judge, Counts, Verdict, WavePlan};
 use crate::db;
 use crate::db::audit::NewAuditEntry;
 use crate::db::rollouts::{NewRollout, RolloutRow, SampleRow};
-use crate::http::live::{LiveUpdates, Topic};
 use crate::model::{Labels, Selector};
+use crate::reconcile::live::{LiveUpdates, Topic};
 use crate::reconcile::{Compiled, Reconciler, Resign};
 
 /// Actor of the steps the controller takes on its own.
