@@ -16,6 +16,7 @@ mod portal;
 mod recompile;
 mod rollouts;
 mod support;
+mod tidy;
 mod vpn_control;
 mod vpns;
 mod webdriver;
