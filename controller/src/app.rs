@@ -1,6 +1,12 @@
-//! `Application::build`: connects the database, prepares keys and
-//! certificates, binds both listeners and returns their real addresses, so
-//! tests run the real server on port 0.
+//! The controller process: `Application::build(settings)` connects and
+//! migrates the database, loads keys and certificates, binds the four
+//! listeners (operator API, device API, enrollment, customer portal) and
+//! returns their real addresses (so tests run the real server on port 0),
+//! fills the config cache and catches up on compilation; `run` serves until
+//! shutdown. Its background loops re-sign configs nearing expiry, recompile
+//! (every 15 s) the routers whose passes ended (the kernel closed the site
+//! on time already; this only tidies their configs), drive the rollouts and
+//! switch stalled key rotations.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,8 @@
-//! `isdf-controller`: command line entry point.
+//! `isdf-controller`: the command line. `serve` starts the controller (with
+//! the embedded default when no database URL is given: a private
+//! PostgreSQL, a dev CA and signing key, and the first operator token,
+//! printed with the dashboard's URL); `root rotate`, `signing-key` and
+//! `token` are the offline operations on the data directory and database.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

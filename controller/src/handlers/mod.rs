@@ -1,5 +1,7 @@
 //! HTTP handlers, one module per resource. Handlers are thin: parse, call
-//! `db/` and the reconciler, shape the response.
+//! `db/` and the services (`reconcile`, `rollout::driver`, `vpn`, `shop`),
+//! shape the response. Lists are paged by keyset (`page`, `Page`,
+//! `PageParams` here), never by offset.
 
 pub mod assignments;
 pub mod billing;

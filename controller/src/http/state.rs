@@ -1,4 +1,7 @@
-//! Shared state of both listeners.
+//! The state every handler shares (`AppState`): the database pool, the
+//! reconciler and config cache, limits, the live-update hub, the CA, the
+//! rollout driver, the portal's links and payment provider, and what a new
+//! router is told at enrollment.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -584,8 +584,14 @@ fn each_rule_catches_its_violation() {
     );
     // A module may use its parent's re-exports and its children.
     let family = [
-        ("controller/src/reconcile/mod.rs", "reconcile::inputs::load_staged"),
-        ("controller/src/reconcile/inputs.rs", "reconcile::Reconciler"),
+        (
+            "controller/src/reconcile/mod.rs",
+            "reconcile::inputs::load_staged",
+        ),
+        (
+            "controller/src/reconcile/inputs.rs",
+            "reconcile::Reconciler",
+        ),
     ];
     let files: Vec<SourceFile> = family
         .iter()
