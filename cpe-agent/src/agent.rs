@@ -17,7 +17,7 @@
 //! authenticate keeps enforcing what it has.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use isdf_api::root::RootDocument;
@@ -32,8 +32,9 @@ use crate::dns::{Dnsmasq, Resolver};
 use crate::enrollment;
 use crate::portal_redirect::PortalResponder;
 use crate::router_blocks::{blocked_patterns, RouterBlocks};
-use crate::settings::Settings;
-use crate::state::{Identity, StateDir};
+use crate::sys::settings::Settings;
+use crate::sys::state::{Identity, StateDir};
+use crate::sys::time::{backoff, unix_millis, unix_now};
 use crate::wireguard::Tunnels;
 
 /// How long the config's `classify` rule blocks what the classifier finds
@@ -50,18 +51,6 @@ fn classify_timeout(firewall: &isdf_api::Firewall) -> Option<u32> {
 
 /// How often the kernel's detections are collected and reported.
 const HARVEST_EVERY: Duration = Duration::from_secs(2);
-
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-pub fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// The config the kernel enforces now.
 struct Enforced {
@@ -141,7 +130,7 @@ impl Agent {
         let client = Self::connect(&settings, &identity)?;
         let (trusted, root) = Self::trust(&settings, &identity, &state)?;
         let router_blocks = RouterBlocks::new(
-            state.router_blocks().unwrap_or_else(|e| {
+            crate::router_blocks::persist::load(&state).unwrap_or_else(|e| {
                 error_debug("unreadable router blocks; starting without them", &e);
                 Default::default()
             }),
@@ -188,7 +177,7 @@ impl Agent {
     ) -> anyhow::Result<(TrustedKeys, Option<RootDocument>)> {
         let roots = &identity.certificate.roots;
         if !settings.signing_public_keys.is_empty() || roots.is_empty() {
-            return Ok((settings.trusted_keys(identity)?, None));
+            return Ok((settings.trusted_keys(&identity.certificate)?, None));
         }
         let first = RootDocument::open_first(roots[0].as_bytes())
             .map_err(|e| anyhow::anyhow!("root 1: {e}"))?;
@@ -243,7 +232,7 @@ impl Agent {
 
     fn connect(settings: &Settings, identity: &Identity) -> anyhow::Result<Client> {
         Client::new(
-            settings.device_api_url(identity),
+            settings.device_api_url(&identity.certificate),
             identity.certificate.ca_pem.as_bytes(),
             identity,
         )
@@ -774,9 +763,8 @@ impl Agent {
     /// Saves the router blocks to the state directory; a failure is logged
     /// (they stay in force, and the next change saves them again).
     fn persist_router_blocks(&self) {
-        if let Err(e) = self
-            .state
-            .save_router_blocks(self.router_blocks.persisted())
+        if let Err(e) =
+            crate::router_blocks::persist::save(&self.state, self.router_blocks.persisted())
         {
             error_debug("persisting router blocks", &e);
         }
@@ -1199,26 +1187,6 @@ fn error_debug(message: &str, e: &anyhow::Error) {
     tracing::error!(error = ?e, "{message}");
 }
 
-/// A number in [0, 1) that differs between calls and between routers: std's
-/// randomly keyed SipHash over a counter. Good enough for jitter, and it
-/// spares the router a random number generator crate (binary size).
-fn unit_random() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Exponential backoff with full jitter between half and all of the step,
-/// so a fleet that lost its controller does not come back in lockstep.
-pub fn backoff(failures: u32, max: Duration) -> Duration {
-    let step = Duration::from_secs(1u64 << failures.min(16).saturating_sub(1)).min(max);
-    let jitter = 0.5 + 0.5 * unit_random();
-    step.mul_f64(jitter)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -1228,24 +1196,6 @@ mod tests {
 
     use super::*;
     use crate::test_pki::{FakeController, TestCa, SIGNING_KEY_HEX};
-
-    #[test]
-    fn jitter_is_spread_over_the_unit_interval() {
-        let draws: Vec<f64> = (0..1000).map(|_| unit_random()).collect();
-        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
-        let low = draws.iter().filter(|d| **d < 0.5).count();
-        assert!((350..650).contains(&low), "{low} of 1000 below one half");
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let max = Duration::from_secs(60);
-        for (failures, ceiling) in [(1, 1), (2, 2), (3, 4), (7, 60), (40, 60)] {
-            let d = backoff(failures, max);
-            assert!(d <= Duration::from_secs(ceiling), "{failures}: {d:?}");
-            assert!(d >= Duration::from_secs(ceiling) / 2, "{failures}: {d:?}");
-        }
-    }
 
     const DEVICE: &str = "7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50";
 

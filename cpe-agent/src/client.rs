@@ -12,7 +12,7 @@ use isdf_api::{paths, StatusReport, MAX_ENVELOPE_BYTES};
 use reqwest::header::IF_NONE_MATCH;
 use reqwest::StatusCode;
 
-use crate::state::Identity;
+use crate::sys::state::Identity;
 
 /// Header in which the controller asks for a pause before the next poll.
 const POLL_AFTER_HEADER: &str = "isdf-poll-after";

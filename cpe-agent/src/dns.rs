@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use isdf_api::DnsPolicy;
 
-use crate::settings::{DnsMode, Settings};
+use crate::sys::processes;
+use crate::sys::settings::{DnsMode, Settings};
 
 /// How long dnsmasq has to answer after a start or reload.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -347,11 +348,7 @@ impl Dnsmasq {
             });
         if ours {
             tracing::warn!(pid, "ending the dnsmasq a previous agent left running");
-            let _ = Command::new("kill").arg(pid).status();
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while process_runs(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            processes::terminate_and_wait(pid);
         }
         let _ = std::fs::remove_file(self.pid_path());
     }
@@ -434,16 +431,6 @@ impl Drop for Dnsmasq {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Whether process `pid` exists and has not exited (a zombie holds no
-/// port).
-pub fn process_runs(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // The state follows the command name, which is in parentheses.
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-    })
 }
 
 /// Waits until the dnsmasq on 127.0.0.1:`port` answers with the config of

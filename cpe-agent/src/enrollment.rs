@@ -15,8 +15,8 @@ use isdf_api::enrollment::{DeviceCertificate, EnrollRequest};
 use isdf_api::paths;
 
 use crate::client::{self, Client, ControllerError};
-use crate::settings::{read_token, Settings};
-use crate::state::{Identity, StateDir};
+use crate::sys::settings::{read_token, Settings};
+use crate::sys::state::{Identity, StateDir};
 
 /// A key pair made on the router, and a request for a certificate of it.
 pub struct KeyAndRequest {
@@ -194,14 +194,14 @@ fn check(settings: &Settings, identity: &Identity) -> anyhow::Result<()> {
     }
     if settings.controller_url.is_none() {
         // Not HTTPS, or a host name this agent cannot look up (not ASCII).
-        crate::settings::require_https("the device API URL", &answer.device_api_url)
+        crate::sys::settings::require_https("the device API URL", &answer.device_api_url)
             .context("the controller sent an unusable device API URL")?;
     }
-    settings.trusted_keys(identity)?;
+    settings.trusted_keys(&identity.certificate)?;
     // Builds the mutual-TLS client the agent will use: the CA must parse and
     // the certificate must be for the key generated here.
     Client::new(
-        settings.device_api_url(identity),
+        settings.device_api_url(&identity.certificate),
         answer.ca_pem.as_bytes(),
         identity,
     )
@@ -291,7 +291,7 @@ pub async fn enroll_with_token_file(
                 let delay = if is_permanent(&e) {
                     PERMANENT_FAILURE_RETRY
                 } else {
-                    crate::agent::backoff(failures, max)
+                    crate::sys::time::backoff(failures, max)
                 };
                 tracing::error!(error = %format!("{e:#}"), retry_in = ?delay, "enrollment failed");
                 tokio::time::sleep(delay).await;
@@ -443,7 +443,7 @@ mod tests {
         assert_eq!(identity.device_id(), DEVICE);
         assert_eq!(identity.certificate.device_api_url, controller.device_url);
         assert_eq!(persisted(&settings).as_ref(), Some(&identity));
-        let mode = std::fs::metadata(settings.state_dir.join(crate::state::IDENTITY))
+        let mode = std::fs::metadata(settings.state_dir.join(crate::sys::state::IDENTITY))
             .unwrap()
             .permissions()
             .mode();
@@ -451,7 +451,7 @@ mod tests {
 
         // The device listener requires a client certificate from the CA.
         let client = Client::new(
-            settings.device_api_url(&identity),
+            settings.device_api_url(&identity.certificate),
             identity.certificate.ca_pem.as_bytes(),
             &identity,
         )
@@ -473,7 +473,7 @@ mod tests {
         assert_ne!(renewed.key_pem, identity.key_pem, "renewal rotates the key");
         assert_eq!(persisted(&settings).as_ref(), Some(&renewed));
         let client = Client::new(
-            settings.device_api_url(&renewed),
+            settings.device_api_url(&renewed.certificate),
             renewed.certificate.ca_pem.as_bytes(),
             &renewed,
         )
@@ -534,7 +534,7 @@ mod tests {
         let settings = settings(dir.path(), &controller, &controller.ca_pem());
         let identity = enroll(&settings, "good-token").await.unwrap();
         let client = Client::new(
-            settings.device_api_url(&identity),
+            settings.device_api_url(&identity.certificate),
             identity.certificate.ca_pem.as_bytes(),
             &identity,
         )

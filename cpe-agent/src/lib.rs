@@ -13,11 +13,9 @@ pub mod control;
 pub mod dns;
 pub mod enrollment;
 pub mod inspect;
-pub mod logging;
 pub mod portal_redirect;
 pub mod router_blocks;
-pub mod settings;
-pub mod state;
+pub mod sys;
 pub mod wireguard;
 
 #[cfg(test)]

@@ -26,8 +26,9 @@ use isdf_api::wireguard::{PeerStatus, Tunnel, TunnelStatus, WgKey, Wireguard, Wi
 use isdf_api::Prefix;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::exec;
-use crate::state::StateDir;
+use crate::sys::processes;
+use crate::sys::settings::TunnelSettings;
+use crate::sys::state::StateDir;
 
 /// The key store, in the state directory (0600).
 pub const KEYS_FILE: &str = "wireguard-keys.json";
@@ -147,8 +148,8 @@ impl KeyStore {
 /// A new key pair from `wg genkey` and `wg pubkey` (the private key only
 /// ever on pipes).
 pub fn generate_key() -> anyhow::Result<(String, WgKey)> {
-    let private = exec::run("wg", &["genkey"], "")?.trim().to_owned();
-    let public = exec::run("wg", &["pubkey"], &format!("{private}\n"))?;
+    let private = processes::run("wg", &["genkey"], "")?.trim().to_owned();
+    let public = processes::run("wg", &["pubkey"], &format!("{private}\n"))?;
     let public = WgKey::parse(&public).map_err(anyhow::Error::msg)?;
     Ok((private, public))
 }
@@ -368,7 +369,7 @@ fn parse_handshakes(text: &str) -> BTreeMap<WgKey, i64> {
 fn ip_json(args: &[&str]) -> Option<serde_json::Value> {
     let mut all = vec!["-j"];
     all.extend_from_slice(args);
-    let out = exec::run("ip", &all, "").ok()?;
+    let out = processes::run("ip", &all, "").ok()?;
     serde_json::from_slice(out.as_bytes()).ok()
 }
 
@@ -378,7 +379,7 @@ fn ip_batch(v6: bool, lines: &[String]) -> anyhow::Result<()> {
         return Ok(());
     }
     let family = if v6 { "-6" } else { "-4" };
-    exec::run("ip", &[family, "-batch", "-"], &(lines.join("\n") + "\n")).map(drop)
+    processes::run("ip", &[family, "-batch", "-"], &(lines.join("\n") + "\n")).map(drop)
 }
 
 /// Whether the interface exists in this thread's network namespace
@@ -389,16 +390,6 @@ fn link_exists(name: &str) -> bool {
             .filter_map(|l| l.split_once(':'))
             .any(|(n, _)| n.trim() == name)
     })
-}
-
-/// What the agent needs of its settings here.
-#[derive(Debug, Clone)]
-pub struct TunnelSettings {
-    pub state_dir: PathBuf,
-    /// The `wireguard-go` program, for kernels without WireGuard.
-    pub wireguard_go: PathBuf,
-    /// The routing table of the first tunnel; the others follow.
-    pub table_base: u32,
 }
 
 /// How an interface is driven.
@@ -541,7 +532,7 @@ impl Tunnels {
         let conf = render_conf(tunnel, private, |primary| {
             holders.get(&(interface.to_owned(), primary)).copied()
         });
-        exec::run("wg", &["syncconf", interface, "/dev/stdin"], &conf)?;
+        processes::run("wg", &["syncconf", interface, "/dev/stdin"], &conf)?;
         // Addresses: exactly the tunnel's.
         let listed = ip_json(&["addr", "show", "dev", interface])
             .map(|j| listed_addresses(&j))
@@ -560,7 +551,7 @@ impl Tunnels {
             }
             ip_batch(v6, &lines)?;
         }
-        exec::run("ip", &["link", "set", interface, "up"], "")?;
+        processes::run("ip", &["link", "set", interface, "up"], "")?;
         // Routes: the peers' prefixes in the tunnel's table, and nothing else.
         let table = (self.settings.table_base + index as u32).to_string();
         let wanted: Vec<&Prefix> = tunnel
@@ -644,9 +635,9 @@ impl Tunnels {
                 self.drivers.insert(interface.to_owned(), driver);
                 return Ok(());
             }
-            exec::run("ip", &["link", "del", interface], "")?;
+            processes::run("ip", &["link", "del", interface], "")?;
         }
-        if exec::works("ip", &["link", "add", interface, "type", "wireguard"]) {
+        if processes::works("ip", &["link", "add", interface, "type", "wireguard"]) {
             self.drivers.insert(interface.to_owned(), Driver::Kernel);
             return Ok(());
         }
@@ -716,11 +707,7 @@ impl Tunnels {
                 interface,
                 "ending the wireguard-go a previous agent left"
             );
-            let _ = Command::new("kill").arg(pid).status();
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while crate::dns::process_runs(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            processes::terminate_and_wait(pid);
         }
         let _ = std::fs::remove_file(path);
     }
@@ -736,7 +723,7 @@ impl Tunnels {
         }
         self.kill_leftover(interface);
         if link_exists(interface) {
-            let _ = exec::run("ip", &["link", "del", interface], "");
+            let _ = processes::run("ip", &["link", "del", interface], "");
         }
         self.seen.remove(interface);
     }
@@ -756,7 +743,7 @@ impl Tunnels {
                 let interface = interface.to_owned();
                 self.kill_leftover(&interface);
                 if link_exists(&interface) {
-                    let _ = exec::run("ip", &["link", "del", &interface], "");
+                    let _ = processes::run("ip", &["link", "del", &interface], "");
                 }
             }
         }
@@ -780,7 +767,7 @@ impl Tunnels {
                 }
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            if let Err(e) = exec::run("wg", &args, "") {
+            if let Err(e) = processes::run("wg", &args, "") {
                 tracing::warn!(error = %format!("{e:#}"), "re-arming handshakes");
             }
         }
@@ -812,7 +799,7 @@ impl Tunnels {
                 continue;
             }
             let interface = tunnel.interface.as_str();
-            let now = parse_handshakes(&exec::run(
+            let now = parse_handshakes(&processes::run(
                 "wg",
                 &["show", interface, "latest-handshakes"],
                 "",
@@ -831,7 +818,7 @@ impl Tunnels {
                     .iter()
                     .map(Prefix::to_string)
                     .collect();
-                exec::run(
+                processes::run(
                     "wg",
                     &[
                         "set",
@@ -882,7 +869,7 @@ impl Tunnels {
         wg.tunnels
             .iter()
             .filter_map(|t| {
-                let dump = exec::run("wg", &["show", &t.interface, "dump"], "").ok()?;
+                let dump = processes::run("wg", &["show", &t.interface, "dump"], "").ok()?;
                 Some(TunnelStatus {
                     interface: t.interface.clone(),
                     public_key,
@@ -924,7 +911,7 @@ impl Drop for Tunnels {
 /// Ends a `wireguard-go` the agent started: asked to stop (it removes its
 /// UAPI socket and link), killed if it has not within two seconds.
 fn stop(mut child: Child, interface: &str) {
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    processes::terminate(&child.id().to_string());
     let deadline = Instant::now() + Duration::from_secs(2);
     while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

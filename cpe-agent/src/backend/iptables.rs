@@ -34,7 +34,8 @@ use isdf_api::{
     RuleCounter, Set,
 };
 
-use super::{exec, nearest_second, remaining_secs, FirewallBackend, Interfaces};
+use super::{nearest_second, remaining_secs, FirewallBackend, Interfaces};
+use crate::sys::processes;
 
 /// Live sets are `isdf-<name>`; set names are at most 24 bytes, so this stays
 /// within ipset's 31.
@@ -885,7 +886,7 @@ impl IptablesBackend {
     /// Probes the kernel once: creating a set loads its module if there is one.
     fn capabilities(&self) -> Capabilities {
         *self.capabilities.get_or_init(|| {
-            let created = exec::run(
+            let created = processes::run(
                 &self.ipset,
                 &[
                     "-exist",
@@ -899,7 +900,7 @@ impl IptablesBackend {
             );
             let net_port_net = created.is_ok();
             if net_port_net {
-                if let Err(e) = exec::run(&self.ipset, &["destroy", PROBE_SET], "") {
+                if let Err(e) = processes::run(&self.ipset, &["destroy", PROBE_SET], "") {
                     tracing::warn!("could not destroy ipset probe set: {e:#}");
                 }
             } else {
@@ -918,29 +919,29 @@ impl IptablesBackend {
         } else {
             &["-t", "filter"]
         };
-        let text = exec::run(&program, args, "")
+        let text = processes::run(&program, args, "")
             .with_context(|| format!("listing rules with {program}"))?;
         SavedFilter::parse(&text).with_context(|| format!("parsing {program} output"))
     }
 
     fn restore(&self, family: Family, script: &str) -> anyhow::Result<()> {
         let program = format!("{}-restore", self.tool(family));
-        exec::run(&program, &["-w", "--noflush", "--test"], script)
+        processes::run(&program, &["-w", "--noflush", "--test"], script)
             .with_context(|| format!("{program} rejected the planned rules (test)"))?;
-        exec::run(&program, &["-w", "--noflush"], script)
+        processes::run(&program, &["-w", "--noflush"], script)
             .with_context(|| format!("applying the rules with {program}"))?;
         Ok(())
     }
 
     fn live_sets(&self) -> anyhow::Result<BTreeMap<String, LiveSet>> {
-        let text = exec::run(&self.ipset, &["list", "-t"], "").context("listing ipsets")?;
+        let text = processes::run(&self.ipset, &["list", "-t"], "").context("listing ipsets")?;
         let mut sets = parse_ipset_terse(&text).context("parsing `ipset list -t`")?;
         sets.retain(|name, _| name.starts_with(SET_PREFIX) || name.starts_with(TEMP_PREFIX));
         Ok(sets)
     }
 
     fn destroy_set(&self, name: &str) -> anyhow::Result<()> {
-        exec::run(&self.ipset, &["destroy", name], "")
+        processes::run(&self.ipset, &["destroy", name], "")
             .map(drop)
             .with_context(|| format!("destroying ipset {name}"))
     }
@@ -1046,7 +1047,7 @@ impl FirewallBackend for IptablesBackend {
                 self.destroy_set(name)?;
             }
         }
-        exec::run(&self.ipset, &["restore"], &layout.ipset_script())
+        processes::run(&self.ipset, &["restore"], &layout.ipset_script())
             .context("filling the ipsets with ipset restore")?;
         for family in FAMILIES {
             let repairs = self.save(family, false)?.jump_repairs();
@@ -1150,7 +1151,7 @@ impl FirewallBackend for IptablesBackend {
         for family in FAMILIES {
             if let Some(script) = self.save(family, false)?.removal_script() {
                 let program = format!("{}-restore", self.tool(family));
-                exec::run(&program, &["-w", "--noflush"], &script)
+                processes::run(&program, &["-w", "--noflush"], &script)
                     .with_context(|| format!("removing our chains with {program}"))?;
             }
         }

@@ -3,12 +3,14 @@
 //! verifies. **Only this module runs `nft`, `iptables` and `ipset`.**
 
 pub mod conntrack;
-pub mod exec;
 pub mod interval_layers;
 pub mod iptables;
 pub mod nft;
 
 use isdf_api::{Firewall, InterfaceRole, Rule, RuleCounter};
+
+use crate::sys::processes;
+use crate::sys::settings::BackendChoice;
 
 pub trait FirewallBackend: Send {
     /// `nftables` or `iptables`; reported to the controller.
@@ -66,16 +68,6 @@ pub struct LearnedEndpoint {
     pub remaining_ms: u64,
 }
 
-/// Which backend to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// nftables when `nft` works, else iptables.
-    Auto,
-    Nftables,
-    Iptables,
-}
-
 /// Builds the chosen backend; `Auto` prefers nftables. `interfaces` are the
 /// router's own (settings `lan_interfaces` and `wan_interfaces`), which
 /// rules matching `in_interface` stand for.
@@ -89,10 +81,10 @@ pub fn select(
             interfaces,
         ))),
         BackendChoice::Auto => {
-            if exec::works("nft", &["list", "tables"]) {
+            if processes::works("nft", &["list", "tables"]) {
                 Ok(Box::new(nft::NftBackend::with_interfaces(interfaces)))
-            } else if exec::works("iptables", &["-w", "-L", "-n"])
-                && exec::works("ipset", &["list", "-n"])
+            } else if processes::works("iptables", &["-w", "-L", "-n"])
+                && processes::works("ipset", &["list", "-n"])
             {
                 Ok(Box::new(iptables::IptablesBackend::with_interfaces(
                     interfaces,

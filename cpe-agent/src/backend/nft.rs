@@ -37,9 +37,9 @@ use isdf_api::{
 };
 
 use super::{
-    exec, interval_layers, remaining_ms, FirewallBackend, Interfaces, LearnedEndpoint,
-    CLASSIFY_QUEUE,
+    interval_layers, remaining_ms, FirewallBackend, Interfaces, LearnedEndpoint, CLASSIFY_QUEUE,
 };
+use crate::sys::processes;
 
 pub const TABLE: &str = "isdf";
 /// Our chains run just before fw4's (priority filter = 0), so a block here
@@ -1062,7 +1062,7 @@ impl NftBackend {
             .filter(|s| dns_filled.contains(s.name.as_str()))
         {
             let name = set.name.as_str();
-            let out = match exec::run(
+            let out = match processes::run(
                 &self.program,
                 &["-j", "list", "set", "inet", TABLE, name],
                 "",
@@ -1088,7 +1088,7 @@ impl NftBackend {
             let probe = format!(
                 "table inet {TABLE}_probe {{\n\tchain c {{\n\t\ttype filter hook forward priority 0;\n\t\tqueue num {CLASSIFY_QUEUE} bypass\n\t}}\n}}\n"
             );
-            if exec::run(&self.program, &["-c", "-f", "-"], &probe).is_ok() {
+            if processes::run(&self.program, &["-c", "-f", "-"], &probe).is_ok() {
                 Queueing::Native
             } else {
                 tracing::info!("this kernel has no nft queue: classify rules mark packets for an iptables NFQUEUE rule");
@@ -1110,7 +1110,7 @@ impl NftBackend {
                 args.extend(["-m", "mark", "--mark", &mark, "-m", "comment"]);
                 args.extend(["--comment", "isdf-classify", "-j", "NFQUEUE"]);
                 args.extend(["--queue-num", &queue, "--queue-bypass"]);
-                exec::run(tool, &args, "")
+                processes::run(tool, &args, "")
             };
             let present = rule("-C").is_ok();
             if wanted && !present {
@@ -1126,7 +1126,7 @@ impl NftBackend {
     /// Lists our table without set elements (terse): what verification and
     /// counters need, at a fraction of a full listing's cost.
     fn list_terse(&self) -> anyhow::Result<Option<serde_json::Value>> {
-        match exec::run(
+        match processes::run(
             &self.program,
             &["-t", "-j", "list", "table", "inet", TABLE],
             "",
@@ -1170,13 +1170,13 @@ impl FirewallBackend for NftBackend {
             carried: Carried::new(),
         };
         let structure = plan_script(firewall, now_ms, Elements::Omit, &inputs)?;
-        exec::run(&self.program, &["-c", "-f", "-"], &structure)
+        processes::run(&self.program, &["-c", "-f", "-"], &structure)
             .context("nft rejected the planned ruleset (check)")?;
         // Read as late as possible: what the resolver adds between this read
         // and the transaction below is lost (it adds it again on the
         // client's next query, which the TTL cap keeps near).
         inputs.carried = self.read_dns_filled(firewall)?;
-        exec::run(
+        processes::run(
             &self.program,
             &["-f", "-"],
             &plan_with(firewall, now_ms, &inputs)?,
@@ -1245,7 +1245,7 @@ impl FirewallBackend for NftBackend {
     fn learned_endpoints(&self, firewall: &Firewall) -> anyhow::Result<Vec<LearnedEndpoint>> {
         let mut learned = Vec::new();
         for set in firewall.sets.iter().filter(|s| s.key.is_endpoint()) {
-            let out = exec::run(
+            let out = processes::run(
                 &self.program,
                 &["-j", "list", "set", "inet", TABLE, set.name.as_str()],
                 "",
@@ -1269,7 +1269,7 @@ impl FirewallBackend for NftBackend {
                 endpoint.port
             );
             // Absent (never learned by the kernel, or expired) is fine.
-            let _ = exec::run(
+            let _ = processes::run(
                 &self.program,
                 &[
                     "delete",
@@ -1295,7 +1295,7 @@ impl FirewallBackend for NftBackend {
         if self.queueing.get() == Some(&Queueing::Mark) {
             self.sync_mark_queue(false)?;
         }
-        exec::run(
+        processes::run(
             &self.program,
             &["-f", "-"],
             &format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"),

@@ -520,10 +520,10 @@ mod tests {
         assert_eq!(
             lines,
             [
-                " INFO isdf_agent::logging::tests: starting",
-                " WARN isdf_agent::logging::tests: applied version=3 name=\"a b\" flow=(53, \"udp\") reason=x y",
-                "ERROR isdf_agent::logging::tests: 1 and \"two\" type=\"t\" ok=true ratio=0.5",
-                " INFO isdf_agent::logging::tests: count=2",
+                " INFO isdf_agent::sys::logging::tests: starting",
+                " WARN isdf_agent::sys::logging::tests: applied version=3 name=\"a b\" flow=(53, \"udp\") reason=x y",
+                "ERROR isdf_agent::sys::logging::tests: 1 and \"two\" type=\"t\" ok=true ratio=0.5",
+                " INFO isdf_agent::sys::logging::tests: count=2",
             ]
         );
     }
@@ -536,7 +536,10 @@ mod tests {
         });
         assert_eq!(
             lines,
-            ["DEBUG isdf_agent::logging::tests: d", "TRACE elsewhere: t",]
+            [
+                "DEBUG isdf_agent::sys::logging::tests: d",
+                "TRACE elsewhere: t",
+            ]
         );
         assert!(capture(Level::ERROR, || tracing::warn!("w")).is_empty());
     }
@@ -549,7 +552,7 @@ mod tests {
         });
         assert_eq!(
             lines,
-            [" INFO isdf_agent::logging::tests: from the server: red\\x1b[31m bell\\x07 \\u{9b} text=\"red\\u{1b}[31m bell\\u{7} \\u{9b}\""]
+            [" INFO isdf_agent::sys::logging::tests: from the server: red\\x1b[31m bell\\x07 \\u{9b} text=\"red\\u{1b}[31m bell\\u{7} \\u{9b}\""]
         );
     }
 
@@ -561,7 +564,7 @@ mod tests {
         });
         assert_eq!(
             lines,
-            [" WARN isdf_agent::logging::tests: failed error=outer error.sources=[inner]"]
+            [" WARN isdf_agent::sys::logging::tests: failed error=outer error.sources=[inner]"]
         );
     }
 
@@ -585,10 +588,10 @@ mod tests {
         assert_eq!(
             lines,
             [
-                " INFO apply{now_ms=7}: isdf_agent::logging::tests: in outer",
-                " INFO apply{now_ms=7}:remove: isdf_agent::logging::tests: in inner",
-                " INFO apply{now_ms=7}:remove{done=2}: isdf_agent::logging::tests: recorded",
-                " INFO apply{now_ms=7}: isdf_agent::logging::tests: back",
+                " INFO apply{now_ms=7}: isdf_agent::sys::logging::tests: in outer",
+                " INFO apply{now_ms=7}:remove: isdf_agent::sys::logging::tests: in inner",
+                " INFO apply{now_ms=7}:remove{done=2}: isdf_agent::sys::logging::tests: recorded",
+                " INFO apply{now_ms=7}: isdf_agent::sys::logging::tests: back",
             ]
         );
     }

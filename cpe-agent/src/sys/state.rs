@@ -1,21 +1,27 @@
 //! The agent's state directory: the device identity (key and certificate),
-//! the last good envelope (exact signed bytes) and the status sequence
-//! counter, each written atomically (temp file, fsync, rename, fsync of the
-//! directory), so a crash or power cut leaves either the old file or the new
-//! one.
+//! the last good envelope (exact signed bytes), the root chain and the status
+//! sequence counter, each written atomically (`write_atomically`: temp file,
+//! fsync, rename, fsync of the directory), so a crash or power cut leaves
+//! either the old file or the new one.
+//!
+//! Other parts of the agent keep their own files here through the same two
+//! primitives (`read_optional`, `write_atomically`): the router's own blocks
+//! (`router_blocks::persist`) and the WireGuard keys (`wireguard::keys`).
+//! This module knows nothing of their contents, so it imports nothing of
+//! theirs.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use isdf_api::enrollment::DeviceCertificate;
 use serde::{Deserialize, Serialize};
 
+use super::atomic_write::write_atomically;
+
 const LAST_GOOD: &str = "last-good.envelope.json";
 const SEQUENCE: &str = "status-sequence";
 const ROOTS: &str = "roots.json";
-const ROUTER_BLOCKS: &str = "router-blocks.json";
 /// The device identity: one file holding the certificate answer and the
 /// private key, mode 0600.
 ///
@@ -76,36 +82,15 @@ impl StateDir {
         &self.dir
     }
 
-    /// Writes `name` atomically with permissions `mode` (before the umask).
-    /// The temp file is created afresh, so a leftover from a crash cannot lend
-    /// it wider permissions.
+    /// Writes `name` atomically with permissions `mode` (before the umask);
+    /// see `write_atomically`.
     pub(crate) fn write_atomically(
         &self,
         name: &str,
         bytes: &[u8],
         mode: u32,
     ) -> anyhow::Result<()> {
-        let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", self.dir.display()))?;
-        Ok(())
+        write_atomically(&self.dir.join(name), bytes, mode)
     }
 
     pub(crate) fn read_optional(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
@@ -156,22 +141,6 @@ impl StateDir {
     /// Persists the chain the agent walked (verified before it is saved).
     pub fn save_roots(&self, envelopes: &[String]) -> anyhow::Result<()> {
         self.write_atomically(ROOTS, &serde_json::to_vec(envelopes)?, 0o644)
-    }
-
-    /// Blocks the router decided itself and events not yet delivered.
-    pub fn router_blocks(&self) -> anyhow::Result<crate::router_blocks::Persisted> {
-        match self.read_optional(ROUTER_BLOCKS)? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("parsing {}", self.dir.join(ROUTER_BLOCKS).display())),
-            None => Ok(Default::default()),
-        }
-    }
-
-    pub fn save_router_blocks(
-        &self,
-        blocks: &crate::router_blocks::Persisted,
-    ) -> anyhow::Result<()> {
-        self.write_atomically(ROUTER_BLOCKS, &serde_json::to_vec(blocks)?, 0o644)
     }
 
     /// The next status sequence number, persisted before it is used. Seeded

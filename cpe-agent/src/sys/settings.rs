@@ -9,10 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use isdf_api::enrollment::DeviceCertificate;
 use serde::Deserialize;
-
-use crate::backend::BackendChoice;
-use crate::state::Identity;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +125,38 @@ pub enum DnsMode {
     /// The system's dnsmasq (OpenWrt) reads a file the agent writes into
     /// its conf-dir.
     ConfDir,
+}
+
+/// Which firewall backend to use (`backend`, or `--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// nftables when `nft` works, else iptables.
+    Auto,
+    Nftables,
+    Iptables,
+}
+
+/// Bounds on router-side blocks (`Settings::router_block_limits`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouterBlockLimits {
+    /// Most blocks in force at once.
+    pub max_active: usize,
+    /// Sustained local requests per second (detections are bounded by
+    /// `max_active` only: the classifier has its own per-flow bounds).
+    pub per_sec: f64,
+    /// Requests allowed at once above the sustained rate.
+    pub burst: f64,
+}
+
+/// What the tunnels need of the settings (`Settings::tunnel_settings`).
+#[derive(Debug, Clone)]
+pub struct TunnelSettings {
+    pub state_dir: PathBuf,
+    /// The `wireguard-go` program, for kernels without WireGuard.
+    pub wireguard_go: PathBuf,
+    /// The routing table of the first tunnel; the others follow.
+    pub table_base: u32,
 }
 
 /// Whether `name` can be a Linux interface name (it is written into
@@ -268,10 +298,14 @@ impl Settings {
     }
 
     /// The keys config signatures are accepted from: `signing_public_keys`
-    /// when set, else those the controller named at enrollment.
-    pub fn trusted_keys(&self, identity: &Identity) -> anyhow::Result<isdf_api::TrustedKeys> {
+    /// when set, else those the controller named at enrollment (in
+    /// `certificate`, the enrollment or renewal answer).
+    pub fn trusted_keys(
+        &self,
+        certificate: &DeviceCertificate,
+    ) -> anyhow::Result<isdf_api::TrustedKeys> {
         if self.signing_public_keys.is_empty() {
-            parse_keys(&identity.certificate.signing_public_keys)
+            parse_keys(&certificate.signing_public_keys)
                 .context("the signing keys of the enrollment answer")
         } else {
             parse_keys(&self.signing_public_keys).context("signing_public_keys")
@@ -279,17 +313,17 @@ impl Settings {
     }
 
     /// The device API base URL: `controller_url` when set, else the one the
-    /// controller named at enrollment.
-    pub fn device_api_url<'a>(&'a self, identity: &'a Identity) -> &'a str {
+    /// controller named at enrollment (in `certificate`).
+    pub fn device_api_url<'a>(&'a self, certificate: &'a DeviceCertificate) -> &'a str {
         self.controller_url
             .as_deref()
-            .unwrap_or(&identity.certificate.device_api_url)
+            .unwrap_or(&certificate.device_api_url)
     }
 
     /// Bounds on router-side blocks.
-    pub fn router_block_limits(&self) -> crate::router_blocks::Limits {
+    pub fn router_block_limits(&self) -> RouterBlockLimits {
         let per_sec = f64::from(self.local_block_rate.max(1));
-        crate::router_blocks::Limits {
+        RouterBlockLimits {
             max_active: self.local_block_max,
             per_sec,
             burst: per_sec * 10.0,
@@ -328,8 +362,8 @@ impl Settings {
     }
 
     /// What the tunnels need of the settings.
-    pub fn tunnel_settings(&self) -> crate::wireguard::TunnelSettings {
-        crate::wireguard::TunnelSettings {
+    pub fn tunnel_settings(&self) -> TunnelSettings {
+        TunnelSettings {
             state_dir: self.state_dir.clone(),
             wireguard_go: self.wireguard_go.clone(),
             table_base: self.wireguard_table_base,
@@ -550,7 +584,7 @@ mod tests {
 
     #[test]
     fn the_example_config_parses() {
-        let s = Settings::parse(include_str!("../../deploy/agent.toml.example")).unwrap();
+        let s = Settings::parse(include_str!("../../../deploy/agent.toml.example")).unwrap();
         let defaults = Settings::parse(&format!("state_dir = {:?}\n", s.state_dir)).unwrap();
         assert_eq!(dns_keys(&s), dns_keys(&defaults));
     }

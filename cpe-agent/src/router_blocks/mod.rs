@@ -12,6 +12,8 @@
 //! Every change is queued as an event for the controller (persisted too, so
 //! nothing is lost while it is unreachable).
 
+pub mod persist;
+
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -22,6 +24,8 @@ use isdf_api::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::sys::settings::RouterBlockLimits;
+
 /// Shortest and longest router-side block.
 pub const MIN_DURATION_MS: u64 = 1_000;
 pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
@@ -29,18 +33,6 @@ pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
 const MAX_OUTBOX: usize = 4096;
 /// Longest free-text reason.
 pub const MAX_REASON_CHARS: usize = 200;
-
-/// Bounds on router-side blocks.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    /// Most blocks in force at once.
-    pub max_active: usize,
-    /// Sustained local requests per second (detections are bounded by
-    /// `max_active` only: the classifier has its own per-flow bounds).
-    pub per_sec: f64,
-    /// Requests allowed at once above the sustained rate.
-    pub burst: f64,
-}
 
 /// Why a block request was refused; `code` is stable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +67,7 @@ pub struct Persisted {
 
 pub struct RouterBlocks {
     data: Persisted,
-    limits: Limits,
+    limits: RouterBlockLimits,
     tokens: f64,
     refilled: Instant,
     /// Events dropped because the outbox was full, not yet logged.
@@ -83,7 +75,7 @@ pub struct RouterBlocks {
 }
 
 impl RouterBlocks {
-    pub fn new(data: Persisted, limits: Limits) -> Self {
+    pub fn new(data: Persisted, limits: RouterBlockLimits) -> Self {
         RouterBlocks {
             data,
             limits,
@@ -138,7 +130,7 @@ impl RouterBlocks {
     }
 
     /// Adds a block for `duration_ms` from `now_ms`, or says why not. Local
-    /// requests are rate limited; detections are not (see `Limits`).
+    /// requests are rate limited; detections are not (see `RouterBlockLimits`).
     pub fn add(
         &mut self,
         origin: BlockOrigin,
@@ -425,7 +417,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
+    const LIMITS: RouterBlockLimits = RouterBlockLimits {
         max_active: 3,
         per_sec: 1.0,
         burst: 2.0,
