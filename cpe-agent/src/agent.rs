@@ -26,10 +26,10 @@ use isdf_api::{
 };
 
 use crate::backend::{conntrack, FirewallBackend};
-use crate::client::{Client, Poll};
 use crate::control::{Command, Request, Response};
+use crate::controller::client::{Client, Poll};
+use crate::controller::enrollment;
 use crate::dns::{Dnsmasq, Resolver};
-use crate::enrollment;
 use crate::portal_redirect::PortalResponder;
 use crate::router_blocks::{blocked_patterns, RouterBlocks};
 use crate::sys::settings::Settings;

@@ -8,10 +8,9 @@
 pub mod agent;
 pub mod backend;
 pub mod classify;
-pub mod client;
 pub mod control;
+pub mod controller;
 pub mod dns;
-pub mod enrollment;
 pub mod inspect;
 pub mod portal_redirect;
 pub mod router_blocks;

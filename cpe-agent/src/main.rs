@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use isdf_agent::agent::Agent;
 use isdf_agent::backend;
 use isdf_agent::control::{self, Request};
-use isdf_agent::enrollment;
+use isdf_agent::controller::enrollment;
 use isdf_agent::sys::settings::{read_token, BackendChoice, Settings};
 use isdf_agent::sys::state::StateDir;
 

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context};
 use isdf_api::enrollment::{DeviceCertificate, EnrollRequest};
 use isdf_api::paths;
 
-use crate::client::{self, Client, ControllerError};
+use super::client::{self, Client, ControllerError};
 use crate::sys::settings::{read_token, Settings};
 use crate::sys::state::{Identity, StateDir};
 
