@@ -1,16 +1,15 @@
-//! The router's resolver: the config's DNS policy as a dnsmasq config
-//! (`render`, pure and snapshot-tested), and the `Resolver` that makes a
-//! dnsmasq enforce it: one the agent runs itself (`managed`), or the
-//! system's, through a file in its conf-dir (`conf-dir`, OpenWrt).
+//! dnsmasq enforcing the DNS policy: the `Resolver` the agent loop uses.
 //!
-//! dnsmasq does the work: answers for gated domains add their addresses to
-//! the firewall's sets (`nftset=`), TTLs handed to clients are capped, and
-//! some names are answered by the router itself. Every apply waits until
-//! dnsmasq answers a TXT record naming a digest of the config just written,
-//! so "applied" means "this config answers", not "a dnsmasq answers".
+//! In `managed` mode the agent runs a dnsmasq of its own, on the LAN
+//! interfaces and lo, and restarts it only when its config changed (again
+//! from the periodic pass if it died; one left by a crashed agent is ended
+//! by the PID it recorded). In `conf-dir` mode (OpenWrt) it writes
+//! `isdf.conf` into the system dnsmasq's conf-dir and runs its reload
+//! command. Either way an apply succeeds only once dnsmasq answers the
+//! marker of the config just written (see `plan::with_marker`); config and
+//! pid files are written atomically (`sys::atomic_write`).
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -21,6 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use isdf_api::DnsPolicy;
 
+use super::plan::{answers_with, txt_query, with_marker, RenderOptions, MARKER_NAME};
+use super::{render, Resolver};
+use crate::sys::atomic_write::write_atomically;
 use crate::sys::processes;
 use crate::sys::settings::{DnsMode, Settings};
 
@@ -30,103 +32,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(5);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of dnsmasq's stderr kept for error messages.
 const STDERR_TAIL: usize = 12;
-/// The name whose TXT record is the digest of the config in force. Under
-/// `.invalid`, which no real domain uses (RFC 6761).
-const MARKER_NAME: &str = "config.isdf.invalid";
 /// The file the agent owns in the system dnsmasq's conf-dir.
 pub const CONF_DIR_FILE: &str = "isdf.conf";
-
-/// The router's resolver, as the agent loop sees it.
-pub trait Resolver: Send {
-    /// Makes the resolver enforce `policy` (None: the agent runs none, and
-    /// its file leaves the conf-dir) and waits until it answers with it.
-    /// Remembers `policy` even when this fails, for `repair`.
-    fn apply(&mut self, policy: Option<&DnsPolicy>) -> anyhow::Result<()>;
-
-    /// Puts back what the last `apply` asked for if it is gone: a managed
-    /// dnsmasq that died, a conf-dir file someone removed.
-    fn repair(&mut self) -> anyhow::Result<()>;
-}
-
-/// What `render` needs besides the policy.
-#[derive(Debug, Clone, Copy)]
-pub struct RenderOptions<'a> {
-    pub mode: DnsMode,
-    pub port: u16,
-    /// Interfaces a managed dnsmasq answers on, besides lo.
-    pub lan_interfaces: &'a [String],
-    pub upstream: &'a [SocketAddr],
-}
-
-/// The dnsmasq config enforcing `policy`. Everything written comes from
-/// parsed values (domain patterns, set names, addresses, interface names
-/// checked when the settings were read), so no text can add an option.
-pub fn render(policy: &DnsPolicy, options: &RenderOptions) -> String {
-    let mut s = String::from("# Written by isdf-agent from its signed config; changes are lost.\n");
-    if options.mode == DnsMode::Managed {
-        // DNS only: without a dhcp-range this dnsmasq serves no DHCP.
-        let _ = writeln!(s, "port={}", options.port);
-        s.push_str("interface=lo\n");
-        for name in options.lan_interfaces {
-            let _ = writeln!(s, "interface={name}");
-        }
-        // Binds each address of those interfaces, as they come and go,
-        // and leaves the others' port 53 alone.
-        s.push_str("bind-dynamic\n");
-        if !options.upstream.is_empty() {
-            s.push_str("no-resolv\n");
-            for server in options.upstream {
-                let _ = writeln!(s, "server={}#{}", server.ip(), server.port());
-            }
-        }
-        // The agent supervises it and logs what it says.
-        s.push_str("keep-in-foreground\nlog-facility=-\npid-file=\n");
-    }
-    if let Some(ttl) = policy.max_ttl_secs {
-        // max-ttl caps what clients are told, forwarded answers included;
-        // max-cache-ttl makes dnsmasq ask upstream again within the cap, and
-        // only answers from upstream add addresses to the sets.
-        let _ = writeln!(s, "max-ttl={ttl}\nmax-cache-ttl={ttl}");
-    }
-    for fill in &policy.fill_sets {
-        s.push_str("nftset=/");
-        for domain in &fill.domains {
-            let _ = write!(s, "{}/", domain.domain());
-        }
-        let _ = writeln!(
-            s,
-            "4#inet#isdf#{},6#inet#isdf#{}",
-            fill.ipv4_set, fill.ipv6_set
-        );
-    }
-    for answer in &policy.local_answers {
-        let domain = answer.domain.domain();
-        if answer.addresses.is_empty() {
-            let _ = writeln!(s, "address=/{domain}/");
-            continue;
-        }
-        // Local only: other types (AAAA for a name with only IPv4
-        // addresses) get an empty answer instead of going upstream.
-        let _ = writeln!(s, "local=/{domain}/");
-        for addr in &answer.addresses {
-            let _ = writeln!(s, "address=/{domain}/{addr}");
-        }
-    }
-    s
-}
-
-/// The config file's text: `rendered` plus the TXT record the agent asks for
-/// to know this very config answers.
-fn with_marker(rendered: String) -> (String, String) {
-    use std::hash::{Hash, Hasher};
-    // Fixed keys: the same text gives the same digest within one agent run,
-    // which is all the check needs.
-    let mut hasher = std::hash::DefaultHasher::new();
-    rendered.hash(&mut hasher);
-    let digest = format!("{:016x}", hasher.finish());
-    let text = format!("{rendered}txt-record={MARKER_NAME},{digest}\n");
-    (text, digest)
-}
 
 /// A config the resolver should enforce.
 #[derive(Clone, PartialEq, Eq)]
@@ -266,13 +173,11 @@ impl Dnsmasq {
         let Some(desired) = self.desired.clone() else {
             return Ok(());
         };
-        write_atomically(&self.conf_path(), desired.text.as_bytes())?;
+        write_file(&self.conf_path(), desired.text.as_bytes())?;
         let mut running = self.spawn(&desired.text)?;
         // Written after the start, so a crashed agent's successor can end
         // this dnsmasq, which would otherwise hold the port.
-        if let Err(e) =
-            write_atomically(&self.pid_path(), running.child.id().to_string().as_bytes())
-        {
+        if let Err(e) = write_file(&self.pid_path(), running.child.id().to_string().as_bytes()) {
             tracing::warn!(error = %format!("{e:#}"), "recording dnsmasq's pid");
         }
         match wait_until_answers(self.port, &desired.digest, Some(&mut running)) {
@@ -376,7 +281,7 @@ impl Dnsmasq {
             }
         }
         self.loaded = None;
-        write_atomically(&path, desired.text.as_bytes())?;
+        write_file(&path, desired.text.as_bytes())?;
         self.reload()?;
         wait_until_answers(self.port, &desired.digest, None)
             .context("the system dnsmasq (its log: logread -e dnsmasq)")?;
@@ -477,129 +382,19 @@ fn query_marker(port: u16, digest: &str) -> std::io::Result<bool> {
     Ok(answers_with(&answer[..len], id, digest))
 }
 
-/// A recursive DNS query for `name`'s TXT record.
-fn txt_query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = Vec::with_capacity(18 + name.len());
-    q.extend_from_slice(&id.to_be_bytes());
-    // Recursion desired; one question.
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    // Root label, type TXT (16), class IN (1).
-    q.extend_from_slice(&[0, 0, 16, 0, 1]);
-    q
-}
-
-/// Whether `answer` answers query `id` without error and holds `digest`.
-fn answers_with(answer: &[u8], id: u16, digest: &str) -> bool {
-    answer.len() > 12
-        && answer[..2] == id.to_be_bytes()
-        && answer[2] & 0x80 != 0
-        && answer[3] & 0x0f == 0
-        && answer.windows(digest.len()).any(|w| w == digest.as_bytes())
-}
-
-/// Writes `path` by a rename, so dnsmasq never reads half a file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Writes `path` atomically (creating its directory), so dnsmasq never reads
+/// half a file, even after a power cut. The mode is the one `std::fs::write`
+/// gives: the umask decides, as for any file the agent writes for dnsmasq.
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("a file without directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path.file_name().context("a path without file name")?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    write_atomically(path, bytes, 0o666)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy() -> DnsPolicy {
-        serde_json::from_value(serde_json::json!({
-            "max_ttl_secs": 30,
-            "fill_sets": [
-                {"domains": ["video.test", "*.cdn-video.test"], "ipv4_set": "site_v4", "ipv6_set": "site_v6"},
-                {"domains": ["music.test"], "ipv4_set": "music_v4", "ipv6_set": "music_v6"}
-            ],
-            "local_answers": [
-                {"domain": "use-application-dns.net"},
-                {"domain": "dns.google", "addresses": []},
-                {"domain": "portal.isp.test", "addresses": ["192.0.2.1", "2001:db8:1::1"]}
-            ]
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn a_managed_dnsmasq_config() {
-        let lan = ["br-lan".to_owned(), "wlan0".to_owned()];
-        let upstream = [
-            "198.51.100.2:53".parse().unwrap(),
-            "[2001:db8:2::2]:5353".parse().unwrap(),
-        ];
-        let options = RenderOptions {
-            mode: DnsMode::Managed,
-            port: 53,
-            lan_interfaces: &lan,
-            upstream: &upstream,
-        };
-        insta::assert_snapshot!(render(&policy(), &options));
-    }
-
-    #[test]
-    fn a_conf_dir_file_holds_only_the_policy() {
-        let options = RenderOptions {
-            mode: DnsMode::ConfDir,
-            port: 53,
-            lan_interfaces: &[],
-            upstream: &[],
-        };
-        insta::assert_snapshot!(render(&policy(), &options));
-    }
-
-    #[test]
-    fn without_upstream_servers_dnsmasq_reads_resolv_conf() {
-        let options = RenderOptions {
-            mode: DnsMode::Managed,
-            port: 5353,
-            lan_interfaces: &[],
-            upstream: &[],
-        };
-        let text = render(&DnsPolicy::default(), &options);
-        assert!(text.contains("port=5353\n"));
-        assert!(!text.contains("no-resolv"), "{text}");
-        assert!(!text.contains("max-ttl"), "no cap asked: {text}");
-    }
-
-    #[test]
-    fn the_marker_changes_with_the_config() {
-        let (text, digest) = with_marker("port=53\n".into());
-        assert_eq!(
-            text,
-            format!("port=53\ntxt-record=config.isdf.invalid,{digest}\n")
-        );
-        assert_ne!(with_marker("port=54\n".into()).1, digest);
-    }
-
-    #[test]
-    fn queries_and_answers_are_matched() {
-        let q = txt_query(0xbeef, "config.isdf.invalid");
-        assert_eq!(&q[..4], &[0xbe, 0xef, 0x01, 0x00]);
-        assert_eq!(&q[12..19], b"\x06config");
-        assert_eq!(&q[q.len() - 5..], &[0, 0, 16, 0, 1]);
-        // The question echoed, then an answer whose TXT holds the digest.
-        let mut answer = q.clone();
-        answer[2] = 0x81;
-        answer[3] = 0x80;
-        answer.extend_from_slice(b"\xc0\x0c\0\x10\0\x01\0\0\0\0\0\x09\x08abcd1234");
-        assert!(answers_with(&answer, 0xbeef, "abcd1234"));
-        assert!(!answers_with(&answer, 0xbeee, "abcd1234"), "another id");
-        assert!(!answers_with(&answer, 0xbeef, "abcd1235"), "another config");
-        answer[3] = 0x83;
-        assert!(!answers_with(&answer, 0xbeef, "abcd1234"), "NXDOMAIN");
-        assert!(!answers_with(&q, 0xbeef, "x"), "the query itself");
-    }
+    use crate::dns::sample_policy as policy;
 
     fn settings(dir: &Path, extra: &str) -> Settings {
         Settings::parse(&format!(
