@@ -1,6 +1,15 @@
 //! The agent loop: enforce the last good config at start (before any network
-//! call), then long-poll, verify, apply, verify the kernel, report; renew the
-//! device certificate when it is two thirds through its life.
+//! call), then long-poll, verify, apply, verify the kernel, persist, report;
+//! renew the device certificate when it is two thirds through its life.
+//!
+//! `Agent::run`, in this file, is the whole loop: one pass of periodic work
+//! (drift repair, services, identity, reports), then one `select!` over the
+//! long poll, local requests, classifier detections, the harvest of the
+//! kernel's endpoint sets and the rotation watcher, then the pause the server
+//! asked for. What each step does lives with its concern: `apply.rs`
+//! (verify, enforce, roll back, repair), `identity.rs` (trust, renewal,
+//! re-enrollment), `report.rs` (status, events, facts) and `blocks.rs` (the
+//! router's own blocks).
 //!
 //! A config is applied in order: the kernel ruleset (applied and verified,
 //! with the tunnels' isolation rules), then the WireGuard tunnels, then the
@@ -11,10 +20,9 @@
 //! Invariants: **nothing reaches the backend before `open_device_config`
 //! accepted it** (signature, device id, version, expiry); a failed apply
 //! restores the previous ruleset, tunnels, DNS policy and portal redirect;
-//! losing the
-//! controller never removes rules,
-//! and neither does losing the certificate: a router that can no longer
-//! authenticate keeps enforcing what it has.
+//! losing the controller never removes rules, and neither does losing the
+//! certificate: a router that can no longer authenticate keeps enforcing
+//! what it has.
 
 mod apply;
 mod blocks;

@@ -1,6 +1,16 @@
-//! Firewall backends. Each has a pure planner (`Firewall` + time -> script
-//! text, snapshot-tested) and an executor that checks, applies atomically and
-//! verifies. **Only this module runs `nft`, `iptables` and `ipset`.**
+//! Firewall backends: the `FirewallBackend` trait the agent loop drives,
+//! the choice of backend (`select`: nftables when `nft` works, else
+//! iptables), and `Interfaces` (settings `lan_interfaces` and
+//! `wan_interfaces`: what a rule's `in_interface: lan|wan` stands for; a role
+//! with no interface is an apply error, so one config fits routers whose
+//! interfaces are named differently).
+//!
+//! Each backend has a pure planner (`Firewall` + time -> script text,
+//! snapshot-tested) and an executor that checks, applies atomically and
+//! verifies: `nft/` and `iptables/`. `conntrack.rs` ends the established
+//! flows of what an apply newly blocks; `interval_layers.rs` packs
+//! overlapping patterns into sets nft accepts. **Only this module runs
+//! `nft`, `iptables`, `ipset` and `conntrack`** (through `sys::processes`).
 
 pub mod conntrack;
 pub mod interval_layers;

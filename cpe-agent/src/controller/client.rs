@@ -1,7 +1,8 @@
 //! The device API client: HTTPS with the controller CA pinned as the only
 //! root and the router's certificate as its credential (mutual TLS);
-//! long-poll config pull with a body cap, status reports, renewal, and the
-//! tunnel facts and probe requests.
+//! long-poll config pull with the body capped before it is read in full,
+//! status reports, events, renewal, and the tunnel facts and probe requests.
+//! It honours the server's poll pacing (`isdf-poll-after`, at most an hour).
 
 use std::sync::Arc;
 use std::time::Duration;

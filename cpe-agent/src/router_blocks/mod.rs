@@ -11,6 +11,11 @@
 //!
 //! Every change is queued as an event for the controller (persisted too, so
 //! nothing is lost while it is unreachable).
+//!
+//! Blocks are bounded in number and local requests rate limited
+//! (`RouterBlockLimits`). This file does no I/O (the rate limiter reads the
+//! monotonic clock); `persist.rs` keeps the blocks and the outbox in the
+//! state directory.
 
 pub mod persist;
 

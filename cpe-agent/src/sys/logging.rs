@@ -6,7 +6,7 @@
 //! uses of them. This subscriber keeps exactly what the agent printed with it:
 //!
 //! ```text
-//! 2024-05-01T12:00:00.123456Z  INFO apply{now_ms=1}: isdf_agent::backend::iptables: applied version=3
+//! 2024-05-01T12:00:00.123456Z  INFO apply{now_ms=1}: isdf_agent::backend::iptables::apply: applied version=3
 //! ```
 //!
 //! a UTC timestamp with microseconds, the level padded to five characters,

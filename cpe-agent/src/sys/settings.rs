@@ -1,6 +1,11 @@
 //! Agent configuration: a TOML file (written by the OpenWrt init script from
 //! UCI, or by hand) plus command-line overrides.
 //!
+//! **This module imports nothing of the crate**: the types others take from
+//! the settings (`BackendChoice`, `RouterBlockLimits`, `TunnelSettings`) are
+//! defined here, so every layer of the agent can read its settings without
+//! an import cycle.
+//!
 //! What the controller tells the router at enrollment (its device id, the CA,
 //! the signing keys, the device API URL) lives in the state directory, not
 //! here; the keys below only override it.

@@ -28,6 +28,7 @@ use super::listing::{
     listed_addresses, listed_routes, listed_rules, parse_dump, parse_handshakes, same_prefix,
 };
 use super::plan::{choose_holder, is_v6, render_conf, wanted_rules, RULE_PRIORITY};
+use crate::sys::atomic_write::write_atomically;
 use crate::sys::processes;
 use crate::sys::settings::TunnelSettings;
 
@@ -350,8 +351,15 @@ impl Tunnels {
                     program.display()
                 )
             })?;
+        // Atomic, like every file of the state directory: a power cut
+        // must not leave a torn pid for the next agent to act on. The mode
+        // is the one `std::fs::write` gave it.
         std::fs::create_dir_all(self.run_dir())
-            .and_then(|()| std::fs::write(self.pid_path(interface), child.id().to_string()))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                let pid = child.id().to_string();
+                write_atomically(&self.pid_path(interface), pid.as_bytes(), 0o666)
+            })
             .context("recording wireguard-go's pid")?;
         let uapi = Path::new(UAPI_DIR).join(format!("{interface}.sock"));
         let deadline = Instant::now() + START_TIMEOUT;
