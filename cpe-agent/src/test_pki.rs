@@ -18,7 +18,7 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
 
-use crate::controller::enrollment::new_key_and_request;
+use crate::controller::csr::new_key_and_request;
 use crate::sys::state::Identity;
 use crate::sys::time::unix_now;
 

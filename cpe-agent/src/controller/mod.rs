@@ -9,4 +9,5 @@
 //! client's connection pool.
 
 pub mod client;
+pub mod csr;
 pub mod enrollment;
