@@ -141,7 +141,7 @@ async fn serve_one(stream: tokio::net::UnixStream, tx: mpsc::Sender<Command>) {
     let mut line = String::new();
     let mut reader =
         tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST_BYTES));
-    let now_ms = crate::agent::unix_millis();
+    let now_ms = crate::sys::time::unix_millis();
     let response = match reader.read_line(&mut line).await {
         Err(e) => Response::error("invalid_request", format!("reading: {e}"), now_ms),
         // From bytes, as everything else the agent parses: deserializers

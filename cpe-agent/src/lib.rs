@@ -1,23 +1,31 @@
 //! iSDF router agent: pulls this router's signed config, verifies it, enforces
 //! it with a firewall backend, a dnsmasq, a portal redirect and WireGuard
-//! tunnels, and reports
-//! what it really enforces. The router
-//! authenticates with a client certificate it obtains by enrollment and
-//! renews by itself.
+//! tunnels, and reports what it really enforces. The router authenticates
+//! with a client certificate it obtains by enrollment and renews by itself.
+//!
+//! The folders are layers; each uses only those below it, so no two modules
+//! import each other:
+//! - `agent/`: the loop, the one place that sees every part at once.
+//! - `controller/`: the only code that talks to the controller.
+//! - `backend/`, `dns/`, `wireguard/`: the kernel ruleset, the resolver and
+//!   the tunnels, each a pure plan (snapshot-tested) and the side that makes
+//!   the system match it. `router_blocks/` (the router's own blocks),
+//!   `classify/` (the pure BitTorrent classifier) with `inspect.rs` (its
+//!   NFQUEUE side), `control.rs` (the local socket) and
+//!   `portal_redirect.rs` (the HTTP redirect responder) sit beside them.
+//! - `sys/`: settings, the state directory, the one atomic write, processes,
+//!   time and logging; it imports nothing from the layers above.
 
 pub mod agent;
 pub mod backend;
 pub mod classify;
-pub mod client;
 pub mod control;
+pub mod controller;
 pub mod dns;
-pub mod enrollment;
 pub mod inspect;
-pub mod logging;
 pub mod portal_redirect;
 pub mod router_blocks;
-pub mod settings;
-pub mod state;
+pub mod sys;
 pub mod wireguard;
 
 #[cfg(test)]

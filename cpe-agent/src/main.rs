@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use isdf_agent::agent::Agent;
-use isdf_agent::backend::{self, BackendChoice};
+use isdf_agent::backend;
 use isdf_agent::control::{self, Request};
-use isdf_agent::enrollment;
-use isdf_agent::settings::{read_token, Settings};
-use isdf_agent::state::StateDir;
+use isdf_agent::controller::enrollment;
+use isdf_agent::sys::settings::{read_token, BackendChoice, Settings};
+use isdf_agent::sys::state::StateDir;
 
 #[derive(Parser)]
 #[command(name = "isdf-agent", version, about = "iSDF router agent")]
@@ -132,7 +132,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
     // Logs go to stderr: `enroll` prints only the device id on stdout.
-    isdf_agent::logging::init(level);
+    isdf_agent::sys::logging::init(level);
     match Cli::parse().command {
         Command::Run {
             config,

@@ -5,7 +5,8 @@
 //! The URLs come from the signed config, never from the request: a LAN host
 //! can only choose which of them it gets. The responder is small on purpose
 //! (no HTTP library): it reads one request head, bounded in size and time,
-//! answers and closes.
+//! answers (a `400` for anything malformed) and closes; connections are
+//! bounded in number. The listener is re-bound only when the port changes.
 //!
 //! It runs on threads of its own rather than on the agent's runtime: it
 //! keeps answering while the loop waits for a dnsmasq, and it stops at

@@ -18,9 +18,9 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
 
-use crate::agent::unix_now;
-use crate::enrollment::new_key_and_request;
-use crate::state::Identity;
+use crate::controller::csr::new_key_and_request;
+use crate::sys::state::Identity;
+use crate::sys::time::unix_now;
 
 /// The public key (hex) of the Ed25519 key `[7; 32]` the agent tests sign with.
 pub const SIGNING_KEY_HEX: &str =

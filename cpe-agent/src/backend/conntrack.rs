@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use anyhow::Context;
 use isdf_api::{Family, FlowPattern};
 
-use super::exec;
+use crate::sys::processes;
 
 /// Most entries deleted in one pass (one process each).
 const MAX_DELETIONS: usize = 1024;
@@ -107,7 +107,7 @@ pub fn end_flows(patterns: &[&FlowPattern]) -> anyhow::Result<usize> {
             Family::Ipv4 => "ipv4",
             Family::Ipv6 => "ipv6",
         };
-        let listing = exec::run("conntrack", &["-L", "-f", name], "")
+        let listing = processes::run("conntrack", &["-L", "-f", name], "")
             .context("listing tracked connections")?;
         let entries = parse(&listing);
         for entry in covered(&entries, &of_family)
@@ -126,7 +126,7 @@ pub fn end_flows(patterns: &[&FlowPattern]) -> anyhow::Result<usize> {
                 args.extend(["--sport", &sport, "--dport", &dport]);
             }
             // Gone meanwhile (it ended or timed out) is fine.
-            if exec::run("conntrack", &args, "").is_ok() {
+            if processes::run("conntrack", &args, "").is_ok() {
                 ended += 1;
             }
         }

@@ -1,14 +1,26 @@
-//! Firewall backends. Each has a pure planner (`Firewall` + time -> script
-//! text, snapshot-tested) and an executor that checks, applies atomically and
-//! verifies. **Only this module runs `nft`, `iptables` and `ipset`.**
+//! Firewall backends: the `FirewallBackend` trait the agent loop drives,
+//! the choice of backend (`select`: nftables when `nft` works, else
+//! iptables), and `Interfaces` (settings `lan_interfaces` and
+//! `wan_interfaces`: what a rule's `in_interface: lan|wan` stands for; a role
+//! with no interface is an apply error, so one config fits routers whose
+//! interfaces are named differently).
+//!
+//! Each backend has a pure planner (`Firewall` + time -> script text,
+//! snapshot-tested) and an executor that checks, applies atomically and
+//! verifies: `nft/` and `iptables/`. `conntrack.rs` ends the established
+//! flows of what an apply newly blocks; `interval_layers.rs` packs
+//! overlapping patterns into sets nft accepts. **Only this module runs
+//! `nft`, `iptables`, `ipset` and `conntrack`** (through `sys::processes`).
 
 pub mod conntrack;
-pub mod exec;
 pub mod interval_layers;
 pub mod iptables;
 pub mod nft;
 
 use isdf_api::{Firewall, InterfaceRole, Rule, RuleCounter};
+
+use crate::sys::processes;
+use crate::sys::settings::BackendChoice;
 
 pub trait FirewallBackend: Send {
     /// `nftables` or `iptables`; reported to the controller.
@@ -66,16 +78,6 @@ pub struct LearnedEndpoint {
     pub remaining_ms: u64,
 }
 
-/// Which backend to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// nftables when `nft` works, else iptables.
-    Auto,
-    Nftables,
-    Iptables,
-}
-
 /// Builds the chosen backend; `Auto` prefers nftables. `interfaces` are the
 /// router's own (settings `lan_interfaces` and `wan_interfaces`), which
 /// rules matching `in_interface` stand for.
@@ -89,10 +91,10 @@ pub fn select(
             interfaces,
         ))),
         BackendChoice::Auto => {
-            if exec::works("nft", &["list", "tables"]) {
+            if processes::works("nft", &["list", "tables"]) {
                 Ok(Box::new(nft::NftBackend::with_interfaces(interfaces)))
-            } else if exec::works("iptables", &["-w", "-L", "-n"])
-                && exec::works("ipset", &["list", "-n"])
+            } else if processes::works("iptables", &["-w", "-L", "-n"])
+                && processes::works("ipset", &["list", "-n"])
             {
                 Ok(Box::new(iptables::IptablesBackend::with_interfaces(
                     interfaces,

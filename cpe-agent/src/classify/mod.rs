@@ -15,6 +15,9 @@
 //! the endpoints of uTP and DHT flows) and flags later flows to them; and it
 //! flags a TCP flow of a host known to run BitTorrent whose first message in
 //! each direction looks like an MSE key exchange.
+//!
+//! `inspect.rs` puts it on the packet path; `pcap.rs` reads captures for the
+//! benchmark and the nDPI comparison (`scripts/bench-detection`).
 
 mod bencode;
 mod ip;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use isdf_agent::dns::{Dnsmasq, Resolver};
 use isdf_agent::portal_redirect::PortalResponder;
-use isdf_agent::settings::Settings;
+use isdf_agent::sys::settings::Settings;
 use isdf_api::{DnsPolicy, PortalRedirect};
 
 use crate::e2e::wait_until;
@@ -115,7 +115,7 @@ fn settings(dir: &Path, extra: &str) -> Settings {
 }
 
 fn alive(pid: u32) -> bool {
-    isdf_agent::dns::process_runs(&pid.to_string())
+    isdf_agent::sys::processes::process_runs(&pid.to_string())
 }
 
 /// The sets dnsmasq fills, as the nft backend lays out address sets today.
@@ -399,6 +399,6 @@ fn conf_dir_mode_drives_the_system_dnsmasq() {
     let pid = pid.trim();
     let _ = Command::new("kill").arg(pid).status();
     wait_until("the system dnsmasq ends", Duration::from_secs(5), || {
-        !isdf_agent::dns::process_runs(pid)
+        !isdf_agent::sys::processes::process_runs(pid)
     });
 }

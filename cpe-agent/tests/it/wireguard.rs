@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use isdf_agent::backend::nft::NftBackend;
 use isdf_agent::backend::FirewallBackend;
-use isdf_agent::wireguard::{TunnelSettings, Tunnels};
+use isdf_agent::sys::settings::TunnelSettings;
+use isdf_agent::wireguard::Tunnels;
 use isdf_api::wireguard::{Peer, Tunnel, WgKey, Wireguard};
 use isdf_api::{Firewall, Prefix};
 

@@ -1,0 +1,258 @@
+//! The blocks the router decides itself, as the loop drives them: requests
+//! from the local control socket (answered once enforced), the
+//! classifier's detections on NFQUEUE, and the endpoints the kernel's
+//! signatures remembered, harvested every `HARVEST_EVERY` and before each
+//! replacement (which would empty the kernel's sets). Each becomes a router
+//! block, persisted, reported as an event and enforced at once, which also
+//! ends its established flows.
+
+use std::net::SocketAddr;
+
+use super::{error_debug, error_failed, warn_failed, Agent};
+use crate::backend::conntrack;
+use crate::control::{Command, Request, Response};
+use crate::sys::time::unix_millis;
+
+/// How long the config's `classify` rule blocks what the classifier finds
+/// (None: the config does not classify).
+pub(super) fn classify_timeout(firewall: &isdf_api::Firewall) -> Option<u32> {
+    firewall
+        .rules
+        .iter()
+        .filter(|r| r.action == isdf_api::Action::Classify)
+        .filter_map(|r| r.add_endpoints_to.as_ref())
+        .map(|a| a.timeout_secs)
+        .max()
+}
+
+impl Agent {
+    /// Starts the classifier on its queue the first time a config asks.
+    pub(super) fn start_classifier(&mut self) {
+        if self.inspector.is_some() || self.classifier_failed {
+            return;
+        }
+        match crate::inspect::start(crate::backend::CLASSIFY_QUEUE) {
+            Ok(inspector) => self.inspector = Some(inspector),
+            Err(e) => {
+                // The queue rule has `bypass`: traffic passes unclassified,
+                // and the kernel's signatures still block.
+                error_failed("the classifier cannot run", &e);
+                self.classifier_failed = true;
+            }
+        }
+    }
+
+    /// Blocks the peers the classifier found, for as long as the config's
+    /// classify rule says, and enforces that at once (which also ends their
+    /// established flows).
+    pub(super) fn handle_detections(&mut self, first: crate::classify::Detection) {
+        use isdf_api::events::BlockOrigin;
+        let firewall = self.config_firewall();
+        let Some(timeout_secs) = classify_timeout(&firewall) else {
+            return;
+        };
+        let mut found = vec![first];
+        if let Some(inspector) = self.inspector.as_mut() {
+            while let Ok(more) = inspector.detections.try_recv() {
+                found.push(more);
+            }
+        }
+        let now_ms = unix_millis();
+        let mut added = 0;
+        for detection in found {
+            let endpoint = isdf_api::Endpoint {
+                addr: detection.peer.addr.ip(),
+                protocol: match detection.peer.protocol {
+                    crate::classify::Transport::Tcp => isdf_api::Protocol::Tcp,
+                    crate::classify::Transport::Udp => isdf_api::Protocol::Udp,
+                },
+                port: detection.peer.addr.port(),
+            };
+            for flow in crate::router_blocks::endpoint_flows(&endpoint) {
+                if self
+                    .router_blocks
+                    .has(BlockOrigin::Detection, &flow, now_ms)
+                {
+                    continue;
+                }
+                let duration = u64::from(timeout_secs) * 1000;
+                let reason = detection.reason.as_str();
+                match self
+                    .router_blocks
+                    .add(BlockOrigin::Detection, flow, duration, reason, now_ms)
+                {
+                    Ok(_) => added += 1,
+                    Err(refusal) => tracing::warn!(%refusal, "detection not kept"),
+                }
+            }
+        }
+        if added == 0 {
+            return;
+        }
+        tracing::info!(added, "classifier detections");
+        self.persist_router_blocks();
+        if let Err(e) = self.enforce(&firewall) {
+            error_debug("enforcing detections", &e);
+        }
+    }
+
+    /// The next classifier detection (never, without a classifier).
+    pub(super) async fn next_detection(
+        inspector: &mut Option<crate::inspect::Inspector>,
+    ) -> crate::classify::Detection {
+        match inspector {
+            Some(inspector) => match inspector.detections.recv().await {
+                Some(detection) => detection,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether the enforced config has endpoint sets the kernel fills
+    /// (detections to harvest).
+    pub(super) fn watches_detections(&self) -> bool {
+        self.enforced
+            .as_ref()
+            .is_some_and(|e| e.config.firewall.sets.iter().any(|s| s.key.is_endpoint()))
+    }
+
+    /// Turns endpoints the kernel's signatures found into router blocks of
+    /// origin `detection`: reported to the controller, kept across restarts
+    /// and across the next ruleset replacement (which empties the kernel's
+    /// sets); their established flows are ended.
+    pub(super) fn harvest_detections(&mut self) {
+        use isdf_api::events::BlockOrigin;
+        if !self.watches_detections() {
+            return;
+        }
+        let firewall = self.config_firewall();
+        let learned = match self.backend.learned_endpoints(&firewall) {
+            Ok(learned) => learned,
+            Err(e) => {
+                warn_failed("reading detections", &e);
+                return;
+            }
+        };
+        let now_ms = unix_millis();
+        let mut new_flows = Vec::new();
+        for found in learned {
+            let reason = found.set.trim_end_matches("_v4").trim_end_matches("_v6");
+            for flow in crate::router_blocks::endpoint_flows(&found.endpoint) {
+                if self
+                    .router_blocks
+                    .has(BlockOrigin::Detection, &flow, now_ms)
+                {
+                    continue;
+                }
+                let duration = found
+                    .remaining_ms
+                    .max(crate::router_blocks::MIN_DURATION_MS);
+                match self.router_blocks.add(
+                    BlockOrigin::Detection,
+                    flow.clone(),
+                    duration,
+                    reason,
+                    now_ms,
+                ) {
+                    Ok(_) => new_flows.push(flow),
+                    Err(refusal) => {
+                        // The kernel still blocks it until its timeout.
+                        tracing::warn!(%refusal, "detection not kept");
+                        break;
+                    }
+                }
+            }
+        }
+        if new_flows.is_empty() {
+            return;
+        }
+        tracing::info!(count = new_flows.len(), "detections");
+        self.persist_router_blocks();
+        let refs: Vec<_> = new_flows.iter().collect();
+        if let Err(e) = conntrack::end_flows(&refs) {
+            warn_failed("could not end detected flows", &e);
+        }
+    }
+
+    /// Serves one request of the local control socket.
+    pub(super) fn handle_command(&mut self, request: Request) -> Response {
+        use isdf_api::events::BlockOrigin;
+        let now_ms = unix_millis();
+        let changed = match request {
+            Request::List {} => {
+                let blocks = self.router_blocks.active(now_ms).into_iter().cloned();
+                return Response::ok(blocks.collect(), now_ms);
+            }
+            Request::Block {
+                flow,
+                duration_ms,
+                reason,
+            } => self
+                .router_blocks
+                .add(BlockOrigin::Local, flow, duration_ms, &reason, now_ms),
+            Request::Unblock { id } => {
+                self.router_blocks
+                    .remove_detection(id, now_ms)
+                    .map(|(block, endpoint)| {
+                        // Out of the kernel's endpoint sets too, before the
+                        // next apply harvests it back.
+                        if let Some(endpoint) = endpoint {
+                            self.backend
+                                .forget_endpoint(&self.config_firewall(), &endpoint);
+                            if let Some(inspector) = &self.inspector {
+                                inspector.forget(SocketAddr::new(endpoint.addr, endpoint.port));
+                            }
+                        }
+                        block
+                    })
+            }
+        };
+        let block = match changed {
+            Ok(block) => block,
+            Err(refusal) => return Response::error(refusal.code, refusal.message, now_ms),
+        };
+        self.persist_router_blocks();
+        let firewall = self.config_firewall();
+        if let Err(e) = self.enforce(&firewall) {
+            error_debug("enforcing a router block", &e);
+            return Response::error("apply_failed", format!("{e:#}"), now_ms);
+        }
+        tracing::info!(id = block.id, flow = ?block.flow, until_ms = block.expires_at_ms, reason = %block.reason, "router block");
+        Response::ok(vec![block], now_ms)
+    }
+
+    /// The next request of the control socket (never, without a socket).
+    pub(super) async fn next_command(
+        commands: &mut Option<tokio::sync::mpsc::Receiver<Command>>,
+    ) -> Command {
+        match commands {
+            Some(rx) => match rx.recv().await {
+                Some(command) => command,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Listens on the control socket; without it the agent still runs.
+    pub(super) fn listen(&mut self) {
+        match crate::control::serve(&self.settings.control_socket) {
+            Ok(rx) => self.commands = Some(rx),
+            Err(e) => tracing::error!(
+                error = %format!("{e:#}"),
+                "the local control socket is unavailable; local blocks cannot be added"
+            ),
+        }
+    }
+
+    /// Saves the router blocks to the state directory; a failure is logged
+    /// (they stay in force, and the next change saves them again).
+    pub(super) fn persist_router_blocks(&self) {
+        if let Err(e) =
+            crate::router_blocks::persist::save(&self.state, self.router_blocks.persisted())
+        {
+            error_debug("persisting router blocks", &e);
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! What the router tells the controller: status reports (the outcome of the
+//! last attempt, or `stale` for an expired config still enforced, with
+//! counters and tunnel status; sent when something happened and as a
+//! heartbeat), the router's block events (oldest first, kept until stored),
+//! and the tunnel facts with a fresh reachability probe (when they changed,
+//! or every `wireguard_facts_secs`). Failures are retried with backoff and
+//! never hold up configs.
+
+use std::time::{Duration, Instant};
+
+use isdf_api::{Outcome, StatusReport};
+
+use super::{warn_failed, Agent, LastResult};
+use crate::sys::time::{backoff, unix_millis, unix_now};
+
+impl Agent {
+    /// Delivers queued router events to the controller, oldest first.
+    pub(super) async fn send_events_if_due(&mut self) {
+        use isdf_api::events::{EventBatch, MAX_EVENTS_PER_BATCH};
+        while self.router_blocks.has_pending_events() {
+            let events = self.router_blocks.pending_events(MAX_EVENTS_PER_BATCH);
+            let last = events.last().map_or(0, |e| e.sequence);
+            if let Err(e) = self.client.report_events(&EventBatch { events }).await {
+                warn_failed("delivering router events failed; will retry", &e);
+                return;
+            }
+            self.router_blocks.delivered(last);
+            self.persist_router_blocks();
+        }
+    }
+
+    pub(super) fn set_result(
+        &mut self,
+        outcome: Outcome,
+        attempted_version: Option<u64>,
+        errors: Vec<String>,
+    ) {
+        self.last = Some(LastResult {
+            outcome,
+            attempted_version,
+            errors,
+        });
+        self.report_due = true;
+    }
+
+    fn stale(&self) -> bool {
+        self.enforced
+            .as_ref()
+            .is_some_and(|e| e.config.expires_at <= unix_now())
+    }
+
+    fn build_report(&self) -> anyhow::Result<StatusReport> {
+        let (outcome, attempted_version, errors) = match (&self.last, self.stale()) {
+            (_, true) => (
+                Outcome::Stale,
+                self.enforced_version(),
+                vec!["config expired; still enforcing it".into()],
+            ),
+            (Some(last), false) => (last.outcome, last.attempted_version, last.errors.clone()),
+            (None, false) => (Outcome::Applied, self.enforced_version(), vec![]),
+        };
+        Ok(StatusReport {
+            sequence: self.state.next_sequence(unix_millis() as u64)?,
+            enforced_version: self.enforced_version(),
+            enforced_digest: self.enforced.as_ref().map(|e| e.config.firewall.digest()),
+            outcome,
+            attempted_version,
+            errors,
+            counters: self.backend.counters().unwrap_or_default(),
+            tunnels: self.tunnels.status(),
+            backend: self.backend.name().to_owned(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+    }
+
+    /// Reports the tunnel facts when a config asked for tunnels and they
+    /// changed (keys, WAN addresses) or `wireguard_facts_secs` passed, each
+    /// time with a fresh probe. Failures are retried with backoff and never
+    /// hold up configs.
+    pub(super) async fn send_facts_if_due(&mut self) {
+        if !self.tunnels.configured() || self.facts_retry.is_some_and(|(_, at)| Instant::now() < at)
+        {
+            return;
+        }
+        let wan = crate::wireguard::wan_addresses(&self.settings.wan_interfaces);
+        let Some(mut facts) = self.tunnels.facts(self.settings.wireguard_listen_port, wan) else {
+            return;
+        };
+        let every = Duration::from_secs(self.settings.wireguard_facts_secs);
+        let due = match &self.facts_sent {
+            None => true,
+            Some((sent, at)) => {
+                let unchanged = WireguardFactsKey::of(sent) == WireguardFactsKey::of(&facts);
+                !unchanged || at.elapsed() >= every
+            }
+        };
+        if !due {
+            return;
+        }
+        facts.probe_nonce = self.probe(&facts.wan_addresses).await;
+        match self.client.put_wireguard_facts(&facts).await {
+            Ok(()) => {
+                self.facts_sent = Some((facts, Instant::now()));
+                self.facts_retry = None;
+            }
+            Err(e) => {
+                warn_failed("reporting WireGuard facts failed; will retry", &e);
+                let failures = self.facts_retry.map_or(0, |(n, _)| n).saturating_add(1);
+                let delay = backoff(
+                    failures,
+                    Duration::from_secs(self.settings.max_backoff_secs),
+                );
+                self.facts_retry = Some((failures, Instant::now() + delay));
+            }
+        }
+    }
+
+    /// Asks the controller for a UDP probe and waits for it on the probe
+    /// port: its nonce, or None (nothing arrived, or the request failed).
+    async fn probe(&self, wan_addresses: &[std::net::IpAddr]) -> Option<String> {
+        let port = self.settings.wireguard_probe_port;
+        let socket = match crate::wireguard::probe_socket(port) {
+            Ok(socket) => socket,
+            Err(e) => {
+                warn_failed("cannot listen for the probe", &e);
+                return None;
+            }
+        };
+        let request = isdf_api::wireguard::ProbeRequest {
+            port,
+            wan_addresses: wan_addresses.to_vec(),
+        };
+        if let Err(e) = self.client.request_probe(&request).await {
+            warn_failed("the probe request failed", &e);
+            return None;
+        }
+        crate::wireguard::receive_probe(&socket)
+    }
+
+    pub(super) async fn report_if_due(&mut self) {
+        let heartbeat = Duration::from_secs(self.settings.heartbeat_secs);
+        let heartbeat_due = self.last_report.is_none_or(|t| t.elapsed() >= heartbeat);
+        // Nothing tried and nothing enforced yet: there is no outcome to report.
+        let nothing_yet = self.last.is_none() && self.enforced.is_none();
+        if nothing_yet || (!self.report_due && !heartbeat_due) {
+            return;
+        }
+        let result = match self.build_report() {
+            Ok(report) => self.client.report(&report).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.report_due = false;
+                self.last_report = Some(Instant::now());
+            }
+            Err(e) => warn_failed("status report failed; will retry", &e),
+        }
+    }
+}
+
+/// What decides whether the facts changed: everything but the probe nonce
+/// (a fresh probe comes with every report anyway).
+#[derive(PartialEq, Eq)]
+struct WireguardFactsKey<'a> {
+    keys: (
+        isdf_api::wireguard::WgKey,
+        Option<isdf_api::wireguard::WgKey>,
+        u32,
+        u16,
+    ),
+    wan_addresses: &'a [std::net::IpAddr],
+}
+
+impl<'a> WireguardFactsKey<'a> {
+    fn of(f: &'a isdf_api::wireguard::WireguardFacts) -> Self {
+        WireguardFactsKey {
+            keys: (
+                f.public_key,
+                f.next_public_key,
+                f.key_generation,
+                f.listen_port,
+            ),
+            wan_addresses: &f.wan_addresses,
+        }
+    }
+}

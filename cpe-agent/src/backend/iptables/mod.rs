@@ -1,0 +1,42 @@
+//! iptables + ipset backend, for routers whose kernel or firmware has no
+//! nftables: the agent's own chains `ISDF-FORWARD`, `ISDF-INPUT` and
+//! `ISDF-OUTPUT` in the `filter` table of both families, each replaced as a
+//! whole by one `iptables-restore --noflush` transaction per family, and one
+//! ipset per set, replaced by filling a temporary set and swapping it in.
+//!
+//! It has the same semantics as the nftables backend (`nft/`), with these
+//! differences forced by the tools:
+//! - ipset cannot hold every flow pattern, and some kernels have no
+//!   `hash:net,port,net` at all. A flow set that does not fit is inlined: each
+//!   rule naming it becomes one iptables rule per element. Inlined elements
+//!   cannot expire in the kernel, so `next_reapply` asks the agent to re-apply
+//!   when one does.
+//!   A count rule naming an inlined set counts a packet once per element it
+//!   matches (nft counts it once); identical elements are merged.
+//! - The change is atomic per table, not across sets and both families: sets
+//!   are swapped first (old rules briefly see new set contents), then the IPv4
+//!   rules, then the IPv6 rules.
+//! - Our chains run first because the jumps to them are kept at the top of
+//!   `FORWARD`, `INPUT` and `OUTPUT` (nft uses a hook priority instead).
+//! - `in_interface` becomes one rule per interface (`-i`).
+//! - The pay-per-site primitives are refused (`refuse_unsupported`):
+//!   prerouting redirects, `until` (iptables has no clock match this agent
+//!   can rely on: `-m time` is optional and counts in local time), and a DNS
+//!   policy or portal (their sets must survive each replacement).
+//!
+//! The planner is pure and snapshot-tested: `plan.rs` writes the scripts
+//! from a `Layout`, `sets.rs` decides the ipsets and their entries,
+//! `spec.rs` the match part of each rule, and `listing.rs` reads
+//! `iptables-save` and `ipset list -t` back. Only `apply.rs` runs the tools.
+
+mod apply;
+mod listing;
+mod plan;
+mod sets;
+mod spec;
+
+#[cfg(test)]
+mod tests;
+
+pub use apply::IptablesBackend;
+pub use plan::{plan, plan_with, Capabilities, IptablesPlan};

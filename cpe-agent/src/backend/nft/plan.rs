@@ -1,0 +1,349 @@
+//! The planner: `Firewall` + now + what the router is like (`PlanInputs`) ->
+//! one nft script. Pure and snapshot-tested (`tests.rs`); `apply.rs` only
+//! runs what it writes.
+//!
+//! The script first makes sure `table inet isdf` exists, then deletes and
+//! recreates it inside the same transaction: no moment exists with a half
+//! ruleset. A `prerouting` nat chain (`redirect to :port`) exists only while
+//! a rule in force needs it, so kernels without nat take every other config.
+//! A rule with `until` carries `meta time < until`: the kernel stops
+//! matching at that second by itself. Once past, the planner leaves the rule
+//! out, and `next_reapply` asks for a re-plan then, which only tidies.
+
+use std::fmt::Write as _;
+
+use isdf_api::{Action, Chain, Family, Firewall, Match, PayloadMatch, Protocol, Rule, Set};
+
+use super::sets::{layout, plan_set, ports, prefix, Carried, Elements, Layout};
+use super::tunnels::{plan_tunnel_sets, tunnel_rules, tunnels};
+use crate::backend::{Interfaces, CLASSIFY_QUEUE};
+
+pub const TABLE: &str = "isdf";
+
+/// Our chains run just before fw4's (priority filter = 0), so a block here
+/// wins over an accept there.
+const CHAIN_PRIORITY: &str = "filter - 10";
+
+/// Our redirects run just before fw4's port forwards (priority dstnat).
+const NAT_PRIORITY: &str = "dstnat - 10";
+
+/// The last second `meta time` can compare (the kernel counts nanoseconds in
+/// 64 bits, in 2554). nft silently wraps larger values (`18446744074`
+/// becomes 1970 and the rule would never match), so an `until` beyond it is
+/// left out of the rule: it matches as long as the kernel can count.
+pub(super) const MAX_META_TIME_SECS: i64 = (u64::MAX / 1_000_000_000) as i64;
+
+/// Plans the complete nft script that replaces our table with `firewall` as
+/// of `now_ms` (Unix milliseconds: timeouts end to the millisecond), on a
+/// router with no interfaces configured and nothing to carry over.
+///
+/// The script first makes sure the table exists, then deletes and recreates
+/// it inside the same transaction: no moment exists with a half ruleset.
+pub fn plan(firewall: &Firewall, now_ms: i64) -> anyhow::Result<String> {
+    plan_with(firewall, now_ms, &PlanInputs::default())
+}
+
+/// What the planner needs to know about the router besides the config.
+/// `apply` gathers it (probes, settings, the kernel's sets); the planner
+/// stays pure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanInputs {
+    /// What `in_interface` roles stand for.
+    pub interfaces: Interfaces,
+    pub queueing: Queueing,
+    /// What the resolver added to the DNS-filled sets, by set name.
+    pub carried: Carried,
+}
+
+/// How `classify` rules hand packets to the agent's classifier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Queueing {
+    /// nft's `queue` statement with `bypass` (the kernel has nft_queue).
+    #[default]
+    Native,
+    /// The kernel lacks nft_queue: the rule marks the packet (one bit,
+    /// `CLASSIFY_MARK`) and an iptables `NFQUEUE --queue-bypass` rule on
+    /// that mark, after our chain, queues it.
+    Mark,
+}
+
+/// The packet mark bit of `Queueing::Mark`.
+pub const CLASSIFY_MARK: u32 = 0x4000_0000;
+
+/// `plan` on a router described by `inputs`. Fails only when a rule needs
+/// something the router lacks (an interface role with no interface).
+pub fn plan_with(firewall: &Firewall, now_ms: i64, inputs: &PlanInputs) -> anyhow::Result<String> {
+    plan_script(firewall, now_ms, Elements::Include, inputs)
+}
+
+/// Whether `rule` still matches at `now_ms`: a rule whose `until` has come
+/// is left out of the plan (the kernel already stopped matching it).
+pub(super) fn in_force(rule: &Rule, now_ms: i64) -> bool {
+    rule.matches
+        .until
+        .is_none_or(|until| until.saturating_mul(1000) > now_ms)
+}
+
+/// The chains the plan has: the filter chains always (an empty config still
+/// installs them), `prerouting` only when a rule in force needs it, so a
+/// kernel without nat still takes every config that does not.
+pub(super) fn planned_chains(firewall: &Firewall, now_ms: i64) -> Vec<Chain> {
+    let prerouting = firewall
+        .rules
+        .iter()
+        .any(|r| r.chain == Chain::Prerouting && in_force(r, now_ms));
+    Chain::ALL
+        .into_iter()
+        .filter(|&c| c != Chain::Prerouting || prerouting)
+        .collect()
+}
+
+fn chain_header(chain: Chain) -> String {
+    match chain {
+        Chain::Prerouting => {
+            format!("type nat hook prerouting priority {NAT_PRIORITY}; policy accept;")
+        }
+        Chain::Forward | Chain::Input | Chain::Output => format!(
+            "type filter hook {} priority {CHAIN_PRIORITY}; policy accept;",
+            chain.name()
+        ),
+    }
+}
+
+pub(super) fn plan_script(
+    firewall: &Firewall,
+    now_ms: i64,
+    elements: Elements,
+    inputs: &PlanInputs,
+) -> anyhow::Result<String> {
+    let mut s = String::new();
+    let _ = writeln!(s, "table inet {TABLE} {{}}");
+    let _ = writeln!(s, "delete table inet {TABLE}");
+    let _ = writeln!(s, "table inet {TABLE} {{");
+    let layout = layout(firewall, &inputs.carried);
+    for kernel_set in layout.values().flatten() {
+        plan_set(&mut s, kernel_set, now_ms, elements);
+    }
+    let tunnels = tunnels(firewall);
+    plan_tunnel_sets(&mut s, tunnels, elements);
+    for chain in planned_chains(firewall, now_ms) {
+        let _ = writeln!(s, "\tchain {} {{", chain.name());
+        let _ = writeln!(s, "\t\t{}", chain_header(chain));
+        for (comment, line) in tunnel_rules(chain, tunnels) {
+            let _ = writeln!(s, "\t\t{line} comment \"{comment}\"");
+        }
+        let rules = firewall
+            .rules
+            .iter()
+            .filter(|r| r.chain == chain && in_force(r, now_ms));
+        for rule in rules {
+            for line in rule_lines(rule, &firewall.sets, &layout, inputs)? {
+                let _ = writeln!(s, "\t\t{line}");
+            }
+        }
+        let _ = writeln!(s, "\t}}");
+    }
+    let _ = writeln!(s, "}}");
+    Ok(s)
+}
+
+/// The match expressions of a rule (without action or counter): one per
+/// combination of the kernel sets its set references stand for.
+/// `interfaces`: the names `in_interface` stands for (None: any).
+fn match_exprs(
+    m: &Match,
+    sets: &[Set],
+    layout: &Layout<'_>,
+    interfaces: Option<&[String]>,
+) -> Vec<String> {
+    let family = m.family_with(sets).ok().flatten();
+    let ip = |f: Family| if f == Family::Ipv4 { "ip" } else { "ip6" };
+    let mut parts = Vec::new();
+    if let Some(f) = family {
+        parts.push(format!(
+            "meta nfproto {}",
+            if f == Family::Ipv4 { "ipv4" } else { "ipv6" }
+        ));
+    }
+    if let Some(names) = interfaces {
+        // Quoted: `Interfaces::for_rule` allows no quote or backslash.
+        let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        parts.push(format!("iifname {{ {} }}", quoted.join(", ")));
+    }
+    if let Some(until) = m.until.filter(|&u| u <= MAX_META_TIME_SECS) {
+        // An integer is Unix seconds; the kernel compares its own clock, so
+        // the rule stops matching on time with no agent running.
+        parts.push(format!("meta time < {until}"));
+    }
+    if let Some(p) = m.protocol {
+        parts.push(format!("meta l4proto {}", p.number()));
+    }
+    if let (Some(p), Some(f)) = (&m.src, family) {
+        parts.push(format!("{} saddr {}", ip(f), prefix(p)));
+    }
+    if let (Some(p), Some(f)) = (&m.dst, family) {
+        parts.push(format!("{} daddr {}", ip(f), prefix(p)));
+    }
+    if let Some(r) = m.sport {
+        parts.push(format!("th sport {}", ports(r)));
+    }
+    if let Some(r) = m.dport {
+        parts.push(format!("th dport {}", ports(r)));
+    }
+    if let Some(r) = m.payload_len {
+        // The UDP length field counts its 8-byte header.
+        let (a, b) = (u32::from(r.first()) + 8, u32::from(r.last()) + 8);
+        parts.push(if a == b {
+            format!("udp length {a}")
+        } else {
+            format!("udp length {a}-{b}")
+        });
+    }
+    if let Some(n) = m.first_packets {
+        // Both directions counted (conntrack accounting; see `apply`).
+        parts.push(format!("ct packets 1-{n}"));
+    }
+    for p in &m.payload {
+        parts.push(payload_expr(p));
+    }
+    let mut exprs = vec![parts.join(" ")];
+    let Some(f) = family else { return exprs };
+    let ip = ip(f);
+    if let Some(name) = &m.endpoint_in_set {
+        // Either side of the packet: one rule line per side.
+        exprs = exprs
+            .iter()
+            .flat_map(|base| {
+                [
+                    "saddr . meta l4proto . th sport",
+                    "daddr . meta l4proto . th dport",
+                ]
+                .map(|side| format!("{base} {ip} {side} @{name}").trim().to_owned())
+            })
+            .collect();
+    }
+    let lookups = [
+        (&m.src_in_set, format!("{ip} saddr")),
+        (&m.dst_in_set, format!("{ip} daddr")),
+        (
+            &m.flow_in_set,
+            format!("meta l4proto . {ip} saddr . th sport . {ip} daddr . th dport"),
+        ),
+    ];
+    for (reference, key) in &lookups {
+        let Some(name) = reference else { continue };
+        let kernel_names: Vec<&str> = layout
+            .get(name.as_str())
+            .map(|k| k.iter().map(|s| s.name.as_str()).collect())
+            .unwrap_or_default();
+        let mut combined = Vec::with_capacity(exprs.len() * kernel_names.len());
+        for base in &exprs {
+            for set in &kernel_names {
+                combined.push(format!("{base} {key} @{set}").trim().to_owned());
+            }
+        }
+        exprs = combined;
+    }
+    exprs
+}
+
+/// One payload match: `@ih` is the transport payload (after the TCP or UDP
+/// header); a mask compares only its bits.
+fn payload_expr(p: &PayloadMatch) -> String {
+    let (offset, bits) = (u32::from(p.offset) * 8, p.bytes.len() * 8);
+    let hex = |b: &[u8]| {
+        b.iter().fold(String::from("0x"), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+    };
+    match &p.mask {
+        Some(mask) => format!("@ih,{offset},{bits} & {} == {}", hex(mask), hex(&p.bytes)),
+        None => format!("@ih,{offset},{bits} {}", hex(&p.bytes)),
+    }
+}
+
+/// The statements that add both endpoints of the packet to an endpoint set.
+fn add_endpoints(rule: &Rule, family: Option<Family>) -> String {
+    let (Some(add), Some(f)) = (&rule.add_endpoints_to, family) else {
+        return String::new();
+    };
+    let ip = if f == Family::Ipv4 { "ip" } else { "ip6" };
+    [
+        "saddr . meta l4proto . th sport",
+        "daddr . meta l4proto . th dport",
+    ]
+    .map(|side| {
+        format!(
+            "add @{} {{ {ip} {side} timeout {}s }} ",
+            add.set, add.timeout_secs
+        )
+    })
+    .concat()
+}
+
+/// Which reject statements a match needs: (TCP reset, ICMP). A rule already
+/// limited to one protocol needs only one of them.
+fn reject_variants(m: &Match) -> (bool, bool) {
+    match m.protocol {
+        Some(Protocol::Tcp) => (true, false),
+        Some(_) => (false, true),
+        None => (true, true),
+    }
+}
+
+/// The nft rule lines of one config rule; all carry the rule id as comment,
+/// so their counters add up under it.
+pub(super) fn rule_lines(
+    rule: &Rule,
+    sets: &[Set],
+    layout: &Layout<'_>,
+    inputs: &PlanInputs,
+) -> anyhow::Result<Vec<String>> {
+    let comment = format!("comment \"{}\"", rule.id);
+    let interfaces = inputs.interfaces.for_rule(rule)?;
+    let queueing = inputs.queueing;
+    // A classify rule's endpoints are added by the classifier, on a find.
+    let remember = match rule.action {
+        Action::Classify => String::new(),
+        _ => add_endpoints(rule, rule.family_with(sets).ok().flatten()),
+    };
+    let mut lines = Vec::new();
+    for expr in match_exprs(&rule.matches, sets, layout, interfaces) {
+        let sep = if expr.is_empty() { "" } else { " " };
+        let sep = format!("{sep}{remember}");
+        let sep = sep.as_str();
+        match rule.action {
+            Action::Accept => lines.push(format!("{expr}{sep}counter accept {comment}")),
+            Action::Drop => lines.push(format!("{expr}{sep}counter drop {comment}")),
+            Action::Count => lines.push(format!("{expr}{sep}counter {comment}")),
+            Action::Redirect { port } => {
+                lines.push(format!("{expr}{sep}counter redirect to :{port} {comment}"))
+            }
+            Action::Classify => lines.push(match queueing {
+                Queueing::Native => {
+                    format!("{expr}{sep}counter queue num {CLASSIFY_QUEUE} bypass {comment}")
+                }
+                Queueing::Mark => format!(
+                    "{expr}{sep}counter meta mark set meta mark | {CLASSIFY_MARK:#x} {comment}"
+                ),
+            }),
+            Action::Reject => {
+                // TCP gets a reset (the client fails at once), the rest an
+                // ICMP administratively-prohibited.
+                let (tcp, other) = reject_variants(&rule.matches);
+                if tcp {
+                    lines.push(format!(
+                        "{expr}{sep}meta l4proto tcp counter reject with tcp reset {comment}"
+                    ));
+                }
+                if other {
+                    lines.push(format!(
+                        "{expr}{sep}counter reject with icmpx admin-prohibited {comment}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(lines)
+}

@@ -1,0 +1,198 @@
+//! The DNS policy as dnsmasq config text (`render`), pure and
+//! snapshot-tested, and the marker that proves a dnsmasq answers with that
+//! very text: a TXT record naming a digest of it (`with_marker`), asked for
+//! with a query built and checked here (`txt_query`, `answers_with`).
+//!
+//! Nothing here touches a file, a socket or a process; `dnsmasq.rs` does,
+//! with what this module writes.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use isdf_api::DnsPolicy;
+
+use crate::sys::settings::DnsMode;
+
+/// The name whose TXT record is the digest of the config in force. Under
+/// `.invalid`, which no real domain uses (RFC 6761).
+pub(super) const MARKER_NAME: &str = "config.isdf.invalid";
+
+/// What `render` needs besides the policy.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderOptions<'a> {
+    pub mode: DnsMode,
+    pub port: u16,
+    /// Interfaces a managed dnsmasq answers on, besides lo.
+    pub lan_interfaces: &'a [String],
+    pub upstream: &'a [SocketAddr],
+}
+
+/// The dnsmasq config enforcing `policy`. Everything written comes from
+/// parsed values (domain patterns, set names, addresses, interface names
+/// checked when the settings were read), so no text can add an option.
+pub fn render(policy: &DnsPolicy, options: &RenderOptions) -> String {
+    let mut s = String::from("# Written by isdf-agent from its signed config; changes are lost.\n");
+    if options.mode == DnsMode::Managed {
+        // DNS only: without a dhcp-range this dnsmasq serves no DHCP.
+        let _ = writeln!(s, "port={}", options.port);
+        s.push_str("interface=lo\n");
+        for name in options.lan_interfaces {
+            let _ = writeln!(s, "interface={name}");
+        }
+        // Binds each address of those interfaces, as they come and go,
+        // and leaves the others' port 53 alone.
+        s.push_str("bind-dynamic\n");
+        if !options.upstream.is_empty() {
+            s.push_str("no-resolv\n");
+            for server in options.upstream {
+                let _ = writeln!(s, "server={}#{}", server.ip(), server.port());
+            }
+        }
+        // The agent supervises it and logs what it says.
+        s.push_str("keep-in-foreground\nlog-facility=-\npid-file=\n");
+    }
+    if let Some(ttl) = policy.max_ttl_secs {
+        // max-ttl caps what clients are told, forwarded answers included;
+        // max-cache-ttl makes dnsmasq ask upstream again within the cap, and
+        // only answers from upstream add addresses to the sets.
+        let _ = writeln!(s, "max-ttl={ttl}\nmax-cache-ttl={ttl}");
+    }
+    for fill in &policy.fill_sets {
+        s.push_str("nftset=/");
+        for domain in &fill.domains {
+            let _ = write!(s, "{}/", domain.domain());
+        }
+        let _ = writeln!(
+            s,
+            "4#inet#isdf#{},6#inet#isdf#{}",
+            fill.ipv4_set, fill.ipv6_set
+        );
+    }
+    for answer in &policy.local_answers {
+        let domain = answer.domain.domain();
+        if answer.addresses.is_empty() {
+            let _ = writeln!(s, "address=/{domain}/");
+            continue;
+        }
+        // Local only: other types (AAAA for a name with only IPv4
+        // addresses) get an empty answer instead of going upstream.
+        let _ = writeln!(s, "local=/{domain}/");
+        for addr in &answer.addresses {
+            let _ = writeln!(s, "address=/{domain}/{addr}");
+        }
+    }
+    s
+}
+
+/// The config file's text: `rendered` plus the TXT record the agent asks for
+/// to know this very config answers.
+pub(super) fn with_marker(rendered: String) -> (String, String) {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same text gives the same digest within one agent run,
+    // which is all the check needs.
+    let mut hasher = std::hash::DefaultHasher::new();
+    rendered.hash(&mut hasher);
+    let digest = format!("{:016x}", hasher.finish());
+    let text = format!("{rendered}txt-record={MARKER_NAME},{digest}\n");
+    (text, digest)
+}
+
+/// A recursive DNS query for `name`'s TXT record.
+pub(super) fn txt_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(18 + name.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    // Recursion desired; one question.
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    // Root label, type TXT (16), class IN (1).
+    q.extend_from_slice(&[0, 0, 16, 0, 1]);
+    q
+}
+
+/// Whether `answer` answers query `id` without error and holds `digest`.
+pub(super) fn answers_with(answer: &[u8], id: u16, digest: &str) -> bool {
+    answer.len() > 12
+        && answer[..2] == id.to_be_bytes()
+        && answer[2] & 0x80 != 0
+        && answer[3] & 0x0f == 0
+        && answer.windows(digest.len()).any(|w| w == digest.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::sample_policy as policy;
+
+    #[test]
+    fn a_managed_dnsmasq_config() {
+        let lan = ["br-lan".to_owned(), "wlan0".to_owned()];
+        let upstream = [
+            "198.51.100.2:53".parse().unwrap(),
+            "[2001:db8:2::2]:5353".parse().unwrap(),
+        ];
+        let options = RenderOptions {
+            mode: DnsMode::Managed,
+            port: 53,
+            lan_interfaces: &lan,
+            upstream: &upstream,
+        };
+        insta::assert_snapshot!(render(&policy(), &options));
+    }
+
+    #[test]
+    fn a_conf_dir_file_holds_only_the_policy() {
+        let options = RenderOptions {
+            mode: DnsMode::ConfDir,
+            port: 53,
+            lan_interfaces: &[],
+            upstream: &[],
+        };
+        insta::assert_snapshot!(render(&policy(), &options));
+    }
+
+    #[test]
+    fn without_upstream_servers_dnsmasq_reads_resolv_conf() {
+        let options = RenderOptions {
+            mode: DnsMode::Managed,
+            port: 5353,
+            lan_interfaces: &[],
+            upstream: &[],
+        };
+        let text = render(&DnsPolicy::default(), &options);
+        assert!(text.contains("port=5353\n"));
+        assert!(!text.contains("no-resolv"), "{text}");
+        assert!(!text.contains("max-ttl"), "no cap asked: {text}");
+    }
+
+    #[test]
+    fn the_marker_changes_with_the_config() {
+        let (text, digest) = with_marker("port=53\n".into());
+        assert_eq!(
+            text,
+            format!("port=53\ntxt-record=config.isdf.invalid,{digest}\n")
+        );
+        assert_ne!(with_marker("port=54\n".into()).1, digest);
+    }
+
+    #[test]
+    fn queries_and_answers_are_matched() {
+        let q = txt_query(0xbeef, "config.isdf.invalid");
+        assert_eq!(&q[..4], &[0xbe, 0xef, 0x01, 0x00]);
+        assert_eq!(&q[12..19], b"\x06config");
+        assert_eq!(&q[q.len() - 5..], &[0, 0, 16, 0, 1]);
+        // The question echoed, then an answer whose TXT holds the digest.
+        let mut answer = q.clone();
+        answer[2] = 0x81;
+        answer[3] = 0x80;
+        answer.extend_from_slice(b"\xc0\x0c\0\x10\0\x01\0\0\0\0\0\x09\x08abcd1234");
+        assert!(answers_with(&answer, 0xbeef, "abcd1234"));
+        assert!(!answers_with(&answer, 0xbeee, "abcd1234"), "another id");
+        assert!(!answers_with(&answer, 0xbeef, "abcd1235"), "another config");
+        answer[3] = 0x83;
+        assert!(!answers_with(&answer, 0xbeef, "abcd1234"), "NXDOMAIN");
+        assert!(!answers_with(&q, 0xbeef, "x"), "the query itself");
+    }
+}
