@@ -6,8 +6,9 @@
 //! that breaks it and see it fail. The rules:
 //! - the pure core (`api/`, the controller's `model/` and `services/`, and
 //!   every plan file) does no I/O and reads no clock;
-//! - the pure core imports only the pure core, `db/` only the pure core and
-//!   itself, and the agent's settings nothing of the agent;
+//! - the pure core imports only the pure core; the lower layers (the
+//!   controller's `db/`, the agent's `sys/`) only the pure core and
+//!   themselves; the agent's settings nothing of the agent;
 //! - SQL only in the controller's `db/`;
 //! - processes are started only in the few files listed below;
 //! - one atomic-write helper per crate (the only `rename` of a file);
@@ -27,16 +28,16 @@ const LONG_FILES: &[(&str, &str)] = &[];
 /// The only files that start processes (`nft`, `dnsmasq`, `wg`, PostgreSQL).
 const PROCESS_FILES: &[&str] = &[
     "controller/src/db/embedded_pg.rs",
-    "cpe-agent/src/backend/exec.rs",
-    "cpe-agent/src/dns.rs",
-    "cpe-agent/src/wireguard.rs",
+    "cpe-agent/src/dns/dnsmasq.rs",
+    "cpe-agent/src/sys/processes.rs",
+    "cpe-agent/src/wireguard/interfaces.rs",
 ];
 
 /// Each crate's one atomic-write helper (temporary file, fsync, rename,
 /// fsync of the directory).
 const ATOMIC_WRITERS: &[&str] = &[
     "controller/src/trust/key_files.rs",
-    "cpe-agent/src/state.rs",
+    "cpe-agent/src/sys/atomic_write.rs",
 ];
 
 /// Files that do no I/O, read no clock and import only each other: the
@@ -49,10 +50,21 @@ const PURE: &[&str] = &[
     "controller/src/rollout/plan.rs",
     "controller/src/vpn/addresses.rs",
     "controller/src/vpn/plan.rs",
+    "cpe-agent/src/backend/interval_layers.rs",
+    "cpe-agent/src/backend/iptables/sets.rs",
+    "cpe-agent/src/backend/iptables/spec.rs",
+    "cpe-agent/src/backend/nft/sets.rs",
+    "cpe-agent/src/backend/nft/tunnels.rs",
+    "cpe-agent/src/classify/",
 ];
 
 /// Files that import nothing of their own crate (leaves everything else may use).
-const LEAVES: &[&str] = &[];
+const LEAVES: &[&str] = &["cpe-agent/src/sys/settings.rs"];
+
+/// Folders that import only themselves and the pure core: the controller's
+/// SQL and the agent's system layer sit below everything that uses them.
+const LOWER_LAYERS: &[(&str, &str)] =
+    &[("controller/src/db/", "db"), ("cpe-agent/src/sys/", "sys")];
 
 /// What the pure core may not name: I/O, processes, async runtimes, the
 /// database, HTTP, and clocks (time is an input there).
@@ -151,19 +163,19 @@ fn crate_paths(code: &str) -> Vec<Vec<&str>> {
             .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
             .unwrap_or(rest.len());
         let segments: Vec<&str> = rest[..end].split("::").filter(|s| !s.is_empty()).collect();
-        if segments.is_empty() {
-            // `use crate::{a, b}`: each name in the braces.
-            if let Some(group) = rest.strip_prefix('{') {
+        match rest[end..].strip_prefix('{') {
+            // `use crate::a::{b, c::d}`: each name in the braces, after the prefix.
+            Some(group) => {
                 let group = &group[..group.find('}').unwrap_or(group.len())];
-                for item in group.split(',') {
-                    let item = item.trim();
-                    if !item.is_empty() {
-                        paths.push(item.split("::").map(str::trim).collect());
-                    }
+                for item in group.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                    let item = item.split(" as ").next().unwrap_or(item);
+                    let mut path = segments.clone();
+                    path.extend(item.split("::").map(str::trim).filter(|s| *s != "self"));
+                    paths.push(path);
                 }
             }
-        } else {
-            paths.push(segments);
+            None if !segments.is_empty() => paths.push(segments),
+            None => {}
         }
     }
     paths
@@ -213,9 +225,11 @@ fn check_imports(files: &[SourceFile], out: &mut Vec<String>) {
     let by_crate = modules_by_crate(files);
     let no_modules = BTreeMap::new();
     for file in files.iter().filter(|f| f.is_shipped()) {
-        let is_db = file.path.starts_with("controller/src/db/");
+        let layer = LOWER_LAYERS
+            .iter()
+            .find(|(folder, _)| file.path.starts_with(folder));
         let is_leaf = LEAVES.contains(&file.path.as_str());
-        if !(file.is_pure() || is_db || is_leaf) {
+        if !(file.is_pure() || layer.is_some() || is_leaf) {
             continue;
         }
         let modules = by_crate.get(file.crate_dir()).unwrap_or(&no_modules);
@@ -227,10 +241,10 @@ fn check_imports(files: &[SourceFile], out: &mut Vec<String>) {
                     false,
                     "a leaf (LEAVES in tidy.rs) imports nothing of its crate",
                 )
-            } else if is_db {
+            } else if let Some((_, module)) = layer {
                 (
-                    target_is_pure || path[0] == "db",
-                    "db/ imports only the pure core and itself",
+                    target_is_pure || path[0] == *module,
+                    "a lower layer (LOWER_LAYERS in tidy.rs) imports only the pure core and itself",
                 )
             } else {
                 (target_is_pure, "the pure core imports only the pure core")
@@ -475,6 +489,7 @@ fn the_tree_keeps_its_layout() {
         .chain(PROCESS_FILES)
         .chain(ATOMIC_WRITERS)
         .chain(LEAVES)
+        .chain(LOWER_LAYERS.iter().map(|(folder, _)| folder))
         .chain(PURE);
     for path in listed {
         let exists = files
@@ -548,7 +563,17 @@ fn each_rule_catches_its_violation() {
         (
             "controller/src/db/devices.rs",
             format!("{doc}use crate::http::error::ApiError;\n"),
-            "db/ imports only the pure core",
+            "a lower layer (LOWER_LAYERS in tidy.rs) imports only",
+        ),
+        (
+            "cpe-agent/src/sys/state.rs",
+            format!("{doc}use crate::backend::Backend;\n"),
+            "a lower layer (LOWER_LAYERS in tidy.rs) imports only",
+        ),
+        (
+            "cpe-agent/src/sys/settings.rs",
+            format!("{doc}use crate::sys::time::unix_now;\n"),
+            "a leaf (LEAVES in tidy.rs) imports nothing",
         ),
     ];
     for (path, text, expected) in cases {
