@@ -8,7 +8,8 @@ use isdf_agent::agent::Agent;
 use isdf_agent::backend;
 use isdf_agent::control::{self, Request};
 use isdf_agent::controller::enrollment;
-use isdf_agent::sys::settings::{read_token, BackendChoice, Settings};
+use isdf_agent::sys::config_files::{load_settings, read_token};
+use isdf_agent::sys::settings::{BackendChoice, Settings};
 use isdf_agent::sys::state::StateDir;
 
 #[derive(Parser)]
@@ -91,7 +92,7 @@ impl SocketArgs {
     fn path(&self) -> anyhow::Result<PathBuf> {
         match &self.socket {
             Some(path) => Ok(path.clone()),
-            None if self.config.exists() => Ok(Settings::load(&self.config)?.control_socket),
+            None if self.config.exists() => Ok(load_settings(&self.config)?.control_socket),
             None => Ok(PathBuf::from("/run/isdf-agent.sock")),
         }
     }
@@ -117,7 +118,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn load(config: &Path, state_dir: Option<PathBuf>) -> anyhow::Result<Settings> {
-    let mut settings = Settings::load(config)?;
+    let mut settings = load_settings(config)?;
     if let Some(dir) = state_dir {
         settings.state_dir = dir;
     }

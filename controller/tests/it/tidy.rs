@@ -55,7 +55,10 @@ const PURE: &[&str] = &[
     "cpe-agent/src/backend/iptables/spec.rs",
     "cpe-agent/src/backend/nft/sets.rs",
     "cpe-agent/src/backend/nft/tunnels.rs",
+    "cpe-agent/src/backend/planning.rs",
     "cpe-agent/src/classify/",
+    "cpe-agent/src/sys/settings.rs",
+    "cpe-agent/src/wireguard/listing.rs",
 ];
 
 /// Files that import nothing of their own crate (leaves everything else may use).

@@ -15,6 +15,7 @@ use isdf_api::TrustedKeys;
 use super::{error_debug, error_failed, warn_failed, Agent};
 use crate::controller::client::Client;
 use crate::controller::enrollment;
+use crate::sys::config_files;
 use crate::sys::settings::Settings;
 use crate::sys::state::{Identity, StateDir};
 use crate::sys::time::{backoff, unix_now};
@@ -152,7 +153,7 @@ impl Agent {
              router until it is enrolled again with a new token (`isdf-agent enroll`, or a new \
              token in enrollment_token_file); the enforced rules stay"
         );
-        let Some(token) = self.settings.enrollment_token() else {
+        let Some(token) = config_files::enrollment_token(&self.settings) else {
             return self.retry_identity_later(&error);
         };
         let enrolled = match token {

@@ -18,7 +18,8 @@ use isdf_api::paths;
 
 use super::client::{self, Client, ControllerError};
 use super::csr::new_key_and_request;
-use crate::sys::settings::{read_token, Settings};
+use crate::sys::config_files::read_token;
+use crate::sys::settings::Settings;
 use crate::sys::state::{Identity, StateDir};
 
 /// A wait after a refusal no retry can fix by itself (a used token, a

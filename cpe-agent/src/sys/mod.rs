@@ -7,6 +7,7 @@
 //! agent loop on top) can use them without forming a cycle.
 
 pub mod atomic_write;
+pub mod config_files;
 pub mod logging;
 pub mod processes;
 pub mod settings;

@@ -11,7 +11,7 @@
 //! here; the keys below only override it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use isdf_api::enrollment::DeviceCertificate;
@@ -263,12 +263,6 @@ pub(crate) fn require_https(key: &str, url: &str) -> anyhow::Result<()> {
 }
 
 impl Settings {
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading agent config {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("agent config {}", path.display()))
-    }
-
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let settings: Settings = toml::from_str(text).context("parsing")?;
         if let Some(url) = &settings.controller_url {
@@ -374,12 +368,6 @@ impl Settings {
             table_base: self.wireguard_table_base,
         }
     }
-
-    /// The enrollment token from `enrollment_token_file`, if that is set.
-    pub fn enrollment_token(&self) -> Option<anyhow::Result<String>> {
-        let path = self.enrollment_token_file.as_ref()?;
-        Some(read_token(path))
-    }
 }
 
 /// Parses Ed25519 public keys (hex or base64); refuses an empty list, with
@@ -395,19 +383,10 @@ pub fn parse_keys(keys: &[String]) -> anyhow::Result<isdf_api::TrustedKeys> {
     Ok(isdf_api::TrustedKeys::new(keys))
 }
 
-/// Reads a token file (surrounding white space removed).
-pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("reading enrollment token {}", path.display()))?;
-    let token = token.trim();
-    if token.is_empty() {
-        bail!("enrollment token file {} is empty", path.display());
-    }
-    Ok(token.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     /// The public key of the Ed25519 secret key [7; 32], hex.

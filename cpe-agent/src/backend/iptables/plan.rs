@@ -21,7 +21,7 @@ use super::sets::{
     TEMP_PREFIX,
 };
 use super::spec::Spec;
-use crate::backend::{remaining_secs, Interfaces};
+use crate::backend::planning::{remaining_secs, Interfaces};
 
 /// Our chain for each hook, jumped to from the top of the builtin chain.
 pub(super) fn our_chain(chain: Chain) -> &'static str {

@@ -16,7 +16,7 @@ use isdf_api::{Action, Chain, Family, Firewall, Match, PayloadMatch, Protocol, R
 
 use super::sets::{layout, plan_set, ports, prefix, Carried, Elements, Layout};
 use super::tunnels::{plan_tunnel_sets, tunnel_rules, tunnels};
-use crate::backend::{Interfaces, CLASSIFY_QUEUE};
+use crate::backend::planning::{Interfaces, CLASSIFY_QUEUE};
 
 pub const TABLE: &str = "isdf";
 

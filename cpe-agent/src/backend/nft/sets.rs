@@ -30,7 +30,8 @@ use isdf_api::{
     SetKey,
 };
 
-use crate::backend::{interval_layers, remaining_ms};
+use crate::backend::interval_layers;
+use crate::backend::planning::remaining_ms;
 
 /// Most elements of a set DNS fills (the resolver adds one per answer).
 pub const DNS_SET_SIZE: usize = 65_536;
