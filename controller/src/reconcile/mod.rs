@@ -89,7 +89,7 @@ impl Reconciler {
         devices: Option<&[Uuid]>,
         resign: Resign,
     ) -> anyhow::Result<Compiled> {
-        db::locks::recompile(&mut **tx)
+        db::locks::recompile(tx)
             .await
             .context("taking the recompile lock")?;
         let vpns = crate::vpn::inputs::load(tx, devices).await?;

@@ -141,7 +141,7 @@ impl SourceFile {
         if matches!(parts.last(), Some(&("mod" | "lib" | "main"))) {
             parts.pop();
         }
-        (!parts.first().is_some_and(|p| *p == "bin")).then(|| parts.join("::"))
+        (parts.first() != Some(&"bin")).then(|| parts.join("::"))
     }
 }
 

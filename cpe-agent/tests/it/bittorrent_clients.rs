@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::e2e::{blocking, in_wan, serve_greeting, AgentProcess, Stage, OPEN_PORT};
+use crate::harness::{blocking, in_wan, serve_greeting, AgentProcess, Stage, OPEN_PORT};
 
 const SWARM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bt/swarm.py");
 const PYTHON: &str = "/usr/bin/python3";
@@ -99,7 +99,7 @@ fn run(tag: &str, combo: (&'static str, &'static str, &'static str, &'static str
         assert!(
             blocking(move || lan
                 .lan
-                .tcp_works(crate::e2e::wan(OPEN_PORT), Duration::from_secs(1)))
+                .tcp_works(crate::harness::wan(OPEN_PORT), Duration::from_secs(1)))
             .await
         );
         // The router reported what it caught.

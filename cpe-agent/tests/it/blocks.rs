@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::e2e::{blocking, in_wan, serve_greeting, wait_until, wan, AgentProcess, Stage};
+use crate::harness::{blocking, in_wan, serve_greeting, wait_until, wan, AgentProcess, Stage};
 use crate::netns::Topology;
 
 const ECHO_PORT: u16 = 9100;
@@ -127,7 +127,7 @@ fn operator_blocks_cut_established_flows_survive_a_crash_and_end_on_time() {
     in_wan("tbk", |topo, work| async move {
         serve_echo(ECHO_PORT).await;
         serve_greeting(GREETING_PORT).await;
-        serve_greeting(crate::e2e::OPEN_PORT).await;
+        serve_greeting(crate::harness::OPEN_PORT).await;
         let stage = Stage::prepare(&work, None).await;
         let agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
         stage.operator.wait_applied(&stage.device, 1).await;
@@ -170,7 +170,7 @@ fn operator_blocks_cut_established_flows_survive_a_crash_and_end_on_time() {
         });
         assert_eq!(tracked_connections(&topo, ECHO_PORT), 0);
         assert!(!greeting_works(&topo, GREETING_PORT).await);
-        assert!(greeting_works(&topo, crate::e2e::OPEN_PORT).await);
+        assert!(greeting_works(&topo, crate::harness::OPEN_PORT).await);
         let cut_after = session.last_echo().saturating_duration_since(asked);
         eprintln!(
             "block applied and session cut {cut_after:?} after the API call (waited {cut:?})"
@@ -233,7 +233,7 @@ fn agent_cli_ok(args: &[&str], socket: &Path) -> std::process::Output {
 #[test]
 fn local_blocks_from_the_cli_are_enforced_bounded_and_reach_the_controller() {
     in_wan("lbk", |topo, work| async move {
-        for port in [9103, 9104, crate::e2e::OPEN_PORT] {
+        for port in [9103, 9104, crate::harness::OPEN_PORT] {
             serve_greeting(port).await;
         }
         let stage = Stage::prepare(&work, None).await;
@@ -262,7 +262,7 @@ fn local_blocks_from_the_cli_are_enforced_bounded_and_reach_the_controller() {
         );
         // Enforced when the command returns.
         assert!(!greeting_works(&topo, 9103).await);
-        assert!(greeting_works(&topo, crate::e2e::OPEN_PORT).await);
+        assert!(greeting_works(&topo, crate::harness::OPEN_PORT).await);
         let listed = agent_cli(&["blocks", "--json"], &socket);
         let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
         assert_eq!(listed[0]["reason"], "zeek: scan");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::e2e::{blocking, in_wan, serve_greeting, wan, AgentProcess, Stage, OPEN_PORT};
+use crate::harness::{blocking, in_wan, serve_greeting, wan, AgentProcess, Stage, OPEN_PORT};
 use crate::netns::Topology;
 
 /// A WAN server that records how many bytes each connection sent.

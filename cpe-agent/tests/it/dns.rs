@@ -14,7 +14,7 @@ use isdf_agent::portal_redirect::PortalResponder;
 use isdf_agent::sys::settings::Settings;
 use isdf_api::{DnsPolicy, PortalRedirect};
 
-use crate::e2e::wait_until;
+use crate::harness::wait_until;
 use crate::netns::{Netns, Topology};
 
 /// The WAN host's resolver: the names the LAN host looks up, with a TTL of

@@ -10,6 +10,7 @@ mod classifier;
 mod dns;
 mod dns_sets;
 mod e2e;
+mod harness;
 mod netns;
 mod pay_per_site;
 mod rogue_controller;

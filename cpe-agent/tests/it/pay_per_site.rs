@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::e2e::{blocking, in_wan, wait_until, AgentProcess, Stage};
+use crate::harness::{blocking, in_wan, wait_until, AgentProcess, Stage};
 use crate::netns::{Netns, Topology};
 
 /// The gated site and an ordinary one, each with an IPv4 and IPv6 address

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use isdf_controller::test_support::{TestController, TestControllerOptions};
 use serde_json::{json, Value};
 
-use crate::e2e::{block_on_in, blocking, wait_until, AgentProcess, Operator};
+use crate::harness::{block_on_in, blocking, wait_until, AgentProcess, Operator};
 use crate::netns::Netns;
 
 pub(crate) const ISP: &str = "203.0.113.1";
