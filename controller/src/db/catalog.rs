@@ -1,5 +1,5 @@
 //! `sites`: the pay-per-site catalogs. A site's domains never overlap another
-//! site's in the same catalog; writers check that under [`lock_catalog`].
+//! site's in the same catalog; writers check that under `db::locks::catalog`.
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -51,18 +51,6 @@ const COLUMNS: &str = "id, catalog, name, domains, currency, passes, created_at,
 
 /// Constraint name of the per-catalog unique site name.
 pub const NAME_KEY: &str = "sites_catalog_name_key";
-
-/// Takes the lock of `catalog` until the end of the caller's transaction:
-/// checking for overlapping domains and writing happen under it, so two
-/// writers cannot both pass the check. (An advisory lock, because the rows
-/// that would conflict may not exist yet.)
-pub async fn lock_catalog(db: impl PgExecutor<'_>, catalog: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('isdf-catalog:' || $1, 0))")
-        .bind(catalog)
-        .execute(db)
-        .await
-        .map(drop)
-}
 
 pub async fn insert(db: impl PgExecutor<'_>, spec: &SiteSpec) -> Result<SiteRow, sqlx::Error> {
     sqlx::query_as(&format!(

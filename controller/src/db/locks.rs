@@ -12,6 +12,20 @@ const ROLLOUT_DRIVER: i64 = 0x6973_6466_726f_6c6c; // "isdfroll"
 /// Test processes building the migrated template database.
 const TEST_TEMPLATE: i64 = 7242;
 
+/// Takes the lock of one pay-per-site catalog until `tx` ends: checking for
+/// overlapping domains and writing happen under it, so two writers cannot
+/// both pass the check. (An advisory lock, because the rows that would
+/// conflict may not exist yet.) Its key is a 64-bit hash of the catalog's
+/// name; the fixed keys above sit among 2^64, so a collision costs at
+/// worst a wait.
+pub async fn catalog(tx: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('isdf-catalog:' || $1, 0))")
+        .bind(name)
+        .execute(tx)
+        .await
+        .map(drop)
+}
+
 /// Waits for the recompile lock, held until `tx` ends.
 pub async fn recompile(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")

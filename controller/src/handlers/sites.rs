@@ -59,7 +59,7 @@ fn no_site(id: i64) -> ApiError {
 /// Takes the catalog's lock, then refuses a spec whose domains overlap
 /// another site's of the catalog (`id`: the site being replaced).
 async fn lock_and_check(tx: &mut PgConnection, spec: &SiteSpec, id: Option<i64>) -> ApiResult<()> {
-    db::catalog::lock_catalog(&mut *tx, spec.catalog()).await?;
+    db::locks::catalog(&mut *tx, spec.catalog()).await?;
     let others = db::catalog::sites_of_catalogs(&mut *tx, &[spec.catalog().to_owned()]).await?;
     for other in others.iter().filter(|s| Some(s.id) != id) {
         let theirs = other.domain_patterns();
