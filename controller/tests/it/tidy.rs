@@ -14,7 +14,8 @@
 //! - one atomic-write helper per crate (the only `rename` of a file);
 //! - no two modules import each other;
 //! - every file says what it is for in a `//!` line;
-//! - no file over [`MAX_LINES`] lines unless [`LONG_FILES`] says why.
+//! - no file over [`MAX_LINES`] lines unless [`LONG_FILES`] says why;
+//! - every path ARCHITECTURE.md names exists.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -424,6 +425,59 @@ fn strongly_connected<'a>(edges: &BTreeMap<&'a str, BTreeSet<&'a str>>) -> Vec<V
     walk.found
 }
 
+/// Every path ARCHITECTURE.md names in backquotes (a token with a `/`, of
+/// path characters only) names a file or folder of the repository: the
+/// workspace-relative path itself, or its end (`dns/plan.rs` inside a
+/// crate's section).
+fn check_architecture_paths(document: &str, repository: &BTreeSet<String>, out: &mut Vec<String>) {
+    let path_like = |t: &str| {
+        t.contains('/')
+            && !t.starts_with('/')
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'))
+    };
+    for token in document
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|t| path_like(t))
+    {
+        let wanted = token.trim_end_matches('/');
+        let found = repository
+            .iter()
+            .any(|p| p == wanted || p.ends_with(&format!("/{wanted}")));
+        if !found {
+            out.push(format!(
+                "ARCHITECTURE.md: names `{token}`, which does not exist"
+            ));
+        }
+    }
+}
+
+/// Every file and folder of the repository (without `target/` and `.git/`),
+/// relative to its root.
+fn repository_paths(root: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        for entry in
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        {
+            let path = entry.expect("directory entry").path();
+            let name = path.file_name().unwrap_or_default();
+            if name == "target" || name == ".git" {
+                continue;
+            }
+            let relative = path.strip_prefix(root).expect("under the root");
+            out.insert(relative.to_string_lossy().replace('\\', "/"));
+            if path.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(root, root, &mut out);
+    out
+}
+
 /// Every violation in `files`.
 fn violations(files: &[SourceFile]) -> Vec<String> {
     let mut out = Vec::new();
@@ -500,7 +554,14 @@ fn the_tree_keeps_its_layout() {
             .any(|f| f.path == *path || f.path.starts_with(path) && path.ends_with('/'));
         assert!(exists, "tidy.rs lists {path}, which does not exist");
     }
-    let found = violations(&files);
+    let mut found = violations(&files);
+    let architecture = std::fs::read_to_string(workspace_root().join("ARCHITECTURE.md"))
+        .expect("ARCHITECTURE.md at the workspace root");
+    check_architecture_paths(
+        &architecture,
+        &repository_paths(&workspace_root()),
+        &mut found,
+    );
     assert!(
         found.is_empty(),
         "{} layout rules broken:\n{}",
@@ -592,6 +653,27 @@ fn each_rule_catches_its_violation() {
     );
     let found = violations(&[SourceFile::new("controller/src/services/x.rs", &clean)]);
     assert!(found.is_empty(), "{found:#?}");
+
+    // ARCHITECTURE.md naming a path that is not there (and one that is).
+    let repository: BTreeSet<String> = [
+        "controller",
+        "controller/src",
+        "controller/src/vpn",
+        "controller/src/vpn/plan.rs",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let mut found = Vec::new();
+    check_architecture_paths(
+        "`controller/src/vpn/plan.rs`, `vpn/plan.rs`, `vpn/` and `GET /device/v1/config`; `vpn/plans.rs`",
+        &repository,
+        &mut found,
+    );
+    assert_eq!(
+        found,
+        ["ARCHITECTURE.md: names `vpn/plans.rs`, which does not exist"]
+    );
 
     // Three modules importing each other in a ring.
     let ring = [
