@@ -112,14 +112,11 @@ impl SourceFile {
         self.is_shipped() && (matches_any(&self.path, PURE) || self.path.ends_with("/plan.rs"))
     }
 
-    /// The text without its test module (by convention the file's last item)
-    /// and without comments, which may name anything.
+    /// The text without its test modules and comments, which may name
+    /// anything.
     fn code(&self) -> String {
-        let text = match self.text.find("#[cfg(test)]\nmod ") {
-            Some(at) => &self.text[..at],
-            None => &self.text,
-        };
-        text.lines()
+        without_test_modules(&self.text)
+            .lines()
             .map(|line| match line.find("//") {
                 Some(at) => &line[..at],
                 None => line,
@@ -144,6 +141,85 @@ impl SourceFile {
         }
         (parts.first() != Some(&"bin")).then(|| parts.join("::"))
     }
+}
+
+/// `text` without its `#[cfg(test)] mod name { ... }` blocks, wherever they
+/// are. Braces inside strings, characters and comments are skipped.
+fn without_test_modules(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        let after = rest[at + "#[cfg(test)]".len()..].trim_start();
+        let is_inline_module = after.starts_with("mod ")
+            && after
+                .find(['{', ';'])
+                .is_some_and(|i| after.as_bytes()[i] == b'{');
+        if !is_inline_module {
+            out.push_str(&rest[..at + 1]);
+            rest = &rest[at + 1..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        let open = rest.len() - after.len() + after.find('{').expect("checked above");
+        rest = &rest[matching_brace(rest, open).map_or(rest.len(), |close| close + 1)..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The index of the `}` that closes the `{` at `open`, skipping string,
+/// character and comment contents.
+fn matching_brace(text: &str, open: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut i) = (0usize, open);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                i += text[i..].find('\n').unwrap_or(text.len() - i);
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += text[i..].find("*/").map_or(text.len() - i, |e| e + 1);
+            }
+            b'r' if matches!(bytes.get(i + 1), Some(b'"' | b'#')) && !is_ident(bytes, i) => {
+                // A raw string: r"..." or r#"..."#, closed by the same number of #.
+                let hashes = bytes[i + 1..].iter().take_while(|b| **b == b'#').count();
+                let start = i + 1 + hashes + 1;
+                let closing = format!("\"{}", "#".repeat(hashes));
+                i = text[start.min(text.len())..]
+                    .find(&closing)
+                    .map_or(text.len(), |e| start + e + closing.len() - 1);
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            // A character literal ('{', '\''), not a lifetime ('a).
+            b'\'' if bytes.get(i + 1) == Some(&b'\\') => {
+                i += 2;
+                while i < bytes.len() && bytes[i] != b'\'' {
+                    i += 1;
+                }
+            }
+            b'\'' if bytes.get(i + 2) == Some(&b'\'') => i += 2,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether the byte before `i` continues an identifier (`for` in `for"`).
+fn is_ident(bytes: &[u8], i: usize) -> bool {
+    i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_')
 }
 
 fn matches_any(path: &str, patterns: &[&str]) -> bool {
@@ -653,6 +729,18 @@ fn each_rule_catches_its_violation() {
     );
     let found = violations(&[SourceFile::new("controller/src/services/x.rs", &clean)]);
     assert!(found.is_empty(), "{found:#?}");
+    // Code after a test module is checked, however many braces its strings hold.
+    let after_tests = format!(
+        "{doc}#[cfg(test)]\nmod tests {{\n    const A: &str = \"}}}}\";\n    const B: &str = r#\"{{\"#;\n    const C: char = '}}';\n}}\n\nfn f() {{ let _ = std::fs::read(\"x\"); }}\n"
+    );
+    let found = violations(&[SourceFile::new(
+        "controller/src/services/x.rs",
+        &after_tests,
+    )]);
+    assert!(
+        found.iter().any(|v| v.contains("names `std::fs`")),
+        "{found:#?}"
+    );
 
     // ARCHITECTURE.md naming a path that is not there (and one that is).
     let repository: BTreeSet<String> = [
