@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::http::auth::Operator;
 use crate::http::state::AppState;
-use crate::reconcile::live::Change;
+use crate::reconcile::live::{Change, Topic};
 
 /// At most one batch of events per this interval per connection: a fleet
 /// reporting at once must not make every open page refetch hundreds of
@@ -38,10 +38,7 @@ pub async fn stream(
 }
 
 /// Collects changes and sends them in batches, until the client leaves.
-async fn forward(
-    mut updates: broadcast::Receiver<crate::reconcile::live::Topic>,
-    sender: mpsc::Sender<Event>,
-) {
+async fn forward(mut updates: broadcast::Receiver<Topic>, sender: mpsc::Sender<Event>) {
     loop {
         // Wait for the first change (or the client leaving).
         let first = tokio::select! {
@@ -51,10 +48,7 @@ async fn forward(
         let mut batch: Vec<Change> = Vec::new();
         let mut seen = HashSet::new();
         let mut lagged = false;
-        let mut take = |update: Result<
-            crate::reconcile::live::Topic,
-            broadcast::error::RecvError,
-        >| match update {
+        let mut take = |update: Result<Topic, broadcast::error::RecvError>| match update {
             Ok(topic) => {
                 let change = Change::from(topic);
                 if seen.insert(change.clone()) {
