@@ -9,6 +9,8 @@ use crate::FlowPattern;
 
 /// Most events in one batch; the agent sends more in several.
 pub const MAX_EVENTS_PER_BATCH: usize = 256;
+/// Longest free-text reason of a block, in characters.
+pub const MAX_REASON_CHARS: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,4 +79,41 @@ pub struct DeviceEvent {
 #[serde(deny_unknown_fields)]
 pub struct EventBatch {
     pub events: Vec<DeviceEvent>,
+}
+
+impl RouterBlock {
+    /// What the controller requires of a block before it stores it: a
+    /// consistent flow and a short reason.
+    pub fn check(&self) -> Result<(), String> {
+        if self.id > i64::MAX as u64 {
+            return Err("block id is too large".into());
+        }
+        self.flow.check()?;
+        if self.reason.chars().count() > MAX_REASON_CHARS {
+            return Err(format!(
+                "reason is longer than {MAX_REASON_CHARS} characters"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl EventBatch {
+    /// Checks a batch as the controller receives it, before anything is
+    /// stored: a batch is stored whole or not at all.
+    pub fn check(&self) -> Result<(), String> {
+        if self.events.len() > MAX_EVENTS_PER_BATCH {
+            return Err(format!("at most {MAX_EVENTS_PER_BATCH} events per batch"));
+        }
+        for event in &self.events {
+            if event.sequence > i64::MAX as u64 {
+                return Err("sequence is too large".into());
+            }
+            event
+                .block
+                .check()
+                .map_err(|e| format!("event {}: {e}", event.sequence))?;
+        }
+        Ok(())
+    }
 }

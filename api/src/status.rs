@@ -49,3 +49,13 @@ pub struct StatusReport {
     pub backend: String,
     pub agent_version: String,
 }
+
+impl StatusReport {
+    /// Checks a report as the controller receives it, before it is stored.
+    pub fn check(&self) -> Result<(), String> {
+        if self.sequence > i64::MAX as u64 {
+            return Err("sequence is too large".into());
+        }
+        Ok(())
+    }
+}

@@ -287,6 +287,25 @@ pub struct WireguardFacts {
     pub probe_nonce: Option<String>,
 }
 
+impl WireguardFacts {
+    /// Most WAN addresses a router reports.
+    pub const MAX_WAN_ADDRESSES: usize = 16;
+
+    /// Checks facts as the controller receives them, before they are stored.
+    pub fn check(&self) -> Result<(), String> {
+        if self.listen_port == 0 {
+            return Err("listen_port is 0".into());
+        }
+        if self.wan_addresses.len() > Self::MAX_WAN_ADDRESSES {
+            return Err(format!("at most {} WAN addresses", Self::MAX_WAN_ADDRESSES));
+        }
+        if self.next_public_key == Some(self.public_key) {
+            return Err("next_public_key is the key in use".into());
+        }
+        Ok(())
+    }
+}
+
 /// Asks the controller to send UDP probes to the router (`POST`
 /// [`crate::paths::DEVICE_WIREGUARD_PROBE`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,14 +11,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use isdf_api::events::RouterBlock;
+use isdf_api::events::{BlockOrigin, RouterBlock};
 use isdf_api::FlowPattern;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::router_blocks::{Refusal, RouterBlocks};
+
 /// Longest request line.
-const MAX_REQUEST_BYTES: u64 = 4096;
+pub const MAX_REQUEST_BYTES: u64 = 4096;
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 8;
 /// A client must send its request and take its answer within this.
@@ -37,6 +39,50 @@ pub enum Request {
         id: u64,
     },
     List {},
+}
+
+impl Request {
+    /// Reads one request line as the socket receives it.
+    pub fn decode(line: &[u8]) -> Result<Request, String> {
+        serde_json::from_slice(line).map_err(|e| e.to_string())
+    }
+
+    /// Does what the request asks to the router's blocks (the agent loop
+    /// then enforces them): no I/O, so the fuzz target runs it as is.
+    pub fn apply(self, blocks: &mut RouterBlocks, now_ms: i64) -> Result<Applied, Refusal> {
+        match self {
+            Request::List {} => Ok(Applied::Listed(
+                blocks.active(now_ms).into_iter().cloned().collect(),
+            )),
+            Request::Block {
+                flow,
+                duration_ms,
+                reason,
+            } => blocks
+                .add(BlockOrigin::Local, flow, duration_ms, &reason, now_ms)
+                .map(|block| Applied::Changed {
+                    block,
+                    forget: None,
+                }),
+            Request::Unblock { id } => blocks
+                .remove_detection(id, now_ms)
+                .map(|(block, forget)| Applied::Changed { block, forget }),
+        }
+    }
+}
+
+/// What a request did to the router's blocks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// `list`: the blocks in force; nothing changed.
+    Listed(Vec<RouterBlock>),
+    /// A block made, extended or ended; `forget` is the endpoint of an
+    /// ended detection, to remove from the kernel's endpoint sets and the
+    /// classifier too.
+    Changed {
+        block: RouterBlock,
+        forget: Option<isdf_api::Endpoint>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,8 +192,8 @@ async fn serve_one(stream: tokio::net::UnixStream, tx: mpsc::Sender<Command>) {
         Err(e) => Response::error("invalid_request", format!("reading: {e}"), now_ms),
         // From bytes, as everything else the agent parses: deserializers
         // for text too would add some kB to the small binary.
-        Ok(_) => match serde_json::from_slice::<Request>(line.as_bytes()) {
-            Err(e) => Response::error("invalid_request", e.to_string(), now_ms),
+        Ok(_) => match Request::decode(line.as_bytes()) {
+            Err(e) => Response::error("invalid_request", e, now_ms),
             Ok(request) => {
                 let (reply, answer) = oneshot::channel();
                 match tx.send(Command { request, reply }).await {

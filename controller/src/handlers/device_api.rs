@@ -120,9 +120,7 @@ pub async fn report_status(
     State(state): State<AppState>,
     ApiJson(report): ApiJson<isdf_api::StatusReport>,
 ) -> ApiResult<StatusCode> {
-    if report.sequence > i64::MAX as u64 {
-        return Err(ApiError::invalid("sequence is too large"));
-    }
+    report.check().map_err(ApiError::invalid)?;
     let mut tx = state.pool.begin().await?;
     if !db::status::record(&mut tx, id, &report).await? {
         return Err(ApiError::conflict(
@@ -161,28 +159,8 @@ pub async fn report_events(
     State(state): State<AppState>,
     ApiJson(batch): ApiJson<isdf_api::events::EventBatch>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    use isdf_api::events::{EventKind, MAX_EVENTS_PER_BATCH};
-    if batch.events.len() > MAX_EVENTS_PER_BATCH {
-        return Err(ApiError::invalid(format!(
-            "at most {MAX_EVENTS_PER_BATCH} events per batch"
-        )));
-    }
-    for event in &batch.events {
-        let block = &event.block;
-        if event.sequence > i64::MAX as u64 || block.id > i64::MAX as u64 {
-            return Err(ApiError::invalid("sequence or block id is too large"));
-        }
-        block
-            .flow
-            .check()
-            .map_err(|e| ApiError::invalid(format!("event {}: {e}", event.sequence)))?;
-        if block.reason.chars().count() > 200 {
-            return Err(ApiError::invalid(format!(
-                "event {}: reason is longer than 200 characters",
-                event.sequence
-            )));
-        }
-    }
+    use isdf_api::events::EventKind;
+    batch.check().map_err(ApiError::invalid)?;
     let mut tx = state.pool.begin().await?;
     let mut stored = 0;
     for event in &batch.events {

@@ -144,17 +144,7 @@ impl KeyKeeper<'_> {
         facts: &WireguardFacts,
         reachable: Option<IpAddr>,
     ) -> Result<RecompileSummary, FactsError> {
-        if facts.listen_port == 0 {
-            return Err(FactsError::Invalid("listen_port is 0".into()));
-        }
-        if facts.wan_addresses.len() > 16 {
-            return Err(FactsError::Invalid("at most 16 WAN addresses".into()));
-        }
-        if facts.next_public_key == Some(facts.public_key) {
-            return Err(FactsError::Invalid(
-                "next_public_key is the key in use".into(),
-            ));
-        }
+        facts.check().map_err(FactsError::Invalid)?;
         let pool = &self.reconciler.pool;
         let mut tx = pool.begin().await.context("starting facts")?;
         let old = db::wireguard::lock(&mut *tx, device)

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use super::{error_debug, error_failed, warn_failed, Agent};
 use crate::backend::conntrack;
-use crate::control::{Command, Request, Response};
+use crate::control::{Applied, Command, Request, Response};
 use crate::sys::time::unix_millis;
 
 /// How long the config's `classify` rule blocks what the classifier finds
@@ -177,39 +177,21 @@ impl Agent {
 
     /// Serves one request of the local control socket.
     pub(super) fn handle_command(&mut self, request: Request) -> Response {
-        use isdf_api::events::BlockOrigin;
         let now_ms = unix_millis();
-        let changed = match request {
-            Request::List {} => {
-                let blocks = self.router_blocks.active(now_ms).into_iter().cloned();
-                return Response::ok(blocks.collect(), now_ms);
+        let block = match request.apply(&mut self.router_blocks, now_ms) {
+            Ok(Applied::Listed(blocks)) => return Response::ok(blocks, now_ms),
+            Ok(Applied::Changed { block, forget }) => {
+                // Out of the kernel's endpoint sets too, before the next
+                // apply harvests it back.
+                if let Some(endpoint) = forget {
+                    self.backend
+                        .forget_endpoint(&self.config_firewall(), &endpoint);
+                    if let Some(inspector) = &self.inspector {
+                        inspector.forget(SocketAddr::new(endpoint.addr, endpoint.port));
+                    }
+                }
+                block
             }
-            Request::Block {
-                flow,
-                duration_ms,
-                reason,
-            } => self
-                .router_blocks
-                .add(BlockOrigin::Local, flow, duration_ms, &reason, now_ms),
-            Request::Unblock { id } => {
-                self.router_blocks
-                    .remove_detection(id, now_ms)
-                    .map(|(block, endpoint)| {
-                        // Out of the kernel's endpoint sets too, before the
-                        // next apply harvests it back.
-                        if let Some(endpoint) = endpoint {
-                            self.backend
-                                .forget_endpoint(&self.config_firewall(), &endpoint);
-                            if let Some(inspector) = &self.inspector {
-                                inspector.forget(SocketAddr::new(endpoint.addr, endpoint.port));
-                            }
-                        }
-                        block
-                    })
-            }
-        };
-        let block = match changed {
-            Ok(block) => block,
             Err(refusal) => return Response::error(refusal.code, refusal.message, now_ms),
         };
         self.persist_router_blocks();

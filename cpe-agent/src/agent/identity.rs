@@ -21,27 +21,14 @@ use crate::sys::state::{Identity, StateDir};
 use crate::sys::time::{backoff, unix_now};
 
 impl Agent {
-    /// The keys configs may be signed with: pinned in the settings, or those
-    /// of the newest root reachable from the enrollment answer's root 1
-    /// through the roots fetched since (each step verified), or, from a
-    /// controller without roots, the keys named at enrollment.
+    /// The keys configs may be signed with (`Settings::config_trust`), from
+    /// the enrollment answer and the roots fetched since.
     pub(super) fn trust(
         settings: &Settings,
         identity: &Identity,
         state: &StateDir,
     ) -> anyhow::Result<(TrustedKeys, Option<RootDocument>)> {
-        let roots = &identity.certificate.roots;
-        if !settings.signing_public_keys.is_empty() || roots.is_empty() {
-            return Ok((settings.trusted_keys(&identity.certificate)?, None));
-        }
-        let first = RootDocument::open_first(roots[0].as_bytes())
-            .map_err(|e| anyhow::anyhow!("root 1: {e}"))?;
-        let fetched = state.roots()?;
-        let latest = first
-            .walk(roots.iter().chain(&fetched).map(|e| e.as_bytes()))
-            .map_err(|e| anyhow::anyhow!("the root chain: {e}"))?;
-        let keys = latest.config_keys().map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok((keys, Some(latest)))
+        settings.config_trust(&identity.certificate, &state.roots()?)
     }
 
     /// After a config signed by an unknown key: fetches the controller's root

@@ -5,7 +5,7 @@
 const MAX_DEPTH: u8 = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) enum Value<'a> {
+pub enum Value<'a> {
     Int(i64),
     Bytes(&'a [u8]),
     List(Items<'a>),
@@ -16,7 +16,7 @@ pub(super) enum Value<'a> {
 /// Iteration stops at the closing `e`, the end of the buffer or the first
 /// malformed item, so a truncated answer still yields its complete items.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct Items<'a>(&'a [u8]);
+pub struct Items<'a>(&'a [u8]);
 
 impl<'a> Value<'a> {
     pub fn bytes(self) -> Option<&'a [u8]> {
@@ -65,7 +65,7 @@ impl<'a> Items<'a> {
 }
 
 /// The first value of `buf` and how many bytes encode it.
-pub(super) fn parse(buf: &[u8]) -> Option<(Value<'_>, usize)> {
+pub fn parse(buf: &[u8]) -> Option<(Value<'_>, usize)> {
     let end = skip(buf, 0, MAX_DEPTH)?;
     let value = match buf[0] {
         b'i' => Value::Int(std::str::from_utf8(&buf[1..end - 1]).ok()?.parse().ok()?),
@@ -78,7 +78,7 @@ pub(super) fn parse(buf: &[u8]) -> Option<(Value<'_>, usize)> {
 
 /// A dictionary at the start of `buf` that may be cut short, as the first
 /// segment of a long tracker answer is.
-pub(super) fn dict_prefix(buf: &[u8]) -> Option<Items<'_>> {
+pub fn dict_prefix(buf: &[u8]) -> Option<Items<'_>> {
     (buf.first() == Some(&b'd')).then(|| Items(&buf[1..]))
 }
 

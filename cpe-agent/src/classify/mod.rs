@@ -27,6 +27,13 @@ mod table;
 #[cfg(test)]
 mod tests;
 
+/// The bencode reader, for the fuzz target `bencode` (`cpe-agent/fuzz/`)
+/// only: the `fuzzing` feature is off in every build that ships.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use super::bencode::{dict_prefix, parse, Items, Value};
+}
+
 use std::net::{IpAddr, SocketAddr};
 
 use ip::{Ep, Packet};

@@ -66,9 +66,10 @@ fn explain(error: ControllerError) -> anyhow::Error {
     anyhow::Error::new(error).context(hint)
 }
 
-/// Checks an answer before anything is persisted or used.
-fn check(settings: &Settings, identity: &Identity) -> anyhow::Result<()> {
-    let answer = &identity.certificate;
+/// Checks what an answer says before anything is persisted or used: a
+/// usable device id, a validity, an HTTPS device API URL and signing keys.
+/// No I/O: the fuzz target `enrollment_answer` runs it as is.
+pub fn check_answer(settings: &Settings, answer: &DeviceCertificate) -> anyhow::Result<()> {
     if answer.device_id.is_empty() || answer.device_id.chars().any(char::is_control) {
         bail!(
             "the controller sent an unusable device id {:?}",
@@ -83,12 +84,18 @@ fn check(settings: &Settings, identity: &Identity) -> anyhow::Result<()> {
         crate::sys::settings::require_https("the device API URL", &answer.device_api_url)
             .context("the controller sent an unusable device API URL")?;
     }
-    settings.trusted_keys(&identity.certificate)?;
+    settings.trusted_keys(answer)?;
+    Ok(())
+}
+
+/// Checks an answer before anything is persisted or used.
+fn check(settings: &Settings, identity: &Identity) -> anyhow::Result<()> {
+    check_answer(settings, &identity.certificate)?;
     // Builds the mutual-TLS client the agent will use: the CA must parse and
     // the certificate must be for the key generated here.
     Client::new(
         settings.device_api_url(&identity.certificate),
-        answer.ca_pem.as_bytes(),
+        identity.certificate.ca_pem.as_bytes(),
         identity,
     )
     .context("the certificate answer does not fit the device key")?;

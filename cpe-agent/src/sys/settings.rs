@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use isdf_api::enrollment::DeviceCertificate;
+use isdf_api::root::RootDocument;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -309,6 +310,29 @@ impl Settings {
         } else {
             parse_keys(&self.signing_public_keys).context("signing_public_keys")
         }
+    }
+
+    /// The keys configs may be signed with, and the root they come from:
+    /// pinned in the settings (no root), or those of the newest root
+    /// reachable from the answer's root 1 through `fetched` (the roots
+    /// fetched since, oldest first; each step verified), or, from a
+    /// controller without roots, the keys the answer names.
+    pub fn config_trust(
+        &self,
+        certificate: &DeviceCertificate,
+        fetched: &[String],
+    ) -> anyhow::Result<(isdf_api::TrustedKeys, Option<RootDocument>)> {
+        let roots = &certificate.roots;
+        if !self.signing_public_keys.is_empty() || roots.is_empty() {
+            return Ok((self.trusted_keys(certificate)?, None));
+        }
+        let first = RootDocument::open_first(roots[0].as_bytes())
+            .map_err(|e| anyhow::anyhow!("root 1: {e}"))?;
+        let latest = first
+            .walk(roots.iter().chain(fetched).map(|e| e.as_bytes()))
+            .map_err(|e| anyhow::anyhow!("the root chain: {e}"))?;
+        let keys = latest.config_keys().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok((keys, Some(latest)))
     }
 
     /// The device API base URL: `controller_url` when set, else the one the
