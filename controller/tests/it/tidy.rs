@@ -103,9 +103,9 @@ impl SourceFile {
         }
     }
 
-    /// Code the crate ships: under `src/`, not a test module or file.
+    /// Code the crate ships: in its own `src/`, not a test module or file.
     fn is_shipped(&self) -> bool {
-        self.path.contains("/src/") && !self.path.ends_with("/tests.rs")
+        self.path.split('/').nth(1) == Some("src") && !self.path.ends_with("/tests.rs")
     }
 
     fn is_pure(&self) -> bool {
@@ -584,7 +584,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<SourceFile>) {
         .collect();
     entries.sort();
     for path in entries {
-        if path.is_dir() {
+        if path.is_dir() && !path.ends_with("target") {
             collect(root, &path, out);
         } else if path.extension().is_some_and(|e| e == "rs") {
             let relative = path.strip_prefix(root).expect("under the root");
@@ -597,12 +597,12 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<SourceFile>) {
     }
 }
 
-/// The Rust files of the three crates (sources, tests, benches, examples).
+/// The Rust files of the three crates (sources, tests, benches, examples, fuzz crates).
 fn workspace_files() -> Vec<SourceFile> {
     let root = workspace_root();
     let mut files = Vec::new();
     for krate in ["api", "controller", "cpe-agent"] {
-        for part in ["src", "tests", "benches", "examples"] {
+        for part in ["src", "tests", "benches", "examples", "fuzz"] {
             let dir = root.join(krate).join(part);
             if dir.is_dir() {
                 collect(&root, &dir, &mut files);
