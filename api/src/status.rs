@@ -51,11 +51,59 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// Checks a report as the controller receives it, before it is stored.
+    /// Checks a report as the controller receives it, before it is stored:
+    /// a sequence PostgreSQL can hold, and no NUL character in any text,
+    /// which PostgreSQL stores neither in `jsonb` nor in `text` (the fuzz
+    /// target `status_report` found it: such a report was a 500, sent again
+    /// and again).
     pub fn check(&self) -> Result<(), String> {
         if self.sequence > i64::MAX as u64 {
             return Err("sequence is too large".into());
         }
+        let texts = self
+            .enforced_digest
+            .iter()
+            .chain(&self.errors)
+            .chain(self.counters.iter().map(|c| &c.rule_id))
+            .chain(self.tunnels.iter().map(|t| &t.interface))
+            .chain([&self.backend, &self.agent_version]);
+        for text in texts {
+            if text.contains('\0') {
+                return Err(format!("{text:?} holds a NUL character"));
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        serde_json::from_value(serde_json::json!({
+            "sequence": 7, "enforced_version": 3, "enforced_digest": "ab", "outcome": "applied",
+            "attempted_version": 3, "errors": ["nft: line 1"],
+            "counters": [{"rule_id": "web", "packets": 1, "bytes": 60}],
+            "backend": "nftables", "agent_version": "0.1.0"}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_report_postgresql_cannot_store_is_refused() {
+        assert_eq!(report().check(), Ok(()));
+        // Found by the fuzz target `status_report`: a NUL anywhere was a 500.
+        let mut nul = report();
+        nul.errors.push("nft: \0".into());
+        assert!(nul.check().is_err());
+        let mut nul = report();
+        nul.counters[0].rule_id = "w\0".into();
+        assert!(nul.check().is_err());
+        let mut nul = report();
+        nul.agent_version = "\0".into();
+        assert!(nul.check().is_err());
+        let mut big = report();
+        big.sequence = i64::MAX as u64 + 1;
+        assert!(big.check().is_err());
     }
 }

@@ -93,9 +93,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateBlocks>,
 ) -> ApiResult<(StatusCode, Json<BlocksCreated>)> {
     find(&state, id).await?;
-    if body.reason.chars().count() > 200 {
-        return Err(ApiError::invalid("reason is longer than 200 characters"));
-    }
+    isdf_api::events::check_reason(&body.reason).map_err(ApiError::invalid)?;
     let action = body.action;
     // The same checks as a flow-block service with a duration.
     let spec = FlowBlockSpec {

@@ -135,6 +135,11 @@ async fn bad_block_requests_are_refused_and_store_nothing() {
             json!({"flows": flow, "duration_secs": 5, "reason": "x".repeat(201)}),
             "invalid_request",
         ),
+        // PostgreSQL cannot store a NUL (a 500 before; see the router's events).
+        (
+            json!({"flows": flow, "duration_secs": 5, "reason": "ssh\u{0}"}),
+            "invalid_request",
+        ),
     ];
     for (body, code) in cases {
         let r = h.post(&path, body.clone()).await;
@@ -275,4 +280,25 @@ async fn router_events_are_stored_once_and_their_blocks_are_listed() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let events = h.get(&format!("/api/v1/devices/{id}/events")).await;
     assert_eq!(events.body["items"].as_array().unwrap().len(), 5);
+}
+
+/// Found by the fuzz target `events`: PostgreSQL stores no NUL character,
+/// so a reason holding one was a 500, and the router's outbox stuck on it.
+#[tokio::test]
+async fn an_event_postgresql_cannot_store_is_refused_with_a_400() {
+    let h = Harness::start().await;
+    let (id, device) = h.device("r1", json!({})).await;
+    let mut nul = event(1, "block", 1, "local");
+    nul["block"]["reason"] = json!("zeek\u{0}");
+    let (status, body) = post_events(&device, json!([nul])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    let (status, body) = post_events(&device, json!([event(2, "block", 2, "local")])).await;
+    assert_eq!(
+        (status, &body["stored"]),
+        (StatusCode::OK, &json!(1)),
+        "{body}"
+    );
+    let events = h.get(&format!("/api/v1/devices/{id}/events")).await;
+    assert_eq!(events.body["items"].as_array().unwrap().len(), 1);
 }

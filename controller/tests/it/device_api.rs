@@ -165,3 +165,22 @@ async fn status_reports_are_stored_and_replays_refused() {
     let history = h.get(&format!("/api/v1/devices/{id}/status/history")).await;
     assert_eq!(history.body.as_array().unwrap().len(), 2);
 }
+
+/// Found by the fuzz target `status_report`: PostgreSQL stores no NUL
+/// character (`jsonb` refuses `\u0000`), so a report holding one was a 500,
+/// and the agent sent it again and again.
+#[tokio::test]
+async fn a_report_postgresql_cannot_store_is_refused_with_a_400() {
+    let h = Harness::start().await;
+    let (id, device) = h.device("r1", json!({})).await;
+    let mut nul = report(1);
+    nul.errors = vec!["nft: \0".into()];
+    let r = post_status(&device, serde_json::to_value(&nul).unwrap()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    let r = post_status(&device, serde_json::to_value(report(2)).unwrap()).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let latest = h.get(&format!("/api/v1/devices/{id}/status")).await;
+    assert_eq!(latest.body["sequence"], 2);
+}
