@@ -36,8 +36,6 @@ pub const MIN_DURATION_MS: u64 = 1_000;
 pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Events kept for the controller while it is unreachable; the oldest go first.
 const MAX_OUTBOX: usize = 4096;
-/// Longest free-text reason.
-pub const MAX_REASON_CHARS: usize = 200;
 
 /// Why a block request was refused; `code` is stable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,12 +149,10 @@ impl RouterBlocks {
                 format!("a block lasts 1 s to {} days", MAX_DURATION_MS / 86_400_000),
             ));
         }
-        if reason.chars().count() > MAX_REASON_CHARS {
-            return Err(Refusal::new(
-                "invalid_reason",
-                format!("the reason is longer than {MAX_REASON_CHARS} characters"),
-            ));
-        }
+        // What the controller accepts, or the event would never be stored
+        // and the outbox would stick on it (found by the fuzz target
+        // `control_socket`: a control character in a local reason).
+        isdf_api::events::check_reason(reason).map_err(|e| Refusal::new("invalid_reason", e))?;
         self.prune(now_ms);
         // Rulesets carry whole seconds: the end is the nearest one, so the
         // end shown is exactly the one enforced.
@@ -480,6 +476,14 @@ mod tests {
             code(blocks.add(BlockOrigin::Local, flow(1), 5_000, &"x".repeat(201), 0)),
             "invalid_reason"
         );
+        // Found by the fuzz target `control_socket`: the controller refuses
+        // (and PostgreSQL cannot store) control characters in a reason.
+        for reason in ["zeek\0", "zee\u{1f}n", "two\nlines"] {
+            assert_eq!(
+                code(blocks.add(BlockOrigin::Local, flow(1), 5_000, reason, 0)),
+                "invalid_reason"
+            );
+        }
         let mut mixed = flow(1);
         mixed.dst = "2001:db8::1".parse().unwrap();
         assert_eq!(
