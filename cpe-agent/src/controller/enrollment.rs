@@ -67,8 +67,11 @@ fn explain(error: ControllerError) -> anyhow::Error {
 }
 
 /// Checks what an answer says before anything is persisted or used: a
-/// usable device id, a validity, an HTTPS device API URL and signing keys.
-/// No I/O: the fuzz target `enrollment_answer` runs it as is.
+/// usable device id, a validity, an HTTPS device API URL, and the keys
+/// configs will be checked with: named, or those of its root 1, which must
+/// open (the fuzz target `enrollment_answer` found an answer whose root did
+/// not, persisted, after which the agent could no longer start).
+/// No I/O: the fuzz target runs it as is.
 pub fn check_answer(settings: &Settings, answer: &DeviceCertificate) -> anyhow::Result<()> {
     if answer.device_id.is_empty() || answer.device_id.chars().any(char::is_control) {
         bail!(
@@ -84,7 +87,7 @@ pub fn check_answer(settings: &Settings, answer: &DeviceCertificate) -> anyhow::
         crate::sys::settings::require_https("the device API URL", &answer.device_api_url)
             .context("the controller sent an unusable device API URL")?;
     }
-    settings.trusted_keys(answer)?;
+    settings.config_trust(answer, &[])?;
     Ok(())
 }
 
@@ -298,6 +301,21 @@ mod tests {
         .unwrap();
         client.ping().await.unwrap();
         assert_eq!(controller.behaviour.lock().unwrap().renewals, 1);
+    }
+
+    /// Found by the fuzz target `enrollment_answer`: an answer whose root 1
+    /// does not open was persisted, after which the agent could not start.
+    #[test]
+    fn an_answer_whose_root_does_not_open_is_refused() {
+        let ca = TestCa::new("controller CA");
+        let settings = Settings::parse("state_dir = \"/var/lib/isdf-agent\"\n").unwrap();
+        let mut answer = ca
+            .identity(DEVICE, "https://controller.example.net:8443")
+            .certificate;
+        check_answer(&settings, &answer).unwrap();
+        answer.roots = vec!["{\"payloadType\":\"\n\"}".into()];
+        let err = check_answer(&settings, &answer).unwrap_err();
+        assert!(format!("{err:#}").contains("root 1"), "{err:#}");
     }
 
     #[tokio::test]
