@@ -49,8 +49,44 @@ pub struct DeviceCertificate {
 }
 
 impl DeviceCertificate {
-    /// When the agent should renew: two thirds into the validity.
+    /// When the agent should renew: two thirds into the validity. Computed
+    /// wide, so that no answer (a hostile one included) overflows it: it
+    /// lies between `not_before` and `not_after`, so it fits back.
     pub fn renew_at(&self) -> i64 {
-        self.not_before + (self.not_after - self.not_before) * 2 / 3
+        let (from, to) = (i128::from(self.not_before), i128::from(self.not_after));
+        i64::try_from(from + (to - from) * 2 / 3).expect("between two i64 values")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid(not_before: i64, not_after: i64) -> DeviceCertificate {
+        DeviceCertificate {
+            device_id: "7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50".into(),
+            certificate_pem: String::new(),
+            ca_pem: String::new(),
+            signing_public_keys: Vec::new(),
+            device_api_url: "https://controller.example.net:8443".into(),
+            roots: Vec::new(),
+            not_before,
+            not_after,
+        }
+    }
+
+    #[test]
+    fn renewal_is_two_thirds_into_any_validity() {
+        assert_eq!(valid(1_000, 4_000).renew_at(), 3_000);
+        // An answer with a far end overflowed here (multiplying by 2) and
+        // panicked the agent, or wrapped in its release build.
+        for (from, to) in [
+            (1_795_000_000, i64::MAX),
+            (i64::MIN, i64::MAX),
+            (i64::MIN, i64::MIN + 3),
+        ] {
+            let at = valid(from, to).renew_at();
+            assert!((from..to).contains(&at), "{from}..{to}: {at}");
+        }
     }
 }

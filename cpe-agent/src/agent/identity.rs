@@ -158,8 +158,13 @@ impl Agent {
 
     /// How long until `maintain_identity` has something to do.
     pub(super) fn identity_due_in(&self) -> Duration {
-        let renew_in = u64::try_from(self.identity.certificate.renew_at() - unix_now())
-            .map_or(Duration::ZERO, Duration::from_secs);
+        let renew_in = u64::try_from(
+            self.identity
+                .certificate
+                .renew_at()
+                .saturating_sub(unix_now()),
+        )
+        .map_or(Duration::ZERO, Duration::from_secs);
         let retry_in = self.identity_retry.map_or(Duration::ZERO, |(_, at)| {
             at.saturating_duration_since(Instant::now())
         });
