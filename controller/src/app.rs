@@ -236,6 +236,8 @@ impl Application {
             billing_webhook_key: Arc::new(billing_webhook_key),
             probes: Arc::default(),
             live,
+            refusals: Arc::default(),
+            cpu_work: Arc::default(),
             dashboard: Arc::new(crate::http::sessions::Dashboard::new(
                 settings.api_tls || settings.dashboard_behind_tls,
             )),
@@ -320,6 +322,10 @@ impl Application {
             portal_server.serve(routes::portal_router(self.state.clone()).into_make_service());
         let refresher = tokio::spawn(refresh_loop(self.state.reconciler.clone()));
         let rollout_driver = tokio::spawn(self.state.rollouts.clone().run());
+        let refusal_tallies = tokio::spawn(crate::http::audit::flush_refusals_loop(
+            self.state.refusals.clone(),
+            self.state.pool.clone(),
+        ));
         let stopper = tokio::spawn(async move {
             shutdown.await;
             // Long polls end at once; the agent simply polls again later.
@@ -329,7 +335,12 @@ impl Application {
             tokio::join!(device_server, api_server, enrollment_server, portal_server);
         refresher.abort();
         rollout_driver.abort();
+        refusal_tallies.abort();
         stopper.abort();
+        // What was refused since the last flush is written before leaving.
+        if let Err(e) = self.state.refusals.flush(&self.state.pool).await {
+            tracing::warn!(error = ?e, "refusal tallies lost at shutdown");
+        }
         self.state.pool.close().await;
         device_result.context("device API server")?;
         api_result.context("operator API server")?;

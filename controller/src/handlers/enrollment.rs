@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::db;
+use crate::http::audit::AuditTrail;
 use crate::http::auth::{Device, Operator};
 use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::http::state::AppState;
@@ -29,9 +30,10 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 pub const MAX_TOKENS_PER_CALL: u32 = 1000;
 
-/// Creates one enrollment token (shared by device registration and batches).
+/// Creates one enrollment token (shared by device registration and batches)
+/// in the caller's transaction.
 pub async fn create_token(
-    state: &AppState,
+    tx: &mut sqlx::PgConnection,
     device: Option<Uuid>,
     labels: &BTreeMap<String, String>,
     name_prefix: &str,
@@ -41,7 +43,7 @@ pub async fn create_token(
     let token = new_token(ENROLLMENT_TOKEN_PREFIX);
     let expires_at = Utc::now() + chrono::Duration::from_std(ttl)?;
     db::enrollment::insert(
-        &state.pool,
+        tx,
         Uuid::new_v4(),
         &hash_token(&token),
         device,
@@ -56,13 +58,13 @@ pub async fn create_token(
 
 /// An enrollment token bound to an existing device.
 pub async fn create_device_token(
-    state: &AppState,
+    tx: &mut sqlx::PgConnection,
     device: Uuid,
     ttl: Duration,
     created_by: &str,
 ) -> anyhow::Result<(String, DateTime<Utc>)> {
     create_token(
-        state,
+        tx,
         Some(device),
         &BTreeMap::new(),
         "router",
@@ -110,6 +112,7 @@ pub fn token_ttl(expires_in_secs: Option<u64>) -> ApiResult<Duration> {
     responses((status = 201, body = EnrollmentTokensCreated), (status = 400, body = crate::http::error::ErrorBody)))]
 pub async fn create_tokens(
     operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateEnrollmentTokens>,
 ) -> ApiResult<(StatusCode, Json<EnrollmentTokensCreated>)> {
@@ -124,11 +127,13 @@ pub async fn create_tokens(
         "name prefix",
     )
     .map_err(ApiError::invalid)?;
+    // All of the batch or none of it.
+    let mut tx = state.pool.begin().await?;
     let mut tokens = Vec::new();
     let mut expires_at = Utc::now();
     for _ in 0..body.count {
         let (token, expiry) = create_token(
-            &state,
+            &mut tx,
             None,
             body.labels.as_map(),
             &prefix,
@@ -139,6 +144,7 @@ pub async fn create_tokens(
         tokens.push(token);
         expires_at = expiry;
     }
+    audit.commit(tx, StatusCode::CREATED, None).await?;
     Ok((
         StatusCode::CREATED,
         Json(EnrollmentTokensCreated { tokens, expires_at }),

@@ -1,6 +1,7 @@
 //! Every route of the four listeners, in one place.
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn;
 use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::trace::TraceLayer;
@@ -10,6 +11,7 @@ use crate::handlers::{
     operators, portal, purchases, rollouts, services, sites, stream, vpns, wireguard,
 };
 use crate::http::auth::authorize_and_audit;
+use crate::http::contract::{json_errors, refuse_nul_in_uri};
 use crate::http::limits::{
     DEVICE_BODY_LIMIT, ENROLLMENT_BODY_LIMIT, OPERATOR_BODY_LIMIT, PORTAL_BODY_LIMIT,
     WEBHOOK_BODY_LIMIT,
@@ -139,6 +141,8 @@ pub fn operator_router(state: AppState) -> Router {
             "/api/v1/vpn-relays/{device_id}",
             axum::routing::put(vpns::put_relay).delete(vpns::delete_relay),
         )
+        // Inside the audit: a refused change is still recorded.
+        .route_layer(from_fn(refuse_nul_in_uri))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize_and_audit,
@@ -165,6 +169,8 @@ pub fn operator_router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(OPERATOR_BODY_LIMIT))
+        .layer(from_fn(refuse_nul_in_uri))
+        .layer(from_fn(json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -194,6 +200,8 @@ pub fn device_router(state: AppState) -> Router {
         .route(isdf_api::paths::DEVICE_ROOTS, get(device_api::roots))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))
+        .layer(from_fn(refuse_nul_in_uri))
+        .layer(from_fn(json_errors))
         .with_state(state)
 }
 
@@ -203,6 +211,8 @@ pub fn enrollment_router(state: AppState) -> Router {
         .route(isdf_api::paths::ENROLL, post(enrollment::enroll))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(ENROLLMENT_BODY_LIMIT))
+        .layer(from_fn(refuse_nul_in_uri))
+        .layer(from_fn(json_errors))
         .with_state(state)
 }
 

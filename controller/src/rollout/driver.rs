@@ -90,13 +90,15 @@ impl Rollouts {
     }
 
     /// Starts a rollout: changes the assignment, splits the routers its
-    /// selector matches into waves and releases the canary.
+    /// selector matches into waves and releases the canary. `audit` is the
+    /// caller's entry, stored with the rollout (its target: the rollout).
     pub async fn start(
         &self,
         target: Target,
         revision: Option<i32>,
         plan: &WavePlan,
         actor: &str,
+        audit: &NewAuditEntry<'_>,
     ) -> Result<Uuid, RolloutError> {
         let id = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
@@ -195,8 +197,18 @@ impl Rollouts {
             ),
         )
         .await?;
+        let rollout = id.to_string();
+        let entry = NewAuditEntry {
+            target: Some(&rollout),
+            ..audit.clone()
+        };
+        append_audit(&mut tx, &entry).await?;
         tx.commit().await.context("committing the new rollout")?;
-        self.advance(id, None).await?;
+        // The rollout is stored: releasing its canary is the loop's first
+        // step, which it retries if this attempt fails.
+        if let Err(e) = self.advance(id, None).await {
+            tracing::warn!(rollout = %id, error = ?e, "releasing the canary; the loop retries");
+        }
         self.nudge();
         Ok(id)
     }
@@ -263,28 +275,29 @@ impl Rollouts {
         let compiled = if completes {
             db::rollouts::set_state(&mut *tx, id, "completed", None).await?;
             db::rollouts::append_event(&mut *tx, id, "completed", None, CONTROLLER, "").await?;
-            Compiled::default()
+            append_controller_audit(&mut tx, id, "rollout.complete", serde_json::Value::Null)
+                .await?;
+            // Routers that came to match the selector during the rollout
+            // kept the previous revision until now.
+            let selector = Selector::parse(&row.selector)
+                .map_err(|e| anyhow::anyhow!("stored selector `{}`: {e}", row.selector))?;
+            self.reconciler
+                .recompile_selected_in(&mut tx, &selector)
+                .await?
         } else {
             db::rollouts::release_wave(&mut *tx, id, next).await?;
             db::rollouts::append_event(&mut *tx, id, "wave_released", Some(next), CONTROLLER, "")
                 .await?;
+            if passed.is_some() {
+                let summary = serde_json::json!({"wave": next});
+                append_controller_audit(&mut tx, id, "rollout.wave", summary).await?;
+            }
             self.target_released(&mut tx, id).await?
         };
         tx.commit().await.context("committing a rollout step")?;
         self.reconciler.publish(compiled);
         self.changed(id);
-        if completes {
-            audit(&self.pool, id, "rollout.complete", serde_json::Value::Null).await;
-            // Routers that came to match the selector during the rollout
-            // kept the previous revision until now.
-            let selector = Selector::parse(&row.selector)
-                .map_err(|e| anyhow::anyhow!("stored selector `{}`: {e}", row.selector))?;
-            self.reconciler.recompile_selected(&selector).await?;
-        } else {
-            if passed.is_some() {
-                let summary = serde_json::json!({"wave": next});
-                audit(&self.pool, id, "rollout.wave", summary).await;
-            }
+        if !completes {
             // The charts start from the release: everything pending.
             let counts = wave_counts(&self.pool, id).await?;
             self.sample(id, next, &counts).await?;
@@ -317,7 +330,12 @@ impl Rollouts {
         Ok(compiled)
     }
 
-    pub async fn pause(&self, id: Uuid, actor: &str) -> Result<(), RolloutError> {
+    pub async fn pause(
+        &self,
+        id: Uuid,
+        actor: &str,
+        audit: &NewAuditEntry<'_>,
+    ) -> Result<(), RolloutError> {
         let (mut tx, row) = self
             .lock_in(id, &["running"], "rollout_not_running")
             .await?;
@@ -325,6 +343,7 @@ impl Rollouts {
         db::rollouts::set_state(&mut *tx, id, "paused", Some(&reason)).await?;
         db::rollouts::append_event(&mut *tx, id, "paused", Some(row.current_wave), actor, "")
             .await?;
+        append_audit(&mut tx, audit).await?;
         tx.commit().await.context("committing a pause")?;
         self.changed(id);
         Ok(())
@@ -332,12 +351,18 @@ impl Rollouts {
 
     /// Resumes a paused rollout; failures seen so far in the current wave
     /// are accepted (new ones still count).
-    pub async fn resume(&self, id: Uuid, actor: &str) -> Result<(), RolloutError> {
+    pub async fn resume(
+        &self,
+        id: Uuid,
+        actor: &str,
+        audit: &NewAuditEntry<'_>,
+    ) -> Result<(), RolloutError> {
         let (mut tx, row) = self.lock_in(id, &["paused"], "rollout_not_paused").await?;
         db::rollouts::set_state(&mut *tx, id, "running", None).await?;
         db::rollouts::accept_failures(&mut *tx, id, row.current_wave).await?;
         db::rollouts::append_event(&mut *tx, id, "resumed", Some(row.current_wave), actor, "")
             .await?;
+        append_audit(&mut tx, audit).await?;
         tx.commit().await.context("committing a resume")?;
         self.changed(id);
         self.nudge();
@@ -346,7 +371,12 @@ impl Rollouts {
 
     /// Aborts: the assignment returns to the previous revision (a new one
     /// is removed) and every released router is recompiled.
-    pub async fn abort(&self, id: Uuid, actor: &str) -> Result<(), RolloutError> {
+    pub async fn abort(
+        &self,
+        id: Uuid,
+        actor: &str,
+        audit: &NewAuditEntry<'_>,
+    ) -> Result<(), RolloutError> {
         let (mut tx, row) = self
             .lock_in(id, &["running", "paused"], "rollout_finished")
             .await?;
@@ -373,6 +403,7 @@ impl Rollouts {
             .reconciler
             .recompile_in(&mut tx, Some(&released), Resign::IfChanged)
             .await?;
+        append_audit(&mut tx, audit).await?;
         tx.commit().await.context("committing an abort")?;
         self.reconciler.publish(compiled);
         self.changed(id);
@@ -510,16 +541,11 @@ impl Rollouts {
         };
         db::rollouts::set_state(&mut *tx, id, "paused", Some(reason)).await?;
         db::rollouts::append_event(&mut *tx, id, "breach", Some(wave), CONTROLLER, reason).await?;
+        let summary = serde_json::json!({"reason": reason});
+        append_controller_audit(&mut tx, id, "rollout.pause", summary).await?;
         tx.commit().await.context("committing a pause")?;
         self.changed(id);
         tracing::warn!(rollout = %id, reason, "rollout paused itself");
-        audit(
-            &self.pool,
-            id,
-            "rollout.pause",
-            serde_json::json!({"reason": reason}),
-        )
-        .await;
         Ok(())
     }
 
@@ -609,8 +635,24 @@ pub async fn wave_counts(pool: &PgPool, id: Uuid) -> Result<HashMap<i32, Counts>
     Ok(out)
 }
 
-/// Audits a step the controller took on its own.
-async fn audit(pool: &PgPool, id: Uuid, action: &str, summary: serde_json::Value) {
+/// Appends an operator's entry in the transaction of the change it made.
+async fn append_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    entry: &NewAuditEntry<'_>,
+) -> Result<(), RolloutError> {
+    db::audit::append(&mut **tx, entry)
+        .await
+        .context("appending the audit entry of a rollout change")?;
+    Ok(())
+}
+
+/// Audits a step the controller took on its own, in its transaction.
+async fn append_controller_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    action: &str,
+    summary: serde_json::Value,
+) -> Result<(), RolloutError> {
     let target = id.to_string();
     let entry = NewAuditEntry {
         actor_id: None,
@@ -620,7 +662,5 @@ async fn audit(pool: &PgPool, id: Uuid, action: &str, summary: serde_json::Value
         status: 200,
         summary,
     };
-    if let Err(e) = db::audit::append(pool, &entry).await {
-        tracing::error!(error = %e, action, "could not append to the audit log");
-    }
+    append_audit(tx, &entry).await
 }

@@ -9,6 +9,7 @@ mod dashboard;
 mod dashboard_api;
 mod device_api;
 mod enrollment;
+mod hardening;
 mod limits;
 mod operators;
 mod pay_per_site_fleet;
