@@ -164,6 +164,22 @@ pub(crate) fn ruleset(router: &Netns, backend: &str) -> String {
         .join("\n")
 }
 
+/// The packets counted by the rules of the agent's nft table commented
+/// `comment`, in `router`'s namespace.
+pub(crate) fn nft_counter(router: &Netns, comment: &str) -> u64 {
+    let listing: Value =
+        serde_json::from_str(&router.run("nft", &["-j", "list", "table", "inet", "isdf"]))
+            .expect("nft -j output");
+    listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|item| item["rule"]["comment"] == comment)
+        .flat_map(|item| item["rule"]["expr"].as_array().cloned().unwrap_or_default())
+        .filter_map(|expr| expr["counter"]["packets"].as_u64())
+        .sum()
+}
+
 pub(crate) fn wait_until(
     what: &str,
     deadline: Duration,

@@ -3,6 +3,7 @@
 //! network namespace the test creates, with real nft / iptables and real
 //! traffic. Nothing is connected to the root namespace.
 
+mod antispoof;
 mod backends;
 mod bittorrent_clients;
 mod blocks;
@@ -11,6 +12,7 @@ mod dns;
 mod dns_sets;
 mod e2e;
 mod harness;
+mod isp_network;
 mod netns;
 mod pay_per_site;
 mod rogue_controller;
