@@ -11,6 +11,7 @@ mod classifier;
 mod dns;
 mod dns_sets;
 mod e2e;
+mod fail_static;
 mod harness;
 mod isp_network;
 mod netns;
