@@ -9,7 +9,8 @@
 //! asked for. What each step does lives with its concern: `apply.rs`
 //! (verify, enforce, roll back, repair), `identity.rs` (trust, renewal,
 //! re-enrollment), `report.rs` (status, events, facts) and `blocks.rs` (the
-//! router's own blocks).
+//! router's own blocks). `uninstall.rs` is the operator's way to take
+//! everything away; the agent's exit takes nothing.
 //!
 //! A config is applied in order: the kernel ruleset (applied and verified,
 //! with the tunnels' isolation rules), then the WireGuard tunnels, then the
@@ -28,6 +29,7 @@ mod apply;
 mod blocks;
 mod identity;
 mod report;
+mod uninstall;
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +46,8 @@ use crate::sys::settings::Settings;
 use crate::sys::state::{Identity, StateDir};
 use crate::sys::time::{backoff, unix_now};
 use crate::wireguard::Tunnels;
+
+pub use uninstall::uninstall;
 
 /// How often the kernel's detections are collected and reported.
 const HARVEST_EVERY: Duration = Duration::from_secs(2);

@@ -103,6 +103,32 @@ impl AgentProcess {
         let _ = self.child.wait();
     }
 
+    /// Stops the agent as a service manager does (SIGTERM) and returns how
+    /// it ended (killed if it has not within 5 s).
+    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // Ended already (killed, or stopped before the drop): its pid may
+        // be another process's by now.
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
+        }
+        let _ = self.child.kill();
+        self.child.wait().expect("waiting for the agent")
+    }
+
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -111,16 +137,9 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     /// Asks the agent to stop (SIGTERM), so it ends what it started (its
     /// wireguard-go processes), then kills it if it has not within 5 s.
+    /// What outlives it by design (its dnsmasq) ends with the namespace.
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.terminate();
     }
 }
 
@@ -162,6 +181,22 @@ pub(crate) fn ruleset(router: &Netns, backend: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The packets counted by the rules of the agent's nft table commented
+/// `comment`, in `router`'s namespace.
+pub(crate) fn nft_counter(router: &Netns, comment: &str) -> u64 {
+    let listing: Value =
+        serde_json::from_str(&router.run("nft", &["-j", "list", "table", "inet", "isdf"]))
+            .expect("nft -j output");
+    listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|item| item["rule"]["comment"] == comment)
+        .flat_map(|item| item["rule"]["expr"].as_array().cloned().unwrap_or_default())
+        .filter_map(|expr| expr["counter"]["packets"].as_u64())
+        .sum()
 }
 
 pub(crate) fn wait_until(

@@ -3,6 +3,7 @@
 //! network namespace the test creates, with real nft / iptables and real
 //! traffic. Nothing is connected to the root namespace.
 
+mod antispoof;
 mod backends;
 mod bittorrent_clients;
 mod blocks;
@@ -10,7 +11,9 @@ mod classifier;
 mod dns;
 mod dns_sets;
 mod e2e;
+mod fail_static;
 mod harness;
+mod isp_network;
 mod netns;
 mod pay_per_site;
 mod rogue_controller;

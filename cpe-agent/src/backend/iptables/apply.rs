@@ -12,10 +12,19 @@ use anyhow::{bail, Context};
 use isdf_api::{Chain, Family, Firewall, RuleCounter};
 
 use super::listing::{parse_ipset_terse, LiveSet, SavedFilter};
-use super::plan::{is_our_chain, our_chain, refuse_unsupported, Capabilities, Layout, FAMILIES};
+use super::plan::{
+    is_our_chain, our_chain, refuse_unsupported, Capabilities, Layout, ANTISPOOF_CHAIN, FAMILIES,
+};
 use super::sets::{SET_PREFIX, TEMP_PREFIX};
+use crate::backend::planning::lan_prefixes;
 use crate::backend::{nearest_second, FirewallBackend, Interfaces};
 use crate::sys::processes;
+
+/// The kernel's routes as the calling thread's network namespace sees them
+/// (`/proc/net` is the process's: a thread that entered another namespace
+/// would read the wrong one).
+const ROUTES_V4: &str = "/proc/thread-self/net/route";
+const ROUTES_V6: &str = "/proc/thread-self/net/ipv6_route";
 
 /// Set names start with a letter, so this can never be a set's temporary name.
 const PROBE_SET: &str = "isdf+_probe";
@@ -51,13 +60,35 @@ impl IptablesBackend {
         }
     }
 
+    /// The plan for `firewall` at `now_ms` on this router, with the LAN
+    /// prefixes the kernel routes now.
     fn layout(&self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<Layout> {
-        Layout::new(
+        let layout = Layout::new(
             firewall,
             nearest_second(now_ms),
             self.capabilities(),
             &self.interfaces,
-        )
+        )?;
+        Ok(layout.with_antispoof(&self.interfaces.lan, &self.lan_prefixes()?))
+    }
+
+    /// The prefixes the kernel routes out of the LAN interfaces (see
+    /// `planning::lan_prefixes`). A kernel without IPv6 has no IPv6
+    /// listing.
+    fn lan_prefixes(&self) -> anyhow::Result<Vec<isdf_api::Prefix>> {
+        if self.interfaces.lan.is_empty() {
+            return Ok(Vec::new());
+        }
+        let read = |path: &str| match std::fs::read_to_string(path) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(e).with_context(|| format!("reading the LAN routes from {path}")),
+        };
+        Ok(lan_prefixes(
+            &read(ROUTES_V4)?,
+            &read(ROUTES_V6)?,
+            &self.interfaces.lan,
+        ))
     }
 
     fn tool(&self, family: Family) -> &str {
@@ -214,6 +245,14 @@ impl FirewallBackend for IptablesBackend {
                 if listed != expected {
                     bail!("{tool}: chain {ours} has rules {listed:?}, expected {expected:?}");
                 }
+            }
+            let listed: Vec<&str> = saved.rules_in(ANTISPOOF_CHAIN).map(|r| r.spec()).collect();
+            let expected = layout.antispoof_rules(family);
+            if !saved.chains.contains(ANTISPOOF_CHAIN) || listed != expected {
+                bail!(
+                    "{tool}: chain {ANTISPOOF_CHAIN} has rules {listed:?}, expected {expected:?} \
+                     (the LAN's routes may have changed)"
+                );
             }
             if !saved.jump_repairs().is_empty() {
                 bail!("{tool}: the jumps to our chains are missing, duplicated or not first");

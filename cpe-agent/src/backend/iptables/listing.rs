@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use anyhow::Context;
 use isdf_api::Chain;
 
-use super::plan::{builtin_chain, is_our_chain, our_chain};
+use super::plan::{builtin_chain, is_our_chain, our_chain, our_filter_chains};
 use super::sets::{ipset_family, PlannedSet, MAX_ELEMENTS};
 
 /// One rule line of `iptables-save`.
@@ -27,6 +27,11 @@ impl SavedRule {
         let mut tokens = self.spec.split_whitespace();
         tokens.find(|t| *t == name)?;
         tokens.next().map(|t| t.trim_matches('"'))
+    }
+
+    /// Everything after `-A <chain>`, as `iptables-save` prints it.
+    pub(super) fn spec(&self) -> &str {
+        &self.spec
     }
 
     pub(super) fn comment(&self) -> Option<&str> {
@@ -128,7 +133,7 @@ impl SavedFilter {
                 lines.push(format!("-D {} {}", rule.chain, rule.spec));
             }
         }
-        for chain in Chain::FILTER.map(our_chain) {
+        for chain in our_filter_chains() {
             if self.chains.contains(chain) {
                 lines.push(format!("-F {chain}"));
                 lines.push(format!("-X {chain}"));

@@ -24,6 +24,10 @@
 //!   can rely on: `-m time` is optional and counts in local time), and a DNS
 //!   policy or portal (their sets must survive each replacement).
 //!
+//! - Anti-spoofing (the router's LAN sources arriving elsewhere) uses the
+//!   LAN prefixes the kernel routes when the backend plans, in a chain of
+//!   its own (`plan.rs`); nftables asks the routing at each packet.
+//!
 //! The planner is pure and snapshot-tested: `plan.rs` writes the scripts
 //! from a `Layout`, `sets.rs` decides the ipsets and their entries,
 //! `spec.rs` the match part of each rule, and `listing.rs` reads

@@ -4,6 +4,17 @@
 //! is the structured plan the scripts are rendered from and `verify`
 //! compares the kernel with.
 //!
+//! Anti-spoofing: a packet whose source is one of the router's LAN
+//! prefixes may arrive only on a LAN interface (or `lo`). iptables has no
+//! routing lookup in the `filter` table, so the prefixes are those the
+//! kernel routes out of a LAN interface when the backend plans
+//! (`planning::lan_prefixes`), compared again at every verification: a
+//! prefix that comes or goes is drift, and the next pass applies again.
+//! One `-i` per rule cannot say "none of these interfaces", so the checks
+//! live in a chain of their own, `ISDF-ANTISPOOF`, jumped to first from
+//! `ISDF-FORWARD` and `ISDF-INPUT`: it returns for the LAN interfaces and
+//! `lo`, then drops the LAN prefixes.
+//!
 //! `in_interface` is one rule per interface (`-i`). What iptables cannot
 //! enforce is refused before planning (`refuse_unsupported`): payload
 //! signatures, endpoint sets, tunnels and the pay-per-site primitives
@@ -14,14 +25,56 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 
 use anyhow::bail;
-use isdf_api::{Action, Chain, ElementValue, Family, Firewall, Protocol, Rule, Set};
+use isdf_api::{Action, Chain, ElementValue, Family, Firewall, Prefix, Protocol, Rule, Set};
 
 use super::sets::{
     fits_net_port_net, ipset_entries, PlannedSet, SetKind, EXPIRY_SLACK, MAX_TIMEOUT, SET_PREFIX,
     TEMP_PREFIX,
 };
 use super::spec::Spec;
-use crate::backend::planning::{remaining_secs, Interfaces};
+use crate::backend::planning::{remaining_secs, Interfaces, ANTISPOOF_RULE_ID};
+
+/// The chain holding the anti-spoofing checks.
+pub(super) const ANTISPOOF_CHAIN: &str = "ISDF-ANTISPOOF";
+
+/// The comment of the jumps to [`ANTISPOOF_CHAIN`] (its own counter: every
+/// packet from a LAN prefix passes it).
+pub(super) const ANTISPOOF_JUMP_ID: &str = "agent-antispoof-check";
+
+/// The chains that jump to [`ANTISPOOF_CHAIN`] first.
+pub(super) const GUARDED: [Chain; 2] = [Chain::Forward, Chain::Input];
+
+/// The rules (after `-A ISDF-ANTISPOOF`) of one family for a router whose
+/// LAN interfaces are `lan` and LAN prefixes `prefixes`; empty when no LAN
+/// prefix of that family is known (then nothing jumps to the chain).
+pub(super) fn antispoof_chain(family: Family, lan: &[String], prefixes: &[Prefix]) -> Vec<String> {
+    let drops: Vec<String> = prefixes
+        .iter()
+        .filter(|p| p.family() == family)
+        .map(|p| {
+            format!(
+                "-s {} -m comment --comment {ANTISPOOF_RULE_ID} -j DROP",
+                p.net()
+            )
+        })
+        .collect();
+    if drops.is_empty() || lan.is_empty() {
+        return Vec::new();
+    }
+    let mut rules: Vec<String> = lan
+        .iter()
+        .map(|name| format!("-i {} -j RETURN", iptables_interface(name)))
+        .collect();
+    rules.push("-i lo -j RETURN".to_owned());
+    rules.extend(drops);
+    rules
+}
+
+/// The jump to [`ANTISPOOF_CHAIN`] (after `-A ISDF-FORWARD` or `-A
+/// ISDF-INPUT`).
+pub(super) fn antispoof_jump() -> String {
+    format!("-m comment --comment {ANTISPOOF_JUMP_ID} -j {ANTISPOOF_CHAIN}")
+}
 
 /// Our chain for each hook, jumped to from the top of the builtin chain.
 pub(super) fn our_chain(chain: Chain) -> &'static str {
@@ -43,7 +96,18 @@ pub(super) fn builtin_chain(chain: Chain) -> &'static str {
 }
 
 pub(super) fn is_our_chain(name: &str) -> bool {
-    Chain::ALL.iter().any(|&c| our_chain(c) == name)
+    Chain::ALL.iter().any(|&c| our_chain(c) == name) || name == ANTISPOOF_CHAIN
+}
+
+/// Every chain of ours in the `filter` table, the anti-spoofing chain last
+/// (the others jump to it, so it can go only after them).
+pub(super) fn our_filter_chains() -> [&'static str; 4] {
+    [
+        our_chain(Chain::Forward),
+        our_chain(Chain::Input),
+        our_chain(Chain::Output),
+        ANTISPOOF_CHAIN,
+    ]
 }
 
 pub(super) const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
@@ -92,18 +156,27 @@ impl fmt::Display for IptablesPlan {
 /// assuming the kernel supports every set type and the router has no
 /// interfaces configured.
 pub fn plan(firewall: &Firewall, now: i64) -> anyhow::Result<IptablesPlan> {
-    plan_with(firewall, now, Capabilities::ALL, &Interfaces::default())
+    plan_with(
+        firewall,
+        now,
+        Capabilities::ALL,
+        &Interfaces::default(),
+        &[],
+    )
 }
 
 /// Plans the scripts for a kernel with `capabilities` on a router with
-/// `interfaces`. Fails when a rule needs an interface role with none.
+/// `interfaces`, whose LAN interfaces the kernel routes `lan_prefixes` to.
+/// Fails when a rule needs an interface role with none.
 pub fn plan_with(
     firewall: &Firewall,
     now: i64,
     capabilities: Capabilities,
     interfaces: &Interfaces,
+    lan_prefixes: &[Prefix],
 ) -> anyhow::Result<IptablesPlan> {
-    let layout = Layout::new(firewall, now, capabilities, interfaces)?;
+    let layout = Layout::new(firewall, now, capabilities, interfaces)?
+        .with_antispoof(&interfaces.lan, lan_prefixes);
     Ok(IptablesPlan {
         ipset: layout.ipset_script(),
         v4: layout.rules_script(Family::Ipv4, &[]),
@@ -131,14 +204,17 @@ pub(super) struct PlannedRule {
 #[derive(Debug, Default)]
 pub(super) struct Layout {
     pub(super) sets: Vec<PlannedSet>,
-    /// Per family, in config order.
+    /// Per family, in config order (after the jumps to the anti-spoofing
+    /// chain).
     pub(super) rules: BTreeMap<Family, Vec<PlannedRule>>,
+    /// Per family, the anti-spoofing chain's rules (after `-A <chain>`).
+    pub(super) antispoof: BTreeMap<Family, Vec<String>>,
     pub(super) next_reapply: Option<i64>,
 }
 
 /// An interface name as iptables reads it: nft's trailing wildcard `*` is
 /// iptables' `+`.
-fn iptables_interface(name: &str) -> String {
+pub(super) fn iptables_interface(name: &str) -> String {
     match name.strip_suffix('*') {
         Some(prefix) => format!("{prefix}+"),
         None => name.to_owned(),
@@ -194,6 +270,29 @@ impl Layout {
             }
         }
         Ok(layout)
+    }
+
+    /// Adds the anti-spoofing chain for a router whose LAN interfaces are
+    /// `lan` and LAN prefixes `prefixes`, and the jumps to it ahead of
+    /// every other rule of `ISDF-FORWARD` and `ISDF-INPUT`.
+    pub(super) fn with_antispoof(mut self, lan: &[String], prefixes: &[Prefix]) -> Layout {
+        for family in FAMILIES {
+            let chain_rules = antispoof_chain(family, lan, prefixes);
+            if chain_rules.is_empty() {
+                continue;
+            }
+            let rules = self.rules.entry(family).or_default();
+            for (index, chain) in GUARDED.into_iter().enumerate() {
+                let jump = PlannedRule {
+                    chain,
+                    line: antispoof_jump(),
+                    id: ANTISPOOF_JUMP_ID.to_owned(),
+                };
+                rules.insert(index, jump);
+            }
+            self.antispoof.insert(family, chain_rules);
+        }
+        self
     }
 
     fn reapply_at(&mut self, at: i64) {
@@ -394,19 +493,27 @@ impl Layout {
     pub(super) fn rules_script(&self, family: Family, extra: &[String]) -> String {
         let mut s = String::from("*filter\n");
         // In a --noflush restore, declaring a chain creates it or empties it.
-        for chain in Chain::FILTER {
-            let _ = writeln!(s, ":{} - [0:0]", our_chain(chain));
+        for chain in our_filter_chains() {
+            let _ = writeln!(s, ":{chain} - [0:0]");
         }
         for chain in Chain::FILTER {
             for rule in self.rules_in(family, chain) {
                 let _ = writeln!(s, "-A {} {}", our_chain(chain), rule.line);
             }
         }
+        for rule in self.antispoof_rules(family) {
+            let _ = writeln!(s, "-A {ANTISPOOF_CHAIN} {rule}");
+        }
         for line in extra {
             let _ = writeln!(s, "{line}");
         }
         s.push_str("COMMIT\n");
         s
+    }
+
+    /// The anti-spoofing chain's rules of `family` (after `-A <chain>`).
+    pub(super) fn antispoof_rules(&self, family: Family) -> &[String] {
+        self.antispoof.get(&family).map_or(&[], Vec::as_slice)
     }
 
     pub(super) fn rules_in(

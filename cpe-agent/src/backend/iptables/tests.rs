@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use isdf_api::{ElementValue, Family, Firewall, Prefix};
 
 use super::listing::{parse_ipset_terse, SavedFilter, SavedRule};
-use super::plan::{refuse_unsupported, Layout};
+use super::plan::{antispoof_chain, refuse_unsupported, Layout};
 use super::sets::{PlannedSet, SetKind, MAX_TIMEOUT};
 use super::*;
 use crate::backend::sample_firewall as sample;
@@ -49,6 +49,7 @@ fn flow_sets_use_an_ipset_only_when_every_live_element_fits() {
             net_port_net: false,
         },
         &Interfaces::default(),
+        &[],
     )
     .unwrap();
     assert!(!no_support.ipset.contains("flow_drop_v4"), "{no_support}");
@@ -339,7 +340,7 @@ fn in_interface_becomes_one_rule_per_interface() {
         lan: vec!["lan0".into(), "br-*".into()],
         wan: vec!["wan".into()],
     };
-    let plan = plan_with(&firewall, 0, Capabilities::ALL, &interfaces).unwrap();
+    let plan = plan_with(&firewall, 0, Capabilities::ALL, &interfaces, &[]).unwrap();
     let ours: Vec<&str> = plan.v4.lines().filter(|l| l.starts_with("-A")).collect();
     assert_eq!(
         ours,
@@ -364,9 +365,43 @@ fn in_interface_becomes_one_rule_per_interface() {
             lan: Vec::new(),
             ..interfaces
         },
+        &[],
     )
     .unwrap_err();
     assert!(err.to_string().contains("`lan_interfaces`"), "{err}");
+}
+
+#[test]
+fn lan_sources_from_elsewhere_are_dropped_ahead_of_the_config() {
+    let interfaces = Interfaces {
+        lan: vec!["lan0".into(), "wlan0".into()],
+        wan: vec!["wan".into()],
+    };
+    let prefixes = ["192.0.2.0/24", "10.0.0.0/8"].map(|p| Prefix::parse(p).unwrap());
+    let plan = plan_with(&sample(), NOW, Capabilities::ALL, &interfaces, &prefixes).unwrap();
+    let ours: Vec<&str> = plan.v4.lines().filter(|l| l.starts_with("-A")).collect();
+    let jump = "-m comment --comment agent-antispoof-check -j ISDF-ANTISPOOF";
+    assert_eq!(ours[0], format!("-A ISDF-FORWARD {jump}"));
+    assert_eq!(
+        ours.iter().position(|l| l.starts_with("-A ISDF-INPUT")),
+        ours.iter()
+            .position(|l| *l == format!("-A ISDF-INPUT {jump}")),
+        "the jump comes first in ISDF-INPUT too: {ours:?}"
+    );
+    assert_eq!(
+        ours[ours.len() - 5..],
+        [
+            "-A ISDF-ANTISPOOF -i lan0 -j RETURN",
+            "-A ISDF-ANTISPOOF -i wlan0 -j RETURN",
+            "-A ISDF-ANTISPOOF -i lo -j RETURN",
+            "-A ISDF-ANTISPOOF -s 192.0.2.0/24 -m comment --comment agent-antispoof -j DROP",
+            "-A ISDF-ANTISPOOF -s 10.0.0.0/8 -m comment --comment agent-antispoof -j DROP",
+        ]
+    );
+    assert!(plan.v4.contains(":ISDF-ANTISPOOF - [0:0]\n"), "{}", plan.v4);
+    // No IPv6 LAN prefix: the chain exists (emptied), nothing jumps to it.
+    assert!(plan.v6.contains(":ISDF-ANTISPOOF - [0:0]\n"), "{}", plan.v6);
+    assert!(!plan.v6.contains("-j ISDF-ANTISPOOF"), "{}", plan.v6);
 }
 
 #[test]
@@ -411,4 +446,29 @@ Number of entries: 0
         ..planned
     }
     .fits(a));
+}
+
+#[test]
+fn the_chain_returns_for_the_lan_and_drops_its_prefixes_elsewhere() {
+    let lan = ["br-lan".to_owned()];
+    let prefixes = [
+        Prefix::parse("192.0.2.0/24").unwrap(),
+        Prefix::parse("2001:db8:1::/64").unwrap(),
+    ];
+    assert_eq!(
+        antispoof_chain(Family::Ipv4, &lan, &prefixes),
+        [
+            "-i br-lan -j RETURN",
+            "-i lo -j RETURN",
+            "-s 192.0.2.0/24 -m comment --comment agent-antispoof -j DROP"
+        ]
+    );
+    assert_eq!(
+        antispoof_chain(Family::Ipv6, &lan, &prefixes)
+            .last()
+            .unwrap(),
+        "-s 2001:db8:1::/64 -m comment --comment agent-antispoof -j DROP"
+    );
+    assert!(antispoof_chain(Family::Ipv4, &lan, &prefixes[1..]).is_empty());
+    assert!(antispoof_chain(Family::Ipv4, &[], &prefixes).is_empty());
 }
