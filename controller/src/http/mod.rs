@@ -1,6 +1,7 @@
 //! The HTTP edge: every route of the four listeners (`routes.rs`), the
 //! operator authentication, authorisation and audit middleware and the
-//! device identity from client certificates (`auth.rs`), dashboard sessions,
+//! device identity from client certificates (`auth.rs`), dashboard sessions
+//! and the login's cross-site checks (`login_csrf.rs`),
 //! rate limits and body limits, the one error type (every domain error's
 //! conversion to it is in `error.rs`), the OpenAPI document, and the state
 //! handlers share. Handlers themselves are in `crate::handlers`.
@@ -8,6 +9,7 @@
 pub mod auth;
 pub mod error;
 pub mod limits;
+pub mod login_csrf;
 pub mod openapi;
 pub mod routes;
 pub mod sessions;

@@ -10,6 +10,7 @@ mod dashboard_api;
 mod device_api;
 mod enrollment;
 mod limits;
+mod login_csrf;
 mod operators;
 mod pay_per_site_fleet;
 mod portal;
