@@ -5,8 +5,9 @@
 //! fills the config cache and catches up on compilation; `run` serves until
 //! shutdown. Its background loops re-sign configs nearing expiry, recompile
 //! (every 15 s) the routers whose passes ended (the kernel closed the site
-//! on time already; this only tidies their configs), drive the rollouts and
-//! switch stalled key rotations.
+//! on time already; this only tidies their configs), drive the rollouts,
+//! switch stalled key rotations and follow other replicas' changes to device
+//! certificates.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -187,6 +188,10 @@ impl Application {
             portal_links: portal_links.clone(),
         });
         reconciler.load_cache().await?;
+        crate::trust::device_certificates::load_all(&pool, &cache)
+            .await
+            .context("loading device certificates")?;
+        cache.mark_loaded();
         // Catch up on anything a previous run left uncompiled, and re-sign
         // what is about to expire.
         reconciler
@@ -320,6 +325,10 @@ impl Application {
             portal_server.serve(routes::portal_router(self.state.clone()).into_make_service());
         let refresher = tokio::spawn(refresh_loop(self.state.reconciler.clone()));
         let rollout_driver = tokio::spawn(self.state.rollouts.clone().run());
+        let certificates = tokio::spawn(crate::trust::device_certificates::follow(
+            self.state.pool.clone(),
+            self.state.cache.clone(),
+        ));
         let stopper = tokio::spawn(async move {
             shutdown.await;
             // Long polls end at once; the agent simply polls again later.
@@ -329,6 +338,7 @@ impl Application {
             tokio::join!(device_server, api_server, enrollment_server, portal_server);
         refresher.abort();
         rollout_driver.abort();
+        certificates.abort();
         stopper.abort();
         self.state.pool.close().await;
         device_result.context("device API server")?;

@@ -340,7 +340,7 @@ async fn an_operator_can_issue_a_new_token_for_an_existing_device() {
     assert_eq!(h.poll(&second, None, 0).await.0, StatusCode::OK);
     assert_eq!(
         h.poll(&first, None, 0).await.0,
-        StatusCode::OK,
-        "the old certificate stays valid until it expires"
+        StatusCode::UNAUTHORIZED,
+        "the replaced router's certificate is revoked by the new enrollment"
     );
 }

@@ -8,6 +8,7 @@ mod cli;
 mod dashboard;
 mod dashboard_api;
 mod device_api;
+mod device_certificates;
 mod enrollment;
 mod limits;
 mod login_csrf;
