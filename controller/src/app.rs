@@ -244,6 +244,7 @@ impl Application {
             dashboard: Arc::new(crate::http::sessions::Dashboard::new(
                 settings.api_tls || settings.dashboard_behind_tls,
             )),
+            readiness: Arc::default(),
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {

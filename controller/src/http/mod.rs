@@ -2,7 +2,7 @@
 //! operator authentication, authorisation and audit middleware and the
 //! device identity from client certificates (`auth.rs`), dashboard sessions
 //! and the login's cross-site checks (`login_csrf.rs`),
-//! rate limits and body limits, the one error type (every domain error's
+//! rate limits and body limits, readiness (`readiness.rs`), the one error type (every domain error's
 //! conversion to it is in `error.rs`), the OpenAPI document, and the state
 //! handlers share. Handlers themselves are in `crate::handlers`.
 
@@ -11,6 +11,7 @@ pub mod error;
 pub mod limits;
 pub mod login_csrf;
 pub mod openapi;
+pub mod readiness;
 pub mod routes;
 pub mod sessions;
 pub mod state;

@@ -43,6 +43,8 @@ pub struct AppState {
     pub live: Arc<crate::reconcile::live::LiveUpdates>,
     /// Dashboard sessions' settings and login limits.
     pub dashboard: Arc<crate::http::sessions::Dashboard>,
+    /// Whether this replica can serve (`/readyz`), checked at most once a second.
+    pub readiness: Arc<crate::http::readiness::Readiness>,
 }
 
 /// The customer-facing portal: its signed links and how it takes payment.

@@ -10,6 +10,7 @@ mod dashboard_api;
 mod device_api;
 mod device_certificates;
 mod enrollment;
+mod health;
 mod limits;
 mod login_csrf;
 mod operators;
