@@ -5,8 +5,9 @@
 //! fills the config cache and catches up on compilation; `run` serves until
 //! shutdown. Its background loops re-sign configs nearing expiry, recompile
 //! (every 15 s) the routers whose passes ended (the kernel closed the site
-//! on time already; this only tidies their configs), drive the rollouts and
-//! switch stalled key rotations.
+//! on time already; this only tidies their configs), drive the rollouts,
+//! switch stalled key rotations and follow other replicas' changes to device
+//! certificates.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -187,6 +188,10 @@ impl Application {
             portal_links: portal_links.clone(),
         });
         reconciler.load_cache().await?;
+        crate::trust::device_certificates::load_all(&pool, &cache)
+            .await
+            .context("loading device certificates")?;
+        cache.mark_loaded();
         // Catch up on anything a previous run left uncompiled, and re-sign
         // what is about to expire.
         reconciler
@@ -241,6 +246,7 @@ impl Application {
             dashboard: Arc::new(crate::http::sessions::Dashboard::new(
                 settings.api_tls || settings.dashboard_behind_tls,
             )),
+            readiness: Arc::default(),
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
@@ -326,6 +332,10 @@ impl Application {
             self.state.refusals.clone(),
             self.state.pool.clone(),
         ));
+        let certificates = tokio::spawn(crate::trust::device_certificates::follow(
+            self.state.pool.clone(),
+            self.state.cache.clone(),
+        ));
         let stopper = tokio::spawn(async move {
             shutdown.await;
             // Long polls end at once; the agent simply polls again later.
@@ -336,6 +346,7 @@ impl Application {
         refresher.abort();
         rollout_driver.abort();
         refusal_tallies.abort();
+        certificates.abort();
         stopper.abort();
         // What was refused since the last flush is written before leaving.
         if let Err(e) = self.state.refusals.flush(&self.state.pool).await {

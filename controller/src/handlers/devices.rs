@@ -156,7 +156,8 @@ pub struct EnrollmentTokenCreated {
 }
 
 /// A new enrollment token for an existing device: for a replaced router, or
-/// one that missed its certificate renewal.
+/// one that missed its certificate renewal. Enrolling with it revokes every
+/// earlier certificate of the device.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/enrollment-token", request_body = CreateEnrollmentToken, tag = "devices",
     responses((status = 201, body = EnrollmentTokenCreated), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn create_enrollment_token(

@@ -13,6 +13,7 @@ pub mod device_api;
 pub mod devices;
 pub mod enrollment;
 pub mod fleet;
+pub mod health;
 pub mod operators;
 pub mod portal;
 pub mod purchases;

@@ -25,6 +25,7 @@ use crate::http::audit::{summarize, AuditTrail};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::model::Role;
+use crate::reconcile::config_cache::{CertificateFingerprint, CertificateStanding};
 use crate::trust::tokens::{bearer, hash_token};
 
 /// An authenticated operator.
@@ -217,14 +218,21 @@ async fn append_after(state: &AppState, entry: &NewAuditEntry<'_>) {
     }
 }
 
-/// The device id in the TLS client certificate of the connection, put on
-/// every request by [`DeviceIdentityAcceptor`]. None: no usable certificate.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerDevice(pub Option<Uuid>);
+/// The TLS client certificate of the connection, put on every request by
+/// [`DeviceIdentityAcceptor`]: the device id it names (None: no usable
+/// certificate) and its SHA-256 fingerprint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerDevice {
+    pub device: Option<Uuid>,
+    pub fingerprint: Option<CertificateFingerprint>,
+}
 
 /// The device making a device-API call. Its identity comes from its client
 /// certificate only (verified against our CA during the handshake), never
-/// from the request. No database query: known devices live in the cache.
+/// from the request, and only the certificates the device may still use
+/// are admitted (see [`crate::trust::device_certificates`]). No database
+/// query on the hot path: known devices and their certificates live in the
+/// cache.
 #[derive(Debug, Clone, Copy)]
 pub struct Device(pub Uuid);
 
@@ -232,20 +240,58 @@ impl FromRequestParts<AppState> for Device {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let device = parts
+        let peer = parts
             .extensions
             .get::<PeerDevice>()
-            .and_then(|p| p.0)
-            .ok_or(ApiError::Unauthorized)?;
-        if !state.cache.contains(device) {
+            .copied()
+            .unwrap_or_default();
+        let (Some(device), Some(fingerprint)) = (peer.device, peer.fingerprint) else {
+            return Err(ApiError::Unauthorized);
+        };
+        let Some(standing) = state.cache.certificate_standing(device, &fingerprint) else {
             return Err(ApiError::Denied {
                 code: "device_unknown",
                 message: "this device was deleted or revoked; enroll again with a new token".into(),
             });
-        }
+        };
         // Limited per identity: routers share addresses behind CGNAT.
         state.device_gate.admit(device)?;
+        if standing != CertificateStanding::Accepted
+            && !crate::trust::device_certificates::admit(
+                &state.pool,
+                &state.cache,
+                device,
+                fingerprint,
+            )
+            .await?
+        {
+            return Err(ApiError::Denied {
+                code: "certificate_superseded",
+                message: "this certificate was replaced (the device enrolled again, or renewed \
+                          and used its new certificate); only enrolling again with a new token \
+                          restores access"
+                    .into(),
+            });
+        }
         Ok(Device(device))
+    }
+}
+
+/// The fingerprint of the client certificate a device-API call presents
+/// (for renewal, which keeps it usable until its successor is used).
+#[derive(Debug, Clone, Copy)]
+pub struct PresentedCertificate(pub CertificateFingerprint);
+
+impl<S: Send + Sync> FromRequestParts<S> for PresentedCertificate {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<PeerDevice>()
+            .and_then(|p| p.fingerprint)
+            .map(PresentedCertificate)
+            .ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -279,15 +325,18 @@ where
         let tls = self.tls.clone();
         Box::pin(async move {
             let (stream, service) = tls.accept(stream, service).await?;
-            let device = stream
+            let certificate = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(crate::trust::pki::device_id_of);
+                .and_then(|chain| chain.first());
+            let peer = PeerDevice {
+                device: certificate.and_then(crate::trust::pki::device_id_of),
+                fingerprint: certificate.map(crate::trust::pki::fingerprint_of),
+            };
             Ok((
                 stream,
-                tower_http::add_extension::AddExtension::new(service, PeerDevice(device)),
+                tower_http::add_extension::AddExtension::new(service, peer),
             ))
         })
     }

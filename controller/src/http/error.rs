@@ -49,6 +49,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
+    /// Not able to serve now, with the reason (`not_ready`): 503.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -95,6 +98,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

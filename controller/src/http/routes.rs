@@ -8,7 +8,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::handlers::{
     assignments, billing, blocks, customers, dashboard, device_api, devices, enrollment, fleet,
-    operators, portal, purchases, rollouts, services, sites, stream, vpns, wireguard,
+    health, operators, portal, purchases, rollouts, services, sites, stream, vpns, wireguard,
 };
 use crate::http::auth::authorize_and_audit;
 use crate::http::contract::{json_errors, refuse_nul_in_uri};
@@ -166,7 +166,8 @@ pub fn operator_router(state: AppState) -> Router {
         .route("/ui/login", post(dashboard::login))
         .route("/ui/logout", post(dashboard::logout))
         .route("/ui/session", get(dashboard::session))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(OPERATOR_BODY_LIMIT))
         .layer(from_fn(refuse_nul_in_uri))
@@ -198,6 +199,10 @@ pub fn device_router(state: AppState) -> Router {
         )
         .route(isdf_api::paths::DEVICE_RENEW, post(enrollment::renew))
         .route(isdf_api::paths::DEVICE_ROOTS, get(device_api::roots))
+        // For a load balancer in front of this port: answered without a
+        // client certificate (every device route above needs one).
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))
         .layer(from_fn(refuse_nul_in_uri))
@@ -209,6 +214,8 @@ pub fn device_router(state: AppState) -> Router {
 pub fn enrollment_router(state: AppState) -> Router {
     Router::new()
         .route(isdf_api::paths::ENROLL, post(enrollment::enroll))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(ENROLLMENT_BODY_LIMIT))
         .layer(from_fn(refuse_nul_in_uri))

@@ -48,6 +48,8 @@ pub struct AppState {
     pub cpu_work: Arc<crate::http::offload::CpuWork>,
     /// Dashboard sessions' settings and login limits.
     pub dashboard: Arc<crate::http::sessions::Dashboard>,
+    /// Whether this replica can serve (`/readyz`), checked at most once a second.
+    pub readiness: Arc<crate::http::readiness::Readiness>,
 }
 
 /// The customer-facing portal: its signed links and how it takes payment.

@@ -95,6 +95,9 @@ pub struct Agent {
     /// After a failed renewal or re-enrollment: how many failed in a row,
     /// and when the next attempt is due.
     identity_retry: Option<(u32, Instant)>,
+    /// The controller refused this identity for good (device deleted, or
+    /// certificate replaced): renewal is pointless, only enrolling again helps.
+    identity_refused: bool,
     /// Blocks decided on the router (local socket, classifier) and the
     /// events about them not yet delivered.
     router_blocks: RouterBlocks,
@@ -158,6 +161,7 @@ impl Agent {
             report_due: false,
             last_report: None,
             identity_retry: None,
+            identity_refused: false,
             router_blocks,
             commands: None,
             blocked: Default::default(),
@@ -264,6 +268,21 @@ impl Agent {
                     pace
                 }
 
+                Err(e) if crate::controller::enrollment::is_identity_refused(&e) => {
+                    // No retry of the same request can help: say so once,
+                    // loudly, and let `maintain_identity` enroll again.
+                    if !self.identity_refused {
+                        error_failed(
+                            "the controller refuses this router's certificate for good (the device \
+                             was deleted, or enrolled again so another router holds it now); only \
+                             enrolling again with a new token (`isdf-agent enroll`, or \
+                             enrollment_token_file) restores access; the enforced rules stay",
+                            &e,
+                        );
+                    }
+                    self.identity_refused = true;
+                    crate::controller::enrollment::PERMANENT_FAILURE_RETRY
+                }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let delay = backoff(

@@ -524,3 +524,40 @@ async fn an_expired_certificate_enrolls_again_with_the_token_file_and_keeps_the_
     assert_eq!(rules_held(&kernel), Some(2));
     agent.client.ping().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_replaced_certificate_enrolls_again_at_once_without_renewing() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Arc::new(Mutex::new(Kernel::default()));
+    let controller = FakeController::start(DEVICE, &["second-token"]).await;
+    // Far from renewal time: only the controller's refusal makes it due.
+    let current = identity_valid(&controller, -100, 100_000);
+    let mut settings = settings(dir.path());
+    std::fs::write(dir.path().join("ca.pem"), controller.ca_pem()).unwrap();
+    settings.ca_cert = Some(dir.path().join("ca.pem"));
+    settings.enrollment_url = Some(controller.enrollment_url.clone());
+    std::fs::write(dir.path().join("token"), "second-token\n").unwrap();
+    settings.enrollment_token_file = Some(dir.path().join("token"));
+    let mut agent = Agent::new(settings, current, Box::new(FakeBackend(kernel.clone()))).unwrap();
+    agent.handle_envelope(envelope(1, 2, &key()), None).await;
+
+    agent.maintain_identity().await;
+    assert_eq!(
+        controller.behaviour.lock().unwrap().enrollments,
+        0,
+        "not due"
+    );
+
+    // What the poll loop does when the device API answers
+    // `certificate_superseded`.
+    agent.identity_refused = true;
+    agent.maintain_identity().await;
+    let counts = {
+        let behaviour = controller.behaviour.lock().unwrap();
+        (behaviour.renewals, behaviour.enrollments)
+    };
+    assert_eq!(counts, (0, 1), "enrolled again, no renewal tried");
+    assert!(!agent.identity_refused);
+    assert_eq!(rules_held(&kernel), Some(2), "the rules stay");
+    agent.client.ping().await.unwrap();
+}
