@@ -348,7 +348,8 @@ fn network_of(address: IpAddr) -> IpAddr {
 
 /// Writes the refusal tallies every [`REFUSAL_FLUSH_EVERY`] (a background loop).
 pub async fn flush_refusals_loop(refusals: Arc<Refusals>, pool: PgPool) {
-    let mut tick = tokio::time::interval(REFUSAL_FLUSH_EVERY);
+    let start = tokio::time::Instant::now() + REFUSAL_FLUSH_EVERY;
+    let mut tick = tokio::time::interval_at(start, REFUSAL_FLUSH_EVERY);
     loop {
         tick.tick().await;
         match refusals.flush(&pool).await {

@@ -169,24 +169,32 @@ async fn unauthenticated_refusals_are_tallied_and_limited_not_logged_one_by_one(
     // Valid credentials from that address still get through.
     assert_eq!(h.get("/api/v1/whoami").await.status, StatusCode::OK);
 
-    // Nothing in the append-only log until the tally is written: then one
-    // row per source and reason.
-    assert!(audit_of(&h, "billing-webhook").await.is_empty());
-    assert!(audit_of(&h, "unauthenticated").await.is_empty());
+    // The tallies are written every 10 s (and now): one row per source and
+    // reason each time, whatever the number of calls. A slow run may have
+    // seen one periodic write besides ours.
     let state = &h.controller.state;
-    assert_eq!(state.refusals.flush(&state.pool).await.unwrap(), 2);
+    state.refusals.flush(&state.pool).await.unwrap();
+    let refused_in = |rows: &[(String, i32, Value)]| -> u64 {
+        rows.iter()
+            .map(|(_, _, s)| s["refused"].as_u64().unwrap())
+            .sum()
+    };
     let webhook_rows = audit_of(&h, "billing-webhook").await;
-    assert_eq!(webhook_rows.len(), 1, "{webhook_rows:?}");
-    let (action, status, summary) = &webhook_rows[0];
-    assert_eq!(action, "POST /webhooks/v1/billing");
-    assert_eq!(*status, 401);
-    assert_eq!(summary["refused"], refused);
-    assert_eq!(summary["code"], "bad_signature");
-    assert_eq!(summary["source"], "127.0.0.1");
+    assert!((1..=3).contains(&webhook_rows.len()), "{webhook_rows:?}");
+    assert_eq!(refused_in(&webhook_rows), refused as u64);
+    for (action, status, summary) in &webhook_rows {
+        assert_eq!(action, "POST /webhooks/v1/billing");
+        assert_eq!(*status, 401);
+        assert_eq!(summary["code"], "bad_signature");
+        assert_eq!(summary["source"], "127.0.0.1");
+        assert!(summary.get("request").is_none(), "no unsigned bytes kept");
+    }
     let token_rows = audit_of(&h, "unauthenticated").await;
-    assert_eq!(token_rows.len(), 1, "{token_rows:?}");
-    assert_eq!(token_rows[0].0, "GET /api/v1/whoami");
-    assert_eq!(token_rows[0].2["refused"], 15);
+    assert!((1..=3).contains(&token_rows.len()), "{token_rows:?}");
+    assert_eq!(refused_in(&token_rows), 15);
+    assert!(token_rows
+        .iter()
+        .all(|(action, status, _)| action == "GET /api/v1/whoami" && *status == 401));
     assert_eq!(state.refusals.flush(&state.pool).await.unwrap(), 0);
 }
 
