@@ -124,7 +124,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateAssignment>,
 ) -> ApiResult<(StatusCode, Json<AssignmentView>)> {
     let selector = parse_selector(&body.selector)?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let service = db::services::get(&mut *tx, body.service_id)
         .await?
         .ok_or_else(|| {
@@ -198,7 +198,7 @@ pub async fn update(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<UpdateAssignment>,
 ) -> ApiResult<Json<AssignmentView>> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let current = db::assignments::get(&mut *tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))?;
@@ -218,7 +218,7 @@ pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<AssignmentView>> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     refuse_if_staged(&mut tx, id).await?;
     let row = db::assignments::delete(&mut *tx, id)
         .await?

@@ -163,7 +163,7 @@ async fn record(
             ))
         }
     };
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let staged = crate::shop::purchases::record_in(
         &mut tx,
         &state.pool,

@@ -135,7 +135,7 @@ pub async fn create(
             expires_at,
         })
         .collect();
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     // Serialise creations per device so two calls cannot both pass the cap.
     db::devices::lock(&mut *tx, id).await?;
     let active = db::blocks::count_active_operator_blocks(&mut *tx, id, now).await?;
@@ -189,7 +189,7 @@ pub async fn delete(
     ApiPath((id, block_id)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
     find(&state, id).await?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let block = db::blocks::get(&mut *tx, id, block_id)
         .await?
         .filter(|b| b.expires_at > Utc::now())

@@ -165,7 +165,7 @@ pub async fn create(
     devices.sort();
     devices.dedup();
 
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let customer = db::customers::insert(
         &mut *tx,
         Uuid::new_v4(),
@@ -240,7 +240,7 @@ pub async fn attach_device(
     State(state): State<AppState>,
     ApiPath((id, device_id)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<Json<CustomerDetail>> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let customer = db::customers::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_customer(id))?;
@@ -264,7 +264,7 @@ pub async fn detach_device(
     State(state): State<AppState>,
     ApiPath((id, device_id)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     db::customers::get(&mut *tx, id)
         .await?
         .ok_or_else(|| no_customer(id))?;
@@ -310,7 +310,7 @@ pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let customer = db::customers::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_customer(id))?;

@@ -109,7 +109,7 @@ pub async fn create(
     let name = parse_name(&body.name, "device").map_err(ApiError::invalid)?;
     let ttl = enrollment::token_ttl(body.enrollment_token_expires_in_secs)?;
     let id = Uuid::new_v4();
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let row = db::devices::insert(&mut *tx, id, &name, body.labels.as_map())
         .await
         .map_err(|e| {

@@ -106,7 +106,7 @@ pub async fn create(
         .await?
         .ok_or_else(|| ApiError::unknown("unknown_site", format!("no site {}", body.site_id)))?;
     let currency = Currency::parse(&site.currency).map_err(anyhow::Error::msg)?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let staged = crate::shop::purchases::record_in(
         &mut tx,
         &state.pool,
@@ -199,7 +199,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<PurchaseRecorded>> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let staged = crate::shop::purchases::cancel_in(&mut tx, &state.reconciler, id).await?;
     audit.commit(tx, StatusCode::OK, None).await?;
     let cancelled = staged.published(&state.reconciler);

@@ -106,7 +106,7 @@ pub async fn create(
     ApiJson(body): ApiJson<SiteInput>,
 ) -> ApiResult<(StatusCode, Json<SiteView>)> {
     let spec = parse(&body)?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     lock_and_check(&mut tx, &spec, None).await?;
     let row = db::catalog::insert(&mut *tx, &spec)
         .await
@@ -179,7 +179,7 @@ pub async fn update(
     ApiJson(body): ApiJson<SiteInput>,
 ) -> ApiResult<Json<SiteView>> {
     let spec = parse(&body)?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     db::catalog::get_for_update(&mut *tx, id)
         .await?
         .ok_or_else(|| no_site(id))?;
@@ -201,7 +201,7 @@ pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let site = db::catalog::get_for_update(&mut *tx, id)
         .await?
         .ok_or_else(|| no_site(id))?;

@@ -258,7 +258,7 @@ pub async fn create(
         return Err(exhausted(name.as_str(), &pool).into());
     }
 
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let customer = db::customers::lock(&mut *tx, body.customer_id)
         .await?
         .ok_or_else(|| {
@@ -419,7 +419,7 @@ pub async fn update(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<UpdateVpn>,
 ) -> ApiResult<Json<VpnView>> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let vpn = db::vpns::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_vpn(id))?;
@@ -459,7 +459,7 @@ pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     db::vpns::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_vpn(id))?;
@@ -492,7 +492,7 @@ pub async fn put_member(
     ApiJson(body): ApiJson<PutMember>,
 ) -> ApiResult<(StatusCode, Json<VpnView>)> {
     let prefixes = parse_prefixes(&body.prefixes, &device_id.to_string())?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let vpn = db::vpns::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_vpn(id))?;
@@ -575,7 +575,7 @@ pub async fn delete_member(
     State(state): State<AppState>,
     ApiPath((id, device_id)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let vpn = db::vpns::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_vpn(id))?;
@@ -640,7 +640,7 @@ pub async fn put_relay(
     State(state): State<AppState>,
     ApiPath(device_id): ApiPath<Uuid>,
 ) -> ApiResult<(StatusCode, Json<RelayView>)> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let household = db::devices::household_for_update(&mut *tx, device_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no device {device_id}")))?;
@@ -677,7 +677,7 @@ pub async fn delete_relay(
     State(state): State<AppState>,
     ApiPath(device_id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let mut affected = vec![device_id];
     for vpn_id in db::vpns::vpns_relayed_by(&mut *tx, device_id).await? {
         db::vpns::lock(&mut *tx, vpn_id).await?;

@@ -115,7 +115,7 @@ pub async fn rotate(
     let keys = KeyKeeper {
         reconciler: &state.reconciler,
     };
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let (_, compiled) = keys.request_rotation_in(&mut tx, id).await?;
     let row = db::wireguard::get(&mut *tx, id)
         .await?

@@ -79,6 +79,20 @@ impl Reconciler {
         Ok(self.publish(compiled))
     }
 
+    /// Begins the transaction of a change that will recompile routers, with
+    /// the recompile lock taken first. Taking it before any row lock is what
+    /// keeps changes and recompiles from deadlocking: a recompile storing a
+    /// config takes a key-share lock on its device's row, which a change
+    /// holding that row `FOR UPDATE` would block while waiting for the
+    /// recompile lock itself.
+    pub async fn begin_change(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await.context("starting a change")?;
+        db::locks::recompile(&mut tx)
+            .await
+            .context("taking the recompile lock")?;
+        Ok(tx)
+    }
+
     /// Recompiles `devices` inside the caller's transaction (which then
     /// holds the recompile lock): the new configs are stored with whatever
     /// else it writes, and served once it commits and hands them to

@@ -155,6 +155,8 @@ pub async fn record(
     new: NewPurchase,
 ) -> Result<RecordedPurchase, PurchaseError> {
     let mut tx = pool.begin().await?;
+    // First, as every change that recompiles (see `Reconciler::begin_change`).
+    db::locks::recompile(&mut tx).await?;
     let staged = record_in(&mut tx, pool, reconciler, new).await?;
     tx.commit().await?;
     Ok(staged.published(reconciler))
