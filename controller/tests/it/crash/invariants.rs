@@ -45,6 +45,13 @@ const CHECKS: &[(&str, &str)] = &[
            AND (d.id IS NULL OR d.created_at <> t.used_at OR d.cert_serial IS NULL)",
     ),
     (
+        "an enrolled device without the certificate its enrollment issued",
+        "SELECT t.id::text FROM enrollment_tokens t
+         WHERE t.used_at IS NOT NULL AND NOT EXISTS (
+             SELECT 1 FROM device_certificates c WHERE c.device_id = t.used_by
+               AND c.issued_by = 'enrollment' AND c.issued_at = t.used_at)",
+    ),
+    (
         "an enrollment batch stored in part, or without its audit entry",
         "WITH batches AS (
              SELECT created_at, count(*) AS tokens FROM enrollment_tokens

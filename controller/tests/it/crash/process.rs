@@ -1,6 +1,6 @@
 //! The real `isdf-controller` binary as a child process of the test, so a
 //! crash is a real SIGKILL: started on port 0 (its printed URLs say where
-//! it listens), waited for by polling `/healthz`, killed and reaped by PID,
+//! it listens), waited for by polling `/readyz`, killed and reaped by PID,
 //! and always killed when dropped (a failing test leaves no controller
 //! behind). Its output goes to a log file whose tail a failure shows.
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// Longest a start may take (migrations, loading the cache, the catch-up
 /// recompile of the whole fleet) on a busy machine.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
-/// `/healthz` is asked at most this many times, this far apart.
+/// `/readyz` is asked at most this many times, this far apart.
 const READINESS_POLLS: u32 = 200;
 const READINESS_INTERVAL: Duration = Duration::from_millis(25);
 
@@ -128,7 +128,8 @@ impl ControllerProcess {
             "the controller did not print its URLs: {listening:?}\n{}",
             log_tail(log, 40)
         );
-        let health = format!("{}/healthz", listening.api);
+        // Ready: the database answers and the config cache is loaded.
+        let health = format!("{}/readyz", listening.api);
         let http = reqwest::Client::new();
         for _ in 0..READINESS_POLLS {
             let ready = http
