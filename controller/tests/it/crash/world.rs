@@ -21,6 +21,9 @@ const CHECKER: &str = "isdf-crash-check";
 const SESSIONS_GONE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct World {
+    /// First, so it is dropped first: the controller is killed before its
+    /// data directory is removed.
+    controller: Option<ControllerProcess>,
     pub name: &'static str,
     dir: tempfile::TempDir,
     database_url: String,
@@ -28,7 +31,6 @@ pub struct World {
     pub db: PgPool,
     pub ca_pem: String,
     operator_token: String,
-    controller: Option<ControllerProcess>,
 }
 
 /// The operator API of the running controller, cheap to clone into the
@@ -71,13 +73,13 @@ impl World {
             .expect("the first start prints the operator token");
         let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).expect("ca.pem");
         World {
+            controller: Some(controller),
             name,
             dir,
             database_url,
             db,
             ca_pem,
             operator_token,
-            controller: Some(controller),
         }
     }
 
