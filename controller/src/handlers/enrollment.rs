@@ -22,7 +22,7 @@ use crate::http::auth::{Device, Operator, PresentedCertificate};
 use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::http::state::AppState;
 use crate::model::{parse_name, Labels};
-use crate::reconcile::Resign;
+use crate::reconcile::{Compiled, Resign};
 use crate::trust::device_certificates::{self, Issue, Recorded};
 use crate::trust::pki::IssuedCertificate;
 use crate::trust::tokens::{hash_token, new_token};
@@ -249,17 +249,17 @@ pub async fn enroll(
     // Every earlier certificate of the device is revoked with it: a
     // replaced router is refused from its next request.
     let revoked = record(&mut tx, device, &issued, Issue::Enrollment).await?;
-    tx.commit().await?;
-    if created {
-        state.cache.add_device(device);
-    }
-    device_certificates::refresh(&state.pool, &state.cache, device).await?;
-    if created {
+    // A new device, its first config and the audit entry are stored in the
+    // token's transaction: a crash leaves either all of them or none (and
+    // the token unused).
+    let compiled = if created {
         state
             .reconciler
-            .recompile(Some(&[device]), Resign::IfChanged)
-            .await?;
-    }
+            .recompile_in(&mut tx, Some(&[device]), Resign::IfChanged)
+            .await?
+    } else {
+        Compiled::default()
+    };
     let entry = db::audit::NewAuditEntry {
         actor_id: None,
         actor: "enrollment",
@@ -269,7 +269,13 @@ pub async fn enroll(
         summary: serde_json::json!({"token_id": row.id, "created_device": created,
             "peer": peer.ip().to_string(), "revoked_certificates": revoked}),
     };
-    db::audit::append(&state.pool, &entry).await?;
+    db::audit::append(&mut *tx, &entry).await?;
+    tx.commit().await?;
+    if created {
+        state.cache.add_device(device);
+    }
+    device_certificates::refresh(&state.pool, &state.cache, device).await?;
+    state.reconciler.publish(compiled);
     tracing::info!(device = %device, created, revoked, "device enrolled");
     Ok(Json(certificate))
 }

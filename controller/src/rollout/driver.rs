@@ -203,12 +203,16 @@ impl Rollouts {
             ..audit.clone()
         };
         append_audit(&mut tx, &entry).await?;
+        // The canary is released in the rollout's own transaction: a crash
+        // leaves the rollout with its canary out, or no rollout at all,
+        // never one waiting for reports from routers it never released.
+        let compiled = self.release_in(&mut tx, id, 0).await?;
         tx.commit().await.context("committing the new rollout")?;
-        // The rollout is stored: releasing its canary is the loop's first
-        // step, which it retries if this attempt fails.
-        if let Err(e) = self.advance(id, None).await {
-            tracing::warn!(rollout = %id, error = ?e, "releasing the canary; the loop retries");
-        }
+        self.reconciler.publish(compiled);
+        self.changed(id);
+        // The charts start from the release: everything pending.
+        let counts = wave_counts(&self.pool, id).await?;
+        self.sample(id, 0, &counts).await?;
         self.nudge();
         Ok(id)
     }
@@ -239,40 +243,36 @@ impl Rollouts {
         Ok(revision)
     }
 
-    /// Moves a running rollout on, in one transaction under its row lock:
-    /// records the wave that passed (if any), then releases the next wave
-    /// (the canary when none passed yet) or, after the last, completes it.
-    /// A released wave's routers are recompiled in that same transaction,
-    /// so a wave shows as released exactly when their new configs are
-    /// stored.
-    async fn advance(&self, id: Uuid, passed: Option<Passed>) -> Result<(), RolloutError> {
+    /// Moves a running rollout past the wave that passed, in one
+    /// transaction under its row lock: records the pass, then releases the
+    /// next wave or, after the last, completes the rollout.
+    async fn advance(&self, id: Uuid, passed: Passed) -> Result<(), RolloutError> {
         let Some((mut tx, row)) = self.lock_running(id).await? else {
             return Ok(());
         };
-        let next = match &passed {
-            None => 0,
-            Some(p) => {
-                let healthy_since = p.healthy_since.or(Some(Utc::now()));
-                db::rollouts::set_wave_health(&mut *tx, id, p.wave, healthy_since, true).await?;
-                let c = p.counts;
-                let detail = format!(
-                    "{} applied, {} failed, {} offline of {}",
-                    c.applied, c.failed, c.offline, c.routers
-                );
-                db::rollouts::append_event(
-                    &mut *tx,
-                    id,
-                    "wave_passed",
-                    Some(p.wave),
-                    CONTROLLER,
-                    &detail,
-                )
-                .await?;
-                p.wave + 1
-            }
-        };
-        let completes = passed.as_ref().is_some_and(|p| p.last);
-        let compiled = if completes {
+        // The wave was judged before the lock was taken: if the rollout
+        // moved on since, this step was taken already.
+        if row.current_wave != passed.wave {
+            return Ok(());
+        }
+        let healthy_since = passed.healthy_since.or(Some(Utc::now()));
+        db::rollouts::set_wave_health(&mut *tx, id, passed.wave, healthy_since, true).await?;
+        let c = passed.counts;
+        let detail = format!(
+            "{} applied, {} failed, {} offline of {}",
+            c.applied, c.failed, c.offline, c.routers
+        );
+        db::rollouts::append_event(
+            &mut *tx,
+            id,
+            "wave_passed",
+            Some(passed.wave),
+            CONTROLLER,
+            &detail,
+        )
+        .await?;
+        let next = passed.wave + 1;
+        let compiled = if passed.last {
             db::rollouts::set_state(&mut *tx, id, "completed", None).await?;
             db::rollouts::append_event(&mut *tx, id, "completed", None, CONTROLLER, "").await?;
             append_controller_audit(&mut tx, id, "rollout.complete", serde_json::Value::Null)
@@ -285,25 +285,39 @@ impl Rollouts {
                 .recompile_selected_in(&mut tx, &selector)
                 .await?
         } else {
-            db::rollouts::release_wave(&mut *tx, id, next).await?;
-            db::rollouts::append_event(&mut *tx, id, "wave_released", Some(next), CONTROLLER, "")
-                .await?;
-            if passed.is_some() {
-                let summary = serde_json::json!({"wave": next});
-                append_controller_audit(&mut tx, id, "rollout.wave", summary).await?;
-            }
-            self.target_released(&mut tx, id).await?
+            self.release_in(&mut tx, id, next).await?
         };
         tx.commit().await.context("committing a rollout step")?;
         self.reconciler.publish(compiled);
         self.changed(id);
-        if !completes {
+        if !passed.last {
             // The charts start from the release: everything pending.
             let counts = wave_counts(&self.pool, id).await?;
             self.sample(id, next, &counts).await?;
             self.nudge();
         }
         Ok(())
+    }
+
+    /// Releases `wave` in `tx` (the caller holds the rollout's row lock)
+    /// and recompiles its routers in that same transaction, so a wave shows
+    /// as released exactly when their new configs are stored. The canary
+    /// is covered by the operator's audit entry of the start; later waves
+    /// are the controller's own steps.
+    async fn release_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        id: Uuid,
+        wave: i32,
+    ) -> Result<Compiled, RolloutError> {
+        db::rollouts::release_wave(&mut **tx, id, wave).await?;
+        db::rollouts::append_event(&mut **tx, id, "wave_released", Some(wave), CONTROLLER, "")
+            .await?;
+        if wave > 0 {
+            let summary = serde_json::json!({"wave": wave});
+            append_controller_audit(tx, id, "rollout.wave", summary).await?;
+        }
+        Ok(self.target_released(tx, id).await?)
     }
 
     /// Recompiles, in `tx`, the released routers that have no target
@@ -529,7 +543,7 @@ impl Rollouts {
                     healthy_since: wave.healthy_since,
                     last: wave.wave + 1 >= waves.len() as i32,
                 };
-                self.advance(id, Some(passed)).await?;
+                self.advance(id, passed).await?;
             }
         }
         Ok(())

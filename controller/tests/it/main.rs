@@ -5,6 +5,7 @@ mod api;
 mod blocks;
 mod catalog;
 mod cli;
+mod crash;
 mod dashboard;
 mod dashboard_api;
 mod device_api;
