@@ -1,8 +1,9 @@
-//! The planner: `Firewall` + now -> an `ipset restore` script and two
-//! `iptables-restore --noflush` scripts over the agent's own `ISDF-*`
-//! chains (`IptablesPlan`). Pure and snapshot-tested (`tests.rs`); `Layout`
-//! is the structured plan the scripts are rendered from and `verify`
-//! compares the kernel with.
+//! The planner: `Firewall` + now + the generation to build in -> an `ipset
+//! restore` script for that generation's sets and two `iptables-restore
+//! --noflush` scripts for its chains and the entry chains
+//! (`IptablesPlan`, with the switch that makes it live: `generation.rs`).
+//! Pure and snapshot-tested (`tests.rs`); `Layout` is the structured plan
+//! the scripts are rendered from and `verify` compares the kernel with.
 //!
 //! `in_interface` is one rule per interface (`-i`). What iptables cannot
 //! enforce is refused before planning (`refuse_unsupported`): payload
@@ -16,22 +17,14 @@ use std::fmt::{self, Write as _};
 use anyhow::bail;
 use isdf_api::{Action, Chain, ElementValue, Family, Firewall, Protocol, Rule, Set};
 
+use super::generation::{
+    dispatch_rules, entry_chain, switch, switch_sets_script, Generation, Switch,
+};
 use super::sets::{
-    fits_net_port_net, ipset_entries, PlannedSet, SetKind, EXPIRY_SLACK, MAX_TIMEOUT, SET_PREFIX,
-    TEMP_PREFIX,
+    fits_net_port_net, ipset_entries, PlannedSet, SetKind, EXPIRY_SLACK, MAX_TIMEOUT,
 };
 use super::spec::Spec;
 use crate::backend::planning::{remaining_secs, Interfaces};
-
-/// Our chain for each hook, jumped to from the top of the builtin chain.
-pub(super) fn our_chain(chain: Chain) -> &'static str {
-    match chain {
-        Chain::Forward => "ISDF-FORWARD",
-        Chain::Input => "ISDF-INPUT",
-        Chain::Output => "ISDF-OUTPUT",
-        Chain::Prerouting => "ISDF-PREROUTING",
-    }
-}
 
 pub(super) fn builtin_chain(chain: Chain) -> &'static str {
     match chain {
@@ -40,10 +33,6 @@ pub(super) fn builtin_chain(chain: Chain) -> &'static str {
         Chain::Output => "OUTPUT",
         Chain::Prerouting => "PREROUTING",
     }
-}
-
-pub(super) fn is_our_chain(name: &str) -> bool {
-    Chain::ALL.iter().any(|&c| our_chain(c) == name)
 }
 
 pub(super) const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
@@ -59,15 +48,20 @@ impl Capabilities {
     pub const ALL: Capabilities = Capabilities { net_port_net: true };
 }
 
-/// The three scripts that replace what this agent enforces.
+/// The scripts of a first apply (into generation `a`, nothing live yet),
+/// in the order they run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IptablesPlan {
-    /// For `ipset restore`: fills and swaps in every set.
+    /// For `ipset -exist restore`: the switch sets, and the generation's
+    /// sets, filled.
     pub ipset: String,
-    /// For `iptables-restore --noflush`: replaces our IPv4 chains.
+    /// For `iptables-restore --noflush`: the entry chains and the
+    /// generation's IPv4 chains.
     pub v4: String,
-    /// For `ip6tables-restore --noflush`: replaces our IPv6 chains.
+    /// For `ip6tables-restore --noflush`: the same for IPv6.
     pub v6: String,
+    /// For `ipset restore`: turns the generation on, both families at once.
+    pub switch: String,
 }
 
 impl IptablesPlan {
@@ -84,7 +78,9 @@ impl fmt::Display for IptablesPlan {
         writeln!(f, "### iptables-restore --noflush")?;
         f.write_str(&self.v4)?;
         writeln!(f, "### ip6tables-restore --noflush")?;
-        f.write_str(&self.v6)
+        f.write_str(&self.v6)?;
+        writeln!(f, "### ipset restore (the switch)")?;
+        f.write_str(&self.switch)
     }
 }
 
@@ -103,11 +99,24 @@ pub fn plan_with(
     capabilities: Capabilities,
     interfaces: &Interfaces,
 ) -> anyhow::Result<IptablesPlan> {
-    let layout = Layout::new(firewall, now, capabilities, interfaces)?;
+    let generation = Generation::A;
+    let layout = Layout::new(firewall, now, capabilities, interfaces, generation)?;
+    let missing: Vec<&str> = Chain::FILTER
+        .iter()
+        .map(|&c| generation.other().chain(c))
+        .collect();
+    let Switch::TurnOn(switch) = switch(generation, None) else {
+        unreachable!("nothing is live before a first apply");
+    };
     Ok(IptablesPlan {
-        ipset: layout.ipset_script(),
-        v4: layout.rules_script(Family::Ipv4, &[]),
-        v6: layout.rules_script(Family::Ipv6, &[]),
+        ipset: format!(
+            "{}{}",
+            switch_sets_script(generation),
+            layout.ipset_script()
+        ),
+        v4: layout.rules_script(Family::Ipv4, &missing, &[]),
+        v6: layout.rules_script(Family::Ipv6, &missing, &[]),
+        switch,
     })
 }
 
@@ -128,8 +137,10 @@ pub(super) struct PlannedRule {
 
 /// The structured plan: what the scripts are rendered from and what `verify`
 /// compares the kernel against.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Layout {
+    /// The generation whose chains and sets these are.
+    pub(super) generation: Generation,
     pub(super) sets: Vec<PlannedSet>,
     /// Per family, in config order.
     pub(super) rules: BTreeMap<Family, Vec<PlannedRule>>,
@@ -151,8 +162,14 @@ impl Layout {
         now: i64,
         capabilities: Capabilities,
         interfaces: &Interfaces,
+        generation: Generation,
     ) -> anyhow::Result<Layout> {
-        let mut layout = Layout::default();
+        let mut layout = Layout {
+            generation,
+            sets: Vec::new(),
+            rules: BTreeMap::new(),
+            next_reapply: None,
+        };
         let mut representations = HashMap::new();
         for set in &firewall.sets {
             let live: Vec<_> = set
@@ -202,7 +219,7 @@ impl Layout {
 
     fn plan_set(&mut self, set: &Set, kind: SetKind, now: i64) -> PlannedSet {
         let mut planned = PlannedSet {
-            name: format!("{SET_PREFIX}{}", set.name),
+            name: format!("{}{}", self.generation.set_prefix(), set.name),
             kind,
             family: set.key.family(),
             entries: BTreeMap::new(),
@@ -263,11 +280,12 @@ impl Layout {
             dport: m.dport,
             sets: Vec::new(),
         };
+        let prefix = self.generation.set_prefix();
         if let Some(name) = &m.src_in_set {
-            base.sets.push((format!("{SET_PREFIX}{name}"), "src"));
+            base.sets.push((format!("{prefix}{name}"), "src"));
         }
         if let Some(name) = &m.dst_in_set {
-            base.sets.push((format!("{SET_PREFIX}{name}"), "dst"));
+            base.sets.push((format!("{prefix}{name}"), "dst"));
         }
         let mut specs = Vec::new();
         match &m.flow_in_set {
@@ -301,7 +319,7 @@ impl Layout {
                 // it silently disappearing.
                 None => {
                     base.sets
-                        .insert(0, (format!("{SET_PREFIX}{name}"), "src,dst,dst"));
+                        .insert(0, (format!("{prefix}{name}"), "src,dst,dst"));
                     specs.push(base);
                 }
             },
@@ -366,40 +384,57 @@ impl Layout {
         planned
     }
 
+    /// `ipset restore` lines that create and fill the generation's sets
+    /// (an apply destroys leftovers first, so a set that changed type can
+    /// be made again). Nothing uses them until the generation goes live.
     pub(super) fn ipset_script(&self) -> String {
         let mut s = String::new();
         for set in &self.sets {
-            let temp = format!("{TEMP_PREFIX}{}", &set.name[SET_PREFIX.len()..]);
-            let _ = writeln!(s, "{}", set.create(&temp));
-            let _ = writeln!(s, "flush {temp}");
+            let _ = writeln!(s, "{}", set.create());
             for (entry, timeout) in &set.entries {
                 match timeout {
                     Some(secs) => {
-                        let _ = writeln!(s, "add {temp} {entry} timeout {secs}");
+                        let _ = writeln!(s, "add {} {entry} timeout {secs}", set.name);
                     }
                     None => {
-                        let _ = writeln!(s, "add {temp} {entry}");
+                        let _ = writeln!(s, "add {} {entry}", set.name);
                     }
                 }
             }
-            let _ = writeln!(s, "{}", set.create(&set.name));
-            let _ = writeln!(s, "swap {temp} {}", set.name);
-            let _ = writeln!(s, "destroy {temp}");
         }
         s
     }
 
-    /// The restore script for one family; `extra` lines (jump repairs) join
-    /// the same transaction.
-    pub(super) fn rules_script(&self, family: Family, extra: &[String]) -> String {
+    /// The restore script for one family: the entry chains with their two
+    /// fixed rules (rewritten alike, so nothing changes for packets), the
+    /// generation's chains with the planned rules, the `missing` chains
+    /// the entry chains name but that do not exist yet (declared empty),
+    /// and the `extra` lines (jump repairs), all in one transaction.
+    pub(super) fn rules_script(
+        &self,
+        family: Family,
+        missing: &[&str],
+        extra: &[String],
+    ) -> String {
         let mut s = String::from("*filter\n");
         // In a --noflush restore, declaring a chain creates it or empties it.
         for chain in Chain::FILTER {
-            let _ = writeln!(s, ":{} - [0:0]", our_chain(chain));
+            let _ = writeln!(s, ":{} - [0:0]", entry_chain(chain));
+        }
+        for chain in Chain::FILTER {
+            let _ = writeln!(s, ":{} - [0:0]", self.generation.chain(chain));
+        }
+        for chain in missing {
+            let _ = writeln!(s, ":{chain} - [0:0]");
+        }
+        for chain in Chain::FILTER {
+            for rule in dispatch_rules(chain) {
+                let _ = writeln!(s, "-A {} {rule}", entry_chain(chain));
+            }
         }
         for chain in Chain::FILTER {
             for rule in self.rules_in(family, chain) {
-                let _ = writeln!(s, "-A {} {}", our_chain(chain), rule.line);
+                let _ = writeln!(s, "-A {} {}", self.generation.chain(chain), rule.line);
             }
         }
         for line in extra {

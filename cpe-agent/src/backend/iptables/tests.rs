@@ -9,6 +9,7 @@ use isdf_api::{ElementValue, Family, Firewall, Prefix};
 use super::listing::{parse_ipset_terse, SavedFilter, SavedRule};
 use super::plan::{refuse_unsupported, Layout};
 use super::sets::{PlannedSet, SetKind, MAX_TIMEOUT};
+use super::Generation;
 use super::*;
 use crate::backend::sample_firewall as sample;
 use crate::backend::Interfaces;
@@ -40,7 +41,7 @@ fn flow_sets_use_an_ipset_only_when_every_live_element_fits() {
     insta::assert_snapshot!(after.render());
     assert!(after
         .v4
-        .contains("-m set --match-set isdf-flow_drop_v4 src,dst,dst"));
+        .contains("-m set --match-set isdfa-flow_drop_v4 src,dst,dst"));
     // Without kernel support it stays inline.
     let no_support = plan_with(
         &sample(),
@@ -62,7 +63,7 @@ fn flow_sets_use_an_ipset_only_when_every_live_element_fits() {
     assert!(!after.ipset.contains("flow_drop_v6"));
     assert!(after
         .v6
-        .contains("-A ISDF-FORWARD -s 2001:db8:1::/48 -m comment --comment flow-drop-v6 -j DROP"));
+        .contains("-A ISDFA-FORWARD -s 2001:db8:1::/48 -m comment --comment flow-drop-v6 -j DROP"));
 }
 
 #[test]
@@ -103,7 +104,14 @@ fn reject_fits_iptables_one_protocol_per_rule() {
         ]}"#,
     )
     .unwrap();
-    let layout = Layout::new(&firewall, 0, Capabilities::ALL, &Interfaces::default()).unwrap();
+    let layout = Layout::new(
+        &firewall,
+        0,
+        Capabilities::ALL,
+        &Interfaces::default(),
+        Generation::A,
+    )
+    .unwrap();
     let lines: Vec<&str> = layout.rules[&Family::Ipv4]
         .iter()
         .map(|r| r.line.as_str())
@@ -135,7 +143,14 @@ fn inline_elements_are_intersected_with_the_rule() {
     }"#,
     )
     .unwrap();
-    let layout = Layout::new(&firewall, 0, Capabilities::ALL, &Interfaces::default()).unwrap();
+    let layout = Layout::new(
+        &firewall,
+        0,
+        Capabilities::ALL,
+        &Interfaces::default(),
+        Generation::A,
+    )
+    .unwrap();
     let lines: Vec<&str> = layout.rules[&Family::Ipv4]
         .iter()
         .map(|r| r.line.as_str())
@@ -153,15 +168,27 @@ fn inline_elements_are_intersected_with_the_rule() {
 #[test]
 fn next_reapply_is_the_next_inline_expiry() {
     assert_eq!(
-        Layout::new(&sample(), NOW, Capabilities::ALL, &Interfaces::default())
-            .unwrap()
-            .next_reapply,
+        Layout::new(
+            &sample(),
+            NOW,
+            Capabilities::ALL,
+            &Interfaces::default(),
+            Generation::A
+        )
+        .unwrap()
+        .next_reapply,
         Some(EXPIRY)
     );
     assert_eq!(
-        Layout::new(&sample(), EXPIRY, Capabilities::ALL, &Interfaces::default())
-            .unwrap()
-            .next_reapply,
+        Layout::new(
+            &sample(),
+            EXPIRY,
+            Capabilities::ALL,
+            &Interfaces::default(),
+            Generation::A
+        )
+        .unwrap()
+        .next_reapply,
         None
     );
 
@@ -173,11 +200,18 @@ fn next_reapply_is_the_next_inline_expiry() {
         value: ElementValue::Addr(Prefix::parse("203.0.113.10").unwrap()),
         expires_at: Some(far),
     });
-    let layout = Layout::new(&firewall, EXPIRY, Capabilities::ALL, &Interfaces::default()).unwrap();
+    let layout = Layout::new(
+        &firewall,
+        EXPIRY,
+        Capabilities::ALL,
+        &Interfaces::default(),
+        Generation::A,
+    )
+    .unwrap();
     assert_eq!(layout.next_reapply, Some(far - MAX_TIMEOUT as i64));
     let script = layout.ipset_script();
     assert!(
-        script.contains("add isdf+blocked_hosts_v4 203.0.113.10/32\n"),
+        script.contains("add isdfa-blocked_hosts_v4 203.0.113.10/32\n"),
         "{script}"
     );
 }
@@ -191,7 +225,14 @@ fn duplicate_entries_keep_the_longest_timeout() {
         ]}]}"#,
     )
     .unwrap();
-    let layout = Layout::new(&firewall, 100, Capabilities::ALL, &Interfaces::default()).unwrap();
+    let layout = Layout::new(
+        &firewall,
+        100,
+        Capabilities::ALL,
+        &Interfaces::default(),
+        Generation::A,
+    )
+    .unwrap();
     let entries: Vec<_> = layout.sets[0]
         .entries
         .iter()
@@ -340,18 +381,25 @@ fn in_interface_becomes_one_rule_per_interface() {
         wan: vec!["wan".into()],
     };
     let plan = plan_with(&firewall, 0, Capabilities::ALL, &interfaces).unwrap();
-    let ours: Vec<&str> = plan.v4.lines().filter(|l| l.starts_with("-A")).collect();
+    let ours: Vec<&str> = plan
+        .v4
+        .lines()
+        .filter(|l| l.starts_with("-A ISDFA-"))
+        .collect();
     assert_eq!(
         ours,
         [
-            "-A ISDF-FORWARD -i wan -p tcp -m comment --comment wan-any -j REJECT --reject-with tcp-reset",
-            "-A ISDF-FORWARD -i wan -m comment --comment wan-any -j REJECT --reject-with icmp-admin-prohibited",
-            "-A ISDF-INPUT -i lan0 -p tcp -m tcp --dport 22 -m comment --comment lan-ssh -j ACCEPT",
-            "-A ISDF-INPUT -i br-+ -p tcp -m tcp --dport 22 -m comment --comment lan-ssh -j ACCEPT",
+            "-A ISDFA-FORWARD -i wan -p tcp -m comment --comment wan-any -j REJECT --reject-with tcp-reset",
+            "-A ISDFA-FORWARD -i wan -m comment --comment wan-any -j REJECT --reject-with icmp-admin-prohibited",
+            "-A ISDFA-INPUT -i lan0 -p tcp -m tcp --dport 22 -m comment --comment lan-ssh -j ACCEPT",
+            "-A ISDFA-INPUT -i br-+ -p tcp -m tcp --dport 22 -m comment --comment lan-ssh -j ACCEPT",
         ]
     );
     assert_eq!(
-        plan.v6.lines().filter(|l| l.starts_with("-A")).count(),
+        plan.v6
+            .lines()
+            .filter(|l| l.starts_with("-A ISDFA-"))
+            .count(),
         2,
         "{}",
         plan.v6
@@ -411,4 +459,31 @@ Number of entries: 0
         ..planned
     }
     .fits(a));
+}
+
+#[test]
+fn generations_switch_in_one_operation_and_know_their_leftovers() {
+    use super::generation::{clear_chains_script, is_stale_set, switch, Switch};
+    // With a generation live, the switch is the one swap of the two
+    // `list:set`s; with none, one swap of a filled new switch.
+    assert_eq!(switch(Generation::B, Some(Generation::A)), Switch::Swap);
+    let Switch::TurnOn(first) = switch(Generation::A, None) else {
+        panic!("nothing live: turned on by a filled switch");
+    };
+    let changes: Vec<&str> = first.lines().filter(|l| l.contains("isdf_gen_a")).collect();
+    assert_eq!(changes, ["swap isdf_gen_new isdf_gen_a"], "{first}");
+    // Clearing empties only the chains that hold rules, and keeps them.
+    let script = clear_chains_script(Generation::B, |c| c == "ISDFB-INPUT").unwrap();
+    assert_eq!(script, "*filter\n:ISDFB-INPUT - [0:0]\nCOMMIT\n");
+    assert_eq!(clear_chains_script(Generation::B, |_| false), None);
+    // Once `a` is live: `b`'s sets and a leftover switch go, earlier
+    // agents' sets only when asked (their rules may still use them).
+    assert!(is_stale_set("isdfb-hosts", Generation::A, false));
+    assert!(is_stale_set("isdf_gen_new", Generation::A, false));
+    assert!(!is_stale_set("isdfa-hosts", Generation::A, true));
+    assert!(!is_stale_set("isdf_gen_b", Generation::A, true));
+    assert!(!is_stale_set("isdf_all4", Generation::A, true));
+    assert!(!is_stale_set("isdf-hosts", Generation::A, false));
+    assert!(is_stale_set("isdf-hosts", Generation::A, true));
+    assert!(is_stale_set("isdf+hosts", Generation::A, true));
 }
