@@ -312,4 +312,6 @@ fn error_debug(message: &str, e: &anyhow::Error) {
 }
 
 #[cfg(test)]
+mod power_cut_tests;
+#[cfg(test)]
 mod tests;

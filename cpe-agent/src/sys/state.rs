@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::atomic_write::write_atomically;
 
-const LAST_GOOD: &str = "last-good.envelope.json";
-const SEQUENCE: &str = "status-sequence";
-const ROOTS: &str = "roots.json";
+pub(crate) const LAST_GOOD: &str = "last-good.envelope.json";
+pub(crate) const SEQUENCE: &str = "status-sequence";
+pub(crate) const ROOTS: &str = "roots.json";
 /// The device identity: one file holding the certificate answer and the
 /// private key, mode 0600.
 ///
@@ -143,16 +143,20 @@ impl StateDir {
         self.write_atomically(ROOTS, &serde_json::to_vec(envelopes)?, 0o644)
     }
 
+    /// The last status sequence number persisted (0: none, or unreadable;
+    /// the clock seeds the next one then).
+    pub(crate) fn stored_sequence(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join(SEQUENCE))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    }
+
     /// The next status sequence number, persisted before it is used. Seeded
     /// from the clock (milliseconds) so a router whose state was wiped still
     /// reports above its old sequence.
     pub fn next_sequence(&self, now_millis: u64) -> anyhow::Result<u64> {
-        let path = self.dir.join(SEQUENCE);
-        let stored = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        let next = stored.saturating_add(1).max(now_millis);
+        let next = self.stored_sequence().saturating_add(1).max(now_millis);
         self.write_atomically(SEQUENCE, next.to_string().as_bytes(), 0o644)?;
         Ok(next)
     }
