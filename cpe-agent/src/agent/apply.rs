@@ -90,11 +90,7 @@ impl Agent {
         let version = config.version;
         match self.apply_checked(&config).await {
             Ok(()) => {
-                if let Err(e) = self.state.save_last_good(&envelope) {
-                    // Enforced but not persisted: after a reboot the previous
-                    // good config comes back, which is safe; say so.
-                    error_debug("persisting the last good config", &e);
-                }
+                self.save_last_good(version, envelope);
                 if let Err(e) = self.tunnels.commit() {
                     error_debug("forgetting the old WireGuard keys", &e);
                 }
@@ -264,8 +260,9 @@ impl Agent {
 
     /// Detects a flushed or altered table and puts the enforced config back;
     /// re-applies when the backend asked for it (expiries it cannot leave to
-    /// the kernel).
+    /// the kernel). Tries again to save what could not be saved.
     pub(super) fn repair_and_expire(&mut self) {
+        self.retry_unsaved();
         let now_ms = unix_millis();
         if self.router_blocks.prune(now_ms) {
             self.persist_router_blocks();

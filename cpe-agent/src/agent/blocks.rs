@@ -245,14 +245,4 @@ impl Agent {
             ),
         }
     }
-
-    /// Saves the router blocks to the state directory; a failure is logged
-    /// (they stay in force, and the next change saves them again).
-    pub(super) fn persist_router_blocks(&self) {
-        if let Err(e) =
-            crate::router_blocks::persist::save(&self.state, self.router_blocks.persisted())
-        {
-            error_debug("persisting router blocks", &e);
-        }
-    }
 }

@@ -8,8 +8,9 @@
 //! kernel's endpoint sets and the rotation watcher, then the pause the server
 //! asked for. What each step does lives with its concern: `apply.rs`
 //! (verify, enforce, roll back, repair), `identity.rs` (trust, renewal,
-//! re-enrollment), `report.rs` (status, events, facts) and `blocks.rs` (the
-//! router's own blocks).
+//! re-enrollment), `report.rs` (status, events, facts), `blocks.rs` (the
+//! router's own blocks) and `state_writes.rs` (what could not be saved to a
+//! full state disk: retried and reported).
 //!
 //! A config is applied in order: the kernel ruleset (applied and verified,
 //! with the tunnels' isolation rules), then the WireGuard tunnels, then the
@@ -28,6 +29,7 @@ mod apply;
 mod blocks;
 mod identity;
 mod report;
+mod state_writes;
 
 use std::time::{Duration, Instant};
 
@@ -105,6 +107,8 @@ pub struct Agent {
     classifier_failed: bool,
     /// The router's WireGuard keys and tunnels.
     tunnels: Tunnels,
+    /// What could not be written to the state directory yet.
+    unsaved: state_writes::Unsaved,
     /// The tunnel facts last reported, and when.
     facts_sent: Option<(isdf_api::wireguard::WireguardFacts, Instant)>,
     /// After failed facts reports: how many in a row, and when to retry.
@@ -137,6 +141,7 @@ impl Agent {
             tunnels,
             facts_sent: None,
             facts_retry: None,
+            unsaved: Default::default(),
             resolver: Box::new(Dnsmasq::new(&settings)),
             portal: PortalResponder::default(),
             settings,

@@ -1,7 +1,8 @@
 //! What the router tells the controller: status reports (the outcome of the
 //! last attempt, or `stale` for an expired config still enforced, with
-//! counters and tunnel status; sent when something happened and as a
-//! heartbeat), the router's block events (oldest first, kept until stored),
+//! counters and tunnel status, and `state_not_saved` errors while a full
+//! state disk keeps something from being saved; sent when something
+//! happened and as a heartbeat), the router's block events (oldest first, kept until stored),
 //! and the tunnel facts with a fresh reachability probe (when they changed,
 //! or every `wireguard_facts_secs`). Failures are retried with backoff and
 //! never hold up configs.
@@ -49,8 +50,8 @@ impl Agent {
             .is_some_and(|e| e.config.expires_at <= unix_now())
     }
 
-    fn build_report(&self) -> anyhow::Result<StatusReport> {
-        let (outcome, attempted_version, errors) = match (&self.last, self.stale()) {
+    fn build_report(&self) -> StatusReport {
+        let (outcome, attempted_version, mut errors) = match (&self.last, self.stale()) {
             (_, true) => (
                 Outcome::Stale,
                 self.enforced_version(),
@@ -59,8 +60,16 @@ impl Agent {
             (Some(last), false) => (last.outcome, last.attempted_version, last.errors.clone()),
             (None, false) => (Outcome::Applied, self.enforced_version(), vec![]),
         };
-        Ok(StatusReport {
-            sequence: self.state.next_sequence(unix_millis() as u64)?,
+        // A full state disk does not silence the router: the sequence is
+        // still above every earlier one, and the report says what was not
+        // saved.
+        let (sequence, saved) = self.state.next_sequence(unix_millis() as u64);
+        errors.extend(self.unsaved_errors());
+        if let Err(e) = saved {
+            errors.push(format!("state_not_saved: the status sequence: {e:#}"));
+        }
+        StatusReport {
+            sequence,
             enforced_version: self.enforced_version(),
             enforced_digest: self.enforced.as_ref().map(|e| e.config.firewall.digest()),
             outcome,
@@ -70,7 +79,7 @@ impl Agent {
             tunnels: self.tunnels.status(),
             backend: self.backend.name().to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        })
+        }
     }
 
     /// Reports the tunnel facts when a config asked for tunnels and they
@@ -145,11 +154,8 @@ impl Agent {
         if nothing_yet || (!self.report_due && !heartbeat_due) {
             return;
         }
-        let result = match self.build_report() {
-            Ok(report) => self.client.report(&report).await,
-            Err(e) => Err(e),
-        };
-        match result {
+        let report = self.build_report();
+        match self.client.report(&report).await {
             Ok(()) => {
                 self.report_due = false;
                 self.last_report = Some(Instant::now());

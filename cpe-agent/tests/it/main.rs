@@ -18,5 +18,6 @@ mod pay_per_site;
 mod rogue_controller;
 mod rollouts;
 mod signatures;
+mod state_disk;
 mod vpn;
 mod wireguard;
