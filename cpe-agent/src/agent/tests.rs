@@ -8,6 +8,7 @@ use ed25519_dalek::SigningKey;
 use isdf_api::{Firewall, RuleCounter};
 
 use super::*;
+use crate::sys::time::unix_now;
 use crate::test_pki::{FakeController, TestCa, SIGNING_KEY_HEX};
 
 pub(super) const DEVICE: &str = "7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50";
@@ -17,6 +18,8 @@ pub(super) const DEVICE: &str = "7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50";
 pub(super) struct Kernel {
     pub(super) holds: Option<Firewall>,
     pub(super) applies: usize,
+    /// The `now_ms` of the last apply.
+    pub(super) applied_at: Option<i64>,
     /// Verification fails while the kernel holds a firewall with this many rules.
     broken_rule_count: Option<usize>,
 }
@@ -36,9 +39,10 @@ impl FirewallBackend for FakeBackend {
     fn name(&self) -> &'static str {
         "fake"
     }
-    fn apply(&mut self, firewall: &Firewall, _now: i64) -> anyhow::Result<()> {
+    fn apply(&mut self, firewall: &Firewall, now: i64) -> anyhow::Result<()> {
         let mut k = self.0.lock().unwrap();
         k.applies += 1;
+        k.applied_at = Some(now);
         k.holds = Some(firewall.clone());
         Ok(())
     }

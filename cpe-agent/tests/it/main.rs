@@ -14,6 +14,7 @@ mod e2e;
 mod harness;
 mod kernel_state;
 mod netns;
+mod outage;
 mod pay_per_site;
 mod rogue_controller;
 mod rollouts;
