@@ -3,21 +3,24 @@
 //! In a network namespace of its own, a child process (this test binary
 //! again, running `apply_child`, which drives the real backend code) moves
 //! the kernel from ruleset A to ruleset B and back, and is killed with
-//! SIGKILL at a random delay drawn across the apply's measured duration.
-//! After each kill the kernel must enforce exactly A or exactly B (what the
-//! packet path sees, normalised: `kernel_state.rs`), never a mix and never
-//! nothing; then a restarted apply must converge to B, leaving nothing of
-//! the interrupted one behind.
+//! SIGKILL: one time in ten while it starts, otherwise at a random point
+//! between the moment it says it applies and a little past the apply's
+//! duration (the median of the last complete applies, as the machine's load
+//! changes). After each kill the kernel must enforce exactly A or exactly B
+//! (what the packet path sees, normalised: `kernel_state.rs`), never a mix
+//! and never nothing; then a restarted apply must converge to B, leaving
+//! nothing of the interrupted one behind.
 //!
 //! Half the kills take the child's whole process group (the agent and the
 //! tool it is running, as a power cut would); the other half only the child,
 //! so the tool it started (`ipset restore`, `iptables-restore`, `nft`) runs
 //! on with whatever part of its script it had received, as after an OOM kill.
 //!
-//! The delays come from a seeded generator: the seed is printed and
-//! `ISDF_CRASH_SEED=<seed>` replays the same kill points. The run is bounded
-//! in count and time, and reports how many kills landed before, during and
-//! after the apply.
+//! The draws come from a seeded generator: the seed is printed, and
+//! `ISDF_CRASH_SEED=<seed>` replays the same draws (where they land still
+//! depends on the machine's timing; the invariant is checked either way).
+//! The run is bounded in count and time, and reports how many kills landed
+//! before, during (and in which tool) and after the apply.
 
 use std::io::Read;
 use std::path::Path;
@@ -40,7 +43,7 @@ const RUNS: usize = 100;
 const MIN_MID_APPLY: usize = 50;
 const MAX_RUNS: usize = 250;
 /// The whole test, calibration included.
-const BUDGET: Duration = Duration::from_secs(120);
+const BUDGET: Duration = Duration::from_secs(180);
 /// Elements in the biggest set: enough that the apply lasts long enough
 /// for kills to land inside it.
 const ELEMENTS: u32 = 1000;
@@ -201,6 +204,26 @@ enum Landed {
 struct ChildRun {
     child: Child,
     started: Instant,
+    /// What it printed so far.
+    seen: String,
+}
+
+impl ChildRun {
+    /// Reads what the child prints until `marker` appears (true) or it
+    /// closes its output (false).
+    fn read_until(&mut self, marker: &str) -> bool {
+        let Some(stdout) = self.child.stdout.as_mut() else {
+            return self.seen.contains(marker);
+        };
+        let mut buf = [0u8; 4096];
+        while !self.seen.contains(marker) {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        true
+    }
 }
 
 fn spawn_child(ns: &Netns, backend: &str, firewall: &Path) -> ChildRun {
@@ -226,7 +249,11 @@ fn spawn_child(ns: &Netns, backend: &str, firewall: &Path) -> ChildRun {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting the apply child (`ip netns exec`: needs root and iproute2)");
-    ChildRun { child, started }
+    ChildRun {
+        child,
+        started,
+        seen: String::new(),
+    }
 }
 
 /// The live processes (zombies aside) of group `pgid`: (pid, command name).
@@ -267,7 +294,7 @@ fn wait_group_gone(pgid: i32) {
 
 /// Reads what the child printed (it has exited: the pipe is at its end).
 fn output(run: &mut ChildRun) -> (String, String) {
-    let mut out = String::new();
+    let mut out = std::mem::take(&mut run.seen);
     let mut err = String::new();
     if let Some(mut stdout) = run.child.stdout.take() {
         let _ = stdout.read_to_string(&mut out);
@@ -279,35 +306,39 @@ fn output(run: &mut ChildRun) -> (String, String) {
 }
 
 /// Runs the child to its end: the apply must succeed and verify. Returns
-/// how long it took to start applying and to finish the apply.
+/// how long it took to start applying, and how long the apply took.
 fn apply_fully(ns: &Netns, backend: &str, firewall: &Path) -> (Duration, Duration) {
     let mut run = spawn_child(ns, backend, firewall);
-    let mut stdout = run.child.stdout.take().unwrap();
-    let mut seen = String::new();
-    let mut applying_at = None;
-    let mut applied_at = None;
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stdout.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if applying_at.is_none() && seen.contains(APPLYING) {
-            applying_at = Some(run.started.elapsed());
-        }
-        if applied_at.is_none() && seen.contains(APPLIED) {
-            applied_at = Some(run.started.elapsed());
-        }
-    }
+    run.read_until(APPLYING);
+    let applying = run.started.elapsed();
+    run.read_until(APPLIED);
+    let applied = run.started.elapsed();
     let status = run.child.wait().unwrap();
-    let (_, err) = output(&mut run);
+    let (out, err) = output(&mut run);
     assert!(
-        status.success() && seen.contains(VERIFIED),
-        "the {backend} apply of {} failed ({status}):\n{seen}\n{err}",
+        status.success() && out.contains(VERIFIED),
+        "the {backend} apply of {} failed ({status}):\n{out}\n{err}",
         firewall.display()
     );
-    (applying_at.unwrap(), applied_at.unwrap())
+    (applying, applied.saturating_sub(applying))
+}
+
+/// The median of the last few timings (the machine's load changes).
+struct Recent(std::collections::VecDeque<Duration>);
+
+impl Recent {
+    fn push(&mut self, d: Duration) {
+        if self.0.len() == 5 {
+            self.0.pop_front();
+        }
+        self.0.push_back(d);
+    }
+
+    fn median(&self) -> Duration {
+        let mut sorted: Vec<Duration> = self.0.iter().copied().collect();
+        sorted.sort();
+        sorted[sorted.len() / 2]
+    }
 }
 
 fn sigkill_mid_apply(backend: &'static str) {
@@ -335,22 +366,29 @@ fn sigkill_mid_apply(backend: &'static str) {
     }
 
     // Calibration: apply A, B and A again to the end; what the kernel
-    // holds after each is what a kill may leave, and how long they took
-    // decides where kills land.
+    // holds after each is what a kill may leave. How long the child takes
+    // to start applying and how long the apply takes decide where kills
+    // land; every later complete apply updates both.
     let mut effective = [String::new(), String::new()];
     let mut full = [String::new(), String::new()];
-    let mut window = Duration::ZERO;
+    let mut startup = Recent(Default::default());
+    let mut apply = Recent(Default::default());
     for (round, target) in [0usize, 1, 0].into_iter().enumerate() {
-        let (applying, applied) = apply_fully(&ns, backend, &files[target]);
+        let (applying, took) = apply_fully(&ns, backend, &files[target]);
         let snapshot = Snapshot::take(&ns, backend);
         effective[target] = snapshot.effective;
         full[target] = snapshot.full;
         if round > 0 {
-            window = window.max(applied + (applied - applying) / 5);
+            startup.push(applying);
+            apply.push(took);
         }
     }
     assert_ne!(effective[0], effective[1], "A and B must differ");
-    println!("{backend}: applies take up to {window:?} from spawn (kill window)");
+    println!(
+        "{backend}: the child starts applying after {:?}, applies in {:?}",
+        startup.median(),
+        apply.median()
+    );
 
     let mut landed = [0usize; 3];
     let mut in_tool = std::collections::BTreeMap::new();
@@ -362,11 +400,24 @@ fn sigkill_mid_apply(backend: &'static str) {
             "{backend}: out of time after {runs} runs (seed {seed}); landed before/during/after: {landed:?}"
         );
         let (from, to) = if runs % 2 == 0 { (0, 1) } else { (1, 0) };
-        let delay = window.mul_f64(rng.unit());
+        // One kill in ten while the child starts; the others from the
+        // moment it says it applies, across the apply's recent duration
+        // and a little beyond.
+        let before = rng.unit() < 0.1;
+        let fraction = rng.unit();
         let whole_group = rng.next() & 1 == 0;
         let mut run = spawn_child(&ns, backend, &files[to]);
         let pgid = run.child.id() as i32;
-        std::thread::sleep(delay.saturating_sub(run.started.elapsed()));
+        let delay = if before {
+            let delay = startup.median().mul_f64(fraction);
+            std::thread::sleep(delay.saturating_sub(run.started.elapsed()));
+            delay
+        } else {
+            run.read_until(APPLYING);
+            let delay = apply.median().mul_f64(fraction * 1.15);
+            std::thread::sleep(delay);
+            run.started.elapsed()
+        };
         // Which tool the apply was running when the kill came.
         let tools: Vec<String> = group_members(pgid)
             .into_iter()
@@ -398,7 +449,7 @@ fn sigkill_mid_apply(backend: &'static str) {
         let holds = Snapshot::take(&ns, backend).effective;
         let context = || {
             format!(
-                "{backend} run {runs} (seed {seed}): killed {} after {delay:?}, {when:?} the apply \
+                "{backend} run {runs} (seed {seed}): killed {} {delay:?} after its start, {when:?} the apply \
                  of {} over {} (running: {tools:?})",
                 if whole_group { "the group" } else { "the child alone" },
                 ["A", "B"][to],
@@ -424,7 +475,9 @@ fn sigkill_mid_apply(backend: &'static str) {
             );
         }
         // The agent starts again and enforces B.
-        apply_fully(&ns, backend, &files[to]);
+        let (applying, took) = apply_fully(&ns, backend, &files[to]);
+        startup.push(applying);
+        apply.push(took);
         let converged = Snapshot::take(&ns, backend);
         assert_eq!(
             converged.effective,

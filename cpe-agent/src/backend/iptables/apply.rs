@@ -141,14 +141,14 @@ impl IptablesBackend {
     }
 
     /// Empties the chains of the generation that is not live and destroys
-    /// its sets and a leftover switch (with `legacy`, earlier agents' sets
-    /// too): nothing reaches any of them. `saved` are both families'
-    /// listings.
-    fn clear(
+    /// those of `sets` that are its own, or a leftover switch (with
+    /// `legacy`, earlier agents' sets too): nothing reaches any of them.
+    /// `saved` are both families' listings.
+    fn clear<'a>(
         &self,
         live: Generation,
         saved: &[SavedFilter; 2],
-        sets: &BTreeMap<String, LiveSet>,
+        sets: impl Iterator<Item = &'a String>,
         legacy: bool,
     ) -> anyhow::Result<()> {
         for (family, saved) in FAMILIES.into_iter().zip(saved) {
@@ -159,7 +159,6 @@ impl IptablesBackend {
             }
         }
         let destroy: String = sets
-            .keys()
             .filter(|name| is_stale_set(name, live, legacy))
             .map(|name| format!("destroy {name}\n"))
             .collect();
@@ -207,7 +206,7 @@ impl FirewallBackend for IptablesBackend {
         //    built: its chains first, so its sets are no longer in use.
         //    An earlier agent's sets may still be in use (by the rules its
         //    entry chains held until step 3): they go in step 5.
-        self.clear(building.other(), &saved, &sets, false)?;
+        self.clear(building.other(), &saved, sets.keys(), false)?;
         // 2. Its sets, filled (the switch sets made if need be).
         processes::run(
             &self.ipset,
@@ -237,13 +236,12 @@ impl FirewallBackend for IptablesBackend {
             Switch::TurnOn(script) => self.ipset_restore(&script),
         }
         .context("switching to the new ruleset (ipset swap)")?;
-        // 5. The old generation goes. The new ruleset is enforced either
-        //    way; what is left is cleared by the next apply.
-        let cleared = self
-            .save_both()
-            .and_then(|saved| Ok((saved, self.live_sets()?)))
-            .and_then(|(saved, sets)| self.clear(building, &saved, &sets, true));
-        if let Err(e) = cleared {
+        // 5. The old generation goes: its chains and sets as listed before
+        //    the apply, which left them alone (a leftover new switch is
+        //    gone already). The new ruleset is enforced either way; what
+        //    is left is cleared by the next apply.
+        let old_sets = sets.keys().filter(|name| name.as_str() != SWITCH_NEW);
+        if let Err(e) = self.clear(building, &saved, old_sets, true) {
             tracing::warn!("clearing the previous ruleset: {e:#}");
         }
         Ok(())
