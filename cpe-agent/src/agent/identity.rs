@@ -19,7 +19,7 @@ use crate::controller::enrollment;
 use crate::sys::config_files;
 use crate::sys::settings::Settings;
 use crate::sys::state::{Identity, StateDir};
-use crate::sys::time::{backoff, unix_now};
+use crate::sys::time::backoff;
 
 impl Agent {
     /// The keys configs may be signed with: pinned in the settings, or those
@@ -125,7 +125,7 @@ impl Agent {
     /// must be enrolled again and, if `enrollment_token_file` is set, tries
     /// that token. The rules in the kernel stay in every case.
     pub(super) async fn maintain_identity(&mut self) {
-        let now = unix_now();
+        let now = self.now_secs();
         if (now < self.identity.certificate.renew_at() && !self.identity_refused)
             || self
                 .identity_retry
@@ -177,7 +177,7 @@ impl Agent {
 
     /// How long until `maintain_identity` has something to do.
     pub(super) fn identity_due_in(&self) -> Duration {
-        let renew_in = u64::try_from(self.identity.certificate.renew_at() - unix_now())
+        let renew_in = u64::try_from(self.identity.certificate.renew_at() - self.now_secs())
             .map_or(Duration::ZERO, Duration::from_secs);
         let retry_in = self.identity_retry.map_or(Duration::ZERO, |(_, at)| {
             at.saturating_duration_since(Instant::now())
@@ -192,12 +192,12 @@ impl Agent {
                 self.identity_retry = None;
                 self.identity_refused = false;
                 tracing::info!(device = self.identity.device_id(), not_after, "{what}");
-                if self.identity.certificate.renew_at() <= unix_now() {
+                if self.identity.certificate.renew_at() <= self.now_secs() {
                     // Due again at once: the router's clock is far ahead of
                     // the controller's. Renewing in a loop would not help.
                     tracing::warn!(
                         not_before = self.identity.certificate.not_before,
-                        now = unix_now(),
+                        now = self.now_secs(),
                         "the new certificate is already due for renewal; is the clock right?"
                     );
                     let pause = Duration::from_secs(self.settings.max_backoff_secs.max(60));

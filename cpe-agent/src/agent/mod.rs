@@ -8,9 +8,11 @@
 //! kernel's endpoint sets and the rotation watcher, then the pause the server
 //! asked for. What each step does lives with its concern: `apply.rs`
 //! (verify, enforce, roll back, repair), `identity.rs` (trust, renewal,
-//! re-enrollment), `report.rs` (status, events, facts) and `blocks.rs` (the
-//! router's own blocks). `uninstall.rs` is the operator's way to take
-//! everything away; the agent's exit takes nothing.
+//! re-enrollment), `report.rs` (status, events, facts), `blocks.rs` (the
+//! router's own blocks), `state_writes.rs` (what could not be saved to a
+//! full state disk: retried and reported) and `clock.rs` (the wall clock,
+//! and what a step of it changes). `uninstall.rs` is the operator's way to
+//! take everything away; the agent's exit takes nothing.
 //!
 //! A config is applied in order: the kernel ruleset (applied and verified,
 //! with the tunnels' isolation rules), then the WireGuard tunnels, then the
@@ -27,8 +29,10 @@
 
 mod apply;
 mod blocks;
+mod clock;
 mod identity;
 mod report;
+mod state_writes;
 mod uninstall;
 
 use std::time::{Duration, Instant};
@@ -44,7 +48,7 @@ use crate::portal_redirect::PortalResponder;
 use crate::router_blocks::RouterBlocks;
 use crate::sys::settings::Settings;
 use crate::sys::state::{Identity, StateDir};
-use crate::sys::time::{backoff, unix_now};
+use crate::sys::time::backoff;
 use crate::wireguard::Tunnels;
 
 pub use uninstall::uninstall;
@@ -91,6 +95,8 @@ pub struct Agent {
     /// agent waits for a newer one instead of fetching it again at once.
     held_back: Option<(u64, Instant)>,
     report_due: bool,
+    /// Whether the enforced config was found expired at the last look.
+    stale_noticed: bool,
     last_report: Option<Instant>,
     /// After a failed renewal or re-enrollment: how many failed in a row,
     /// and when the next attempt is due.
@@ -112,6 +118,13 @@ pub struct Agent {
     classifier_failed: bool,
     /// The router's WireGuard keys and tunnels.
     tunnels: Tunnels,
+    /// The wall clock (and a monotonic one) the loop reads.
+    clock: std::sync::Arc<dyn crate::sys::time::Clock>,
+    /// Both clocks at the last pass (wall, monotonic ms): a step shows as
+    /// the two drifting apart.
+    clock_anchor: Option<(i64, i64)>,
+    /// What could not be written to the state directory yet.
+    unsaved: state_writes::Unsaved,
     /// The tunnel facts last reported, and when.
     facts_sent: Option<(isdf_api::wireguard::WireguardFacts, Instant)>,
     /// After failed facts reports: how many in a row, and when to retry.
@@ -144,6 +157,9 @@ impl Agent {
             tunnels,
             facts_sent: None,
             facts_retry: None,
+            unsaved: Default::default(),
+            clock: std::sync::Arc::new(crate::sys::time::SystemClock),
+            clock_anchor: None,
             resolver: Box::new(Dnsmasq::new(&settings)),
             portal: PortalResponder::default(),
             settings,
@@ -159,6 +175,7 @@ impl Agent {
             reapply_at: None,
             held_back: None,
             report_due: false,
+            stale_noticed: false,
             last_report: None,
             identity_retry: None,
             identity_refused: false,
@@ -213,7 +230,7 @@ impl Agent {
             self.send_facts_if_due().await;
             let reapply_in = self
                 .reapply_at
-                .map(|t| Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0)));
+                .map(|t| Duration::from_secs(u64::try_from(t - self.now_secs()).unwrap_or(0)));
             // The poll returns in time for a re-apply or a renewal: a short
             // certificate lifetime must not be outlived by one long poll.
             let this_wait = reapply_in
@@ -334,5 +351,9 @@ fn error_debug(message: &str, e: &anyhow::Error) {
     tracing::error!(error = ?e, "{message}");
 }
 
+#[cfg(test)]
+mod clock_tests;
+#[cfg(test)]
+mod power_cut_tests;
 #[cfg(test)]
 mod tests;

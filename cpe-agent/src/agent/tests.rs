@@ -8,23 +8,26 @@ use ed25519_dalek::SigningKey;
 use isdf_api::{Firewall, RuleCounter};
 
 use super::*;
+use crate::sys::time::unix_now;
 use crate::test_pki::{FakeController, TestCa, SIGNING_KEY_HEX};
 
-const DEVICE: &str = "7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50";
+pub(super) const DEVICE: &str = "7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50";
 
 /// What the fake kernel holds and what was done to it.
 #[derive(Default)]
-struct Kernel {
-    holds: Option<Firewall>,
-    applies: usize,
+pub(super) struct Kernel {
+    pub(super) holds: Option<Firewall>,
+    pub(super) applies: usize,
+    /// The `now_ms` of the last apply.
+    pub(super) applied_at: Option<i64>,
     /// Verification fails while the kernel holds a firewall with this many rules.
     broken_rule_count: Option<usize>,
 }
 
-struct FakeBackend(Arc<Mutex<Kernel>>);
+pub(super) struct FakeBackend(pub(super) Arc<Mutex<Kernel>>);
 
 /// Rules of the config (the agent's own rules left out).
-fn config_rules(firewall: &Firewall) -> usize {
+pub(super) fn config_rules(firewall: &Firewall) -> usize {
     firewall
         .rules
         .iter()
@@ -36,9 +39,10 @@ impl FirewallBackend for FakeBackend {
     fn name(&self) -> &'static str {
         "fake"
     }
-    fn apply(&mut self, firewall: &Firewall, _now: i64) -> anyhow::Result<()> {
+    fn apply(&mut self, firewall: &Firewall, now: i64) -> anyhow::Result<()> {
         let mut k = self.0.lock().unwrap();
         k.applies += 1;
+        k.applied_at = Some(now);
         k.holds = Some(firewall.clone());
         Ok(())
     }
@@ -60,7 +64,7 @@ impl FirewallBackend for FakeBackend {
     }
 }
 
-fn settings(dir: &std::path::Path) -> Settings {
+pub(super) fn settings(dir: &std::path::Path) -> Settings {
     // Signing keys empty: they come from the identity (the enrollment answer).
     Settings::parse(&format!(
         "state_dir = {:?}\ncontrol_socket = {:?}\nbackend = \"nftables\"\nwan_check = false\n",
@@ -72,7 +76,7 @@ fn settings(dir: &std::path::Path) -> Settings {
 
 /// An agent whose identity came from a CA nobody serves: nothing listens
 /// at its URL, and with wan_check off no test reaches the network.
-fn agent(dir: &std::path::Path, kernel: &Arc<Mutex<Kernel>>) -> Agent {
+pub(super) fn agent(dir: &std::path::Path, kernel: &Arc<Mutex<Kernel>>) -> Agent {
     let ca = TestCa::new("unit test CA");
     let identity = ca.identity(DEVICE, "https://127.0.0.1:9");
     Agent::new(
@@ -83,7 +87,7 @@ fn agent(dir: &std::path::Path, kernel: &Arc<Mutex<Kernel>>) -> Agent {
     .unwrap()
 }
 
-fn key() -> SigningKey {
+pub(super) fn key() -> SigningKey {
     SigningKey::from_bytes(&[7; 32])
 }
 
@@ -95,7 +99,7 @@ fn hex_key(key: &SigningKey) -> String {
         .collect()
 }
 
-fn envelope(version: u64, rules: usize, signer: &SigningKey) -> Vec<u8> {
+pub(super) fn envelope(version: u64, rules: usize, signer: &SigningKey) -> Vec<u8> {
     envelope_with(version, rules, serde_json::json!({}), signer)
 }
 
@@ -123,7 +127,7 @@ fn envelope_with(
     .to_json()
 }
 
-fn rules_held(kernel: &Arc<Mutex<Kernel>>) -> Option<usize> {
+pub(super) fn rules_held(kernel: &Arc<Mutex<Kernel>>) -> Option<usize> {
     kernel.lock().unwrap().holds.as_ref().map(config_rules)
 }
 

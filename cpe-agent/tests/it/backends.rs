@@ -1,6 +1,7 @@
 //! Both backends against the real tools in a namespace of their own: configs
 //! with overlapping patterns, every match kind and timed elements load,
-//! verify, re-apply and uninstall.
+//! verify, re-apply and uninstall; and the iptables backend taking over
+//! what an agent from before its two generations left.
 
 use isdf_agent::backend::iptables::IptablesBackend;
 use isdf_agent::backend::nft::NftBackend;
@@ -84,4 +85,55 @@ fn nftables_loads_overlapping_and_mixed_configs() {
 #[test]
 fn iptables_loads_overlapping_and_mixed_configs() {
     exercise("iptables");
+}
+
+/// An agent from before the two generations left its chains (rules in
+/// `ISDF-FORWARD` itself) and `isdf-<name>` sets: the first apply takes the
+/// chains over and the old sets go once nothing uses them.
+#[test]
+fn iptables_takes_over_what_an_older_agent_left() {
+    let ns = Netns::create(format!("isdf-bk-old-{}", std::process::id()));
+    ns.run(
+        "ipset",
+        &["create", "isdf-hosts", "hash:net", "family", "inet"],
+    );
+    ns.run(
+        "ipset",
+        &["create", "isdf+hosts", "hash:net", "family", "inet"],
+    );
+    ns.run("iptables", &["-N", "ISDF-FORWARD"]);
+    ns.run(
+        "iptables",
+        &[
+            "-A",
+            "ISDF-FORWARD",
+            "-m",
+            "set",
+            "--match-set",
+            "isdf-hosts",
+            "dst",
+            "-j",
+            "DROP",
+        ],
+    );
+    ns.run("iptables", &["-I", "FORWARD", "-j", "ISDF-FORWARD"]);
+    let sets = ns.enter(move || {
+        let mut b = IptablesBackend::new();
+        let firewall = tricky_firewall();
+        let now = 1_795_000_000_000;
+        b.apply(&firewall, now).unwrap();
+        b.verify(&firewall, now).unwrap();
+        b.apply(&firewall, now).unwrap();
+        b.verify(&firewall, now).unwrap();
+        let listed = std::process::Command::new("ipset")
+            .args(["list", "-n"])
+            .output()
+            .unwrap();
+        String::from_utf8(listed.stdout).unwrap()
+    });
+    let old: Vec<&str> = sets
+        .lines()
+        .filter(|s| s.starts_with("isdf-") || s.starts_with("isdf+"))
+        .collect();
+    assert!(old.is_empty(), "older agent's sets left: {old:?}");
 }

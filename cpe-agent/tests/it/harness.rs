@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use isdf_controller::test_support::{TestController, TestControllerOptions};
 use serde_json::{json, Value};
 
+use crate::kernel_state::Snapshot;
 use crate::netns::{Netns, Topology, WAN_HOST};
 
 pub(crate) const OPEN_PORT: u16 = 9001;
@@ -144,43 +145,10 @@ impl Drop for AgentProcess {
 }
 
 /// The kernel ruleset the backend manages, without counters and timers, so
-/// two snapshots are equal exactly when rules, sets and elements are.
+/// two snapshots are equal exactly when rules, sets and elements are (and,
+/// for iptables, whichever of its two generations is live).
 pub(crate) fn ruleset(router: &Netns, backend: &str) -> String {
-    let raw = match backend {
-        "nftables" => {
-            let out = router.exec("nft", &["-s", "list", "table", "inet", "isdf"]);
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-        _ => {
-            let mut all = String::new();
-            for (program, args) in [
-                ("iptables-save", &["-t", "filter"][..]),
-                ("ip6tables-save", &["-t", "filter"][..]),
-                ("ipset", &["save"][..]),
-            ] {
-                all.push_str(&router.run(program, args));
-            }
-            all
-        }
-    };
-    raw.lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| {
-            // Drop counters ([p:b]), element timers and expiry countdowns.
-            let l = match l.find(" [") {
-                Some(i) if l.starts_with(':') => &l[..i],
-                _ => l,
-            };
-            l.split(" expires ")
-                .next()
-                .unwrap()
-                .split(" timeout ")
-                .next()
-                .unwrap()
-                .to_owned()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    Snapshot::take(router, backend).full
 }
 
 /// The packets counted by the rules of the agent's nft table commented
