@@ -326,6 +326,8 @@ impl Dnsmasq {
     /// start log; returns how it exited and what it said.
     fn run_logged(&self, mut command: Command) -> anyhow::Result<(ExitStatus, String)> {
         let log_path = self.start_log_path();
+        // Not state, so not written atomically: dnsmasq's stderr, read back
+        // once below (`sys::atomic_write`'s test lists the exception).
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         command.stderr(log);

@@ -348,14 +348,20 @@ mod tests {
     }
 
     /// Every file the agent writes goes through `write_atomically`: no other
-    /// shipped file opens a file for writing. Writes to `/proc/sys` (kernel
-    /// settings, not files on a disk) are the one exception.
+    /// shipped file opens a file for writing. The exceptions: writes to
+    /// `/proc/sys` (kernel settings, not files on a disk), and the file
+    /// the managed dnsmasq's stderr goes to while it starts (dnsmasq writes
+    /// it, the agent reads it back at once for the error and never again:
+    /// a torn one costs a message, not state).
     #[test]
     fn every_file_is_written_through_here() {
-        const EXCEPTIONS: &[(&str, &str)] = &[(
-            "backend/nft/apply.rs",
-            "/proc/sys/net/netfilter/nf_conntrack_acct",
-        )];
+        const EXCEPTIONS: &[(&str, &str)] = &[
+            (
+                "backend/nft/apply.rs",
+                "/proc/sys/net/netfilter/nf_conntrack_acct",
+            ),
+            ("dns/dnsmasq.rs", "fn start_log_path"),
+        ];
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut found = Vec::new();
         let mut stack = vec![src.clone()];
