@@ -3,7 +3,9 @@
 //! router's own LAN address, IPv6: Linux drops an IPv4 one as a martian by
 //! itself) towards the LAN host and the router. The backend runs in the
 //! router namespace with its LAN and WAN interfaces configured and an
-//! otherwise empty config.
+//! otherwise empty config. For iptables, whose anti-spoofing chain is a
+//! generation's, also: the chain moves with each switch, and a LAN prefix
+//! that appears after an apply is drift until the next apply drops it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -140,4 +142,85 @@ fn nftables_drops_forged_lan_sources_from_the_wan() {
 #[test]
 fn iptables_drops_forged_lan_sources_from_the_wan() {
     forged_lan_sources_are_dropped("iptables");
+}
+
+fn verify_now(router: &Netns, backend: &Shared) -> Result<(), String> {
+    let backend = backend.clone();
+    router.enter(move || {
+        backend
+            .lock()
+            .unwrap()
+            .verify(&Firewall::default(), 0)
+            .map_err(|e| format!("{e:#}"))
+    })
+}
+
+fn apply_now(router: &Netns, backend: &Shared) {
+    let backend = backend.clone();
+    router.enter(move || {
+        let mut backend = backend.lock().unwrap();
+        backend.apply(&Firewall::default(), 0).expect("apply");
+        backend.verify(&Firewall::default(), 0).expect("verify");
+    });
+}
+
+#[test]
+fn iptables_antispoof_switches_with_its_generation_and_a_new_lan_prefix_is_drift() {
+    let topo = Topology::create("spfgen");
+    topo.wan
+        .run("ip", &["addr", "add", "10.9.0.5/32", "dev", "lo"]);
+    let interfaces = Interfaces {
+        lan: vec!["lan".into()],
+        wan: vec!["wan".into()],
+    };
+    let backend: Shared = topo.router.enter(move || {
+        Arc::new(Mutex::new(
+            Box::new(IptablesBackend::with_interfaces(interfaces)) as Box<dyn FirewallBackend>,
+        ))
+    });
+    // The first apply turns generation a on, the second switches to b and
+    // empties a, its anti-spoofing chain included.
+    apply_now(&topo.router, &backend);
+    apply_now(&topo.router, &backend);
+    let saved = topo.router.run("iptables-save", &["-t", "filter"]);
+    assert!(
+        saved.contains(
+            "-A ISDFB-FORWARD -m comment --comment agent-antispoof-check -j ISDFB-ANTISPOOF\n"
+        ) && saved.contains("-A ISDFB-ANTISPOOF -s 192.0.2.0/24 ")
+            && !saved.contains("-A ISDFA-"),
+        "{saved}"
+    );
+
+    // A prefix routed out of the LAN after the apply: verify says so.
+    topo.router
+        .run("ip", &["addr", "add", "10.9.0.1/16", "dev", "lan"]);
+    let drift = verify_now(&topo.router, &backend).expect_err("a new LAN prefix is drift");
+    assert!(
+        drift.contains("ISDFB-ANTISPOOF") && drift.contains("10.9.0.0/16"),
+        "{drift}"
+    );
+    // The next apply (back to generation a) drops it from the WAN too.
+    apply_now(&topo.router, &backend);
+    let lan_v4 = topo.lan.udp_socket("0.0.0.0:7001");
+    let router_v4 = topo.router.udp_socket("0.0.0.0:7001");
+    let before = dropped(&topo.router, &backend);
+    for to in ["192.0.2.2:7001", "198.51.100.1:7001"] {
+        topo.wan.send_udp("10.9.0.5:0", to, b"forged", 2);
+    }
+    wait_until(
+        "the anti-spoofing rules dropped the new prefix's forged datagrams",
+        Duration::from_secs(5),
+        || dropped(&topo.router, &backend) >= before + 4,
+    );
+    for to in ["192.0.2.2:7001", "198.51.100.1:7001"] {
+        topo.wan.send_udp("198.51.100.2:0", to, b"plain", 1);
+    }
+    for (socket, what) in [(&lan_v4, "the LAN host"), (&router_v4, "the router")] {
+        assert_eq!(
+            datagrams_until(socket, "plain"),
+            ["plain"],
+            "a forged source of the new LAN prefix reached {what}"
+        );
+    }
+    assert_eq!(dropped(&topo.router, &backend), before + 4);
 }

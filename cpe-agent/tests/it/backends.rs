@@ -88,8 +88,10 @@ fn iptables_loads_overlapping_and_mixed_configs() {
 }
 
 /// An agent from before the two generations left its chains (rules in
-/// `ISDF-FORWARD` itself) and `isdf-<name>` sets: the first apply takes the
-/// chains over and the old sets go once nothing uses them.
+/// `ISDF-FORWARD` itself, and its anti-spoofing chain `ISDF-ANTISPOOF`
+/// jumped to from there and from `ISDF-INPUT`) and `isdf-<name>` sets: the
+/// first apply takes the chains over, the old anti-spoofing chain goes with
+/// the rules that reached it, and the old sets go once nothing uses them.
 #[test]
 fn iptables_takes_over_what_an_older_agent_left() {
     let ns = Netns::create(format!("isdf-bk-old-{}", std::process::id()));
@@ -117,7 +119,28 @@ fn iptables_takes_over_what_an_older_agent_left() {
         ],
     );
     ns.run("iptables", &["-I", "FORWARD", "-j", "ISDF-FORWARD"]);
-    let sets = ns.enter(move || {
+    for family in ["iptables", "ip6tables"] {
+        let spoofed = if family == "iptables" {
+            "192.0.2.0/24"
+        } else {
+            "2001:db8:1::/64"
+        };
+        ns.run(family, &["-N", "ISDF-ANTISPOOF"]);
+        ns.run(
+            family,
+            &["-A", "ISDF-ANTISPOOF", "-i", "lan", "-j", "RETURN"],
+        );
+        ns.run(
+            family,
+            &["-A", "ISDF-ANTISPOOF", "-s", spoofed, "-j", "DROP"],
+        );
+        for chain in ["ISDF-FORWARD", "ISDF-INPUT"] {
+            // `-N` fails for the one made above.
+            let _ = ns.exec(family, &["-N", chain]);
+            ns.run(family, &["-I", chain, "1", "-j", "ISDF-ANTISPOOF"]);
+        }
+    }
+    let (sets, saved) = ns.enter(move || {
         let mut b = IptablesBackend::new();
         let firewall = tricky_firewall();
         let now = 1_795_000_000_000;
@@ -125,12 +148,21 @@ fn iptables_takes_over_what_an_older_agent_left() {
         b.verify(&firewall, now).unwrap();
         b.apply(&firewall, now).unwrap();
         b.verify(&firewall, now).unwrap();
-        let listed = std::process::Command::new("ipset")
-            .args(["list", "-n"])
-            .output()
-            .unwrap();
-        String::from_utf8(listed.stdout).unwrap()
+        let run = |program: &str, args: &[&str]| {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let saved =
+            run("iptables-save", &["-t", "filter"]) + &run("ip6tables-save", &["-t", "filter"]);
+        (run("ipset", &["list", "-n"]), saved)
     });
+    assert!(
+        !saved.contains("ISDF-ANTISPOOF"),
+        "the older agent's anti-spoofing chain is left:\n{saved}"
+    );
     let old: Vec<&str> = sets
         .lines()
         .filter(|s| s.starts_with("isdf-") || s.starts_with("isdf+"))

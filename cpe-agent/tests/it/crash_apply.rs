@@ -11,6 +11,10 @@
 //! and never nothing; then a restarted apply must converge to B, leaving
 //! nothing of the interrupted one behind.
 //!
+//! The namespace has a LAN interface with an IPv4 and an IPv6 prefix, so
+//! the anti-spoofing rules (in iptables, a chain of each generation) are
+//! part of what A and B enforce and must survive every kill too.
+//!
 //! Half the kills take the child's whole process group (the agent and the
 //! tool it is running, as a power cut would); the other half only the child,
 //! so the tool it started (`ipset restore`, `iptables-restore`, `nft`) runs
@@ -29,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use isdf_agent::backend::iptables::IptablesBackend;
 use isdf_agent::backend::nft::NftBackend;
-use isdf_agent::backend::FirewallBackend;
+use isdf_agent::backend::{FirewallBackend, Interfaces};
 use serde_json::{json, Value};
 
 use crate::kernel_state::Snapshot;
@@ -87,11 +91,37 @@ fn apply_child() {
     println!("{VERIFIED}");
 }
 
+/// The router's LAN interface, made by `with_lan`.
+const LAN: &str = "lan";
+
 fn backend_named(name: &str) -> Box<dyn FirewallBackend> {
+    let interfaces = Interfaces {
+        lan: vec![LAN.into()],
+        wan: Vec::new(),
+    };
     match name {
-        "nftables" => Box::new(NftBackend::new()),
-        "iptables" => Box::new(IptablesBackend::new()),
+        "nftables" => Box::new(NftBackend::with_interfaces(interfaces)),
+        "iptables" => Box::new(IptablesBackend::with_interfaces(interfaces)),
         other => panic!("unknown backend {other}"),
+    }
+}
+
+/// Gives `ns` a LAN interface (one end of a veth pair, the other end in
+/// `ns` too) with a prefix of each family, so anti-spoofing has prefixes.
+fn with_lan(ns: &Netns) {
+    ns.run(
+        "ip",
+        &[
+            "link", "add", LAN, "type", "veth", "peer", "name", "lan-peer",
+        ],
+    );
+    ns.run("ip", &["addr", "add", "192.0.2.1/24", "dev", LAN]);
+    ns.run(
+        "ip",
+        &["-6", "addr", "add", "2001:db8:1::1/64", "dev", LAN, "nodad"],
+    );
+    for dev in [LAN, "lan-peer"] {
+        ns.run("ip", &["link", "set", dev, "up"]);
     }
 }
 
@@ -359,6 +389,7 @@ fn sigkill_mid_apply(backend: &'static str) {
         &backend[..3],
         std::process::id()
     ));
+    with_lan(&ns);
     let dir = tempfile::tempdir().unwrap();
     let files = [dir.path().join("a.json"), dir.path().join("b.json")];
     for (file, which) in files.iter().zip(['a', 'b']) {
@@ -384,6 +415,12 @@ fn sigkill_mid_apply(backend: &'static str) {
         }
     }
     assert_ne!(effective[0], effective[1], "A and B must differ");
+    for (held, which) in effective.iter().zip(["A", "B"]) {
+        assert!(
+            held.contains("agent-antispoof"),
+            "{backend}: {which} has no anti-spoofing rule:\n{held}"
+        );
+    }
     println!(
         "{backend}: the child starts applying after {:?}, applies in {:?}",
         startup.median(),
