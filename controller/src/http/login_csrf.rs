@@ -25,7 +25,7 @@
 //! login forms. A submitted token, whenever present, must equal the
 //! cookie's (compared in constant time). Refusals are 403 `login_csrf`.
 
-use axum::http::header::{COOKIE, HOST, ORIGIN};
+use axum::http::header::{HOST, ORIGIN};
 use axum::http::HeaderMap;
 
 use crate::http::sessions::constant_time_eq;
@@ -67,16 +67,7 @@ fn well_formed(value: &str) -> bool {
 
 /// The token in the request's pre-session cookie, if well formed.
 pub fn from_cookie(headers: &HeaderMap, secure: bool) -> Option<&str> {
-    let name = cookie_name(secure);
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, value)| value.trim())
-        .filter(|value| well_formed(value))
+    crate::http::sessions::cookie(headers, cookie_name(secure)).filter(|value| well_formed(value))
 }
 
 /// The browser's token: the one it already holds (so pages open in two
