@@ -5,8 +5,9 @@
 //! fills the config cache and catches up on compilation; `run` serves until
 //! shutdown. Its background loops re-sign configs nearing expiry, recompile
 //! (every 15 s) the routers whose passes ended (the kernel closed the site
-//! on time already; this only tidies their configs), drive the rollouts and
-//! switch stalled key rotations.
+//! on time already; this only tidies their configs), drive the rollouts,
+//! switch stalled key rotations and follow other replicas' changes to device
+//! certificates.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -187,6 +188,10 @@ impl Application {
             portal_links: portal_links.clone(),
         });
         reconciler.load_cache().await?;
+        crate::trust::device_certificates::load_all(&pool, &cache)
+            .await
+            .context("loading device certificates")?;
+        cache.mark_loaded();
         // Catch up on anything a previous run left uncompiled, and re-sign
         // what is about to expire.
         reconciler
@@ -236,9 +241,12 @@ impl Application {
             billing_webhook_key: Arc::new(billing_webhook_key),
             probes: Arc::default(),
             live,
+            refusals: Arc::default(),
+            cpu_work: Arc::default(),
             dashboard: Arc::new(crate::http::sessions::Dashboard::new(
                 settings.api_tls || settings.dashboard_behind_tls,
             )),
+            readiness: Arc::default(),
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
@@ -320,6 +328,14 @@ impl Application {
             portal_server.serve(routes::portal_router(self.state.clone()).into_make_service());
         let refresher = tokio::spawn(refresh_loop(self.state.reconciler.clone()));
         let rollout_driver = tokio::spawn(self.state.rollouts.clone().run());
+        let refusal_tallies = tokio::spawn(crate::http::audit::flush_refusals_loop(
+            self.state.refusals.clone(),
+            self.state.pool.clone(),
+        ));
+        let certificates = tokio::spawn(crate::trust::device_certificates::follow(
+            self.state.pool.clone(),
+            self.state.cache.clone(),
+        ));
         let stopper = tokio::spawn(async move {
             shutdown.await;
             // Long polls end at once; the agent simply polls again later.
@@ -329,7 +345,13 @@ impl Application {
             tokio::join!(device_server, api_server, enrollment_server, portal_server);
         refresher.abort();
         rollout_driver.abort();
+        refusal_tallies.abort();
+        certificates.abort();
         stopper.abort();
+        // What was refused since the last flush is written before leaving.
+        if let Err(e) = self.state.refusals.flush(&self.state.pool).await {
+            tracing::warn!(error = ?e, "refusal tallies lost at shutdown");
+        }
         self.state.pool.close().await;
         device_result.context("device API server")?;
         api_result.context("operator API server")?;

@@ -1,6 +1,7 @@
 //! `isdf-controller`: the command line. `serve` starts the controller (with
 //! the embedded default when no database URL is given: a private
-//! PostgreSQL, a dev CA and signing key, and the first operator token,
+//! PostgreSQL, supervised and restarted when it dies, a dev CA and signing
+//! key, and the first operator token,
 //! printed with the dashboard's URL); `root rotate`, `signing-key` and
 //! `token` are the offline operations on the data directory and database.
 
@@ -357,13 +358,15 @@ async fn token(args: ServeArgs, command: TokenCommand) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = resolve_data_dir(&args)?;
-    // Kept alive until the end of this function: dropping it stops the cluster.
-    let (database_url, mut embedded) = database(&args).await?;
-    if let Some(pg) = embedded.as_mut() {
+    let (database_url, embedded) = database(&args).await?;
+    // Kept until the end of this function: the cluster is restarted when it
+    // dies meanwhile, and stopped when the supervisor goes.
+    let supervisor = embedded.map(|mut pg| {
         // Also a cluster a crashed run left behind: this run stops it on exit.
         pg.adopt();
         tracing::info!(dir = %data_dir.join("postgres").display(), "private PostgreSQL is up");
-    }
+        pg.supervise()
+    });
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
@@ -430,8 +433,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => println!("  Operator token: created on first start (already shown then)"),
     }
     app.run(shutdown_signal()).await?;
-    if let Some(mut pg) = embedded {
-        tokio::task::block_in_place(|| pg.stop())?;
+    if let Some(supervisor) = supervisor {
+        supervisor.stop().await?;
         tracing::info!("stopped private PostgreSQL");
     }
     Ok(())

@@ -137,6 +137,9 @@ pub struct TestControllerOptions {
     pub device_tls_names: Vec<String>,
     pub limits: crate::http::limits::Limits,
     pub device_cert_lifetime: Duration,
+    /// How long a signed config is valid (an hour; the agent's outage tests
+    /// use seconds).
+    pub config_lifetime: Duration,
     pub api_tls: bool,
 }
 
@@ -149,6 +152,7 @@ impl TestControllerOptions {
             device_tls_names: vec!["localhost".into(), "127.0.0.1".into()],
             limits: crate::http::limits::Limits::default(),
             device_cert_lifetime: Duration::from_secs(30 * 24 * 3600),
+            config_lifetime: Duration::from_secs(3600),
             api_tls: false,
         }
     }
@@ -173,7 +177,7 @@ impl TestController {
             enrollment_listen: std::net::SocketAddr::new(options.device_listen.ip(), 0),
             enrollment_public_url: None,
             device_cert_lifetime: options.device_cert_lifetime,
-            config_lifetime: Duration::from_secs(3600),
+            config_lifetime: options.config_lifetime,
             limits: options.limits,
             // The portal too: LAN hosts reach it where they reach the controller.
             portal_listen: std::net::SocketAddr::new(options.device_listen.ip(), 0),

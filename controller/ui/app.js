@@ -146,7 +146,7 @@ function loginPage(message) {
     ev.preventDefault();
     error.textContent = "";
     try {
-      const me = await api("POST", "/ui/login", { token: input.value.trim() });
+      const me = await api("POST", "/ui/login", { token: input.value.trim(), login_csrf: loginCsrf() });
       input.value = "";
       if (location.hash.startsWith("#/login")) location.hash = "#/fleet";
       loggedIn(me);
@@ -156,6 +156,13 @@ function loginPage(message) {
   });
   show(form);
   input.focus();
+}
+
+// The page's login CSRF token (also in the browser's pre-session cookie,
+// which the controller compares it with).
+function loginCsrf() {
+  const meta = document.querySelector('meta[name="isdf-login-csrf"]');
+  return meta ? meta.content : undefined;
 }
 
 function loggedIn(me) {

@@ -69,6 +69,16 @@ enum Command {
         #[command(flatten)]
         socket: SocketArgs,
     },
+    /// Hand the router back: end the agent's resolver, remove its tunnels
+    /// and firewall rules. Stop the agent first; stopping it alone leaves
+    /// the router enforcing its config. The state directory stays.
+    Uninstall {
+        #[arg(long, default_value = "/etc/isdf/agent.toml")]
+        config: PathBuf,
+        /// Overrides `state_dir` of the config file.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
     /// List the blocks this router decided itself (local and detections).
     Blocks {
         /// Print JSON instead of a table.
@@ -198,6 +208,15 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Blocks { json, socket } => print_blocks(&ask(&socket, &Request::List {})?, json),
+        Command::Uninstall { config, state_dir } => {
+            let settings = load(&config, state_dir)?;
+            isdf_agent::agent::uninstall(&settings)?;
+            println!(
+                "removed the agent's resolver, tunnels and rules; its state stays in {}",
+                settings.state_dir.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -270,10 +289,10 @@ fn run(settings: Settings, config: &Path) -> anyhow::Result<()> {
         tracing::error!(error = ?e, "could not re-enforce the last good config");
     }
     runtime.block_on(agent.run(shutdown_signal()));
-    // A managed dnsmasq ends with the agent (dropped here), so the next
-    // agent can start its own on the port.
+    // Fail-static: the rules, the sets and the managed dnsmasq keep
+    // working; the next agent adopts them (`uninstall` takes them away).
     drop(agent);
-    tracing::info!("stopped; the firewall stays as it is");
+    tracing::info!("stopped; the firewall and the resolver stay as they are");
     Ok(())
 }
 

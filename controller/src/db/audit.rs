@@ -29,17 +29,20 @@ pub struct NewAuditEntry<'a> {
     pub summary: serde_json::Value,
 }
 
+/// Appends an entry. NUL, which PostgreSQL cannot store in text, is
+/// replaced in every field, so no request is unauditable for its text.
 pub async fn append(db: impl PgExecutor<'_>, entry: &NewAuditEntry<'_>) -> Result<(), sqlx::Error> {
+    let text = |s: &str| s.replace('\0', "\u{FFFD}");
     sqlx::query(
         "INSERT INTO audit_log (actor_id, actor, action, target, status, summary)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(entry.actor_id)
-    .bind(entry.actor)
-    .bind(entry.action)
-    .bind(entry.target)
+    .bind(text(entry.actor))
+    .bind(text(entry.action))
+    .bind(entry.target.map(text))
     .bind(i32::from(entry.status))
-    .bind(Json(&entry.summary))
+    .bind(Json(without_nul(entry.summary.clone())))
     .execute(db)
     .await?;
     Ok(())
@@ -59,4 +62,42 @@ pub async fn list(
     .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// Replaces NUL in every string and key of a JSON value (PostgreSQL's jsonb
+/// cannot hold it), so whatever a request carried can be recorded.
+pub fn without_nul(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let clean = |s: String| {
+        if s.contains('\0') {
+            s.replace('\0', "\u{FFFD}")
+        } else {
+            s
+        }
+    };
+    match value {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nul).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (clean(k), without_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_is_replaced_in_strings_and_keys() {
+        let value = serde_json::json!({"a\u{0}": ["x\u{0}y", 1, {"b": "\u{0}"}]});
+        assert_eq!(
+            without_nul(value),
+            serde_json::json!({"a\u{FFFD}": ["x\u{FFFD}y", 1, {"b": "\u{FFFD}"}]})
+        );
+    }
 }

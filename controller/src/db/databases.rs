@@ -1,5 +1,6 @@
 //! Statements on the cluster rather than on a table: the embedded default's
-//! database, and the tests' databases cloned from a migrated template.
+//! database, the tests' databases cloned from a migrated template, and the
+//! readiness probe's round trip.
 //! Database names are ours (never from a request): they are quoted, not bound,
 //! because PostgreSQL takes no parameters in these statements.
 
@@ -50,4 +51,9 @@ pub async fn apply(conn: &mut PgConnection, change: DatabaseChange<'_>) -> Resul
 /// needs alone (cloning or renaming a template).
 pub fn is_busy(e: &sqlx::Error) -> bool {
     e.to_string().contains("being accessed by other users")
+}
+
+/// One round trip to the database (`SELECT 1`): readiness.
+pub async fn ping(db: impl sqlx::PgExecutor<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(db).await.map(drop)
 }

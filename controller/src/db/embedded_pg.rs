@@ -6,10 +6,17 @@
 //! is stopped cleanly when the controller exits. PostgreSQL refuses to run as
 //! root, so when the controller is root the cluster runs as the `postgres`
 //! system user (created by Debian's package), which owns the cluster directory.
+//!
+//! While the controller serves, a [`Supervisor`] watches the postmaster
+//! (its pid in `postmaster.pid`, every [`CHECK_EVERY`]) and starts it again
+//! on the same directory when it died, retrying with a backoff bounded by
+//! [`MAX_RESTART_BACKOFF`] and logging every death, attempt and restart.
+//! Meanwhile `/readyz` answers 503 and the pool reconnects by itself.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -108,30 +115,81 @@ impl EmbeddedPostgres {
             )?;
         }
         if !pg.is_running() {
-            let options = format!(
-                "-c listen_addresses='' -c unix_socket_directories='{}' -c max_connections=200",
-                pg.socket_dir.display()
-            );
-            let log = pg.cluster_dir.join("server.log");
-            pg.run(
-                "pg_ctl",
-                &[
-                    "-D".as_ref(),
-                    pg.cluster_dir.as_os_str(),
-                    "-l".as_ref(),
-                    log.as_os_str(),
-                    "-o".as_ref(),
-                    options.as_ref(),
-                    "-w".as_ref(),
-                    "-t".as_ref(),
-                    "60".as_ref(),
-                    "start".as_ref(),
-                ],
-            )
-            .with_context(|| format!("starting PostgreSQL; see {}", log.display()))?;
+            pg.start_server()?;
             pg.owned = true;
         }
         Ok(pg)
+    }
+
+    /// Starts the server on the cluster (`pg_ctl start`, waiting until it
+    /// accepts connections). A lock file left by a server that died is
+    /// PostgreSQL's to clear; it refuses while processes of the old server
+    /// still hold its shared memory.
+    fn start_server(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c max_connections=200",
+            self.socket_dir.display()
+        );
+        let log = self.cluster_dir.join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                self.cluster_dir.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                options.as_ref(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "start".as_ref(),
+            ],
+        )
+        .with_context(|| format!("starting PostgreSQL; see {}", log.display()))
+    }
+
+    /// Whether the postmaster named in the cluster's lock file is alive.
+    fn postmaster_alive(&self) -> bool {
+        use nix::errno::Errno;
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        use nix::unistd::Pid;
+        let pid = std::fs::read_to_string(self.cluster_dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok())
+            .filter(|pid| *pid > 0);
+        let Some(pid) = pid.map(Pid::from_raw) else {
+            return false;
+        };
+        // When the controller is PID 1 (a container), the orphaned
+        // postmaster is its child: reap it, or it would linger as a zombie
+        // that signals still reach.
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return true,
+            Ok(_) => return false,
+            Err(_) => {} // Not our child: ask the kernel.
+        }
+        match nix::sys::signal::kill(pid, None) {
+            Ok(()) | Err(Errno::EPERM) => {}
+            Err(_) => return false,
+        }
+        // The pid may belong to another program by now.
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |comm| {
+            matches!(comm.trim(), "postgres" | "postmaster")
+        })
+    }
+
+    /// Watches the cluster and restarts it when it dies, until
+    /// [`Supervisor::stop`]. Needs a tokio runtime.
+    pub fn supervise(self) -> Supervisor {
+        let pg = std::sync::Arc::new(std::sync::Mutex::new(self));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(watch(pg.clone(), stopped));
+        Supervisor {
+            pg,
+            stop,
+            task: Some(task),
+        }
     }
 
     /// The connection URL for the controller's database.
@@ -258,6 +316,94 @@ impl EmbeddedPostgres {
             );
         }
         Ok(())
+    }
+}
+
+/// How often the supervisor looks at the postmaster.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// The longest wait between two restart attempts.
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The embedded cluster under watch (see the module doc). Dropping it ends
+/// the watch; the cluster is stopped with the last reference to it.
+pub struct Supervisor {
+    pg: std::sync::Arc<std::sync::Mutex<EmbeddedPostgres>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Supervisor {
+    /// Ends the watch (after a restart in progress), then stops the cluster.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            task.await.context("the PostgreSQL supervisor")?;
+        }
+        let pg = self.pg.clone();
+        tokio::task::spawn_blocking(move || pg.lock().expect("lock").stop())
+            .await
+            .context("stopping PostgreSQL")?
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The supervisor's loop: look every [`CHECK_EVERY`]; when the postmaster
+/// is gone, start it again until it runs, with a bounded backoff.
+async fn watch(
+    pg: std::sync::Arc<std::sync::Mutex<EmbeddedPostgres>>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    // Waits `delay`; false when told to stop meanwhile.
+    async fn pause(stopped: &mut tokio::sync::watch::Receiver<bool>, delay: Duration) -> bool {
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+    let blocking = |pg: &std::sync::Arc<std::sync::Mutex<EmbeddedPostgres>>, restart: bool| {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || {
+            let pg = pg.lock().expect("lock");
+            if restart {
+                pg.start_server().map(|()| true)
+            } else {
+                Ok(pg.postmaster_alive())
+            }
+        })
+    };
+    while pause(&mut stopped, CHECK_EVERY).await {
+        if !matches!(blocking(&pg, false).await, Ok(Ok(false))) {
+            continue;
+        }
+        tracing::error!("embedded PostgreSQL died; restarting it");
+        for attempt in 1u32.. {
+            match blocking(&pg, true).await {
+                Ok(Ok(_)) => {
+                    tracing::warn!(attempt, "embedded PostgreSQL restarted");
+                    break;
+                }
+                Ok(Err(e)) => {
+                    let delay = (Duration::from_millis(500) * 2u32.saturating_pow(attempt - 1))
+                        .min(MAX_RESTART_BACKOFF);
+                    tracing::warn!(attempt, error = %format!("{e:#}"), retry_in = ?delay,
+                        "restarting the embedded PostgreSQL failed");
+                    if !pause(&mut stopped, delay).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the PostgreSQL supervisor's task failed");
+                    return;
+                }
+            }
+        }
     }
 }
 

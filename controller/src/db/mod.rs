@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod configs;
 pub mod customers;
 pub mod databases;
+pub mod device_certificates;
 pub mod devices;
 pub mod embedded_pg;
 pub mod enrollment;

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::handlers::{page, Page};
+use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
@@ -67,8 +68,12 @@ fn parse_selector(text: &str) -> ApiResult<Selector> {
     Selector::parse(text).map_err(|e| ApiError::bad_request("invalid_selector", e))
 }
 
-async fn check_revision(state: &AppState, service_id: Uuid, revision: i32) -> ApiResult<()> {
-    db::services::get_revision(&state.pool, service_id, revision)
+async fn check_revision(
+    tx: &mut sqlx::PgConnection,
+    service_id: Uuid,
+    revision: i32,
+) -> ApiResult<()> {
+    db::services::get_revision(tx, service_id, revision)
         .await?
         .map(drop)
         .ok_or_else(|| {
@@ -80,8 +85,8 @@ async fn check_revision(state: &AppState, service_id: Uuid, revision: i32) -> Ap
 }
 
 /// Refuses a direct change to an assignment a rollout is staging.
-async fn refuse_if_staged(state: &AppState, id: Uuid) -> ApiResult<()> {
-    match db::rollouts::active_for_assignment(&state.pool, id).await? {
+async fn refuse_if_staged(tx: &mut sqlx::PgConnection, id: Uuid) -> ApiResult<()> {
+    match db::rollouts::active_for_assignment(tx, id).await? {
         Some(rollout) => Err(ApiError::conflict(
             "rollout_in_progress",
             format!("assignment {id} is being rolled out by rollout {rollout}; pause and abort it, or let it finish"),
@@ -90,11 +95,21 @@ async fn refuse_if_staged(state: &AppState, id: Uuid) -> ApiResult<()> {
     }
 }
 
-async fn recompile_for(state: &AppState, selector: &str) -> ApiResult<RecompiledView> {
-    let summary = state
+/// Recompiles the devices an assignment's selector matches in `tx`, then
+/// commits the change with its audit entry and publishes the configs.
+async fn commit_and_recompile(
+    state: &AppState,
+    audit: &AuditTrail,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    status: StatusCode,
+    row: &db::assignments::AssignmentRow,
+) -> ApiResult<RecompiledView> {
+    let compiled = state
         .reconciler
-        .recompile_selected(&parse_selector(selector)?)
+        .recompile_selected_in(&mut tx, &parse_selector(&row.selector)?)
         .await?;
+    audit.commit(tx, status, Some(row.id.to_string())).await?;
+    let summary = state.reconciler.publish(compiled);
     Ok(RecompiledView {
         devices: summary.compiled,
         changed: summary.changed,
@@ -104,27 +119,28 @@ async fn recompile_for(state: &AppState, selector: &str) -> ApiResult<Recompiled
 #[utoipa::path(post, path = "/api/v1/assignments", request_body = CreateAssignment, tag = "assignments",
     responses((status = 201, body = AssignmentView), (status = 400, body = crate::http::error::ErrorBody)))]
 pub async fn create(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateAssignment>,
 ) -> ApiResult<(StatusCode, Json<AssignmentView>)> {
     let selector = parse_selector(&body.selector)?;
-    let service = db::services::get(&state.pool, body.service_id)
+    let mut tx = state.reconciler.begin_change().await?;
+    let service = db::services::get(&mut *tx, body.service_id)
         .await?
         .ok_or_else(|| {
             ApiError::bad_request("unknown_service", format!("no service {}", body.service_id))
         })?;
     let revision = body.revision.unwrap_or(service.latest_revision);
-    check_revision(&state, service.id, revision).await?;
+    check_revision(&mut tx, service.id, revision).await?;
     let row = db::assignments::insert(
-        &state.pool,
+        &mut *tx,
         Uuid::new_v4(),
         service.id,
         revision,
         selector.as_str(),
     )
     .await?;
-    let recompiled = recompile_for(&state, &row.selector).await?;
+    let recompiled = commit_and_recompile(&state, &audit, tx, StatusCode::CREATED, &row).await?;
     Ok((
         StatusCode::CREATED,
         Json(AssignmentView::new(row, Some(recompiled))),
@@ -177,34 +193,36 @@ pub async fn get(
 #[utoipa::path(patch, path = "/api/v1/assignments/{id}", request_body = UpdateAssignment, tag = "assignments",
     responses((status = 200, body = AssignmentView), (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn update(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<UpdateAssignment>,
 ) -> ApiResult<Json<AssignmentView>> {
-    let current = db::assignments::get(&state.pool, id)
+    let mut tx = state.reconciler.begin_change().await?;
+    let current = db::assignments::get(&mut *tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))?;
-    refuse_if_staged(&state, id).await?;
-    check_revision(&state, current.service_id, body.revision).await?;
-    let row = db::assignments::set_revision(&state.pool, id, body.revision)
+    refuse_if_staged(&mut tx, id).await?;
+    check_revision(&mut tx, current.service_id, body.revision).await?;
+    let row = db::assignments::set_revision(&mut *tx, id, body.revision)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))?;
-    let recompiled = recompile_for(&state, &row.selector).await?;
+    let recompiled = commit_and_recompile(&state, &audit, tx, StatusCode::OK, &row).await?;
     Ok(Json(AssignmentView::new(row, Some(recompiled))))
 }
 
 #[utoipa::path(delete, path = "/api/v1/assignments/{id}", tag = "assignments",
     responses((status = 200, body = AssignmentView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn delete(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<AssignmentView>> {
-    refuse_if_staged(&state, id).await?;
-    let row = db::assignments::delete(&state.pool, id)
+    let mut tx = state.reconciler.begin_change().await?;
+    refuse_if_staged(&mut tx, id).await?;
+    let row = db::assignments::delete(&mut *tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))?;
-    let recompiled = recompile_for(&state, &row.selector).await?;
+    let recompiled = commit_and_recompile(&state, &audit, tx, StatusCode::OK, &row).await?;
     Ok(Json(AssignmentView::new(row, Some(recompiled))))
 }

@@ -1,12 +1,12 @@
 //! `POST /webhooks/v1/billing`: the billing system reports a payment for a
 //! pass. Outside the operator-token middleware: authenticated by an HMAC
 //! over the timestamp and the raw body (`crate::shop::billing_webhook`), made
-//! idempotent by the payment id, and audited here (actor `billing-webhook`),
-//! whether accepted or refused.
+//! idempotent by the payment id, and audited here (actor `billing-webhook`):
+//! a signed call, accepted or refused, has its own entry; unsigned calls are
+//! tallied per source and rate limited.
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
@@ -16,7 +16,9 @@ use uuid::Uuid;
 use crate::db;
 use crate::db::audit::NewAuditEntry;
 use crate::handlers::purchases::PurchaseRecorded;
-use crate::http::error::{ApiError, ApiResult};
+use crate::http::audit::{source_address, summarize};
+use crate::http::error::{refuse_nul_escapes, ApiError, ApiResult};
+use crate::http::limits::WEBHOOK_BODY_LIMIT;
 use crate::http::state::AppState;
 use crate::model::parse_reference;
 use crate::services::pay_per_site::catalog::Currency;
@@ -57,61 +59,72 @@ pub struct BillingPayment {
         (status = 409, body = crate::http::error::ErrorBody)))]
 /// Records a payment reported by the billing system (signed like Stripe's
 /// webhooks). A payment id seen before is refused with `duplicate_payment`
-/// naming the purchase already recorded.
-pub async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let signature = headers
+/// naming the purchase already recorded. A call without a valid signature
+/// is only counted (see `crate::http::audit::Refusals`), and a source
+/// refused too often is answered 429 before its signature is checked.
+pub async fn webhook(State(state): State<AppState>, request: Request) -> Response {
+    let source = source_address(request.extensions());
+    if let Err(e) = state.refusals.admit(source) {
+        return e.into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, WEBHOOK_BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(_) => return ApiError::PayloadTooLarge.into_response(),
+    };
+    let signature = parts
+        .headers
         .get(SIGNATURE_HEADER)
         .map(|v| v.to_str().unwrap_or_default());
-    let verified = state
+    let action = format!("POST {PATH}");
+    if let Err(e) = state
         .billing_webhook_key
-        .verify(signature, &body, Utc::now().timestamp());
-    let result = match &verified {
-        Ok(()) => record(&state, &body).await,
-        Err(e) => {
-            tracing::warn!(reason = %e, "billing webhook with a bad signature");
-            Err(ApiError::Denied {
-                code: "bad_signature",
-                message: format!("{e}"),
-            })
-        }
-    };
-    // Only a signed body is kept: unauthenticated bytes never reach the log.
-    let request = match verified {
-        Ok(()) => crate::http::auth::summarize(&body),
-        Err(_) => serde_json::json!({"unsigned_bytes": body.len()}),
-    };
-    let (status, target, summary) = match &result {
-        Ok((status, Json(recorded))) => (*status, Some(recorded.purchase.id.to_string()), request),
+        .verify(signature, &body, Utc::now().timestamp())
+    {
+        tracing::warn!(reason = %e, "billing webhook with a bad signature");
+        let refusal = ApiError::Denied {
+            code: "bad_signature",
+            message: format!("{e}"),
+        };
+        state
+            .refusals
+            .note(source, ACTOR, action, &refusal, Utc::now());
+        return refusal.into_response();
+    }
+    // Signed: every call gets its own entry, an accepted one in the
+    // transaction of the purchase.
+    let request = summarize(&body);
+    match record(&state, &body, &action, &request).await {
+        Ok(recorded) => recorded.into_response(),
         Err(e) => {
             let (status, code) = e.status_and_code();
-            let payment_id = verified
-                .is_ok()
-                .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
-                .flatten()
-                .and_then(|v| v["payment_id"].as_str().map(str::to_owned));
-            (
-                status,
-                payment_id,
-                serde_json::json!({"request": request, "error": {"code": code, "message": e.to_string()}}),
-            )
+            let payment_id = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["payment_id"].as_str().map(str::to_owned))
+                .map(|id| id.replace('\0', "\u{FFFD}"));
+            let entry = NewAuditEntry {
+                actor_id: None,
+                actor: ACTOR,
+                action: &action,
+                target: payment_id.as_deref(),
+                status: status.as_u16(),
+                summary: serde_json::json!({"request": request, "error": {"code": code, "message": e.to_string()}}),
+            };
+            if let Err(e) = db::audit::append(&state.pool, &entry).await {
+                tracing::error!(error = %e, "could not append a refused billing webhook to the audit log");
+            }
+            e.into_response()
         }
-    };
-    let action = format!("POST {PATH}");
-    let entry = NewAuditEntry {
-        actor_id: None,
-        actor: ACTOR,
-        action: &action,
-        target: target.as_deref(),
-        status: status.as_u16(),
-        summary,
-    };
-    if let Err(e) = db::audit::append(&state.pool, &entry).await {
-        tracing::error!(error = %e, "could not append the billing webhook to the audit log");
     }
-    result.into_response()
 }
 
-async fn record(state: &AppState, body: &[u8]) -> ApiResult<(StatusCode, Json<PurchaseRecorded>)> {
+async fn record(
+    state: &AppState,
+    body: &[u8],
+    action: &str,
+    request: &serde_json::Value,
+) -> ApiResult<(StatusCode, Json<PurchaseRecorded>)> {
+    refuse_nul_escapes(body)?;
     let payment: BillingPayment = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             ApiError::bad_request("invalid_body", e.to_string())
@@ -150,7 +163,9 @@ async fn record(state: &AppState, body: &[u8]) -> ApiResult<(StatusCode, Json<Pu
             ))
         }
     };
-    let recorded = crate::shop::purchases::record(
+    let mut tx = state.reconciler.begin_change().await?;
+    let staged = crate::shop::purchases::record_in(
+        &mut tx,
         &state.pool,
         &state.reconciler,
         NewPurchase {
@@ -164,5 +179,22 @@ async fn record(state: &AppState, body: &[u8]) -> ApiResult<(StatusCode, Json<Pu
         },
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(recorded.into())))
+    let purchase_id = staged.purchase.id.to_string();
+    let entry = NewAuditEntry {
+        actor_id: None,
+        actor: ACTOR,
+        action,
+        target: Some(&purchase_id),
+        status: StatusCode::CREATED.as_u16(),
+        summary: request.clone(),
+    };
+    db::audit::append(&mut *tx, &entry)
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("appending the audit entry of a payment"))?;
+    tx.commit().await?;
+    state.live.notify(crate::reconcile::live::Topic::Audit);
+    Ok((
+        StatusCode::CREATED,
+        Json(staged.published(&state.reconciler).into()),
+    ))
 }

@@ -15,10 +15,11 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::handlers::devices::find;
+use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
-use crate::reconcile::Resign;
+use crate::reconcile::{Compiled, Resign};
 use crate::services::{BlockAction, FlowBlockSpec, FlowSpec};
 
 /// Most operator blocks in force on one router (each is a kernel set element).
@@ -88,6 +89,7 @@ pub struct BlocksCreated {
         (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 pub async fn create(
     operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<CreateBlocks>,
@@ -131,7 +133,7 @@ pub async fn create(
             expires_at,
         })
         .collect();
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     // Serialise creations per device so two calls cannot both pass the cap.
     db::devices::lock(&mut *tx, id).await?;
     let active = db::blocks::count_active_operator_blocks(&mut *tx, id, now).await?;
@@ -144,12 +146,13 @@ pub async fn create(
         ));
     }
     let rows = db::blocks::insert_many(&mut tx, id, &new).await?;
-    tx.commit().await?;
-    state
+    let compiled = state
         .reconciler
-        .recompile(Some(&[id]), Resign::IfChanged)
+        .recompile_in(&mut tx, Some(&[id]), Resign::IfChanged)
         .await?;
-    let config_version = db::configs::get(&state.pool, id).await?.map(|c| c.version);
+    let config_version = db::configs::get(&mut *tx, id).await?.map(|c| c.version);
+    audit.commit(tx, StatusCode::CREATED, None).await?;
+    state.reconciler.publish(compiled);
     Ok((
         StatusCode::CREATED,
         Json(BlocksCreated {
@@ -179,12 +182,13 @@ pub async fn list(
     responses((status = 204), (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Ends an operator block early. Router-side blocks end on the router.
 pub async fn delete(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath((id, block_id)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
     find(&state, id).await?;
-    let block = db::blocks::get(&state.pool, id, block_id)
+    let mut tx = state.reconciler.begin_change().await?;
+    let block = db::blocks::get(&mut *tx, id, block_id)
         .await?
         .filter(|b| b.expires_at > Utc::now())
         .ok_or_else(|| ApiError::NotFound(format!("no block {block_id} in force on {id}")))?;
@@ -199,12 +203,16 @@ pub async fn delete(
             ),
         ));
     }
-    if db::blocks::remove_operator_block(&state.pool, id, block_id).await? {
+    let compiled = if db::blocks::remove_operator_block(&mut *tx, id, block_id).await? {
         state
             .reconciler
-            .recompile(Some(&[id]), Resign::IfChanged)
-            .await?;
-    }
+            .recompile_in(&mut tx, Some(&[id]), Resign::IfChanged)
+            .await?
+    } else {
+        Compiled::default()
+    };
+    audit.commit(tx, StatusCode::NO_CONTENT, None).await?;
+    state.reconciler.publish(compiled);
     Ok(StatusCode::NO_CONTENT)
 }
 

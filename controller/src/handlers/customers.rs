@@ -11,13 +11,14 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::db;
+use crate::handlers::commit_recompiled;
 use crate::handlers::purchases::PurchaseView;
 use crate::handlers::{page, Page, PageParams};
+use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
 use crate::model::{parse_reference, DisplayName};
-use crate::reconcile::Resign;
 
 /// Most routers named when creating a household.
 pub const MAX_DEVICES_AT_CREATION: usize = 1000;
@@ -144,7 +145,7 @@ async fn attach(
         (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Creates a household, optionally with its routers.
 pub async fn create(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateCustomer>,
 ) -> ApiResult<(StatusCode, Json<CustomerDetail>)> {
@@ -164,7 +165,7 @@ pub async fn create(
     devices.sort();
     devices.dedup();
 
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let customer = db::customers::insert(
         &mut *tx,
         Uuid::new_v4(),
@@ -180,11 +181,16 @@ pub async fn create(
         .await?;
     }
     let view = detail(&mut tx, customer).await?;
-    tx.commit().await?;
-    state
-        .reconciler
-        .recompile(Some(&devices), Resign::IfChanged)
-        .await?;
+    let created = Some(view.customer.id.to_string());
+    commit_recompiled(
+        &state,
+        &audit,
+        tx,
+        Some(&devices),
+        StatusCode::CREATED,
+        created,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -230,11 +236,11 @@ pub async fn get(
         (status = 409, body = crate::http::error::ErrorBody)))]
 /// Attaches a router to the household (nothing changes if it already is).
 pub async fn attach_device(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath((id, device_id)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<Json<CustomerDetail>> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let customer = db::customers::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_customer(id))?;
@@ -243,13 +249,8 @@ pub async fn attach_device(
     })
     .await?;
     let view = detail(&mut tx, customer).await?;
-    tx.commit().await?;
-    if changed {
-        state
-            .reconciler
-            .recompile(Some(&[device_id]), Resign::IfChanged)
-            .await?;
-    }
+    let recompile: &[Uuid] = if changed { &[device_id] } else { &[] };
+    commit_recompiled(&state, &audit, tx, Some(recompile), StatusCode::OK, None).await?;
     Ok(Json(view))
 }
 
@@ -259,11 +260,11 @@ pub async fn attach_device(
 /// Detaches a router from the household: it loses the household's passes.
 /// A member of one of the household's VPNs leaves the VPN first.
 pub async fn detach_device(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath((id, device_id)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     db::customers::get(&mut *tx, id)
         .await?
         .ok_or_else(|| no_customer(id))?;
@@ -287,11 +288,15 @@ pub async fn detach_device(
             "device {device_id} is not attached to customer {id}"
         )));
     }
-    tx.commit().await?;
-    state
-        .reconciler
-        .recompile(Some(&[device_id]), Resign::IfChanged)
-        .await?;
+    commit_recompiled(
+        &state,
+        &audit,
+        tx,
+        Some(&[device_id]),
+        StatusCode::NO_CONTENT,
+        None,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -301,11 +306,11 @@ pub async fn detach_device(
 /// without VPNs (delete them first): its routers are detached, its ended
 /// passes removed.
 pub async fn delete(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let customer = db::customers::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_customer(id))?;
@@ -332,10 +337,14 @@ pub async fn delete(
     }
     let devices = db::devices::ids_of_customer(&mut *tx, id).await?;
     db::customers::delete(&mut *tx, id).await?;
-    tx.commit().await?;
-    state
-        .reconciler
-        .recompile(Some(&devices), Resign::IfChanged)
-        .await?;
+    commit_recompiled(
+        &state,
+        &audit,
+        tx,
+        Some(&devices),
+        StatusCode::NO_CONTENT,
+        None,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -56,8 +56,23 @@ fn secure_headers(headers: &mut HeaderMap) {
     headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
-pub async fn index() -> Response {
-    asset("text/html; charset=utf-8", INDEX_HTML)
+/// The page, with this browser's login CSRF token in its login forms and
+/// in the pre-session cookie it is checked against (see
+/// [`crate::http::login_csrf`]). Never stored by caches: it is per browser.
+pub async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    use crate::http::login_csrf;
+    let secure = state.dashboard.secure_cookie;
+    let token = login_csrf::token_for(&headers, secure);
+    let page = INDEX_HTML.replace("{{login_csrf}}", &token);
+    let mut response = page.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    secure_headers(headers);
+    set_cookie(&mut response, &login_csrf::cookie(secure, &token));
+    response
 }
 
 pub async fn app_js() -> Response {
@@ -87,6 +102,11 @@ fn redirect(to: &'static str) -> Response {
 pub struct Login {
     /// An operator token (`isdf_op_...`).
     pub token: String,
+    /// The login CSRF token of the dashboard's page (its `isdf-login-csrf`
+    /// meta tag); needed by a form post without `Origin` or
+    /// `Sec-Fetch-Site`, checked whenever present.
+    #[serde(default)]
+    pub login_csrf: Option<String>,
 }
 
 /// The session as the page needs it.
@@ -101,8 +121,10 @@ pub struct SessionView {
 
 /// `POST /ui/login`, JSON `{"token": ...}` (the page) or a form field
 /// `token` (works without scripts: answers with a redirect). Sets the
-/// session cookie; audited as `ui.login` either way.
+/// session cookie; audited as `ui.login` either way. A login from another
+/// site is refused with 403 `login_csrf` (see [`crate::http::login_csrf`]).
 pub async fn login(State(state): State<AppState>, request: Request) -> Response {
+    let headers = request.headers().clone();
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -112,21 +134,32 @@ pub async fn login(State(state): State<AppState>, request: Request) -> Response 
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let token = if is_form {
+    let body = if is_form {
         Form::<Login>::from_request(request, &state)
             .await
-            .map(|f| f.0.token)
+            .map(|f| f.0)
             .map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))
     } else {
         ApiJson::<Login>::from_request(request, &state)
             .await
-            .map(|j| j.0.token)
+            .map(|j| j.0)
     };
-    let result = match token {
-        Ok(token) => start_session(&state, peer, token.trim()).await,
+    let result = match body {
+        Ok(body) => {
+            let origin = crate::http::login_csrf::check(&crate::http::login_csrf::LoginRequest {
+                headers: &headers,
+                secure: state.dashboard.secure_cookie,
+                is_form,
+                submitted: body.login_csrf.as_deref(),
+            });
+            start_session(&state, peer, body.token.trim(), origin).await
+        }
         Err(e) => Err(e),
     };
     match (result, is_form) {
+        // Refused for where it came from: the stable JSON error, for forms
+        // too (no redirect into the dashboard).
+        (Err(e @ ApiError::Refused { .. }), _) => e.into_response(),
         (Ok((view, cookie)), false) => {
             let mut response = Json(view).into_response();
             set_cookie(&mut response, &cookie);
@@ -151,10 +184,13 @@ fn set_cookie(response: &mut Response, cookie: &str) {
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
+/// Starts a session for `token` unless the login is limited or refused
+/// for where it came from (`origin`, see [`crate::http::login_csrf::check`]).
 async fn start_session(
     state: &AppState,
     peer: Option<std::net::IpAddr>,
     token: &str,
+    origin: Result<(), String>,
 ) -> ApiResult<(SessionView, String)> {
     if let Some(ip) = peer {
         state
@@ -167,8 +203,17 @@ async fn start_session(
                 retry_after,
             })?;
     }
-    let operator = db::operators::find_active(&state.pool, &hash_token(token)).await?;
     let peer_text = peer.map(|p| p.to_string());
+    if let Err(message) = origin {
+        // The token is not even looked up: whoever it names did not log in.
+        audit(state, None, "unknown", 403, peer_text).await;
+        tracing::warn!(peer = ?peer, reason = %message, "refused a cross-site login");
+        return Err(ApiError::Refused {
+            code: crate::http::login_csrf::CODE,
+            message,
+        });
+    }
+    let operator = db::operators::find_active(&state.pool, &hash_token(token)).await?;
     let Some(operator) = operator else {
         audit(state, None, "unknown", 401, peer_text).await;
         return Err(ApiError::Unauthorized);

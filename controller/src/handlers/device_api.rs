@@ -43,7 +43,7 @@ fn enforced_version(headers: &HeaderMap) -> ApiResult<u64> {
 }
 
 #[utoipa::path(get, path = "/device/v1/config", params(PollParams), tag = "device",
-    responses((status = 200, description = "A newer signed config (DSSE envelope)"), (status = 304, description = "No newer config within the wait"), (status = 401, body = crate::http::error::ErrorBody)))]
+    responses((status = 200, description = "A newer signed config (DSSE envelope)"), (status = 304, description = "No newer config within the wait"), (status = 401, body = crate::http::error::ErrorBody, description = "`device_unknown` (deleted) or `certificate_superseded` (the device enrolled again, or renewed and used its new certificate)")))]
 pub async fn poll_config(
     Device(id): Device,
     State(state): State<AppState>,
@@ -114,7 +114,7 @@ fn not_modified(enforced: u64) -> Response {
 }
 
 #[utoipa::path(post, path = "/device/v1/status", tag = "device",
-    responses((status = 204), (status = 409, body = crate::http::error::ErrorBody, description = "Sequence not above the last one (replay or reorder)")))]
+    responses((status = 204), (status = 401, body = crate::http::error::ErrorBody, description = "`device_unknown` or `certificate_superseded`: nothing is stored"), (status = 409, body = crate::http::error::ErrorBody, description = "Sequence not above the last one (replay or reorder)")))]
 pub async fn report_status(
     Device(id): Device,
     State(state): State<AppState>,

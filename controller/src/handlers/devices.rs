@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::db;
 use crate::handlers::enrollment;
 use crate::handlers::{page, Page, PageParams};
+use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
@@ -101,13 +102,15 @@ pub struct DeviceCreated {
     responses((status = 201, body = DeviceCreated), (status = 400, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 pub async fn create(
     operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateDevice>,
 ) -> ApiResult<(StatusCode, Json<DeviceCreated>)> {
     let name = parse_name(&body.name, "device").map_err(ApiError::invalid)?;
     let ttl = enrollment::token_ttl(body.enrollment_token_expires_in_secs)?;
     let id = Uuid::new_v4();
-    let row = db::devices::insert(&state.pool, id, &name, body.labels.as_map())
+    let mut tx = state.reconciler.begin_change().await?;
+    let row = db::devices::insert(&mut *tx, id, &name, body.labels.as_map())
         .await
         .map_err(|e| {
             if db::is_unique_violation(&e) {
@@ -116,13 +119,17 @@ pub async fn create(
                 e.into()
             }
         })?;
-    state.cache.add_device(id);
-    state
+    let compiled = state
         .reconciler
-        .recompile(Some(&[id]), Resign::IfChanged)
+        .recompile_in(&mut tx, Some(&[id]), Resign::IfChanged)
         .await?;
     let (enrollment_token, expires_at) =
-        enrollment::create_device_token(&state, id, ttl, &operator.name).await?;
+        enrollment::create_device_token(&mut tx, id, ttl, &operator.name).await?;
+    audit
+        .commit(tx, StatusCode::CREATED, Some(id.to_string()))
+        .await?;
+    state.cache.add_device(id);
+    state.reconciler.publish(compiled);
     Ok((
         StatusCode::CREATED,
         Json(DeviceCreated {
@@ -149,19 +156,25 @@ pub struct EnrollmentTokenCreated {
 }
 
 /// A new enrollment token for an existing device: for a replaced router, or
-/// one that missed its certificate renewal.
+/// one that missed its certificate renewal. Enrolling with it revokes every
+/// earlier certificate of the device.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/enrollment-token", request_body = CreateEnrollmentToken, tag = "devices",
     responses((status = 201, body = EnrollmentTokenCreated), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn create_enrollment_token(
     operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<CreateEnrollmentToken>,
 ) -> ApiResult<(StatusCode, Json<EnrollmentTokenCreated>)> {
-    find(&state, id).await?;
     let ttl = enrollment::token_ttl(body.expires_in_secs)?;
+    let mut tx = state.pool.begin().await?;
+    db::devices::get(&mut *tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no device {id}")))?;
     let (enrollment_token, expires_at) =
-        enrollment::create_device_token(&state, id, ttl, &operator.name).await?;
+        enrollment::create_device_token(&mut tx, id, ttl, &operator.name).await?;
+    audit.commit(tx, StatusCode::CREATED, None).await?;
     Ok((
         StatusCode::CREATED,
         Json(EnrollmentTokenCreated {
@@ -255,7 +268,7 @@ pub async fn get(
         (status = 409, body = crate::http::error::ErrorBody)))]
 /// Deletes a router that is neither a VPN member nor a relay.
 pub async fn delete(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
@@ -283,7 +296,7 @@ pub async fn delete(
         ));
     }
     db::devices::delete(&mut *tx, id).await?;
-    tx.commit().await?;
+    audit.commit(tx, StatusCode::NO_CONTENT, None).await?;
     state.cache.remove_device(id);
     Ok(StatusCode::NO_CONTENT)
 }

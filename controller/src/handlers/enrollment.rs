@@ -1,7 +1,8 @@
 //! Enrollment: operators create single-use enrollment tokens; a router trades
 //! one, with a CSR for a key it made itself, for a client certificate naming
-//! the device id the controller chose. Renewal trades the current
-//! certificate (mutual TLS) for a new one.
+//! the device id the controller chose, and every earlier certificate of the
+//! device is revoked. Renewal trades the current certificate (mutual TLS)
+//! for a new one, which replaces it once used.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,11 +17,14 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::db;
-use crate::http::auth::{Device, Operator};
+use crate::http::audit::AuditTrail;
+use crate::http::auth::{Device, Operator, PresentedCertificate};
 use crate::http::error::{ApiError, ApiJson, ApiResult};
 use crate::http::state::AppState;
 use crate::model::{parse_name, Labels};
-use crate::reconcile::Resign;
+use crate::reconcile::{Compiled, Resign};
+use crate::trust::device_certificates::{self, Issue, Recorded};
+use crate::trust::pki::IssuedCertificate;
 use crate::trust::tokens::{hash_token, new_token};
 
 pub const ENROLLMENT_TOKEN_PREFIX: &str = "isdf_enr_";
@@ -29,9 +33,10 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 pub const MAX_TOKENS_PER_CALL: u32 = 1000;
 
-/// Creates one enrollment token (shared by device registration and batches).
+/// Creates one enrollment token (shared by device registration and batches)
+/// in the caller's transaction.
 pub async fn create_token(
-    state: &AppState,
+    tx: &mut sqlx::PgConnection,
     device: Option<Uuid>,
     labels: &BTreeMap<String, String>,
     name_prefix: &str,
@@ -41,7 +46,7 @@ pub async fn create_token(
     let token = new_token(ENROLLMENT_TOKEN_PREFIX);
     let expires_at = Utc::now() + chrono::Duration::from_std(ttl)?;
     db::enrollment::insert(
-        &state.pool,
+        tx,
         Uuid::new_v4(),
         &hash_token(&token),
         device,
@@ -56,13 +61,13 @@ pub async fn create_token(
 
 /// An enrollment token bound to an existing device.
 pub async fn create_device_token(
-    state: &AppState,
+    tx: &mut sqlx::PgConnection,
     device: Uuid,
     ttl: Duration,
     created_by: &str,
 ) -> anyhow::Result<(String, DateTime<Utc>)> {
     create_token(
-        state,
+        tx,
         Some(device),
         &BTreeMap::new(),
         "router",
@@ -110,6 +115,7 @@ pub fn token_ttl(expires_in_secs: Option<u64>) -> ApiResult<Duration> {
     responses((status = 201, body = EnrollmentTokensCreated), (status = 400, body = crate::http::error::ErrorBody)))]
 pub async fn create_tokens(
     operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateEnrollmentTokens>,
 ) -> ApiResult<(StatusCode, Json<EnrollmentTokensCreated>)> {
@@ -124,11 +130,13 @@ pub async fn create_tokens(
         "name prefix",
     )
     .map_err(ApiError::invalid)?;
+    // All of the batch or none of it.
+    let mut tx = state.pool.begin().await?;
     let mut tokens = Vec::new();
     let mut expires_at = Utc::now();
     for _ in 0..body.count {
         let (token, expiry) = create_token(
-            &state,
+            &mut tx,
             None,
             body.labels.as_map(),
             &prefix,
@@ -139,19 +147,20 @@ pub async fn create_tokens(
         tokens.push(token);
         expires_at = expiry;
     }
+    audit.commit(tx, StatusCode::CREATED, None).await?;
     Ok((
         StatusCode::CREATED,
         Json(EnrollmentTokensCreated { tokens, expires_at }),
     ))
 }
 
-/// Issues a certificate for `device` from the router's CSR; returns it with
-/// its serial (which the caller records in its own transaction).
+/// Issues a certificate for `device` from the router's CSR; returns the
+/// answer and what the caller records in its own transaction.
 fn issue(
     state: &AppState,
     csr_pem: &str,
     device: Uuid,
-) -> ApiResult<(DeviceCertificate, String, DateTime<Utc>)> {
+) -> ApiResult<(DeviceCertificate, IssuedCertificate)> {
     let issued = state
         .pki
         .issue_device_certificate(csr_pem, device, state.device_cert_lifetime)
@@ -161,10 +170,9 @@ fn issue(
                 format!("the certificate signing request is not usable: {e}"),
             )
         })?;
-    let not_after = DateTime::from_timestamp(issued.not_after, 0).unwrap_or_default();
     let certificate = DeviceCertificate {
         device_id: device.to_string(),
-        certificate_pem: issued.pem,
+        certificate_pem: issued.pem.clone(),
         ca_pem: state.agent_bootstrap.ca_pem.clone(),
         signing_public_keys: vec![state.agent_bootstrap.signing_public_key_hex.clone()],
         device_api_url: state.agent_bootstrap.device_api_url.clone(),
@@ -172,7 +180,29 @@ fn issue(
         not_before: issued.not_before,
         not_after: issued.not_after,
     };
-    Ok((certificate, issued.serial, not_after))
+    Ok((certificate, issued))
+}
+
+/// Records `issued` in `tx` (the device's earlier certificates retired as
+/// [`device_certificates::record_issue`] says) and as the device's current
+/// one; how many earlier certificates were revoked.
+async fn record(
+    tx: &mut sqlx::PgConnection,
+    device: Uuid,
+    issued: &IssuedCertificate,
+    how: Issue,
+) -> ApiResult<u64> {
+    let revoked = match device_certificates::record_issue(tx, device, issued, how).await? {
+        Recorded::Done { revoked } => revoked,
+        Recorded::NoDevice => return Err(denied("device_unknown", "this device was deleted")),
+        Recorded::RenewerRevoked => return Err(denied(
+            "certificate_superseded",
+            "this certificate was replaced; only enrolling again with a new token restores access",
+        )),
+    };
+    let not_after = DateTime::from_timestamp(issued.not_after, 0).unwrap_or_default();
+    db::enrollment::record_certificate(&mut *tx, device, &issued.serial, not_after).await?;
+    Ok(revoked)
 }
 
 fn denied(code: &'static str, message: &str) -> ApiError {
@@ -214,38 +244,55 @@ pub async fn enroll(
         }
     };
     // A CSR we cannot use fails here and leaves the token unused.
-    let (certificate, serial, not_after) = issue(&state, &request.csr_pem, device)?;
+    let (certificate, issued) = issue(&state, &request.csr_pem, device)?;
     db::enrollment::mark_used(&mut tx, row.id, device).await?;
-    db::enrollment::record_certificate(&mut *tx, device, &serial, not_after).await?;
-    tx.commit().await?;
-    if created {
-        state.cache.add_device(device);
+    // Every earlier certificate of the device is revoked with it: a
+    // replaced router is refused from its next request.
+    let revoked = record(&mut tx, device, &issued, Issue::Enrollment).await?;
+    // A new device, its first config and the audit entry are stored in the
+    // token's transaction: a crash leaves either all of them or none (and
+    // the token unused).
+    let compiled = if created {
         state
             .reconciler
-            .recompile(Some(&[device]), Resign::IfChanged)
-            .await?;
-    }
+            .recompile_in(&mut tx, Some(&[device]), Resign::IfChanged)
+            .await?
+    } else {
+        Compiled::default()
+    };
     let entry = db::audit::NewAuditEntry {
         actor_id: None,
         actor: "enrollment",
         action: "device.enroll",
         target: Some(&certificate.device_id),
         status: 200,
-        summary: serde_json::json!({"token_id": row.id, "created_device": created, "peer": peer.ip().to_string()}),
+        summary: serde_json::json!({"token_id": row.id, "created_device": created,
+            "peer": peer.ip().to_string(), "revoked_certificates": revoked}),
     };
-    db::audit::append(&state.pool, &entry).await?;
-    tracing::info!(device = %device, created, "device enrolled");
+    db::audit::append(&mut *tx, &entry).await?;
+    tx.commit().await?;
+    if created {
+        state.cache.add_device(device);
+    }
+    device_certificates::refresh(&state.pool, &state.cache, device).await?;
+    state.reconciler.publish(compiled);
+    tracing::info!(device = %device, created, revoked, "device enrolled");
     Ok(Json(certificate))
 }
 
-/// `POST /device/v1/renew` on the device listener (mutual TLS).
+/// `POST /device/v1/renew` on the device listener (mutual TLS). The
+/// certificate that renews stays usable until the new one is first used.
 pub async fn renew(
     Device(device): Device,
+    PresentedCertificate(by): PresentedCertificate,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RenewRequest>,
 ) -> ApiResult<Json<DeviceCertificate>> {
-    let (certificate, serial, not_after) = issue(&state, &request.csr_pem, device)?;
-    db::enrollment::record_certificate(&state.pool, device, &serial, not_after).await?;
-    tracing::info!(device = %device, "device certificate renewed");
+    let (certificate, issued) = issue(&state, &request.csr_pem, device)?;
+    let mut tx = state.pool.begin().await?;
+    let revoked = record(&mut tx, device, &issued, Issue::Renewal { by }).await?;
+    tx.commit().await?;
+    device_certificates::refresh(&state.pool, &state.cache, device).await?;
+    tracing::info!(device = %device, revoked, "device certificate renewed");
     Ok(Json(certificate))
 }

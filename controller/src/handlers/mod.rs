@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per resource. Handlers are thin: parse, call
 //! `db/` and the services (`reconcile`, `rollout::driver`, `vpn`, `shop`),
-//! shape the response. Lists are paged by keyset (`page`, `Page`,
+//! commit the change with its audit entry (`commit_recompiled` when it
+//! recompiles routers), shape the response. Lists are paged by keyset (`page`, `Page`,
 //! `PageParams` here), never by offset.
 
 pub mod assignments;
@@ -12,6 +13,7 @@ pub mod device_api;
 pub mod devices;
 pub mod enrollment;
 pub mod fleet;
+pub mod health;
 pub mod operators;
 pub mod portal;
 pub mod purchases;
@@ -26,7 +28,33 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::http::error::ApiError;
+use crate::http::audit::AuditTrail;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::state::AppState;
+use crate::reconcile::{RecompileSummary, Resign};
+
+/// Recompiles `devices` (every device when None) in `tx`, commits it with the request's audit entry
+/// and publishes the new configs: a change, the configs that enforce it and
+/// its audit entry are stored together or not at all.
+pub async fn commit_recompiled(
+    state: &AppState,
+    audit: &AuditTrail,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    devices: Option<&[uuid::Uuid]>,
+    status: axum::http::StatusCode,
+    target: Option<String>,
+) -> ApiResult<RecompileSummary> {
+    let compiled = if devices.is_some_and(|d| d.is_empty()) {
+        crate::reconcile::Compiled::default()
+    } else {
+        state
+            .reconciler
+            .recompile_in(&mut tx, devices, Resign::IfChanged)
+            .await?
+    };
+    audit.commit(tx, status, target).await?;
+    Ok(state.reconciler.publish(compiled))
+}
 
 /// One page of a list, with the cursor of the next page if there is one.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -65,11 +93,15 @@ impl PageParams {
         self.cursor
             .as_deref()
             .map(|c| {
-                URL_SAFE_NO_PAD
+                let key = URL_SAFE_NO_PAD
                     .decode(c)
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| ApiError::bad_request("invalid_query", "invalid cursor"))
+                    .ok_or_else(|| ApiError::bad_request("invalid_query", "invalid cursor"))?;
+                if key.contains('\0') {
+                    return Err(crate::http::error::nul_refused("the cursor"));
+                }
+                Ok(key)
             })
             .transpose()
     }

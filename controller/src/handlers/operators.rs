@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::handlers::{page, Page, PageParams};
+use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
@@ -56,14 +57,14 @@ pub struct OperatorTokenCreated {
 
 /// Creates a token with `role` for `name`; shared by the API and the CLI.
 pub async fn create_token(
-    pool: &sqlx::PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     name: &str,
     role: Role,
     created_by: &str,
 ) -> anyhow::Result<(db::operators::OperatorRow, String)> {
     let token = new_token(OPERATOR_TOKEN_PREFIX);
     let row = db::operators::insert(
-        pool,
+        db,
         Uuid::new_v4(),
         name,
         role.as_str(),
@@ -78,11 +79,16 @@ pub async fn create_token(
     responses((status = 201, body = OperatorTokenCreated), (status = 403, body = crate::http::error::ErrorBody)))]
 pub async fn create(
     operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateOperatorToken>,
 ) -> ApiResult<(StatusCode, Json<OperatorTokenCreated>)> {
     let name = parse_name(&body.name, "token").map_err(ApiError::invalid)?;
-    let (row, token) = create_token(&state.pool, &name, body.role, &operator.name).await?;
+    let mut tx = state.pool.begin().await?;
+    let (row, token) = create_token(&mut *tx, &name, body.role, &operator.name).await?;
+    audit
+        .commit(tx, StatusCode::CREATED, Some(row.id.to_string()))
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(OperatorTokenCreated {
@@ -113,14 +119,16 @@ pub async fn list(
 #[utoipa::path(delete, path = "/api/v1/operator-tokens/{id}", tag = "operators",
     responses((status = 200, body = OperatorTokenView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn revoke(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<OperatorTokenView>> {
-    db::operators::revoke(&state.pool, id)
+    let mut tx = state.pool.begin().await?;
+    let row = db::operators::revoke(&mut *tx, id)
         .await?
-        .map(|row| Json(row.into()))
-        .ok_or_else(|| ApiError::NotFound(format!("no active operator token {id}")))
+        .ok_or_else(|| ApiError::NotFound(format!("no active operator token {id}")))?;
+    audit.commit(tx, StatusCode::OK, None).await?;
+    Ok(Json(row.into()))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

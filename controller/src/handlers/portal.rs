@@ -269,11 +269,6 @@ pub async fn buy(
             .map(|(_, v)| *v),
         // A resubmitted form: the pass is recorded already; wait for it.
         Err(PurchaseError::DuplicatePayment { .. }) => None,
-        Err(PurchaseError::Recompile { source, .. }) => {
-            // Stored; the router gets it with the next recompile.
-            tracing::warn!(error = ?source, "portal purchase stored, recompile failed");
-            None
-        }
         Err(e) => return Err(PortalError::Internal(e.into())),
     };
     let version = match version {

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::handlers::{page, Page, PageParams};
+use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
@@ -97,7 +98,7 @@ pub struct CreatePurchase {
 /// Sells or grants a pass at its catalog price. A pass for a site the
 /// household already has starts when its access ends.
 pub async fn create(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreatePurchase>,
 ) -> ApiResult<(StatusCode, Json<PurchaseRecorded>)> {
@@ -105,7 +106,9 @@ pub async fn create(
         .await?
         .ok_or_else(|| ApiError::unknown("unknown_site", format!("no site {}", body.site_id)))?;
     let currency = Currency::parse(&site.currency).map_err(anyhow::Error::msg)?;
-    let recorded = crate::shop::purchases::record(
+    let mut tx = state.reconciler.begin_change().await?;
+    let staged = crate::shop::purchases::record_in(
+        &mut tx,
         &state.pool,
         &state.reconciler,
         NewPurchase {
@@ -119,6 +122,9 @@ pub async fn create(
         },
     )
     .await?;
+    let id = staged.purchase.id.to_string();
+    audit.commit(tx, StatusCode::CREATED, Some(id)).await?;
+    let recorded = staged.published(&state.reconciler);
     Ok((StatusCode::CREATED, Json(recorded.into())))
 }
 
@@ -189,10 +195,13 @@ pub async fn list(
 /// Cancels (refunds) a pass in force: it ends now, and the household's
 /// passes queued after it for the same site move forward.
 pub async fn cancel(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<PurchaseRecorded>> {
-    let cancelled = crate::shop::purchases::cancel(&state.pool, &state.reconciler, id).await?;
+    let mut tx = state.reconciler.begin_change().await?;
+    let staged = crate::shop::purchases::cancel_in(&mut tx, &state.reconciler, id).await?;
+    audit.commit(tx, StatusCode::OK, None).await?;
+    let cancelled = staged.published(&state.reconciler);
     Ok(Json(cancelled.into()))
 }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::db;
 use crate::db::rollouts::RolloutRow;
 use crate::handlers::{Page, PageParams};
+use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
@@ -176,15 +177,18 @@ async fn view_of(state: &AppState, id: Uuid) -> ApiResult<Json<RolloutView>> {
 /// revision wave by wave, the canary first.
 pub async fn create(
     operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<StartRollout>,
 ) -> ApiResult<(StatusCode, Json<RolloutView>)> {
     let target = body.target()?;
     let plan = body.plan()?;
+    let entry = audit.entry(StatusCode::CREATED, None, audit.summary().clone());
     let id = state
         .rollouts
-        .start(target, body.revision, &plan, &operator.name)
+        .start(target, body.revision, &plan, &operator.name, &entry)
         .await?;
+    audit.committed();
     Ok((StatusCode::CREATED, view_of(&state, id).await?))
 }
 
@@ -345,10 +349,14 @@ pub async fn samples(
 /// Stops releasing waves; released routers keep the new revision.
 pub async fn pause(
     operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<RolloutView>> {
-    state.rollouts.pause(id, &operator.name).await?;
+    let target = id.to_string();
+    let entry = audit.entry(StatusCode::OK, Some(&target), audit.summary().clone());
+    state.rollouts.pause(id, &operator.name, &entry).await?;
+    audit.committed();
     view_of(&state, id).await
 }
 
@@ -357,10 +365,14 @@ pub async fn pause(
 /// Goes on; the current wave's failures so far are accepted.
 pub async fn resume(
     operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<RolloutView>> {
-    state.rollouts.resume(id, &operator.name).await?;
+    let target = id.to_string();
+    let entry = audit.entry(StatusCode::OK, Some(&target), audit.summary().clone());
+    state.rollouts.resume(id, &operator.name, &entry).await?;
+    audit.committed();
     view_of(&state, id).await
 }
 
@@ -369,9 +381,13 @@ pub async fn resume(
 /// Every router returns to the previous revision.
 pub async fn abort(
     operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<Json<RolloutView>> {
-    state.rollouts.abort(id, &operator.name).await?;
+    let target = id.to_string();
+    let entry = audit.entry(StatusCode::OK, Some(&target), audit.summary().clone());
+    state.rollouts.abort(id, &operator.name, &entry).await?;
+    audit.committed();
     view_of(&state, id).await
 }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::handlers::{page, Page, PageParams};
+use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
@@ -88,7 +89,7 @@ fn check_spec(kind: ServiceKind, spec: &serde_json::Value) -> ApiResult<()> {
 #[utoipa::path(post, path = "/api/v1/services", request_body = CreateService, tag = "services",
     responses((status = 201, body = ServiceView), (status = 400, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 pub async fn create(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateService>,
 ) -> ApiResult<(StatusCode, Json<ServiceView>)> {
@@ -105,7 +106,9 @@ pub async fn create(
                 e.into()
             }
         })?;
-    tx.commit().await?;
+    audit
+        .commit(tx, StatusCode::CREATED, Some(row.id.to_string()))
+        .await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
@@ -152,7 +155,7 @@ pub struct CreateRevision {
 #[utoipa::path(post, path = "/api/v1/services/{id}/revisions", request_body = CreateRevision, tag = "services",
     responses((status = 201, body = RevisionView), (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn create_revision(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<CreateRevision>,
@@ -163,7 +166,7 @@ pub async fn create_revision(
     let row = db::services::insert_revision(&mut tx, id, &body.spec)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no service {id}")))?;
-    tx.commit().await?;
+    audit.commit(tx, StatusCode::CREATED, None).await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
@@ -207,11 +210,22 @@ pub struct RevisionDiff {
     /// A unified diff (3 lines of context) of the two specs as pretty JSON;
     /// empty when they are equal.
     pub unified: String,
+    /// The diff was cut at [`MAX_DIFF_BYTES`] (at a line's end).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
-/// The difference between two revisions of a service.
+/// Longest unified diff answered, in bytes.
+pub const MAX_DIFF_BYTES: usize = 4 * 1024 * 1024;
+/// Time a diff may take: past it, the diff is still correct but coarser
+/// (changed runs are shown as larger blocks).
+pub const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The difference between two revisions of a service. Computed off the
+/// async workers, a bounded number at a time, within [`DIFF_DEADLINE`].
 #[utoipa::path(get, path = "/api/v1/services/{id}/revisions/{revision}/diff/{other}", tag = "services",
-    responses((status = 200, body = RevisionDiff), (status = 404, body = crate::http::error::ErrorBody)))]
+    responses((status = 200, body = RevisionDiff), (status = 404, body = crate::http::error::ErrorBody),
+        (status = 429, body = crate::http::error::ErrorBody)))]
 pub async fn diff_revisions(
     _operator: Operator,
     State(state): State<AppState>,
@@ -228,20 +242,31 @@ pub async fn diff_revisions(
         }
     };
     let (old, new) = (load(from).await?, load(to).await?);
+    let diff = state
+        .cpu_work
+        .run(move || {
+            let deadline = std::time::Instant::now() + DIFF_DEADLINE;
+            unified_diff(&old.spec.0, &new.spec.0, from, to, deadline)
+        })
+        .await?;
+    let (unified, truncated) = cut_at_line(diff, MAX_DIFF_BYTES);
     Ok(Json(RevisionDiff {
         from,
         to,
-        unified: unified_diff(&old.spec.0, &new.spec.0, from, to),
+        unified,
+        truncated,
     }))
 }
 
 /// A unified diff of two JSON documents, pretty-printed (object keys are
-/// sorted by serde_json, so equal documents give no diff).
+/// sorted by serde_json, so equal documents give no diff). Past `deadline`
+/// the diff stays correct but is coarser.
 pub fn unified_diff(
     old: &serde_json::Value,
     new: &serde_json::Value,
     from: i32,
     to: i32,
+    deadline: std::time::Instant,
 ) -> String {
     let pretty = |v: &serde_json::Value| {
         let mut text = serde_json::to_string_pretty(v).expect("a JSON value prints");
@@ -249,11 +274,24 @@ pub fn unified_diff(
         text
     };
     let (old, new) = (pretty(old), pretty(new));
-    similar::TextDiff::from_lines(&old, &new)
+    similar::TextDiff::configure()
+        .deadline(deadline)
+        .diff_lines(&old, &new)
         .unified_diff()
         .context_radius(3)
         .header(&format!("revision {from}"), &format!("revision {to}"))
         .to_string()
+}
+
+/// `text` cut after the last whole line that fits in `max` bytes; whether
+/// it was cut.
+fn cut_at_line(mut text: String, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    let end = text[..max].rfind('\n').map_or(0, |i| i + 1);
+    text.truncate(end);
+    (text, true)
 }
 
 #[cfg(test)]
@@ -264,13 +302,40 @@ mod tests {
     fn diffs_show_changed_lines_with_context() {
         let a = serde_json::json!({"flows": [{"port": 1}], "name": "x"});
         let b = serde_json::json!({"flows": [{"port": 2}], "name": "x"});
-        let diff = unified_diff(&a, &b, 1, 2);
+        let diff = unified_diff(&a, &b, 1, 2, far());
         assert!(
             diff.starts_with("--- revision 1\n+++ revision 2\n"),
             "{diff}"
         );
         assert!(diff.contains("-      \"port\": 1\n"), "{diff}");
         assert!(diff.contains("+      \"port\": 2\n"), "{diff}");
-        assert_eq!(unified_diff(&a, &a, 1, 1), "");
+        assert_eq!(unified_diff(&a, &a, 1, 1, far()), "");
+    }
+
+    fn far() -> std::time::Instant {
+        std::time::Instant::now() + std::time::Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn a_diff_past_its_deadline_is_coarser_but_still_a_diff() {
+        let flows = |port: u32| {
+            (0..3000)
+                .map(|i| serde_json::json!({"port": i * 7 % 1000 + port, "proto": "tcp"}))
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (serde_json::json!(flows(0)), serde_json::json!(flows(1)));
+        let expired = std::time::Instant::now();
+        let diff = unified_diff(&a, &b, 1, 2, expired);
+        assert!(diff.starts_with("--- revision 1\n+++ revision 2\n"));
+        assert!(diff.contains("-    \"port\": 0,\n"), "old lines shown");
+        assert!(diff.contains("+    \"port\": 1,\n"), "new lines shown");
+    }
+
+    #[test]
+    fn long_diffs_are_cut_at_a_line() {
+        let text = "a\nbb\nccc\n".to_owned();
+        assert_eq!(cut_at_line(text.clone(), 100), (text.clone(), false));
+        assert_eq!(cut_at_line(text.clone(), 6), ("a\nbb\n".to_owned(), true));
+        assert_eq!(cut_at_line(text, 1), (String::new(), true));
     }
 }

@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use crate::db;
+use crate::handlers::commit_recompiled;
 use crate::handlers::{page, Page};
+use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
-use crate::reconcile::Resign;
 use crate::services::pay_per_site::catalog::{
     first_overlap, parse_catalog, Pass, SiteInput, SiteSpec,
 };
@@ -100,18 +101,18 @@ fn name_taken(e: sqlx::Error, spec: &SiteSpec) -> ApiError {
         (status = 409, body = crate::http::error::ErrorBody)))]
 /// Adds a site to a catalog.
 pub async fn create(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<SiteInput>,
 ) -> ApiResult<(StatusCode, Json<SiteView>)> {
     let spec = parse(&body)?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     lock_and_check(&mut tx, &spec, None).await?;
     let row = db::catalog::insert(&mut *tx, &spec)
         .await
         .map_err(|e| name_taken(e, &spec))?;
-    tx.commit().await?;
-    state.reconciler.recompile(None, Resign::IfChanged).await?;
+    let created = Some(row.id.to_string());
+    commit_recompiled(&state, &audit, tx, None, StatusCode::CREATED, created).await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
@@ -172,13 +173,13 @@ pub async fn get(
 /// Replaces a site's description (it may move to another catalog). Passes
 /// already bought keep their duration and price.
 pub async fn update(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<SiteInput>,
 ) -> ApiResult<Json<SiteView>> {
     let spec = parse(&body)?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     db::catalog::get_for_update(&mut *tx, id)
         .await?
         .ok_or_else(|| no_site(id))?;
@@ -187,8 +188,7 @@ pub async fn update(
         .await
         .map_err(|e| name_taken(e, &spec))?
         .ok_or_else(|| no_site(id))?;
-    tx.commit().await?;
-    state.reconciler.recompile(None, Resign::IfChanged).await?;
+    commit_recompiled(&state, &audit, tx, None, StatusCode::OK, None).await?;
     Ok(Json(row.into()))
 }
 
@@ -197,11 +197,11 @@ pub async fn update(
 /// Removes a site without passes in force (cancel them first); its ended
 /// passes go with it.
 pub async fn delete(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let site = db::catalog::get_for_update(&mut *tx, id)
         .await?
         .ok_or_else(|| no_site(id))?;
@@ -218,7 +218,6 @@ pub async fn delete(
         ));
     }
     db::catalog::delete(&mut *tx, id).await?;
-    tx.commit().await?;
-    state.reconciler.recompile(None, Resign::IfChanged).await?;
+    commit_recompiled(&state, &audit, tx, None, StatusCode::NO_CONTENT, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -19,12 +19,13 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::db;
+use crate::handlers::commit_recompiled;
 use crate::handlers::{page, Page, PageParams};
+use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
 use crate::model::names::DisplayName;
-use crate::reconcile::Resign;
 use crate::vpn::addresses::{parse_tunnel_address, AddressPool, LanPrefixes};
 use crate::vpn::membership::{
     admit, check_hub, check_prefixes, exhausted, hub_not_member, member_taken, parse_prefixes,
@@ -222,7 +223,7 @@ fn no_vpn(id: Uuid) -> ApiError {
         (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Creates a customer's VPN, optionally with its members (all or nothing).
 pub async fn create(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateVpn>,
 ) -> ApiResult<(StatusCode, Json<VpnView>)> {
@@ -257,7 +258,7 @@ pub async fn create(
         return Err(exhausted(name.as_str(), &pool).into());
     }
 
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let customer = db::customers::lock(&mut *tx, body.customer_id)
         .await?
         .ok_or_else(|| {
@@ -325,11 +326,16 @@ pub async fn create(
     }
     let affected = db::vpns::affected_devices(&mut *tx, vpn.id).await?;
     let view = view(&mut tx, vpn).await?;
-    tx.commit().await?;
-    state
-        .reconciler
-        .recompile(Some(&affected), Resign::IfChanged)
-        .await?;
+    let created = Some(view.id.to_string());
+    commit_recompiled(
+        &state,
+        &audit,
+        tx,
+        Some(&affected),
+        StatusCode::CREATED,
+        created,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -408,12 +414,12 @@ pub async fn get(
         (status = 404, body = crate::http::error::ErrorBody)))]
 /// Changes a VPN's topology or hub.
 pub async fn update(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<UpdateVpn>,
 ) -> ApiResult<Json<VpnView>> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let vpn = db::vpns::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_vpn(id))?;
@@ -426,7 +432,9 @@ pub async fn update(
     };
     check_hub(topology, hub)?;
     if (topology, hub) == (current, vpn.hub_device_id) {
-        return Ok(Json(view(&mut tx, vpn).await?));
+        let view = view(&mut tx, vpn).await?;
+        audit.commit(tx, StatusCode::OK, None).await?;
+        return Ok(Json(view));
     }
     if let Some(hub) = hub {
         let in_vpn = db::vpns::vpn_of_device(&mut *tx, hub).await?;
@@ -438,11 +446,8 @@ pub async fn update(
     let vpn = db::vpns::update_topology(&mut *tx, id, topology.as_str(), hub).await?;
     let after = db::vpns::affected_devices(&mut *tx, id).await?;
     let view = view(&mut tx, vpn).await?;
-    tx.commit().await?;
-    state
-        .reconciler
-        .recompile(Some(&sorted_union(before, after)), Resign::IfChanged)
-        .await?;
+    let affected = sorted_union(before, after);
+    commit_recompiled(&state, &audit, tx, Some(&affected), StatusCode::OK, None).await?;
     Ok(Json(view))
 }
 
@@ -450,21 +455,25 @@ pub async fn update(
     responses((status = 204), (status = 404, body = crate::http::error::ErrorBody)))]
 /// Deletes a VPN: its members' tunnels go.
 pub async fn delete(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     db::vpns::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_vpn(id))?;
     let before = db::vpns::affected_devices(&mut *tx, id).await?;
     db::vpns::delete(&mut *tx, id).await?;
-    tx.commit().await?;
-    state
-        .reconciler
-        .recompile(Some(&before), Resign::IfChanged)
-        .await?;
+    commit_recompiled(
+        &state,
+        &audit,
+        tx,
+        Some(&before),
+        StatusCode::NO_CONTENT,
+        None,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -477,13 +486,13 @@ pub async fn delete(
 /// Adds a router of the VPN's customer (it gets the lowest free tunnel
 /// address) or replaces a member's prefixes (its address stays).
 pub async fn put_member(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath((id, device_id)): ApiPath<(Uuid, Uuid)>,
     ApiJson(body): ApiJson<PutMember>,
 ) -> ApiResult<(StatusCode, Json<VpnView>)> {
     let prefixes = parse_prefixes(&body.prefixes, &device_id.to_string())?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let vpn = db::vpns::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_vpn(id))?;
@@ -521,7 +530,9 @@ pub async fn put_member(
             .iter()
             .any(|m| m.device_id == device_id && LanPrefixes::from_stored(&m.prefixes) == prefixes);
         if unchanged {
-            return Ok((StatusCode::OK, Json(view(&mut tx, vpn).await?)));
+            let view = view(&mut tx, vpn).await?;
+            audit.commit(tx, StatusCode::OK, None).await?;
+            return Ok((StatusCode::OK, Json(view)));
         }
         db::vpns::update_member_prefixes(&mut *tx, id, device_id, &prefixes.to_cidr_texts())
             .await?;
@@ -549,11 +560,8 @@ pub async fn put_member(
         .await?
         .ok_or_else(|| no_vpn(id))?;
     let view = view(&mut tx, vpn).await?;
-    tx.commit().await?;
-    state
-        .reconciler
-        .recompile(Some(&sorted_union(before, after)), Resign::IfChanged)
-        .await?;
+    let affected = sorted_union(before, after);
+    commit_recompiled(&state, &audit, tx, Some(&affected), status, None).await?;
     Ok((status, Json(view)))
 }
 
@@ -563,11 +571,11 @@ pub async fn put_member(
 /// Removes a member (not the hub): its tunnels go and its address is free
 /// for the next router that joins.
 pub async fn delete_member(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath((id, device_id)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let vpn = db::vpns::lock(&mut *tx, id)
         .await?
         .ok_or_else(|| no_vpn(id))?;
@@ -589,11 +597,16 @@ pub async fn delete_member(
     }
     db::vpns::touch(&mut *tx, id).await?;
     let after = db::vpns::affected_devices(&mut *tx, id).await?;
-    tx.commit().await?;
-    state
-        .reconciler
-        .recompile(Some(&sorted_union(before, after)), Resign::IfChanged)
-        .await?;
+    let affected = sorted_union(before, after);
+    commit_recompiled(
+        &state,
+        &audit,
+        tx,
+        Some(&affected),
+        StatusCode::NO_CONTENT,
+        None,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -623,11 +636,11 @@ pub async fn list_relays(
 /// Lets the controller use an ISP router (one of no household) as a relay
 /// for VPN sites that reach no other site.
 pub async fn put_relay(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(device_id): ApiPath<Uuid>,
 ) -> ApiResult<(StatusCode, Json<RelayView>)> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let household = db::devices::household_for_update(&mut *tx, device_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no device {device_id}")))?;
@@ -646,15 +659,13 @@ pub async fn put_relay(
     let relay = db::vpns::get_relay(&mut *tx, device_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("relay {device_id} vanished"))?;
-    tx.commit().await?;
-    if !created {
-        return Ok((StatusCode::OK, Json(relay.into())));
-    }
-    state
-        .reconciler
-        .recompile(Some(&[device_id]), Resign::IfChanged)
-        .await?;
-    Ok((StatusCode::CREATED, Json(relay.into())))
+    let (status, recompile): (_, &[Uuid]) = if created {
+        (StatusCode::CREATED, &[device_id])
+    } else {
+        (StatusCode::OK, &[])
+    };
+    commit_recompiled(&state, &audit, tx, Some(recompile), status, None).await?;
+    Ok((status, Json(relay.into())))
 }
 
 #[utoipa::path(delete, path = "/api/v1/vpn-relays/{device_id}", tag = "vpns",
@@ -662,11 +673,11 @@ pub async fn put_relay(
 /// Stops using a router as a relay: the VPNs it relayed lose it (their
 /// members are recompiled and may be given another relay).
 pub async fn delete_relay(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(device_id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let mut affected = vec![device_id];
     for vpn_id in db::vpns::vpns_relayed_by(&mut *tx, device_id).await? {
         db::vpns::lock(&mut *tx, vpn_id).await?;
@@ -677,12 +688,16 @@ pub async fn delete_relay(
             "device {device_id} is not a relay"
         )));
     }
-    tx.commit().await?;
     affected.sort();
     affected.dedup();
-    state
-        .reconciler
-        .recompile(Some(&affected), Resign::IfChanged)
-        .await?;
+    commit_recompiled(
+        &state,
+        &audit,
+        tx,
+        Some(&affected),
+        StatusCode::NO_CONTENT,
+        None,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::db;
+use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiPath, ApiResult};
 use crate::http::state::AppState;
@@ -97,7 +98,7 @@ pub async fn get(
 /// old one; the router switches; the old key leaves the peers. Answers
 /// once the request is in the router's config.
 pub async fn rotate(
-    _operator: Operator,
+    audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<(StatusCode, Json<WireguardView>)> {
@@ -114,9 +115,12 @@ pub async fn rotate(
     let keys = KeyKeeper {
         reconciler: &state.reconciler,
     };
-    keys.request_rotation(id).await?;
-    let row = db::wireguard::get(&state.pool, id)
+    let mut tx = state.reconciler.begin_change().await?;
+    let (_, compiled) = keys.request_rotation_in(&mut tx, id).await?;
+    let row = db::wireguard::get(&mut *tx, id)
         .await?
         .ok_or_else(|| no_facts(id))?;
+    audit.commit(tx, StatusCode::ACCEPTED, None).await?;
+    state.reconciler.publish(compiled);
     Ok((StatusCode::ACCEPTED, Json(row.into())))
 }

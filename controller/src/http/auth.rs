@@ -16,13 +16,16 @@ use axum::http::request::Parts;
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::db;
 use crate::db::audit::NewAuditEntry;
+use crate::http::audit::{summarize, AuditTrail};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::model::Role;
+use crate::reconcile::config_cache::{CertificateFingerprint, CertificateStanding};
 use crate::trust::tokens::{bearer, hash_token};
 
 /// An authenticated operator.
@@ -90,40 +93,8 @@ async fn authenticate(
     ))
 }
 
-/// Largest part of a request body kept as the audit summary.
-const SUMMARY_BYTES: usize = 2048;
-
-/// A summary of a request body: the JSON itself when small, else its start.
-pub(crate) fn summarize(body: &[u8]) -> serde_json::Value {
-    if body.is_empty() {
-        return serde_json::Value::Null;
-    }
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(value) if body.len() <= SUMMARY_BYTES => value,
-        _ => {
-            let cut = String::from_utf8_lossy(&body[..body.len().min(SUMMARY_BYTES)]).into_owned();
-            serde_json::json!({"truncated": cut, "bytes": body.len()})
-        }
-    }
-}
-
-/// The id a call acted on: the path's id, or the id of what it created.
-fn target(path: &str, response_body: &[u8]) -> Option<String> {
-    let from_path = path
-        .trim_start_matches("/api/v1/")
-        .split('/')
-        .nth(1)
-        .map(str::to_owned);
-    from_path.or_else(|| {
-        let created: serde_json::Value = serde_json::from_slice(response_body).ok()?;
-        // Ids are uuids, or numbers (sites).
-        created["id"]
-            .as_str()
-            .or_else(|| created["device"]["id"].as_str())
-            .map(str::to_owned)
-            .or_else(|| created["id"].as_i64().map(|id| id.to_string()))
-    })
-}
+/// The audit log's actor for calls without valid credentials.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
 
 /// Middleware for every operator route (see the module doc).
 pub async fn authorize_and_audit(
@@ -132,20 +103,33 @@ pub async fn authorize_and_audit(
     next: Next,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let (operator, session) = match authenticate(&state, &parts).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(path = %parts.uri.path(), "operator call without valid credentials");
-            return e.into_response();
-        }
-    };
     let route = parts
         .extensions
         .get::<MatchedPath>()
         .map_or_else(|| parts.uri.path().to_owned(), |m| m.as_str().to_owned());
     let action = format!("{} {route}", parts.method);
+    let (operator, session) = match authenticate(&state, &parts).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(path = %parts.uri.path(), "operator call without valid credentials");
+            if !matches!(e, ApiError::Unauthorized) {
+                return e.into_response();
+            }
+            // Valid credentials always get through; a source that keeps
+            // failing gets 429 instead of 401, and its refusals are tallied.
+            let source = crate::http::audit::source_address(&parts.extensions);
+            if let Err(limited) = state.refusals.admit(source) {
+                return limited.into_response();
+            }
+            state
+                .refusals
+                .note(source, UNAUTHENTICATED, action, &e, chrono::Utc::now());
+            return e.into_response();
+        }
+    };
     let mutating = !matches!(parts.method, Method::GET | Method::HEAD);
     let needed = required_role(&parts.method, &route);
+    let path = parts.uri.path().to_owned();
 
     // A browser's cookie rides along on any request to us, so a change made
     // with one must also prove it comes from the dashboard's page.
@@ -154,23 +138,16 @@ pub async fn authorize_and_audit(
             .as_ref()
             .is_some_and(|s| !s.csrf_matches(&parts.headers))
     {
-        record(
-            &state,
-            &operator,
-            &action,
-            Some(parts.uri.path().to_owned()),
-            403,
-            serde_json::Value::Null,
-        )
-        .await;
-        return ApiError::Refused {
+        let refusal = ApiError::Refused {
             code: "csrf",
             message: format!(
                 "a change made with a dashboard session needs the `{}` header of that session",
                 crate::http::sessions::CSRF_HEADER
             ),
-        }
-        .into_response();
+        };
+        let trail = AuditTrail::new(operator.id, operator.name, action, path, Value::Null);
+        record_refusal(&state, &trail, &refusal).await;
+        return refusal.into_response();
     }
 
     if operator.role < needed {
@@ -181,15 +158,8 @@ pub async fn authorize_and_audit(
             needed.as_str()
         ));
         if mutating || needed == Role::Admin {
-            record(
-                &state,
-                &operator,
-                &action,
-                Some(parts.uri.path().to_owned()),
-                403,
-                serde_json::Value::Null,
-            )
-            .await;
+            let trail = AuditTrail::new(operator.id, operator.name, action, path, Value::Null);
+            record_refusal(&state, &trail, &refusal).await;
         }
         return refusal.into_response();
     }
@@ -203,55 +173,66 @@ pub async fn authorize_and_audit(
         Ok(bytes) => bytes,
         Err(_) => return ApiError::PayloadTooLarge.into_response(),
     };
-    let summary = summarize(&bytes);
-    let path = parts.uri.path().to_owned();
+    let trail = AuditTrail::new(operator.id, operator.name, action, path, summarize(&bytes));
+    parts.extensions.insert(trail.clone());
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
+    if trail.written() {
+        state.live.notify(crate::reconcile::live::Topic::Audit);
+        return response;
+    }
     let status = response.status();
-    let (response_parts, response_body) = response.into_parts();
-    let response_bytes = to_bytes(response_body, usize::MAX)
-        .await
-        .unwrap_or_default();
-    let target = target(&path, &response_bytes);
-    record(&state, &operator, &action, target, status.as_u16(), summary).await;
-    Response::from_parts(response_parts, Body::from(response_bytes))
+    if status.is_success() {
+        // Every change commits its entry with it; a handler that answered
+        // success without one is a bug: loud in tests, recorded now in
+        // production.
+        tracing::error!(action = %trail.action(), "a successful change answered without its audit entry");
+        if cfg!(debug_assertions) {
+            panic!(
+                "{} answered {status} without committing its audit entry",
+                trail.action()
+            );
+        }
+    }
+    let target = crate::http::audit::target_in_path(trail.path());
+    let entry = trail.entry(status, target.as_deref(), trail.summary().clone());
+    append_after(&state, &entry).await;
+    response
 }
 
-async fn record(
-    state: &AppState,
-    operator: &Operator,
-    action: &str,
-    target: Option<String>,
-    status: u16,
-    summary: serde_json::Value,
-) {
-    let entry = NewAuditEntry {
-        actor_id: Some(operator.id),
-        actor: &operator.name,
-        action,
-        target: target.as_deref(),
-        status,
-        summary,
-    };
-    match db::audit::append(&state.pool, &entry).await {
+/// Appends the entry of a refused request (which changed nothing).
+async fn record_refusal(state: &AppState, trail: &AuditTrail, refusal: &ApiError) {
+    let (status, _) = refusal.status_and_code();
+    let target = crate::http::audit::target_in_path(trail.path());
+    append_after(state, &trail.entry(status, target.as_deref(), Value::Null)).await;
+}
+
+async fn append_after(state: &AppState, entry: &NewAuditEntry<'_>) {
+    match db::audit::append(&state.pool, entry).await {
         Ok(()) => state.live.notify(crate::reconcile::live::Topic::Audit),
-        // The change itself is committed; losing its audit entry must at
-        // least be loud.
+        // Nothing was changed by the request; its entry is lost, loudly.
         Err(e) => {
-            tracing::error!(error = %e, actor = %operator.name, action, "could not append to the audit log")
+            tracing::error!(error = %e, actor = %entry.actor, action = %entry.action, "could not append to the audit log")
         }
     }
 }
 
-/// The device id in the TLS client certificate of the connection, put on
-/// every request by [`DeviceIdentityAcceptor`]. None: no usable certificate.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerDevice(pub Option<Uuid>);
+/// The TLS client certificate of the connection, put on every request by
+/// [`DeviceIdentityAcceptor`]: the device id it names (None: no usable
+/// certificate) and its SHA-256 fingerprint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerDevice {
+    pub device: Option<Uuid>,
+    pub fingerprint: Option<CertificateFingerprint>,
+}
 
 /// The device making a device-API call. Its identity comes from its client
 /// certificate only (verified against our CA during the handshake), never
-/// from the request. No database query: known devices live in the cache.
+/// from the request, and only the certificates the device may still use
+/// are admitted (see [`crate::trust::device_certificates`]). No database
+/// query on the hot path: known devices and their certificates live in the
+/// cache.
 #[derive(Debug, Clone, Copy)]
 pub struct Device(pub Uuid);
 
@@ -259,20 +240,58 @@ impl FromRequestParts<AppState> for Device {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let device = parts
+        let peer = parts
             .extensions
             .get::<PeerDevice>()
-            .and_then(|p| p.0)
-            .ok_or(ApiError::Unauthorized)?;
-        if !state.cache.contains(device) {
+            .copied()
+            .unwrap_or_default();
+        let (Some(device), Some(fingerprint)) = (peer.device, peer.fingerprint) else {
+            return Err(ApiError::Unauthorized);
+        };
+        let Some(standing) = state.cache.certificate_standing(device, &fingerprint) else {
             return Err(ApiError::Denied {
                 code: "device_unknown",
                 message: "this device was deleted or revoked; enroll again with a new token".into(),
             });
-        }
+        };
         // Limited per identity: routers share addresses behind CGNAT.
         state.device_gate.admit(device)?;
+        if standing != CertificateStanding::Accepted
+            && !crate::trust::device_certificates::admit(
+                &state.pool,
+                &state.cache,
+                device,
+                fingerprint,
+            )
+            .await?
+        {
+            return Err(ApiError::Denied {
+                code: "certificate_superseded",
+                message: "this certificate was replaced (the device enrolled again, or renewed \
+                          and used its new certificate); only enrolling again with a new token \
+                          restores access"
+                    .into(),
+            });
+        }
         Ok(Device(device))
+    }
+}
+
+/// The fingerprint of the client certificate a device-API call presents
+/// (for renewal, which keeps it usable until its successor is used).
+#[derive(Debug, Clone, Copy)]
+pub struct PresentedCertificate(pub CertificateFingerprint);
+
+impl<S: Send + Sync> FromRequestParts<S> for PresentedCertificate {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<PeerDevice>()
+            .and_then(|p| p.fingerprint)
+            .map(PresentedCertificate)
+            .ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -306,15 +325,18 @@ where
         let tls = self.tls.clone();
         Box::pin(async move {
             let (stream, service) = tls.accept(stream, service).await?;
-            let device = stream
+            let certificate = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(crate::trust::pki::device_id_of);
+                .and_then(|chain| chain.first());
+            let peer = PeerDevice {
+                device: certificate.and_then(crate::trust::pki::device_id_of),
+                fingerprint: certificate.map(crate::trust::pki::fingerprint_of),
+            };
             Ok((
                 stream,
-                tower_http::add_extension::AddExtension::new(service, PeerDevice(device)),
+                tower_http::add_extension::AddExtension::new(service, peer),
             ))
         })
     }
@@ -344,37 +366,5 @@ mod tests {
             Role::Admin
         );
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
-    }
-
-    #[test]
-    fn targets_come_from_the_path_or_the_created_object() {
-        assert_eq!(target("/api/v1/devices/abc", b""), Some("abc".into()));
-        assert_eq!(
-            target("/api/v1/devices/abc/config", b""),
-            Some("abc".into())
-        );
-        assert_eq!(
-            target("/api/v1/services", br#"{"id":"s1"}"#),
-            Some("s1".into())
-        );
-        assert_eq!(
-            target("/api/v1/devices", br#"{"device":{"id":"d1"},"token":"x"}"#),
-            Some("d1".into())
-        );
-        assert_eq!(target("/api/v1/sites", br#"{"id":7}"#), Some("7".into()));
-        assert_eq!(target("/api/v1/devices", b"not json"), None);
-    }
-
-    #[test]
-    fn summaries_keep_small_json_and_cut_the_rest() {
-        assert_eq!(
-            summarize(br#"{"name":"a"}"#),
-            serde_json::json!({"name": "a"})
-        );
-        let big = format!("{{\"x\":\"{}\"}}", "y".repeat(5000));
-        let s = summarize(big.as_bytes());
-        assert_eq!(s["bytes"], big.len());
-        assert_eq!(s["truncated"].as_str().unwrap().len(), SUMMARY_BYTES);
-        assert_eq!(summarize(b""), serde_json::Value::Null);
     }
 }

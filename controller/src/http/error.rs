@@ -49,6 +49,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
+    /// Not able to serve now, with the reason (`not_ready`): 503.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -95,6 +98,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -222,10 +226,86 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// `axum::Json` whose rejections are [`ApiError`]s.
-#[derive(axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON body whose rejections are [`ApiError`]s. Strings holding NUL
+/// (`\u0000`) are refused before parsing: PostgreSQL cannot store them in
+/// text, and nothing we accept needs them.
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes =
+            <axum::body::Bytes as axum::extract::FromRequest<S>>::from_request(request, state)
+                .await
+                .map_err(|e| {
+                    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::PayloadTooLarge
+                    } else {
+                        ApiError::bad_request("invalid_body", e.body_text())
+                    }
+                })?;
+        refuse_nul_escapes(&bytes)?;
+        let Json(value) = Json::<T>::from_bytes(&bytes)?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// `application/json` or any `application/*+json`, parameters aside.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some(subtype) = essence
+        .get(..12)
+        .filter(|t| t.eq_ignore_ascii_case("application/"))
+        .map(|_| &essence[12..])
+    else {
+        return false;
+    };
+    subtype.eq_ignore_ascii_case("json")
+        || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json")
+}
+
+/// The stable refusal of text holding NUL.
+pub fn nul_refused(what: &str) -> ApiError {
+    ApiError::bad_request(
+        "nul_character",
+        format!("{what} holds a NUL character (U+0000), which is not accepted"),
+    )
+}
+
+/// Refuses a JSON text with a `\u0000` escape (an escape, not an escaped
+/// backslash followed by `u0000`). A raw NUL byte is not valid JSON at all
+/// and is left to the parser.
+pub fn refuse_nul_escapes(json: &[u8]) -> Result<(), ApiError> {
+    const ESCAPE: &[u8] = b"u0000";
+    let mut backslashes = 0usize;
+    for (i, &byte) in json.iter().enumerate() {
+        if byte == b'\\' {
+            backslashes += 1;
+            continue;
+        }
+        if backslashes % 2 == 1 && json[i..].starts_with(ESCAPE) {
+            return Err(nul_refused("the request body"));
+        }
+        backslashes = 0;
+    }
+    Ok(())
+}
 
 /// `axum::extract::Path` whose rejections are [`ApiError`]s.
 #[derive(axum::extract::FromRequestParts)]
@@ -238,3 +318,34 @@ pub struct ApiPath<T>(pub T);
 pub struct ApiQuery<T>(pub T);
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_escapes_are_found_and_escaped_backslashes_are_not() {
+        assert!(refuse_nul_escapes(br#"{"a":"x\u0000y"}"#).is_err());
+        assert!(refuse_nul_escapes(br#"{"a\u0000":1}"#).is_err());
+        assert!(refuse_nul_escapes(br#"{"a":"\\\u0000"}"#).is_err());
+        assert!(refuse_nul_escapes(br#"{"a":"\\u0000"}"#).is_ok());
+        assert!(refuse_nul_escapes(br#"{"a":"\u00001"}"#).is_err());
+        assert!(refuse_nul_escapes(br#"{"a":"\u0001 u0000"}"#).is_ok());
+    }
+
+    #[test]
+    fn json_content_types() {
+        let headers = |v: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(axum::http::header::CONTENT_TYPE, v.parse().unwrap());
+            h
+        };
+        assert!(is_json(&headers("application/json")));
+        assert!(is_json(&headers("Application/JSON; charset=utf-8")));
+        assert!(is_json(&headers("application/merge-patch+json")));
+        assert!(!is_json(&headers("text/json")));
+        assert!(!is_json(&headers("application/jsonx")));
+        assert!(!is_json(&headers("application/+json")));
+        assert!(!is_json(&axum::http::HeaderMap::new()));
+    }
+}

@@ -79,6 +79,15 @@ impl<K: std::hash::Hash + Eq> RateLimiter<K> {
 
     /// Takes a token for `key`, or says in how many seconds one is available.
     pub fn admit(&self, key: K) -> Result<(), u64> {
+        self.refill(key, true)
+    }
+
+    /// Whether `key` has a token, without taking it.
+    pub fn peek(&self, key: K) -> Result<(), u64> {
+        self.refill(key, false)
+    }
+
+    fn refill(&self, key: K, take: bool) -> Result<(), u64> {
         let now = Instant::now();
         let burst = f64::from(self.burst);
         let mut buckets = self.buckets.lock().expect("lock");
@@ -95,7 +104,9 @@ impl<K: std::hash::Hash + Eq> RateLimiter<K> {
             .min(burst);
         bucket.refilled = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            if take {
+                bucket.tokens -= 1.0;
+            }
             return Ok(());
         }
         Err(((1.0 - bucket.tokens) / self.rate).ceil().max(1.0) as u64)

@@ -4,8 +4,8 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use crate::handlers::{
-    assignments, billing, blocks, customers, device_api, devices, enrollment, fleet, operators,
-    purchases, rollouts, services, sites, stream, vpns, wireguard,
+    assignments, billing, blocks, customers, device_api, devices, enrollment, fleet, health,
+    operators, purchases, rollouts, services, sites, stream, vpns, wireguard,
 };
 
 #[derive(OpenApi)]
@@ -33,6 +33,7 @@ use crate::handlers::{
         rollouts::create, rollouts::list, rollouts::get, rollouts::history, rollouts::samples,
         rollouts::pause, rollouts::resume, rollouts::abort,
         services::diff_revisions, operators::whoami, fleet::overview, stream::stream,
+        health::healthz, health::readyz,
     ),
     components(schemas(
         crate::http::error::ErrorBody, crate::services::FlowBlockSpec, crate::services::FlowSpec,

@@ -1,15 +1,17 @@
 //! Every route of the four listeners, in one place.
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn;
 use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::handlers::{
     assignments, billing, blocks, customers, dashboard, device_api, devices, enrollment, fleet,
-    operators, portal, purchases, rollouts, services, sites, stream, vpns, wireguard,
+    health, operators, portal, purchases, rollouts, services, sites, stream, vpns, wireguard,
 };
 use crate::http::auth::authorize_and_audit;
+use crate::http::contract::{json_errors, refuse_nul_in_uri};
 use crate::http::limits::{
     DEVICE_BODY_LIMIT, ENROLLMENT_BODY_LIMIT, OPERATOR_BODY_LIMIT, PORTAL_BODY_LIMIT,
     WEBHOOK_BODY_LIMIT,
@@ -139,6 +141,8 @@ pub fn operator_router(state: AppState) -> Router {
             "/api/v1/vpn-relays/{device_id}",
             axum::routing::put(vpns::put_relay).delete(vpns::delete_relay),
         )
+        // Inside the audit: a refused change is still recorded.
+        .route_layer(from_fn(refuse_nul_in_uri))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize_and_audit,
@@ -162,9 +166,12 @@ pub fn operator_router(state: AppState) -> Router {
         .route("/ui/login", post(dashboard::login))
         .route("/ui/logout", post(dashboard::logout))
         .route("/ui/session", get(dashboard::session))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(OPERATOR_BODY_LIMIT))
+        .layer(from_fn(refuse_nul_in_uri))
+        .layer(from_fn(json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -192,8 +199,14 @@ pub fn device_router(state: AppState) -> Router {
         )
         .route(isdf_api::paths::DEVICE_RENEW, post(enrollment::renew))
         .route(isdf_api::paths::DEVICE_ROOTS, get(device_api::roots))
+        // For a load balancer in front of this port: answered without a
+        // client certificate (every device route above needs one).
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))
+        .layer(from_fn(refuse_nul_in_uri))
+        .layer(from_fn(json_errors))
         .with_state(state)
 }
 
@@ -201,8 +214,12 @@ pub fn device_router(state: AppState) -> Router {
 pub fn enrollment_router(state: AppState) -> Router {
     Router::new()
         .route(isdf_api::paths::ENROLL, post(enrollment::enroll))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(ENROLLMENT_BODY_LIMIT))
+        .layer(from_fn(refuse_nul_in_uri))
+        .layer(from_fn(json_errors))
         .with_state(state)
 }
 

@@ -69,15 +69,19 @@ impl Dashboard {
 
 /// The session id in the request's cookies, if any.
 pub fn session_id(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, SESSION_COOKIE).filter(|value| !value.is_empty())
+}
+
+/// The value of the request's cookie `name`, if it has one.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.trim())
-        .filter(|value| !value.is_empty())
 }
 
 /// A live session.

@@ -41,8 +41,15 @@ pub struct AppState {
     /// Tells the dashboard's open pages what changed: call
     /// `state.live.notify(Topic::...)` after committing a change.
     pub live: Arc<crate::reconcile::live::LiveUpdates>,
+    /// Refusals of unauthenticated callers: limited per source, tallied
+    /// for the audit log.
+    pub refusals: Arc<crate::http::audit::Refusals>,
+    /// Slots for CPU-heavy request work (diffs), off the async workers.
+    pub cpu_work: Arc<crate::http::offload::CpuWork>,
     /// Dashboard sessions' settings and login limits.
     pub dashboard: Arc<crate::http::sessions::Dashboard>,
+    /// Whether this replica can serve (`/readyz`), checked at most once a second.
+    pub readiness: Arc<crate::http::readiness::Readiness>,
 }
 
 /// The customer-facing portal: its signed links and how it takes payment.

@@ -89,8 +89,23 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// Longest selector text accepted, in bytes.
+    pub const MAX_BYTES: usize = 4096;
+    /// Most requirements in one selector (a device has at most
+    /// [`Labels::MAX`] labels, so more could only repeat or contradict).
+    pub const MAX_REQUIREMENTS: usize = Labels::MAX;
+    /// Most values in all `in (...)` / `notin (...)` sets of one selector.
+    pub const MAX_VALUES: usize = 512;
+
     pub fn parse(text: &str) -> Result<Self, String> {
         let trimmed = text.trim();
+        if trimmed.len() > Self::MAX_BYTES {
+            return Err(format!(
+                "selector is {} bytes; at most {} are accepted",
+                trimmed.len(),
+                Self::MAX_BYTES
+            ));
+        }
         if trimmed.is_empty() {
             return Err("empty selector; use `*` to select every device".into());
         }
@@ -100,9 +115,30 @@ impl Selector {
                 requirements: vec![],
             });
         }
-        let mut requirements = Vec::new();
-        for part in split_top_level(trimmed)? {
-            requirements.push(parse_requirement(part.trim())?);
+        let parts = split_top_level(trimmed)?;
+        if parts.len() > Self::MAX_REQUIREMENTS {
+            return Err(format!(
+                "selector has {} requirements; at most {} are accepted",
+                parts.len(),
+                Self::MAX_REQUIREMENTS
+            ));
+        }
+        let requirements = parts
+            .into_iter()
+            .map(|part| parse_requirement(part.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let values: usize = requirements
+            .iter()
+            .map(|r| match r {
+                Requirement::In(_, values) | Requirement::NotIn(_, values) => values.len(),
+                _ => 0,
+            })
+            .sum();
+        if values > Self::MAX_VALUES {
+            return Err(format!(
+                "selector lists {values} values in its sets; at most {} are accepted",
+                Self::MAX_VALUES
+            ));
         }
         Ok(Selector {
             text: trimmed.to_owned(),
@@ -214,6 +250,30 @@ mod tests {
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs)
+    }
+
+    #[test]
+    fn oversized_selectors_are_refused_before_anything_is_built() {
+        let many = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert!(Selector::parse(&many(Selector::MAX_REQUIREMENTS)).is_ok());
+        let err = Selector::parse(&many(Selector::MAX_REQUIREMENTS + 1)).unwrap_err();
+        assert!(err.contains("requirements; at most 64"), "{err}");
+        let err = Selector::parse(&many(40_000)).unwrap_err();
+        assert!(err.contains("bytes; at most 4096"), "{err}");
+        let values = |n: usize| {
+            (0..n)
+                .map(|i| format!("v{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let sets = format!("a in ({}),b notin ({})", values(256), values(257));
+        let err = Selector::parse(&sets).unwrap_err();
+        assert!(err.contains("513 values"), "{err}");
     }
     #[test]
     fn selectors_match_like_kubernetes() {

@@ -1,14 +1,18 @@
 //! In-memory index of what the device API serves: each device's latest signed
-//! envelope, with a change notification per device, and the version each
-//! device last reported enforcing (the portal waits on it). A device that is
-//! not here (deleted) is refused by the device API.
+//! envelope, with a change notification per device, the version each
+//! device last reported enforcing (the portal waits on it), and which client
+//! certificates the device may present. A device that is not here (deleted)
+//! is refused by the device API.
 //!
 //! This is what keeps the poll hot path free of database queries and signing:
 //! a poll that finds no change is a hash, two map lookups and a 304. The
 //! database stays the source of truth; the cache is filled at start and
-//! updated after every committed recompile.
+//! updated after every committed recompile, and a device's certificates
+//! after every committed change to them (on every replica, through a
+//! notification; see `crate::trust::device_certificates`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
@@ -22,17 +26,64 @@ pub struct ServedConfig {
     pub envelope: Bytes,
 }
 
+/// SHA-256 of a client certificate's DER.
+pub type CertificateFingerprint = [u8; 32];
+
+/// Which client certificates a device may present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AcceptedCertificates {
+    /// None recorded (enrolled before certificates were): any certificate
+    /// of our CA naming the device, until its next one is issued.
+    #[default]
+    Unrecorded,
+    /// Those not revoked, newest (the current one) first; the others are
+    /// the certificate that renewed, until the current one is first used.
+    Pinned(Vec<CertificateFingerprint>),
+}
+
+/// What a presented certificate is to its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateStanding {
+    /// Accepted, nothing to record.
+    Accepted,
+    /// The current certificate while an older one is still accepted: its
+    /// first use, which retires the older ones.
+    FirstUse,
+    /// Not among those this replica knows: revoked, or issued by another
+    /// replica a moment ago (the database decides).
+    Unknown,
+}
+
+impl AcceptedCertificates {
+    pub fn standing(&self, presented: &CertificateFingerprint) -> CertificateStanding {
+        match self {
+            AcceptedCertificates::Unrecorded => CertificateStanding::Accepted,
+            AcceptedCertificates::Pinned(accepted) => {
+                match accepted.iter().position(|f| f == presented) {
+                    Some(0) if accepted.len() > 1 => CertificateStanding::FirstUse,
+                    Some(_) => CertificateStanding::Accepted,
+                    None => CertificateStanding::Unknown,
+                }
+            }
+        }
+    }
+}
+
 struct DeviceSlot {
     current: Option<Arc<ServedConfig>>,
     /// Carries the latest version; long polls wait on it.
     changed: watch::Sender<u64>,
     /// The version the device last reported applied (0: none yet).
     enforced: watch::Sender<u64>,
+    /// Its certificates, and the generation (in the database) they are of.
+    certificates: (i64, AcceptedCertificates),
 }
 
 #[derive(Default)]
 pub struct ConfigCache {
     devices: RwLock<HashMap<Uuid, DeviceSlot>>,
+    /// Filled from the database (devices, configs, certificates) at start.
+    loaded: AtomicBool,
     /// Told of every published config (the dashboard's live updates).
     pub live: Arc<crate::reconcile::live::LiveUpdates>,
 }
@@ -57,7 +108,41 @@ impl ConfigCache {
                 current: None,
                 changed,
                 enforced,
+                certificates: (0, AcceptedCertificates::Unrecorded),
             });
+    }
+
+    /// What `presented` is to the device's certificates; None when the
+    /// device is unknown (deleted).
+    pub fn certificate_standing(
+        &self,
+        id: Uuid,
+        presented: &CertificateFingerprint,
+    ) -> Option<CertificateStanding> {
+        self.devices
+            .read()
+            .expect("lock")
+            .get(&id)
+            .map(|s| s.certificates.1.standing(presented))
+    }
+
+    /// Replaces the device's certificates with those of `generation`,
+    /// unless the cache already holds a newer generation.
+    pub fn set_certificates(&self, id: Uuid, generation: i64, accepted: AcceptedCertificates) {
+        if let Some(slot) = self.devices.write().expect("lock").get_mut(&id) {
+            if generation >= slot.certificates.0 {
+                slot.certificates = (generation, accepted);
+            }
+        }
+    }
+
+    /// Marks the cache filled from the database (readiness waits for it).
+    pub fn mark_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     pub fn remove_device(&self, id: Uuid) {
@@ -151,5 +236,45 @@ impl ConfigCache {
 
     pub fn device_count(&self) -> usize {
         self.devices.read().expect("lock").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_stands_by_its_place_among_those_accepted() {
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let unrecorded = AcceptedCertificates::Unrecorded;
+        assert_eq!(unrecorded.standing(&a), CertificateStanding::Accepted);
+        let alone = AcceptedCertificates::Pinned(vec![a]);
+        assert_eq!(alone.standing(&a), CertificateStanding::Accepted);
+        assert_eq!(alone.standing(&b), CertificateStanding::Unknown);
+        let renewed = AcceptedCertificates::Pinned(vec![b, a]);
+        assert_eq!(renewed.standing(&b), CertificateStanding::FirstUse);
+        assert_eq!(renewed.standing(&a), CertificateStanding::Accepted);
+        assert_eq!(renewed.standing(&c), CertificateStanding::Unknown);
+        let none = AcceptedCertificates::Pinned(vec![]);
+        assert_eq!(none.standing(&a), CertificateStanding::Unknown);
+    }
+
+    #[test]
+    fn an_older_generation_never_replaces_a_newer_one() {
+        let cache = ConfigCache::default();
+        let id = Uuid::new_v4();
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(cache.certificate_standing(id, &a), None);
+        cache.add_device(id);
+        cache.set_certificates(id, 2, AcceptedCertificates::Pinned(vec![b]));
+        cache.set_certificates(id, 1, AcceptedCertificates::Pinned(vec![a]));
+        assert_eq!(
+            cache.certificate_standing(id, &a),
+            Some(CertificateStanding::Unknown)
+        );
+        assert_eq!(
+            cache.certificate_standing(id, &b),
+            Some(CertificateStanding::Accepted)
+        );
     }
 }

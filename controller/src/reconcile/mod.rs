@@ -79,6 +79,20 @@ impl Reconciler {
         Ok(self.publish(compiled))
     }
 
+    /// Begins the transaction of a change that will recompile routers, with
+    /// the recompile lock taken first. Taking it before any row lock is what
+    /// keeps changes and recompiles from deadlocking: a recompile storing a
+    /// config takes a key-share lock on its device's row, which a change
+    /// holding that row `FOR UPDATE` would block while waiting for the
+    /// recompile lock itself.
+    pub async fn begin_change(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut tx = self.pool.begin().await.context("starting a change")?;
+        db::locks::recompile(&mut tx)
+            .await
+            .context("taking the recompile lock")?;
+        Ok(tx)
+    }
+
     /// Recompiles `devices` inside the caller's transaction (which then
     /// holds the recompile lock): the new configs are stored with whatever
     /// else it writes, and served once it commits and hands them to
@@ -137,64 +151,70 @@ impl Reconciler {
                 .collect();
 
         let lifetime = chrono::Duration::from_std(self.config_lifetime).context("lifetime")?;
-        let mut published = Vec::new();
-        for (id, labels) in &targets {
-            let labels = Labels::parse(labels.0.clone()).unwrap_or_default();
-            let blocks = device_blocks.get(id).map_or(&[][..], Vec::as_slice);
-            let device_id = id.to_string();
-            let shop = DeviceShop {
-                device_id: &device_id,
-                catalogs: &shops.catalogs,
-                passes: shops.passes.get(id).unwrap_or(&shops.no_passes),
-                portal: &self.portal_links,
-            };
-            let mut firewall = compile_firewall(
-                &labels,
-                staged.in_force(*id, &assignments),
-                blocks,
-                Some(&shop),
-                now.timestamp(),
-            );
-            firewall.wireguard = wireguard.get(id).cloned();
-            let digest = firewall.digest();
-            let previous = existing.get(id);
-            let unchanged = previous.is_some_and(|(_, d, expires)| {
-                *d == digest
-                    && match resign {
-                        Resign::IfChanged => true,
-                        Resign::IfExpiringBefore(t) => *expires >= t,
-                        Resign::Always => false,
-                    }
-            });
-            if unchanged {
-                continue;
+        // Compiling and signing is CPU work: done off the async workers, so
+        // a fleet-wide recompile never delays the device API.
+        let published = cpu_bound(|| {
+            let mut published = Vec::new();
+            for (id, labels) in &targets {
+                let labels = Labels::parse(labels.0.clone()).unwrap_or_default();
+                let blocks = device_blocks.get(id).map_or(&[][..], Vec::as_slice);
+                let device_id = id.to_string();
+                let shop = DeviceShop {
+                    device_id: &device_id,
+                    catalogs: &shops.catalogs,
+                    passes: shops.passes.get(id).unwrap_or(&shops.no_passes),
+                    portal: &self.portal_links,
+                };
+                let mut firewall = compile_firewall(
+                    &labels,
+                    staged.in_force(*id, &assignments),
+                    blocks,
+                    Some(&shop),
+                    now.timestamp(),
+                );
+                firewall.wireguard = wireguard.get(id).cloned();
+                let digest = firewall.digest();
+                let previous = existing.get(id);
+                let unchanged = previous.is_some_and(|(_, d, expires)| {
+                    *d == digest
+                        && match resign {
+                            Resign::IfChanged => true,
+                            Resign::IfExpiringBefore(t) => *expires >= t,
+                            Resign::Always => false,
+                        }
+                });
+                if unchanged {
+                    continue;
+                }
+                let version = previous.map_or(1, |(v, _, _)| v + 1);
+                let config = isdf_api::DeviceConfig {
+                    device_id: id.to_string(),
+                    version: u64::try_from(version).context("version")?,
+                    issued_at: now.timestamp(),
+                    expires_at: (now + lifetime).timestamp(),
+                    firewall,
+                };
+                let payload = serde_json::to_vec(&config).context("serialising config")?;
+                let envelope = self
+                    .signer
+                    .sign(isdf_api::CONFIG_PAYLOAD_TYPE, &payload)
+                    .context("signing config")?
+                    .to_json();
+                published.push(db::configs::ConfigRow {
+                    device_id: *id,
+                    version,
+                    digest,
+                    issued_at: now,
+                    expires_at: now + lifetime,
+                    envelope,
+                });
             }
-            let version = previous.map_or(1, |(v, _, _)| v + 1);
-            let config = isdf_api::DeviceConfig {
-                device_id: id.to_string(),
-                version: u64::try_from(version).context("version")?,
-                issued_at: now.timestamp(),
-                expires_at: (now + lifetime).timestamp(),
-                firewall,
-            };
-            let payload = serde_json::to_vec(&config).context("serialising config")?;
-            let envelope = self
-                .signer
-                .sign(isdf_api::CONFIG_PAYLOAD_TYPE, &payload)
-                .context("signing config")?
-                .to_json();
-            let row = db::configs::ConfigRow {
-                device_id: *id,
-                version,
-                digest,
-                issued_at: now,
-                expires_at: now + lifetime,
-                envelope,
-            };
-            db::configs::upsert(&mut **tx, &row)
+            anyhow::Ok(published)
+        })?;
+        for row in &published {
+            db::configs::upsert(&mut **tx, row)
                 .await
                 .context("storing config")?;
-            published.push(row);
         }
         Ok(Compiled {
             compiled: targets.len(),
@@ -227,10 +247,26 @@ impl Reconciler {
         &self,
         selector: &Selector,
     ) -> anyhow::Result<RecompileSummary> {
-        let ids = db::devices::matching_ids(&self.pool, selector)
+        let mut tx = self.pool.begin().await.context("starting recompile")?;
+        let compiled = self.recompile_selected_in(&mut tx, selector).await?;
+        tx.commit().await.context("committing recompile")?;
+        Ok(self.publish(compiled))
+    }
+
+    /// Recompiles the devices `selector` matches, inside the caller's
+    /// transaction (see [`Reconciler::recompile_in`]).
+    pub async fn recompile_selected_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        selector: &Selector,
+    ) -> anyhow::Result<Compiled> {
+        let ids = db::devices::matching_ids(&mut **tx, selector)
             .await
             .context("selecting devices")?;
-        self.recompile(Some(&ids), Resign::IfChanged).await
+        if ids.is_empty() {
+            return Ok(Compiled::default());
+        }
+        self.recompile_in(tx, Some(&ids), Resign::IfChanged).await
     }
 
     /// Re-issues configs that pass half their lifetime, so a router whose
@@ -306,5 +342,17 @@ impl Reconciler {
             );
         }
         Ok(())
+    }
+}
+
+/// Runs CPU-bound work without stalling the async workers: on the
+/// multi-threaded runtime this worker's other tasks move to another thread
+/// meanwhile (`block_in_place`); elsewhere (a single-threaded test runtime)
+/// it simply runs.
+fn cpu_bound<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }

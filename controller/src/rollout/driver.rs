@@ -90,13 +90,15 @@ impl Rollouts {
     }
 
     /// Starts a rollout: changes the assignment, splits the routers its
-    /// selector matches into waves and releases the canary.
+    /// selector matches into waves and releases the canary. `audit` is the
+    /// caller's entry, stored with the rollout (its target: the rollout).
     pub async fn start(
         &self,
         target: Target,
         revision: Option<i32>,
         plan: &WavePlan,
         actor: &str,
+        audit: &NewAuditEntry<'_>,
     ) -> Result<Uuid, RolloutError> {
         let id = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
@@ -195,8 +197,22 @@ impl Rollouts {
             ),
         )
         .await?;
+        let rollout = id.to_string();
+        let entry = NewAuditEntry {
+            target: Some(&rollout),
+            ..audit.clone()
+        };
+        append_audit(&mut tx, &entry).await?;
+        // The canary is released in the rollout's own transaction: a crash
+        // leaves the rollout with its canary out, or no rollout at all,
+        // never one waiting for reports from routers it never released.
+        let compiled = self.release_in(&mut tx, id, 0).await?;
         tx.commit().await.context("committing the new rollout")?;
-        self.advance(id, None).await?;
+        self.reconciler.publish(compiled);
+        self.changed(id);
+        // The charts start from the release: everything pending.
+        let counts = wave_counts(&self.pool, id).await?;
+        self.sample(id, 0, &counts).await?;
         self.nudge();
         Ok(id)
     }
@@ -227,70 +243,81 @@ impl Rollouts {
         Ok(revision)
     }
 
-    /// Moves a running rollout on, in one transaction under its row lock:
-    /// records the wave that passed (if any), then releases the next wave
-    /// (the canary when none passed yet) or, after the last, completes it.
-    /// A released wave's routers are recompiled in that same transaction,
-    /// so a wave shows as released exactly when their new configs are
-    /// stored.
-    async fn advance(&self, id: Uuid, passed: Option<Passed>) -> Result<(), RolloutError> {
+    /// Moves a running rollout past the wave that passed, in one
+    /// transaction under its row lock: records the pass, then releases the
+    /// next wave or, after the last, completes the rollout.
+    async fn advance(&self, id: Uuid, passed: Passed) -> Result<(), RolloutError> {
         let Some((mut tx, row)) = self.lock_running(id).await? else {
             return Ok(());
         };
-        let next = match &passed {
-            None => 0,
-            Some(p) => {
-                let healthy_since = p.healthy_since.or(Some(Utc::now()));
-                db::rollouts::set_wave_health(&mut *tx, id, p.wave, healthy_since, true).await?;
-                let c = p.counts;
-                let detail = format!(
-                    "{} applied, {} failed, {} offline of {}",
-                    c.applied, c.failed, c.offline, c.routers
-                );
-                db::rollouts::append_event(
-                    &mut *tx,
-                    id,
-                    "wave_passed",
-                    Some(p.wave),
-                    CONTROLLER,
-                    &detail,
-                )
-                .await?;
-                p.wave + 1
-            }
-        };
-        let completes = passed.as_ref().is_some_and(|p| p.last);
-        let compiled = if completes {
+        // The wave was judged before the lock was taken: if the rollout
+        // moved on since, this step was taken already.
+        if row.current_wave != passed.wave {
+            return Ok(());
+        }
+        let healthy_since = passed.healthy_since.or(Some(Utc::now()));
+        db::rollouts::set_wave_health(&mut *tx, id, passed.wave, healthy_since, true).await?;
+        let c = passed.counts;
+        let detail = format!(
+            "{} applied, {} failed, {} offline of {}",
+            c.applied, c.failed, c.offline, c.routers
+        );
+        db::rollouts::append_event(
+            &mut *tx,
+            id,
+            "wave_passed",
+            Some(passed.wave),
+            CONTROLLER,
+            &detail,
+        )
+        .await?;
+        let next = passed.wave + 1;
+        let compiled = if passed.last {
             db::rollouts::set_state(&mut *tx, id, "completed", None).await?;
             db::rollouts::append_event(&mut *tx, id, "completed", None, CONTROLLER, "").await?;
-            Compiled::default()
-        } else {
-            db::rollouts::release_wave(&mut *tx, id, next).await?;
-            db::rollouts::append_event(&mut *tx, id, "wave_released", Some(next), CONTROLLER, "")
+            append_controller_audit(&mut tx, id, "rollout.complete", serde_json::Value::Null)
                 .await?;
-            self.target_released(&mut tx, id).await?
-        };
-        tx.commit().await.context("committing a rollout step")?;
-        self.reconciler.publish(compiled);
-        self.changed(id);
-        if completes {
-            audit(&self.pool, id, "rollout.complete", serde_json::Value::Null).await;
             // Routers that came to match the selector during the rollout
             // kept the previous revision until now.
             let selector = Selector::parse(&row.selector)
                 .map_err(|e| anyhow::anyhow!("stored selector `{}`: {e}", row.selector))?;
-            self.reconciler.recompile_selected(&selector).await?;
+            self.reconciler
+                .recompile_selected_in(&mut tx, &selector)
+                .await?
         } else {
-            if passed.is_some() {
-                let summary = serde_json::json!({"wave": next});
-                audit(&self.pool, id, "rollout.wave", summary).await;
-            }
+            self.release_in(&mut tx, id, next).await?
+        };
+        tx.commit().await.context("committing a rollout step")?;
+        self.reconciler.publish(compiled);
+        self.changed(id);
+        if !passed.last {
             // The charts start from the release: everything pending.
             let counts = wave_counts(&self.pool, id).await?;
             self.sample(id, next, &counts).await?;
             self.nudge();
         }
         Ok(())
+    }
+
+    /// Releases `wave` in `tx` (the caller holds the rollout's row lock)
+    /// and recompiles its routers in that same transaction, so a wave shows
+    /// as released exactly when their new configs are stored. The canary
+    /// is covered by the operator's audit entry of the start; later waves
+    /// are the controller's own steps.
+    async fn release_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        id: Uuid,
+        wave: i32,
+    ) -> Result<Compiled, RolloutError> {
+        db::rollouts::release_wave(&mut **tx, id, wave).await?;
+        db::rollouts::append_event(&mut **tx, id, "wave_released", Some(wave), CONTROLLER, "")
+            .await?;
+        if wave > 0 {
+            let summary = serde_json::json!({"wave": wave});
+            append_controller_audit(tx, id, "rollout.wave", summary).await?;
+        }
+        Ok(self.target_released(tx, id).await?)
     }
 
     /// Recompiles, in `tx`, the released routers that have no target
@@ -317,7 +344,12 @@ impl Rollouts {
         Ok(compiled)
     }
 
-    pub async fn pause(&self, id: Uuid, actor: &str) -> Result<(), RolloutError> {
+    pub async fn pause(
+        &self,
+        id: Uuid,
+        actor: &str,
+        audit: &NewAuditEntry<'_>,
+    ) -> Result<(), RolloutError> {
         let (mut tx, row) = self
             .lock_in(id, &["running"], "rollout_not_running")
             .await?;
@@ -325,6 +357,7 @@ impl Rollouts {
         db::rollouts::set_state(&mut *tx, id, "paused", Some(&reason)).await?;
         db::rollouts::append_event(&mut *tx, id, "paused", Some(row.current_wave), actor, "")
             .await?;
+        append_audit(&mut tx, audit).await?;
         tx.commit().await.context("committing a pause")?;
         self.changed(id);
         Ok(())
@@ -332,12 +365,18 @@ impl Rollouts {
 
     /// Resumes a paused rollout; failures seen so far in the current wave
     /// are accepted (new ones still count).
-    pub async fn resume(&self, id: Uuid, actor: &str) -> Result<(), RolloutError> {
+    pub async fn resume(
+        &self,
+        id: Uuid,
+        actor: &str,
+        audit: &NewAuditEntry<'_>,
+    ) -> Result<(), RolloutError> {
         let (mut tx, row) = self.lock_in(id, &["paused"], "rollout_not_paused").await?;
         db::rollouts::set_state(&mut *tx, id, "running", None).await?;
         db::rollouts::accept_failures(&mut *tx, id, row.current_wave).await?;
         db::rollouts::append_event(&mut *tx, id, "resumed", Some(row.current_wave), actor, "")
             .await?;
+        append_audit(&mut tx, audit).await?;
         tx.commit().await.context("committing a resume")?;
         self.changed(id);
         self.nudge();
@@ -346,7 +385,12 @@ impl Rollouts {
 
     /// Aborts: the assignment returns to the previous revision (a new one
     /// is removed) and every released router is recompiled.
-    pub async fn abort(&self, id: Uuid, actor: &str) -> Result<(), RolloutError> {
+    pub async fn abort(
+        &self,
+        id: Uuid,
+        actor: &str,
+        audit: &NewAuditEntry<'_>,
+    ) -> Result<(), RolloutError> {
         let (mut tx, row) = self
             .lock_in(id, &["running", "paused"], "rollout_finished")
             .await?;
@@ -373,6 +417,7 @@ impl Rollouts {
             .reconciler
             .recompile_in(&mut tx, Some(&released), Resign::IfChanged)
             .await?;
+        append_audit(&mut tx, audit).await?;
         tx.commit().await.context("committing an abort")?;
         self.reconciler.publish(compiled);
         self.changed(id);
@@ -498,7 +543,7 @@ impl Rollouts {
                     healthy_since: wave.healthy_since,
                     last: wave.wave + 1 >= waves.len() as i32,
                 };
-                self.advance(id, Some(passed)).await?;
+                self.advance(id, passed).await?;
             }
         }
         Ok(())
@@ -510,16 +555,11 @@ impl Rollouts {
         };
         db::rollouts::set_state(&mut *tx, id, "paused", Some(reason)).await?;
         db::rollouts::append_event(&mut *tx, id, "breach", Some(wave), CONTROLLER, reason).await?;
+        let summary = serde_json::json!({"reason": reason});
+        append_controller_audit(&mut tx, id, "rollout.pause", summary).await?;
         tx.commit().await.context("committing a pause")?;
         self.changed(id);
         tracing::warn!(rollout = %id, reason, "rollout paused itself");
-        audit(
-            &self.pool,
-            id,
-            "rollout.pause",
-            serde_json::json!({"reason": reason}),
-        )
-        .await;
         Ok(())
     }
 
@@ -609,8 +649,24 @@ pub async fn wave_counts(pool: &PgPool, id: Uuid) -> Result<HashMap<i32, Counts>
     Ok(out)
 }
 
-/// Audits a step the controller took on its own.
-async fn audit(pool: &PgPool, id: Uuid, action: &str, summary: serde_json::Value) {
+/// Appends an operator's entry in the transaction of the change it made.
+async fn append_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    entry: &NewAuditEntry<'_>,
+) -> Result<(), RolloutError> {
+    db::audit::append(&mut **tx, entry)
+        .await
+        .context("appending the audit entry of a rollout change")?;
+    Ok(())
+}
+
+/// Audits a step the controller took on its own, in its transaction.
+async fn append_controller_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    action: &str,
+    summary: serde_json::Value,
+) -> Result<(), RolloutError> {
     let target = id.to_string();
     let entry = NewAuditEntry {
         actor_id: None,
@@ -620,7 +676,5 @@ async fn audit(pool: &PgPool, id: Uuid, action: &str, summary: serde_json::Value
         status: 200,
         summary,
     };
-    if let Err(e) = db::audit::append(pool, &entry).await {
-        tracing::error!(error = %e, action, "could not append to the audit log");
-    }
+    append_audit(tx, &entry).await
 }

@@ -5,18 +5,20 @@
 //! the household's access to the site ends (or now), and cancelling a pass
 //! moves the passes queued after it forward by its unused time. Changes to
 //! one household's passes are serialised on its `customers` row, so two
-//! purchases at once still queue one after the other. After the commit, the
-//! household's routers are recompiled, so a pass is enforced within the
-//! recompile's time and ends on the router by its own element timeout.
+//! purchases at once still queue one after the other. The household's
+//! routers are recompiled in the same transaction (`record_in`, `cancel_in`:
+//! the caller commits, with its audit entry, then publishes), so a pass is
+//! stored with the configs that enforce it or not at all, and ends on the
+//! router by its own element timeout.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::db;
 use crate::db::purchases::PurchaseRow;
 use crate::model::parse_reference;
-use crate::reconcile::{Reconciler, Resign};
+use crate::reconcile::{Compiled, Reconciler, Resign};
 use crate::services::pay_per_site::catalog::Currency;
 
 /// Who recorded a purchase.
@@ -109,9 +111,8 @@ pub enum PurchaseError {
     NotInForce(Uuid),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-    /// The change IS committed; only recompiling the household's routers
-    /// failed (they get it with the next recompile).
-    #[error("purchase {} is stored, but recompiling the household's routers failed", purchase.id)]
+    /// Recompiling the household's routers failed: nothing was stored.
+    #[error("recompiling the household's routers for purchase {} failed; nothing was stored", purchase.id)]
     Recompile {
         purchase: Box<PurchaseRow>,
         #[source]
@@ -127,18 +128,54 @@ fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
 }
 
-/// Records a pass in one transaction, then recompiles the household's routers.
-#[tracing::instrument(skip(pool, reconciler), fields(customer = %new.customer_id, site = new.site_id))]
+/// A purchase stored in a transaction not yet committed, with the
+/// household's recompiled configs to publish once it is.
+#[must_use = "the purchase is stored only once its transaction commits"]
+pub struct StagedPurchase {
+    pub purchase: PurchaseRow,
+    device_versions: Vec<(Uuid, i64)>,
+    compiled: Compiled,
+}
+
+impl StagedPurchase {
+    /// Publishes the configs of a committed purchase.
+    pub fn published(self, reconciler: &Reconciler) -> RecordedPurchase {
+        reconciler.publish(self.compiled);
+        RecordedPurchase {
+            purchase: self.purchase,
+            device_versions: self.device_versions,
+        }
+    }
+}
+
+/// Records a pass and recompiles the household's routers in one transaction.
 pub async fn record(
     pool: &PgPool,
     reconciler: &Reconciler,
     new: NewPurchase,
 ) -> Result<RecordedPurchase, PurchaseError> {
+    let mut tx = pool.begin().await?;
+    // First, as every change that recompiles (see `Reconciler::begin_change`).
+    db::locks::recompile(&mut tx).await?;
+    let staged = record_in(&mut tx, pool, reconciler, new).await?;
+    tx.commit().await?;
+    Ok(staged.published(reconciler))
+}
+
+/// Records a pass and recompiles the household's routers in `tx`, which
+/// the caller commits.
+#[tracing::instrument(skip(tx, pool, reconciler), fields(customer = %new.customer_id, site = new.site_id))]
+pub async fn record_in(
+    tx: &mut Transaction<'_, Postgres>,
+    pool: &PgPool,
+    reconciler: &Reconciler,
+    new: NewPurchase,
+) -> Result<StagedPurchase, PurchaseError> {
     if let Some(payment_id) = &new.payment_id {
         parse_reference(payment_id, "payment_id").map_err(PurchaseError::InvalidPaymentId)?;
         // A friendlier answer for a replay (even if the catalog changed
         // since); the unique constraint below is what guarantees it.
-        if let Some(existing) = db::purchases::by_payment_id(pool, payment_id).await? {
+        if let Some(existing) = db::purchases::by_payment_id(&mut **tx, payment_id).await? {
             return Err(duplicate(payment_id, &existing));
         }
     }
@@ -146,11 +183,10 @@ pub async fn record(
         return Err(PurchaseError::InvalidPrice(price));
     }
     let now = whole_second(Utc::now());
-    let mut tx = pool.begin().await?;
-    db::customers::lock(&mut *tx, new.customer_id)
+    db::customers::lock(&mut **tx, new.customer_id)
         .await?
         .ok_or(PurchaseError::UnknownCustomer(new.customer_id))?;
-    let site = db::catalog::get_for_share(&mut *tx, new.site_id)
+    let site = db::catalog::get_for_share(&mut **tx, new.site_id)
         .await?
         .ok_or(PurchaseError::UnknownSite(new.site_id))?;
     if site.currency != new.currency.as_str() {
@@ -167,7 +203,7 @@ pub async fn record(
             duration_secs: new.duration_secs,
             available: site.passes.0.iter().map(|p| p.duration_secs()).collect(),
         })?;
-    let starts_at = db::purchases::access_end(&mut *tx, new.customer_id, site.id, now)
+    let starts_at = db::purchases::access_end(&mut **tx, new.customer_id, site.id, now)
         .await?
         .map_or(now, |end| end.max(now));
     let row = db::purchases::NewPurchaseRow {
@@ -181,11 +217,11 @@ pub async fn record(
         source: new.source.as_str(),
         payment_id: new.payment_id.as_deref(),
     };
-    let purchase = match db::purchases::insert(&mut *tx, &row).await {
+    let purchase = match db::purchases::insert(&mut **tx, &row).await {
         Ok(purchase) => purchase,
         Err(e) if db::is_unique_violation_of(&e, db::purchases::PAYMENT_ID_KEY) => {
-            // The same payment committed meanwhile: report it, store nothing.
-            drop(tx);
+            // The same payment committed meanwhile (`tx` is aborted and
+            // stores nothing): report it.
             let payment_id = new.payment_id.as_deref().unwrap_or_default();
             let existing = db::purchases::by_payment_id(pool, payment_id)
                 .await?
@@ -194,9 +230,8 @@ pub async fn record(
         }
         Err(e) => return Err(e.into()),
     };
-    tx.commit().await?;
     tracing::info!(purchase = %purchase.id, ends_at = %purchase.ends_at, source = %purchase.source, "pass recorded");
-    recompile_household(pool, reconciler, purchase).await
+    recompile_household(tx, reconciler, purchase).await
 }
 
 fn duplicate(payment_id: &str, existing: &PurchaseRow) -> PurchaseError {
@@ -208,54 +243,59 @@ fn duplicate(payment_id: &str, existing: &PurchaseRow) -> PurchaseError {
 
 /// Cancels (refunds) a pass in force: it ends now (a queued one never
 /// starts), and the household's passes queued after it move forward by its
-/// unused time. Then recompiles the household's routers.
-#[tracing::instrument(skip(pool, reconciler))]
-pub async fn cancel(
-    pool: &PgPool,
+/// unused time. The household's routers are recompiled in `tx`, which the
+/// caller commits.
+#[tracing::instrument(skip(tx, reconciler))]
+pub async fn cancel_in(
+    tx: &mut Transaction<'_, Postgres>,
     reconciler: &Reconciler,
     purchase_id: Uuid,
-) -> Result<RecordedPurchase, PurchaseError> {
+) -> Result<StagedPurchase, PurchaseError> {
     let now = whole_second(Utc::now());
     let not_in_force = || PurchaseError::NotInForce(purchase_id);
-    let customer_id = db::purchases::get(pool, purchase_id)
+    let customer_id = db::purchases::get(&mut **tx, purchase_id)
         .await?
         .ok_or_else(not_in_force)?
         .customer_id;
-    let mut tx = pool.begin().await?;
     // The household first, then the pass: the order `record` takes them in.
-    db::customers::lock(&mut *tx, customer_id)
+    db::customers::lock(&mut **tx, customer_id)
         .await?
         .ok_or_else(not_in_force)?;
-    let pass = db::purchases::get_for_update(&mut *tx, purchase_id)
+    let pass = db::purchases::get_for_update(&mut **tx, purchase_id)
         .await?
         .filter(|p| p.in_force(now))
         .ok_or_else(not_in_force)?;
     let unused = pass.ends_at - pass.starts_at.max(now);
-    let cancelled = db::purchases::cancel(&mut *tx, purchase_id, now).await?;
-    db::purchases::move_earlier(&mut *tx, customer_id, pass.site_id, pass.ends_at, unused).await?;
-    tx.commit().await?;
+    let cancelled = db::purchases::cancel(&mut **tx, purchase_id, now).await?;
+    db::purchases::move_earlier(&mut **tx, customer_id, pass.site_id, pass.ends_at, unused).await?;
     tracing::info!(purchase = %purchase_id, "pass cancelled");
-    recompile_household(pool, reconciler, cancelled).await
+    recompile_household(tx, reconciler, cancelled).await
 }
 
-/// Recompiles the routers of the purchase's household; returns their versions.
+/// Recompiles the routers of the purchase's household in `tx`.
 async fn recompile_household(
-    pool: &PgPool,
+    tx: &mut Transaction<'_, Postgres>,
     reconciler: &Reconciler,
     purchase: PurchaseRow,
-) -> Result<RecordedPurchase, PurchaseError> {
+) -> Result<StagedPurchase, PurchaseError> {
     let result = async {
-        let devices = db::devices::ids_of_customer(pool, purchase.customer_id).await?;
-        reconciler
-            .recompile(Some(&devices), Resign::IfChanged)
+        let devices = db::devices::ids_of_customer(&mut **tx, purchase.customer_id).await?;
+        if devices.is_empty() {
+            return Ok((Compiled::default(), Vec::new()));
+        }
+        let compiled = reconciler
+            .recompile_in(tx, Some(&devices), Resign::IfChanged)
             .await?;
-        anyhow::Ok(db::configs::versions(pool, &devices).await?)
+        // Read in `tx`: the versions it just stored.
+        let versions = db::configs::versions(&mut **tx, &devices).await?;
+        anyhow::Ok((compiled, versions))
     }
     .await;
     match result {
-        Ok(device_versions) => Ok(RecordedPurchase {
+        Ok((compiled, device_versions)) => Ok(StagedPurchase {
             purchase,
             device_versions,
+            compiled,
         }),
         Err(source) => Err(PurchaseError::Recompile {
             purchase: Box::new(purchase),

@@ -37,6 +37,8 @@ pub struct IssuedCertificate {
     pub pem: String,
     /// Hex of the serial number.
     pub serial: String,
+    /// SHA-256 of the certificate's DER: what the device API recognises it by.
+    pub fingerprint: [u8; 32],
     pub not_before: i64,
     pub not_after: i64,
 }
@@ -158,6 +160,7 @@ impl Pki {
         Ok(IssuedCertificate {
             pem: cert.pem(),
             serial,
+            fingerprint: fingerprint_of(cert.der()),
             not_before: not_before.unix_timestamp(),
             not_after: not_after.unix_timestamp(),
         })
@@ -186,7 +189,11 @@ impl Pki {
         Ok((certs, key))
     }
 
-    /// The device listener: mutual TLS, client certificates from our CA only.
+    /// The device listener: mutual TLS, client certificates from our CA
+    /// only. A client without a certificate completes the handshake (a load
+    /// balancer's health check reaches `/healthz` and `/readyz`), and every
+    /// device route refuses it (401); a certificate that does not verify
+    /// still fails the handshake.
     pub fn device_server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let mut roots = rustls::RootCertStore::empty();
         roots
@@ -196,6 +203,7 @@ impl Pki {
             Arc::new(roots),
             provider(),
         )
+        .allow_unauthenticated()
         .build()
         .context("client certificate verifier")?;
         let (certs, key) = self.server_identity()?;
@@ -224,6 +232,13 @@ impl Pki {
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The SHA-256 of a certificate's DER: one certificate, whatever its
+/// contents (two certificates for one device differ in serial and key).
+pub fn fingerprint_of(cert: &rustls::pki_types::CertificateDer<'_>) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(cert.as_ref()).into()
 }
 
 /// The device id in a verified client certificate (its common name).
@@ -260,6 +275,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(device_id_of(&der), Some(device));
+        assert_eq!(fingerprint_of(&der), issued.fingerprint);
         let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
         assert!(
             parsed.subject_alternative_name().unwrap().is_none(),

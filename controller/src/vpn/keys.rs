@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::db::wireguard::FactsRow;
-use crate::reconcile::{RecompileSummary, Reconciler, Resign};
+use crate::reconcile::{Compiled, RecompileSummary, Reconciler, Resign};
 
 /// An announced rotation goes ahead after this even if some peers (offline
 /// ones) never confirmed; they learn the new key with their next config.
@@ -177,17 +177,26 @@ impl KeyKeeper<'_> {
         Ok(summary)
     }
 
-    /// Asks the router for a new key; the rotation proceeds from its report.
-    pub async fn request_rotation(&self, device: Uuid) -> anyhow::Result<Option<i32>> {
-        let generation = db::wireguard::request_rotation(&self.reconciler.pool, device)
+    /// Asks the router for a new key, in the caller's transaction; the
+    /// rotation proceeds from its report. The configs to publish once `tx`
+    /// commits come back with the new generation (None: nothing to ask).
+    pub async fn request_rotation_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        device: Uuid,
+    ) -> anyhow::Result<(Option<i32>, Compiled)> {
+        let generation = db::wireguard::request_rotation(&mut **tx, device)
             .await
             .context("requesting a rotation")?;
-        if generation.is_some() {
-            self.reconciler
-                .recompile(Some(&[device]), Resign::IfChanged)
-                .await?;
-        }
-        Ok(generation)
+        let compiled = match generation {
+            Some(_) => {
+                self.reconciler
+                    .recompile_in(tx, Some(&[device]), Resign::IfChanged)
+                    .await?
+            }
+            None => Compiled::default(),
+        };
+        Ok((generation, compiled))
     }
 
     async fn recompile_around(&self, device: Uuid) -> anyhow::Result<RecompileSummary> {

@@ -192,8 +192,19 @@ async fn openapi_document_lists_the_routes() {
         "/api/v1/services/{id}/revisions",
         "/api/v1/assignments/{id}",
         "/device/v1/config",
+        "/healthz",
+        "/readyz",
     ] {
         assert!(paths.contains_key(p), "{p} missing");
+    }
+    // Health needs no credentials (load balancers have none).
+    for p in ["/healthz", "/readyz"] {
+        assert_eq!(
+            paths[p]["get"]["security"],
+            serde_json::json!([]),
+            "{p}: {}",
+            paths[p]
+        );
     }
 }
 

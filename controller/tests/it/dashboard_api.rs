@@ -127,6 +127,8 @@ async fn sessions_act_with_the_token_role_and_changes_need_the_csrf_header() {
             .unwrap()
             .post(format!("{}/ui/login", h.controller.api_url))
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            // A browser posting our own page's form says where it comes from.
+            .header("origin", &h.controller.api_url)
             .body(format!("token={}", viewer.body["token"].as_str().unwrap()))
             .send()
             .await
@@ -260,7 +262,13 @@ async fn the_dashboard_is_served_with_a_strict_policy() {
             .starts_with("default-src 'self'"));
         assert_eq!(headers["x-content-type-options"], "nosniff");
         assert_eq!(headers["referrer-policy"], "no-referrer");
-        assert_eq!(headers["cache-control"], "no-cache");
+        // The page carries a per-browser login CSRF token: never cached.
+        let caching = if path == "/ui/" {
+            "no-store"
+        } else {
+            "no-cache"
+        };
+        assert_eq!(headers["cache-control"], caching, "{path}");
     }
 }
 

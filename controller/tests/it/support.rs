@@ -43,6 +43,31 @@ impl Harness {
         }
     }
 
+    /// Stops the controller and starts it again on the same database and
+    /// data directory (its listeners get new ports: make device handles
+    /// again with [`Harness::handle`]).
+    pub async fn restart(self) -> Self {
+        let Harness {
+            controller,
+            http,
+            device_http,
+            _data_dir,
+        } = self;
+        let database_url = controller.database_url.clone();
+        controller.stop().await.expect("controller stops");
+        let mut options = TestControllerOptions::new(_data_dir.path());
+        options.database_url = Some(database_url);
+        let controller = TestController::start(options)
+            .await
+            .expect("controller restarts");
+        Harness {
+            controller,
+            http,
+            device_http,
+            _data_dir,
+        }
+    }
+
     /// An operator API call with the operator token.
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Response {
         let mut request = self
@@ -256,6 +281,16 @@ pub struct DeviceHandle {
 impl DeviceHandle {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The same device talking to another replica's device API.
+    pub fn at(&self, base: &str) -> DeviceHandle {
+        DeviceHandle {
+            http: self.http.clone(),
+            certificate: self.certificate.clone(),
+            key_pem: self.key_pem.clone(),
+            base: base.to_owned(),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use super::blocks::classify_timeout;
 use super::{error_debug, error_failed, warn_failed, Agent, Enforced};
 use crate::backend::conntrack;
 use crate::router_blocks::blocked_patterns;
-use crate::sys::time::{backoff, unix_millis, unix_now};
+use crate::sys::time::backoff;
 
 impl Agent {
     /// Re-enforces the persisted last good config. Runs before any network
@@ -31,7 +31,7 @@ impl Agent {
     pub fn restore_last_good(&mut self) -> anyhow::Result<()> {
         let Some(envelope) = self.state.last_good()? else {
             tracing::info!("no last good config yet");
-            if !self.router_blocks.active(unix_millis()).is_empty() {
+            if !self.router_blocks.active(self.now_ms()).is_empty() {
                 self.enforce(&isdf_api::Firewall::default())
                     .context("re-enforcing the router's own blocks")?;
             }
@@ -90,11 +90,7 @@ impl Agent {
         let version = config.version;
         match self.apply_checked(&config).await {
             Ok(()) => {
-                if let Err(e) = self.state.save_last_good(&envelope) {
-                    // Enforced but not persisted: after a reboot the previous
-                    // good config comes back, which is safe; say so.
-                    error_debug("persisting the last good config", &e);
-                }
+                self.save_last_good(version, envelope);
                 if let Err(e) = self.tunnels.commit() {
                     error_debug("forgetting the old WireGuard keys", &e);
                 }
@@ -145,7 +141,7 @@ impl Agent {
         let policy = OpenPolicy {
             device_id: self.identity.device_id(),
             enforced_version: enforced,
-            now: Some(unix_now()),
+            now: Some(self.now_secs()),
         };
         open_device_config(envelope, &self.trusted, &policy)
     }
@@ -153,10 +149,13 @@ impl Agent {
     /// Applies `firewall` with the router's own blocks and checks the kernel
     /// holds it; then ends the established flows of what is newly blocked.
     pub(super) fn enforce(&mut self, firewall: &isdf_api::Firewall) -> anyhow::Result<()> {
+        // The router's own blocks keep their durations if the clock
+        // stepped since the last look (`clock.rs`).
+        self.notice_clock_step();
         // The replacement empties the kernel's endpoint sets: keep what
         // they learned first.
         self.harvest_detections();
-        let now_ms = unix_millis();
+        let now_ms = self.now_ms();
         let merged = self.router_blocks.merged_into(firewall, now_ms);
         self.backend.apply(&merged, now_ms)?;
         self.reapply_at = self.backend.next_reapply(&merged, now_ms);
@@ -244,7 +243,7 @@ impl Agent {
         let previous = self.enforced.as_ref().map(|e| e.config.firewall.clone());
         let kernel = match &previous {
             Some(previous) => self.enforce(previous),
-            None if !self.router_blocks.active(unix_millis()).is_empty() => {
+            None if !self.router_blocks.active(self.now_ms()).is_empty() => {
                 self.enforce(&isdf_api::Firewall::default())
             }
             None => {
@@ -264,9 +263,13 @@ impl Agent {
 
     /// Detects a flushed or altered table and puts the enforced config back;
     /// re-applies when the backend asked for it (expiries it cannot leave to
-    /// the kernel).
+    /// the kernel) or the wall clock stepped (`clock.rs`: the kernel's
+    /// timeouts count from the apply). Tries again to save what could not
+    /// be saved.
     pub(super) fn repair_and_expire(&mut self) {
-        let now_ms = unix_millis();
+        self.retry_unsaved();
+        let stepped = self.notice_clock_step();
+        let now_ms = self.now_ms();
         if self.router_blocks.prune(now_ms) {
             self.persist_router_blocks();
         }
@@ -274,7 +277,7 @@ impl Agent {
             return;
         }
         let firewall = self.config_firewall();
-        let due = self.reapply_at.is_some_and(|t| t <= unix_now());
+        let due = stepped || self.reapply_at.is_some_and(|t| t <= self.now_secs());
         let merged = self.router_blocks.merged_into(&firewall, now_ms);
         let drifted = self.backend.verify(&merged, now_ms);
         if drifted.is_ok() && !due {

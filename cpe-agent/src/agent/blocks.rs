@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use super::{error_debug, error_failed, warn_failed, Agent};
 use crate::backend::conntrack;
 use crate::control::{Applied, Command, Request, Response};
-use crate::sys::time::unix_millis;
 
 /// How long the config's `classify` rule blocks what the classifier finds
 /// (None: the config does not classify).
@@ -57,7 +56,7 @@ impl Agent {
                 found.push(more);
             }
         }
-        let now_ms = unix_millis();
+        let now_ms = self.now_ms();
         let mut added = 0;
         for detection in found {
             let endpoint = isdf_api::Endpoint {
@@ -134,7 +133,7 @@ impl Agent {
                 return;
             }
         };
-        let now_ms = unix_millis();
+        let now_ms = self.now_ms();
         let mut new_flows = Vec::new();
         for found in learned {
             let reason = found.set.trim_end_matches("_v4").trim_end_matches("_v6");
@@ -177,7 +176,7 @@ impl Agent {
 
     /// Serves one request of the local control socket.
     pub(super) fn handle_command(&mut self, request: Request) -> Response {
-        let now_ms = unix_millis();
+        let now_ms = self.now_ms();
         let block = match request.apply(&mut self.router_blocks, now_ms) {
             Ok(Applied::Listed(blocks)) => return Response::ok(blocks, now_ms),
             Ok(Applied::Changed { block, forget }) => {
@@ -225,16 +224,6 @@ impl Agent {
                 error = %format!("{e:#}"),
                 "the local control socket is unavailable; local blocks cannot be added"
             ),
-        }
-    }
-
-    /// Saves the router blocks to the state directory; a failure is logged
-    /// (they stay in force, and the next change saves them again).
-    pub(super) fn persist_router_blocks(&self) {
-        if let Err(e) =
-            crate::router_blocks::persist::save(&self.state, self.router_blocks.persisted())
-        {
-            error_debug("persisting router blocks", &e);
         }
     }
 }

@@ -3,7 +3,8 @@
 //! reachable from the enrollment answer's root 1, each step verified), the
 //! mutual-TLS client built from the identity, renewal of the certificate two
 //! thirds through its life, and enrolling again with `enrollment_token_file`
-//! once the certificate expired or the controller forgot the device. Losing
+//! once the certificate expired, the controller forgot the device or it
+//! replaced this router's certificate (another router enrolled as it). Losing
 //! the certificate never removes rules: a router that can no longer
 //! authenticate keeps enforcing what it has.
 
@@ -18,7 +19,7 @@ use crate::controller::enrollment;
 use crate::sys::config_files;
 use crate::sys::settings::Settings;
 use crate::sys::state::{Identity, StateDir};
-use crate::sys::time::{backoff, unix_now};
+use crate::sys::time::backoff;
 
 impl Agent {
     /// The keys configs may be signed with (`Settings::config_trust`), from
@@ -111,8 +112,8 @@ impl Agent {
     /// must be enrolled again and, if `enrollment_token_file` is set, tries
     /// that token. The rules in the kernel stay in every case.
     pub(super) async fn maintain_identity(&mut self) {
-        let now = unix_now();
-        if now < self.identity.certificate.renew_at()
+        let now = self.now_secs();
+        if (now < self.identity.certificate.renew_at() && !self.identity_refused)
             || self
                 .identity_retry
                 .is_some_and(|(_, at)| Instant::now() < at)
@@ -121,13 +122,18 @@ impl Agent {
         }
         // Renewal is tried even when the local clock says the certificate
         // has expired: a router's clock can be wrong, the controller's
-        // verdict is the one that counts.
-        let error = match enrollment::renew(&self.client, &self.settings, &self.identity).await {
-            Ok(identity) => return self.adopted(identity, "renewed the device certificate"),
-            Err(e) => e,
+        // verdict is the one that counts. An identity the controller
+        // refused for good (see `run`) is not renewed: it would be refused.
+        let error = if self.identity_refused {
+            anyhow::anyhow!("the controller refuses this router's certificate")
+        } else {
+            match enrollment::renew(&self.client, &self.settings, &self.identity).await {
+                Ok(identity) => return self.adopted(identity, "renewed the device certificate"),
+                Err(e) => e,
+            }
         };
         let expired = now > self.identity.certificate.not_after;
-        let dead = expired || enrollment::is_device_unknown(&error);
+        let dead = expired || self.identity_refused || enrollment::is_identity_refused(&error);
         if !dead {
             warn_failed("certificate renewal failed; will retry", &error);
             return self.retry_identity_later(&error);
@@ -162,7 +168,7 @@ impl Agent {
             self.identity
                 .certificate
                 .renew_at()
-                .saturating_sub(unix_now()),
+                .saturating_sub(self.now_secs()),
         )
         .map_or(Duration::ZERO, Duration::from_secs);
         let retry_in = self.identity_retry.map_or(Duration::ZERO, |(_, at)| {
@@ -176,13 +182,14 @@ impl Agent {
         match self.adopt(identity) {
             Ok(()) => {
                 self.identity_retry = None;
+                self.identity_refused = false;
                 tracing::info!(device = self.identity.device_id(), not_after, "{what}");
-                if self.identity.certificate.renew_at() <= unix_now() {
+                if self.identity.certificate.renew_at() <= self.now_secs() {
                     // Due again at once: the router's clock is far ahead of
                     // the controller's. Renewing in a loop would not help.
                     tracing::warn!(
                         not_before = self.identity.certificate.not_before,
-                        now = unix_now(),
+                        now = self.now_secs(),
                         "the new certificate is already due for renewal; is the clock right?"
                     );
                     let pause = Duration::from_secs(self.settings.max_backoff_secs.max(60));
@@ -200,7 +207,7 @@ impl Agent {
 
     fn retry_identity_later(&mut self, error: &anyhow::Error) {
         let failures = self.identity_retry.map_or(0, |(n, _)| n).saturating_add(1);
-        let delay = if enrollment::is_permanent(error) {
+        let delay = if self.identity_refused || enrollment::is_permanent(error) {
             enrollment::PERMANENT_FAILURE_RETRY
         } else {
             backoff(

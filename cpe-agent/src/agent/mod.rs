@@ -8,8 +8,11 @@
 //! kernel's endpoint sets and the rotation watcher, then the pause the server
 //! asked for. What each step does lives with its concern: `apply.rs`
 //! (verify, enforce, roll back, repair), `identity.rs` (trust, renewal,
-//! re-enrollment), `report.rs` (status, events, facts) and `blocks.rs` (the
-//! router's own blocks).
+//! re-enrollment), `report.rs` (status, events, facts), `blocks.rs` (the
+//! router's own blocks), `state_writes.rs` (what could not be saved to a
+//! full state disk: retried and reported) and `clock.rs` (the wall clock,
+//! and what a step of it changes). `uninstall.rs` is the operator's way to
+//! take everything away; the agent's exit takes nothing.
 //!
 //! A config is applied in order: the kernel ruleset (applied and verified,
 //! with the tunnels' isolation rules), then the WireGuard tunnels, then the
@@ -26,8 +29,11 @@
 
 mod apply;
 mod blocks;
+mod clock;
 mod identity;
 mod report;
+mod state_writes;
+mod uninstall;
 
 use std::time::{Duration, Instant};
 
@@ -42,8 +48,10 @@ use crate::portal_redirect::PortalResponder;
 use crate::router_blocks::RouterBlocks;
 use crate::sys::settings::Settings;
 use crate::sys::state::{Identity, StateDir};
-use crate::sys::time::{backoff, unix_now};
+use crate::sys::time::backoff;
 use crate::wireguard::Tunnels;
+
+pub use uninstall::uninstall;
 
 /// How often the kernel's detections are collected and reported.
 const HARVEST_EVERY: Duration = Duration::from_secs(2);
@@ -87,10 +95,15 @@ pub struct Agent {
     /// agent waits for a newer one instead of fetching it again at once.
     held_back: Option<(u64, Instant)>,
     report_due: bool,
+    /// Whether the enforced config was found expired at the last look.
+    stale_noticed: bool,
     last_report: Option<Instant>,
     /// After a failed renewal or re-enrollment: how many failed in a row,
     /// and when the next attempt is due.
     identity_retry: Option<(u32, Instant)>,
+    /// The controller refused this identity for good (device deleted, or
+    /// certificate replaced): renewal is pointless, only enrolling again helps.
+    identity_refused: bool,
     /// Blocks decided on the router (local socket, classifier) and the
     /// events about them not yet delivered.
     router_blocks: RouterBlocks,
@@ -105,6 +118,13 @@ pub struct Agent {
     classifier_failed: bool,
     /// The router's WireGuard keys and tunnels.
     tunnels: Tunnels,
+    /// The wall clock (and a monotonic one) the loop reads.
+    clock: std::sync::Arc<dyn crate::sys::time::Clock>,
+    /// Both clocks at the last pass (wall, monotonic ms): a step shows as
+    /// the two drifting apart.
+    clock_anchor: Option<(i64, i64)>,
+    /// What could not be written to the state directory yet.
+    unsaved: state_writes::Unsaved,
     /// The tunnel facts last reported, and when.
     facts_sent: Option<(isdf_api::wireguard::WireguardFacts, Instant)>,
     /// After failed facts reports: how many in a row, and when to retry.
@@ -137,6 +157,9 @@ impl Agent {
             tunnels,
             facts_sent: None,
             facts_retry: None,
+            unsaved: Default::default(),
+            clock: std::sync::Arc::new(crate::sys::time::SystemClock),
+            clock_anchor: None,
             resolver: Box::new(Dnsmasq::new(&settings)),
             portal: PortalResponder::default(),
             settings,
@@ -152,8 +175,10 @@ impl Agent {
             reapply_at: None,
             held_back: None,
             report_due: false,
+            stale_noticed: false,
             last_report: None,
             identity_retry: None,
+            identity_refused: false,
             router_blocks,
             commands: None,
             blocked: Default::default(),
@@ -205,7 +230,7 @@ impl Agent {
             self.send_facts_if_due().await;
             let reapply_in = self
                 .reapply_at
-                .map(|t| Duration::from_secs(u64::try_from(t - unix_now()).unwrap_or(0)));
+                .map(|t| Duration::from_secs(u64::try_from(t - self.now_secs()).unwrap_or(0)));
             // The poll returns in time for a re-apply or a renewal: a short
             // certificate lifetime must not be outlived by one long poll.
             let this_wait = reapply_in
@@ -260,6 +285,21 @@ impl Agent {
                     pace
                 }
 
+                Err(e) if crate::controller::enrollment::is_identity_refused(&e) => {
+                    // No retry of the same request can help: say so once,
+                    // loudly, and let `maintain_identity` enroll again.
+                    if !self.identity_refused {
+                        error_failed(
+                            "the controller refuses this router's certificate for good (the device \
+                             was deleted, or enrolled again so another router holds it now); only \
+                             enrolling again with a new token (`isdf-agent enroll`, or \
+                             enrollment_token_file) restores access; the enforced rules stay",
+                            &e,
+                        );
+                    }
+                    self.identity_refused = true;
+                    crate::controller::enrollment::PERMANENT_FAILURE_RETRY
+                }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let delay = backoff(
@@ -311,5 +351,9 @@ fn error_debug(message: &str, e: &anyhow::Error) {
     tracing::error!(error = ?e, "{message}");
 }
 
+#[cfg(test)]
+mod clock_tests;
+#[cfg(test)]
+mod power_cut_tests;
 #[cfg(test)]
 mod tests;

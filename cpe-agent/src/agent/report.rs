@@ -1,7 +1,8 @@
 //! What the router tells the controller: status reports (the outcome of the
 //! last attempt, or `stale` for an expired config still enforced, with
-//! counters and tunnel status; sent when something happened and as a
-//! heartbeat), the router's block events (oldest first, kept until stored),
+//! counters and tunnel status, and `state_not_saved` errors while a full
+//! state disk keeps something from being saved; sent when something
+//! happened and as a heartbeat), the router's block events (oldest first, kept until stored),
 //! and the tunnel facts with a fresh reachability probe (when they changed,
 //! or every `wireguard_facts_secs`). Failures are retried with backoff and
 //! never hold up configs.
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use isdf_api::{Outcome, StatusReport};
 
 use super::{warn_failed, Agent, LastResult};
-use crate::sys::time::{backoff, unix_millis, unix_now};
+use crate::sys::time::backoff;
 
 impl Agent {
     /// Delivers queued router events to the controller, oldest first.
@@ -43,24 +44,41 @@ impl Agent {
         self.report_due = true;
     }
 
+    /// Whether the enforced config has expired by the router's clock. It
+    /// stays enforced (an expired config only means the controller has not
+    /// been heard from for its lifetime: opening the firewall would help an
+    /// attacker who cut the router off), and is reported `stale`.
     fn stale(&self) -> bool {
         self.enforced
             .as_ref()
-            .is_some_and(|e| e.config.expires_at <= unix_now())
+            .is_some_and(|e| e.config.expires_at <= self.now_secs())
     }
 
-    fn build_report(&self) -> anyhow::Result<StatusReport> {
-        let (outcome, attempted_version, errors) = match (&self.last, self.stale()) {
+    pub(super) fn build_report(&self) -> StatusReport {
+        let (outcome, attempted_version, mut errors) = match (&self.last, self.stale()) {
             (_, true) => (
                 Outcome::Stale,
                 self.enforced_version(),
-                vec!["config expired; still enforcing it".into()],
+                vec![format!(
+                    "stale: config {} expired at {} (router clock {}); still enforcing it",
+                    self.enforced_version().unwrap_or(0),
+                    self.enforced.as_ref().map_or(0, |e| e.config.expires_at),
+                    self.now_secs()
+                )],
             ),
             (Some(last), false) => (last.outcome, last.attempted_version, last.errors.clone()),
             (None, false) => (Outcome::Applied, self.enforced_version(), vec![]),
         };
-        Ok(StatusReport {
-            sequence: self.state.next_sequence(unix_millis() as u64)?,
+        // A full state disk does not silence the router: the sequence is
+        // still above every earlier one, and the report says what was not
+        // saved.
+        let (sequence, saved) = self.state.next_sequence(self.now_ms() as u64);
+        errors.extend(self.unsaved_errors());
+        if let Err(e) = saved {
+            errors.push(format!("state_not_saved: the status sequence: {e:#}"));
+        }
+        StatusReport {
+            sequence,
             enforced_version: self.enforced_version(),
             enforced_digest: self.enforced.as_ref().map(|e| e.config.firewall.digest()),
             outcome,
@@ -70,7 +88,7 @@ impl Agent {
             tunnels: self.tunnels.status(),
             backend: self.backend.name().to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        })
+        }
     }
 
     /// Reports the tunnel facts when a config asked for tunnels and they
@@ -138,6 +156,13 @@ impl Agent {
     }
 
     pub(super) async fn report_if_due(&mut self) {
+        // The enforced config just expired: say so at once (and, while the
+        // controller is away, at the first report that reaches it).
+        let stale = self.stale();
+        if stale && !self.stale_noticed {
+            self.report_due = true;
+        }
+        self.stale_noticed = stale;
         let heartbeat = Duration::from_secs(self.settings.heartbeat_secs);
         let heartbeat_due = self.last_report.is_none_or(|t| t.elapsed() >= heartbeat);
         // Nothing tried and nothing enforced yet: there is no outcome to report.
@@ -145,11 +170,8 @@ impl Agent {
         if nothing_yet || (!self.report_due && !heartbeat_due) {
             return;
         }
-        let result = match self.build_report() {
-            Ok(report) => self.client.report(&report).await,
-            Err(e) => Err(e),
-        };
-        match result {
+        let report = self.build_report();
+        match self.client.report(&report).await {
             Ok(()) => {
                 self.report_due = false;
                 self.last_report = Some(Instant::now());

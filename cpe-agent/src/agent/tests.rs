@@ -8,23 +8,26 @@ use ed25519_dalek::SigningKey;
 use isdf_api::{Firewall, RuleCounter};
 
 use super::*;
+use crate::sys::time::unix_now;
 use crate::test_pki::{FakeController, TestCa, SIGNING_KEY_HEX};
 
-const DEVICE: &str = "7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50";
+pub(super) const DEVICE: &str = "7f0b3c1e-2f43-4a51-9a0e-6c1d2b3a4f50";
 
 /// What the fake kernel holds and what was done to it.
 #[derive(Default)]
-struct Kernel {
-    holds: Option<Firewall>,
-    applies: usize,
+pub(super) struct Kernel {
+    pub(super) holds: Option<Firewall>,
+    pub(super) applies: usize,
+    /// The `now_ms` of the last apply.
+    pub(super) applied_at: Option<i64>,
     /// Verification fails while the kernel holds a firewall with this many rules.
     broken_rule_count: Option<usize>,
 }
 
-struct FakeBackend(Arc<Mutex<Kernel>>);
+pub(super) struct FakeBackend(pub(super) Arc<Mutex<Kernel>>);
 
 /// Rules of the config (the agent's own rules left out).
-fn config_rules(firewall: &Firewall) -> usize {
+pub(super) fn config_rules(firewall: &Firewall) -> usize {
     firewall
         .rules
         .iter()
@@ -36,9 +39,10 @@ impl FirewallBackend for FakeBackend {
     fn name(&self) -> &'static str {
         "fake"
     }
-    fn apply(&mut self, firewall: &Firewall, _now: i64) -> anyhow::Result<()> {
+    fn apply(&mut self, firewall: &Firewall, now: i64) -> anyhow::Result<()> {
         let mut k = self.0.lock().unwrap();
         k.applies += 1;
+        k.applied_at = Some(now);
         k.holds = Some(firewall.clone());
         Ok(())
     }
@@ -60,7 +64,7 @@ impl FirewallBackend for FakeBackend {
     }
 }
 
-fn settings(dir: &std::path::Path) -> Settings {
+pub(super) fn settings(dir: &std::path::Path) -> Settings {
     // Signing keys empty: they come from the identity (the enrollment answer).
     Settings::parse(&format!(
         "state_dir = {:?}\ncontrol_socket = {:?}\nbackend = \"nftables\"\nwan_check = false\n",
@@ -72,7 +76,7 @@ fn settings(dir: &std::path::Path) -> Settings {
 
 /// An agent whose identity came from a CA nobody serves: nothing listens
 /// at its URL, and with wan_check off no test reaches the network.
-fn agent(dir: &std::path::Path, kernel: &Arc<Mutex<Kernel>>) -> Agent {
+pub(super) fn agent(dir: &std::path::Path, kernel: &Arc<Mutex<Kernel>>) -> Agent {
     let ca = TestCa::new("unit test CA");
     let identity = ca.identity(DEVICE, "https://127.0.0.1:9");
     Agent::new(
@@ -83,7 +87,7 @@ fn agent(dir: &std::path::Path, kernel: &Arc<Mutex<Kernel>>) -> Agent {
     .unwrap()
 }
 
-fn key() -> SigningKey {
+pub(super) fn key() -> SigningKey {
     SigningKey::from_bytes(&[7; 32])
 }
 
@@ -95,7 +99,7 @@ fn hex_key(key: &SigningKey) -> String {
         .collect()
 }
 
-fn envelope(version: u64, rules: usize, signer: &SigningKey) -> Vec<u8> {
+pub(super) fn envelope(version: u64, rules: usize, signer: &SigningKey) -> Vec<u8> {
     envelope_with(version, rules, serde_json::json!({}), signer)
 }
 
@@ -123,7 +127,7 @@ fn envelope_with(
     .to_json()
 }
 
-fn rules_held(kernel: &Arc<Mutex<Kernel>>) -> Option<usize> {
+pub(super) fn rules_held(kernel: &Arc<Mutex<Kernel>>) -> Option<usize> {
     kernel.lock().unwrap().holds.as_ref().map(config_rules)
 }
 
@@ -522,5 +526,42 @@ async fn an_expired_certificate_enrolls_again_with_the_token_file_and_keeps_the_
     assert!(agent.identity().certificate.not_after > unix_now());
     assert_eq!(agent.device_id(), DEVICE);
     assert_eq!(rules_held(&kernel), Some(2));
+    agent.client.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_enrolls_again_at_once_without_renewing() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Arc::new(Mutex::new(Kernel::default()));
+    let controller = FakeController::start(DEVICE, &["second-token"]).await;
+    // Far from renewal time: only the controller's refusal makes it due.
+    let current = identity_valid(&controller, -100, 100_000);
+    let mut settings = settings(dir.path());
+    std::fs::write(dir.path().join("ca.pem"), controller.ca_pem()).unwrap();
+    settings.ca_cert = Some(dir.path().join("ca.pem"));
+    settings.enrollment_url = Some(controller.enrollment_url.clone());
+    std::fs::write(dir.path().join("token"), "second-token\n").unwrap();
+    settings.enrollment_token_file = Some(dir.path().join("token"));
+    let mut agent = Agent::new(settings, current, Box::new(FakeBackend(kernel.clone()))).unwrap();
+    agent.handle_envelope(envelope(1, 2, &key()), None).await;
+
+    agent.maintain_identity().await;
+    assert_eq!(
+        controller.behaviour.lock().unwrap().enrollments,
+        0,
+        "not due"
+    );
+
+    // What the poll loop does when the device API answers
+    // `certificate_superseded`.
+    agent.identity_refused = true;
+    agent.maintain_identity().await;
+    let counts = {
+        let behaviour = controller.behaviour.lock().unwrap();
+        (behaviour.renewals, behaviour.enrollments)
+    };
+    assert_eq!(counts, (0, 1), "enrolled again, no renewal tried");
+    assert!(!agent.identity_refused);
+    assert_eq!(rules_held(&kernel), Some(2), "the rules stay");
     agent.client.ping().await.unwrap();
 }

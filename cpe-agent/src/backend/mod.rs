@@ -1,8 +1,8 @@
 //! Firewall backends: the `FirewallBackend` trait the agent loop drives,
 //! and the choice of backend (`select`: nftables when `nft` works, else
 //! iptables). What both planners take besides the config (the router's
-//! interfaces by role, the classifier's queue, element timeouts) is
-//! `planning.rs`.
+//! interfaces by role and LAN prefixes, the classifier's queue, element
+//! timeouts) is `planning.rs`.
 //!
 //! Each backend has a pure planner (`Firewall` + time -> script text,
 //! snapshot-tested) and an executor that checks, applies atomically and
@@ -17,7 +17,9 @@ pub mod iptables;
 pub mod nft;
 pub mod planning;
 
-pub use planning::{nearest_second, remaining_ms, remaining_secs, Interfaces, CLASSIFY_QUEUE};
+pub use planning::{
+    nearest_second, remaining_ms, remaining_secs, Interfaces, ANTISPOOF_RULE_ID, CLASSIFY_QUEUE,
+};
 
 use isdf_api::{Firewall, RuleCounter};
 

@@ -42,6 +42,19 @@ pub fn is_device_unknown(error: &anyhow::Error) -> bool {
         .is_some_and(|e| e.code.as_deref() == Some("device_unknown"))
 }
 
+/// Whether the controller refuses this router's identity for good: the
+/// device was deleted, or this certificate was replaced (the device enrolled
+/// again, so another router now holds it, or it renewed and used the new
+/// certificate). Only enrolling again with a new token helps.
+pub fn is_identity_refused(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<ControllerError>().is_some_and(|e| {
+        matches!(
+            e.code.as_deref(),
+            Some("device_unknown" | "certificate_superseded")
+        )
+    })
+}
+
 /// Puts what an operator should do in front of the controller's error codes.
 fn explain(error: ControllerError) -> anyhow::Error {
     let hint = match error.code.as_deref() {
@@ -60,6 +73,11 @@ fn explain(error: ControllerError) -> anyhow::Error {
         Some("device_unknown") => {
             "the controller no longer knows this device (it was deleted): enroll it again \
              with a new token"
+        }
+        Some("certificate_superseded") => {
+            "the controller replaced this router's certificate (the device was enrolled again, \
+             so another router now holds it): only enrolling again with a new token restores \
+             access"
         }
         _ => return error.into(),
     };
@@ -384,7 +402,18 @@ mod tests {
             Some((StatusCode::UNAUTHORIZED, "device_unknown"));
         let err = renew(&client, &settings, &identity).await.unwrap_err();
         assert!(is_device_unknown(&err), "{err:#}");
+        assert!(is_identity_refused(&err), "{err:#}");
         assert!(format!("{err:#}").contains("enroll it again"), "{err:#}");
+        assert_eq!(persisted(&settings).as_ref(), Some(&identity));
+
+        controller.behaviour.lock().unwrap().renew_error =
+            Some((StatusCode::UNAUTHORIZED, "certificate_superseded"));
+        let err = renew(&client, &settings, &identity).await.unwrap_err();
+        assert!(
+            is_identity_refused(&err) && !is_device_unknown(&err),
+            "{err:#}"
+        );
+        assert!(format!("{err:#}").contains("another router"), "{err:#}");
         assert_eq!(persisted(&settings).as_ref(), Some(&identity));
     }
 

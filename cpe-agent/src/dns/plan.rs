@@ -25,6 +25,9 @@ pub struct RenderOptions<'a> {
     /// Interfaces a managed dnsmasq answers on, besides lo.
     pub lan_interfaces: &'a [String],
     pub upstream: &'a [SocketAddr],
+    /// Where a managed dnsmasq writes its process id (a path without a
+    /// line break: `Dnsmasq` checks).
+    pub pid_file: &'a str,
 }
 
 /// The dnsmasq config enforcing `policy`. Everything written comes from
@@ -48,8 +51,10 @@ pub fn render(policy: &DnsPolicy, options: &RenderOptions) -> String {
                 let _ = writeln!(s, "server={}#{}", server.ip(), server.port());
             }
         }
-        // The agent supervises it and logs what it says.
-        s.push_str("keep-in-foreground\nlog-facility=-\npid-file=\n");
+        // A daemon of its own (its own session, logging to syslog), so the
+        // LAN keeps its resolver whatever happens to the agent; the pid
+        // file is how the next agent finds it.
+        let _ = writeln!(s, "pid-file={}", options.pid_file);
     }
     if let Some(ttl) = policy.max_ttl_secs {
         // max-ttl caps what clients are told, forwarded answers included;
@@ -87,14 +92,23 @@ pub fn render(policy: &DnsPolicy, options: &RenderOptions) -> String {
 /// The config file's text: `rendered` plus the TXT record the agent asks for
 /// to know this very config answers.
 pub(super) fn with_marker(rendered: String) -> (String, String) {
-    use std::hash::{Hash, Hasher};
-    // Fixed keys: the same text gives the same digest within one agent run,
-    // which is all the check needs.
-    let mut hasher = std::hash::DefaultHasher::new();
-    rendered.hash(&mut hasher);
-    let digest = format!("{:016x}", hasher.finish());
+    // SHA-256, the same in every agent version: a new agent adopts the
+    // dnsmasq an older one started when it answers with the same config.
+    let hash = ring::digest::digest(&ring::digest::SHA256, rendered.as_bytes());
+    let digest: String = hash.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let text = format!("{rendered}txt-record={MARKER_NAME},{digest}\n");
     (text, digest)
+}
+
+/// The digest the marker of config text `text` (see `with_marker`) names.
+pub(super) fn marker_digest(text: &str) -> Option<&str> {
+    let marker = format!("txt-record={MARKER_NAME},");
+    text.lines()
+        .rev()
+        .find_map(|line| line.strip_prefix(&marker))
 }
 
 /// A recursive DNS query for `name`'s TXT record.
@@ -138,6 +152,7 @@ mod tests {
             port: 53,
             lan_interfaces: &lan,
             upstream: &upstream,
+            pid_file: "/var/lib/isdf-agent/dnsmasq/dnsmasq.pid",
         };
         insta::assert_snapshot!(render(&policy(), &options));
     }
@@ -149,6 +164,7 @@ mod tests {
             port: 53,
             lan_interfaces: &[],
             upstream: &[],
+            pid_file: "/run/dnsmasq.pid",
         };
         insta::assert_snapshot!(render(&policy(), &options));
     }
@@ -160,6 +176,7 @@ mod tests {
             port: 5353,
             lan_interfaces: &[],
             upstream: &[],
+            pid_file: "/run/dnsmasq.pid",
         };
         let text = render(&DnsPolicy::default(), &options);
         assert!(text.contains("port=5353\n"));
@@ -175,6 +192,10 @@ mod tests {
             format!("port=53\ntxt-record=config.isdf.invalid,{digest}\n")
         );
         assert_ne!(with_marker("port=54\n".into()).1, digest);
+        assert_eq!(marker_digest(&text), Some(digest.as_str()));
+        assert_eq!(marker_digest("port=53\n"), None);
+        // Fixed for good: agents of every version agree on it.
+        assert_eq!(digest, "33abcf5e6e3b1d11");
     }
 
     #[test]

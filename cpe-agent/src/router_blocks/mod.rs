@@ -120,6 +120,27 @@ impl RouterBlocks {
         self.data.blocks.len() != before
     }
 
+    /// The wall clock stepped by `step_ms` and now reads `now_ms`: the
+    /// blocks in force before the step keep the time they had left (their
+    /// ends move by the step, in whole seconds), each change an event.
+    /// Returns whether any moved.
+    pub fn shift(&mut self, step_ms: i64, now_ms: i64) -> bool {
+        let step = (step_ms + 500).div_euclid(1000) * 1000;
+        let before = now_ms - step_ms;
+        let mut moved = Vec::new();
+        for block in self.data.blocks.iter_mut() {
+            if step != 0 && block.expires_at_ms > before {
+                block.expires_at_ms = block.expires_at_ms.saturating_add(step);
+                moved.push(block.clone());
+            }
+        }
+        let any = !moved.is_empty();
+        for block in moved {
+            self.queue(EventKind::Block, block, now_ms);
+        }
+        any
+    }
+
     fn take_token(&mut self) -> bool {
         let elapsed = self.refilled.elapsed().as_secs_f64();
         self.refilled = Instant::now();
@@ -573,6 +594,44 @@ mod tests {
         let (_, forgotten) = blocks.remove_detection(first.id, 1).unwrap();
         assert_eq!(forgotten, Some(endpoint));
         assert!(blocks.active(1).is_empty());
+    }
+
+    #[test]
+    fn a_clock_step_moves_the_blocks_in_force_by_whole_seconds() {
+        let mut blocks = RouterBlocks::new(Persisted::default(), LIMITS);
+        let now = 10_000_000;
+        let live = blocks
+            .add(BlockOrigin::Local, flow(2), 60_000, "live", now)
+            .unwrap();
+        // Ended before the step (not yet pruned): it stays ended.
+        let ended = blocks
+            .add(BlockOrigin::Detection, flow(1), 1_000, "ended", now - 5_000)
+            .unwrap();
+        blocks.pending_events(10);
+        blocks.delivered(u64::MAX);
+        // An hour back (and a bit): the live block still has its minute.
+        let step = -3_600_400;
+        assert!(blocks.shift(step, now + step));
+        let after: Vec<_> = blocks
+            .persisted()
+            .blocks
+            .iter()
+            .map(|b| (b.id, b.expires_at_ms))
+            .collect();
+        assert_eq!(
+            after,
+            [
+                (live.id, live.expires_at_ms - 3_600_000),
+                (ended.id, ended.expires_at_ms)
+            ]
+        );
+        let events = blocks.pending_events(10);
+        assert_eq!(events.len(), 1, "the new end is an event");
+        assert_eq!(
+            events[0].block.expires_at_ms,
+            live.expires_at_ms - 3_600_000
+        );
+        assert!(!blocks.shift(0, now));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::Context;
 use super::Persisted;
 use crate::sys::state::StateDir;
 
-const ROUTER_BLOCKS: &str = "router-blocks.json";
+pub(crate) const ROUTER_BLOCKS: &str = "router-blocks.json";
 
 /// Blocks the router decided itself and events not yet delivered.
 pub fn load(state: &StateDir) -> anyhow::Result<Persisted> {

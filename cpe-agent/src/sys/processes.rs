@@ -1,7 +1,8 @@
 //! The processes the agent runs and ends: the short-lived tools (`nft`,
 //! `iptables-restore`, `ipset`, `conntrack`, `wg`, `ip`), each given a
 //! script on stdin with its stderr in the error, and the ending of a process
-//! by its id (a dnsmasq or `wireguard-go` a crashed agent left running).
+//! by its id (a dnsmasq being replaced, a `wireguard-go` a crashed agent
+//! left running).
 //!
 //! The long-lived processes the agent supervises are started beside the code
 //! that watches them: dnsmasq in `dns::dnsmasq`, `wireguard-go` in

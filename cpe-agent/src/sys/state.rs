@@ -12,6 +12,7 @@
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use isdf_api::enrollment::DeviceCertificate;
@@ -19,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::atomic_write::write_atomically;
 
-const LAST_GOOD: &str = "last-good.envelope.json";
-const SEQUENCE: &str = "status-sequence";
-const ROOTS: &str = "roots.json";
+pub(crate) const LAST_GOOD: &str = "last-good.envelope.json";
+pub(crate) const SEQUENCE: &str = "status-sequence";
+pub(crate) const ROOTS: &str = "roots.json";
 /// The device identity: one file holding the certificate answer and the
 /// private key, mode 0600.
 ///
@@ -62,6 +63,8 @@ impl std::fmt::Debug for Identity {
 
 pub struct StateDir {
     dir: PathBuf,
+    /// The last status sequence number handed out, persisted or not.
+    last_sequence: AtomicU64,
 }
 
 impl StateDir {
@@ -75,6 +78,7 @@ impl StateDir {
             .with_context(|| format!("creating state directory {}", dir.display()))?;
         Ok(StateDir {
             dir: dir.to_owned(),
+            last_sequence: AtomicU64::new(0),
         })
     }
 
@@ -143,18 +147,31 @@ impl StateDir {
         self.write_atomically(ROOTS, &serde_json::to_vec(envelopes)?, 0o644)
     }
 
-    /// The next status sequence number, persisted before it is used. Seeded
-    /// from the clock (milliseconds) so a router whose state was wiped still
-    /// reports above its old sequence.
-    pub fn next_sequence(&self, now_millis: u64) -> anyhow::Result<u64> {
-        let path = self.dir.join(SEQUENCE);
-        let stored = std::fs::read_to_string(&path)
+    /// The last status sequence number persisted (0: none, or unreadable;
+    /// the clock seeds the next one then).
+    pub(crate) fn stored_sequence(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join(SEQUENCE))
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        let next = stored.saturating_add(1).max(now_millis);
-        self.write_atomically(SEQUENCE, next.to_string().as_bytes(), 0o644)?;
-        Ok(next)
+            .unwrap_or(0)
+    }
+
+    /// The next status sequence number, above the last one handed out and
+    /// the one persisted, and persisted before it is used. Seeded from the
+    /// clock (milliseconds) so a router whose state was wiped still reports
+    /// above its old sequence. When it cannot be persisted (a full disk) the
+    /// number is still good to use, and the error says why it was not
+    /// saved: a restart seeds from the clock again.
+    pub fn next_sequence(&self, now_millis: u64) -> (u64, anyhow::Result<()>) {
+        let last = self.last_sequence.load(Ordering::Relaxed);
+        let next = self
+            .stored_sequence()
+            .max(last)
+            .saturating_add(1)
+            .max(now_millis);
+        self.last_sequence.store(next, Ordering::Relaxed);
+        let saved = self.write_atomically(SEQUENCE, next.to_string().as_bytes(), 0o644);
+        (next, saved)
     }
 }
 
@@ -171,12 +188,30 @@ mod tests {
         assert_eq!(state.last_good().unwrap(), None);
         state.save_last_good(b"abc").unwrap();
         assert_eq!(state.last_good().unwrap().as_deref(), Some(&b"abc"[..]));
-        let a = state.next_sequence(10).unwrap();
-        let b = state.next_sequence(5).unwrap();
-        let c = state.next_sequence(100).unwrap();
+        let next = |state: &StateDir, now| {
+            let (n, saved) = state.next_sequence(now);
+            saved.unwrap();
+            n
+        };
+        let a = next(&state, 10);
+        let b = next(&state, 5);
+        let c = next(&state, 100);
         assert_eq!((a, b, c), (10, 11, 100));
         let reopened = StateDir::open(dir.path()).unwrap();
-        assert_eq!(reopened.next_sequence(0).unwrap(), 101);
+        assert_eq!(next(&reopened, 0), 101);
+    }
+
+    #[test]
+    fn the_sequence_grows_when_it_cannot_be_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let (a, saved) = state.next_sequence(10);
+        saved.unwrap();
+        std::fs::remove_dir_all(state.path()).unwrap();
+        let (b, saved) = state.next_sequence(5);
+        assert!(saved.is_err());
+        let (c, _) = state.next_sequence(5);
+        assert_eq!((a, b, c), (10, 11, 12));
     }
 
     fn identity(device_id: &str, key: &str) -> Identity {

@@ -2,9 +2,91 @@
 //! share.
 //!
 //! Only the impure edges read the clock: the planners and the classifier take
-//! `now` as a parameter, so the same input gives the same output.
+//! `now` as a parameter, so the same input gives the same output. The agent
+//! loop reads it through `Clock`, so tests can step it (a clock jumping an
+//! hour back or forth) while time goes on; the monotonic reading beside the
+//! wall clock is what shows a step.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The clocks the agent loop reads.
+pub trait Clock: Send + Sync {
+    /// Unix milliseconds on the wall clock (which NTP or an operator may
+    /// step).
+    fn unix_millis(&self) -> i64;
+
+    /// Milliseconds on a clock that only goes forward at a steady rate,
+    /// from an arbitrary origin.
+    fn monotonic_millis(&self) -> i64;
+
+    /// Unix seconds on the wall clock.
+    fn unix_now(&self) -> i64 {
+        self.unix_millis().div_euclid(1000)
+    }
+}
+
+/// The system's clocks.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn unix_millis(&self) -> i64 {
+        unix_millis()
+    }
+
+    fn monotonic_millis(&self) -> i64 {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        let origin = *ORIGIN.get_or_init(Instant::now);
+        i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// A clock for tests: time passes when told (`advance`), and the wall
+/// clock can be stepped without the monotonic one (`step`).
+#[cfg(test)]
+pub(crate) struct FakeClock {
+    wall: std::sync::atomic::AtomicI64,
+    monotonic: std::sync::atomic::AtomicI64,
+}
+
+#[cfg(test)]
+impl FakeClock {
+    pub(crate) fn at(unix_millis: i64) -> std::sync::Arc<FakeClock> {
+        std::sync::Arc::new(FakeClock {
+            wall: unix_millis.into(),
+            monotonic: 0.into(),
+        })
+    }
+
+    /// `ms` pass, on both clocks.
+    pub(crate) fn advance(&self, ms: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.wall.fetch_add(ms, Relaxed);
+        self.monotonic.fetch_add(ms, Relaxed);
+    }
+
+    /// Unix seconds on the wall clock.
+    pub(crate) fn unix_now_for_test(&self) -> i64 {
+        Clock::unix_now(self)
+    }
+
+    /// The wall clock jumps by `ms` (negative: back).
+    pub(crate) fn step(&self, ms: i64) {
+        self.wall
+            .fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+impl Clock for FakeClock {
+    fn unix_millis(&self) -> i64 {
+        self.wall.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn monotonic_millis(&self) -> i64 {
+        self.monotonic.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// Unix seconds now (0 on a clock before 1970).
 pub fn unix_now() -> i64 {

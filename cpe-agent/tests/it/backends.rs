@@ -1,6 +1,7 @@
 //! Both backends against the real tools in a namespace of their own: configs
 //! with overlapping patterns, every match kind and timed elements load,
-//! verify, re-apply and uninstall.
+//! verify, re-apply and uninstall; and the iptables backend taking over
+//! what an agent from before its two generations left.
 
 use isdf_agent::backend::iptables::IptablesBackend;
 use isdf_agent::backend::nft::NftBackend;
@@ -84,4 +85,87 @@ fn nftables_loads_overlapping_and_mixed_configs() {
 #[test]
 fn iptables_loads_overlapping_and_mixed_configs() {
     exercise("iptables");
+}
+
+/// An agent from before the two generations left its chains (rules in
+/// `ISDF-FORWARD` itself, and its anti-spoofing chain `ISDF-ANTISPOOF`
+/// jumped to from there and from `ISDF-INPUT`) and `isdf-<name>` sets: the
+/// first apply takes the chains over, the old anti-spoofing chain goes with
+/// the rules that reached it, and the old sets go once nothing uses them.
+#[test]
+fn iptables_takes_over_what_an_older_agent_left() {
+    let ns = Netns::create(format!("isdf-bk-old-{}", std::process::id()));
+    ns.run(
+        "ipset",
+        &["create", "isdf-hosts", "hash:net", "family", "inet"],
+    );
+    ns.run(
+        "ipset",
+        &["create", "isdf+hosts", "hash:net", "family", "inet"],
+    );
+    ns.run("iptables", &["-N", "ISDF-FORWARD"]);
+    ns.run(
+        "iptables",
+        &[
+            "-A",
+            "ISDF-FORWARD",
+            "-m",
+            "set",
+            "--match-set",
+            "isdf-hosts",
+            "dst",
+            "-j",
+            "DROP",
+        ],
+    );
+    ns.run("iptables", &["-I", "FORWARD", "-j", "ISDF-FORWARD"]);
+    for family in ["iptables", "ip6tables"] {
+        let spoofed = if family == "iptables" {
+            "192.0.2.0/24"
+        } else {
+            "2001:db8:1::/64"
+        };
+        ns.run(family, &["-N", "ISDF-ANTISPOOF"]);
+        ns.run(
+            family,
+            &["-A", "ISDF-ANTISPOOF", "-i", "lan", "-j", "RETURN"],
+        );
+        ns.run(
+            family,
+            &["-A", "ISDF-ANTISPOOF", "-s", spoofed, "-j", "DROP"],
+        );
+        for chain in ["ISDF-FORWARD", "ISDF-INPUT"] {
+            // `-N` fails for the one made above.
+            let _ = ns.exec(family, &["-N", chain]);
+            ns.run(family, &["-I", chain, "1", "-j", "ISDF-ANTISPOOF"]);
+        }
+    }
+    let (sets, saved) = ns.enter(move || {
+        let mut b = IptablesBackend::new();
+        let firewall = tricky_firewall();
+        let now = 1_795_000_000_000;
+        b.apply(&firewall, now).unwrap();
+        b.verify(&firewall, now).unwrap();
+        b.apply(&firewall, now).unwrap();
+        b.verify(&firewall, now).unwrap();
+        let run = |program: &str, args: &[&str]| {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let saved =
+            run("iptables-save", &["-t", "filter"]) + &run("ip6tables-save", &["-t", "filter"]);
+        (run("ipset", &["list", "-n"]), saved)
+    });
+    assert!(
+        !saved.contains("ISDF-ANTISPOOF"),
+        "the older agent's anti-spoofing chain is left:\n{saved}"
+    );
+    let old: Vec<&str> = sets
+        .lines()
+        .filter(|s| s.starts_with("isdf-") || s.starts_with("isdf+"))
+        .collect();
+    assert!(old.is_empty(), "older agent's sets left: {old:?}");
 }

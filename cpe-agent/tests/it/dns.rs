@@ -241,7 +241,7 @@ fn the_managed_dnsmasq_fills_sets_caps_ttls_and_answers_locally() {
 }
 
 #[test]
-fn a_dnsmasq_that_cannot_start_names_the_reason_and_a_leftover_is_ended() {
+fn a_dnsmasq_that_cannot_start_names_the_reason_and_a_running_one_is_adopted() {
     let ns = Netns::create(format!("isdf-dnsfail-{}", std::process::id()));
     let work = tempfile::tempdir().unwrap();
     let settings = settings(
@@ -264,18 +264,41 @@ fn a_dnsmasq_that_cannot_start_names_the_reason_and_a_leftover_is_ended() {
         // The port is free again: the periodic repair starts it.
         drop(taken);
         dnsmasq.repair().unwrap();
-        let orphan = dnsmasq.pid().unwrap();
+        let running = dnsmasq.pid().unwrap();
 
-        // The agent crashes (nothing dropped): its dnsmasq holds the port.
-        // The next agent ends it before starting its own.
-        std::mem::forget(dnsmasq);
+        // The agent ends (or crashes): its dnsmasq keeps answering, and
+        // the next agent adopts it rather than start another.
+        drop(dnsmasq);
+        assert!(alive(running), "dnsmasq outlives the agent");
         let mut next = Dnsmasq::new(&settings);
+        next.repair().unwrap();
+        assert!(
+            alive(running),
+            "nothing is decided before the policy is known"
+        );
         next.apply(Some(&policy("192.0.2.1", 30))).unwrap();
-        assert_ne!(next.pid(), Some(orphan));
-        assert!(!alive(orphan), "the leftover dnsmasq was ended");
-        let pid = next.pid().unwrap();
+        assert_eq!(next.pid(), Some(running), "adopted, not restarted");
+
+        // A config dnsmasq refuses (here: a missing program for the check)
+        // never stops the one that answers.
+        let broken = Settings {
+            dns_dnsmasq: "/nonexistent/dnsmasq".into(),
+            ..settings.clone()
+        };
+        let mut refused = Dnsmasq::new(&broken);
+        assert!(refused.apply(Some(&policy("192.0.2.53", 30))).is_err());
+        assert!(alive(running), "still answering");
+
+        // Another config replaces it; `apply(None)` (uninstall) ends it.
+        next.apply(Some(&policy("192.0.2.53", 30))).unwrap();
+        let replaced = next.pid().unwrap();
+        assert_ne!(replaced, running);
+        assert!(!alive(running), "the old dnsmasq ended");
         drop(next);
-        assert!(!alive(pid), "dropping the manager ends its dnsmasq");
+        let mut last = Dnsmasq::new(&settings);
+        last.apply(None).unwrap();
+        assert!(!alive(replaced), "uninstalling ends the running dnsmasq");
+        assert_eq!(last.pid(), None);
     });
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use isdf_controller::test_support::{TestController, TestControllerOptions};
 use serde_json::{json, Value};
 
+use crate::kernel_state::Snapshot;
 use crate::netns::{Netns, Topology, WAN_HOST};
 
 pub(crate) const OPEN_PORT: u16 = 9001;
@@ -103,6 +104,32 @@ impl AgentProcess {
         let _ = self.child.wait();
     }
 
+    /// Stops the agent as a service manager does (SIGTERM) and returns how
+    /// it ended (killed if it has not within 5 s).
+    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // Ended already (killed, or stopped before the drop): its pid may
+        // be another process's by now.
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
+        }
+        let _ = self.child.kill();
+        self.child.wait().expect("waiting for the agent")
+    }
+
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -111,57 +138,33 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     /// Asks the agent to stop (SIGTERM), so it ends what it started (its
     /// wireguard-go processes), then kills it if it has not within 5 s.
+    /// What outlives it by design (its dnsmasq) ends with the namespace.
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.terminate();
     }
 }
 
 /// The kernel ruleset the backend manages, without counters and timers, so
-/// two snapshots are equal exactly when rules, sets and elements are.
+/// two snapshots are equal exactly when rules, sets and elements are (and,
+/// for iptables, whichever of its two generations is live).
 pub(crate) fn ruleset(router: &Netns, backend: &str) -> String {
-    let raw = match backend {
-        "nftables" => {
-            let out = router.exec("nft", &["-s", "list", "table", "inet", "isdf"]);
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-        _ => {
-            let mut all = String::new();
-            for (program, args) in [
-                ("iptables-save", &["-t", "filter"][..]),
-                ("ip6tables-save", &["-t", "filter"][..]),
-                ("ipset", &["save"][..]),
-            ] {
-                all.push_str(&router.run(program, args));
-            }
-            all
-        }
-    };
-    raw.lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| {
-            // Drop counters ([p:b]), element timers and expiry countdowns.
-            let l = match l.find(" [") {
-                Some(i) if l.starts_with(':') => &l[..i],
-                _ => l,
-            };
-            l.split(" expires ")
-                .next()
-                .unwrap()
-                .split(" timeout ")
-                .next()
-                .unwrap()
-                .to_owned()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    Snapshot::take(router, backend).full
+}
+
+/// The packets counted by the rules of the agent's nft table commented
+/// `comment`, in `router`'s namespace.
+pub(crate) fn nft_counter(router: &Netns, comment: &str) -> u64 {
+    let listing: Value =
+        serde_json::from_str(&router.run("nft", &["-j", "list", "table", "inet", "isdf"]))
+            .expect("nft -j output");
+    listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|item| item["rule"]["comment"] == comment)
+        .flat_map(|item| item["rule"]["expr"].as_array().cloned().unwrap_or_default())
+        .filter_map(|expr| expr["counter"]["packets"].as_u64())
+        .sum()
 }
 
 pub(crate) fn wait_until(

@@ -3,18 +3,25 @@
 //! network namespace the test creates, with real nft / iptables and real
 //! traffic. Nothing is connected to the root namespace.
 
+mod antispoof;
 mod backends;
 mod bittorrent_clients;
 mod blocks;
 mod classifier;
+mod crash_apply;
 mod dns;
 mod dns_sets;
 mod e2e;
+mod fail_static;
 mod harness;
+mod isp_network;
+mod kernel_state;
 mod netns;
+mod outage;
 mod pay_per_site;
 mod rogue_controller;
 mod rollouts;
 mod signatures;
+mod state_disk;
 mod vpn;
 mod wireguard;

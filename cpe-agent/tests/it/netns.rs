@@ -1,8 +1,8 @@
 //! Network namespaces for tests: create, run code inside, clean up.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A network namespace, deleted on drop.
 pub struct Netns {
@@ -29,11 +29,15 @@ impl Netns {
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         // No duplicate address detection: IPv6 (link-local addresses too,
         // which neighbour discovery needs) works as soon as a link is up.
+        // No reverse-path filter from the kernel, whatever the host's
+        // default: the agent's own anti-spoofing is what tests look at.
         let out = Command::new("ip")
             .args(["netns", "exec", &name, "sysctl", "-qw"])
             .args([
                 "net.ipv6.conf.all.accept_dad=0",
                 "net.ipv6.conf.default.accept_dad=0",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
             ])
             .output()
             .expect("sysctl (procps)");
@@ -94,8 +98,79 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// A UDP socket bound to `addr` inside this namespace.
+    pub fn udp_socket(&self, addr: &str) -> UdpSocket {
+        let addr = addr.to_owned();
+        self.enter(move || {
+            let socket =
+                UdpSocket::bind(&addr).unwrap_or_else(|e| panic!("binding UDP {addr}: {e}"));
+            socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            socket
+        })
+    }
+
+    /// Sends `count` datagrams `payload` from `from` (an address of this
+    /// namespace, as `addr:port`) to `to`.
+    pub fn send_udp(&self, from: &str, to: &str, payload: &'static [u8], count: usize) {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.enter(move || {
+            let socket =
+                UdpSocket::bind(&from).unwrap_or_else(|e| panic!("binding UDP {from}: {e}"));
+            for _ in 0..count {
+                socket
+                    .send_to(payload, &to)
+                    .unwrap_or_else(|e| panic!("sending from {from} to {to}: {e}"));
+            }
+        });
+    }
+}
+
+/// The payloads `socket` received up to and including the first `last`
+/// (within 5 s; panics without it): `last` is sent after what the test
+/// checks, once the kernel's counters showed where that went.
+pub fn datagrams_until(socket: &UdpSocket, last: &str) -> Vec<String> {
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1500];
+    while started.elapsed() < Duration::from_secs(5) {
+        let Ok((len, _)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        received.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+        if received.last().is_some_and(|got| got == last) {
+            return received;
+        }
+    }
+    panic!("`{last}` never arrived (got {received:?})");
+}
+
 impl Drop for Netns {
+    /// Ends what still runs in the namespace (a daemon the test's agent
+    /// left, such as its dnsmasq, which outlives the agent by design), by
+    /// process id, then deletes it: a deleted namespace lives on while a
+    /// process is in it.
     fn drop(&mut self) {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        let own = std::process::id().to_string();
+        let pids: Vec<&str> = pids.split_whitespace().filter(|p| *p != own).collect();
+        for pid in &pids {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pids
+            .iter()
+            .any(|pid| isdf_agent::sys::processes::process_runs(pid))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();

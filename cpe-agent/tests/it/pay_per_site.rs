@@ -19,9 +19,9 @@ use crate::netns::{Netns, Topology};
 
 /// The gated site and an ordinary one, each with an IPv4 and IPv6 address
 /// on the WAN host.
-const VIDEO_V4: &str = "198.51.100.10";
+pub(crate) const VIDEO_V4: &str = "198.51.100.10";
 const VIDEO_V6: &str = "2001:db8:2::10";
-const NEWS_V4: &str = "198.51.100.11";
+pub(crate) const NEWS_V4: &str = "198.51.100.11";
 const NEWS_V6: &str = "2001:db8:2::11";
 /// Another resolver (plain DNS, DoT on 853 and "DoH" on 443).
 const RESOLVER_V4: &str = "198.51.100.53";
@@ -296,18 +296,19 @@ fn assert_open(lan: &Netns, ca: &Path, family: &str) {
 /// Everything a pay-per-site run needs: the WAN side (sites, upstream
 /// DNS), the LAN host's resolver, the controller with a catalog of one
 /// gated site, a household owning the router, and the agent enforcing.
-struct Shop {
-    stage: Stage,
+pub(crate) struct Shop {
+    pub(crate) stage: Stage,
     ca: PathBuf,
     site_id: i64,
     customer_id: String,
-    _agent: AgentProcess,
+    /// Taken by tests that stop or kill it.
+    pub(crate) agent: Option<AgentProcess>,
     _resolver: LanResolver,
     _upstream: UpstreamDns,
 }
 
 impl Shop {
-    async fn open(topo: &Topology, work: &Path) -> Self {
+    pub(crate) async fn open(topo: &Topology, work: &Path) -> Self {
         Self::open_with(topo, work, |_| {}).await
     }
 
@@ -383,7 +384,7 @@ impl Shop {
             customer_id: customer["id"].as_str().unwrap().to_owned(),
             stage,
             ca,
-            _agent: agent,
+            agent: Some(agent),
             _resolver: resolver,
             _upstream: upstream,
         }

@@ -27,7 +27,7 @@ use isdf_controller::test_support::{TestController, TestControllerOptions};
 use serde_json::{json, Value};
 
 use crate::harness::{block_on_in, blocking, serve_greeting, AgentProcess, Operator};
-use crate::vpn::{agent_toml, ip_in, Network, SiteSpec, Wan, ISP};
+use crate::isp_network::{agent_toml, ip_in, Network, SiteSpec, Wan, ISP};
 
 const ROUTERS: [&str; 4] = ["r1", "r2", "r3", "r4"];
 /// Blocked by revision 1.

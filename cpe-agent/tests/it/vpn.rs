@@ -2,8 +2,10 @@
 //! four real agents with wireguard-go. Customer A has three sites (a3 behind
 //! a NAT), customer B one. A's LAN hosts reach each other (ping and TCP),
 //! a3 goes through the hub, A and B cannot reach each other, a spoofed VPN
-//! source from the ISP side is dropped, a key rotation during a transfer
-//! barely pauses it, and removing a site removes it from every peer.
+//! source from the ISP side is dropped (a remote site's prefix and a1's own
+//! LAN prefix), a key rotation during a transfer barely pauses it, and
+//! removing a site removes it from every peer. The network is
+//! `isp_network.rs`.
 //!
 //! ```text
 //!   a1h ─ a1 ─┐
@@ -15,173 +17,17 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use isdf_agent::backend::ANTISPOOF_RULE_ID;
 use isdf_controller::test_support::{TestController, TestControllerOptions};
 use serde_json::{json, Value};
 
-use crate::harness::{block_on_in, blocking, wait_until, AgentProcess, Operator};
-use crate::netns::Netns;
-
-pub(crate) const ISP: &str = "203.0.113.1";
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("iproute2");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `ip -n <ns> <args>` (`args` split at spaces).
-pub(crate) fn ip_in(ns: &Netns, args: &str) {
-    let mut all = vec!["-n", ns.name.as_str()];
-    all.extend(args.split(' '));
-    ip(&all);
-}
-
-/// How a router reaches the ISP network.
-#[derive(Clone, Copy)]
-pub(crate) enum Wan {
-    /// On the ISP bridge with this address (/24).
-    Direct(&'static str),
-    /// Behind the NAT, on its own inside link.
-    BehindNat,
-}
-
-/// A router of the test: its WAN and, for a customer site, its LAN (the
-/// /24 prefix; the router is .1, the LAN host .2).
-pub(crate) struct SiteSpec {
-    pub(crate) name: &'static str,
-    pub(crate) wan: Wan,
-    pub(crate) lan: Option<&'static str>,
-}
-
-/// A router namespace with its LAN host.
-pub(crate) struct Site {
-    pub(crate) name: &'static str,
-    pub(crate) router: Netns,
-    /// None for a relay (no LAN).
-    host: Option<Netns>,
-    /// The LAN host's address and the LAN prefix.
-    host_addr: String,
-    lan: &'static str,
-}
-
-impl Site {
-    pub(crate) fn host(&self) -> &Netns {
-        self.host.as_ref().expect("a site with a LAN")
-    }
-}
-
-pub(crate) struct Network {
-    pub(crate) isp: Netns,
-    _nat: Netns,
-    pub(crate) sites: Vec<Site>,
-}
-
-impl Network {
-    pub(crate) fn site(&self, name: &str) -> &Site {
-        self.sites.iter().find(|s| s.name == name).unwrap()
-    }
-
-    /// The ISP bridge (the controller at 203.0.113.1), a NAT on it at
-    /// 203.0.113.254 that lets in only answers, and the routers.
-    pub(crate) fn create(tag: &str, specs: &[SiteSpec]) -> Self {
-        let tag = format!("isdf-{tag}-{}", std::process::id());
-        let isp = Netns::create(format!("{tag}-isp"));
-        let nat = Netns::create(format!("{tag}-nat"));
-        ip_in(&isp, "link add br0 type bridge");
-        ip_in(&isp, &format!("addr add {ISP}/24 dev br0"));
-        ip_in(&isp, "link set br0 up");
-        // Every router's WAN (and the NAT's outside) is a port of br0.
-        let plug = |ns: &Netns, port: &str, addr: &str| {
-            ip_in(
-                &isp,
-                &format!("link add {port} type veth peer name wan netns {}", ns.name),
-            );
-            ip_in(&isp, &format!("link set {port} master br0 up"));
-            ip_in(ns, &format!("addr add {addr} dev wan"));
-            ip_in(ns, "link set wan up");
-        };
-        plug(&nat, "p-nat", "203.0.113.254/24");
-        nat.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        let mut sites = Vec::new();
-        for (index, spec) in specs.iter().enumerate() {
-            let router = Netns::create(format!("{tag}-{}", spec.name));
-            match spec.wan {
-                Wan::Direct(addr) => plug(&router, &format!("p-{}", spec.name), addr),
-                Wan::BehindNat => {
-                    // 192.168.<index>.2, default via the NAT's .1.
-                    let inside = format!("in-{}", spec.name);
-                    ip_in(
-                        &nat,
-                        &format!(
-                            "link add {inside} type veth peer name wan netns {}",
-                            router.name
-                        ),
-                    );
-                    ip_in(&nat, &format!("addr add 192.168.{index}.1/24 dev {inside}"));
-                    ip_in(&nat, &format!("link set {inside} up"));
-                    ip_in(&router, &format!("addr add 192.168.{index}.2/24 dev wan"));
-                    ip_in(&router, "link set wan up");
-                    ip_in(&router, &format!("route add default via 192.168.{index}.1"));
-                }
-            }
-            router.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-            let (host, host_addr) = match spec.lan {
-                Some(lan) => {
-                    let host = Netns::create(format!("{tag}-{}h", spec.name));
-                    let base = lan.trim_end_matches(".0/24");
-                    ip_in(
-                        &router,
-                        &format!("link add lan type veth peer name eth0 netns {}", host.name),
-                    );
-                    ip_in(&router, &format!("addr add {base}.1/24 dev lan"));
-                    ip_in(&router, "link set lan up");
-                    ip_in(&host, &format!("addr add {base}.2/24 dev eth0"));
-                    ip_in(&host, "link set eth0 up");
-                    ip_in(&host, &format!("route add default via {base}.1"));
-                    (Some(host), format!("{base}.2"))
-                }
-                None => (None, String::new()),
-            };
-            sites.push(Site {
-                name: spec.name,
-                router,
-                host,
-                host_addr,
-                lan: spec.lan.unwrap_or(""),
-            });
-        }
-        // The NAT masquerades what leaves through its outside and lets in
-        // only answers: nothing reaches a router behind it unasked.
-        let rules = "table ip nat {\n chain outgoing {\n type nat hook postrouting priority 100;\n \
-                     oifname \"wan\" masquerade\n }\n}\n\
-                     table ip filter {\n chain through {\n type filter hook forward priority 0; policy drop;\n \
-                     ct state established,related accept\n oifname \"wan\" accept\n }\n}\n";
-        let out = Command::new("ip")
-            .args(["netns", "exec", &nat.name, "nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                child.stdin.take().unwrap().write_all(rules.as_bytes())?;
-                child.wait_with_output()
-            })
-            .expect("nft in the NAT namespace");
-        assert!(out.status.success(), "NAT rules");
-        Network {
-            isp,
-            _nat: nat,
-            sites,
-        }
-    }
-}
+use crate::harness::{block_on_in, blocking, nft_counter, wait_until, AgentProcess, Operator};
+use crate::isp_network::{agent_toml, Network, SiteSpec, Wan, ISP};
+use crate::netns::{datagrams_until, Netns};
 
 fn pings(from: &Netns, to: &str) -> bool {
     from.exec("ping", &["-c", "1", "-W", "1", to])
@@ -242,26 +88,6 @@ fn send(host: &Netns, to: SocketAddr, bytes: usize) -> bool {
         }
         true
     })
-}
-
-/// Agent config for one router.
-pub(crate) fn agent_toml(dir: &Path, enrollment_url: &str, token: &str, ca_pem: &str) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("enrollment-token"), token).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
-    let path = dir.join("agent.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "enrollment_url = \"{enrollment_url}\"\nca_cert = \"{d}/ca.pem\"\n\
-             enrollment_token_file = \"{d}/enrollment-token\"\nstate_dir = \"{d}/state\"\n\
-             control_socket = \"{d}/agent.sock\"\npoll_wait_secs = 20\nmax_backoff_secs = 2\n\
-             lan_interfaces = [\"lan\"]\nwan_interfaces = [\"wan\"]\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    path
 }
 
 fn wg(agent: &AgentProcess, what: &str) -> String {
@@ -599,6 +425,44 @@ async fn scenario(net: Arc<Network>, work: PathBuf) {
             listener.recv_from(&mut buf).is_ok(),
             "the ISP path to a1 works"
         );
+    })
+    .await;
+    // Nor one that claims a1's *own* LAN prefix: a1 takes it neither into
+    // the VPN (to a3's host) nor into its own LAN, and its anti-spoofing
+    // rule is what drops it.
+    let net2 = net.clone();
+    blocking(move || {
+        let (a1, a3, b1) = (net2.site("a1"), net2.site("a3"), net2.site("b1"));
+        let at_a3 = a3.host().udp_socket("0.0.0.0:7003");
+        let at_a1 = a1.host().udp_socket("0.0.0.0:7003");
+        b1.router
+            .run("ip", &["addr", "add", "10.1.0.99/32", "dev", "lo"]);
+        b1.router.run(
+            "ip",
+            &["route", "add", "10.3.0.0/24", "via", "203.0.113.11"],
+        );
+        let before = nft_counter(&a1.router, ANTISPOOF_RULE_ID);
+        for to in ["10.3.0.2:7003", "10.1.0.2:7003"] {
+            b1.router.send_udp("10.1.0.99:0", to, b"forged", 3);
+        }
+        wait_until(
+            "a1's anti-spoofing rule dropped the 6 forged datagrams",
+            Duration::from_secs(5),
+            || nft_counter(&a1.router, ANTISPOOF_RULE_ID) >= before + 6,
+        );
+        // The same tunnel carries a1's LAN, the same WAN link b1's own
+        // address.
+        a1.host()
+            .send_udp("10.1.0.2:0", "10.3.0.2:7003", b"plain", 1);
+        b1.router
+            .send_udp("203.0.113.14:0", "10.1.0.2:7003", b"plain", 1);
+        for (socket, host) in [(&at_a3, "a3's host"), (&at_a1, "a1's host")] {
+            assert_eq!(
+                datagrams_until(socket, "plain"),
+                ["plain"],
+                "a forged own-LAN source reached {host}"
+            );
+        }
     })
     .await;
 

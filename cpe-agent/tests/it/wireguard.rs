@@ -17,7 +17,8 @@ use isdf_agent::wireguard::Tunnels;
 use isdf_api::wireguard::{Peer, Tunnel, WgKey, Wireguard};
 use isdf_api::{Firewall, Prefix};
 
-use crate::netns::Netns;
+use crate::harness::wait_until;
+use crate::netns::{datagrams_until, Netns};
 
 /// Fails with the name of what is missing.
 fn require_tools() {
@@ -432,6 +433,27 @@ fn two_sites_carry_ping_and_tcp_and_nothing_else() {
     assert!(
         a.worker.counter("agent-wg0-spoof") > spoof_before,
         "dropped by the spoof rule"
+    );
+
+    // A's own LAN prefix spoofed from the WAN side, towards B's LAN: A has
+    // no LAN interfaces configured here (so no anti-spoofing rule), and the
+    // tunnel's entry rule still keeps the WAN out of the tunnel.
+    ip(&["-n", w, "addr", "add", "10.1.0.99/32", "dev", "lo"]);
+    ip(&["-n", w, "route", "add", "10.2.0.0/24", "via", "203.0.113.1"]);
+    let at_b = b.lan.udp_socket("0.0.0.0:7003");
+    let to_b = format!("{}:7003", b.host());
+    let entry_before = a.worker.counter("agent-wg0-entry");
+    net.wan.send_udp("10.1.0.99:0", &to_b, b"forged", 3);
+    wait_until(
+        "A's tunnel entry rule dropped the 3 forged datagrams",
+        Duration::from_secs(5),
+        || a.worker.counter("agent-wg0-entry") >= entry_before + 3,
+    );
+    a.lan.send_udp("10.1.0.2:0", &to_b, b"plain", 1);
+    assert_eq!(
+        datagrams_until(&at_b, "plain"),
+        ["plain"],
+        "a forged own-LAN source crossed the tunnel"
     );
 
     // A config naming a key A does not hold: refused, the tunnel stays.

@@ -1,15 +1,16 @@
 //! What the kernel shows, read back: `iptables-save` output (our chains,
 //! the jumps to them, counters) and `ipset list -t`. From it come the jump
-//! repairs that keep exactly one jump to each of our chains at the top of
-//! its builtin chain, the script that removes everything of ours, and
-//! whether a live ipset can be swapped with a planned one. Pure parsing.
+//! repairs that keep exactly one jump to each entry chain at the top of its
+//! builtin chain, the script that removes everything of ours, and whether a
+//! live ipset is the planned one. Pure parsing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::Context;
 use isdf_api::Chain;
 
-use super::plan::{builtin_chain, is_our_chain, our_chain};
+use super::generation::{entry_chain, is_our_chain, Generation, LEGACY_ANTISPOOF_CHAIN};
+use super::plan::builtin_chain;
 use super::sets::{ipset_family, PlannedSet, MAX_ELEMENTS};
 
 /// One rule line of `iptables-save`.
@@ -27,6 +28,11 @@ impl SavedRule {
         let mut tokens = self.spec.split_whitespace();
         tokens.find(|t| *t == name)?;
         tokens.next().map(|t| t.trim_matches('"'))
+    }
+
+    /// Everything after `-A <chain>`, as `iptables-save` prints it.
+    pub(super) fn spec(&self) -> &str {
+        &self.spec
     }
 
     pub(super) fn comment(&self) -> Option<&str> {
@@ -103,7 +109,7 @@ impl SavedFilter {
     pub(super) fn jump_repairs(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for chain in Chain::FILTER {
-            let (builtin, ours) = (builtin_chain(chain), our_chain(chain));
+            let (builtin, ours) = (builtin_chain(chain), entry_chain(chain));
             let jump = format!("-j {ours}");
             let positions: Vec<usize> = self
                 .rules_in(builtin)
@@ -119,6 +125,25 @@ impl SavedFilter {
         lines
     }
 
+    /// Lines that delete the anti-spoofing chain of an agent before the
+    /// generations, and any jump to it from a chain not ours. They follow
+    /// the rewritten entry chains in the same transaction: those held the
+    /// other jumps to it.
+    pub(super) fn legacy_removals(&self) -> Vec<String> {
+        if !self.chains.contains(LEGACY_ANTISPOOF_CHAIN) {
+            return Vec::new();
+        }
+        let mut lines: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| !is_our_chain(&r.chain) && r.target() == Some(LEGACY_ANTISPOOF_CHAIN))
+            .map(|r| format!("-D {} {}", r.chain, r.spec))
+            .collect();
+        lines.push(format!("-F {LEGACY_ANTISPOOF_CHAIN}"));
+        lines.push(format!("-X {LEGACY_ANTISPOOF_CHAIN}"));
+        lines
+    }
+
     /// A restore script that removes our chains and every jump to them, or
     /// None when there is nothing of ours.
     pub(super) fn removal_script(&self) -> Option<String> {
@@ -128,12 +153,23 @@ impl SavedFilter {
                 lines.push(format!("-D {} {}", rule.chain, rule.spec));
             }
         }
-        for chain in Chain::FILTER.map(our_chain) {
-            if self.chains.contains(chain) {
-                lines.push(format!("-F {chain}"));
-                lines.push(format!("-X {chain}"));
-            }
-        }
+        // Entry chains name the generations' chains: empty them all before
+        // deleting any.
+        let ours: Vec<&str> = Chain::FILTER
+            .into_iter()
+            .flat_map(|c| {
+                [
+                    entry_chain(c),
+                    Generation::A.chain(c),
+                    Generation::B.chain(c),
+                ]
+            })
+            .chain(Generation::BOTH.map(Generation::antispoof_chain))
+            .chain([LEGACY_ANTISPOOF_CHAIN])
+            .filter(|c| self.chains.contains(*c))
+            .collect();
+        lines.extend(ours.iter().map(|c| format!("-F {c}")));
+        lines.extend(ours.iter().map(|c| format!("-X {c}")));
         (!lines.is_empty()).then(|| format!("*filter\n{}\nCOMMIT\n", lines.join("\n")))
     }
 }
@@ -197,7 +233,7 @@ pub(super) fn parse_ipset_terse(text: &str) -> anyhow::Result<BTreeMap<String, L
 /// Comparing a planned set with what the kernel lists lives here, with the
 /// listing it reads.
 impl PlannedSet {
-    /// Whether an existing set of this name can be swapped with ours.
+    /// Whether a live set of this name has the planned type.
     pub(super) fn fits(&self, live: &LiveSet) -> bool {
         live.kind == self.kind.type_name()
             && live.header.get("family").map(String::as_str) == Some(ipset_family(self.family))

@@ -1,8 +1,22 @@
-//! The planner: `Firewall` + now -> an `ipset restore` script and two
-//! `iptables-restore --noflush` scripts over the agent's own `ISDF-*`
-//! chains (`IptablesPlan`). Pure and snapshot-tested (`tests.rs`); `Layout`
-//! is the structured plan the scripts are rendered from and `verify`
-//! compares the kernel with.
+//! The planner: `Firewall` + now + the generation to build in -> an `ipset
+//! restore` script for that generation's sets and two `iptables-restore
+//! --noflush` scripts for its chains and the entry chains
+//! (`IptablesPlan`, with the switch that makes it live: `generation.rs`).
+//! Pure and snapshot-tested (`tests.rs`); `Layout` is the structured plan
+//! the scripts are rendered from and `verify` compares the kernel with.
+//!
+//! Anti-spoofing: a packet whose source is one of the router's LAN
+//! prefixes may arrive only on a LAN interface (or `lo`). iptables has no
+//! routing lookup in the `filter` table, so the prefixes are those the
+//! kernel routes out of a LAN interface when the backend plans
+//! (`planning::lan_prefixes`), compared again at every verification: a
+//! prefix that comes or goes is drift, and the next pass applies again.
+//! One `-i` per rule cannot say "none of these interfaces", so the checks
+//! live in a chain of their own in each generation (`ISDFA-ANTISPOOF`),
+//! jumped to first from that generation's `FORWARD` and `INPUT` chains: it
+//! returns for the LAN interfaces and `lo`, then drops the LAN prefixes.
+//! Being the generation's, it is built, switched to and cleared with the
+//! rest of the ruleset.
 //!
 //! `in_interface` is one rule per interface (`-i`). What iptables cannot
 //! enforce is refused before planning (`refuse_unsupported`): payload
@@ -14,23 +28,59 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 
 use anyhow::bail;
-use isdf_api::{Action, Chain, ElementValue, Family, Firewall, Protocol, Rule, Set};
+use isdf_api::{Action, Chain, ElementValue, Family, Firewall, Prefix, Protocol, Rule, Set};
 
+use super::generation::{
+    dispatch_rules, entry_chain, switch, switch_sets_script, Generation, Switch,
+};
 use super::sets::{
-    fits_net_port_net, ipset_entries, PlannedSet, SetKind, EXPIRY_SLACK, MAX_TIMEOUT, SET_PREFIX,
-    TEMP_PREFIX,
+    fits_net_port_net, ipset_entries, PlannedSet, SetKind, EXPIRY_SLACK, MAX_TIMEOUT,
 };
 use super::spec::Spec;
-use crate::backend::planning::{remaining_secs, Interfaces};
+use crate::backend::planning::{remaining_secs, Interfaces, ANTISPOOF_RULE_ID};
 
-/// Our chain for each hook, jumped to from the top of the builtin chain.
-pub(super) fn our_chain(chain: Chain) -> &'static str {
-    match chain {
-        Chain::Forward => "ISDF-FORWARD",
-        Chain::Input => "ISDF-INPUT",
-        Chain::Output => "ISDF-OUTPUT",
-        Chain::Prerouting => "ISDF-PREROUTING",
+/// The comment of the jumps to a generation's anti-spoofing chain
+/// ([`Generation::antispoof_chain`]; its own counter: every packet from a
+/// LAN prefix passes it).
+pub(super) const ANTISPOOF_JUMP_ID: &str = "agent-antispoof-check";
+
+/// The chains whose generation's chain jumps to the anti-spoofing chain
+/// first.
+pub(super) const GUARDED: [Chain; 2] = [Chain::Forward, Chain::Input];
+
+/// The rules (after `-A ISDFA-ANTISPOOF`) of one family for a router whose
+/// LAN interfaces are `lan` and LAN prefixes `prefixes`; empty when no LAN
+/// prefix of that family is known (then nothing jumps to the chain).
+pub(super) fn antispoof_chain(family: Family, lan: &[String], prefixes: &[Prefix]) -> Vec<String> {
+    let drops: Vec<String> = prefixes
+        .iter()
+        .filter(|p| p.family() == family)
+        .map(|p| {
+            format!(
+                "-s {} -m comment --comment {ANTISPOOF_RULE_ID} -j DROP",
+                p.net()
+            )
+        })
+        .collect();
+    if drops.is_empty() || lan.is_empty() {
+        return Vec::new();
     }
+    let mut rules: Vec<String> = lan
+        .iter()
+        .map(|name| format!("-i {} -j RETURN", iptables_interface(name)))
+        .collect();
+    rules.push("-i lo -j RETURN".to_owned());
+    rules.extend(drops);
+    rules
+}
+
+/// The jump to `generation`'s anti-spoofing chain (after `-A
+/// ISDFA-FORWARD` or `-A ISDFA-INPUT`, for generation `a`).
+pub(super) fn antispoof_jump(generation: Generation) -> String {
+    format!(
+        "-m comment --comment {ANTISPOOF_JUMP_ID} -j {}",
+        generation.antispoof_chain()
+    )
 }
 
 pub(super) fn builtin_chain(chain: Chain) -> &'static str {
@@ -40,10 +90,6 @@ pub(super) fn builtin_chain(chain: Chain) -> &'static str {
         Chain::Output => "OUTPUT",
         Chain::Prerouting => "PREROUTING",
     }
-}
-
-pub(super) fn is_our_chain(name: &str) -> bool {
-    Chain::ALL.iter().any(|&c| our_chain(c) == name)
 }
 
 pub(super) const FAMILIES: [Family; 2] = [Family::Ipv4, Family::Ipv6];
@@ -59,15 +105,20 @@ impl Capabilities {
     pub const ALL: Capabilities = Capabilities { net_port_net: true };
 }
 
-/// The three scripts that replace what this agent enforces.
+/// The scripts of a first apply (into generation `a`, nothing live yet),
+/// in the order they run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IptablesPlan {
-    /// For `ipset restore`: fills and swaps in every set.
+    /// For `ipset -exist restore`: the switch sets, and the generation's
+    /// sets, filled.
     pub ipset: String,
-    /// For `iptables-restore --noflush`: replaces our IPv4 chains.
+    /// For `iptables-restore --noflush`: the entry chains and the
+    /// generation's IPv4 chains.
     pub v4: String,
-    /// For `ip6tables-restore --noflush`: replaces our IPv6 chains.
+    /// For `ip6tables-restore --noflush`: the same for IPv6.
     pub v6: String,
+    /// For `ipset restore`: turns the generation on, both families at once.
+    pub switch: String,
 }
 
 impl IptablesPlan {
@@ -84,7 +135,9 @@ impl fmt::Display for IptablesPlan {
         writeln!(f, "### iptables-restore --noflush")?;
         f.write_str(&self.v4)?;
         writeln!(f, "### ip6tables-restore --noflush")?;
-        f.write_str(&self.v6)
+        f.write_str(&self.v6)?;
+        writeln!(f, "### ipset restore (the switch)")?;
+        f.write_str(&self.switch)
     }
 }
 
@@ -92,22 +145,44 @@ impl fmt::Display for IptablesPlan {
 /// assuming the kernel supports every set type and the router has no
 /// interfaces configured.
 pub fn plan(firewall: &Firewall, now: i64) -> anyhow::Result<IptablesPlan> {
-    plan_with(firewall, now, Capabilities::ALL, &Interfaces::default())
+    plan_with(
+        firewall,
+        now,
+        Capabilities::ALL,
+        &Interfaces::default(),
+        &[],
+    )
 }
 
 /// Plans the scripts for a kernel with `capabilities` on a router with
-/// `interfaces`. Fails when a rule needs an interface role with none.
+/// `interfaces`, whose LAN interfaces the kernel routes `lan_prefixes` to.
+/// Fails when a rule needs an interface role with none.
 pub fn plan_with(
     firewall: &Firewall,
     now: i64,
     capabilities: Capabilities,
     interfaces: &Interfaces,
+    lan_prefixes: &[Prefix],
 ) -> anyhow::Result<IptablesPlan> {
-    let layout = Layout::new(firewall, now, capabilities, interfaces)?;
+    let generation = Generation::A;
+    let layout = Layout::new(firewall, now, capabilities, interfaces, generation)?
+        .with_antispoof(&interfaces.lan, lan_prefixes);
+    let missing: Vec<&str> = Chain::FILTER
+        .iter()
+        .map(|&c| generation.other().chain(c))
+        .collect();
+    let Switch::TurnOn(switch) = switch(generation, None) else {
+        unreachable!("nothing is live before a first apply");
+    };
     Ok(IptablesPlan {
-        ipset: layout.ipset_script(),
-        v4: layout.rules_script(Family::Ipv4, &[]),
-        v6: layout.rules_script(Family::Ipv6, &[]),
+        ipset: format!(
+            "{}{}",
+            switch_sets_script(generation),
+            layout.ipset_script()
+        ),
+        v4: layout.rules_script(Family::Ipv4, &missing, &[]),
+        v6: layout.rules_script(Family::Ipv6, &missing, &[]),
+        switch,
     })
 }
 
@@ -128,17 +203,22 @@ pub(super) struct PlannedRule {
 
 /// The structured plan: what the scripts are rendered from and what `verify`
 /// compares the kernel against.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Layout {
+    /// The generation whose chains and sets these are.
+    pub(super) generation: Generation,
     pub(super) sets: Vec<PlannedSet>,
-    /// Per family, in config order.
+    /// Per family, in config order (after the jumps to the anti-spoofing
+    /// chain).
     pub(super) rules: BTreeMap<Family, Vec<PlannedRule>>,
+    /// Per family, the anti-spoofing chain's rules (after `-A <chain>`).
+    pub(super) antispoof: BTreeMap<Family, Vec<String>>,
     pub(super) next_reapply: Option<i64>,
 }
 
 /// An interface name as iptables reads it: nft's trailing wildcard `*` is
 /// iptables' `+`.
-fn iptables_interface(name: &str) -> String {
+pub(super) fn iptables_interface(name: &str) -> String {
     match name.strip_suffix('*') {
         Some(prefix) => format!("{prefix}+"),
         None => name.to_owned(),
@@ -151,8 +231,15 @@ impl Layout {
         now: i64,
         capabilities: Capabilities,
         interfaces: &Interfaces,
+        generation: Generation,
     ) -> anyhow::Result<Layout> {
-        let mut layout = Layout::default();
+        let mut layout = Layout {
+            generation,
+            sets: Vec::new(),
+            rules: BTreeMap::new(),
+            antispoof: BTreeMap::new(),
+            next_reapply: None,
+        };
         let mut representations = HashMap::new();
         for set in &firewall.sets {
             let live: Vec<_> = set
@@ -196,13 +283,36 @@ impl Layout {
         Ok(layout)
     }
 
+    /// Adds the anti-spoofing chain for a router whose LAN interfaces are
+    /// `lan` and LAN prefixes `prefixes`, and the jumps to it ahead of
+    /// every other rule of the generation's `FORWARD` and `INPUT` chains.
+    pub(super) fn with_antispoof(mut self, lan: &[String], prefixes: &[Prefix]) -> Layout {
+        for family in FAMILIES {
+            let chain_rules = antispoof_chain(family, lan, prefixes);
+            if chain_rules.is_empty() {
+                continue;
+            }
+            let rules = self.rules.entry(family).or_default();
+            for (index, chain) in GUARDED.into_iter().enumerate() {
+                let jump = PlannedRule {
+                    chain,
+                    line: antispoof_jump(self.generation),
+                    id: ANTISPOOF_JUMP_ID.to_owned(),
+                };
+                rules.insert(index, jump);
+            }
+            self.antispoof.insert(family, chain_rules);
+        }
+        self
+    }
+
     fn reapply_at(&mut self, at: i64) {
         self.next_reapply = Some(self.next_reapply.map_or(at, |t| t.min(at)));
     }
 
     fn plan_set(&mut self, set: &Set, kind: SetKind, now: i64) -> PlannedSet {
         let mut planned = PlannedSet {
-            name: format!("{SET_PREFIX}{}", set.name),
+            name: format!("{}{}", self.generation.set_prefix(), set.name),
             kind,
             family: set.key.family(),
             entries: BTreeMap::new(),
@@ -263,11 +373,12 @@ impl Layout {
             dport: m.dport,
             sets: Vec::new(),
         };
+        let prefix = self.generation.set_prefix();
         if let Some(name) = &m.src_in_set {
-            base.sets.push((format!("{SET_PREFIX}{name}"), "src"));
+            base.sets.push((format!("{prefix}{name}"), "src"));
         }
         if let Some(name) = &m.dst_in_set {
-            base.sets.push((format!("{SET_PREFIX}{name}"), "dst"));
+            base.sets.push((format!("{prefix}{name}"), "dst"));
         }
         let mut specs = Vec::new();
         match &m.flow_in_set {
@@ -301,7 +412,7 @@ impl Layout {
                 // it silently disappearing.
                 None => {
                     base.sets
-                        .insert(0, (format!("{SET_PREFIX}{name}"), "src,dst,dst"));
+                        .insert(0, (format!("{prefix}{name}"), "src,dst,dst"));
                     specs.push(base);
                 }
             },
@@ -366,47 +477,73 @@ impl Layout {
         planned
     }
 
+    /// `ipset restore` lines that create and fill the generation's sets
+    /// (an apply destroys leftovers first, so a set that changed type can
+    /// be made again). Nothing uses them until the generation goes live.
     pub(super) fn ipset_script(&self) -> String {
         let mut s = String::new();
         for set in &self.sets {
-            let temp = format!("{TEMP_PREFIX}{}", &set.name[SET_PREFIX.len()..]);
-            let _ = writeln!(s, "{}", set.create(&temp));
-            let _ = writeln!(s, "flush {temp}");
+            let _ = writeln!(s, "{}", set.create());
             for (entry, timeout) in &set.entries {
                 match timeout {
                     Some(secs) => {
-                        let _ = writeln!(s, "add {temp} {entry} timeout {secs}");
+                        let _ = writeln!(s, "add {} {entry} timeout {secs}", set.name);
                     }
                     None => {
-                        let _ = writeln!(s, "add {temp} {entry}");
+                        let _ = writeln!(s, "add {} {entry}", set.name);
                     }
                 }
             }
-            let _ = writeln!(s, "{}", set.create(&set.name));
-            let _ = writeln!(s, "swap {temp} {}", set.name);
-            let _ = writeln!(s, "destroy {temp}");
         }
         s
     }
 
-    /// The restore script for one family; `extra` lines (jump repairs) join
-    /// the same transaction.
-    pub(super) fn rules_script(&self, family: Family, extra: &[String]) -> String {
+    /// The restore script for one family: the entry chains with their two
+    /// fixed rules (rewritten alike, so nothing changes for packets), the
+    /// generation's chains with the planned rules (its anti-spoofing chain
+    /// among them), the `missing` chains the entry chains name but that do
+    /// not exist yet (declared empty), and the `extra` lines (jump repairs,
+    /// an earlier agent's chain removed), all in one transaction.
+    pub(super) fn rules_script(
+        &self,
+        family: Family,
+        missing: &[&str],
+        extra: &[String],
+    ) -> String {
         let mut s = String::from("*filter\n");
         // In a --noflush restore, declaring a chain creates it or empties it.
         for chain in Chain::FILTER {
-            let _ = writeln!(s, ":{} - [0:0]", our_chain(chain));
+            let _ = writeln!(s, ":{} - [0:0]", entry_chain(chain));
+        }
+        for chain in self.generation.filter_chains() {
+            let _ = writeln!(s, ":{chain} - [0:0]");
+        }
+        for chain in missing {
+            let _ = writeln!(s, ":{chain} - [0:0]");
+        }
+        for chain in Chain::FILTER {
+            for rule in dispatch_rules(chain) {
+                let _ = writeln!(s, "-A {} {rule}", entry_chain(chain));
+            }
         }
         for chain in Chain::FILTER {
             for rule in self.rules_in(family, chain) {
-                let _ = writeln!(s, "-A {} {}", our_chain(chain), rule.line);
+                let _ = writeln!(s, "-A {} {}", self.generation.chain(chain), rule.line);
             }
+        }
+        for rule in self.antispoof_rules(family) {
+            let _ = writeln!(s, "-A {} {rule}", self.generation.antispoof_chain());
         }
         for line in extra {
             let _ = writeln!(s, "{line}");
         }
         s.push_str("COMMIT\n");
         s
+    }
+
+    /// The anti-spoofing chain's rules of `family` (after `-A <chain>`).
+    pub(super) fn antispoof_rules(&self, family: Family) -> &[String] {
+        self.antispoof.get(&family).map_or(&[], Vec::as_slice)
     }
 
     pub(super) fn rules_in(

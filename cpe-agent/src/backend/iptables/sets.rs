@@ -8,14 +8,6 @@ use std::collections::BTreeMap;
 
 use isdf_api::{ElementValue, Family, FlowPattern, Prefix, Protocol};
 
-/// Live sets are `isdf-<name>`; set names are at most 24 bytes, so this stays
-/// within ipset's 31.
-pub(super) const SET_PREFIX: &str = "isdf-";
-
-/// A set being filled before it is swapped in. Never referenced by a rule, so
-/// a leftover one (from an interrupted apply) can always be destroyed.
-pub(super) const TEMP_PREFIX: &str = "isdf+";
-
 /// The largest element timeout ipset accepts (about 24.8 days).
 pub(super) const MAX_TIMEOUT: u64 = 2_147_483;
 
@@ -55,7 +47,7 @@ pub(super) fn ipset_family(family: Family) -> &'static str {
 /// One ipset as planned.
 #[derive(Debug)]
 pub(super) struct PlannedSet {
-    /// `isdf-<name>`.
+    /// `isdfa-<name>` or `isdfb-<name>` (see `generation.rs`).
     pub(super) name: String,
     pub(super) kind: SetKind,
     pub(super) family: Family,
@@ -70,12 +62,14 @@ pub(super) struct PlannedSet {
 }
 
 impl PlannedSet {
-    /// `timeout 0` makes elements permanent unless they carry their own timeout.
-    pub(super) fn create(&self, name: &str) -> String {
+    /// `timeout 0` makes elements permanent unless they carry their own
+    /// timeout. Created afresh, or emptied if a leftover could not go.
+    pub(super) fn create(&self) -> String {
         format!(
-            "create {name} {} family {} maxelem {MAX_ELEMENTS} timeout 0 -exist",
+            "create {name} {} family {} maxelem {MAX_ELEMENTS} timeout 0 -exist\nflush {name}",
             self.kind.type_name(),
-            ipset_family(self.family)
+            ipset_family(self.family),
+            name = self.name,
         )
     }
 }

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use isdf_api::{ElementValue, Family, Firewall, Prefix};
 
 use super::listing::{parse_ipset_terse, SavedFilter, SavedRule};
-use super::plan::{refuse_unsupported, Layout};
+use super::plan::{antispoof_chain, refuse_unsupported, Layout};
 use super::sets::{PlannedSet, SetKind, MAX_TIMEOUT};
+use super::Generation;
 use super::*;
 use crate::backend::sample_firewall as sample;
 use crate::backend::Interfaces;
@@ -40,7 +41,7 @@ fn flow_sets_use_an_ipset_only_when_every_live_element_fits() {
     insta::assert_snapshot!(after.render());
     assert!(after
         .v4
-        .contains("-m set --match-set isdf-flow_drop_v4 src,dst,dst"));
+        .contains("-m set --match-set isdfa-flow_drop_v4 src,dst,dst"));
     // Without kernel support it stays inline.
     let no_support = plan_with(
         &sample(),
@@ -49,6 +50,7 @@ fn flow_sets_use_an_ipset_only_when_every_live_element_fits() {
             net_port_net: false,
         },
         &Interfaces::default(),
+        &[],
     )
     .unwrap();
     assert!(!no_support.ipset.contains("flow_drop_v4"), "{no_support}");
@@ -62,7 +64,7 @@ fn flow_sets_use_an_ipset_only_when_every_live_element_fits() {
     assert!(!after.ipset.contains("flow_drop_v6"));
     assert!(after
         .v6
-        .contains("-A ISDF-FORWARD -s 2001:db8:1::/48 -m comment --comment flow-drop-v6 -j DROP"));
+        .contains("-A ISDFA-FORWARD -s 2001:db8:1::/48 -m comment --comment flow-drop-v6 -j DROP"));
 }
 
 #[test]
@@ -103,7 +105,14 @@ fn reject_fits_iptables_one_protocol_per_rule() {
         ]}"#,
     )
     .unwrap();
-    let layout = Layout::new(&firewall, 0, Capabilities::ALL, &Interfaces::default()).unwrap();
+    let layout = Layout::new(
+        &firewall,
+        0,
+        Capabilities::ALL,
+        &Interfaces::default(),
+        Generation::A,
+    )
+    .unwrap();
     let lines: Vec<&str> = layout.rules[&Family::Ipv4]
         .iter()
         .map(|r| r.line.as_str())
@@ -135,7 +144,14 @@ fn inline_elements_are_intersected_with_the_rule() {
     }"#,
     )
     .unwrap();
-    let layout = Layout::new(&firewall, 0, Capabilities::ALL, &Interfaces::default()).unwrap();
+    let layout = Layout::new(
+        &firewall,
+        0,
+        Capabilities::ALL,
+        &Interfaces::default(),
+        Generation::A,
+    )
+    .unwrap();
     let lines: Vec<&str> = layout.rules[&Family::Ipv4]
         .iter()
         .map(|r| r.line.as_str())
@@ -153,15 +169,27 @@ fn inline_elements_are_intersected_with_the_rule() {
 #[test]
 fn next_reapply_is_the_next_inline_expiry() {
     assert_eq!(
-        Layout::new(&sample(), NOW, Capabilities::ALL, &Interfaces::default())
-            .unwrap()
-            .next_reapply,
+        Layout::new(
+            &sample(),
+            NOW,
+            Capabilities::ALL,
+            &Interfaces::default(),
+            Generation::A
+        )
+        .unwrap()
+        .next_reapply,
         Some(EXPIRY)
     );
     assert_eq!(
-        Layout::new(&sample(), EXPIRY, Capabilities::ALL, &Interfaces::default())
-            .unwrap()
-            .next_reapply,
+        Layout::new(
+            &sample(),
+            EXPIRY,
+            Capabilities::ALL,
+            &Interfaces::default(),
+            Generation::A
+        )
+        .unwrap()
+        .next_reapply,
         None
     );
 
@@ -173,11 +201,18 @@ fn next_reapply_is_the_next_inline_expiry() {
         value: ElementValue::Addr(Prefix::parse("203.0.113.10").unwrap()),
         expires_at: Some(far),
     });
-    let layout = Layout::new(&firewall, EXPIRY, Capabilities::ALL, &Interfaces::default()).unwrap();
+    let layout = Layout::new(
+        &firewall,
+        EXPIRY,
+        Capabilities::ALL,
+        &Interfaces::default(),
+        Generation::A,
+    )
+    .unwrap();
     assert_eq!(layout.next_reapply, Some(far - MAX_TIMEOUT as i64));
     let script = layout.ipset_script();
     assert!(
-        script.contains("add isdf+blocked_hosts_v4 203.0.113.10/32\n"),
+        script.contains("add isdfa-blocked_hosts_v4 203.0.113.10/32\n"),
         "{script}"
     );
 }
@@ -191,7 +226,14 @@ fn duplicate_entries_keep_the_longest_timeout() {
         ]}]}"#,
     )
     .unwrap();
-    let layout = Layout::new(&firewall, 100, Capabilities::ALL, &Interfaces::default()).unwrap();
+    let layout = Layout::new(
+        &firewall,
+        100,
+        Capabilities::ALL,
+        &Interfaces::default(),
+        Generation::A,
+    )
+    .unwrap();
     let entries: Vec<_> = layout.sets[0]
         .entries
         .iter()
@@ -339,19 +381,26 @@ fn in_interface_becomes_one_rule_per_interface() {
         lan: vec!["lan0".into(), "br-*".into()],
         wan: vec!["wan".into()],
     };
-    let plan = plan_with(&firewall, 0, Capabilities::ALL, &interfaces).unwrap();
-    let ours: Vec<&str> = plan.v4.lines().filter(|l| l.starts_with("-A")).collect();
+    let plan = plan_with(&firewall, 0, Capabilities::ALL, &interfaces, &[]).unwrap();
+    let ours: Vec<&str> = plan
+        .v4
+        .lines()
+        .filter(|l| l.starts_with("-A ISDFA-"))
+        .collect();
     assert_eq!(
         ours,
         [
-            "-A ISDF-FORWARD -i wan -p tcp -m comment --comment wan-any -j REJECT --reject-with tcp-reset",
-            "-A ISDF-FORWARD -i wan -m comment --comment wan-any -j REJECT --reject-with icmp-admin-prohibited",
-            "-A ISDF-INPUT -i lan0 -p tcp -m tcp --dport 22 -m comment --comment lan-ssh -j ACCEPT",
-            "-A ISDF-INPUT -i br-+ -p tcp -m tcp --dport 22 -m comment --comment lan-ssh -j ACCEPT",
+            "-A ISDFA-FORWARD -i wan -p tcp -m comment --comment wan-any -j REJECT --reject-with tcp-reset",
+            "-A ISDFA-FORWARD -i wan -m comment --comment wan-any -j REJECT --reject-with icmp-admin-prohibited",
+            "-A ISDFA-INPUT -i lan0 -p tcp -m tcp --dport 22 -m comment --comment lan-ssh -j ACCEPT",
+            "-A ISDFA-INPUT -i br-+ -p tcp -m tcp --dport 22 -m comment --comment lan-ssh -j ACCEPT",
         ]
     );
     assert_eq!(
-        plan.v6.lines().filter(|l| l.starts_with("-A")).count(),
+        plan.v6
+            .lines()
+            .filter(|l| l.starts_with("-A ISDFA-"))
+            .count(),
         2,
         "{}",
         plan.v6
@@ -364,9 +413,89 @@ fn in_interface_becomes_one_rule_per_interface() {
             lan: Vec::new(),
             ..interfaces
         },
+        &[],
     )
     .unwrap_err();
     assert!(err.to_string().contains("`lan_interfaces`"), "{err}");
+}
+
+#[test]
+fn lan_sources_from_elsewhere_are_dropped_ahead_of_the_config() {
+    let interfaces = Interfaces {
+        lan: vec!["lan0".into(), "wlan0".into()],
+        wan: vec!["wan".into()],
+    };
+    let prefixes = ["192.0.2.0/24", "10.0.0.0/8"].map(|p| Prefix::parse(p).unwrap());
+    let plan = plan_with(&sample(), NOW, Capabilities::ALL, &interfaces, &prefixes).unwrap();
+    // The generation's chains: the entry chains only dispatch to them.
+    let ours: Vec<&str> = plan
+        .v4
+        .lines()
+        .filter(|l| l.starts_with("-A ISDFA-"))
+        .collect();
+    let jump = "-m comment --comment agent-antispoof-check -j ISDFA-ANTISPOOF";
+    assert_eq!(ours[0], format!("-A ISDFA-FORWARD {jump}"));
+    assert_eq!(
+        ours.iter().position(|l| l.starts_with("-A ISDFA-INPUT")),
+        ours.iter()
+            .position(|l| *l == format!("-A ISDFA-INPUT {jump}")),
+        "the jump comes first in ISDFA-INPUT too: {ours:?}"
+    );
+    assert_eq!(
+        ours[ours.len() - 5..],
+        [
+            "-A ISDFA-ANTISPOOF -i lan0 -j RETURN",
+            "-A ISDFA-ANTISPOOF -i wlan0 -j RETURN",
+            "-A ISDFA-ANTISPOOF -i lo -j RETURN",
+            "-A ISDFA-ANTISPOOF -s 192.0.2.0/24 -m comment --comment agent-antispoof -j DROP",
+            "-A ISDFA-ANTISPOOF -s 10.0.0.0/8 -m comment --comment agent-antispoof -j DROP",
+        ]
+    );
+    // Only the generation's own chains reach it, so the switch moves it
+    // with the rest of the ruleset.
+    let reaching: Vec<&str> = plan
+        .v4
+        .lines()
+        .filter(|l| l.contains("ANTISPOOF") && !l.starts_with(":"))
+        .filter(|l| !l.starts_with("-A ISDFA-ANTISPOOF "))
+        .collect();
+    assert_eq!(
+        reaching,
+        [
+            format!("-A ISDFA-FORWARD {jump}"),
+            format!("-A ISDFA-INPUT {jump}")
+        ]
+    );
+    assert!(
+        plan.v4.contains(":ISDFA-ANTISPOOF - [0:0]\n"),
+        "{}",
+        plan.v4
+    );
+    // No IPv6 LAN prefix: the chain exists (emptied), nothing jumps to it.
+    assert!(
+        plan.v6.contains(":ISDFA-ANTISPOOF - [0:0]\n"),
+        "{}",
+        plan.v6
+    );
+    assert!(!plan.v6.contains("-j ISDFA-ANTISPOOF"), "{}", plan.v6);
+    // Built in generation `b`, all of it is `b`'s.
+    let b = Layout::new(
+        &sample(),
+        NOW,
+        Capabilities::ALL,
+        &interfaces,
+        Generation::B,
+    )
+    .unwrap()
+    .with_antispoof(&interfaces.lan, &prefixes)
+    .rules_script(Family::Ipv4, &[], &[]);
+    assert!(
+        b.contains(
+            "-A ISDFB-FORWARD -m comment --comment agent-antispoof-check -j ISDFB-ANTISPOOF\n"
+        ) && b.contains("-A ISDFB-ANTISPOOF -i lo -j RETURN\n")
+            && !b.contains("ISDFA-ANTISPOOF"),
+        "{b}"
+    );
 }
 
 #[test]
@@ -411,4 +540,117 @@ Number of entries: 0
         ..planned
     }
     .fits(a));
+}
+
+#[test]
+fn the_chain_returns_for_the_lan_and_drops_its_prefixes_elsewhere() {
+    let lan = ["br-lan".to_owned()];
+    let prefixes = [
+        Prefix::parse("192.0.2.0/24").unwrap(),
+        Prefix::parse("2001:db8:1::/64").unwrap(),
+    ];
+    assert_eq!(
+        antispoof_chain(Family::Ipv4, &lan, &prefixes),
+        [
+            "-i br-lan -j RETURN",
+            "-i lo -j RETURN",
+            "-s 192.0.2.0/24 -m comment --comment agent-antispoof -j DROP"
+        ]
+    );
+    assert_eq!(
+        antispoof_chain(Family::Ipv6, &lan, &prefixes)
+            .last()
+            .unwrap(),
+        "-s 2001:db8:1::/64 -m comment --comment agent-antispoof -j DROP"
+    );
+    assert!(antispoof_chain(Family::Ipv4, &lan, &prefixes[1..]).is_empty());
+    assert!(antispoof_chain(Family::Ipv4, &[], &prefixes).is_empty());
+}
+
+#[test]
+fn generations_switch_in_one_operation_and_know_their_leftovers() {
+    use super::generation::{clear_chains_script, is_stale_set, switch, Switch};
+    // With a generation live, the switch is the one swap of the two
+    // `list:set`s; with none, one swap of a filled new switch.
+    assert_eq!(switch(Generation::B, Some(Generation::A)), Switch::Swap);
+    let Switch::TurnOn(first) = switch(Generation::A, None) else {
+        panic!("nothing live: turned on by a filled switch");
+    };
+    let changes: Vec<&str> = first.lines().filter(|l| l.contains("isdf_gen_a")).collect();
+    assert_eq!(changes, ["swap isdf_gen_new isdf_gen_a"], "{first}");
+    // Clearing empties only the chains that hold rules, and keeps them.
+    let script = clear_chains_script(Generation::B, |c| c == "ISDFB-INPUT").unwrap();
+    assert_eq!(script, "*filter\n:ISDFB-INPUT - [0:0]\nCOMMIT\n");
+    assert_eq!(clear_chains_script(Generation::B, |_| false), None);
+    // The anti-spoofing chain is the generation's too.
+    let script = clear_chains_script(Generation::B, |c| c.starts_with("ISDFB-")).unwrap();
+    assert_eq!(
+        script,
+        "*filter\n:ISDFB-FORWARD - [0:0]\n:ISDFB-INPUT - [0:0]\n:ISDFB-OUTPUT - [0:0]\n:ISDFB-ANTISPOOF - [0:0]\nCOMMIT\n"
+    );
+    // Once `a` is live: `b`'s sets and a leftover switch go, earlier
+    // agents' sets only when asked (their rules may still use them).
+    assert!(is_stale_set("isdfb-hosts", Generation::A, false));
+    assert!(is_stale_set("isdf_gen_new", Generation::A, false));
+    assert!(!is_stale_set("isdfa-hosts", Generation::A, true));
+    assert!(!is_stale_set("isdf_gen_b", Generation::A, true));
+    assert!(!is_stale_set("isdf_all4", Generation::A, true));
+    assert!(!is_stale_set("isdf-hosts", Generation::A, false));
+    assert!(is_stale_set("isdf-hosts", Generation::A, true));
+    assert!(is_stale_set("isdf+hosts", Generation::A, true));
+}
+
+/// What an agent with anti-spoofing but before the generations left: its
+/// rules in the entry chains, jumping to `ISDF-ANTISPOOF`.
+const SAVED_LEGACY_ANTISPOOF: &str = "\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:ISDF-FORWARD - [0:0]
+:ISDF-INPUT - [0:0]
+:ISDF-ANTISPOOF - [0:0]
+:ISDFA-ANTISPOOF - [0:0]
+-A INPUT -j ISDF-INPUT
+-A FORWARD -j ISDF-FORWARD
+-A FORWARD -i eth9 -j ISDF-ANTISPOOF
+-A ISDF-FORWARD -m comment --comment agent-antispoof-check -j ISDF-ANTISPOOF
+-A ISDF-INPUT -m comment --comment agent-antispoof-check -j ISDF-ANTISPOOF
+-A ISDF-ANTISPOOF -i lan -j RETURN
+-A ISDF-ANTISPOOF -s 192.0.2.0/24 -m comment --comment agent-antispoof -j DROP
+COMMIT
+";
+
+#[test]
+fn an_earlier_agents_antispoof_chain_is_taken_away() {
+    let saved = SavedFilter::parse(SAVED_LEGACY_ANTISPOOF).unwrap();
+    // With the entry chains rewritten in the same transaction, only a jump
+    // from someone else's chain still reaches it.
+    assert_eq!(
+        saved.legacy_removals(),
+        [
+            "-D FORWARD -i eth9 -j ISDF-ANTISPOOF",
+            "-F ISDF-ANTISPOOF",
+            "-X ISDF-ANTISPOOF"
+        ]
+    );
+    assert!(SavedFilter::parse(SAVED)
+        .unwrap()
+        .legacy_removals()
+        .is_empty());
+    // Uninstalling takes it, and a generation's, with the rest.
+    let removal = saved.removal_script().unwrap();
+    for line in [
+        "-X ISDF-FORWARD",
+        "-X ISDF-ANTISPOOF",
+        "-X ISDFA-ANTISPOOF",
+        "-D FORWARD -i eth9 -j ISDF-ANTISPOOF",
+    ] {
+        assert!(removal.lines().any(|l| l == line), "{line}: {removal}");
+    }
+    let flushed = removal.find("-F ISDF-ANTISPOOF").unwrap();
+    assert!(
+        flushed < removal.find("-X ISDF-FORWARD").unwrap(),
+        "{removal}"
+    );
 }

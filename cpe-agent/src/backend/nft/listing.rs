@@ -10,9 +10,9 @@ use std::net::IpAddr;
 use anyhow::Context;
 use isdf_api::{Chain, Firewall, Protocol, RuleCounter};
 
-use super::plan::{in_force, planned_chains, rule_lines, PlanInputs};
+use super::plan::{agent_rules, in_force, planned_chains, rule_lines, PlanInputs};
 use super::sets::{layout, CarriedElement, CONFIG_ELEMENT_COMMENT};
-use super::tunnels::{tunnel_rules, tunnel_set_name, tunnels};
+use super::tunnels::{tunnel_set_name, tunnels};
 use crate::backend::LearnedEndpoint;
 
 /// What `nft -t -j list table inet isdf` shows: set names and, per chain,
@@ -39,7 +39,7 @@ pub(super) fn expected_shape(
     sets.sort();
     let mut chains = BTreeMap::new();
     for chain in planned_chains(firewall, now_ms) {
-        let mut comments: Vec<String> = tunnel_rules(chain, tunnels(firewall))
+        let mut comments: Vec<String> = agent_rules(chain, firewall, inputs)
             .into_iter()
             .map(|(comment, _)| comment)
             .collect();

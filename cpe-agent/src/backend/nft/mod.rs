@@ -3,10 +3,11 @@
 //! new one at once or not at all.
 //!
 //! The planner is pure and snapshot-tested: `plan.rs` writes the script
-//! (chains and rule lines), `sets.rs` decides the kernel sets and their
-//! elements (hash sets for exact 5-tuples, interval layers for patterns,
-//! timeouts, what DNS-filled sets carry over), `tunnels.rs` adds the rules
-//! that keep each WireGuard tunnel to its VPN, and `listing.rs` reads the
+//! (chains, rule lines, and anti-spoofing for the router's LAN ahead of
+//! them), `sets.rs` decides the kernel sets and their elements (hash sets
+//! for exact 5-tuples, interval layers for patterns, timeouts, what
+//! DNS-filled sets carry over), `tunnels.rs` adds the rules that keep each
+//! WireGuard tunnel to its VPN, and `listing.rs` reads the
 //! kernel's `nft -j` listings back and says what shape the plan gives.
 //! Only `apply.rs` runs `nft` (check with `nft -c`, apply with `nft -f`,
 //! verify, counters, learned endpoints).

@@ -4,7 +4,23 @@
 //!
 //! The script first makes sure `table inet isdf` exists, then deletes and
 //! recreates it inside the same transaction: no moment exists with a half
-//! ruleset. A `prerouting` nat chain (`redirect to :port`) exists only while
+//! ruleset. The agent's own rules come first in each chain: anti-spoofing
+//! (`antispoof_rules`), then the tunnels' isolation (`tunnels.rs`).
+//!
+//! Anti-spoofing, in `forward` and `input`: a packet whose source belongs
+//! to the router's own LAN may arrive only on a LAN interface (or `lo`).
+//! "Belongs to the LAN" is asked of the kernel's routing at each packet
+//! (`fib saddr oifname`): the source is routed out of a LAN interface,
+//! which covers every LAN prefix, those routed to a router behind the LAN
+//! and a delegated IPv6 prefix that changes, with no list to keep current.
+//! The router's own addresses are routed locally, so a second rule drops
+//! unicast from them (`fib saddr type local`): Linux drops such IPv4
+//! sources as martians by itself, but forwards IPv6 ones. Multicast the
+//! router sends is looped back to it from its own address on the outgoing
+//! interface; `meta pkttype host` leaves it alone. Both need the LAN
+//! interfaces (setting `lan_interfaces`); without any there are no such
+//! rules, and a tunnel's own entry rule (`tunnels.rs`) still keeps the WAN
+//! out of it. A `prerouting` nat chain (`redirect to :port`) exists only while
 //! a rule in force needs it, so kernels without nat take every other config.
 //! A rule with `until` carries `meta time < until`: the kernel stops
 //! matching at that second by itself. Once past, the planner leaves the rule
@@ -16,7 +32,7 @@ use isdf_api::{Action, Chain, Family, Firewall, Match, PayloadMatch, Protocol, R
 
 use super::sets::{layout, plan_set, ports, prefix, Carried, Elements, Layout};
 use super::tunnels::{plan_tunnel_sets, tunnel_rules, tunnels};
-use crate::backend::planning::{Interfaces, CLASSIFY_QUEUE};
+use crate::backend::planning::{Interfaces, ANTISPOOF_RULE_ID, CLASSIFY_QUEUE};
 
 pub const TABLE: &str = "isdf";
 
@@ -129,7 +145,7 @@ pub(super) fn plan_script(
     for chain in planned_chains(firewall, now_ms) {
         let _ = writeln!(s, "\tchain {} {{", chain.name());
         let _ = writeln!(s, "\t\t{}", chain_header(chain));
-        for (comment, line) in tunnel_rules(chain, tunnels) {
+        for (comment, line) in agent_rules(chain, firewall, inputs) {
             let _ = writeln!(s, "\t\t{line} comment \"{comment}\"");
         }
         let rules = firewall
@@ -145,6 +161,38 @@ pub(super) fn plan_script(
     }
     let _ = writeln!(s, "}}");
     Ok(s)
+}
+
+/// The rules (comment, rule) the agent puts ahead of the config's in
+/// `chain`: anti-spoofing for the router's LAN, then the tunnels'
+/// isolation.
+pub(super) fn agent_rules(
+    chain: Chain,
+    firewall: &Firewall,
+    inputs: &PlanInputs,
+) -> Vec<(String, String)> {
+    let mut rules = antispoof_rules(chain, &inputs.interfaces.lan);
+    rules.extend(tunnel_rules(chain, tunnels(firewall)));
+    rules
+}
+
+/// The anti-spoofing rules (comment, rule) of `chain` for a router whose
+/// LAN interfaces are `lan` (see the module's documentation).
+pub(super) fn antispoof_rules(chain: Chain, lan: &[String]) -> Vec<(String, String)> {
+    if lan.is_empty() || !matches!(chain, Chain::Forward | Chain::Input) {
+        return Vec::new();
+    }
+    // Quoted: `Settings::parse` checked the interface names.
+    let quoted: Vec<String> = lan.iter().map(|n| format!("\"{n}\"")).collect();
+    let lan = quoted.join(", ");
+    let outside = format!("iifname != {{ {lan}, \"lo\" }}");
+    [
+        format!("{outside} fib saddr oifname {{ {lan} }} counter drop"),
+        format!("{outside} meta pkttype host fib saddr type local counter drop"),
+    ]
+    .into_iter()
+    .map(|rule| (ANTISPOOF_RULE_ID.to_owned(), rule))
+    .collect()
 }
 
 /// The match expressions of a rule (without action or counter): one per

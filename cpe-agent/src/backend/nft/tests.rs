@@ -1,12 +1,12 @@
 //! The nftables planner's tests: snapshots of whole scripts, the shape
 //! verification compares, and parsing of the kernel's listings.
 
-use isdf_api::{Firewall, Protocol, Rule, RuleCounter};
+use isdf_api::{Chain, Firewall, Protocol, Rule, RuleCounter};
 
 use super::listing::{
     expected_shape, listed_shape, parse_carried, parse_endpoints, without_ended_rules,
 };
-use super::plan::{plan_script, MAX_META_TIME_SECS};
+use super::plan::{antispoof_rules, plan_script, MAX_META_TIME_SECS};
 use super::sets::Elements;
 use super::*;
 use crate::backend::sample_firewall as sample;
@@ -155,7 +155,26 @@ fn the_expected_shape_of_tunnels_matches_the_plan() {
             .iter()
             .filter(|c| c.starts_with("agent-wg0"))
             .count(),
-        10
+        11
+    );
+    // On a router with a LAN, anti-spoofing comes first, in the plan and
+    // in the shape verification expects.
+    let shape = expected_shape(&firewall, 0, &router()).unwrap();
+    for chain in ["forward", "input"] {
+        assert_eq!(
+            shape.chains[chain][..2],
+            ["agent-antispoof", "agent-antispoof"],
+            "{chain}"
+        );
+    }
+    assert!(shape.chains["output"].is_empty());
+    let script = plan_with(&firewall, 0, &router()).unwrap();
+    let forward = script.split("chain forward").nth(1).unwrap();
+    assert!(
+        forward.lines().nth(2).unwrap().contains(
+            "fib saddr oifname { \"lan0\", \"br-lan\" } counter drop comment \"agent-antispoof\""
+        ),
+        "{script}"
     );
     assert_eq!(
         shape.chains["input"]
@@ -295,7 +314,14 @@ fn the_shape_of_a_pay_per_site_plan_matches_its_script() {
     assert_eq!(shape.chains["prerouting"], ["http-portal"]);
     assert_eq!(
         shape.chains["forward"],
-        ["paid-v4", "gate-v4", "gate-v4", "gate-v6"]
+        [
+            "agent-antispoof",
+            "agent-antispoof",
+            "paid-v4",
+            "gate-v4",
+            "gate-v4",
+            "gate-v6"
+        ]
     );
     for (chain, comments) in &shape.chains {
         let body = script
@@ -470,5 +496,28 @@ fn listing_is_parsed_into_shape_and_counters() {
             packets: 3,
             bytes: 180
         }]
+    );
+}
+
+#[test]
+fn anti_spoofing_is_in_forward_and_input_of_a_router_with_a_lan() {
+    let lan = ["br-lan".to_owned(), "wlan0".to_owned()];
+    assert!(antispoof_rules(Chain::Forward, &[]).is_empty());
+    assert!(antispoof_rules(Chain::Output, &lan).is_empty());
+    assert!(antispoof_rules(Chain::Prerouting, &lan).is_empty());
+    let input = antispoof_rules(Chain::Input, &lan);
+    assert_eq!(input, antispoof_rules(Chain::Forward, &lan));
+    assert_eq!(
+        input,
+        [
+            (
+                "agent-antispoof".to_owned(),
+                "iifname != { \"br-lan\", \"wlan0\", \"lo\" } fib saddr oifname { \"br-lan\", \"wlan0\" } counter drop".to_owned()
+            ),
+            (
+                "agent-antispoof".to_owned(),
+                "iifname != { \"br-lan\", \"wlan0\", \"lo\" } meta pkttype host fib saddr type local counter drop".to_owned()
+            ),
+        ]
     );
 }

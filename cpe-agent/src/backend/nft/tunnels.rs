@@ -1,10 +1,13 @@
 //! The firewall side of the WireGuard tunnels: per tunnel the interval sets
 //! `agent_wg<n>_{remote,vpn}_v{4,6}` and rules ahead of everything else. In
 //! forward, from the tunnel only remote -> VPN and into it only VPN ->
-//! remote; in forward and input, a remote source arriving on any other
-//! interface is dropped; from the tunnel to the router only echo requests
-//! and established/related. The tunnels themselves (`wireguard/`) come up
-//! after these rules, so they never exist unisolated. Pure.
+//! remote, and only what arrives on the interface the kernel routes its
+//! source to (strict reverse path: nothing from the WAN, whatever its
+//! source claims, enters a tunnel); in forward and input, a remote source
+//! arriving on any other interface is dropped; from the tunnel to the
+//! router only echo requests and established/related. The tunnels
+//! themselves (`wireguard/`) come up after these rules, so they never exist
+//! unisolated. Pure.
 
 use std::fmt::Write as _;
 
@@ -53,7 +56,11 @@ pub(super) fn plan_tunnel_sets(s: &mut String, tunnels: &[Tunnel], elements: Ele
 
 /// The rules (comment, rule) that keep each tunnel to its VPN, ahead of
 /// everything else in `chain`. Forward: from the tunnel only the peers'
-/// prefixes to the VPN's, into it only the VPN's to the peers'. Forward and
+/// prefixes to the VPN's, into it only the VPN's to the peers', and from
+/// another interface only packets whose source the kernel routes back
+/// through that interface: a LAN host's source is routed back out of the
+/// LAN, a source forged on the WAN is not (the tunnel's table holds only
+/// its peers' prefixes, so the lookup ends in `main`). Forward and
 /// input: the peers' prefixes arrive through the tunnel only (no spoofing
 /// from the WAN or another tunnel). Input from the tunnel: echo requests and
 /// replies to the router's own connections only.
@@ -87,6 +94,16 @@ pub(super) fn tunnel_rules(chain: Chain, tunnels: &[Tunnel]) -> Vec<(String, Str
                     format!("iifname != {interface} {ip} saddr @{remote} counter drop"),
                 ));
             }
+        }
+        if chain == Chain::Forward {
+            // One rule for both families: `fib` reads either header.
+            rules.push((
+                comment("entry"),
+                format!(
+                    "oifname {interface} iifname != {interface} \
+                     fib saddr . iif oif missing counter drop"
+                ),
+            ));
         }
         if chain == Chain::Input {
             let fresh = format!("iifname {interface} ct state new,invalid,untracked");
