@@ -87,6 +87,8 @@ pub struct Application {
     portal_listener: std::net::TcpListener,
     device_tls: Arc<rustls::ServerConfig>,
     enrollment_tls: Arc<rustls::ServerConfig>,
+    /// The dashboard topics for the other replicas (`cluster::forward_live`).
+    live_outbox: tokio::sync::mpsc::Receiver<crate::db::bus::LiveTopic>,
 }
 
 pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
@@ -178,7 +180,10 @@ impl Application {
             crate::trust::key_files::load_or_create_secret(&settings.data_dir.join("portal.key"))?,
         );
 
-        let live = Arc::new(crate::reconcile::live::LiveUpdates::default());
+        let replica = crate::db::bus::ReplicaId::random();
+        tracing::info!(%replica, "replica");
+        let (live, live_outbox) = crate::reconcile::live::LiveUpdates::shared();
+        let live = Arc::new(live);
         let cache = Arc::new(ConfigCache::with_live(live.clone()));
         let reconciler = Arc::new(Reconciler {
             pool: pool.clone(),
@@ -186,6 +191,7 @@ impl Application {
             cache: cache.clone(),
             config_lifetime: settings.config_lifetime,
             portal_links: portal_links.clone(),
+            replica,
         });
         reconciler.load_cache().await?;
         crate::trust::device_certificates::load_all(&pool, &cache)
@@ -247,6 +253,7 @@ impl Application {
                 settings.api_tls || settings.dashboard_behind_tls,
             )),
             readiness: Arc::default(),
+            leadership: Arc::default(),
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
@@ -273,6 +280,7 @@ impl Application {
             portal_listener,
             device_tls,
             enrollment_tls,
+            live_outbox,
         })
     }
 
@@ -326,15 +334,38 @@ impl Application {
         limit_headers(portal_server.http_builder(), &limits);
         let portal_server =
             portal_server.serve(routes::portal_router(self.state.clone()).into_make_service());
-        let refresher = tokio::spawn(refresh_loop(self.state.reconciler.clone()));
-        let rollout_driver = tokio::spawn(self.state.rollouts.clone().run());
+        let background = {
+            let (reconciler, rollouts) =
+                (self.state.reconciler.clone(), self.state.rollouts.clone());
+            tokio::spawn(crate::cluster::leader::lead(
+                self.state.pool.clone(),
+                self.state.leadership.clone(),
+                move || {
+                    vec![
+                        tokio::spawn(refresh_loop(reconciler.clone())),
+                        tokio::spawn(rollouts.clone().run()),
+                    ]
+                },
+            ))
+        };
         let refusal_tallies = tokio::spawn(crate::http::audit::flush_refusals_loop(
             self.state.refusals.clone(),
             self.state.pool.clone(),
         ));
-        let certificates = tokio::spawn(crate::trust::device_certificates::follow(
+        let follower = tokio::spawn(
+            crate::cluster::Follower {
+                pool: self.state.pool.clone(),
+                replica: self.state.reconciler.replica,
+                cache: self.state.cache.clone(),
+                live: self.state.live.clone(),
+                rollouts: self.state.rollouts.clone(),
+            }
+            .run(),
+        );
+        let live_forwarder = tokio::spawn(crate::cluster::forward_live(
             self.state.pool.clone(),
-            self.state.cache.clone(),
+            self.state.reconciler.replica,
+            self.live_outbox,
         ));
         let stopper = tokio::spawn(async move {
             shutdown.await;
@@ -343,10 +374,10 @@ impl Application {
         });
         let (device_result, api_result, enrollment_result, portal_result) =
             tokio::join!(device_server, api_server, enrollment_server, portal_server);
-        refresher.abort();
-        rollout_driver.abort();
+        background.abort();
         refusal_tallies.abort();
-        certificates.abort();
+        follower.abort();
+        live_forwarder.abort();
         stopper.abort();
         // What was refused since the last flush is written before leaving.
         if let Err(e) = self.state.refusals.flush(&self.state.pool).await {

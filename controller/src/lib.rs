@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod db;
 pub mod handlers;
 pub mod http;

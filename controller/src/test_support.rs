@@ -141,6 +141,8 @@ pub struct TestControllerOptions {
     /// use seconds).
     pub config_lifetime: Duration,
     pub api_tls: bool,
+    /// The portal's URL as routers' configs name it (replicas share one).
+    pub portal_public_url: Option<String>,
 }
 
 impl TestControllerOptions {
@@ -154,6 +156,7 @@ impl TestControllerOptions {
             device_cert_lifetime: Duration::from_secs(30 * 24 * 3600),
             config_lifetime: Duration::from_secs(3600),
             api_tls: false,
+            portal_public_url: None,
         }
     }
 }
@@ -181,7 +184,7 @@ impl TestController {
             limits: options.limits,
             // The portal too: LAN hosts reach it where they reach the controller.
             portal_listen: std::net::SocketAddr::new(options.device_listen.ip(), 0),
-            portal_public_url: None,
+            portal_public_url: options.portal_public_url,
             dashboard_behind_tls: false,
         };
         let app = Application::build(settings).await?;

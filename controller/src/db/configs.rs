@@ -90,3 +90,24 @@ pub async fn versions(
     .fetch_all(db)
     .await
 }
+
+/// Every device's config version (what a replica compares with what it
+/// serves after it lost touch with the others).
+pub async fn all_versions(db: impl PgExecutor<'_>) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT device_id, version FROM device_configs")
+        .fetch_all(db)
+        .await
+}
+
+/// The configs of these devices.
+pub async fn of_devices(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<ConfigRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM device_configs WHERE device_id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(db)
+    .await
+}

@@ -136,10 +136,3 @@ pub async fn all(db: impl PgExecutor<'_>) -> Result<Vec<CertificateRow>, sqlx::E
         .fetch_all(db)
         .await
 }
-
-/// A connection listening on [`CHANNEL`].
-pub async fn listen(pool: &sqlx::PgPool) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
-    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
-}

@@ -9,6 +9,8 @@ use sqlx::PgConnection;
 const RECOMPILE: i64 = 0x1a5d_c0de;
 /// One replica at a time drives the rollouts.
 const ROLLOUT_DRIVER: i64 = 0x6973_6466_726f_6c6c; // "isdfroll"
+/// One replica at a time runs the background loops (`cluster::leader`).
+const LEADER: i64 = 0x6973_6466_6c65_6164; // "isdflead"
 /// Test processes building the migrated template database.
 const TEST_TEMPLATE: i64 = 7242;
 
@@ -41,6 +43,16 @@ pub async fn try_rollout_driver(tx: &mut PgConnection) -> Result<bool, sqlx::Err
     sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(ROLLOUT_DRIVER)
         .fetch_one(tx)
+        .await
+}
+
+/// Takes the leader's lock for as long as `conn` lives (a session lock:
+/// it ends when the connection does, whatever happens to the process), if
+/// no other replica holds it; false when one does.
+pub async fn try_leader(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LEADER)
+        .fetch_one(conn)
         .await
 }
 

@@ -12,6 +12,7 @@
 pub mod assignments;
 pub mod audit;
 pub mod blocks;
+pub mod bus;
 pub mod catalog;
 pub mod configs;
 pub mod customers;

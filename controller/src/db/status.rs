@@ -61,6 +61,17 @@ pub async fn record(
     Ok(accepted)
 }
 
+/// The version each device last reported enforcing (devices that
+/// reported one).
+pub async fn enforced_versions(db: impl PgExecutor<'_>) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT device_id, (report->>'enforced_version')::bigint FROM device_status
+         WHERE jsonb_typeof(report->'enforced_version') = 'number'",
+    )
+    .fetch_all(db)
+    .await
+}
+
 pub async fn latest(
     db: impl PgExecutor<'_>,
     device_id: Uuid,

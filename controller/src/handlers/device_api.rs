@@ -131,6 +131,11 @@ pub async fn report_status(
             ),
         ));
     }
+    let heard = db::bus::Message::Status {
+        device: id,
+        enforced: report.enforced_version,
+    };
+    db::bus::send(&mut tx, state.reconciler.replica, &heard).await?;
     tx.commit().await?;
     state.rollouts.nudge();
     state.live.notify(crate::reconcile::live::Topic::Device(id));

@@ -296,6 +296,8 @@ pub async fn delete(
         ));
     }
     db::devices::delete(&mut *tx, id).await?;
+    let removed = db::bus::Message::Removed(vec![id]);
+    db::bus::send(&mut tx, state.reconciler.replica, &removed).await?;
     audit.commit(tx, StatusCode::NO_CONTENT, None).await?;
     state.cache.remove_device(id);
     Ok(StatusCode::NO_CONTENT)

@@ -15,6 +15,9 @@ use crate::http::state::AppState;
 pub struct Ready {
     /// Always `ready`.
     pub status: &'static str,
+    /// Whether this replica runs the background loops (rollouts,
+    /// re-signing, pass expiry) now: one replica at a time does.
+    pub leader: bool,
 }
 
 /// Liveness: answered by the runtime itself, so it fails only when the
@@ -39,5 +42,8 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Ready>> {
             code: "not_ready",
             message,
         })?;
-    Ok(Json(Ready { status: "ready" }))
+    Ok(Json(Ready {
+        status: "ready",
+        leader: state.leadership.is_leading(),
+    }))
 }

@@ -193,6 +193,15 @@ impl DeviceGate {
 
     /// Takes a long-poll slot, or refuses with 429 when the device already
     /// holds the maximum.
+    /// Long polls the device holds open now.
+    pub fn polls_held(&self, device: Uuid) -> usize {
+        self.polls
+            .lock()
+            .expect("lock")
+            .get(&device)
+            .map_or(0, |&open| open as usize)
+    }
+
     pub fn begin_poll(self: &Arc<Self>, device: Uuid) -> Result<PollSlot, ApiError> {
         let mut polls = self.polls.lock().expect("lock");
         let open = polls.entry(device).or_insert(0);

@@ -50,6 +50,8 @@ pub struct AppState {
     pub dashboard: Arc<crate::http::sessions::Dashboard>,
     /// Whether this replica can serve (`/readyz`), checked at most once a second.
     pub readiness: Arc<crate::http::readiness::Readiness>,
+    /// Whether this replica runs the background loops now.
+    pub leadership: Arc<crate::cluster::leader::Leadership>,
 }
 
 /// The customer-facing portal: its signed links and how it takes payment.

@@ -8,8 +8,8 @@
 //! a poll that finds no change is a hash, two map lookups and a 304. The
 //! database stays the source of truth; the cache is filled at start and
 //! updated after every committed recompile, and a device's certificates
-//! after every committed change to them (on every replica, through a
-//! notification; see `crate::trust::device_certificates`).
+//! after every committed change to them, on every replica: what another
+//! replica commits arrives through the replicas' bus (`crate::cluster`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,22 +154,53 @@ impl ConfigCache {
         self.devices.read().expect("lock").contains_key(&id)
     }
 
-    /// Publishes a newer config and wakes the device's waiting polls.
+    /// Publishes a newer config stored by this replica and wakes the
+    /// device's waiting polls (and the dashboards, here and elsewhere).
     pub fn publish(&self, id: Uuid, config: ServedConfig) {
-        let mut devices = self.devices.write().expect("lock");
-        if let Some(slot) = devices.get_mut(&id) {
-            if slot
-                .current
-                .as_ref()
-                .is_some_and(|c| c.version >= config.version)
-            {
-                return;
-            }
-            let version = config.version;
-            slot.current = Some(Arc::new(config));
-            slot.changed.send_replace(version);
+        if self.replace(id, config) {
             self.live.notify(crate::reconcile::live::Topic::Config(id));
         }
+    }
+
+    /// Publishes a newer config another replica stored (its dashboards
+    /// are told by that replica); the device is added if it is new here.
+    pub fn publish_heard(&self, id: Uuid, config: ServedConfig) {
+        self.add_device(id);
+        self.replace(id, config);
+    }
+
+    /// Serves `config` if it is newer than the device's; whether it was.
+    fn replace(&self, id: Uuid, config: ServedConfig) -> bool {
+        let mut devices = self.devices.write().expect("lock");
+        let Some(slot) = devices.get_mut(&id) else {
+            return false;
+        };
+        if slot
+            .current
+            .as_ref()
+            .is_some_and(|c| c.version >= config.version)
+        {
+            return false;
+        }
+        let version = config.version;
+        slot.current = Some(Arc::new(config));
+        slot.changed.send_replace(version);
+        true
+    }
+
+    /// The version served to the device (None: unknown device or no
+    /// config yet).
+    pub fn version(&self, id: Uuid) -> Option<u64> {
+        self.devices
+            .read()
+            .expect("lock")
+            .get(&id)
+            .and_then(|s| s.current.as_ref().map(|c| c.version))
+    }
+
+    /// Every device known here.
+    pub fn device_ids(&self) -> Vec<Uuid> {
+        self.devices.read().expect("lock").keys().copied().collect()
     }
 
     pub fn current(&self, id: Uuid) -> Option<Arc<ServedConfig>> {

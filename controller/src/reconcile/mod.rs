@@ -34,6 +34,9 @@ pub struct Reconciler {
     pub config_lifetime: Duration,
     /// Links to the portal compiled into `pay-per-site` configs.
     pub portal_links: PortalLinks,
+    /// This replica, as the replicas' bus names it: the configs a recompile
+    /// stores are announced to the others at its commit.
+    pub replica: db::bus::ReplicaId,
 }
 
 /// What a recompile did: how many devices it compiled and how many got a new version.
@@ -216,6 +219,13 @@ impl Reconciler {
                 .await
                 .context("storing config")?;
         }
+        let versions = published
+            .iter()
+            .map(|r| (r.device_id, r.version as u64))
+            .collect();
+        db::bus::send(tx, self.replica, &db::bus::Message::Configs(versions))
+            .await
+            .context("announcing the new configs to the other replicas")?;
         Ok(Compiled {
             compiled: targets.len(),
             stored: published,

@@ -17,20 +17,18 @@
 //!    so rule 2 keeps it usable.
 //!
 //! Every change bumps the device's certificate generation (which locks its
-//! row: changes to one device are serialised) and notifies every replica,
-//! which reloads that device ([`follow`]). The extractor asks the database
+//! row: changes to one device are serialised) and notifies every replica
+//! on [`CHANNEL`], which reloads that device (`cluster::follow`). The extractor asks the database
 //! only when the cache does not accept a certificate outright: a first use
 //! (once per renewal), or a certificate the replica does not know (revoked,
 //! or issued by another replica a moment ago).
-
-use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::DateTime;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::db;
+pub use crate::db::device_certificates::CHANNEL;
 use crate::db::device_certificates::{CertificateRow, NewCertificate};
 use crate::reconcile::config_cache::{
     AcceptedCertificates, CertificateFingerprint, CertificateStanding, ConfigCache,
@@ -191,55 +189,4 @@ pub async fn admit(
     tx.commit().await?;
     cache.set_certificates(device, generation, accepted);
     Ok(standing != CertificateStanding::Unknown)
-}
-
-/// Keeps the cache's certificates current with every replica's changes:
-/// reloads a device when notified, and every device each time the
-/// listening connection is made (notifications sent while it was not
-/// there are lost). Runs until aborted.
-pub async fn follow(pool: PgPool, cache: Arc<ConfigCache>) {
-    let mut failures: u32 = 0;
-    loop {
-        if failures > 0 {
-            // Bounded backoff: 0.5 s, 1 s, ... at most 30 s.
-            let delay = Duration::from_millis(500 << failures.min(6)).min(Duration::from_secs(30));
-            tokio::time::sleep(delay).await;
-        }
-        let mut listener = match db::device_certificates::listen(&pool).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                tracing::warn!(error = %e, "listening for certificate changes; retrying");
-                continue;
-            }
-        };
-        if let Err(e) = load_all(&pool, &cache).await {
-            failures = failures.saturating_add(1);
-            tracing::warn!(error = %e, "reloading device certificates; retrying");
-            continue;
-        }
-        failures = 0;
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => {
-                    let Ok(device) = notification.payload().parse::<Uuid>() else {
-                        continue;
-                    };
-                    if let Err(e) = refresh(&pool, &cache, device).await {
-                        // Start over: listen again and reload every device.
-                        failures = failures.saturating_add(1);
-                        tracing::warn!(device = %device, error = %e, "reloading a device's certificates");
-                        break;
-                    }
-                }
-                // The connection was lost: listen again, then catch up.
-                Ok(None) => break,
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, "following certificate changes; reconnecting");
-                    break;
-                }
-            }
-        }
-    }
 }

@@ -19,6 +19,7 @@ mod operators;
 mod pay_per_site_fleet;
 mod portal;
 mod recompile;
+mod replicas;
 mod rollouts;
 mod support;
 mod tidy;

@@ -22,11 +22,23 @@ impl Harness {
     }
 
     pub async fn start_with(limits: isdf_controller::http::limits::Limits) -> Self {
-        // reqwest is built without a default TLS provider; plain clients need one too.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let data_dir = tempfile::tempdir().unwrap();
         let mut options = TestControllerOptions::new(data_dir.path());
         options.limits = limits;
+        Self::start_from(options, data_dir).await
+    }
+
+    /// A controller joining replicas already running on `database_url`
+    /// and `data_dir` (their keys).
+    pub async fn joining(database_url: &str, data_dir: tempfile::TempDir) -> Self {
+        let mut options = TestControllerOptions::new(data_dir.path());
+        options.database_url = Some(database_url.to_owned());
+        Self::start_from(options, data_dir).await
+    }
+
+    async fn start_from(options: TestControllerOptions, data_dir: tempfile::TempDir) -> Self {
+        // reqwest is built without a default TLS provider; plain clients need one too.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let controller = TestController::start(options)
             .await
             .expect("controller starts");
@@ -66,6 +78,19 @@ impl Harness {
             device_http,
             _data_dir,
         }
+    }
+
+    /// Another replica on this controller's database and data directory
+    /// (its keys, and the portal URL configs name), as
+    /// `isdf-controller serve` processes share them: any request may go to
+    /// either.
+    pub async fn replica(&self) -> TestController {
+        let mut options = TestControllerOptions::new(self._data_dir.path());
+        options.database_url = Some(self.controller.database_url.clone());
+        options.portal_public_url = Some(self.controller.portal_url.clone());
+        TestController::start(options)
+            .await
+            .expect("another replica starts")
     }
 
     /// An operator API call with the operator token.

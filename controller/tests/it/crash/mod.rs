@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 mod enrollment;
 mod fleet;
 mod invariants;
-mod process;
+pub mod process;
 mod rollout;
 mod routers;
 mod vpn;
