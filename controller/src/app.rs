@@ -30,6 +30,28 @@ use crate::reconcile::signer::{ConfigSigner, FileSigner};
 use crate::reconcile::Reconciler;
 use crate::trust::pki::Pki;
 
+/// The key that signs the portal's links (32 bytes, hex, mode 0600).
+pub const PORTAL_KEY_FILE: &str = "portal.key";
+
+/// The files of the data directory that replicas must share byte for byte:
+/// a lone controller makes each on its first start, but replicas that each
+/// made their own would not trust one another's certificates, configs,
+/// portal links or webhook signatures. Replicas get them from a secret
+/// store instead (`deploy/kubernetes/` mounts exactly these), with the root
+/// documents ([`crate::trust::roots::ROOTS_DIR`]).
+pub const SHARED_KEY_FILES: [&str; 5] = [
+    crate::trust::pki::CA_KEY_FILE,
+    crate::trust::pki::CA_CERT_FILE,
+    crate::reconcile::signer::SIGNING_KEY_FILE,
+    PORTAL_KEY_FILE,
+    crate::shop::billing_webhook::KEY_FILE,
+];
+
+/// How long connections may finish after the shutdown signal before they
+/// are closed: short, since long polls end at once and agents simply poll
+/// again (another replica, behind a load balancer).
+pub const GRACEFUL_SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
+
 /// Everything the controller needs to start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -136,7 +158,9 @@ impl Application {
         db::migrate(&pool).await?;
 
         let signer: Arc<dyn ConfigSigner> = Arc::new(FileSigner::load_or_create(
-            &settings.data_dir.join("signing-key.pem"),
+            &settings
+                .data_dir
+                .join(crate::reconcile::signer::SIGNING_KEY_FILE),
         )?);
         let pki = Pki::load_or_create(&settings.data_dir, &settings.device_tls_names)?;
         let billing_webhook_key_path = settings
@@ -177,7 +201,9 @@ impl Application {
             .unwrap_or_else(|| default_url("http", portal_addr));
         let portal_links = crate::services::pay_per_site::PortalLinks::new(
             &portal_url,
-            crate::trust::key_files::load_or_create_secret(&settings.data_dir.join("portal.key"))?,
+            crate::trust::key_files::load_or_create_secret(
+                &settings.data_dir.join(PORTAL_KEY_FILE),
+            )?,
         );
 
         let replica = crate::db::bus::ReplicaId::random();
@@ -370,7 +396,7 @@ impl Application {
         let stopper = tokio::spawn(async move {
             shutdown.await;
             // Long polls end at once; the agent simply polls again later.
-            handle.graceful_shutdown(Some(Duration::from_secs(1)));
+            handle.graceful_shutdown(Some(GRACEFUL_SHUTDOWN_DRAIN));
         });
         let (device_result, api_result, enrollment_result, portal_result) =
             tokio::join!(device_server, api_server, enrollment_server, portal_server);

@@ -421,7 +421,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "  Portal:        {}  (customers pay for gated sites here)",
         app.portal_url
     );
-    println!("  Controller CA: {}", data_dir.join("ca.pem").display());
+    println!(
+        "  Controller CA: {}",
+        data_dir
+            .join(isdf_controller::trust::pki::CA_CERT_FILE)
+            .display()
+    );
     println!(
         "  Billing webhook: {}{}  (HMAC key: {})",
         app.api_url,

@@ -17,6 +17,9 @@ pub trait ConfigSigner: Send + Sync + 'static {
 }
 
 /// An Ed25519 key kept in a PKCS#8 PEM file (mode 0600) in the data directory.
+/// The config-signing key in the data directory (PKCS#8 PEM, mode 0600).
+pub const SIGNING_KEY_FILE: &str = "signing-key.pem";
+
 pub struct FileSigner {
     key: SigningKey,
 }

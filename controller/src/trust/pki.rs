@@ -23,6 +23,14 @@ use uuid::Uuid;
 
 use crate::trust::key_files::{write_private_file, write_public_file};
 
+/// The CA's private key in the data directory (mode 0600).
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// The CA certificate in the data directory: what agents pin.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// The listeners' certificate, written afresh at every start (for whoever
+/// wants to look at it; the controller itself keeps it in memory).
+pub const SERVER_CERT_FILE: &str = "device-api-cert.pem";
+
 pub struct Pki {
     pub ca_pem: String,
     pub server_cert_pem: String,
@@ -73,8 +81,8 @@ fn random_serial() -> (SerialNumber, String) {
 impl Pki {
     /// Loads or creates the CA in `dir` and issues a server certificate for `names`.
     pub fn load_or_create(dir: &Path, names: &[String]) -> anyhow::Result<Self> {
-        let ca_key_path = dir.join("ca-key.pem");
-        let ca_cert_path = dir.join("ca.pem");
+        let ca_key_path = dir.join(CA_KEY_FILE);
+        let ca_cert_path = dir.join(CA_CERT_FILE);
         let ca_key = if ca_key_path.exists() {
             let pem = std::fs::read_to_string(&ca_key_path)
                 .with_context(|| format!("reading {}", ca_key_path.display()))?;
@@ -124,10 +132,7 @@ impl Pki {
             ca_cert,
             ca_key,
         };
-        write_public_file(
-            &dir.join("device-api-cert.pem"),
-            pki.server_cert_pem.as_bytes(),
-        )?;
+        write_public_file(&dir.join(SERVER_CERT_FILE), pki.server_cert_pem.as_bytes())?;
         Ok(pki)
     }
 

@@ -24,8 +24,13 @@ pub struct RootChain {
     pub latest: RootDocument,
 }
 
+/// The root documents' folder in the data directory (`000001.json`, ...).
+pub const ROOTS_DIR: &str = "roots";
+/// Where the first start leaves the root key it made (to be moved offline).
+pub const ROOT_KEY_FILE: &str = "root-key.pem";
+
 fn roots_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("roots")
+    data_dir.join(ROOTS_DIR)
 }
 
 fn root_file(data_dir: &Path, version: u64) -> PathBuf {
@@ -64,7 +69,7 @@ impl RootChain {
         let dir = roots_dir(data_dir);
         if !dir.exists() {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let root_key = generate_key(&data_dir.join("root-key.pem"))?;
+            let root_key = generate_key(&data_dir.join(ROOT_KEY_FILE))?;
             let first = RootDocument {
                 version: 1,
                 root_keys: vec![public_hex(&root_key)],

@@ -13,6 +13,7 @@ mod device_certificates;
 mod enrollment;
 mod hardening;
 mod health;
+mod kubernetes;
 mod limits;
 mod login_csrf;
 mod operators;
