@@ -123,8 +123,14 @@ pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
 }
 
 /// Creates an admin token if no token is active; returns it (shown once).
+/// Replicas starting together on an empty database make one between them:
+/// the check and the insert happen under one lock.
 pub async fn bootstrap_operator_token(pool: &PgPool) -> anyhow::Result<Option<String>> {
-    if db::operators::count_active(pool)
+    let mut tx = pool.begin().await.context("starting the first token")?;
+    db::locks::first_operator_token(&mut tx)
+        .await
+        .context("taking the first token's lock")?;
+    if db::operators::count_active(&mut *tx)
         .await
         .context("counting operator tokens")?
         > 0
@@ -132,13 +138,16 @@ pub async fn bootstrap_operator_token(pool: &PgPool) -> anyhow::Result<Option<St
         return Ok(None);
     }
     let (_, token) = crate::handlers::operators::create_token(
-        pool,
+        &mut *tx,
         "initial-admin",
         crate::model::Role::Admin,
         "first start",
     )
     .await
     .context("storing the initial operator token")?;
+    tx.commit()
+        .await
+        .context("committing the initial operator token")?;
     Ok(Some(token))
 }
 

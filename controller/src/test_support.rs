@@ -164,6 +164,15 @@ impl TestControllerOptions {
 impl TestController {
     /// Starts the real controller (both listeners, TLS) on the current runtime.
     pub async fn start(options: TestControllerOptions) -> anyhow::Result<Self> {
+        // What the controller logs goes to the test's output (shown when a
+        // test fails): warnings and errors, or what RUST_LOG asks for.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let database_url = match options.database_url {
             Some(url) => url,
             None => create_test_database().await?,

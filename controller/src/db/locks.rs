@@ -11,6 +11,8 @@ const RECOMPILE: i64 = 0x1a5d_c0de;
 const ROLLOUT_DRIVER: i64 = 0x6973_6466_726f_6c6c; // "isdfroll"
 /// One replica at a time runs the background loops (`cluster::leader`).
 const LEADER: i64 = 0x6973_6466_6c65_6164; // "isdflead"
+/// Replicas starting on an empty database: one makes the first token.
+const FIRST_OPERATOR_TOKEN: i64 = 0x6973_6466_746f_6b31; // "isdftok1"
 /// Test processes building the migrated template database.
 const TEST_TEMPLATE: i64 = 7242;
 
@@ -44,6 +46,15 @@ pub async fn try_rollout_driver(tx: &mut PgConnection) -> Result<bool, sqlx::Err
         .bind(ROLLOUT_DRIVER)
         .fetch_one(tx)
         .await
+}
+
+/// Takes the first operator token's lock until `tx` ends.
+pub async fn first_operator_token(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(FIRST_OPERATOR_TOKEN)
+        .execute(tx)
+        .await
+        .map(drop)
 }
 
 /// Takes the leader's lock for as long as `conn` lives (a session lock:
