@@ -72,6 +72,9 @@ pub struct Settings {
     /// The enrollment URL agents are told to use; derived if None.
     pub enrollment_public_url: Option<String>,
     pub config_lifetime: Duration,
+    /// Bytes of signed configs held in memory (the rest are read from the
+    /// database when a router asks).
+    pub config_cache_bytes: usize,
     /// Lifetime of device certificates (agents renew at two thirds).
     pub device_cert_lifetime: Duration,
     pub limits: Limits,
@@ -219,7 +222,7 @@ impl Application {
         tracing::info!(%replica, "replica");
         let (live, live_outbox) = crate::reconcile::live::LiveUpdates::shared();
         let live = Arc::new(live);
-        let cache = Arc::new(ConfigCache::with_live(live.clone()));
+        let cache = Arc::new(ConfigCache::new(live.clone(), settings.config_cache_bytes));
         let reconciler = Arc::new(Reconciler {
             pool: pool.clone(),
             signer: signer.clone(),

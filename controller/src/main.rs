@@ -174,6 +174,15 @@ struct ServeArgs {
         default_value_t = 168
     )]
     config_lifetime_hours: u64,
+    /// Bytes of signed configs a replica holds in memory, in MiB; routers
+    /// whose config is not held get it from the database.
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_CONFIG_CACHE_MIB",
+        default_value_t = 256
+    )]
+    config_cache_mib: usize,
     /// Longest long-poll wait, in seconds.
     #[arg(
         global = true,
@@ -394,6 +403,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.device_cert_lifetime_days.max(1) * 24 * 3600,
         ),
         config_lifetime: Duration::from_secs(args.config_lifetime_hours.max(1) * 3600),
+        config_cache_bytes: args.config_cache_mib.saturating_mul(1 << 20),
         portal_listen: args.portal_listen,
         portal_public_url: args.portal_public_url,
         dashboard_behind_tls: args.dashboard_behind_tls,

@@ -141,6 +141,8 @@ pub struct TestControllerOptions {
     /// use seconds).
     pub config_lifetime: Duration,
     pub api_tls: bool,
+    /// Bytes of signed configs held in memory.
+    pub config_cache_bytes: usize,
     /// The portal's URL as routers' configs name it (replicas share one).
     pub portal_public_url: Option<String>,
 }
@@ -157,6 +159,7 @@ impl TestControllerOptions {
             config_lifetime: Duration::from_secs(3600),
             api_tls: false,
             portal_public_url: None,
+            config_cache_bytes: crate::reconcile::config_cache::DEFAULT_ENVELOPE_BUDGET,
         }
     }
 }
@@ -190,6 +193,7 @@ impl TestController {
             enrollment_public_url: None,
             device_cert_lifetime: options.device_cert_lifetime,
             config_lifetime: options.config_lifetime,
+            config_cache_bytes: options.config_cache_bytes,
             limits: options.limits,
             // The portal too: LAN hosts reach it where they reach the controller.
             portal_listen: std::net::SocketAddr::new(options.device_listen.ip(), 0),

@@ -1,6 +1,8 @@
 //! Following the other replicas: one listening connection per replica on
 //! the replicas' bus (and the device certificates' channel), what it hears
-//! applied to this replica's cache, and a catch-up from the database every
+//! applied to this replica's cache (new config versions wake the polls
+//! held here, which read the envelope from the database), and a catch-up
+//! from the database every
 //! time the connection is made, since a notification sent while a replica
 //! was not listening is lost. Also the sending side of the dashboard's live
 //! topics ([`forward_live`]).
@@ -17,13 +19,11 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::db::bus::{LiveTopic, Message, ReplicaId};
-use crate::reconcile::config_cache::{ConfigCache, ServedConfig};
+use crate::reconcile::config_cache::ConfigCache;
 use crate::reconcile::live::{LiveUpdates, Topic};
 use crate::rollout::driver::Rollouts;
 use crate::trust::device_certificates;
 
-/// Configs loaded per query when catching up.
-const CATCH_UP_BATCH: usize = 1_000;
 /// How long the live topics of one replica are gathered before they are
 /// sent to the others in one notification.
 const FORWARD_EVERY: Duration = Duration::from_millis(50);
@@ -129,12 +129,9 @@ impl Follower {
     async fn hear(&self, message: Message) -> anyhow::Result<()> {
         match message {
             Message::Configs(versions) => {
-                let newer: Vec<Uuid> = versions
-                    .into_iter()
-                    .filter(|(device, version)| self.cache.version(*device) < Some(*version))
-                    .map(|(device, _)| device)
-                    .collect();
-                self.load_configs(&newer).await?;
+                for (device, version) in versions {
+                    self.announce(device, version).await?;
+                }
             }
             Message::Status { device, enforced } => {
                 if let Some(version) = enforced {
@@ -156,32 +153,18 @@ impl Follower {
         Ok(())
     }
 
-    /// Loads and serves the stored configs of `devices`; a device new here
-    /// gets its certificates too.
-    async fn load_configs(&self, devices: &[Uuid]) -> anyhow::Result<usize> {
-        let mut loaded = 0;
-        for chunk in devices.chunks(CATCH_UP_BATCH) {
-            let rows = db::configs::of_devices(&self.pool, chunk)
+    /// Another replica stored `version` for `device`: polls waiting here
+    /// wake and read it from the database. A device new here gets its
+    /// certificates too.
+    async fn announce(&self, device: Uuid, version: u64) -> anyhow::Result<()> {
+        let new_here = !self.cache.contains(device);
+        self.cache.announce(device, version);
+        if new_here {
+            device_certificates::refresh(&self.pool, &self.cache, device)
                 .await
-                .context("loading configs another replica stored")?;
-            for row in rows {
-                let new_here = !self.cache.contains(row.device_id);
-                self.cache.publish_heard(
-                    row.device_id,
-                    ServedConfig {
-                        version: row.version as u64,
-                        envelope: row.envelope.into(),
-                    },
-                );
-                if new_here {
-                    device_certificates::refresh(&self.pool, &self.cache, row.device_id)
-                        .await
-                        .context("loading a new device's certificates")?;
-                }
-                loaded += 1;
-            }
+                .context("loading a new device's certificates")?;
         }
-        Ok(loaded)
+        Ok(())
     }
 
     /// Brings this replica up to the database: devices deleted or added,
@@ -204,14 +187,18 @@ impl Follower {
         for device in &in_database {
             self.cache.add_device(*device);
         }
-        let newer: Vec<Uuid> = db::configs::all_versions(&self.pool)
+        for (device, version) in db::configs::all_versions(&self.pool)
             .await
             .context("listing config versions")?
-            .into_iter()
-            .filter(|(device, version)| self.cache.version(*device) < u64::try_from(*version).ok())
-            .map(|(device, _)| device)
-            .collect();
-        caught.configs = self.load_configs(&newer).await?;
+        {
+            let Ok(version) = u64::try_from(version) else {
+                continue;
+            };
+            if self.cache.version(device) < Some(version) {
+                self.announce(device, version).await?;
+                caught.configs += 1;
+            }
+        }
         device_certificates::load_all(&self.pool, &self.cache)
             .await
             .context("loading device certificates")?;

@@ -55,9 +55,9 @@ pub async fn poll_config(
         .device_gate
         .poll_wait(Duration::from_secs(params.wait.unwrap_or(0)));
     let pace = state.device_gate.next_poll_delay();
-    let newer = || state.cache.current(id).filter(|c| c.version > enforced);
-    if let Some(current) = newer() {
-        return Ok(paced(envelope_response(&current), pace));
+    let has_newer = || state.cache.version(id).is_some_and(|v| v > enforced);
+    if has_newer() {
+        return Ok(paced(newer_config(&state, id, enforced).await?, pace));
     }
     // A poll without wait answers at once: no timer, no channel. This is the
     // hot path of a fleet checking in, so it stays a hash and two lookups.
@@ -69,8 +69,8 @@ pub async fn poll_config(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Look after subscribing, so a publish in between is not missed.
-        if let Some(current) = newer() {
-            return Ok(paced(envelope_response(&current), pace));
+        if has_newer() {
+            return Ok(paced(newer_config(&state, id, enforced).await?, pace));
         }
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => continue,
@@ -78,6 +78,23 @@ pub async fn poll_config(
             Ok(Err(_)) | Err(_) => return Ok(paced(not_modified(enforced), pace)),
         }
     }
+}
+
+/// The device's config newer than `enforced`: held here, or read from the
+/// database (503 while the database cannot be reached: the router polls
+/// again).
+async fn newer_config(state: &AppState, id: uuid::Uuid, enforced: u64) -> ApiResult<Response> {
+    let served = state.reconciler.served_config(id).await.map_err(|e| {
+        tracing::warn!(device = %id, error = ?e, "reading a config for a poll");
+        ApiError::Unavailable {
+            code: "config_unavailable",
+            message: "the config cannot be read now; poll again".into(),
+        }
+    })?;
+    Ok(match served {
+        Some(config) if config.version > enforced => envelope_response(&config),
+        _ => not_modified(enforced),
+    })
 }
 
 fn envelope_response(config: &ServedConfig) -> Response {

@@ -273,7 +273,7 @@ pub async fn buy(
     };
     let version = match version {
         Some(v) => u64::try_from(v).unwrap_or(0),
-        None => state.cache.current(device).map_or(0, |c| c.version),
+        None => state.cache.version(device).unwrap_or(0),
     };
     Ok(Redirect::to(&format!(
         "/p/{device}/{site_id}/wait?sig={}&version={version}",

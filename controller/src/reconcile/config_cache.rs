@@ -1,8 +1,15 @@
-//! In-memory index of what the device API serves: each device's latest signed
-//! envelope, with a change notification per device, the version each
+//! In-memory index of what the device API serves: each device's latest
+//! config version, with a change notification per device, the version each
 //! device last reported enforcing (the portal waits on it), and which client
 //! certificates the device may present. A device that is not here (deleted)
 //! is refused by the device API.
+//!
+//! Signed envelopes are held within a byte budget ([`DEFAULT_ENVELOPE_BUDGET`]
+//! unless set): those this replica just published first, the oldest let go
+//! when the budget is full. A router that polls for a version whose envelope
+//! is not held gets it from the database (`Reconciler::served_config`), so
+//! a replica's memory does not grow with the fleet's configs, only with its
+//! devices (a slot of a few hundred bytes each).
 //!
 //! This is what keeps the poll hot path free of database queries and signing:
 //! a poll that finds no change is a hash, two map lookups and a 304. The
@@ -11,9 +18,9 @@
 //! after every committed change to them, on every replica: what another
 //! replica commits arrives through the replicas' bus (`crate::cluster`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Bytes;
 use tokio::sync::watch;
@@ -70,7 +77,10 @@ impl AcceptedCertificates {
 }
 
 struct DeviceSlot {
-    current: Option<Arc<ServedConfig>>,
+    /// The latest version stored (0: none yet).
+    version: u64,
+    /// That version's envelope, while it is held (see [`HeldEnvelopes`]).
+    envelope: Option<Arc<ServedConfig>>,
     /// Carries the latest version; long polls wait on it.
     changed: watch::Sender<u64>,
     /// The version the device last reported applied (0: none yet).
@@ -79,21 +89,47 @@ struct DeviceSlot {
     certificates: (i64, AcceptedCertificates),
 }
 
-#[derive(Default)]
+/// Bytes of envelopes held when no budget is set: 256 MiB, the envelopes
+/// of some 100,000 routers with a few dozen rules each.
+pub const DEFAULT_ENVELOPE_BUDGET: usize = 256 << 20;
+
+/// Which envelopes are held, oldest first, and their bytes. An entry whose
+/// envelope was replaced since still counts until it comes off the front,
+/// so the count may be above what is held, never below.
+struct HeldEnvelopes {
+    order: VecDeque<(Uuid, u64, usize)>,
+    bytes: usize,
+    budget: usize,
+}
+
 pub struct ConfigCache {
     devices: RwLock<HashMap<Uuid, DeviceSlot>>,
+    held: Mutex<HeldEnvelopes>,
     /// Filled from the database (devices, configs, certificates) at start.
     loaded: AtomicBool,
     /// Told of every published config (the dashboard's live updates).
     pub live: Arc<crate::reconcile::live::LiveUpdates>,
 }
 
+impl Default for ConfigCache {
+    fn default() -> Self {
+        ConfigCache::new(Arc::default(), DEFAULT_ENVELOPE_BUDGET)
+    }
+}
+
 impl ConfigCache {
-    /// A cache that tells `live` of every published config.
-    pub fn with_live(live: Arc<crate::reconcile::live::LiveUpdates>) -> Self {
+    /// A cache that tells `live` of every published config and holds at
+    /// most `envelope_budget` bytes of envelopes.
+    pub fn new(live: Arc<crate::reconcile::live::LiveUpdates>, envelope_budget: usize) -> Self {
         ConfigCache {
+            devices: RwLock::default(),
+            held: Mutex::new(HeldEnvelopes {
+                order: VecDeque::new(),
+                bytes: 0,
+                budget: envelope_budget,
+            }),
+            loaded: AtomicBool::new(false),
             live,
-            ..ConfigCache::default()
         }
     }
 
@@ -105,7 +141,8 @@ impl ConfigCache {
             .expect("lock")
             .entry(id)
             .or_insert(DeviceSlot {
-                current: None,
+                version: 0,
+                envelope: None,
                 changed,
                 enforced,
                 certificates: (0, AcceptedCertificates::Unrecorded),
@@ -157,35 +194,92 @@ impl ConfigCache {
     /// Publishes a newer config stored by this replica and wakes the
     /// device's waiting polls (and the dashboards, here and elsewhere).
     pub fn publish(&self, id: Uuid, config: ServedConfig) {
-        if self.replace(id, config) {
+        if self.replace(id, config.version, Some(config)) {
             self.live.notify(crate::reconcile::live::Topic::Config(id));
         }
     }
 
-    /// Publishes a newer config another replica stored (its dashboards
-    /// are told by that replica); the device is added if it is new here.
+    /// Holds a config read from the database (stored by another replica,
+    /// or let go here): served, and newer polls woken, if it is newer.
     pub fn publish_heard(&self, id: Uuid, config: ServedConfig) {
         self.add_device(id);
-        self.replace(id, config);
+        self.replace(id, config.version, Some(config));
     }
 
-    /// Serves `config` if it is newer than the device's; whether it was.
-    fn replace(&self, id: Uuid, config: ServedConfig) -> bool {
+    /// Another replica stored `version` for the device: polls waiting for
+    /// a newer config wake and fetch it (from the database: the envelope is
+    /// not here yet). A device new here is added.
+    pub fn announce(&self, id: Uuid, version: u64) {
+        self.add_device(id);
+        self.replace(id, version, None);
+    }
+
+    /// Makes `version` the device's latest (with its envelope, if given)
+    /// if it is newer than what the slot has; whether it was. The same
+    /// version's envelope is held if the slot had none.
+    fn replace(&self, id: Uuid, version: u64, config: Option<ServedConfig>) -> bool {
         let mut devices = self.devices.write().expect("lock");
         let Some(slot) = devices.get_mut(&id) else {
             return false;
         };
-        if slot
-            .current
-            .as_ref()
-            .is_some_and(|c| c.version >= config.version)
-        {
+        let newer = version > slot.version;
+        // The envelope of the version already announced, read since.
+        let fills_in = version == slot.version && slot.envelope.is_none() && config.is_some();
+        if !newer && !fills_in {
             return false;
         }
-        let version = config.version;
-        slot.current = Some(Arc::new(config));
-        slot.changed.send_replace(version);
-        true
+        if newer {
+            slot.version = version;
+            slot.envelope = None;
+        }
+        if let Some(config) = config {
+            let bytes = config.envelope.len();
+            slot.envelope = Some(Arc::new(config));
+            self.hold(&mut devices, id, version, bytes);
+        }
+        if newer {
+            if let Some(slot) = devices.get(&id) {
+                slot.changed.send_replace(version);
+            }
+        }
+        newer
+    }
+
+    /// Counts a newly held envelope and lets the oldest go while the
+    /// budget is exceeded.
+    fn hold(&self, devices: &mut HashMap<Uuid, DeviceSlot>, id: Uuid, version: u64, bytes: usize) {
+        let mut held = self.held.lock().expect("lock");
+        held.order.push_back((id, version, bytes));
+        held.bytes += bytes;
+        while held.bytes > held.budget {
+            let Some((old, old_version, old_bytes)) = held.order.pop_front() else {
+                break;
+            };
+            held.bytes -= old_bytes;
+            if let Some(slot) = devices.get_mut(&old) {
+                if slot
+                    .envelope
+                    .as_ref()
+                    .is_some_and(|e| e.version == old_version)
+                {
+                    slot.envelope = None;
+                }
+            }
+        }
+    }
+
+    /// Bytes of envelopes counted as held (at most the budget).
+    pub fn envelope_bytes(&self) -> usize {
+        self.held.lock().expect("lock").bytes
+    }
+
+    /// The device's latest config, if its envelope is held here.
+    pub fn current(&self, id: Uuid) -> Option<Arc<ServedConfig>> {
+        self.devices
+            .read()
+            .expect("lock")
+            .get(&id)
+            .and_then(|s| s.envelope.clone())
     }
 
     /// The version served to the device (None: unknown device or no
@@ -195,20 +289,13 @@ impl ConfigCache {
             .read()
             .expect("lock")
             .get(&id)
-            .and_then(|s| s.current.as_ref().map(|c| c.version))
+            .map(|s| s.version)
+            .filter(|v| *v > 0)
     }
 
     /// Every device known here.
     pub fn device_ids(&self) -> Vec<Uuid> {
         self.devices.read().expect("lock").keys().copied().collect()
-    }
-
-    pub fn current(&self, id: Uuid) -> Option<Arc<ServedConfig>> {
-        self.devices
-            .read()
-            .expect("lock")
-            .get(&id)
-            .and_then(|s| s.current.clone())
     }
 
     /// A receiver that changes when the device's config does (None: unknown device).
@@ -307,5 +394,60 @@ mod tests {
             cache.certificate_standing(id, &b),
             Some(CertificateStanding::Accepted)
         );
+    }
+
+    fn config(version: u64, bytes: usize) -> ServedConfig {
+        ServedConfig {
+            version,
+            envelope: Bytes::from(vec![b'x'; bytes]),
+        }
+    }
+
+    #[test]
+    fn envelopes_are_held_within_the_budget_and_versions_always() {
+        let cache = ConfigCache::new(Arc::default(), 250);
+        let devices: Vec<Uuid> = (0..4).map(|n| Uuid::from_u128(n + 1)).collect();
+        for (n, id) in devices.iter().enumerate() {
+            cache.add_device(*id);
+            cache.publish(*id, config(n as u64 + 1, 100));
+        }
+        assert!(cache.envelope_bytes() <= 250);
+        // The two oldest were let go; every version is still known.
+        assert!(cache.current(devices[0]).is_none());
+        assert!(cache.current(devices[1]).is_none());
+        assert_eq!(cache.current(devices[3]).unwrap().version, 4);
+        for (n, id) in devices.iter().enumerate() {
+            assert_eq!(cache.version(*id), Some(n as u64 + 1));
+        }
+        // Read back from the database, it is held again.
+        cache.publish_heard(devices[0], config(1, 100));
+        assert_eq!(cache.current(devices[0]).unwrap().version, 1);
+        assert!(cache.envelope_bytes() <= 250);
+    }
+
+    #[tokio::test]
+    async fn an_announced_version_wakes_polls_and_drops_the_older_envelope() {
+        let cache = ConfigCache::default();
+        let id = Uuid::from_u128(7);
+        cache.add_device(id);
+        cache.publish(id, config(1, 10));
+        let mut polls = cache.subscribe(id).unwrap();
+        cache.announce(id, 2);
+        polls.changed().await.unwrap();
+        assert_eq!(*polls.borrow(), 2);
+        assert_eq!(cache.version(id), Some(2));
+        assert!(cache.current(id).is_none(), "version 1 is not served for 2");
+        // An older or equal announcement changes nothing.
+        cache.announce(id, 1);
+        cache.announce(id, 2);
+        assert!(!polls.has_changed().unwrap());
+        cache.publish_heard(id, config(2, 10));
+        assert_eq!(cache.current(id).unwrap().version, 2);
+        assert!(!polls.has_changed().unwrap(), "filling in wakes nobody");
+        // A device another replica created is added by its announcement.
+        let new = Uuid::from_u128(8);
+        cache.announce(new, 1);
+        assert!(cache.contains(new));
+        assert_eq!(cache.version(new), Some(1));
     }
 }

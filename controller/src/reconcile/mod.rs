@@ -331,7 +331,8 @@ impl Reconciler {
         self.recompile(Some(&stale), Resign::Always).await
     }
 
-    /// Fills the cache from the database at start.
+    /// Fills the cache from the database at start: every device and its
+    /// config version (envelopes are read when a router asks for one).
     pub async fn load_cache(&self) -> anyhow::Result<()> {
         for id in db::devices::all_ids(&self.pool)
             .await
@@ -339,19 +340,37 @@ impl Reconciler {
         {
             self.cache.add_device(id);
         }
-        for row in db::configs::all(&self.pool)
+        for (device, version) in db::configs::all_versions(&self.pool)
             .await
-            .context("loading configs")?
+            .context("loading config versions")?
         {
-            self.cache.publish(
-                row.device_id,
-                ServedConfig {
-                    version: row.version as u64,
-                    envelope: row.envelope.into(),
-                },
-            );
+            self.cache.announce(device, version as u64);
         }
         Ok(())
+    }
+
+    /// The device's latest config: held in the cache, or read from the
+    /// database (and then held). None when it has none (or is gone).
+    pub async fn served_config(&self, device: Uuid) -> anyhow::Result<Option<Arc<ServedConfig>>> {
+        if let Some(held) = self
+            .cache
+            .current(device)
+            .filter(|c| Some(c.version) == self.cache.version(device))
+        {
+            return Ok(Some(held));
+        }
+        let Some(row) = db::configs::get(&self.pool, device)
+            .await
+            .context("reading a config")?
+        else {
+            return Ok(None);
+        };
+        let config = ServedConfig {
+            version: row.version as u64,
+            envelope: row.envelope.into(),
+        };
+        self.cache.publish_heard(device, config);
+        Ok(self.cache.current(device))
     }
 }
 

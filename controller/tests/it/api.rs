@@ -248,6 +248,7 @@ async fn the_operator_api_is_served_over_tls_on_request_and_never_in_clear_off_l
         enrollment_listen: "127.0.0.1:0".parse().unwrap(),
         enrollment_public_url: None,
         config_lifetime: std::time::Duration::from_secs(3600),
+        config_cache_bytes: 1 << 20,
         device_cert_lifetime: std::time::Duration::from_secs(3600),
         limits: Default::default(),
         portal_listen: "127.0.0.1:0".parse().unwrap(),

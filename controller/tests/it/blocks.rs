@@ -135,9 +135,15 @@ async fn bad_block_requests_are_refused_and_store_nothing() {
             json!({"flows": flow, "duration_secs": 5, "reason": "x".repeat(201)}),
             "invalid_request",
         ),
-        // PostgreSQL cannot store a NUL (a 500 before; see the router's events).
+        // PostgreSQL cannot store a NUL (a 500 before; see the router's
+        // events): refused with every other NUL in a body.
         (
             json!({"flows": flow, "duration_secs": 5, "reason": "ssh\u{0}"}),
+            "nul_character",
+        ),
+        // A reason is one line of text.
+        (
+            json!({"flows": flow, "duration_secs": 5, "reason": "two\nlines"}),
             "invalid_request",
         ),
     ];
@@ -291,6 +297,11 @@ async fn an_event_postgresql_cannot_store_is_refused_with_a_400() {
     let mut nul = event(1, "block", 1, "local");
     nul["block"]["reason"] = json!("zeek\u{0}");
     let (status, body) = post_events(&device, json!([nul])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "nul_character", "{body}");
+    let mut control = event(2, "block", 2, "local");
+    control["block"]["reason"] = json!("zeek\u{1b}[31m");
+    let (status, body) = post_events(&device, json!([control])).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["code"], "invalid_request", "{body}");
     let (status, body) = post_events(&device, json!([event(2, "block", 2, "local")])).await;

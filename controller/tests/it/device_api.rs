@@ -178,7 +178,7 @@ async fn a_report_postgresql_cannot_store_is_refused_with_a_400() {
     let r = post_status(&device, serde_json::to_value(&nul).unwrap()).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    assert_eq!(body["error"]["code"], "nul_character", "{body}");
     let r = post_status(&device, serde_json::to_value(report(2)).unwrap()).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let latest = h.get(&format!("/api/v1/devices/{id}/status")).await;
