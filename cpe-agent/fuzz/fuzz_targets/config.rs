@@ -54,7 +54,14 @@ fuzz_target!(|payload: &[u8]| {
         }
     }
     // The iptables backend refuses what it cannot enforce, with an error.
-    let _ = iptables::plan_with(firewall, NOW, iptables::Capabilities::ALL, &interfaces());
+    let lan_prefixes = ["192.168.1.0/24".parse().expect("a prefix")];
+    let _ = iptables::plan_with(
+        firewall,
+        NOW,
+        iptables::Capabilities::ALL,
+        &interfaces(),
+        &lan_prefixes,
+    );
     if let Some(dns) = &firewall.dns {
         for mode in [DnsMode::Managed, DnsMode::ConfDir] {
             let options = RenderOptions {
@@ -62,6 +69,7 @@ fuzz_target!(|payload: &[u8]| {
                 port: 53,
                 lan_interfaces: &interfaces().lan,
                 upstream: &["192.0.2.53:53".parse().expect("an address")],
+                pid_file: "/run/isdf-agent/dnsmasq.pid",
             };
             render(dns, &options);
         }

@@ -54,11 +54,18 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    // The managed dnsmasq's pid file, from `dns_run_dir`, as `Dnsmasq`
+    // names it: a path with a line break is refused there, never rendered.
+    let pid_path = settings.dnsmasq_run_dir().join("dnsmasq.pid");
+    let Some(pid_file) = pid_path.to_str().filter(|p| !p.contains('\n')) else {
+        return;
+    };
     let options = RenderOptions {
         mode,
         port: settings.dns_port,
         lan_interfaces: &settings.lan_interfaces,
         upstream: &upstream,
+        pid_file,
     };
     let rendered = render(&DnsPolicy::default(), &options);
     let interface_lines = rendered
