@@ -230,6 +230,7 @@ impl Application {
             config_lifetime: settings.config_lifetime,
             portal_links: portal_links.clone(),
             replica,
+            pending: tokio::sync::Notify::new(),
         });
         reconciler.load_cache().await?;
         crate::trust::device_certificates::load_all(&pool, &cache)
@@ -400,6 +401,9 @@ impl Application {
             }
             .run(),
         );
+        let recompile_soon = tokio::spawn(crate::reconcile::soon::recompile_soon_loop(
+            self.state.reconciler.clone(),
+        ));
         let live_forwarder = tokio::spawn(crate::cluster::forward_live(
             self.state.pool.clone(),
             self.state.reconciler.replica,
@@ -415,6 +419,7 @@ impl Application {
         background.abort();
         refusal_tallies.abort();
         follower.abort();
+        recompile_soon.abort();
         live_forwarder.abort();
         stopper.abort();
         // What was refused since the last flush is written before leaving.

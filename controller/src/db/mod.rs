@@ -25,6 +25,7 @@ pub mod events;
 pub mod fleet;
 pub mod locks;
 pub mod operators;
+pub mod pending_recompiles;
 pub mod purchases;
 pub mod rollouts;
 pub mod services;

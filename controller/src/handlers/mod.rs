@@ -56,6 +56,29 @@ pub async fn commit_recompiled(
     Ok(state.reconciler.publish(compiled))
 }
 
+/// Like [`commit_recompiled`] for a change whose effect on `later` may
+/// wait a moment (`reconcile::soon`): `now` is compiled in the change's
+/// transaction, the others of `later` are marked and compiled within a
+/// moment, with the other changes of the same burst.
+pub async fn commit_recompiled_soon(
+    state: &AppState,
+    audit: &AuditTrail,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    now: &[uuid::Uuid],
+    later: &[uuid::Uuid],
+    status: axum::http::StatusCode,
+) -> ApiResult<RecompileSummary> {
+    let compiled = state
+        .reconciler
+        .recompile_in(&mut tx, Some(now), Resign::IfChanged)
+        .await?;
+    let later: Vec<uuid::Uuid> = later.iter().filter(|d| !now.contains(d)).copied().collect();
+    state.reconciler.recompile_soon_in(&mut tx, &later).await?;
+    audit.commit(tx, status, None).await?;
+    state.reconciler.poke();
+    Ok(state.reconciler.publish(compiled))
+}
+
 /// One page of a list, with the cursor of the next page if there is one.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {

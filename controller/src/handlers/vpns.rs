@@ -19,7 +19,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::db;
-use crate::handlers::commit_recompiled;
+use crate::handlers::{commit_recompiled, commit_recompiled_soon};
 use crate::handlers::{page, Page, PageParams};
 use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
@@ -561,7 +561,14 @@ pub async fn put_member(
         .ok_or_else(|| no_vpn(id))?;
     let view = view(&mut tx, vpn).await?;
     let affected = sorted_union(before, after);
-    commit_recompiled(&state, &audit, tx, Some(&affected), status, None).await?;
+    if status == StatusCode::CREATED {
+        // A joining router gets its tunnels at once; its peers add it
+        // within a moment, once per burst of joins. (A leaving router and
+        // changed prefixes are in force everywhere before the answer.)
+        commit_recompiled_soon(&state, &audit, tx, &[device_id], &affected, status).await?;
+    } else {
+        commit_recompiled(&state, &audit, tx, Some(&affected), status, None).await?;
+    }
     Ok((status, Json(view)))
 }
 

@@ -24,6 +24,7 @@ pub mod config_cache;
 pub mod inputs;
 pub mod live;
 pub mod signer;
+pub mod soon;
 
 pub use inputs::parse_assignments;
 
@@ -37,6 +38,8 @@ pub struct Reconciler {
     /// This replica, as the replicas' bus names it: the configs a recompile
     /// stores are announced to the others at its commit.
     pub replica: db::bus::ReplicaId,
+    /// Woken when routers were marked to recompile soon (`soon.rs`).
+    pub pending: tokio::sync::Notify,
 }
 
 /// What a recompile did: how many devices it compiled and how many got a new version.

@@ -350,3 +350,97 @@ async fn vpn_concurrent_writers_never_share_an_address_or_a_prefix() {
     );
     assert_eq!(rows(&h, "vpn_members").await, 10);
 }
+
+/// The public keys a router's stored config peers with.
+async fn peers_of(h: &Harness, device: &str) -> Vec<String> {
+    let config = h.get(&format!("/api/v1/devices/{device}/config")).await;
+    let mut keys: Vec<String> = config.body["config"]["firewall"]["wireguard"]["tunnels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["peers"].as_array().cloned().unwrap_or_default())
+        .map(|p| p["public_key"].as_str().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_router_has_its_tunnels_at_once_and_its_peers_add_it_within_a_moment() {
+    let h = Harness::start().await;
+    let names = ["s0", "s1", "s2", "s3", "s4"];
+    let ids = routers(&h, &names).await;
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let home = customer(&h, "home", &id_refs).await;
+    // Each router's key, as it would report it.
+    let key = |n: usize| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([n as u8 + 1; 32])
+    };
+    for (n, id) in ids.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO wireguard_facts (device_id, public_key, key_generation, listen_port,
+                 reachable_address, active_public_key)
+             VALUES ($1::uuid, $2, 1, 51820, $3::inet, $2)",
+        )
+        .bind(id)
+        .bind(key(n))
+        .bind(format!("198.51.100.{}", n + 1))
+        .execute(&h.controller.state.pool)
+        .await
+        .unwrap();
+    }
+    let created = create(
+        &h,
+        json!({"customer_id": home, "name": "mesh", "topology": "mesh",
+               "members": [{"device_id": ids[0], "prefixes": ["10.0.0.0/16"]},
+                           {"device_id": ids[1], "prefixes": ["10.1.0.0/16"]}]}),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let vpn = created.body["id"].as_str().unwrap().to_owned();
+    // Created: every member's tunnels are in force before the answer.
+    assert_eq!(peers_of(&h, &ids[0]).await, [key(1)]);
+
+    // A burst of joins, one call after another.
+    for (n, id) in ids.iter().enumerate().skip(2) {
+        let joined = put_member(&h, &vpn, id, json!([format!("10.{n}.0.0/16")])).await;
+        assert_eq!(joined.status, StatusCode::CREATED, "{}", joined.body);
+        // The joining router peers with every member already there.
+        let mut expected: Vec<String> = (0..n).map(key).collect();
+        expected.sort();
+        assert_eq!(peers_of(&h, id).await, expected, "s{n} at once");
+    }
+    // Within a moment every member peers with all the others, and nothing
+    // is left marked.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (n, id) in ids.iter().enumerate() {
+        let mut expected: Vec<String> = (0..5).filter(|m| *m != n).map(key).collect();
+        expected.sort();
+        while peers_of(&h, id).await != expected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s{n} never peered with every other member"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while rows(&h, "pending_recompiles").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "marks left behind");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A leaving router is out of every peer's config before the answer.
+    let left = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/vpns/{vpn}/members/{}", ids[4]),
+            None,
+        )
+        .await;
+    assert_eq!(left.status, StatusCode::NO_CONTENT, "{}", left.body);
+    for id in &ids[..4] {
+        assert!(!peers_of(&h, id).await.contains(&key(4)));
+    }
+    assert!(peers_of(&h, &ids[4]).await.is_empty());
+}

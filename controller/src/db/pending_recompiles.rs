@@ -1,0 +1,32 @@
+//! `pending_recompiles`: routers to recompile within a moment (see
+//! `reconcile::soon`).
+
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+/// Marks `devices` for the next pass (a device already marked stays so).
+pub async fn add(db: impl PgExecutor<'_>, devices: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO pending_recompiles (device_id) SELECT unnest($1::uuid[])
+         ON CONFLICT (device_id) DO NOTHING",
+    )
+    .bind(devices)
+    .execute(db)
+    .await
+    .map(drop)
+}
+
+/// Takes every marked device (call it under the recompile lock, in the
+/// transaction that recompiles them).
+pub async fn take_all(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("DELETE FROM pending_recompiles RETURNING device_id")
+        .fetch_all(db)
+        .await
+}
+
+/// How many routers wait.
+pub async fn count(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM pending_recompiles")
+        .fetch_one(db)
+        .await
+}
