@@ -428,8 +428,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("  Device API:    {}", app.device_api_url);
     println!("  Enrollment:    {}", app.enrollment_url);
     println!(
-        "  Portal:        {}  (customers pay for gated sites here)",
-        app.portal_url
+        "  Portal:        {}  (customers pay for gated sites here; listening on {})",
+        app.portal_url, app.portal_addr
     );
     println!(
         "  Controller CA: {}",

@@ -117,8 +117,10 @@ pub struct TestController {
     pub api_url: String,
     pub device_url: String,
     pub enrollment_url: String,
-    /// The customer-facing portal (plain HTTP).
+    /// The customer-facing portal (plain HTTP), as routers' configs name it.
     pub portal_url: String,
+    /// Where the portal listens (its URL may be a proxy's in front).
+    pub portal_addr: std::net::SocketAddr,
     pub operator_token: String,
     pub ca_pem: String,
     pub signing_public_key_hex: String,
@@ -221,6 +223,7 @@ impl TestController {
             device_url: app.device_api_url.clone(),
             enrollment_url: app.enrollment_url.clone(),
             portal_url: app.portal_url.clone(),
+            portal_addr: app.portal_addr,
             operator_token,
             ca_pem: app.ca_pem.clone(),
             signing_public_key_hex: app.signing_public_key_hex.clone(),

@@ -1,6 +1,5 @@
-//! `/healthz` and `/readyz`, on the operator, device and enrollment
-//! listeners (a load balancer in front of either router-facing port checks
-//! that port): liveness says the process and its runtime answer, and never
+//! `/healthz` and `/readyz`, on every listener (a load balancer checks
+//! the very port it sends traffic to: deploy/haproxy/): liveness says the process and its runtime answer, and never
 //! depends on the database; readiness says this replica can serve (see
 //! [`crate::http::readiness`]).
 

@@ -232,6 +232,9 @@ pub fn portal_router(state: AppState) -> Router {
         .route("/p/{device}/{site}/buy", post(portal::buy))
         .route("/p/{device}/{site}/wait", get(portal::wait_page))
         .route("/p/{device}/{site}/open", get(portal::open))
+        // For a load balancer in front of this port.
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .layer(DefaultBodyLimit::max(PORTAL_BODY_LIMIT))
         .with_state(state)
 }

@@ -11,6 +11,7 @@ mod dashboard_api;
 mod device_api;
 mod device_certificates;
 mod enrollment;
+mod haproxy;
 mod hardening;
 mod health;
 mod kubernetes;

@@ -22,7 +22,7 @@ use crate::support::{report_status, Harness};
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Waits until `check` holds, at most [`PATIENCE`].
-async fn until<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,

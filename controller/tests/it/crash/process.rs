@@ -25,6 +25,8 @@ pub struct Listening {
     pub device: String,
     /// `https://127.0.0.1:<port>`.
     pub enrollment: String,
+    /// Where the portal listens: `127.0.0.1:<port>`.
+    pub portal: String,
     /// Printed on the first start only.
     pub operator_token: Option<String>,
 }
@@ -40,6 +42,18 @@ impl ControllerProcess {
     /// every listener on a free port of 127.0.0.1, and waits until its
     /// operator API answers.
     pub async fn start(database_url: &str, data_dir: &Path, log: &Path) -> Self {
+        Self::start_with(database_url, data_dir, log, &[]).await
+    }
+
+    /// [`ControllerProcess::start`] with more arguments for `serve`
+    /// (`--api-tls`: its readiness is then asked over HTTPS, trusting the
+    /// controller CA in `data_dir`).
+    pub async fn start_with(
+        database_url: &str,
+        data_dir: &Path,
+        log: &Path,
+        extra_args: &[&str],
+    ) -> Self {
         let mut log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -59,6 +73,7 @@ impl ControllerProcess {
             .args(["--portal-listen", loopback_any])
             // Simulated routers report as fast as the test drives them.
             .args(["--device-rate", "1000", "--device-burst", "1000"])
+            .args(extra_args)
             // Nothing from the test's environment (ISDF_* settings) leaks in.
             .env_clear()
             .env("RUST_LOG", "warn")
@@ -85,6 +100,7 @@ impl ControllerProcess {
                 api: String::new(),
                 device: String::new(),
                 enrollment: String::new(),
+                portal: String::new(),
                 operator_token: None,
             },
         };
@@ -109,6 +125,10 @@ impl ControllerProcess {
                 listening.device = rest.trim().to_owned();
             } else if let Some(rest) = line.trim_start().strip_prefix("Enrollment:") {
                 listening.enrollment = rest.trim().to_owned();
+            } else if let Some(rest) = line.trim_start().strip_prefix("Portal:") {
+                // `<URL>  (...; listening on <address>)`
+                let address = rest.rsplit(' ').next().expect("an address");
+                listening.portal = address.trim_end_matches(')').to_owned();
             } else if let Some(rest) = line.trim_start().strip_prefix("Operator token") {
                 // The last line printed: `(shown once, keep it): <token>` on
                 // the first start, `: created on first start ...` later.
@@ -130,7 +150,16 @@ impl ControllerProcess {
         );
         // Ready: the database answers and the config cache is loaded.
         let health = format!("{}/readyz", listening.api);
-        let http = reqwest::Client::new();
+        let http = if health.starts_with("https:") {
+            let ca = std::fs::read_to_string(data_dir.join("ca.pem")).expect("the controller CA");
+            let tls = crate::support::trusting_the_ca(&ca).with_no_client_auth();
+            reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .build()
+                .expect("an HTTPS client")
+        } else {
+            reqwest::Client::new()
+        };
         for _ in 0..READINESS_POLLS {
             let ready = http
                 .get(&health)
