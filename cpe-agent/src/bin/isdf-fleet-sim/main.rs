@@ -105,7 +105,7 @@ struct Args {
     enroll_rate: Option<f64>,
     /// Loopback source addresses (127.64.x.y) to spread routers over: the
     /// enrollment listener rate-limits per address, and one address has
-    /// ~28k ephemeral ports. Default: one per 10 routers, 1 to 4096.
+    /// ~28k ephemeral ports. Default: one per 5 routers, 1 to 4096.
     #[arg(long)]
     sources: Option<usize>,
     /// A controller process to measure too (RSS, CPU); repeatable.
@@ -161,17 +161,23 @@ fn main_checked(args: Args) -> anyhow::Result<bool> {
             args.routers
         );
     }
+    let run_millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let run_id = run_millis.to_string();
     // Source addresses only where every target is IPv4 loopback: a
-    // namespace's address is reached from the kernel's choice.
+    // namespace's address is reached from the kernel's choice. Each run
+    // takes its own block of them, so the enrollment listener's buckets
+    // of an earlier run against the same controller are not drained.
     let all_v4_loopback = device_ips
         .iter()
         .all(|ip| matches!(ip, IpAddr::V4(v4) if v4.is_loopback()));
     let sources = if all_v4_loopback {
         let wanted = args
             .sources
-            .unwrap_or((args.routers / 10).clamp(1, 4096))
+            .unwrap_or((args.routers / 5).clamp(1, 4096))
             .max(args.routers.div_ceil(20_000));
-        loopback_sources(wanted)
+        loopback_sources(wanted, (run_millis % 997) as u32 * 4096)
     } else {
         vec![]
     };
@@ -186,7 +192,7 @@ fn main_checked(args: Args) -> anyhow::Result<bool> {
     let finished = runtime.block_on(async {
         tokio::time::timeout(
             limit,
-            run(args, token, sources, open_files, &summary, &stats),
+            run(args, token, run_id, sources, open_files, &summary, &stats),
         )
         .await
     });
@@ -266,9 +272,10 @@ fn raise_open_files(wanted: u64) -> anyhow::Result<u64> {
     Ok(hard)
 }
 
-/// `count` addresses of 127.64.0.0/10, none ending in .0 or .255.
-fn loopback_sources(count: usize) -> Vec<IpAddr> {
-    (1u32..)
+/// `count` addresses of 127.64.0.0/10 from `offset` on, none ending in .0
+/// or .255.
+fn loopback_sources(count: usize, offset: u32) -> Vec<IpAddr> {
+    (offset + 1..(1 << 22))
         .map(|n| Ipv4Addr::from((127 << 24) | (64 << 16) | n))
         .filter(|a| !matches!(a.octets()[3], 0 | 255))
         .take(count)
@@ -286,6 +293,7 @@ fn record(summary: &std::sync::Mutex<Map<String, Value>>, key: &str, value: Valu
 async fn run(
     args: Args,
     token: String,
+    run_id: String,
     sources: Vec<IpAddr>,
     open_files: u64,
     summary: &std::sync::Mutex<Map<String, Value>>,
@@ -294,12 +302,6 @@ async fn run(
     let base = sample("self").context("reading /proc/self")?;
     let ca_pem = std::fs::read(&args.ca_file)
         .with_context(|| format!("reading {}", args.ca_file.display()))?;
-    let run_id = format!(
-        "{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
-    );
     record(
         summary,
         "setup",
@@ -412,6 +414,8 @@ async fn run(
         Scenario::FleetChange => scenarios::fleet_change(&fleet, args.rounds).await?,
     };
     let phase = phase_start.elapsed();
+    // The reports of the last configs fetched belong to the run.
+    stats.settle(Duration::from_secs(30)).await;
     let after = sample("self").context("reading /proc/self")?;
     let mut processes = vec![json!({
         "process": "isdf-fleet-sim",

@@ -327,16 +327,16 @@ impl Router {
             backend: "simulated".to_owned(),
             agent_version: concat!("fleet-sim-", env!("CARGO_PKG_VERSION")).to_owned(),
         };
+        self.common.stats.with(|c| c.reports_started += 1);
         let started = Instant::now();
-        match self.client.report(&report).await {
-            Ok(()) => self
-                .common
-                .stats
-                .with(|c| c.status_round_trip.record(started.elapsed())),
-            Err(e) => self
-                .common
-                .stats
-                .with(|c| c.error(error_kind("status", &e))),
-        }
+        let result = self.client.report(&report).await;
+        let took = started.elapsed();
+        self.common.stats.with(|c| {
+            c.reports_finished += 1;
+            match result {
+                Ok(()) => c.status_round_trip.record(took),
+                Err(e) => c.error(error_kind("status", &e)),
+            }
+        });
     }
 }

@@ -75,6 +75,10 @@ pub struct Counts {
     pub status_round_trip: Latencies,
     pub configs_received: u64,
     pub not_modified: u64,
+    /// Status reports started and answered (or failed): the summary waits
+    /// until they are equal, so every report of the scenario is counted.
+    pub reports_started: u64,
+    pub reports_finished: u64,
     /// Envelopes `open_device_config` refused, by its code.
     pub verification_failures: BTreeMap<String, u64>,
     /// Failed requests, by kind (`poll:timeout`, `enroll:rate_limited`...).
@@ -90,6 +94,8 @@ impl Counts {
             status_round_trip: Latencies::new(),
             configs_received: 0,
             not_modified: 0,
+            reports_started: 0,
+            reports_finished: 0,
             verification_failures: BTreeMap::new(),
             errors: BTreeMap::new(),
         }
@@ -118,6 +124,17 @@ impl Stats {
     /// Runs `f` on the counters.
     pub fn with<T>(&self, f: impl FnOnce(&mut Counts) -> T) -> T {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Waits (at most `limit`) until every status report started has its
+    /// answer.
+    pub async fn settle(&self, limit: std::time::Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        while self.with(|c| c.reports_started != c.reports_finished)
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// The counters as JSON (the summary's `counts`).
