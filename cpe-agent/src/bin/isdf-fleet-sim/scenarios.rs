@@ -126,6 +126,9 @@ pub async fn fleet_change(fleet: &Fleet, rounds: usize) -> anyhow::Result<Value>
     let mut out = Vec::new();
     let (mut made, mut fetched_total, mut missed_total) = (0u64, 0u64, 0u64);
     for round in 0..rounds {
+        // Each round starts on a quiet fleet: the previous round's status
+        // reports (one per router) answered.
+        fleet.stats.settle(fleet.change_timeout).await;
         let floors = versions(&fleet.routers);
         let started = Instant::now();
         let change = match assignment.take() {
