@@ -22,6 +22,30 @@ use crate::backend::conntrack;
 use crate::router_blocks::blocked_patterns;
 use crate::sys::time::backoff;
 
+/// What a config received from the controller must satisfy to be enforced
+/// on the router `device_id`, now enforcing `enforced` (None before its
+/// first config): bound to this device, newer, not expired at `now`
+/// (router clock, Unix seconds). After a root removed a compromised key
+/// (`version_floor`), versions from the floor on count as newer again (the
+/// attacker may have signed a huge one). Public so the fleet simulator
+/// (`src/bin/isdf-fleet-sim/`) opens envelopes exactly as the agent does.
+pub fn opening_policy(
+    device_id: &str,
+    enforced: Option<u64>,
+    version_floor: Option<u64>,
+    now: i64,
+) -> OpenPolicy<'_> {
+    let enforced = enforced.map(|v| match version_floor {
+        Some(floor) if v >= floor => floor.saturating_sub(1),
+        _ => v,
+    });
+    OpenPolicy {
+        device_id,
+        enforced_version: enforced,
+        now: Some(now),
+    }
+}
+
 impl Agent {
     /// Re-enforces the persisted last good config. Runs before any network
     /// call, so a rebooted router is protected while the controller is away.
@@ -132,17 +156,12 @@ impl Agent {
     }
 
     fn open(&self, envelope: &[u8]) -> Result<DeviceConfig, OpenError> {
-        // After a root removed a compromised key, versions from the floor on
-        // count as newer again (the attacker may have signed a huge one).
-        let enforced = self.enforced_version().map(|v| match self.version_floor {
-            Some(floor) if v >= floor => floor.saturating_sub(1),
-            _ => v,
-        });
-        let policy = OpenPolicy {
-            device_id: self.identity.device_id(),
-            enforced_version: enforced,
-            now: Some(self.now_secs()),
-        };
+        let policy = opening_policy(
+            self.identity.device_id(),
+            self.enforced_version(),
+            self.version_floor,
+            self.now_secs(),
+        );
         open_device_config(envelope, &self.trusted, &policy)
     }
 

@@ -28,6 +28,7 @@
 //! what it has.
 
 mod apply;
+pub use apply::opening_policy;
 mod blocks;
 mod clock;
 mod identity;

@@ -4,6 +4,7 @@
 //! status reports, events, renewal, and the tunnel facts and probe requests.
 //! It honours the server's poll pacing (`isdf-poll-after`, at most an hour).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -177,11 +178,17 @@ impl rustls::crypto::KeyProvider for EcdsaKeys {
     }
 }
 
-/// An HTTPS-only client over `tls`.
-pub(crate) fn https_client(tls: rustls::ClientConfig) -> anyhow::Result<reqwest::Client> {
+/// An HTTPS-only client over `tls`, connecting from `source` when given
+/// (the fleet simulator spreads its routers over loopback addresses; the
+/// agent lets the kernel choose).
+pub(crate) fn https_client(
+    tls: rustls::ClientConfig,
+    source: Option<IpAddr>,
+) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .https_only(true)
+        .local_address(source)
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
         .build()
@@ -193,6 +200,17 @@ impl Client {
     /// authenticates with the certificate and key of `identity`. Fails when
     /// the key does not belong to the certificate.
     pub fn new(base: &str, ca_pem: &[u8], identity: &Identity) -> anyhow::Result<Self> {
+        Self::from_source(base, ca_pem, identity, None)
+    }
+
+    /// [`Client::new`], connecting from the local address `source` when
+    /// given.
+    pub fn from_source(
+        base: &str,
+        ca_pem: &[u8],
+        identity: &Identity,
+        source: Option<IpAddr>,
+    ) -> anyhow::Result<Self> {
         let chain = rustls_pemfile::certs(&mut identity.certificate.certificate_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .context("parsing the device certificate")?;
@@ -206,7 +224,7 @@ impl Client {
             .with_client_auth_cert(chain, key)
             .context("the device key does not fit the device certificate")?;
         Ok(Client {
-            http: https_client(tls)?,
+            http: https_client(tls, source)?,
             base: base.trim_end_matches('/').to_owned(),
         })
     }

@@ -9,6 +9,7 @@
 //! Nothing is persisted before the answer checked out: the certificate fits
 //! the new key, the CA and the signing keys parse, the URL is HTTPS.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -139,6 +140,41 @@ fn accept(
     Ok(identity)
 }
 
+/// An HTTPS client for the enrollment listener: it trusts only `ca_pem`
+/// and presents no certificate (the router has none yet); it connects from
+/// `source` when given.
+pub fn enrollment_client(ca_pem: &[u8], source: Option<IpAddr>) -> anyhow::Result<reqwest::Client> {
+    client::https_client(client::tls_builder(ca_pem)?.with_no_client_auth(), source)
+}
+
+/// Asks `{enrollment_url}/enroll/v1` over `http` for a certificate of a key
+/// pair made here: the answer, not yet checked ([`check_answer`]), and the
+/// new private key (PEM). A refusal is a [`ControllerError`] with its code.
+/// Nothing is persisted.
+pub async fn request_certificate(
+    http: &reqwest::Client,
+    enrollment_url: &str,
+    token: &str,
+) -> anyhow::Result<(DeviceCertificate, String)> {
+    let fresh = new_key_and_request()?;
+    let response = http
+        .post(format!(
+            "{}{}",
+            enrollment_url.trim_end_matches('/'),
+            paths::ENROLL
+        ))
+        .json(&EnrollRequest {
+            token: token.to_owned(),
+            csr_pem: fresh.csr_pem,
+        })
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("reaching the enrollment service at {enrollment_url}"))?;
+    let certificate = client::read_device_certificate(response).await?;
+    Ok((certificate, fresh.key_pem))
+}
+
 /// Enrolls with `token`: a new key pair, its request sent to
 /// `{enrollment_url}/enroll/v1` over TLS that trusts only `ca_cert`; the
 /// answer is checked and persisted in the state directory.
@@ -151,26 +187,15 @@ pub async fn enroll(settings: &Settings, token: &str) -> anyhow::Result<Identity
     };
     let ca = std::fs::read(ca_path)
         .with_context(|| format!("reading the controller CA {}", ca_path.display()))?;
-    let http = client::https_client(client::tls_builder(&ca)?.with_no_client_auth())?;
-    let fresh = new_key_and_request()?;
-    let response = http
-        .post(format!("{}{}", url.trim_end_matches('/'), paths::ENROLL))
-        .json(&EnrollRequest {
-            token: token.to_owned(),
-            csr_pem: fresh.csr_pem,
-        })
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .with_context(|| format!("reaching the enrollment service at {url}"))?;
-    let certificate = client::read_device_certificate(response)
+    let http = enrollment_client(&ca, None)?;
+    let (certificate, key_pem) = request_certificate(&http, url, token)
         .await
         .map_err(|e| match e.downcast::<ControllerError>() {
             Ok(e) => explain(e),
             Err(e) => e,
         })
         .context("enrolling")?;
-    let identity = accept(settings, certificate, fresh.key_pem)?;
+    let identity = accept(settings, certificate, key_pem)?;
     tracing::info!(
         device = identity.device_id(),
         not_after = identity.certificate.not_after,

@@ -13,6 +13,7 @@ mod dns;
 mod dns_sets;
 mod e2e;
 mod fail_static;
+mod fleet_sim;
 mod harness;
 mod isp_network;
 mod kernel_state;
