@@ -361,9 +361,15 @@ async fn the_embedded_database_comes_back_after_its_postmaster_is_killed() {
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
+    // The supervisor logs the restart once `pg_ctl` returned, which may be
+    // after the database already answered: wait for the line.
+    let logged = |log: &str| {
+        log.contains("embedded PostgreSQL died") && log.contains("embedded PostgreSQL restarted")
+    };
+    let started = Instant::now();
+    while !logged(&controller.log()) && started.elapsed() < WAIT {
+        tokio::time::sleep(STEP).await;
+    }
     let log = controller.log();
-    assert!(
-        log.contains("embedded PostgreSQL died") && log.contains("embedded PostgreSQL restarted"),
-        "each restart is logged:\n{log}"
-    );
+    assert!(logged(&log), "each restart is logged:\n{log}");
 }
