@@ -221,7 +221,11 @@ pub async fn enroll(
     let token_hash = hash_token(&request.token);
     // Per source address and per token: guessing and hammering both stop here.
     state.enrollment_gate.admit(peer.ip(), token_hash)?;
-    let mut tx = state.pool.begin().await?;
+    // The recompile lock first, as every change that writes device rows:
+    // a change holding routers' rows (a VPN admitting them) while it waits
+    // for the lock, and an enrollment holding its router's row while it
+    // waits for it, would deadlock.
+    let mut tx = state.reconciler.begin_change().await?;
     let row = db::enrollment::lock_by_hash(&mut tx, &token_hash)
         .await?
         .ok_or_else(|| denied("token_unknown", "unknown enrollment token"))?;
@@ -289,7 +293,7 @@ pub async fn renew(
     ApiJson(request): ApiJson<RenewRequest>,
 ) -> ApiResult<Json<DeviceCertificate>> {
     let (certificate, issued) = issue(&state, &request.csr_pem, device)?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     let revoked = record(&mut tx, device, &issued, Issue::Renewal { by }).await?;
     tx.commit().await?;
     device_certificates::refresh(&state.pool, &state.cache, device).await?;
