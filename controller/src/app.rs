@@ -21,6 +21,7 @@ use sqlx::PgPool;
 
 use crate::http::auth::DeviceIdentityAcceptor;
 use crate::http::limits::{DeviceGate, EnrollmentGate, Limits};
+use crate::http::proxy_protocol::{ProxyProtocolAcceptor, TrustedProxies};
 use crate::reconcile::config_cache::ConfigCache;
 
 use crate::db;
@@ -86,6 +87,9 @@ pub struct Settings {
     /// A TLS proxy serves the operator API and dashboard to browsers: mark
     /// the session cookie `Secure` (it is when `api_tls` is set anyway).
     pub dashboard_behind_tls: bool,
+    /// Load balancers whose connections to the device and enrollment
+    /// listeners open with a PROXY protocol v2 header naming the router.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 pub struct Application {
@@ -114,6 +118,7 @@ pub struct Application {
     enrollment_tls: Arc<rustls::ServerConfig>,
     /// The dashboard topics for the other replicas (`cluster::forward_live`).
     live_outbox: tokio::sync::mpsc::Receiver<crate::db::bus::LiveTopic>,
+    trusted_proxies: TrustedProxies,
 }
 
 pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
@@ -320,6 +325,7 @@ impl Application {
             device_tls,
             enrollment_tls,
             live_outbox,
+            trusted_proxies: TrustedProxies::new(settings.proxy_protocol_from.clone()),
         })
     }
 
@@ -334,8 +340,15 @@ impl Application {
             axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(config))
                 .handshake_timeout(limits.tls_handshake_timeout)
         };
+        // Routers' connections through a TCP load balancer name the router
+        // in a PROXY header (read before TLS).
+        let header_timeout = limits.tls_handshake_timeout;
         let mut device_server = axum_server::from_tcp(self.device_listener)
-            .acceptor(DeviceIdentityAcceptor::new(tls_acceptor(self.device_tls)))
+            .acceptor(ProxyProtocolAcceptor::new(
+                DeviceIdentityAcceptor::new(tls_acceptor(self.device_tls)),
+                self.trusted_proxies.clone(),
+                header_timeout,
+            ))
             .handle(handle.clone());
         limit_headers(device_server.http_builder(), &limits);
         let device_server = device_server.serve(
@@ -362,7 +375,11 @@ impl Application {
             }
         };
         let mut enrollment_server = axum_server::from_tcp(self.enrollment_listener)
-            .acceptor(tls_acceptor(self.enrollment_tls))
+            .acceptor(ProxyProtocolAcceptor::new(
+                tls_acceptor(self.enrollment_tls),
+                self.trusted_proxies,
+                header_timeout,
+            ))
             .handle(handle.clone());
         limit_headers(enrollment_server.http_builder(), &limits);
         let enrollment_server = enrollment_server.serve(

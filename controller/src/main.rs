@@ -166,6 +166,19 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     device_tls_names: Vec<String>,
+    /// Load balancers (addresses or networks, e.g. 10.0.0.0/24) in front of
+    /// the device and enrollment listeners that open each connection with
+    /// a PROXY protocol v2 header (HAProxy `send-proxy-v2`): routers'
+    /// addresses are then read from it. Connections from these addresses
+    /// without the header are closed.
+    #[arg(
+        global = true,
+        long = "proxy-protocol-from",
+        env = "ISDF_PROXY_PROTOCOL_FROM",
+        value_delimiter = ',',
+        value_parser = parse_network
+    )]
+    proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Lifetime of signed configs, in hours (re-issued at half-life).
     #[arg(
         global = true,
@@ -407,6 +420,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         portal_listen: args.portal_listen,
         portal_public_url: args.portal_public_url,
         dashboard_behind_tls: args.dashboard_behind_tls,
+        proxy_protocol_from: args.proxy_protocol_from,
         limits: isdf_controller::http::limits::Limits {
             max_poll_wait: Duration::from_secs(args.max_poll_wait_secs),
             poll_delay: Duration::from_secs(args.poll_delay_secs),
@@ -463,4 +477,11 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+/// A network (`10.0.0.0/24`) or a single address (`10.0.0.5`).
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an address nor a network (10.0.0.0/24)"))
 }

@@ -147,6 +147,8 @@ pub struct TestControllerOptions {
     pub config_cache_bytes: usize,
     /// The portal's URL as routers' configs name it (replicas share one).
     pub portal_public_url: Option<String>,
+    /// Load balancers that send a PROXY header (the HAProxy test's).
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 impl TestControllerOptions {
@@ -161,6 +163,7 @@ impl TestControllerOptions {
             config_lifetime: Duration::from_secs(3600),
             api_tls: false,
             portal_public_url: None,
+            proxy_protocol_from: Vec::new(),
             config_cache_bytes: crate::reconcile::config_cache::DEFAULT_ENVELOPE_BUDGET,
         }
     }
@@ -201,6 +204,7 @@ impl TestController {
             portal_listen: std::net::SocketAddr::new(options.device_listen.ip(), 0),
             portal_public_url: options.portal_public_url,
             dashboard_behind_tls: false,
+            proxy_protocol_from: options.proxy_protocol_from,
         };
         let app = Application::build(settings).await?;
         let operator_token = match app.initial_operator_token.clone() {

@@ -5,9 +5,7 @@
 //! the operator API with the session cookie made here; it has no powers of
 //! its own.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, REFERRER_POLICY, SET_COOKIE,
     X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
@@ -21,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::db;
 use crate::db::audit::NewAuditEntry;
 use crate::http::error::{ApiError, ApiJson, ApiResult};
+use crate::http::proxy_protocol::ClientAddr;
 use crate::http::state::AppState;
 use crate::trust::tokens::hash_token;
 
@@ -125,10 +124,7 @@ pub struct SessionView {
 /// site is refused with 403 `login_csrf` (see [`crate::http::login_csrf`]).
 pub async fn login(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers().clone();
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+    let peer = ClientAddr::of(request.extensions()).map(|a| a.ip());
     let is_form = request
         .headers()
         .get(CONTENT_TYPE)

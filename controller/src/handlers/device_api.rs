@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::db;
 use crate::http::auth::Device;
 use crate::http::error::{ApiError, ApiJson, ApiQuery, ApiResult};
+use crate::http::proxy_protocol::ClientAddr;
 use crate::http::state::AppState;
 use crate::reconcile::config_cache::ServedConfig;
 use crate::vpn::keys::{FactsError, KeyKeeper};
@@ -251,7 +252,7 @@ pub async fn ping(Device(_): Device) -> Json<serde_json::Value> {
 pub async fn probe(
     Device(id): Device,
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     ApiJson(request): ApiJson<isdf_api::ProbeRequest>,
 ) -> ApiResult<Json<isdf_api::ProbeAnswer>> {
     if request.port == 0 {

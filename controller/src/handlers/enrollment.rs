@@ -5,10 +5,9 @@
 //! for a new one, which replaces it once used.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -20,6 +19,7 @@ use crate::db;
 use crate::http::audit::AuditTrail;
 use crate::http::auth::{Device, Operator, PresentedCertificate};
 use crate::http::error::{ApiError, ApiJson, ApiResult};
+use crate::http::proxy_protocol::ClientAddr;
 use crate::http::state::AppState;
 use crate::model::{parse_name, Labels};
 use crate::reconcile::{Compiled, Resign};
@@ -215,7 +215,7 @@ fn denied(code: &'static str, message: &str) -> ApiError {
 /// `POST /enroll/v1` on the enrollment listener.
 pub async fn enroll(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     ApiJson(request): ApiJson<EnrollRequest>,
 ) -> ApiResult<Json<DeviceCertificate>> {
     let token_hash = hash_token(&request.token);

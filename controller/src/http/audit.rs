@@ -167,9 +167,7 @@ pub(crate) fn target_in_path(path: &str) -> Option<String> {
 
 /// The address a request came from, when its listener records it.
 pub fn source_address(extensions: &axum::http::Extensions) -> Option<IpAddr> {
-    extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
+    crate::http::proxy_protocol::ClientAddr::of(extensions).map(|a| a.ip())
 }
 
 /// Largest part of a request body kept as the audit summary.

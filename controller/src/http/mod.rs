@@ -3,7 +3,8 @@
 //! device identity from client certificates (`auth.rs`), dashboard sessions
 //! and the login's cross-site checks (`login_csrf.rs`), the audit trail a
 //! change is committed with (`audit.rs`), rate limits and body limits,
-//! readiness (`readiness.rs`), the one error type (every domain error's
+//! readiness (`readiness.rs`), the PROXY protocol of the router listeners
+//! behind a load balancer (`proxy_protocol.rs`), the one error type (every domain error's
 //! conversion to it is in `error.rs`) and the contract every error answer
 //! keeps (`contract.rs`), the bounded slots CPU-heavy request work runs in
 //! (`offload.rs`), the OpenAPI document, and the state handlers share.
@@ -17,6 +18,7 @@ pub mod limits;
 pub mod login_csrf;
 pub mod offload;
 pub mod openapi;
+pub mod proxy_protocol;
 pub mod readiness;
 pub mod routes;
 pub mod sessions;

@@ -29,6 +29,12 @@ const CHECK_INTERVAL: &str = "250ms";
 /// The names of the servers in the shipped configuration, and its backends.
 const SERVERS: [&str; 3] = ["ctl1", "ctl2", "ctl3"];
 const BACKENDS: [&str; 4] = ["device", "enrollment", "operator", "portal"];
+/// HAProxy's address as the replicas see it: its connections to the
+/// device and enrollment listeners open with a PROXY header.
+const LOAD_BALANCER: &str = "127.0.0.1/32";
+/// Routers connect from another loopback address, so the replicas can
+/// tell the router the header names from the load balancer.
+const ROUTER_SOURCE: [u8; 4] = [127, 0, 0, 77];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_passes_router_tls_through_wakes_polls_and_takes_a_killed_replica_out() {
@@ -47,6 +53,7 @@ async fn haproxy_passes_router_tls_through_wakes_polls_and_takes_a_killed_replic
         options.database_url = Some(database_url.clone());
         options.api_tls = true;
         options.portal_public_url = Some(portal_public_url.clone());
+        options.proxy_protocol_from = vec![LOAD_BALANCER.parse().unwrap()];
         options
     };
     let one = TestController::start(options()).await.expect("replica 1");
@@ -56,7 +63,13 @@ async fn haproxy_passes_router_tls_through_wakes_polls_and_takes_a_killed_replic
         &database_url,
         data_dir.path(),
         &controller_log,
-        &["--api-tls", "--portal-public-url", &portal_public_url],
+        &[
+            "--api-tls",
+            "--portal-public-url",
+            &portal_public_url,
+            "--proxy-protocol-from",
+            LOAD_BALANCER,
+        ],
     )
     .await;
     let replicas = [
@@ -104,6 +117,37 @@ async fn haproxy_passes_router_tls_through_wakes_polls_and_takes_a_killed_replic
     // client certificate.
     let (id, router) = routers.register_and_enroll(&operator, "home-1").await;
     let device_id: Uuid = id.parse().unwrap();
+    // The replica saw the router's own address in HAProxy's PROXY header
+    // (its per-address enrollment limit and audit are the router's).
+    let (_, audit) = operator
+        .call(Method::GET, "/api/v1/audit?limit=20", None)
+        .await
+        .unwrap();
+    let enrolled = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "device.enroll" && e["target"] == id.as_str())
+        .unwrap_or_else(|| panic!("no device.enroll entry: {audit}"));
+    assert_eq!(
+        enrolled["summary"]["peer"],
+        std::net::IpAddr::from(ROUTER_SOURCE).to_string(),
+        "{enrolled}"
+    );
+    // From the load balancer's address a connection must open with the
+    // header (it is closed without); from anywhere else none is read.
+    let readyz = format!("{}/readyz", one.enrollment_url);
+    let headerless = client(trusting_the_ca(&routers.ca_pem).with_no_client_auth())
+        .get(&readyz)
+        .send()
+        .await;
+    assert!(headerless.is_err(), "{headerless:?}");
+    let direct = router_client(trusting_the_ca(&routers.ca_pem).with_no_client_auth())
+        .get(&readyz)
+        .send()
+        .await
+        .expect("a router's own connection, no header read");
+    assert_eq!(direct.status(), StatusCode::OK);
     let version = operator.config_version(&id).await;
     let (status, etag, envelope) = routers.poll(&router, None, 0).await.unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -267,12 +311,22 @@ where
 }
 
 fn client(tls: rustls::ClientConfig) -> reqwest::Client {
+    client_builder(tls).build().unwrap()
+}
+
+fn client_builder(tls: rustls::ClientConfig) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(Duration::from_secs(60))
         // A new connection for every request, so each is balanced anew
         // (and a held poll is the only connection the stats count).
         .pool_max_idle_per_host(0)
+}
+
+/// A router's client: from [`ROUTER_SOURCE`].
+fn router_client(tls: rustls::ClientConfig) -> reqwest::Client {
+    client_builder(tls)
+        .local_address(std::net::IpAddr::from(ROUTER_SOURCE))
         .build()
         .unwrap()
 }
@@ -600,7 +654,7 @@ impl Routers {
             .unwrap()
             .pem()
             .unwrap();
-        let enrolled = client(trusting_the_ca(&self.ca_pem).with_no_client_auth())
+        let enrolled = router_client(trusting_the_ca(&self.ca_pem).with_no_client_auth())
             .post(format!("{}{}", self.enrollment, isdf_api::paths::ENROLL))
             .json(&json!({"token": token, "csr_pem": csr}))
             .send()
@@ -618,7 +672,7 @@ impl Routers {
         let tls = trusting_the_ca(&self.ca_pem)
             .with_client_auth_cert(certs, key)
             .unwrap();
-        Some((id, client(tls)))
+        Some((id, router_client(tls)))
     }
 
     /// A long poll through the device frontend: (status, ETag, body).
