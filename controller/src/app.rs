@@ -90,6 +90,8 @@ pub struct Settings {
     /// Load balancers whose connections to the device and enrollment
     /// listeners open with a PROXY protocol v2 header naming the router.
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// How many routers one transaction compiles.
+    pub recompile_batching: crate::reconcile::soon::Batching,
 }
 
 pub struct Application {
@@ -236,6 +238,7 @@ impl Application {
             portal_links: portal_links.clone(),
             replica,
             pending: tokio::sync::Notify::new(),
+            batching: settings.recompile_batching,
         });
         reconciler.load_cache().await?;
         crate::trust::device_certificates::load_all(&pool, &cache)

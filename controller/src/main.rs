@@ -421,6 +421,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         portal_public_url: args.portal_public_url,
         dashboard_behind_tls: args.dashboard_behind_tls,
         proxy_protocol_from: args.proxy_protocol_from,
+        recompile_batching: Default::default(),
         limits: isdf_controller::http::limits::Limits {
             max_poll_wait: Duration::from_secs(args.max_poll_wait_secs),
             poll_delay: Duration::from_secs(args.poll_delay_secs),

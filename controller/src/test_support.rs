@@ -149,6 +149,9 @@ pub struct TestControllerOptions {
     pub portal_public_url: Option<String>,
     /// Load balancers that send a PROXY header (the HAProxy test's).
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// How many routers one transaction compiles (small, to exercise the
+    /// large-fleet paths with a few routers).
+    pub recompile_batching: crate::reconcile::soon::Batching,
 }
 
 impl TestControllerOptions {
@@ -164,6 +167,7 @@ impl TestControllerOptions {
             api_tls: false,
             portal_public_url: None,
             proxy_protocol_from: Vec::new(),
+            recompile_batching: Default::default(),
             config_cache_bytes: crate::reconcile::config_cache::DEFAULT_ENVELOPE_BUDGET,
         }
     }
@@ -205,6 +209,7 @@ impl TestController {
             portal_public_url: options.portal_public_url,
             dashboard_behind_tls: false,
             proxy_protocol_from: options.proxy_protocol_from,
+            recompile_batching: options.recompile_batching,
         };
         let app = Application::build(settings).await?;
         let operator_token = match app.initial_operator_token.clone() {

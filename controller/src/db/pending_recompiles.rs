@@ -16,12 +16,17 @@ pub async fn add(db: impl PgExecutor<'_>, devices: &[Uuid]) -> Result<(), sqlx::
     .map(drop)
 }
 
-/// Takes every marked device (call it under the recompile lock, in the
-/// transaction that recompiles them).
-pub async fn take_all(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("DELETE FROM pending_recompiles RETURNING device_id")
-        .fetch_all(db)
-        .await
+/// Takes up to `limit` marked devices, the oldest marks first (call it
+/// under the recompile lock, in the transaction that recompiles them).
+pub async fn take(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "DELETE FROM pending_recompiles WHERE device_id IN (
+             SELECT device_id FROM pending_recompiles ORDER BY since LIMIT $1)
+         RETURNING device_id",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
 
 /// How many routers wait.

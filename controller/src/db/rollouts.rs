@@ -367,12 +367,18 @@ pub async fn accept_failures(
 }
 
 /// Released routers without a target version yet (to recompile).
-pub async fn untargeted(db: impl PgExecutor<'_>, rollout: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn untargeted(
+    db: impl PgExecutor<'_>,
+    rollout: Uuid,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT device_id FROM rollout_devices
-         WHERE rollout_id = $1 AND state <> 'waiting' AND target_version IS NULL",
+         WHERE rollout_id = $1 AND state <> 'waiting' AND target_version IS NULL
+         LIMIT $2",
     )
     .bind(rollout)
+    .bind(limit)
     .fetch_all(db)
     .await
 }

@@ -40,6 +40,8 @@ pub struct Reconciler {
     pub replica: db::bus::ReplicaId,
     /// Woken when routers were marked to recompile soon (`soon.rs`).
     pub pending: tokio::sync::Notify,
+    /// How many routers one transaction compiles (`soon.rs`).
+    pub batching: soon::Batching,
 }
 
 /// What a recompile did: how many devices it compiled and how many got a new version.
@@ -49,12 +51,26 @@ pub struct RecompileSummary {
     pub changed: usize,
 }
 
+impl RecompileSummary {
+    pub fn add(&mut self, other: RecompileSummary) {
+        self.compiled += other.compiled;
+        self.changed += other.changed;
+    }
+}
+
 /// Configs a recompile stored in a transaction not yet committed.
 #[must_use = "configs are served only once published"]
 #[derive(Default)]
 pub struct Compiled {
     compiled: usize,
     stored: Vec<db::configs::ConfigRow>,
+}
+
+impl Compiled {
+    /// Whether no router was compiled.
+    pub fn is_empty(&self) -> bool {
+        self.compiled == 0
+    }
 }
 
 /// Why content is re-signed.

@@ -9,7 +9,14 @@
 //! Every replica runs the pass ([`recompile_soon_loop`]); marks are taken
 //! under the recompile lock, so each is compiled by one of them. A pass
 //! also runs every [`SWEEP`], for marks whose poke was lost (another
-//! replica's, or one that died between commit and pass).
+//! replica's, or one that died between commit and pass). A pass compiles
+//! [`Batching::chunk`] routers per transaction, so many marks (a rollout aborted on
+//! 50,000 routers) never hold the recompile lock for long: other changes
+//! go in between chunks.
+//!
+//! Changes that touch a few routers compile them in their own transaction
+//! and many later ([`Reconciler::recompile_now_or_soon_in`]), so an
+//! operator's call answers within a second at any fleet size.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +24,34 @@ use std::time::Duration;
 use anyhow::Context;
 use uuid::Uuid;
 
-use super::{RecompileSummary, Reconciler, Resign};
+use super::{Compiled, RecompileSummary, Reconciler, Resign};
 use crate::db;
 
 /// How long a pass waits after its first poke, gathering the burst.
 pub const WINDOW: Duration = Duration::from_millis(100);
 /// A pass runs at least this often.
 pub const SWEEP: Duration = Duration::from_secs(2);
+/// How many routers one transaction compiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// The most routers a change compiles in its own transaction; beyond,
+    /// they are marked for the pass.
+    pub at_once: usize,
+    /// Routers compiled per transaction of a pass, or of a rollout step
+    /// compiling a large wave.
+    pub chunk: usize,
+}
+
+impl Default for Batching {
+    /// About a quarter and half a second of compiling and signing on one
+    /// core: operators' calls answer within a second at any fleet size.
+    fn default() -> Self {
+        Batching {
+            at_once: 1000,
+            chunk: 2000,
+        }
+    }
+}
 
 impl Reconciler {
     /// Marks `devices` to be recompiled within a moment, in the caller's
@@ -41,27 +69,49 @@ impl Reconciler {
             .context("marking routers to recompile")
     }
 
+    /// Recompiles `devices` in the caller's transaction when they are at
+    /// most [`Batching::at_once`], else marks them for the pass; what was compiled
+    /// (to publish once committed). Call [`Reconciler::poke`] after the
+    /// commit either way.
+    pub async fn recompile_now_or_soon_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        devices: &[Uuid],
+    ) -> anyhow::Result<Compiled> {
+        if devices.len() <= self.batching.at_once {
+            return self
+                .recompile_in(tx, Some(devices), Resign::IfChanged)
+                .await;
+        }
+        self.recompile_soon_in(tx, devices).await?;
+        Ok(Compiled::default())
+    }
+
     /// Tells this replica's pass that routers were marked.
     pub fn poke(&self) {
         self.pending.notify_one();
     }
 
-    /// Recompiles every marked router once, in one transaction.
+    /// Recompiles every marked router once, [`Batching::chunk`] per
+    /// transaction.
     pub async fn recompile_pending(&self) -> anyhow::Result<RecompileSummary> {
-        let mut tx = self.begin_change().await?;
-        let devices = db::pending_recompiles::take_all(&mut *tx)
-            .await
-            .context("taking the marked routers")?;
-        if devices.is_empty() {
-            return Ok(RecompileSummary::default());
+        let mut total = RecompileSummary::default();
+        loop {
+            let mut tx = self.begin_change().await?;
+            let devices = db::pending_recompiles::take(&mut *tx, self.batching.chunk as i64)
+                .await
+                .context("taking the marked routers")?;
+            if devices.is_empty() {
+                return Ok(total);
+            }
+            let compiled = self
+                .recompile_in(&mut tx, Some(&devices), Resign::IfChanged)
+                .await?;
+            tx.commit()
+                .await
+                .context("committing the marked routers' configs")?;
+            total.add(self.publish(compiled));
         }
-        let compiled = self
-            .recompile_in(&mut tx, Some(&devices), Resign::IfChanged)
-            .await?;
-        tx.commit()
-            .await
-            .context("committing the marked routers' configs")?;
-        Ok(self.publish(compiled))
     }
 }
 

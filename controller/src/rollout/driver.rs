@@ -26,6 +26,18 @@ use crate::reconcile::{Compiled, Reconciler, Resign};
 
 /// Actor of the steps the controller takes on its own.
 pub const CONTROLLER: &str = "controller";
+/// Which released routers without a target version a transaction compiles.
+enum Batch {
+    All,
+    /// At most this many.
+    Chunk(usize),
+    /// All when they are at most this many, else none.
+    AllIfAtMost(usize),
+}
+
+/// A step compiles at most this many chunks of a released wave (the next
+/// step goes on): 200,000 routers at the pass's chunk size.
+const MAX_CHUNKS_PER_STEP: usize = 100;
 
 /// What a rollout stages.
 #[derive(Debug, Clone)]
@@ -206,7 +218,8 @@ impl Rollouts {
         // The canary is released in the rollout's own transaction: a crash
         // leaves the rollout with its canary out, or no rollout at all,
         // never one waiting for reports from routers it never released.
-        let compiled = self.release_in(&mut tx, id, 0).await?;
+        self.release_in(&mut tx, id, 0).await?;
+        let compiled = self.target_released(&mut tx, id, Batch::All).await?;
         tx.commit().await.context("committing the new rollout")?;
         self.reconciler.publish(compiled);
         self.changed(id);
@@ -281,14 +294,24 @@ impl Rollouts {
             // kept the previous revision until now.
             let selector = Selector::parse(&row.selector)
                 .map_err(|e| anyhow::anyhow!("stored selector `{}`: {e}", row.selector))?;
+            let selected = db::devices::matching_ids(&mut *tx, &selector)
+                .await
+                .context("selecting devices")?;
             self.reconciler
-                .recompile_selected_in(&mut tx, &selector)
+                .recompile_now_or_soon_in(&mut tx, &selected)
                 .await?
         } else {
-            self.release_in(&mut tx, id, next).await?
+            // A small wave is compiled with its release; a large one by the
+            // next steps, in chunks (see `step`), so the row lock is held
+            // only for the release and a pause or abort never waits for it.
+            self.release_in(&mut tx, id, next).await?;
+            let at_once = self.reconciler.batching.at_once;
+            self.target_released(&mut tx, id, Batch::AllIfAtMost(at_once))
+                .await?
         };
         tx.commit().await.context("committing a rollout step")?;
         self.reconciler.publish(compiled);
+        self.reconciler.poke();
         self.changed(id);
         if !passed.last {
             // The charts start from the release: everything pending.
@@ -299,17 +322,18 @@ impl Rollouts {
         Ok(())
     }
 
-    /// Releases `wave` in `tx` (the caller holds the rollout's row lock)
-    /// and recompiles its routers in that same transaction, so a wave shows
-    /// as released exactly when their new configs are stored. The canary
-    /// is covered by the operator's audit entry of the start; later waves
-    /// are the controller's own steps.
+    /// Releases `wave` in `tx` (the caller holds the rollout's row lock).
+    /// Its routers have no target version until they are compiled (the
+    /// canary in the start's own transaction, a wave of up to
+    /// [`Batching::at_once`](crate::reconcile::soon::Batching) routers in the release's, a larger one by the next
+    /// steps). The canary is covered by the operator's audit entry of the
+    /// start; later waves are the controller's own steps.
     async fn release_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         id: Uuid,
         wave: i32,
-    ) -> Result<Compiled, RolloutError> {
+    ) -> Result<(), RolloutError> {
         db::rollouts::release_wave(&mut **tx, id, wave).await?;
         db::rollouts::append_event(&mut **tx, id, "wave_released", Some(wave), CONTROLLER, "")
             .await?;
@@ -317,21 +341,28 @@ impl Rollouts {
             let summary = serde_json::json!({"wave": wave});
             append_controller_audit(tx, id, "rollout.wave", summary).await?;
         }
-        Ok(self.target_released(tx, id).await?)
+        Ok(())
     }
 
     /// Recompiles, in `tx`, the released routers that have no target
     /// version yet (just released, or released before the controller
-    /// stopped) and records the version that carries the change.
+    /// stopped), at most `limit` of them, and records the version that
+    /// carries the change.
     async fn target_released(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         id: Uuid,
+        batch: Batch,
     ) -> anyhow::Result<Compiled> {
-        let devices = db::rollouts::untargeted(&mut **tx, id)
+        let (limit, all_or_none) = match batch {
+            Batch::All => (i64::MAX, false),
+            Batch::Chunk(n) => (n as i64, false),
+            Batch::AllIfAtMost(n) => (n as i64 + 1, true),
+        };
+        let devices = db::rollouts::untargeted(&mut **tx, id, limit)
             .await
             .context("loading released routers")?;
-        if devices.is_empty() {
+        if devices.is_empty() || (all_or_none && devices.len() as i64 == limit) {
             return Ok(Compiled::default());
         }
         let compiled = self
@@ -412,14 +443,18 @@ impl Rollouts {
             "routers return to the previous revision",
         )
         .await?;
+        // A few released routers hold the previous revision again when the
+        // abort answers; many (a large wave) within moments of it, compiled
+        // in chunks, so the answer never waits for them.
         let released = db::rollouts::released_devices(&mut *tx, id).await?;
         let compiled = self
             .reconciler
-            .recompile_in(&mut tx, Some(&released), Resign::IfChanged)
+            .recompile_now_or_soon_in(&mut tx, &released)
             .await?;
         append_audit(&mut tx, audit).await?;
         tx.commit().await.context("committing an abort")?;
         self.reconciler.publish(compiled);
+        self.reconciler.poke();
         self.changed(id);
         Ok(())
     }
@@ -496,10 +531,20 @@ impl Rollouts {
         let row = db::rollouts::get(&self.pool, id)
             .await?
             .ok_or(RolloutError::NotFound(id))?;
-        let mut tx = self.pool.begin().await?;
-        let compiled = self.target_released(&mut tx, id).await?;
-        tx.commit().await.context("committing target versions")?;
-        self.reconciler.publish(compiled);
+        // A released wave's routers, a chunk per transaction: other changes
+        // (and the recompile lock's other users) go in between.
+        for _ in 0..MAX_CHUNKS_PER_STEP {
+            let mut tx = self.pool.begin().await?;
+            let compiled = self
+                .target_released(&mut tx, id, Batch::Chunk(self.reconciler.batching.chunk))
+                .await?;
+            tx.commit().await.context("committing target versions")?;
+            let done = compiled.is_empty();
+            self.reconciler.publish(compiled);
+            if done {
+                break;
+            }
+        }
         {
             let mut conn = self.pool.acquire().await.context("connection")?;
             db::rollouts::track_progress(&mut conn, id, row.policy.0.offline_timeout_secs)

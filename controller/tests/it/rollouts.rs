@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use isdf_controller::reconcile::soon::Batching;
+
+use crate::replicas::until;
 use crate::support::{error_code, DeviceHandle, Harness};
 
 struct Router {
@@ -54,7 +57,10 @@ impl Fleet {
     /// `n` routers (the first `canaries` labelled `canary=true`) enforcing
     /// revision 1 of a flow block; revision 2 blocks another address.
     async fn new(n: usize, canaries: usize) -> Self {
-        let h = Harness::start().await;
+        Self::on(Harness::start().await, n, canaries).await
+    }
+
+    async fn on(h: Harness, n: usize, canaries: usize) -> Self {
         let mut routers = Vec::new();
         for i in 0..n {
             let labels = if i < canaries {
@@ -569,4 +575,51 @@ async fn bad_rollout_requests_are_refused_and_change_nothing() {
     assert_eq!(error_code(&missing), "not_found");
     let state = f.h.get("/api/v1/rollouts?state=sideways").await;
     assert_eq!(error_code(&state), "invalid_query");
+}
+
+/// At fleet scale a wave is larger than what a change compiles in its own
+/// transaction: its release only records it and the driver's next steps
+/// compile it in chunks; an abort of that many routers marks them for the
+/// recompile pass. Here with one router at once and chunks of two: every
+/// router still gets the new revision, and after the abort the old one.
+#[tokio::test]
+async fn a_wave_larger_than_one_transaction_and_its_abort_reach_every_router() {
+    let batching = Batching {
+        at_once: 1,
+        chunk: 2,
+    };
+    let mut f = Fleet::on(Harness::batching(batching).await, 6, 1).await;
+    let started = f
+        .start(json!({
+            "assignment_id": f.assignment,
+            "revision": 2,
+            "canary": {"selector": "canary=true"},
+            "waves": [100],
+            "min_applied_share": 1.0,
+            "soak_secs": 0,
+        }))
+        .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    assert!(f.blocked(0).await.contains("198.51.100.7"), "the canary");
+    f.apply(0).await;
+    f.wait_for(&id, "wave 1 released", |r| r["current_wave"] == 1)
+        .await;
+    for i in 1..6 {
+        until(
+            &format!("r{i} of the five-router wave compiled"),
+            || async { f.blocked(i).await.contains("198.51.100.7") },
+        )
+        .await;
+    }
+    let aborted =
+        f.h.post(&format!("/api/v1/rollouts/{id}/abort"), json!({}))
+            .await;
+    assert_eq!(aborted.body["state"], "aborted", "{}", aborted.body);
+    for i in 0..6 {
+        until(&format!("r{i} back on revision 1"), || async {
+            let blocked = f.blocked(i).await;
+            blocked.contains("192.0.2.1") && !blocked.contains("198.51.100.7")
+        })
+        .await;
+    }
 }

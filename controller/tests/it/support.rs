@@ -36,6 +36,15 @@ impl Harness {
         Self::start_from(options, data_dir).await
     }
 
+    /// A controller whose transactions compile at most `batching`'s routers
+    /// (the large-fleet paths, with a few routers).
+    pub async fn batching(batching: isdf_controller::reconcile::soon::Batching) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut options = TestControllerOptions::new(data_dir.path());
+        options.recompile_batching = batching;
+        Self::start_from(options, data_dir).await
+    }
+
     async fn start_from(options: TestControllerOptions, data_dir: tempfile::TempDir) -> Self {
         // reqwest is built without a default TLS provider; plain clients need one too.
         let _ = rustls::crypto::ring::default_provider().install_default();
