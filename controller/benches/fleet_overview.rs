@@ -7,25 +7,32 @@
 //! benchmark makes its own database from the migrated template, as the
 //! tests do). Run:
 //! `ISDF_TEST_DATABASE_URL=... cargo bench -p isdf-controller --bench fleet_overview`
+//! (`FLEET_DEVICES=100000` for the regional fleet of issue 16).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use isdf_controller::db;
 use isdf_controller::model::Selector;
 use sqlx::postgres::PgPoolOptions;
 
-const DEVICES: i64 = 10_000;
+/// Routers in the fleet: 10,000, or `FLEET_DEVICES`.
+fn devices() -> i64 {
+    std::env::var("FLEET_DEVICES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000)
+}
 
 /// 10,000 routers in one statement each: three models, 90 % reported
 /// (some an hour ago: stale; one in twenty rolled back), 10 % never.
 async fn fill(pool: &sqlx::PgPool) {
     sqlx::query(
         "INSERT INTO devices (id, name, labels)
-         SELECT gen_random_uuid(), 'router-' || lpad(n::text, 5, '0'),
+         SELECT gen_random_uuid(), 'router-' || lpad(n::text, 6, '0'),
                 jsonb_build_object('model', (ARRAY['ax3000','mt7621','rpi4'])[1 + n % 3],
                                    'plan', CASE WHEN n % 2 = 0 THEN 'family' ELSE 'basic' END)
          FROM generate_series(1, $1) AS n",
     )
-    .bind(DEVICES)
+    .bind(devices())
     .execute(pool)
     .await
     .expect("devices");
@@ -87,7 +94,8 @@ fn bench(c: &mut Criterion) {
         let started = std::time::Instant::now();
         fill(&pool).await;
         eprintln!(
-            "filled {DEVICES} routers with reports in {:?}",
+            "filled {} routers with reports in {:?}",
+            devices(),
             started.elapsed()
         );
         pool

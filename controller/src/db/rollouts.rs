@@ -413,15 +413,15 @@ pub async fn track_progress(
 ) -> Result<u64, sqlx::Error> {
     let reported = sqlx::query(
         "UPDATE rollout_devices rd SET changed_at = now(), state = CASE
-             WHEN ds.report->>'outcome' IN ('applied', 'stale')
+             WHEN ds.outcome IN ('applied', 'stale')
                   AND (ds.report->>'enforced_version')::bigint >= rd.target_version
              THEN 'applied' ELSE 'failed' END
          FROM device_status ds
          WHERE rd.rollout_id = $1 AND rd.state IN ('pending', 'offline')
            AND rd.target_version IS NOT NULL AND ds.device_id = rd.device_id
-           AND ((ds.report->>'outcome' IN ('applied', 'stale')
+           AND ((ds.outcome IN ('applied', 'stale')
                  AND (ds.report->>'enforced_version')::bigint >= rd.target_version)
-             OR (ds.report->>'outcome' IN ('rolled_back', 'rejected')
+             OR (ds.outcome IN ('rolled_back', 'rejected')
                  AND (ds.report->>'attempted_version')::bigint >= rd.target_version))",
     )
     .bind(rollout)
