@@ -47,8 +47,13 @@ pub struct AssignmentView {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RecompiledView {
+    /// Routers compiled before the answer...
     pub devices: usize,
+    /// ...of which this many got a new config.
     pub changed: usize,
+    /// Routers beyond what one change compiles at once (1,000), compiled
+    /// within moments of the answer, a chunk at a time.
+    pub pending: usize,
 }
 
 impl AssignmentView {
@@ -104,15 +109,17 @@ async fn commit_and_recompile(
     status: StatusCode,
     row: &db::assignments::AssignmentRow,
 ) -> ApiResult<RecompiledView> {
-    let compiled = state
+    let selected = state
         .reconciler
         .recompile_selected_in(&mut tx, &parse_selector(&row.selector)?)
         .await?;
     audit.commit(tx, status, Some(row.id.to_string())).await?;
-    let summary = state.reconciler.publish(compiled);
+    let summary = state.reconciler.publish(selected.now);
+    state.reconciler.poke();
     Ok(RecompiledView {
         devices: summary.compiled,
         changed: summary.changed,
+        pending: selected.soon,
     })
 }
 

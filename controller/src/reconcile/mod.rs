@@ -271,31 +271,18 @@ impl Reconciler {
         summary
     }
 
-    /// Recompiles the devices `selector` matches now.
-    pub async fn recompile_selected(
-        &self,
-        selector: &Selector,
-    ) -> anyhow::Result<RecompileSummary> {
-        let mut tx = self.pool.begin().await.context("starting recompile")?;
-        let compiled = self.recompile_selected_in(&mut tx, selector).await?;
-        tx.commit().await.context("committing recompile")?;
-        Ok(self.publish(compiled))
-    }
-
     /// Recompiles the devices `selector` matches, inside the caller's
-    /// transaction (see [`Reconciler::recompile_in`]).
+    /// transaction (see [`Reconciler::recompile_in`]) when they are few,
+    /// else within moments (see [`Reconciler::recompile_now_or_soon_in`]).
     pub async fn recompile_selected_in(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         selector: &Selector,
-    ) -> anyhow::Result<Compiled> {
+    ) -> anyhow::Result<soon::NowOrSoon> {
         let ids = db::devices::matching_ids(&mut **tx, selector)
             .await
             .context("selecting devices")?;
-        if ids.is_empty() {
-            return Ok(Compiled::default());
-        }
-        self.recompile_in(tx, Some(&ids), Resign::IfChanged).await
+        self.recompile_now_or_soon_in(tx, &ids).await
     }
 
     /// Re-issues configs that pass half their lifetime, so a router whose

@@ -31,6 +31,14 @@ use crate::db;
 pub const WINDOW: Duration = Duration::from_millis(100);
 /// A pass runs at least this often.
 pub const SWEEP: Duration = Duration::from_secs(2);
+/// What [`Reconciler::recompile_now_or_soon_in`] did.
+pub struct NowOrSoon {
+    /// Compiled in the caller's transaction (publish once committed).
+    pub now: Compiled,
+    /// Marked for the pass.
+    pub soon: usize,
+}
+
 /// How many routers one transaction compiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
@@ -70,21 +78,24 @@ impl Reconciler {
     }
 
     /// Recompiles `devices` in the caller's transaction when they are at
-    /// most [`Batching::at_once`], else marks them for the pass; what was compiled
-    /// (to publish once committed). Call [`Reconciler::poke`] after the
-    /// commit either way.
+    /// most [`Batching::at_once`], else marks them for the pass. Call
+    /// [`Reconciler::poke`] after the commit either way.
     pub async fn recompile_now_or_soon_in(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         devices: &[Uuid],
-    ) -> anyhow::Result<Compiled> {
+    ) -> anyhow::Result<NowOrSoon> {
         if devices.len() <= self.batching.at_once {
-            return self
+            let now = self
                 .recompile_in(tx, Some(devices), Resign::IfChanged)
-                .await;
+                .await?;
+            return Ok(NowOrSoon { now, soon: 0 });
         }
         self.recompile_soon_in(tx, devices).await?;
-        Ok(Compiled::default())
+        Ok(NowOrSoon {
+            now: Compiled::default(),
+            soon: devices.len(),
+        })
     }
 
     /// Tells this replica's pass that routers were marked.

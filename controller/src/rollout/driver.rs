@@ -300,6 +300,7 @@ impl Rollouts {
             self.reconciler
                 .recompile_now_or_soon_in(&mut tx, &selected)
                 .await?
+                .now
         } else {
             // A small wave is compiled with its release; a large one by the
             // next steps, in chunks (see `step`), so the row lock is held
@@ -450,7 +451,8 @@ impl Rollouts {
         let compiled = self
             .reconciler
             .recompile_now_or_soon_in(&mut tx, &released)
-            .await?;
+            .await?
+            .now;
         append_audit(&mut tx, audit).await?;
         tx.commit().await.context("committing an abort")?;
         self.reconciler.publish(compiled);

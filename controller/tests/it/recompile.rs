@@ -4,6 +4,9 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
+use isdf_controller::reconcile::soon::Batching;
+
+use crate::replicas::until;
 use crate::support::Harness;
 
 #[tokio::test]
@@ -22,7 +25,7 @@ async fn version_increases_only_when_compiled_content_changes() {
     let assigned = h.assign(&service, "env=prod").await;
     assert_eq!(
         assigned.body["recompiled"],
-        json!({"devices": 1, "changed": 1})
+        json!({"devices": 1, "changed": 1, "pending": 0})
     );
     assert_eq!(
         (h.config_version(&prod).await, h.config_version(&lab).await),
@@ -41,7 +44,7 @@ async fn version_increases_only_when_compiled_content_changes() {
     let twice = h.assign(&service, "env=prod").await;
     assert_eq!(
         twice.body["recompiled"],
-        json!({"devices": 1, "changed": 0})
+        json!({"devices": 1, "changed": 0, "pending": 0})
     );
     assert_eq!(h.config_version(&prod).await, 2);
 
@@ -102,12 +105,12 @@ async fn a_change_recompiles_only_the_devices_it_selects() {
     let assigned = h.assign(&service, "region=eu").await;
     assert_eq!(
         assigned.body["recompiled"],
-        json!({"devices": 10, "changed": 10})
+        json!({"devices": 10, "changed": 10, "pending": 0})
     );
     let everyone = h.assign(&service, "*").await;
     assert_eq!(
         everyone.body["recompiled"],
-        json!({"devices": 30, "changed": 20})
+        json!({"devices": 30, "changed": 20, "pending": 0})
     );
 }
 
@@ -165,4 +168,38 @@ fn url_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// An assignment selecting more routers than one change compiles at once
+/// answers before they are compiled, says how many are pending, and the
+/// recompile pass gives each its new config within moments.
+#[tokio::test]
+async fn an_assignment_over_many_routers_answers_first_and_reaches_them_all() {
+    let h = Harness::batching(Batching {
+        at_once: 2,
+        chunk: 2,
+    })
+    .await;
+    let mut routers = Vec::new();
+    for i in 0..5 {
+        let (id, _) = h
+            .register(&format!("r{i}"), json!({"plan": "family"}))
+            .await;
+        let version = h.config_version(&id).await;
+        routers.push((id, version));
+    }
+    let service = h
+        .flow_block("b", json!({"flows": [{"dst": "203.0.113.0/24"}]}))
+        .await;
+    let assigned = h.assign(&service, "plan=family").await;
+    assert_eq!(
+        assigned.body["recompiled"],
+        json!({"devices": 0, "changed": 0, "pending": 5})
+    );
+    for (id, before) in &routers {
+        until(&format!("{id} compiled with the assignment"), || async {
+            h.config_version(id).await > *before
+        })
+        .await;
+    }
 }
