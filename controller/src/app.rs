@@ -161,11 +161,32 @@ pub async fn bootstrap_operator_token(pool: &PgPool) -> anyhow::Result<Option<St
     Ok(Some(token))
 }
 
+/// Connections a listener queues before it accepts them (the kernel caps
+/// it at `net.core.somaxconn`, 4096 by default). The standard library's
+/// 128 overflows when a replica dies and tens of thousands of routers
+/// reconnect to the others within a second: their SYNs are dropped and
+/// retried seconds later.
+const LISTEN_BACKLOG: u32 = 4096;
+
 fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-    listener
-        .set_nonblocking(true)
-        .context("non-blocking listener")?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .context("creating a listening socket")?;
+    // As the standard library's bind: a restart may bind while connections
+    // of the previous process linger in TIME_WAIT.
+    socket
+        .set_reuseaddr(true)
+        .context("SO_REUSEADDR on a listening socket")?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("listening on {addr}"))?
+        .into_std()
+        .context("the listener")?;
     Ok(listener)
 }
 
