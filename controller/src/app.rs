@@ -260,6 +260,7 @@ impl Application {
             replica,
             pending: tokio::sync::Notify::new(),
             batching: settings.recompile_batching,
+            pending_chunk: settings.recompile_batching.chunk.into(),
         });
         reconciler.load_cache().await?;
         crate::trust::device_certificates::load_all(&pool, &cache)

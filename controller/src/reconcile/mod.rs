@@ -42,6 +42,9 @@ pub struct Reconciler {
     pub pending: tokio::sync::Notify,
     /// How many routers one transaction compiles (`soon.rs`).
     pub batching: soon::Batching,
+    /// The size of the pass's next chunk, learned from the last ones
+    /// (`soon::next_chunk`).
+    pub pending_chunk: std::sync::atomic::AtomicUsize,
 }
 
 /// What a recompile did: how many devices it compiled and how many got a new version.

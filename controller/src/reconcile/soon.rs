@@ -18,8 +18,9 @@
 //! and many later ([`Reconciler::recompile_now_or_soon_in`]), so an
 //! operator's call answers within a second at any fleet size.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use uuid::Uuid;
@@ -103,13 +104,16 @@ impl Reconciler {
         self.pending.notify_one();
     }
 
-    /// Recompiles every marked router once, [`Batching::chunk`] per
-    /// transaction.
+    /// Recompiles every marked router once, a chunk per transaction: at
+    /// most [`Batching::chunk`] routers, fewer when their configs are heavy
+    /// (see [`next_chunk`]).
     pub async fn recompile_pending(&self) -> anyhow::Result<RecompileSummary> {
         let mut total = RecompileSummary::default();
         loop {
+            let size = self.pending_chunk.load(Ordering::Relaxed);
+            let started = Instant::now();
             let mut tx = self.begin_change().await?;
-            let devices = db::pending_recompiles::take(&mut *tx, self.batching.chunk as i64)
+            let devices = db::pending_recompiles::take(&mut *tx, size as i64)
                 .await
                 .context("taking the marked routers")?;
             if devices.is_empty() {
@@ -122,8 +126,29 @@ impl Reconciler {
                 .await
                 .context("committing the marked routers' configs")?;
             total.add(self.publish(compiled));
+            let next = next_chunk(size, devices.len(), started.elapsed(), self.batching.chunk);
+            self.pending_chunk.store(next, Ordering::Relaxed);
         }
     }
+}
+
+/// How long a chunk of the pass should hold the recompile lock: what a
+/// change arriving meanwhile (a VPN join, a block) waits at most, roughly.
+pub const CHUNK_TIME: Duration = Duration::from_millis(200);
+
+/// The next chunk's size after `taken` routers (of `size` asked) took
+/// `took`: scaled towards [`CHUNK_TIME`], at most halved or doubled at a
+/// time, between 1 and `max`. Members of a large mesh VPN carry hundreds of
+/// peers each, and a chunk of them takes seconds; a fleet's simple configs
+/// take a fraction of a millisecond each.
+pub fn next_chunk(size: usize, taken: usize, took: Duration, max: usize) -> usize {
+    if taken < size && took <= CHUNK_TIME {
+        // A short chunk because few were marked says nothing of their cost.
+        return size;
+    }
+    let ratio = CHUNK_TIME.as_secs_f64() / took.as_secs_f64().max(1e-6);
+    let scaled = (size as f64 * ratio.clamp(0.5, 2.0)).round() as usize;
+    scaled.clamp(1, max.max(1))
 }
 
 /// The pass: after a poke (and [`WINDOW`]) or every [`SWEEP`]. Runs until
@@ -141,5 +166,33 @@ pub async fn recompile_soon_loop(reconciler: Arc<Reconciler>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = ?e, "recompiling the marked routers"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn chunks_shrink_when_heavy_and_grow_back_when_light() {
+        // A chunk of mesh members that took 2 s: halved (at most).
+        assert_eq!(next_chunk(2000, 2000, 2000 * MS, 2000), 1000);
+        // Twice the target: halved; half of it: doubled, up to the maximum.
+        assert_eq!(next_chunk(100, 100, 400 * MS, 2000), 50);
+        assert_eq!(next_chunk(100, 100, 100 * MS, 2000), 200);
+        assert_eq!(next_chunk(1500, 1500, 10 * MS, 2000), 2000);
+        // Never below one router.
+        assert_eq!(next_chunk(1, 1, 5000 * MS, 2000), 1);
+        // Near the target: about the same.
+        assert_eq!(next_chunk(100, 100, 210 * MS, 2000), 95);
+    }
+
+    #[test]
+    fn a_short_cheap_chunk_keeps_the_size() {
+        assert_eq!(next_chunk(500, 3, MS, 2000), 500);
+        // Short but slow still teaches: three routers took a second.
+        assert_eq!(next_chunk(500, 3, 1000 * MS, 2000), 250);
     }
 }
