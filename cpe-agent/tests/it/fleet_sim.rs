@@ -1,9 +1,11 @@
 //! The fleet simulator (`isdf-fleet-sim`, the binary itself) against a real
 //! controller on loopback: 20 routers enroll with a batch token, hold
-//! mutual-TLS long polls and verify every envelope; a change on one router
-//! at a time, then changes for the whole fleet, must reach every router
-//! they are for. Counts only: the figures are a benchmark's
-//! (`scripts/fleet-bench`), and this machine may be busy.
+//! mutual-TLS long polls and verify every envelope; in one run, a change on
+//! one router at a time, changes for the whole fleet, a rollout in waves
+//! (and one paused and aborted) must reach every router they are for, and
+//! the operator's pages answer. Counts only: the figures are a benchmark's
+//! (`scripts/fleet-bench`, `scripts/fleet-bench-replicas`), and this
+//! machine may be busy.
 
 use isdf_controller::test_support::{TestController, TestControllerOptions};
 use serde_json::Value;
@@ -75,49 +77,91 @@ async fn the_fleet_simulator_verifies_every_config_and_sees_every_change_arrive(
     std::fs::write(&ca_file, &controller.ca_pem).unwrap();
     let ca_file = ca_file.to_str().unwrap();
 
-    let one = simulate(
+    // One enrollment, the scenarios one after another on the same routers.
+    let run = simulate(
         &controller,
         ca_file,
         &[
             "--scenario",
-            "one-change",
+            "one-change,fleet-change,rollout,pages",
             "--changes",
             "5",
             "--change-interval-ms",
             "20",
+            "--rounds",
+            "2",
+            // Long enough to pause the aborted rollout at its 50% wave.
+            "--abort-soak-secs",
+            "5",
+            "--page-requests",
+            "3",
+            "--page-limit",
+            "5",
         ],
     )
     .await;
-    assert_fleet_healthy(&one);
-    let scenario = &one["scenario"];
-    assert_eq!(scenario["made"], 5, "{one}");
-    assert_eq!(scenario["fetched"], 5, "{one}");
-    assert_eq!(scenario["missed"], 0, "{one}");
-    let counts = &one["counts"];
-    assert_eq!(counts["change_to_fetch"]["count"], 5, "{one}");
-    assert_eq!(counts["change_call"]["count"], 5, "{one}");
-    // The first config of each router, then one per change.
-    assert_eq!(counts["configs_received"], ROUTERS + 5, "{one}");
+    assert_fleet_healthy(&run);
+    let scenarios = &run["scenarios"];
 
-    // A second fleet on the same controller: its routers are told apart by
-    // the run's label, so the assignment changes only them.
-    let fleet = simulate(
-        &controller,
-        ca_file,
-        &["--scenario", "fleet-change", "--rounds", "2"],
-    )
-    .await;
-    assert_fleet_healthy(&fleet);
-    let scenario = &fleet["scenario"];
-    assert_eq!(scenario["made"], 2 * ROUTERS, "{fleet}");
-    assert_eq!(scenario["fetched"], 2 * ROUTERS, "{fleet}");
-    assert_eq!(scenario["missed"], 0, "{fleet}");
-    for round in scenario["rounds"].as_array().unwrap() {
-        assert_eq!(round["fetched"], ROUTERS, "{fleet}");
+    let one = &scenarios["one-change"];
+    assert_eq!(one["made"], 5, "{run}");
+    assert_eq!(one["fetched"], 5, "{run}");
+    assert_eq!(one["missed"], 0, "{run}");
+    assert_eq!(one["change_to_fetch"]["count"], 5, "{run}");
+    assert_eq!(one["change_call"]["count"], 5, "{run}");
+    assert_eq!(
+        one["counts"]["configs_received"], 5,
+        "one config per change: {run}"
+    );
+
+    // The assignment is to the run's label: it changes exactly its routers.
+    let fleet = &scenarios["fleet-change"];
+    assert_eq!(fleet["made"], 2 * ROUTERS, "{run}");
+    assert_eq!(fleet["fetched"], 2 * ROUTERS, "{run}");
+    assert_eq!(fleet["missed"], 0, "{run}");
+    for round in fleet["rounds"].as_array().unwrap() {
+        assert_eq!(round["fetched"], ROUTERS, "{run}");
     }
-    let counts = &fleet["counts"];
-    assert_eq!(counts["change_to_fetch"]["count"], 2 * ROUTERS, "{fleet}");
-    assert_eq!(counts["configs_received"], ROUTERS + 2 * ROUTERS, "{fleet}");
+    assert_eq!(fleet["change_to_fetch"]["count"], 2 * ROUTERS, "{run}");
+    assert_eq!(fleet["counts"]["configs_received"], 2 * ROUTERS, "{run}");
+
+    // A rollout in four waves reaches every router once; the second one
+    // answered its pause and abort (the scenario checks the states), and
+    // every router it reached holds its previous firewall again.
+    let rollout = &scenarios["rollout"];
+    assert!(rollout.get("error").is_none(), "{run}");
+    assert_eq!(rollout["missed"], 0, "{run}");
+    let completed = &rollout["completed"];
+    assert_eq!(completed["state"], "completed", "{run}");
+    assert_eq!(completed["fetched"], ROUTERS, "{run}");
+    let waves = completed["waves"].as_array().unwrap();
+    assert_eq!(waves.len(), 4, "canary, 10, 50, 100%: {run}");
+    let in_waves: u64 = waves.iter().map(|w| w["routers"].as_u64().unwrap()).sum();
+    assert_eq!(in_waves, ROUTERS, "{run}");
+    assert!(waves.iter().all(|w| !w["passed_seen_s"].is_null()), "{run}");
+    let aborted = &rollout["aborted"];
+    assert_eq!(aborted["missed"], 0, "{run}");
+    assert!(
+        aborted["released_routers"].as_u64().unwrap() >= ROUTERS / 2,
+        "the 50% wave was out: {run}"
+    );
+
+    let pages = &scenarios["pages"];
+    assert_eq!(pages["missed"], 0, "{run}");
+    assert_eq!(pages["next_page"], "read", "{run}");
+    for page in [
+        "fleet_overview",
+        "devices_first_page",
+        "devices_next_page",
+        "devices_of_this_run",
+    ] {
+        assert_eq!(pages[page]["count"], 3, "{page}: {run}");
+    }
+    assert_eq!(pages["devices_of_this_run"]["items"], 5, "{run}");
+    assert!(
+        pages["fleet_overview"]["devices"].as_u64().unwrap() >= ROUTERS,
+        "{run}"
+    );
 
     controller.stop().await.unwrap();
 }

@@ -1,7 +1,10 @@
 //! `isdf-fleet-sim`: N simulated routers in one process and one thread,
 //! against a real controller (or replicas, or a load balancer in front of
 //! them), to measure what a fleet sees: enrollment, a change reaching one
-//! router, a change reaching all of them, and what idle long polls cost.
+//! router, a change reaching all of them, a rollout, the operator's pages,
+//! a database restart and a replica killed under load, and what idle long
+//! polls cost. The fleet is enrolled once; the scenarios asked for run on
+//! it one after another.
 //!
 //! Each router is a distinct TLS client identity with its own key, enrolled
 //! with a token of an operator's batch, and verifies every envelope with the
@@ -19,6 +22,7 @@ mod stats;
 
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,18 +36,33 @@ use tokio::task::JoinSet;
 use operator::Operator;
 use router::{Common, Target};
 use scenarios::Fleet;
-use stats::{cpu_percent, mib, sample, Stats};
+use stats::{cpu_percent, mib, sample, ProcessSample, Stats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Scenario {
-    /// Enroll the routers, hold their long polls for `--hold` seconds:
-    /// memory and CPU while idle.
+    /// Hold the routers' long polls for `--hold` seconds: memory and CPU
+    /// while idle.
     Connect,
     /// A timed block on one router at a time: until that router fetched it.
     OneChange,
     /// A service assigned to every simulated router (then unassigned...):
     /// until all fetched their new config.
     FleetChange,
+    /// A rollout in waves to completion, then one paused and aborted.
+    Rollout,
+    /// The fleet overview and device list pages, timed.
+    Pages,
+    /// PostgreSQL restarted by `--db-restart-command` under load.
+    DbRestart,
+    /// A replica killed by `--kill-command` under load.
+    ReplicaKill,
+}
+
+impl Scenario {
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_owned())
+    }
 }
 
 /// N simulated routers against a real iSDF controller: enrollment with
@@ -52,8 +71,15 @@ enum Scenario {
 #[derive(Parser, Debug)]
 #[command(name = "isdf-fleet-sim", version)]
 struct Args {
-    #[arg(long, value_enum, default_value = "connect")]
-    scenario: Scenario,
+    /// Scenarios to run, in order, on the fleet enrolled once
+    /// (comma-separated).
+    #[arg(
+        long = "scenario",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "connect"
+    )]
+    scenarios: Vec<Scenario>,
     /// Simulated routers.
     #[arg(long, default_value_t = 1000)]
     routers: usize,
@@ -91,6 +117,24 @@ struct Args {
     /// before it counts as missed.
     #[arg(long, default_value_t = 120)]
     change_timeout: u64,
+    /// `rollout`: the soak of the rollout that is paused and aborted, in
+    /// seconds. Its canary passes after it, then its 50% wave is released
+    /// and cannot pass for as long: the time there is to pause it.
+    #[arg(long, default_value_t = 30)]
+    abort_soak_secs: u64,
+    /// `pages`: how many times each page is read.
+    #[arg(long, default_value_t = 50)]
+    page_requests: usize,
+    /// `pages`: the device list's page size (`limit`).
+    #[arg(long, default_value_t = 50)]
+    page_limit: usize,
+    /// `db-restart`: the command (`sh -c`) that restarts PostgreSQL and
+    /// returns once it accepts connections again.
+    #[arg(long)]
+    db_restart_command: Option<String>,
+    /// `replica-kill`: the command (`sh -c`) that kills one replica.
+    #[arg(long)]
+    kill_command: Option<String>,
     /// Long-poll wait asked of the server, in seconds (the agent's default).
     #[arg(long, default_value_t = 30)]
     wait: u64,
@@ -108,15 +152,19 @@ struct Args {
     /// ~28k ephemeral ports. Default: one per 5 routers, 1 to 4096.
     #[arg(long)]
     sources: Option<usize>,
-    /// A controller process to measure too (RSS, CPU); repeatable.
-    #[arg(long = "watch-pid")]
-    watch_pids: Vec<u32>,
+    /// A controller process (or load balancer, database...) to measure
+    /// too: RSS, CPU, open files over each scenario; repeatable.
+    #[arg(long = "watch-pid", value_name = "[NAME=]PID", value_parser = parse_watched_process)]
+    watch_pids: Vec<WatchedProcess>,
     /// Allow targets outside loopback (the project's own test namespaces only).
     #[arg(long)]
     allow_non_loopback: bool,
     /// Print the summary as one JSON document instead of text.
     #[arg(long)]
     json: bool,
+    /// Also write the summary as one JSON document to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
 }
 
 fn main() {
@@ -141,6 +189,7 @@ fn main_checked(args: Args) -> anyhow::Result<bool> {
     if args.routers == 0 {
         bail!("--routers must be at least 1");
     }
+    check_scenarios(&args)?;
     for url in &args.api_urls {
         target_address(url, "--api-url", args.allow_non_loopback, false)?;
     }
@@ -189,6 +238,7 @@ fn main_checked(args: Args) -> anyhow::Result<bool> {
     let stats = Arc::new(Stats::new());
     let limit = Duration::from_secs(args.duration);
     let json = args.json;
+    let json_out = args.json_out.clone();
     let finished = runtime.block_on(async {
         tokio::time::timeout(
             limit,
@@ -210,6 +260,11 @@ fn main_checked(args: Args) -> anyhow::Result<bool> {
         }
     };
     summary.insert("passed".into(), json!(passed));
+    if let Some(path) = json_out {
+        let document = Value::Object(summary.clone()).to_string();
+        std::fs::write(&path, document + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if json {
         println!("{}", Value::Object(summary));
     } else {
@@ -306,7 +361,7 @@ async fn run(
         summary,
         "setup",
         json!({
-            "scenario": args.scenario.to_possible_value().map(|v| v.get_name().to_owned()),
+            "scenarios": args.scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "routers": args.routers,
             "device_urls": args.device_urls,
             "source_addresses": sources.len(),
@@ -394,76 +449,195 @@ async fn run(
         stats: Arc::clone(stats),
         run_id,
         change_timeout,
+        blocks_made: AtomicUsize::new(0),
+        poll_wait: Duration::from_secs(args.wait),
     };
-    let watched = |pid: u32| sample(&pid.to_string());
-    let before: Vec<_> = args.watch_pids.iter().map(|p| watched(*p)).collect();
-    let phase_start = Instant::now();
-    let result = match args.scenario {
-        Scenario::Connect => {
-            tokio::time::sleep(Duration::from_secs(args.hold)).await;
-            json!({"held_s": args.hold})
-        }
-        Scenario::OneChange => {
-            scenarios::one_change(
-                &fleet,
-                args.changes,
-                Duration::from_millis(args.change_interval_ms),
-            )
-            .await
-        }
-        Scenario::FleetChange => scenarios::fleet_change(&fleet, args.rounds).await?,
+    let watched = Watched {
+        processes: args.watch_pids.clone(),
+        routers: connected.max(1) as u64,
+        base_rss: base.rss_bytes,
     };
-    let phase = phase_start.elapsed();
-    // The reports of the last configs fetched belong to the run.
-    stats.settle(Duration::from_secs(30)).await;
-    let after = sample("self").context("reading /proc/self")?;
-    let mut processes = vec![json!({
-        "process": "isdf-fleet-sim",
-        "rss_bytes": after.rss_bytes,
-        "rss_per_router_bytes": after.rss_bytes.saturating_sub(base.rss_bytes) / connected.max(1) as u64,
-        "cpu_percent": cpu_percent(after_connect, after, phase),
-        "open_files": after.open_files,
-    })];
-    for (pid, before) in args.watch_pids.iter().zip(before) {
-        if let (Some(before), Some(now)) = (before, watched(*pid)) {
-            processes.push(json!({
-                "process": format!("pid {pid}"),
-                "rss_bytes": now.rss_bytes,
-                "rss_per_router_bytes": now.rss_bytes / connected.max(1) as u64,
-                "cpu_percent": cpu_percent(before, now, phase),
-                "open_files": now.open_files,
-            }));
-        }
+    for scenario in &args.scenarios {
+        let name = scenario.name();
+        let before = watched.sample_all();
+        let counters = stats.snapshot();
+        let started = Instant::now();
+        let outcome = run_scenario(*scenario, &fleet, &args).await;
+        // The reports of the last configs fetched belong to the scenario.
+        stats.settle(Duration::from_secs(30)).await;
+        let phase = started.elapsed();
+        let mut result = match outcome {
+            Ok(Value::Object(fields)) => fields,
+            Ok(other) => Map::from_iter([("result".to_owned(), other)]),
+            Err(e) => Map::from_iter([("error".to_owned(), json!(format!("{e:#}")))]),
+        };
+        result.insert("phase_s".into(), json!(phase.as_secs_f64()));
+        result.insert("counts".into(), stats.snapshot().since(&counters));
+        result.insert("processes".into(), watched.figures(&before, phase));
+        record_scenario(summary, &name, Value::Object(result));
     }
-    record(summary, "scenario", result);
-    record(
-        summary,
-        "processes",
-        json!({"phase_s": phase.as_secs_f64(), "list": processes}),
-    );
     Ok(())
 }
 
+/// Refuses, before the fleet is enrolled, a scenario list that cannot run.
+fn check_scenarios(args: &Args) -> anyhow::Result<()> {
+    for (i, scenario) in args.scenarios.iter().enumerate() {
+        if args.scenarios[..i].contains(scenario) {
+            bail!("--scenario {} is given twice", scenario.name());
+        }
+    }
+    if args.scenarios.contains(&Scenario::DbRestart) && args.db_restart_command.is_none() {
+        bail!("--scenario db-restart needs --db-restart-command");
+    }
+    if args.scenarios.contains(&Scenario::ReplicaKill) && args.kill_command.is_none() {
+        bail!("--scenario replica-kill needs --kill-command");
+    }
+    Ok(())
+}
+
+async fn run_scenario(scenario: Scenario, fleet: &Fleet, args: &Args) -> anyhow::Result<Value> {
+    match scenario {
+        Scenario::Connect => {
+            tokio::time::sleep(Duration::from_secs(args.hold)).await;
+            Ok(json!({"held_s": args.hold}))
+        }
+        Scenario::OneChange => Ok(scenarios::one_change::run(
+            fleet,
+            args.changes,
+            Duration::from_millis(args.change_interval_ms),
+        )
+        .await),
+        Scenario::FleetChange => scenarios::fleet_change::run(fleet, args.rounds).await,
+        Scenario::Rollout => {
+            scenarios::rollout::run(fleet, Duration::from_secs(args.abort_soak_secs)).await
+        }
+        Scenario::Pages => {
+            Ok(scenarios::pages::run(fleet, args.page_requests, args.page_limit).await)
+        }
+        Scenario::DbRestart => {
+            let command = args.db_restart_command.as_deref();
+            scenarios::db_restart::run(fleet, command.context("no --db-restart-command")?).await
+        }
+        Scenario::ReplicaKill => {
+            let command = args.kill_command.as_deref();
+            scenarios::replica_kill::run(fleet, command.context("no --kill-command")?).await
+        }
+    }
+}
+
+/// Adds one scenario's result to the summary's `scenarios`.
+fn record_scenario(summary: &std::sync::Mutex<Map<String, Value>>, name: &str, result: Value) {
+    let mut summary = summary.lock().unwrap_or_else(|e| e.into_inner());
+    let scenarios = summary
+        .entry("scenarios")
+        .or_insert_with(|| Value::Object(Map::new()));
+    scenarios[name] = result;
+}
+
+/// A process `--watch-pid` names: `replica1=4242`, or `4242` (named `pid 4242`).
+#[derive(Clone, Debug)]
+struct WatchedProcess {
+    name: String,
+    pid: u32,
+}
+
+fn parse_watched_process(text: &str) -> Result<WatchedProcess, String> {
+    let (name, pid) = match text.split_once('=') {
+        Some((name, pid)) => (Some(name), pid),
+        None => (None, text),
+    };
+    let pid: u32 = pid
+        .parse()
+        .map_err(|e| format!("`{pid}` is not a process id: {e}"))?;
+    Ok(WatchedProcess {
+        name: name.map_or_else(|| format!("pid {pid}"), |n| format!("{n} (pid {pid})")),
+        pid,
+    })
+}
+
+/// The processes measured over each scenario: this one and the `--watch-pid`s.
+struct Watched {
+    processes: Vec<WatchedProcess>,
+    /// Connected routers, for the per-router figures.
+    routers: u64,
+    /// This process's RSS before the routers existed.
+    base_rss: u64,
+}
+
+impl Watched {
+    /// This process first, then each watched pid (None once it is gone).
+    fn sample_all(&self) -> Vec<Option<ProcessSample>> {
+        std::iter::once(sample("self"))
+            .chain(self.processes.iter().map(|p| sample(&p.pid.to_string())))
+            .collect()
+    }
+
+    /// RSS, open files and CPU over `phase` since `before`, one entry per
+    /// process. Per-router figures divide by the whole fleet (a replica
+    /// holds only its share of it); this process's leave out its RSS from
+    /// before the routers.
+    fn figures(&self, before: &[Option<ProcessSample>], phase: Duration) -> Value {
+        let names = std::iter::once("isdf-fleet-sim".to_owned())
+            .chain(self.processes.iter().map(|p| p.name.clone()));
+        let list: Vec<Value> = names
+            .zip(before.iter().zip(self.sample_all()))
+            .enumerate()
+            .map(|(i, (name, (before, now)))| match (before, now) {
+                (Some(before), Some(now)) => {
+                    let own = if i == 0 { self.base_rss } else { 0 };
+                    json!({
+                        "process": name,
+                        "rss_bytes": now.rss_bytes,
+                        "rss_per_router_bytes": now.rss_bytes.saturating_sub(own) / self.routers,
+                        "cpu_percent": cpu_percent(*before, now, phase),
+                        "open_files": now.open_files,
+                    })
+                }
+                // Killed (replica-kill), restarted (db-restart), or never there.
+                _ => json!({"process": name, "gone": true}),
+            })
+            .collect();
+        Value::Array(list)
+    }
+}
+
 /// The run's own pass criteria: every router enrolled and connected, no
-/// envelope refused, every change fetched.
+/// envelope refused, and every scenario ran without an error and missed
+/// nothing (no latency: those depend on the machine).
 fn checks_pass(summary: &Map<String, Value>) -> bool {
     let routers = summary["setup"]["routers"].as_u64();
     let fleet = &summary["fleet"];
     let counts = &summary["counts"];
-    let scenario = summary.get("scenario").cloned().unwrap_or(Value::Null);
+    let asked = summary["setup"]["scenarios"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let scenarios = summary.get("scenarios").cloned().unwrap_or(Value::Null);
+    let scenario_passed = |name: &Value| {
+        let result = &scenarios[name.as_str().unwrap_or_default()];
+        result.is_object()
+            && result.get("error").is_none()
+            && result["missed"].as_u64().unwrap_or(0) == 0
+    };
     fleet["enrolled"].as_u64() == routers
         && fleet["connected"].as_u64() == routers
         && counts["verification_failures"].as_u64() == Some(0)
-        && scenario["missed"].as_u64().unwrap_or(0) == 0
+        && asked.iter().all(scenario_passed)
 }
 
 fn print_text(summary: &Map<String, Value>, stats: &Stats) {
     let get = |k: &str| summary.get(k).cloned().unwrap_or(Value::Null);
-    let (setup, fleet, scenario) = (get("setup"), get("fleet"), get("scenario"));
+    let (setup, fleet, scenarios) = (get("setup"), get("fleet"), get("scenarios"));
+    let names: Vec<&str> = setup["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     println!(
-        "isdf-fleet-sim: scenario {}, {} routers over {} device URL(s), {} source address(es), \
+        "isdf-fleet-sim: scenarios {}; {} routers over {} device URL(s), {} source address(es), \
          open-file limit {}",
-        setup["scenario"].as_str().unwrap_or("?"),
+        names.join(", "),
         setup["routers"],
         setup["device_urls"].as_array().map_or(0, Vec::len),
         setup["source_addresses"],
@@ -487,24 +661,21 @@ fn print_text(summary: &Map<String, Value>, stats: &Stats) {
             fleet["open_files_per_router"].as_f64().unwrap_or(0.0),
         );
     }
-    if !scenario.is_null() {
-        println!("scenario: {scenario}");
-    }
-    if let Some(list) = summary.get("processes").and_then(|p| p["list"].as_array()) {
-        for p in list {
-            println!(
-                "{}: RSS {:.1} MiB ({:.1} KiB per router), CPU {:.1} % of a core during the \
-                 scenario, {} open files",
-                p["process"].as_str().unwrap_or("?"),
-                mib(p["rss_bytes"].as_u64().unwrap_or(0)),
-                p["rss_per_router_bytes"].as_u64().unwrap_or(0) as f64 / 1024.0,
-                p["cpu_percent"].as_f64().unwrap_or(0.0),
-                p["open_files"],
-            );
+    for name in names {
+        let result = &scenarios[name];
+        if result.is_null() {
+            println!("== {name}: not run (the run ended first)");
+            continue;
         }
+        println!(
+            "== {name} ({:.1} s)",
+            result["phase_s"].as_f64().unwrap_or(0.0)
+        );
+        print_result(result, "   ");
     }
+    println!("== whole run");
     for line in stats.lines() {
-        println!("{line}");
+        println!("   {line}");
     }
     for key in ["error", "timed_out"] {
         if let Some(v) = summary.get(key) {
@@ -514,9 +685,86 @@ fn print_text(summary: &Map<String, Value>, stats: &Stats) {
     println!(
         "{}",
         if summary["passed"].as_bool() == Some(true) {
-            "passed: every router enrolled and connected, 0 verification failures, every change fetched"
+            "passed: every router enrolled and connected, 0 verification failures, every \
+             scenario ran and missed nothing"
         } else {
             "FAILED: see above"
         }
+    );
+}
+
+/// One scenario's result as text: its plain figures on one line, then a
+/// line per latency, per process, per element of a list and per object.
+fn print_result(result: &Value, indent: &str) {
+    let Some(fields) = result.as_object() else {
+        println!("{indent}{result}");
+        return;
+    };
+    let plain: Vec<String> = fields
+        .iter()
+        .filter(|(k, v)| {
+            !v.is_object() && !v.is_array() && !matches!(k.as_str(), "note" | "phase_s")
+        })
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if !plain.is_empty() {
+        println!("{indent}{}", plain.join(", "));
+    }
+    for (key, value) in fields {
+        match value {
+            Value::Object(o) if o.contains_key("p50_ms") => println!(
+                "{indent}{key:<28} n={:<8} p50={:>9.2} ms  p99={:>9.2} ms  max={:>9.2} ms{}",
+                value["count"],
+                value["p50_ms"].as_f64().unwrap_or(0.0),
+                value["p99_ms"].as_f64().unwrap_or(0.0),
+                value["max_ms"].as_f64().unwrap_or(0.0),
+                o.get("items")
+                    .or(o.get("devices"))
+                    .map_or(String::new(), |n| format!("  ({n} shown)")),
+            ),
+            Value::Object(_) if key == "counts" || key == "during_command" => println!(
+                "{indent}{key}: configs received {}, not modified (304) {}, errors {}",
+                value["configs_received"], value["not_modified"], value["errors"],
+            ),
+            Value::Array(list) if key == "processes" => {
+                for p in list {
+                    print_process(p, indent);
+                }
+            }
+            Value::Array(list) if list.iter().all(|v| v.is_object()) => {
+                println!("{indent}{key}:");
+                for item in list {
+                    println!("{indent}  {item}");
+                }
+            }
+            Value::Object(_) if key == "completed" || key == "aborted" => {
+                println!("{indent}{key}:");
+                print_result(value, &format!("{indent}  "));
+            }
+            Value::Object(_) | Value::Array(_) => println!("{indent}{key}: {value}"),
+            _ => {}
+        }
+    }
+    if let Some(note) = fields.get("note").and_then(Value::as_str) {
+        println!("{indent}({note})");
+    }
+}
+
+fn print_process(p: &Value, indent: &str) {
+    if p["gone"] == true {
+        println!(
+            "{indent}{}: not running (killed, restarted or never there)",
+            p["process"].as_str().unwrap_or("?")
+        );
+        return;
+    }
+    println!(
+        "{indent}{}: RSS {:.1} MiB ({:.2} KiB per router of the fleet), CPU {:.1} % of a core, \
+         {} open files",
+        p["process"].as_str().unwrap_or("?"),
+        mib(p["rss_bytes"].as_u64().unwrap_or(0)),
+        p["rss_per_router_bytes"].as_u64().unwrap_or(0) as f64 / 1024.0,
+        p["cpu_percent"].as_f64().unwrap_or(0.0),
+        p["open_files"],
     );
 }

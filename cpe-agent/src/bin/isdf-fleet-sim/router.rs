@@ -10,6 +10,7 @@
 //! between polls is small on purpose: its client, its keys, its versions.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,7 @@ use isdf_agent::agent::opening_policy;
 use isdf_agent::controller::client::{Client, ControllerError, Poll};
 use isdf_agent::controller::enrollment::{
     check_answer, enrollment_client, is_identity_refused, request_certificate,
+    PERMANENT_FAILURE_RETRY,
 };
 use isdf_agent::sys::settings::Settings;
 use isdf_agent::sys::state::Identity;
@@ -57,12 +59,17 @@ pub struct Target {
 pub struct Fetch {
     pub version: u64,
     pub at: Instant,
+    /// The first 64 bits of the firewall's digest: equal for equal
+    /// content whatever the version (a rollout aborted restores it).
+    pub content: u64,
 }
 
 /// What the scenario keeps of a running router.
 pub struct RouterHandle {
     pub device_id: String,
     pub fetched: watch::Receiver<Option<Fetch>>,
+    /// Polls that failed so far (a replica gone, a timeout...).
+    pub poll_failures: Arc<AtomicU32>,
 }
 
 /// A router's state in its loop.
@@ -78,6 +85,7 @@ struct Router {
     held_back: Option<u64>,
     last_sequence: u64,
     fetched: watch::Sender<Option<Fetch>>,
+    poll_failures: Arc<AtomicU32>,
 }
 
 /// The kind of a failed request, for the error counts:
@@ -103,6 +111,14 @@ pub fn error_kind(what: &str, error: &anyhow::Error) -> String {
         }
     }
     format!("{what}:other")
+}
+
+/// The first 64 bits of a hex digest (0 if it is not hex).
+fn digest_prefix(digest: &str) -> u64 {
+    digest
+        .get(..16)
+        .and_then(|prefix| u64::from_str_radix(prefix, 16).ok())
+        .unwrap_or(0)
 }
 
 fn is_rate_limited(error: &anyhow::Error) -> bool {
@@ -134,6 +150,7 @@ pub async fn enroll_and_run(
     let handle = RouterHandle {
         device_id: router.device_id.clone(),
         fetched: router.fetched.subscribe(),
+        poll_failures: Arc::clone(&router.poll_failures),
     };
     tokio::spawn(router.run());
     Some(handle)
@@ -190,18 +207,23 @@ async fn enroll(common: &Arc<Common>, target: &Target, token: &str) -> anyhow::R
         held_back: None,
         last_sequence: 0,
         fetched,
+        poll_failures: Arc::default(),
     })
 }
 
 impl Router {
-    /// The agent's loop without a kernel, until the task is dropped or the
-    /// controller refuses this identity for good.
+    /// The agent's loop without a kernel, until the task is dropped.
     async fn run(mut self) {
         let mut failures = 0u32;
         loop {
             let enforced = self.enforced.as_ref().map(|(v, _)| *v);
             let poll_for = enforced.max(self.held_back);
-            let pace = match self.client.poll(poll_for, self.common.wait).await {
+            let started = Instant::now();
+            let result = self.client.poll(poll_for, self.common.wait).await;
+            if failures > 0 {
+                self.common.stats.record_reconnect(started, result.is_ok());
+            }
+            let pace = match result {
                 Ok((poll, pace)) => {
                     failures = 0;
                     match poll {
@@ -222,11 +244,15 @@ impl Router {
                 }
                 Err(e) => {
                     self.common.stats.with(|c| c.error(error_kind("poll", &e)));
-                    if is_identity_refused(&e) {
-                        return;
-                    }
+                    self.poll_failures.fetch_add(1, Ordering::Relaxed);
                     failures = failures.saturating_add(1);
-                    backoff(failures, Duration::from_secs(60))
+                    if is_identity_refused(&e) {
+                        // As the agent: no retry soon can help (it would
+                        // enroll again with a token it had).
+                        PERMANENT_FAILURE_RETRY
+                    } else {
+                        backoff(failures, Duration::from_secs(60))
+                    }
                 }
             };
             if !pace.is_zero() {
@@ -248,15 +274,17 @@ impl Router {
             Err(e) => return self.reject(&e, version_hint).await,
         };
         let version = config.version;
+        let digest = config.firewall.digest();
         self.fetched.send_replace(Some(Fetch {
             version,
             at: arrived,
+            content: digest_prefix(&digest),
         }));
         self.common.stats.with(|c| c.configs_received += 1);
         if !self.common.apply_delay.is_zero() {
             tokio::time::sleep(self.common.apply_delay).await;
         }
-        self.enforced = Some((version, config.firewall.digest()));
+        self.enforced = Some((version, digest));
         self.held_back = None;
         self.report(Outcome::Applied, Some(version), vec![]).await;
     }

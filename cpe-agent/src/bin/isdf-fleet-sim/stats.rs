@@ -1,12 +1,12 @@
 //! What the simulated fleet measured: latency histograms (microseconds,
 //! three significant digits, so p50/p99/max cost no per-sample memory),
-//! counts, errors by kind, and the process's own RSS, open files and CPU
-//! read from `/proc` (of this process, and of the controller processes the
-//! caller names).
+//! counts, errors by kind, reconnections per second, and the process's own
+//! RSS, open files and CPU read from `/proc` (of this process, and of the
+//! controller processes the caller names).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 pub struct Latencies(Histogram<u64>);
 
 impl Latencies {
-    fn new() -> Self {
+    pub fn new() -> Self {
         // 1 µs to one hour; longer samples are clamped to an hour.
         Latencies(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds"))
     }
@@ -40,7 +40,7 @@ impl Latencies {
         self.0.max() as f64 / 1000.0
     }
 
-    fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         json!({
             "count": self.count(),
             "p50_ms": self.millis(0.5),
@@ -66,11 +66,6 @@ impl Latencies {
 pub struct Counts {
     /// Enrollment request to checked answer, per router (the successful try).
     pub enrollment: Latencies,
-    /// A change made through the operator API until the router it is for
-    /// fetched it (`one-change`), or each router fetched it (`fleet-change`).
-    pub change_to_fetch: Latencies,
-    /// The operator API call that made a change.
-    pub change_call: Latencies,
     /// A status report's request and answer.
     pub status_round_trip: Latencies,
     pub configs_received: u64,
@@ -83,14 +78,25 @@ pub struct Counts {
     pub verification_failures: BTreeMap<String, u64>,
     /// Failed requests, by kind (`poll:timeout`, `enroll:rate_limited`...).
     pub errors: BTreeMap<String, u64>,
+    /// Per second since the run started: polls that were a router's first
+    /// attempt after a failed request, each on a new TCP and TLS connection
+    /// (the client drops a connection a request failed on), in the second
+    /// they started.
+    pub reconnects: Vec<ReconnectSecond>,
+}
+
+/// Reconnections in one second of the run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReconnectSecond {
+    pub attempts: u32,
+    /// Those answered (a config or a 304), once answered.
+    pub succeeded: u32,
 }
 
 impl Counts {
     fn new() -> Self {
         Counts {
             enrollment: Latencies::new(),
-            change_to_fetch: Latencies::new(),
-            change_call: Latencies::new(),
             status_round_trip: Latencies::new(),
             configs_received: 0,
             not_modified: 0,
@@ -98,7 +104,20 @@ impl Counts {
             reports_finished: 0,
             verification_failures: BTreeMap::new(),
             errors: BTreeMap::new(),
+            reconnects: Vec::new(),
         }
+    }
+
+    pub fn reconnect_attempts(&self) -> u64 {
+        self.reconnects.iter().map(|s| u64::from(s.attempts)).sum()
+    }
+
+    pub fn reconnect_attempts_peak_per_s(&self) -> u32 {
+        self.reconnects
+            .iter()
+            .map(|s| s.attempts)
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn error(&mut self, kind: String) {
@@ -113,17 +132,52 @@ impl Counts {
     }
 }
 
-/// The shared counters.
-pub struct Stats(Mutex<Counts>);
+/// The shared counters, and when the run started (the reconnection
+/// series counts seconds from it).
+pub struct Stats {
+    counts: Mutex<Counts>,
+    started: Instant,
+}
 
 impl Stats {
     pub fn new() -> Self {
-        Stats(Mutex::new(Counts::new()))
+        Stats {
+            counts: Mutex::new(Counts::new()),
+            started: Instant::now(),
+        }
     }
 
     /// Runs `f` on the counters.
     pub fn with<T>(&self, f: impl FnOnce(&mut Counts) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut self.counts.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The second of the run `at` falls in.
+    pub fn second_of(&self, at: Instant) -> usize {
+        at.saturating_duration_since(self.started).as_secs() as usize
+    }
+
+    /// Counts a poll that reconnected (the first after a failed request)
+    /// in the second it `started`.
+    pub fn record_reconnect(&self, started: Instant, succeeded: bool) {
+        let second = self.second_of(started);
+        self.with(|c| {
+            if c.reconnects.len() <= second {
+                c.reconnects.resize(second + 1, ReconnectSecond::default());
+            }
+            let slot = &mut c.reconnects[second];
+            slot.attempts += 1;
+            slot.succeeded += u32::from(succeeded);
+        });
+    }
+
+    /// The counters a scenario's figures are the difference of.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        self.with(|c| CounterSnapshot {
+            configs_received: c.configs_received,
+            not_modified: c.not_modified,
+            errors: c.errors.clone(),
+        })
     }
 
     /// Waits (at most `limit`) until every status report started has its
@@ -142,14 +196,14 @@ impl Stats {
         self.with(|c| {
             json!({
                 "enrollment": c.enrollment.to_json(),
-                "change_to_fetch": c.change_to_fetch.to_json(),
-                "change_call": c.change_call.to_json(),
                 "status_round_trip": c.status_round_trip.to_json(),
                 "configs_received": c.configs_received,
                 "not_modified": c.not_modified,
                 "verification_failures": c.verification_failures.values().sum::<u64>(),
                 "verification_failures_by_code": c.verification_failures,
                 "errors": c.errors,
+                "reconnect_attempts": c.reconnect_attempts(),
+                "reconnect_attempts_peak_per_s": c.reconnect_attempts_peak_per_s(),
             })
         })
     }
@@ -168,8 +222,6 @@ impl Stats {
             };
             vec![
                 c.enrollment.line("enrollment"),
-                c.change_to_fetch.line("change -> router fetched it"),
-                c.change_call.line("change call (operator API)"),
                 c.status_round_trip.line("status report round trip"),
                 format!(
                     "configs received {}, not modified (304) {}, verification failures {}{}",
@@ -183,7 +235,39 @@ impl Stats {
                     }
                 ),
                 format!("errors: {errors}"),
+                format!(
+                    "reconnections (polls right after a failed request): {}, \
+                     at most {} started in a second",
+                    c.reconnect_attempts(),
+                    c.reconnect_attempts_peak_per_s(),
+                ),
             ]
+        })
+    }
+}
+
+/// The running totals at one moment.
+#[derive(Clone, Debug)]
+pub struct CounterSnapshot {
+    pub configs_received: u64,
+    pub not_modified: u64,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl CounterSnapshot {
+    /// What was counted from `earlier` to this snapshot, as JSON: configs
+    /// received, polls answered 304, failed requests by kind.
+    pub fn since(&self, earlier: &CounterSnapshot) -> Value {
+        let errors: BTreeMap<&String, u64> = self
+            .errors
+            .iter()
+            .map(|(kind, n)| (kind, n - earlier.errors.get(kind).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        json!({
+            "configs_received": self.configs_received - earlier.configs_received,
+            "not_modified": self.not_modified - earlier.not_modified,
+            "errors": errors,
         })
     }
 }
