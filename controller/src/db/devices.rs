@@ -36,6 +36,14 @@ pub async fn insert(
     .await
 }
 
+/// Whether the device exists.
+pub async fn exists(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM devices WHERE id = $1)")
+        .bind(id)
+        .fetch_one(db)
+        .await
+}
+
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<DeviceRow>, sqlx::Error> {
     sqlx::query_as("SELECT id, name, labels, created_at, cert_not_after FROM devices WHERE id = $1")
         .bind(id)

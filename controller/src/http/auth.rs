@@ -248,14 +248,23 @@ impl FromRequestParts<AppState> for Device {
         let (Some(device), Some(fingerprint)) = (peer.device, peer.fingerprint) else {
             return Err(ApiError::Unauthorized);
         };
-        let Some(standing) = state.cache.certificate_standing(device, &fingerprint) else {
+        // Limited per identity: routers share addresses behind CGNAT. First,
+        // so a deleted device's certificate cannot make every request ask
+        // the database below.
+        state.device_gate.admit(device)?;
+        let mut standing = state.cache.certificate_standing(device, &fingerprint);
+        if standing.is_none()
+            && crate::trust::device_certificates::learn_device(&state.pool, &state.cache, device)
+                .await?
+        {
+            standing = state.cache.certificate_standing(device, &fingerprint);
+        }
+        let Some(standing) = standing else {
             return Err(ApiError::Denied {
                 code: "device_unknown",
                 message: "this device was deleted or revoked; enroll again with a new token".into(),
             });
         };
-        // Limited per identity: routers share addresses behind CGNAT.
-        state.device_gate.admit(device)?;
         if standing != CertificateStanding::Accepted
             && !crate::trust::device_certificates::admit(
                 &state.pool,

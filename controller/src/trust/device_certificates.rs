@@ -139,6 +139,33 @@ pub async fn refresh(pool: &PgPool, cache: &ConfigCache, device: Uuid) -> Result
     Ok(())
 }
 
+/// A device this replica has not heard of: enrolled through another
+/// replica a moment ago, its router already here before the news (a router
+/// polls within milliseconds of its enrollment, through any replica). The
+/// database decides: an existing device joins the cache with its config
+/// and certificates. Whether it exists.
+pub async fn learn_device(
+    pool: &PgPool,
+    cache: &ConfigCache,
+    device: Uuid,
+) -> Result<bool, sqlx::Error> {
+    if !db::devices::exists(pool, device).await? {
+        return Ok(false);
+    }
+    cache.add_device(device);
+    if let Some(row) = db::configs::get(pool, device).await? {
+        cache.publish_heard(
+            device,
+            crate::reconcile::config_cache::ServedConfig {
+                version: row.version as u64,
+                envelope: row.envelope.into(),
+            },
+        );
+    }
+    refresh(pool, cache, device).await?;
+    Ok(true)
+}
+
 /// Loads every device's certificates into the cache (devices must be in it
 /// already; those without any recorded stay unrecorded).
 pub async fn load_all(pool: &PgPool, cache: &ConfigCache) -> Result<(), sqlx::Error> {

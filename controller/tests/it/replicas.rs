@@ -151,6 +151,30 @@ async fn a_status_report_on_one_replica_opens_the_portal_wait_and_moves_the_dash
     b.stop().await.unwrap();
 }
 
+/// A router polls within milliseconds of its enrollment, through any
+/// replica: one that has not heard of the device yet asks the database
+/// (the fleet simulator saw two thirds of a new fleet refused for five
+/// minutes behind HAProxy before this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_enrolled_through_one_replica_is_served_by_another_that_has_not_heard_yet() {
+    let h = Harness::start().await;
+    let b = h.replica().await;
+    let (id, device) = h.device("home-1", json!({})).await;
+    let device_id: Uuid = id.parse().unwrap();
+    until("B heard of the device", || async {
+        b.state.cache.contains(device_id)
+    })
+    .await;
+    // As if the news were still on its way.
+    b.state.cache.remove_device(device_id);
+    let (status, etag, _) = h.poll(&device.at(&b.device_url), None, 0).await;
+    assert_eq!(status, StatusCode::OK);
+    let version = h.config_version(&id).await;
+    assert_eq!(etag, Some(format!("\"{version}\"")));
+    assert!(b.state.cache.contains(device_id));
+    b.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_device_is_refused_by_every_replica() {
     let h = Harness::start().await;
