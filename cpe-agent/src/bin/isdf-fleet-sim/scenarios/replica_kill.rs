@@ -37,7 +37,18 @@ pub async fn run(fleet: &Fleet, command: &str) -> anyhow::Result<Value> {
     let command_took = run_command(command).await?;
     fleet.operator.forget_connections()?;
     let call_started = Instant::now();
-    fleet.operator.assign(&service, &fleet.selector()).await?;
+    let selector = fleet.selector();
+    if let Err(e) = fleet.operator.assign(&service, &selector).await {
+        // A replica killed a moment ago may still take a connection while
+        // the kernel tears it down, then reset it: it processed nothing, so
+        // the call goes to the next replica (a refused one is passed over
+        // by the operator client already).
+        if !is_transport_error(&e) {
+            return Err(e);
+        }
+        fleet.operator.forget_connections()?;
+        fleet.operator.assign(&service, &selector).await?;
+    }
     let call = call_started.elapsed();
     let arrivals = wait_for_fleet(&fleet.routers, &floors, fleet.change_timeout).await;
     let mut latencies = ChangeLatencies::new();
@@ -87,4 +98,14 @@ pub async fn run(fleet: &Fleet, command: &str) -> anyhow::Result<Value> {
     merge(&mut out, fleet_arrivals(&arrivals, killed_at));
     merge(&mut out, latencies.to_json());
     Ok(out)
+}
+
+/// Whether the call failed on the way (no HTTP answer), not by the API's
+/// refusal.
+fn is_transport_error(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(|e| e.status().is_none())
+    })
 }
