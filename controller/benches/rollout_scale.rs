@@ -83,8 +83,7 @@ async fn untargeted(pool: &PgPool, rollout: &str) -> i64 {
 async fn until_compiled(pool: &PgPool) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let marked: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_recompiles")
-            .fetch_one(pool)
+        let marked = isdf_controller::db::pending_recompiles::count(pool)
             .await
             .expect("counting marked routers");
         if marked == 0 {
