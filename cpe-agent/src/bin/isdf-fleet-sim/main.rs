@@ -262,7 +262,8 @@ fn main_checked(args: Args) -> anyhow::Result<bool> {
     summary.insert("passed".into(), json!(passed));
     if let Some(path) = json_out {
         let document = Value::Object(summary.clone()).to_string();
-        std::fs::write(&path, document + "\n")
+        // Whole or not at all, as every file this package writes.
+        isdf_agent::sys::atomic_write::write_atomically(&path, (document + "\n").as_bytes(), 0o644)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if json {
