@@ -46,6 +46,28 @@ pub fn run(program: &str, args: &[&str], stdin: &str) -> anyhow::Result<String> 
     String::from_utf8(output.stdout).with_context(|| format!("{program} printed non-UTF-8"))
 }
 
+/// Runs `command` with `sh -c` until it exits, its output to stderr and
+/// not through a pipe (a daemon it starts, a restarted PostgreSQL, would
+/// hold a pipe open long after); an error when it fails. For the fleet
+/// simulator's scenario hooks (`kill -9`, a database restart).
+pub fn run_shell_to_stderr(command: &str) -> anyhow::Result<()> {
+    use std::os::fd::AsFd;
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating stderr")?;
+    let status = Command::new("sh")
+        .args(["-c", command])
+        .stdin(Stdio::null())
+        .stdout(stderr)
+        .status()
+        .with_context(|| format!("running `{command}`"))?;
+    if !status.success() {
+        bail!("`{command}` exited {status} (its output went to stderr)");
+    }
+    Ok(())
+}
+
 /// Whether `program args` runs successfully.
 pub fn works(program: &str, args: &[&str]) -> bool {
     Command::new(program)

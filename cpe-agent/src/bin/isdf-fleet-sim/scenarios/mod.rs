@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
@@ -246,32 +246,14 @@ impl Fleet {
 }
 
 /// Runs `command` with `sh -c` on a blocking thread (the routers keep
-/// running meanwhile) until it exits; how long it took. Its output goes to
-/// stderr, not stdout (the summary's), and not through a pipe: a daemon it
-/// starts (a restarted PostgreSQL) would hold a pipe open long after.
+/// running meanwhile) until it exits; how long it took.
 async fn run_command(command: &str) -> anyhow::Result<Duration> {
-    use std::os::fd::AsFd;
-    let stdout = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("duplicating stderr")?;
     let started = Instant::now();
     let owned = command.to_owned();
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("sh")
-            .args(["-c", &owned])
-            .stdin(std::process::Stdio::null())
-            .stdout(stdout)
-            .status()
-    })
-    .await
-    .context("the command's thread")?
-    .with_context(|| format!("running `{command}`"))?;
-    let took = started.elapsed();
-    if !status.success() {
-        bail!("`{command}` exited {status} (its output went to stderr)");
-    }
-    Ok(took)
+    tokio::task::spawn_blocking(move || isdf_agent::sys::processes::run_shell_to_stderr(&owned))
+        .await
+        .context("the command's thread")??;
+    Ok(started.elapsed())
 }
 
 /// Adds `extra`'s fields to `into` (both objects).
