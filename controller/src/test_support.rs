@@ -152,6 +152,10 @@ pub struct TestControllerOptions {
     /// How many routers one transaction compiles (small, to exercise the
     /// large-fleet paths with a few routers).
     pub recompile_batching: crate::reconcile::soon::Batching,
+    /// Refusals of callers without credentials admitted per source before
+    /// 429 (a second, at once); None: the controller's own budget. The
+    /// contract test probes every operation without credentials.
+    pub refusal_budget: Option<(f64, u32)>,
 }
 
 impl TestControllerOptions {
@@ -168,6 +172,7 @@ impl TestControllerOptions {
             portal_public_url: None,
             proxy_protocol_from: Vec::new(),
             recompile_batching: Default::default(),
+            refusal_budget: None,
             config_cache_bytes: crate::reconcile::config_cache::DEFAULT_ENVELOPE_BUDGET,
         }
     }
@@ -211,7 +216,11 @@ impl TestController {
             proxy_protocol_from: options.proxy_protocol_from,
             recompile_batching: options.recompile_batching,
         };
-        let app = Application::build(settings).await?;
+        let mut app = Application::build(settings).await?;
+        if let Some((per_sec, burst)) = options.refusal_budget {
+            app.state.refusals =
+                std::sync::Arc::new(crate::http::audit::Refusals::new(per_sec, burst));
+        }
         let operator_token = match app.initial_operator_token.clone() {
             Some(t) => t,
             None => {

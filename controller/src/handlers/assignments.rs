@@ -155,9 +155,11 @@ pub async fn create(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListAssignments {
     pub service_id: Option<Uuid>,
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -184,7 +186,7 @@ pub async fn list(
     )))
 }
 
-#[utoipa::path(get, path = "/api/v1/assignments/{id}", tag = "assignments",
+#[utoipa::path(get, path = "/api/v1/assignments/{id}", tag = "assignments", params(("id" = Uuid, Path, description = "The assignment's id")),
     responses((status = 200, body = AssignmentView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get(
     _operator: Operator,
@@ -197,7 +199,7 @@ pub async fn get(
         .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))
 }
 
-#[utoipa::path(patch, path = "/api/v1/assignments/{id}", request_body = UpdateAssignment, tag = "assignments",
+#[utoipa::path(patch, path = "/api/v1/assignments/{id}", request_body = UpdateAssignment, tag = "assignments", params(("id" = Uuid, Path, description = "The assignment's id")),
     responses((status = 200, body = AssignmentView), (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn update(
     audit: AuditTrail,
@@ -218,7 +220,7 @@ pub async fn update(
     Ok(Json(AssignmentView::new(row, Some(recompiled))))
 }
 
-#[utoipa::path(delete, path = "/api/v1/assignments/{id}", tag = "assignments",
+#[utoipa::path(delete, path = "/api/v1/assignments/{id}", tag = "assignments", params(("id" = Uuid, Path, description = "The assignment's id")),
     responses((status = 200, body = AssignmentView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn delete(
     audit: AuditTrail,

@@ -84,7 +84,7 @@ pub struct BlocksCreated {
     pub config_version: Option<i64>,
 }
 
-#[utoipa::path(post, path = "/api/v1/devices/{id}/blocks", request_body = CreateBlocks, tag = "blocks",
+#[utoipa::path(post, path = "/api/v1/devices/{id}/blocks", request_body = CreateBlocks, tag = "blocks", params(("id" = Uuid, Path, description = "The router's id")),
     responses((status = 201, body = BlocksCreated), (status = 400, body = crate::http::error::ErrorBody),
         (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 pub async fn create(
@@ -162,7 +162,7 @@ pub async fn create(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/devices/{id}/blocks", tag = "blocks",
+#[utoipa::path(get, path = "/api/v1/devices/{id}/blocks", tag = "blocks", params(("id" = Uuid, Path, description = "The router's id")),
     responses((status = 200, body = Vec<BlockView>), (status = 404, body = crate::http::error::ErrorBody)))]
 /// Blocks in force on the router (operator, local and detection), soonest to end first.
 pub async fn list(
@@ -178,7 +178,7 @@ pub async fn list(
     ))
 }
 
-#[utoipa::path(delete, path = "/api/v1/devices/{id}/blocks/{block_id}", tag = "blocks",
+#[utoipa::path(delete, path = "/api/v1/devices/{id}/blocks/{block_id}", tag = "blocks", params(("id" = Uuid, Path, description = "The router's id"), ("block_id" = Uuid, Path, description = "The block's id")),
     responses((status = 204), (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Ends an operator block early. Router-side blocks end on the router.
 pub async fn delete(
@@ -217,9 +217,11 @@ pub async fn delete(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// Events per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// Only events with a lower sequence (the `next_before` of the previous page).
     pub before: Option<i64>,
@@ -251,7 +253,7 @@ pub struct EventsView {
     pub next_before: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/devices/{id}/events", tag = "blocks", params(EventParams),
+#[utoipa::path(get, path = "/api/v1/devices/{id}/events", tag = "blocks", params(("id" = Uuid, Path, description = "The router's id"), EventParams),
     responses((status = 200, body = EventsView), (status = 404, body = crate::http::error::ErrorBody)))]
 /// The router's reported events (local blocks, detections) and their totals.
 pub async fn events(

@@ -27,8 +27,14 @@ pub const MAX_DEVICES_AT_CREATION: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct CreateCustomer {
     /// Unique: 1 to 100 printable characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: String,
     /// The billing system's id of the customer (unique), used by its webhooks.
+    #[schema(pattern = r"^[!-~]{1,200}$")]
     pub external_ref: Option<String>,
     /// Routers the household owns (none may belong to another household).
     #[serde(default)]
@@ -216,7 +222,7 @@ fn no_customer(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no customer {id}"))
 }
 
-#[utoipa::path(get, path = "/api/v1/customers/{id}", tag = "customers",
+#[utoipa::path(get, path = "/api/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path, description = "The household's id")),
     responses((status = 200, body = CustomerDetail), (status = 404, body = crate::http::error::ErrorBody)))]
 /// A household with its routers and its passes in force.
 pub async fn get(
@@ -231,7 +237,7 @@ pub async fn get(
     Ok(Json(detail(&mut conn, customer).await?))
 }
 
-#[utoipa::path(put, path = "/api/v1/customers/{id}/devices/{device_id}", tag = "customers",
+#[utoipa::path(put, path = "/api/v1/customers/{id}/devices/{device_id}", tag = "customers", params(("id" = Uuid, Path, description = "The household's id"), ("device_id" = Uuid, Path, description = "The router's id")),
     responses((status = 200, body = CustomerDetail), (status = 404, body = crate::http::error::ErrorBody),
         (status = 409, body = crate::http::error::ErrorBody)))]
 /// Attaches a router to the household (nothing changes if it already is).
@@ -254,7 +260,7 @@ pub async fn attach_device(
     Ok(Json(view))
 }
 
-#[utoipa::path(delete, path = "/api/v1/customers/{id}/devices/{device_id}", tag = "customers",
+#[utoipa::path(delete, path = "/api/v1/customers/{id}/devices/{device_id}", tag = "customers", params(("id" = Uuid, Path, description = "The household's id"), ("device_id" = Uuid, Path, description = "The router's id")),
     responses((status = 204), (status = 404, body = crate::http::error::ErrorBody),
         (status = 409, body = crate::http::error::ErrorBody)))]
 /// Detaches a router from the household: it loses the household's passes.
@@ -300,7 +306,7 @@ pub async fn detach_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(delete, path = "/api/v1/customers/{id}", tag = "customers",
+#[utoipa::path(delete, path = "/api/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path, description = "The household's id")),
     responses((status = 204), (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Deletes a household without passes in force (cancel them first) and
 /// without VPNs (delete them first): its routers are detached, its ended

@@ -20,6 +20,7 @@ use crate::vpn::keys::{FactsError, KeyKeeper};
 use crate::vpn::probes::probe_targets;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PollParams {
     /// Seconds to wait for a newer config before answering 304 (capped by the server).
@@ -223,12 +224,11 @@ pub async fn report_events(
     Ok(Json(serde_json::json!({ "stored": stored })))
 }
 
+#[utoipa::path(get, path = "/device/v1/roots", tag = "device",
+    responses((status = 200, body = Vec<Object>, description = "The signed root documents, oldest first")))]
 /// The root chain (oldest first): agents walk it from the newest root they
 /// hold when a config is signed by a key they do not know yet.
-pub async fn roots(
-    Device(_): Device,
-    State(state): State<AppState>,
-) -> Json<Vec<serde_json::Value>> {
+pub async fn roots(_device: Device, State(state): State<AppState>) -> Json<Vec<serde_json::Value>> {
     Json(
         state
             .agent_bootstrap
@@ -239,8 +239,10 @@ pub async fn roots(
     )
 }
 
+#[utoipa::path(get, path = "/device/v1/ping", tag = "device",
+    responses((status = 200, body = Object, description = "`{\"ok\": true}`")))]
 /// Reachability check the agent makes after applying a config.
-pub async fn ping(Device(_): Device) -> Json<serde_json::Value> {
+pub async fn ping(_device: Device) -> Json<serde_json::Value> {
     Json(serde_json::json!({"ok": true}))
 }
 

@@ -22,10 +22,12 @@ use crate::reconcile::Resign;
 #[serde(deny_unknown_fields)]
 pub struct CreateDevice {
     /// Unique name, 1-64 of `A-Za-z0-9._-`.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     #[serde(default)]
     pub labels: Labels,
     /// Lifetime of the enrollment token returned (default 7 days).
+    #[schema(minimum = 60, maximum = 7_776_000)]
     pub enrollment_token_expires_in_secs: Option<u64>,
 }
 
@@ -146,6 +148,7 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct CreateEnrollmentToken {
     /// Seconds until the token expires (60 s to 90 days; default 7 days).
+    #[schema(minimum = 60, maximum = 7_776_000)]
     pub expires_in_secs: Option<u64>,
 }
 
@@ -158,7 +161,7 @@ pub struct EnrollmentTokenCreated {
 /// A new enrollment token for an existing device: for a replaced router, or
 /// one that missed its certificate renewal. Enrolling with it revokes every
 /// earlier certificate of the device.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/enrollment-token", request_body = CreateEnrollmentToken, tag = "devices",
+#[utoipa::path(post, path = "/api/v1/devices/{id}/enrollment-token", request_body = CreateEnrollmentToken, tag = "devices", params(("id" = Uuid, Path, description = "The router's id")),
     responses((status = 201, body = EnrollmentTokenCreated), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn create_enrollment_token(
     operator: Operator,
@@ -185,6 +188,7 @@ pub async fn create_enrollment_token(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListDevices {
     /// Label selector, e.g. `env=prod,region in (eu,us)`.
@@ -193,6 +197,7 @@ pub struct ListDevices {
     pub q: Option<String>,
     /// `online`, `stale`, `failing` or `never_reported`.
     pub state: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -253,7 +258,7 @@ pub(crate) async fn find(state: &AppState, id: Uuid) -> ApiResult<db::devices::D
         .ok_or_else(|| ApiError::NotFound(format!("no device {id}")))
 }
 
-#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = Uuid, Path, description = "The router's id")),
     responses((status = 200, body = DeviceView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get(
     _operator: Operator,
@@ -263,7 +268,7 @@ pub async fn get(
     Ok(Json(find(&state, id).await?.into()))
 }
 
-#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices",
+#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = Uuid, Path, description = "The router's id")),
     responses((status = 204), (status = 404, body = crate::http::error::ErrorBody),
         (status = 409, body = crate::http::error::ErrorBody)))]
 /// Deletes a router that is neither a VPN member nor a relay.
@@ -318,7 +323,7 @@ pub struct CompiledConfigView {
     pub envelope: serde_json::Value,
 }
 
-#[utoipa::path(get, path = "/api/v1/devices/{id}/config", tag = "devices",
+#[utoipa::path(get, path = "/api/v1/devices/{id}/config", tag = "devices", params(("id" = Uuid, Path, description = "The router's id")),
     responses((status = 200, body = CompiledConfigView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn config(
     _operator: Operator,
@@ -363,7 +368,7 @@ impl From<db::status::StatusRow> for StatusView {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/devices/{id}/status", tag = "devices",
+#[utoipa::path(get, path = "/api/v1/devices/{id}/status", tag = "devices", params(("id" = Uuid, Path, description = "The router's id")),
     responses((status = 200, body = StatusView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn status(
     _operator: Operator,
@@ -377,7 +382,7 @@ pub async fn status(
     Ok(Json(row.into()))
 }
 
-#[utoipa::path(get, path = "/api/v1/devices/{id}/status/history", tag = "devices", params(PageParams),
+#[utoipa::path(get, path = "/api/v1/devices/{id}/status/history", tag = "devices", params(("id" = Uuid, Path, description = "The router's id"), PageParams),
     responses((status = 200, body = Vec<StatusView>), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn status_history(
     _operator: Operator,

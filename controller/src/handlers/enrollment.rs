@@ -82,13 +82,16 @@ pub async fn create_device_token(
 pub struct CreateEnrollmentTokens {
     /// How many tokens (1 to 1000), e.g. one per router of a shipment.
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub count: u32,
     /// Seconds until the tokens expire (60 s to 90 days; default 7 days).
+    #[schema(minimum = 60, maximum = 7_776_000)]
     pub expires_in_secs: Option<u64>,
     /// Labels of the devices these tokens create.
     #[serde(default)]
     pub labels: Labels,
     /// Name prefix of the devices these tokens create (`<prefix>-<id>`).
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub name_prefix: Option<String>,
 }
 
@@ -212,6 +215,10 @@ fn denied(code: &'static str, message: &str) -> ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/enroll/v1", tag = "enrollment", security(()),
+    request_body(content = Object, content_type = "application/json", description = "`{\"token\": \"<enrollment token>\", \"csr_pem\": \"<PKCS#10 PEM>\"}`"),
+    responses((status = 200, body = Object, description = "The device certificate: `device_id`, `certificate_pem`, `ca_pem`, `not_after`"),
+        (status = 400, body = crate::http::error::ErrorBody, description = "A CSR that cannot be used, or a malformed body")))]
 /// `POST /enroll/v1` on the enrollment listener.
 pub async fn enroll(
     State(state): State<AppState>,
@@ -284,6 +291,10 @@ pub async fn enroll(
     Ok(Json(certificate))
 }
 
+#[utoipa::path(post, path = "/device/v1/renew", tag = "device",
+    request_body(content = Object, content_type = "application/json", description = "`{\"csr_pem\": \"<PKCS#10 PEM>\"}`"),
+    responses((status = 200, body = Object, description = "The new device certificate"),
+        (status = 400, body = crate::http::error::ErrorBody, description = "A CSR that cannot be used, or a malformed body")))]
 /// `POST /device/v1/renew` on the device listener (mutual TLS). The
 /// certificate that renews stays usable until the new one is first used.
 pub async fn renew(

@@ -20,6 +20,7 @@ use crate::trust::tokens::{hash_token, new_token, OPERATOR_TOKEN_PREFIX};
 #[serde(deny_unknown_fields)]
 pub struct CreateOperatorToken {
     /// Who or what holds the token, e.g. `alice` or `billing-sync`.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     pub role: Role,
 }
@@ -116,7 +117,7 @@ pub async fn list(
     )))
 }
 
-#[utoipa::path(delete, path = "/api/v1/operator-tokens/{id}", tag = "operators",
+#[utoipa::path(delete, path = "/api/v1/operator-tokens/{id}", tag = "operators", params(("id" = Uuid, Path, description = "The operator token's id")),
     responses((status = 200, body = OperatorTokenView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn revoke(
     audit: AuditTrail,
@@ -140,7 +141,9 @@ pub struct AuditEntryView {
     pub action: String,
     pub target: Option<String>,
     pub status: i32,
-    #[schema(value_type = Object)]
+    /// The request body (any JSON value; null without a body; a
+    /// `{"truncated", "bytes"}` object for a long or non-JSON one).
+    #[schema(value_type = Value)]
     pub summary: serde_json::Value,
 }
 

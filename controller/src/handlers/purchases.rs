@@ -129,6 +129,7 @@ pub async fn create(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListPurchases {
     pub customer_id: Option<Uuid>,
@@ -136,6 +137,7 @@ pub struct ListPurchases {
     /// `true`: only passes in force (running or queued); `false`: only ended
     /// or cancelled ones.
     pub active: Option<bool>,
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -190,7 +192,7 @@ pub async fn list(
     )))
 }
 
-#[utoipa::path(delete, path = "/api/v1/purchases/{id}", tag = "purchases",
+#[utoipa::path(delete, path = "/api/v1/purchases/{id}", tag = "purchases", params(("id" = Uuid, Path, description = "The purchase's id")),
     responses((status = 200, body = PurchaseRecorded), (status = 404, body = crate::http::error::ErrorBody)))]
 /// Cancels (refunds) a pass in force: it ends now, and the household's
 /// passes queued after it for the same site move forward.

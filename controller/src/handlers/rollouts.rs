@@ -172,6 +172,7 @@ async fn view_of(state: &AppState, id: Uuid) -> ApiResult<Json<RolloutView>> {
 
 #[utoipa::path(post, path = "/api/v1/rollouts", request_body = StartRollout, tag = "rollouts",
     responses((status = 201, body = RolloutView), (status = 400, body = crate::http::error::ErrorBody),
+              (status = 404, body = crate::http::error::ErrorBody, description = "`unknown_assignment`, `unknown_service`"),
               (status = 409, body = crate::http::error::ErrorBody)))]
 /// Starts a rollout: the assignment changes now, its routers get the new
 /// revision wave by wave, the canary first.
@@ -193,10 +194,12 @@ pub async fn create(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListRollouts {
     /// running, paused, completed or aborted.
     pub state: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -254,7 +257,7 @@ pub async fn list(
     Ok(Json(Page { items, next_cursor }))
 }
 
-#[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts",
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts", params(("id" = Uuid, Path, description = "The rollout's id")),
     responses((status = 200, body = RolloutView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get(
     _operator: Operator,
@@ -287,7 +290,7 @@ async fn exists(state: &AppState, id: Uuid) -> ApiResult<()> {
         .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))
 }
 
-#[utoipa::path(get, path = "/api/v1/rollouts/{id}/history", tag = "rollouts",
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/history", tag = "rollouts", params(("id" = Uuid, Path, description = "The rollout's id")),
     responses((status = 200, body = Items<RolloutEvent>), (status = 404, body = crate::http::error::ErrorBody)))]
 /// What happened, oldest first.
 pub async fn history(
@@ -320,7 +323,7 @@ pub struct ProgressSample {
     pub offline: i32,
 }
 
-#[utoipa::path(get, path = "/api/v1/rollouts/{id}/samples", tag = "rollouts",
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/samples", tag = "rollouts", params(("id" = Uuid, Path, description = "The rollout's id")),
     responses((status = 200, body = Items<ProgressSample>), (status = 404, body = crate::http::error::ErrorBody)))]
 /// Each released wave's counts over time (a sample whenever they changed).
 pub async fn samples(
@@ -344,7 +347,7 @@ pub async fn samples(
     Ok(Json(Items { items }))
 }
 
-#[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", tag = "rollouts",
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", tag = "rollouts", params(("id" = Uuid, Path, description = "The rollout's id")),
     responses((status = 200, body = RolloutView), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Stops releasing waves; released routers keep the new revision.
 pub async fn pause(
@@ -360,7 +363,7 @@ pub async fn pause(
     view_of(&state, id).await
 }
 
-#[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", tag = "rollouts",
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", tag = "rollouts", params(("id" = Uuid, Path, description = "The rollout's id")),
     responses((status = 200, body = RolloutView), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Goes on; the current wave's failures so far are accepted.
 pub async fn resume(
@@ -376,7 +379,7 @@ pub async fn resume(
     view_of(&state, id).await
 }
 
-#[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", tag = "rollouts",
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", tag = "rollouts", params(("id" = Uuid, Path, description = "The rollout's id")),
     responses((status = 200, body = RolloutView), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Every router returns to the previous revision.
 pub async fn abort(

@@ -19,8 +19,10 @@ use crate::services::{ServiceKind, ServiceSpec};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateService {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     /// Service kind; `flow-block` for now.
+    #[schema(value_type = crate::services::ServiceKind)]
     pub kind: String,
     /// The first revision's spec, whose shape depends on `kind`.
     #[schema(value_type = Object)]
@@ -135,7 +137,7 @@ pub(crate) async fn find(state: &AppState, id: Uuid) -> ApiResult<db::services::
         .ok_or_else(|| ApiError::NotFound(format!("no service {id}")))
 }
 
-#[utoipa::path(get, path = "/api/v1/services/{id}", tag = "services",
+#[utoipa::path(get, path = "/api/v1/services/{id}", tag = "services", params(("id" = Uuid, Path, description = "The service's id")),
     responses((status = 200, body = ServiceView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get(
     _operator: Operator,
@@ -152,7 +154,7 @@ pub struct CreateRevision {
     pub spec: serde_json::Value,
 }
 
-#[utoipa::path(post, path = "/api/v1/services/{id}/revisions", request_body = CreateRevision, tag = "services",
+#[utoipa::path(post, path = "/api/v1/services/{id}/revisions", request_body = CreateRevision, tag = "services", params(("id" = Uuid, Path, description = "The service's id")),
     responses((status = 201, body = RevisionView), (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn create_revision(
     audit: AuditTrail,
@@ -170,7 +172,7 @@ pub async fn create_revision(
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
-#[utoipa::path(get, path = "/api/v1/services/{id}/revisions", params(PageParams), tag = "services",
+#[utoipa::path(get, path = "/api/v1/services/{id}/revisions", params(("id" = Uuid, Path, description = "The service's id"), PageParams), tag = "services",
     responses((status = 200, body = Page<RevisionView>), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn list_revisions(
     _operator: Operator,
@@ -190,7 +192,7 @@ pub async fn list_revisions(
     )))
 }
 
-#[utoipa::path(get, path = "/api/v1/services/{id}/revisions/{revision}", tag = "services",
+#[utoipa::path(get, path = "/api/v1/services/{id}/revisions/{revision}", tag = "services", params(("id" = Uuid, Path, description = "The service's id"), ("revision" = i32, Path, description = "The revision's number")),
     responses((status = 200, body = RevisionView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get_revision(
     _operator: Operator,
@@ -223,7 +225,7 @@ pub const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2)
 
 /// The difference between two revisions of a service. Computed off the
 /// async workers, a bounded number at a time, within [`DIFF_DEADLINE`].
-#[utoipa::path(get, path = "/api/v1/services/{id}/revisions/{revision}/diff/{other}", tag = "services",
+#[utoipa::path(get, path = "/api/v1/services/{id}/revisions/{revision}/diff/{other}", tag = "services", params(("id" = Uuid, Path, description = "The service's id"), ("revision" = i32, Path, description = "The revision's number"), ("other" = i32, Path, description = "The other revision's number")),
     responses((status = 200, body = RevisionDiff), (status = 404, body = crate::http::error::ErrorBody),
         (status = 429, body = crate::http::error::ErrorBody)))]
 pub async fn diff_revisions(

@@ -117,10 +117,12 @@ pub async fn create(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListSites {
     /// Only this catalog's sites.
     pub catalog: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -154,7 +156,7 @@ pub async fn list(
     )))
 }
 
-#[utoipa::path(get, path = "/api/v1/sites/{id}", tag = "catalog",
+#[utoipa::path(get, path = "/api/v1/sites/{id}", tag = "catalog", params(("id" = i64, Path, description = "The site's id")),
     responses((status = 200, body = SiteView), (status = 404, body = crate::http::error::ErrorBody)))]
 pub async fn get(
     _operator: Operator,
@@ -167,7 +169,7 @@ pub async fn get(
     Ok(Json(row.into()))
 }
 
-#[utoipa::path(put, path = "/api/v1/sites/{id}", request_body = SiteInput, tag = "catalog",
+#[utoipa::path(put, path = "/api/v1/sites/{id}", request_body = SiteInput, tag = "catalog", params(("id" = i64, Path, description = "The site's id")),
     responses((status = 200, body = SiteView), (status = 400, body = crate::http::error::ErrorBody),
         (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Replaces a site's description (it may move to another catalog). Passes
@@ -192,7 +194,7 @@ pub async fn update(
     Ok(Json(row.into()))
 }
 
-#[utoipa::path(delete, path = "/api/v1/sites/{id}", tag = "catalog",
+#[utoipa::path(delete, path = "/api/v1/sites/{id}", tag = "catalog", params(("id" = i64, Path, description = "The site's id")),
     responses((status = 204), (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
 /// Removes a site without passes in force (cancel them first); its ended
 /// passes go with it.

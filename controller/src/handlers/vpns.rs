@@ -42,6 +42,11 @@ pub struct CreateVpn {
     /// The household whose routers the VPN joins.
     pub customer_id: Uuid,
     /// Unique per customer: 1 to 100 printable characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     pub name: String,
     pub topology: Topology,
     /// The hub router (a member): required with topology `hub`, refused otherwise.
@@ -351,10 +356,12 @@ fn name_taken(e: sqlx::Error, name: &str, customer: &str) -> ApiError {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListVpns {
     /// Only this customer's VPNs.
     pub customer_id: Option<Uuid>,
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -393,7 +400,7 @@ pub async fn list(
     Ok(Json(page(items, limit, |v| v.id.to_string(), |v| v)))
 }
 
-#[utoipa::path(get, path = "/api/v1/vpns/{id}", tag = "vpns",
+#[utoipa::path(get, path = "/api/v1/vpns/{id}", tag = "vpns", params(("id" = Uuid, Path, description = "The VPN's id")),
     responses((status = 200, body = VpnView), (status = 404, body = crate::http::error::ErrorBody)))]
 /// A VPN with its members (their tunnel addresses, prefixes and reported
 /// facts) and its relay.
@@ -409,7 +416,7 @@ pub async fn get(
     Ok(Json(view(&mut conn, vpn).await?))
 }
 
-#[utoipa::path(patch, path = "/api/v1/vpns/{id}", request_body = UpdateVpn, tag = "vpns",
+#[utoipa::path(patch, path = "/api/v1/vpns/{id}", request_body = UpdateVpn, tag = "vpns", params(("id" = Uuid, Path, description = "The VPN's id")),
     responses((status = 200, body = VpnView), (status = 400, body = crate::http::error::ErrorBody),
         (status = 404, body = crate::http::error::ErrorBody)))]
 /// Changes a VPN's topology or hub.
@@ -451,7 +458,7 @@ pub async fn update(
     Ok(Json(view))
 }
 
-#[utoipa::path(delete, path = "/api/v1/vpns/{id}", tag = "vpns",
+#[utoipa::path(delete, path = "/api/v1/vpns/{id}", tag = "vpns", params(("id" = Uuid, Path, description = "The VPN's id")),
     responses((status = 204), (status = 404, body = crate::http::error::ErrorBody)))]
 /// Deletes a VPN: its members' tunnels go.
 pub async fn delete(
@@ -478,7 +485,7 @@ pub async fn delete(
 }
 
 #[utoipa::path(put, path = "/api/v1/vpns/{id}/members/{device_id}", request_body = PutMember,
-    tag = "vpns",
+    tag = "vpns", params(("id" = Uuid, Path, description = "The VPN's id"), ("device_id" = Uuid, Path, description = "The router's id")),
     responses((status = 201, description = "added", body = VpnView),
         (status = 200, description = "prefixes replaced", body = VpnView),
         (status = 400, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody),
@@ -572,7 +579,7 @@ pub async fn put_member(
     Ok((status, Json(view)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/vpns/{id}/members/{device_id}", tag = "vpns",
+#[utoipa::path(delete, path = "/api/v1/vpns/{id}/members/{device_id}", tag = "vpns", params(("id" = Uuid, Path, description = "The VPN's id"), ("device_id" = Uuid, Path, description = "The router's id")),
     responses((status = 204), (status = 404, body = crate::http::error::ErrorBody),
         (status = 409, body = crate::http::error::ErrorBody)))]
 /// Removes a member (not the hub): its tunnels go and its address is free
@@ -636,7 +643,7 @@ pub async fn list_relays(
     )))
 }
 
-#[utoipa::path(put, path = "/api/v1/vpn-relays/{device_id}", tag = "vpns",
+#[utoipa::path(put, path = "/api/v1/vpn-relays/{device_id}", tag = "vpns", params(("device_id" = Uuid, Path, description = "The router's id")),
     responses((status = 201, description = "made a relay", body = RelayView),
         (status = 200, description = "already a relay", body = RelayView),
         (status = 404, body = crate::http::error::ErrorBody), (status = 409, body = crate::http::error::ErrorBody)))]
@@ -675,7 +682,7 @@ pub async fn put_relay(
     Ok((status, Json(relay.into())))
 }
 
-#[utoipa::path(delete, path = "/api/v1/vpn-relays/{device_id}", tag = "vpns",
+#[utoipa::path(delete, path = "/api/v1/vpn-relays/{device_id}", tag = "vpns", params(("device_id" = Uuid, Path, description = "The router's id")),
     responses((status = 204), (status = 404, body = crate::http::error::ErrorBody)))]
 /// Stops using a router as a relay: the VPNs it relayed lose it (their
 /// members are recompiled and may be given another relay).

@@ -74,7 +74,7 @@ async fn known_device(state: &AppState, id: Uuid) -> ApiResult<()> {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/devices/{id}/wireguard", tag = "vpns",
+#[utoipa::path(get, path = "/api/v1/devices/{id}/wireguard", tag = "vpns", operation_id = "wireguard_get", params(("id" = Uuid, Path, description = "The router's id")),
     responses((status = 200, body = WireguardView), (status = 404, body = crate::http::error::ErrorBody),
         (status = 409, body = crate::http::error::ErrorBody)))]
 /// The router's WireGuard facts and key state.
@@ -90,7 +90,7 @@ pub async fn get(
     Ok(Json(row.into()))
 }
 
-#[utoipa::path(post, path = "/api/v1/devices/{id}/wireguard/rotate", tag = "vpns",
+#[utoipa::path(post, path = "/api/v1/devices/{id}/wireguard/rotate", tag = "vpns", operation_id = "wireguard_rotate", params(("id" = Uuid, Path, description = "The router's id")),
     responses((status = 202, body = WireguardView), (status = 404, body = crate::http::error::ErrorBody),
         (status = 409, body = crate::http::error::ErrorBody)))]
 /// Rotates the router's WireGuard key: the router makes a new key pair and

@@ -156,6 +156,11 @@ pub fn operator_router(state: AppState) -> Router {
             post(billing::webhook).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
         )
         .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/api/v1/openapi/device.json", get(openapi::serve_device))
+        .route(
+            "/api/v1/openapi/enrollment.json",
+            get(openapi::serve_enrollment),
+        )
         // The dashboard: static files and its login, outside the API
         // middleware (the page then calls the API with its session).
         .route("/", get(dashboard::to_dashboard))

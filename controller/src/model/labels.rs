@@ -16,9 +16,32 @@ fn is_label_text(text: &str) -> bool {
 }
 
 /// Device labels: up to 64 `key: value` pairs of `[A-Za-z0-9._/-]{1,63}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[schema(value_type = BTreeMap<String, String>)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Labels(BTreeMap<String, String>);
+
+/// The OpenAPI schema states what [`Labels::parse`] accepts, keys and
+/// values alike.
+impl utoipa::PartialSchema for Labels {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let text = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[A-Za-z0-9._/-]{1,63}$"))
+        };
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Device labels: up to 64 `key: value` pairs of `[A-Za-z0-9._/-]{1,63}`.",
+            ))
+            .additional_properties(Some(text()))
+            .property_names(Some(text()))
+            .max_properties(Some(Labels::MAX))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Labels {}
 
 impl Labels {
     pub const MAX: usize = 64;

@@ -97,6 +97,7 @@ pub struct Vpn {
 /// How a site is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = VpnRole)]
 pub enum Role {
     /// Peers directly with every other mesh site (and with its spokes).
     Mesh,

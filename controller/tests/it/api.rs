@@ -191,12 +191,17 @@ async fn openapi_document_lists_the_routes() {
         "/api/v1/devices",
         "/api/v1/services/{id}/revisions",
         "/api/v1/assignments/{id}",
-        "/device/v1/config",
         "/healthz",
         "/readyz",
     ] {
         assert!(paths.contains_key(p), "{p} missing");
     }
+    // The device API is described in the device listener's document.
+    let device = h.get("/api/v1/openapi/device.json").await;
+    assert!(device.body["paths"]
+        .as_object()
+        .unwrap()
+        .contains_key("/device/v1/config"));
     // Health needs no credentials (load balancers have none).
     for p in ["/healthz", "/readyz"] {
         assert_eq!(

@@ -17,6 +17,7 @@ mod health;
 mod kubernetes;
 mod limits;
 mod login_csrf;
+mod openapi_contract;
 mod operators;
 mod pay_per_site_fleet;
 mod portal;

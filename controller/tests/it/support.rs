@@ -45,7 +45,7 @@ impl Harness {
         Self::start_from(options, data_dir).await
     }
 
-    async fn start_from(options: TestControllerOptions, data_dir: tempfile::TempDir) -> Self {
+    pub async fn start_from(options: TestControllerOptions, data_dir: tempfile::TempDir) -> Self {
         // reqwest is built without a default TLS provider; plain clients need one too.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let controller = TestController::start(options)
