@@ -19,8 +19,9 @@ use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, ResponseBuilde
 use utoipa::OpenApi;
 
 use crate::handlers::{
-    assignments, billing, blocks, customers, device_api, devices, enrollment, fleet, health,
-    operators, purchases, rollouts, services, sites, stream, vpns, wireguard,
+    assignments, billing, blocks, customers, device_api, device_labels, devices, enrollment,
+    exports, fleet, health, operators, purchases, rollouts, services, sites, stream, vpns,
+    wireguard,
 };
 use crate::http::state::AppState;
 
@@ -39,8 +40,11 @@ use crate::http::state::AppState;
     paths(
         devices::create, devices::list, devices::get, devices::delete, devices::config,
         devices::status, devices::status_history, devices::create_enrollment_token,
+        devices::services, device_labels::update, device_labels::matching,
+        device_labels::relabel, exports::devices, exports::audit,
         enrollment::create_tokens,
-        services::create, services::list, services::get, services::create_revision,
+        services::create, services::list, services::get, services::update, services::delete,
+        services::create_revision,
         services::list_revisions, services::get_revision,
         assignments::create, assignments::list, assignments::get, assignments::update,
         assignments::delete,
@@ -59,7 +63,7 @@ use crate::http::state::AppState;
         health::healthz, health::readyz,
     ),
     components(schemas(
-        crate::http::error::ErrorBody, crate::services::FlowBlockSpec, crate::services::FlowSpec,
+        crate::http::error::ErrorBody, crate::http::error::DryRunBody, crate::services::FlowBlockSpec, crate::services::FlowSpec,
         crate::services::BlockAction, crate::services::ServiceKind, crate::model::Role,
         crate::services::BittorrentBlockSpec, crate::services::pay_per_site::catalog::Pass, crate::services::pay_per_site::catalog::PassInput,
         crate::shop::purchases::PurchaseSource, crate::vpn::Topology,
@@ -238,6 +242,9 @@ impl CommonErrors {
                 "`unsupported_media_type`: the body is not `application/json`",
             ));
         }
+        if self.0 == Listener::Operator && authenticated && mutating {
+            add_dry_run(operation);
+        }
         match self.0 {
             Listener::Operator if authenticated && !health => {
                 answers.push((401, "`unauthorized`: no valid operator token or session"));
@@ -284,6 +291,61 @@ impl CommonErrors {
                 .responses
                 .entry(status.to_string())
                 .or_insert_with(|| RefOr::T(error_response(description)));
+        }
+    }
+}
+
+/// Every change under `/api/v1` takes `?dry_run=true` (see
+/// `crate::http::auth`): the same checks, nothing stored, and a 200
+/// [`DryRunBody`](crate::http::error::DryRunBody) where the real call
+/// would succeed.
+fn add_dry_run(operation: &mut Operation) {
+    use utoipa::openapi::path::ParameterBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    use utoipa::openapi::Required;
+    let parameter = ParameterBuilder::new()
+        .name("dry_run")
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .description(Some(
+            "Check the change as the real call would, store nothing: a success answers 200 \
+             with `{\"dry_run\": true, \"status\", \"target\"}`, a refusal as the real call.",
+        ))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::Boolean)))
+        .build();
+    operation
+        .parameters
+        .get_or_insert_with(Vec::new)
+        .push(parameter);
+    let dry_run = RefOr::Ref(utoipa::openapi::Ref::from_schema_name("DryRunBody"));
+    match operation.responses.responses.get_mut("200") {
+        // The real call answers 200 too: either body.
+        Some(RefOr::T(response)) => {
+            for content in response.content.values_mut() {
+                if let Some(schema) = content.schema.take() {
+                    content.schema = Some(RefOr::T(Schema::OneOf(
+                        OneOfBuilder::new()
+                            .item(schema)
+                            .item(dry_run.clone())
+                            .build(),
+                    )));
+                }
+            }
+        }
+        Some(RefOr::Ref(_)) => {}
+        None => {
+            operation.responses.responses.insert(
+                "200".to_owned(),
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description("A dry run (`?dry_run=true`) that passed every check")
+                        .content(
+                            "application/json",
+                            ContentBuilder::new().schema(Some(dry_run)).build(),
+                        )
+                        .build(),
+                ),
+            );
         }
     }
 }

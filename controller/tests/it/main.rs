@@ -18,6 +18,7 @@ mod kubernetes;
 mod limits;
 mod login_csrf;
 mod openapi_contract;
+mod operator_jobs;
 mod operators;
 mod pay_per_site_fleet;
 mod portal;

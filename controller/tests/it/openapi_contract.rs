@@ -361,7 +361,7 @@ async fn the_audit_log_reads_back_bodies_holding_extreme_numbers() {
             .bearer_auth(&h.controller.operator_token)
             .header("content-type", "application/json")
             .body(format!(
-                r#"{{"name": "x", "kind": "flow-block", "spec": {{"a": {number}}}}}"#
+                r#"{{"name": "x", "type": "flow-block", "spec": {{"a": {number}}}}}"#
             ))
             .send()
             .await

@@ -60,7 +60,7 @@ with client:
             body=CreateService.from_dict(
                 {
                     "name": "block-9000",
-                    "kind": "flow-block",
+                    "type": "flow-block",
                     "spec": {"flows": [{"protocol": "tcp", "dport": 9000}]},
                 }
             ),
