@@ -121,6 +121,7 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct ListSites {
     /// Only this catalog's sites.
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub catalog: Option<String>,
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,

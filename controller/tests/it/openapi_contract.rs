@@ -123,6 +123,9 @@ async fn schemathesis_finds_nothing_in_the_operator_api() {
     command
         .current_dir(reports.path())
         .env("NO_COLOR", "1")
+        .env("PYTHONPATH", contract_dir())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("SCHEMATHESIS_HOOKS", "isdf_contract_hooks")
         .arg("--config-file")
         .arg(contract_dir().join("schemathesis.toml"))
         .arg("run")
