@@ -456,21 +456,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("  Device API:    {}", app.device_api_url);
     println!("  Enrollment:    {}", app.enrollment_url);
     println!(
-        "  Routers:       given the two URLs above (listening on {} and {}); the TLS \
-         certificate names {}",
-        app.device_addr,
-        app.enrollment_addr,
+        "  TLS names:     {}  (in both listeners' certificate)",
         names.join(", ")
     );
-    if args.device_public_url.is_none() || args.enrollment_public_url.is_none() {
+    if args.device_public_url.is_some() && args.enrollment_public_url.is_some() {
         println!(
-            "                 for routers on a network, give an address they reach this machine \
-             by: --device-public-url https://ADDRESS:{} --enrollment-public-url \
-             https://ADDRESS:{} (its host is added to the certificate; --device-tls-name adds \
-             other names)",
+            "  Routers:       are given the two URLs above (listening on {} and {})",
+            app.device_addr, app.enrollment_addr
+        );
+    } else {
+        println!(
+            "  Routers:       are given the two URLs above, made from this machine's host name \
+             or listening address;"
+        );
+        println!(
+            "                 routers on a network need an address that reaches it: start with"
+        );
+        println!(
+            "                   --device-public-url https://ADDRESS:{} --enrollment-public-url \
+             https://ADDRESS:{}",
             app.device_addr.port(),
             app.enrollment_addr.port()
         );
+        println!("                 (ADDRESS joins the TLS names; --device-tls-name adds others)");
     }
     println!(
         "  Portal:        {}  (customers pay for gated sites here; listening on {})",
@@ -496,8 +504,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
     }
     println!(
-        "  Next: register a router with POST {}/api/v1/devices; its answer holds the \
-         enrollment token, the CA and the agent config (README: \"Connect a real router\")",
+        "  Next:          register a router: POST {}/api/v1/devices answers its enrollment \
+         token, CA and agent config (README: \"Connect a real router\")",
         app.api_url
     );
     app.run(shutdown_signal()).await?;
