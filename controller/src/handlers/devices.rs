@@ -16,6 +16,7 @@ use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
 use crate::model::{parse_name, Labels, Selector};
+use crate::reconcile::live::Topic;
 use crate::reconcile::Resign;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -130,6 +131,7 @@ pub async fn create(
         .await?;
     state.cache.add_device(id);
     state.reconciler.publish(compiled);
+    state.live.notify(Topic::Device(id));
     Ok((
         StatusCode::CREATED,
         Json(DeviceCreated {
@@ -200,6 +202,50 @@ pub struct ListDevices {
 /// The values of the device list's `state` filter.
 pub const DEVICE_STATES: [&str; 4] = ["online", "stale", "failing", "never_reported"];
 
+/// A device list's filters, parsed: what the list and the CSV export take.
+pub struct DeviceSelection {
+    selector: Option<Selector>,
+    name_contains: Option<String>,
+    state: Option<String>,
+}
+
+impl DeviceSelection {
+    pub fn parse(selector: Option<&str>, q: Option<&str>, state: Option<&str>) -> ApiResult<Self> {
+        let selector = selector
+            .map(Selector::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request("invalid_selector", e))?;
+        if let Some(wanted) = state {
+            if !DEVICE_STATES.contains(&wanted) {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("state must be one of {}", DEVICE_STATES.join(", ")),
+                ));
+            }
+        }
+        let name_contains = q.map(str::trim).filter(|q| !q.is_empty());
+        if name_contains.is_some_and(|q| q.len() > 64) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "q is longer than a device name (64)",
+            ));
+        }
+        Ok(DeviceSelection {
+            selector,
+            name_contains: name_contains.map(str::to_owned),
+            state: state.map(str::to_owned),
+        })
+    }
+
+    pub fn filter(&self) -> db::devices::DeviceFilter<'_> {
+        db::devices::DeviceFilter {
+            selector: self.selector.as_ref(),
+            name_contains: self.name_contains.as_deref(),
+            state: self.state.as_deref(),
+        }
+    }
+}
+
 #[utoipa::path(get, path = "/api/v1/devices", params(ListDevices), tag = "devices",
     responses((status = 200, body = Page<DeviceView>), (status = 400, body = crate::http::error::ErrorBody)))]
 pub async fn list(
@@ -207,38 +253,23 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListDevices>,
 ) -> ApiResult<Json<Page<DeviceView>>> {
-    let selector = query
-        .selector
-        .as_deref()
-        .map(Selector::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_selector", e))?;
-    if let Some(wanted) = query.state.as_deref() {
-        if !DEVICE_STATES.contains(&wanted) {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("state must be one of {}", DEVICE_STATES.join(", ")),
-            ));
-        }
-    }
-    let name_contains = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-    if name_contains.is_some_and(|q| q.len() > 64) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "q is longer than a device name (64)",
-        ));
-    }
+    let selection = DeviceSelection::parse(
+        query.selector.as_deref(),
+        query.q.as_deref(),
+        query.state.as_deref(),
+    )?;
     let paging = PageParams {
         limit: query.limit,
         cursor: query.cursor,
     };
     let limit = paging.limit()?;
-    let filter = db::devices::DeviceFilter {
-        selector: selector.as_ref(),
-        name_contains,
-        state: query.state.as_deref(),
-    };
-    let rows = db::devices::list(&state.pool, &filter, paging.after()?.as_deref(), limit).await?;
+    let rows = db::devices::list(
+        &state.pool,
+        &selection.filter(),
+        paging.after()?.as_deref(),
+        limit,
+    )
+    .await?;
     Ok(Json(page(
         rows,
         limit,
@@ -300,6 +331,7 @@ pub async fn delete(
     db::bus::send(&mut tx, state.reconciler.replica, &removed).await?;
     audit.commit(tx, StatusCode::NO_CONTENT, None).await?;
     state.cache.remove_device(id);
+    state.live.notify(Topic::Device(id));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -388,4 +420,64 @@ pub async fn status_history(
     find(&state, id).await?;
     let rows = db::status::history(&state.pool, id, paging.limit()?).await?;
     Ok(Json(rows.into_iter().map(StatusView::from).collect()))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServiceInForce {
+    pub assignment_id: Uuid,
+    pub service_id: Uuid,
+    pub service_name: String,
+    /// The service kind (`flow-block`, ...).
+    #[serde(rename = "type")]
+    pub service_type: String,
+    /// The revision this router compiles now (a rollout that has not
+    /// reached it yet leaves it on the previous one).
+    pub revision: i32,
+    pub selector: String,
+    /// The active rollout staging this assignment, if any.
+    pub rollout_id: Option<Uuid>,
+    /// The revision the rollout brings (when it differs from `revision`,
+    /// the router's wave is not released yet).
+    pub rollout_to_revision: Option<i32>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServicesInForce {
+    pub items: Vec<ServiceInForce>,
+}
+
+/// The services a router runs: the assignments whose selector matches its
+/// labels, each with the revision in force on this router.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/services", tag = "devices",
+    responses((status = 200, body = ServicesInForce), (status = 404, body = crate::http::error::ErrorBody)))]
+pub async fn services(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<ServicesInForce>> {
+    let device = find(&state, id).await?;
+    let labels = Labels::parse(device.labels.0)
+        .map_err(|e| anyhow::anyhow!("stored labels of {id}: {e}"))?;
+    let rows = db::assignments::as_seen_by(&state.pool, id).await?;
+    let items = rows
+        .into_iter()
+        .filter(|row| Selector::parse(&row.selector).is_ok_and(|s| s.matches(&labels)))
+        .filter_map(|row| {
+            let revision = match (row.rollout_id, row.released) {
+                (Some(_), false) => row.from_revision?,
+                _ => row.revision,
+            };
+            Some(ServiceInForce {
+                assignment_id: row.assignment_id,
+                service_id: row.service_id,
+                service_name: row.service_name,
+                service_type: row.kind,
+                revision,
+                selector: row.selector,
+                rollout_id: row.rollout_id,
+                rollout_to_revision: row.rollout_id.map(|_| row.revision),
+            })
+        })
+        .collect();
+    Ok(Json(ServicesInForce { items }))
 }
