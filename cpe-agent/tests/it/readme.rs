@@ -292,7 +292,7 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
     let service = operator
         .post(
             "/api/v1/services",
-            json!({"name": "block-9000", "kind": "flow-block",
+            json!({"name": "block-9000", "type": "flow-block",
                    "spec": {"action": "drop", "flows": [{"protocol": "tcp", "dport": BLOCKED_PORT}]}}),
         )
         .await;
