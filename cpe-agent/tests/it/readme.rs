@@ -4,7 +4,8 @@
 //! printed lines read for the URLs and the operator token, a router
 //! registered through the API, the answer's three values written as files,
 //! and the real agent started with `isdf-agent run --config FILE` in the
-//! router's namespace, reaching `applied`; then the README's flow block.
+//! router's namespace, reaching `applied`; then the README's flow block,
+//! and the router moved off its plan and back by its labels.
 //!
 //! The controller runs in the WAN namespace, where the routers' side knows
 //! it as `WAN_HOST` (198.51.100.2); its operator API stays on that
@@ -329,6 +330,50 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
             topo2.lan.tcp_works(router_lan, ATTEMPT),
             "traffic to the router itself is not blocked"
         );
+    })
+    .await;
+
+    // Step 4: the router moves to another plan; the flow block follows
+    // the label away, and back with a change of every router in a region.
+    operator
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/devices/{device}"),
+            Some(json!({"labels": {"plan": "basic", "region": "north"}})),
+        )
+        .await;
+    wait_applied(&operator, &device, 3, &agent, &controller).await;
+    let topo2 = topo.clone();
+    blocking(move || {
+        wait_until(
+            "the LAN's port 9000 works again",
+            Duration::from_secs(5),
+            || topo2.lan.tcp_works(wan(BLOCKED_PORT), ATTEMPT),
+        )
+    })
+    .await;
+    let relabelled = operator
+        .post(
+            "/api/v1/devices/labels",
+            json!({"selector": "region=north", "set": {"plan": "family"}}),
+        )
+        .await;
+    assert_eq!(
+        (
+            relabelled["matched"].as_i64(),
+            relabelled["changed"].as_i64()
+        ),
+        (Some(1), Some(1)),
+        "{relabelled}"
+    );
+    wait_applied(&operator, &device, 4, &agent, &controller).await;
+    let topo2 = topo.clone();
+    blocking(move || {
+        wait_until(
+            "the LAN's port 9000 is blocked again",
+            Duration::from_secs(5),
+            || !topo2.lan.tcp_works(wan(BLOCKED_PORT), ATTEMPT),
+        )
     })
     .await;
     drop(agent);
