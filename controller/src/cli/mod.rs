@@ -31,7 +31,7 @@ use self::output::Format;
     propagate_version = true
 )]
 pub struct Cli {
-    /// The controller's operator API.
+    /// URL of the controller's operator API (printed by the controller at start).
     #[arg(
         long,
         env = "ISDF_SERVER",
@@ -40,7 +40,9 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub server: String,
-    /// Operator bearer token.
+    /// Operator token (`isdf_op_...`), sent as a bearer token; the controller
+    /// prints the first one at its first start, admins make more with
+    /// `isdfctl operator-tokens create`.
     #[arg(
         long,
         env = "ISDF_TOKEN",
@@ -49,7 +51,7 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub token: Option<String>,
-    /// A file holding the operator token (wins over --token).
+    /// A file holding the operator token (wins over --token and ISDF_TOKEN).
     #[arg(
         long,
         env = "ISDF_TOKEN_FILE",
@@ -57,7 +59,8 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub token_file: Option<PathBuf>,
-    /// PEM CA certificate(s) to trust for an HTTPS operator API.
+    /// PEM CA certificate(s) to trust for an HTTPS operator API (only these
+    /// are trusted).
     #[arg(
         long,
         env = "ISDF_CA_FILE",
@@ -65,7 +68,7 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub ca_file: Option<PathBuf>,
-    /// Output format.
+    /// Output format: tables for people, the API's documents for programs.
     #[arg(
         short,
         long,

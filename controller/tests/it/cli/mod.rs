@@ -14,6 +14,7 @@ use crate::support::Harness;
 
 mod apply;
 mod errors;
+mod help;
 mod output;
 
 const FLEET: &str = include_str!("../../../../deploy/examples/fleet.yaml");
