@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::support::Harness;
 
 mod apply;
+mod changes;
 mod errors;
 mod help;
 mod output;
