@@ -327,7 +327,12 @@ impl<'a> Applier<'a> {
     fn reference(&self, resource: &res::Resource, name: &str) -> Result<Option<String>, CliError> {
         match self.find(resource, name)? {
             Some(item) => Ok(Some(id_text(&item["id"]))),
-            None if self.planned.contains(&(resource.kind, name.to_owned())) => Ok(None),
+            // Applying, what the file created exists: only a check plans.
+            None if self.mode == Mode::Check
+                && self.planned.contains(&(resource.kind, name.to_owned())) =>
+            {
+                Ok(None)
+            }
             None => Err(CliError::api(
                 "not_found",
                 format!(
