@@ -60,8 +60,8 @@ pub enum ServiceCommand {
         /// The service's name or id.
         service: String,
     },
-    /// Hide a service from lists and refuse new revisions and assignments
-    /// (what assigns it keeps running).
+    /// Retire a service nothing assigns: hidden from lists, no new revisions
+    /// or assignments (refused while assigned; the assignments are listed).
     Archive {
         /// The service's name or id.
         service: String,
@@ -342,14 +342,20 @@ fn delete(context: &Context, service: &str) -> Result<u8, CliError> {
     let client = &context.client;
     let services = &res::SERVICES;
     let id = services.resolve(client, service)?;
-    match client.send(Method::DELETE, &services.item_path(&id), None) {
-        Ok(_) => {
-            print_done(context, services.kind, service, "deleted")?;
-            Ok(0)
-        }
-        Err(e) if e.code() == Some("service_assigned") => {
+    client
+        .send(Method::DELETE, &services.item_path(&id), None)
+        .map_err(|e| assigned_hint(context, e, &id))?;
+    print_done(context, services.kind, service, "deleted")?;
+    Ok(0)
+}
+
+/// A 409 `service_assigned` lists the assignments to delete first.
+fn assigned_hint(context: &Context, e: CliError, id: &str) -> CliError {
+    let client = &context.client;
+    match e {
+        e if e.code() == Some("service_assigned") => {
             let assignments = client
-                .list_all(res::ASSIGNMENTS.path, &[("service_id", id.clone())])
+                .list_all(res::ASSIGNMENTS.path, &[("service_id", id.to_owned())])
                 .unwrap_or_default();
             let mut hint = String::new();
             if !assignments.is_empty() {
@@ -368,14 +374,13 @@ fn delete(context: &Context, service: &str) -> Result<u8, CliError> {
                     &rows,
                 ));
             }
-            hint.push_str(&format!(
-                "delete those with `isdfctl assignments delete ID` (and end its active rollouts \
-                 with `isdfctl rollouts abort ID`), or keep it with \
-                 `isdfctl services archive {service}` (no new revisions or assignments)"
-            ));
-            Err(e.hint(hint))
+            hint.push_str(
+                "delete those first with `isdfctl assignments delete ID` (an active rollout \
+                 of one ends with `isdfctl rollouts abort ID`)",
+            );
+            e.hint(hint)
         }
-        Err(e) => Err(e),
+        e => e,
     }
 }
 
@@ -383,11 +388,14 @@ fn delete(context: &Context, service: &str) -> Result<u8, CliError> {
 fn archive(context: &Context, service: &str, archived: bool) -> Result<u8, CliError> {
     let services = &res::SERVICES;
     let id = services.resolve(&context.client, service)?;
-    let answer = context.client.send(
-        Method::PATCH,
-        &services.item_path(&id),
-        Some(&json!({"archived": archived})),
-    )?;
+    let answer = context
+        .client
+        .send(
+            Method::PATCH,
+            &services.item_path(&id),
+            Some(&json!({"archived": archived})),
+        )
+        .map_err(|e| assigned_hint(context, e, &id))?;
     match context.format {
         output::Format::Table => {
             let action = if archived { "archived" } else { "unarchived" };

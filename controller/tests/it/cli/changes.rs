@@ -618,7 +618,18 @@ async fn cli_services_delete_archive_and_assignment_warnings() {
         refused.stderr
     );
 
-    // Archive: hidden from the list, no new revision, found by name still.
+    // Archiving is refused the same way while assigned.
+    let refused = ctl.run(&["services", "archive", "s"]).await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.starts_with("error: service_assigned: ")
+            && refused.stderr.contains(&format!("hint: {id}  plan=nobody")),
+        "{}",
+        refused.stderr
+    );
+    ctl.ok(&["assignments", "delete", id]).await;
+
+    // Archived: hidden from the list, no new revision, found by name still.
     assert_eq!(
         ctl.ok(&["services", "archive", "s"]).await.stdout,
         "service/s archived\n"
@@ -639,11 +650,64 @@ async fn cli_services_delete_archive_and_assignment_warnings() {
         ctl.ok(&["services", "unarchive", "s"]).await.stdout,
         "service/s unarchived\n"
     );
-
-    ctl.ok(&["assignments", "delete", id]).await;
     assert_eq!(
         ctl.ok(&["services", "delete", "s"]).await.stdout,
         "service/s deleted\n"
     );
     assert_eq!(ctl.run(&["services", "get", "s"]).await.code, 1);
+}
+
+/// A rollout whose canary matches no router is refused with a hint to pick
+/// another canary or `--allow-empty-waves`, which starts it.
+#[tokio::test]
+async fn cli_rollout_with_an_empty_canary_is_refused_unless_allowed() {
+    let h = Harness::start().await;
+    let ctl = Ctl::new(&h);
+    ctl.ok(&["apply", "-f", &ctl.file("fleet.yaml", FLEET)])
+        .await;
+    let spec = ctl.file(
+        "block.json",
+        r#"{"flows": [{"protocol": "tcp", "dport": 2323}]}"#,
+    );
+    ctl.ok(&[
+        "services",
+        "revisions",
+        "create",
+        "block-telnet",
+        "--spec",
+        &spec,
+    ])
+    .await;
+    let args = [
+        "rollouts",
+        "create",
+        "--service",
+        "block-telnet",
+        "--selector",
+        "plan=family",
+        "--canary-selector",
+        "plan=nobody",
+    ];
+    let refused = ctl.run(&args).await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.starts_with("error: empty_wave: "),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("hint: ") && refused.stderr.contains("--allow-empty-waves"),
+        "{}",
+        refused.stderr
+    );
+    let allowed: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--allow-empty-waves"])
+        .collect();
+    let started = ctl.json(&allowed).await;
+    assert_eq!(started["state"], "running", "{started}");
+    // It staged the fleet file's assignment, not a second one.
+    let assignments = ctl.json(&["assignments", "list"]).await;
+    assert_eq!(assignments.as_array().unwrap().len(), 1, "{assignments}");
 }
