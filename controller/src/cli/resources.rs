@@ -228,6 +228,7 @@ pub const ROLLOUTS: Resource = resource(
         ("FROM", "/from_revision"),
         ("TO", "/to_revision"),
         ("STATE", "/state"),
+        ("OUTCOME", "/outcome"),
         ("WAVE", "/current_wave"),
         ("APPLIED", "/totals/applied"),
         ("ROUTERS", "/totals/routers"),
