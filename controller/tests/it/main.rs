@@ -8,6 +8,8 @@ mod cli;
 mod crash;
 mod dashboard;
 mod dashboard_api;
+mod dashboard_forms;
+mod dashboard_screenshots;
 mod device_api;
 mod device_certificates;
 mod enrollment;
