@@ -311,6 +311,7 @@ async fn token(args: ServeArgs, command: TokenCommand) -> anyhow::Result<()> {
         let (pool, actor) = (pool.clone(), actor.clone());
         async move {
             let entry = db::audit::NewAuditEntry {
+                dry_run: false,
                 actor_id: None,
                 actor: &actor,
                 action,

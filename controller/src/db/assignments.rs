@@ -125,3 +125,67 @@ pub async fn all_with_specs(
     .fetch_all(db)
     .await
 }
+
+/// The assignment of `service` on exactly `selector` (its normal form).
+pub async fn find(
+    db: impl PgExecutor<'_>,
+    service_id: Uuid,
+    selector: &str,
+) -> Result<Option<AssignmentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM assignments WHERE service_id = $1 AND selector = $2"
+    ))
+    .bind(service_id)
+    .bind(selector)
+    .fetch_optional(db)
+    .await
+}
+
+/// Every assignment of `service`, oldest first.
+pub async fn of_service(
+    db: impl PgExecutor<'_>,
+    service_id: Uuid,
+) -> Result<Vec<AssignmentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM assignments WHERE service_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(service_id)
+    .fetch_all(db)
+    .await
+}
+
+/// An assignment as one router sees it: its service, and the active
+/// rollout staging it with whether the router was released to it yet.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AssignmentForDevice {
+    pub assignment_id: Uuid,
+    pub service_id: Uuid,
+    pub service_name: String,
+    pub kind: String,
+    pub revision: i32,
+    pub selector: String,
+    pub rollout_id: Option<Uuid>,
+    pub from_revision: Option<i32>,
+    pub released: bool,
+}
+
+/// Every assignment, as `device` sees it (whether its selector matches the
+/// router is the caller's to decide), by service name.
+pub async fn as_seen_by(
+    db: impl PgExecutor<'_>,
+    device: Uuid,
+) -> Result<Vec<AssignmentForDevice>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.id AS assignment_id, a.service_id, s.name AS service_name, s.kind,
+                a.revision, a.selector, r.id AS rollout_id, r.from_revision,
+                coalesce(rd.state <> 'waiting', false) AS released
+         FROM assignments a
+         JOIN services s ON s.id = a.service_id
+         LEFT JOIN rollouts r ON r.assignment_id = a.id AND r.state IN ('running', 'paused')
+         LEFT JOIN rollout_devices rd ON rd.rollout_id = r.id AND rd.device_id = $1
+         ORDER BY s.name, a.created_at, a.id",
+    )
+    .bind(device)
+    .fetch_all(db)
+    .await
+}

@@ -21,6 +21,9 @@ pub struct AuditRow {
 /// One entry to append.
 #[derive(Debug, Clone)]
 pub struct NewAuditEntry<'a> {
+    /// The entry of a dry run: never stored, and the change it belongs to
+    /// is rolled back where it would be appended.
+    pub dry_run: bool,
     pub actor_id: Option<Uuid>,
     pub actor: &'a str,
     pub action: &'a str,

@@ -308,3 +308,73 @@ pub async fn ids_of_customer(
         .fetch_all(db)
         .await
 }
+
+/// Renames and/or relabels a device (None keeps that part).
+pub async fn update(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    name: Option<&str>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<Option<DeviceRow>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE devices SET name = coalesce($2, name), labels = coalesce($3, labels)
+         WHERE id = $1 RETURNING id, name, labels, created_at, cert_not_after",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(labels.map(Json))
+    .fetch_optional(db)
+    .await
+}
+
+/// How many devices `selector` matches.
+pub async fn count_matching(
+    db: impl PgExecutor<'_>,
+    selector: &Selector,
+) -> Result<i64, sqlx::Error> {
+    let mut q = QueryBuilder::new("SELECT count(*) FROM devices WHERE true");
+    push_selector(&mut q, selector);
+    q.build_query_scalar().fetch_one(db).await
+}
+
+/// The first `limit` devices `selector` matches, by name: (id, name).
+pub async fn sample_matching(
+    db: impl PgExecutor<'_>,
+    selector: &Selector,
+    limit: i64,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    let mut q = QueryBuilder::new("SELECT id, name FROM devices WHERE true");
+    push_selector(&mut q, selector);
+    q.push(" ORDER BY name LIMIT ").push_bind(limit);
+    q.build_query_as().fetch_all(db).await
+}
+
+/// A device whose labels a bulk change altered: its id and how many labels
+/// it has now.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Relabelled {
+    pub id: Uuid,
+    pub label_count: i64,
+}
+
+/// Sets `set` and removes `remove` on every device `selector` matches, in
+/// one statement; answers the devices whose labels changed.
+pub async fn relabel(
+    db: impl PgExecutor<'_>,
+    selector: &Selector,
+    set: &BTreeMap<String, String>,
+    remove: &[String],
+) -> Result<Vec<Relabelled>, sqlx::Error> {
+    let mut q = QueryBuilder::new("WITH changed AS (SELECT id, (labels - ");
+    q.push_bind(remove.to_vec())
+        .push("::text[]) || ")
+        .push_bind(Json(set))
+        .push("::jsonb AS labels FROM devices WHERE true");
+    push_selector(&mut q, selector);
+    q.push(
+        ") UPDATE devices d SET labels = changed.labels FROM changed \
+         WHERE d.id = changed.id AND d.labels IS DISTINCT FROM changed.labels \
+         RETURNING d.id, (SELECT count(*) FROM jsonb_object_keys(changed.labels)) AS label_count",
+    );
+    q.build_query_as().fetch_all(db).await
+}

@@ -12,6 +12,7 @@ pub struct ServiceRow {
     pub kind: String,
     pub created_at: DateTime<Utc>,
     pub latest_revision: i32,
+    pub archived: bool,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -22,7 +23,8 @@ pub struct RevisionRow {
     pub created_at: DateTime<Utc>,
 }
 
-const SERVICE_COLUMNS: &str = "s.id, s.name, s.kind, s.created_at,
+const SERVICE_COLUMNS: &str =
+    "s.id, s.name, s.kind, s.created_at, s.archived_at IS NOT NULL AS archived,
     (SELECT max(revision) FROM service_revisions r WHERE r.service_id = s.id) AS latest_revision";
 
 /// Creates a service with its first revision. Run inside a transaction.
@@ -56,17 +58,21 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ServiceRow>
     .await
 }
 
+/// One page of services by name; archived ones only with `archived`.
 pub async fn list(
     db: impl PgExecutor<'_>,
+    archived: bool,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<ServiceRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {SERVICE_COLUMNS} FROM services s
-         WHERE $1::text IS NULL OR s.name > $1 ORDER BY s.name LIMIT $2"
+         WHERE ($1::text IS NULL OR s.name > $1) AND ($3 OR s.archived_at IS NULL)
+         ORDER BY s.name LIMIT $2"
     ))
     .bind(after)
     .bind(limit)
+    .bind(archived)
     .fetch_all(db)
     .await
 }
@@ -128,4 +134,42 @@ pub async fn list_revisions(
     .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// Archives (`true`) or unarchives a service; None when there is none.
+pub async fn set_archived(
+    tx: &mut PgConnection,
+    id: Uuid,
+    archived: bool,
+) -> Result<Option<ServiceRow>, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE services SET archived_at = CASE WHEN $2 THEN coalesce(archived_at, now()) END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(archived)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
+    }
+    get(&mut *tx, id).await
+}
+
+/// The service, its row locked until the transaction ends.
+pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query("SELECT id FROM services WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(db)
+        .await
+        .map(|r| r.rows_affected() > 0)
+}
+
+/// Deletes a service with its revisions and its finished rollouts' history.
+pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM services WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }

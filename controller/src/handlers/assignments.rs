@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::db;
-use crate::handlers::{page, Page};
+use crate::handlers::{commit_recompiled_now_or_soon, page, Page, RecompiledView};
 use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
@@ -43,17 +43,13 @@ pub struct AssignmentView {
     /// Devices recompiled by this call, and how many got a new config version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recompiled: Option<RecompiledView>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RecompiledView {
-    /// Routers compiled before the answer...
-    pub devices: usize,
-    /// ...of which this many got a new config.
-    pub changed: usize,
-    /// Routers beyond what one change compiles at once (1,000), compiled
-    /// within moments of the answer, a chunk at a time.
-    pub pending: usize,
+    /// Routers the selector matches now (answers of changes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched: Option<usize>,
+    /// What the operator should look at, e.g. a selector that matches no
+    /// router (accepted: routers may get the labels later).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl AssignmentView {
@@ -65,8 +61,31 @@ impl AssignmentView {
             selector: row.selector,
             created_at: row.created_at,
             recompiled,
+            matched: None,
+            warnings: Vec::new(),
         }
     }
+
+    /// The answer of a change: what it recompiled, and how many routers
+    /// the selector matches (with a warning when none).
+    fn changed(row: db::assignments::AssignmentRow, recompiled: Recompiled) -> Self {
+        let warnings = if recompiled.matched == 0 {
+            vec![format!("selector `{}` matches no router", row.selector)]
+        } else {
+            Vec::new()
+        };
+        AssignmentView {
+            matched: Some(recompiled.matched),
+            warnings,
+            ..AssignmentView::new(row, Some(recompiled.view))
+        }
+    }
+}
+
+/// What a change of an assignment recompiled, and the routers it matches.
+struct Recompiled {
+    view: RecompiledView,
+    matched: usize,
 }
 
 fn parse_selector(text: &str) -> ApiResult<Selector> {
@@ -89,6 +108,20 @@ async fn check_revision(
         })
 }
 
+/// Refuses to assign an archived service.
+pub(crate) fn refuse_if_archived(service: &db::services::ServiceRow) -> ApiResult<()> {
+    if service.archived {
+        return Err(ApiError::conflict(
+            "service_archived",
+            format!(
+                "service `{}` is archived; unarchive it first (PATCH /api/v1/services/{} {{\"archived\": false}})",
+                service.name, service.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a direct change to an assignment a rollout is staging.
 async fn refuse_if_staged(tx: &mut sqlx::PgConnection, id: Uuid) -> ApiResult<()> {
     match db::rollouts::active_for_assignment(tx, id).await? {
@@ -108,18 +141,14 @@ async fn commit_and_recompile(
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     status: StatusCode,
     row: &db::assignments::AssignmentRow,
-) -> ApiResult<RecompiledView> {
-    let selected = state
-        .reconciler
-        .recompile_selected_in(&mut tx, &parse_selector(&row.selector)?)
-        .await?;
-    audit.commit(tx, status, Some(row.id.to_string())).await?;
-    let summary = state.reconciler.publish(selected.now);
-    state.reconciler.poke();
-    Ok(RecompiledView {
-        devices: summary.compiled,
-        changed: summary.changed,
-        pending: selected.soon,
+) -> ApiResult<Recompiled> {
+    let devices = db::devices::matching_ids(&mut *tx, &parse_selector(&row.selector)?).await?;
+    let view =
+        commit_recompiled_now_or_soon(state, audit, tx, &devices, status, Some(row.id.to_string()))
+            .await?;
+    Ok(Recompiled {
+        view,
+        matched: devices.len(),
     })
 }
 
@@ -137,6 +166,16 @@ pub async fn create(
         .ok_or_else(|| {
             ApiError::bad_request("unknown_service", format!("no service {}", body.service_id))
         })?;
+    refuse_if_archived(&service)?;
+    if let Some(existing) = db::assignments::find(&mut *tx, service.id, selector.as_str()).await? {
+        return Err(ApiError::conflict(
+            "assignment_exists",
+            format!(
+                "service `{}` is already assigned on `{}` (assignment {}, revision {}); change its revision instead (PATCH /api/v1/assignments/{}) or start a rollout of it",
+                service.name, existing.selector, existing.id, existing.revision, existing.id
+            ),
+        ));
+    }
     let revision = body.revision.unwrap_or(service.latest_revision);
     check_revision(&mut tx, service.id, revision).await?;
     let row = db::assignments::insert(
@@ -150,7 +189,7 @@ pub async fn create(
     let recompiled = commit_and_recompile(&state, &audit, tx, StatusCode::CREATED, &row).await?;
     Ok((
         StatusCode::CREATED,
-        Json(AssignmentView::new(row, Some(recompiled))),
+        Json(AssignmentView::changed(row, recompiled)),
     ))
 }
 
@@ -215,7 +254,7 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))?;
     let recompiled = commit_and_recompile(&state, &audit, tx, StatusCode::OK, &row).await?;
-    Ok(Json(AssignmentView::new(row, Some(recompiled))))
+    Ok(Json(AssignmentView::changed(row, recompiled)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/assignments/{id}", tag = "assignments",
@@ -231,5 +270,5 @@ pub async fn delete(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no assignment {id}")))?;
     let recompiled = commit_and_recompile(&state, &audit, tx, StatusCode::OK, &row).await?;
-    Ok(Json(AssignmentView::new(row, Some(recompiled))))
+    Ok(Json(AssignmentView::changed(row, recompiled)))
 }

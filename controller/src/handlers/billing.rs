@@ -103,6 +103,7 @@ pub async fn webhook(State(state): State<AppState>, request: Request) -> Respons
                 .and_then(|v| v["payment_id"].as_str().map(str::to_owned))
                 .map(|id| id.replace('\0', "\u{FFFD}"));
             let entry = NewAuditEntry {
+                dry_run: false,
                 actor_id: None,
                 actor: ACTOR,
                 action: &action,
@@ -181,6 +182,7 @@ async fn record(
     .await?;
     let purchase_id = staged.purchase.id.to_string();
     let entry = NewAuditEntry {
+        dry_run: false,
         actor_id: None,
         actor: ACTOR,
         action,

@@ -235,6 +235,7 @@ async fn audit(
     peer: Option<String>,
 ) {
     let entry = NewAuditEntry {
+        dry_run: false,
         actor_id,
         actor,
         action: "ui.login",

@@ -16,6 +16,7 @@ use crate::http::auth::Operator;
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::state::AppState;
 use crate::model::{parse_name, Labels, Selector};
+use crate::reconcile::live::Topic;
 use crate::reconcile::Resign;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -130,6 +131,7 @@ pub async fn create(
         .await?;
     state.cache.add_device(id);
     state.reconciler.publish(compiled);
+    state.live.notify(Topic::Device(id));
     Ok((
         StatusCode::CREATED,
         Json(DeviceCreated {
@@ -300,6 +302,7 @@ pub async fn delete(
     db::bus::send(&mut tx, state.reconciler.replica, &removed).await?;
     audit.commit(tx, StatusCode::NO_CONTENT, None).await?;
     state.cache.remove_device(id);
+    state.live.notify(Topic::Device(id));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -388,4 +391,64 @@ pub async fn status_history(
     find(&state, id).await?;
     let rows = db::status::history(&state.pool, id, paging.limit()?).await?;
     Ok(Json(rows.into_iter().map(StatusView::from).collect()))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServiceInForce {
+    pub assignment_id: Uuid,
+    pub service_id: Uuid,
+    pub service_name: String,
+    /// The service kind (`flow-block`, ...).
+    #[serde(rename = "type")]
+    pub service_type: String,
+    /// The revision this router compiles now (a rollout that has not
+    /// reached it yet leaves it on the previous one).
+    pub revision: i32,
+    pub selector: String,
+    /// The active rollout staging this assignment, if any.
+    pub rollout_id: Option<Uuid>,
+    /// The revision the rollout brings (when it differs from `revision`,
+    /// the router's wave is not released yet).
+    pub rollout_to_revision: Option<i32>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServicesInForce {
+    pub items: Vec<ServiceInForce>,
+}
+
+/// The services a router runs: the assignments whose selector matches its
+/// labels, each with the revision in force on this router.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/services", tag = "devices",
+    responses((status = 200, body = ServicesInForce), (status = 404, body = crate::http::error::ErrorBody)))]
+pub async fn services(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<ServicesInForce>> {
+    let device = find(&state, id).await?;
+    let labels = Labels::parse(device.labels.0)
+        .map_err(|e| anyhow::anyhow!("stored labels of {id}: {e}"))?;
+    let rows = db::assignments::as_seen_by(&state.pool, id).await?;
+    let items = rows
+        .into_iter()
+        .filter(|row| Selector::parse(&row.selector).is_ok_and(|s| s.matches(&labels)))
+        .filter_map(|row| {
+            let revision = match (row.rollout_id, row.released) {
+                (Some(_), false) => row.from_revision?,
+                _ => row.revision,
+            };
+            Some(ServiceInForce {
+                assignment_id: row.assignment_id,
+                service_id: row.service_id,
+                service_name: row.service_name,
+                service_type: row.kind,
+                revision,
+                selector: row.selector,
+                rollout_id: row.rollout_id,
+                rollout_to_revision: row.rollout_id.map(|_| row.revision),
+            })
+        })
+        .collect();
+    Ok(Json(ServicesInForce { items }))
 }

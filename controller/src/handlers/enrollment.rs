@@ -265,6 +265,7 @@ pub async fn enroll(
         Compiled::default()
     };
     let entry = db::audit::NewAuditEntry {
+        dry_run: false,
         actor_id: None,
         actor: "enrollment",
         action: "device.enroll",

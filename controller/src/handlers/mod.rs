@@ -10,6 +10,7 @@ pub mod blocks;
 pub mod customers;
 pub mod dashboard;
 pub mod device_api;
+pub mod device_labels;
 pub mod devices;
 pub mod enrollment;
 pub mod fleet;
@@ -77,6 +78,43 @@ pub async fn commit_recompiled_soon(
     audit.commit(tx, status, None).await?;
     state.reconciler.poke();
     Ok(state.reconciler.publish(compiled))
+}
+
+/// What a change recompiled.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecompiledView {
+    /// Routers compiled before the answer...
+    pub devices: usize,
+    /// ...of which this many got a new config.
+    pub changed: usize,
+    /// Routers beyond what one change compiles at once (1,000), compiled
+    /// within moments of the answer, a chunk at a time.
+    pub pending: usize,
+}
+
+/// Recompiles `devices` in `tx` when they are few, else marks them for the
+/// pass that compiles them within moments (`reconcile::soon`); commits the
+/// change with the request's audit entry and publishes what was compiled.
+pub async fn commit_recompiled_now_or_soon(
+    state: &AppState,
+    audit: &AuditTrail,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    devices: &[uuid::Uuid],
+    status: axum::http::StatusCode,
+    target: Option<String>,
+) -> ApiResult<RecompiledView> {
+    let selected = state
+        .reconciler
+        .recompile_now_or_soon_in(&mut tx, devices)
+        .await?;
+    audit.commit(tx, status, target).await?;
+    let summary = state.reconciler.publish(selected.now);
+    state.reconciler.poke();
+    Ok(RecompiledView {
+        devices: summary.compiled,
+        changed: summary.changed,
+        pending: selected.soon,
+    })
 }
 
 /// One page of a list, with the cursor of the next page if there is one.

@@ -187,7 +187,14 @@ pub async fn create(
     let id = state
         .rollouts
         .start(target, body.revision, &plan, &operator.name, &entry)
-        .await?;
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            ApiError::DryRun { target, .. } => ApiError::DryRun {
+                status: StatusCode::CREATED,
+                target,
+            },
+            other => other,
+        })?;
     audit.committed();
     Ok((StatusCode::CREATED, view_of(&state, id).await?))
 }

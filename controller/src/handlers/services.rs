@@ -1,7 +1,7 @@
 //! `/api/v1/services`: service definitions and their immutable revisions.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,20 +20,54 @@ use crate::services::{ServiceKind, ServiceSpec};
 #[serde(deny_unknown_fields)]
 pub struct CreateService {
     pub name: String,
-    /// Service kind; `flow-block` for now.
-    pub kind: String,
-    /// The first revision's spec, whose shape depends on `kind`.
+    /// The service kind: `flow-block`, `bittorrent-block` or `pay-per-site`
+    /// (the same field as `type` in `isdfctl apply` files).
+    #[serde(rename = "type")]
+    pub service_type: Option<String>,
+    /// The former name of `type`, still accepted.
+    #[schema(deprecated)]
+    pub kind: Option<String>,
+    /// The first revision's spec, whose shape depends on `type`.
     #[schema(value_type = Object)]
     pub spec: serde_json::Value,
+}
+
+impl CreateService {
+    /// The kind asked for, and a warning when it came as `kind`.
+    fn service_type(&self) -> ApiResult<(&str, Option<String>)> {
+        match (&self.service_type, &self.kind) {
+            (Some(t), None) => Ok((t, None)),
+            (None, Some(k)) => Ok((
+                k,
+                Some("`kind` is deprecated: name the service kind `type`".to_owned()),
+            )),
+            (Some(_), Some(_)) => Err(ApiError::invalid(
+                "give the service kind once, as `type` (`kind` is its deprecated name)",
+            )),
+            (None, None) => Err(ApiError::invalid(
+                "missing field `type` (the service kind, e.g. `flow-block`)",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ServiceView {
     pub id: Uuid,
     pub name: String,
+    /// The service kind (`flow-block`, ...).
+    #[serde(rename = "type")]
+    pub service_type: String,
+    /// The same as `type`, under its former name.
+    #[schema(deprecated)]
     pub kind: String,
     pub latest_revision: i32,
     pub created_at: DateTime<Utc>,
+    /// Hidden from the list by default; no new revisions or assignments.
+    pub archived: bool,
+    /// What the caller should change in its request (deprecated fields).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl From<db::services::ServiceRow> for ServiceView {
@@ -41,9 +75,12 @@ impl From<db::services::ServiceRow> for ServiceView {
         ServiceView {
             id: row.id,
             name: row.name,
+            service_type: row.kind.clone(),
             kind: row.kind,
             latest_revision: row.latest_revision,
             created_at: row.created_at,
+            archived: row.archived,
+            warnings: Vec::new(),
         }
     }
 }
@@ -70,9 +107,10 @@ impl From<db::services::RevisionRow> for RevisionView {
 
 fn parse_kind(kind: &str) -> ApiResult<ServiceKind> {
     ServiceKind::parse(kind).ok_or_else(|| {
+        let known: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.as_str()).collect();
         ApiError::bad_request(
             "unknown_kind",
-            format!("unknown service kind `{kind}`; known: flow-block"),
+            format!("unknown service type `{kind}`; known: {}", known.join(", ")),
         )
     })
 }
@@ -92,9 +130,10 @@ pub async fn create(
     audit: AuditTrail,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateService>,
-) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+) -> ApiResult<(StatusCode, HeaderMap, Json<ServiceView>)> {
     let name = parse_name(&body.name, "service").map_err(ApiError::invalid)?;
-    let kind = parse_kind(&body.kind)?;
+    let (service_type, deprecation) = body.service_type()?;
+    let kind = parse_kind(service_type)?;
     check_spec(kind, &body.spec)?;
     let mut tx = state.pool.begin().await?;
     let row = db::services::insert(&mut tx, Uuid::new_v4(), &name, kind.as_str(), &body.spec)
@@ -109,18 +148,44 @@ pub async fn create(
     audit
         .commit(tx, StatusCode::CREATED, Some(row.id.to_string()))
         .await?;
-    Ok((StatusCode::CREATED, Json(row.into())))
+    let mut headers = HeaderMap::new();
+    let mut view = ServiceView::from(row);
+    if let Some(warning) = deprecation {
+        headers.insert("deprecation", HeaderValue::from_static("true"));
+        view.warnings.push(warning);
+    }
+    Ok((StatusCode::CREATED, headers, Json(view)))
 }
 
-#[utoipa::path(get, path = "/api/v1/services", params(PageParams), tag = "services",
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListServices {
+    /// Include archived services (default false).
+    #[serde(default)]
+    pub archived: bool,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/services", params(ListServices), tag = "services",
     responses((status = 200, body = Page<ServiceView>)))]
 pub async fn list(
     _operator: Operator,
     State(state): State<AppState>,
-    ApiQuery(paging): ApiQuery<PageParams>,
+    ApiQuery(query): ApiQuery<ListServices>,
 ) -> ApiResult<Json<Page<ServiceView>>> {
+    let paging = PageParams {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
     let limit = paging.limit()?;
-    let rows = db::services::list(&state.pool, paging.after()?.as_deref(), limit).await?;
+    let rows = db::services::list(
+        &state.pool,
+        query.archived,
+        paging.after()?.as_deref(),
+        limit,
+    )
+    .await?;
     Ok(Json(page(
         rows,
         limit,
@@ -147,6 +212,68 @@ pub async fn get(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct UpdateService {
+    /// Archive (true) or bring back (false) the service.
+    pub archived: bool,
+}
+
+/// Archives or unarchives a service. An archived service keeps its
+/// assignments' effect but is hidden from the list and takes no new
+/// revisions or assignments.
+#[utoipa::path(patch, path = "/api/v1/services/{id}", request_body = UpdateService, tag = "services",
+    responses((status = 200, body = ServiceView), (status = 404, body = crate::http::error::ErrorBody)))]
+pub async fn update(
+    audit: AuditTrail,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<UpdateService>,
+) -> ApiResult<Json<ServiceView>> {
+    let mut tx = state.pool.begin().await?;
+    let row = db::services::set_archived(&mut tx, id, body.archived)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no service {id}")))?;
+    audit.commit(tx, StatusCode::OK, None).await?;
+    Ok(Json(row.into()))
+}
+
+/// Deletes a service nothing assigns, with its revisions (the audit log
+/// keeps what was done with it). 409 names the assignments that use it.
+#[utoipa::path(delete, path = "/api/v1/services/{id}", tag = "services",
+    responses((status = 204), (status = 404, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody)))]
+pub async fn delete(
+    audit: AuditTrail,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    // Under the recompile lock, as assignments are made: none can appear
+    // between the check and the delete.
+    let mut tx = state.reconciler.begin_change().await?;
+    let service = db::services::get(&mut *tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no service {id}")))?;
+    let assignments = db::assignments::of_service(&mut *tx, id).await?;
+    if !assignments.is_empty() {
+        let named: Vec<String> = assignments
+            .iter()
+            .map(|a| format!("{} on `{}`", a.id, a.selector))
+            .collect();
+        return Err(ApiError::conflict(
+            "service_assigned",
+            format!(
+                "service `{}` is assigned ({}); delete those assignments first, or archive the service",
+                service.name,
+                named.join(", ")
+            ),
+        ));
+    }
+    db::services::delete(&mut *tx, id).await?;
+    audit.commit(tx, StatusCode::NO_CONTENT, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateRevision {
     #[schema(value_type = Object)]
     pub spec: serde_json::Value,
@@ -161,6 +288,15 @@ pub async fn create_revision(
     ApiJson(body): ApiJson<CreateRevision>,
 ) -> ApiResult<(StatusCode, Json<RevisionView>)> {
     let service = find(&state, id).await?;
+    if service.archived {
+        return Err(ApiError::conflict(
+            "service_archived",
+            format!(
+                "service `{}` is archived; unarchive it before adding revisions",
+                service.name
+            ),
+        ));
+    }
     check_spec(parse_kind(&service.kind)?, &body.spec)?;
     let mut tx = state.pool.begin().await?;
     let row = db::services::insert_revision(&mut tx, id, &body.spec)

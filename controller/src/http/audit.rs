@@ -47,6 +47,7 @@ struct Trail {
     path: String,
     summary: serde_json::Value,
     written: AtomicBool,
+    dry_run: bool,
 }
 
 impl AuditTrail {
@@ -64,7 +65,23 @@ impl AuditTrail {
             path,
             summary,
             written: AtomicBool::new(false),
+            dry_run: false,
         }))
+    }
+
+    /// The trail of a dry run (`?dry_run=true`): where the real call would
+    /// commit, [`AuditTrail::commit`] and [`AuditTrail::append`] roll the
+    /// transaction back and answer [`ApiError::DryRun`] instead, so every
+    /// check of the real call runs and nothing is stored or published.
+    pub(crate) fn for_dry_run(mut self) -> Self {
+        Arc::get_mut(&mut self.0)
+            .expect("a trail is made a dry run's before it is shared")
+            .dry_run = true;
+        self
+    }
+
+    pub fn is_dry_run(&self) -> bool {
+        self.0.dry_run
     }
 
     /// Appends the entry in `tx` and commits: the change and its entry are
@@ -93,6 +110,10 @@ impl AuditTrail {
         status: StatusCode,
         target: Option<String>,
     ) -> ApiResult<()> {
+        if self.0.dry_run {
+            // The caller's `?` drops `tx`, which rolls it back.
+            return Err(ApiError::DryRun { status, target });
+        }
         let target = target.or_else(|| target_in_path(&self.0.path));
         let entry = self.entry(status, target.as_deref(), self.0.summary.clone());
         db::audit::append(&mut **tx, &entry)
@@ -119,6 +140,7 @@ impl AuditTrail {
         summary: serde_json::Value,
     ) -> NewAuditEntry<'a> {
         NewAuditEntry {
+            dry_run: self.0.dry_run,
             actor_id: Some(self.0.actor_id),
             actor: &self.0.actor,
             action: &self.0.action,
@@ -298,6 +320,7 @@ impl Refusals {
             for (key, tally) in &tallies {
                 let source = key.source.map(|s| s.to_string());
                 let entry = NewAuditEntry {
+                    dry_run: false,
                     actor_id: None,
                     actor: key.actor,
                     action: &key.action,

@@ -173,11 +173,22 @@ pub async fn authorize_and_audit(
         Ok(bytes) => bytes,
         Err(_) => return ApiError::PayloadTooLarge.into_response(),
     };
-    let trail = AuditTrail::new(operator.id, operator.name, action, path, summarize(&bytes));
+    let dry_run = match take_dry_run(&mut parts.uri) {
+        Ok(dry_run) => dry_run,
+        Err(e) => return e.into_response(),
+    };
+    let mut trail = AuditTrail::new(operator.id, operator.name, action, path, summarize(&bytes));
+    if dry_run {
+        trail = trail.for_dry_run();
+    }
     parts.extensions.insert(trail.clone());
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
+    if dry_run {
+        // Nothing was stored, so there is nothing to audit.
+        return response;
+    }
     if trail.written() {
         state.live.notify(crate::reconcile::live::Topic::Audit);
         return response;
@@ -199,6 +210,40 @@ pub async fn authorize_and_audit(
     let entry = trail.entry(status, target.as_deref(), trail.summary().clone());
     append_after(&state, &entry).await;
     response
+}
+
+/// Whether a change is asked as a dry run (`?dry_run=true`), with the
+/// parameter taken out of the URI so the handler's own query parsing never
+/// sees it.
+fn take_dry_run(uri: &mut axum::http::Uri) -> Result<bool, ApiError> {
+    let Some(query) = uri.query() else {
+        return Ok(false);
+    };
+    let mut dry_run = false;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=').unwrap_or((pair, "true")) {
+            ("dry_run", "true" | "1") => dry_run = true,
+            ("dry_run", "false" | "0") => {}
+            ("dry_run", other) => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("dry_run must be true or false, not `{other}`"),
+                ))
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let path = uri.path();
+    let rebuilt = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    *uri = rebuilt
+        .parse()
+        .map_err(|e| ApiError::invalid(format!("request URI: {e}")))?;
+    Ok(dry_run)
 }
 
 /// Appends the entry of a refused request (which changed nothing).

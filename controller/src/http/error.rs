@@ -52,8 +52,27 @@ pub enum ApiError {
     /// Not able to serve now, with the reason (`not_ready`): 503.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
+    /// Not an error: a dry run (`?dry_run=true`) reached the point where
+    /// the real call commits. Its transaction was rolled back; the answer
+    /// is 200 with [`DryRunBody`].
+    #[error("dry run: the change would be answered {status}")]
+    DryRun {
+        status: StatusCode,
+        target: Option<String>,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// The answer of a dry run that passed every check of the real call.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DryRunBody {
+    /// Always true.
+    pub dry_run: bool,
+    /// The status the real call would answer.
+    pub status: u16,
+    /// The id the call would create or change.
+    pub target: Option<String>,
 }
 
 impl ApiError {
@@ -99,6 +118,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
+            ApiError::DryRun { .. } => (StatusCode::OK, "dry_run"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -119,6 +139,14 @@ pub struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::DryRun { status, target } = self {
+            let body = DryRunBody {
+                dry_run: true,
+                status: status.as_u16(),
+                target,
+            };
+            return (StatusCode::OK, Json(body)).into_response();
+        }
         let (status, code) = self.status_and_code();
         let message = match &self {
             // Never leak internals; the log has the chain.
@@ -177,6 +205,10 @@ impl From<RolloutError> for ApiError {
             }
             RolloutError::Conflict(code, message) => ApiError::Conflict { code, message },
             RolloutError::NotFound(id) => ApiError::NotFound(format!("no rollout {id}")),
+            RolloutError::DryRun => ApiError::DryRun {
+                status: StatusCode::OK,
+                target: None,
+            },
             RolloutError::Internal(e) => ApiError::Internal(e),
         }
     }

@@ -7,8 +7,9 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::handlers::{
-    assignments, billing, blocks, customers, dashboard, device_api, devices, enrollment, fleet,
-    health, operators, portal, purchases, rollouts, services, sites, stream, vpns, wireguard,
+    assignments, billing, blocks, customers, dashboard, device_api, device_labels, devices,
+    enrollment, fleet, health, operators, portal, purchases, rollouts, services, sites, stream,
+    vpns, wireguard,
 };
 use crate::http::auth::authorize_and_audit;
 use crate::http::contract::{json_errors, refuse_nul_in_uri};
@@ -26,8 +27,13 @@ pub fn operator_router(state: AppState) -> Router {
         .route("/api/v1/devices", post(devices::create).get(devices::list))
         .route(
             "/api/v1/devices/{id}",
-            get(devices::get).delete(devices::delete),
+            get(devices::get)
+                .patch(device_labels::update)
+                .delete(devices::delete),
         )
+        .route("/api/v1/devices/matching", get(device_labels::matching))
+        .route("/api/v1/devices/labels", post(device_labels::relabel))
+        .route("/api/v1/devices/{id}/services", get(devices::services))
         .route("/api/v1/devices/{id}/config", get(devices::config))
         .route("/api/v1/devices/{id}/status", get(devices::status))
         .route(
@@ -52,7 +58,12 @@ pub fn operator_router(state: AppState) -> Router {
             "/api/v1/services",
             post(services::create).get(services::list),
         )
-        .route("/api/v1/services/{id}", get(services::get))
+        .route(
+            "/api/v1/services/{id}",
+            get(services::get)
+                .patch(services::update)
+                .delete(services::delete),
+        )
         .route(
             "/api/v1/services/{id}/revisions",
             post(services::create_revision).get(services::list_revisions),

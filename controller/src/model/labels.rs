@@ -28,11 +28,7 @@ impl Labels {
             return Err(format!("at most {} labels", Self::MAX));
         }
         for (k, v) in &map {
-            if !is_label_text(k) {
-                return Err(format!(
-                    "label key `{k}` must be 1-63 of A-Z a-z 0-9 . _ - /"
-                ));
-            }
+            Self::check_key(k)?;
             if !is_label_text(v) {
                 return Err(format!(
                     "label value `{v}` of `{k}` must be 1-63 of A-Z a-z 0-9 . _ - /"
@@ -40,6 +36,17 @@ impl Labels {
             }
         }
         Ok(Labels(map))
+    }
+
+    /// Checks a label key alone (e.g. one to remove).
+    pub fn check_key(key: &str) -> Result<(), String> {
+        if is_label_text(key) {
+            Ok(())
+        } else {
+            Err(format!(
+                "label key `{key}` must be 1-63 of A-Z a-z 0-9 . _ - /"
+            ))
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::db;
-use crate::model::{Labels, Selector};
+use crate::model::Labels;
 use crate::services::pay_per_site::{DeviceShop, PortalLinks};
 use crate::services::{compile_firewall, DeviceBlock};
 use config_cache::{ConfigCache, ServedConfig};
@@ -272,20 +272,6 @@ impl Reconciler {
         }
         tracing::debug!(?summary, "recompiled");
         summary
-    }
-
-    /// Recompiles the devices `selector` matches, inside the caller's
-    /// transaction (see [`Reconciler::recompile_in`]) when they are few,
-    /// else within moments (see [`Reconciler::recompile_now_or_soon_in`]).
-    pub async fn recompile_selected_in(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        selector: &Selector,
-    ) -> anyhow::Result<soon::NowOrSoon> {
-        let ids = db::devices::matching_ids(&mut **tx, selector)
-            .await
-            .context("selecting devices")?;
-        self.recompile_now_or_soon_in(tx, &ids).await
     }
 
     /// Re-issues configs that pass half their lifetime, so a router whose

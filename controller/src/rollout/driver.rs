@@ -61,6 +61,9 @@ pub enum RolloutError {
     Conflict(&'static str, String),
     #[error("no rollout {0}")]
     NotFound(Uuid),
+    /// A dry run reached the point where the change would be committed.
+    #[error("dry run")]
+    DryRun,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -701,6 +704,10 @@ async fn append_audit(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     entry: &NewAuditEntry<'_>,
 ) -> Result<(), RolloutError> {
+    if entry.dry_run {
+        // The caller's `?` drops `tx`, which rolls it back.
+        return Err(RolloutError::DryRun);
+    }
     db::audit::append(&mut **tx, entry)
         .await
         .context("appending the audit entry of a rollout change")?;
@@ -716,6 +723,7 @@ async fn append_controller_audit(
 ) -> Result<(), RolloutError> {
     let target = id.to_string();
     let entry = NewAuditEntry {
+        dry_run: false,
         actor_id: None,
         actor: CONTROLLER,
         action,

@@ -26,6 +26,12 @@ pub enum ServiceKind {
 }
 
 impl ServiceKind {
+    pub const ALL: [ServiceKind; 3] = [
+        ServiceKind::FlowBlock,
+        ServiceKind::BittorrentBlock,
+        ServiceKind::PayPerSite,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceKind::FlowBlock => "flow-block",
@@ -35,12 +41,7 @@ impl ServiceKind {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "flow-block" => Some(ServiceKind::FlowBlock),
-            "bittorrent-block" => Some(ServiceKind::BittorrentBlock),
-            "pay-per-site" => Some(ServiceKind::PayPerSite),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 }
 
