@@ -113,12 +113,12 @@ function labelsText(labels) {
 
 /**
  * "plan=family, region=eu" → {plan: "family", region: "eu"}. Label keys and
- * values hold no commas nor `=`, so the text form is unambiguous. Throws on
- * a pair without `=`.
+ * values hold no commas, spaces nor `=`, so the text form is unambiguous.
+ * Throws on a pair without `=`.
  */
 function parseLabels(text) {
   const labels = {};
-  for (const part of text.split(/[,\n]/).map((p) => p.trim()).filter(Boolean)) {
+  for (const part of words(text)) {
     const eq = part.indexOf("=");
     if (eq <= 0) throw new Error(`"${part}" is not key=value`);
     labels[part.slice(0, eq).trim()] = part.slice(eq + 1).trim();
@@ -709,7 +709,8 @@ function compiledConfig(config) {
 }
 
 function flowText(f) {
-  const end = (addr, port) => (port ? `${addr}:${port}` : addr);
+  const any = (addr) => (addr === "0.0.0.0/0" || addr === "::/0" ? "any" : addr);
+  const end = (addr, port) => (port ? `${any(addr)}:${port}` : any(addr));
   return `${f.protocol || "any"} ${end(f.src, f.sport)} → ${end(f.dst, f.dport)}`;
 }
 
@@ -1032,10 +1033,12 @@ function assignForm(id, data, done) {
     selector.preview,
     h("p", {}, h("button", { type: "submit", id: "assign-save" }, "Assign")),
     warnings, message);
+  // The latest revision unless the operator picked another.
+  let picked = null;
+  revision.addEventListener("change", () => { picked = revision.value; });
   form.update = (d) => {
-    const chosen = revision.value;
     fill(revision, d.revisions.map((r) => h("option", { value: r.revision }, "revision " + r.revision)).reverse());
-    if (chosen) revision.value = chosen;
+    if (picked) revision.value = picked;
     form.hidden = !!d.sv.archived;
   };
   form.addEventListener("submit", async (ev) => {

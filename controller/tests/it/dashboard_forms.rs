@@ -249,6 +249,7 @@ async fn dashboard_changes_labels_on_one_router_and_in_bulk() {
 
     // One router: its labels as text, edited and saved.
     open(&browser, &h, &format!("#/devices/{}", ids[0])).await;
+    browser.find("#labels-input").await;
     let shown = browser
         .execute(
             "return document.getElementById('labels-input').value;",
@@ -437,7 +438,7 @@ async fn dashboard_device_page_shows_what_the_router_runs() {
         })
         .await;
     assert!(
-        blocks.contains("tcp") && blocks.contains("198.51.100.7/32:443"),
+        blocks.contains("tcp any → 198.51.100.7:443"),
         "{blocks}"
     );
     let listed = h.get(&format!("/api/v1/devices/{id}/blocks")).await.body;
