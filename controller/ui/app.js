@@ -941,7 +941,17 @@ async function serviceData(id) {
     get(`/api/v1/services/${id}/revisions?limit=500`),
     get(`/api/v1/assignments?limit=500&service_id=${id}`).catch(() => ({ items: [] })),
   ]);
-  return { sv, revisions: revisions.items, assignments: assignments.items.filter((a) => a.service_id === id) };
+  const mine = assignments.items.filter((a) => a.service_id === id);
+  await Promise.all(mine.slice(0, 50).map(async (a) => {
+    a.matched = await matching(a.selector, 0).then((m) => m.matched, () => null);
+  }));
+  return { sv, revisions: revisions.items, assignments: mine };
+}
+
+/** How many routers an assignment reaches now; a warning when none. */
+function reach(matched) {
+  if (matched === undefined || matched === null) return "—";
+  return matched === 0 ? badge("matches no router", "stale") : String(matched);
 }
 
 async function servicePage(gen, id) {
@@ -959,8 +969,9 @@ async function servicePage(gen, id) {
     const { sv } = data;
     fill(title, sv.name, " ", badge(typeOf(sv), ""), sv.archived ? [" ", badge("archived")] : null);
     fill(revisionsPart, table(["Revision", "Created"], data.revisions.map((r) => h("tr", {}, h("td", {}, r.revision), h("td", {}, when(r.created_at)))), { id: "revision-table" }));
-    fill(assignmentsPart, table(["Selector", "Revision", "Created"], data.assignments.map((a) =>
-      h("tr", { "data-assignment": a.id }, h("td", { class: "mono" }, a.selector), h("td", {}, a.revision), h("td", {}, when(a.created_at)))),
+    fill(assignmentsPart, table(["Selector", "Revision", "Routers", "Created"], data.assignments.map((a) =>
+      h("tr", { "data-assignment": a.id }, h("td", { class: "mono" }, a.selector), h("td", {}, a.revision),
+        h("td", {}, reach(a.matched)), h("td", {}, when(a.created_at)))),
     { id: "assignment-table", empty: "Not assigned." }));
     if (operator) fill(lifecycle, lifecycleButtons(sv, () => refresh()));
     if (revisionForm) revisionForm.update(data);

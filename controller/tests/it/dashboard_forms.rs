@@ -197,6 +197,13 @@ async fn dashboard_service_forms_check_with_the_server_then_save_and_assign() {
         .get(&format!("/api/v1/assignments?service_id={service}"))
         .await;
     assert_eq!(assignments.body["items"].as_array().unwrap().len(), 2);
+    // The list says which selector reaches nobody.
+    let listed = browser
+        .wait_text("#assignment-table tbody", "both assignments", |t| {
+            t.contains("plan=nobody")
+        })
+        .await;
+    assert!(listed.contains("matches no router"), "{listed}");
 
     // Delete while assigned: the 409 names the assignments.
     browser
