@@ -555,6 +555,7 @@ function bulkLabels(selectorOf, done) {
   const form = h("form", { id: "bulk-form", class: "subpanel", hidden: true },
     h("h2", {}, "Change labels"),
     h("div", { class: "row" }, field("Set (key=value, …)", set), field("Remove (keys)", drop)),
+    h("p", { class: "muted" }, "Applies to every router the selector matches, whatever the name and state filters show:"),
     preview,
     h("div", { class: "actions" }, confirm, h("button", { type: "button", class: "secondary", onclick: () => { form.hidden = true; } }, "Cancel")),
     message);
