@@ -5,6 +5,8 @@ use sqlx::types::Json;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use crate::model::Selector;
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AssignmentRow {
     pub id: Uuid,
@@ -126,19 +128,17 @@ pub async fn all_with_specs(
     .await
 }
 
-/// The assignment of `service` on exactly `selector` (its normal form).
+/// The assignment of `service` on `selector`, however either was written
+/// (same normal form).
 pub async fn find(
     db: impl PgExecutor<'_>,
     service_id: Uuid,
-    selector: &str,
+    selector: &Selector,
 ) -> Result<Option<AssignmentRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM assignments WHERE service_id = $1 AND selector = $2"
-    ))
-    .bind(service_id)
-    .bind(selector)
-    .fetch_optional(db)
-    .await
+    let wanted = selector.normal_form();
+    Ok(of_service(db, service_id).await?.into_iter().find(|row| {
+        Selector::parse(&row.selector).is_ok_and(|stored| stored.normal_form() == wanted)
+    }))
 }
 
 /// Every assignment of `service`, oldest first.

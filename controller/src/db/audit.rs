@@ -51,18 +51,43 @@ pub async fn append(db: impl PgExecutor<'_>, entry: &NewAuditEntry<'_>) -> Resul
     Ok(())
 }
 
+/// What an audit list is narrowed to; every part is optional.
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    /// The operator's name, exactly.
+    pub actor: Option<String>,
+    /// The start of the action, e.g. `POST /api/v1/devices`.
+    pub action_prefix: Option<String>,
+    /// The id the entry is about, exactly.
+    pub target: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
 /// Newest first, before the entry `before` (an id) when given.
 pub async fn list(
     db: impl PgExecutor<'_>,
+    filter: &AuditFilter,
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<AuditRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, at, actor_id, actor, action, target, status, summary FROM audit_log
-         WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2",
+         WHERE ($1::bigint IS NULL OR id < $1)
+           AND ($3::text IS NULL OR actor = $3)
+           AND ($4::text IS NULL OR starts_with(action, $4))
+           AND ($5::text IS NULL OR target = $5)
+           AND ($6::timestamptz IS NULL OR at >= $6)
+           AND ($7::timestamptz IS NULL OR at < $7)
+         ORDER BY id DESC LIMIT $2",
     )
     .bind(before)
     .bind(limit)
+    .bind(filter.actor.as_deref())
+    .bind(filter.action_prefix.as_deref())
+    .bind(filter.target.as_deref())
+    .bind(filter.since)
+    .bind(filter.until)
     .fetch_all(db)
     .await
 }

@@ -494,3 +494,50 @@ pub async fn released_pairs(
     .fetch_all(db)
     .await
 }
+
+/// How many of a rollout's routers are in `state`.
+pub async fn count_in_state(
+    db: impl PgExecutor<'_>,
+    rollout: Uuid,
+    state: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM rollout_devices WHERE rollout_id = $1 AND state = $2")
+        .bind(rollout)
+        .bind(state)
+        .fetch_one(db)
+        .await
+}
+
+/// The first `limit` of a rollout's routers in `state`, by name: (id, name).
+pub async fn devices_in_state(
+    db: impl PgExecutor<'_>,
+    rollout: Uuid,
+    state: &str,
+    limit: i64,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT d.id, d.name FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
+         WHERE rd.rollout_id = $1 AND rd.state = $2 ORDER BY d.name LIMIT $3",
+    )
+    .bind(rollout)
+    .bind(state)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// At the end of a rollout: its routers that never reported the change
+/// count as offline. Returns how many.
+pub async fn unconfirmed_to_offline(
+    db: impl PgExecutor<'_>,
+    rollout: Uuid,
+) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "UPDATE rollout_devices SET state = 'offline', changed_at = now()
+         WHERE rollout_id = $1 AND state = 'pending'",
+    )
+    .bind(rollout)
+    .execute(db)
+    .await
+    .map(|done| done.rows_affected())
+}

@@ -167,7 +167,7 @@ pub async fn create(
             ApiError::bad_request("unknown_service", format!("no service {}", body.service_id))
         })?;
     refuse_if_archived(&service)?;
-    if let Some(existing) = db::assignments::find(&mut *tx, service.id, selector.as_str()).await? {
+    if let Some(existing) = db::assignments::find(&mut *tx, service.id, &selector).await? {
         return Err(ApiError::conflict(
             "assignment_exists",
             format!(

@@ -142,7 +142,7 @@ pub async fn matching(
     let matched = db::devices::count_matching(&state.pool, &selector).await?;
     let sample = db::devices::sample_matching(&state.pool, &selector, sample).await?;
     Ok(Json(Matching {
-        selector: selector.as_str().to_owned(),
+        selector: selector.normal_form(),
         matched,
         sample: sample
             .into_iter()
@@ -223,7 +223,7 @@ pub async fn relabel(
         state.live.notify(Topic::Everything);
     }
     Ok(Json(Relabelled {
-        selector: selector.as_str().to_owned(),
+        selector: selector.normal_form(),
         matched,
         changed: ids.len(),
         recompiled,

@@ -202,6 +202,50 @@ pub struct ListDevices {
 /// The values of the device list's `state` filter.
 pub const DEVICE_STATES: [&str; 4] = ["online", "stale", "failing", "never_reported"];
 
+/// A device list's filters, parsed: what the list and the CSV export take.
+pub struct DeviceSelection {
+    selector: Option<Selector>,
+    name_contains: Option<String>,
+    state: Option<String>,
+}
+
+impl DeviceSelection {
+    pub fn parse(selector: Option<&str>, q: Option<&str>, state: Option<&str>) -> ApiResult<Self> {
+        let selector = selector
+            .map(Selector::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request("invalid_selector", e))?;
+        if let Some(wanted) = state {
+            if !DEVICE_STATES.contains(&wanted) {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("state must be one of {}", DEVICE_STATES.join(", ")),
+                ));
+            }
+        }
+        let name_contains = q.map(str::trim).filter(|q| !q.is_empty());
+        if name_contains.is_some_and(|q| q.len() > 64) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "q is longer than a device name (64)",
+            ));
+        }
+        Ok(DeviceSelection {
+            selector,
+            name_contains: name_contains.map(str::to_owned),
+            state: state.map(str::to_owned),
+        })
+    }
+
+    pub fn filter(&self) -> db::devices::DeviceFilter<'_> {
+        db::devices::DeviceFilter {
+            selector: self.selector.as_ref(),
+            name_contains: self.name_contains.as_deref(),
+            state: self.state.as_deref(),
+        }
+    }
+}
+
 #[utoipa::path(get, path = "/api/v1/devices", params(ListDevices), tag = "devices",
     responses((status = 200, body = Page<DeviceView>), (status = 400, body = crate::http::error::ErrorBody)))]
 pub async fn list(
@@ -209,38 +253,23 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListDevices>,
 ) -> ApiResult<Json<Page<DeviceView>>> {
-    let selector = query
-        .selector
-        .as_deref()
-        .map(Selector::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_selector", e))?;
-    if let Some(wanted) = query.state.as_deref() {
-        if !DEVICE_STATES.contains(&wanted) {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("state must be one of {}", DEVICE_STATES.join(", ")),
-            ));
-        }
-    }
-    let name_contains = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-    if name_contains.is_some_and(|q| q.len() > 64) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "q is longer than a device name (64)",
-        ));
-    }
+    let selection = DeviceSelection::parse(
+        query.selector.as_deref(),
+        query.q.as_deref(),
+        query.state.as_deref(),
+    )?;
     let paging = PageParams {
         limit: query.limit,
         cursor: query.cursor,
     };
     let limit = paging.limit()?;
-    let filter = db::devices::DeviceFilter {
-        selector: selector.as_ref(),
-        name_contains,
-        state: query.state.as_deref(),
-    };
-    let rows = db::devices::list(&state.pool, &filter, paging.after()?.as_deref(), limit).await?;
+    let rows = db::devices::list(
+        &state.pool,
+        &selection.filter(),
+        paging.after()?.as_deref(),
+        limit,
+    )
+    .await?;
     Ok(Json(page(
         rows,
         limit,

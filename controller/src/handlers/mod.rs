@@ -13,6 +13,7 @@ pub mod device_api;
 pub mod device_labels;
 pub mod devices;
 pub mod enrollment;
+pub mod exports;
 pub mod fleet;
 pub mod health;
 pub mod operators;

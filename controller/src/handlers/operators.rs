@@ -159,16 +159,71 @@ impl From<db::audit::AuditRow> for AuditEntryView {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", params(PageParams), tag = "operators",
-    responses((status = 200, body = Page<AuditEntryView>)))]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this operator's entries (its name, exactly; `controller` for
+    /// the controller's own steps).
+    pub actor: Option<String>,
+    /// Only actions starting with this, e.g. `POST /api/v1/devices`.
+    pub action: Option<String>,
+    /// Only entries about this id.
+    pub target: Option<String>,
+    /// Only entries at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only entries before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+impl AuditQuery {
+    /// The filter part, checked.
+    pub fn filter(&self) -> ApiResult<db::audit::AuditFilter> {
+        let text = |name: &str, value: &Option<String>| -> ApiResult<Option<String>> {
+            match value.as_deref().map(str::trim) {
+                None | Some("") => Ok(None),
+                Some(v) if v.len() > 200 => Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("{name} is longer than 200 characters"),
+                )),
+                Some(v) => Ok(Some(v.replace('\0', "\u{FFFD}"))),
+            }
+        };
+        if let (Some(since), Some(until)) = (self.since, self.until) {
+            if since >= until {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "since must be before until",
+                ));
+            }
+        }
+        Ok(db::audit::AuditFilter {
+            actor: text("actor", &self.actor)?,
+            action_prefix: text("action", &self.action)?,
+            target: text("target", &self.target)?,
+            since: self.since,
+            until: self.until,
+        })
+    }
+}
+
+/// The audit log, newest first, narrowed by actor, action, target and time.
+#[utoipa::path(get, path = "/api/v1/audit", params(AuditQuery), tag = "operators",
+    responses((status = 200, body = Page<AuditEntryView>), (status = 400, body = crate::http::error::ErrorBody)))]
 pub async fn audit(
     _operator: Operator,
     State(state): State<AppState>,
-    ApiQuery(paging): ApiQuery<PageParams>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<Page<AuditEntryView>>> {
+    let filter = query.filter()?;
+    let paging = PageParams {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
     let limit = paging.limit()?;
     let before = paging.after_parsed::<i64>()?;
-    let rows = db::audit::list(&state.pool, before, limit).await?;
+    let rows = db::audit::list(&state.pool, &filter, before, limit).await?;
     Ok(Json(page(
         rows,
         limit,

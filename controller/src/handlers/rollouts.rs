@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::db::rollouts::RolloutRow;
+use crate::handlers::device_labels::DeviceRef;
 use crate::handlers::{Page, PageParams};
 use crate::http::audit::AuditTrail;
 use crate::http::auth::Operator;
@@ -48,6 +49,11 @@ pub struct StartRollout {
     pub max_failed_share: Option<f64>,
     pub soak_secs: Option<u32>,
     pub offline_timeout_secs: Option<u32>,
+    /// Start even if a wave (the canary above all) matches no router: an
+    /// empty wave passes after its soak time unseen (default false: 409
+    /// `empty_wave`).
+    #[serde(default)]
+    pub allow_empty_waves: bool,
 }
 
 impl StartRollout {
@@ -125,7 +131,17 @@ pub struct RolloutView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Once it ended: `completed`, `completed_with_offline` (some routers
+    /// had not reported the change: see `offline_devices`) or `aborted`.
+    pub outcome: Option<String>,
+    /// The routers of a completed rollout that were offline when it ended
+    /// (they get the change when they come back), the first 1,000 by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offline_devices: Vec<DeviceRef>,
 }
+
+/// Offline routers a rollout view lists.
+const MAX_OFFLINE_LISTED: i64 = 1000;
 
 async fn view(state: &AppState, row: RolloutRow) -> ApiResult<RolloutView> {
     let counts = wave_counts(&state.pool, row.id).await?;
@@ -141,8 +157,24 @@ async fn view(state: &AppState, row: RolloutRow) -> ApiResult<RolloutView> {
             passed_at: w.passed_at,
         })
         .collect();
-    let totals = counts.values().copied().sum();
+    let totals: Counts = counts.values().copied().sum();
+    let offline_devices = if row.state == "completed" && totals.offline > 0 {
+        db::rollouts::devices_in_state(&state.pool, row.id, "offline", MAX_OFFLINE_LISTED)
+            .await?
+            .into_iter()
+            .map(|(id, name)| DeviceRef { id, name })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let outcome = match row.state.as_str() {
+        "completed" if totals.offline > 0 => Some("completed_with_offline".to_owned()),
+        "completed" | "aborted" => Some(row.state.clone()),
+        _ => None,
+    };
     Ok(RolloutView {
+        outcome,
+        offline_devices,
         id: row.id,
         assignment_id: row.assignment_id,
         service_id: row.service_id,
@@ -183,10 +215,22 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<RolloutView>)> {
     let target = body.target()?;
     let plan = body.plan()?;
+    if let Some(service_id) = body.service_id {
+        if let Some(service) = db::services::get(&state.pool, service_id).await? {
+            crate::handlers::assignments::refuse_if_archived(&service)?;
+        }
+    }
     let entry = audit.entry(StatusCode::CREATED, None, audit.summary().clone());
     let id = state
         .rollouts
-        .start(target, body.revision, &plan, &operator.name, &entry)
+        .start(
+            target,
+            body.revision,
+            &plan,
+            body.allow_empty_waves,
+            &operator.name,
+            &entry,
+        )
         .await
         .map_err(|e| match ApiError::from(e) {
             ApiError::DryRun { target, .. } => ApiError::DryRun {

@@ -173,11 +173,14 @@ pub async fn authorize_and_audit(
         Ok(bytes) => bytes,
         Err(_) => return ApiError::PayloadTooLarge.into_response(),
     };
+    let mut trail = AuditTrail::new(operator.id, operator.name, action, path, summarize(&bytes));
     let dry_run = match take_dry_run(&mut parts.uri) {
         Ok(dry_run) => dry_run,
-        Err(e) => return e.into_response(),
+        Err(refusal) => {
+            record_refusal(&state, &trail, &refusal).await;
+            return refusal.into_response();
+        }
     };
-    let mut trail = AuditTrail::new(operator.id, operator.name, action, path, summarize(&bytes));
     if dry_run {
         trail = trail.for_dry_run();
     }

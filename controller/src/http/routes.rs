@@ -8,8 +8,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::handlers::{
     assignments, billing, blocks, customers, dashboard, device_api, device_labels, devices,
-    enrollment, fleet, health, operators, portal, purchases, rollouts, services, sites, stream,
-    vpns, wireguard,
+    enrollment, exports, fleet, health, operators, portal, purchases, rollouts, services, sites,
+    stream, vpns, wireguard,
 };
 use crate::http::auth::authorize_and_audit;
 use crate::http::contract::{json_errors, refuse_nul_in_uri};
@@ -105,6 +105,8 @@ pub fn operator_router(state: AppState) -> Router {
             axum::routing::delete(operators::revoke),
         )
         .route("/api/v1/audit", get(operators::audit))
+        .route("/api/v1/exports/devices.csv", get(exports::devices))
+        .route("/api/v1/exports/audit.csv", get(exports::audit))
         .route("/api/v1/whoami", get(operators::whoami))
         .route("/api/v1/fleet/overview", get(fleet::overview))
         .route("/api/v1/stream", get(stream::stream))

@@ -157,6 +157,36 @@ impl Selector {
         &self.text
     }
 
+    /// The selector written one way: requirements sorted and deduplicated,
+    /// `in` sets sorted, no spaces but after `in`/`notin`. Two selectors
+    /// with the same normal form select the same routers.
+    pub fn normal_form(&self) -> String {
+        if self.requirements.is_empty() {
+            return "*".to_owned();
+        }
+        let set = |values: &[String]| {
+            let mut values = values.to_vec();
+            values.sort();
+            values.dedup();
+            values.join(",")
+        };
+        let mut parts: Vec<String> = self
+            .requirements
+            .iter()
+            .map(|r| match r {
+                Requirement::Equals(k, v) => format!("{k}={v}"),
+                Requirement::NotEquals(k, v) => format!("{k}!={v}"),
+                Requirement::In(k, vs) => format!("{k} in ({})", set(vs)),
+                Requirement::NotIn(k, vs) => format!("{k} notin ({})", set(vs)),
+                Requirement::Exists(k) => k.clone(),
+                Requirement::NotExists(k) => format!("!{k}"),
+            })
+            .collect();
+        parts.sort();
+        parts.dedup();
+        parts.join(",")
+    }
+
     pub fn requirements(&self) -> &[Requirement] {
         &self.requirements
     }
@@ -254,6 +284,25 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selectors_written_differently_have_one_normal_form() {
+        let normal = |text: &str| Selector::parse(text).unwrap().normal_form();
+        assert_eq!(normal(" plan = basic "), "plan=basic");
+        assert_eq!(
+            normal("region in (us, eu),plan=basic,plan=basic"),
+            "plan=basic,region in (eu,us)"
+        );
+        assert_eq!(normal("!beta, tier != lab"), "!beta,tier!=lab");
+        assert_eq!(normal("*"), "*");
+        for text in [
+            "plan=basic,region in (eu,us)",
+            "!beta,tier!=lab",
+            "a notin (x)",
+        ] {
+            assert_eq!(normal(&normal(text)), normal(text), "stable: {text}");
+        }
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs)

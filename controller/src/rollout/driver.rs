@@ -16,7 +16,7 @@ use chrono::Utc;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::plan::{judge, Counts, Verdict, WavePlan};
+use super::plan::{empty_waves, judge, Counts, Verdict, WavePlan};
 use crate::db;
 use crate::db::audit::NewAuditEntry;
 use crate::db::rollouts::{NewRollout, RolloutRow, SampleRow};
@@ -107,16 +107,35 @@ impl Rollouts {
     /// Starts a rollout: changes the assignment, splits the routers its
     /// selector matches into waves and releases the canary. `audit` is the
     /// caller's entry, stored with the rollout (its target: the rollout).
+    /// A wave that would start with no router is refused (the canary
+    /// above all: an empty one would pass after its soak and release the
+    /// change to everyone) unless `allow_empty_waves`.
     pub async fn start(
         &self,
         target: Target,
         revision: Option<i32>,
         plan: &WavePlan,
+        allow_empty_waves: bool,
         actor: &str,
         audit: &NewAuditEntry<'_>,
     ) -> Result<Uuid, RolloutError> {
         let id = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
+        let target = match target {
+            // A service already assigned on this selector: stage that
+            // assignment rather than make a second one.
+            Target::New {
+                service_id,
+                selector,
+            } => match db::assignments::find(&mut *tx, service_id, &selector).await? {
+                Some(existing) => Target::Existing(existing.id),
+                None => Target::New {
+                    service_id,
+                    selector,
+                },
+            },
+            existing => existing,
+        };
         let (assignment_id, service_id, selector, from_revision, to_revision) = match target {
             Target::Existing(assignment) => {
                 let row = db::assignments::get_for_update(&mut *tx, assignment)
@@ -178,6 +197,23 @@ impl Rollouts {
             .collect();
         let waves = plan.assign(id, &routers);
         let labels = plan.labels();
+        // An empty canary would pass after its soak time unseen and release
+        // the change to everyone. (A later percentage wave left empty by
+        // rounding on a small fleet is not refused: routers before it were
+        // seen.)
+        let empty = empty_waves(&labels, &waves);
+        if empty.first() == labels.first() && !allow_empty_waves {
+            let message = if routers.is_empty() {
+                format!("the selector `{selector}` matches no router: every wave would be empty; give `allow_empty_waves: true` to start it anyway")
+            } else {
+                format!(
+                    "the canary `{}` matches none of the {} routers the selector `{selector}` matches: an empty canary passes unseen and the change goes on to the next wave; pick a canary that matches routers, or give `allow_empty_waves: true`",
+                    labels[0],
+                    routers.len()
+                )
+            };
+            return Err(RolloutError::Conflict("empty_wave", message));
+        }
         let new = NewRollout {
             id,
             assignment_id,
@@ -290,9 +326,24 @@ impl Rollouts {
         let next = passed.wave + 1;
         let compiled = if passed.last {
             db::rollouts::set_state(&mut *tx, id, "completed", None).await?;
-            db::rollouts::append_event(&mut *tx, id, "completed", None, CONTROLLER, "").await?;
-            append_controller_audit(&mut tx, id, "rollout.complete", serde_json::Value::Null)
+            // Completed is not "everyone has it": the routers that had not
+            // confirmed the change are offline, and said so.
+            db::rollouts::unconfirmed_to_offline(&mut *tx, id).await?;
+            let offline = db::rollouts::count_in_state(&mut *tx, id, "offline").await?;
+            let detail = if offline > 0 {
+                format!("completed with {offline} offline")
+            } else {
+                String::new()
+            };
+            db::rollouts::append_event(&mut *tx, id, "completed", None, CONTROLLER, &detail)
                 .await?;
+            append_controller_audit(
+                &mut tx,
+                id,
+                "rollout.complete",
+                serde_json::json!({ "offline": offline }),
+            )
+            .await?;
             // Routers that came to match the selector during the rollout
             // kept the previous revision until now.
             let selector = Selector::parse(&row.selector)

@@ -184,6 +184,16 @@ impl WavePlan {
     }
 }
 
+/// The labels of the waves [`WavePlan::assign`] left without a router.
+pub fn empty_waves(labels: &[String], assigned: &[(Uuid, u32)]) -> Vec<String> {
+    labels
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !assigned.iter().any(|(_, wave)| *wave as usize == *index))
+        .map(|(_, label)| label.clone())
+        .collect()
+}
+
 /// Routers in the first `percent` of `total`, at least one when the share is
 /// above zero and there are routers.
 fn cumulative(percent: f64, total: usize) -> usize {

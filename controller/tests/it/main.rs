@@ -19,6 +19,7 @@ mod health;
 mod kubernetes;
 mod limits;
 mod login_csrf;
+mod operator_jobs;
 mod operators;
 mod pay_per_site_fleet;
 mod portal;

@@ -623,3 +623,112 @@ async fn a_wave_larger_than_one_transaction_and_its_abort_reach_every_router() {
         .await;
     }
 }
+
+/// A canary that matches no router would pass after its soak time unseen
+/// and send the change to everyone: refused unless asked for explicitly,
+/// and the refusal changes nothing.
+#[tokio::test]
+async fn an_empty_canary_is_refused_unless_explicitly_allowed() {
+    let f = Fleet::new(3, 0).await;
+    let versions_before = versions(&f).await;
+    let refused =
+        f.h.post(
+            "/api/v1/rollouts",
+            json!({"assignment_id": f.assignment, "canary": {"selector": "canary=true"}}),
+        )
+        .await;
+    assert_eq!(error_code(&refused), "empty_wave", "{}", refused.body);
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("canary=true") && message.contains("allow_empty_waves"),
+        "{message}"
+    );
+    let nobody =
+        f.h.post(
+            "/api/v1/rollouts",
+            json!({"service_id": f.service, "selector": "plan=none"}),
+        )
+        .await;
+    assert_eq!(error_code(&nobody), "empty_wave", "{}", nobody.body);
+    assert_eq!(f.h.get("/api/v1/rollouts").await.body["items"], json!([]));
+    let assignments = f.h.get("/api/v1/assignments").await;
+    assert_eq!(assignments.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(assignments.body["items"][0]["revision"], 1);
+    assert_eq!(versions(&f).await, versions_before);
+
+    let allowed = f
+        .start(json!({
+            "assignment_id": f.assignment,
+            "canary": {"selector": "canary=true"},
+            "allow_empty_waves": true,
+            "soak_secs": 0,
+        }))
+        .await;
+    assert_eq!(Fleet::wave_of(&allowed), [0, 3]);
+}
+
+/// "Completed" does not mean everyone has it: a rollout that ends with
+/// routers offline says so and names them.
+#[tokio::test]
+async fn a_rollout_that_ends_with_offline_routers_says_which() {
+    let mut f = Fleet::new(3, 1).await;
+    let started = f
+        .start(json!({
+            "assignment_id": f.assignment,
+            "canary": {"selector": "canary=true"},
+            "waves": [100],
+            "min_applied_share": 0.5,
+            "soak_secs": 0,
+            "offline_timeout_secs": 1,
+        }))
+        .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    assert_eq!(started["outcome"], Value::Null);
+    f.apply(0).await;
+    f.wait_for(&id, "wave 1 released", |r| r["current_wave"] == 1)
+        .await;
+    f.apply(1).await;
+    // r2 never reports.
+    let done = f
+        .wait_for(&id, "completed", |r| r["state"] == "completed")
+        .await;
+    assert_eq!(done["outcome"], "completed_with_offline", "{done:#}");
+    assert_eq!(done["totals"]["offline"], 1);
+    let offline: Vec<&str> = done["offline_devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(offline, ["r2"]);
+    let history = f.h.get(&format!("/api/v1/rollouts/{id}/history")).await;
+    let completed = history.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "completed")
+        .cloned()
+        .unwrap();
+    assert_eq!(completed["detail"], "completed with 1 offline");
+}
+
+/// Starting a rollout "of this service on this selector" when that
+/// assignment exists stages it: never a second assignment of the same.
+#[tokio::test]
+async fn a_rollout_of_an_assigned_service_and_selector_stages_that_assignment() {
+    let f = Fleet::new(2, 1).await;
+    let started = f
+        .start(json!({
+            "service_id": f.service,
+            "selector": " * ",
+            "revision": 2,
+            "canary": {"selector": "canary=true"},
+            "soak_secs": 0,
+        }))
+        .await;
+    assert_eq!(started["assignment_id"], json!(f.assignment), "{started:#}");
+    assert_eq!(started["from_revision"], 1);
+    assert_eq!(started["to_revision"], 2);
+    let assignments = f.h.get("/api/v1/assignments").await;
+    assert_eq!(assignments.body["items"].as_array().unwrap().len(), 1);
+}
