@@ -959,10 +959,10 @@ async function servicePage(gen, id) {
   let data = await serviceData(id);
   if (gen !== generation) return;
   const title = h("h1", { id: "service-title" });
-  const lifecycle = h("div", { id: "service-lifecycle" });
   const revisionsPart = h("div", { id: "service-revisions" });
   const assignmentsPart = h("div", { id: "service-assignments" });
   const operator = can("operator");
+  const lifecycle = operator ? lifecycleButtons(() => refresh()) : null;
   const revisionForm = operator ? newRevisionForm(id, data, () => refresh()) : null;
   const assign = operator ? assignForm(id, data, () => refresh()) : null;
   const diff = revisionDiff(id, data.revisions);
@@ -974,7 +974,7 @@ async function servicePage(gen, id) {
       h("tr", { "data-assignment": a.id }, h("td", { class: "mono" }, a.selector), h("td", {}, a.revision),
         h("td", {}, reach(a.matched)), h("td", {}, when(a.created_at)))),
     { id: "assignment-table", empty: "Not assigned." }));
-    if (operator) fill(lifecycle, lifecycleButtons(sv, () => refresh()));
+    if (lifecycle) lifecycle.update(sv);
     if (revisionForm) revisionForm.update(data);
     if (assign) assign.update(data);
     diff.update(data.revisions);
@@ -994,24 +994,31 @@ async function servicePage(gen, id) {
   live(gen, refresh, (c) => c.topic === "audit");
 }
 
-/** Archive / unarchive and delete; a refusal (409 naming the assignments) is shown. */
-function lifecycleButtons(sv, done) {
+/**
+ * Archive / unarchive and delete; a refusal (409 naming the assignments) is
+ * shown. Drawn once (its message survives live updates); `update` follows
+ * the service's archived state.
+ */
+function lifecycleButtons(done) {
+  let sv = null;
   const message = messageLine("service-lifecycle-message");
   const act = (fn) => async () => {
     message.clear();
     try { await fn(); } catch (e) { message.say(errorText(e), "error"); }
   };
-  const archive = act(async () => { await patch(`/api/v1/services/${sv.id}`, { archived: !sv.archived }); await done(); });
+  const archive = h("button", { type: "button", class: "secondary", id: "service-archive" }, "Archive");
+  archive.addEventListener("click", act(async () => { await patch(`/api/v1/services/${sv.id}`, { archived: !sv.archived }); await done(); }));
   const destroy = act(async () => {
     if (!window.confirm(`Delete the service ${sv.name} and all its revisions?`)) return;
     await remove(`/api/v1/services/${sv.id}`);
     location.hash = "#/services";
   });
-  return h("div", {},
-    h("div", { class: "actions" },
-      h("button", { type: "button", class: "secondary", id: "service-archive", onclick: archive }, sv.archived ? "Unarchive" : "Archive"),
+  const panel = h("div", { id: "service-lifecycle" },
+    h("div", { class: "actions" }, archive,
       h("button", { type: "button", class: "danger", id: "service-delete", onclick: destroy }, "Delete")),
     message);
+  panel.update = (current) => { sv = current; fill(archive, sv.archived ? "Unarchive" : "Archive"); };
+  return panel;
 }
 
 function newRevisionForm(id, data, done) {

@@ -444,14 +444,11 @@ async fn dashboard_device_page_shows_what_the_router_runs() {
             t.contains("ticket 4711")
         })
         .await;
-    assert!(
-        blocks.contains("tcp any → 198.51.100.7:443"),
-        "{blocks}"
-    );
+    assert!(blocks.contains("tcp any → 198.51.100.7:443"), "{blocks}");
     let listed = h.get(&format!("/api/v1/devices/{id}/blocks")).await.body;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     let remaining = listed[0]["remaining_secs"].as_f64().unwrap();
-    assert!((7100.0..=7200.0).contains(&remaining), "{listed}");
+    assert!((7100.0..=7201.0).contains(&remaining), "{listed}");
     assert!(h.config_version(&id).await > version as i64);
     // And ended from the page.
     browser.click("#blocks-table .end-block").await;
@@ -498,6 +495,13 @@ async fn dashboard_rollout_form_refuses_an_empty_canary_and_picks_assignments() 
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let existing = r.body["id"].as_str().unwrap().to_owned();
+    let r = h
+        .post(
+            &format!("/api/v1/services/{other}/revisions"),
+            json!({"spec": {"flows": [{"protocol": "udp", "dport": 5061}]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 
     let browser = logged_in(&h, &h.controller.operator_token).await;
     open(&browser, &h, "#/rollouts").await;
@@ -546,11 +550,14 @@ async fn dashboard_rollout_form_refuses_an_empty_canary_and_picks_assignments() 
     browser.select("#rollout-target", &existing).await;
     assert!(!browser.is_shown("#rollout-selector").await);
     browser.click("#rollout-start").await;
-    browser
-        .wait_text("#rollout-state-badge", "the second rollout", |t| {
-            !t.is_empty()
-        })
+    let shown = browser
+        .wait_text(
+            "#rollout-state-badge, #rollout-error, #rollout-empty-wave",
+            "the second rollout",
+            |t| !t.is_empty(),
+        )
         .await;
+    assert_eq!(shown, "running");
     let id = browser
         .execute("return location.hash.split('/')[2];", json!([]))
         .await;
