@@ -687,10 +687,10 @@ function statusFacts(status) {
 
 function servicesInForce(services) {
   if (services.error) return errorBox(services.error);
-  return table(["Service", "Type", "Revision", "Selector", "Rollout"], services.items.map((s) =>
+  return table(["Service", { label: "Type", cls: "wide-only" }, "Revision", "Selector", "Rollout"], services.items.map((s) =>
     h("tr", {},
       h("td", {}, h("a", { href: "#/services/" + s.service_id }, s.service_name)),
-      h("td", {}, s.type),
+      h("td", { class: "wide-only" }, s.type),
       h("td", {}, h("a", { href: `#/services/${s.service_id}?to=${s.revision}` }, "revision " + s.revision)),
       h("td", { class: "mono" }, s.selector),
       h("td", {}, s.rollout_id ? h("a", { href: "#/rollouts/" + s.rollout_id }, "being rolled out") : "—"))),
@@ -723,13 +723,14 @@ function blocksTable(deviceId, blocks, refresh) {
     try { await remove(`/api/v1/devices/${deviceId}/blocks/${b.id}`); await refresh(); }
     catch (e) { message.say(errorText(e), "error"); }
   };
-  return h("div", {}, table(["Flow", "Action", "Origin", "Reason", "By", "Ends", ""], blocks.map((b) =>
+  const wide = (label) => ({ label, cls: "wide-only" });
+  return h("div", {}, table(["Flow", wide("Action"), wide("Origin"), "Reason", wide("By"), "Ends", ""], blocks.map((b) =>
     h("tr", { "data-block": b.id },
       h("td", { class: "mono" }, flowText(b.flow)),
-      h("td", {}, b.action),
-      h("td", {}, b.origin),
+      h("td", { class: "wide-only" }, b.action),
+      h("td", { class: "wide-only" }, b.origin),
       h("td", { class: "wrap" }, b.reason || "—"),
-      h("td", {}, b.created_by),
+      h("td", { class: "wide-only" }, b.created_by),
       h("td", {}, when(b.expires_at)),
       h("td", {}, b.origin === "operator" && can("operator")
         ? h("button", { type: "button", class: "secondary small end-block", onclick: end(b) }, "End now") : null))),
