@@ -217,23 +217,52 @@ pub struct UpdateService {
     pub archived: bool,
 }
 
-/// Archives or unarchives a service. An archived service keeps its
-/// assignments' effect but is hidden from the list and takes no new
-/// revisions or assignments.
+/// Archives or unarchives a service. Only a service nothing assigns can be
+/// archived (409 `service_assigned` names the assignments); an archived
+/// one is hidden from the list and takes no new revisions or assignments.
 #[utoipa::path(patch, path = "/api/v1/services/{id}", request_body = UpdateService, tag = "services",
-    responses((status = 200, body = ServiceView), (status = 404, body = crate::http::error::ErrorBody)))]
+    responses((status = 200, body = ServiceView), (status = 404, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody)))]
 pub async fn update(
     audit: AuditTrail,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<UpdateService>,
 ) -> ApiResult<Json<ServiceView>> {
-    let mut tx = state.pool.begin().await?;
+    // Under the recompile lock, as assignments are made.
+    let mut tx = state.reconciler.begin_change().await?;
+    if body.archived {
+        refuse_if_assigned(&mut tx, id, "archive").await?;
+    }
     let row = db::services::set_archived(&mut tx, id, body.archived)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no service {id}")))?;
     audit.commit(tx, StatusCode::OK, None).await?;
     Ok(Json(row.into()))
+}
+
+/// 404 when there is no such service; 409 `service_assigned`, naming the
+/// assignments, when anything assigns it.
+async fn refuse_if_assigned(tx: &mut sqlx::PgConnection, id: Uuid, doing: &str) -> ApiResult<()> {
+    let service = db::services::get(&mut *tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no service {id}")))?;
+    let assignments = db::assignments::of_service(&mut *tx, id).await?;
+    if assignments.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = assignments
+        .iter()
+        .map(|a| format!("{} on `{}`", a.id, a.selector))
+        .collect();
+    Err(ApiError::conflict(
+        "service_assigned",
+        format!(
+            "cannot {doing} service `{}`: it is assigned ({}); delete those assignments first",
+            service.name,
+            named.join(", ")
+        ),
+    ))
 }
 
 /// Deletes a service nothing assigns, with its revisions (the audit log
@@ -249,24 +278,7 @@ pub async fn delete(
     // Under the recompile lock, as assignments are made: none can appear
     // between the check and the delete.
     let mut tx = state.reconciler.begin_change().await?;
-    let service = db::services::get(&mut *tx, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no service {id}")))?;
-    let assignments = db::assignments::of_service(&mut *tx, id).await?;
-    if !assignments.is_empty() {
-        let named: Vec<String> = assignments
-            .iter()
-            .map(|a| format!("{} on `{}`", a.id, a.selector))
-            .collect();
-        return Err(ApiError::conflict(
-            "service_assigned",
-            format!(
-                "service `{}` is assigned ({}); delete those assignments first, or archive the service",
-                service.name,
-                named.join(", ")
-            ),
-        ));
-    }
+    refuse_if_assigned(&mut tx, id, "delete").await?;
     db::services::delete(&mut *tx, id).await?;
     audit.commit(tx, StatusCode::NO_CONTENT, None).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -329,14 +329,23 @@ async fn services_are_archived_or_deleted_when_nothing_assigns_them() {
         "{message}"
     );
 
-    // Archived: hidden, no new revisions or assignments, back when asked.
-    let archived = h
+    let path = format!("/api/v1/services/{typo}");
+    let archive =
+        |archived: bool| h.call(Method::PATCH, &path, Some(json!({ "archived": archived })));
+    let refused = archive(true).await;
+    assert_eq!(error_code(&refused), "service_assigned", "{}", refused.body);
+
+    let unassigned = h
         .call(
-            Method::PATCH,
-            &format!("/api/v1/services/{typo}"),
-            Some(json!({"archived": true})),
+            Method::DELETE,
+            &format!("/api/v1/assignments/{assignment}"),
+            None,
         )
         .await;
+    assert_eq!(unassigned.status, StatusCode::OK);
+
+    // Archived: hidden, no new revisions or assignments, back when asked.
+    let archived = archive(true).await;
     assert_eq!(archived.body["archived"], true, "{}", archived.body);
     let listed: Vec<Value> = h.get("/api/v1/services").await.body["items"]
         .as_array()
@@ -358,15 +367,9 @@ async fn services_are_archived_or_deleted_when_nothing_assigns_them() {
     assert_eq!(error_code(&revision), "service_archived");
     let assign = h.assign(&typo, "plan=gold").await;
     assert_eq!(error_code(&assign), "service_archived");
+    let back = archive(false).await;
+    assert_eq!(back.body["archived"], false, "{}", back.body);
 
-    let unassigned = h
-        .call(
-            Method::DELETE,
-            &format!("/api/v1/assignments/{assignment}"),
-            None,
-        )
-        .await;
-    assert_eq!(unassigned.status, StatusCode::OK);
     let deleted = h
         .call(Method::DELETE, &format!("/api/v1/services/{typo}"), None)
         .await;

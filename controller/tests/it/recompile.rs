@@ -40,8 +40,9 @@ async fn version_increases_only_when_compiled_content_changes() {
         "v4 and v6 sets: {elements}"
     );
 
-    // The same content assigned twice compiles to the same firewall.
-    let twice = h.assign(&service, "env=prod").await;
+    // The same content assigned twice (on the same routers by another
+    // selector) compiles to the same firewall.
+    let twice = h.assign(&service, "env in (prod)").await;
     assert_eq!(
         twice.body["recompiled"],
         json!({"devices": 1, "changed": 0, "pending": 0})
