@@ -950,6 +950,17 @@ async function serviceData(id) {
   return { sv, revisions: revisions.items, assignments: mine };
 }
 
+/** Deletes an assignment (its routers lose the service), after a confirmation. */
+function unassignButton(a, message, done) {
+  const click = async () => {
+    message.clear();
+    if (!window.confirm(`Remove this service from the routers ${a.selector} matches?`)) return;
+    try { await remove(`/api/v1/assignments/${a.id}`); await done(); }
+    catch (e) { message.say(errorText(e), "error"); }
+  };
+  return h("button", { type: "button", class: "secondary small unassign", onclick: click }, "Unassign");
+}
+
 /** How many routers an assignment reaches now; a warning when none. */
 function reach(matched) {
   if (matched === undefined || matched === null) return "—";
@@ -962,6 +973,7 @@ async function servicePage(gen, id) {
   const title = h("h1", { id: "service-title" });
   const revisionsPart = h("div", { id: "service-revisions" });
   const assignmentsPart = h("div", { id: "service-assignments" });
+  const assignmentMessage = messageLine("unassign-message");
   const operator = can("operator");
   const lifecycle = operator ? lifecycleButtons(() => refresh()) : null;
   const revisionForm = operator ? newRevisionForm(id, data, () => refresh()) : null;
@@ -971,10 +983,11 @@ async function servicePage(gen, id) {
     const { sv } = data;
     fill(title, sv.name, " ", badge(typeOf(sv), ""), sv.archived ? [" ", badge("archived")] : null);
     fill(revisionsPart, table(["Revision", "Created"], data.revisions.map((r) => h("tr", {}, h("td", {}, r.revision), h("td", {}, when(r.created_at)))), { id: "revision-table" }));
-    fill(assignmentsPart, table(["Selector", "Revision", "Routers", "Created"], data.assignments.map((a) =>
+    fill(assignmentsPart, table(["Selector", "Revision", "Routers", "Created", ""], data.assignments.map((a) =>
       h("tr", { "data-assignment": a.id }, h("td", { class: "mono" }, a.selector), h("td", {}, a.revision),
-        h("td", {}, reach(a.matched)), h("td", {}, when(a.created_at)))),
-    { id: "assignment-table", empty: "Not assigned." }));
+        h("td", {}, reach(a.matched)), h("td", {}, when(a.created_at)),
+        h("td", {}, operator ? unassignButton(a, assignmentMessage, () => refresh()) : null))),
+    { id: "assignment-table", empty: "Not assigned." }), assignmentMessage);
     if (lifecycle) lifecycle.update(sv);
     if (revisionForm) revisionForm.update(data);
     if (assign) assign.update(data);
@@ -996,8 +1009,8 @@ async function servicePage(gen, id) {
 }
 
 /**
- * Archive / unarchive and delete; a refusal (409 naming the assignments) is
- * shown. Drawn once (its message survives live updates); `update` follows
+ * Archive / unarchive and delete; a refusal (409 naming the assignments:
+ * only a service nothing assigns can be archived or deleted) is shown. Drawn once (its message survives live updates); `update` follows
  * the service's archived state.
  */
 function lifecycleButtons(done) {

@@ -1,9 +1,9 @@
 //! The dashboard's forms in a real headless Chromium against the real
 //! controller: services and revisions checked by the server before saving,
 //! assignments with their selector preview, label changes on one router and
-//! in bulk, timed blocks, the device page, the rollout form (an empty canary
-//! refused, an existing assignment picked), CSV exports, audit filters, and
-//! what a logged-out page or a viewer does not see.
+//! in bulk, timed blocks, the device page, CSV exports, audit filters, and
+//! what a logged-out page or a viewer does not see. The rollout form is in
+//! `dashboard_rollout_form.rs`.
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -13,14 +13,14 @@ use crate::support::{report_status, Harness};
 use crate::webdriver::Browser;
 
 /// A browser logged in with `token`, on the fleet page.
-async fn logged_in(h: &Harness, token: &str) -> Browser {
+pub(crate) async fn logged_in(h: &Harness, token: &str) -> Browser {
     let browser = Browser::start(LAPTOP.0, LAPTOP.1).await;
     login(&browser, h, token).await;
     browser.find("#count-devices").await;
     browser
 }
 
-async fn open(browser: &Browser, h: &Harness, hash: &str) {
+pub(crate) async fn open(browser: &Browser, h: &Harness, hash: &str) {
     browser
         .goto(&format!("{}/ui/{hash}", h.controller.api_url))
         .await;
@@ -39,7 +39,7 @@ async fn audited(h: &Harness, action: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn no_script_errors(browser: &Browser) {
+pub(crate) async fn no_script_errors(browser: &Browser) {
     let errors = browser.script_errors().await;
     assert!(errors.is_empty(), "script errors: {errors:?}");
 }
@@ -47,7 +47,8 @@ async fn no_script_errors(browser: &Browser) {
 /// A service from the form: a spec the server refuses is shown beside the
 /// field and nothing is saved (the check is a dry run); fixed, it is saved.
 /// Then a new revision the same way, assignments with their preview and
-/// warnings, and the service's delete refused while it is assigned.
+/// warnings, archive and delete refused while it is assigned, unassigned
+/// from the page, archived, deleted.
 #[tokio::test]
 async fn dashboard_service_forms_check_with_the_server_then_save_and_assign() {
     let h = Harness::start().await;
@@ -205,21 +206,37 @@ async fn dashboard_service_forms_check_with_the_server_then_save_and_assign() {
         .await;
     assert!(listed.contains("matches no router"), "{listed}");
 
-    // Delete while assigned: the 409 names the assignments.
+    // Archive or delete while assigned: the 409 names the assignments.
     browser
         .execute("window.confirm = () => true; return 1;", json!([]))
         .await;
-    browser.click("#service-delete").await;
-    let refusal = browser
-        .wait_text("#service-lifecycle-message", "the refusal", |t| {
-            !t.is_empty()
-        })
-        .await;
-    assert!(
-        refusal.contains("(service_assigned)") && refusal.contains("plan=family"),
-        "{refusal}"
-    );
-    // Archived: marked so, and its forms go.
+    for button in ["#service-archive", "#service-delete"] {
+        browser.click(button).await;
+        let refusal = browser
+            .wait_text("#service-lifecycle-message", "the refusal", |t| {
+                !t.is_empty()
+            })
+            .await;
+        assert!(
+            refusal.contains("(service_assigned)") && refusal.contains("plan=family"),
+            "{button}: {refusal}"
+        );
+        browser
+            .execute(
+                "document.getElementById('service-lifecycle-message').textContent = ''; return 1;",
+                json!([]),
+            )
+            .await;
+    }
+    // Unassigned from the page, it can be archived: marked so, its forms gone.
+    for left in [1, 0] {
+        browser.click("#assignment-table .unassign").await;
+        browser
+            .wait_text("#assignment-table tbody", "one assignment fewer", |t| {
+                t.matches("plan=").count() == left
+            })
+            .await;
+    }
     browser.click("#service-archive").await;
     browser
         .wait_text("#service-title", "archived", |t| t.contains("archived"))
@@ -230,6 +247,11 @@ async fn dashboard_service_forms_check_with_the_server_then_save_and_assign() {
         h.get(&format!("/api/v1/services/{service}")).await.body["archived"],
         true
     );
+    // Deleted: back to the list, which no longer has it.
+    browser.click("#service-delete").await;
+    browser.find("#service-table").await;
+    let r = h.get(&format!("/api/v1/services/{service}")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
     no_script_errors(&browser).await;
     browser.quit().await;
 }
@@ -461,180 +483,6 @@ async fn dashboard_device_page_shows_what_the_router_runs() {
         h.get(&format!("/api/v1/devices/{id}/blocks")).await.body,
         json!([])
     );
-    no_script_errors(&browser).await;
-    browser.quit().await;
-}
-
-/// The rollout form: a canary that matches no router is refused (409
-/// `empty_wave`) and the page says so clearly; "allow empty waves" starts
-/// it. An existing assignment can be picked instead of a selector.
-#[tokio::test]
-async fn dashboard_rollout_form_refuses_an_empty_canary_and_picks_assignments() {
-    let h = Harness::start().await;
-    for i in 0..3 {
-        h.register(&format!("home-{i}"), json!({"plan": "family"}))
-            .await;
-    }
-    let service = h
-        .flow_block(
-            "games",
-            json!({"flows": [{"protocol": "udp", "dport": 27015}]}),
-        )
-        .await;
-    let other = h
-        .flow_block(
-            "voip",
-            json!({"flows": [{"protocol": "udp", "dport": 5060}]}),
-        )
-        .await;
-    let r = h
-        .post(
-            "/api/v1/assignments",
-            json!({"service_id": other, "revision": 1, "selector": "plan=family"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let existing = r.body["id"].as_str().unwrap().to_owned();
-    let r = h
-        .post(
-            &format!("/api/v1/services/{other}/revisions"),
-            json!({"spec": {"flows": [{"protocol": "udp", "dport": 5061}]}}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-
-    let browser = logged_in(&h, &h.controller.operator_token).await;
-    open(&browser, &h, "#/rollouts").await;
-    browser.select("#rollout-service", &service).await;
-    browser.type_into("#rollout-selector", "plan=family").await;
-    browser
-        .wait_text("#rollout-selector-preview", "the routers", |t| {
-            t.starts_with("3 routers match")
-        })
-        .await;
-    browser.type_into("#rollout-canary", "canary=true").await;
-    browser
-        .wait_text("#rollout-canary-preview", "an empty canary", |t| {
-            t.contains("matches no router")
-        })
-        .await;
-    browser.click("#rollout-start").await;
-    let refusal = browser
-        .wait_text("#rollout-empty-wave", "the refusal", |t| !t.is_empty())
-        .await;
-    assert!(
-        refusal.contains("Refused: a wave matches no router")
-            && refusal.contains("Allow empty waves"),
-        "{refusal}"
-    );
-    let rollouts = h.get("/api/v1/rollouts").await;
-    assert_eq!(rollouts.body["items"], json!([]), "nothing started");
-
-    // Allowed explicitly: it starts.
-    browser.click("#rollout-allow-empty").await;
-    browser.click("#rollout-start").await;
-    browser
-        .wait_text("#rollout-state-badge", "the new rollout", |t| !t.is_empty())
-        .await;
-    let rollouts = h.get("/api/v1/rollouts").await;
-    assert_eq!(rollouts.body["items"].as_array().unwrap().len(), 1);
-
-    // An existing assignment, picked by service and selector.
-    open(&browser, &h, "#/rollouts").await;
-    browser.select("#rollout-service", &other).await;
-    let options = browser.text("#rollout-target").await;
-    assert!(
-        options.contains("assigned to plan=family (revision 1)"),
-        "{options}"
-    );
-    browser.select("#rollout-target", &existing).await;
-    assert!(!browser.is_shown("#rollout-selector").await);
-    browser.click("#rollout-start").await;
-    let shown = browser
-        .wait_text(
-            "#rollout-state-badge, #rollout-error, #rollout-empty-wave",
-            "the second rollout",
-            |t| !t.is_empty(),
-        )
-        .await;
-    assert_eq!(shown, "running");
-    let id = browser
-        .execute("return location.hash.split('/')[2];", json!([]))
-        .await;
-    let view = h
-        .get(&format!("/api/v1/rollouts/{}", id.as_str().unwrap()))
-        .await;
-    assert_eq!(
-        view.body["assignment_id"],
-        existing.as_str(),
-        "{}",
-        view.body
-    );
-    no_script_errors(&browser).await;
-    browser.quit().await;
-}
-
-/// A rollout that ends with silent routers: "completed with N offline", and
-/// which ones.
-#[tokio::test]
-async fn dashboard_rollout_shows_the_routers_offline_when_it_completed() {
-    let h = Harness::start().await;
-    let mut reporting = Vec::new();
-    for i in 0..2 {
-        let labels = json!({"plan": "family", "canary": if i == 0 { "true" } else { "false" }});
-        reporting.push(h.device(&format!("home-{i}"), labels).await);
-    }
-    h.register("silent-0", json!({"plan": "family", "canary": "false"}))
-        .await;
-    let service = h
-        .flow_block(
-            "games",
-            json!({"flows": [{"protocol": "udp", "dport": 27015}]}),
-        )
-        .await;
-    let r = h
-        .post(
-            "/api/v1/rollouts",
-            json!({"service_id": service, "selector": "plan=family",
-                   "canary": {"selector": "canary=true"}, "waves": [100],
-                   "min_applied_share": 0.5, "soak_secs": 0, "offline_timeout_secs": 4}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let id = r.body["id"].as_str().unwrap().to_owned();
-    let browser = logged_in(&h, &h.controller.operator_token).await;
-    open(&browser, &h, &format!("#/rollouts/{id}")).await;
-    // The reporting routers apply whatever they get until it completes (well
-    // within the offline timeout: only the silent router goes offline).
-    let deadline = tokio::time::Instant::now() + crate::webdriver::WAIT * 2;
-    let mut sequence = 1;
-    loop {
-        crate::dashboard::apply_all(&h, &reporting, &mut sequence).await;
-        let view = h.get(&format!("/api/v1/rollouts/{id}")).await.body;
-        if view["state"] == "completed" {
-            assert_eq!(view["outcome"], "completed_with_offline", "{view:#}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never completed: {view:#}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
-    let outcome = browser
-        .wait_text("#rollout-outcome", "the offline routers", |t| !t.is_empty())
-        .await;
-    assert!(
-        outcome.starts_with("Completed with 1 offline."),
-        "{outcome}"
-    );
-    assert_eq!(browser.text("#rollout-offline").await, "silent-0");
-    open(&browser, &h, "#/rollouts").await;
-    browser
-        .wait_text("#rollout-table tbody", "the outcome in the list", |t| {
-            t.contains("completed with 1 offline")
-        })
-        .await;
     no_script_errors(&browser).await;
     browser.quit().await;
 }
