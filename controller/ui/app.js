@@ -983,9 +983,9 @@ async function servicePage(gen, id) {
     const { sv } = data;
     fill(title, sv.name, " ", badge(typeOf(sv), ""), sv.archived ? [" ", badge("archived")] : null);
     fill(revisionsPart, table(["Revision", "Created"], data.revisions.map((r) => h("tr", {}, h("td", {}, r.revision), h("td", {}, when(r.created_at)))), { id: "revision-table" }));
-    fill(assignmentsPart, table(["Selector", "Revision", "Routers", "Created", ""], data.assignments.map((a) =>
+    fill(assignmentsPart, table(["Selector", "Revision", "Routers", { label: "Created", cls: "wide-only" }, ""], data.assignments.map((a) =>
       h("tr", { "data-assignment": a.id }, h("td", { class: "mono" }, a.selector), h("td", {}, a.revision),
-        h("td", {}, reach(a.matched)), h("td", {}, when(a.created_at)),
+        h("td", {}, reach(a.matched)), h("td", { class: "wide-only" }, when(a.created_at)),
         h("td", {}, operator ? unassignButton(a, assignmentMessage, () => refresh()) : null))),
     { id: "assignment-table", empty: "Not assigned." }), assignmentMessage);
     if (lifecycle) lifecycle.update(sv);
