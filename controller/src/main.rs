@@ -402,17 +402,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !args.device_listen.ip().is_unspecified() {
         names.push(args.device_listen.ip().to_string());
     }
-    names.dedup();
+    // Routers check the certificate against the host they were told to
+    // use: the public URLs' hosts belong in it without a flag of their own.
+    for (flag, url) in [
+        ("--device-public-url", &args.device_public_url),
+        ("--enrollment-public-url", &args.enrollment_public_url),
+    ] {
+        if let Some(url) = url {
+            names.push(public_url_host(flag, url)?);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|name| seen.insert(name.clone()));
     let settings = Settings {
         data_dir: data_dir.clone(),
         database_url,
         api_listen: args.api_listen,
         api_tls: args.api_tls,
         device_listen: args.device_listen,
-        device_public_url: args.device_public_url,
-        device_tls_names: names,
+        device_public_url: args.device_public_url.clone(),
+        device_tls_names: names.clone(),
         enrollment_listen: args.enrollment_listen,
-        enrollment_public_url: args.enrollment_public_url,
+        enrollment_public_url: args.enrollment_public_url.clone(),
         device_cert_lifetime: Duration::from_secs(
             args.device_cert_lifetime_days.max(1) * 24 * 3600,
         ),
@@ -441,8 +452,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "  Dashboard:     {}/ui/  (log in with an operator token)",
         app.api_url
     );
+    // The two URLs routers are given (in every agent config the API
+    // answers): each on a line of its own, which scripts read as is.
     println!("  Device API:    {}", app.device_api_url);
     println!("  Enrollment:    {}", app.enrollment_url);
+    println!(
+        "  TLS names:     {}  (in both listeners' certificate)",
+        names.join(", ")
+    );
+    if args.device_public_url.is_some() && args.enrollment_public_url.is_some() {
+        println!(
+            "  Routers:       are given the two URLs above (listening on {} and {})",
+            app.device_addr, app.enrollment_addr
+        );
+    } else {
+        println!(
+            "  Routers:       are given the two URLs above, made from this machine's host name \
+             or listening address;"
+        );
+        println!(
+            "                 routers on a network need an address that reaches it: start with"
+        );
+        println!(
+            "                   --device-public-url https://ADDRESS:{} --enrollment-public-url \
+             https://ADDRESS:{}",
+            app.device_addr.port(),
+            app.enrollment_addr.port()
+        );
+        println!("                 (ADDRESS joins the TLS names; --device-tls-name adds others)");
+    }
     println!(
         "  Portal:        {}  (customers pay for gated sites here; listening on {})",
         app.portal_url, app.portal_addr
@@ -461,8 +499,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     match &app.initial_operator_token {
         Some(token) => println!("  Operator token (shown once, keep it): {token}"),
-        None => println!("  Operator token: created on first start (already shown then)"),
+        None => println!(
+            "  Operator token: created on first start (already shown then; make another with \
+             `isdf-controller token create --name NAME --role admin`)"
+        ),
     }
+    println!(
+        "  Next:          register a router: POST {}/api/v1/devices answers its enrollment \
+         token, CA and agent config (README: \"Connect a real router\")",
+        app.api_url
+    );
     app.run(shutdown_signal()).await?;
     if let Some(supervisor) = supervisor {
         supervisor.stop().await?;
@@ -481,9 +527,52 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// The host of a public URL routers are given (`flag` names it in the
+/// error): an `https://` URL, since agents refuse anything else.
+fn public_url_host(flag: &str, url: &str) -> anyhow::Result<String> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("{flag} {url:?}"))?;
+    if parsed.scheme() != "https" {
+        anyhow::bail!("{flag} must be an https:// URL (agents refuse others), not {url:?}");
+    }
+    match parsed.host_str() {
+        // An IPv6 address comes in its brackets.
+        Some(host) if !host.is_empty() => Ok(host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()),
+        _ => anyhow::bail!("{flag} {url:?} names no host"),
+    }
+}
+
 /// A network (`10.0.0.0/24`) or a single address (`10.0.0.5`).
 fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
     text.parse::<ipnet::IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("{text:?} is neither an address nor a network (10.0.0.0/24)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_url_host;
+
+    #[test]
+    fn public_urls_give_their_host_to_the_certificate() {
+        for (url, host) in [
+            (
+                "https://controller.example.net:8443",
+                "controller.example.net",
+            ),
+            ("https://192.0.2.10:8444/", "192.0.2.10"),
+            ("https://[2001:db8::10]:8443", "2001:db8::10"),
+        ] {
+            assert_eq!(public_url_host("--device-public-url", url).unwrap(), host);
+        }
+        for bad in ["http://192.0.2.10:8443", "192.0.2.10:8443", "https://"] {
+            let err = public_url_host("--device-public-url", bad).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("--device-public-url"),
+                "{err:#}"
+            );
+        }
+    }
 }

@@ -4,6 +4,10 @@
 //
 // Safety rule: data is only ever put in the page as text (textContent,
 // attributes set one by one); never through innerHTML.
+//
+// Pages whose forms must survive live updates are drawn once, with the
+// parts that show data (tables, counts) refilled on each change; pages
+// without inputs are simply redrawn (see `page`).
 
 "use strict";
 
@@ -34,12 +38,19 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+/** Appends children, skipping null, undefined and false (never the text "null"). */
 function append(el, children) {
   for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return el;
+}
+
+/** Replaces an element's children. Unlike `replaceChildren`, skips null and undefined. */
+function fill(el, ...children) {
+  el.replaceChildren();
+  return append(el, children);
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -53,13 +64,11 @@ function s(tag, attrs, ...children) {
 function main() { return document.getElementById("main"); }
 
 function show(...children) {
-  const m = main();
-  m.replaceChildren();
-  append(m, children);
+  fill(main(), ...children);
 }
 
 function badge(text, kind) {
-  return h("span", { class: "badge " + (kind || text || "") }, text ?? "—");
+  return h("span", { class: "badge " + (kind ?? text ?? "") }, text ?? "—");
 }
 
 function table(headers, rows, opts = {}) {
@@ -70,18 +79,73 @@ function table(headers, rows, opts = {}) {
       h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: headers.length, class: "muted" }, opts.empty || "Nothing yet.")))));
 }
 
+/** A two-column table of [label, value] pairs. */
+function facts(pairs, id) {
+  return h("table", { class: "facts", id }, h("tbody", {}, pairs.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { class: "wrap" }, v)))));
+}
+
+function field(label, el, ...extra) {
+  return h("label", {}, label, el, extra);
+}
+
 function ago(ts) {
   if (!ts) return "—";
   const secs = Math.round((Date.now() - Date.parse(ts)) / 1000);
+  if (secs < -5) return "in " + duration(-secs);
   if (secs < 5) return "just now";
-  if (secs < 90) return secs + " s ago";
-  if (secs < 5400) return Math.round(secs / 60) + " min ago";
-  if (secs < 129600) return Math.round(secs / 3600) + " h ago";
-  return Math.round(secs / 86400) + " d ago";
+  return duration(secs) + " ago";
+}
+
+function duration(secs) {
+  if (secs < 90) return secs + " s";
+  if (secs < 5400) return Math.round(secs / 60) + " min";
+  if (secs < 129600) return Math.round(secs / 3600) + " h";
+  return Math.round(secs / 86400) + " d";
 }
 
 function when(ts) {
   return ts ? h("time", { datetime: ts, title: new Date(ts).toLocaleString() }, ago(ts)) : "—";
+}
+
+function labelsText(labels) {
+  return Object.entries(labels || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+}
+
+/**
+ * "plan=family, region=eu" → {plan: "family", region: "eu"}. Label keys and
+ * values hold no commas, spaces nor `=`, so the text form is unambiguous.
+ * Throws on a pair without `=`.
+ */
+function parseLabels(text) {
+  const labels = {};
+  for (const part of words(text)) {
+    const eq = part.indexOf("=");
+    if (eq <= 0) throw new Error(`"${part}" is not key=value`);
+    labels[part.slice(0, eq).trim()] = part.slice(eq + 1).trim();
+  }
+  return labels;
+}
+
+function words(text) {
+  return text.split(/[,\s]+/).map((w) => w.trim()).filter(Boolean);
+}
+
+/** Calls `fn` once typing pauses for `ms`. */
+function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+}
+
+function hashParams() {
+  return new URLSearchParams(location.hash.split("?")[1] || "");
+}
+
+/** "?a=1&b=2" of the non-empty values, or "". */
+function queryOf(values) {
+  const p = new URLSearchParams();
+  for (const [k, v] of Object.entries(values)) if (v) p.set(k, v);
+  const text = p.toString();
+  return text ? "?" + text : "";
 }
 
 // ---------------------------------------------------------------- API
@@ -113,9 +177,90 @@ async function api(method, path, body) {
 }
 const get = (path) => api("GET", path);
 const post = (path, body) => api("POST", path, body === undefined ? {} : body);
+const patch = (path, body) => api("PATCH", path, body);
+const remove = (path) => api("DELETE", path);
+
+/** The same call with `?dry_run=true`: validated by the server, nothing written. */
+function dryRun(method, path, body) {
+  return api(method, path + (path.includes("?") ? "&" : "?") + "dry_run=true", body);
+}
+
+function errorText(e) {
+  return e instanceof ApiError ? `${e.message} (${e.code})` : String(e.message || e);
+}
 
 function errorBox(e) {
-  return h("p", { class: "error", role: "alert" }, e instanceof ApiError ? `${e.message} (${e.code})` : String(e));
+  return h("p", { class: "error", role: "alert" }, errorText(e));
+}
+
+/** A message line under a form: `say(text, "error" | "ok" | "warn")`. */
+function messageLine(id) {
+  const el = h("p", { id, class: "message", role: "status" });
+  el.say = (text, kind) => { el.className = "message " + (kind || ""); fill(el, text); };
+  el.clear = () => el.say("");
+  return el;
+}
+
+/** The routers a selector matches: {selector, matched, sample: [{id, name}]}. */
+function matching(selector, sample = 5) {
+  return get("/api/v1/devices/matching" + queryOf({ selector, sample: String(sample) }));
+}
+
+/**
+ * A label selector input with a live preview of what it matches (how many
+ * routers, a few names), debounced as the operator types, and a warning
+ * when it matches none. `preview.matched` is the last count (null: none yet).
+ */
+function selectorField(id, opts = {}) {
+  const input = h("input", { id, placeholder: opts.placeholder || "e.g. plan=family", value: opts.value || "", autocomplete: "off", spellcheck: "false", "aria-label": "Label selector" });
+  const preview = h("p", { id: id + "-preview", class: "preview muted", "aria-live": "polite" });
+  let asked = 0;
+  const update = async () => {
+    const text = input.value.trim();
+    const mine = ++asked;
+    if (!text) { preview.matched = null; fill(preview); return; }
+    try {
+      const m = await matching(text, opts.sample || 5);
+      if (mine === asked) showMatches(preview, m);
+    } catch (e) {
+      if (mine !== asked) return;
+      preview.matched = null;
+      preview.className = "preview error";
+      fill(preview, errorText(e));
+    }
+  };
+  const later = debounce(update, 300);
+  input.addEventListener("input", () => { preview.className = "preview muted"; later(); });
+  if (input.value) update();
+  return { input, preview, update, get matched() { return preview.matched; } };
+}
+
+function showMatches(preview, m) {
+  preview.matched = m.matched;
+  preview.dataset.matched = m.matched;
+  if (m.matched === 0) {
+    preview.className = "preview warn";
+    fill(preview, "⚠ ", h("code", {}, m.selector), " matches no router.");
+    return;
+  }
+  const names = m.sample.map((d, i) => [i ? ", " : "", h("a", { href: "#/devices/" + d.id }, d.name)]);
+  const more = m.matched > m.sample.length ? `, … ${m.matched - m.sample.length} more` : "";
+  preview.className = "preview ok";
+  fill(preview, `${m.matched} router${m.matched === 1 ? "" : "s"} match: `, names, more);
+}
+
+/** Warnings an answer carries (e.g. a selector that matches no router). */
+function warningsBox(warnings, id) {
+  if (!warnings || !warnings.length) return null;
+  return h("div", { class: "callout warn", id, role: "status" }, warnings.map((w) => h("p", {}, "⚠ ", w)));
+}
+
+/** A CSV export link (the session cookie authorizes the download). */
+function csvLink(id, path, filters, label) {
+  const a = h("a", { id, class: "button secondary", download: "" }, label);
+  a.setFilters = (f) => { a.href = path + queryOf(f); };
+  a.setFilters(filters);
+  return a;
 }
 
 // ---------------------------------------------------------------- login
@@ -129,8 +274,17 @@ async function start() {
   }
 }
 
+/** The header (navigation, who is logged in, "Log out") shows only with a session. */
+function showHeader(on) {
+  document.getElementById("top").hidden = !on;
+  if (!on) {
+    document.getElementById("who-name").textContent = "";
+    document.getElementById("who-role").textContent = "";
+  }
+}
+
 function loginPage(message) {
-  document.getElementById("top").hidden = true;
+  showHeader(false);
   if (stream) { stream.close(); stream = null; }
   current = null;
   const failed = message || (location.hash.includes("failed") ? "That token was refused." : null);
@@ -167,7 +321,7 @@ function loginCsrf() {
 
 function loggedIn(me) {
   session.name = me.name; session.role = me.role; session.csrf = me.csrf;
-  document.getElementById("top").hidden = false;
+  showHeader(true);
   document.getElementById("who-name").textContent = me.name;
   document.getElementById("who-role").textContent = me.role;
   openStream();
@@ -181,7 +335,7 @@ function loggedOut() {
 
 async function logout() {
   try { await api("POST", "/ui/logout"); } catch (_) { /* the session is gone either way */ }
-  session.csrf = null;
+  session.name = session.role = session.csrf = null;
   loginPage();
 }
 
@@ -251,17 +405,22 @@ function route() {
   location.hash = "#/fleet";
 }
 
-/** Registers the page on screen: `load` draws it (again on every relevant change). */
+/** Registers a page without inputs: `load` draws it (again on every relevant change). */
 async function page(gen, load, wants) {
   const draw = async () => {
     const node = await load();
-    if (gen !== generation) return;
-    const m = main();
-    // Keep the focus and the text typed in inputs across live redraws.
-    m.replaceChildren(node);
+    if (gen === generation) show(node);
   };
   await draw();
   if (gen === generation) current = { refresh: draw, wants };
+}
+
+/**
+ * Registers a page drawn once (it has forms): `refresh` refills its data
+ * parts on every relevant change, leaving what is typed in its inputs.
+ */
+function live(gen, refresh, wants) {
+  if (gen === generation) current = { refresh, wants };
 }
 
 // ---------------------------------------------------------------- fleet
@@ -292,6 +451,7 @@ async function fleetPage(gen) {
       h("div", { class: "grid2" },
         h("div", { class: "panel" }, h("h2", {}, "By agent version"), bars(o.by_agent_version)),
         h("div", { class: "panel" }, h("h2", {}, "By model"), bars(o.by_model))));
+  // Routers created, deleted, relabelled or reporting all come as `device`.
   }, (c) => c.topic === "device");
 }
 
@@ -304,41 +464,25 @@ function barOf(share) {
 
 // ---------------------------------------------------------------- devices
 
+const DEVICE_STATES = ["", "online", "stale", "failing", "never_reported"];
+
 async function devicesPage(gen) {
-  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const params = hashParams();
   const filters = { q: params.get("q") || "", state: params.get("state") || "", selector: params.get("selector") || "" };
   let cursor = null, rows = [], error = null;
   const body = h("div", { id: "device-results" });
 
   const q = h("input", { id: "device-search", type: "search", placeholder: "name contains…", value: filters.q, "aria-label": "Search by name" });
   const state = h("select", { id: "device-state", "aria-label": "State" },
-    ["", "online", "stale", "failing", "never_reported"].map((v) =>
-      h("option", { value: v, selected: v === filters.state }, v ? v.replace("_", " ") : "any state")));
-  const selector = h("input", { id: "device-selector", placeholder: "labels, e.g. model=ax3000", value: filters.selector, "aria-label": "Label selector" });
+    DEVICE_STATES.map((v) => h("option", { value: v, selected: v === filters.state }, v ? v.replace("_", " ") : "any state")));
+  const selector = selectorField("device-selector", { placeholder: "labels, e.g. model=ax3000", value: filters.selector });
+  const csv = csvLink("device-csv", "/api/v1/exports/devices.csv", filters, "Export CSV");
+  const bulk = can("operator") ? bulkLabels(() => filters.selector, () => reload()) : null;
 
-  const query = (after) => {
-    const p = new URLSearchParams({ limit: "50" });
-    if (filters.q) p.set("q", filters.q);
-    if (filters.state) p.set("state", filters.state);
-    if (filters.selector) p.set("selector", filters.selector);
-    if (after) p.set("cursor", after);
-    return "/api/v1/devices?" + p;
-  };
+  const query = (after) => "/api/v1/devices" + queryOf({ limit: "50", ...filters, cursor: after });
   const render = () => {
     const more = cursor ? h("button", { class: "secondary", id: "device-more", onclick: loadMore }, "More") : null;
-    body.replaceChildren(error ? errorBox(error) : "", table(
-      ["Name", "State", "Outcome", { label: "Enforced", cls: "wide-only" }, { label: "Agent", cls: "wide-only" }, "Last report", { label: "Labels", cls: "wide-only" }],
-      rows.map((d) => {
-        const hl = d.health || {};
-        return h("tr", {},
-          h("td", {}, h("a", { href: "#/devices/" + d.id }, d.name)),
-          h("td", {}, badge(hl.state), hl.failing ? [" ", badge("failing")] : null),
-          h("td", {}, hl.outcome ? badge(hl.outcome) : "—"),
-          h("td", { class: "wide-only" }, hl.enforced_version ?? "—"),
-          h("td", { class: "wide-only mono" }, hl.agent_version ?? "—"),
-          h("td", {}, when(hl.last_report_at)),
-          h("td", { class: "wide-only wrap mono" }, Object.entries(d.labels).map(([k, v]) => `${k}=${v}`).join(", ")));
-      }), { id: "device-table", empty: "No device matches." }), more);
+    fill(body, error ? errorBox(error) : null, deviceTable(rows), more);
   };
   async function reload() {
     try {
@@ -352,139 +496,632 @@ async function devicesPage(gen) {
     rows = rows.concat(page.items); cursor = page.next_cursor;
     render();
   }
-  let timer = null;
-  const changed = () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => {
-      filters.q = q.value.trim(); filters.state = state.value; filters.selector = selector.value.trim();
-      const p = new URLSearchParams();
-      for (const [k, v] of Object.entries(filters)) if (v) p.set(k, v);
-      history.replaceState(null, "", "#/devices" + (p.toString() ? "?" + p : ""));
-      reload();
-    }, 250);
-  };
+  const changed = debounce(() => {
+    filters.q = q.value.trim(); filters.state = state.value; filters.selector = selector.input.value.trim();
+    history.replaceState(null, "", "#/devices" + queryOf(filters));
+    csv.setFilters(filters);
+    if (bulk) bulk.filterChanged();
+    reload();
+  }, 250);
   q.addEventListener("input", changed);
-  selector.addEventListener("input", changed);
+  selector.input.addEventListener("input", changed);
   state.addEventListener("change", changed);
 
   await reload();
   if (gen !== generation) return;
   show(h("section", { id: "devices" },
-    h("h1", {}, "Devices"),
-    h("div", { class: "row panel" },
-      h("label", {}, "Search", q), h("label", {}, "State", state), h("label", {}, "Labels", selector)),
+    h("div", { class: "title-row" }, h("h1", {}, "Devices"), csv),
+    h("div", { class: "panel" },
+      h("div", { class: "row" },
+        field("Search", q), field("State", state), h("label", { class: "grow" }, "Labels", selector.input)),
+      selector.preview,
+      bulk),
     body));
+  if (bulk) bulk.filterChanged();
   // Live: refetch the rows on screen, keeping the inputs as they are.
   // Audit entries come with every change made through the API (new devices).
-  current = { refresh: reload, wants: (c) => c.topic === "device" || c.topic === "audit" };
+  live(gen, reload, (c) => c.topic === "device" || c.topic === "audit");
+}
+
+function deviceTable(rows) {
+  return table(
+    ["Name", "State", "Outcome", { label: "Enforced", cls: "wide-only" }, { label: "Agent", cls: "wide-only" }, "Last report", { label: "Labels", cls: "wide-only" }],
+    rows.map((d) => {
+      const hl = d.health || {};
+      return h("tr", {},
+        h("td", {}, h("a", { href: "#/devices/" + d.id }, d.name)),
+        h("td", {}, badge(hl.state), hl.failing ? [" ", badge("failing")] : null),
+        h("td", {}, hl.outcome ? badge(hl.outcome) : "—"),
+        h("td", { class: "wide-only" }, hl.enforced_version ?? "—"),
+        h("td", { class: "wide-only mono" }, hl.agent_version ?? "—"),
+        h("td", {}, when(hl.last_report_at)),
+        h("td", { class: "wide-only wrap mono" }, labelsText(d.labels)));
+    }), { id: "device-table", empty: "No device matches." });
+}
+
+/**
+ * "Change labels of these N routers": a label change for every router the
+ * list's selector filter matches (the name and state filters do not narrow
+ * it), previewed with the count and a few names, confirmed, then made in one
+ * call (`POST /api/v1/devices/labels`).
+ */
+function bulkLabels(selectorOf, done) {
+  const open = h("button", { type: "button", class: "secondary", id: "bulk-open", hidden: true }, "Change labels");
+  const set = h("input", { id: "bulk-set", placeholder: "plan=premium, region=eu", autocomplete: "off" });
+  const drop = h("input", { id: "bulk-remove", placeholder: "old-label, other", autocomplete: "off" });
+  const preview = h("p", { id: "bulk-preview", class: "preview" });
+  const confirm = h("button", { type: "submit", id: "bulk-apply" }, "Apply");
+  const message = messageLine("bulk-message");
+  const form = h("form", { id: "bulk-form", class: "subpanel", hidden: true },
+    h("h2", {}, "Change labels"),
+    h("div", { class: "row" }, field("Set (key=value, …)", set), field("Remove (keys)", drop)),
+    h("p", { class: "muted" }, "Applies to every router the selector matches, whatever the name and state filters show:"),
+    preview,
+    h("div", { class: "actions" }, confirm, h("button", { type: "button", class: "secondary", onclick: () => { form.hidden = true; } }, "Cancel")),
+    message);
+
+  const filterChanged = async () => {
+    const selector = selectorOf();
+    if (!selector) { open.hidden = true; form.hidden = true; return; }
+    try {
+      const m = await matching(selector, 10);
+      if (selector !== selectorOf()) return;
+      open.hidden = false;
+      open.disabled = m.matched === 0;
+      fill(open, `Change labels of these ${m.matched} router${m.matched === 1 ? "" : "s"}`);
+      showMatches(preview, m);
+      fill(confirm, `Apply to ${m.matched} router${m.matched === 1 ? "" : "s"}`);
+    } catch (_) { open.hidden = true; form.hidden = true; }
+  };
+  open.addEventListener("click", () => { form.hidden = false; message.clear(); set.focus(); });
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    message.clear();
+    let body;
+    try {
+      body = { selector: selectorOf() };
+      const labels = parseLabels(set.value);
+      const keys = words(drop.value);
+      if (Object.keys(labels).length) body.set = labels;
+      if (keys.length) body.remove = keys;
+    } catch (e) { message.say(e.message, "error"); return; }
+    if (!body.set && !body.remove) { message.say("Give labels to set or keys to remove.", "error"); return; }
+    try {
+      const r = await post("/api/v1/devices/labels", body);
+      message.say(`Done: ${r.matched} matched, ${r.changed} changed; ${r.recompiled.changed} configs changed.`, "ok");
+      set.value = drop.value = "";
+      await done();
+      filterChanged();
+    } catch (e) { message.say(errorText(e), "error"); }
+  });
+  const panel = h("div", { id: "bulk" }, open, form);
+  panel.filterChanged = filterChanged;
+  return panel;
+}
+
+// ---------------------------------------------------------------- a device
+
+/** What the device page shows, fetched together; a part that fails shows its error. */
+async function deviceData(id) {
+  const soft = (p, otherwise) => p.catch((e) => (e.status === 404 ? otherwise : { error: e }));
+  const [d, status, history, config, events, services, blocks] = await Promise.all([
+    get(`/api/v1/devices/${id}`),
+    soft(get(`/api/v1/devices/${id}/status`), null),
+    soft(get(`/api/v1/devices/${id}/status/history?limit=20`), []),
+    soft(get(`/api/v1/devices/${id}/config`), null),
+    soft(get(`/api/v1/devices/${id}/events?limit=20`), { items: [], totals: [] }),
+    soft(get(`/api/v1/devices/${id}/services`), { items: [] }),
+    soft(get(`/api/v1/devices/${id}/blocks`), []),
+  ]);
+  return { d, status, history, config, events, services, blocks };
 }
 
 async function devicePage(gen, id) {
-  await page(gen, async () => {
-    const [d, status, history, config, events] = await Promise.all([
-      get(`/api/v1/devices/${id}`),
-      get(`/api/v1/devices/${id}/status`).catch(() => null),
-      get(`/api/v1/devices/${id}/status/history?limit=20`).catch(() => []),
-      get(`/api/v1/devices/${id}/config`).catch(() => null),
-      get(`/api/v1/devices/${id}/events?limit=20`).catch(() => ({ items: [], totals: [] })),
-    ]);
-    const r = status && status.report;
-    const dl = (pairs) => h("table", {}, h("tbody", {}, pairs.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { class: "wrap" }, v)))));
-    return h("section", { id: "device" },
-      h("p", {}, h("a", { href: "#/devices" }, "← Devices")),
-      h("h1", { id: "device-name" }, d.name),
-      h("div", { class: "grid2" },
-        h("div", { class: "panel" }, h("h2", {}, "Router"), dl([
-          ["Id", h("span", { class: "mono" }, d.id)],
-          ["Labels", Object.entries(d.labels).map(([k, v]) => `${k}=${v}`).join(", ") || "—"],
-          ["Registered", when(d.created_at)],
-          ["Certificate expires", d.certificate_expires_at ? new Date(d.certificate_expires_at).toLocaleDateString() : "not enrolled"],
-          ["Compiled config", config ? `version ${config.version}` : "—"],
-          ["Config digest", config ? h("span", { class: "mono" }, config.digest.slice(0, 16) + "…") : "—"],
-        ])),
-        h("div", { class: "panel" }, h("h2", {}, "Status"), r ? dl([
-          ["Enforced version", h("span", { id: "enforced-version" }, r.enforced_version ?? "none")],
-          ["Outcome", badge(r.outcome)],
-          ["Attempted version", r.attempted_version ?? "—"],
-          ["Errors", r.errors.length ? r.errors.join("; ") : "none"],
-          ["Backend", r.backend],
-          ["Agent", r.agent_version],
-          ["Last report", when(status.received_at)],
-          ["Tunnels", (r.tunnels || []).length || "none"],
-        ]) : h("p", { class: "muted" }, "This router has not reported yet."))),
-      h("h2", {}, "Counters"),
-      table(["Rule", "Packets", "Bytes"], (r ? r.counters : []).map((c) =>
-        h("tr", {}, h("td", { class: "mono" }, c.rule_id), h("td", {}, c.packets.toLocaleString()), h("td", {}, c.bytes.toLocaleString()))),
-      { empty: "No counters reported." }),
-      h("h2", {}, "Recent events"),
-      table(["When", "Kind", "Origin", "Reason"], events.items.map((e) =>
-        h("tr", {}, h("td", {}, when(e.received_at)), h("td", {}, e.event.kind), h("td", {}, e.event.block.origin), h("td", { class: "wrap" }, e.event.block.reason))),
-      { empty: "No events reported." }),
-      h("h2", {}, "History"),
-      table(["Received", "Sequence", "Outcome", "Enforced", "Errors"], history.map((s) =>
-        h("tr", {}, h("td", {}, when(s.received_at)), h("td", {}, s.sequence), h("td", {}, badge(s.report.outcome)),
-          h("td", {}, s.report.enforced_version ?? "—"), h("td", { class: "wrap" }, s.report.errors.join("; ") || "—"))),
-      { id: "history-table", empty: "No reports yet." }));
-  }, (c) => (c.topic === "device" || c.topic === "config") && c.id === id);
+  const parts = {
+    router: h("div", { class: "panel", id: "device-router" }),
+    status: h("div", { class: "panel", id: "device-status" }),
+    services: h("div", { id: "device-services" }),
+    config: h("div", { id: "device-config" }),
+    blocks: h("div", { id: "device-blocks" }),
+    counters: h("div", { id: "device-counters" }),
+    events: h("div", { id: "device-events" }),
+    history: h("div", { id: "device-history" }),
+  };
+  const name = h("h1", { id: "device-name" });
+  const labels = can("operator") ? labelEditor(id, () => refresh()) : null;
+  const blockForm = can("operator") ? placeBlockForm(id, () => refresh()) : null;
+  const refresh = async () => {
+    const data = await deviceData(id);
+    if (gen !== generation) return;
+    fill(name, data.d.name);
+    if (labels) labels.showCurrent(data.d.labels);
+    drawDevice(parts, data, () => refresh());
+  };
+  await refresh();
+  if (gen !== generation) return;
+  show(h("section", { id: "device" },
+    h("p", {}, h("a", { href: "#/devices" }, "← Devices")),
+    name,
+    h("div", { class: "grid2" }, h("div", {}, parts.router, labels), parts.status),
+    h("h2", {}, "Services in force"), parts.services,
+    h("h2", {}, "Compiled config"), parts.config,
+    h("h2", {}, "Blocks in force"), parts.blocks, blockForm,
+    h("h2", { id: "counters-title" }, "Counters"), parts.counters,
+    h("h2", {}, "Recent events"), parts.events,
+    h("h2", {}, "Status history"), parts.history));
+  live(gen, refresh, (c) => (c.topic === "device" || c.topic === "config") && (c.id === id || !c.id));
+}
+
+function drawDevice(parts, data, refresh) {
+  const { d, status, history, config, events, services, blocks } = data;
+  const report = status && !status.error ? status.report : null;
+  fill(parts.router, h("h2", {}, "Router"), facts([
+    ["Id", h("span", { class: "mono" }, d.id)],
+    ["Labels", h("span", { id: "device-labels", class: "mono" }, labelsText(d.labels) || "—")],
+    ["Registered", when(d.created_at)],
+    ["Certificate expires", d.certificate_expires_at ? new Date(d.certificate_expires_at).toLocaleDateString() : "not enrolled"],
+  ]));
+  fill(parts.status, h("h2", {}, "Status"), status && status.error ? errorBox(status.error) : statusFacts(status));
+  fill(parts.services, servicesInForce(services));
+  fill(parts.config, compiledConfig(config));
+  fill(parts.blocks, blocksTable(d.id, blocks, refresh));
+  fill(parts.counters, countersPart(status));
+  fill(parts.events, events.error ? errorBox(events.error) : eventsTable(events));
+  fill(parts.history, history.error ? errorBox(history.error) : historyTable(history));
+}
+
+function statusFacts(status) {
+  if (!status) return h("p", { class: "muted" }, "This router has not reported yet.");
+  const r = status.report;
+  return facts([
+    ["Enforced version", h("span", { id: "enforced-version" }, r.enforced_version ?? "none")],
+    ["Outcome", badge(r.outcome)],
+    ["Attempted version", r.attempted_version ?? "—"],
+    ["Errors", r.errors.length ? r.errors.join("; ") : "none"],
+    ["Backend", r.backend],
+    ["Agent", r.agent_version],
+    ["Last report", when(status.received_at)],
+    ["Tunnels", (r.tunnels || []).length || "none"],
+  ]);
+}
+
+function servicesInForce(services) {
+  if (services.error) return errorBox(services.error);
+  return table(["Service", { label: "Type", cls: "wide-only" }, "Revision", "Selector", "Rollout"], services.items.map((s) =>
+    h("tr", {},
+      h("td", {}, h("a", { href: "#/services/" + s.service_id }, s.service_name)),
+      h("td", { class: "wide-only" }, s.type),
+      h("td", {}, h("a", { href: `#/services/${s.service_id}?to=${s.revision}` }, "revision " + s.revision)),
+      h("td", { class: "mono" }, s.selector),
+      h("td", {}, s.rollout_id ? h("a", { href: "#/rollouts/" + s.rollout_id }, "being rolled out") : "—"))),
+  { id: "device-services-table", empty: "No service applies to this router." });
+}
+
+function compiledConfig(config) {
+  if (!config) return h("p", { class: "muted" }, "Not compiled yet.");
+  if (config.error) return errorBox(config.error);
+  return h("div", { class: "panel" },
+    h("p", { id: "config-summary" },
+      `Version ${config.version} · digest `, h("code", { title: config.digest }, config.digest.slice(0, 16) + "…"),
+      " · issued ", when(config.issued_at), " · expires ", new Date(config.expires_at).toLocaleString()),
+    h("details", { id: "config-details" },
+      h("summary", {}, "Decoded config"),
+      h("pre", { class: "code", id: "config-json" }, JSON.stringify(config.config, null, 2))));
+}
+
+function flowText(f) {
+  const any = (addr) => (addr === "0.0.0.0/0" || addr === "::/0" ? "any" : addr);
+  const end = (addr, port) => (port ? `${any(addr)}:${port}` : any(addr));
+  return `${f.protocol || "any"} ${end(f.src, f.sport)} → ${end(f.dst, f.dport)}`;
+}
+
+function blocksTable(deviceId, blocks, refresh) {
+  if (blocks.error) return errorBox(blocks.error);
+  const message = messageLine("block-end-message");
+  const end = (b) => async () => {
+    message.clear();
+    try { await remove(`/api/v1/devices/${deviceId}/blocks/${b.id}`); await refresh(); }
+    catch (e) { message.say(errorText(e), "error"); }
+  };
+  const wide = (label) => ({ label, cls: "wide-only" });
+  return h("div", {}, table(["Flow", wide("Action"), wide("Origin"), "Reason", wide("By"), "Ends", ""], blocks.map((b) =>
+    h("tr", { "data-block": b.id },
+      h("td", { class: "mono" }, flowText(b.flow)),
+      h("td", { class: "wide-only" }, b.action),
+      h("td", { class: "wide-only" }, b.origin),
+      h("td", { class: "wrap" }, b.reason || "—"),
+      h("td", { class: "wide-only" }, b.created_by),
+      h("td", {}, when(b.expires_at)),
+      h("td", {}, b.origin === "operator" && can("operator")
+        ? h("button", { type: "button", class: "secondary small end-block", onclick: end(b) }, "End now") : null))),
+  { id: "blocks-table", empty: "No blocks in force." }), message);
+}
+
+function countersPart(status) {
+  if (!status || status.error) return h("p", { class: "muted" }, "No counters reported.");
+  return h("div", {},
+    h("p", { class: "muted", id: "counters-as-of" }, "As of the report of ", when(status.received_at),
+      ` (${new Date(status.received_at).toLocaleString()}, report #${status.sequence}).`),
+    table(["Rule", "Packets", "Bytes"], status.report.counters.map((c) =>
+      h("tr", {}, h("td", { class: "mono" }, c.rule_id), h("td", {}, c.packets.toLocaleString()), h("td", {}, c.bytes.toLocaleString()))),
+    { id: "counters-table", empty: "No counters reported." }));
+}
+
+function eventsTable(events) {
+  return table(["When", "Kind", "Origin", "Reason"], events.items.map((e) =>
+    h("tr", {}, h("td", {}, when(e.received_at)), h("td", {}, e.event.kind),
+      h("td", {}, e.event.block ? e.event.block.origin : "—"), h("td", { class: "wrap" }, e.event.block ? e.event.block.reason : "—"))),
+  { id: "events-table", empty: "No events reported." });
+}
+
+function historyTable(history) {
+  return table(["Received", "Sequence", "Outcome", "Enforced", "Errors"], history.map((s) =>
+    h("tr", {}, h("td", {}, when(s.received_at)), h("td", {}, s.sequence), h("td", {}, badge(s.report.outcome)),
+      h("td", {}, s.report.enforced_version ?? "—"), h("td", { class: "wrap" }, s.report.errors.join("; ") || "—"))),
+  { id: "history-table", empty: "No reports yet." });
+}
+
+/** Edits one router's labels (the complete new set, `PATCH /api/v1/devices/{id}`). */
+function labelEditor(id, done) {
+  const input = h("input", { id: "labels-input", autocomplete: "off", spellcheck: "false", "aria-label": "Labels" });
+  const message = messageLine("labels-message");
+  let shown = null;
+  const form = h("form", { class: "panel", id: "labels-form" },
+    h("h2", {}, "Labels"),
+    h("div", { class: "row" }, h("label", { class: "grow" }, "key=value, comma separated (the complete set)", input),
+      h("button", { type: "submit", id: "labels-save" }, "Save labels")),
+    message);
+  form.showCurrent = (labels) => {
+    const text = labelsText(labels);
+    // Leave what the operator is typing alone.
+    if (shown === null || input.value === shown) input.value = text;
+    shown = text;
+  };
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    message.clear();
+    let labels;
+    try { labels = parseLabels(input.value); } catch (e) { message.say(e.message, "error"); return; }
+    try {
+      const r = await patch(`/api/v1/devices/${id}`, { labels });
+      shown = null;
+      message.say(`Saved. ${r.recompiled && r.recompiled.changed ? "Its config was recompiled." : "Its config is unchanged."}`, "ok");
+      await done();
+    } catch (e) { message.say(errorText(e), "error"); }
+  });
+  return form;
+}
+
+/** "90", "30m", "2h", "1d" → seconds (NaN when unreadable). */
+function parseDuration(text) {
+  const m = text.trim().match(/^(\d+)\s*(s|m|min|h|d)?$/);
+  if (!m) return NaN;
+  return Number(m[1]) * ({ s: 1, m: 60, min: 60, h: 3600, d: 86400 }[m[2] || "s"]);
+}
+
+/** Places a timed block on the router (`POST /api/v1/devices/{id}/blocks`). */
+function placeBlockForm(id, done) {
+  const protocol = h("select", { id: "block-protocol" }, ["tcp", "udp", "any", "icmp", "icmpv6"].map((p) => h("option", { value: p }, p)));
+  const dst = h("input", { id: "block-dst", placeholder: "any, or 198.51.100.0/24" });
+  const dport = h("input", { id: "block-dport", placeholder: "any, or 443 or 6881-6889" });
+  const src = h("input", { id: "block-src", placeholder: "any, or 192.168.1.20" });
+  const length = h("input", { id: "block-duration", value: "1h", placeholder: "30m, 2h, 1d" });
+  const action = h("select", { id: "block-action" }, ["drop", "reject"].map((a) => h("option", { value: a }, a)));
+  const reason = h("input", { id: "block-reason", maxlength: 200, placeholder: "why (kept with the block)" });
+  const message = messageLine("block-message");
+  const form = h("form", { class: "panel", id: "block-form" },
+    h("h3", {}, "Place a timed block"),
+    h("div", { class: "row" }, field("Protocol", protocol), field("Source", src), field("Destination", dst), field("Dest. port", dport),
+      field("For", length), field("Action", action), h("label", { class: "grow" }, "Reason", reason)),
+    h("p", {}, h("button", { type: "submit", id: "block-place" }, "Place block")), message);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    message.clear();
+    const secs = parseDuration(length.value);
+    if (!(secs > 0)) { message.say("Give the duration as seconds or with a unit: 30m, 2h, 1d.", "error"); return; }
+    const flow = {};
+    if (protocol.value !== "any") flow.protocol = protocol.value;
+    for (const [k, el] of [["src", src], ["dst", dst], ["dport", dport]]) if (el.value.trim()) flow[k] = el.value.trim();
+    try {
+      const r = await post(`/api/v1/devices/${id}/blocks`, { flows: [flow], duration_secs: secs, action: action.value, reason: reason.value.trim() });
+      message.say(`Placed ${r.items.length} block${r.items.length === 1 ? "" : "s"} until ${new Date(r.items[0].expires_at).toLocaleString()} (config version ${r.config_version ?? "—"}).`, "ok");
+      reason.value = "";
+      await done();
+    } catch (e) { message.say(errorText(e), "error"); }
+  });
+  return form;
 }
 
 // ---------------------------------------------------------------- services
 
-async function servicesPage(gen) {
-  await page(gen, async () => {
-    const list = await get("/api/v1/services?limit=500");
-    return h("section", { id: "services" },
-      h("h1", {}, "Services"),
-      table(["Name", "Kind", "Latest revision", "Created"], list.items.map((sv) =>
-        h("tr", {}, h("td", {}, h("a", { href: "#/services/" + sv.id }, sv.name)), h("td", {}, sv.kind),
-          h("td", {}, sv.latest_revision), h("td", {}, when(sv.created_at)))),
-      { id: "service-table", empty: "No services yet." }));
-  }, (c) => c.topic === "audit");
+/** A starting spec per service type, for the create form. */
+const SPEC_EXAMPLES = {
+  "flow-block": { flows: [{ protocol: "udp", dport: 27015 }] },
+  "bittorrent-block": { block_secs: 3600 },
+  "pay-per-site": { catalog: "default" },
+};
+
+/** The type of a ServiceView: `type`, or `kind` from a controller before it was renamed. */
+function typeOf(sv) {
+  return sv.type ?? sv.kind;
 }
 
-async function servicePage(gen, id) {
+async function servicesPage(gen) {
+  const showArchived = h("input", { type: "checkbox", id: "services-archived", checked: hashParams().get("archived") === "true" });
+  const list = h("div", { id: "service-list" });
+  const refresh = async () => {
+    const page = await get("/api/v1/services?limit=500" + (showArchived.checked ? "&archived=true" : ""));
+    fill(list, table(["Name", "Type", "Latest revision", "Created"], page.items.map((sv) =>
+      h("tr", { class: sv.archived ? "archived" : null },
+        h("td", {}, h("a", { href: "#/services/" + sv.id }, sv.name), sv.archived ? [" ", badge("archived")] : null),
+        h("td", {}, typeOf(sv)), h("td", {}, sv.latest_revision), h("td", {}, when(sv.created_at)))),
+    { id: "service-table", empty: "No services yet." }));
+  };
+  showArchived.addEventListener("change", () => {
+    history.replaceState(null, "", "#/services" + (showArchived.checked ? "?archived=true" : ""));
+    refresh().catch((e) => fill(list, errorBox(e)));
+  });
+  await refresh();
+  if (gen !== generation) return;
+  show(h("section", { id: "services" },
+    h("h1", {}, "Services"),
+    h("p", {}, h("label", { class: "inline" }, showArchived, "Show archived services")),
+    list,
+    can("operator") ? serviceForm() : null));
+  live(gen, refresh, (c) => c.topic === "audit");
+}
+
+/**
+ * The spec textarea with its error line beside it. The spec is JSON; the
+ * server checks its shape (`?dry_run=true`) before anything is saved.
+ */
+function specField(id, value) {
+  const area = h("textarea", { id, rows: 8, spellcheck: "false", class: "code", "aria-label": "Spec (JSON)" });
+  area.value = value;
+  const error = h("p", { id: id + "-error", class: "field-error", role: "alert" });
+  const parse = () => {
+    try { return JSON.parse(area.value); } catch (e) { throw new FieldError(area, error, "Not JSON: " + e.message); }
+  };
+  return { area, error, parse };
+}
+
+/** An error to show beside one field rather than under the form. */
+class FieldError extends Error {
+  constructor(input, line, message) { super(message); this.input = input; this.line = line; }
+}
+
+/**
+ * Validates with the server (`?dry_run=true`), then saves: the API's
+ * error is shown beside the field it is about (`fieldOf(code)`), under the
+ * form otherwise.
+ */
+async function validateThenSave(call, fieldOf, message, onSaved, saving = true) {
+  message.clear();
+  for (const el of document.querySelectorAll(".field-error")) fill(el);
+  try {
+    const body = call.body();
+    await dryRun(call.method, call.path, body);
+    if (!saving) { message.say("The server accepts it (nothing saved).", "ok"); return; }
+    const saved = await api(call.method, call.path, body);
+    await onSaved(saved);
+  } catch (e) {
+    const target = e instanceof FieldError ? e.line : e instanceof ApiError ? fieldOf(e.code) : null;
+    if (target) fill(target, errorText(e));
+    else message.say(errorText(e), "error");
+  }
+}
+
+function serviceForm() {
+  const name = h("input", { id: "service-name", required: true, placeholder: "games", autocomplete: "off" });
+  const nameError = h("p", { id: "service-name-error", class: "field-error", role: "alert" });
+  const type = h("select", { id: "service-type" }, Object.keys(SPEC_EXAMPLES).map((t) => h("option", { value: t }, t)));
+  const spec = specField("service-spec", JSON.stringify(SPEC_EXAMPLES["flow-block"], null, 2));
+  const message = messageLine("service-message");
+  let untouched = spec.area.value;
+  type.addEventListener("change", () => {
+    // A new example for the new type, unless the operator wrote their own.
+    if (spec.area.value === untouched) spec.area.value = untouched = JSON.stringify(SPEC_EXAMPLES[type.value], null, 2);
+  });
+  const call = { method: "POST", path: "/api/v1/services", body: () => ({ name: name.value.trim(), type: type.value, spec: spec.parse() }) };
+  const fieldOf = (code) => ({ name_taken: nameError, invalid_name: nameError, invalid_request: null }[code] ?? spec.error);
+  const saved = (sv) => { location.hash = "#/services/" + sv.id; };
+  const form = h("form", { class: "panel", id: "service-form" },
+    h("h2", {}, "New service"),
+    h("div", { class: "row" }, field("Name", name, nameError), field("Type", type)),
+    h("label", {}, "Spec (JSON)", spec.area, spec.error),
+    h("div", { class: "actions" },
+      h("button", { type: "button", class: "secondary", id: "service-check", onclick: () => validateThenSave(call, fieldOf, message, saved, false) }, "Check"),
+      h("button", { type: "submit", id: "service-save" }, "Create service")),
+    message);
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); validateThenSave(call, fieldOf, message, saved); });
+  return form;
+}
+
+async function serviceData(id) {
   const [sv, revisions, assignments] = await Promise.all([
     get(`/api/v1/services/${id}`),
     get(`/api/v1/services/${id}/revisions?limit=500`),
-    get(`/api/v1/assignments?limit=500`).catch(() => ({ items: [] })),
+    get(`/api/v1/assignments?limit=500&service_id=${id}`).catch(() => ({ items: [] })),
   ]);
+  const mine = assignments.items.filter((a) => a.service_id === id);
+  await Promise.all(mine.slice(0, 50).map(async (a) => {
+    a.matched = await matching(a.selector, 0).then((m) => m.matched, () => null);
+  }));
+  return { sv, revisions: revisions.items, assignments: mine };
+}
+
+/** Deletes an assignment (its routers lose the service), after a confirmation. */
+function unassignButton(a, message, done) {
+  const click = async () => {
+    message.clear();
+    if (!window.confirm(`Remove this service from the routers ${a.selector} matches?`)) return;
+    try { await remove(`/api/v1/assignments/${a.id}`); await done(); }
+    catch (e) { message.say(errorText(e), "error"); }
+  };
+  return h("button", { type: "button", class: "secondary small unassign", onclick: click }, "Unassign");
+}
+
+/** How many routers an assignment reaches now; a warning when none. */
+function reach(matched) {
+  if (matched === undefined || matched === null) return "—";
+  return matched === 0 ? badge("matches no router", "stale") : String(matched);
+}
+
+async function servicePage(gen, id) {
+  let data = await serviceData(id);
   if (gen !== generation) return;
-  const revs = revisions.items.map((r) => r.revision);
-  const latest = revs[revs.length - 1];
+  const title = h("h1", { id: "service-title" });
+  const revisionsPart = h("div", { id: "service-revisions" });
+  const assignmentsPart = h("div", { id: "service-assignments" });
+  const assignmentMessage = messageLine("unassign-message");
+  const operator = can("operator");
+  const lifecycle = operator ? lifecycleButtons(() => refresh()) : null;
+  const revisionForm = operator ? newRevisionForm(id, data, () => refresh()) : null;
+  const assign = operator ? assignForm(id, data, () => refresh()) : null;
+  const diff = revisionDiff(id, data.revisions);
+  const draw = () => {
+    const { sv } = data;
+    fill(title, sv.name, " ", badge(typeOf(sv), ""), sv.archived ? [" ", badge("archived")] : null);
+    fill(revisionsPart, table(["Revision", "Created"], data.revisions.map((r) => h("tr", {}, h("td", {}, r.revision), h("td", {}, when(r.created_at)))), { id: "revision-table" }));
+    fill(assignmentsPart, table(["Selector", "Revision", "Routers", { label: "Created", cls: "wide-only" }, ""], data.assignments.map((a) =>
+      h("tr", { "data-assignment": a.id }, h("td", { class: "mono" }, a.selector), h("td", {}, a.revision),
+        h("td", {}, reach(a.matched)), h("td", { class: "wide-only" }, when(a.created_at)),
+        h("td", {}, operator ? unassignButton(a, assignmentMessage, () => refresh()) : null))),
+    { id: "assignment-table", empty: "Not assigned." }), assignmentMessage);
+    if (lifecycle) lifecycle.update(sv);
+    if (revisionForm) revisionForm.update(data);
+    if (assign) assign.update(data);
+    diff.update(data.revisions);
+  };
+  async function refresh() {
+    data = await serviceData(id);
+    if (gen === generation) draw();
+  }
+  draw();
+  show(h("section", { id: "service" },
+    h("p", {}, h("a", { href: "#/services" }, "← Services")),
+    h("div", { class: "title-row" }, title, lifecycle),
+    h("h2", {}, "Revisions"), revisionsPart, revisionForm,
+    h("h2", {}, "Assignments"), assignmentsPart, assign,
+    h("h2", {}, "Diff"), diff));
+  await diff.show();
+  live(gen, refresh, (c) => c.topic === "audit");
+}
+
+/**
+ * Archive / unarchive and delete; a refusal (409 naming the assignments:
+ * only a service nothing assigns can be archived or deleted) is shown. Drawn once (its message survives live updates); `update` follows
+ * the service's archived state.
+ */
+function lifecycleButtons(done) {
+  let sv = null;
+  const message = messageLine("service-lifecycle-message");
+  const act = (fn) => async () => {
+    message.clear();
+    try { await fn(); } catch (e) { message.say(errorText(e), "error"); }
+  };
+  const archive = h("button", { type: "button", class: "secondary", id: "service-archive" }, "Archive");
+  archive.addEventListener("click", act(async () => { await patch(`/api/v1/services/${sv.id}`, { archived: !sv.archived }); await done(); }));
+  const destroy = act(async () => {
+    if (!window.confirm(`Delete the service ${sv.name} and all its revisions?`)) return;
+    await remove(`/api/v1/services/${sv.id}`);
+    location.hash = "#/services";
+  });
+  const panel = h("div", { id: "service-lifecycle" },
+    h("div", { class: "actions" }, archive,
+      h("button", { type: "button", class: "danger", id: "service-delete", onclick: destroy }, "Delete")),
+    message);
+  panel.update = (current) => { sv = current; fill(archive, sv.archived ? "Unarchive" : "Archive"); };
+  return panel;
+}
+
+function newRevisionForm(id, data, done) {
+  const latest = () => data.revisions[data.revisions.length - 1];
+  const spec = specField("revision-spec", JSON.stringify(latest() ? latest().spec : {}, null, 2));
+  const message = messageLine("revision-message");
+  const call = { method: "POST", path: `/api/v1/services/${id}/revisions`, body: () => ({ spec: spec.parse() }) };
+  const fieldOf = (code) => (code === "service_archived" ? null : spec.error);
+  const saved = async (r) => { message.say(`Saved as revision ${r.revision}.`, "ok"); await done(); };
+  const form = h("form", { class: "panel", id: "revision-form" },
+    h("h3", {}, "New revision"),
+    h("label", {}, "Spec (JSON), starting from the latest revision", spec.area, spec.error),
+    h("div", { class: "actions" },
+      h("button", { type: "button", class: "secondary", id: "revision-check", onclick: () => validateThenSave(call, fieldOf, message, saved, false) }, "Check"),
+      h("button", { type: "submit", id: "revision-save" }, "Save revision")),
+    message);
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); validateThenSave(call, fieldOf, message, saved); });
+  form.update = (d) => { data = d; form.hidden = !!d.sv.archived; };
+  return form;
+}
+
+/** Assigns a revision to the routers a selector matches, previewing them as the operator types. */
+function assignForm(id, data, done) {
+  const revision = h("select", { id: "assign-revision" });
+  const selector = selectorField("assign-selector", { placeholder: "plan=family" });
+  const message = messageLine("assign-message");
+  const warnings = h("div", { id: "assign-warnings" });
+  const form = h("form", { class: "panel", id: "assign-form" },
+    h("h3", {}, "Assign"),
+    h("div", { class: "row" }, field("Revision", revision), h("label", { class: "grow" }, "Routers (label selector)", selector.input)),
+    selector.preview,
+    h("p", {}, h("button", { type: "submit", id: "assign-save" }, "Assign")),
+    warnings, message);
+  // The latest revision unless the operator picked another.
+  let picked = null;
+  revision.addEventListener("change", () => { picked = revision.value; });
+  form.update = (d) => {
+    fill(revision, d.revisions.map((r) => h("option", { value: r.revision }, "revision " + r.revision)).reverse());
+    if (picked) revision.value = picked;
+    form.hidden = !!d.sv.archived;
+  };
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    message.clear(); fill(warnings);
+    try {
+      const a = await post("/api/v1/assignments", { service_id: id, revision: Number(revision.value), selector: selector.input.value.trim() });
+      const n = a.matched ?? (a.recompiled ? a.recompiled.devices : null);
+      message.say(`Assigned revision ${a.revision} to ${a.selector}${n === null ? "" : ` (${n} router${n === 1 ? "" : "s"})`}.`, "ok");
+      fill(warnings, warningsBox(a.warnings, "assign-warning-list"));
+      await done();
+    } catch (e) { message.say(errorText(e), "error"); }
+  });
+  form.update(data);
+  return form;
+}
+
+/** Two revision pickers and the unified diff between them. */
+function revisionDiff(id, revisions) {
   // #/services/{id}?from=1&to=2 (a rollout's page links here) picks the pair.
-  const params = new URLSearchParams(location.hash.split("?")[1] || "");
-  const pick = (name, otherwise) => { const n = Number(params.get(name)); return revs.includes(n) ? n : otherwise; };
-  const fromRev = pick("from", latest > 1 ? latest - 1 : latest), toRev = pick("to", latest);
-  const from = h("select", { id: "diff-from", "aria-label": "From revision" }, revs.map((r) => h("option", { value: r, selected: r === fromRev }, "revision " + r)));
-  const to = h("select", { id: "diff-to", "aria-label": "To revision" }, revs.map((r) => h("option", { value: r, selected: r === toRev }, "revision " + r)));
+  const params = hashParams();
+  const from = h("select", { id: "diff-from", "aria-label": "From revision" });
+  const to = h("select", { id: "diff-to", "aria-label": "To revision" });
   const out = h("div", { id: "diff-out" });
-  const showDiff = async () => {
+  const options = (select, revs, chosen) => {
+    fill(select, revs.map((r) => h("option", { value: r, selected: r === chosen }, "revision " + r)));
+  };
+  const panel = h("div", {}, h("div", { class: "row panel" }, field("From", from), field("To", to)), out);
+  panel.update = (items) => {
+    const revs = items.map((r) => r.revision);
+    const latest = revs[revs.length - 1];
+    const pick = (value, otherwise) => { const n = Number(value); return revs.includes(n) ? n : otherwise; };
+    options(from, revs, pick(from.value || params.get("from"), latest > 1 ? latest - 1 : latest));
+    options(to, revs, pick(to.value || params.get("to"), latest));
+  };
+  panel.show = async () => {
     try {
       const d = await get(`/api/v1/services/${id}/revisions/${from.value}/diff/${to.value}`);
       const lines = d.unified ? d.unified.replace(/\n$/, "").split("\n") : [];
       const cls = (l) => l.startsWith("+++") || l.startsWith("---") ? "head" : l.startsWith("@@") ? "hunk" : l.startsWith("+") ? "add" : l.startsWith("-") ? "del" : "";
-      out.replaceChildren(lines.length
+      fill(out, lines.length
         ? h("pre", { class: "diff", id: "diff" }, lines.map((l) => h("span", { class: cls(l) }, l)))
         : h("p", { class: "muted", id: "diff" }, "The two revisions are identical."));
-    } catch (e) { out.replaceChildren(errorBox(e)); }
+    } catch (e) { fill(out, errorBox(e)); }
   };
-  from.addEventListener("change", showDiff);
-  to.addEventListener("change", showDiff);
-  const mine = assignments.items.filter((a) => a.service_id === id);
-  show(h("section", { id: "service" },
-    h("p", {}, h("a", { href: "#/services" }, "← Services")),
-    h("h1", {}, sv.name, " ", badge(sv.kind, "")),
-    h("h2", {}, "Revisions"),
-    table(["Revision", "Created"], revisions.items.map((r) => h("tr", {}, h("td", {}, r.revision), h("td", {}, when(r.created_at))))),
-    h("h2", {}, "Assignments"),
-    table(["Selector", "Revision", "Created"], mine.map((a) => h("tr", {}, h("td", { class: "mono" }, a.selector), h("td", {}, a.revision), h("td", {}, when(a.created_at)))), { empty: "Not assigned." }),
-    h("h2", {}, "Diff"),
-    h("div", { class: "row panel" }, h("label", {}, "From", from), h("label", {}, "To", to)),
-    out));
-  await showDiff();
-  current = { refresh: () => {}, wants: () => false };
+  from.addEventListener("change", panel.show);
+  to.addEventListener("change", panel.show);
+  panel.update(revisions);
+  return panel;
 }
-
 // ---------------------------------------------------------------- rollouts
 
 // A router of a rollout is, in its wave: applied, failed (rolled back or
@@ -555,77 +1192,158 @@ function waveChart(samples, routers, until) {
       h("span", {}, new Date(t1).toLocaleTimeString())));
 }
 
+
 async function rolloutsPage(gen) {
-  const params = new URLSearchParams(location.hash.split("?")[1] || "");
-  const stateFilter = params.get("state") || "";
-  let services = { items: [] };
-  if (can("operator")) services = await get("/api/v1/services?limit=500").catch(() => ({ items: [] }));
-  const form = can("operator") ? rolloutForm(services.items) : null;
+  const stateFilter = hashParams().get("state") || "";
+  const form = can("operator") ? await rolloutForm() : null;
   const list = h("div", { id: "rollout-list" });
   const load = async () => {
     const p = new URLSearchParams({ limit: "100" });
     if (stateFilter) p.set("state", stateFilter);
     const page = await get("/api/v1/rollouts?" + p);
-    list.replaceChildren(table(["Service", { label: "Selector", cls: "wide-only" }, "Revisions", "State", "Progress", { label: "Started", cls: "wide-only" }],
+    fill(list, table(["Service", { label: "Selector", cls: "wide-only" }, "Revisions", "State", "Progress", { label: "Started", cls: "wide-only" }],
       page.items.map((r) => h("tr", {},
         h("td", {}, h("a", { href: "#/rollouts/" + r.id }, r.service_name)),
         h("td", { class: "mono wide-only" }, r.selector),
         h("td", {}, `${r.from_revision ?? "new"} → ${r.to_revision}`),
-        h("td", {}, badge(r.state)),
+        h("td", {}, rolloutStateBadge(r)),
         h("td", { class: "progress-cell", title: countsText(r.totals) }, progressBar(r.totals), `${r.totals.applied}/${r.totals.routers} applied`,
           r.totals.failed ? `, ${r.totals.failed} failed` : null, r.totals.waiting ? `, ${r.totals.waiting} waiting` : null),
         h("td", { class: "wide-only" }, when(r.created_at)))),
       { id: "rollout-table", empty: "No rollouts yet." }));
   };
-  try { await load(); } catch (e) { list.replaceChildren(errorBox(e)); }
+  try { await load(); } catch (e) { fill(list, errorBox(e)); }
   if (gen !== generation) return;
   const filter = h("select", { id: "rollout-state", "aria-label": "State" },
     ["", "running", "paused", "completed", "aborted"].map((v) => h("option", { value: v, selected: v === stateFilter }, v || "any state")));
   filter.addEventListener("change", () => { location.hash = "#/rollouts" + (filter.value ? "?state=" + filter.value : ""); });
   show(h("section", { id: "rollouts" }, h("h1", {}, "Rollouts"),
-    h("div", { class: "row" }, h("label", {}, "State", filter)), list, form));
-  current = { refresh: load, wants: (c) => c.topic === "rollout" || c.topic === "device" };
+    h("div", { class: "row" }, field("State", filter)), list, form));
+  live(gen, load, (c) => c.topic === "rollout" || c.topic === "device");
 }
 
-function rolloutForm(services) {
-  const field = (label, el) => h("label", {}, label, el);
-  const service = h("select", { id: "rollout-service", required: true }, services.map((sv) => h("option", { value: sv.id }, `${sv.name} (latest ${sv.latest_revision})`)));
-  const selector = h("input", { id: "rollout-selector", placeholder: "plan=family (new assignment)" });
-  const assignment = h("input", { id: "rollout-assignment", placeholder: "or an assignment id" });
-  const revision = h("input", { id: "rollout-revision", type: "number", min: 1, placeholder: "latest" });
+/** Offline routers when it ended: "completed with 3 offline". */
+function offlineCount(r) {
+  return r.offline_devices ? r.offline_devices.length : r.totals.offline;
+}
+
+function rolloutStateBadge(r) {
+  if (r.outcome === "completed_with_offline") return badge(`completed with ${offlineCount(r)} offline`, "stale");
+  return badge(r.state);
+}
+
+/** "10%", "10 %", "5.5" → a share; anything else is a canary selector. */
+function canaryOf(text) {
+  return /^\d+(\.\d+)?\s*%?$/.test(text) ? { percent: Number(text.replace("%", "")) } : { selector: text };
+}
+
+/**
+ * Starts a rollout of a service's revision, either to a new selector (with
+ * its preview) or over one of the service's assignments. A wave that would
+ * match no router is refused by the server (409 `empty_wave`) unless "allow
+ * empty waves" is ticked.
+ */
+async function rolloutForm() {
+  const [services, assignments] = await Promise.all([
+    get("/api/v1/services?limit=500").catch(() => ({ items: [] })),
+    get("/api/v1/assignments?limit=500").catch(() => ({ items: [] })),
+  ]);
+  const service = h("select", { id: "rollout-service", required: true }, services.items.map((sv) => h("option", { value: sv.id }, `${sv.name} (latest ${sv.latest_revision})`)));
+  const revision = h("select", { id: "rollout-revision" });
+  const target = h("select", { id: "rollout-target", "aria-label": "Routers" });
+  const selector = selectorField("rollout-selector", { placeholder: "plan=family" });
   const canary = h("input", { id: "rollout-canary", placeholder: "10% or canary=true" });
+  const canaryPreview = h("p", { id: "rollout-canary-preview", class: "preview muted" });
   const waves = h("input", { id: "rollout-waves", placeholder: "25, 100" });
   const minApplied = h("input", { id: "rollout-min-applied", type: "number", step: "0.01", min: 0, max: 1, placeholder: "0.9" });
   const maxFailed = h("input", { id: "rollout-max-failed", type: "number", step: "0.01", min: 0, max: 1, placeholder: "0" });
   const soak = h("input", { id: "rollout-soak", type: "number", min: 0, placeholder: "60" });
   const offline = h("input", { id: "rollout-offline", type: "number", min: 1, placeholder: "600" });
+  const allowEmpty = h("input", { id: "rollout-allow-empty", type: "checkbox" });
+  const refusal = h("div", { id: "rollout-refusal" });
   const error = h("p", { class: "error", id: "rollout-error", role: "alert" });
+  const newTarget = h("div", { id: "rollout-new-target" }, h("div", { class: "row" }, h("label", { class: "grow" }, "Selector (a new assignment)", selector.input)), selector.preview);
+
+  const chosenService = () => services.items.find((sv) => sv.id === service.value);
+  const targetSelector = () => {
+    const a = assignments.items.find((x) => x.id === target.value);
+    return a ? a.selector : selector.input.value.trim();
+  };
+  const serviceChanged = () => {
+    const sv = chosenService();
+    const revs = sv ? Array.from({ length: sv.latest_revision }, (_, i) => sv.latest_revision - i) : [];
+    fill(revision, revs.map((r) => h("option", { value: r }, r === sv.latest_revision ? `revision ${r} (latest)` : `revision ${r}`)));
+    const mine = assignments.items.filter((a) => sv && a.service_id === sv.id);
+    fill(target, h("option", { value: "" }, "a new selector…"),
+      mine.map((a) => h("option", { value: a.id }, `assigned to ${a.selector} (revision ${a.revision})`)));
+    targetChanged();
+  };
+  const targetChanged = () => { newTarget.hidden = target.value !== ""; previewCanary(); };
+  // A canary selector's routers among the target's: the two selectors joined.
+  const previewCanary = debounce(async () => {
+    const c = canary.value.trim(), t = targetSelector();
+    if (!c || !t || "percent" in canaryOf(c)) { fill(canaryPreview); return; }
+    try { showMatches(canaryPreview, await matching(`${t},${c}`, 5)); }
+    catch (e) { canaryPreview.className = "preview error"; fill(canaryPreview, errorText(e)); }
+  }, 300);
+  service.addEventListener("change", serviceChanged);
+  target.addEventListener("change", targetChanged);
+  canary.addEventListener("input", previewCanary);
+  selector.input.addEventListener("input", previewCanary);
+
+  const body = () => {
+    const b = {};
+    if (target.value) b.assignment_id = target.value;
+    else { b.service_id = service.value; b.selector = selector.input.value.trim(); }
+    if (revision.value) b.revision = Number(revision.value);
+    if (canary.value.trim()) b.canary = canaryOf(canary.value.trim());
+    if (waves.value.trim()) b.waves = waves.value.split(",").map((x) => Number(x.replace("%", "").trim()));
+    if (minApplied.value) b.min_applied_share = Number(minApplied.value);
+    if (maxFailed.value) b.max_failed_share = Number(maxFailed.value);
+    if (soak.value) b.soak_secs = Number(soak.value);
+    if (offline.value) b.offline_timeout_secs = Number(offline.value);
+    if (allowEmpty.checked) b.allow_empty_waves = true;
+    return b;
+  };
   const form = h("form", { class: "panel", id: "rollout-form" },
     h("h2", {}, "Start a rollout"),
-    h("div", { class: "row" }, field("Service", service), field("Selector", selector), field("Assignment", assignment), field("Revision", revision)),
+    h("div", { class: "row" }, field("Service", service), field("Revision", revision), field("Routers", target)),
+    newTarget,
     h("div", { class: "row" }, field("Canary", canary), field("Waves (cumulative %)", waves), field("Min applied share", minApplied),
       field("Max failed share", maxFailed), field("Soak (s)", soak), field("Offline after (s)", offline)),
+    canaryPreview,
+    h("p", {}, h("label", { class: "inline" }, allowEmpty, "Allow empty waves (a wave that matches no router passes at once)")),
+    refusal,
     h("p", {}, h("button", { type: "submit", id: "rollout-start" }, "Start rollout")), error);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     error.textContent = "";
-    const body = {};
-    if (assignment.value.trim()) body.assignment_id = assignment.value.trim();
-    else { body.service_id = service.value; body.selector = selector.value.trim(); }
-    if (revision.value) body.revision = Number(revision.value);
-    const c = canary.value.trim();
-    if (c) body.canary = /^\d+(\.\d+)?\s*%?$/.test(c) ? { percent: Number(c.replace("%", "")) } : { selector: c };
-    if (waves.value.trim()) body.waves = waves.value.split(",").map((x) => Number(x.replace("%", "").trim()));
-    if (minApplied.value) body.min_applied_share = Number(minApplied.value);
-    if (maxFailed.value) body.max_failed_share = Number(maxFailed.value);
-    if (soak.value) body.soak_secs = Number(soak.value);
-    if (offline.value) body.offline_timeout_secs = Number(offline.value);
+    fill(refusal);
     try {
-      const r = await post("/api/v1/rollouts", body);
+      const r = await post("/api/v1/rollouts", body());
       location.hash = "#/rollouts/" + r.id;
-    } catch (e) { error.textContent = `${e.message} (${e.code})`; }
+    } catch (e) {
+      if (e.code === "empty_wave") fill(refusal, emptyWaveRefusal(e));
+      else error.textContent = errorText(e);
+    }
   });
+  serviceChanged();
   return form;
+}
+
+function emptyWaveRefusal(e) {
+  return h("div", { class: "callout bad", id: "rollout-empty-wave", role: "alert" },
+    h("strong", {}, "Refused: a wave matches no router. "), e.message,
+    h("p", {}, "An empty canary would pass at once and release the change to every router. Fix the canary or the waves, or tick “Allow empty waves” to start anyway."));
+}
+/** "Completed with N offline" and the routers counted offline when it ended. */
+function offlineAtEnd(r) {
+  if (r.outcome !== "completed_with_offline") return null;
+  const routers = r.offline_devices || [];
+  return h("div", { class: "callout warn", id: "rollout-outcome", role: "status" },
+    h("strong", {}, `Completed with ${offlineCount(r)} offline. `),
+    "These routers had not reported the new revision when the rollout ended; they get it when they next poll.",
+    h("ul", { id: "rollout-offline", class: "names" }, routers.map((d) => h("li", {}, h("a", { href: "#/devices/" + d.id }, d.name)))));
 }
 
 async function rolloutPage(gen, id) {
@@ -661,6 +1379,7 @@ async function rolloutPage(gen, id) {
       h("p", {}, h("a", { href: "#/rollouts" }, "← Rollouts")),
       h("h1", {}, h("a", { href: "#/services/" + r.service_id }, r.service_name), `: revision ${from ?? "new"} → ${r.to_revision} `, h("span", { id: "rollout-state-badge" }, badge(r.state))),
       paused,
+      offlineAtEnd(r),
       h("div", { class: "panel" },
         h("p", {}, "Selector ", h("code", {}, r.selector), " · ", diff, ` · by ${r.created_by} `, when(r.created_at)),
         h("p", { class: "muted" }, `Each wave needs ${Math.round(p.min_applied_share * 100)}% applied (offline routers left out) and at most ${Math.round(p.max_failed_share * 100)}% failed for ${p.soak_secs} s; a router silent ${p.offline_timeout_secs} s after its wave's release counts as offline.`),
@@ -684,31 +1403,76 @@ async function rolloutPage(gen, id) {
   }, (c) => (c.topic === "rollout" && c.id === id) || c.topic === "device");
 }
 
+
 // ---------------------------------------------------------------- audit
 
+/** A datetime-local input's value as RFC 3339 (the browser's time zone), or "". */
+function rfc3339(local) {
+  if (!local) return "";
+  const t = new Date(local);
+  return isNaN(t) ? "" : t.toISOString();
+}
+
 async function auditPage(gen) {
-  let rows = [], cursor = null;
-  const body = h("div", {});
-  const render = () => body.replaceChildren(
-    table(["When", "Actor", "Action", { label: "Target", cls: "wide-only" }, "Status"], rows.map((e) =>
-      h("tr", {}, h("td", {}, when(e.at)), h("td", {}, e.actor), h("td", { class: "mono wrap" }, e.action),
-        h("td", { class: "mono wide-only" }, e.target ?? "—"), h("td", {}, badge(String(e.status), e.status < 400 ? "applied" : "failed")))),
-    { id: "audit-table" }),
-    cursor ? h("button", { class: "secondary", onclick: more }, "More") : null);
+  const params = hashParams();
+  const inputs = {
+    actor: h("input", { id: "audit-actor", placeholder: "initial-admin", value: params.get("actor") || "" }),
+    action: h("input", { id: "audit-action", placeholder: "POST /api/v1/devices", value: params.get("action") || "" }),
+    target: h("input", { id: "audit-target", placeholder: "an id", value: params.get("target") || "" }),
+    since: h("input", { id: "audit-since", type: "datetime-local", value: params.get("since") || "" }),
+    until: h("input", { id: "audit-until", type: "datetime-local", value: params.get("until") || "" }),
+  };
+  // What the API and the export take (times in RFC 3339).
+  const filters = () => ({
+    actor: inputs.actor.value.trim(), action: inputs.action.value.trim(), target: inputs.target.value.trim(),
+    since: rfc3339(inputs.since.value), until: rfc3339(inputs.until.value),
+  });
+  const csv = csvLink("audit-csv", "/api/v1/exports/audit.csv", filters(), "Export CSV");
+  let rows = [], cursor = null, error = null;
+  const body = h("div", { id: "audit-results" });
+  const render = () => fill(body,
+    error ? errorBox(error) : null,
+    auditTable(rows),
+    cursor ? h("button", { class: "secondary", id: "audit-more", onclick: more }, "More") : null);
+  const query = (after) => "/api/v1/audit" + queryOf({ limit: "50", ...filters(), cursor: after });
   const load = async () => {
-    const page = await get("/api/v1/audit?limit=50");
-    rows = page.items; cursor = page.next_cursor;
+    try {
+      const page = await get(query(null));
+      rows = page.items; cursor = page.next_cursor; error = null;
+    } catch (e) { error = e; rows = []; cursor = null; }
     render();
   };
   async function more() {
-    const page = await get("/api/v1/audit?limit=50&cursor=" + encodeURIComponent(cursor));
+    const page = await get(query(cursor));
     rows = rows.concat(page.items); cursor = page.next_cursor;
     render();
   }
+  const changed = debounce(() => {
+    const shown = Object.fromEntries(Object.entries(inputs).map(([k, el]) => [k, el.value.trim()]));
+    history.replaceState(null, "", "#/audit" + queryOf(shown));
+    csv.setFilters(filters());
+    load();
+  }, 300);
+  for (const el of Object.values(inputs)) {
+    el.addEventListener("input", changed);
+    el.addEventListener("change", changed);
+  }
   await load();
   if (gen !== generation) return;
-  show(h("section", { id: "audit" }, h("h1", {}, "Audit log"), body));
-  current = { refresh: load, wants: (c) => c.topic === "audit" };
+  show(h("section", { id: "audit" },
+    h("div", { class: "title-row" }, h("h1", {}, "Audit log"), csv),
+    h("div", { class: "row panel", id: "audit-filters" },
+      field("Actor", inputs.actor), field("Action starts with", inputs.action), field("Target", inputs.target),
+      field("Since", inputs.since), field("Until", inputs.until)),
+    body));
+  live(gen, load, (c) => c.topic === "audit");
+}
+
+function auditTable(rows) {
+  return table(["When", "Actor", "Action", { label: "Target", cls: "wide-only" }, "Status"], rows.map((e) =>
+    h("tr", {}, h("td", {}, when(e.at)), h("td", {}, e.actor), h("td", { class: "mono wrap" }, e.action),
+      h("td", { class: "mono wide-only" }, e.target ?? "—"), h("td", {}, badge(String(e.status), e.status < 400 ? "applied" : "failed")))),
+  { id: "audit-table", empty: "No entry matches." });
 }
 
 // ---------------------------------------------------------------- start

@@ -294,6 +294,44 @@ mod tests {
         assert!(parse_flow("tcp", "192.0.2.1", "any", "2001:db8::1", "80").is_err());
     }
 
+    /// Two agents on one host, each with its own state directory and the
+    /// default socket, both serve; a second agent on the same socket is
+    /// refused (it would take the first one's detectors away).
+    #[tokio::test]
+    async fn agents_with_their_own_state_directories_do_not_share_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = |name: &str| {
+            crate::sys::settings::Settings::parse(&format!(
+                "state_dir = {:?}\n",
+                dir.path().join(name)
+            ))
+            .unwrap()
+        };
+        let (a, b) = (settings("a"), settings("b"));
+        let mut served = Vec::new();
+        for agent in [&a, &b] {
+            let path = agent.control_socket_path();
+            let mut commands = serve(&path).unwrap();
+            // The agent loop's part: answer with the blocks in force.
+            tokio::spawn(async move {
+                while let Some(command) = commands.recv().await {
+                    let _ = command.reply.send(Response::ok(Vec::new(), 1));
+                }
+            });
+            served.push(path);
+        }
+        assert_ne!(served[0], served[1]);
+        for path in served.clone() {
+            let answer = tokio::task::spawn_blocking(move || call(&path, &Request::List {}))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(answer.ok);
+        }
+        let err = serve(&a.control_socket_path()).unwrap_err();
+        assert!(err.to_string().contains("another agent"), "{err:#}");
+    }
+
     #[test]
     fn requests_round_trip_and_unknown_fields_are_refused() {
         let request = Request::Block {

@@ -24,7 +24,7 @@ enum Command {
     /// Enforce the last good config, then follow the controller. Enrolls
     /// first if there is no identity yet and `enrollment_token_file` is set.
     Run {
-        #[arg(long, default_value = "/etc/isdf/agent.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Overrides `state_dir` of the config file.
         #[arg(long)]
@@ -36,7 +36,7 @@ enum Command {
     /// Obtain this router's certificate with an enrollment token, store it in
     /// the state directory and print the device id.
     Enroll {
-        #[arg(long, default_value = "/etc/isdf/agent.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         #[command(flatten)]
         token: TokenSource,
@@ -73,7 +73,7 @@ enum Command {
     /// and firewall rules. Stop the agent first; stopping it alone leaves
     /// the router enforcing its config. The state directory stays.
     Uninstall {
-        #[arg(long, default_value = "/etc/isdf/agent.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Overrides `state_dir` of the config file.
         #[arg(long)]
@@ -91,20 +91,42 @@ enum Command {
 
 #[derive(Args)]
 struct SocketArgs {
-    /// The agent's control socket; default: `control_socket` of the config file.
+    /// The agent's control socket; default: the one of the agent's config
+    /// file (`control_socket`, else `control.sock` in its `state_dir`).
     #[arg(long)]
     socket: Option<PathBuf>,
-    #[arg(long, default_value = "/etc/isdf/agent.toml")]
+    /// The config file the agent runs with (on OpenWrt, when this one does
+    /// not exist, the one its init script writes).
+    #[arg(long, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
+    /// Overrides `state_dir` of the config file, as given to `run`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
+
+/// Where `run` and the other commands read the settings by default.
+const DEFAULT_CONFIG: &str = "/etc/isdf/agent.toml";
+/// The config file OpenWrt's init script generates from UCI.
+const OPENWRT_CONFIG: &str = "/var/etc/isdf-agent.toml";
 
 impl SocketArgs {
     fn path(&self) -> anyhow::Result<PathBuf> {
-        match &self.socket {
-            Some(path) => Ok(path.clone()),
-            None if self.config.exists() => Ok(load_settings(&self.config)?.control_socket),
-            None => Ok(PathBuf::from("/run/isdf-agent.sock")),
+        if let Some(path) = &self.socket {
+            return Ok(path.clone());
         }
+        let config = if !self.config.exists() && self.config == Path::new(DEFAULT_CONFIG) {
+            Path::new(OPENWRT_CONFIG)
+        } else {
+            &self.config
+        };
+        if !config.exists() {
+            bail!(
+                "no agent config at {}: name the agent's with --config FILE, or its socket \
+                 with --socket PATH",
+                self.config.display()
+            );
+        }
+        Ok(load(config, self.state_dir.clone())?.control_socket_path())
     }
 }
 

@@ -20,10 +20,27 @@ pub const WALK_PAGE: u32 = 500;
 /// Longest one request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// An operator token and where it came from (for the hint when it is refused).
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub secret: String,
+    /// `--token`, `ISDF_TOKEN` or `--token-file PATH`.
+    pub source: String,
+}
+
+/// How to give isdfctl a token, for the hints.
+pub const TOKEN_HELP: &str = "give one with --token TOKEN, the ISDF_TOKEN environment variable, \
+     or --token-file FILE (ISDF_TOKEN_FILE)";
+
+/// Where tokens come from, for the hints.
+pub const NEW_TOKEN_HELP: &str = "an admin makes one with `isdfctl operator-tokens create NAME \
+     --role operator`; the first admin token is printed once when the controller starts on \
+     an empty database (`Operator token (shown once, keep it)`)";
+
 /// Where the controller is and how to authenticate.
 pub struct Client {
     base: String,
-    token: Option<String>,
+    token: Option<Token>,
     http: Http,
     /// Whole lists already walked (name lookups repeat them, `apply` most),
     /// forgotten at every mutating call so nothing stale is read.
@@ -59,7 +76,7 @@ pub struct Listed {
 impl Client {
     pub fn new(
         server: &str,
-        token: Option<String>,
+        token: Option<Token>,
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, CliError> {
         // reqwest is built without a TLS provider; the controller's ring is it.
@@ -97,13 +114,15 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Option<Value>, CliError> {
-        if method != Method::GET {
+        // A dry run writes nothing: what was walked is still true.
+        let dry_run = query.iter().any(|(k, v)| *k == "dry_run" && v == "true");
+        if method != Method::GET && !dry_run {
             self.walked.borrow_mut().clear();
         }
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url).query(query);
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            request = request.bearer_auth(&token.secret);
         }
         if let Some(body) = body {
             request = request.json(body);
@@ -116,7 +135,7 @@ impl Client {
         let status = response.status();
         let text = response.text().map_err(network)?;
         if !status.is_success() {
-            return Err(api_error(status, &text));
+            return Err(self.with_token_hint(api_error(status, &text)));
         }
         if text.trim().is_empty() {
             return Ok(None);
@@ -127,6 +146,37 @@ impl Client {
                 url,
                 message: format!("the answer is not JSON ({e})"),
             })
+    }
+
+    /// A 401 says why: no token given, or the one given was refused.
+    fn with_token_hint(&self, error: CliError) -> CliError {
+        if !matches!(error, CliError::Api { status: 401, .. }) {
+            return error;
+        }
+        match &self.token {
+            None => error.hint(format!(
+                "no operator token was given: {TOKEN_HELP}.\n{NEW_TOKEN_HELP}."
+            )),
+            Some(token) => error.hint(format!(
+                "the token from {} was refused by {}: it is revoked, expired, mistyped, or belongs to \
+                 another controller (check --server / ISDF_SERVER).\nGet a new one: {NEW_TOKEN_HELP}.",
+                token.source,
+                self.base
+            )),
+        }
+    }
+
+    /// The same call with `?dry_run=true`: the server validates it as the
+    /// real call and writes nothing; answers `{"dry_run", "status", "target"}`.
+    pub fn dry_run(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CliError> {
+        Ok(self
+            .request(method, path, &[("dry_run", "true".to_owned())], body)?
+            .unwrap_or(Value::Null))
     }
 
     pub fn get(&self, path: &str) -> Result<Value, CliError> {

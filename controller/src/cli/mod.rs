@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use self::client::Client;
+use self::client::{Client, Token};
 use self::output::Format;
 
 /// The operator CLI of iSDF.
@@ -31,7 +31,7 @@ use self::output::Format;
     propagate_version = true
 )]
 pub struct Cli {
-    /// The controller's operator API.
+    /// URL of the controller's operator API (printed by the controller at start).
     #[arg(
         long,
         env = "ISDF_SERVER",
@@ -40,7 +40,9 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub server: String,
-    /// Operator bearer token.
+    /// Operator token (`isdf_op_...`), sent as a bearer token; the controller
+    /// prints the first one at its first start, admins make more with
+    /// `isdfctl operator-tokens create`.
     #[arg(
         long,
         env = "ISDF_TOKEN",
@@ -49,7 +51,7 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub token: Option<String>,
-    /// A file holding the operator token (wins over --token).
+    /// A file holding the operator token (wins over --token and ISDF_TOKEN).
     #[arg(
         long,
         env = "ISDF_TOKEN_FILE",
@@ -57,7 +59,8 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub token_file: Option<PathBuf>,
-    /// PEM CA certificate(s) to trust for an HTTPS operator API.
+    /// PEM CA certificate(s) to trust for an HTTPS operator API (only these
+    /// are trusted).
     #[arg(
         long,
         env = "ISDF_CA_FILE",
@@ -65,7 +68,7 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     pub ca_file: Option<PathBuf>,
-    /// Output format.
+    /// Output format: tables for people, the API's documents for programs.
     #[arg(
         short,
         long,
@@ -96,13 +99,41 @@ pub enum CliError {
     /// Bad arguments or input file (exit code 2).
     Usage(String),
     Other(String),
+    /// An error and what to do about it (printed as `hint: ...` lines).
+    Hinted {
+        error: Box<CliError>,
+        hint: String,
+    },
+    /// An error at a place: `FILE, document N (line L) Kind/name`.
+    At {
+        place: String,
+        error: Box<CliError>,
+    },
 }
 
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::Hinted { error, .. } | CliError::At { error, .. } => error.exit_code(),
             _ => 1,
+        }
+    }
+
+    /// The API error code, if it is one (through a hint).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            CliError::Api { code, .. } => Some(code),
+            CliError::Hinted { error, .. } | CliError::At { error, .. } => error.code(),
+            _ => None,
+        }
+    }
+
+    /// The same error with a hint of what to do.
+    pub fn hint(self, hint: impl Into<String>) -> Self {
+        CliError::Hinted {
+            error: Box::new(self),
+            hint: hint.into(),
         }
     }
 
@@ -122,6 +153,14 @@ impl std::fmt::Display for CliError {
             CliError::Api { code, message, .. } => write!(f, "{code}: {message}"),
             CliError::Network { url, message } => write!(f, "{url}: {message}"),
             CliError::Usage(message) | CliError::Other(message) => f.write_str(message),
+            CliError::At { place, error } => write!(f, "{place}: {error}"),
+            CliError::Hinted { error, hint } => {
+                write!(f, "{error}")?;
+                for line in hint.lines() {
+                    write!(f, "\nhint: {line}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -149,13 +188,29 @@ pub fn main() -> ExitCode {
 /// state for `rollout status --watch`).
 pub fn run(cli: Cli) -> Result<u8, CliError> {
     let token = match &cli.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?
-                .trim()
-                .to_owned(),
-        ),
-        None => cli.token.clone(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))?;
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(CliError::Usage(format!(
+                    "--token-file {} is empty; it should hold an operator token (isdf_op_...)",
+                    path.display()
+                )));
+            }
+            Some(Token {
+                secret: token.to_owned(),
+                source: format!("--token-file {}", path.display()),
+            })
+        }
+        None => cli.token.clone().filter(|t| !t.trim().is_empty()).map(|t| {
+            // clap does not say whether the flag or the variable gave it.
+            let from_env = std::env::var("ISDF_TOKEN").is_ok_and(|e| e == t);
+            Token {
+                secret: t.trim().to_owned(),
+                source: if from_env { "ISDF_TOKEN" } else { "--token" }.to_owned(),
+            }
+        }),
     };
     let ca = cli
         .ca_file

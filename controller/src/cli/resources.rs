@@ -24,6 +24,9 @@ pub struct Resource {
     /// Adds fields for the table only (names of referenced objects); JSON
     /// and YAML stay the API's.
     pub for_table: Option<AddForTable>,
+    /// A query that lists items the plain list hides (archived services):
+    /// names are looked up there too.
+    pub hidden_query: Option<(&'static str, &'static str)>,
 }
 
 /// Adds table-only fields to a list's items.
@@ -38,6 +41,7 @@ const fn resource(kind: &'static str, path: &'static str, columns: &'static [Col
         scope_field: None,
         numeric_ids: false,
         for_table: None,
+        hidden_query: None,
     }
 }
 
@@ -55,21 +59,45 @@ pub const DEVICES: Resource = named(
         ("NAME", "/name"),
         ("ID", "/id"),
         ("LABELS", "/labels"),
+        ("STATE", "/health/state"),
         ("CERT EXPIRES", "/certificate_expires_at"),
         ("CREATED", "/created_at"),
     ],
 );
-pub const SERVICES: Resource = named(
-    "service",
-    "/api/v1/services",
-    &[
-        ("NAME", "/name"),
-        ("ID", "/id"),
-        ("KIND", "/kind"),
-        ("LATEST", "/latest_revision"),
-        ("CREATED", "/created_at"),
-    ],
-);
+pub const SERVICES: Resource = Resource {
+    for_table: Some(add_service_types),
+    hidden_query: Some(("archived", "true")),
+    ..named(
+        "service",
+        "/api/v1/services",
+        &[
+            ("NAME", "/name"),
+            ("ID", "/id"),
+            ("TYPE", "/type"),
+            ("LATEST", "/latest_revision"),
+            ("ARCHIVED", "/archived"),
+            ("CREATED", "/created_at"),
+        ],
+    )
+};
+
+/// A service's type: the API's `type`, or `kind` from a server older than
+/// the rename.
+pub fn service_type(service: &Value) -> Option<&str> {
+    service["type"]
+        .as_str()
+        .or_else(|| service["kind"].as_str())
+}
+
+/// `type` filled in from `kind` for an older server's services.
+fn add_service_types(_: &Client, items: &mut [Value]) -> Result<(), CliError> {
+    for item in items {
+        if item["type"].is_null() {
+            item["type"] = item["kind"].clone();
+        }
+    }
+    Ok(())
+}
 pub const REVISIONS: &[Column] = &[
     ("REVISION", "/revision"),
     ("CREATED", "/created_at"),
@@ -200,6 +228,7 @@ pub const ROLLOUTS: Resource = resource(
         ("FROM", "/from_revision"),
         ("TO", "/to_revision"),
         ("STATE", "/state"),
+        ("OUTCOME", "/outcome"),
         ("WAVE", "/current_wave"),
         ("APPLIED", "/totals/applied"),
         ("ROUTERS", "/totals/routers"),
@@ -263,12 +292,24 @@ impl Resource {
             Some((scope_field, (scope, name))) => (Some((scope_field, scope)), name),
             None => (None, name),
         };
-        Ok(client
-            .list_all(self.path, &[])?
-            .into_iter()
-            .filter(|item| item[field].as_str() == Some(name))
-            .filter(|item| scope.is_none_or(|(f, s)| item[f].as_str() == Some(s)))
-            .collect())
+        let matching = |items: Vec<Value>| -> Vec<Value> {
+            items
+                .into_iter()
+                .filter(|item| item[field].as_str() == Some(name))
+                .filter(|item| scope.is_none_or(|(f, s)| item[f].as_str() == Some(s)))
+                .collect()
+        };
+        let found = matching(client.list_all(self.path, &[])?);
+        match self.hidden_query {
+            Some((key, value)) if found.is_empty() => {
+                // A server without the filter refuses it: nothing hidden there.
+                let hidden = client
+                    .list_all(self.path, &[(key, value.to_owned())])
+                    .unwrap_or_default();
+                Ok(matching(hidden))
+            }
+            _ => Ok(found),
+        }
     }
 
     /// The id of the item `text` names: an id as it is, a name looked up.

@@ -22,32 +22,43 @@ pub const EXIT_TIMEOUT: u8 = 5;
 pub enum RolloutCommand {
     /// Stage a new revision for an assignment, or a new assignment.
     Create(CreateArgs),
+    /// List rollouts.
+    #[command(after_help = super::commands::PAGING_HELP)]
     List {
-        /// `running`, `paused`, `completed` or `aborted`.
+        /// Only rollouts in this state: `running`, `paused`, `completed` or `aborted`.
         #[arg(long)]
         state: Option<String>,
         #[command(flatten)]
         paging: PagingArgs,
     },
+    /// Show one rollout (its waves, totals, and the routers offline at its end).
     Get {
+        /// The rollout's id.
         id: String,
     },
     /// What happened, oldest first.
     History {
+        /// The rollout's id.
         id: String,
     },
     /// Progress samples, oldest first.
     Samples {
+        /// The rollout's id.
         id: String,
     },
+    /// Hold the next wave (routers already released keep the new revision).
     Pause {
+        /// The rollout's id.
         id: String,
     },
+    /// Go on after a pause.
     Resume {
+        /// The rollout's id.
         id: String,
     },
     /// Every router returns to the previous revision.
     Abort {
+        /// The rollout's id.
         id: String,
     },
     /// The rollout's waves; with --watch, until it completes or aborts.
@@ -59,12 +70,14 @@ pub struct CreateArgs {
     /// The assignment whose revision changes.
     #[arg(long, conflicts_with_all = ["service", "selector"], required_unless_present = "service")]
     pub assignment: Option<String>,
-    /// With --selector: a new assignment of this service.
+    /// With --selector: this service's assignment on that selector (staged
+    /// when it exists, created otherwise).
     #[arg(long, requires = "selector")]
     pub service: Option<String>,
+    /// With --service: the label selector of the routers, e.g. `plan=family`.
     #[arg(long)]
     pub selector: Option<String>,
-    /// Default: the service's latest.
+    /// The revision to roll out (default: the service's latest).
     #[arg(long)]
     pub revision: Option<i32>,
     /// The canary: routers matching this label selector.
@@ -88,10 +101,15 @@ pub struct CreateArgs {
     /// Seconds after which a pending router counts as offline.
     #[arg(long)]
     pub offline_timeout: Option<u32>,
+    /// Start even if a wave (the canary above all) matches no router; by
+    /// default the server refuses that (`empty_wave`).
+    #[arg(long)]
+    pub allow_empty_waves: bool,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
+    /// The rollout's id.
     pub id: String,
     /// Poll until the rollout completes or aborts (or --timeout).
     #[arg(long, short)]
@@ -133,8 +151,17 @@ pub fn run(context: &Context, command: RolloutCommand) -> Result<u8, CliError> {
     match command {
         RolloutCommand::Create(args) => {
             let body = create_body(context, &args)?;
-            let answer = client.send(Method::POST, rollouts.path, Some(&body))?;
+            let answer = client
+                .send(Method::POST, rollouts.path, Some(&body))
+                .map_err(|e| match (&args.service, &args.selector) {
+                    (Some(service), Some(selector)) => {
+                        super::commands::assignment_hint(e, service, selector)
+                    }
+                    _ => e,
+                })
+                .map_err(empty_wave_hint)?;
             output::print_object(context.format, &answer)?;
+            super::commands::print_warnings(&answer);
             Ok(0)
         }
         RolloutCommand::List { state, paging } => {
@@ -178,9 +205,22 @@ pub fn create_body(context: &Context, args: &CreateArgs) -> Result<Value, CliErr
         max_failed_share: args.max_failed,
         soak_secs: args.soak,
         offline_timeout_secs: args.offline_timeout,
+        allow_empty_waves: args.allow_empty_waves.then_some(true),
     };
     policy.add_to(&mut body);
     Ok(body)
+}
+
+/// A 409 `empty_wave` says how to start anyway.
+pub fn empty_wave_hint(error: CliError) -> CliError {
+    if error.code() != Some("empty_wave") {
+        return error;
+    }
+    error.hint(
+        "a wave that matches no router would pass at once and release the next: pick a \
+         canary that matches routers (--canary-selector / --canary-percent), or start anyway \
+         with --allow-empty-waves (`allow_empty_waves: true` in an apply file's rollout)",
+    )
 }
 
 /// A rollout's optional settings, from flags or from an `apply` file.
@@ -203,6 +243,8 @@ pub struct Policy {
     pub soak_secs: Option<u32>,
     #[serde(default)]
     pub offline_timeout_secs: Option<u32>,
+    #[serde(default)]
+    pub allow_empty_waves: Option<bool>,
 }
 
 impl Policy {
@@ -225,6 +267,10 @@ impl Policy {
             (
                 "offline_timeout_secs",
                 self.offline_timeout_secs.map(|v| json!(v)),
+            ),
+            (
+                "allow_empty_waves",
+                self.allow_empty_waves.map(|v| json!(v)),
             ),
         ];
         for (key, value) in fields {
@@ -334,6 +380,19 @@ fn status_table(view: &Value) -> String {
         .map(|w| keys.iter().map(|k| output::cell(&w[*k])).collect())
         .collect();
     text.push_str(&output::table(&columns, &rows));
+    let offline: Vec<String> = view["offline_devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| output::cell(&d["name"]))
+        .collect();
+    if view["outcome"] == "completed_with_offline" || !offline.is_empty() {
+        text.push_str(&format!(
+            "completed with {} routers offline: {}\n",
+            offline.len(),
+            offline.join(", ")
+        ));
+    }
     text
 }
 

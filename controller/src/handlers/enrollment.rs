@@ -90,8 +90,11 @@ pub struct CreateEnrollmentTokens {
     /// Labels of the devices these tokens create.
     #[serde(default)]
     pub labels: Labels,
-    /// Name prefix of the devices these tokens create (`<prefix>-<id>`).
-    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
+    /// Name prefix of the devices these tokens create: `<prefix>-<12 hex
+    /// digits of the id>`, or `<prefix><hex>` when the prefix already ends
+    /// in `-`, `.` or `_` (`home-` names them `home-<hex>`). Default
+    /// `router`; at most 51 characters, so the name fits in 64.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,51}$")]
     pub name_prefix: Option<String>,
 }
 
@@ -104,6 +107,29 @@ pub struct EnrollmentTokensCreated {
     /// The tokens; shown once, only their hashes are stored.
     pub tokens: Vec<String>,
     pub expires_at: DateTime<Utc>,
+    /// A ready agent config file (TOML), the same for every router of the
+    /// batch: each gets its own token beside it.
+    pub agent_config: String,
+    /// The controller CA the agents must pin (PEM).
+    pub ca_pem: String,
+}
+
+/// Hex digits of the device id in a name made from a prefix.
+const NAME_ID_DIGITS: usize = 12;
+/// Longest name prefix: with its separator and the id's digits, a device
+/// name stays within the 64 characters names have.
+pub const MAX_NAME_PREFIX: usize = 64 - 1 - NAME_ID_DIGITS;
+
+/// The name of a device a batch token creates: the prefix, a `-` unless the
+/// prefix ends in a separator of its own (`-`, `.`, `_`), and the first
+/// digits of the device id.
+pub fn device_name(prefix: &str, device: Uuid) -> String {
+    let digits = &device.simple().to_string()[..NAME_ID_DIGITS];
+    if prefix.ends_with(['-', '.', '_']) {
+        format!("{prefix}{digits}")
+    } else {
+        format!("{prefix}-{digits}")
+    }
 }
 
 pub fn token_ttl(expires_in_secs: Option<u64>) -> ApiResult<Duration> {
@@ -133,6 +159,13 @@ pub async fn create_tokens(
         "name prefix",
     )
     .map_err(ApiError::invalid)?;
+    if prefix.len() > MAX_NAME_PREFIX {
+        return Err(ApiError::invalid(format!(
+            "name_prefix is at most {MAX_NAME_PREFIX} characters (the device name adds \
+             {} and must fit in 64)",
+            NAME_ID_DIGITS + 1
+        )));
+    }
     // All of the batch or none of it.
     let mut tx = state.pool.begin().await?;
     let mut tokens = Vec::new();
@@ -153,7 +186,12 @@ pub async fn create_tokens(
     audit.commit(tx, StatusCode::CREATED, None).await?;
     Ok((
         StatusCode::CREATED,
-        Json(EnrollmentTokensCreated { tokens, expires_at }),
+        Json(EnrollmentTokensCreated {
+            tokens,
+            expires_at,
+            agent_config: state.agent_bootstrap.agent_toml(),
+            ca_pem: state.agent_bootstrap.ca_pem.clone(),
+        }),
     ))
 }
 
@@ -249,7 +287,7 @@ pub async fn enroll(
         Some(device) => (device, false),
         None => {
             let device = Uuid::new_v4();
-            let name = format!("{}-{}", row.name_prefix, &device.simple().to_string()[..12]);
+            let name = device_name(&row.name_prefix, device);
             db::devices::insert(&mut *tx, device, &name, &row.labels.0).await?;
             (device, true)
         }
@@ -311,4 +349,22 @@ pub async fn renew(
     device_certificates::refresh(&state.pool, &state.cache, device).await?;
     tracing::info!(device = %device, revoked, "device certificate renewed");
     Ok(Json(certificate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ending_in_a_separator_gets_no_second_one() {
+        let id = Uuid::parse_str("0123456789ab4def8123456789abcdef").unwrap();
+        assert_eq!(device_name("router", id), "router-0123456789ab");
+        assert_eq!(device_name("home-", id), "home-0123456789ab");
+        assert_eq!(device_name("lab.", id), "lab.0123456789ab");
+        assert_eq!(device_name("cpe_", id), "cpe_0123456789ab");
+        let longest = "p".repeat(MAX_NAME_PREFIX);
+        let name = device_name(&longest, id);
+        assert_eq!(name.len(), 64);
+        assert!(crate::model::parse_name(&name, "device").is_ok());
+    }
 }

@@ -238,13 +238,24 @@ impl KeyKeeper<'_> {
             return Ok(());
         }
         let nobody = waits.is_empty();
+        let peers: Vec<Uuid> = waits.keys().copied().collect();
         row.rotation_waits_for = Some(Json(waits));
         db::wireguard::upsert(&mut *tx, &row)
             .await
             .context("storing rotation")?;
         tx.commit().await.context("committing rotation")?;
         if nobody {
-            self.switch(device).await?;
+            return self.switch(device).await;
+        }
+        // A peer whose report came between reading the versions above and
+        // this commit found no waits to clear (its `enforced` looked before
+        // they were stored): clear them for it now, from the cache its
+        // report updated before looking. Later reports see the stored waits.
+        for peer in peers {
+            let version = self.reconciler.cache.enforced(peer);
+            if version > 0 {
+                self.enforced(peer, version).await?;
+            }
         }
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! The dashboard in a real headless Chromium against the real controller:
 //! login, the fleet overview, device search, a revision diff, the audit log,
 //! live updates, and rollouts: one driven from the page, one mid-way as
-//! routers report. Screenshots for docs/screenshots come from here too
-//! (scripts/dashboard-screenshots).
+//! routers report. The fleet built here serves the screenshots too
+//! (`dashboard_screenshots.rs`); the forms are in `dashboard_forms.rs`.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -13,12 +13,12 @@ use serde_json::{json, Value};
 use crate::support::{report_status, DeviceHandle, Harness};
 use crate::webdriver::Browser;
 
-const LAPTOP: (u32, u32) = (1366, 900);
-const PHONE: (u32, u32) = (390, 844);
+pub(crate) const LAPTOP: (u32, u32) = (1366, 900);
+pub(crate) const PHONE: (u32, u32) = (390, 844);
 
 /// A router of the test fleet.
-struct Router {
-    id: String,
+pub(crate) struct Router {
+    pub(crate) id: String,
     /// Enrolled: reports over mutual TLS. `None`: registered, never enrolled.
     device: Option<DeviceHandle>,
     /// Reports no more (never enrolled, or last heard of an hour ago).
@@ -62,7 +62,7 @@ impl Router {
 /// (stale: its report is written to the database as if received then).
 /// Routers enroll from a few loopback addresses (enrollment admits 10 at
 /// once per address).
-async fn fleet(h: &Harness, n: usize) -> Vec<Router> {
+pub(crate) async fn fleet(h: &Harness, n: usize) -> Vec<Router> {
     let models = ["ax3000", "mt7621", "rpi4"];
     let mut routers = Vec::new();
     let mut enrolled = 0;
@@ -127,7 +127,7 @@ async fn fleet(h: &Harness, n: usize) -> Vec<Router> {
 /// assigned at revision 1 to `region=eu` (all of them); the reporting
 /// routers report that config (a few refuse it). Returns the routers, the
 /// service id and the assignment id.
-async fn fleet_with_a_service(h: &Harness) -> (Vec<Router>, String, String) {
+pub(crate) async fn fleet_with_a_service(h: &Harness) -> (Vec<Router>, String, String) {
     let mut routers = fleet(h, 40).await;
     let service = h
         .flow_block(
@@ -160,8 +160,8 @@ async fn fleet_with_a_service(h: &Harness) -> (Vec<Router>, String, String) {
 }
 
 /// A rollout mid-way, as [`mid_rollout`] leaves it.
-struct MidRollout {
-    id: String,
+pub(crate) struct MidRollout {
+    pub(crate) id: String,
     /// An enrolled router of wave 1 that has not reported (offline for now).
     held_back: usize,
 }
@@ -212,7 +212,11 @@ async fn moved(h: &Harness, routers: &[Router], before: &[i64]) -> Vec<usize> {
 /// rolls back (within the 10% allowed failures, but then fewer than 95%
 /// applied: the wave holds), one more is held back and the silent ones go
 /// offline after 4 s; wave 2 waits.
-async fn mid_rollout(h: &Harness, routers: &mut [Router], assignment: &str) -> MidRollout {
+pub(crate) async fn mid_rollout(
+    h: &Harness,
+    routers: &mut [Router],
+    assignment: &str,
+) -> MidRollout {
     let mut before = Vec::new();
     for router in routers.iter() {
         before.push(h.config_version(&router.id).await);
@@ -300,7 +304,7 @@ async fn mid_rollout(h: &Harness, routers: &mut [Router], assignment: &str) -> M
     MidRollout { id, held_back }
 }
 
-async fn login(browser: &Browser, h: &Harness, token: &str) {
+pub(crate) async fn login(browser: &Browser, h: &Harness, token: &str) {
     browser.goto(&format!("{}/ui/", h.controller.api_url)).await;
     browser.type_into("#token", token).await;
     browser.click("#login-button").await;
@@ -691,95 +695,10 @@ async fn dashboard_rollout_pages_show_a_rollout_mid_way() {
 }
 
 /// Every router reports that it applied what it is given.
-async fn apply_all(h: &Harness, routers: &[(String, DeviceHandle)], sequence: &mut u64) {
+pub(crate) async fn apply_all(h: &Harness, routers: &[(String, DeviceHandle)], sequence: &mut u64) {
     for (id, device) in routers {
         let version = h.config_version(id).await as u64;
         report_status(device, *sequence, "applied", Some(version), "0.3.0").await;
     }
     *sequence += 1;
-}
-
-/// Screenshots of the main pages (a rollout mid-way among them, see
-/// [`mid_rollout`]) at laptop and phone widths. Written to
-/// `ISDF_DASHBOARD_SCREENSHOTS` when set (scripts/dashboard-screenshots sets
-/// it to docs/screenshots), else to a temporary directory (the test then
-/// only checks every page renders).
-#[tokio::test]
-async fn dashboard_screenshots_of_the_main_pages() {
-    let out = std::env::var_os("ISDF_DASHBOARD_SCREENSHOTS").map(std::path::PathBuf::from);
-    let scratch = tempfile::tempdir().unwrap();
-    let dir = out.clone().unwrap_or_else(|| scratch.path().to_owned());
-    std::fs::create_dir_all(&dir).unwrap();
-
-    let h = Harness::start().await;
-    let (mut routers, service, assignment) = fleet_with_a_service(&h).await;
-    let rollout = mid_rollout(&h, &mut routers, &assignment).await;
-
-    let device_id = &routers[1].id;
-    let pages: Vec<(&str, String, &str)> = vec![
-        ("fleet", "#/fleet".into(), "#count-online"),
-        ("devices", "#/devices".into(), "#device-table"),
-        ("device", format!("#/devices/{device_id}"), "#history-table"),
-        ("service-diff", format!("#/services/{service}"), "#diff"),
-        ("rollouts", "#/rollouts".into(), "#rollout-table"),
-        (
-            "rollout",
-            format!("#/rollouts/{}", rollout.id),
-            "#wave-1 svg",
-        ),
-        ("audit", "#/audit".into(), "#audit-table"),
-    ];
-    let browser = Browser::start(LAPTOP.0, LAPTOP.1).await;
-    let mut written = Vec::new();
-    for (size, (width, height)) in [("laptop", LAPTOP), ("phone", PHONE)] {
-        browser.viewport(width, height).await;
-        // Logged out (a fresh browser, or logged out below): the login page.
-        browser.goto(&format!("{}/ui/", h.controller.api_url)).await;
-        browser.find("#token").await;
-        written.push(save(
-            &dir,
-            &format!("login-{size}.png"),
-            browser.screenshot().await,
-        ));
-        browser
-            .type_into("#token", &h.controller.operator_token)
-            .await;
-        browser.click("#login-button").await;
-        browser.find("#count-online").await;
-        for (name, hash, ready) in &pages {
-            browser
-                .goto(&format!("{}/ui/{hash}", h.controller.api_url))
-                .await;
-            browser.find(ready).await;
-            // Let the live stream's first refresh settle (fonts, charts).
-            browser
-                .execute(
-                    "return new Promise(r => requestAnimationFrame(() => r(1)));",
-                    json!([]),
-                )
-                .await;
-            written.push(save(
-                &dir,
-                &format!("{name}-{size}.png"),
-                browser.screenshot().await,
-            ));
-        }
-        // Log out for the next size.
-        browser.click("#logout").await;
-        browser.find("#token").await;
-    }
-    browser.quit().await;
-    for (path, bytes) in &written {
-        assert!(*bytes > 1000, "{} is suspiciously small", path.display());
-    }
-    if out.is_some() {
-        eprintln!("wrote {} screenshots to {}", written.len(), dir.display());
-    }
-}
-
-fn save(dir: &std::path::Path, name: &str, png: Vec<u8>) -> (std::path::PathBuf, usize) {
-    assert!(png.starts_with(b"\x89PNG"), "{name} is not a PNG");
-    let path = dir.join(name);
-    std::fs::write(&path, &png).unwrap();
-    (path, png.len())
 }

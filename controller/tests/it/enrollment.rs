@@ -144,6 +144,70 @@ async fn batch_tokens_create_labelled_devices_on_enrollment() {
     }
 }
 
+/// A batch answers what its routers need beside their tokens (the CA to
+/// pin and the agent config, as registering one device does), and a prefix
+/// that ends in a separator is not given a second one.
+#[tokio::test]
+async fn a_batch_comes_with_the_ca_and_agent_config_and_names_its_devices_once_separated() {
+    let h = Harness::start().await;
+    let one = h
+        .post("/api/v1/devices", json!({"name": "single", "labels": {}}))
+        .await;
+    assert_eq!(one.status, StatusCode::CREATED, "{}", one.body);
+    let mut names = Vec::new();
+    for prefix in ["home-", "lab.", "cpe_", "plain"] {
+        let batch = h
+            .post(
+                "/api/v1/enrollment-tokens",
+                json!({"count": 1, "labels": {"batch": "b1"}, "name_prefix": prefix}),
+            )
+            .await;
+        assert_eq!(batch.status, StatusCode::CREATED, "{}", batch.body);
+        assert_eq!(batch.body["ca_pem"], h.controller.ca_pem.as_str());
+        assert_eq!(batch.body["ca_pem"], one.body["ca_pem"]);
+        assert_eq!(batch.body["agent_config"], one.body["agent_config"]);
+        let config = batch.body["agent_config"].as_str().unwrap();
+        assert!(
+            config.contains(&format!(
+                "enrollment_url = \"{}\"",
+                h.controller.enrollment_url
+            )) && config.contains(&format!("controller_url = \"{}\"", h.controller.device_url)),
+            "{config}"
+        );
+        let device = h
+            .enroll(batch.body["tokens"][0].as_str().unwrap())
+            .await
+            .map_err(|r| r.body)
+            .unwrap();
+        let view = h
+            .get(&format!("/api/v1/devices/{}", device.certificate.device_id))
+            .await;
+        names.push(view.body["name"].as_str().unwrap().to_owned());
+    }
+    let digits = |name: &str, prefix: &str| {
+        let rest = name.strip_prefix(prefix).unwrap_or_default();
+        rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    assert!(digits(&names[0], "home-"), "{names:?}");
+    assert!(digits(&names[1], "lab."), "{names:?}");
+    assert!(digits(&names[2], "cpe_"), "{names:?}");
+    assert!(digits(&names[3], "plain-"), "{names:?}");
+    // The longest prefix still makes a valid device name; a longer one is
+    // refused rather than making names no other call would accept.
+    let longest = "p".repeat(51);
+    let r = h
+        .post("/api/v1/enrollment-tokens", json!({"name_prefix": longest}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = h
+        .post(
+            "/api/v1/enrollment-tokens",
+            json!({"name_prefix": format!("{longest}p")}),
+        )
+        .await;
+    assert_eq!(error_code(&r), "invalid_request");
+}
+
 #[tokio::test]
 async fn renewal_over_mutual_tls_keeps_the_identity() {
     let h = Harness::start().await;

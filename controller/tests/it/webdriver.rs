@@ -22,6 +22,12 @@ const PACKAGES: [(&str, &str); 2] = [
 /// Every wait for the page is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// Run in every page before its own scripts: keeps uncaught errors and
+/// unhandled promise rejections in `window.__errors`.
+const RECORD_ERRORS: &str = "window.__errors = []; \
+    addEventListener('error', (e) => window.__errors.push(String(e.message))); \
+    addEventListener('unhandledrejection', (e) => window.__errors.push(String(e.reason)));";
+
 pub struct Browser {
     http: reqwest::Client,
     base: String,
@@ -118,6 +124,14 @@ impl Browser {
             .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
             .to_owned();
         browser.viewport(width, height).await;
+        // Every page records its uncaught errors, for `script_errors`.
+        browser
+            .command(
+                "POST",
+                &browser.session_path("/goog/cdp/execute"),
+                json!({"cmd": "Page.addScriptToEvaluateOnNewDocument", "params": {"source": RECORD_ERRORS}}),
+            )
+            .await;
         browser
     }
 
@@ -269,6 +283,36 @@ impl Browser {
         .to_owned()
     }
 
+    /// The attribute `name` of the first element `css` (None: no element or no attribute).
+    pub async fn attribute(&self, css: &str, name: &str) -> Option<String> {
+        self.execute(
+            "const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;",
+            json!([css, name]),
+        )
+        .await
+        .as_str()
+        .map(str::to_owned)
+    }
+
+    /// Whether the first element `css` exists and is rendered (not
+    /// `display: none`, nor inside something that is).
+    pub async fn is_shown(&self, css: &str) -> bool {
+        self.execute(
+            "const e = document.querySelector(arguments[0]); return !!e && e.getClientRects().length > 0;",
+            json!([css]),
+        )
+        .await
+            == true
+    }
+
+    /// The uncaught errors of the page on screen (see [`RECORD_ERRORS`]).
+    pub async fn script_errors(&self) -> Vec<String> {
+        let errors = self
+            .execute("return window.__errors || [];", json!([]))
+            .await;
+        serde_json::from_value(errors).unwrap_or_default()
+    }
+
     pub async fn page_text(&self) -> String {
         self.text("body").await
     }
@@ -297,6 +341,22 @@ impl Browser {
             .await;
         base64::engine::general_purpose::STANDARD
             .decode(encoded.as_str().expect("base64 PNG"))
+            .unwrap()
+    }
+
+    /// A PNG of the whole page, below the fold too (at the viewport's width).
+    pub async fn screenshot_full_page(&self) -> Vec<u8> {
+        use base64::Engine;
+        let shot = self
+            .command(
+                "POST",
+                &self.session_path("/goog/cdp/execute"),
+                json!({"cmd": "Page.captureScreenshot", "params": {
+                    "format": "png", "captureBeyondViewport": true}}),
+            )
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("base64 PNG"))
             .unwrap()
     }
 

@@ -218,7 +218,7 @@ impl Agent {
 
     /// Listens on the control socket; without it the agent still runs.
     pub(super) fn listen(&mut self) {
-        match crate::control::serve(&self.settings.control_socket) {
+        match crate::control::serve(&self.settings.control_socket_path()) {
             Ok(rx) => self.commands = Some(rx),
             Err(e) => tracing::error!(
                 error = %format!("{e:#}"),

@@ -21,11 +21,12 @@ use crate::wireguard::Tunnels;
 /// whatever the others did; fails if an agent still runs (it would put
 /// them back) or if a part could not be removed.
 pub fn uninstall(settings: &Settings) -> anyhow::Result<()> {
-    if control::call(&settings.control_socket, &Request::List {}).is_ok() {
+    let socket = settings.control_socket_path();
+    if control::call(&socket, &Request::List {}).is_ok() {
         bail!(
             "an agent is running (its control socket {} answers): stop it first, \
              or it enforces its config again",
-            settings.control_socket.display()
+            socket.display()
         );
     }
     let resolver = Dnsmasq::new(settings)

@@ -59,9 +59,11 @@ pub struct Settings {
     #[serde(default = "default_heartbeat")]
     pub heartbeat_secs: u64,
     /// The Unix socket detectors on the router use to block flows
-    /// (`isdf-agent block ...`); only root may use it.
-    #[serde(default = "default_control_socket")]
-    pub control_socket: PathBuf,
+    /// (`isdf-agent block ...`); only root may use it. Default:
+    /// `control.sock` in `state_dir` (see `Settings::control_socket_path`),
+    /// so two agents with their own state directories never share one.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
     /// Most router-side blocks (local and detections) in force at once.
     #[serde(default = "default_local_block_max")]
     pub local_block_max: usize,
@@ -185,9 +187,9 @@ fn default_wan_interfaces() -> Vec<String> {
     vec!["wan".to_owned(), "pppoe-wan".to_owned()]
 }
 
-fn default_control_socket() -> PathBuf {
-    PathBuf::from("/run/isdf-agent.sock")
-}
+/// The control socket's file in the state directory when `control_socket`
+/// is not set.
+pub const CONTROL_SOCKET_FILE: &str = "control.sock";
 fn default_local_block_max() -> usize {
     4096
 }
@@ -343,6 +345,15 @@ impl Settings {
             .unwrap_or(&certificate.device_api_url)
     }
 
+    /// The control socket: `control_socket` when set, else `control.sock`
+    /// in the state directory (which `--state-dir` may have replaced after
+    /// parsing, hence computed here and not as a serde default).
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join(CONTROL_SOCKET_FILE))
+    }
+
     /// Bounds on router-side blocks.
     pub fn router_block_limits(&self) -> RouterBlockLimits {
         let per_sec = f64::from(self.local_block_rate.max(1));
@@ -475,9 +486,36 @@ mod tests {
             ),
             (20, 5, false, 60)
         );
-        assert_eq!(s.control_socket, Path::new("/var/run/isdf.sock"));
+        assert_eq!(s.control_socket_path(), Path::new("/var/run/isdf.sock"));
         assert_eq!(s.router_block_limits().max_active, 100);
         assert_eq!(s.router_block_limits().burst, 50.0);
+    }
+
+    #[test]
+    fn the_control_socket_defaults_to_one_per_state_directory() {
+        let a = Settings::parse("state_dir = \"/var/lib/isdf-a\"\n").unwrap();
+        let mut b = Settings::parse("state_dir = \"/var/lib/isdf-b\"\n").unwrap();
+        assert_eq!(
+            a.control_socket_path(),
+            Path::new("/var/lib/isdf-a/control.sock")
+        );
+        assert_ne!(a.control_socket_path(), b.control_socket_path());
+        // `--state-dir` replaces the directory after parsing: the socket
+        // follows it.
+        b.state_dir = PathBuf::from("/srv/agent-b");
+        assert_eq!(
+            b.control_socket_path(),
+            Path::new("/srv/agent-b/control.sock")
+        );
+        // An explicit setting stays where it says, whatever the directory.
+        let mut pinned =
+            Settings::parse("state_dir = \"/s\"\ncontrol_socket = \"/run/isdf-agent.sock\"\n")
+                .unwrap();
+        pinned.state_dir = PathBuf::from("/elsewhere");
+        assert_eq!(
+            pinned.control_socket_path(),
+            Path::new("/run/isdf-agent.sock")
+        );
     }
 
     /// The `dns_*` keys of `s`, to compare.

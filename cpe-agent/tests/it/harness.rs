@@ -74,9 +74,26 @@ impl AgentProcess {
         Self::spawn(command, config, backend, log)
     }
 
+    /// The agent as the README starts it: `isdf-agent run --config FILE`,
+    /// nothing more (the backend its config says, `auto` by default).
+    pub(crate) fn start_as_documented(router: &Netns, config: &Path, log: &Path) -> Self {
+        let mut command = Command::new("ip");
+        command.args([
+            "netns",
+            "exec",
+            &router.name,
+            env!("CARGO_BIN_EXE_isdf-agent"),
+        ]);
+        Self::spawn_with(command, config, None, log)
+    }
+
     /// Runs `command` (which ends in the agent binary) with the agent's
     /// arguments, its output appended to `log`.
-    fn spawn(mut command: Command, config: &Path, backend: &str, log: &Path) -> Self {
+    fn spawn(command: Command, config: &Path, backend: &str, log: &Path) -> Self {
+        Self::spawn_with(command, config, Some(backend), log)
+    }
+
+    fn spawn_with(mut command: Command, config: &Path, backend: Option<&str>, log: &Path) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -85,7 +102,7 @@ impl AgentProcess {
         let child = command
             .args(["run", "--config"])
             .arg(config)
-            .args(["--backend", backend])
+            .args(backend.map(|b| ["--backend", b]).into_iter().flatten())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())

@@ -173,7 +173,10 @@ impl Network {
     }
 }
 
-/// Agent config for one router.
+/// Agent config for one router. No `control_socket`: every router of a
+/// network runs on this one host, each with the default socket, `control.sock`
+/// in its own state directory, so the tests with several agents show they
+/// do not clash there.
 pub(crate) fn agent_toml(dir: &Path, enrollment_url: &str, token: &str, ca_pem: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("enrollment-token"), token).unwrap();
@@ -184,7 +187,7 @@ pub(crate) fn agent_toml(dir: &Path, enrollment_url: &str, token: &str, ca_pem: 
         format!(
             "enrollment_url = \"{enrollment_url}\"\nca_cert = \"{d}/ca.pem\"\n\
              enrollment_token_file = \"{d}/enrollment-token\"\nstate_dir = \"{d}/state\"\n\
-             control_socket = \"{d}/agent.sock\"\npoll_wait_secs = 20\nmax_backoff_secs = 2\n\
+             poll_wait_secs = 20\nmax_backoff_secs = 2\n\
              lan_interfaces = [\"lan\"]\nwan_interfaces = [\"wan\"]\n",
             d = dir.display()
         ),

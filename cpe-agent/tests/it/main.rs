@@ -20,6 +20,7 @@ mod kernel_state;
 mod netns;
 mod outage;
 mod pay_per_site;
+mod readme;
 mod rogue_controller;
 mod rollouts;
 mod signatures;

@@ -13,22 +13,33 @@ use crate::cli::{CliError, Context};
 pub enum BlockCommand {
     /// Block flows on a router for a while.
     Create {
+        /// The router's name or id.
         device: String,
         /// A flow as JSON or YAML, e.g. `{protocol: tcp, dport: "6881"}` (repeatable).
         #[arg(long = "flow", required = true)]
         flows: Vec<String>,
+        /// How long the block lasts, in seconds; it ends by itself.
         #[arg(long)]
         duration: u64,
         /// `drop` (default) or `reject`.
         #[arg(long)]
         action: Option<String>,
+        /// Why, for the audit log and the router's events.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Blocks in force on a router.
-    List { device: String },
+    List {
+        /// The router's name or id.
+        device: String,
+    },
     /// End an operator block early.
-    Delete { device: String, block: String },
+    Delete {
+        /// The router's name or id.
+        device: String,
+        /// The block's id (`blocks list` shows it).
+        block: String,
+    },
 }
 
 pub(super) fn blocks(context: &Context, command: BlockCommand) -> Result<u8, CliError> {

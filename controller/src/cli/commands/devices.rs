@@ -13,47 +13,82 @@ use crate::cli::{CliError, Context};
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
-    /// List routers.
+    /// List routers, by name, optionally filtered (filters combine).
+    #[command(after_help = super::PAGING_HELP)]
     List {
-        /// Label selector, e.g. `env=prod,region in (eu,us)`.
+        /// Only routers whose labels match this selector, e.g. `env=prod,region in (eu,us)`.
         #[arg(long, short = 'l')]
         selector: Option<String>,
+        /// Only routers in this state (from their latest status report).
+        #[arg(long, value_enum)]
+        state: Option<DeviceState>,
+        /// Only routers whose name contains this text (case-insensitive).
+        #[arg(long)]
+        name: Option<String>,
         #[command(flatten)]
         paging: PagingArgs,
     },
     /// Show one router.
-    Get { device: String },
+    Get {
+        /// The router's name or id.
+        device: String,
+    },
+    /// Change one router's labels, or those of every router a selector matches.
+    ///
+    /// `key=value` sets a label, `key-` removes one (as kubectl's). With
+    /// --selector, the routers it matches are counted and named (a sample)
+    /// first, and the change waits for a `y` unless --yes.
+    #[command(after_help = "Examples:\n  \
+        isdfctl devices label home-hq plan=business promo-\n  \
+        isdfctl devices label --selector 'plan=family,region=eu' plan=family-plus --yes")]
+    Label(super::labels::LabelArgs),
     /// Pre-register a router; prints its enrollment token and agent config.
     Create {
+        /// Unique name, 1-64 of `A-Za-z0-9._-`.
         name: String,
         /// A label, `key=value` (repeatable).
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
-        /// Lifetime of the enrollment token, in seconds.
+        /// Lifetime of the enrollment token, in seconds (default 7 days).
         #[arg(long)]
         token_expires_in: Option<u64>,
     },
     /// Delete a router (not a VPN member or relay).
-    Delete { device: String },
-    /// Its compiled, signed config.
-    Config { device: String },
-    /// Its latest status report.
-    Status { device: String },
-    /// Its recent status reports.
-    History {
+    Delete {
+        /// The router's name or id.
         device: String,
+    },
+    /// Its compiled, signed config.
+    Config {
+        /// The router's name or id.
+        device: String,
+    },
+    /// Its latest status report.
+    Status {
+        /// The router's name or id.
+        device: String,
+    },
+    /// Its recent status reports, newest first.
+    History {
+        /// The router's name or id.
+        device: String,
+        /// How many reports (the API's default when absent).
         #[arg(long)]
         limit: Option<u32>,
     },
     /// A new enrollment token for an existing router.
     EnrollmentToken {
+        /// The router's name or id.
         device: String,
+        /// Lifetime of the token, in seconds (default 7 days).
         #[arg(long)]
         expires_in: Option<u64>,
     },
     /// Its reported events (local blocks, detections) and their totals.
     Events {
+        /// The router's name or id.
         device: String,
+        /// How many events (the API's default when absent).
         #[arg(long)]
         limit: Option<u32>,
         /// Events with a lower sequence only (`next_before` of a previous page).
@@ -68,22 +103,55 @@ pub enum DeviceCommand {
 #[derive(Debug, Subcommand)]
 pub enum WireguardCommand {
     /// What the router reported of its WireGuard side.
-    Get { device: String },
+    Get {
+        /// The router's name or id.
+        device: String,
+    },
     /// Rotate its WireGuard key.
-    Rotate { device: String },
+    Rotate {
+        /// The router's name or id.
+        device: String,
+    },
+}
+
+/// The device list's `state` filter (the API's values).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DeviceState {
+    /// Reported within the online window (10 minutes).
+    Online,
+    /// Not reported since, or its config expired.
+    Stale,
+    /// Its last outcome was `rolled_back` or `rejected`.
+    Failing,
+    /// Enrolled or registered, never reported.
+    NeverReported,
+}
+
+impl DeviceState {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Online => "online",
+            DeviceState::Stale => "stale",
+            DeviceState::Failing => "failing",
+            DeviceState::NeverReported => "never_reported",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum EnrollmentTokenCommand {
     /// Tokens for a shipment of routers.
     Create {
+        /// How many tokens (one router each).
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Lifetime of the tokens, in seconds (default 7 days).
         #[arg(long)]
         expires_in: Option<u64>,
+        /// A label the routers get when they enroll, `key=value` (repeatable).
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
-        /// Devices are named `<prefix>-<id>`.
+        /// The routers are named `<prefix>-<id>` (default prefix `router`).
         #[arg(long)]
         name_prefix: Option<String>,
     },
@@ -99,11 +167,24 @@ pub(super) fn devices(context: &Context, command: DeviceCommand) -> Result<u8, C
         ))
     };
     match command {
-        DeviceCommand::List { selector, paging } => {
-            let query: Vec<_> = opt("selector", selector).into_iter().collect();
+        DeviceCommand::List {
+            selector,
+            state,
+            name,
+            paging,
+        } => {
+            let query: Vec<_> = [
+                opt("selector", selector),
+                opt("state", state.map(DeviceState::as_str)),
+                opt("q", name),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             devices.print_list(context, &query, &paging.paging())?;
             Ok(0)
         }
+        DeviceCommand::Label(args) => super::labels::label(context, &args),
         DeviceCommand::Get { device } => {
             devices.print_one(context, &device)?;
             Ok(0)

@@ -11,32 +11,45 @@ use crate::cli::{CliError, Context};
 
 #[derive(Debug, Subcommand)]
 pub enum CustomerCommand {
+    /// Make a household, with its routers.
     Create {
+        /// Unique name, e.g. `Smith household`.
         name: String,
+        /// Your own reference for it (a CRM or billing id); cannot change later.
         #[arg(long)]
         external_ref: Option<String>,
-        /// A router to attach (repeatable).
+        /// A router to attach, by name or id (repeatable).
         #[arg(long = "device")]
         devices: Vec<String>,
     },
+    /// List households.
+    #[command(after_help = super::PAGING_HELP)]
     List {
         #[command(flatten)]
         paging: PagingArgs,
     },
+    /// Show one household, its routers and passes.
     Get {
+        /// The household's name or id.
         customer: String,
     },
+    /// Delete a household (not one with a VPN).
     Delete {
+        /// The household's name or id.
         customer: String,
     },
     /// Attach a router to the household.
     Attach {
+        /// The household's name or id.
         customer: String,
+        /// The router's name or id.
         device: String,
     },
     /// Detach a router from the household.
     Detach {
+        /// The household's name or id.
         customer: String,
+        /// The router's name or id.
         device: String,
     },
 }
@@ -76,24 +89,32 @@ impl SiteInputArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SiteCommand {
+    /// Add a site to a catalog, with its passes.
     Create(SiteInputArgs),
+    /// List catalog sites.
+    #[command(after_help = super::PAGING_HELP)]
     List {
+        /// Only this catalog's sites.
         #[arg(long)]
         catalog: Option<String>,
         #[command(flatten)]
         paging: PagingArgs,
     },
-    /// By id, name or `catalog/name`.
+    /// Show one site.
     Get {
+        /// The site's id, name or `catalog/name`.
         site: String,
     },
     /// Replace a site's definition.
     Update {
+        /// The site's id, name or `catalog/name`.
         site: String,
         #[command(flatten)]
         input: SiteInputArgs,
     },
+    /// Delete a site (passes sold keep their record).
     Delete {
+        /// The site's id, name or `catalog/name`.
         site: String,
     },
 }
@@ -102,16 +123,23 @@ pub enum SiteCommand {
 pub enum PurchaseCommand {
     /// Grant or sell a pass.
     Create {
+        /// The household's name or id.
         #[arg(long)]
         customer: String,
+        /// The site's id, name or `catalog/name`.
         #[arg(long)]
         site: String,
+        /// The pass's length in seconds: one the site sells (its price applies).
         #[arg(long)]
         duration: i64,
     },
+    /// List passes.
+    #[command(after_help = super::PAGING_HELP)]
     List {
+        /// Only this household's (name or id).
         #[arg(long)]
         customer: Option<String>,
+        /// Only this site's (id, name or `catalog/name`).
         #[arg(long)]
         site: Option<String>,
         /// Only passes in force (true) or not (false).
@@ -121,7 +149,10 @@ pub enum PurchaseCommand {
         paging: PagingArgs,
     },
     /// End a pass now.
-    Cancel { id: String },
+    Cancel {
+        /// The purchase's id.
+        id: String,
+    },
 }
 
 fn parse_pass(text: &str) -> Result<(i64, i64), String> {

@@ -14,13 +14,16 @@ use crate::model::Role;
 mod blocks;
 mod devices;
 mod households;
+mod labels;
 mod services;
 mod vpns;
 
 pub use blocks::BlockCommand;
 pub use devices::{DeviceCommand, EnrollmentTokenCommand, WireguardCommand};
 pub use households::{CustomerCommand, PurchaseCommand, SiteCommand, SiteInputArgs};
-pub use services::{AssignmentCommand, RevisionCommand, ServiceCommand};
+pub use services::{
+    assignment_hint, print_warnings, AssignmentCommand, RevisionCommand, ServiceCommand,
+};
 pub use vpns::{MemberCommand, RelayCommand, VpnCommand};
 
 #[derive(Debug, Subcommand)]
@@ -77,16 +80,25 @@ pub enum Command {
     Openapi,
 }
 
-/// Which part of a list to print.
+/// How lists page, for the `after_help` of every list command.
+pub const PAGING_HELP: &str = "Paging: a list prints its first page, 50 items (the API's \
+default) or --limit N (1 to 500), in the API's order. When more remain, stderr says `(more: add --all, or --cursor CURSOR)`: \
+--cursor CURSOR prints the next page, --all walks every page (500 items a request, \
+at most 10,000 requests or 10 minutes). With -o json or -o yaml the items of every \
+fetched page are one array.";
+
+// The paging flags of every list command (no doc comment: clap would show it
+// as the about of a command that flattens these).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Paging")]
 pub struct PagingArgs {
-    /// Every page (bounded), not just the first.
+    /// Print every page (walked 500 items a request), not just the first.
     #[arg(long)]
     pub all: bool,
-    /// Items per page (1 to 500).
+    /// Items per page, 1 to 500 (default 50).
     #[arg(long)]
     pub limit: Option<u32>,
-    /// Start after this cursor (printed after a partial list).
+    /// Print the page after this cursor (stderr shows it after a partial list).
     #[arg(long)]
     pub cursor: Option<String>,
 }
@@ -102,11 +114,13 @@ impl PagingArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = PAGING_HELP)]
 pub struct GetArgs {
+    /// What to list.
     pub kind: GetKind,
     /// A name or id: show that one instead of the list.
     pub name: Option<String>,
-    /// Label selector (devices).
+    /// Only devices whose labels match this selector, e.g. `plan=family,region in (eu,us)`.
     #[arg(long, short = 'l')]
     pub selector: Option<String>,
     #[command(flatten)]
@@ -115,22 +129,31 @@ pub struct GetArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum GetKind {
+    /// Routers.
     #[value(alias = "device")]
     Devices,
+    /// Service definitions (not archived ones).
     #[value(alias = "service")]
     Services,
+    /// Service revisions on selectors.
     #[value(alias = "assignment")]
     Assignments,
+    /// Households.
     #[value(alias = "customer")]
     Customers,
+    /// Pay-per-site catalog entries (`catalog/name`).
     #[value(alias = "site")]
     Sites,
+    /// Customers' site-to-site VPNs.
     #[value(alias = "vpn")]
     Vpns,
+    /// Staged rollouts.
     #[value(alias = "rollout")]
     Rollouts,
+    /// Operator tokens (admin).
     #[value(alias = "operator-token")]
     OperatorTokens,
+    /// The audit log, newest first.
     Audit,
 }
 
@@ -152,26 +175,32 @@ impl GetKind {
 
 #[derive(Debug, Subcommand)]
 pub enum OperatorTokenCommand {
-    /// Prints the token once.
+    /// Make a token; prints its secret once.
     Create {
+        /// A name for people (whose token, what for); need not be unique.
         name: String,
+        /// What the token may do.
         #[arg(long, value_enum)]
         role: Role,
     },
+    /// List tokens, revoked ones included.
+    #[command(after_help = PAGING_HELP)]
     List {
         #[command(flatten)]
         paging: PagingArgs,
     },
-    /// By id, or the name of an active token.
+    /// Revoke a token; it is refused at once (its dashboard sessions end too).
     Revoke {
         // Not `token`: that is the global --token's id.
+        /// The token's id, or the name of the one active token so named.
         operator_token: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Newest first.
+    /// The audit log, newest first.
+    #[command(after_help = PAGING_HELP)]
     List {
         #[command(flatten)]
         paging: PagingArgs,

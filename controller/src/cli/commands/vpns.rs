@@ -10,8 +10,11 @@ use crate::cli::{CliError, Context};
 
 #[derive(Debug, Subcommand)]
 pub enum VpnCommand {
+    /// Make a household's site-to-site VPN.
     Create {
+        /// Its name, unique within the household.
         name: String,
+        /// The household's name or id.
         #[arg(long)]
         customer: String,
         /// `auto`, `mesh` or `hub`.
@@ -27,24 +30,34 @@ pub enum VpnCommand {
         #[arg(long = "member", value_parser = parse_member)]
         members: Vec<(String, Vec<String>)>,
     },
+    /// List VPNs.
+    #[command(after_help = super::PAGING_HELP)]
     List {
+        /// Only this household's (name or id).
         #[arg(long)]
         customer: Option<String>,
         #[command(flatten)]
         paging: PagingArgs,
     },
+    /// Show one VPN, its members and tunnels.
     Get {
+        /// The VPN's name or id.
         vpn: String,
     },
     /// Change the topology or the hub.
     Update {
+        /// The VPN's name or id.
         vpn: String,
+        /// `auto`, `mesh` or `hub`.
         #[arg(long)]
         topology: Option<String>,
+        /// The hub member (topology `hub`), by name or id.
         #[arg(long)]
         hub: Option<String>,
     },
+    /// Delete a VPN; its members' tunnels go down.
     Delete {
+        /// The VPN's name or id.
         vpn: String,
     },
     /// Add or change members.
@@ -56,28 +69,41 @@ pub enum VpnCommand {
 pub enum MemberCommand {
     /// Add a member or replace its LAN prefixes.
     Put {
+        /// The VPN's name or id.
         vpn: String,
+        /// The router's name or id.
         device: String,
         /// A LAN prefix (repeatable).
         #[arg(long = "prefix", required = true)]
         prefixes: Vec<String>,
     },
+    /// Remove a member.
     Delete {
+        /// The VPN's name or id.
         vpn: String,
+        /// The router's name or id.
         device: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RelayCommand {
+    /// List relays and the VPNs they serve.
+    #[command(after_help = super::PAGING_HELP)]
     List {
         #[command(flatten)]
         paging: PagingArgs,
     },
     /// Let a router relay.
-    Add { device: String },
+    Add {
+        /// The router's name or id.
+        device: String,
+    },
     /// Stop a router relaying.
-    Remove { device: String },
+    Remove {
+        /// The router's name or id.
+        device: String,
+    },
 }
 
 fn parse_member(text: &str) -> Result<(String, Vec<String>), String> {

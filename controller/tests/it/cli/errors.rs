@@ -78,17 +78,108 @@ async fn cli_errors_have_codes_and_exit_codes() {
         gone.stderr
     );
 
-    // Labels the API cannot change: a clear error.
-    ctl.ok(&["devices", "create", "r1", "--label", "a=1"]).await;
-    let relabel = ctl.file("relabel.yaml", "kind: Device\nname: r1\nlabels: {a: '2'}\n");
-    let refused = ctl.run(&["apply", "-f", &relabel]).await;
+    // `services create --kind` (the old flag) still works, as `--type`.
+    let spec = ctl.file(
+        "block.json",
+        r#"{"flows": [{"protocol": "tcp", "dport": 23}]}"#,
+    );
+    let created = ctl
+        .json(&[
+            "services",
+            "create",
+            "old",
+            "--kind",
+            "flow-block",
+            "--spec",
+            &spec,
+        ])
+        .await;
+    assert_eq!(created["type"], "flow-block", "{created}");
+}
+
+/// A missing token says how to give one; a refused one says why it may be
+/// refused and where a new one comes from.
+#[tokio::test]
+async fn cli_token_hints_say_how_to_give_or_renew_a_token() {
+    let h = Harness::start().await;
+    let none = Ctl::at(&h.controller.api_url, "");
+    let missing = none.run(&["get", "devices"]).await;
+    assert_eq!(missing.code, 1);
+    let lines: Vec<&str> = missing.stderr.lines().collect();
+    assert!(
+        lines[0].starts_with("error: unauthorized: "),
+        "{}",
+        missing.stderr
+    );
+    assert!(
+        lines[1].starts_with("hint: no operator token was given")
+            && lines[1].contains("--token TOKEN")
+            && lines[1].contains("ISDF_TOKEN")
+            && lines[1].contains("--token-file FILE"),
+        "{}",
+        missing.stderr
+    );
+    assert!(
+        lines[2].contains("isdfctl operator-tokens create"),
+        "{}",
+        missing.stderr
+    );
+
+    let wrong = Ctl::at(&h.controller.api_url, "isdf_op_wrong");
+    let refused = wrong.run(&["get", "devices"]).await;
     assert_eq!(refused.code, 1);
     assert!(
-        refused
-            .stderr
-            .starts_with("error: immutable_field: device/r1"),
+        refused.stderr.contains(&format!(
+            "hint: the token from ISDF_TOKEN was refused by {}: it is revoked, expired",
+            h.controller.api_url
+        )),
         "{}",
         refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("Get a new one"),
+        "{}",
+        refused.stderr
+    );
+    let from_flag = none
+        .run(&["get", "devices", "--token", "isdf_op_wrong"])
+        .await;
+    assert!(
+        from_flag
+            .stderr
+            .contains("the token from --token was refused"),
+        "{}",
+        from_flag.stderr
+    );
+    let file = none.file("token", "isdf_op_wrong\n");
+    let from_file = none.run(&["get", "devices", "--token-file", &file]).await;
+    assert!(
+        from_file
+            .stderr
+            .contains(&format!("the token from --token-file {file} was refused")),
+        "{}",
+        from_file.stderr
+    );
+    let empty = none.file("empty", "\n");
+    let empty = none.run(&["get", "devices", "--token-file", &empty]).await;
+    assert_eq!(empty.code, 2);
+    assert!(empty.stderr.contains("is empty"), "{}", empty.stderr);
+    // A revoked token: refused, with the same hint.
+    let created = Ctl::new(&h)
+        .json(&["operator-tokens", "create", "temp", "--role", "viewer"])
+        .await;
+    let secret = created["token"].as_str().expect("the secret").to_owned();
+    let temp = Ctl::at(&h.controller.api_url, &secret);
+    temp.ok(&["get", "devices"]).await;
+    Ctl::new(&h)
+        .ok(&["operator-tokens", "revoke", created["id"].as_str().unwrap()])
+        .await;
+    let revoked = temp.run(&["get", "devices"]).await;
+    assert_eq!(revoked.code, 1);
+    assert!(
+        revoked.stderr.contains("revoked, expired"),
+        "{}",
+        revoked.stderr
     );
 }
 

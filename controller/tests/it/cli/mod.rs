@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use crate::support::Harness;
 
 mod apply;
+mod changes;
 mod errors;
+mod help;
 mod output;
 
 const FLEET: &str = include_str!("../../../../deploy/examples/fleet.yaml");
