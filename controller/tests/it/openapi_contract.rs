@@ -1,10 +1,13 @@
-//! The OpenAPI contract: the operator listener's document describes what
-//! the controller serves. schemathesis (every check, deterministic,
-//! bounded) runs against a real controller from its own document and finds
-//! nothing; a client generated from the document by openapi-python-client
-//! drives the operator's first steps (`openapi_contract/smoke.py`); every
-//! `{name}` of every path is declared as a parameter; 405 answers carry the
-//! JSON error body on every listener.
+//! The OpenAPI contract: the listeners' documents describe what the
+//! controller serves. schemathesis (every check, deterministic, bounded)
+//! runs against a real controller from the operator listener's and the
+//! enrollment listener's documents and finds nothing (the device
+//! listener's is checked for its parameters and error bodies only: its
+//! request bodies are the agent's wire types, described loosely; see
+//! docs/api.md); a client generated from the operator document by
+//! openapi-python-client drives the operator's first steps
+//! (`openapi_contract/smoke.py`); every `{name}` of every path is declared
+//! as a parameter; 405 answers carry the JSON error body on every listener.
 //!
 //! The tools are installed, pinned, by `scripts/install-api-tools` (which
 //! `scripts/test` runs) into `ISDF_API_TOOLS` (default
@@ -101,7 +104,7 @@ async fn contract_harness() -> Harness {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schemathesis_finds_nothing_in_the_operator_api() {
+async fn schemathesis_finds_nothing_in_the_operator_api_and_enrollment() {
     let schemathesis = tool("schemathesis");
     let h = contract_harness().await;
     // Something to find: the stateful phase follows links from these.
@@ -118,31 +121,49 @@ async fn schemathesis_finds_nothing_in_the_operator_api() {
     );
 
     let api = &h.controller.api_url;
-    let reports = tempfile::tempdir().unwrap();
+    let bearer = format!("Authorization: Bearer {}", h.controller.operator_token);
+    let mut command = schemathesis_run(&schemathesis, &format!("{api}/api/v1/openapi.json"), api);
+    command.args(["-H", &bearer]);
+    expect_nothing_found(command, &format!("the operator API (device {device})")).await;
+
+    // The enrollment listener, from its own document (TLS with our CA).
+    let work = tempfile::tempdir().unwrap();
+    let ca = work.path().join("ca.pem");
+    std::fs::write(&ca, &h.controller.ca_pem).unwrap();
+    let mut command = schemathesis_run(
+        &schemathesis,
+        &format!("{api}/api/v1/openapi/enrollment.json"),
+        &h.controller.enrollment_url,
+    );
+    command.arg("--tls-verify").arg(&ca);
+    expect_nothing_found(command, "enrollment").await;
+}
+
+/// `schemathesis run` of `document` against `base` with every check and the
+/// contract's settings (`openapi_contract/`).
+fn schemathesis_run(schemathesis: &Path, document: &str, base: &str) -> Command {
     let mut command = Command::new(schemathesis);
     command
-        .current_dir(reports.path())
+        .current_dir(std::env::temp_dir())
         .env("NO_COLOR", "1")
         .env("PYTHONPATH", contract_dir())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("SCHEMATHESIS_HOOKS", "isdf_contract_hooks")
         .arg("--config-file")
         .arg(contract_dir().join("schemathesis.toml"))
-        .arg("run")
-        .arg(format!("{api}/api/v1/openapi.json"))
-        .args(["--url", api])
-        .args([
-            "-H",
-            &format!("Authorization: Bearer {}", h.controller.operator_token),
-        ])
+        .args(["run", document, "--url", base])
         .args(["--checks", "all", "--max-examples", MAX_EXAMPLES])
         .args(["--workers", "1", "--no-color"])
         .args(["--request-timeout", "20"]);
+    command
+}
+
+async fn expect_nothing_found(command: Command, what: &str) {
     let output = run(command).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "schemathesis found problems in the operator API (device {device}):\n{stdout}\n{}",
+        "schemathesis found problems in {what}:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     // Every operation was tested, none skipped for a schema error.
