@@ -158,6 +158,10 @@ pub struct CreateEnrollmentToken {
 pub struct EnrollmentTokenCreated {
     pub enrollment_token: String,
     pub expires_at: DateTime<Utc>,
+    /// A ready agent config file (TOML), for the replacement router.
+    pub agent_config: String,
+    /// The controller CA the agent must pin (PEM).
+    pub ca_pem: String,
 }
 
 /// A new enrollment token for an existing device: for a replaced router, or
@@ -185,6 +189,8 @@ pub async fn create_enrollment_token(
         Json(EnrollmentTokenCreated {
             enrollment_token,
             expires_at,
+            agent_config: state.agent_bootstrap.agent_toml(),
+            ca_pem: state.agent_bootstrap.ca_pem.clone(),
         }),
     ))
 }

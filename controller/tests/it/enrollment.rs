@@ -423,6 +423,17 @@ async fn an_operator_can_issue_a_new_token_for_an_existing_device() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
+    // The replacement router gets what the first one got: the CA to pin
+    // and an agent config, beside its token.
+    assert!(r.body["ca_pem"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN CERTIFICATE-----"));
+    let agent_config = r.body["agent_config"].as_str().unwrap();
+    assert!(
+        agent_config.contains(&format!("controller_url = \"{}\"", h.controller.device_url)),
+        "{agent_config}"
+    );
     let second = h
         .enroll(r.body["enrollment_token"].as_str().unwrap())
         .await
