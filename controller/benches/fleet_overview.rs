@@ -8,6 +8,12 @@
 //! tests do). Run:
 //! `ISDF_TEST_DATABASE_URL=... cargo bench -p isdf-controller --bench fleet_overview`
 //! (`FLEET_DEVICES=100000` for the regional fleet of issue 16).
+//!
+//! And the operator's jobs of issue 17 over the same fleet: a selector's
+//! preview (count and ten names, what the dashboard asks as the operator
+//! types), the bulk relabel statement over half the fleet (in a
+//! transaction rolled back, so every sample changes the same rows), and
+//! reading the whole device list as the CSV export does (pages of 1,000).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use isdf_controller::db;
@@ -168,6 +174,59 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    let mut jobs = c.benchmark_group("operator_jobs");
+    jobs.sample_size(10);
+    let half = Selector::parse("plan=family").unwrap();
+    jobs.bench_function("selector preview (count + 10 names), plan=family", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let matched = db::devices::count_matching(&pool, &half).await.unwrap();
+                let sample = db::devices::sample_matching(&pool, &half, 10)
+                    .await
+                    .unwrap();
+                (matched, sample)
+            })
+        })
+    });
+    let set = std::collections::BTreeMap::from([("tier".to_owned(), "gold".to_owned())]);
+    jobs.bench_function(
+        "bulk relabel of plan=family (half the fleet), rolled back",
+        |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let mut tx = pool.begin().await.unwrap();
+                    let changed =
+                        db::devices::relabel(&mut *tx, &half, &set, &["model".to_owned()])
+                            .await
+                            .unwrap();
+                    assert_eq!(changed.len() as i64, devices() / 2);
+                    tx.rollback().await.unwrap();
+                })
+            })
+        },
+    );
+    jobs.bench_function("export: every device in pages of 1,000", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let filter = db::devices::DeviceFilter::default();
+                let mut after: Option<String> = None;
+                let mut rows = 0;
+                loop {
+                    let page = db::devices::list(&pool, &filter, after.as_deref(), 1000)
+                        .await
+                        .unwrap();
+                    rows += page.len();
+                    match page.last() {
+                        Some(last) if page.len() == 1000 => after = Some(last.device.name.clone()),
+                        _ => break,
+                    }
+                }
+                assert_eq!(rows as i64, devices());
+            })
+        })
+    });
+    jobs.finish();
 }
 
 criterion_group!(benches, bench);
