@@ -13,7 +13,7 @@ pub const MAX_EVENTS_PER_BATCH: usize = 256;
 pub const MAX_REASON_CHARS: usize = 200;
 /// Times of events and blocks, Unix milliseconds: from 1970 to the end of
 /// year 9999 (PostgreSQL's `timestamptz` holds less than an `i64` does:
-/// schemathesis found a 500 there).
+/// such a time was a 500 or a refusal the schema did not state).
 pub const TIMES_MS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -202,6 +202,15 @@ mod tests {
         let mut big = batch("x");
         big.events[0].block.id = i64::MAX as u64 + 1;
         assert!(big.check().is_err());
+        // Times PostgreSQL cannot store (or chrono cannot hold) are refused.
+        for at in [-1, i64::MIN, *TIMES_MS.end() + 1, i64::MAX] {
+            let mut far = batch("x");
+            far.events[0].at_ms = at;
+            assert!(far.check().is_err(), "{at}");
+            let mut far = batch("x");
+            far.events[0].block.expires_at_ms = at;
+            assert!(far.check().is_err(), "{at}");
+        }
         let mut many = batch("x");
         many.events = vec![many.events[0].clone(); MAX_EVENTS_PER_BATCH + 1];
         assert!(many.check().is_err());
