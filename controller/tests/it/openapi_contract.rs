@@ -340,6 +340,24 @@ async fn every_document_declares_its_path_parameters_and_unique_operation_ids() 
     // The router listeners' documents name where routers reach them.
     let device = h.get("/api/v1/openapi/device.json").await;
     assert_eq!(device.body["servers"][0]["url"], h.controller.device_url);
+    // Its bodies are the wire types' schemas, not plain objects.
+    for (path, method, schema) in [
+        ("/device/v1/status", "post", "StatusReport"),
+        ("/device/v1/events", "post", "EventBatch"),
+        ("/device/v1/wireguard/facts", "put", "WireguardFacts"),
+        ("/device/v1/wireguard/probe", "post", "ProbeRequest"),
+    ] {
+        let body = &device.body["paths"][path][method]["requestBody"];
+        assert_eq!(
+            body["content"]["application/json"]["schema"]["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "{path}: {body}"
+        );
+        assert_eq!(
+            device.body["components"]["schemas"][schema]["additionalProperties"], false,
+            "{schema}"
+        );
+    }
     let enrollment = h.get("/api/v1/openapi/enrollment.json").await;
     assert_eq!(
         enrollment.body["servers"][0]["url"],
