@@ -11,9 +11,14 @@ use crate::FlowPattern;
 pub const MAX_EVENTS_PER_BATCH: usize = 256;
 /// Longest free-text reason of a block, in characters.
 pub const MAX_REASON_CHARS: usize = 200;
+/// Times of events and blocks, Unix milliseconds: from 1970 to the end of
+/// year 9999 (PostgreSQL's `timestamptz` holds less than an `i64` does:
+/// such a time was a 500 or a refusal the schema did not state).
+pub const TIMES_MS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventKind {
     /// A block added on the router (local interface or classifier).
     Block,
@@ -33,6 +38,7 @@ impl EventKind {
 /// Who decided a router-side block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum BlockOrigin {
     /// A program on the router, through the agent's local socket.
     Local,
@@ -52,24 +58,41 @@ impl BlockOrigin {
 /// A block the router enforces on its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouterBlock {
     /// The router's id for the block (unique per router).
+    #[cfg_attr(feature = "openapi", schema(maximum = 9_223_372_036_854_775_807_i64))]
     pub id: u64,
     pub origin: BlockOrigin,
     pub flow: FlowPattern,
-    /// Unix milliseconds.
+    /// Unix milliseconds (from 1970 to the end of 9999).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 253_402_300_799_999_i64)
+    )]
     pub expires_at_ms: i64,
-    /// Free text from the requester or the classifier's reason code.
+    /// Free text from the requester or the classifier's reason code: at
+    /// most 200 characters, no control character.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")
+    )]
     pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceEvent {
     /// Strictly increasing per router; the controller keeps one event per
     /// sequence number.
+    #[cfg_attr(feature = "openapi", schema(maximum = 9_223_372_036_854_775_807_i64))]
     pub sequence: u64,
-    /// Unix milliseconds, the router's clock.
+    /// Unix milliseconds, the router's clock (from 1970 to the end of 9999).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 253_402_300_799_999_i64)
+    )]
     pub at_ms: i64,
     pub kind: EventKind,
     pub block: RouterBlock,
@@ -77,7 +100,9 @@ pub struct DeviceEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventBatch {
+    #[cfg_attr(feature = "openapi", schema(max_items = 256))]
     pub events: Vec<DeviceEvent>,
 }
 
@@ -89,6 +114,9 @@ impl RouterBlock {
     pub fn check(&self) -> Result<(), String> {
         if self.id > i64::MAX as u64 {
             return Err("block id is too large".into());
+        }
+        if !TIMES_MS.contains(&self.expires_at_ms) {
+            return Err("expires_at_ms is out of range".into());
         }
         self.flow.check()?;
         check_reason(&self.reason)
@@ -119,6 +147,9 @@ impl EventBatch {
         for event in &self.events {
             if event.sequence > i64::MAX as u64 {
                 return Err("sequence is too large".into());
+            }
+            if !TIMES_MS.contains(&event.at_ms) {
+                return Err(format!("event {}: at_ms is out of range", event.sequence));
             }
             event
                 .block
@@ -171,6 +202,15 @@ mod tests {
         let mut big = batch("x");
         big.events[0].block.id = i64::MAX as u64 + 1;
         assert!(big.check().is_err());
+        // Times PostgreSQL cannot store (or chrono cannot hold) are refused.
+        for at in [-1, i64::MIN, *TIMES_MS.end() + 1, i64::MAX] {
+            let mut far = batch("x");
+            far.events[0].at_ms = at;
+            assert!(far.check().is_err(), "{at}");
+            let mut far = batch("x");
+            far.events[0].block.expires_at_ms = at;
+            assert!(far.check().is_err(), "{at}");
+        }
         let mut many = batch("x");
         many.events = vec![many.events[0].clone(); MAX_EVENTS_PER_BATCH + 1];
         assert!(many.check().is_err());

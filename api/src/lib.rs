@@ -12,6 +12,8 @@ pub mod envelope;
 pub mod events;
 pub mod name;
 pub mod net;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod root;
 pub mod status;
 pub mod wireguard;

@@ -199,6 +199,7 @@ impl<'de> Deserialize<'de> for PortRange {
 /// Transport protocols a rule or flow pattern can match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Protocol {
     Tcp,
     Udp,

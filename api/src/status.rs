@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// What happened to the last config the agent tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Outcome {
     /// The config is enforced and the kernel state was checked.
     Applied,
@@ -19,23 +20,30 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleCounter {
     pub rule_id: String,
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
     pub packets: u64,
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
     pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusReport {
     /// Strictly increasing per device; the controller ignores older reports.
+    #[cfg_attr(feature = "openapi", schema(maximum = 9_223_372_036_854_775_807_i64))]
     pub sequence: u64,
     /// Version actually enforced in the kernel (None before the first config).
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
     pub enforced_version: Option<u64>,
     /// [`crate::Firewall::digest`] of the enforced config.
     pub enforced_digest: Option<String>,
     pub outcome: Outcome,
     /// The version the outcome is about (e.g. the rejected one).
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
     pub attempted_version: Option<u64>,
     /// Stable codes and messages, e.g. `bad_signature: ...`.
     #[serde(default)]

@@ -266,6 +266,7 @@ pub fn first_overlap<'a, T: Copy>(
 /// Sent when it changes and again every few minutes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WireguardFacts {
     /// The key the router's tunnels use now.
     pub public_key: WgKey,
@@ -273,12 +274,15 @@ pub struct WireguardFacts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_public_key: Option<WgKey>,
     /// Generation of the newest key the router holds.
+    #[cfg_attr(feature = "openapi", schema(maximum = 4_294_967_295_u64))]
     pub key_generation: u32,
     /// The port its (first) tunnel listens on; relays use the ports after it.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub listen_port: u16,
     /// Addresses on its WAN interfaces (the controller also sees the
     /// address the report came from).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, max_items = 16))]
     pub wan_addresses: Vec<IpAddr>,
     /// The nonce of a controller probe the router received on its probe
     /// port: proof that inbound UDP reaches it at the address the probe was
@@ -310,18 +314,23 @@ impl WireguardFacts {
 /// [`crate::paths::DEVICE_WIREGUARD_PROBE`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProbeRequest {
     /// The UDP port the router listens for the probe on.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub port: u16,
     /// Addresses to probe besides the one the request came from.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub wan_addresses: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProbeAnswer {
     /// Where probes were sent; each carries its own nonce.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub sent_to: Vec<SocketAddr>,
 }
 
@@ -331,6 +340,7 @@ pub const PROBE_PREFIX: &[u8] = b"ISDF-PROBE ";
 /// What the agent sees of one tunnel, in its status report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TunnelStatus {
     pub interface: String,
     pub public_key: WgKey,
@@ -339,14 +349,18 @@ pub struct TunnelStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PeerStatus {
     pub public_key: WgKey,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub endpoint: Option<SocketAddr>,
     /// Unix seconds of the latest completed handshake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_handshake: Option<i64>,
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
     pub rx_bytes: u64,
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
     pub tx_bytes: u64,
 }
 

@@ -24,6 +24,7 @@ use crate::vpn::probes::probe_targets;
 #[serde(deny_unknown_fields)]
 pub struct PollParams {
     /// Seconds to wait for a newer config before answering 304 (capped by the server).
+    #[param(maximum = 18_446_744_073_709_551_615_u64)]
     pub wait: Option<u64>,
 }
 
@@ -45,7 +46,7 @@ fn enforced_version(headers: &HeaderMap) -> ApiResult<u64> {
 }
 
 #[utoipa::path(get, path = "/device/v1/config", params(PollParams), tag = "device",
-    responses((status = 200, description = "A newer signed config (DSSE envelope)"), (status = 304, description = "No newer config within the wait"), (status = 401, body = crate::http::error::ErrorBody, description = "`device_unknown` (deleted) or `certificate_superseded` (the device enrolled again, or renewed and used its new certificate)")))]
+    responses((status = 200, content_type = "application/vnd.isdf.envelope+json", body = Object, description = "A newer signed config (DSSE envelope); `ETag` is its version", headers(("etag" = String, description = "The config's version, quoted"))), (status = 304, description = "No newer config within the wait"), (status = 401, body = crate::http::error::ErrorBody, description = "`device_unknown` (deleted) or `certificate_superseded` (the device enrolled again, or renewed and used its new certificate)")))]
 pub async fn poll_config(
     Device(id): Device,
     State(state): State<AppState>,
@@ -133,7 +134,8 @@ fn not_modified(enforced: u64) -> Response {
 }
 
 #[utoipa::path(post, path = "/device/v1/status", tag = "device",
-    responses((status = 204), (status = 401, body = crate::http::error::ErrorBody, description = "`device_unknown` or `certificate_superseded`: nothing is stored"), (status = 409, body = crate::http::error::ErrorBody, description = "Sequence not above the last one (replay or reorder)")))]
+    request_body = isdf_api::StatusReport,
+    responses((status = 204, description = "Stored"), (status = 401, body = crate::http::error::ErrorBody, description = "`device_unknown` or `certificate_superseded`: nothing is stored"), (status = 409, body = crate::http::error::ErrorBody, description = "Sequence not above the last one (replay or reorder)")))]
 pub async fn report_status(
     Device(id): Device,
     State(state): State<AppState>,
@@ -174,7 +176,8 @@ pub async fn report_status(
 }
 
 #[utoipa::path(post, path = "/device/v1/events", tag = "device",
-    responses((status = 200, description = "How many events were new"), (status = 400, body = crate::http::error::ErrorBody)))]
+    request_body = isdf_api::events::EventBatch,
+    responses((status = 200, body = EventsStored, description = "How many events were new"), (status = 400, body = crate::http::error::ErrorBody)))]
 /// Events the router reports on its own (local blocks, detections). Each
 /// event is stored once per sequence number, so a resent batch changes
 /// nothing; router-side blocks appear in the device's block list.
@@ -182,7 +185,7 @@ pub async fn report_events(
     Device(id): Device,
     State(state): State<AppState>,
     ApiJson(batch): ApiJson<isdf_api::events::EventBatch>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<EventsStored>> {
     use isdf_api::events::EventKind;
     batch.check().map_err(ApiError::invalid)?;
     let mut tx = state.pool.begin().await?;
@@ -221,7 +224,14 @@ pub async fn report_events(
     if stored > 0 {
         tracing::info!(device = %id, stored, "router events");
     }
-    Ok(Json(serde_json::json!({ "stored": stored })))
+    Ok(Json(EventsStored { stored }))
+}
+
+/// The answer to an event batch.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct EventsStored {
+    /// Events of the batch not stored before (a resent one counts 0).
+    pub stored: u32,
 }
 
 #[utoipa::path(get, path = "/device/v1/roots", tag = "device",
@@ -240,14 +250,22 @@ pub async fn roots(_device: Device, State(state): State<AppState>) -> Json<Vec<s
 }
 
 #[utoipa::path(get, path = "/device/v1/ping", tag = "device",
-    responses((status = 200, body = Object, description = "`{\"ok\": true}`")))]
+    responses((status = 200, body = Pong, description = "`{\"ok\": true}`")))]
 /// Reachability check the agent makes after applying a config.
-pub async fn ping(_device: Device) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"ok": true}))
+pub async fn ping(_device: Device) -> Json<Pong> {
+    Json(Pong { ok: true })
+}
+
+/// The answer to a ping.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Pong {
+    /// Always true.
+    pub ok: bool,
 }
 
 #[utoipa::path(post, path = "/device/v1/wireguard/probe", tag = "device",
-    responses((status = 200, description = "Where probes were sent"), (status = 400, body = crate::http::error::ErrorBody)))]
+    request_body = isdf_api::ProbeRequest,
+    responses((status = 200, body = isdf_api::ProbeAnswer, description = "Where probes were sent"), (status = 400, body = crate::http::error::ErrorBody)))]
 /// Sends one UDP datagram with its own nonce to the router's probe port at
 /// the address this request came from and at each WAN address it names.
 /// The router reports the nonce it received in its facts.
@@ -267,7 +285,8 @@ pub async fn probe(
 }
 
 #[utoipa::path(put, path = "/device/v1/wireguard/facts", tag = "device",
-    responses((status = 204), (status = 400, body = crate::http::error::ErrorBody)))]
+    request_body = isdf_api::WireguardFacts,
+    responses((status = 204, description = "Stored"), (status = 400, body = crate::http::error::ErrorBody)))]
 /// The router's WireGuard facts: the key it uses (and one made for a
 /// rotation), its port, WAN addresses, and the nonce of a probe it
 /// received. Routers sharing a VPN with it are recompiled when this

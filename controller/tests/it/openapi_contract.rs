@@ -1,10 +1,8 @@
 //! The OpenAPI contract: the listeners' documents describe what the
 //! controller serves. schemathesis (every check, deterministic, bounded)
-//! runs against a real controller from the operator listener's and the
-//! enrollment listener's documents and finds nothing (the device
-//! listener's is checked for its parameters and error bodies only: its
-//! request bodies are the agent's wire types, described loosely; see
-//! docs/api.md); a client generated from the operator document by
+//! runs against a real controller from each listener's document (the
+//! device listener's with an enrolled router's client certificate) and
+//! finds nothing; a client generated from the operator document by
 //! openapi-python-client drives the operator's first steps
 //! (`openapi_contract/smoke.py`); every `{name}` of every path is declared
 //! as a parameter; 405 answers carry the JSON error body on every listener.
@@ -137,6 +135,49 @@ async fn schemathesis_finds_nothing_in_the_operator_api_and_enrollment() {
     );
     command.arg("--tls-verify").arg(&ca);
     expect_nothing_found(command, "enrollment").await;
+}
+
+/// The device listener, with an enrolled router's certificate: its wire
+/// types (status reports, events, WireGuard facts, probes, renewal) are
+/// the `isdf-api` crate's, their schemas derived from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_in_the_device_api() {
+    let schemathesis = tool("schemathesis");
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = TestControllerOptions::new(dir.path());
+    // One router makes every request: no rate limit in the way, and a long
+    // poll that waits at most a second (polls answer at once anyway: the
+    // run sends no `If-None-Match`, and the router has a config).
+    options.limits.device_requests_per_sec = 100_000.0;
+    options.limits.device_burst = 100_000;
+    options.limits.max_polls_per_device = 100;
+    options.limits.max_poll_wait = Duration::from_secs(1);
+    let h = Harness::start_from(options, dir).await;
+    let (id, device) = h.device("contract-router", json!({"site": "a"})).await;
+
+    let work = tempfile::tempdir().unwrap();
+    let [ca, certificate, key] =
+        ["ca.pem", "device.pem", "device.key"].map(|f| work.path().join(f));
+    std::fs::write(&ca, &h.controller.ca_pem).unwrap();
+    std::fs::write(&certificate, &device.certificate.certificate_pem).unwrap();
+    std::fs::write(&key, &device.key_pem).unwrap();
+    let api = &h.controller.api_url;
+    let mut command = schemathesis_run(
+        &schemathesis,
+        &format!("{api}/api/v1/openapi/device.json"),
+        &h.controller.device_url,
+    );
+    command.arg("--tls-verify").arg(&ca);
+    command.arg("--request-cert").arg(&certificate);
+    command.arg("--request-cert-key").arg(&key);
+    let started = Instant::now();
+    expect_nothing_found(command, &format!("the device API (router {id})")).await;
+    // Bounded: the long poll never held the run up.
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// `schemathesis run` of `document` against `base` with every check and the
@@ -299,6 +340,24 @@ async fn every_document_declares_its_path_parameters_and_unique_operation_ids() 
     // The router listeners' documents name where routers reach them.
     let device = h.get("/api/v1/openapi/device.json").await;
     assert_eq!(device.body["servers"][0]["url"], h.controller.device_url);
+    // Its bodies are the wire types' schemas, not plain objects.
+    for (path, method, schema) in [
+        ("/device/v1/status", "post", "StatusReport"),
+        ("/device/v1/events", "post", "EventBatch"),
+        ("/device/v1/wireguard/facts", "put", "WireguardFacts"),
+        ("/device/v1/wireguard/probe", "post", "ProbeRequest"),
+    ] {
+        let body = &device.body["paths"][path][method]["requestBody"];
+        assert_eq!(
+            body["content"]["application/json"]["schema"]["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "{path}: {body}"
+        );
+        assert_eq!(
+            device.body["components"]["schemas"][schema]["additionalProperties"], false,
+            "{schema}"
+        );
+    }
     let enrollment = h.get("/api/v1/openapi/enrollment.json").await;
     assert_eq!(
         enrollment.body["servers"][0]["url"],
