@@ -41,7 +41,9 @@ impl Agent {
         }
     }
 
-    /// Blocks the peers the classifier found, for as long as the config's
+    /// Blocks what the classifier's detections teach (the peer on both
+    /// transports, the LAN host's listening port: see
+    /// `Detection::endpoints_to_block`), for as long as the config's
     /// classify rule says, and enforces that at once (which also ends their
     /// established flows).
     pub(super) fn handle_detections(&mut self, first: crate::classify::Detection) {
@@ -58,14 +60,20 @@ impl Agent {
         }
         let now_ms = self.now_ms();
         let mut added = 0;
-        for detection in found {
+        let taught = found.iter().flat_map(|detection| {
+            detection
+                .endpoints_to_block()
+                .into_iter()
+                .map(move |endpoint| (detection, endpoint))
+        });
+        for (detection, endpoint) in taught {
             let endpoint = isdf_api::Endpoint {
-                addr: detection.peer.addr.ip(),
-                protocol: match detection.peer.protocol {
+                addr: endpoint.addr.ip(),
+                protocol: match endpoint.protocol {
                     crate::classify::Transport::Tcp => isdf_api::Protocol::Tcp,
                     crate::classify::Transport::Udp => isdf_api::Protocol::Udp,
                 },
-                port: detection.peer.addr.port(),
+                port: endpoint.addr.port(),
             };
             for flow in crate::router_blocks::endpoint_flows(&endpoint) {
                 if self

@@ -132,6 +132,22 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// Whether the flow was between BitTorrent peers or DHT nodes (whose
+    /// port serves both transports), rather than with a tracker or on the
+    /// local discovery multicast group.
+    fn teaches_both_transports(self) -> bool {
+        !matches!(
+            self,
+            Reason::HttpTrackerAnnounce
+                | Reason::HttpTrackerScrape
+                | Reason::UdpTrackerConnect
+                | Reason::UdpTrackerAnnounce
+                | Reason::LsdAnnounce
+        )
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -145,6 +161,54 @@ pub struct Detection {
     pub peer: Endpoint,
     pub flow: FiveTuple,
     pub reason: Reason,
+}
+
+impl Detection {
+    /// What a detection teaches the router to block: the peer's endpoint,
+    /// and, where the detection is of the peer wire or the DHT, the same
+    /// port on the other transport too (a client serves TCP, uTP and the
+    /// DHT on one port number, and falls back from one to the other: a uTP
+    /// peer blocked over UDP is tried again over TCP), and the LAN host's
+    /// listening endpoint on both (its uTP/DHT socket, or the port it
+    /// accepted a peer on), so peers that find it another way cannot reach
+    /// it either. A LAN host's outgoing TCP port is ephemeral and never
+    /// blocked; nor is any port below 1024 on the other transport (a peer
+    /// on 443/tcp does not make its QUIC on 443/udp BitTorrent).
+    pub fn endpoints_to_block(&self) -> Vec<Endpoint> {
+        let mut out = vec![self.peer];
+        if !self.reason.teaches_both_transports() {
+            return out;
+        }
+        let other = |e: Endpoint| Endpoint {
+            protocol: match e.protocol {
+                Transport::Tcp => Transport::Udp,
+                Transport::Udp => Transport::Tcp,
+            },
+            ..e
+        };
+        if self.peer.addr.port() >= 1024 {
+            out.push(other(self.peer));
+        }
+        let local = if self.flow.initiator == self.peer.addr {
+            self.flow.responder
+        } else {
+            self.flow.initiator
+        };
+        let listening = match self.flow.protocol {
+            // One UDP socket for uTP and the DHT: its port is the listener.
+            Transport::Udp => true,
+            // Over TCP only a LAN host that accepted the connection listens.
+            Transport::Tcp => local == self.flow.responder,
+        };
+        if listening && is_local(local.ip()) && local.port() >= 1024 {
+            let local = Endpoint {
+                protocol: self.flow.protocol,
+                addr: local,
+            };
+            out.extend([local, other(local)]);
+        }
+        out
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

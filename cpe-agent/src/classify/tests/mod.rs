@@ -9,6 +9,7 @@ mod mse;
 mod not_bittorrent;
 mod packets;
 mod properties;
+mod teaches;
 mod trackers;
 
 use std::net::SocketAddr;
