@@ -165,8 +165,8 @@ pub struct Detection {
 
 impl Detection {
     /// What a detection teaches the router to block: the peer's endpoint,
-    /// and, where the detection is of the peer wire or the DHT, the same
-    /// port on the other transport too (a client serves TCP, uTP and the
+    /// and, where the detection is of the peer wire or the DHT and the peer
+    /// listens on that port, the same port on the other transport too (a client serves TCP, uTP and the
     /// DHT on one port number, and falls back from one to the other: a uTP
     /// peer blocked over UDP is tried again over TCP), and the LAN host's
     /// listening endpoint on both (its uTP/DHT socket, or the port it
@@ -186,7 +186,10 @@ impl Detection {
             },
             ..e
         };
-        if self.peer.addr.port() >= 1024 {
+        // A remote TCP initiator's port is ephemeral: nothing listens on it.
+        let peer_listens =
+            self.flow.protocol == Transport::Udp || self.peer.addr == self.flow.responder;
+        if peer_listens && self.peer.addr.port() >= 1024 {
             out.push(other(self.peer));
         }
         let local = if self.flow.initiator == self.peer.addr {
