@@ -253,60 +253,9 @@ fn denied(code: &'static str, message: &str) -> ApiError {
     }
 }
 
-/// The OpenAPI schemas of `isdf_api::enrollment`'s wire types (that crate
-/// stays free of HTTP and OpenAPI); the enrollment listener's contract test
-/// checks them against what is served.
-pub mod wire_schemas {
-    /// `isdf_api::enrollment::EnrollRequest`.
-    #[derive(serde::Deserialize, utoipa::ToSchema)]
-    #[serde(deny_unknown_fields)]
-    #[schema(as = EnrollRequest)]
-    #[allow(dead_code)]
-    pub struct EnrollRequest {
-        /// The single-use enrollment token.
-        pub token: String,
-        /// PKCS#10 certificate signing request, PEM.
-        pub csr_pem: String,
-    }
-
-    /// `isdf_api::enrollment::RenewRequest`.
-    #[derive(serde::Deserialize, utoipa::ToSchema)]
-    #[serde(deny_unknown_fields)]
-    #[schema(as = RenewRequest)]
-    #[allow(dead_code)]
-    pub struct RenewRequest {
-        /// A request for a new key pair made on the router, PEM.
-        pub csr_pem: String,
-    }
-
-    /// `isdf_api::enrollment::DeviceCertificate`.
-    #[derive(serde::Deserialize, utoipa::ToSchema)]
-    #[schema(as = DeviceCertificate)]
-    #[allow(dead_code)]
-    pub struct DeviceCertificate {
-        /// The identity the controller chose; also the certificate's common name.
-        pub device_id: String,
-        /// The client certificate, PEM.
-        pub certificate_pem: String,
-        /// The controller CA, PEM: the only root the agent trusts.
-        pub ca_pem: String,
-        /// Ed25519 keys (hex) config signatures are accepted from.
-        pub signing_public_keys: Vec<String>,
-        /// Device API base URL.
-        pub device_api_url: String,
-        /// The chain of root documents (DSSE envelopes, JSON text) from
-        /// version 1; absent when empty.
-        #[serde(default)]
-        pub roots: Vec<String>,
-        /// Validity of the certificate, Unix seconds.
-        pub not_before: i64,
-        pub not_after: i64,
-    }
-}
-
 #[utoipa::path(post, path = "/enroll/v1", tag = "enrollment", security(()),
-    request_body = wire_schemas::EnrollRequest,
-    responses((status = 200, body = wire_schemas::DeviceCertificate),
+    request_body = isdf_api::enrollment::EnrollRequest,
+    responses((status = 200, body = isdf_api::enrollment::DeviceCertificate),
         (status = 400, body = crate::http::error::ErrorBody, description = "A CSR that cannot be used, or a malformed body")))]
 /// `POST /enroll/v1` on the enrollment listener.
 pub async fn enroll(
@@ -382,8 +331,8 @@ pub async fn enroll(
 }
 
 #[utoipa::path(post, path = "/device/v1/renew", tag = "device",
-    request_body = wire_schemas::RenewRequest,
-    responses((status = 200, body = wire_schemas::DeviceCertificate, description = "The new device certificate"),
+    request_body = isdf_api::enrollment::RenewRequest,
+    responses((status = 200, body = isdf_api::enrollment::DeviceCertificate, description = "The new device certificate"),
         (status = 400, body = crate::http::error::ErrorBody, description = "A CSR that cannot be used, or a malformed body")))]
 /// `POST /device/v1/renew` on the device listener (mutual TLS). The
 /// certificate that renews stays usable until the new one is first used.
