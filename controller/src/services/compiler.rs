@@ -318,7 +318,7 @@ mod tests {
         let on = spec(serde_json::json!({"block_secs": 600}));
         let firewall = validated(compile_firewall(
             &Labels::default(),
-            &[off.clone()],
+            std::slice::from_ref(&off),
             &[],
             None,
             0,
