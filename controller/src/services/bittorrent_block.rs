@@ -123,6 +123,12 @@ const SIGNATURES: &[Signature] = &[
 /// the TCP handshake, then the first messages); bulk traffic skips them.
 const FIRST_PACKETS: u16 = 10;
 
+/// The classifier sees a little more of each flow: the encrypted (MSE)
+/// handshake's fourth message is a TCP flow's tenth packet when every
+/// segment is acknowledged at once; twelve leave room for one more ACK or
+/// a split message. UDP needs no more than the signatures.
+const CLASSIFY_FIRST_PACKETS: [(Protocol, u16); 2] = [(Protocol::Tcp, 12), (Protocol::Udp, 10)];
+
 fn name(text: String) -> SetName {
     SetName::parse(&text).expect("fixed shape")
 }
@@ -186,14 +192,14 @@ pub fn add_to(firewall: &mut Firewall, spec: &BittorrentBlockSpec) {
         // split across packets, uTP data, encrypted peers learned from
         // tracker and DHT answers) the agent's classifier sees: the first
         // packets of every TCP and UDP flow, never a whole transfer.
-        for protocol in [Protocol::Tcp, Protocol::Udp] {
+        for (protocol, first_packets) in CLASSIFY_FIRST_PACKETS {
             firewall.rules.push(Rule {
                 id: name(format!("bt-classify-{}-{suffix}", protocol.name())),
                 chain: Chain::Forward,
                 matches: Match {
                     family: Some(family),
                     protocol: Some(protocol),
-                    first_packets: Some(FIRST_PACKETS),
+                    first_packets: Some(first_packets),
                     ..Match::default()
                 },
                 action: Action::Classify,

@@ -13,24 +13,29 @@
 //! 4. responder: its answer, then encrypted BitTorrent.
 //!
 //! The rule ([`MseShape::step`]) follows a TCP flow from its SYN and fires on
-//! the first segment of message 3 when all of these hold (`docs/services.md`
+//! the first segment of message 4, when all of these hold (`docs/services.md`
 //! says why each is there):
 //!
 //! - the initiator speaks first; its first turn (every byte it sends before
 //!   the responder sends any) is 96 to 608 bytes, the responder's first turn
-//!   is 96 to 608 bytes, and the initiator's second turn starts with a
-//!   segment of 56 to 636 bytes: the bounds of the specification, which
-//!   both ends enforce (a peer sending more than 608 bytes before message 3
-//!   is dropped);
+//!   is 96 to 608 bytes: the bounds of the specification, which both ends
+//!   enforce (a peer sending more than 608 bytes before message 3 is
+//!   dropped);
 //! - each of the first two turns is written at once: one segment, or
 //!   several only when the first is full-sized (at least 512 bytes);
+//! - the initiator's second turn is one segment of 56 to 636 bytes, and the
+//!   responder answers it with at least 14 bytes;
 //! - each turn answers the previous one within 5 s (an MSE peer replies as
-//!   soon as it can compute; interactive and upstream-bound protocols wait);
-//! - the first segment of each of the three turns looks uniformly random
-//!   ([`looks_random`]): as many distinct byte values as random bytes show,
-//!   an average of 3.3 to 4.7 one-bits per byte, no run of 20 printable
-//!   characters, no eight printable characters at the start, and no TLS
-//!   record header or length prefix at the start.
+//!   soon as it can compute; interactive protocols wait);
+//! - the first segment of each of the first three turns looks uniformly
+//!   random ([`looks_random`]): as many distinct byte values as random
+//!   bytes show, an average of 3.3 to 4.7 one-bits per byte, no run of 20
+//!   printable characters, no eight printable characters at the start, and
+//!   no TLS record header or length prefix at the start (so does message 4's
+//!   when it is 56 bytes or more).
+//!
+//! With quick ACKs message 4 is the tenth packet of the flow; the service
+//! queues twelve.
 //!
 //! Every other TCP flow leaves the rule at its first violated check, mostly
 //! on its first payload segment. The state is a few dozen bytes per flow and
@@ -53,27 +58,29 @@ const HANDSHAKE_WINDOW: u32 = 1 << 16;
 /// a detection by (carried in the router block's reason).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MseFeatures {
-    /// Bytes of the initiator's first turn, the responder's first turn, and
-    /// the first segment of the initiator's second turn.
-    pub turns: [u16; 3],
+    /// Bytes of the initiator's first turn, the responder's first turn, the
+    /// initiator's second turn (one segment), and the first segment of the
+    /// responder's second turn.
+    pub turns: [u16; 4],
     /// Segments of the first two turns.
     pub segments: [u8; 2],
     /// Average one-bits per byte, in hundredths, of each turn's first segment
     /// (400 for random bytes).
     pub bits_per_byte: [u16; 3],
     /// Milliseconds from the start of a turn to the start of the next one.
-    pub reply_ms: [u16; 2],
+    pub reply_ms: [u16; 3],
 }
 
 impl std::fmt::Display for MseFeatures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [i1, r1, i2] = self.turns;
+        let [i1, r1, i2, r2] = self.turns;
         let [s1, s2] = self.segments;
         let [b1, b2, b3] = self.bits_per_byte.map(|b| f64::from(b) / 100.0);
-        let [t1, t2] = self.reply_ms;
+        let [t1, t2, t3] = self.reply_ms;
         write!(
             f,
-            "i1={i1} r1={r1} i2={i2} segs={s1}/{s2} bits={b1:.2}/{b2:.2}/{b3:.2} reply_ms={t1}/{t2}"
+            "i1={i1} r1={r1} i2={i2} r2={r2} segs={s1}/{s2} bits={b1:.2}/{b2:.2}/{b3:.2} \
+             reply_ms={t1}/{t2}/{t3}"
         )
     }
 }
@@ -153,10 +160,13 @@ impl MseShape {
             return Shape::Open; // A retransmission.
         }
         if self.turn > 0 && (side == 0) == (self.turn % 2 == 1) {
-            // The turn goes on. Only the first two can (the third decides on
-            // its first segment), and each is one message written at once:
-            // split only at a full-sized segment.
+            // The turn goes on. Each message is written at once: the first
+            // two may be split at a full-sized segment, message 3 (at most
+            // 636 bytes) not at all.
             self.sent[side] = end;
+            if self.turn > 2 {
+                return Shape::Not;
+            }
             let turn = usize::from(self.turn - 1);
             self.features.segments[turn] = self.features.segments[turn].saturating_add(1);
             return if usize::from(self.first_segment) >= FULL_SEGMENT && end <= *KEY_TURN.end() {
@@ -170,7 +180,7 @@ impl MseShape {
             return Shape::Not;
         }
         if self.turn > 0 {
-            if !KEY_TURN.contains(&self.sent[1 - side]) {
+            if self.turn < 3 && !KEY_TURN.contains(&self.sent[1 - side]) {
                 return Shape::Not;
             }
             let waited = (now_ms as u32).wrapping_sub(self.turn_started_ms);
@@ -183,26 +193,36 @@ impl MseShape {
         self.turn += 1;
         self.turn_started_ms = now_ms as u32;
         self.first_segment = payload.len().min(usize::from(u16::MAX)) as u16;
+        self.sent[side] = end;
+        self.features.turns[turn] = self.first_segment;
+        if turn == 3 {
+            // The responder's answer to message 3 decides: message 4 is at
+            // least 14 bytes (and random, when long enough to tell).
+            let random = payload.len() < *SYNC_SEGMENT.start() || looks_random(payload).is_some();
+            return if payload.len() >= 14 && random {
+                Shape::Found
+            } else {
+                Shape::Not
+            };
+        }
         let Some(bits) = looks_random(payload) else {
             return Shape::Not;
         };
         self.features.bits_per_byte[turn] = bits;
-        self.features.turns[turn] = self.first_segment;
         if turn < 2 {
             // Written at once: the whole message, or a full-sized segment.
             self.features.segments[turn] = 1;
-            self.sent[side] = end;
             return if KEY_TURN.contains(&end) {
                 Shape::Open
             } else {
                 Shape::Not
             };
         }
-        // The first segment of message 3 decides.
-        self.features.turns[0] = self.sent[0] as u16;
+        // Message 3, in one segment; the first two turns are complete.
+        self.features.turns[0] = self.sent[0].saturating_sub(self.first_segment.into()) as u16;
         self.features.turns[1] = self.sent[1] as u16;
         if SYNC_SEGMENT.contains(&payload.len()) {
-            Shape::Found
+            Shape::Open
         } else {
             Shape::Not
         }

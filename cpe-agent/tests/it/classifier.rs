@@ -181,7 +181,8 @@ fn noise(seed: u64, length: usize) -> Vec<u8> {
 }
 
 /// A WAN peer that answers an MSE-shaped exchange: reads `i1` bytes,
-/// answers 200 random bytes, then counts what else arrives (message 3)
+/// answers 200 random bytes, reads message 3 (124 bytes), answers message
+/// 4 (82 bytes), then counts what else arrives (the encrypted payload)
 /// until the connection ends or goes quiet for 2 s.
 fn mse_responder(topo: &Topology, port: u16, i1: usize) -> std::sync::mpsc::Receiver<usize> {
     let listener = topo
@@ -194,15 +195,14 @@ fn mse_responder(topo: &Topology, port: u16, i1: usize) -> std::sync::mpsc::Rece
             stream
                 .set_read_timeout(Some(Duration::from_secs(2)))
                 .unwrap();
-            let mut first = vec![0; i1];
-            if stream.read_exact(&mut first).is_err() {
-                let _ = tx.send(0);
-                continue;
-            }
-            let _ = stream.write_all(&noise(100 + seed, 200));
+            let (mut first, mut third) = (vec![0; i1], [0u8; 124]);
+            let handshake = stream.read_exact(&mut first).is_ok()
+                && stream.write_all(&noise(100 + seed, 200)).is_ok()
+                && stream.read_exact(&mut third).is_ok()
+                && stream.write_all(&noise(200 + seed, 82)).is_ok();
             let (mut after, mut buf) = (0, [0u8; 1024]);
             while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 {
+                if n == 0 || !handshake {
                     break;
                 }
                 after += n;
@@ -213,8 +213,8 @@ fn mse_responder(topo: &Topology, port: u16, i1: usize) -> std::sync::mpsc::Rece
     rx
 }
 
-/// The LAN side of an MSE-shaped exchange: `i1` random bytes, wait for the
-/// 200-byte answer, then message 3 (124 bytes) and the first "payload".
+/// The LAN side of an MSE-shaped exchange: `i1` random bytes, the 200-byte
+/// answer, message 3 (124 bytes), message 4, then 4,000 bytes of "payload".
 fn mse_initiator(topo: &Topology, port: u16, i1: usize, seed: u64) {
     topo.lan.enter(move || {
         let Ok(mut stream) = TcpStream::connect_timeout(&wan(port), Duration::from_secs(1)) else {
@@ -224,17 +224,17 @@ fn mse_initiator(topo: &Topology, port: u16, i1: usize, seed: u64) {
         stream
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
-        let mut answer = [0u8; 200];
-        if stream.write_all(&noise(seed, i1)).is_err() || stream.read_exact(&mut answer).is_err() {
-            return;
-        }
-        let _ = stream.write_all(&noise(seed + 1, 124));
-        let _ = stream.write_all(&noise(seed + 2, 4000));
+        let (mut second, mut fourth) = ([0u8; 200], [0u8; 82]);
+        let _ = stream.write_all(&noise(seed, i1)).is_ok()
+            && stream.read_exact(&mut second).is_ok()
+            && stream.write_all(&noise(seed + 1, 124)).is_ok()
+            && stream.read_exact(&mut fourth).is_ok()
+            && stream.write_all(&noise(seed + 2, 4000)).is_ok();
     });
 }
 
 /// The encrypted handshake recognised by its shape on a host never seen
-/// running BitTorrent: message 3 is dropped, the peer blocked on both
+/// running BitTorrent: message 4 is dropped, the peer blocked on both
 /// transports, and the event says what the rule measured. Then the
 /// operator turns heuristics off: the block ends and the same exchange
 /// passes.
@@ -256,7 +256,10 @@ fn the_mse_shape_is_caught_reported_with_its_features_and_can_be_turned_off() {
         let t = topo.clone();
         blocking(move || mse_initiator(&t, port, 300, 1)).await;
         let after = peer.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(after, 0, "message 3 never reached the peer");
+        assert_eq!(
+            after, 0,
+            "message 4 never reached the initiator, nor payload the peer"
+        );
         // The peer's endpoint is blocked, on TCP and on UDP.
         let blocks = wait_for_detection(&stage, "mse_handshake").await;
         let flows: Vec<String> = blocks.iter().map(|b| b["flow"].to_string()).collect();
@@ -270,7 +273,7 @@ fn the_mse_shape_is_caught_reported_with_its_features_and_can_be_turned_off() {
         }
         let reason = blocks[0]["reason"].as_str().unwrap();
         assert!(
-            reason.starts_with("mse_handshake i1=300 r1=200 i2=124 segs=1/1 bits="),
+            reason.starts_with("mse_handshake i1=300 r1=200 i2=124 r2=82 segs=1/1 bits="),
             "{reason}"
         );
         // Totals count by rule, not by measurement.
@@ -321,7 +324,7 @@ fn the_mse_shape_is_caught_reported_with_its_features_and_can_be_turned_off() {
         let t = topo.clone();
         blocking(move || mse_initiator(&t, port, 300, 11)).await;
         let after = peer.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(after, 124 + 4000, "with heuristics off the exchange passes");
+        assert_eq!(after, 4000, "with heuristics off the exchange passes");
     });
 }
 

@@ -49,19 +49,19 @@ fn each_clients_handshake_is_caught_on_the_first_segment_of_message_3() {
     for (i, (client, i1, r1, i2)) in clients.into_iter().enumerate() {
         let turns = handshake_of(i1, r1, i2, 10 * i as u64);
         let verdicts = mse_flow(&mut c, &format!("192.168.1.10:{}", 40000 + i), PEER, &turns);
-        // SYN, SYN/ACK, ACK, I1, R1, then I2 decides (and is dropped).
+        // SYN, SYN/ACK, ACK, I1, R1, I2, then R2 decides (and is dropped).
         assert!(
-            verdicts[..5].iter().all(|v| *v == Verdict::NeedMore),
+            verdicts[..6].iter().all(|v| *v == Verdict::NeedMore),
             "{client}: {verdicts:?}"
         );
         let found = detected(&verdicts).unwrap_or_else(|| panic!("{client}: {verdicts:?}"));
-        assert_eq!(verdicts[5], Verdict::BitTorrent(found), "{client}");
+        assert_eq!(verdicts[6], Verdict::BitTorrent(found), "{client}");
         assert_eq!(found.reason, Reason::MseHandshake);
         assert_eq!(found.peer.addr, addr(PEER));
         let features = found.features.expect("a heuristic carries its features");
         assert_eq!(
             features.turns,
-            [i1 as u16, r1 as u16, i2 as u16],
+            [i1 as u16, r1 as u16, i2 as u16, 82],
             "{client}"
         );
         assert_eq!(features.segments, [1, 1]);
@@ -72,7 +72,7 @@ fn each_clients_handshake_is_caught_on_the_first_segment_of_message_3() {
         let described = found.describe();
         assert!(
             described.starts_with(&format!(
-                "mse_handshake i1={i1} r1={r1} i2={i2} segs=1/1 bits="
+                "mse_handshake i1={i1} r1={r1} i2={i2} r2=82 segs=1/1 bits="
             )),
             "{described}"
         );
@@ -110,10 +110,11 @@ fn a_message_split_at_a_full_segment_and_retransmissions_are_followed() {
         tcp(server, client, ACK, 5001, &r1), // retransmitted
         tcp(client, server, ACK, 1601, b""),
         tcp(client, server, ACK, 1601, &noise(3, 124)),
+        tcp(server, client, ACK, 5201, &noise(4, 14)),
     ];
     let verdicts: Vec<_> = packets.iter().map(|p| c.packet(p, 1)).collect();
     assert!(
-        verdicts[..9].iter().all(|v| *v == Verdict::NeedMore),
+        verdicts[..10].iter().all(|v| *v == Verdict::NeedMore),
         "{verdicts:?}"
     );
     let found = detected(&verdicts).expect("caught");
@@ -122,20 +123,28 @@ fn a_message_split_at_a_full_segment_and_retransmissions_are_followed() {
 
 #[test]
 fn every_bound_of_the_rule_holds_on_both_sides() {
-    let cases: [(&str, [usize; 3]); 6] = [
-        ("a first message shorter than a key", [95, 200, 124]),
-        ("a first message beyond the padding", [609, 200, 124]),
-        ("an answer shorter than a key", [200, 95, 124]),
-        ("an answer beyond the padding", [200, 609, 124]),
-        ("a message 3 shorter than its fixed part", [200, 200, 55]),
+    let cases: [(&str, [usize; 4]); 7] = [
+        ("a first message shorter than a key", [95, 200, 124, 82]),
+        ("a first message beyond the padding", [609, 200, 124, 82]),
+        ("an answer shorter than a key", [200, 95, 124, 82]),
+        ("an answer beyond the padding", [200, 609, 124, 82]),
+        (
+            "a message 3 shorter than its fixed part",
+            [200, 200, 55, 82],
+        ),
         (
             "a message 3 beyond its padding and handshake",
-            [200, 200, 637],
+            [200, 200, 637, 82],
+        ),
+        (
+            "an answer to message 3 shorter than message 4",
+            [200, 200, 124, 13],
         ),
     ];
     let mut c = classifier();
-    for (i, (case, [i1, r1, i2])) in cases.into_iter().enumerate() {
-        let turns = handshake_of(i1, r1, i2, 100 + i as u64);
+    for (i, (case, [i1, r1, i2, r2])) in cases.into_iter().enumerate() {
+        let mut turns = handshake_of(i1, r1, i2, 100 + i as u64);
+        turns[3].truncate(r2);
         let verdicts = mse_flow(&mut c, &format!("192.168.1.10:{}", 41000 + i), PEER, &turns);
         assert!(never_bittorrent(&verdicts), "{case}: {verdicts:?}");
         assert_eq!(last(&verdicts), Verdict::NotBitTorrent, "{case}");
@@ -167,6 +176,21 @@ fn a_flow_out_of_turn_or_too_slow_or_seen_midway_is_not_mse() {
     ];
     let verdicts: Vec<_> = packets.iter().map(|(p, t)| c.packet(p, *t)).collect();
     assert_eq!(last(&verdicts), Verdict::NotBitTorrent);
+    // Message 3 in two segments: MSE writes it at once.
+    let (client, server) = ("192.168.1.10:42005", PEER);
+    let verdicts: Vec<_> = [
+        tcp(client, server, SYN, 1000, b""),
+        tcp(server, client, SYN_ACK, 5000, b""),
+        tcp(client, server, ACK, 1001, &noise(12, 200)),
+        tcp(server, client, ACK, 5001, &noise(13, 200)),
+        tcp(client, server, ACK, 1201, &noise(14, 100)),
+        tcp(client, server, ACK, 1301, &noise(15, 100)),
+        tcp(server, client, ACK, 5201, &noise(16, 82)),
+    ]
+    .iter()
+    .map(|p| c.packet(p, 1))
+    .collect();
+    assert!(never_bittorrent(&verdicts));
     // Message 3 after 5 s.
     let (client, server) = ("192.168.1.10:42003", PEER);
     let packets = [
@@ -298,7 +322,7 @@ proptest! {
         let mut c = classifier();
         let i2 = 56 + pad_c + if ia { 68 } else { 0 };
         let turns = handshake_of(96 + pad_a, 96 + pad_b, i2.min(636), seed);
-        prop_assume!(turns[..3].iter().all(|t| crate::classify::mse::looks_random(t).is_some()));
+        prop_assume!(turns.iter().all(|t| crate::classify::mse::looks_random(t).is_some()));
         let verdicts = mse_flow(&mut c, CLIENT, PEER, &turns);
         prop_assert!(detected(&verdicts).is_some(), "{:?}", verdicts);
     }
@@ -311,9 +335,9 @@ proptest! {
         let turns: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| noise(seed.wrapping_add(i as u64), n)).collect();
         let verdicts = mse_flow(&mut c, CLIENT, PEER, &turns);
         if let Some(found) = detected(&verdicts) {
-            prop_assert!(sizes.len() >= 3);
+            prop_assert!(sizes.len() >= 4);
             prop_assert!((96..=608).contains(&sizes[0]) && (96..=608).contains(&sizes[1]));
-            prop_assert!((56..=636).contains(&sizes[2]));
+            prop_assert!((56..=636).contains(&sizes[2]) && sizes[3] >= 14);
             prop_assert_eq!(found.reason, Reason::MseHandshake);
         }
     }
