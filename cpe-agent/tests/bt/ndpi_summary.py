@@ -6,7 +6,10 @@ Per capture: number of flows, flows per nDPI protocol (with nDPI's
 confidence: DPI, Match by port, guessed, ...), whether any flow is
 BitTorrent, whether the largest flow (the one carrying the payload, for the
 BitTorrent captures) is BitTorrent, and the non-BitTorrent protocols seen.
-For BitTorrent captures it also carries swarm.py's result (complete or not).
+For BitTorrent captures it also carries swarm.py's result (complete or not),
+for the collateral corpus (collateral-*.pcap) collateral.py's (sessions that
+worked); both ordinary and collateral captures count as false positives
+where nDPI says BitTorrent.
 """
 import argparse
 import glob
@@ -79,6 +82,17 @@ def main():
                 continue
             results["%s-%s-%s-%s" % (r["client"], r["mode"], r["transport"], r["discovery"])] = r
 
+    collateral = {}
+    cp = os.path.join(a.outdir, "collateral-results.jsonl")
+    if os.path.exists(cp):
+        for line in open(cp):
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if "capture" in r:
+                collateral[r["capture"]] = r
+
     summary = {"ndpi_version": a.ndpi_version, "command": "ndpiReader -i FILE.pcap -v 2", "captures": {}}
     for txt in sorted(glob.glob(os.path.join(a.outdir, "ndpi", "*.txt"))):
         if txt.endswith(".peer.txt"):
@@ -94,7 +108,8 @@ def main():
             e["confidence"][fl["confidence"]] = e["confidence"].get(fl["confidence"], 0) + 1
         biggest = max(flows, key=lambda f: f["bytes"]) if flows else None
         entry = {
-            "kind": "ordinary" if name.startswith("ordinary-") else "bittorrent",
+            "kind": ("ordinary" if name.startswith("ordinary-") else
+                     "collateral" if name.startswith("collateral-") else "bittorrent"),
             "flows": len(flows),
             "bittorrent_flows": sum(1 for f in flows if is_bt(f["proto"])),
             "bittorrent_detected": any(is_bt(f["proto"]) for f in flows),
@@ -118,6 +133,9 @@ def main():
                                   "bytes": pbig["bytes"]} if pbig else None),
                 "largest_flow_is_bittorrent": bool(pbig and is_bt(pbig["proto"])),
             }
+        if name in collateral:
+            entry["sessions"] = collateral[name].get("sessions")
+            entry["sessions_ok"] = collateral[name].get("ok")
         if name in results:
             entry["download_complete"] = bool(results[name].get("complete"))
             entry["seconds"] = results[name].get("seconds")
@@ -125,6 +143,7 @@ def main():
 
     bt = [e for n, e in summary["captures"].items() if e["kind"] == "bittorrent"]
     od = [e for n, e in summary["captures"].items() if e["kind"] == "ordinary"]
+    co = [e for n, e in summary["captures"].items() if e["kind"] == "collateral"]
     summary["totals"] = {
         "bittorrent_captures": len(bt),
         "bittorrent_captures_flagged": sum(e["bittorrent_detected"] for e in bt),
@@ -133,6 +152,9 @@ def main():
             bool(e.get("peer_port_only", {}).get("largest_flow_is_bittorrent")) for e in bt),
         "ordinary_captures": len(od),
         "ordinary_captures_flagged_bittorrent": sum(e["bittorrent_detected"] for e in od),
+        "collateral_captures": len(co),
+        "collateral_flows": sum(e["flows"] for e in co),
+        "collateral_flows_flagged_bittorrent": sum(e["bittorrent_flows"] for e in co),
     }
     with open(os.path.join(a.outdir, "ndpi-summary.json"), "w") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
@@ -148,6 +170,8 @@ def main():
         if po and po["largest_flow"]:
             pos = "%s (%s)" % (po["largest_flow"]["proto"], po["largest_flow"]["confidence"])
         comp = {True: "yes", False: "NO"}.get(e.get("download_complete"), "-")
+        if e["kind"] == "collateral" and e.get("sessions") is not None:
+            comp = "%s/%s" % (e.get("sessions_ok"), e["sessions"])
         others = ", ".join("%s:%d" % (p, e["protocols"][p]["flows"]) for p in e["non_bittorrent_protocols"])
         print("%-*s  %-8s  %5d  %4d  %-30s  %-30s  %s" % (w, n, comp, e["flows"], e["bittorrent_flows"], lfs[:30],
                                                       pos[:30], others))
@@ -159,6 +183,9 @@ def main():
              t["bittorrent_captures_payload_flow_flagged"], t["bittorrent_captures"],
              t["bittorrent_captures_payload_flow_flagged_peer_port_only"], t["bittorrent_captures"],
              t["ordinary_captures_flagged_bittorrent"], t["ordinary_captures"]))
+    if t["collateral_captures"]:
+        print("collateral corpus: %d captures, %d flows, flagged as BitTorrent by nDPI: %d flows"
+              % (t["collateral_captures"], t["collateral_flows"], t["collateral_flows_flagged_bittorrent"]))
     print("summary: %s" % os.path.join(a.outdir, "ndpi-summary.json"))
 
 

@@ -8,6 +8,7 @@ mod backends;
 mod bittorrent_clients;
 mod blocks;
 mod classifier;
+mod collateral;
 mod crash_apply;
 mod dns;
 mod dns_sets;
