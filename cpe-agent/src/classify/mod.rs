@@ -257,6 +257,10 @@ pub struct Limits {
     pub max_payload_packets: u8,
     pub max_learned_peers: usize,
     pub learned_peer_ttl_ms: u64,
+    /// Endpoints remembered as speaking another random-looking protocol,
+    /// which the MSE shape rule then leaves alone.
+    pub max_random_servers: usize,
+    pub random_server_ttl_ms: u64,
 }
 
 impl Default for Limits {
@@ -267,6 +271,8 @@ impl Default for Limits {
             max_payload_packets: 8,
             max_learned_peers: 8192,
             learned_peer_ttl_ms: 3_600_000,
+            max_random_servers: 1024,
+            random_server_ttl_ms: 3_600_000,
         }
     }
 }
@@ -338,6 +344,29 @@ pub struct Classifier {
     /// Whether heuristic rules (the MSE handshake's shape) run; the
     /// signatures always do.
     heuristics: bool,
+    random_servers: RandomServers,
+}
+
+/// Endpoints seen answering a long random first turn with one of their
+/// own (obfs4 bridges, proxies): MSE peers never do (both ends drop a peer
+/// that sends more than 608 bytes before message 3), so a later flow to
+/// one is not taken for MSE by its shape. Only the responder's side
+/// counts: a LAN client cannot exempt a real peer by sending it junk.
+struct RandomServers {
+    table: Table<Ep, ()>,
+    ttl_ms: u64,
+}
+
+impl RandomServers {
+    fn knows(&self, server: Ep, now_ms: u64) -> bool {
+        self.table
+            .get(&server, now_ms.saturating_sub(self.ttl_ms))
+            .is_some()
+    }
+
+    fn remember(&mut self, server: Ep, now_ms: u64) {
+        self.table.insert(server, (), now_ms);
+    }
 }
 
 impl Classifier {
@@ -347,6 +376,10 @@ impl Classifier {
             flows: Table::with_capacity(limits.max_flows),
             peers: Table::with_capacity(limits.max_learned_peers),
             heuristics: true,
+            random_servers: RandomServers {
+                table: Table::with_capacity(limits.max_random_servers),
+                ttl_ms: limits.random_server_ttl_ms,
+            },
         }
     }
 
@@ -384,7 +417,10 @@ impl Classifier {
         let fresh = flow.payloads <= self.limits.max_payload_packets;
         if flow.decision == Decision::Open {
             let step = match packet.protocol {
-                Transport::Tcp => flow.tcp(&packet, from_initiator, self.heuristics, now_ms),
+                Transport::Tcp => {
+                    let servers = self.heuristics.then_some(&mut self.random_servers);
+                    flow.tcp(&packet, from_initiator, servers, now_ms)
+                }
                 Transport::Udp => flow.udp(&packet, from_initiator),
             };
             // A message says more than a learned endpoint, so it names the reason.
@@ -556,13 +592,24 @@ impl Flow {
         &mut self,
         packet: &Packet,
         from_initiator: bool,
-        heuristics: bool,
+        heuristics: Option<&mut RandomServers>,
         now_ms: u64,
     ) -> Step {
         let (syn, seq, payload) = (packet.syn, packet.seq, packet.payload);
-        if heuristics && self.shape.step(from_initiator, syn, seq, payload, now_ms) == Shape::Found
-        {
-            return Step::Found(Reason::MseHandshake);
+        let heuristics_on = heuristics.is_some();
+        if let Some(servers) = heuristics {
+            let responder = if from_initiator {
+                packet.dst
+            } else {
+                packet.src
+            };
+            match self.shape.step(from_initiator, syn, seq, payload, now_ms) {
+                Shape::Found if !servers.knows(responder, now_ms) => {
+                    return Step::Found(Reason::MseHandshake)
+                }
+                Shape::NotMseServer => servers.remember(responder, now_ms),
+                _ => {}
+            }
         }
         if !self.plain_over {
             match self.plain_tcp(packet, from_initiator) {
@@ -571,7 +618,7 @@ impl Flow {
                 Step::NeedMore => {}
             }
         }
-        if self.plain_over && (self.shape.is_over() || !heuristics) {
+        if self.plain_over && (self.shape.is_over() || !heuristics_on) {
             Step::Not
         } else {
             Step::NeedMore

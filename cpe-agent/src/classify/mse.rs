@@ -91,6 +91,10 @@ pub(super) enum Shape {
     Open,
     Not,
     Found,
+    /// Both sides opened with random turns longer than MSE allows: the
+    /// responder speaks some other random-looking protocol (obfs4, a
+    /// proxy), and MSE peers drop such connections.
+    NotMseServer,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -107,6 +111,8 @@ pub(super) struct MseShape {
     turn_started_ms: u32,
     first_segment: u16,
     over: bool,
+    /// The initiator's first turn was random and longer than MSE allows.
+    beyond: bool,
     pub features: MseFeatures,
 }
 
@@ -158,6 +164,18 @@ impl MseShape {
         let end = offset + payload.len() as u32;
         if end <= self.sent[side] {
             return Shape::Open; // A retransmission.
+        }
+        if self.beyond {
+            // Does the responder open with a long random turn too?
+            return match side {
+                0 => Shape::Open,
+                _ if payload.len() > *KEY_TURN.end() as usize
+                    && looks_random(payload).is_some() =>
+                {
+                    Shape::NotMseServer
+                }
+                _ => Shape::Not,
+            };
         }
         if self.turn > 0 && (side == 0) == (self.turn % 2 == 1) {
             // The turn goes on. Each message is written at once: the first
@@ -212,7 +230,8 @@ impl MseShape {
         if turn < 2 {
             // Written at once: the whole message, or a full-sized segment.
             self.features.segments[turn] = 1;
-            return if KEY_TURN.contains(&end) {
+            self.beyond = turn == 0 && end > *KEY_TURN.end();
+            return if KEY_TURN.contains(&end) || self.beyond {
                 Shape::Open
             } else {
                 Shape::Not

@@ -260,6 +260,46 @@ fn framed_text_and_biased_bytes_are_not_random() {
 }
 
 #[test]
+fn a_server_seen_speaking_long_random_turns_is_not_taken_for_an_mse_peer() {
+    let mut c = classifier();
+    let bridge = "198.51.100.9:9444";
+    // An obfs4 bridge's usual handshake: both turns beyond 608 bytes.
+    let verdicts = tcp_flow(
+        &mut c,
+        "192.168.1.10:45000",
+        bridge,
+        &[&noise(1, 1200)],
+        &[&noise(2, 1100)],
+    );
+    assert!(never_bittorrent(&verdicts));
+    // Its rare handshake that fits MSE's sizes is not flagged then.
+    let verdicts = mse_flow(
+        &mut c,
+        "192.168.1.10:45001",
+        bridge,
+        &handshake_of(512, 394, 586, 3),
+    );
+    assert!(never_bittorrent(&verdicts), "{verdicts:?}");
+    // A client's junk to a real peer teaches nothing: the peer answers
+    // within MSE's bounds (or not at all).
+    let verdicts = tcp_flow(
+        &mut c,
+        "192.168.1.10:45002",
+        PEER,
+        &[&noise(4, 1200)],
+        &[&noise(5, 300)],
+    );
+    assert!(never_bittorrent(&verdicts));
+    let verdicts = mse_flow(
+        &mut c,
+        "192.168.1.10:45003",
+        PEER,
+        &handshake_of(200, 300, 124, 6),
+    );
+    assert!(detected(&verdicts).is_some());
+}
+
+#[test]
 fn with_heuristics_off_only_signatures_detect() {
     let mut c = classifier();
     c.set_heuristics(false);
