@@ -33,6 +33,17 @@ def is_bt(name):
     return "bittorrent" in name.lower()
 
 
+BT_CLIENTS = ("aria2", "transmission", "libtorrent")
+
+
+def capture_kind(name):
+    """bittorrent (<client>-<mode>-<transport>-<discovery>), else the
+    capture's own prefix (ordinary, collateral, ...): traffic that is not
+    BitTorrent."""
+    first = name.split("-", 1)[0]
+    return "bittorrent" if first in BT_CLIENTS else first
+
+
 def parse(path):
     flows, detected = [], {}
     section = None
@@ -94,7 +105,7 @@ def main():
             e["confidence"][fl["confidence"]] = e["confidence"].get(fl["confidence"], 0) + 1
         biggest = max(flows, key=lambda f: f["bytes"]) if flows else None
         entry = {
-            "kind": "ordinary" if name.startswith("ordinary-") else "bittorrent",
+            "kind": capture_kind(name),
             "flows": len(flows),
             "bittorrent_flows": sum(1 for f in flows if is_bt(f["proto"])),
             "bittorrent_detected": any(is_bt(f["proto"]) for f in flows),
@@ -124,7 +135,7 @@ def main():
         summary["captures"][name] = entry
 
     bt = [e for n, e in summary["captures"].items() if e["kind"] == "bittorrent"]
-    od = [e for n, e in summary["captures"].items() if e["kind"] == "ordinary"]
+    od = [e for n, e in summary["captures"].items() if e["kind"] != "bittorrent"]
     summary["totals"] = {
         "bittorrent_captures": len(bt),
         "bittorrent_captures_flagged": sum(e["bittorrent_detected"] for e in bt),
