@@ -80,6 +80,18 @@ pub struct RouterBlock {
     pub reason: String,
 }
 
+impl RouterBlock {
+    /// What the totals count this block under: a detection's rule (its
+    /// reason before any measurements, e.g. `mse_handshake` of
+    /// `mse_handshake i1=412 ...`), anything else's whole reason.
+    pub fn total_reason(&self) -> &str {
+        match self.origin {
+            BlockOrigin::Detection => self.reason.split(' ').next().unwrap_or_default(),
+            _ => &self.reason,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -19,9 +19,9 @@ pub mod status;
 pub mod wireguard;
 
 pub use config::{
-    Action, AddEndpoints, Chain, ConfigError, DeviceConfig, ElementValue, Endpoint, Firewall,
-    FlowPattern, InterfaceRole, Match, PayloadMatch, Rule, RuleId, Set, SetElement, SetKey,
-    SetName,
+    Action, AddEndpoints, Chain, ClassifierPolicy, ConfigError, DeviceConfig, ElementValue,
+    Endpoint, Firewall, FlowPattern, InterfaceRole, Match, PayloadMatch, Rule, RuleId, Set,
+    SetElement, SetKey, SetName,
 };
 pub use dns::{DnsPolicy, DnsSetFill, DomainPattern, LocalAnswer, PortalRedirect, PortalSite};
 pub use envelope::{

@@ -10,6 +10,8 @@
 //! keep blocking.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -33,11 +35,18 @@ pub struct Inspector {
     /// Peers to forget (their block was ended early), applied before the
     /// next packet is classified.
     forget: std::sync::mpsc::Sender<SocketAddr>,
+    /// Whether the heuristic rules run, as the enforced config says.
+    heuristics: Arc<AtomicBool>,
 }
 
 impl Inspector {
     pub fn forget(&self, peer: SocketAddr) {
         let _ = self.forget.send(peer);
+    }
+
+    /// Turns the heuristic rules on or off from the next packet on.
+    pub fn set_heuristics(&self, on: bool) {
+        self.heuristics.store(on, Ordering::Relaxed);
     }
 }
 
@@ -54,14 +63,17 @@ pub fn start(queue: u16) -> anyhow::Result<Inspector> {
         .context("setting the queue length")?;
     let (tx, rx) = mpsc::channel(PENDING);
     let (forget, forgotten) = std::sync::mpsc::channel();
+    let heuristics = Arc::new(AtomicBool::new(true));
+    let wanted = heuristics.clone();
     std::thread::Builder::new()
         .name("classifier".into())
-        .spawn(move || serve(nfq, &tx, &forgotten))
+        .spawn(move || serve(nfq, &tx, &forgotten, &wanted))
         .context("starting the classifier thread")?;
     tracing::info!(queue, "classifier listening on NFQUEUE");
     Ok(Inspector {
         detections: rx,
         forget,
+        heuristics,
     })
 }
 
@@ -69,6 +81,7 @@ fn serve(
     mut nfq: nfq::Queue,
     tx: &mpsc::Sender<Detection>,
     forgotten: &std::sync::mpsc::Receiver<SocketAddr>,
+    heuristics: &AtomicBool,
 ) {
     let mut classifier = Classifier::new(Limits::default());
     let started = Instant::now();
@@ -89,6 +102,7 @@ fn serve(
         while let Ok(peer) = forgotten.try_recv() {
             classifier.forget_peer(peer);
         }
+        classifier.set_heuristics(heuristics.load(Ordering::Relaxed));
         let now_ms = started.elapsed().as_millis() as u64;
         let verdict = match classifier.packet(msg.get_payload(), now_ms) {
             Verdict::BitTorrent(detection) => {

@@ -52,6 +52,27 @@ pub struct Firewall {
     /// Site-to-site tunnels; None: the router runs none and makes no key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<Wireguard>,
+    /// How the router's classifier (the `classify` rules) judges; None:
+    /// with every rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierPolicy>,
+}
+
+/// Which of the classifier's rules run. Its signatures (messages of the
+/// protocol, and peers they reveal) always do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierPolicy {
+    /// Whether heuristic rules run: those that judge by statistics (the
+    /// shape of an encrypted handshake) and so can misfire.
+    pub heuristics: bool,
+}
+
+impl Firewall {
+    /// Whether the classifier's heuristic rules run (the default).
+    pub fn classifier_heuristics(&self) -> bool {
+        self.classifier.is_none_or(|c| c.heuristics)
+    }
 }
 
 impl Firewall {

@@ -43,6 +43,11 @@ fn unknown_fields_are_rejected_everywhere() {
 #[test]
 fn inconsistent_configs_are_rejected() {
     let mut c = sample();
+    c.firewall.rules.retain(|r| r.action != Action::Classify);
+    c.firewall.classifier = Some(ClassifierPolicy { heuristics: false });
+    assert!(c.validate().unwrap_err().0.contains("no classify rule"));
+
+    let mut c = sample();
     c.firewall.rules[0].matches.flow_in_set = Some(Name::parse("nope").unwrap());
     assert!(c.validate().unwrap_err().0.contains("unknown set"));
 

@@ -61,6 +61,14 @@ impl DeviceConfig {
         if let Some(wireguard) = &self.firewall.wireguard {
             check_wireguard(wireguard).map_err(ConfigError)?;
         }
+        let classifies = self
+            .firewall
+            .rules
+            .iter()
+            .any(|r| r.action == Action::Classify);
+        if self.firewall.classifier.is_some() && !classifies {
+            return fail("classifier: there is no classify rule for it to apply to".into());
+        }
         Ok(())
     }
 }

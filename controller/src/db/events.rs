@@ -60,7 +60,7 @@ pub async fn record(
         .bind(device_id)
         .bind(kind)
         .bind(origin)
-        .bind(&event.block.reason)
+        .bind(event.block.total_reason())
         .execute(&mut *tx)
         .await?;
     }

@@ -10,8 +10,8 @@
 //! other UDP: each pins at least eight bytes, or a length and six bytes.
 
 use isdf_api::{
-    Action, AddEndpoints, Chain, Family, Firewall, Match, PayloadMatch, PortRange, Protocol, Rule,
-    Set, SetKey, SetName,
+    Action, AddEndpoints, Chain, ClassifierPolicy, Family, Firewall, Match, PayloadMatch,
+    PortRange, Protocol, Rule, Set, SetKey, SetName,
 };
 
 use serde::{Deserialize, Serialize};
@@ -19,17 +19,32 @@ use serde::{Deserialize, Serialize};
 /// `bittorrent-block`: the router drops BitTorrent traffic it recognises
 /// by fixed-offset payload signatures, in the kernel, and blocks both
 /// endpoints of the offending packet (the peer, and the client's port) for
-/// `block_secs`.
+/// `block_secs`; its classifier recognises the rest, including the
+/// encrypted handshake by its shape unless `heuristics` is false.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BittorrentBlockSpec {
     /// How long a detected endpoint stays blocked: 1 s to 30 days (default 1 h).
     #[serde(default = "default_bittorrent_block_secs")]
     pub block_secs: u32,
+    /// Whether the classifier's heuristic rules run (default true): the
+    /// encrypted (MSE) handshake recognised by its shape. Off, only
+    /// signatures detect (plain messages, and peers they reveal), and the
+    /// routers end the blocks heuristics made.
+    #[serde(default = "heuristics_on", skip_serializing_if = "is_true")]
+    pub heuristics: bool,
 }
 
 fn default_bittorrent_block_secs() -> u32 {
     3600
+}
+
+fn heuristics_on() -> bool {
+    true
+}
+
+fn is_true(on: &bool) -> bool {
+    *on
 }
 
 impl BittorrentBlockSpec {
@@ -113,8 +128,11 @@ fn name(text: String) -> SetName {
 }
 
 /// Adds the service's sets and rules to `firewall` (once, however many
-/// assignments ask for it; the longest block time wins).
+/// assignments ask for it: the compiler merges them).
 pub fn add_to(firewall: &mut Firewall, spec: &BittorrentBlockSpec) {
+    if !spec.heuristics {
+        firewall.classifier = Some(ClassifierPolicy { heuristics: false });
+    }
     for (family, suffix) in [(Family::Ipv4, "v4"), (Family::Ipv6, "v6")] {
         let set = name(format!("bittorrent_{suffix}"));
         firewall.sets.push(Set {

@@ -55,11 +55,15 @@ pub fn compile_firewall<'a>(
     {
         match &assignment.spec {
             ServiceSpec::FlowBlock(spec) => blocks.add_spec(spec, assignment.created_at, now),
-            // Assigned twice: once, with the longest block time.
+            // Assigned twice: once, with the longest block time, and
+            // heuristics on if any assignment wants them (the stricter).
             ServiceSpec::BittorrentBlock(spec) => {
                 bittorrent = Some(match bittorrent {
-                    Some(b) if b.block_secs >= spec.block_secs => b,
-                    _ => spec.clone(),
+                    Some(b) => BittorrentBlockSpec {
+                        block_secs: b.block_secs.max(spec.block_secs),
+                        heuristics: b.heuristics || spec.heuristics,
+                    },
+                    None => spec.clone(),
                 })
             }
             // A router takes one catalog: of several, the first by name.
@@ -300,6 +304,45 @@ mod tests {
             &serde_json::json!({"block_secs": 0})
         )
         .is_err());
+    }
+
+    #[test]
+    fn heuristics_turned_off_reach_the_config_unless_another_assignment_wants_them() {
+        let spec = |json: serde_json::Value| CompiledAssignment {
+            id: uuid::Uuid::nil(),
+            selector: Selector::parse("*").unwrap(),
+            created_at: 0,
+            spec: ServiceSpec::parse(ServiceKind::BittorrentBlock, &json).unwrap(),
+        };
+        let off = spec(serde_json::json!({"block_secs": 60, "heuristics": false}));
+        let on = spec(serde_json::json!({"block_secs": 600}));
+        let firewall = validated(compile_firewall(
+            &Labels::default(),
+            std::slice::from_ref(&off),
+            &[],
+            None,
+            0,
+        ));
+        assert_eq!(
+            firewall.classifier,
+            Some(isdf_api::ClassifierPolicy { heuristics: false })
+        );
+        assert!(!firewall.classifier_heuristics());
+        let both = compile_firewall(&Labels::default(), &[off, on], &[], None, 0);
+        assert_eq!(both.classifier, None, "the stricter assignment wins");
+        assert!(both.classifier_heuristics());
+        // On is the default and is not written out: configs of routers that
+        // keep the default do not change.
+        let ServiceSpec::BittorrentBlock(default) =
+            ServiceSpec::parse(ServiceKind::BittorrentBlock, &serde_json::json!({})).unwrap()
+        else {
+            unreachable!()
+        };
+        assert!(default.heuristics);
+        assert_eq!(
+            serde_json::to_value(&default).unwrap(),
+            serde_json::json!({"block_secs": 3600})
+        );
     }
 
     #[test]

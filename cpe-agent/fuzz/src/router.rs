@@ -28,7 +28,6 @@ pub fn classifier_limits() -> Limits {
     Limits {
         max_flows: 64,
         max_learned_peers: 64,
-        max_bittorrent_hosts: 8,
         ..Limits::default()
     }
 }

@@ -174,6 +174,9 @@ impl Agent {
         // The replacement empties the kernel's endpoint sets: keep what
         // they learned first.
         self.harvest_detections();
+        if !firewall.classifier_heuristics() {
+            self.end_heuristic_blocks();
+        }
         let now_ms = self.now_ms();
         let merged = self.router_blocks.merged_into(firewall, now_ms);
         self.backend.apply(&merged, now_ms)?;
@@ -199,6 +202,9 @@ impl Agent {
         self.blocked = blocked.into_iter().cloned().collect();
         if classify_timeout(firewall).is_some() {
             self.start_classifier();
+        }
+        if let Some(inspector) = &self.inspector {
+            inspector.set_heuristics(firewall.classifier_heuristics());
         }
         Ok(())
     }

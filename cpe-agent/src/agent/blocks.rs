@@ -83,11 +83,14 @@ impl Agent {
                     continue;
                 }
                 let duration = u64::from(timeout_secs) * 1000;
-                let reason = detection.reason.as_str();
-                match self
-                    .router_blocks
-                    .add(BlockOrigin::Detection, flow, duration, reason, now_ms)
-                {
+                let reason = detection.describe();
+                match self.router_blocks.add(
+                    BlockOrigin::Detection,
+                    flow,
+                    duration,
+                    &reason,
+                    now_ms,
+                ) {
                     Ok(_) => added += 1,
                     Err(refusal) => tracing::warn!(%refusal, "detection not kept"),
                 }
@@ -101,6 +104,34 @@ impl Agent {
         if let Err(e) = self.enforce(&firewall) {
             error_debug("enforcing detections", &e);
         }
+    }
+
+    /// Ends the blocks that heuristic rules made (the config turned them
+    /// off: the operator judged them wrong), and forgets their endpoints.
+    pub(super) fn end_heuristic_blocks(&mut self) {
+        let now_ms = self.now_ms();
+        let ended = self.router_blocks.remove_where(now_ms, |block| {
+            block.origin == isdf_api::events::BlockOrigin::Detection
+                && crate::classify::Reason::ALL
+                    .iter()
+                    .any(|r| r.is_heuristic() && block.reason.split(' ').next() == Some(r.as_str()))
+        });
+        if ended.is_empty() {
+            return;
+        }
+        tracing::info!(
+            ended = ended.len(),
+            "ended the blocks of heuristic detections"
+        );
+        for endpoint in ended
+            .iter()
+            .filter_map(|b| crate::router_blocks::endpoint_of(&b.flow))
+        {
+            if let Some(inspector) = &self.inspector {
+                inspector.forget(SocketAddr::new(endpoint.addr, endpoint.port));
+            }
+        }
+        self.persist_router_blocks();
     }
 
     /// The next classifier detection (never, without a classifier).

@@ -41,7 +41,7 @@ pub(super) struct Packet<'a> {
     pub dst: Ep,
     /// TCP sequence number of the first payload byte (0 for UDP).
     pub seq: u32,
-    /// A TCP SYN without ACK: the first packet of a connection.
+    /// A TCP SYN (with or without ACK): each side's first packet.
     pub syn: bool,
     pub payload: &'a [u8],
 }
@@ -107,7 +107,7 @@ pub(super) fn parse(packet: &[u8]) -> Option<Packet<'_>> {
             if offset < 20 {
                 return None;
             }
-            let syn = rest.get(13)? & 0x12 == 0x02;
+            let syn = rest.get(13)? & 0x02 != 0;
             (Transport::Tcp, be32(rest, 4)?, syn, rest.get(offset..)?)
         }
         17 => {

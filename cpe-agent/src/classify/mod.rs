@@ -10,17 +10,18 @@
 //! Plain BitTorrent is recognised by its messages (peer handshake over TCP or
 //! uTP, HTTP and UDP tracker requests, DHT messages, uTP connection setup,
 //! local service discovery). Encrypted peer connections (MSE) have no
-//! plaintext signature, so the classifier also learns peer endpoints from
-//! what the plain messages reveal (tracker answers, DHT `values` and `nodes`,
-//! the endpoints of uTP and DHT flows) and flags later flows to them; and it
-//! flags a TCP flow of a host known to run BitTorrent whose first message in
-//! each direction looks like an MSE key exchange.
+//! plaintext signature: the classifier learns peer endpoints from what the
+//! plain messages reveal (tracker answers, DHT `values` and `nodes`, the
+//! endpoints of uTP and DHT flows) and flags later flows to them, and it
+//! recognises the MSE handshake itself by its shape (`mse.rs`), the one
+//! heuristic rule, which the service can turn off.
 //!
 //! `inspect.rs` puts it on the packet path; `pcap.rs` reads captures for the
 //! benchmark and the nDPI comparison (`scripts/bench-detection`).
 
 mod bencode;
 mod ip;
+mod mse;
 pub mod pcap;
 mod protocol;
 mod table;
@@ -37,6 +38,8 @@ pub mod fuzzing {
 use std::net::{IpAddr, SocketAddr};
 
 use ip::{Ep, Packet};
+pub use mse::MseFeatures;
+use mse::{MseShape, Shape};
 use protocol::{HttpTracker, UdpTracker, HANDSHAKE, UTP_DATA, UTP_STATE, UTP_SYN};
 use table::Table;
 
@@ -79,7 +82,7 @@ pub enum Reason {
     UtpData,
     /// A local service discovery announce.
     LsdAnnounce,
-    /// A host known to run BitTorrent exchanged what look like MSE keys.
+    /// The shape of an MSE handshake (`mse.rs`): a heuristic.
     MseHandshake,
     /// The flow goes to an endpoint seen in another BitTorrent flow, or one
     /// given to [`Classifier::learn_peer`].
@@ -133,6 +136,13 @@ impl Reason {
 }
 
 impl Reason {
+    /// A rule that judges by statistics rather than by a message's syntax:
+    /// it can misfire, so its detections carry what it measured and the
+    /// service can turn it off.
+    pub fn is_heuristic(self) -> bool {
+        self == Reason::MseHandshake
+    }
+
     /// Whether the flow was between BitTorrent peers or DHT nodes (whose
     /// port serves both transports), rather than with a tracker or on the
     /// local discovery multicast group.
@@ -161,9 +171,20 @@ pub struct Detection {
     pub peer: Endpoint,
     pub flow: FiveTuple,
     pub reason: Reason,
+    /// What a heuristic rule measured (`None` for signatures).
+    pub features: Option<MseFeatures>,
 }
 
 impl Detection {
+    /// The rule and, for a heuristic, its measurements: what the router
+    /// block's reason says, for the operator to judge a detection by.
+    pub fn describe(&self) -> String {
+        match &self.features {
+            Some(features) => format!("{} {features}", self.reason),
+            None => self.reason.to_string(),
+        }
+    }
+
     /// What a detection teaches the router to block: the peer's endpoint,
     /// and, where the detection is of the peer wire or the DHT and the peer
     /// listens on that port, the same port on the other transport too (a client serves TCP, uTP and the
@@ -236,9 +257,6 @@ pub struct Limits {
     pub max_payload_packets: u8,
     pub max_learned_peers: usize,
     pub learned_peer_ttl_ms: u64,
-    /// Hosts remembered as running BitTorrent, for the MSE heuristic.
-    pub max_bittorrent_hosts: usize,
-    pub bittorrent_host_ttl_ms: u64,
 }
 
 impl Default for Limits {
@@ -249,8 +267,6 @@ impl Default for Limits {
             max_payload_packets: 8,
             max_learned_peers: 8192,
             learned_peer_ttl_ms: 3_600_000,
-            max_bittorrent_hosts: 256,
-            bittorrent_host_ttl_ms: 3_600_000,
         }
     }
 }
@@ -301,8 +317,10 @@ struct Flow {
     /// handshake split across segments, and no more.
     prefix: [u8; HANDSHAKE.len()],
     prefix_len: u8,
-    /// TCP: the initiator's first segment looked like an MSE key exchange.
-    mse: bool,
+    /// TCP: the plaintext messages are ruled out.
+    plain_over: bool,
+    /// TCP: how the flow measures against the MSE handshake's shape.
+    shape: MseShape,
     /// uTP: the connection id and seq_nr of the initiator's SYN.
     utp_syn: Option<(u16, u16)>,
 }
@@ -317,7 +335,9 @@ pub struct Classifier {
     limits: Limits,
     flows: Table<FlowKey, Flow>,
     peers: Table<Ep, Reason>,
-    hosts: Table<IpAddr, ()>,
+    /// Whether heuristic rules (the MSE handshake's shape) run; the
+    /// signatures always do.
+    heuristics: bool,
 }
 
 impl Classifier {
@@ -326,7 +346,7 @@ impl Classifier {
             limits,
             flows: Table::with_capacity(limits.max_flows),
             peers: Table::with_capacity(limits.max_learned_peers),
-            hosts: Table::with_capacity(limits.max_bittorrent_hosts),
+            heuristics: true,
         }
     }
 
@@ -363,15 +383,8 @@ impl Classifier {
         }
         let fresh = flow.payloads <= self.limits.max_payload_packets;
         if flow.decision == Decision::Open {
-            let host_since = now_ms.saturating_sub(self.limits.bittorrent_host_ttl_ms);
-            let hosts = &self.hosts;
-            let bittorrent_host = || {
-                [src.0, dst.0]
-                    .iter()
-                    .any(|ip| hosts.find(ip, host_since).is_some())
-            };
             let step = match packet.protocol {
-                Transport::Tcp => flow.tcp(&packet, from_initiator, bittorrent_host),
+                Transport::Tcp => flow.tcp(&packet, from_initiator, self.heuristics, now_ms),
                 Transport::Udp => flow.udp(&packet, from_initiator),
             };
             // A message says more than a learned endpoint, so it names the reason.
@@ -384,16 +397,11 @@ impl Classifier {
                 Step::NeedMore | Step::Not => flow.decision = Decision::Not,
                 Step::Found(reason) => {
                     flow.decision = Decision::BitTorrent(reason);
-                    let detection = flow.detection(key, reason);
-                    let host = if detection.peer.addr == socket(src) {
-                        dst
-                    } else {
-                        src
-                    };
-                    self.hosts.insert(host.0, (), now_ms);
+                    // A heuristic teaches nothing beyond its own detection
+                    // (whose block the agent ends if the rules are turned off).
                     let endpoints = match reason {
                         // The responder listens for peers; the initiator's port is ephemeral.
-                        Reason::TcpHandshake | Reason::SplitTcpHandshake | Reason::MseHandshake => {
+                        Reason::TcpHandshake | Reason::SplitTcpHandshake => {
                             [Some(flow.responder(key)), None]
                         }
                         // One UDP socket serves the DHT, uTP and, mostly, TCP's port too.
@@ -416,6 +424,12 @@ impl Classifier {
             Decision::Not => Verdict::NotBitTorrent,
             Decision::BitTorrent(reason) => Verdict::BitTorrent(flow.detection(key, reason)),
         }
+    }
+
+    /// Turns the heuristic rules ([`Reason::is_heuristic`]) on or off; the
+    /// signatures always run.
+    pub fn set_heuristics(&mut self, on: bool) {
+        self.heuristics = on;
     }
 
     /// Remembers a peer revealed elsewhere: later flows to it are BitTorrent.
@@ -499,7 +513,8 @@ impl Flow {
             segments: 0,
             prefix: [0; HANDSHAKE.len()],
             prefix_len: 0,
-            mse: false,
+            plain_over: false,
+            shape: MseShape::default(),
             utp_syn: None,
         }
     }
@@ -530,17 +545,42 @@ impl Flow {
                 responder: socket(responder),
             },
             reason,
+            features: reason.is_heuristic().then_some(self.shape.features),
         }
     }
 
-    /// BitTorrent over TCP speaks first from the initiator: a handshake, an
-    /// HTTP tracker request or an MSE key exchange (answered by another).
+    /// BitTorrent over TCP speaks first from the initiator: a peer
+    /// handshake, an HTTP tracker request, or an MSE key exchange recognised
+    /// by its shape (`mse.rs`).
     fn tcp(
         &mut self,
         packet: &Packet,
         from_initiator: bool,
-        bittorrent_host: impl Fn() -> bool,
+        heuristics: bool,
+        now_ms: u64,
     ) -> Step {
+        let (syn, seq, payload) = (packet.syn, packet.seq, packet.payload);
+        if heuristics && self.shape.step(from_initiator, syn, seq, payload, now_ms) == Shape::Found
+        {
+            return Step::Found(Reason::MseHandshake);
+        }
+        if !self.plain_over {
+            match self.plain_tcp(packet, from_initiator) {
+                Step::Not => self.plain_over = true,
+                found @ Step::Found(_) => return found,
+                Step::NeedMore => {}
+            }
+        }
+        if self.plain_over && (self.shape.is_over() || !heuristics) {
+            Step::Not
+        } else {
+            Step::NeedMore
+        }
+    }
+
+    /// The plaintext messages: a peer handshake (reassembled when split) or
+    /// an HTTP tracker request.
+    fn plain_tcp(&mut self, packet: &Packet, from_initiator: bool) -> Step {
         // Data in a SYN (TCP Fast Open) starts after the SYN's sequence number.
         let seq = packet.seq.wrapping_add(u32::from(packet.syn));
         if packet.syn && from_initiator {
@@ -551,13 +591,11 @@ impl Flow {
             return Step::NeedMore;
         }
         if !from_initiator {
-            return match (self.mse, self.segments) {
-                (true, _) if protocol::mse_key_exchange(payload) => {
-                    Step::Found(Reason::MseHandshake)
-                }
-                // BitTorrent responders never speak first.
-                (true, _) | (false, 0) => Step::Not,
-                (false, _) => Step::NeedMore,
+            // BitTorrent responders never speak first.
+            return if self.segments == 0 {
+                Step::Not
+            } else {
+                Step::NeedMore
             };
         }
         let next = *self.next_seq.get_or_insert(seq);
@@ -571,9 +609,6 @@ impl Flow {
         else {
             return Step::NeedMore; // A retransmission.
         };
-        if self.mse {
-            return Step::Not; // An MSE initiator waits for the answer before sending more.
-        }
         self.next_seq = Some(next.wrapping_add(new.len() as u32));
         self.segments = self.segments.saturating_add(1);
         if self.segments == 1 {
@@ -591,10 +626,6 @@ impl Flow {
                     )
                 }
                 None => {}
-            }
-            if protocol::mse_key_exchange(new) && bittorrent_host() {
-                self.mse = true;
-                return Step::NeedMore;
             }
         }
         let len = usize::from(self.prefix_len);

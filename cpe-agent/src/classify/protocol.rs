@@ -273,27 +273,6 @@ pub(super) fn utp(packet: &[u8]) -> Option<Utp<'_>> {
     })
 }
 
-/// The first message of either side of an MSE handshake: a Diffie-Hellman
-/// key of 96 bytes and up to 512 bytes of padding, all indistinguishable
-/// from random. The test is that the length fits and that the bytes are as
-/// varied as random bytes: at least 85% of the distinct values `n` random
-/// bytes would show on average. Text, base64 (65 symbols) and headers of
-/// TLS, SSH or HTTP fail it.
-pub(super) fn mse_key_exchange(payload: &[u8]) -> bool {
-    let n = payload.len();
-    if !(96..=608).contains(&n) || payload.starts_with(b"\x16\x03") || payload.starts_with(b"SSH-")
-    {
-        return false;
-    }
-    let mut seen = [0u64; 4];
-    for &b in payload {
-        seen[usize::from(b >> 6)] |= 1 << (b & 63);
-    }
-    let distinct: u32 = seen.iter().map(|w| w.count_ones()).sum();
-    let expected = 256.0 * (1.0 - (255.0f64 / 256.0).powi(n as i32));
-    f64::from(distinct) >= 0.85 * expected
-}
-
 pub(super) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }

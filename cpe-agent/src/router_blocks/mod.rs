@@ -240,6 +240,24 @@ impl RouterBlocks {
         Ok(block)
     }
 
+    /// Ends every block in force that `which` selects; returns them.
+    pub fn remove_where(
+        &mut self,
+        now_ms: i64,
+        which: impl Fn(&RouterBlock) -> bool,
+    ) -> Vec<RouterBlock> {
+        let ids: Vec<u64> = self
+            .data
+            .blocks
+            .iter()
+            .filter(|b| b.expires_at_ms > now_ms && which(b))
+            .map(|b| b.id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| self.remove(id, now_ms).ok())
+            .collect()
+    }
+
     /// Ends a detection and its twin (a detected endpoint is blocked by two
     /// patterns, one per direction); returns the endpoint to forget in the
     /// kernel too.

@@ -166,3 +166,188 @@ fn the_classifier_catches_what_signatures_miss_and_fails_open() {
         }
     });
 }
+
+/// Deterministic random-looking bytes (xorshift), as an MSE key and padding.
+fn noise(seed: u64, length: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..length)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect()
+}
+
+/// A WAN peer that answers an MSE-shaped exchange: reads `i1` bytes,
+/// answers 200 random bytes, then counts what else arrives (message 3)
+/// until the connection ends or goes quiet for 2 s.
+fn mse_responder(topo: &Topology, port: u16, i1: usize) -> std::sync::mpsc::Receiver<usize> {
+    let listener = topo
+        .wan
+        .enter(move || TcpListener::bind(wan(port)).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (seed, stream) in (0u64..).zip(listener.incoming().take(4)) {
+            let Ok(mut stream) = stream else { continue };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut first = vec![0; i1];
+            if stream.read_exact(&mut first).is_err() {
+                let _ = tx.send(0);
+                continue;
+            }
+            let _ = stream.write_all(&noise(100 + seed, 200));
+            let (mut after, mut buf) = (0, [0u8; 1024]);
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                after += n;
+            }
+            let _ = tx.send(after);
+        }
+    });
+    rx
+}
+
+/// The LAN side of an MSE-shaped exchange: `i1` random bytes, wait for the
+/// 200-byte answer, then message 3 (124 bytes) and the first "payload".
+fn mse_initiator(topo: &Topology, port: u16, i1: usize, seed: u64) {
+    topo.lan.enter(move || {
+        let Ok(mut stream) = TcpStream::connect_timeout(&wan(port), Duration::from_secs(1)) else {
+            return;
+        };
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut answer = [0u8; 200];
+        if stream.write_all(&noise(seed, i1)).is_err() || stream.read_exact(&mut answer).is_err() {
+            return;
+        }
+        let _ = stream.write_all(&noise(seed + 1, 124));
+        let _ = stream.write_all(&noise(seed + 2, 4000));
+    });
+}
+
+/// The encrypted handshake recognised by its shape on a host never seen
+/// running BitTorrent: message 3 is dropped, the peer blocked on both
+/// transports, and the event says what the rule measured. Then the
+/// operator turns heuristics off: the block ends and the same exchange
+/// passes.
+#[test]
+fn the_mse_shape_is_caught_reported_with_its_features_and_can_be_turned_off() {
+    in_wan("mse", |topo, work| async move {
+        serve_greeting(OPEN_PORT).await;
+        let port = 46881;
+        let peer = mse_responder(&topo, port, 300);
+        let stage = Stage::prepare(&work, None).await;
+        let _agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
+        stage.operator.wait_applied(&stage.device, 1).await;
+        let service = stage
+            .operator
+            .assign_everywhere("bittorrent-block", json!({"block_secs": 600}))
+            .await;
+        stage.operator.wait_applied(&stage.device, 2).await;
+
+        let t = topo.clone();
+        blocking(move || mse_initiator(&t, port, 300, 1)).await;
+        let after = peer.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(after, 0, "message 3 never reached the peer");
+        // The peer's endpoint is blocked, on TCP and on UDP.
+        let blocks = wait_for_detection(&stage, "mse_handshake").await;
+        let flows: Vec<String> = blocks.iter().map(|b| b["flow"].to_string()).collect();
+        for protocol in ["tcp", "udp"] {
+            assert!(
+                flows
+                    .iter()
+                    .any(|f| f.contains(protocol) && f.contains(&port.to_string())),
+                "{protocol}: {flows:?}"
+            );
+        }
+        let reason = blocks[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("mse_handshake i1=300 r1=200 i2=124 segs=1/1 bits="),
+            "{reason}"
+        );
+        // Totals count by rule, not by measurement.
+        let events = stage
+            .operator
+            .get(&format!("/api/v1/devices/{}/events", stage.device))
+            .await;
+        assert!(
+            events["totals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["reason"] == "mse_handshake"),
+            "{events}"
+        );
+        // Ordinary traffic is untouched.
+        let t = topo.clone();
+        assert!(blocking(move || t.lan.tcp_works(wan(OPEN_PORT), Duration::from_secs(1))).await);
+
+        // Heuristics off: a new revision of the service.
+        let id = service["id"].as_str().unwrap();
+        let r2 = stage
+            .operator
+            .post(
+                &format!("/api/v1/services/{id}/revisions"),
+                json!({"spec": {"block_secs": 600, "heuristics": false}}),
+            )
+            .await;
+        let assignments = stage.operator.get("/api/v1/assignments").await;
+        let assignment = assignments["items"][0]["id"].as_str().unwrap();
+        stage
+            .operator
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/assignments/{assignment}"),
+                Some(json!({"revision": r2["revision"]})),
+            )
+            .await;
+        stage.operator.wait_applied(&stage.device, 3).await;
+        let blocks = stage
+            .operator
+            .get(&format!("/api/v1/devices/{}/blocks", stage.device))
+            .await;
+        assert!(
+            !blocks.to_string().contains("mse_handshake"),
+            "the heuristic's blocks ended: {blocks}"
+        );
+        let t = topo.clone();
+        blocking(move || mse_initiator(&t, port, 300, 11)).await;
+        let after = peer.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(after, 124 + 4000, "with heuristics off the exchange passes");
+    });
+}
+
+/// Waits (10 s at most) until the controller lists router blocks of origin
+/// `detection` whose reason starts with `rule`; returns them.
+async fn wait_for_detection(stage: &Stage, rule: &str) -> Vec<serde_json::Value> {
+    let path = format!("/api/v1/devices/{}/blocks", stage.device);
+    let started = std::time::Instant::now();
+    loop {
+        let listed = stage.operator.get(&path).await;
+        let found: Vec<_> = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| {
+                b["origin"] == "detection" && b["reason"].as_str().unwrap_or("").starts_with(rule)
+            })
+            .cloned()
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no {rule} detection reached the controller: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

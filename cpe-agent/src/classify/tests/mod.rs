@@ -173,7 +173,8 @@ fn bstr(bytes: &[u8]) -> Vec<u8> {
     encoded
 }
 
-/// A host that already ran BitTorrent (here, a DHT ping).
+/// A host that already ran BitTorrent (here, a DHT ping): the rules are
+/// the same for it.
 fn classifier_knowing_client() -> Classifier {
     let mut c = classifier();
     c.packet(&udp(CLIENT, "198.51.100.99:6881", DHT_PING), 1);

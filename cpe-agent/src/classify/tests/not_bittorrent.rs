@@ -30,6 +30,7 @@ fn common_tcp_protocols_of_a_bittorrent_host_are_not_bittorrent() {
             b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
             b"HTTP/1.1 200 OK\r\n\r\n",
         ),
+        // Random bytes too short for a Diffie-Hellman key.
         ("198.51.100.73:853", &noise(10, 60), &noise(11, 60)),
     ];
     for (server, request, answer) in flows {

@@ -46,8 +46,9 @@ proptest! {
         c.packet(&udp(PEER, CLIENT, &[b"d".as_slice(), &bytes].concat()), 1);
     }
 
-    /// Random payloads, several per flow in both directions, of hosts not
-    /// known to run BitTorrent (an MSE key exchange is random bytes too).
+    /// Random payloads, several per flow in both directions, in flows not
+    /// seen from their SYN (an MSE key exchange is random bytes too, and
+    /// `mse.rs` tests what it catches of flows seen from the start).
     #[test]
     fn random_payloads_are_never_bittorrent(
         udp_flow in any::<bool>(),

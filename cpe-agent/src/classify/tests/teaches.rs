@@ -26,6 +26,7 @@ fn detection(
             responder: addr(responder),
         },
         reason,
+        features: None,
     }
 }
 
