@@ -171,7 +171,8 @@ fn main() -> anyhow::Result<()> {
             .map(|d| {
                 let protocol = format!("{:?}", d.flow.protocol).to_lowercase();
                 let flow = format!("{protocol} {} -> {}", d.flow.initiator, d.flow.responder);
-                serde_json::json!({ "flow": flow, "reason": d.reason.as_str() })
+                // describe(): the rule and, for a heuristic, what it measured
+                serde_json::json!({ "flow": flow, "reason": d.reason.as_str(), "rule": d.describe() })
             })
             .collect();
         detections.sort_by_key(|d| d["flow"].as_str().unwrap_or_default().to_owned());
