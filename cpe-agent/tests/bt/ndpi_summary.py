@@ -36,6 +36,17 @@ def is_bt(name):
     return "bittorrent" in name.lower()
 
 
+BT_CLIENTS = ("aria2", "transmission", "libtorrent")
+
+
+def capture_kind(name):
+    """bittorrent (<client>-<mode>-<transport>-<discovery>), else the
+    capture's own prefix (ordinary, collateral, ...): traffic that is not
+    BitTorrent."""
+    first = name.split("-", 1)[0]
+    return "bittorrent" if first in BT_CLIENTS else first
+
+
 def parse(path):
     flows, detected = [], {}
     section = None
@@ -108,8 +119,7 @@ def main():
             e["confidence"][fl["confidence"]] = e["confidence"].get(fl["confidence"], 0) + 1
         biggest = max(flows, key=lambda f: f["bytes"]) if flows else None
         entry = {
-            "kind": ("ordinary" if name.startswith("ordinary-") else
-                     "collateral" if name.startswith("collateral-") else "bittorrent"),
+            "kind": capture_kind(name),
             "flows": len(flows),
             "bittorrent_flows": sum(1 for f in flows if is_bt(f["proto"])),
             "bittorrent_detected": any(is_bt(f["proto"]) for f in flows),

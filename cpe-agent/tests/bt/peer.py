@@ -8,8 +8,18 @@ no default DHT bootstrap (only --dht-bootstrap, or no DHT at all), and web
 seeds are not used (the harness's torrents carry none).
 
 --mode plain: encryption disabled (pe_disabled both ways, plaintext only).
---mode encrypted: MSE/PE forced both ways, full-stream RC4 (pe_rc4).
---transport tcp|utp: only that transport, incoming and outgoing.
+--mode encrypted: MSE/PE forced both ways (in_enc_policy and out_enc_policy
+  pe_forced), RC4 the only allowed level (allowed_enc_level pe_rc4,
+  prefer_rc4): every connection is MSE with full-stream RC4, or none.
+--transport tcp|utp|both: only that transport, or both, incoming and
+  outgoing (with both, libtorrent tries uTP first and falls back to TCP).
+--connect IP:PORT (leecher): the peer is handed over by hand
+  (torrent_handle.connect_peer), as peer exchange inside another session or
+  a friend's address would give it, and handed over again every few seconds
+  while no peer is connected (a real client keeps such a peer in its list).
+--hidden: no discovery but the torrent's trackers and --connect: the session
+  has no default plugins (no ut_pex, ut_metadata, smart_ban) and the torrent
+  is added with disable_pex, disable_dht and disable_lsd.
 
 Writes a status JSON (--status, atomically replaced) while it runs:
 libtorrent's own verified byte count (total_wanted_done), peers, state.
@@ -26,7 +36,8 @@ import libtorrent as lt
 
 
 def settings(a):
-    utp = a.transport == "utp"
+    utp = a.transport in ("utp", "both")
+    tcp = a.transport in ("tcp", "both")
     enc = a.mode == "encrypted"
     dht = bool(a.dht_bootstrap)
     s = {
@@ -44,8 +55,8 @@ def settings(a):
         "dht_prefer_verified_node_ids": False,
         "enable_outgoing_utp": utp,
         "enable_incoming_utp": utp,
-        "enable_outgoing_tcp": not utp,
-        "enable_incoming_tcp": not utp,
+        "enable_outgoing_tcp": tcp,
+        "enable_incoming_tcp": tcp,
         "out_enc_policy": int(lt.enc_policy.pe_forced if enc else lt.enc_policy.pe_disabled),
         "in_enc_policy": int(lt.enc_policy.pe_forced if enc else lt.enc_policy.pe_disabled),
         "allowed_enc_level": int(lt.enc_level.pe_rc4 if enc else lt.enc_level.pe_plaintext),
@@ -67,7 +78,7 @@ def settings(a):
     return s
 
 
-def write_status(h, ses, a, last):
+def write_status(h, ses, a, listening, last):
     """Mirror libtorrent's own counters to --status when they change
     (last=None: always). total_wanted_done counts only hash-checked pieces."""
     st = h.status()
@@ -81,6 +92,8 @@ def write_status(h, ses, a, last):
         "total_payload_download": st.total_payload_download,
         "num_peers": st.num_peers,
         "dht_nodes": ses.status().dht_nodes if a.dht_bootstrap else 0,
+        # socket types libtorrent reported listening on ("TCP", "uTP", ...)
+        "listening": sorted(listening),
     }
     cur = json.dumps(doc, sort_keys=True)
     if a.status and cur != last:
@@ -97,7 +110,10 @@ def main():
     ap.add_argument("--save", required=True, help="save path (holds the payload for a seeder)")
     ap.add_argument("--listen", required=True, help="IP:PORT")
     ap.add_argument("--mode", choices=["plain", "encrypted"], default="plain")
-    ap.add_argument("--transport", choices=["tcp", "utp"], default="tcp")
+    ap.add_argument("--transport", choices=["tcp", "utp", "both"], default="tcp")
+    ap.add_argument("--connect", default="", help="IP:PORT of a peer to connect to by hand (leecher)")
+    ap.add_argument("--hidden", action="store_true",
+                    help="no PEX/DHT/LSD for the torrent and no default plugins (hidden discovery)")
     ap.add_argument("--dht-bootstrap", default="", help="IP:PORT of the only DHT bootstrap node; empty = DHT off")
     ap.add_argument("--status", default="")
     ap.add_argument("--max-seconds", type=float, default=300)
@@ -107,13 +123,22 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
 
-    ses = lt.session(settings(a))
+    # flags 0: without add_default_plugins (ut_pex, ut_metadata, smart_ban)
+    ses = lt.session(settings(a), 0) if a.hidden else lt.session(settings(a))
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(a.torrent)
     params.save_path = a.save
     if a.role == "seed":
         params.flags |= lt.torrent_flags.seed_mode  # the payload is the original: skip re-hashing
+    if a.hidden:
+        params.flags |= lt.torrent_flags.disable_pex | lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
     h = ses.add_torrent(params)
+    peer = None
+    if a.connect:
+        host, port = a.connect.rsplit(":", 1)
+        peer = (host, int(port))
+    last_connect = 0.0
+    listening = set()
 
     last = ""
     last_dht_announce = 0.0
@@ -125,8 +150,10 @@ def main():
             cat = al.category()
             if isinstance(al, lt.dht_bootstrap_alert):
                 dht_ready = True
+            if isinstance(al, lt.listen_succeeded_alert):
+                listening.add(str(al.socket_type))
             if cat & lt.alert.category_t.error_notification or isinstance(
-                    al, (lt.peer_connect_alert, lt.peer_disconnected_alert, lt.tracker_reply_alert,
+                    al, (lt.listen_succeeded_alert, lt.peer_connect_alert, lt.peer_disconnected_alert, lt.tracker_reply_alert,
                          lt.dht_bootstrap_alert, lt.torrent_finished_alert, lt.dht_reply_alert)):
                 sys.stderr.write("%.3f %s %s: %s\n" % (time.time(), a.role, type(al).__name__, al.message()))
         now = time.monotonic()
@@ -136,8 +163,11 @@ def main():
         if a.dht_bootstrap and dht_ready and now - last_dht_announce > 3:
             h.force_dht_announce()
             last_dht_announce = now
-        last = write_status(h, ses, a, last)
-    write_status(h, ses, a, None)
+        if peer and now - last_connect > 5 and h.status().num_peers == 0:
+            h.connect_peer(peer)
+            last_connect = now
+        last = write_status(h, ses, a, listening, last)
+    write_status(h, ses, a, listening, None)
     # pause so a final "stopped" announce is attempted, bounded by stop_tracker_timeout
     ses.pause()
     del ses

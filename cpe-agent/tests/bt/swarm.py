@@ -9,10 +9,20 @@ library + libtorrent only. Must run as root (ip netns exec).
         --discovery http --lan-ns bth-lan --lan-addr 192.0.2.2 \
         --wan-ns bth-wan --wan-addr 198.51.100.2
 
-WAN namespace: tracker (tracker.py: HTTP or UDP), or for --discovery dht a
-closed DHT (dhtnode.py) whose first node is the only bootstrap node anyone is
-given, and a libtorrent seeder (peer.py) honouring --mode/--transport.
-LAN namespace: the leecher (aria2c, transmission-daemon or peer.py).
+WAN namespace: tracker (tracker.py: HTTP, HTTPS or UDP), or for --discovery
+dht a closed DHT (dhtnode.py) whose first node is the only bootstrap node
+anyone is given, and a libtorrent seeder (peer.py) honouring
+--mode/--transport. LAN namespace: the leecher (aria2c, transmission-daemon
+or peer.py).
+
+Hidden discovery (nothing the router can read tells who the peers are):
+--discovery manual: no tracker and no DHT at all; the torrent has no tracker
+and the libtorrent leecher is handed the seeder's address by hand
+(connect_peer), as peer exchange in another session or a friend would.
+--discovery https: the only tracker is served over HTTPS (a self-signed
+certificate for the WAN address, made per run, which the clients trust). In
+both, DHT, PEX and LSD are off on both peers. With --mode encrypted the wire
+then shows only MSE/PE (RC4) on the peer connection and TLS to the tracker.
 
 Nothing here reaches beyond the two namespaces: every client is told to use
 only the harness's tracker / DHT node, with LSD, UPnP, NAT-PMP, blocklist
@@ -45,6 +55,7 @@ PY = "/usr/bin/python3"  # Debian's, which has python3-libtorrent (not a pyenv s
 
 HTTP_TRACKER_PORT = 7070
 UDP_TRACKER_PORT = 7071
+HTTPS_TRACKER_PORT = 7443
 SEED_PORT = 40000
 LEECH_PORT = 40001
 DHT_PORT = 41000
@@ -59,7 +70,13 @@ CLIENTS = ("aria2", "transmission", "libtorrent")
 PUBLIC_BOOTSTRAP_NAMES = ("router.bittorrent.com", "router.utorrent.com", "dht.transmissionbt.com",
                           "dht.libtorrent.org", "router.bitcomet.com", "dht.aelitis.com",
                           "router.silotis.us", "dht.anacrolix.link")
+TRANSPORTS = ("tcp", "utp", "both")  # both: TCP and uTP enabled on both peers
+DISCOVERIES = ("http", "udp", "dht", "https", "manual")
+HIDDEN = ("https", "manual")  # discovery the router cannot read
 UTP_CAPABLE = {"transmission", "libtorrent"}
+# Only libtorrent can be handed a peer by hand (connect_peer); aria2c and
+# transmission-daemon (RPC off) have no such option.
+MANUAL_CAPABLE = {"libtorrent"}
 
 
 class Harness:
@@ -209,16 +226,35 @@ def verified_bytes(path, payload, total):
     return good
 
 
-def leecher_argv(a, torrent, dl, dht_boot):
+def make_tls_cert(a):
+    """A self-signed certificate for the WAN address (subjectAltName IP), made
+    per run; the clients are told to trust exactly it."""
+    cert = os.path.join(a.workdir, "tracker-cert.pem")
+    key = os.path.join(a.workdir, "tracker-key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=%s" % a.wan_addr,
+                    "-addext", "subjectAltName=IP:%s" % a.wan_addr,
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-keyout", key, "-out", cert],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+    return cert, key
+
+
+def leecher_argv(a, torrent, dl, dht_boot, cert):
     dht = a.discovery == "dht"
     enc = a.mode == "encrypted"
     if a.client == "libtorrent":
-        return [PY, os.path.join(HERE, "peer.py"), "--role", "leech", "--torrent", torrent,
+        argv = [PY, os.path.join(HERE, "peer.py"), "--role", "leech", "--torrent", torrent,
                 "--save", dl, "--listen", "%s:%d" % (a.lan_addr, LEECH_PORT),
                 "--mode", a.mode, "--transport", a.transport,
                 "--dht-bootstrap", dht_boot if dht else "",
                 "--status", os.path.join(a.workdir, "leech-status.json"),
                 "--max-seconds", str(a.timeout + 30)]
+        if a.discovery in HIDDEN:
+            argv += ["--hidden"]
+        if a.discovery == "manual":
+            argv += ["--connect", "%s:%d" % (a.wan_addr, SEED_PORT)]
+        return argv
     if a.client == "aria2":
         # aria2 speaks to UDP trackers only through its DHT UDP socket, so
         # udp discovery needs --enable-dht=true; with no --dht-entry-point,
@@ -230,15 +266,20 @@ def leecher_argv(a, torrent, dl, dht_boot):
                 "--listen-port=%d" % LEECH_PORT,
                 "--enable-dht=%s" % ("true" if dht_on else "false"), "--enable-dht6=false",
                 "--dht-file-path=" + os.path.join(a.workdir, "aria2-dht.dat"),
-                "--bt-enable-lpd=false", "--enable-peer-exchange=true",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=%s" % ("false" if a.discovery in HIDDEN else "true"),
                 "--bt-require-crypto=%s" % ("true" if enc else "false"),
                 "--bt-min-crypto-level=%s" % ("arc4" if enc else "plain"),
                 "--disable-ipv6=true", "--async-dns=false",
                 "--file-allocation=none", "--seed-time=0", "--bt-stop-timeout=0",
                 "--bt-tracker-connect-timeout=5", "--bt-tracker-timeout=10",
-                "--check-certificate=false", "--auto-file-renaming=false", "--allow-overwrite=true",
+                "--auto-file-renaming=false", "--allow-overwrite=true",
                 "--summary-interval=0", "--enable-color=false", "--console-log-level=notice",
                 "--log=" + os.path.join(a.workdir, "aria2-debug.log"), "--log-level=info"]
+        if a.discovery == "https":
+            argv += ["--check-certificate=true", "--ca-certificate=" + cert]
+        else:
+            argv += ["--check-certificate=false"]
         if dht_on:
             argv += ["--dht-listen-port=%d" % LEECH_PORT]
         if dht:
@@ -254,8 +295,9 @@ def leecher_argv(a, torrent, dl, dht_boot):
             "peer-port-random-on-start": False,
             "dht-enabled": dht,
             "lpd-enabled": False,
-            "pex-enabled": True,
-            "utp-enabled": a.transport == "utp",
+            "pex-enabled": a.discovery not in HIDDEN,
+            # TCP is always on in Transmission; tcp = uTP off
+            "utp-enabled": a.transport in ("utp", "both"),
             "port-forwarding-enabled": False,
             "blocklist-enabled": False,
             "blocklist-url": "http://127.0.0.1/",  # never fetched (blocklist off); not a public host
@@ -311,8 +353,12 @@ def run(a):
     import libtorrent as lt
 
     out = {"client": a.client, "mode": a.mode, "transport": a.transport, "discovery": a.discovery}
-    if a.transport == "utp" and a.client not in UTP_CAPABLE:
+    if a.transport in ("utp", "both") and a.client not in UTP_CAPABLE:
         out.update(error="unsupported combination: %s has no uTP support" % a.client,
+                   unsupported=True, complete=False)
+        return out, 2
+    if a.discovery == "manual" and a.client not in MANUAL_CAPABLE:
+        out.update(error="unsupported combination: %s cannot be handed a peer by hand" % a.client,
                    unsupported=True, complete=False)
         return out, 2
     for ns in (a.lan_ns, a.wan_ns):
@@ -331,7 +377,9 @@ def run(a):
     trackers = {
         "http": ["http://%s:%d/announce" % (a.wan_addr, HTTP_TRACKER_PORT)],
         "udp": ["udp://%s:%d/announce" % (a.wan_addr, UDP_TRACKER_PORT)],
+        "https": ["https://%s:%d/announce" % (a.wan_addr, HTTPS_TRACKER_PORT)],
         "dht": [],
+        "manual": [],
     }[a.discovery]
     torrent = os.path.join(a.workdir, "payload.torrent")
     ti = make_torrent(lt, payload, torrent, trackers)
@@ -339,21 +387,36 @@ def run(a):
     out.update(total_bytes=total, info_hash=ih)
 
     h = Harness(a)
+    cert = None
+    if a.discovery == "https":
+        cert, key = make_tls_cert(a)
+        # Trust the tracker's certificate: OpenSSL's default verify paths
+        # (libtorrent) honour SSL_CERT_FILE; Transmission hands
+        # CURL_CA_BUNDLE to libcurl; aria2 gets --ca-certificate.
+        h.env["SSL_CERT_FILE"] = cert
+        h.env["CURL_CA_BUNDLE"] = cert
     try:
         dht_boot = "%s:%d" % (a.wan_addr, DHT_PORT)
         life = str(a.timeout + 2 * SETUP_TIMEOUT + 30)  # helpers also stop by themselves
-        if a.discovery == "dht":
+        svc = None
+        state = None
+        if a.discovery == "manual":
+            pass  # nothing to discover from: the leecher is handed the seeder's address
+        elif a.discovery == "dht":
             state = os.path.join(a.workdir, "dht.json")
             svc = h.start("dht", a.wan_ns, [PY, os.path.join(HERE, "dhtnode.py"), "--bind", a.wan_addr,
                                             "--port", str(DHT_PORT), "--nodes", str(DHT_NODES),
                                             "--state", state, "--max-seconds", life])
         else:
             state = os.path.join(a.workdir, "tracker.json")
-            svc = h.start("tracker", a.wan_ns, [PY, os.path.join(HERE, "tracker.py"), "--bind", a.wan_addr,
-                                                "--http-port", str(HTTP_TRACKER_PORT if a.discovery == "http" else 0),
-                                                "--udp-port", str(UDP_TRACKER_PORT if a.discovery == "udp" else 0),
-                                                "--state", state, "--max-seconds", life])
-        if not wait_for(lambda: os.path.exists(state), SETUP_TIMEOUT, [svc]):
+            argv = [PY, os.path.join(HERE, "tracker.py"), "--bind", a.wan_addr,
+                    "--http-port", str(HTTP_TRACKER_PORT if a.discovery == "http" else 0),
+                    "--udp-port", str(UDP_TRACKER_PORT if a.discovery == "udp" else 0),
+                    "--state", state, "--max-seconds", life]
+            if a.discovery == "https":
+                argv += ["--https-port", str(HTTPS_TRACKER_PORT), "--cert", cert, "--key", key]
+            svc = h.start("tracker", a.wan_ns, argv)
+        if svc and not wait_for(lambda: os.path.exists(state), SETUP_TIMEOUT, [svc]):
             out.update(error="tracker/DHT did not start",
                        log_tail=h.log_tail("dht" if a.discovery == "dht" else "tracker"), complete=False)
             return out, 1
@@ -364,21 +427,28 @@ def run(a):
                                               "--listen", "%s:%d" % (a.wan_addr, SEED_PORT),
                                               "--mode", a.mode, "--transport", a.transport,
                                               "--dht-bootstrap", dht_boot if a.discovery == "dht" else "",
-                                              "--status", seed_status, "--max-seconds", life])
+                                              "--status", seed_status, "--max-seconds", life]
+                         + (["--hidden"] if a.discovery in HIDDEN else []))
+        need = {"tcp": {"tcp"}, "utp": {"udp"}, "both": {"tcp", "udp"}}[a.transport]
 
         def seeder_known():
+            if a.discovery == "manual":
+                # ready to be connected to: seeding, and listening on each transport
+                st = read_json(seed_status) or {}
+                return bool(st.get("is_seeding")) and need <= set(st.get("listening", []))
             st = read_json(state) or {}
             if a.discovery == "dht":
                 return bool(st.get("peers", {}).get(ih))
             return any(p.get("left") == 0 for p in st.get("swarms", {}).get(ih, []))
 
-        if not wait_for(seeder_known, SETUP_TIMEOUT, [svc, seeder]):
-            out.update(error="seeder never announced (tracker/DHT)", log_tail=h.log_tail("seeder"), complete=False)
+        if not wait_for(seeder_known, SETUP_TIMEOUT, [p for p in (svc, seeder) if p]):
+            out.update(error="seeder never announced (tracker/DHT) or, for manual, never listened",
+                       log_tail=h.log_tail("seeder"), complete=False)
             return out, 1
 
         target = os.path.join(dl, name)
         t0 = time.monotonic()
-        leecher = h.start("leecher", a.lan_ns, leecher_argv(a, torrent, dl, dht_boot), pin_dns=True)
+        leecher = h.start("leecher", a.lan_ns, leecher_argv(a, torrent, dl, dht_boot, cert), pin_dns=True)
         complete = False
         err = None
         end = t0 + a.timeout
@@ -422,9 +492,12 @@ def main():
     ap.add_argument("--client", choices=CLIENTS, required=True, help="leecher client (LAN side)")
     ap.add_argument("--mode", choices=["plain", "encrypted"], default="plain",
                     help="encrypted = MSE/PE (RC4) required on leecher and seeder")
-    ap.add_argument("--transport", choices=["tcp", "utp"], default="tcp")
-    ap.add_argument("--discovery", choices=["http", "udp", "dht"], default="http",
-                    help="HTTP tracker, UDP tracker (BEP 15), or DHT only (no tracker in the torrent)")
+    ap.add_argument("--transport", choices=TRANSPORTS, default="tcp",
+                    help="both = TCP and uTP enabled on both peers")
+    ap.add_argument("--discovery", choices=DISCOVERIES, default="http",
+                    help="HTTP tracker, UDP tracker (BEP 15), DHT only (no tracker in the torrent), "
+                         "HTTPS tracker (DHT, PEX, LSD off), or manual (no tracker, no DHT: the "
+                         "seeder's address handed to the leecher)")
     ap.add_argument("--lan-ns", required=True)
     ap.add_argument("--lan-addr", required=True)
     ap.add_argument("--wan-ns", required=True)

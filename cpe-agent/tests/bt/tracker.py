@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Small BitTorrent tracker for the harness: an HTTP tracker (BEP 3, compact
-peer lists per BEP 23, `peers6` per BEP 7) and a UDP tracker (BEP 15), both
+peer lists per BEP 23, `peers6` per BEP 7), the same over HTTPS (TLS with the
+certificate given, as private trackers run) and a UDP tracker (BEP 15), all
 in one process, sharing one swarm table.
 
 Bound to the address given (inside the WAN namespace); it never connects
@@ -9,6 +10,7 @@ replaced) so the harness can wait for the seeder's announce instead of
 sleeping. It stops by itself after --max-seconds.
 
     tracker.py --bind 198.51.100.2 --http-port 7070 --udp-port 7071 \
+               [--https-port 7443 --cert cert.pem --key key.pem] \
                --state /tmp/x/tracker.json --max-seconds 300
 """
 import argparse
@@ -17,6 +19,7 @@ import ipaddress
 import json
 import os
 import secrets
+import ssl
 import socket
 import struct
 import sys
@@ -101,9 +104,10 @@ def make_http_handler(swarms):
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "isdf-bt-harness-tracker"
         protocol_version = "HTTP/1.0"
+        timeout = 10  # bounds each read, including a stalled TLS handshake
 
         def log_message(self, fmt, *args):
-            sys.stderr.write("tracker http %s %s\n" % (self.client_address[0], fmt % args))
+            sys.stderr.write("tracker %s %s %s\n" % (self.server.scheme, self.client_address[0], fmt % args))
 
         def reply(self, obj, code=200):
             body = bencode.encode(obj)
@@ -223,6 +227,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bind", required=True, help="IPv4 or IPv6 address to listen on")
     ap.add_argument("--http-port", type=int, default=0, help="0 = no HTTP tracker")
+    ap.add_argument("--https-port", type=int, default=0, help="0 = no HTTPS tracker (needs --cert, --key)")
+    ap.add_argument("--cert", default="", help="PEM certificate (chain) of the HTTPS tracker")
+    ap.add_argument("--key", default="", help="PEM private key of the HTTPS tracker")
     ap.add_argument("--udp-port", type=int, default=0, help="0 = no UDP tracker")
     ap.add_argument("--state", default="")
     ap.add_argument("--max-seconds", type=float, default=600)
@@ -232,13 +239,28 @@ def main():
     stop = threading.Event()
     fam = socket.AF_INET6 if ":" in a.bind else socket.AF_INET
     threads = []
-    httpd = None
+    servers = []
+
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = fam
+        daemon_threads = True
+        scheme = "http"
+
     if a.http_port:
-        class Server(http.server.ThreadingHTTPServer):
-            address_family = fam
-            daemon_threads = True
-        httpd = Server((a.bind, a.http_port), make_http_handler(swarms))
-        threads.append(threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True))
+        servers.append(Server((a.bind, a.http_port), make_http_handler(swarms)))
+    if a.https_port:
+        if not (a.cert and a.key):
+            ap.error("--https-port needs --cert and --key")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.cert, a.key)
+        httpsd = Server((a.bind, a.https_port), make_http_handler(swarms))
+        httpsd.scheme = "https"
+        # The TLS handshake happens in the handler's thread, on its first read,
+        # so a client that stalls it holds up no one else.
+        httpsd.socket = ctx.wrap_socket(httpsd.socket, server_side=True, do_handshake_on_connect=False)
+        servers.append(httpsd)
+    for srv in servers:
+        threads.append(threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True))
     if a.udp_port:
         us = socket.socket(fam, socket.SOCK_DGRAM)
         us.bind((a.bind, a.udp_port))
@@ -249,11 +271,12 @@ def main():
         t.start()
     # Sockets are bound: tell the harness we are ready.
     swarms.write_state()
-    sys.stderr.write("tracker: ready on %s http=%d udp=%d\n" % (a.bind, a.http_port, a.udp_port))
+    sys.stderr.write("tracker: ready on %s http=%d https=%d udp=%d\n"
+                     % (a.bind, a.http_port, a.https_port, a.udp_port))
     stop.wait(a.max_seconds)
     stop.set()
-    if httpd:
-        httpd.shutdown()
+    for srv in servers:
+        srv.shutdown()
 
 
 if __name__ == "__main__":
