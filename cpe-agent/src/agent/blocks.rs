@@ -24,6 +24,22 @@ pub(super) fn classify_timeout(firewall: &isdf_api::Firewall) -> Option<u32> {
         .max()
 }
 
+/// A UDP endpoint a kernel signature caught (uTP, the DHT, a UDP tracker's
+/// client) is a BitTorrent client's socket, whose port number it serves
+/// TCP on too and falls back to: both are blocked, as for the classifier's
+/// detections (`Detection::endpoints_to_block`). A TCP endpoint may be an
+/// ephemeral port and gets no twin; nor does any port below 1024.
+fn with_tcp_twin(endpoint: &isdf_api::Endpoint) -> Vec<isdf_api::Endpoint> {
+    let mut endpoints = vec![*endpoint];
+    if endpoint.protocol == isdf_api::Protocol::Udp && endpoint.port >= 1024 {
+        endpoints.push(isdf_api::Endpoint {
+            protocol: isdf_api::Protocol::Tcp,
+            ..*endpoint
+        });
+    }
+    endpoints
+}
+
 impl Agent {
     /// Starts the classifier on its queue the first time a config asks.
     pub(super) fn start_classifier(&mut self) {
@@ -176,7 +192,11 @@ impl Agent {
         let mut new_flows = Vec::new();
         for found in learned {
             let reason = found.set.trim_end_matches("_v4").trim_end_matches("_v6");
-            for flow in crate::router_blocks::endpoint_flows(&found.endpoint) {
+            let flows = with_tcp_twin(&found.endpoint)
+                .iter()
+                .flat_map(crate::router_blocks::endpoint_flows)
+                .collect::<Vec<_>>();
+            for flow in flows {
                 if self
                     .router_blocks
                     .has(BlockOrigin::Detection, &flow, now_ms)
@@ -263,6 +283,30 @@ impl Agent {
                 error = %format!("{e:#}"),
                 "the local control socket is unavailable; local blocks cannot be added"
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_tcp_twin;
+    use isdf_api::{Endpoint, Protocol};
+
+    fn endpoint(protocol: Protocol, port: u16) -> Endpoint {
+        Endpoint {
+            addr: "198.51.100.2".parse().unwrap(),
+            protocol,
+            port,
+        }
+    }
+
+    #[test]
+    fn a_caught_udp_socket_is_blocked_on_tcp_too_and_nothing_else_gets_a_twin() {
+        let utp = endpoint(Protocol::Udp, 40000);
+        assert_eq!(with_tcp_twin(&utp), [utp, endpoint(Protocol::Tcp, 40000)]);
+        // A TCP endpoint may be ephemeral; a low port is some other service.
+        for single in [endpoint(Protocol::Tcp, 51413), endpoint(Protocol::Udp, 443)] {
+            assert_eq!(with_tcp_twin(&single), [single]);
         }
     }
 }
