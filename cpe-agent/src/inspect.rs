@@ -10,7 +10,7 @@
 //! keep blocking.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,35 @@ pub struct Inspector {
     forget: std::sync::mpsc::Sender<SocketAddr>,
     /// Whether the heuristic rules run, as the enforced config says.
     heuristics: Arc<AtomicBool>,
+    /// The LAN interfaces' indexes (0: none), so that the classifier knows
+    /// which side of a flow is the customer's.
+    lan: Arc<LanInterfaces>,
+}
+
+/// Up to eight interface indexes, read by the classifier thread per packet
+/// without a lock.
+#[derive(Default)]
+struct LanInterfaces([AtomicU32; 8]);
+
+impl LanInterfaces {
+    fn set(&self, indexes: &[u32]) {
+        for (i, slot) in self.0.iter().enumerate() {
+            slot.store(indexes.get(i).copied().unwrap_or(0), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `index` is a LAN interface; None when none is known.
+    fn contains(&self, index: u32) -> Option<bool> {
+        let mut known = false;
+        for slot in &self.0 {
+            let lan = slot.load(Ordering::Relaxed);
+            if lan != 0 && lan == index {
+                return Some(true);
+            }
+            known |= lan != 0;
+        }
+        known.then_some(false)
+    }
 }
 
 impl Inspector {
@@ -47,6 +76,24 @@ impl Inspector {
     /// Turns the heuristic rules on or off from the next packet on.
     pub fn set_heuristics(&self, on: bool) {
         self.heuristics.store(on, Ordering::Relaxed);
+    }
+
+    /// The router's LAN interfaces, by name (looked up again at every
+    /// call: a bridge may have been recreated). Names that do not exist are
+    /// skipped; with none, the classifier guesses the LAN side from
+    /// addresses.
+    pub fn set_lan_interfaces(&self, names: &[String]) {
+        let indexes: Vec<u32> = names
+            .iter()
+            .filter_map(|name| {
+                std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        self.lan.set(&indexes);
     }
 }
 
@@ -64,16 +111,18 @@ pub fn start(queue: u16) -> anyhow::Result<Inspector> {
     let (tx, rx) = mpsc::channel(PENDING);
     let (forget, forgotten) = std::sync::mpsc::channel();
     let heuristics = Arc::new(AtomicBool::new(true));
-    let wanted = heuristics.clone();
+    let lan = Arc::new(LanInterfaces::default());
+    let (wanted, lan_seen) = (heuristics.clone(), lan.clone());
     std::thread::Builder::new()
         .name("classifier".into())
-        .spawn(move || serve(nfq, &tx, &forgotten, &wanted))
+        .spawn(move || serve(nfq, &tx, &forgotten, &wanted, &lan_seen))
         .context("starting the classifier thread")?;
     tracing::info!(queue, "classifier listening on NFQUEUE");
     Ok(Inspector {
         detections: rx,
         forget,
         heuristics,
+        lan,
     })
 }
 
@@ -82,6 +131,7 @@ fn serve(
     tx: &mpsc::Sender<Detection>,
     forgotten: &std::sync::mpsc::Receiver<SocketAddr>,
     heuristics: &AtomicBool,
+    lan: &LanInterfaces,
 ) {
     let mut classifier = Classifier::new(Limits::default());
     let started = Instant::now();
@@ -104,7 +154,8 @@ fn serve(
         }
         classifier.set_heuristics(heuristics.load(Ordering::Relaxed));
         let now_ms = started.elapsed().as_millis() as u64;
-        let verdict = match classifier.packet(msg.get_payload(), now_ms) {
+        let from_lan = lan.contains(msg.get_indev());
+        let verdict = match classifier.packet_from(msg.get_payload(), from_lan, now_ms) {
             Verdict::BitTorrent(detection) => {
                 let _ = tx.try_send(detection);
                 nfq::Verdict::Drop

@@ -173,12 +173,14 @@ impl Agent {
         self.notice_clock_step();
         // The replacement empties the kernel's endpoint sets: keep what
         // they learned first.
+        // (Hosts it finds to watch are merged below.)
         self.harvest_detections();
         if !firewall.classifier_heuristics() {
             self.end_heuristic_blocks();
         }
         let now_ms = self.now_ms();
-        let merged = self.router_blocks.merged_into(firewall, now_ms);
+        let mut merged = self.router_blocks.merged_into(firewall, now_ms);
+        self.watched.merged_into(&mut merged, now_ms);
         self.backend.apply(&merged, now_ms)?;
         self.reapply_at = self.backend.next_reapply(&merged, now_ms);
         self.backend
@@ -205,6 +207,7 @@ impl Agent {
         }
         if let Some(inspector) = &self.inspector {
             inspector.set_heuristics(firewall.classifier_heuristics());
+            inspector.set_lan_interfaces(&self.settings.lan_interfaces);
         }
         Ok(())
     }

@@ -76,6 +76,10 @@ impl Agent {
         }
         let now_ms = self.now_ms();
         let mut added = 0;
+        let mut newly_watched = false;
+        for lan in found.iter().filter_map(|d| d.lan) {
+            newly_watched |= self.watched.watch(lan.ip(), now_ms);
+        }
         let taught = found.iter().flat_map(|detection| {
             detection
                 .endpoints_to_block()
@@ -112,10 +116,10 @@ impl Agent {
                 }
             }
         }
-        if added == 0 {
+        if added == 0 && !newly_watched {
             return;
         }
-        tracing::info!(added, "classifier detections");
+        tracing::info!(added, newly_watched, "classifier detections");
         self.persist_router_blocks();
         if let Err(e) = self.enforce(&firewall) {
             error_debug("enforcing detections", &e);
@@ -175,22 +179,41 @@ impl Agent {
     /// origin `detection`: reported to the controller, kept across restarts
     /// and across the next ruleset replacement (which empties the kernel's
     /// sets); their established flows are ended.
-    pub(super) fn harvest_detections(&mut self) {
+    /// The periodic harvest: also enforces the closer look at LAN hosts it
+    /// found running BitTorrent for the first time.
+    pub(super) fn harvest_and_watch(&mut self) {
+        if self.harvest_detections() {
+            let firewall = self.config_firewall();
+            if let Err(e) = self.enforce(&firewall) {
+                error_debug("watching BitTorrent hosts", &e);
+            }
+        }
+    }
+
+    /// Returns whether a LAN host is watched that was not before
+    /// (`router_blocks/watched.rs`); the caller enforces that.
+    pub(super) fn harvest_detections(&mut self) -> bool {
         use isdf_api::events::BlockOrigin;
         if !self.watches_detections() {
-            return;
+            return false;
         }
         let firewall = self.config_firewall();
         let learned = match self.backend.learned_endpoints(&firewall) {
             Ok(learned) => learned,
             Err(e) => {
                 warn_failed("reading detections", &e);
-                return;
+                return false;
             }
         };
         let now_ms = self.now_ms();
         let mut new_flows = Vec::new();
+        let mut newly_watched = false;
         for found in learned {
+            if crate::classify::is_local(found.endpoint.addr)
+                && classify_timeout(&firewall).is_some()
+            {
+                newly_watched |= self.watched.watch(found.endpoint.addr, now_ms);
+            }
             let reason = found.set.trim_end_matches("_v4").trim_end_matches("_v6");
             let flows = with_tcp_twin(&found.endpoint)
                 .iter()
@@ -223,7 +246,7 @@ impl Agent {
             }
         }
         if new_flows.is_empty() {
-            return;
+            return newly_watched;
         }
         tracing::info!(count = new_flows.len(), "detections");
         self.persist_router_blocks();
@@ -231,6 +254,7 @@ impl Agent {
         if let Err(e) = conntrack::end_flows(&refs) {
             warn_failed("could not end detected flows", &e);
         }
+        newly_watched
     }
 
     /// Serves one request of the local control socket.

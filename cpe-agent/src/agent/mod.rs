@@ -108,6 +108,9 @@ pub struct Agent {
     /// Blocks decided on the router (local socket, classifier) and the
     /// events about them not yet delivered.
     router_blocks: RouterBlocks,
+    /// LAN hosts seen running BitTorrent, whose flows the classifier sees
+    /// more of for a while.
+    watched: crate::router_blocks::watched::WatchedHosts,
     /// Requests from the local control socket, once it listens.
     commands: Option<tokio::sync::mpsc::Receiver<Command>>,
     /// The flow patterns the last enforced ruleset blocked: an apply ends
@@ -184,6 +187,7 @@ impl Agent {
             commands: None,
             blocked: Default::default(),
             inspector: None,
+            watched: Default::default(),
             classifier_failed: false,
         })
     }
@@ -259,7 +263,7 @@ impl Agent {
                         self.send_events_if_due().await;
                     }
                     _ = harvest.tick(), if self.watches_detections() => {
-                        self.harvest_detections();
+                        self.harvest_and_watch();
                         self.send_events_if_due().await;
                     }
                     _ = rotation.tick(), if self.tunnels.has_alternates() => {

@@ -20,6 +20,7 @@
 //! benchmark and the nDPI comparison (`scripts/bench-detection`).
 
 mod bencode;
+mod detection;
 mod ip;
 mod mse;
 pub mod pcap;
@@ -37,6 +38,7 @@ pub mod fuzzing {
 
 use std::net::{IpAddr, SocketAddr};
 
+pub use detection::{is_local, Detection};
 use ip::{Ep, Packet};
 pub use mse::MseFeatures;
 use mse::{MseShape, Shape};
@@ -165,77 +167,6 @@ impl std::fmt::Display for Reason {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Detection {
-    /// The remote side: when exactly one side has a private, link-local or
-    /// shared (CGNAT) address, the other one; else the responder.
-    pub peer: Endpoint,
-    pub flow: FiveTuple,
-    pub reason: Reason,
-    /// What a heuristic rule measured (`None` for signatures).
-    pub features: Option<MseFeatures>,
-}
-
-impl Detection {
-    /// The rule and, for a heuristic, its measurements: what the router
-    /// block's reason says, for the operator to judge a detection by.
-    pub fn describe(&self) -> String {
-        match &self.features {
-            Some(features) => format!("{} {features}", self.reason),
-            None => self.reason.to_string(),
-        }
-    }
-
-    /// What a detection teaches the router to block: the peer's endpoint,
-    /// and, where the detection is of the peer wire or the DHT and the peer
-    /// listens on that port, the same port on the other transport too (a client serves TCP, uTP and the
-    /// DHT on one port number, and falls back from one to the other: a uTP
-    /// peer blocked over UDP is tried again over TCP), and the LAN host's
-    /// listening endpoint on both (its uTP/DHT socket, or the port it
-    /// accepted a peer on), so peers that find it another way cannot reach
-    /// it either. A LAN host's outgoing TCP port is ephemeral and never
-    /// blocked; nor is any port below 1024 on the other transport (a peer
-    /// on 443/tcp does not make its QUIC on 443/udp BitTorrent).
-    pub fn endpoints_to_block(&self) -> Vec<Endpoint> {
-        let mut out = vec![self.peer];
-        if !self.reason.teaches_both_transports() {
-            return out;
-        }
-        let other = |e: Endpoint| Endpoint {
-            protocol: match e.protocol {
-                Transport::Tcp => Transport::Udp,
-                Transport::Udp => Transport::Tcp,
-            },
-            ..e
-        };
-        // A remote TCP initiator's port is ephemeral: nothing listens on it.
-        let peer_listens =
-            self.flow.protocol == Transport::Udp || self.peer.addr == self.flow.responder;
-        if peer_listens && self.peer.addr.port() >= 1024 {
-            out.push(other(self.peer));
-        }
-        let local = if self.flow.initiator == self.peer.addr {
-            self.flow.responder
-        } else {
-            self.flow.initiator
-        };
-        let listening = match self.flow.protocol {
-            // One UDP socket for uTP and the DHT: its port is the listener.
-            Transport::Udp => true,
-            // Over TCP only a LAN host that accepted the connection listens.
-            Transport::Tcp => local == self.flow.responder,
-        };
-        if listening && is_local(local.ip()) && local.port() >= 1024 {
-            let local = Endpoint {
-                protocol: self.flow.protocol,
-                addr: local,
-            };
-            out.extend([local, other(local)]);
-        }
-        out
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Not a TCP or UDP packet the classifier can read.
     Unknown,
@@ -313,6 +244,9 @@ enum Watch {
 
 struct Flow {
     initiator: Ep,
+    /// Whether the initiator is on the LAN, from the interface its first
+    /// packet came in on (None: not told).
+    initiator_on_lan: Option<bool>,
     decision: Decision,
     watch: Watch,
     payloads: u8,
@@ -384,8 +318,19 @@ impl Classifier {
     }
 
     /// Classifies one IP packet (v4 or v6, from the IP header) and so its
-    /// flow. `now_ms` is a monotonic time in milliseconds.
+    /// flow. `now_ms` is a monotonic time in milliseconds. The LAN side of
+    /// a flow is then guessed from its addresses (see [`Detection::peer`]).
     pub fn packet(&mut self, ip_packet: &[u8], now_ms: u64) -> Verdict {
+        self.packet_from(ip_packet, None, now_ms)
+    }
+
+    /// The same, told whether the packet came in on a LAN interface.
+    pub fn packet_from(
+        &mut self,
+        ip_packet: &[u8],
+        from_lan: Option<bool>,
+        now_ms: u64,
+    ) -> Verdict {
         let Some(packet) = ip::parse(ip_packet) else {
             return Verdict::Unknown;
         };
@@ -402,7 +347,8 @@ impl Classifier {
             None => {
                 let learned = self.learned(&packet, now_ms);
                 (
-                    self.flows.insert_in(bucket, key, Flow::new(src), now_ms),
+                    self.flows
+                        .insert_in(bucket, key, Flow::new(src, from_lan), now_ms),
                     learned,
                 )
             }
@@ -521,27 +467,11 @@ fn socket((ip, port): Ep) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// A private, link-local, loopback or shared (CGNAT) address: a LAN side.
-fn is_local(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || (a == 100 && b & 0xc0 == 64)
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            v6.is_loopback() || first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80
-        }
-    }
-}
-
 impl Flow {
-    fn new(initiator: Ep) -> Self {
+    fn new(initiator: Ep, initiator_on_lan: Option<bool>) -> Self {
         Self {
             initiator,
+            initiator_on_lan,
             decision: Decision::Open,
             watch: Watch::Nothing,
             payloads: 0,
@@ -565,7 +495,14 @@ impl Flow {
 
     fn detection(&self, key: FlowKey, reason: Reason) -> Detection {
         let (initiator, responder) = (self.initiator, self.responder(key));
-        let remote = if is_local(responder.0) && !is_local(initiator.0) {
+        let lan = match self.initiator_on_lan {
+            Some(true) => Some(initiator),
+            Some(false) => Some(responder),
+            None if is_local(initiator.0) && !is_local(responder.0) => Some(initiator),
+            None if is_local(responder.0) && !is_local(initiator.0) => Some(responder),
+            None => None,
+        };
+        let remote = if lan == Some(responder) {
             initiator
         } else {
             responder
@@ -575,6 +512,7 @@ impl Flow {
                 protocol: key.0,
                 addr: socket(remote),
             },
+            lan: lan.map(socket),
             flow: FiveTuple {
                 protocol: key.0,
                 initiator: socket(initiator),

@@ -18,6 +18,7 @@
 //! state directory.
 
 pub mod persist;
+pub mod watched;
 
 use std::collections::VecDeque;
 use std::time::Instant;

@@ -276,6 +276,12 @@ fn the_mse_shape_is_caught_reported_with_its_features_and_can_be_turned_off() {
             reason.starts_with("mse_handshake i1=300 r1=200 i2=124 r2=82 segs=1/1 bits="),
             "{reason}"
         );
+        // The LAN host (known by the interface, its address being public)
+        // now gets a closer look: more of its TCP flows' packets.
+        let watch = topo
+            .router
+            .run("nft", &["list", "set", "inet", "isdf", "agent_bt_watch_v4"]);
+        assert!(watch.contains("192.0.2.2"), "{watch}");
         // Totals count by rule, not by measurement.
         let events = stage
             .operator

@@ -455,6 +455,7 @@ impl Stage {
                 "enrollment_url = \"{url}\"\nca_cert = \"{dir}/ca.pem\"\n\
                  enrollment_token_file = \"{dir}/enrollment-token\"\nstate_dir = \"{dir}/state\"\n\
                  control_socket = \"{dir}/agent.sock\"\n\
+                 lan_interfaces = [\"lan\"]\nwan_interfaces = [\"wan\"]\n\
                  poll_wait_secs = 20\nmax_backoff_secs = 2\n{keys}",
                 url = controller.enrollment_url,
                 dir = agent_dir.display(),

@@ -18,8 +18,14 @@ fn detection(
     peer: &str,
     reason: Reason,
 ) -> Detection {
+    let lan = [initiator, responder]
+        .into_iter()
+        .find(|side| *side != peer)
+        .map(addr)
+        .filter(|side| is_local(side.ip()));
     Detection {
         peer: endpoint(protocol, peer),
+        lan,
         flow: FiveTuple {
             protocol,
             initiator: addr(initiator),
@@ -107,4 +113,53 @@ fn trackers_and_low_ports_stay_on_their_own_transport() {
             endpoint(Transport::Tcp, PEER)
         ]
     );
+}
+
+/// Told by the interface which side is the LAN, the classifier needs no
+/// private addresses: a LAN with public IPv4 or IPv6 addresses gets the
+/// same blocks (the WAN side is the peer, the LAN host's listening socket
+/// is blocked too).
+#[test]
+fn the_lan_side_comes_from_the_interface_when_addresses_are_public() {
+    let (lan_host, wan_peer) = ("[2001:db8:1::10]:40001", "[2001:db8:2::5]:40000");
+    let mut c = classifier();
+    let syn = utp_header(4, 0, 100, 1, 0);
+    let state = utp_header(2, 0, 100, 7, 1);
+    c.packet_from(&udp(lan_host, wan_peer, &syn), Some(true), 1);
+    let verdict = c.packet_from(&udp(wan_peer, lan_host, &state), Some(false), 1);
+    let Verdict::BitTorrent(found) = verdict else {
+        panic!("{verdict:?}")
+    };
+    assert_eq!(found.peer, endpoint(Transport::Udp, wan_peer));
+    assert_eq!(found.lan, Some(addr(lan_host)));
+    assert!(found
+        .endpoints_to_block()
+        .contains(&endpoint(Transport::Tcp, lan_host)));
+    // An incoming connection: the remote initiator is the peer, whatever
+    // the addresses.
+    let incoming = tcp_flow(
+        &mut c,
+        wan_peer,
+        "[2001:db8:1::10]:6881",
+        &[&handshake()],
+        &[],
+    );
+    let Verdict::BitTorrent(found) = last(&incoming) else {
+        panic!("{incoming:?}")
+    };
+    // (Without the interface the responder would have been taken for the
+    // peer; `tcp_flow` does not say, so the guess is by address here.)
+    assert_eq!(found.lan, None);
+    let mut c = classifier();
+    let syn = tcp(wan_peer, "[2001:db8:1::10]:6881", SYN, 1000, b"");
+    let ack = tcp(wan_peer, "[2001:db8:1::10]:6881", ACK, 1001, &handshake());
+    c.packet_from(&syn, Some(false), 1);
+    let Verdict::BitTorrent(found) = c.packet_from(&ack, Some(false), 1) else {
+        panic!("no detection")
+    };
+    assert_eq!(found.peer.addr, addr(wan_peer));
+    assert_eq!(found.lan, Some(addr("[2001:db8:1::10]:6881")));
+    assert!(found
+        .endpoints_to_block()
+        .contains(&endpoint(Transport::Udp, "[2001:db8:1::10]:6881")));
 }
