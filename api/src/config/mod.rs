@@ -361,10 +361,11 @@ pub struct Rule {
     #[serde(rename = "match")]
     pub matches: Match,
     pub action: Action,
-    /// Before the action, add both endpoints of the packet (source address,
-    /// protocol, port and the same for the destination) to an endpoint set
-    /// for a while: the kernel remembers the peers a signature found, with
-    /// no program on the packet path.
+    /// Before the action, add the packet's endpoints (address, protocol,
+    /// port) to an endpoint set for a while: the kernel remembers the peers
+    /// a signature found, with no program on the packet path. Both
+    /// endpoints for UDP; for TCP the connection's responder only (the
+    /// listening side; the initiator's port is ephemeral).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_endpoints_to: Option<AddEndpoints>,
 }

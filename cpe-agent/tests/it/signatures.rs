@@ -221,8 +221,16 @@ fn signatures_catch_bittorrent_and_nothing_else() {
             "{ip}:{port} remembered: {found:?}"
         );
     }
-    // The client's own UDP port too.
+    // The client's own UDP port too, but never its TCP port: that one is
+    // ephemeral (a TCP signature remembers the connection's responder).
     assert!(found.iter().any(|l| l.endpoint.port == 41001));
+    assert!(
+        found
+            .iter()
+            .all(|l| l.endpoint.protocol != isdf_api::Protocol::Tcp
+                || [51413, 8000].contains(&l.endpoint.port)),
+        "only the TCP responders are remembered: {found:?}"
+    );
     assert!(found
         .iter()
         .all(|l| l.remaining_ms > 590_000 && l.remaining_ms <= 600_000));

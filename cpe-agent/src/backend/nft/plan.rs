@@ -311,23 +311,35 @@ fn payload_expr(p: &PayloadMatch) -> String {
     }
 }
 
-/// The statements that add both endpoints of the packet to an endpoint set.
-fn add_endpoints(rule: &Rule, family: Option<Family>) -> String {
+/// The statements that add the packet's endpoints to an endpoint set, one
+/// variant per rule line: both endpoints for UDP (a socket is one endpoint
+/// for all its flows); for TCP only the connection's responder, the side
+/// that listens: a packet from the initiator adds its destination, one
+/// from the responder its source. The initiator's port is ephemeral, and
+/// blocking it would cut whichever later connection of that host happens
+/// to reuse it.
+fn add_endpoints(rule: &Rule, family: Option<Family>) -> Vec<String> {
     let (Some(add), Some(f)) = (&rule.add_endpoints_to, family) else {
-        return String::new();
+        return vec![String::new()];
     };
     let ip = if f == Family::Ipv4 { "ip" } else { "ip6" };
-    [
-        "saddr . meta l4proto . th sport",
-        "daddr . meta l4proto . th dport",
-    ]
-    .map(|side| {
+    let statement = |side: &str| {
         format!(
             "add @{} {{ {ip} {side} timeout {}s }} ",
             add.set, add.timeout_secs
         )
-    })
-    .concat()
+    };
+    let (source, destination) = (
+        statement("saddr . meta l4proto . th sport"),
+        statement("daddr . meta l4proto . th dport"),
+    );
+    match rule.matches.protocol {
+        Some(Protocol::Tcp) => vec![
+            format!("ct direction original {destination}"),
+            format!("ct direction reply {source}"),
+        ],
+        _ => vec![format!("{source}{destination}")],
+    }
 }
 
 /// Which reject statements a match needs: (TCP reset, ICMP). A rule already
@@ -352,12 +364,16 @@ pub(super) fn rule_lines(
     let interfaces = inputs.interfaces.for_rule(rule)?;
     let queueing = inputs.queueing;
     // A classify rule's endpoints are added by the classifier, on a find.
-    let remember = match rule.action {
-        Action::Classify => String::new(),
+    let remembers = match rule.action {
+        Action::Classify => vec![String::new()],
         _ => add_endpoints(rule, rule.family_with(sets).ok().flatten()),
     };
     let mut lines = Vec::new();
-    for expr in match_exprs(&rule.matches, sets, layout, interfaces) {
+    let exprs = match_exprs(&rule.matches, sets, layout, interfaces);
+    for (expr, remember) in exprs
+        .iter()
+        .flat_map(|e| remembers.iter().map(move |r| (e, r)))
+    {
         let sep = if expr.is_empty() { "" } else { " " };
         let sep = format!("{sep}{remember}");
         let sep = sep.as_str();
