@@ -281,11 +281,11 @@ pub struct Classifier {
     random_servers: RandomServers,
 }
 
-/// Endpoints seen answering a long random first turn with one of their
-/// own (obfs4 bridges, proxies): MSE peers never do (both ends drop a peer
-/// that sends more than 608 bytes before message 3), so a later flow to
-/// one is not taken for MSE by its shape. Only the responder's side
-/// counts: a LAN client cannot exempt a real peer by sending it junk.
+/// Endpoints seen answering a random first turn with a random turn longer
+/// than MSE allows (obfs4 bridges, proxies): an MSE peer never sends more
+/// than 608 bytes before message 3, whatever it is sent, so a later flow to
+/// one is not taken for MSE by its shape. Only the responder's own answer
+/// counts: a LAN client cannot make a real peer exempt.
 struct RandomServers {
     table: Table<Ep, ()>,
     ttl_ms: u64,

@@ -91,9 +91,8 @@ pub(super) enum Shape {
     Open,
     Not,
     Found,
-    /// Both sides opened with random turns longer than MSE allows: the
-    /// responder speaks some other random-looking protocol (obfs4, a
-    /// proxy), and MSE peers drop such connections.
+    /// The responder opened with a random turn longer than MSE allows:
+    /// it speaks some other random-looking protocol (obfs4, a proxy).
     NotMseServer,
 }
 
@@ -111,7 +110,8 @@ pub(super) struct MseShape {
     turn_started_ms: u32,
     first_segment: u16,
     over: bool,
-    /// The initiator's first turn was random and longer than MSE allows.
+    /// The initiator's first turn was random but not of MSE's size: only
+    /// the responder's answer is still of interest.
     beyond: bool,
     pub features: MseFeatures,
 }
@@ -230,7 +230,14 @@ impl MseShape {
         if turn < 2 {
             // Written at once: the whole message, or a full-sized segment.
             self.features.segments[turn] = 1;
-            self.beyond = turn == 0 && end > *KEY_TURN.end();
+            // A responder opening with more random bytes than MSE allows
+            // speaks something else (an MSE peer never does, whatever it
+            // is sent); so may one answering a random first turn of the
+            // wrong size.
+            if turn == 1 && end > *KEY_TURN.end() {
+                return Shape::NotMseServer;
+            }
+            self.beyond = turn == 0 && !KEY_TURN.contains(&end);
             return if KEY_TURN.contains(&end) || self.beyond {
                 Shape::Open
             } else {

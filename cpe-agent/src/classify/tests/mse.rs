@@ -280,6 +280,24 @@ fn a_server_seen_speaking_long_random_turns_is_not_taken_for_an_mse_peer() {
         &handshake_of(512, 394, 586, 3),
     );
     assert!(never_bittorrent(&verdicts), "{verdicts:?}");
+    // A proxy that answered a small random request with a long random
+    // answer is remembered too.
+    let proxy = "198.51.100.10:8388";
+    let verdicts = tcp_flow(
+        &mut c,
+        "192.168.1.10:45004",
+        proxy,
+        &[&noise(7, 200)],
+        &[&noise(8, 1400)],
+    );
+    assert!(never_bittorrent(&verdicts));
+    let verdicts = mse_flow(
+        &mut c,
+        "192.168.1.10:45005",
+        proxy,
+        &handshake_of(196, 275, 123, 9),
+    );
+    assert!(never_bittorrent(&verdicts), "{verdicts:?}");
     // A client's junk to a real peer teaches nothing: the peer answers
     // within MSE's bounds (or not at all).
     let verdicts = tcp_flow(
