@@ -346,10 +346,7 @@ impl Shop {
             .unwrap();
         std::io::Write::write_all(
             &mut agent_toml,
-            format!(
-                "lan_interfaces = [\"lan\"]\nwan_interfaces = [\"wan\"]\ndns_upstream = [\"{UPSTREAM}\"]\n"
-            )
-            .as_bytes(),
+            format!("dns_upstream = [\"{UPSTREAM}\"]\n").as_bytes(),
         )
         .unwrap();
         let site = op
