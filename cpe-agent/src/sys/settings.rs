@@ -71,7 +71,8 @@ pub struct Settings {
     #[serde(default = "default_local_block_rate")]
     pub local_block_rate: u32,
     /// The router's interfaces facing the customer's LAN (rules matching
-    /// `in_interface: lan`; where the managed resolver listens).
+    /// `in_interface: lan`; where the managed resolver listens; which side
+    /// of a flow the classifier takes for the customer's).
     #[serde(default = "default_lan_interfaces")]
     pub lan_interfaces: Vec<String>,
     /// The router's interfaces facing the ISP (`in_interface: wan`).
