@@ -319,14 +319,21 @@ fn the_mse_shape_is_caught_reported_with_its_features_and_can_be_turned_off() {
             )
             .await;
         stage.operator.wait_applied(&stage.device, 3).await;
-        let blocks = stage
-            .operator
-            .get(&format!("/api/v1/devices/{}/blocks", stage.device))
-            .await;
-        assert!(
-            !blocks.to_string().contains("mse_handshake"),
-            "the heuristic's blocks ended: {blocks}"
-        );
+        // The router ended them when it applied the config; the controller
+        // hears of it with the next events (10 s at most).
+        let path = format!("/api/v1/devices/{}/blocks", stage.device);
+        let started = std::time::Instant::now();
+        loop {
+            let blocks = stage.operator.get(&path).await;
+            if !blocks.to_string().contains("mse_handshake") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the heuristic's blocks never ended: {blocks}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let t = topo.clone();
         blocking(move || mse_initiator(&t, port, 300, 11)).await;
         let after = peer.recv_timeout(Duration::from_secs(10)).unwrap();
