@@ -166,7 +166,8 @@ impl MseShape {
             return Shape::Open; // A retransmission.
         }
         if self.beyond {
-            // Does the responder open with a long random turn too?
+            // Only the responder's answer is of interest: does it open with
+            // a random turn longer than MSE allows?
             return match side {
                 0 => Shape::Open,
                 _ if payload.len() > *KEY_TURN.end() as usize
