@@ -19,7 +19,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::harness::{blocking, in_wan, serve_greeting, AgentProcess, Stage, OPEN_PORT};
 
@@ -98,13 +98,7 @@ fn run_blocked(tag: &str, combo: Combo) {
     in_wan(tag, move |topo, work| async move {
         serve_greeting(OPEN_PORT).await;
         let stage = Stage::prepare(&work, None).await;
-        let _agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
-        stage.operator.wait_applied(&stage.device, 1).await;
-        stage
-            .operator
-            .assign_everywhere("bittorrent-block", json!({"block_secs": 600}))
-            .await;
-        stage.operator.wait_applied(&stage.device, 2).await;
+        let (_agent, _) = stage.start_with_bittorrent_block(&topo.router).await;
         let result = {
             let topo = topo.clone();
             blocking(move || swarm(&topo, combo, WINDOW_SECS)).await

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{blocking, in_wan, serve_greeting, wan, AgentProcess, Stage, OPEN_PORT};
+use crate::harness::{blocking, in_wan, serve_greeting, wan, Stage, OPEN_PORT};
 use crate::netns::Topology;
 
 /// A WAN server that records how many bytes each connection sent.
@@ -63,13 +63,7 @@ fn the_classifier_catches_what_signatures_miss_and_fails_open() {
         let handshakes = recording_server(&topo, 51413);
         let tracker = recording_server(&topo, 8081);
         let stage = Stage::prepare(&work, None).await;
-        let agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
-        stage.operator.wait_applied(&stage.device, 1).await;
-        stage
-            .operator
-            .assign_everywhere("bittorrent-block", json!({"block_secs": 600}))
-            .await;
-        stage.operator.wait_applied(&stage.device, 2).await;
+        let (agent, _) = stage.start_with_bittorrent_block(&topo.router).await;
 
         // Ordinary traffic passes the live classifier untouched.
         let t = topo.clone();
@@ -245,13 +239,7 @@ fn the_mse_shape_is_caught_reported_with_its_features_and_can_be_turned_off() {
         let port = 46881;
         let peer = mse_responder(&topo, port, 300);
         let stage = Stage::prepare(&work, None).await;
-        let _agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
-        stage.operator.wait_applied(&stage.device, 1).await;
-        let service = stage
-            .operator
-            .assign_everywhere("bittorrent-block", json!({"block_secs": 600}))
-            .await;
-        stage.operator.wait_applied(&stage.device, 2).await;
+        let (_agent, service) = stage.start_with_bittorrent_block(&topo.router).await;
 
         let t = topo.clone();
         blocking(move || mse_initiator(&t, port, 300, 1)).await;

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::harness::{blocking, in_wan, AgentProcess, Stage};
+use crate::harness::{blocking, in_wan, Stage};
 use crate::netns::Topology;
 
 const COLLATERAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bt/collateral.py");
@@ -244,13 +244,7 @@ fn collateral_protocols_pass_also_from_a_host_caught_running_bittorrent() {
         ephemeral_ports(&topo.lan, COLLATERAL_EPHEMERAL);
         let stage = Stage::prepare(&work, None).await;
         let socket = stage.config_path.with_file_name("agent.sock");
-        let _agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
-        stage.operator.wait_applied(&stage.device, 1).await;
-        stage
-            .operator
-            .assign_everywhere("bittorrent-block", json!({"block_secs": 600}))
-            .await;
-        stage.operator.wait_applied(&stage.device, 2).await;
+        let (_agent, _) = stage.start_with_bittorrent_block(&topo.router).await;
 
         // 1. A LAN host with no BitTorrent history.
         let mut servers = round(&topo, "before BitTorrent").await;

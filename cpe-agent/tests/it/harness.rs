@@ -394,6 +394,24 @@ pub(crate) struct Stage {
 }
 
 impl Stage {
+    /// Starts the agent (nftables backend) on `router`, waits for its first
+    /// config, then assigns `bittorrent-block` (600 s blocks) to every
+    /// router and waits until this one enforces it. Returns the agent and
+    /// the service.
+    pub(crate) async fn start_with_bittorrent_block(
+        &self,
+        router: &Netns,
+    ) -> (AgentProcess, Value) {
+        let agent = AgentProcess::start(router, &self.config_path, "nftables", &self.log);
+        self.operator.wait_applied(&self.device, 1).await;
+        let service = self
+            .operator
+            .assign_everywhere("bittorrent-block", json!({"block_secs": 600}))
+            .await;
+        self.operator.wait_applied(&self.device, 2).await;
+        (agent, service)
+    }
+
     /// `trusted_key` overrides the signing key the agent trusts (else the
     /// one from its enrollment answer).
     pub(crate) async fn prepare(work: &Path, trusted_key: Option<&str>) -> Self {
