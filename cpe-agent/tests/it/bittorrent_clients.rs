@@ -98,7 +98,7 @@ fn run_blocked(tag: &str, combo: Combo) {
     in_wan(tag, move |topo, work| async move {
         serve_greeting(OPEN_PORT).await;
         let stage = Stage::prepare(&work, None).await;
-        let (_agent, _) = stage.start_with_bittorrent_block(&topo.router).await;
+        let (agent, _) = stage.start_with_bittorrent_block(&topo.router).await;
         let result = {
             let topo = topo.clone();
             blocking(move || swarm(&topo, combo, WINDOW_SECS)).await
@@ -112,7 +112,8 @@ fn run_blocked(tag: &str, combo: Combo) {
         assert!(
             received * 100 < total,
             "{combo:?}: the leecher got {received} of {total} bytes in {WINDOW_SECS} s; \
-             the router's events: {events}"
+             the router's events: {events}\nthe agent's log ends:\n{}",
+            log_tail(&agent.log(), 40)
         );
         // Ordinary traffic through the same router still works.
         let lan = topo.clone();
@@ -132,6 +133,12 @@ fn run_blocked(tag: &str, combo: Combo) {
             events["totals"]
         );
     });
+}
+
+/// The last `lines` lines of `log`.
+fn log_tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The router's events once at least one detection has reached the

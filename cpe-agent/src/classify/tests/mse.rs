@@ -221,8 +221,8 @@ fn framed_text_and_biased_bytes_are_not_random() {
     tls.extend(noise(1, 240));
     let mut length_prefixed = 198u16.to_be_bytes().to_vec();
     length_prefixed.extend(noise(2, 198));
-    let mut printable_start = b"HELLO, W".to_vec();
-    printable_start.extend(noise(3, 192));
+    let mut printable_start = b"HELLO, WORLD".to_vec();
+    printable_start.extend(noise(3, 188));
     let mut printable_run = noise(4, 100);
     printable_run.extend(b"abcdefghijklmnopqrstuvwxyz");
     printable_run.extend(noise(5, 74));
@@ -243,7 +243,11 @@ fn framed_text_and_biased_bytes_are_not_random() {
         base64,
     ];
     for (i, first) in firsts.iter().enumerate() {
-        assert_eq!(crate::classify::mse::looks_random(first), None, "case {i}");
+        assert_eq!(
+            crate::classify::mse::randomness(first),
+            crate::classify::mse::Randomness::Framed,
+            "case {i}"
+        );
         // As any of the three messages.
         for at in 0..3 {
             let mut turns = handshake_of(200, 200, 124, 50 + i as u64).to_vec();
@@ -343,22 +347,82 @@ fn with_heuristics_off_only_signatures_detect() {
     assert!(Reason::ALL.iter().filter(|r| r.is_heuristic()).count() == 1);
 }
 
-/// Random bytes fail the randomness test rarely: a handshake missed this
-/// way is caught at the client's next attempt.
+/// Random bytes fail a randomness test rarely, and a structural one
+/// almost never.
 #[test]
 fn random_bytes_pass_as_random_all_but_rarely() {
+    use crate::classify::mse::{randomness, Randomness};
     for n in [56usize, 96, 124, 300, 608] {
-        let misses = (0..20_000u64)
-            .filter(|seed| {
-                crate::classify::mse::looks_random(&noise(seed * 7919 + n as u64, n)).is_none()
-            })
+        let judged: Vec<Randomness> = (0..20_000u64)
+            .map(|seed| randomness(&noise(seed * 7919 + n as u64, n)))
+            .collect();
+        let doubtful = judged
+            .iter()
+            .filter(|r| matches!(r, Randomness::Doubtful(_)))
             .count();
-        // At most 0.15%.
+        let framed = judged.iter().filter(|r| **r == Randomness::Framed).count();
+        // At most 0.15% and 0.01%.
         assert!(
-            misses <= 30,
-            "{misses} of 20,000 random {n}-byte messages fail"
+            doubtful <= 30 && framed <= 2,
+            "of 20,000 random {n}-byte messages {doubtful} fail a statistical test, {framed} a structural one"
         );
     }
+}
+
+/// One turn failing one statistical test is tolerated, a second is not,
+/// so random handshakes are missed about once in 10,000 while a message
+/// that fails both tests (text, biased bytes) still ends the rule.
+#[test]
+fn one_doubtful_turn_is_tolerated_and_a_handshake_rarely_missed() {
+    use crate::classify::mse::{randomness, Randomness};
+    // Random bytes with too few distinct values: one statistical test fails.
+    let repetitive = |seed: u64| -> Vec<u8> {
+        let half = noise(seed, 100);
+        let mut bytes = half.clone();
+        bytes.extend(&half);
+        bytes
+    };
+    assert!(matches!(
+        randomness(&repetitive(1)),
+        Randomness::Doubtful(_)
+    ));
+    let mut c = classifier();
+    for at in 0..4 {
+        let mut turns = handshake_of(200, 200, 124, 70 + at as u64).to_vec();
+        turns[at] = repetitive(at as u64);
+        let verdicts = mse_flow(
+            &mut c,
+            &format!("192.168.1.20:{}", 44000 + at),
+            PEER,
+            &turns,
+        );
+        assert!(
+            detected(&verdicts).is_some(),
+            "one doubtful turn, message {at}"
+        );
+        turns[(at + 1) % 4] = repetitive(9 + at as u64);
+        let verdicts = mse_flow(
+            &mut c,
+            &format!("192.168.1.21:{}", 44000 + at),
+            PEER,
+            &turns,
+        );
+        assert!(
+            never_bittorrent(&verdicts),
+            "two doubtful turns, from message {at}"
+        );
+    }
+    // Handshakes of libtorrent's sizes, the padding spread over its range.
+    let missed = (0..20_000u64)
+        .filter(|&seed| {
+            let pad = |k: u64| (seed.wrapping_mul(k) % 513) as usize;
+            let turns = handshake_of(96 + pad(31), 96 + pad(37), 124, seed * 4);
+            let client = format!("192.168.{}.{}:40000", 100 + seed / 250, seed % 250 + 1);
+            detected(&mse_flow(&mut c, &client, PEER, &turns)).is_none()
+        })
+        .count();
+    eprintln!("{missed} of 20,000 random handshakes missed");
+    assert!(missed <= 4, "{missed} of 20,000 random handshakes missed");
 }
 
 fn fixed_seed(cases: u32) -> Config {
@@ -380,7 +444,10 @@ proptest! {
         let mut c = classifier();
         let i2 = 56 + pad_c + if ia { 68 } else { 0 };
         let turns = handshake_of(96 + pad_a, 96 + pad_b, i2.min(636), seed);
-        prop_assume!(turns.iter().all(|t| crate::classify::mse::looks_random(t).is_some()));
+        prop_assume!(turns.iter().all(|t| matches!(
+            crate::classify::mse::randomness(t),
+            crate::classify::mse::Randomness::Random(_)
+        )));
         let verdicts = mse_flow(&mut c, CLIENT, PEER, &turns);
         prop_assert!(detected(&verdicts).is_some(), "{:?}", verdicts);
     }
