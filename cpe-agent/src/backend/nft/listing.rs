@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use anyhow::Context;
 use isdf_api::{Chain, Firewall, Protocol, RuleCounter};
 
-use super::plan::{agent_rules, in_force, planned_chains, rule_lines, PlanInputs};
+use super::plan::{chains_with_rules, in_force, planned_chains, PlanInputs, EARLY_CHAIN_INFIX};
 use super::sets::{layout, CarriedElement, CONFIG_ELEMENT_COMMENT};
 use super::tunnels::{tunnel_set_name, tunnels};
 use crate::backend::LearnedEndpoint;
@@ -37,29 +37,21 @@ pub(super) fn expected_shape(
         }
     }
     sets.sort();
-    let mut chains = BTreeMap::new();
-    for chain in planned_chains(firewall, now_ms) {
-        let mut comments: Vec<String> = agent_rules(chain, firewall, inputs)
-            .into_iter()
-            .map(|(comment, _)| comment)
-            .collect();
-        let rules = firewall
-            .rules
-            .iter()
-            .filter(|r| r.chain == chain && in_force(r, now_ms));
-        for rule in rules {
-            let lines = rule_lines(rule, &firewall.sets, &layout, inputs)?.len();
-            comments.extend(std::iter::repeat_n(rule.id.to_string(), lines));
-        }
-        chains.insert(chain.name().to_owned(), comments);
-    }
+    let chains = chains_with_rules(firewall, now_ms, &layout, inputs)?
+        .into_iter()
+        .map(|chain| {
+            let comments = chain.rules.into_iter().map(|r| r.comment).collect();
+            (chain.name, comments)
+        })
+        .collect();
     Ok(Shape { sets, chains })
 }
 
 /// `listed` without the rules of `firewall` whose `until` has come by
-/// `now_ms`, and without a `prerouting` chain left empty by that: the plan
-/// applied before `until` still has them, and the kernel no longer matches
-/// them, until the re-apply at `until` tidies them away.
+/// `now_ms`, and without a `prerouting` chain or a run of early-packet
+/// rules left empty by that (with the jump to the run): the plan applied
+/// before `until` still has them, and the kernel no longer matches them,
+/// until the re-apply at `until` tidies them away.
 pub(super) fn without_ended_rules(mut listed: Shape, firewall: &Firewall, now_ms: i64) -> Shape {
     let ended: BTreeSet<&str> = firewall
         .rules
@@ -69,6 +61,18 @@ pub(super) fn without_ended_rules(mut listed: Shape, firewall: &Firewall, now_ms
         .collect();
     for comments in listed.chains.values_mut() {
         comments.retain(|c| !ended.contains(c.as_str()));
+    }
+    let emptied_runs: BTreeSet<String> = listed
+        .chains
+        .iter()
+        .filter(|(name, rules)| name.contains(EARLY_CHAIN_INFIX) && rules.is_empty())
+        .map(|(name, _)| name.clone())
+        .collect();
+    for run in &emptied_runs {
+        listed.chains.remove(run);
+    }
+    for comments in listed.chains.values_mut() {
+        comments.retain(|c| !emptied_runs.contains(c));
     }
     let prerouting = Chain::Prerouting.name();
     if listed.chains.get(prerouting).is_some_and(Vec::is_empty)

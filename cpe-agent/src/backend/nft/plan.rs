@@ -22,6 +22,11 @@
 //! rules, and a tunnel's own entry rule (`tunnels.rs`) still keeps the WAN
 //! out of it. A `prerouting` nat chain (`redirect to :port`) exists only while
 //! a rule in force needs it, so kernels without nat take every other config.
+//! Consecutive rules that look only at a flow's first packets
+//! (`first_packets`, as the BitTorrent signatures and classify rules do)
+//! sit in a chain of their own, reached by one `ct packets` check
+//! (`chains_with_rules`): every packet of an established flow would
+//! otherwise be compared with each of them.
 //! A rule with `until` carries `meta time < until`: the kernel stops
 //! matching at that second by itself. Once past, the planner leaves the rule
 //! out, and `next_reapply` asks for a re-plan then, which only tidies.
@@ -142,25 +147,140 @@ pub(super) fn plan_script(
     }
     let tunnels = tunnels(firewall);
     plan_tunnel_sets(&mut s, tunnels, elements);
-    for chain in planned_chains(firewall, now_ms) {
-        let _ = writeln!(s, "\tchain {} {{", chain.name());
-        let _ = writeln!(s, "\t\t{}", chain_header(chain));
-        for (comment, line) in agent_rules(chain, firewall, inputs) {
-            let _ = writeln!(s, "\t\t{line} comment \"{comment}\"");
+    for chain in chains_with_rules(firewall, now_ms, &layout, inputs)? {
+        let _ = writeln!(s, "\tchain {} {{", chain.name);
+        if let Some(header) = &chain.header {
+            let _ = writeln!(s, "\t\t{header}");
         }
-        let rules = firewall
-            .rules
-            .iter()
-            .filter(|r| r.chain == chain && in_force(r, now_ms));
-        for rule in rules {
-            for line in rule_lines(rule, &firewall.sets, &layout, inputs)? {
-                let _ = writeln!(s, "\t\t{line}");
-            }
+        for rule in &chain.rules {
+            let _ = writeln!(s, "\t\t{}", rule.line);
         }
         let _ = writeln!(s, "\t}}");
     }
     let _ = writeln!(s, "}}");
     Ok(s)
+}
+
+/// One chain of the plan and its rules in order.
+pub(super) struct PlannedChain {
+    pub(super) name: String,
+    /// The hook of a base chain; `None` for a chain only jumped to.
+    pub(super) header: Option<String>,
+    pub(super) rules: Vec<PlannedRule>,
+}
+
+/// One nft rule line (its comment included) and its comment, which the
+/// verification compares with the kernel's listing.
+pub(super) struct PlannedRule {
+    pub(super) comment: String,
+    pub(super) line: String,
+}
+
+/// Where a filter chain's early-packet rules sit: `<chain>_early_<n>` for
+/// the n-th run of consecutive config rules that look only at a flow's
+/// first packets (`first_packets`). The base chain reaches the run with one
+/// `ct packets` check, commented with the run chain's name, so a packet of
+/// an established flow passes every rule of the run at the cost of one.
+/// Runs are counted over all the chain's rules, in force or not: a run's
+/// name does not change when a rule's `until` comes.
+pub(super) const EARLY_CHAIN_INFIX: &str = "_early_";
+
+/// The chains of the plan with their rules: the base chains
+/// (`planned_chains`), the agent's rules first in each, then the config's
+/// rules in force, each run of early-packet rules in a chain of its own
+/// (`EARLY_CHAIN_INFIX`) after the base chain it is reached from.
+pub(super) fn chains_with_rules(
+    firewall: &Firewall,
+    now_ms: i64,
+    layout: &Layout<'_>,
+    inputs: &PlanInputs,
+) -> anyhow::Result<Vec<PlannedChain>> {
+    let mut planned = Vec::new();
+    for chain in planned_chains(firewall, now_ms) {
+        let mut base = PlannedChain {
+            name: chain.name().to_owned(),
+            header: Some(chain_header(chain)),
+            rules: agent_rules(chain, firewall, inputs)
+                .into_iter()
+                .map(|(comment, line)| PlannedRule {
+                    line: format!("{line} comment \"{comment}\""),
+                    comment,
+                })
+                .collect(),
+        };
+        let lines = |rule: &Rule| -> anyhow::Result<Vec<PlannedRule>> {
+            Ok(rule_lines(rule, &firewall.sets, layout, inputs)?
+                .into_iter()
+                .map(|line| PlannedRule {
+                    comment: rule.id.to_string(),
+                    line,
+                })
+                .collect())
+        };
+        let rules: Vec<&Rule> = firewall.rules.iter().filter(|r| r.chain == chain).collect();
+        // Only filter chains group: a nat chain sees a flow's first packet only.
+        let groups = chain != Chain::Prerouting;
+        let mut runs = Vec::new();
+        for run in rules
+            .chunk_by(|a, b| a.matches.first_packets.is_some() == b.matches.first_packets.is_some())
+        {
+            let in_force: Vec<&Rule> = run
+                .iter()
+                .copied()
+                .filter(|r| in_force(r, now_ms))
+                .collect();
+            let early = run[0].matches.first_packets.is_some() && groups;
+            if !early {
+                for rule in in_force {
+                    base.rules.extend(lines(rule)?);
+                }
+                continue;
+            }
+            let name = format!("{}{EARLY_CHAIN_INFIX}{}", chain.name(), runs.len());
+            let mut run_chain = PlannedChain {
+                name: name.clone(),
+                header: None,
+                rules: Vec::new(),
+            };
+            for rule in &in_force {
+                run_chain.rules.extend(lines(rule)?);
+            }
+            let budget = in_force
+                .iter()
+                .filter_map(|r| r.matches.first_packets)
+                .max();
+            if let (Some(budget), false) = (budget, run_chain.rules.is_empty()) {
+                base.rules.push(PlannedRule {
+                    line: format!(
+                        "{}ct packets 1-{budget} jump {name} comment \"{name}\"",
+                        common_family(&in_force, &firewall.sets)
+                    ),
+                    comment: name,
+                });
+            }
+            // A run with nothing in force keeps its number, and is left out.
+            runs.push(run_chain);
+        }
+        planned.push(base);
+        planned.extend(runs.into_iter().filter(|run| !run.rules.is_empty()));
+    }
+    Ok(planned)
+}
+
+/// `meta nfproto ... ` when every rule of `rules` is of one family, else
+/// nothing: the check that leads to a run of early-packet rules.
+fn common_family(rules: &[&Rule], sets: &[Set]) -> &'static str {
+    let families: Vec<Option<Family>> = rules
+        .iter()
+        .map(|r| r.matches.family_with(sets).ok().flatten())
+        .collect();
+    match families.first() {
+        Some(&Some(first)) if families.iter().all(|f| *f == Some(first)) => match first {
+            Family::Ipv4 => "meta nfproto ipv4 ",
+            Family::Ipv6 => "meta nfproto ipv6 ",
+        },
+        _ => "",
+    }
 }
 
 /// The rules (comment, rule) the agent puts ahead of the config's in

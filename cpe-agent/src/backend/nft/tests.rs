@@ -521,3 +521,88 @@ fn anti_spoofing_is_in_forward_and_input_of_a_router_with_a_lan() {
         ]
     );
 }
+
+/// Rules that look only at a flow's first packets, in runs between others:
+/// the bittorrent-block layout, plus a run of mixed families and a run of
+/// one rule that ends at `EARLY_UNTIL`.
+fn early_packet_rules() -> Firewall {
+    serde_json::from_value(serde_json::json!({"rules": [
+        {"id": "peer", "chain": "forward", "match": {"dst": "192.0.2.9"}, "action": "drop"},
+        {"id": "sig", "chain": "forward", "match": {"family": "ipv4", "protocol": "udp", "first_packets": 10,
+            "payload": [{"offset": 0, "bytes": "64313a61"}]}, "action": "drop"},
+        {"id": "look", "chain": "forward", "match": {"family": "ipv4", "protocol": "tcp", "first_packets": 12},
+            "action": "classify"},
+        {"id": "peer6", "chain": "forward", "match": {"dst": "2001:db8::9"}, "action": "drop"},
+        {"id": "mixed4", "chain": "forward", "match": {"family": "ipv4", "first_packets": 3}, "action": "count"},
+        {"id": "mixed", "chain": "forward", "match": {"first_packets": 5}, "action": "count"},
+        {"id": "later", "chain": "forward", "match": {"dport": 80}, "action": "accept"},
+        {"id": "timed", "chain": "forward", "match": {"first_packets": 2, "until": EARLY_UNTIL}, "action": "count"},
+        {"id": "spy", "chain": "input", "match": {"first_packets": 4}, "action": "count"}
+    ]}))
+    .unwrap()
+}
+
+const EARLY_UNTIL: i64 = 2_000_000_000;
+
+#[test]
+fn early_packet_rules_sit_behind_one_check_per_run() {
+    let firewall = early_packet_rules();
+    let script = plan(&firewall, 0).unwrap();
+    insta::assert_snapshot!(script);
+    // An established flow's packet meets one check per run, not each rule.
+    assert!(script.contains(
+        "meta nfproto ipv4 ct packets 1-12 jump forward_early_0 comment \"forward_early_0\""
+    ));
+    assert!(script.contains("\tct packets 1-5 jump forward_early_1 comment \"forward_early_1\""));
+    let shape = expected_shape(&firewall, 0, &PlanInputs::default()).unwrap();
+    assert_eq!(
+        shape.chains["forward"],
+        [
+            "peer",
+            "forward_early_0",
+            "peer6",
+            "forward_early_1",
+            "later",
+            "forward_early_2"
+        ]
+    );
+    assert_eq!(shape.chains["forward_early_0"], ["sig", "look"]);
+    assert_eq!(shape.chains["forward_early_1"], ["mixed4", "mixed"]);
+    assert_eq!(shape.chains["forward_early_2"], ["timed"]);
+    assert_eq!(shape.chains["input"], ["input_early_0"]);
+    assert_eq!(shape.chains["input_early_0"], ["spy"]);
+    // The script's chains are the shape's, each run after its base chain.
+    let chains: Vec<&str> = script
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("chain "))
+        .map(|l| l.trim_end_matches(" {"))
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            "forward",
+            "forward_early_0",
+            "forward_early_1",
+            "forward_early_2",
+            "input",
+            "input_early_0",
+            "output"
+        ]
+    );
+    let mut sorted = chains.clone();
+    sorted.sort_unstable();
+    assert!(sorted.iter().eq(shape.chains.keys()));
+}
+
+#[test]
+fn a_run_whose_rules_ended_leaves_with_its_jump_and_the_others_keep_their_names() {
+    let firewall = early_packet_rules();
+    let applied = expected_shape(&firewall, 0, &PlanInputs::default()).unwrap();
+    let later = EARLY_UNTIL * 1000 + 1;
+    let expected = expected_shape(&firewall, later, &PlanInputs::default()).unwrap();
+    assert!(!expected.chains.contains_key("forward_early_2"));
+    assert_eq!(expected.chains["forward"].last().unwrap(), "later");
+    assert_eq!(expected.chains["input"], ["input_early_0"]);
+    assert_eq!(without_ended_rules(applied, &firewall, later), expected);
+    assert!(!plan(&firewall, later).unwrap().contains("forward_early_2"));
+}
