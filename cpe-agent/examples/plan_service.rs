@@ -5,6 +5,8 @@
 //! cargo run -q -p isdf-agent --example plan_service -- bittorrent-block '{"block_secs": 600}' [mark]
 //! ```
 //!
+//! `none '{}'` plans the agent's own rules alone (no service assigned).
+//!
 //! `mark`: for kernels without nft's `queue` (classify rules mark packets
 //! for an iptables NFQUEUE rule instead; see `backend::nft::Queueing`).
 
@@ -18,22 +20,27 @@ fn main() {
         eprintln!("usage: plan_service KIND SPEC_JSON");
         std::process::exit(2);
     };
-    let kind = ServiceKind::parse(&kind).unwrap_or_else(|| {
-        eprintln!("unknown service kind {kind}");
-        std::process::exit(2)
-    });
-    let spec: serde_json::Value = serde_json::from_str(&spec).expect("SPEC_JSON is JSON");
-    let spec = ServiceSpec::parse(kind, &spec).unwrap_or_else(|e| {
-        eprintln!("invalid spec: {e}");
-        std::process::exit(2)
-    });
-    let assignment = CompiledAssignment {
-        id: uuid::Uuid::nil(),
-        selector: Selector::parse("*").expect("valid"),
-        created_at: 0,
-        spec,
+    // `none`: the agent's own rules with no service assigned.
+    let firewall = if kind == "none" {
+        isdf_api::Firewall::default()
+    } else {
+        let kind = ServiceKind::parse(&kind).unwrap_or_else(|| {
+            eprintln!("unknown service kind {kind}");
+            std::process::exit(2)
+        });
+        let spec: serde_json::Value = serde_json::from_str(&spec).expect("SPEC_JSON is JSON");
+        let spec = ServiceSpec::parse(kind, &spec).unwrap_or_else(|e| {
+            eprintln!("invalid spec: {e}");
+            std::process::exit(2)
+        });
+        let assignment = CompiledAssignment {
+            id: uuid::Uuid::nil(),
+            selector: Selector::parse("*").expect("valid"),
+            created_at: 0,
+            spec,
+        };
+        compile_firewall(&Labels::default(), &[assignment], &[], None, 0)
     };
-    let firewall = compile_firewall(&Labels::default(), &[assignment], &[], None, 0);
     use isdf_agent::backend::nft::{plan_with, PlanInputs, Queueing};
     let queueing = match args.next().as_deref() {
         Some("mark") => Queueing::Mark,

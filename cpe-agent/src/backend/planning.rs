@@ -18,6 +18,10 @@ pub const CLASSIFY_QUEUE: u16 = 4242;
 /// router's own LAN sources arriving on another interface (both backends).
 pub const ANTISPOOF_RULE_ID: &str = "agent-antispoof";
 
+/// The comment of the rule that leads packets from outside the LAN to the
+/// anti-spoofing rules, in a chain of their own (both backends).
+pub const ANTISPOOF_JUMP_ID: &str = "agent-antispoof-check";
+
 /// The router's interfaces by role: what `in_interface: lan` and
 /// `in_interface: wan` stand for. The config names roles, never interfaces,
 /// so one config fits routers whose interfaces are named differently.

@@ -37,12 +37,7 @@ use super::sets::{
     fits_net_port_net, ipset_entries, PlannedSet, SetKind, EXPIRY_SLACK, MAX_TIMEOUT,
 };
 use super::spec::Spec;
-use crate::backend::planning::{remaining_secs, Interfaces, ANTISPOOF_RULE_ID};
-
-/// The comment of the jumps to a generation's anti-spoofing chain
-/// ([`Generation::antispoof_chain`]; its own counter: every packet from a
-/// LAN prefix passes it).
-pub(super) const ANTISPOOF_JUMP_ID: &str = "agent-antispoof-check";
+use crate::backend::planning::{remaining_secs, Interfaces, ANTISPOOF_JUMP_ID, ANTISPOOF_RULE_ID};
 
 /// The chains whose generation's chain jumps to the anti-spoofing chain
 /// first.

@@ -5,7 +5,7 @@
 //! The script first makes sure `table inet isdf` exists, then deletes and
 //! recreates it inside the same transaction: no moment exists with a half
 //! ruleset. The agent's own rules come first in each chain: anti-spoofing
-//! (`antispoof_rules`), then the tunnels' isolation (`tunnels.rs`).
+//! (`antispoof`, in a chain of its own), then the tunnels' isolation (`tunnels.rs`).
 //!
 //! Anti-spoofing, in `forward` and `input`: a packet whose source belongs
 //! to the router's own LAN may arrive only on a LAN interface (or `lo`).
@@ -37,7 +37,7 @@ use isdf_api::{Action, Chain, Family, Firewall, Match, PayloadMatch, Protocol, R
 
 use super::sets::{layout, plan_set, ports, prefix, Carried, Elements, Layout};
 use super::tunnels::{plan_tunnel_sets, tunnel_rules, tunnels};
-use crate::backend::planning::{Interfaces, ANTISPOOF_RULE_ID, CLASSIFY_QUEUE};
+use crate::backend::planning::{Interfaces, ANTISPOOF_JUMP_ID, ANTISPOOF_RULE_ID, CLASSIFY_QUEUE};
 
 pub const TABLE: &str = "isdf";
 
@@ -197,17 +197,30 @@ pub(super) fn chains_with_rules(
 ) -> anyhow::Result<Vec<PlannedChain>> {
     let mut planned = Vec::new();
     for chain in planned_chains(firewall, now_ms) {
+        let agent_rule = |(comment, line): (String, String)| PlannedRule {
+            line: format!("{line} comment \"{comment}\""),
+            comment,
+        };
         let mut base = PlannedChain {
             name: chain.name().to_owned(),
             header: Some(chain_header(chain)),
-            rules: agent_rules(chain, firewall, inputs)
-                .into_iter()
-                .map(|(comment, line)| PlannedRule {
-                    line: format!("{line} comment \"{comment}\""),
-                    comment,
-                })
-                .collect(),
+            rules: Vec::new(),
         };
+        let mut runs = Vec::new();
+        if let Some((check, rules)) = antispoof(chain, &inputs.interfaces.lan) {
+            let name = format!("{}_antispoof", chain.name());
+            base.rules.push(agent_rule((
+                ANTISPOOF_JUMP_ID.to_owned(),
+                format!("{check} jump {name}"),
+            )));
+            runs.push(PlannedChain {
+                name,
+                header: None,
+                rules: rules.into_iter().map(agent_rule).collect(),
+            });
+        }
+        let tunnels = tunnel_rules(chain, tunnels(firewall));
+        base.rules.extend(tunnels.into_iter().map(agent_rule));
         let lines = |rule: &Rule| -> anyhow::Result<Vec<PlannedRule>> {
             Ok(rule_lines(rule, &firewall.sets, layout, inputs)?
                 .into_iter()
@@ -220,7 +233,7 @@ pub(super) fn chains_with_rules(
         let rules: Vec<&Rule> = firewall.rules.iter().filter(|r| r.chain == chain).collect();
         // Only filter chains group: a nat chain sees a flow's first packet only.
         let groups = chain != Chain::Prerouting;
-        let mut runs = Vec::new();
+        let mut early_runs = 0;
         for run in rules
             .chunk_by(|a, b| a.matches.first_packets.is_some() == b.matches.first_packets.is_some())
         {
@@ -236,7 +249,8 @@ pub(super) fn chains_with_rules(
                 }
                 continue;
             }
-            let name = format!("{}{EARLY_CHAIN_INFIX}{}", chain.name(), runs.len());
+            let name = format!("{}{EARLY_CHAIN_INFIX}{early_runs}", chain.name());
+            early_runs += 1;
             let mut run_chain = PlannedChain {
                 name: name.clone(),
                 header: None,
@@ -283,36 +297,25 @@ fn common_family(rules: &[&Rule], sets: &[Set]) -> &'static str {
     }
 }
 
-/// The rules (comment, rule) the agent puts ahead of the config's in
-/// `chain`: anti-spoofing for the router's LAN, then the tunnels'
-/// isolation.
-pub(super) fn agent_rules(
-    chain: Chain,
-    firewall: &Firewall,
-    inputs: &PlanInputs,
-) -> Vec<(String, String)> {
-    let mut rules = antispoof_rules(chain, &inputs.interfaces.lan);
-    rules.extend(tunnel_rules(chain, tunnels(firewall)));
-    rules
-}
-
-/// The anti-spoofing rules (comment, rule) of `chain` for a router whose
-/// LAN interfaces are `lan` (see the module's documentation).
-pub(super) fn antispoof_rules(chain: Chain, lan: &[String]) -> Vec<(String, String)> {
+/// The anti-spoofing of `chain` for a router whose LAN interfaces are
+/// `lan` (see the module's documentation): the check that leads a packet
+/// from outside the LAN to the rules, and the rules (comment, rule), in a
+/// chain of their own so a LAN packet passes them at the cost of one.
+pub(super) fn antispoof(chain: Chain, lan: &[String]) -> Option<(String, Vec<(String, String)>)> {
     if lan.is_empty() || !matches!(chain, Chain::Forward | Chain::Input) {
-        return Vec::new();
+        return None;
     }
     // Quoted: `Settings::parse` checked the interface names.
     let quoted: Vec<String> = lan.iter().map(|n| format!("\"{n}\"")).collect();
     let lan = quoted.join(", ");
-    let outside = format!("iifname != {{ {lan}, \"lo\" }}");
-    [
-        format!("{outside} fib saddr oifname {{ {lan} }} counter drop"),
-        format!("{outside} meta pkttype host fib saddr type local counter drop"),
+    let rules = [
+        format!("fib saddr oifname {{ {lan} }} counter drop"),
+        "meta pkttype host fib saddr type local counter drop".to_owned(),
     ]
     .into_iter()
     .map(|rule| (ANTISPOOF_RULE_ID.to_owned(), rule))
-    .collect()
+    .collect();
+    Some((format!("iifname != {{ {lan}, \"lo\" }}"), rules))
 }
 
 /// The match expressions of a rule (without action or counter): one per

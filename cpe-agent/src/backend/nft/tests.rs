@@ -6,7 +6,7 @@ use isdf_api::{Chain, Firewall, Protocol, Rule, RuleCounter};
 use super::listing::{
     expected_shape, listed_shape, parse_carried, parse_endpoints, without_ended_rules,
 };
-use super::plan::{antispoof_rules, plan_script, MAX_META_TIME_SECS};
+use super::plan::{antispoof, plan_script, MAX_META_TIME_SECS};
 use super::sets::Elements;
 use super::*;
 use crate::backend::sample_firewall as sample;
@@ -161,17 +161,25 @@ fn the_expected_shape_of_tunnels_matches_the_plan() {
     // in the shape verification expects.
     let shape = expected_shape(&firewall, 0, &router()).unwrap();
     for chain in ["forward", "input"] {
+        assert_eq!(shape.chains[chain][0], "agent-antispoof-check", "{chain}");
         assert_eq!(
-            shape.chains[chain][..2],
+            shape.chains[&format!("{chain}_antispoof")],
             ["agent-antispoof", "agent-antispoof"],
             "{chain}"
         );
     }
     assert!(shape.chains["output"].is_empty());
     let script = plan_with(&firewall, 0, &router()).unwrap();
-    let forward = script.split("chain forward").nth(1).unwrap();
+    let forward = script.split("chain forward {").nth(1).unwrap();
     assert!(
         forward.lines().nth(2).unwrap().contains(
+            "iifname != { \"lan0\", \"br-lan\", \"lo\" } jump forward_antispoof comment \"agent-antispoof-check\""
+        ),
+        "{script}"
+    );
+    let antispoof = script.split("chain forward_antispoof {").nth(1).unwrap();
+    assert!(
+        antispoof.lines().nth(1).unwrap().contains(
             "fib saddr oifname { \"lan0\", \"br-lan\" } counter drop comment \"agent-antispoof\""
         ),
         "{script}"
@@ -315,13 +323,16 @@ fn the_shape_of_a_pay_per_site_plan_matches_its_script() {
     assert_eq!(
         shape.chains["forward"],
         [
-            "agent-antispoof",
-            "agent-antispoof",
+            "agent-antispoof-check",
             "paid-v4",
             "gate-v4",
             "gate-v4",
             "gate-v6"
         ]
+    );
+    assert_eq!(
+        shape.chains["forward_antispoof"],
+        ["agent-antispoof", "agent-antispoof"]
     );
     for (chain, comments) in &shape.chains {
         let body = script
@@ -502,24 +513,47 @@ fn listing_is_parsed_into_shape_and_counters() {
 #[test]
 fn anti_spoofing_is_in_forward_and_input_of_a_router_with_a_lan() {
     let lan = ["br-lan".to_owned(), "wlan0".to_owned()];
-    assert!(antispoof_rules(Chain::Forward, &[]).is_empty());
-    assert!(antispoof_rules(Chain::Output, &lan).is_empty());
-    assert!(antispoof_rules(Chain::Prerouting, &lan).is_empty());
-    let input = antispoof_rules(Chain::Input, &lan);
-    assert_eq!(input, antispoof_rules(Chain::Forward, &lan));
+    assert!(antispoof(Chain::Forward, &[]).is_none());
+    assert!(antispoof(Chain::Output, &lan).is_none());
+    assert!(antispoof(Chain::Prerouting, &lan).is_none());
+    let input = antispoof(Chain::Input, &lan);
+    assert_eq!(input, antispoof(Chain::Forward, &lan));
+    let (check, rules) = input.unwrap();
+    assert_eq!(check, "iifname != { \"br-lan\", \"wlan0\", \"lo\" }");
     assert_eq!(
-        input,
+        rules,
         [
             (
                 "agent-antispoof".to_owned(),
-                "iifname != { \"br-lan\", \"wlan0\", \"lo\" } fib saddr oifname { \"br-lan\", \"wlan0\" } counter drop".to_owned()
+                "fib saddr oifname { \"br-lan\", \"wlan0\" } counter drop".to_owned()
             ),
             (
                 "agent-antispoof".to_owned(),
-                "iifname != { \"br-lan\", \"wlan0\", \"lo\" } meta pkttype host fib saddr type local counter drop".to_owned()
+                "meta pkttype host fib saddr type local counter drop".to_owned()
             ),
         ]
     );
+    // Packets from the LAN pass one check; the rest meet the rules.
+    let firewall = Firewall::default();
+    let inputs = PlanInputs {
+        interfaces: Interfaces {
+            lan: lan.to_vec(),
+            wan: Vec::new(),
+        },
+        ..PlanInputs::default()
+    };
+    let script = plan_with(&firewall, 0, &inputs).unwrap();
+    assert!(script.contains(
+        "\t\tiifname != { \"br-lan\", \"wlan0\", \"lo\" } jump forward_antispoof comment \"agent-antispoof-check\"\n"
+    ));
+    let shape = expected_shape(&firewall, 0, &inputs).unwrap();
+    assert_eq!(shape.chains["forward"], ["agent-antispoof-check"]);
+    assert_eq!(shape.chains["input"], ["agent-antispoof-check"]);
+    assert_eq!(
+        shape.chains["forward_antispoof"],
+        ["agent-antispoof", "agent-antispoof"]
+    );
+    assert_eq!(shape.chains["output"], Vec::<String>::new());
 }
 
 /// Rules that look only at a flow's first packets, in runs between others:
