@@ -18,6 +18,18 @@ pub enum Outcome {
     Stale,
 }
 
+impl Outcome {
+    /// The outcome as it is written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Rejected => "rejected",
+            Outcome::Stale => "stale",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -251,6 +251,7 @@ impl Application {
         let (live, live_outbox) = crate::reconcile::live::LiveUpdates::shared();
         let live = Arc::new(live);
         let cache = Arc::new(ConfigCache::new(live.clone(), settings.config_cache_bytes));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let reconciler = Arc::new(Reconciler {
             pool: pool.clone(),
             signer: signer.clone(),
@@ -261,6 +262,7 @@ impl Application {
             pending: tokio::sync::Notify::new(),
             batching: settings.recompile_batching,
             pending_chunk: settings.recompile_batching.chunk.into(),
+            metrics: metrics.clone(),
         });
         reconciler.load_cache().await?;
         crate::trust::device_certificates::load_all(&pool, &cache)
@@ -317,6 +319,7 @@ impl Application {
             probes: Arc::default(),
             live,
             refusals: Arc::default(),
+            metrics,
             cpu_work: Arc::default(),
             dashboard: Arc::new(crate::http::sessions::Dashboard::new(
                 settings.api_tls || settings.dashboard_behind_tls,

@@ -4,7 +4,7 @@
 //!
 //! One folder per concern (ARCHITECTURE.md maps them): `model` and
 //! `services` are pure; `reconcile`, `rollout`, `vpn` and `shop` act on the
-//! database; `http` and `handlers` are the HTTP edge; `db` holds every SQL
+//! database; `http` and `handlers` are the HTTP edge, `metrics` what Prometheus scrapes; `db` holds every SQL
 //! statement; `trust` the keys and certificates; `cli` is `isdfctl`.
 
 pub mod app;
@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod db;
 pub mod handlers;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod rollout;

@@ -98,3 +98,27 @@ pub async fn overview(db: impl PgExecutor<'_>) -> Result<OverviewRow, sqlx::Erro
     .fetch_one(db)
     .await
 }
+
+/// How many rollouts are in each state (running, paused, completed,
+/// aborted).
+pub async fn rollouts_by_state(db: impl PgExecutor<'_>) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT state, count(*) FROM rollouts GROUP BY 1 ORDER BY 1")
+        .fetch_all(db)
+        .await
+}
+
+/// The routers of each running or paused rollout's current wave, by their
+/// state in it: (rollout, state, routers).
+pub async fn current_waves(
+    db: impl PgExecutor<'_>,
+) -> Result<Vec<(uuid::Uuid, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT r.id, d.state, count(*)
+         FROM rollouts r
+         JOIN rollout_devices d ON d.rollout_id = r.id AND d.wave = r.current_wave
+         WHERE r.state IN ('running', 'paused')
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(db)
+    .await
+}

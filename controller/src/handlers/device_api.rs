@@ -158,6 +158,13 @@ pub async fn report_status(
     };
     db::bus::send(&mut tx, state.reconciler.replica, &heard).await?;
     tx.commit().await?;
+    state
+        .metrics
+        .status_reports
+        .get_or_create(&crate::metrics::OutcomeLabels {
+            outcome: report.outcome.as_str(),
+        })
+        .inc();
     state.rollouts.nudge();
     state.live.notify(crate::reconcile::live::Topic::Device(id));
     if let Some(version) = report.enforced_version {

@@ -16,6 +16,7 @@ pub mod enrollment;
 pub mod exports;
 pub mod fleet;
 pub mod health;
+pub mod metrics;
 pub mod operators;
 pub mod portal;
 pub mod purchases;

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::http::error::{nul_refused, ErrorBody, ErrorDetail};
+use crate::http::error::{nul_refused, ErrorBody, ErrorCode, ErrorDetail};
 
 /// Refuses a request whose path or query holds `%00`.
 pub async fn refuse_nul_in_uri(request: Request, next: Next) -> Response {
@@ -61,6 +61,7 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
         },
     };
     let bytes = serde_json::to_vec(&body).expect("an error body serialises");
+    parts.extensions.insert(ErrorCode(code_of(status)));
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(
         CONTENT_TYPE,

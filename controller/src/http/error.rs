@@ -124,6 +124,15 @@ impl ApiError {
     }
 }
 
+/// The stable code of an error answer, kept in the response's extensions
+/// for the request metrics (`metrics/http.rs`), which count refusals by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
+/// Marks an answer that failed on the database (`isdf_database_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabaseFailure;
+
 /// The stable error body.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -148,6 +157,8 @@ impl IntoResponse for ApiError {
             return (StatusCode::OK, Json(body)).into_response();
         }
         let (status, code) = self.status_and_code();
+        let database =
+            matches!(&self, ApiError::Internal(e) if e.chain().any(|c| c.is::<sqlx::Error>()));
         let message = match &self {
             // Never leak internals; the log has the chain.
             ApiError::Internal(e) => {
@@ -163,6 +174,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(code));
+        if database {
+            response.extensions_mut().insert(DatabaseFailure);
+        }
         if let ApiError::TooManyRequests { retry_after, .. } = &self {
             response
                 .headers_mut()

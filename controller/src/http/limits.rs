@@ -191,8 +191,6 @@ impl DeviceGate {
             })
     }
 
-    /// Takes a long-poll slot, or refuses with 429 when the device already
-    /// holds the maximum.
     /// Long polls the device holds open now.
     pub fn polls_held(&self, device: Uuid) -> usize {
         self.polls
@@ -202,6 +200,14 @@ impl DeviceGate {
             .map_or(0, |&open| open as usize)
     }
 
+    /// Long polls held open now, all devices together.
+    pub fn all_polls_held(&self) -> u64 {
+        let polls = self.polls.lock().expect("lock");
+        polls.values().map(|&open| u64::from(open)).sum()
+    }
+
+    /// Takes a long-poll slot, or refuses with 429 when the device already
+    /// holds the maximum.
     pub fn begin_poll(self: &Arc<Self>, device: Uuid) -> Result<PollSlot, ApiError> {
         let mut polls = self.polls.lock().expect("lock");
         let open = polls.entry(device).or_insert(0);

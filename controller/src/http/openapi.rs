@@ -20,7 +20,7 @@ use utoipa::OpenApi;
 
 use crate::handlers::{
     assignments, billing, blocks, customers, device_api, device_labels, devices, enrollment,
-    exports, fleet, health, operators, purchases, rollouts, services, sites, stream, vpns,
+    exports, fleet, health, metrics, operators, purchases, rollouts, services, sites, stream, vpns,
     wireguard,
 };
 use crate::http::state::AppState;
@@ -60,7 +60,7 @@ use crate::http::state::AppState;
         rollouts::create, rollouts::list, rollouts::get, rollouts::history, rollouts::samples,
         rollouts::pause, rollouts::resume, rollouts::abort,
         services::diff_revisions, operators::whoami, fleet::overview, stream::stream,
-        health::healthz, health::readyz,
+        health::healthz, health::readyz, metrics::serve,
     ),
     components(schemas(
         crate::http::error::ErrorBody, crate::http::error::DryRunBody, crate::services::FlowBlockSpec, crate::services::FlowSpec,

@@ -1,15 +1,15 @@
 //! Every route of the four listeners, in one place.
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::from_fn;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::handlers::{
     assignments, billing, blocks, customers, dashboard, device_api, device_labels, devices,
-    enrollment, exports, fleet, health, operators, portal, purchases, rollouts, services, sites,
-    stream, vpns, wireguard,
+    enrollment, exports, fleet, health, metrics, operators, portal, purchases, rollouts, services,
+    sites, stream, vpns, wireguard,
 };
 use crate::http::auth::authorize_and_audit;
 use crate::http::contract::{json_errors, refuse_nul_in_uri};
@@ -19,6 +19,7 @@ use crate::http::limits::{
 };
 use crate::http::openapi;
 use crate::http::state::AppState;
+use crate::metrics::http::{count, Counted};
 
 /// The operator API, under `/api/v1`. Every `/api/v1` route sits behind
 /// [`authorize_and_audit`] (authentication, role check, audit log).
@@ -109,6 +110,7 @@ pub fn operator_router(state: AppState) -> Router {
         .route("/api/v1/exports/audit.csv", get(exports::audit))
         .route("/api/v1/whoami", get(operators::whoami))
         .route("/api/v1/fleet/overview", get(fleet::overview))
+        .route("/metrics", get(metrics::serve))
         .route("/api/v1/stream", get(stream::stream))
         .route(
             "/api/v1/customers",
@@ -191,6 +193,11 @@ pub fn operator_router(state: AppState) -> Router {
         .layer(from_fn(refuse_nul_in_uri))
         .layer(from_fn(json_errors))
         .layer(TraceLayer::new_for_http())
+        // Outermost: the request metrics see the answer as it leaves.
+        .layer(from_fn_with_state(
+            Counted::new(state.metrics.clone(), "operator"),
+            count,
+        ))
         .with_state(state)
 }
 
@@ -225,6 +232,10 @@ pub fn device_router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))
         .layer(from_fn(refuse_nul_in_uri))
         .layer(from_fn(json_errors))
+        .layer(from_fn_with_state(
+            Counted::new(state.metrics.clone(), "device"),
+            count,
+        ))
         .with_state(state)
 }
 
@@ -238,6 +249,10 @@ pub fn enrollment_router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(ENROLLMENT_BODY_LIMIT))
         .layer(from_fn(refuse_nul_in_uri))
         .layer(from_fn(json_errors))
+        .layer(from_fn_with_state(
+            Counted::new(state.metrics.clone(), "enrollment"),
+            count,
+        ))
         .with_state(state)
 }
 
@@ -254,6 +269,10 @@ pub fn portal_router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .layer(DefaultBodyLimit::max(PORTAL_BODY_LIMIT))
+        .layer(from_fn_with_state(
+            Counted::new(state.metrics.clone(), "portal"),
+            count,
+        ))
         .with_state(state)
 }
 

@@ -52,6 +52,8 @@ pub struct AppState {
     pub readiness: Arc<crate::http::readiness::Readiness>,
     /// Whether this replica runs the background loops now.
     pub leadership: Arc<crate::cluster::leader::Leadership>,
+    /// What `/metrics` exports (the reconciler holds the same).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The customer-facing portal: its signed links and how it takes payment.

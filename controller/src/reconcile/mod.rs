@@ -45,6 +45,8 @@ pub struct Reconciler {
     /// The size of the pass's next chunk, learned from the last ones
     /// (`soon::next_chunk`).
     pub pending_chunk: std::sync::atomic::AtomicUsize,
+    /// Counts what recompiles compile and sign (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What a recompile did: how many devices it compiled and how many got a new version.
@@ -131,6 +133,7 @@ impl Reconciler {
         db::locks::recompile(tx)
             .await
             .context("taking the recompile lock")?;
+        let started = std::time::Instant::now();
         let vpns = crate::vpn::inputs::load(tx, devices).await?;
         let widened: Option<Vec<Uuid>> = devices.map(|d| {
             let mut all = d.to_vec();
@@ -248,6 +251,9 @@ impl Reconciler {
         db::bus::send(tx, self.replica, &db::bus::Message::Configs(versions))
             .await
             .context("announcing the new configs to the other replicas")?;
+        // Counted before the commit: a recompile rolled back did the work.
+        self.metrics
+            .recompiled(targets.len(), published.len(), started.elapsed());
         Ok(Compiled {
             compiled: targets.len(),
             stored: published,

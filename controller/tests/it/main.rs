@@ -20,6 +20,7 @@ mod health;
 mod kubernetes;
 mod limits;
 mod login_csrf;
+mod metrics;
 mod openapi_contract;
 mod operator_jobs;
 mod operators;

@@ -29,23 +29,11 @@ async fn call_as(
     }
 }
 
-async fn token_with_role(h: &Harness, name: &str, role: &str) -> String {
-    let created = h
-        .post(
-            "/api/v1/operator-tokens",
-            json!({"name": name, "role": role}),
-        )
-        .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
-    assert_eq!(created.body["role"], role);
-    created.body["token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn roles_limit_what_a_token_can_do() {
     let h = Harness::start().await;
-    let viewer = token_with_role(&h, "watcher", "viewer").await;
-    let operator = token_with_role(&h, "noc", "operator").await;
+    let viewer = h.token("watcher", "viewer").await;
+    let operator = h.token("noc", "operator").await;
 
     let read = call_as(&h, &viewer, Method::GET, "/api/v1/devices", None).await;
     assert_eq!(read.status, StatusCode::OK);
@@ -143,7 +131,7 @@ async fn a_revoked_token_is_refused_at_once() {
 #[tokio::test]
 async fn mutating_calls_and_refusals_are_audited() {
     let h = Harness::start().await;
-    let viewer = token_with_role(&h, "watcher", "viewer").await;
+    let viewer = h.token("watcher", "viewer").await;
     let (device, _) = h.register("r1", json!({"env": "prod"})).await;
     let service = h
         .flow_block(

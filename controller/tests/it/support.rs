@@ -130,6 +130,19 @@ impl Harness {
         self.call(Method::GET, path, None).await
     }
 
+    /// Creates an operator token of `role` (`viewer`, `operator`, `admin`).
+    pub async fn token(&self, name: &str, role: &str) -> String {
+        let created = self
+            .post(
+                "/api/v1/operator-tokens",
+                json!({"name": name, "role": role}),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        assert_eq!(created.body["role"], role);
+        created.body["token"].as_str().unwrap().to_owned()
+    }
+
     /// Registers a device; returns its id and enrollment token.
     pub async fn register(&self, name: &str, labels: Value) -> (String, String) {
         let r = self
