@@ -26,6 +26,7 @@ mod operator_jobs;
 mod operators;
 mod pay_per_site_fleet;
 mod portal;
+mod prometheus;
 mod recompile;
 mod replicas;
 mod rollouts;

@@ -402,3 +402,12 @@ pub async fn report_status(
         .unwrap()
         .status()
 }
+
+/// Where `name` is on the PATH, if it is.
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}

@@ -36,14 +36,6 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
-fn find_program(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 impl Browser {
     /// Starts chromedriver on a free port and a headless Chromium session
     /// with a `width` x `height` viewport. Fails (never skips) when a
@@ -51,7 +43,7 @@ impl Browser {
     pub async fn start(width: u32, height: u32) -> Browser {
         let mut found = Vec::new();
         for (program, package) in PACKAGES {
-            let path = find_program(program).unwrap_or_else(|| {
+            let path = crate::support::find_program(program).unwrap_or_else(|| {
                 panic!(
                     "`{program}` is not installed: the dashboard tests need the Debian package \
                      `{package}` (apt-get install -y chromium chromium-driver; scripts/test installs it)"
