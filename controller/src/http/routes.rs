@@ -1,7 +1,7 @@
 //! Every route of the four listeners, in one place.
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::middleware::from_fn;
 use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::trace::TraceLayer;
@@ -19,7 +19,7 @@ use crate::http::limits::{
 };
 use crate::http::openapi;
 use crate::http::state::AppState;
-use crate::metrics::http::{count, Counted};
+use crate::metrics::http::CountLayer;
 
 /// The operator API, under `/api/v1`. Every `/api/v1` route sits behind
 /// [`authorize_and_audit`] (authentication, role check, audit log).
@@ -194,10 +194,7 @@ pub fn operator_router(state: AppState) -> Router {
         .layer(from_fn(json_errors))
         .layer(TraceLayer::new_for_http())
         // Outermost: the request metrics see the answer as it leaves.
-        .layer(from_fn_with_state(
-            Counted::new(state.metrics.clone(), "operator"),
-            count,
-        ))
+        .layer(CountLayer::new(state.metrics.clone(), "operator"))
         .with_state(state)
 }
 
@@ -232,10 +229,7 @@ pub fn device_router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(DEVICE_BODY_LIMIT))
         .layer(from_fn(refuse_nul_in_uri))
         .layer(from_fn(json_errors))
-        .layer(from_fn_with_state(
-            Counted::new(state.metrics.clone(), "device"),
-            count,
-        ))
+        .layer(CountLayer::new(state.metrics.clone(), "device"))
         .with_state(state)
 }
 
@@ -249,10 +243,7 @@ pub fn enrollment_router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(ENROLLMENT_BODY_LIMIT))
         .layer(from_fn(refuse_nul_in_uri))
         .layer(from_fn(json_errors))
-        .layer(from_fn_with_state(
-            Counted::new(state.metrics.clone(), "enrollment"),
-            count,
-        ))
+        .layer(CountLayer::new(state.metrics.clone(), "enrollment"))
         .with_state(state)
 }
 
@@ -269,10 +260,7 @@ pub fn portal_router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .layer(DefaultBodyLimit::max(PORTAL_BODY_LIMIT))
-        .layer(from_fn_with_state(
-            Counted::new(state.metrics.clone(), "portal"),
-            count,
-        ))
+        .layer(CountLayer::new(state.metrics.clone(), "portal"))
         .with_state(state)
 }
 

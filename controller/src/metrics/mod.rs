@@ -16,6 +16,7 @@
 pub mod fleet;
 pub mod http;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -29,7 +30,7 @@ use prometheus_client::registry::{Registry, Unit};
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Seconds: from a millisecond to a minute (a long poll waits up to 30 s).
-const LATENCY_BUCKETS: [f64; 14] = [
+pub(super) const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0,
 ];
 
@@ -79,8 +80,8 @@ pub struct StateLabels {
 /// Every metric the controller exports.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub request_seconds: Family<RouteLabels, Histogram>,
+    /// Answers and latencies by route (`http.rs`).
+    pub routes: Arc<http::RouteTable>,
     pub errors: Family<ErrorLabels, Counter>,
     pub database_errors: Family<ListenerLabels, Counter>,
     pub status_reports: Family<OutcomeLabels, Counter>,
@@ -100,20 +101,8 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("isdf");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests answered, by listener, route template, method and status code",
-            requests.clone(),
-        );
-        let request_seconds =
-            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
-        registry.register_with_unit(
-            "http_request_duration",
-            "Time from a request to its answer's headers (a long poll's wait included)",
-            Unit::Seconds,
-            request_seconds.clone(),
-        );
+        let routes = Arc::new(http::RouteTable::default());
+        registry.register_collector(Box::new(routes.clone()));
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "http_errors",
@@ -155,8 +144,7 @@ impl Metrics {
         let fleet = fleet::FleetGauges::register(&mut registry);
         Metrics {
             registry,
-            requests,
-            request_seconds,
+            routes,
             errors,
             database_errors,
             status_reports,
@@ -182,10 +170,6 @@ impl Metrics {
         self.configs_signed.inc_by(signed as u64);
         self.recompile_seconds.observe(took.as_secs_f64());
     }
-}
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// A gauge's value from a count.
