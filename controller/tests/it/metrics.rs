@@ -61,31 +61,11 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<
     (!matching.is_empty()).then(|| matching.iter().sum())
 }
 
-impl Harness {
-    /// `/metrics` read with `token`: the status, Content-Type and body.
-    pub async fn scrape(&self, token: Option<&str>) -> (StatusCode, String, String) {
-        let mut request = self
-            .http
-            .get(format!("{}/metrics", self.controller.api_url));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        (status, content_type, response.text().await.unwrap())
-    }
-}
-
 #[tokio::test]
 async fn metrics_count_requests_refusals_reports_and_the_fleet_without_naming_routers() {
     let h = Harness::start().await;
     // Without a token: refused with the stable body, like every read.
-    let (status, _, body) = h.scrape(None).await;
+    let (status, _, body) = h.get_text("/metrics", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
@@ -114,7 +94,7 @@ async fn metrics_count_requests_refusals_reports_and_the_fleet_without_naming_ro
     );
 
     let viewer = h.token("prometheus", "viewer").await;
-    let (status, content_type, text) = h.scrape(Some(&viewer)).await;
+    let (status, content_type, text) = h.get_text("/metrics", Some(&viewer)).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),

@@ -423,25 +423,6 @@ fn csv_rows(text: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-async fn export(h: &Harness, path: &str) -> (StatusCode, String, String) {
-    let response = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap()
-        .get(format!("{}{path}", h.controller.api_url))
-        .bearer_auth(&h.controller.operator_token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (status, content_type, response.text().await.unwrap())
-}
-
 #[tokio::test]
 async fn the_fleet_and_the_audit_log_export_as_csv_with_the_lists_filters() {
     let h = Harness::start().await;
@@ -457,7 +438,12 @@ async fn the_fleet_and_the_audit_log_export_as_csv_with_the_lists_filters() {
     let odd = h.call(Method::DELETE, "/api/v1/devices/=1+1", None).await;
     assert!(odd.status.is_client_error());
 
-    let (status, content_type, text) = export(&h, "/api/v1/exports/devices.csv").await;
+    let (status, content_type, text) = h
+        .get_text(
+            "/api/v1/exports/devices.csv",
+            Some(&h.controller.operator_token),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{text}");
     assert!(content_type.starts_with("text/csv"), "{content_type}");
     let rows = csv_rows(&text);
@@ -467,15 +453,21 @@ async fn the_fleet_and_the_audit_log_export_as_csv_with_the_lists_filters() {
     assert_eq!(rows[1][2], "plan=basic,region=north");
     assert_eq!(rows[1][3], "never_reported");
 
-    let (_, _, north) = export(
-        &h,
-        "/api/v1/exports/devices.csv?selector=region%3Dnorth&q=r1",
-    )
-    .await;
+    let (_, _, north) = h
+        .get_text(
+            "/api/v1/exports/devices.csv?selector=region%3Dnorth&q=r1",
+            Some(&h.controller.operator_token),
+        )
+        .await;
     let rows = csv_rows(&north);
     assert_eq!(rows.len(), 2, "{north}");
     assert_eq!(rows[1][1], "r1");
-    let (status, _, bad) = export(&h, "/api/v1/exports/devices.csv?state=asleep").await;
+    let (status, _, bad) = h
+        .get_text(
+            "/api/v1/exports/devices.csv?state=asleep",
+            Some(&h.controller.operator_token),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
 
     // The audit log, filtered as its list is.
@@ -491,11 +483,12 @@ async fn the_fleet_and_the_audit_log_export_as_csv_with_the_lists_filters() {
         mine.body
     );
     let actor = mine.body["items"][0]["actor"].as_str().unwrap().to_owned();
-    let (_, _, audit) = export(
-        &h,
-        &format!("/api/v1/exports/audit.csv?actor={actor}&action=POST%20/api/v1/devices"),
-    )
-    .await;
+    let (_, _, audit) = h
+        .get_text(
+            &format!("/api/v1/exports/audit.csv?actor={actor}&action=POST%20/api/v1/devices"),
+            Some(&h.controller.operator_token),
+        )
+        .await;
     let rows = csv_rows(&audit);
     assert_eq!(
         rows[0],
@@ -505,7 +498,12 @@ async fn the_fleet_and_the_audit_log_export_as_csv_with_the_lists_filters() {
     assert!(rows[1..]
         .iter()
         .all(|r| r[3] == "POST /api/v1/devices" && r[5] == "201"));
-    let (_, _, refused) = export(&h, "/api/v1/exports/audit.csv?action=DELETE").await;
+    let (_, _, refused) = h
+        .get_text(
+            "/api/v1/exports/audit.csv?action=DELETE",
+            Some(&h.controller.operator_token),
+        )
+        .await;
     let rows = csv_rows(&refused);
     assert_eq!(
         rows[1][4], "'=1+1",

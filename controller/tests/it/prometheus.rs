@@ -219,24 +219,7 @@ async fn a_real_prometheus_sees_the_series_move_as_routers_report_rollouts_pause
         .await;
 
     // A rollout pauses: the gauge moves and the shipped alert is pending.
-    let service = h
-        .flow_block("blocklist", json!({"flows": [{"dst": "192.0.2.1/32"}]}))
-        .await;
-    let r = h
-        .post(
-            &format!("/api/v1/services/{service}/revisions"),
-            json!({"spec": {"flows": [{"dst": "198.51.100.7/32"}]}}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let r = h
-        .post(
-            "/api/v1/assignments",
-            json!({"service_id": service, "revision": 1, "selector": "*"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let assignment = r.body["id"].as_str().unwrap().to_owned();
+    let (_, assignment) = h.assigned_blocklist().await;
     let r = h
         .post(
             "/api/v1/rollouts",

@@ -75,24 +75,7 @@ impl Fleet {
                 sequence: 0,
             });
         }
-        let service = h
-            .flow_block("blocklist", json!({"flows": [{"dst": "192.0.2.1/32"}]}))
-            .await;
-        let r = h
-            .post(
-                &format!("/api/v1/services/{service}/revisions"),
-                json!({"spec": {"flows": [{"dst": "198.51.100.7/32"}]}}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        let r = h
-            .post(
-                "/api/v1/assignments",
-                json!({"service_id": service, "revision": 1, "selector": "*"}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        let assignment = r.body["id"].as_str().unwrap().to_owned();
+        let (service, assignment) = h.assigned_blocklist().await;
         let mut fleet = Fleet {
             h,
             routers,

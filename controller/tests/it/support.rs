@@ -130,6 +130,47 @@ impl Harness {
         self.call(Method::GET, path, None).await
     }
 
+    /// A GET on the operator listener with `token` (none: anonymous): the
+    /// status, `Content-Type` and body as text.
+    pub async fn get_text(&self, path: &str, token: Option<&str>) -> (StatusCode, String, String) {
+        let mut request = self.http.get(format!("{}{path}", self.controller.api_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, content_type, response.text().await.unwrap())
+    }
+
+    /// A `flow-block` service with two revisions (192.0.2.1, then
+    /// 198.51.100.7), assigned everywhere at revision 1: what a rollout to
+    /// revision 2 starts from. Returns (service, assignment).
+    pub async fn assigned_blocklist(&self) -> (String, String) {
+        let service = self
+            .flow_block("blocklist", json!({"flows": [{"dst": "192.0.2.1/32"}]}))
+            .await;
+        let r = self
+            .post(
+                &format!("/api/v1/services/{service}/revisions"),
+                json!({"spec": {"flows": [{"dst": "198.51.100.7/32"}]}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let r = self
+            .post(
+                "/api/v1/assignments",
+                json!({"service_id": service, "revision": 1, "selector": "*"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        (service, r.body["id"].as_str().unwrap().to_owned())
+    }
+
     /// Creates an operator token of `role` (`viewer`, `operator`, `admin`).
     pub async fn token(&self, name: &str, role: &str) -> String {
         let created = self
