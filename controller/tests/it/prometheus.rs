@@ -1,7 +1,8 @@
 //! A real Prometheus (Debian's) scraping a running controller with the
 //! shipped rules (deploy/prometheus/): the series move as the test acts,
-//! read back through Prometheus's own query API; and `promtool` checks the
-//! rules and runs their unit tests.
+//! read back through Prometheus's own query API, and every query of the
+//! shipped Grafana dashboard (deploy/grafana/) runs; and `promtool` checks
+//! the rules and runs their unit tests.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -279,4 +280,28 @@ async fn a_real_prometheus_sees_the_series_move_as_routers_report_rollouts_pause
     prometheus
         .until_value("isdf_routers{state=\"online\"}", 0.0)
         .await;
+
+    // Every query of the shipped Grafana dashboard runs on these series.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(rules_dir().join("../grafana/isdf-controller.json")).unwrap(),
+    )
+    .unwrap();
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().iter())
+        .map(|target| {
+            let expr = target["expr"].as_str().unwrap();
+            expr.replace("$__rate_interval", "1m")
+        })
+        .collect();
+    assert!(queries.len() >= 13, "{queries:?}");
+    for query in &queries {
+        prometheus.query(query).await;
+    }
+    let answered = prometheus
+        .query("sum(rate(isdf_http_requests_total[1m]))")
+        .await;
+    assert!(answered.iter().any(|(_, v)| *v > 0.0), "{answered:?}");
 }
