@@ -122,3 +122,17 @@ pub async fn current_waves(
     .fetch_all(db)
     .await
 }
+
+/// Pay-per-site passes: (in force now, recorded purchases by source).
+pub async fn passes(db: impl PgExecutor<'_>) -> Result<(i64, Vec<(String, i64)>), sqlx::Error> {
+    let (active, by_source): (i64, Json<Vec<(String, i64)>>) = sqlx::query_as(
+        "SELECT
+           (SELECT count(*) FROM purchases
+            WHERE cancelled_at IS NULL AND starts_at <= now() AND ends_at > now()),
+           (SELECT coalesce(json_agg(json_build_array(source, n) ORDER BY source), '[]')
+            FROM (SELECT source, count(*) AS n FROM purchases GROUP BY 1) s)",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((active, by_source.0))
+}

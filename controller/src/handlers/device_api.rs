@@ -197,6 +197,7 @@ pub async fn report_events(
     batch.check().map_err(ApiError::invalid)?;
     let mut tx = state.pool.begin().await?;
     let mut stored = 0;
+    let mut counted = Vec::new();
     for event in &batch.events {
         let at = chrono::DateTime::from_timestamp_millis(event.at_ms)
             .ok_or_else(|| ApiError::invalid("at_ms is out of range"))?;
@@ -204,6 +205,7 @@ pub async fn report_events(
             continue;
         }
         stored += 1;
+        counted.push(event);
         let block = &event.block;
         let router_block_id = block.id as i64;
         match event.kind {
@@ -228,6 +230,13 @@ pub async fn report_events(
     }
     db::events::trim(&mut tx, id).await?;
     tx.commit().await?;
+    for event in counted {
+        state.metrics.router_event(
+            event.kind.as_str(),
+            event.block.origin.as_str(),
+            event.block.total_reason(),
+        );
+    }
     if stored > 0 {
         tracing::info!(device = %id, stored, "router events");
     }

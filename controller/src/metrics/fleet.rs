@@ -1,6 +1,7 @@
 //! The fleet's state as gauges, read at scrape time: routers by health and
 //! by agent version (the dashboard's overview query, 64 ms at 100,000
-//! routers), rollouts by state and the current wave of each active one.
+//! routers), rollouts by state and the current wave of each active one,
+//! pay-per-site passes in force and purchases recorded.
 //! The database is asked at most once per [`REFRESH`], whatever the number
 //! of scrapers; the values in memory (long polls held, the config cache,
 //! the database pool, leadership) are read at every scrape.
@@ -41,6 +42,14 @@ pub struct WaveLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+/// Who records a purchase (the `purchases` table's check).
+const PURCHASE_SOURCES: [&str; 3] = ["operator", "webhook", "portal"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub state: &'static str,
 }
@@ -66,6 +75,8 @@ pub struct FleetGauges {
     pool: Family<PoolLabels, Gauge>,
     pool_max: Gauge,
     leader: Gauge,
+    passes_active: Gauge,
+    purchases: Family<SourceLabels, Gauge>,
     /// When the database was last read (None: never), one reader at a time.
     read_at: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -84,6 +95,8 @@ impl FleetGauges {
             pool: Family::default(),
             pool_max: Gauge::default(),
             leader: Gauge::default(),
+            passes_active: Gauge::default(),
+            purchases: Family::default(),
             read_at: tokio::sync::Mutex::new(None),
         };
         registry.register(
@@ -141,6 +154,16 @@ impl FleetGauges {
             "leader",
             "1 on the replica running the background loops (rollouts, expiries), else 0",
             gauges.leader.clone(),
+        );
+        registry.register(
+            "pay_per_site_passes_active",
+            "Pay-per-site passes in force now (bought, started, not ended or cancelled)",
+            gauges.passes_active.clone(),
+        );
+        registry.register(
+            "pay_per_site_purchases",
+            "Pay-per-site purchases recorded, by who recorded them: operator, webhook, portal",
+            gauges.purchases.clone(),
         );
         gauges
     }
@@ -237,6 +260,20 @@ impl FleetGauges {
             })
             .collect();
         set_family(&self.waves, &waves);
+        let (active, by_source) = db::fleet::passes(pool).await?;
+        self.passes_active.set(active);
+        let purchases: Vec<(SourceLabels, i64)> = PURCHASE_SOURCES
+            .iter()
+            .map(|&source| {
+                let count = by_source
+                    .iter()
+                    .filter(|(s, _)| known(s, &PURCHASE_SOURCES) == source)
+                    .map(|(_, n)| n)
+                    .sum();
+                (SourceLabels { source }, count)
+            })
+            .collect();
+        set_family(&self.purchases, &purchases);
         Ok(())
     }
 }

@@ -73,6 +73,21 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `block` or `unblock`.
+    pub kind: &'static str,
+    /// `detection` (the router's classifier) or `local` (a program on it).
+    pub origin: &'static str,
+    /// A detection's rule (`mse_handshake`, `utp_syn`, ...); `local` blocks
+    /// carry free text, counted as `other`.
+    pub rule: &'static str,
+}
+
+/// Detection rules counted one by one; past this many (a router reporting
+/// made-up rules) the rest count as `other`.
+pub const MAX_RULES: usize = 64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: &'static str,
 }
@@ -85,6 +100,9 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub database_errors: Family<ListenerLabels, Counter>,
     pub status_reports: Family<OutcomeLabels, Counter>,
+    pub router_events: Family<EventLabels, Counter>,
+    /// The detection rules seen, as label values (at most [`MAX_RULES`]).
+    rules: std::sync::Mutex<Vec<&'static str>>,
     pub configs_compiled: Counter,
     pub configs_signed: Counter,
     pub recompile_seconds: Histogram,
@@ -122,6 +140,13 @@ impl Metrics {
             "Status reports stored, by the outcome the router reported",
             status_reports.clone(),
         );
+        let router_events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "router_events",
+            "Events routers reported (blocks their classifier or local programs made and \
+             ended), by kind, origin and detection rule: BitTorrent detections among them",
+            router_events.clone(),
+        );
         let configs_compiled = Counter::default();
         registry.register(
             "configs_compiled",
@@ -148,6 +173,8 @@ impl Metrics {
             errors,
             database_errors,
             status_reports,
+            router_events,
+            rules: std::sync::Mutex::default(),
             configs_compiled,
             configs_signed,
             recompile_seconds,
@@ -161,6 +188,41 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+
+    /// Counts one event a router reported: its kind and origin, and a
+    /// detection's rule (a short identifier; the first [`MAX_RULES`] seen
+    /// are kept as label values, the rest and anything else are `other`).
+    pub fn router_event(&self, kind: &'static str, origin: &'static str, rule: &str) {
+        let rule = if origin == "detection" {
+            self.rule_label(rule)
+        } else {
+            "other"
+        };
+        self.router_events
+            .get_or_create(&EventLabels { kind, origin, rule })
+            .inc();
+    }
+
+    fn rule_label(&self, rule: &str) -> &'static str {
+        let identifier = (1..=32).contains(&rule.len())
+            && rule
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !identifier {
+            return "other";
+        }
+        let mut rules = self.rules.lock().expect("lock");
+        if let Some(known) = rules.iter().find(|r| **r == rule) {
+            return known;
+        }
+        if rules.len() >= MAX_RULES {
+            return "other";
+        }
+        // Leaked once per rule, at most MAX_RULES per controller.
+        let leaked: &'static str = Box::leak(rule.into());
+        rules.push(leaked);
+        leaked
     }
 
     /// Counts one recompile of `compiled` routers, `signed` of them stored
@@ -186,5 +248,36 @@ where
     family.clear();
     for (labels, value) in values {
         family.get_or_create(labels).set(*value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection_rules_are_bounded_identifiers_and_the_rest_is_other() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.rule_label("mse_handshake"), "mse_handshake");
+        assert_eq!(metrics.rule_label("mse_handshake"), "mse_handshake");
+        for bad in ["", "Upper", "with space", "a-b", &"x".repeat(33)] {
+            assert_eq!(metrics.rule_label(bad), "other", "{bad:?}");
+        }
+        for i in 1..MAX_RULES {
+            assert_eq!(
+                metrics.rule_label(&format!("rule_{i}")),
+                format!("rule_{i}")
+            );
+        }
+        assert_eq!(metrics.rule_label("one_too_many"), "other");
+        assert_eq!(
+            metrics.rule_label("rule_1"),
+            "rule_1",
+            "known rules still count"
+        );
+        metrics.router_event("block", "local", "zeek: scan");
+        assert!(metrics.encode().contains(
+            "isdf_router_events_total{kind=\"block\",origin=\"local\",rule=\"other\"} 1"
+        ));
     }
 }

@@ -92,6 +92,49 @@ async fn metrics_count_requests_refusals_reports_and_the_fleet_without_naming_ro
         h.get("/api/v1/no-such-route").await.status,
         StatusCode::NOT_FOUND
     );
+    // The router reports blocks it made: two detections (one with a rule
+    // that is no identifier) and a local program's.
+    let now = chrono::Utc::now().timestamp_millis();
+    let block = |sequence: u64, origin: &str, reason: &str| {
+        json!({"sequence": sequence, "kind": "block", "at_ms": now, "block": {
+            "id": sequence, "origin": origin, "reason": reason, "expires_at_ms": now + 60_000,
+            "flow": {"protocol": "tcp", "src": "192.0.2.2", "sport": 51000, "dst": "198.51.100.2", "dport": 6881}}})
+    };
+    let r = router
+        .http
+        .post(router.url(isdf_api::paths::DEVICE_EVENTS))
+        .json(&json!({"events": [
+            block(1, "detection", "mse_handshake i1=300 r1=200"),
+            block(2, "detection", "Not A Rule!"),
+            block(3, "local", "zeek: scan"),
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A pass is sold.
+    let site = h
+        .post(
+            "/api/v1/sites",
+            json!({"name": "Stream+", "domains": ["stream.example"], "currency": "EUR",
+                   "passes": [{"duration_secs": 3600, "price": 199}]}),
+        )
+        .await;
+    assert_eq!(site.status, StatusCode::CREATED, "{}", site.body);
+    let customer = h
+        .post(
+            "/api/v1/customers",
+            json!({"name": "household", "devices": [id]}),
+        )
+        .await;
+    assert_eq!(customer.status, StatusCode::CREATED, "{}", customer.body);
+    let bought = h
+        .post(
+            "/api/v1/purchases",
+            json!({"customer_id": customer.body["id"], "site_id": site.body["id"], "duration_secs": 3600}),
+        )
+        .await;
+    assert_eq!(bought.status, StatusCode::CREATED, "{}", bought.body);
 
     let viewer = h.token("prometheus", "viewer").await;
     let (status, content_type, text) = h.get_text("/metrics", Some(&viewer)).await;
@@ -190,6 +233,25 @@ async fn metrics_count_requests_refusals_reports_and_the_fleet_without_naming_ro
     assert_eq!(get("isdf_config_cache_routers", &[]), Some(1.0));
     assert!(get("isdf_database_pool_max_connections", &[]).is_some_and(|n| n >= 1.0));
     assert_eq!(get("isdf_leader", &[]), Some(1.0));
+    // What routers reported, and what was sold.
+    let events = |origin: &str, rule: &str| {
+        get(
+            "isdf_router_events_total",
+            &[("kind", "block"), ("origin", origin), ("rule", rule)],
+        )
+    };
+    assert_eq!(events("detection", "mse_handshake"), Some(1.0), "{text}");
+    assert_eq!(events("detection", "other"), Some(1.0));
+    assert_eq!(events("local", "other"), Some(1.0));
+    assert_eq!(get("isdf_pay_per_site_passes_active", &[]), Some(1.0));
+    assert_eq!(
+        get("isdf_pay_per_site_purchases", &[("source", "operator")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        get("isdf_pay_per_site_purchases", &[("source", "portal")]),
+        Some(0.0)
+    );
     for state in ["running", "paused", "completed", "aborted"] {
         assert_eq!(
             get("isdf_rollouts", &[("state", state)]),
