@@ -219,7 +219,7 @@ async fn a_real_prometheus_sees_the_series_move_as_routers_report_rollouts_pause
         .until_value("isdf_routers_by_agent_version{version=\"1.4.2\"}", 1.0)
         .await;
 
-    // A rollout pauses: the gauge moves and the shipped alert is pending.
+    // A rollout pauses: the gauge moves and the shipped alert goes off.
     let (_, assignment) = h.assigned_blocklist().await;
     let r = h
         .post(
@@ -236,11 +236,10 @@ async fn a_real_prometheus_sees_the_series_move_as_routers_report_rollouts_pause
     prometheus
         .until_value("isdf_rollouts{state=\"paused\"}", 1.0)
         .await;
+    // Pending for its first minute, then firing: either will do on a
+    // machine slow enough to take a minute here.
     prometheus
-        .until_value(
-            "ALERTS{alertname=\"IsdfRolloutPaused\",alertstate=\"pending\"}",
-            1.0,
-        )
+        .until_value("ALERTS{alertname=\"IsdfRolloutPaused\"}", 1.0)
         .await;
 
     // Refusals: a forged billing signature, and a deleted router's
