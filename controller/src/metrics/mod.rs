@@ -156,7 +156,7 @@ impl Metrics {
         let configs_signed = Counter::default();
         registry.register(
             "configs_signed",
-            "Router configs signed and stored: the compiled ones that changed or were re-issued",
+            "Router configs signed: the compiled ones that changed or were re-issued (a dry run signs too)",
             configs_signed.clone(),
         );
         let recompile_seconds = Histogram::new(RECOMPILE_BUCKETS);
