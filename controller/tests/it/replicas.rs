@@ -298,28 +298,7 @@ async fn the_rollout_loop_moves_to_another_replica_when_its_replica_is_killed() 
     // Two routers on revision 1 of a flow block, one of them a canary.
     let (canary_id, canary) = h.device("canary", json!({"canary": "true"})).await;
     let (other_id, other) = h.device("other", json!({})).await;
-    let service = h
-        .flow_block("blocklist", json!({"flows": [{"dst": "192.0.2.1/32"}]}))
-        .await;
-    let revision = h
-        .post(
-            &format!("/api/v1/services/{service}/revisions"),
-            json!({"spec": {"flows": [{"dst": "198.51.100.7/32"}]}}),
-        )
-        .await;
-    assert_eq!(revision.status, StatusCode::CREATED, "{}", revision.body);
-    let assignment = h
-        .post(
-            "/api/v1/assignments",
-            json!({"service_id": service, "revision": 1, "selector": "*"}),
-        )
-        .await;
-    assert_eq!(
-        assignment.status,
-        StatusCode::CREATED,
-        "{}",
-        assignment.body
-    );
+    let (_, assignment) = h.assigned_blocklist().await;
     let mut sequence = 0;
     for (id, router) in [(&canary_id, &canary), (&other_id, &other)] {
         let v = h.config_version(id).await as u64;
@@ -333,7 +312,7 @@ async fn the_rollout_loop_moves_to_another_replica_when_its_replica_is_killed() 
     let started = h
         .post(
             "/api/v1/rollouts",
-            json!({"assignment_id": assignment.body["id"], "revision": 2,
+            json!({"assignment_id": assignment, "revision": 2,
                    "canary": {"selector": "canary=true"}, "waves": [100],
                    "min_applied_share": 1.0, "soak_secs": 0}),
         )
