@@ -29,7 +29,7 @@ pub use envelope::{
     CONFIG_PAYLOAD_TYPE, MAX_ENVELOPE_BYTES,
 };
 pub use net::{Family, PortRange, Prefix, Protocol};
-pub use status::{Outcome, RuleCounter, StatusReport};
+pub use status::{AgentCounters, Outcome, RuleCounter, StatusReport};
 pub use wireguard::{
     Peer, PeerStatus, ProbeAnswer, ProbeRequest, Tunnel, TunnelStatus, WgKey, Wireguard,
     WireguardFacts,

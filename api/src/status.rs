@@ -68,6 +68,74 @@ pub struct StatusReport {
     /// Firewall backend in use (`nftables` or `iptables`).
     pub backend: String,
     pub agent_version: String,
+    /// What the agent counted since it started (absent from agents older
+    /// than these counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_counters: Option<AgentCounters>,
+}
+
+/// What the agent counted since it started: counters only, which never go
+/// down while it runs; a new `started_at` says they restarted from zero.
+/// Fields it does not know are ignored and missing ones are 0, so an agent
+/// that counts more (or less) is still understood: unlike the report
+/// around it, this part is open to additions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentCounters {
+    /// When the agent process started, Unix seconds by the router's clock.
+    pub started_at: i64,
+    /// Long polls of the controller that failed (network, TLS, HTTP).
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
+    pub polls_failed: u64,
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
+    pub configs_applied: u64,
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
+    pub configs_rolled_back: u64,
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
+    pub configs_rejected: u64,
+    /// Status reports the controller did not take (this one not counted).
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
+    pub reports_failed: u64,
+    /// Router events (blocks decided on the router) the controller stored.
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
+    pub events_delivered: u64,
+    /// Flows the router's classifier recognised (e.g. BitTorrent).
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
+    pub detections: u64,
+    /// Packets and bytes the config's drop and reject rules stopped, over
+    /// every ruleset enforced since the start (a replaced ruleset counts
+    /// from zero in the kernel; the agent carries the earlier counts).
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
+    pub blocked_packets: u64,
+    #[cfg_attr(feature = "openapi", schema(maximum = 18_446_744_073_709_551_615_u64))]
+    pub blocked_bytes: u64,
+}
+
+impl AgentCounters {
+    /// How much each counter grew since `previous` (the same agent's last
+    /// stored counters): all of it after a restart (another `started_at`)
+    /// or when there is nothing before; a counter found lower than before
+    /// restarted too.
+    pub fn increase_since(&self, previous: Option<&AgentCounters>) -> AgentCounters {
+        let same_run = previous.filter(|p| p.started_at == self.started_at);
+        let grew = |now: u64, before: fn(&AgentCounters) -> u64| match same_run {
+            Some(p) if now >= before(p) => now - before(p),
+            _ => now,
+        };
+        AgentCounters {
+            started_at: self.started_at,
+            polls_failed: grew(self.polls_failed, |c| c.polls_failed),
+            configs_applied: grew(self.configs_applied, |c| c.configs_applied),
+            configs_rolled_back: grew(self.configs_rolled_back, |c| c.configs_rolled_back),
+            configs_rejected: grew(self.configs_rejected, |c| c.configs_rejected),
+            reports_failed: grew(self.reports_failed, |c| c.reports_failed),
+            events_delivered: grew(self.events_delivered, |c| c.events_delivered),
+            detections: grew(self.detections, |c| c.detections),
+            blocked_packets: grew(self.blocked_packets, |c| c.blocked_packets),
+            blocked_bytes: grew(self.blocked_bytes, |c| c.blocked_bytes),
+        }
+    }
 }
 
 impl StatusReport {
@@ -125,5 +193,50 @@ mod tests {
         let mut big = report();
         big.sequence = i64::MAX as u64 + 1;
         assert!(big.check().is_err());
+    }
+
+    #[test]
+    fn agent_counters_are_open_to_additions_and_default_to_zero() {
+        let mut json = serde_json::to_value(report()).unwrap();
+        assert!(json.get("agent_counters").is_none(), "absent when none");
+        json["agent_counters"] =
+            serde_json::json!({"started_at": 5, "blocked_packets": 9, "counted_later": 1});
+        let parsed: StatusReport = serde_json::from_value(json).unwrap();
+        let counters = parsed.agent_counters.unwrap();
+        assert_eq!(
+            (
+                counters.started_at,
+                counters.blocked_packets,
+                counters.polls_failed
+            ),
+            (5, 9, 0)
+        );
+    }
+
+    #[test]
+    fn the_increase_of_agent_counters_survives_restarts() {
+        let at = |started_at, blocked_packets, polls_failed| AgentCounters {
+            started_at,
+            blocked_packets,
+            polls_failed,
+            ..AgentCounters::default()
+        };
+        // Nothing before: all of it.
+        assert_eq!(at(10, 7, 1).increase_since(None), at(10, 7, 1));
+        // The same run: the difference.
+        assert_eq!(
+            at(10, 9, 1).increase_since(Some(&at(10, 7, 1))),
+            at(10, 2, 0)
+        );
+        // Restarted (another start): all of it, even below the last value.
+        assert_eq!(
+            at(20, 3, 0).increase_since(Some(&at(10, 9, 1))),
+            at(20, 3, 0)
+        );
+        // Lower within the same run: counted as restarted, never negative.
+        assert_eq!(
+            at(10, 4, 1).increase_since(Some(&at(10, 9, 1))),
+            at(10, 4, 0)
+        );
     }
 }

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use isdf_api::StatusReport;
+use isdf_api::{AgentCounters, StatusReport};
 
 /// Reports kept per device in the history.
 pub const HISTORY_PER_DEVICE: i64 = 100;
@@ -18,14 +18,36 @@ pub struct StatusRow {
     pub report: Json<StatusReport>,
 }
 
-/// Stores a report if its sequence is above the stored one; returns whether
-/// it was accepted. Run inside a transaction.
+/// What storing a report found.
+#[derive(Debug)]
+pub enum Recorded {
+    /// Its sequence is not above the stored one: nothing was stored.
+    Stale,
+    /// Stored; with the agent's counters of the report it replaced, if
+    /// that one carried any.
+    Accepted {
+        previous_counters: Option<AgentCounters>,
+    },
+}
+
+/// Stores a report if its sequence is above the stored one, returning the
+/// agent counters it replaced (the row is locked first, so two reports of
+/// one router never both count the same increase). Run inside a
+/// transaction.
 pub async fn record(
     tx: &mut PgConnection,
     device_id: Uuid,
     report: &StatusReport,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Recorded, sqlx::Error> {
     let sequence = i64::try_from(report.sequence).unwrap_or(i64::MAX);
+    // A statement of its own: a row locked in a CTE and updated by the
+    // same statement is gone from the CTE when RETURNING reads it.
+    let previous: Option<(Option<Json<AgentCounters>>,)> = sqlx::query_as(
+        "SELECT report -> 'agent_counters' FROM device_status WHERE device_id = $1 FOR UPDATE",
+    )
+    .bind(device_id)
+    .fetch_optional(&mut *tx)
+    .await?;
     let accepted = sqlx::query(
         "INSERT INTO device_status (device_id, sequence, report) VALUES ($1, $2, $3)
          ON CONFLICT (device_id) DO UPDATE SET sequence = $2, report = $3, received_at = now()
@@ -38,27 +60,31 @@ pub async fn record(
     .await?
     .rows_affected()
         == 1;
-    if accepted {
-        sqlx::query(
-            "INSERT INTO device_status_history (device_id, sequence, report) VALUES ($1, $2, $3)",
-        )
-        .bind(device_id)
-        .bind(sequence)
-        .bind(Json(report))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM device_status_history WHERE device_id = $1 AND sequence <= $2 - $3
-               AND sequence < (SELECT min(sequence) FROM (SELECT sequence FROM device_status_history
-                   WHERE device_id = $1 ORDER BY sequence DESC LIMIT $3) newest)",
-        )
-        .bind(device_id)
-        .bind(sequence)
-        .bind(HISTORY_PER_DEVICE)
-        .execute(&mut *tx)
-        .await?;
+    if !accepted {
+        return Ok(Recorded::Stale);
     }
-    Ok(accepted)
+    let previous_counters = previous.and_then(|(counters,)| counters);
+    sqlx::query(
+        "INSERT INTO device_status_history (device_id, sequence, report) VALUES ($1, $2, $3)",
+    )
+    .bind(device_id)
+    .bind(sequence)
+    .bind(Json(report))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM device_status_history WHERE device_id = $1 AND sequence <= $2 - $3
+           AND sequence < (SELECT min(sequence) FROM (SELECT sequence FROM device_status_history
+               WHERE device_id = $1 ORDER BY sequence DESC LIMIT $3) newest)",
+    )
+    .bind(device_id)
+    .bind(sequence)
+    .bind(HISTORY_PER_DEVICE)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Recorded::Accepted {
+        previous_counters: previous_counters.map(|c| c.0),
+    })
 }
 
 /// The version each device last reported enforcing (devices that

@@ -143,7 +143,9 @@ pub async fn report_status(
 ) -> ApiResult<StatusCode> {
     report.check().map_err(ApiError::invalid)?;
     let mut tx = state.pool.begin().await?;
-    if !db::status::record(&mut tx, id, &report).await? {
+    let db::status::Recorded::Accepted { previous_counters } =
+        db::status::record(&mut tx, id, &report).await?
+    else {
         return Err(ApiError::conflict(
             "stale_sequence",
             format!(
@@ -151,7 +153,7 @@ pub async fn report_status(
                 report.sequence
             ),
         ));
-    }
+    };
     let heard = db::bus::Message::Status {
         device: id,
         enforced: report.enforced_version,
@@ -165,6 +167,12 @@ pub async fn report_status(
             outcome: report.outcome.as_str(),
         })
         .inc();
+    if let Some(counters) = &report.agent_counters {
+        state
+            .metrics
+            .routers
+            .add(counters, previous_counters.as_ref());
+    }
     state.rollouts.nudge();
     state.live.notify(crate::reconcile::live::Topic::Device(id));
     if let Some(version) = report.enforced_version {

@@ -15,6 +15,7 @@
 
 pub mod fleet;
 pub mod http;
+pub mod routers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +109,8 @@ pub struct Metrics {
     pub recompile_seconds: Histogram,
     /// Scrape-time values (`fleet.rs`).
     pub fleet: fleet::FleetGauges,
+    /// The routers' own counters, summed (`routers.rs`).
+    pub routers: routers::RouterCounters,
 }
 
 impl Default for Metrics {
@@ -167,7 +170,9 @@ impl Metrics {
             recompile_seconds.clone(),
         );
         let fleet = fleet::FleetGauges::register(&mut registry);
+        let routers = routers::RouterCounters::register(&mut registry);
         Metrics {
+            routers,
             registry,
             routes,
             errors,

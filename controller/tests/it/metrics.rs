@@ -262,3 +262,91 @@ async fn metrics_count_requests_refusals_reports_and_the_fleet_without_naming_ro
     // No series is per router.
     assert!(!text.contains(&id), "a router's id in the metrics:\n{text}");
 }
+
+/// The routers' own counters, summed over the fleet by increase: a report
+/// adds what grew since that router's previous one, all of it after the
+/// agent restarted, nothing for a report that was refused as stale.
+#[tokio::test]
+async fn router_counters_are_summed_by_their_increase_across_restarts() {
+    let h = Harness::start().await;
+    let token = h.token("counting-viewer", "viewer").await;
+    let (first_id, first) = h.device("counting-1", json!({})).await;
+    let (_, second) = h.device("counting-2", json!({})).await;
+    let report = |sequence: u64, started_at: i64, blocked: u64, polls_failed: u64| {
+        json!({
+            "sequence": sequence, "enforced_version": null, "enforced_digest": null,
+            "outcome": "applied", "attempted_version": null, "errors": [], "counters": [],
+            "backend": "nftables", "agent_version": "t",
+            "agent_counters": {"started_at": started_at, "blocked_packets": blocked,
+                               "blocked_bytes": blocked * 100, "polls_failed": polls_failed,
+                               "a_counter_of_a_newer_agent": 1}})
+    };
+    let post = |device: &crate::support::DeviceHandle, body: Value| {
+        let request = device
+            .http
+            .post(device.url(isdf_api::paths::DEVICE_STATUS))
+            .json(&body);
+        async move { request.send().await.unwrap().status() }
+    };
+    let scrape = || async {
+        let (status, _, text) = h.get_text("/metrics", Some(&token)).await;
+        assert_eq!(status, StatusCode::OK);
+        let samples = parse(&text);
+        let read =
+            |name: &str| value(&samples, name, &[]).unwrap_or_else(|| panic!("{name} is exported"));
+        (
+            read("isdf_router_blocked_packets_total"),
+            read("isdf_router_blocked_bytes_total"),
+            read("isdf_router_polls_failed_total"),
+            read("isdf_router_agent_starts_total"),
+        )
+    };
+    assert_eq!(scrape().await, (0.0, 0.0, 0.0, 0.0));
+    assert_eq!(
+        post(&first, report(1, 100, 40, 1)).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        post(&second, report(1, 200, 5, 0)).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        scrape().await,
+        (45.0, 4500.0, 1.0, 2.0),
+        "all of a first report"
+    );
+    assert_eq!(
+        post(&first, report(2, 100, 50, 1)).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        scrape().await,
+        (55.0, 5500.0, 1.0, 2.0),
+        "only the increase"
+    );
+    // A stale report is refused and adds nothing.
+    assert_eq!(
+        post(&first, report(2, 100, 90, 9)).await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(scrape().await, (55.0, 5500.0, 1.0, 2.0));
+    // The agent restarted: its counters start from zero, all of it counts.
+    assert_eq!(
+        post(&first, report(3, 300, 3, 0)).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(scrape().await, (58.0, 5800.0, 1.0, 3.0));
+    // An older agent sends no counters: nothing is added, and its next
+    // report with counters counts from nothing.
+    assert_eq!(
+        report_status(&second, 2, "applied", None, "old").await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(scrape().await, (58.0, 5800.0, 1.0, 3.0));
+    // The stored report keeps the counters (the router's page reads them).
+    let stored = h.get(&format!("/api/v1/devices/{first_id}/status")).await;
+    assert_eq!(
+        stored.body["report"]["agent_counters"]["blocked_packets"],
+        3
+    );
+}

@@ -181,7 +181,16 @@ impl Agent {
         let now_ms = self.now_ms();
         let mut merged = self.router_blocks.merged_into(firewall, now_ms);
         self.watched.merged_into(&mut merged, now_ms);
+        // The replacement restarts the kernel's counters: take the blocked
+        // counts first.
+        if self.tally.counts_blocks() {
+            match self.backend.counters() {
+                Ok(counters) => self.tally.observe_blocked(&counters),
+                Err(e) => error_debug("reading the counters before an apply", &e),
+            }
+        }
         self.backend.apply(&merged, now_ms)?;
+        self.tally.replaced(&merged);
         self.reapply_at = self.backend.next_reapply(&merged, now_ms);
         self.backend
             .verify(&merged, now_ms)

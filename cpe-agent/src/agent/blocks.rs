@@ -116,6 +116,7 @@ impl Agent {
                 }
             }
         }
+        self.tally.counters.detections += found.len() as u64;
         if added == 0 && !newly_watched {
             return;
         }
@@ -248,6 +249,7 @@ impl Agent {
         if new_flows.is_empty() {
             return newly_watched;
         }
+        self.tally.counters.detections += new_flows.len() as u64;
         tracing::info!(count = new_flows.len(), "detections");
         self.persist_router_blocks();
         let refs: Vec<_> = new_flows.iter().collect();

@@ -31,6 +31,7 @@ mod apply;
 pub use apply::opening_policy;
 mod blocks;
 mod clock;
+mod counting;
 mod identity;
 mod report;
 mod state_writes;
@@ -133,6 +134,8 @@ pub struct Agent {
     facts_sent: Option<(isdf_api::wireguard::WireguardFacts, Instant)>,
     /// After failed facts reports: how many in a row, and when to retry.
     facts_retry: Option<(u32, Instant)>,
+    /// What the agent counted since it started (`counting.rs`).
+    tally: counting::Tally,
 }
 
 impl Agent {
@@ -157,7 +160,11 @@ impl Agent {
             settings.router_block_limits(),
         );
         let tunnels = Tunnels::new(settings.tunnel_settings())?;
+        let started_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         Ok(Agent {
+            tally: counting::Tally::new(started_at),
             tunnels,
             facts_sent: None,
             facts_retry: None,
@@ -291,6 +298,7 @@ impl Agent {
                 }
 
                 Err(e) if crate::controller::enrollment::is_identity_refused(&e) => {
+                    self.tally.counters.polls_failed += 1;
                     // No retry of the same request can help: say so once,
                     // loudly, and let `maintain_identity` enroll again.
                     if !self.identity_refused {
@@ -306,6 +314,7 @@ impl Agent {
                     crate::controller::enrollment::PERMANENT_FAILURE_RETRY
                 }
                 Err(e) => {
+                    self.tally.counters.polls_failed += 1;
                     failures = failures.saturating_add(1);
                     let delay = backoff(
                         failures,

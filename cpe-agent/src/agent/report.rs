@@ -21,10 +21,12 @@ impl Agent {
         while self.router_blocks.has_pending_events() {
             let events = self.router_blocks.pending_events(MAX_EVENTS_PER_BATCH);
             let last = events.last().map_or(0, |e| e.sequence);
+            let delivered = events.len() as u64;
             if let Err(e) = self.client.report_events(&EventBatch { events }).await {
                 warn_failed("delivering router events failed; will retry", &e);
                 return;
             }
+            self.tally.counters.events_delivered += delivered;
             self.router_blocks.delivered(last);
             self.persist_router_blocks();
         }
@@ -36,6 +38,7 @@ impl Agent {
         attempted_version: Option<u64>,
         errors: Vec<String>,
     ) {
+        self.tally.outcome(outcome);
         self.last = Some(LastResult {
             outcome,
             attempted_version,
@@ -54,7 +57,9 @@ impl Agent {
             .is_some_and(|e| e.config.expires_at <= self.now_secs())
     }
 
-    pub(super) fn build_report(&self) -> StatusReport {
+    /// The report of now, with the agent's counters brought up to date
+    /// (the kernel's blocked counts read again).
+    pub(super) fn build_report(&mut self) -> StatusReport {
         let (outcome, attempted_version, mut errors) = match (&self.last, self.stale()) {
             (_, true) => (
                 Outcome::Stale,
@@ -77,6 +82,8 @@ impl Agent {
         if let Err(e) = saved {
             errors.push(format!("state_not_saved: the status sequence: {e:#}"));
         }
+        let counters = self.backend.counters().unwrap_or_default();
+        self.tally.observe_blocked(&counters);
         StatusReport {
             sequence,
             enforced_version: self.enforced_version(),
@@ -84,10 +91,24 @@ impl Agent {
             outcome,
             attempted_version,
             errors,
-            counters: self.backend.counters().unwrap_or_default(),
+            counters,
             tunnels: self.tunnels.status(),
             backend: self.backend.name().to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agent_counters: Some(self.tally.counters.clone()),
+        }
+    }
+
+    /// Writes the node-exporter textfile of `report` when the settings ask
+    /// for one; a failure is logged and never holds up the report.
+    fn write_textfile(&self, report: &StatusReport) {
+        let Some(path) = &self.settings.metrics_textfile else {
+            return;
+        };
+        let expires_at = self.enforced.as_ref().map(|e| e.config.expires_at);
+        let text = super::counting::textfile(report, expires_at);
+        if let Err(e) = crate::sys::atomic_write::write_atomically(path, text.as_bytes(), 0o644) {
+            warn_failed("writing the metrics textfile", &e);
         }
     }
 
@@ -171,12 +192,16 @@ impl Agent {
             return;
         }
         let report = self.build_report();
+        self.write_textfile(&report);
         match self.client.report(&report).await {
             Ok(()) => {
                 self.report_due = false;
                 self.last_report = Some(Instant::now());
             }
-            Err(e) => warn_failed("status report failed; will retry", &e),
+            Err(e) => {
+                self.tally.counters.reports_failed += 1;
+                warn_failed("status report failed; will retry", &e);
+            }
         }
     }
 }

@@ -58,6 +58,12 @@ pub struct Settings {
     /// Seconds between status heartbeats when nothing changes.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_secs: u64,
+    /// Where to write the agent's metrics for node-exporter's textfile
+    /// collector (e.g. `/var/prometheus/isdf_agent.prom`, which OpenWrt's
+    /// prometheus-node-exporter-lua reads), replaced at every status
+    /// report. None (the default): not written.
+    #[serde(default)]
+    pub metrics_textfile: Option<PathBuf>,
     /// The Unix socket detectors on the router use to block flows
     /// (`isdf-agent block ...`); only root may use it. Default:
     /// `control.sock` in `state_dir` (see `Settings::control_socket_path`),

@@ -216,6 +216,8 @@ async fn scenario(topo: std::sync::Arc<Topology>, backend: &'static str, work: P
     assert!(lan(OPEN_PORT).await);
 
     let mut rogue = RogueController::start(device_addr, &controller_dir).await;
+    let attack_count = attacks.len() as u64;
+    let mut last_report = None;
     for (code, envelope) in attacks {
         eprintln!("attack: {code}");
         rogue.serve_next(envelope);
@@ -248,9 +250,11 @@ async fn scenario(topo: std::sync::Arc<Topology>, backend: &'static str, work: P
             enforced,
             "{code}: the kernel ruleset is unchanged"
         );
+        last_report = Some(report);
     }
     assert!(!lan(BLOCKED_PORT).await);
     rogue.stop();
+    agent_counters_and_textfile(&config_path, &last_report.unwrap(), attack_count);
 
     // Crash the agent and wipe its rules as a reboot would; with the
     // controller still down, the restarted agent puts the block back from
@@ -291,6 +295,69 @@ async fn scenario(topo: std::sync::Arc<Topology>, backend: &'static str, work: P
         "the restore came before any network call:\n{log}"
     );
     drop(restarted);
+}
+
+/// What the agent counted, as the last report carries it and as its
+/// node-exporter textfile says (which `promtool check metrics` accepts):
+/// the four configs applied, every attack rejected, the blocked port's
+/// dropped packets.
+fn agent_counters_and_textfile(
+    config_path: &std::path::Path,
+    report: &isdf_api::StatusReport,
+    attacks: u64,
+) {
+    let counters = report
+        .agent_counters
+        .as_ref()
+        .expect("the report carries the agent's counters");
+    assert_eq!(counters.configs_applied, 4, "{counters:?}");
+    assert_eq!(counters.configs_rejected, attacks, "{counters:?}");
+    assert!(
+        counters.blocked_packets > 0 && counters.blocked_bytes > counters.blocked_packets,
+        "{counters:?}"
+    );
+    assert!(
+        counters.polls_failed >= 1,
+        "the controller was stopped: {counters:?}"
+    );
+    let path = config_path.with_file_name("isdf_agent.prom");
+    let text = std::fs::read_to_string(&path).expect("the agent wrote its metrics textfile");
+    for line in [
+        format!("isdf_agent_configs_rejected_total {attacks}"),
+        format!(
+            "isdf_agent_blocked_packets_total {}",
+            counters.blocked_packets
+        ),
+        "isdf_agent_last_outcome{outcome=\"rejected\"} 1".to_owned(),
+        "isdf_agent_enforced_config_version 4".to_owned(),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} is not in the textfile:\n{text}"
+        );
+    }
+    let promtool = crate::harness::required_program("promtool", "prometheus");
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = check.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics refuses the textfile: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
 /// A config the agent refuses is not fetched again and again: the agent

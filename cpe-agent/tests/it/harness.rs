@@ -473,6 +473,7 @@ impl Stage {
                 "enrollment_url = \"{url}\"\nca_cert = \"{dir}/ca.pem\"\n\
                  enrollment_token_file = \"{dir}/enrollment-token\"\nstate_dir = \"{dir}/state\"\n\
                  control_socket = \"{dir}/agent.sock\"\n\
+                 metrics_textfile = \"{dir}/isdf_agent.prom\"\n\
                  lan_interfaces = [\"lan\"]\nwan_interfaces = [\"wan\"]\n\
                  poll_wait_secs = 20\nmax_backoff_secs = 2\n{keys}",
                 url = controller.enrollment_url,
@@ -490,4 +491,18 @@ impl Stage {
             log: agent_dir.join("agent.log"),
         }
     }
+}
+
+/// Where `program` is on the PATH; fails (never skips) naming the Debian
+/// package that has it when it is missing.
+pub fn required_program(program: &str, package: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!("`{program}` is not installed: install the Debian package `{package}` (scripts/test does)")
+        })
 }
