@@ -92,6 +92,9 @@ pub struct Settings {
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// How many routers one transaction compiles.
     pub recompile_batching: crate::reconcile::soon::Batching,
+    /// How long the fleet's minute samples are kept (the dashboard's
+    /// charts over time).
+    pub fleet_history_retention: Duration,
 }
 
 pub struct Application {
@@ -326,6 +329,7 @@ impl Application {
             )),
             readiness: Arc::default(),
             leadership: Arc::default(),
+            fleet_history_retention: settings.fleet_history_retention,
         };
         let initial_operator_token = bootstrap_operator_token(&pool).await?;
         Ok(Application {
@@ -421,6 +425,7 @@ impl Application {
         let background = {
             let (reconciler, rollouts) =
                 (self.state.reconciler.clone(), self.state.rollouts.clone());
+            let (pool, retention) = (self.state.pool.clone(), self.state.fleet_history_retention);
             tokio::spawn(crate::cluster::leader::lead(
                 self.state.pool.clone(),
                 self.state.leadership.clone(),
@@ -428,6 +433,10 @@ impl Application {
                     vec![
                         tokio::spawn(refresh_loop(reconciler.clone())),
                         tokio::spawn(rollouts.clone().run()),
+                        tokio::spawn(crate::cluster::history::sample_loop(
+                            pool.clone(),
+                            retention,
+                        )),
                     ]
                 },
             ))

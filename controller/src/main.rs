@@ -158,6 +158,16 @@ struct ServeArgs {
         default_value_t = 30
     )]
     device_cert_lifetime_days: u64,
+    /// Days the fleet's minute samples (the dashboard's charts over time)
+    /// are kept; 1 to 3650.
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_FLEET_HISTORY_DAYS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3650)
+    )]
+    fleet_history_days: u64,
     /// Extra DNS names or IP addresses for the device API certificate.
     #[arg(
         global = true,
@@ -434,6 +444,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dashboard_behind_tls: args.dashboard_behind_tls,
         proxy_protocol_from: args.proxy_protocol_from,
         recompile_batching: Default::default(),
+        fleet_history_retention: Duration::from_secs(args.fleet_history_days * 24 * 3600),
         limits: isdf_controller::http::limits::Limits {
             max_poll_wait: Duration::from_secs(args.max_poll_wait_secs),
             poll_delay: Duration::from_secs(args.poll_delay_secs),

@@ -215,6 +215,7 @@ impl TestController {
             dashboard_behind_tls: false,
             proxy_protocol_from: options.proxy_protocol_from,
             recompile_batching: options.recompile_batching,
+            fleet_history_retention: crate::cluster::history::DEFAULT_RETENTION,
         };
         let mut app = Application::build(settings).await?;
         if let Some((per_sec, burst)) = options.refusal_budget {

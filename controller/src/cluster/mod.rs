@@ -10,8 +10,11 @@
 //! - [`leader`]: the background loops (rollout driver, re-signing, pass
 //!   expiry, key rotations) run on one replica at a time, and on another
 //!   within seconds of that one dying.
+//! - [`history`]: the leader's minute samples of the fleet, for the
+//!   dashboard's charts over time.
 
 pub mod follow;
+pub mod history;
 pub mod leader;
 
 pub use follow::{forward_live, Follower};

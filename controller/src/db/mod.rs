@@ -23,6 +23,7 @@ pub mod embedded_pg;
 pub mod enrollment;
 pub mod events;
 pub mod fleet;
+pub mod fleet_history;
 pub mod locks;
 pub mod operators;
 pub mod pending_recompiles;

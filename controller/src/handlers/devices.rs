@@ -433,6 +433,25 @@ pub async fn status_history(
     Ok(Json(rows.into_iter().map(StatusView::from).collect()))
 }
 
+/// A router's history from its last 100 reports: each one's outcome, and
+/// between two reports how fast its counters grew (blocked packets and
+/// bytes, failed polls, each rule's packets and bytes).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/history", tag = "devices", params(("id" = Uuid, Path, description = "The router's id")),
+    responses((status = 200, body = crate::model::router_history::RouterHistory), (status = 404, body = crate::http::error::ErrorBody)))]
+pub async fn history(
+    _operator: Operator,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<Json<crate::model::router_history::RouterHistory>> {
+    find(&state, id).await?;
+    let rows = db::status::history(&state.pool, id, db::status::HISTORY_PER_DEVICE).await?;
+    let reports: Vec<_> = rows
+        .iter()
+        .map(|r| (r.received_at, r.sequence, &r.report.0))
+        .collect();
+    Ok(Json(crate::model::router_history::history(&reports)))
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ServiceInForce {
     pub assignment_id: Uuid,

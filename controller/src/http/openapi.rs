@@ -39,7 +39,7 @@ use crate::http::state::AppState;
     ),
     paths(
         devices::create, devices::list, devices::get, devices::delete, devices::config,
-        devices::status, devices::status_history, devices::create_enrollment_token,
+        devices::status, devices::status_history, devices::history, devices::create_enrollment_token,
         devices::services, device_labels::update, device_labels::matching,
         device_labels::relabel, exports::devices, exports::audit,
         enrollment::create_tokens,
@@ -59,7 +59,7 @@ use crate::http::state::AppState;
         wireguard::get, wireguard::rotate,
         rollouts::create, rollouts::list, rollouts::get, rollouts::history, rollouts::samples,
         rollouts::pause, rollouts::resume, rollouts::abort,
-        services::diff_revisions, operators::whoami, fleet::overview, stream::stream,
+        services::diff_revisions, operators::whoami, fleet::overview, fleet::history, stream::stream,
         health::healthz, health::readyz, metrics::serve,
     ),
     components(schemas(

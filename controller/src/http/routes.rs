@@ -41,6 +41,7 @@ pub fn operator_router(state: AppState) -> Router {
             "/api/v1/devices/{id}/status/history",
             get(devices::status_history),
         )
+        .route("/api/v1/devices/{id}/history", get(devices::history))
         .route(
             "/api/v1/devices/{id}/blocks",
             post(blocks::create).get(blocks::list),
@@ -110,6 +111,7 @@ pub fn operator_router(state: AppState) -> Router {
         .route("/api/v1/exports/audit.csv", get(exports::audit))
         .route("/api/v1/whoami", get(operators::whoami))
         .route("/api/v1/fleet/overview", get(fleet::overview))
+        .route("/api/v1/fleet/history", get(fleet::history))
         .route("/metrics", get(metrics::serve))
         .route("/api/v1/stream", get(stream::stream))
         .route(

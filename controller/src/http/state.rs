@@ -54,6 +54,8 @@ pub struct AppState {
     pub leadership: Arc<crate::cluster::leader::Leadership>,
     /// What `/metrics` exports (the reconciler holds the same).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// How long the fleet's minute samples are kept.
+    pub fleet_history_retention: Duration,
 }
 
 /// The customer-facing portal: its signed links and how it takes payment.

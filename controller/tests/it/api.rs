@@ -261,6 +261,7 @@ async fn the_operator_api_is_served_over_tls_on_request_and_never_in_clear_off_l
         dashboard_behind_tls: false,
         proxy_protocol_from: Vec::new(),
         recompile_batching: Default::default(),
+        fleet_history_retention: isdf_controller::cluster::history::DEFAULT_RETENTION,
     };
     let refused = isdf_controller::Application::build(settings)
         .await

@@ -17,6 +17,7 @@ mod enrollment;
 mod haproxy;
 mod hardening;
 mod health;
+mod history;
 mod kubernetes;
 mod limits;
 mod login_csrf;
