@@ -14,6 +14,11 @@
 //! types), the bulk relabel statement over half the fleet (in a
 //! transaction rolled back, so every sample changes the same rows), and
 //! reading the whole device list as the CSV export does (pages of 1,000).
+//!
+//! And the history of issue 19: the fleet page's charts over 30 days of
+//! minute samples (43,200 rows), the leader's minute sample (the overview,
+//! the insert and the prune), and a status report stored with the agent
+//! counters it replaces read first (in a transaction rolled back).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use isdf_controller::db;
@@ -227,6 +232,90 @@ fn bench(c: &mut Criterion) {
         })
     });
     jobs.finish();
+    history(c, &runtime, &pool);
+}
+
+/// 30 days of minute samples, ending now.
+const HISTORY_MINUTES: i64 = 30 * 24 * 60;
+
+fn history(c: &mut Criterion, runtime: &tokio::runtime::Runtime, pool: &sqlx::PgPool) {
+    use chrono::{Duration, Utc};
+    runtime.block_on(async {
+        sqlx::query(
+            "INSERT INTO fleet_samples
+                 (sampled_at, devices, online, stale, failing, never_reported, by_agent_version)
+             SELECT date_trunc('minute', now()) - make_interval(mins => n), 100000, 90000, 3000,
+                    1200, 7000,
+                    '[{\"value\":\"0.3.0\",\"count\":60000},{\"value\":\"0.2.9\",\"count\":33000}]'
+             FROM generate_series(1, $1) AS n",
+        )
+        .bind(HISTORY_MINUTES as i32)
+        .execute(pool)
+        .await
+        .expect("samples");
+        sqlx::query("ANALYZE fleet_samples")
+            .execute(pool)
+            .await
+            .expect("analyze");
+    });
+    let mut group = c.benchmark_group("history");
+    group.sample_size(20);
+    for (name, hours) in [("24 hours", 24), ("30 days", 24 * 30)] {
+        group.bench_function(format!("fleet history, {name} in 360 points"), |b| {
+            b.iter(|| {
+                let until = Utc::now();
+                let since = until - Duration::hours(hours);
+                let step = (hours * 3600 / 360).max(60);
+                let samples = runtime
+                    .block_on(db::fleet_history::samples(pool, since, until, step))
+                    .unwrap();
+                assert!(samples.len() >= 300, "{}", samples.len());
+            })
+        });
+    }
+    let retention = std::time::Duration::from_secs(30 * 24 * 3600);
+    let mut minute = 0;
+    group.bench_function(
+        "the leader's minute sample (overview, insert, prune)",
+        |b| {
+            b.iter(|| {
+                // A new minute each time, after the filled ones: stored, and
+                // the oldest pruned, as a leader does every minute.
+                minute += 1;
+                let at = Utc::now() + Duration::minutes(minute);
+                let stored = runtime
+                    .block_on(isdf_controller::cluster::history::sample(
+                        pool, at, retention,
+                    ))
+                    .unwrap();
+                assert!(stored);
+            })
+        },
+    );
+    let device: uuid::Uuid = runtime
+        .block_on(sqlx::query_scalar("SELECT device_id FROM device_status LIMIT 1").fetch_one(pool))
+        .unwrap();
+    let report: isdf_api::StatusReport = serde_json::from_value(serde_json::json!({
+        "sequence": 1_000_000_000u64, "enforced_version": 3, "enforced_digest": null,
+        "outcome": "applied", "attempted_version": 3, "errors": [],
+        "counters": [{"rule_id": "r1", "packets": 1, "bytes": 60}],
+        "backend": "nftables", "agent_version": "0.3.0",
+        "agent_counters": {"started_at": 1, "blocked_packets": 5}}))
+    .unwrap();
+    group.bench_function(
+        "status report stored, previous counters read (rolled back)",
+        |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let mut tx = pool.begin().await.unwrap();
+                    let recorded = db::status::record(&mut tx, device, &report).await.unwrap();
+                    assert!(matches!(recorded, db::status::Recorded::Accepted { .. }));
+                    tx.rollback().await.unwrap();
+                })
+            })
+        },
+    );
+    group.finish();
 }
 
 criterion_group!(benches, bench);

@@ -426,8 +426,9 @@ function live(gen, refresh, wants) {
 // ---------------------------------------------------------------- fleet
 
 async function fleetPage(gen) {
+  const history = fleetHistory();
   await page(gen, async () => {
-    const o = await get("/api/v1/fleet/overview");
+    const [o, overTime] = await Promise.all([get("/api/v1/fleet/overview"), history().catch(errorBox)]);
     const card = (id, label, n, kind, state) =>
       h("a", { class: "card " + kind, id, href: state ? "#/devices?state=" + state : "#/devices" },
         h("span", { class: "n" }, n), label);
@@ -450,7 +451,8 @@ async function fleetPage(gen) {
       h("p", { class: "muted" }, `Online: a report within ${Math.round(o.online_window_secs / 60)} minutes. Failing: the last config was rolled back or rejected. Updated `, when(o.generated_at), "."),
       h("div", { class: "grid2" },
         h("div", { class: "panel" }, h("h2", {}, "By agent version"), bars(o.by_agent_version)),
-        h("div", { class: "panel" }, h("h2", {}, "By model"), bars(o.by_model))));
+        h("div", { class: "panel" }, h("h2", {}, "By model"), bars(o.by_model))),
+      overTime);
   // Routers created, deleted, relabelled or reporting all come as `device`.
   }, (c) => c.topic === "device");
 }
@@ -460,6 +462,118 @@ function barOf(share) {
   bar.style.width = Math.max(0, Math.min(100, share * 100)).toFixed(1) + "%";
   bar.style.display = "block";
   return bar;
+}
+
+// ---------------------------------------------------------------- charts
+
+/**
+ * A stacked step chart: each sample's values (`sample[part]`, parts from
+ * the bottom up, drawn with class `c-<part>` unless `classOf` says) held
+ * until the next sample, or for `holdMs` at most: a longer silence (no
+ * leader then, a router that did not report) is a gap, not a made-up value.
+ * `lines` are drawn over the stack as steps (e.g. failing routers, which
+ * are online or stale too). The SVG stretches to the width; its labels are
+ * HTML below it, so they are not stretched with it.
+ */
+function stackedChart({ samples, parts, lines = [], until, top = 0, holdMs = Infinity, label, unit, classOf = (p) => "c-" + p, height = 120, digits = 0 }) {
+  if (!samples.length) return h("p", { class: "muted" }, "No samples yet.");
+  const W = 600, H = height;
+  const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": label, "shape-rendering": "crispEdges" });
+  svg.style.height = H + "px";
+  const times = samples.map((x) => Date.parse(x.at));
+  const t0 = times[0];
+  const t1 = Math.max(until || 0, times[times.length - 1], t0 + 1000);
+  const stackOf = (x) => parts.reduce((a, p) => a + (x[p] || 0), 0);
+  const max = Math.max(top, ...samples.map(stackOf), ...samples.flatMap((x) => lines.map((l) => x[l] || 0)));
+  const peak = max > 0 ? max : 1;
+  const X = (t) => ((t - t0) / (t1 - t0)) * W;
+  const Y = (v) => H - (v / peak) * H;
+  const end = (i) => Math.min(i + 1 < samples.length ? times[i + 1] : t1, times[i] + holdMs);
+  samples.forEach((x, i) => {
+    let below = 0;
+    const x0 = X(times[i]), width = Math.max(0.5, X(end(i)) - x0);
+    for (const part of parts) {
+      const v = x[part] || 0;
+      if (v > 0) {
+        svg.append(s("rect", { x: x0, y: Y(below + v), width, height: Y(below) - Y(below + v), class: classOf(part), "data-part": part }));
+      }
+      below += v;
+    }
+  });
+  for (const line of lines) {
+    const d = samples.map((x, i) => `M${X(times[i])},${Y(x[line] || 0)}H${X(end(i))}`).join("");
+    svg.append(s("path", { d, class: "line " + classOf(line), "data-line": line, fill: "none", "vector-effect": "non-scaling-stroke" }));
+  }
+  const span = t1 - t0;
+  const stamp = (t) => span > 36 * 3600 * 1000 ? new Date(t).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" }) : new Date(t).toLocaleTimeString();
+  return h("figure", { class: "chart" }, svg,
+    h("figcaption", { class: "axis" },
+      h("span", {}, stamp(t0)),
+      h("span", {}, unit ? `0 – ${Number(max.toFixed(digits)).toLocaleString()} ${unit}` : ""),
+      h("span", {}, stamp(t1))));
+}
+
+/** The legend of a chart's parts (and lines, drawn as a stroke). */
+function chartLegend(parts, lines = [], classOf = (p) => "c-" + p, names = (p) => p.replace(/_/g, " ")) {
+  return h("div", { class: "legend" },
+    parts.map((p) => h("span", {}, h("i", { class: classOf(p) }), names(p))),
+    lines.map((p) => h("span", {}, h("i", { class: "stroke " + classOf(p) }), names(p))));
+}
+
+// ---------------------------------------------------------------- fleet history
+
+const FLEET_RANGES = [["6h", 6], ["24h", 24], ["7d", 24 * 7], ["30d", 24 * 30]];
+const FLEET_PARTS = ["online", "stale", "never_reported"];
+/** Versions charted one by one; the rest are summed as `other`. */
+const CHARTED_VERSIONS = 6;
+
+/**
+ * The fleet over time (`/api/v1/fleet/history`): routers by state, failing
+ * over them, and by agent version. Fetched again at most every 30 s (the
+ * samples are a minute apart), however often the overview changes.
+ */
+function fleetHistory() {
+  const range = () => (FLEET_RANGES.find(([key]) => key === hashParams().get("range")) || FLEET_RANGES[1]);
+  let cached = null;
+  return async () => {
+    const [key, hours] = range();
+    if (!cached || cached.key !== key || Date.now() - cached.at > 30000) {
+      const since = new Date(Date.now() - hours * 3600 * 1000).toISOString();
+      cached = { key, at: Date.now(), data: await get(`/api/v1/fleet/history?since=${encodeURIComponent(since)}&points=360`) };
+    }
+    return fleetHistoryPanel(key, cached.data);
+  };
+}
+
+function fleetHistoryPanel(key, history) {
+  const hold = 2 * history.step_secs * 1000;
+  const until = Date.parse(history.until);
+  const ranges = h("div", { class: "ranges", role: "group", "aria-label": "range" }, FLEET_RANGES.map(([k]) =>
+    h("a", { href: "#/fleet?range=" + k, class: "range" + (k === key ? " active" : ""), "data-range": k }, k)));
+  // The versions of the newest sample first, then any other, the rest as other.
+  const latest = history.samples.length ? history.samples[history.samples.length - 1].by_agent_version : [];
+  const names = [...new Set([...latest.map((b) => b.value), ...history.samples.flatMap((x) => x.by_agent_version.map((b) => b.value))])];
+  const charted = names.filter((v) => v !== "other").slice(0, CHARTED_VERSIONS);
+  const versionParts = [...charted, ...(names.length > charted.length ? ["other"] : [])];
+  const versionClass = (v) => "v" + versionParts.indexOf(v);
+  const versionSamples = history.samples.map((x) => {
+    const row = { at: x.at };
+    for (const b of x.by_agent_version) {
+      const part = charted.includes(b.value) ? b.value : "other";
+      row[part] = (row[part] || 0) + b.count;
+    }
+    return row;
+  });
+  return h("div", { class: "panel", id: "fleet-history" },
+    h("div", { class: "row spread" }, h("h2", {}, "Over time"), ranges),
+    h("p", { class: "muted" }, `One sample every ${duration(history.step_secs)} (the last of each step); kept ${Math.round(history.retention_secs / 86400)} days. A gap: no sample then.`),
+    h("div", { class: "grid2" },
+      h("div", { id: "fleet-states-chart" }, h("h3", {}, "Routers by state"),
+        stackedChart({ samples: history.samples, parts: FLEET_PARTS, lines: ["failing"], until, holdMs: hold, label: "routers by state over time", unit: "routers" }),
+        chartLegend(FLEET_PARTS, ["failing"])),
+      h("div", { id: "fleet-versions-chart" }, h("h3", {}, "Routers by agent version"),
+        stackedChart({ samples: versionSamples, parts: versionParts, until, holdMs: hold, label: "routers by agent version over time", unit: "routers", classOf: versionClass }),
+        chartLegend(versionParts, [], versionClass, (v) => v))));
 }
 
 // ---------------------------------------------------------------- devices
@@ -604,7 +718,7 @@ function bulkLabels(selectorOf, done) {
 /** What the device page shows, fetched together; a part that fails shows its error. */
 async function deviceData(id) {
   const soft = (p, otherwise) => p.catch((e) => (e.status === 404 ? otherwise : { error: e }));
-  const [d, status, history, config, events, services, blocks] = await Promise.all([
+  const [d, status, history, config, events, services, blocks, overTime] = await Promise.all([
     get(`/api/v1/devices/${id}`),
     soft(get(`/api/v1/devices/${id}/status`), null),
     soft(get(`/api/v1/devices/${id}/status/history?limit=20`), []),
@@ -612,8 +726,9 @@ async function deviceData(id) {
     soft(get(`/api/v1/devices/${id}/events?limit=20`), { items: [], totals: [] }),
     soft(get(`/api/v1/devices/${id}/services`), { items: [] }),
     soft(get(`/api/v1/devices/${id}/blocks`), []),
+    soft(get(`/api/v1/devices/${id}/history`), { reports: [], intervals: [] }),
   ]);
-  return { d, status, history, config, events, services, blocks };
+  return { d, status, history, config, events, services, blocks, overTime };
 }
 
 async function devicePage(gen, id) {
@@ -624,6 +739,7 @@ async function devicePage(gen, id) {
     config: h("div", { id: "device-config" }),
     blocks: h("div", { id: "device-blocks" }),
     counters: h("div", { id: "device-counters" }),
+    overTime: h("div", { id: "device-over-time" }),
     events: h("div", { id: "device-events" }),
     history: h("div", { id: "device-history" }),
   };
@@ -647,13 +763,14 @@ async function devicePage(gen, id) {
     h("h2", {}, "Compiled config"), parts.config,
     h("h2", {}, "Blocks in force"), parts.blocks, blockForm,
     h("h2", { id: "counters-title" }, "Counters"), parts.counters,
+    h("h2", {}, "Over time"), parts.overTime,
     h("h2", {}, "Recent events"), parts.events,
     h("h2", {}, "Status history"), parts.history));
   live(gen, refresh, (c) => (c.topic === "device" || c.topic === "config") && (c.id === id || !c.id));
 }
 
 function drawDevice(parts, data, refresh) {
-  const { d, status, history, config, events, services, blocks } = data;
+  const { d, status, history, config, events, services, blocks, overTime } = data;
   const report = status && !status.error ? status.report : null;
   fill(parts.router, h("h2", {}, "Router"), facts([
     ["Id", h("span", { class: "mono" }, d.id)],
@@ -666,6 +783,7 @@ function drawDevice(parts, data, refresh) {
   fill(parts.config, compiledConfig(config));
   fill(parts.blocks, blocksTable(d.id, blocks, refresh));
   fill(parts.counters, countersPart(status));
+  fill(parts.overTime, overTime.error ? errorBox(overTime.error) : routerHistory(overTime));
   fill(parts.events, events.error ? errorBox(events.error) : eventsTable(events));
   fill(parts.history, history.error ? errorBox(history.error) : historyTable(history));
 }
@@ -745,6 +863,52 @@ function countersPart(status) {
     table(["Rule", "Packets", "Bytes"], status.report.counters.map((c) =>
       h("tr", {}, h("td", { class: "mono" }, c.rule_id), h("td", {}, c.packets.toLocaleString()), h("td", {}, c.bytes.toLocaleString()))),
     { id: "counters-table", empty: "No counters reported." }));
+}
+
+const OUTCOMES = ["applied", "rolled_back", "rejected", "stale"];
+/** Rules charted one by one (those that matched most); the rest as other. */
+const CHARTED_RULES = 5;
+
+/**
+ * A router's last 100 reports over time (`/api/v1/devices/{id}/history`):
+ * each report's outcome held until the next, the packets its drop and
+ * reject rules stopped per second, and its busiest rules' packets per second.
+ */
+function routerHistory(history) {
+  if (!history.reports.length) return h("p", { class: "muted" }, "No reports yet.");
+  const last = history.reports[history.reports.length - 1];
+  const until = Math.max(Date.now(), Date.parse(last.at));
+  const outcomes = history.reports.map((r) => ({ at: r.at, [r.outcome]: 1 }));
+  const intervals = history.intervals;
+  const untilLast = intervals.length ? Date.parse(intervals[intervals.length - 1].to) : until;
+  const blocked = intervals.filter((i) => i.blocked_packets_per_second !== null)
+    .map((i) => ({ at: i.from, blocked: i.blocked_packets_per_second }));
+  const totals = {};
+  for (const i of intervals) for (const [rule, r] of Object.entries(i.rules)) totals[rule] = (totals[rule] || 0) + r.packets_per_second;
+  const ranked = Object.keys(totals).filter((r) => totals[r] > 0).sort((a, b) => totals[b] - totals[a]);
+  const charted = ranked.slice(0, CHARTED_RULES);
+  const ruleParts = [...charted, ...(ranked.length > charted.length ? ["other"] : [])];
+  const ruleClass = (r) => "v" + ruleParts.indexOf(r);
+  const rules = intervals.map((i) => {
+    const row = { at: i.from };
+    for (const [rule, r] of Object.entries(i.rules)) {
+      const part = charted.includes(rule) ? rule : "other";
+      if (ruleParts.includes(part)) row[part] = (row[part] || 0) + r.packets_per_second;
+    }
+    return row;
+  });
+  const chart = (id, title, body) => h("div", { id }, h("h3", {}, title), body);
+  return h("div", { class: "panel" },
+    chart("router-outcomes-chart", `Outcome of each report (${history.reports.length})`,
+      [stackedChart({ samples: outcomes, parts: OUTCOMES, until, top: 1, height: 28, label: "outcomes over time", unit: "" }), chartLegend(OUTCOMES)]),
+    h("div", { class: "grid2" },
+      chart("router-blocked-chart", "Blocked packets per second",
+        blocked.length ? stackedChart({ samples: blocked, parts: ["blocked"], until: untilLast, label: "blocked packets per second", unit: "packets/s", digits: 2 })
+          : h("p", { class: "muted" }, "Not reported (an agent older than its counters), or a single report so far.")),
+      chart("router-rules-chart", "Packets per second by rule",
+        ruleParts.length ? [stackedChart({ samples: rules, parts: ruleParts, until: untilLast, label: "packets per second by rule", unit: "packets/s", classOf: ruleClass, digits: 2 }),
+          chartLegend(ruleParts, [], ruleClass, (r) => r)]
+          : h("p", { class: "muted" }, "No rule matched a packet between reports."))));
 }
 
 function eventsTable(events) {
@@ -1160,38 +1324,10 @@ function waveState(w) {
   return badge("waiting", "waiting");
 }
 
-/**
- * A stacked step-area chart of one wave's samples (counts held until the
- * next sample). The SVG stretches to the width; its labels are HTML below
- * it, so they are not stretched with it.
- */
+/** A stacked chart of one wave's samples (counts held until the next sample). */
 function waveChart(samples, routers, until) {
-  const W = 600, H = 120;
-  const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": "progress over time" });
-  if (!samples.length) return h("p", { class: "muted" }, "No samples yet.");
-  const t0 = Date.parse(samples[0].at);
-  const t1 = Math.max(until, Date.parse(samples[samples.length - 1].at), t0 + 1000);
-  const top = Math.max(1, routers, ...samples.map((x) => CHART_PARTS.reduce((a, p) => a + x[p], 0)));
-  const X = (t) => ((t - t0) / (t1 - t0)) * W;
-  const Y = (v) => H - (v / top) * H;
-  const end = (i) => (i + 1 < samples.length ? Date.parse(samples[i + 1].at) : t1);
-  // Cumulative bands, bottom to top.
-  let below = samples.map(() => 0);
-  for (const part of CHART_PARTS) {
-    const above = samples.map((x, i) => below[i] + x[part]);
-    const pts = [];
-    samples.forEach((x, i) => pts.push(`${X(Date.parse(x.at))},${Y(above[i])}`, `${X(end(i))},${Y(above[i])}`));
-    for (let i = samples.length - 1; i >= 0; i--) pts.push(`${X(end(i))},${Y(below[i])}`, `${X(Date.parse(samples[i].at))},${Y(below[i])}`);
-    svg.append(s("polygon", { points: pts.join(" "), class: "c-" + part, "fill-opacity": 0.85 }));
-    below = above;
-  }
-  return h("figure", { class: "chart" }, svg,
-    h("figcaption", { class: "axis" },
-      h("span", {}, new Date(t0).toLocaleTimeString()),
-      h("span", {}, `0 – ${top} routers`),
-      h("span", {}, new Date(t1).toLocaleTimeString())));
+  return stackedChart({ samples, parts: CHART_PARTS, top: routers, until, label: "progress over time", unit: "routers" });
 }
-
 
 async function rolloutsPage(gen) {
   const stateFilter = hashParams().get("state") || "";

@@ -523,14 +523,25 @@ async fn dashboard_rollout_start_pause_resume_complete() {
     for kind in ["created", "paused", "resumed", "completed"] {
         assert!(history.contains(kind), "history lacks {kind}: {history}");
     }
-    // The chart has a band per state for the canary wave.
-    let bands = browser
+    // The canary wave's chart draws each sample with applied routers.
+    let samples = h
+        .get(&format!("/api/v1/rollouts/{rollout_id}/samples"))
+        .await
+        .body;
+    let applied = samples["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["wave"] == 0 && x["applied"].as_i64().unwrap() > 0)
+        .count();
+    assert!(applied >= 1, "{samples:#}");
+    let drawn = browser
         .execute(
-            "return document.querySelectorAll('#wave-0 svg polygon').length;",
+            "return document.querySelectorAll('#wave-0 svg rect[data-part=applied]').length;",
             json!([]),
         )
         .await;
-    assert_eq!(bands, 4);
+    assert_eq!(drawn, applied);
     browser.quit().await;
 }
 
@@ -602,23 +613,29 @@ async fn dashboard_rollout_pages_show_a_rollout_mid_way() {
         wave2.contains("waiting") && wave2.contains("20 waiting · 20 routers"),
         "{wave2}"
     );
-    // Charts of the released waves (a band per state), none for the last.
+    // Charts of the released waves (a step per sample and state), none
+    // for the last; wave 1's has steps: several samples, each drawn.
+    let samples = h.get(&format!("/api/v1/rollouts/{id}/samples")).await.body;
+    let applied_samples = |wave: u64| {
+        samples["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["wave"] == wave && x["applied"].as_i64().unwrap() > 0)
+            .count()
+    };
+    assert!(applied_samples(1) >= 4, "{samples:#}");
     let charts = browser
         .execute(
-            "return [0, 1, 2].map(i => document.querySelectorAll('#wave-' + i + ' svg polygon').length);",
+            "return [0, 1, 2].map(i => document.querySelector('#wave-' + i + ' svg')
+                 ? document.querySelectorAll('#wave-' + i + ' svg rect[data-part=applied]').length : null);",
             json!([]),
         )
         .await;
-    assert_eq!(charts, json!([4, 4, 0]));
-    // Wave 1's chart has steps: several samples.
-    let samples = h.get(&format!("/api/v1/rollouts/{id}/samples")).await.body;
-    let wave1_samples = samples["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|x| x["wave"] == 1)
-        .count();
-    assert!(wave1_samples >= 4, "{samples:#}");
+    assert_eq!(
+        charts,
+        json!([applied_samples(0), applied_samples(1), null])
+    );
     // The overall bar: half the fleet waiting, in its own band.
     let widths = browser
         .execute(

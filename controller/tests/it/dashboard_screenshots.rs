@@ -1,11 +1,13 @@
 //! Screenshots of the dashboard's pages for docs/screenshots
 //! (scripts/dashboard-screenshots), taken in a real headless Chromium from a
-//! controller with a fleet, services and a rollout mid-way (see
-//! [`crate::dashboard`]'s fleet helpers).
+//! controller with a fleet, services, a rollout mid-way (see
+//! [`crate::dashboard`]'s fleet helpers) and six hours of history (see
+//! [`crate::dashboard_history`]).
 
 use serde_json::json;
 
 use crate::dashboard::{fleet_with_a_service, mid_rollout, LAPTOP, PHONE};
+use crate::dashboard_history::{seed_fleet_history, seed_router_history};
 use crate::support::Harness;
 use crate::webdriver::Browser;
 
@@ -63,9 +65,15 @@ async fn dashboard_screenshots_of_the_main_pages() {
         )
         .await;
     assert_eq!(r.status, reqwest::StatusCode::CREATED, "{}", r.body);
+    // Six hours of the fleet and of that router, for the charts over time.
+    seed_fleet_history(&h).await;
+    seed_router_history(&h, &device_id).await;
 
     let shots = vec![
-        shot("fleet", "#/fleet".into(), "#count-online"),
+        Shot {
+            full_page: true,
+            ..shot("fleet", "#/fleet".into(), "#fleet-states-chart svg")
+        },
         shot("devices", "#/devices".into(), "#device-table"),
         Shot {
             steps: vec![
@@ -79,7 +87,11 @@ async fn dashboard_screenshots_of_the_main_pages() {
         },
         Shot {
             full_page: true,
-            ..shot("device", format!("#/devices/{device_id}"), "#history-table")
+            ..shot(
+                "device",
+                format!("#/devices/{device_id}"),
+                "#router-outcomes-chart svg",
+            )
         },
         Shot {
             steps: vec![

@@ -9,6 +9,7 @@ mod crash;
 mod dashboard;
 mod dashboard_api;
 mod dashboard_forms;
+mod dashboard_history;
 mod dashboard_rollout_form;
 mod dashboard_screenshots;
 mod device_api;
