@@ -218,6 +218,22 @@ async fn a_real_prometheus_sees_the_series_move_as_routers_report_rollouts_pause
     prometheus
         .until_value("isdf_routers_by_agent_version{version=\"1.4.2\"}", 1.0)
         .await;
+    // Its own counters, carried by its next report, reach the fleet's sums.
+    let counted = router
+        .http
+        .post(router.url(isdf_api::paths::DEVICE_STATUS))
+        .json(&json!({
+            "sequence": 2, "enforced_version": version, "enforced_digest": null,
+            "outcome": "applied", "attempted_version": version, "errors": [], "counters": [],
+            "backend": "nftables", "agent_version": "1.4.2",
+            "agent_counters": {"started_at": 1, "blocked_packets": 40, "blocked_bytes": 2400}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(counted.status(), StatusCode::NO_CONTENT);
+    prometheus
+        .until_value("isdf_router_blocked_packets_total", 40.0)
+        .await;
 
     // A rollout pauses: the gauge moves and the shipped alert goes off.
     let (_, assignment) = h.assigned_blocklist().await;
