@@ -134,6 +134,11 @@ impl TrustedKeys {
         VerifyingKey::from_bytes(&raw).map_err(|e| format!("invalid Ed25519 public key: {e}"))
     }
 
+    /// Whether no key is trusted (nothing verifies).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     fn find(&self, keyid: &str) -> Option<&VerifyingKey> {
         self.keys
             .iter()

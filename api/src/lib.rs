@@ -14,6 +14,7 @@ pub mod name;
 pub mod net;
 #[cfg(feature = "openapi")]
 mod openapi;
+pub mod release;
 pub mod root;
 pub mod status;
 pub mod wireguard;
@@ -41,6 +42,8 @@ pub mod paths {
     pub const DEVICE_CONFIG: &str = "/device/v1/config";
     /// Post a status report (`POST`).
     pub const DEVICE_STATUS: &str = "/device/v1/status";
+    /// Agent release binaries, by SHA-256 (`GET`, ranges allowed).
+    pub const DEVICE_RELEASES: &str = "/device/v1/releases";
     /// Cheap reachability check used after applying a config (`GET`).
     pub const DEVICE_PING: &str = "/device/v1/ping";
     /// The chain of root documents, oldest first (`GET`).

@@ -40,6 +40,11 @@ pub struct RootDocument {
     /// the agent enforces a higher one (recovery from a compromised key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_version_floor: Option<u64>,
+    /// Ed25519 keys (hex) trusted to sign agent releases
+    /// ([`crate::release`]); never also a signing key, so that a stolen
+    /// config key cannot ship code. Empty: no release can be installed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub release_keys: Vec<String>,
 }
 
 /// Why a root update was refused.
@@ -92,6 +97,40 @@ impl RootDocument {
         keys(&self.root_keys, "root keys")
     }
 
+    /// The keys trusted to sign agent releases under this root (none when
+    /// it names none).
+    pub fn release_keys(&self) -> Result<TrustedKeys, RootError> {
+        if self.release_keys.is_empty() {
+            return Ok(TrustedKeys::default());
+        }
+        keys(&self.release_keys, "release keys")
+    }
+
+    /// The checks every root passes besides its signatures: config keys
+    /// parse, release keys parse, and no key holds both roles.
+    fn check_roles(&self) -> Result<(), RootError> {
+        self.config_keys()?;
+        self.release_keys()?;
+        let parsed = |hex_keys: &[String]| -> Vec<[u8; 32]> {
+            hex_keys
+                .iter()
+                .filter_map(|k| TrustedKeys::parse_public_key(k).ok())
+                .map(|k| k.to_bytes())
+                .collect()
+        };
+        let signing = parsed(&self.signing_keys);
+        if parsed(&self.release_keys)
+            .iter()
+            .any(|k| signing.contains(k))
+        {
+            return Err(RootError::Invalid(
+                "a key is both a signing key and a release key: a config key must not sign releases"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks `envelope` is the next root after `self` and returns it.
     pub fn open_next(&self, envelope_bytes: &[u8]) -> Result<RootDocument, RootError> {
         let (envelope, payload) = self.decode(envelope_bytes)?;
@@ -101,7 +140,7 @@ impl RootDocument {
             .map_err(|e| RootError::Envelope(OpenError::MalformedConfig(e.to_string())))?;
         verify_signature(&envelope, &payload, &next.root_trust()?)
             .map_err(RootError::NotSignedByNewRoot)?;
-        next.config_keys()?;
+        next.check_roles()?;
         if next.version != self.version + 1 {
             return Err(RootError::WrongVersion {
                 got: next.version,
@@ -121,13 +160,14 @@ impl RootDocument {
             root_keys: Vec::new(),
             signing_keys: Vec::new(),
             config_version_floor: None,
+            release_keys: Vec::new(),
         };
         let (envelope, payload) = genesis.decode(envelope_bytes)?;
         let first: RootDocument = serde_json::from_slice(&payload)
             .map_err(|e| RootError::Envelope(OpenError::MalformedConfig(e.to_string())))?;
         verify_signature(&envelope, &payload, &first.root_trust()?)
             .map_err(RootError::NotSignedByNewRoot)?;
-        first.config_keys()?;
+        first.check_roles()?;
         if first.version != 1 {
             return Err(RootError::WrongVersion {
                 got: first.version,
@@ -214,7 +254,66 @@ mod tests {
             root_keys: vec![hex_of(root_key)],
             signing_keys: vec![hex_of(signing_key)],
             config_version_floor: None,
+            release_keys: Vec::new(),
         }
+    }
+
+    #[test]
+    fn release_keys_are_a_role_of_their_own() {
+        let (root_key, online, release) = (key(1), key(3), key(5));
+        let v1 = root(1, &root_key, &online);
+        assert!(v1.release_keys().unwrap().is_empty());
+        // Absent from the JSON when there is none: roots without releases
+        // read as before.
+        assert!(serde_json::to_value(&v1)
+            .unwrap()
+            .get("release_keys")
+            .is_none());
+        let v2 = RootDocument {
+            version: 2,
+            release_keys: vec![hex_of(&release)],
+            ..v1.clone()
+        };
+        let opened = v1.open_next(&signed(&v2, &[&root_key])).unwrap();
+        let manifest = crate::release::ReleaseManifest {
+            version: "1.0.0".into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            sha256: "0".repeat(64),
+            size: 1,
+        };
+        let sealed = |k: &SigningKey| {
+            crate::seal(
+                crate::release::RELEASE_PAYLOAD_TYPE,
+                &serde_json::to_vec(&manifest).unwrap(),
+                k,
+            )
+            .to_json()
+        };
+        let keys = opened.release_keys().unwrap();
+        assert_eq!(
+            crate::release::open_release(&sealed(&release), &keys),
+            Ok(manifest.clone())
+        );
+        let by_config_key = crate::release::open_release(&sealed(&online), &keys).unwrap_err();
+        assert_eq!(by_config_key.code(), "release_not_signed_by_release_key");
+        // One key in both roles is refused: the root would let a config key ship code.
+        let both = RootDocument {
+            version: 2,
+            release_keys: vec![hex_of(&online)],
+            ..v1.clone()
+        };
+        let refused = v1.open_next(&signed(&both, &[&root_key])).unwrap_err();
+        assert_eq!(refused.code(), "root_invalid");
+        let first = RootDocument {
+            release_keys: vec![hex_of(&online)],
+            ..v1.clone()
+        };
+        assert_eq!(
+            RootDocument::open_first(&signed(&first, &[&root_key]))
+                .unwrap_err()
+                .code(),
+            "root_invalid"
+        );
     }
 
     fn signed(doc: &RootDocument, by: &[&SigningKey]) -> Vec<u8> {

@@ -45,6 +45,7 @@ fn compile_and_sign(c: &mut Criterion) {
                 issued_at: 1_795_000_100,
                 expires_at: 1_795_604_900,
                 firewall,
+                agent_release: None,
             };
             let payload = serde_json::to_vec(&config).unwrap();
             signer

@@ -69,6 +69,7 @@ fn signed_configs(vpn: &Vpn, signer: &FileSigner) -> usize {
                 }),
                 ..Default::default()
             },
+            agent_release: None,
         };
         let payload = serde_json::to_vec(&config).unwrap();
         bytes += signer

@@ -307,6 +307,11 @@ impl Application {
                 ca_pem: pki.ca_pem.clone(),
                 signing_public_key_hex: signing_public_key_hex.clone(),
                 roots: roots.envelopes.clone(),
+                release_keys: roots
+                    .latest
+                    .release_keys()
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .context("the newest root's release keys")?,
             }),
             device_gate: Arc::new(DeviceGate::new(settings.limits.clone())),
             enrollment_gate: Arc::new(EnrollmentGate::default()),

@@ -58,6 +58,10 @@ enum RootCommand {
         /// After removing a compromised key: accept config versions from here again.
         #[arg(long)]
         config_version_floor: Option<u64>,
+        /// Public keys (hex) trusted to sign agent releases under the new
+        /// root; default: the current root's. Never a signing key.
+        #[arg(long = "release-key")]
+        release_keys: Vec<String>,
     },
     /// Show the verified chain.
     Show,
@@ -278,19 +282,19 @@ fn root(args: &ServeArgs, command: RootCommand) -> anyhow::Result<()> {
             new_root_key,
             signing_keys,
             config_version_floor,
+            release_keys,
         } => {
-            for key in &signing_keys {
+            for key in signing_keys.iter().chain(&release_keys) {
                 isdf_api::TrustedKeys::parse_public_key(key).map_err(anyhow::Error::msg)?;
             }
             let current = read_key(&root_key)?;
             let handover = new_root_key.as_deref().map(read_key).transpose()?;
-            let next = RootChain::rotate(
-                &data_dir,
-                &current,
-                handover.as_ref(),
+            let certified = isdf_controller::trust::roots::NextRoot {
                 signing_keys,
                 config_version_floor,
-            )?;
+                release_keys: (!release_keys.is_empty()).then_some(release_keys),
+            };
+            let next = RootChain::rotate(&data_dir, &current, handover.as_ref(), certified)?;
             println!(
                 "signed root {}; restart the controller with a certified signing key",
                 next.version

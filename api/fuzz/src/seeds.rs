@@ -77,6 +77,7 @@ fn root(version: u64, root_key: u8, signing_key: u8, floor: Option<u64>) -> Vec<
         root_keys: vec![hex(root_key)],
         signing_keys: vec![hex(signing_key)],
         config_version_floor: floor,
+        release_keys: Vec::new(),
     };
     serde_json::to_vec(&document).expect("serialises")
 }

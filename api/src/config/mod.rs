@@ -30,6 +30,9 @@ pub struct DeviceConfig {
     /// Unix seconds; after this the agent keeps enforcing it but reports it stale.
     pub expires_at: i64,
     pub firewall: Firewall,
+    /// The agent release the router should run; None: whatever runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_release: Option<crate::release::AgentRelease>,
 }
 
 /// The data-plane primitives: kernel sets and rules, and the DNS policy and

@@ -21,6 +21,9 @@ impl DeviceConfig {
         if self.expires_at <= self.issued_at {
             return fail("expires_at is not after issued_at".into());
         }
+        if let Some(release) = &self.agent_release {
+            release.check().map_err(ConfigError)?;
+        }
         let mut set_names = HashSet::new();
         for set in &self.firewall.sets {
             if set.name.as_str().starts_with(RESERVED_PREFIX) {

@@ -114,6 +114,29 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Option<Value>, CliError> {
+        self.perform(
+            method,
+            path,
+            query,
+            body.map_or(Payload::None, Payload::Json),
+        )
+    }
+
+    /// Sends `bytes` as `application/octet-stream` (`PUT`), returns the JSON
+    /// answer: an agent release's binary.
+    pub fn upload(&self, path: &str, bytes: Vec<u8>) -> Result<Value, CliError> {
+        Ok(self
+            .perform(Method::PUT, path, &[], Payload::Octets(bytes))?
+            .unwrap_or(Value::Null))
+    }
+
+    fn perform(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Payload<'_>,
+    ) -> Result<Option<Value>, CliError> {
         // A dry run writes nothing: what was walked is still true.
         let dry_run = query.iter().any(|(k, v)| *k == "dry_run" && v == "true");
         if method != Method::GET && !dry_run {
@@ -124,9 +147,13 @@ impl Client {
         if let Some(token) = &self.token {
             request = request.bearer_auth(&token.secret);
         }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        request = match body {
+            Payload::None => request,
+            Payload::Json(body) => request.json(body),
+            Payload::Octets(bytes) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes),
+        };
         let network = |e: reqwest::Error| CliError::Network {
             url: url.clone(),
             message: error_chain(&e),
@@ -304,4 +331,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// What a request carries.
+enum Payload<'a> {
+    None,
+    Json(&'a Value),
+    Octets(Vec<u8>),
 }

@@ -28,6 +28,7 @@ pub mod locks;
 pub mod operators;
 pub mod pending_recompiles;
 pub mod purchases;
+pub mod releases;
 pub mod rollouts;
 pub mod services;
 pub mod sessions;

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod operators;
 pub mod portal;
 pub mod purchases;
+pub mod releases;
 pub mod rollouts;
 pub mod services;
 pub mod sites;

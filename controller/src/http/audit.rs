@@ -80,6 +80,11 @@ impl AuditTrail {
         self
     }
 
+    /// The operator making the change (the name the audit log shows).
+    pub fn actor(&self) -> &str {
+        &self.0.actor
+    }
+
     pub fn is_dry_run(&self) -> bool {
         self.0.dry_run
     }
@@ -209,6 +214,13 @@ pub(crate) fn summarize(body: &[u8]) -> serde_json::Value {
         }
     };
     without_nul(summary)
+}
+
+/// The audit summary of a binary body (an agent release): its size and
+/// SHA-256.
+pub(crate) fn summarize_binary(body: &[u8]) -> serde_json::Value {
+    use sha2::Digest;
+    serde_json::json!({"bytes": body.len(), "sha256": hex::encode(sha2::Sha256::digest(body))})
 }
 
 /// How often the tally of refused unauthenticated calls is written.

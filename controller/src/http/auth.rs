@@ -168,12 +168,25 @@ pub async fn authorize_and_audit(
         return next.run(Request::from_parts(parts, body)).await;
     }
 
-    // Bodies are already capped by the route's limit; keep a copy for the summary.
-    let bytes = match to_bytes(body, crate::http::limits::OPERATOR_BODY_LIMIT).await {
+    // Bodies are capped by the route's limit; keep a copy for the summary.
+    // An agent release's binary is the one body above the operator limit,
+    // and is summarised by its size and digest, not its bytes.
+    let binary = route == crate::handlers::releases::UPLOAD_ROUTE;
+    let limit = if binary {
+        crate::handlers::releases::RELEASE_BODY_LIMIT
+    } else {
+        crate::http::limits::OPERATOR_BODY_LIMIT
+    };
+    let bytes = match to_bytes(body, limit).await {
         Ok(bytes) => bytes,
         Err(_) => return ApiError::PayloadTooLarge.into_response(),
     };
-    let mut trail = AuditTrail::new(operator.id, operator.name, action, path, summarize(&bytes));
+    let summary = if binary {
+        crate::http::audit::summarize_binary(&bytes)
+    } else {
+        summarize(&bytes)
+    };
+    let mut trail = AuditTrail::new(operator.id, operator.name, action, path, summary);
     let dry_run = match take_dry_run(&mut parts.uri) {
         Ok(dry_run) => dry_run,
         Err(refusal) => {

@@ -45,6 +45,10 @@ pub enum ApiError {
         message: String,
         retry_after: u64,
     },
+    /// A byte range outside the body (`Range` of a release download):
+    /// 416 with `Content-Range: bytes */<size>`.
+    #[error("{message}")]
+    RangeNotSatisfiable { size: i64, message: String },
     #[error("request body is larger than the limit")]
     PayloadTooLarge,
     #[error("unsupported media type: {0}")]
@@ -113,6 +117,9 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Refused { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::TooManyRequests { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+            ApiError::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
@@ -177,6 +184,13 @@ impl IntoResponse for ApiError {
         response.extensions_mut().insert(ErrorCode(code));
         if database {
             response.extensions_mut().insert(DatabaseFailure);
+        }
+        if let ApiError::RangeNotSatisfiable { size, .. } = &self {
+            if let Ok(value) = format!("bytes */{size}").parse() {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::CONTENT_RANGE, value);
+            }
         }
         if let ApiError::TooManyRequests { retry_after, .. } = &self {
             response

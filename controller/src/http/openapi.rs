@@ -20,8 +20,8 @@ use utoipa::OpenApi;
 
 use crate::handlers::{
     assignments, billing, blocks, customers, device_api, device_labels, devices, enrollment,
-    exports, fleet, health, metrics, operators, purchases, rollouts, services, sites, stream, vpns,
-    wireguard,
+    exports, fleet, health, metrics, operators, purchases, releases, rollouts, services, sites,
+    stream, vpns, wireguard,
 };
 use crate::http::state::AppState;
 
@@ -61,6 +61,7 @@ use crate::http::state::AppState;
         rollouts::pause, rollouts::resume, rollouts::abort,
         services::diff_revisions, operators::whoami, fleet::overview, fleet::history, stream::stream,
         health::healthz, health::readyz, metrics::serve,
+        releases::create, releases::list, releases::get, releases::upload,
     ),
     components(schemas(
         crate::http::error::ErrorBody, crate::http::error::DryRunBody, crate::services::FlowBlockSpec, crate::services::FlowSpec,
@@ -85,7 +86,7 @@ pub struct OperatorApiDoc;
     paths(
         device_api::poll_config, device_api::report_status, device_api::report_events,
         device_api::ping, device_api::roots, device_api::probe, device_api::wireguard_facts,
-        enrollment::renew, health::healthz, health::readyz,
+        enrollment::renew, releases::download, health::healthz, health::readyz,
     ),
     components(schemas(crate::http::error::ErrorBody)),
     modifiers(&MutualTls, &DEVICE_ERRORS),

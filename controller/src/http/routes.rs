@@ -8,8 +8,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::handlers::{
     assignments, billing, blocks, customers, dashboard, device_api, device_labels, devices,
-    enrollment, exports, fleet, health, metrics, operators, portal, purchases, rollouts, services,
-    sites, stream, vpns, wireguard,
+    enrollment, exports, fleet, health, metrics, operators, portal, purchases, releases, rollouts,
+    services, sites, stream, vpns, wireguard,
 };
 use crate::http::auth::authorize_and_audit;
 use crate::http::contract::{json_errors, refuse_nul_in_uri};
@@ -153,6 +153,15 @@ pub fn operator_router(state: AppState) -> Router {
             "/api/v1/vpns/{id}/members/{device_id}",
             axum::routing::put(vpns::put_member).delete(vpns::delete_member),
         )
+        .route(
+            "/api/v1/agent-releases",
+            post(releases::create).get(releases::list),
+        )
+        .route("/api/v1/agent-releases/{id}", get(releases::get))
+        .route(
+            releases::UPLOAD_ROUTE,
+            put(releases::upload).layer(DefaultBodyLimit::max(releases::RELEASE_BODY_LIMIT)),
+        )
         .route("/api/v1/vpn-relays", get(vpns::list_relays))
         .route(
             "/api/v1/vpn-relays/{device_id}",
@@ -223,6 +232,10 @@ pub fn device_router(state: AppState) -> Router {
         )
         .route(isdf_api::paths::DEVICE_RENEW, post(enrollment::renew))
         .route(isdf_api::paths::DEVICE_ROOTS, get(device_api::roots))
+        .route(
+            &format!("{}/{{sha256}}", isdf_api::paths::DEVICE_RELEASES),
+            get(releases::download),
+        )
         // For a load balancer in front of this port: answered without a
         // client certificate (every device route above needs one).
         .route("/healthz", get(health::healthz))

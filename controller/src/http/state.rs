@@ -75,6 +75,9 @@ pub struct AgentBootstrap {
     pub signing_public_key_hex: String,
     /// The root chain (envelopes, oldest first), given to agents.
     pub roots: Vec<String>,
+    /// The newest root's release keys: an agent release is accepted only
+    /// with a manifest one of them signed.
+    pub release_keys: isdf_api::TrustedKeys,
 }
 
 impl AgentBootstrap {

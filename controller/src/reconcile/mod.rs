@@ -221,6 +221,7 @@ impl Reconciler {
                     issued_at: now.timestamp(),
                     expires_at: (now + lifetime).timestamp(),
                     firewall,
+                    agent_release: None,
                 };
                 let payload = serde_json::to_vec(&config).context("serialising config")?;
                 let envelope = self

@@ -222,6 +222,7 @@ mod tests {
             issued_at: 0,
             expires_at: 1,
             firewall,
+            agent_release: None,
         };
         config.validate().unwrap();
         config.firewall
@@ -409,7 +410,7 @@ mod tests {
                 spec: ServiceSpec::parse(ServiceKind::FlowBlock, &spec).unwrap(),
             };
             let firewall = compile_firewall(&Labels::default(), &[assignment], &[], None, now);
-            let config = isdf_api::DeviceConfig { device_id: "d".into(), version: 1, issued_at: 0, expires_at: 1, firewall };
+            let config = isdf_api::DeviceConfig { device_id: "d".into(), version: 1, issued_at: 0, expires_at: 1, firewall, agent_release: None };
             proptest::prop_assert!(config.validate().is_ok());
             let bytes = serde_json::to_vec(&config).unwrap();
             let again: isdf_api::DeviceConfig = serde_json::from_slice(&bytes).unwrap();

@@ -1,8 +1,10 @@
 //! The chain of root documents in the data directory (`roots/<version>.json`).
 //!
 //! At first start the controller creates a root key (`root-key.pem`; the
-//! operator may move it offline, it is only needed to sign the next root) and
-//! root 1, which certifies the config-signing key. Rotating the signing key,
+//! operator may move it offline, it is only needed to sign the next root), a
+//! release key (`release-key.pem`; move it offline too: it signs agent
+//! releases, with `isdfctl releases sign`, never configs) and root 1, which
+//! certifies the config-signing key and the release key in their roles. Rotating the signing key,
 //! or revoking one, is a new root signed with `isdf-controller root rotate`.
 //! At every start the chain is verified and the signing key must be one the
 //! newest root certifies.
@@ -28,6 +30,20 @@ pub struct RootChain {
 pub const ROOTS_DIR: &str = "roots";
 /// Where the first start leaves the root key it made (to be moved offline).
 pub const ROOT_KEY_FILE: &str = "root-key.pem";
+/// Where the first start leaves the release key it made (to be moved offline).
+pub const RELEASE_KEY_FILE: &str = "release-key.pem";
+
+/// What the next root certifies.
+#[derive(Debug, Clone)]
+pub struct NextRoot {
+    /// Public keys (hex) trusted to sign configs; any not listed is dropped.
+    pub signing_keys: Vec<String>,
+    /// After removing a compromised key: accept config versions from here again.
+    pub config_version_floor: Option<u64>,
+    /// Public keys (hex) trusted to sign agent releases; None keeps the
+    /// current root's.
+    pub release_keys: Option<Vec<String>>,
+}
 
 fn roots_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(ROOTS_DIR)
@@ -70,11 +86,13 @@ impl RootChain {
         if !dir.exists() {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let root_key = generate_key(&data_dir.join(ROOT_KEY_FILE))?;
+            let release_key = generate_key(&data_dir.join(RELEASE_KEY_FILE))?;
             let first = RootDocument {
                 version: 1,
                 root_keys: vec![public_hex(&root_key)],
                 signing_keys: vec![signing_key_hex.to_owned()],
                 config_version_floor: None,
+                release_keys: vec![public_hex(&release_key)],
             };
             let envelope = seal_with_all(
                 ROOT_PAYLOAD_TYPE,
@@ -82,7 +100,9 @@ impl RootChain {
                 &[&root_key],
             );
             write_public_file(&root_file(data_dir, 1), &envelope.to_json())?;
-            tracing::info!("created root 1 and root-key.pem; the root key may be moved offline");
+            tracing::info!(
+                "created root 1, root-key.pem and release-key.pem; both keys may be moved offline"
+            );
         }
         let chain = Self::load(data_dir)?;
         if !chain
@@ -131,16 +151,18 @@ impl RootChain {
         data_dir: &Path,
         root_key: &SigningKey,
         new_root_key: Option<&SigningKey>,
-        signing_keys: Vec<String>,
-        config_version_floor: Option<u64>,
+        certified: NextRoot,
     ) -> anyhow::Result<RootDocument> {
         let chain = Self::load(data_dir)?;
         let next_root_key = new_root_key.unwrap_or(root_key);
         let next = RootDocument {
             version: chain.latest.version + 1,
             root_keys: vec![public_hex(next_root_key)],
-            signing_keys,
-            config_version_floor,
+            signing_keys: certified.signing_keys,
+            config_version_floor: certified.config_version_floor,
+            release_keys: certified
+                .release_keys
+                .unwrap_or_else(|| chain.latest.release_keys.clone()),
         };
         let envelope = seal_with_all(
             ROOT_PAYLOAD_TYPE,
@@ -171,23 +193,18 @@ mod tests {
         let root_key = read_key(&dir.path().join("root-key.pem")).unwrap();
         let next_online = SigningKey::from_bytes(&[4; 32]);
         let stranger = SigningKey::from_bytes(&[9; 32]);
-        assert!(RootChain::rotate(
-            dir.path(),
-            &stranger,
-            None,
-            vec![public_hex(&next_online)],
-            None
-        )
-        .is_err());
-        let v2 = RootChain::rotate(
-            dir.path(),
-            &root_key,
-            None,
-            vec![public_hex(&next_online)],
-            Some(1),
-        )
-        .unwrap();
+        let next = |floor| NextRoot {
+            signing_keys: vec![public_hex(&next_online)],
+            config_version_floor: floor,
+            release_keys: None,
+        };
+        assert!(RootChain::rotate(dir.path(), &stranger, None, next(None)).is_err());
+        let v2 = RootChain::rotate(dir.path(), &root_key, None, next(Some(1))).unwrap();
         assert_eq!(v2.version, 2);
+        // The release key of root 1 is kept, and is in the data directory.
+        let release_key = read_key(&dir.path().join(RELEASE_KEY_FILE)).unwrap();
+        assert_eq!(v2.release_keys, [public_hex(&release_key)]);
+        assert_eq!(chain.latest.release_keys, v2.release_keys);
         // The old online key is no longer certified: the controller refuses to start with it.
         let refused = RootChain::load_or_create(dir.path(), &public_hex(&online)).unwrap_err();
         assert!(

@@ -454,6 +454,7 @@ mod tests {
                 }),
                 ..Default::default()
             },
+            agent_release: None,
         };
         config.validate().expect("compiled tunnels validate");
         tunnel

@@ -30,6 +30,7 @@ mod pay_per_site_fleet;
 mod portal;
 mod prometheus;
 mod recompile;
+mod releases;
 mod replicas;
 mod rollouts;
 mod support;

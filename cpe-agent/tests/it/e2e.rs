@@ -547,12 +547,16 @@ fn signing_key_rotation_with_a_running_agent() {
         let root_key =
             isdf_controller::trust::roots::read_key(&controller_dir.join("root-key.pem")).unwrap();
         let new_hex = isdf_controller::trust::roots::public_hex(&new_key);
+        let certified = isdf_controller::trust::roots::NextRoot {
+            signing_keys: vec![new_hex],
+            config_version_floor: None,
+            release_keys: None,
+        };
         isdf_controller::trust::roots::RootChain::rotate(
             &controller_dir,
             &root_key,
             None,
-            vec![new_hex],
-            None,
+            certified,
         )
         .unwrap();
         // Swap the key and restart: the controller re-signs every config.
@@ -619,6 +623,7 @@ fn signing_key_rotation_with_a_running_agent() {
             root_keys: vec![isdf_controller::trust::roots::public_hex(&attacker_root)],
             signing_keys: vec![hex_of(&attacker_online)],
             config_version_floor: Some(1),
+            release_keys: Vec::new(),
         };
         let fake_root = isdf_api::root::seal_with_all(
             isdf_api::root::ROOT_PAYLOAD_TYPE,
@@ -667,12 +672,16 @@ fn signing_key_rotation_with_a_running_agent() {
         })
         .await;
         let recovery_key = ed25519_dalek::SigningKey::from_bytes(&[68; 32]);
+        let certified = isdf_controller::trust::roots::NextRoot {
+            signing_keys: vec![isdf_controller::trust::roots::public_hex(&recovery_key)],
+            config_version_floor: Some(4),
+            release_keys: None,
+        };
         isdf_controller::trust::roots::RootChain::rotate(
             &controller_dir,
             &root_key,
             None,
-            vec![isdf_controller::trust::roots::public_hex(&recovery_key)],
-            Some(4),
+            certified,
         )
         .unwrap();
         rogue.serve_roots(

@@ -15,12 +15,14 @@ mod blocks;
 mod devices;
 mod households;
 mod labels;
+mod releases;
 mod services;
 mod vpns;
 
 pub use blocks::BlockCommand;
 pub use devices::{DeviceCommand, EnrollmentTokenCommand, WireguardCommand};
 pub use households::{CustomerCommand, PurchaseCommand, SiteCommand, SiteInputArgs};
+pub use releases::ReleaseCommand;
 pub use services::{
     assignment_hint, print_warnings, AssignmentCommand, RevisionCommand, ServiceCommand,
 };
@@ -68,6 +70,9 @@ pub enum Command {
     /// Timed flow blocks on one router.
     #[command(subcommand, visible_alias = "block")]
     Blocks(BlockCommand),
+    /// Agent releases: sign (offline), upload, list.
+    #[command(subcommand, visible_alias = "release")]
+    Releases(ReleaseCommand),
     /// Staged rollouts of assignment changes.
     #[command(subcommand, visible_alias = "rollout")]
     Rollouts(rollout::RolloutCommand),
@@ -343,6 +348,7 @@ pub fn dispatch(context: &Context, command: Command) -> Result<u8, CliError> {
         Command::Vpns(command) => vpns::vpns(context, command),
         Command::VpnRelays(command) => vpns::relays(context, command),
         Command::Blocks(command) => blocks::blocks(context, command),
+        Command::Releases(command) => releases::releases(context, command),
         Command::Rollouts(command) => rollout::run(context, command),
         Command::Fleet(FleetCommand::Overview) => show(context, "/api/v1/fleet/overview", &[]),
         Command::Whoami => show(context, "/api/v1/whoami", &[]),

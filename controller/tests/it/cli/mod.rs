@@ -17,6 +17,7 @@ mod changes;
 mod errors;
 mod help;
 mod output;
+mod releases;
 
 const FLEET: &str = include_str!("../../../../deploy/examples/fleet.yaml");
 
