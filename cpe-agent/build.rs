@@ -1,5 +1,6 @@
-//! Link options that keep the agent binary small: routers hold it in a few
-//! MB of flash (see `release-small` in the workspace manifest).
+//! The target triple the agent reports (`ISDF_AGENT_TARGET`), and link
+//! options that keep the agent binary small: routers hold it in a few MB of
+//! flash (see `release-small` in the workspace manifest).
 //!
 //! They are given only where the linker is known to be rustc's bundled
 //! `rust-lld` and the C library glibc: `x86_64-unknown-linux-gnu` without a
@@ -9,6 +10,13 @@ use std::env;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=ISDF_AGENT_VERSION");
+    // The target triple the agent was built for: it reports it, and the
+    // controller gives it only releases built for the same.
+    println!(
+        "cargo:rustc-env=ISDF_AGENT_TARGET={}",
+        env::var("TARGET").expect("cargo sets TARGET for build scripts")
+    );
     println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let bundled_lld = env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu")
         && env::var_os("RUSTC_LINKER").is_none()

@@ -68,6 +68,10 @@ pub struct StatusReport {
     /// Firewall backend in use (`nftables` or `iptables`).
     pub backend: String,
     pub agent_version: String,
+    /// The Rust target triple the agent was built for (absent from agents
+    /// older than releases): only releases for it are given to the router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_target: Option<String>,
     /// What the agent counted since it started (absent from agents older
     /// than these counters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +158,7 @@ impl StatusReport {
             .chain(&self.errors)
             .chain(self.counters.iter().map(|c| &c.rule_id))
             .chain(self.tunnels.iter().map(|t| &t.interface))
+            .chain(self.agent_target.iter())
             .chain([&self.backend, &self.agent_version]);
         for text in texts {
             if text.contains('\0') {

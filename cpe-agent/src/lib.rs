@@ -16,6 +16,17 @@
 //! - `sys/`: settings, the state directory, the one atomic write, processes,
 //!   time and logging; it imports nothing from the layers above.
 
+/// The version this agent reports: `ISDF_AGENT_VERSION` when it was set
+/// at build time (two builds of one source then differ only in it, as an
+/// upgrade test needs), else the crate's.
+pub const AGENT_VERSION: &str = match option_env!("ISDF_AGENT_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// The Rust target triple this agent was built for (from `build.rs`).
+pub const AGENT_TARGET: &str = env!("ISDF_AGENT_TARGET");
+
 pub mod agent;
 pub mod backend;
 pub mod classify;

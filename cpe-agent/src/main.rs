@@ -13,7 +13,7 @@ use isdf_agent::sys::settings::{BackendChoice, Settings};
 use isdf_agent::sys::state::StateDir;
 
 #[derive(Parser)]
-#[command(name = "isdf-agent", version, about = "iSDF router agent")]
+#[command(name = "isdf-agent", version = isdf_agent::AGENT_VERSION, about = "iSDF router agent")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

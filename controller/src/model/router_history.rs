@@ -139,6 +139,7 @@ mod tests {
             tunnels: vec![],
             backend: "nftables".into(),
             agent_version: "t".into(),
+            agent_target: None,
             agent_counters: Some(AgentCounters {
                 started_at,
                 blocked_packets: blocked,

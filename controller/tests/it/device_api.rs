@@ -114,6 +114,7 @@ fn report(sequence: u64) -> StatusReport {
         tunnels: vec![],
         backend: "nftables".into(),
         agent_version: "test".into(),
+        agent_target: None,
         agent_counters: None,
     }
 }

@@ -351,6 +351,7 @@ mod tests {
             tunnels: vec![],
             backend: "nftables".into(),
             agent_version: "0.1.0".into(),
+            agent_target: None,
             agent_counters: Some(AgentCounters {
                 started_at: 1_700_000_000,
                 blocked_packets: 5,

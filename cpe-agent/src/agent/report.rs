@@ -94,7 +94,8 @@ impl Agent {
             counters,
             tunnels: self.tunnels.status(),
             backend: self.backend.name().to_owned(),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agent_version: crate::AGENT_VERSION.to_owned(),
+            agent_target: Some(crate::AGENT_TARGET.to_owned()),
             agent_counters: Some(self.tally.counters.clone()),
         }
     }

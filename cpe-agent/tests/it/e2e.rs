@@ -306,6 +306,11 @@ fn agent_counters_and_textfile(
     report: &isdf_api::StatusReport,
     attacks: u64,
 ) {
+    assert_eq!(
+        report.agent_target.as_deref(),
+        Some(isdf_agent::AGENT_TARGET),
+        "the report names the agent's target"
+    );
     let counters = report
         .agent_counters
         .as_ref()

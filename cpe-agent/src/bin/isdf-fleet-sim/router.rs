@@ -354,6 +354,7 @@ impl Router {
             tunnels: vec![],
             backend: "simulated".to_owned(),
             agent_version: concat!("fleet-sim-", env!("CARGO_PKG_VERSION")).to_owned(),
+            agent_target: None,
             agent_counters: None,
         };
         self.common.stats.with(|c| c.reports_started += 1);
