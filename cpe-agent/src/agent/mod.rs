@@ -36,6 +36,7 @@ mod identity;
 mod report;
 mod state_writes;
 mod uninstall;
+pub mod upgrade;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,233 @@
+//! What the router decides about the agent release a config asks for,
+//! before a byte of it is downloaded: whether the manifest is signed by a
+//! release key of the root the agent trusts, whether it is for this
+//! router's target, and whether installing it is an upgrade (a downgrade
+//! only when the operator asked for one). Pure: the manifest, the trusted
+//! keys and what runs now in; the decision out.
+//!
+//! The download, the swap and the watchdog that brings the previous binary
+//! back build on this (issue 20's remaining work).
+
+use std::cmp::Ordering;
+
+use isdf_api::release::{open_release, AgentRelease, ReleaseManifest};
+use isdf_api::TrustedKeys;
+
+/// What to do about a config's `agent_release`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseDecision {
+    /// It is the agent that runs: nothing to do.
+    Running,
+    /// Download, check and install it.
+    Install(ReleaseManifest),
+}
+
+/// Why a release is not installed: stable codes, reported like a refused
+/// config's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseRefusal {
+    Manifest(isdf_api::release::ReleaseError),
+    WrongTarget { release: String, running: String },
+    Downgrade { release: String, running: String },
+}
+
+impl ReleaseRefusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReleaseRefusal::Manifest(e) => e.code(),
+            ReleaseRefusal::WrongTarget { .. } => "release_wrong_target",
+            ReleaseRefusal::Downgrade { .. } => "release_downgrade_refused",
+        }
+    }
+}
+
+impl std::fmt::Display for ReleaseRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReleaseRefusal::Manifest(e) => write!(f, "{e}"),
+            ReleaseRefusal::WrongTarget { release, running } => {
+                write!(f, "the release is for {release}, this router runs {running}")
+            }
+            ReleaseRefusal::Downgrade { release, running } => write!(
+                f,
+                "{release} is older than the running {running}; the config does not allow a downgrade"
+            ),
+        }
+    }
+}
+
+/// Decides about `release` for an agent `running_version` built for
+/// `running_target`, trusting `release_keys` (the verified root's).
+pub fn decide(
+    release: &AgentRelease,
+    release_keys: &TrustedKeys,
+    running_version: &str,
+    running_target: &str,
+) -> Result<ReleaseDecision, ReleaseRefusal> {
+    let manifest = open_release(&release.manifest.to_json(), release_keys)
+        .map_err(ReleaseRefusal::Manifest)?;
+    if manifest.target != running_target {
+        return Err(ReleaseRefusal::WrongTarget {
+            release: manifest.target,
+            running: running_target.to_owned(),
+        });
+    }
+    match compare_versions(&manifest.version, running_version) {
+        Ordering::Equal => Ok(ReleaseDecision::Running),
+        Ordering::Less if !release.allow_downgrade => Err(ReleaseRefusal::Downgrade {
+            release: manifest.version,
+            running: running_version.to_owned(),
+        }),
+        _ => Ok(ReleaseDecision::Install(manifest)),
+    }
+}
+
+/// Orders versions as SemVer does for what releases use: dot-separated
+/// numbers compared as numbers, a pre-release (`-rc.1`) before its release
+/// and compared part by part (numbers below words), build metadata (`+...`)
+/// ignored. A part that is no number is compared as text.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    let split = |v: &'_ str| -> (String, Option<String>) {
+        let v = v.split('+').next().unwrap_or(v);
+        match v.split_once('-') {
+            Some((core, pre)) => (core.to_owned(), Some(pre.to_owned())),
+            None => (v.to_owned(), None),
+        }
+    };
+    let parts = |text: &str| -> Vec<String> { text.split('.').map(str::to_owned).collect() };
+    let part_order = |x: &str, y: &str| match (x.parse::<u64>(), y.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        (Ok(_), Err(_)) => Ordering::Less,
+        (Err(_), Ok(_)) => Ordering::Greater,
+        (Err(_), Err(_)) => x.cmp(y),
+    };
+    let list_order = |x: &[String], y: &[String], missing_is_zero: bool| {
+        for i in 0..x.len().max(y.len()) {
+            let order = match (x.get(i), y.get(i)) {
+                (Some(p), Some(q)) => part_order(p, q),
+                (Some(p), None) if missing_is_zero => part_order(p, "0"),
+                (None, Some(q)) if missing_is_zero => part_order("0", q),
+                (Some(_), None) => Ordering::Greater,
+                (None, Some(_)) => Ordering::Less,
+                (None, None) => Ordering::Equal,
+            };
+            if order != Ordering::Equal {
+                return order;
+            }
+        }
+        Ordering::Equal
+    };
+    let ((core_a, pre_a), (core_b, pre_b)) = (split(a), split(b));
+    list_order(&parts(&core_a), &parts(&core_b), true).then_with(|| match (pre_a, pre_b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(x), Some(y)) => list_order(&parts(&x), &parts(&y), false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use isdf_api::release::{release_path, RELEASE_PAYLOAD_TYPE};
+
+    const TARGET: &str = "mips-unknown-linux-musl";
+
+    fn release(
+        version: &str,
+        target: &str,
+        key: &SigningKey,
+        allow_downgrade: bool,
+    ) -> AgentRelease {
+        let manifest = ReleaseManifest {
+            version: version.into(),
+            target: target.into(),
+            sha256: "ab".repeat(32),
+            size: 2_000_000,
+        };
+        AgentRelease {
+            manifest: isdf_api::seal(
+                RELEASE_PAYLOAD_TYPE,
+                &serde_json::to_vec(&manifest).unwrap(),
+                key,
+            ),
+            path: release_path(&manifest.sha256),
+            allow_downgrade,
+        }
+    }
+
+    #[test]
+    fn only_a_newer_release_for_this_target_signed_by_a_release_key_is_installed() {
+        let release_key = SigningKey::from_bytes(&[1; 32]);
+        let config_key = SigningKey::from_bytes(&[2; 32]);
+        let keys = TrustedKeys::new([release_key.verifying_key()]);
+        let decide = |r: &AgentRelease| decide(r, &keys, "0.4.0", TARGET);
+        assert!(
+            matches!(decide(&release("0.5.0", TARGET, &release_key, false)), Ok(ReleaseDecision::Install(m)) if m.version == "0.5.0")
+        );
+        assert_eq!(
+            decide(&release("0.4.0", TARGET, &release_key, false)),
+            Ok(ReleaseDecision::Running)
+        );
+        let code = |r: AgentRelease| decide(&r).unwrap_err().code();
+        assert_eq!(
+            code(release("0.5.0", TARGET, &config_key, false)),
+            "release_not_signed_by_release_key"
+        );
+        assert_eq!(
+            code(release(
+                "0.5.0",
+                "aarch64-unknown-linux-musl",
+                &release_key,
+                false
+            )),
+            "release_wrong_target"
+        );
+        assert_eq!(
+            code(release("0.3.9", TARGET, &release_key, false)),
+            "release_downgrade_refused"
+        );
+        // The operator asked for this downgrade.
+        assert!(matches!(
+            decide(&release("0.3.9", TARGET, &release_key, true)),
+            Ok(ReleaseDecision::Install(_))
+        ));
+        // No release key trusted (a root without one): nothing installs.
+        let none = TrustedKeys::default();
+        let refused = super::decide(
+            &release("0.5.0", TARGET, &release_key, false),
+            &none,
+            "0.4.0",
+            TARGET,
+        );
+        assert_eq!(
+            refused.unwrap_err().code(),
+            "release_not_signed_by_release_key"
+        );
+    }
+
+    #[test]
+    fn versions_order_as_semver_does() {
+        let ordered = [
+            "0.1.0",
+            "0.1.1",
+            "0.2.0-alpha",
+            "0.2.0-alpha.1",
+            "0.2.0-alpha.beta",
+            "0.2.0-beta.2",
+            "0.2.0-beta.11",
+            "0.2.0-rc.1",
+            "0.2.0",
+            "0.10.0",
+            "1.0.0",
+        ];
+        for (i, a) in ordered.iter().enumerate() {
+            for (j, b) in ordered.iter().enumerate() {
+                assert_eq!(compare_versions(a, b), i.cmp(&j), "{a} vs {b}");
+            }
+        }
+        assert_eq!(compare_versions("1.2", "1.2.0"), Ordering::Equal);
+        assert_eq!(compare_versions("1.2.0+build.5", "1.2.0"), Ordering::Equal);
+    }
+}
