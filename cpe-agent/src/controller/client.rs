@@ -16,6 +16,10 @@ use reqwest::StatusCode;
 
 use crate::sys::state::Identity;
 
+/// Longest one release download may take (a few MB over a slow uplink);
+/// a cut one resumes where it stopped.
+const RELEASE_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Header in which the controller asks for a pause before the next poll.
 const POLL_AFTER_HEADER: &str = "isdf-poll-after";
 /// The longest pause the agent accepts from a server.
@@ -405,6 +409,65 @@ impl Client {
         let chain: Vec<serde_json::Value> =
             response.json().await.context("reading the root chain")?;
         Ok(chain.iter().map(|v| v.to_string()).collect())
+    }
+
+    /// Downloads the release binary at `path` (a device API path) into
+    /// `partial`, resuming from what it already holds (`Range`), until it
+    /// holds `size` bytes; never more. A file longer than `size` is started
+    /// afresh, and so is a server that ignores the range. The bytes are not
+    /// checked here: the caller checks them against the signed manifest.
+    pub async fn download_release(
+        &self,
+        path: &str,
+        partial: &std::path::Path,
+        size: u64,
+    ) -> anyhow::Result<()> {
+        let held = std::fs::metadata(partial).map_or(0, |m| m.len());
+        let mut have = if held > size { 0 } else { held };
+        let mut restart = held > size;
+        if have == size && !restart {
+            return Ok(());
+        }
+        let mut request = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(RELEASE_DOWNLOAD_TIMEOUT);
+        if have > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let mut response = request.send().await.context("downloading the release")?;
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let starts = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if starts != Some(have) {
+                    bail!("the release answer starts at {starts:?}, not at byte {have}");
+                }
+            }
+            StatusCode::OK => {
+                // The whole binary: whatever the file held goes.
+                restart = true;
+                have = 0;
+            }
+            _ => return Err(ControllerError::read(response).await.into()),
+        }
+        while let Some(chunk) = response.chunk().await.context("reading the release")? {
+            if have + chunk.len() as u64 > size {
+                bail!("the release is longer than its manifest's {size} bytes");
+            }
+            crate::sys::atomic_write::append_to_download(partial, &chunk, restart)?;
+            restart = false;
+            have += chunk.len() as u64;
+        }
+        if have != size {
+            bail!("the download ended at byte {have} of {size}; it resumes from there");
+        }
+        Ok(())
     }
 
     pub async fn renew(&self, csr_pem: &str) -> anyhow::Result<DeviceCertificate> {

@@ -80,6 +80,25 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<
     write_atomically_on(&mut RealDisk, path, bytes, mode)
 }
 
+/// Appends `bytes` to a download in progress at `path` (created with mode
+/// 0600 if missing), or empties it first when `restart`. The one writer
+/// that is not atomic, on purpose: a cut download resumes from what the
+/// file holds, and nothing uses the file before its size and SHA-256 are
+/// checked against a signed manifest; the checked file is then put in place
+/// with [`write_atomically`]'s rename.
+pub fn append_to_download(path: &Path, bytes: &[u8], restart: bool) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(!restart)
+        .write(true)
+        .truncate(restart)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// `write_atomically` through `disk`.
 pub(crate) fn write_atomically_on(
     disk: &mut dyn Disk,

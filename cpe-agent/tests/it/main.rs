@@ -22,6 +22,7 @@ mod netns;
 mod outage;
 mod pay_per_site;
 mod readme;
+mod releases;
 mod rogue_controller;
 mod rollouts;
 mod signatures;
