@@ -18,6 +18,7 @@ mod fleet_sim;
 mod harness;
 mod isp_network;
 mod kernel_state;
+mod launcher;
 mod netns;
 mod outage;
 mod pay_per_site;
