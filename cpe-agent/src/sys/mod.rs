@@ -10,6 +10,7 @@ pub mod atomic_write;
 pub mod config_files;
 pub mod logging;
 pub mod processes;
+pub mod releases;
 pub mod settings;
 pub mod state;
 pub mod time;

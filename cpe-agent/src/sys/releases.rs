@@ -1,0 +1,239 @@
+//! Agent releases in the state directory, as `deploy/isdf-agent-launch`
+//! reads them (`<state>/releases/`):
+//!
+//! - `<version>-<first 16 hex digits of the SHA-256>/isdf-agent`: an
+//!   installed release, put in place only after its size and digest matched
+//!   the signed manifest;
+//! - `current` and `previous`: symlinks to the binary to run and to the one
+//!   that ran before the upgrade, each switched by a rename;
+//! - `pending` (the Unix time by which the new agent must confirm),
+//!   `confirmed` (it did), `reverted` (the launcher undid the upgrade, and
+//!   why).
+//!
+//! Staging is the last step of the old agent before it exits for the
+//! supervisor to start the launcher again; confirming is the new agent's,
+//! once the controller took a report naming its version.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use crate::sys::atomic_write::write_atomically;
+
+/// The releases folder of a state directory.
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("releases")
+}
+
+/// Where a release's download is kept while it is incomplete or unchecked.
+pub fn partial_path(state_dir: &Path, sha256: &str) -> PathBuf {
+    dir(state_dir).join(format!(".{sha256}.partial"))
+}
+
+/// What the releases folder says of an upgrade at the agent's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upgrade {
+    /// No upgrade in progress.
+    None,
+    /// This agent was just installed and must confirm by the deadline.
+    Pending { deadline: i64 },
+    /// The launcher undid the upgrade, for this reason.
+    Reverted { reason: String },
+}
+
+/// Reads the upgrade state of `state_dir` (a `reverted` reason is taken:
+/// it is reported once).
+pub fn take_upgrade_state(state_dir: &Path) -> anyhow::Result<Upgrade> {
+    let releases = dir(state_dir);
+    let reverted = releases.join("reverted");
+    if let Ok(reason) = std::fs::read_to_string(&reverted) {
+        std::fs::remove_file(&reverted)
+            .with_context(|| format!("removing {}", reverted.display()))?;
+        return Ok(Upgrade::Reverted {
+            reason: reason.trim().to_owned(),
+        });
+    }
+    match std::fs::read_to_string(releases.join("pending")) {
+        Ok(text) => Ok(Upgrade::Pending {
+            deadline: text.trim().parse().unwrap_or(0),
+        }),
+        Err(_) => Ok(Upgrade::None),
+    }
+}
+
+/// Says the new agent reached the controller: the launcher lets it run.
+pub fn confirm(state_dir: &Path) -> anyhow::Result<()> {
+    write_atomically(&dir(state_dir).join("confirmed"), b"confirmed\n", 0o600)
+}
+
+/// Checks the downloaded `partial` against the manifest (size, then
+/// SHA-256, read in pieces), moves it to its own folder as an executable,
+/// points `previous` at `running` and `current` at it, and writes the
+/// deadline by which it must confirm (`pending`). Returns the installed
+/// binary. A failed check removes the download and changes nothing.
+pub fn stage(
+    state_dir: &Path,
+    manifest: &isdf_api::release::ReleaseManifest,
+    partial: &Path,
+    running: &Path,
+    deadline: i64,
+) -> anyhow::Result<PathBuf> {
+    if let Err(e) = check_file(partial, manifest) {
+        let _ = std::fs::remove_file(partial);
+        return Err(e);
+    }
+    let releases = dir(state_dir);
+    let folder = releases.join(format!("{}-{}", manifest.version, &manifest.sha256[..16]));
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    let installed = folder.join("isdf-agent");
+    std::fs::set_permissions(partial, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", partial.display()))?;
+    std::fs::rename(partial, &installed)
+        .with_context(|| format!("installing {}", installed.display()))?;
+    switch_link(&releases, "previous", running)?;
+    switch_link(&releases, "current", &installed)?;
+    write_atomically(
+        &releases.join("pending"),
+        deadline.to_string().as_bytes(),
+        0o600,
+    )?;
+    Ok(installed)
+}
+
+/// Points `releases/<name>` at `target` by renaming a new link over it.
+fn switch_link(releases: &Path, name: &str, target: &Path) -> anyhow::Result<()> {
+    let temp = releases.join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(target, &temp)
+        .with_context(|| format!("linking {}", temp.display()))?;
+    std::fs::rename(&temp, releases.join(name))
+        .with_context(|| format!("switching {name} to {}", target.display()))
+}
+
+/// Size, then SHA-256 of `path` against the manifest.
+fn check_file(path: &Path, manifest: &isdf_api::release::ReleaseManifest) -> anyhow::Result<()> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if size != manifest.size {
+        anyhow::bail!(
+            "release_size_mismatch: the download is {size} bytes, the manifest says {}",
+            manifest.size
+        );
+    }
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buffer).context("reading the download")?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    let digest = lower_hex(&hasher.finalize());
+    if digest != manifest.sha256 {
+        anyhow::bail!(
+            "release_digest_mismatch: the download's SHA-256 is {digest}, the manifest says {}",
+            manifest.sha256
+        );
+    }
+    Ok(())
+}
+
+/// Bytes as lowercase hex (the agent links no hex crate).
+fn lower_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use isdf_api::release::ReleaseManifest;
+
+    fn manifest(bytes: &[u8]) -> ReleaseManifest {
+        ReleaseManifest {
+            version: "0.5.0".into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            sha256: lower_hex(&Sha256::digest(bytes)),
+            size: bytes.len() as u64,
+        }
+    }
+
+    #[test]
+    fn a_checked_download_is_staged_for_the_launcher_and_a_bad_one_changes_nothing() {
+        let state = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir(state.path())).unwrap();
+        let running = state.path().join("old-agent");
+        let bytes = b"\x7fELF new agent".to_vec();
+        let m = manifest(&bytes);
+
+        // One byte off: refused, the download removed, no link written.
+        let partial = partial_path(state.path(), &m.sha256);
+        let mut bad = bytes.clone();
+        bad[4] ^= 1;
+        std::fs::write(&partial, &bad).unwrap();
+        let e = stage(state.path(), &m, &partial, &running, 100).unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("release_digest_mismatch"),
+            "{e:#}"
+        );
+        assert!(!partial.exists());
+        assert!(!dir(state.path()).join("current").exists());
+        assert_eq!(take_upgrade_state(state.path()).unwrap(), Upgrade::None);
+        std::fs::write(&partial, &bytes[..5]).unwrap();
+        let e = stage(state.path(), &m, &partial, &running, 100).unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("release_size_mismatch"),
+            "{e:#}"
+        );
+
+        // The right bytes: installed, executable, linked, pending.
+        std::fs::write(&partial, &bytes).unwrap();
+        let installed = stage(state.path(), &m, &partial, &running, 1_800_000_000).unwrap();
+        assert!(installed.ends_with(format!("0.5.0-{}/isdf-agent", &m.sha256[..16])));
+        assert_eq!(std::fs::read(&installed).unwrap(), bytes);
+        let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        let releases = dir(state.path());
+        assert_eq!(
+            std::fs::read_link(releases.join("current")).unwrap(),
+            installed
+        );
+        assert_eq!(
+            std::fs::read_link(releases.join("previous")).unwrap(),
+            running
+        );
+        assert_eq!(
+            take_upgrade_state(state.path()).unwrap(),
+            Upgrade::Pending {
+                deadline: 1_800_000_000
+            }
+        );
+        confirm(state.path()).unwrap();
+        assert!(releases.join("confirmed").exists());
+
+        // The launcher undid it: the reason is read once.
+        std::fs::write(
+            releases.join("reverted"),
+            "the new agent exited with status 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            take_upgrade_state(state.path()).unwrap(),
+            Upgrade::Reverted {
+                reason: "the new agent exited with status 1".into()
+            }
+        );
+        assert_ne!(
+            take_upgrade_state(state.path()).unwrap(),
+            Upgrade::Reverted {
+                reason: "the new agent exited with status 1".into()
+            }
+        );
+    }
+}
