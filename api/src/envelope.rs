@@ -211,20 +211,7 @@ pub fn open_device_config(
     trusted: &TrustedKeys,
     policy: &OpenPolicy<'_>,
 ) -> Result<DeviceConfig, OpenError> {
-    if envelope_bytes.len() > MAX_ENVELOPE_BYTES {
-        return Err(OpenError::TooLarge {
-            size: envelope_bytes.len(),
-            limit: MAX_ENVELOPE_BYTES,
-        });
-    }
-    let envelope: Envelope = serde_json::from_slice(envelope_bytes)
-        .map_err(|e| OpenError::MalformedEnvelope(e.to_string()))?;
-    if envelope.payload_type != CONFIG_PAYLOAD_TYPE {
-        return Err(OpenError::WrongPayloadType(envelope.payload_type));
-    }
-    let payload = BASE64
-        .decode(&envelope.payload)
-        .map_err(|e| OpenError::MalformedEnvelope(format!("payload is not base64: {e}")))?;
+    let (envelope, payload) = decode(envelope_bytes, CONFIG_PAYLOAD_TYPE, MAX_ENVELOPE_BYTES)?;
     verify_signature(&envelope, &payload, trusted)?;
 
     let config: DeviceConfig =
@@ -255,6 +242,31 @@ pub fn open_device_config(
         }
     }
     Ok(config)
+}
+
+/// The first steps of opening any envelope, before its signature: at most
+/// `limit` bytes, an envelope, of `payload_type`, with a base64 payload.
+/// Returns the envelope and its payload's bytes (nothing verified yet).
+pub(crate) fn decode(
+    envelope_bytes: &[u8],
+    payload_type: &str,
+    limit: usize,
+) -> Result<(Envelope, Vec<u8>), OpenError> {
+    if envelope_bytes.len() > limit {
+        return Err(OpenError::TooLarge {
+            size: envelope_bytes.len(),
+            limit,
+        });
+    }
+    let envelope: Envelope = serde_json::from_slice(envelope_bytes)
+        .map_err(|e| OpenError::MalformedEnvelope(e.to_string()))?;
+    if envelope.payload_type != payload_type {
+        return Err(OpenError::WrongPayloadType(envelope.payload_type));
+    }
+    let payload = BASE64
+        .decode(&envelope.payload)
+        .map_err(|e| OpenError::MalformedEnvelope(format!("payload is not base64: {e}")))?;
+    Ok((envelope, payload))
 }
 
 pub(crate) fn verify_signature(

@@ -15,7 +15,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::envelope::{verify_signature, Envelope, OpenError, TrustedKeys};
+use crate::envelope::{decode, verify_signature, Envelope, OpenError, TrustedKeys};
 
 /// Payload type of a release manifest envelope.
 pub const RELEASE_PAYLOAD_TYPE: &str = "application/vnd.isdf.agent-release+json";
@@ -196,24 +196,12 @@ pub fn open_release(
     envelope_bytes: &[u8],
     release_keys: &TrustedKeys,
 ) -> Result<ReleaseManifest, ReleaseError> {
-    if envelope_bytes.len() > MAX_RELEASE_MANIFEST_BYTES {
-        return Err(ReleaseError::Envelope(OpenError::TooLarge {
-            size: envelope_bytes.len(),
-            limit: MAX_RELEASE_MANIFEST_BYTES,
-        }));
-    }
-    let envelope: Envelope = serde_json::from_slice(envelope_bytes)
-        .map_err(|e| ReleaseError::Envelope(OpenError::MalformedEnvelope(e.to_string())))?;
-    if envelope.payload_type != RELEASE_PAYLOAD_TYPE {
-        return Err(ReleaseError::Envelope(OpenError::WrongPayloadType(
-            envelope.payload_type,
-        )));
-    }
-    let payload = BASE64.decode(&envelope.payload).map_err(|e| {
-        ReleaseError::Envelope(OpenError::MalformedEnvelope(format!(
-            "payload is not base64: {e}"
-        )))
-    })?;
+    let (envelope, payload) = decode(
+        envelope_bytes,
+        RELEASE_PAYLOAD_TYPE,
+        MAX_RELEASE_MANIFEST_BYTES,
+    )
+    .map_err(ReleaseError::Envelope)?;
     verify_signature(&envelope, &payload, release_keys).map_err(|e| match e {
         OpenError::UnknownKey(ids) => ReleaseError::NotSignedByReleaseKey(ids),
         other => ReleaseError::Envelope(other),

@@ -199,23 +199,8 @@ impl RootDocument {
     }
 
     fn decode(&self, envelope_bytes: &[u8]) -> Result<(Envelope, Vec<u8>), RootError> {
-        if envelope_bytes.len() > MAX_ROOT_BYTES {
-            return Err(RootError::Envelope(OpenError::TooLarge {
-                size: envelope_bytes.len(),
-                limit: MAX_ROOT_BYTES,
-            }));
-        }
-        let envelope: Envelope = serde_json::from_slice(envelope_bytes)
-            .map_err(|e| RootError::Envelope(OpenError::MalformedEnvelope(e.to_string())))?;
-        if envelope.payload_type != ROOT_PAYLOAD_TYPE {
-            return Err(RootError::Envelope(OpenError::WrongPayloadType(
-                envelope.payload_type,
-            )));
-        }
-        let payload = BASE64
-            .decode(&envelope.payload)
-            .map_err(|e| RootError::Envelope(OpenError::MalformedEnvelope(e.to_string())))?;
-        Ok((envelope, payload))
+        crate::envelope::decode(envelope_bytes, ROOT_PAYLOAD_TYPE, MAX_ROOT_BYTES)
+            .map_err(RootError::Envelope)
     }
 }
 
