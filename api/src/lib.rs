@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod dns;
+pub mod dsse;
 pub mod enrollment;
 pub mod envelope;
 pub mod events;

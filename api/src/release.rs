@@ -15,7 +15,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::envelope::{decode, verify_signature, Envelope, OpenError, TrustedKeys};
+use crate::dsse::{decode, verify_signature, Envelope, OpenError, TrustedKeys};
 
 /// Payload type of a release manifest envelope.
 pub const RELEASE_PAYLOAD_TYPE: &str = "application/vnd.isdf.agent-release+json";
@@ -215,7 +215,7 @@ pub fn open_release(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::seal;
+    use crate::dsse::seal;
     use ed25519_dalek::SigningKey;
 
     fn manifest(binary: &[u8]) -> ReleaseManifest {

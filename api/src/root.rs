@@ -18,7 +18,7 @@ use base64::Engine;
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{
+use crate::dsse::{
     pae, verify_signature, Envelope, EnvelopeSignature, KeyId, OpenError, TrustedKeys,
 };
 
@@ -199,7 +199,7 @@ impl RootDocument {
     }
 
     fn decode(&self, envelope_bytes: &[u8]) -> Result<(Envelope, Vec<u8>), RootError> {
-        crate::envelope::decode(envelope_bytes, ROOT_PAYLOAD_TYPE, MAX_ROOT_BYTES)
+        crate::dsse::decode(envelope_bytes, ROOT_PAYLOAD_TYPE, MAX_ROOT_BYTES)
             .map_err(RootError::Envelope)
     }
 }

@@ -27,13 +27,6 @@ use crate::http::auth::{Device, Operator};
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiResult};
 use crate::http::state::AppState;
 
-/// The route of a release's binary upload (the audit keeps its size and
-/// digest, not its bytes).
-pub const UPLOAD_ROUTE: &str = "/api/v1/agent-releases/{id}/binary";
-
-/// Largest upload body: the largest release, with room for nothing else.
-pub const RELEASE_BODY_LIMIT: usize = isdf_api::release::MAX_RELEASE_BYTES as usize;
-
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRelease {

@@ -171,9 +171,9 @@ pub async fn authorize_and_audit(
     // Bodies are capped by the route's limit; keep a copy for the summary.
     // An agent release's binary is the one body above the operator limit,
     // and is summarised by its size and digest, not its bytes.
-    let binary = route == crate::handlers::releases::UPLOAD_ROUTE;
+    let binary = route == crate::http::limits::RELEASE_UPLOAD_ROUTE;
     let limit = if binary {
-        crate::handlers::releases::RELEASE_BODY_LIMIT
+        crate::http::limits::RELEASE_BODY_LIMIT
     } else {
         crate::http::limits::OPERATOR_BODY_LIMIT
     };

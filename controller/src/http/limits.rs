@@ -22,6 +22,11 @@ pub const DEVICE_BODY_LIMIT: usize = 256 * 1024;
 pub const ENROLLMENT_BODY_LIMIT: usize = 16 * 1024;
 /// Portal forms are tiny.
 pub const PORTAL_BODY_LIMIT: usize = 4 * 1024;
+/// The one operator route whose body may be larger: an agent release's
+/// binary (the audit keeps its size and digest, not its bytes).
+pub const RELEASE_UPLOAD_ROUTE: &str = "/api/v1/agent-releases/{id}/binary";
+/// Largest agent release binary uploaded there.
+pub const RELEASE_BODY_LIMIT: usize = isdf_api::release::MAX_RELEASE_BYTES as usize;
 
 /// Tunable limits; the defaults suit a large fleet of home routers.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use crate::http::auth::authorize_and_audit;
 use crate::http::contract::{json_errors, refuse_nul_in_uri};
 use crate::http::limits::{
     DEVICE_BODY_LIMIT, ENROLLMENT_BODY_LIMIT, OPERATOR_BODY_LIMIT, PORTAL_BODY_LIMIT,
-    WEBHOOK_BODY_LIMIT,
+    RELEASE_BODY_LIMIT, RELEASE_UPLOAD_ROUTE, WEBHOOK_BODY_LIMIT,
 };
 use crate::http::openapi;
 use crate::http::state::AppState;
@@ -159,8 +159,8 @@ pub fn operator_router(state: AppState) -> Router {
         )
         .route("/api/v1/agent-releases/{id}", get(releases::get))
         .route(
-            releases::UPLOAD_ROUTE,
-            put(releases::upload).layer(DefaultBodyLimit::max(releases::RELEASE_BODY_LIMIT)),
+            RELEASE_UPLOAD_ROUTE,
+            put(releases::upload).layer(DefaultBodyLimit::max(RELEASE_BODY_LIMIT)),
         )
         .route("/api/v1/vpn-relays", get(vpns::list_relays))
         .route(

@@ -99,6 +99,38 @@ pub fn append_to_download(path: &Path, bytes: &[u8], restart: bool) -> anyhow::R
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Moves the checked file `from` to `to` (same file system) with
+/// permissions `mode`: a rename, atomic; the directory is synced after.
+pub fn install_file(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(from, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", from.display()))?;
+    std::fs::rename(from, to)
+        .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+    sync_parent(to)
+}
+
+/// Points the symlink `link` at `target`: a new link renamed over it, so
+/// a reader finds the old target or the new one.
+pub fn switch_symlink(link: &Path, target: &Path) -> anyhow::Result<()> {
+    let dir = link.parent().context("a link without directory")?;
+    let name = link.file_name().context("a link without name")?;
+    let temp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(target, &temp)
+        .with_context(|| format!("linking {}", temp.display()))?;
+    std::fs::rename(&temp, link)
+        .with_context(|| format!("switching {} to {}", link.display(), target.display()))?;
+    sync_parent(link)
+}
+
+fn sync_parent(path: &Path) -> anyhow::Result<()> {
+    let dir = path.parent().context("a path without directory")?;
+    RealDisk
+        .sync_dir(dir)
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
 /// `write_atomically` through `disk`.
 pub(crate) fn write_atomically_on(
     disk: &mut dyn Disk,

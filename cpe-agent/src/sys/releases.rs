@@ -15,13 +15,12 @@
 //! once the controller took a report naming its version.
 
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
-use crate::sys::atomic_write::write_atomically;
+use crate::sys::atomic_write::{install_file, switch_symlink, write_atomically};
 
 /// The releases folder of a state directory.
 pub fn dir(state_dir: &Path) -> PathBuf {
@@ -89,28 +88,15 @@ pub fn stage(
     let folder = releases.join(format!("{}-{}", manifest.version, &manifest.sha256[..16]));
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let installed = folder.join("isdf-agent");
-    std::fs::set_permissions(partial, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("making {} executable", partial.display()))?;
-    std::fs::rename(partial, &installed)
-        .with_context(|| format!("installing {}", installed.display()))?;
-    switch_link(&releases, "previous", running)?;
-    switch_link(&releases, "current", &installed)?;
+    install_file(partial, &installed, 0o755)?;
+    switch_symlink(&releases.join("previous"), running)?;
+    switch_symlink(&releases.join("current"), &installed)?;
     write_atomically(
         &releases.join("pending"),
         deadline.to_string().as_bytes(),
         0o600,
     )?;
     Ok(installed)
-}
-
-/// Points `releases/<name>` at `target` by renaming a new link over it.
-fn switch_link(releases: &Path, name: &str, target: &Path) -> anyhow::Result<()> {
-    let temp = releases.join(format!(".{name}.tmp"));
-    let _ = std::fs::remove_file(&temp);
-    std::os::unix::fs::symlink(target, &temp)
-        .with_context(|| format!("linking {}", temp.display()))?;
-    std::fs::rename(&temp, releases.join(name))
-        .with_context(|| format!("switching {name} to {}", target.display()))
 }
 
 /// Size, then SHA-256 of `path` against the manifest.
@@ -154,6 +140,7 @@ fn lower_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use isdf_api::release::ReleaseManifest;
+    use std::os::unix::fs::PermissionsExt;
 
     fn manifest(bytes: &[u8]) -> ReleaseManifest {
         ReleaseManifest {
