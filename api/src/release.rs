@@ -10,6 +10,8 @@
 //! the manifest itself, then the binary's size and digest against it, all
 //! before the binary is made executable.
 
+use std::cmp::Ordering;
+
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -124,24 +126,74 @@ impl ReleaseError {
     }
 }
 
+/// Checks an agent version as releases name it: 1 to 64 letters, digits,
+/// '.', '-', '+', starting with a digit (it names a folder on the router).
+pub fn check_version(version: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&version.len())
+        && version.as_bytes()[0].is_ascii_digit()
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-+".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "version {version:?}: 1 to 64 of letters, digits, '.', '-', '+', starting with a digit"
+        ))
+    }
+}
+
+/// Orders versions as SemVer does for what releases use: dot-separated
+/// numbers compared as numbers, a pre-release (`-rc.1`) before its release
+/// and compared part by part (numbers below words), build metadata (`+...`)
+/// ignored. A part that is no number is compared as text.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    let split = |v: &'_ str| -> (String, Option<String>) {
+        let v = v.split('+').next().unwrap_or(v);
+        match v.split_once('-') {
+            Some((core, pre)) => (core.to_owned(), Some(pre.to_owned())),
+            None => (v.to_owned(), None),
+        }
+    };
+    let parts = |text: &str| -> Vec<String> { text.split('.').map(str::to_owned).collect() };
+    let part_order = |x: &str, y: &str| match (x.parse::<u64>(), y.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        (Ok(_), Err(_)) => Ordering::Less,
+        (Err(_), Ok(_)) => Ordering::Greater,
+        (Err(_), Err(_)) => x.cmp(y),
+    };
+    let list_order = |x: &[String], y: &[String], missing_is_zero: bool| {
+        for i in 0..x.len().max(y.len()) {
+            let order = match (x.get(i), y.get(i)) {
+                (Some(p), Some(q)) => part_order(p, q),
+                (Some(p), None) if missing_is_zero => part_order(p, "0"),
+                (None, Some(q)) if missing_is_zero => part_order("0", q),
+                (Some(_), None) => Ordering::Greater,
+                (None, Some(_)) => Ordering::Less,
+                (None, None) => Ordering::Equal,
+            };
+            if order != Ordering::Equal {
+                return order;
+            }
+        }
+        Ordering::Equal
+    };
+    let ((core_a, pre_a), (core_b, pre_b)) = (split(a), split(b));
+    list_order(&parts(&core_a), &parts(&core_b), true).then_with(|| match (pre_a, pre_b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(x), Some(y)) => list_order(&parts(&x), &parts(&y), false),
+    })
+}
+
 impl ReleaseManifest {
     /// Checks what a manifest may say: a version and a target in a safe
     /// alphabet (they name files on the router and appear in reports), a
     /// digest of the right form, a size within bounds.
     pub fn check(&self) -> Result<(), ReleaseError> {
         let invalid = |why: String| Err(ReleaseError::Invalid(why));
-        let version_ok = (1..=64).contains(&self.version.len())
-            && self.version.as_bytes()[0].is_ascii_digit()
-            && self
-                .version
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-+".contains(&b));
-        if !version_ok {
-            return invalid(format!(
-                "version {:?}: 1 to 64 of letters, digits, '.', '-', '+', starting with a digit",
-                self.version
-            ));
-        }
+        check_version(&self.version).map_err(ReleaseError::Invalid)?;
         let target_ok = (3..=64).contains(&self.target.len())
             && self
                 .target
@@ -358,5 +410,29 @@ mod tests {
         for m in bad {
             assert_eq!(m.check().unwrap_err().code(), "release_invalid", "{m:?}");
         }
+    }
+
+    #[test]
+    fn versions_order_as_semver_does() {
+        let ordered = [
+            "0.1.0",
+            "0.1.1",
+            "0.2.0-alpha",
+            "0.2.0-alpha.1",
+            "0.2.0-alpha.beta",
+            "0.2.0-beta.2",
+            "0.2.0-beta.11",
+            "0.2.0-rc.1",
+            "0.2.0",
+            "0.10.0",
+            "1.0.0",
+        ];
+        for (i, a) in ordered.iter().enumerate() {
+            for (j, b) in ordered.iter().enumerate() {
+                assert_eq!(compare_versions(a, b), i.cmp(&j), "{a} vs {b}");
+            }
+        }
+        assert_eq!(compare_versions("1.2", "1.2.0"), Ordering::Equal);
+        assert_eq!(compare_versions("1.2.0+build.5", "1.2.0"), Ordering::Equal);
     }
 }

@@ -12,9 +12,15 @@ pub struct ConfigRow {
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub envelope: Vec<u8>,
+    /// The agent version the config asks the router to run.
+    pub agent_release_version: Option<String>,
+    /// The agent version wanted but not delivered: no build for the
+    /// router's target (or it reported none yet).
+    pub agent_release_missing: Option<String>,
 }
 
-const COLUMNS: &str = "device_id, version, digest, issued_at, expires_at, envelope";
+const COLUMNS: &str = "device_id, version, digest, issued_at, expires_at, envelope, \
+                       agent_release_version, agent_release_missing";
 
 pub async fn get(
     db: impl PgExecutor<'_>,
@@ -44,10 +50,12 @@ pub async fn versions_for_update(
 
 pub async fn upsert(db: impl PgExecutor<'_>, row: &ConfigRow) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO device_configs (device_id, version, digest, issued_at, expires_at, envelope)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO device_configs (device_id, version, digest, issued_at, expires_at, envelope,
+             agent_release_version, agent_release_missing)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (device_id) DO UPDATE SET version = $2, digest = $3, issued_at = $4,
-             expires_at = $5, envelope = $6",
+             expires_at = $5, envelope = $6, agent_release_version = $7,
+             agent_release_missing = $8",
     )
     .bind(row.device_id)
     .bind(row.version)
@@ -55,6 +63,8 @@ pub async fn upsert(db: impl PgExecutor<'_>, row: &ConfigRow) -> Result<(), sqlx
     .bind(row.issued_at)
     .bind(row.expires_at)
     .bind(&row.envelope)
+    .bind(&row.agent_release_version)
+    .bind(&row.agent_release_missing)
     .execute(db)
     .await?;
     Ok(())
@@ -110,4 +120,16 @@ pub async fn of_devices(
     .bind(ids)
     .fetch_all(db)
     .await
+}
+
+/// Devices whose config wants agent `version` but has no build of it for
+/// their target.
+pub async fn missing_release(
+    db: impl PgExecutor<'_>,
+    version: &str,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT device_id FROM device_configs WHERE agent_release_missing = $1")
+        .bind(version)
+        .fetch_all(db)
+        .await
 }

@@ -133,6 +133,8 @@ pub struct DeviceListRow {
     pub outcome: Option<String>,
     pub enforced_version: Option<i64>,
     pub agent_version: Option<String>,
+    pub agent_release_version: Option<String>,
+    pub agent_release_missing: Option<String>,
 }
 
 /// Escapes `%`, `_` and `\` for a `LIKE` pattern.
@@ -160,8 +162,9 @@ pub async fn list(
         "SELECT * FROM (SELECT d.id, d.name, d.labels, d.created_at, d.cert_not_after, \
          {state} AS state, {FAILING_SQL} AS failing, s.received_at AS last_report_at, \
          s.outcome, (s.report ->> 'enforced_version')::bigint AS enforced_version, \
-         s.agent_version \
-         FROM devices d LEFT JOIN device_status s ON s.device_id = d.id WHERE true",
+         s.agent_version, c.agent_release_version, c.agent_release_missing \
+         FROM devices d LEFT JOIN device_status s ON s.device_id = d.id \
+         LEFT JOIN device_configs c ON c.device_id = d.id WHERE true",
         state = state_sql()
     ));
     if let Some(s) = filter.selector {

@@ -94,16 +94,17 @@ pub async fn store_content(
         == 1)
 }
 
-/// The uploaded releases of `version` by target (what the compiler picks
-/// from for each router's target).
-pub async fn uploaded_of_version(
+/// The uploaded releases of `versions` (what the compiler picks from for
+/// each router's target).
+pub async fn uploaded_of_versions(
     db: impl PgExecutor<'_>,
-    version: &str,
+    versions: &[String],
 ) -> Result<Vec<ReleaseRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM agent_releases WHERE version = $1 AND content IS NOT NULL ORDER BY target"
+        "SELECT {COLUMNS} FROM agent_releases WHERE version = ANY($1) AND content IS NOT NULL
+         ORDER BY version, target"
     ))
-    .bind(version)
+    .bind(versions)
     .fetch_all(db)
     .await
 }

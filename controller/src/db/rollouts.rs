@@ -384,14 +384,16 @@ pub async fn untargeted(
 }
 
 /// Targets `devices` at the config version they hold now (they were just
-/// recompiled with the change).
+/// recompiled with the change), and at the agent version it asks them to
+/// run, if it asks for one.
 pub async fn set_targets(
     db: impl PgExecutor<'_>,
     rollout: Uuid,
     devices: &[Uuid],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE rollout_devices rd SET target_version = dc.version
+        "UPDATE rollout_devices rd SET target_version = dc.version,
+             target_agent_version = dc.agent_release_version
          FROM device_configs dc
          WHERE rd.rollout_id = $1 AND rd.device_id = ANY($2) AND dc.device_id = rd.device_id
            AND rd.target_version IS NULL",
@@ -405,7 +407,9 @@ pub async fn set_targets(
 
 /// Moves pending (and offline) routers to applied or failed from their last
 /// status report; pending ones past the timeout to offline. Returns how
-/// many rows changed.
+/// many rows changed. A router given an agent release is applied once it
+/// reports running that version; a reverted upgrade is reported as
+/// `rolled_back` and fails it.
 pub async fn track_progress(
     db: &mut sqlx::PgConnection,
     rollout: Uuid,
@@ -420,7 +424,9 @@ pub async fn track_progress(
          WHERE rd.rollout_id = $1 AND rd.state IN ('pending', 'offline')
            AND rd.target_version IS NOT NULL AND ds.device_id = rd.device_id
            AND ((ds.outcome IN ('applied', 'stale')
-                 AND (ds.report->>'enforced_version')::bigint >= rd.target_version)
+                 AND (ds.report->>'enforced_version')::bigint >= rd.target_version
+                 AND (rd.target_agent_version IS NULL
+                      OR ds.report->>'agent_version' = rd.target_agent_version))
              OR (ds.outcome IN ('rolled_back', 'rejected')
                  AND (ds.report->>'attempted_version')::bigint >= rd.target_version))",
     )

@@ -23,10 +23,11 @@ pub struct StatusRow {
 pub enum Recorded {
     /// Its sequence is not above the stored one: nothing was stored.
     Stale,
-    /// Stored; with the agent's counters of the report it replaced, if
-    /// that one carried any.
+    /// Stored; with the agent's counters and target triple of the report
+    /// it replaced, if that one carried them.
     Accepted {
         previous_counters: Option<AgentCounters>,
+        previous_target: Option<String>,
     },
 }
 
@@ -42,8 +43,9 @@ pub async fn record(
     let sequence = i64::try_from(report.sequence).unwrap_or(i64::MAX);
     // A statement of its own: a row locked in a CTE and updated by the
     // same statement is gone from the CTE when RETURNING reads it.
-    let previous: Option<(Option<Json<AgentCounters>>,)> = sqlx::query_as(
-        "SELECT report -> 'agent_counters' FROM device_status WHERE device_id = $1 FOR UPDATE",
+    let previous: Option<(Option<Json<AgentCounters>>, Option<String>)> = sqlx::query_as(
+        "SELECT report -> 'agent_counters', report ->> 'agent_target' FROM device_status
+         WHERE device_id = $1 FOR UPDATE",
     )
     .bind(device_id)
     .fetch_optional(&mut *tx)
@@ -63,7 +65,7 @@ pub async fn record(
     if !accepted {
         return Ok(Recorded::Stale);
     }
-    let previous_counters = previous.and_then(|(counters,)| counters);
+    let (previous_counters, previous_target) = previous.unwrap_or_default();
     sqlx::query(
         "INSERT INTO device_status_history (device_id, sequence, report) VALUES ($1, $2, $3)",
     )
@@ -84,7 +86,22 @@ pub async fn record(
     .await?;
     Ok(Recorded::Accepted {
         previous_counters: previous_counters.map(|c| c.0),
+        previous_target,
     })
+}
+
+/// The target triple each of `devices` (all when None) last reported.
+pub async fn reported_targets(
+    db: impl PgExecutor<'_>,
+    devices: Option<&[Uuid]>,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT device_id, report->>'agent_target' FROM device_status
+         WHERE report ? 'agent_target' AND ($1::uuid[] IS NULL OR device_id = ANY($1))",
+    )
+    .bind(devices)
+    .fetch_all(db)
+    .await
 }
 
 /// The version each device last reported enforcing (devices that

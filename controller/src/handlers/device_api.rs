@@ -143,8 +143,10 @@ pub async fn report_status(
 ) -> ApiResult<StatusCode> {
     report.check().map_err(ApiError::invalid)?;
     let mut tx = state.pool.begin().await?;
-    let db::status::Recorded::Accepted { previous_counters } =
-        db::status::record(&mut tx, id, &report).await?
+    let db::status::Recorded::Accepted {
+        previous_counters,
+        previous_target,
+    } = db::status::record(&mut tx, id, &report).await?
     else {
         return Err(ApiError::conflict(
             "stale_sequence",
@@ -159,7 +161,16 @@ pub async fn report_status(
         enforced: report.enforced_version,
     };
     db::bus::send(&mut tx, state.reconciler.replica, &heard).await?;
+    // An agent release is compiled for the target the router reports: a
+    // new one (its first report, or another build) is compiled again.
+    let new_target = report.agent_target.is_some() && report.agent_target != previous_target;
+    if new_target {
+        state.reconciler.recompile_soon_in(&mut tx, &[id]).await?;
+    }
     tx.commit().await?;
+    if new_target {
+        state.reconciler.poke();
+    }
     state
         .metrics
         .status_reports

@@ -57,6 +57,14 @@ pub struct DeviceHealth {
     pub outcome: Option<String>,
     pub enforced_version: Option<i64>,
     pub agent_version: Option<String>,
+    /// The agent version its config asks it to run (an `agent-release`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wanted_agent_version: Option<String>,
+    /// An agent version an `agent-release` wants that has no build for
+    /// the target triple the router reports (or it reported none yet):
+    /// it keeps its agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_release_missing: Option<String>,
 }
 
 impl From<db::devices::DeviceListRow> for DeviceView {
@@ -69,6 +77,8 @@ impl From<db::devices::DeviceListRow> for DeviceView {
                 outcome: row.outcome,
                 enforced_version: row.enforced_version,
                 agent_version: row.agent_version,
+                wanted_agent_version: row.agent_release_version,
+                agent_release_missing: row.agent_release_missing,
             }),
             ..row.device.into()
         }

@@ -157,14 +157,18 @@ pub async fn upload(
     )
     .map_err(refused)?;
     manifest.check_binary(&binary).map_err(refused)?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = state.reconciler.begin_change().await?;
     if !db::releases::store_content(&mut *tx, id, &binary).await? {
         return Err(already_uploaded(id));
     }
     let row = db::releases::get(&mut *tx, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no release {id}")))?;
-    audit.commit(tx, StatusCode::OK, None).await?;
+    // Routers that want this version and were waiting for their target's
+    // build get it now.
+    let waiting = db::configs::missing_release(&mut *tx, &row.version).await?;
+    super::commit_recompiled_now_or_soon(&state, &audit, tx, &waiting, StatusCode::OK, None)
+        .await?;
     Ok(Json(row.into()))
 }
 

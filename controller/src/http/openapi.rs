@@ -66,7 +66,7 @@ use crate::http::state::AppState;
     components(schemas(
         crate::http::error::ErrorBody, crate::http::error::DryRunBody, crate::services::FlowBlockSpec, crate::services::FlowSpec,
         crate::services::BlockAction, crate::services::ServiceKind, crate::model::Role,
-        crate::services::BittorrentBlockSpec, crate::services::pay_per_site::catalog::Pass, crate::services::pay_per_site::catalog::PassInput,
+        crate::services::BittorrentBlockSpec, crate::services::AgentReleaseSpec, crate::services::pay_per_site::catalog::Pass, crate::services::pay_per_site::catalog::PassInput,
         crate::shop::purchases::PurchaseSource, crate::vpn::Topology,
     )),
     modifiers(&BearerAuth, &OPERATOR_ERRORS),

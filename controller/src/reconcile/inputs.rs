@@ -1,8 +1,9 @@
 //! What a recompile compiles from, loaded in its transaction: the
 //! assignments with their parsed specs, what active rollouts stage, the
-//! operator blocks on each router, and what `pay-per-site` needs (the
-//! assigned catalogs and each router's passes). The VPNs' part is
-//! `crate::vpn::inputs`.
+//! operator blocks on each router, what `pay-per-site` needs (the
+//! assigned catalogs and each router's passes) and what `agent-release`
+//! needs (the wanted versions' builds and the routers' targets). The VPNs'
+//! part is `crate::vpn::inputs`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,6 +14,7 @@ use uuid::Uuid;
 use crate::db;
 use crate::model::Selector;
 use crate::rollout::plan::Staged;
+use crate::services::agent_release::{Build, Builds};
 use crate::services::pay_per_site::{CatalogSite, Catalogs};
 use crate::services::{BlockAction, CompiledAssignment, DeviceBlock, ServiceKind, ServiceSpec};
 
@@ -166,4 +168,49 @@ pub(super) async fn load_shops(
             .insert(site, ends_at.timestamp());
     }
     Ok(shops)
+}
+
+/// What `agent-release` compiles from: the uploaded builds of the versions
+/// assigned and the target triple each router reported.
+#[derive(Default)]
+pub(super) struct Releases {
+    pub(super) builds: Builds,
+    pub(super) targets: HashMap<Uuid, String>,
+}
+
+/// Loads the builds of the versions `assignments` name and the targets of
+/// `devices` (nothing when no `agent-release` is assigned).
+pub(super) async fn load_releases(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    devices: Option<&[Uuid]>,
+    assignments: impl Iterator<Item = &CompiledAssignment>,
+) -> anyhow::Result<Releases> {
+    let mut versions: Vec<String> = assignments
+        .filter_map(|a| match &a.spec {
+            ServiceSpec::AgentRelease(spec) => Some(spec.version.clone()),
+            _ => None,
+        })
+        .collect();
+    versions.sort();
+    versions.dedup();
+    let mut releases = Releases::default();
+    if versions.is_empty() {
+        return Ok(releases);
+    }
+    for row in db::releases::uploaded_of_versions(&mut **tx, &versions)
+        .await
+        .context("loading agent releases")?
+    {
+        releases.builds.entry(row.version).or_default().push(Build {
+            target: row.target,
+            sha256: row.sha256,
+            manifest: row.manifest.0,
+        });
+    }
+    releases.targets = db::status::reported_targets(&mut **tx, devices)
+        .await
+        .context("loading the routers' targets")?
+        .into_iter()
+        .collect();
+    Ok(releases)
 }

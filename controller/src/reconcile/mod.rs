@@ -2,7 +2,8 @@
 //! signs the configs whose content changed, stores them and publishes them.
 //!
 //! A device's version increases only when its compiled content (the firewall
-//! digest) changes, or when its signed config nears expiry and is re-issued.
+//! digest, and the agent release asked for) changes, or when its signed
+//! config nears expiry and is re-issued.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use uuid::Uuid;
 use crate::db;
 use crate::model::Labels;
 use crate::services::pay_per_site::{DeviceShop, PortalLinks};
-use crate::services::{compile_firewall, DeviceBlock};
+use crate::services::{agent_release, compile_firewall, DeviceBlock};
 use config_cache::{ConfigCache, ServedConfig};
 use signer::ConfigSigner;
 
@@ -170,6 +171,12 @@ impl Reconciler {
             now,
         )
         .await?;
+        let releases = inputs::load_releases(
+            tx,
+            devices,
+            assignments.iter().chain(staged.previous_forms()),
+        )
+        .await?;
         let existing: HashMap<Uuid, (i64, String, DateTime<Utc>)> =
             db::configs::versions_for_update(&mut **tx, &ids)
                 .await
@@ -193,15 +200,21 @@ impl Reconciler {
                     passes: shops.passes.get(id).unwrap_or(&shops.no_passes),
                     portal: &self.portal_links,
                 };
+                let in_force = staged.in_force(*id, &assignments);
                 let mut firewall = compile_firewall(
                     &labels,
-                    staged.in_force(*id, &assignments),
+                    in_force.clone(),
                     blocks,
                     Some(&shop),
                     now.timestamp(),
                 );
                 firewall.wireguard = wireguard.get(id).cloned();
-                let digest = firewall.digest();
+                let release = agent_release::plan(
+                    agent_release::wanted(&labels, in_force),
+                    releases.targets.get(id).map(String::as_str),
+                    &releases.builds,
+                );
+                let digest = firewall.digest() + &release.digest_part();
                 let previous = existing.get(id);
                 let unchanged = previous.is_some_and(|(_, d, expires)| {
                     *d == digest
@@ -215,13 +228,15 @@ impl Reconciler {
                     continue;
                 }
                 let version = previous.map_or(1, |(v, _, _)| v + 1);
+                let agent_release_version = release.delivered_version().map(str::to_owned);
+                let agent_release_missing = release.missing_version().map(str::to_owned);
                 let config = isdf_api::DeviceConfig {
                     device_id: id.to_string(),
                     version: u64::try_from(version).context("version")?,
                     issued_at: now.timestamp(),
                     expires_at: (now + lifetime).timestamp(),
                     firewall,
-                    agent_release: None,
+                    agent_release: release.into_release(),
                 };
                 let payload = serde_json::to_vec(&config).context("serialising config")?;
                 let envelope = self
@@ -236,6 +251,8 @@ impl Reconciler {
                     issued_at: now,
                     expires_at: now + lifetime,
                     envelope,
+                    agent_release_version,
+                    agent_release_missing,
                 });
             }
             anyhow::Ok(published)

@@ -73,6 +73,8 @@ pub fn compile_firewall<'a>(
                     _ => spec,
                 })
             }
+            // Not the firewall's: `agent_release::wanted` picks it.
+            ServiceSpec::AgentRelease(_) => {}
         }
     }
     for block in device_blocks.iter().filter(|b| b.expires_at > now) {

@@ -6,11 +6,13 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod agent_release;
 pub mod bittorrent_block;
 pub mod compiler;
 pub mod flow_block;
 pub mod pay_per_site;
 
+pub use agent_release::AgentReleaseSpec;
 pub use bittorrent_block::BittorrentBlockSpec;
 pub use compiler::{compile_firewall, CompiledAssignment, DeviceBlock};
 pub use flow_block::{BlockAction, FlowBlockSpec, FlowSpec};
@@ -23,13 +25,15 @@ pub enum ServiceKind {
     FlowBlock,
     BittorrentBlock,
     PayPerSite,
+    AgentRelease,
 }
 
 impl ServiceKind {
-    pub const ALL: [ServiceKind; 3] = [
+    pub const ALL: [ServiceKind; 4] = [
         ServiceKind::FlowBlock,
         ServiceKind::BittorrentBlock,
         ServiceKind::PayPerSite,
+        ServiceKind::AgentRelease,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +41,7 @@ impl ServiceKind {
             ServiceKind::FlowBlock => "flow-block",
             ServiceKind::BittorrentBlock => "bittorrent-block",
             ServiceKind::PayPerSite => "pay-per-site",
+            ServiceKind::AgentRelease => "agent-release",
         }
     }
 
@@ -51,30 +56,33 @@ pub enum ServiceSpec {
     FlowBlock(FlowBlockSpec),
     BittorrentBlock(BittorrentBlockSpec),
     PayPerSite(PayPerSiteSpec),
+    AgentRelease(AgentReleaseSpec),
 }
 
 impl ServiceSpec {
     /// Parses a spec for `kind`, refusing unknown fields and invalid values.
     pub fn parse(kind: ServiceKind, spec: &serde_json::Value) -> Result<Self, String> {
-        match kind {
-            ServiceKind::FlowBlock => {
-                let spec: FlowBlockSpec =
-                    serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
-                spec.check()?;
-                Ok(ServiceSpec::FlowBlock(spec))
-            }
+        Ok(match kind {
+            ServiceKind::FlowBlock => ServiceSpec::FlowBlock(checked(spec, FlowBlockSpec::check)?),
             ServiceKind::BittorrentBlock => {
-                let spec: BittorrentBlockSpec =
-                    serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
-                spec.check()?;
-                Ok(ServiceSpec::BittorrentBlock(spec))
+                ServiceSpec::BittorrentBlock(checked(spec, BittorrentBlockSpec::check)?)
             }
             ServiceKind::PayPerSite => {
-                let spec: PayPerSiteSpec =
-                    serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
-                spec.check()?;
-                Ok(ServiceSpec::PayPerSite(spec))
+                ServiceSpec::PayPerSite(checked(spec, PayPerSiteSpec::check)?)
             }
-        }
+            ServiceKind::AgentRelease => {
+                ServiceSpec::AgentRelease(checked(spec, AgentReleaseSpec::check)?)
+            }
+        })
     }
+}
+
+/// A spec of one kind, parsed (unknown fields refused) and checked.
+fn checked<T: serde::de::DeserializeOwned>(
+    spec: &serde_json::Value,
+    check: fn(&T) -> Result<(), String>,
+) -> Result<T, String> {
+    let spec: T = serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+    check(&spec)?;
+    Ok(spec)
 }

@@ -1,6 +1,7 @@
 //! Controller integration tests: the real controller on port 0 against a real
 //! PostgreSQL, one database per test. One test binary keeps link times down.
 
+mod agent_upgrades;
 mod api;
 mod blocks;
 mod catalog;

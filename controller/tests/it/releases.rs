@@ -14,22 +14,26 @@ use isdf_api::release::{ReleaseManifest, RELEASE_PAYLOAD_TYPE};
 use crate::support::Harness;
 
 /// A binary of `len` bytes that is not all the same byte.
-fn binary(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn binary(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
 
 fn manifest_for(bytes: &[u8], version: &str) -> ReleaseManifest {
+    manifest_of(bytes, version, "x86_64-unknown-linux-musl")
+}
+
+pub(crate) fn manifest_of(bytes: &[u8], version: &str, target: &str) -> ReleaseManifest {
     ReleaseManifest {
         version: version.into(),
-        target: "x86_64-unknown-linux-musl".into(),
+        target: target.into(),
         sha256: hex::encode(Sha256::digest(bytes)),
         size: bytes.len() as u64,
     }
 }
 
-fn sealed(manifest: &ReleaseManifest, key: &ed25519_dalek::SigningKey) -> Value {
+pub(crate) fn sealed(manifest: &ReleaseManifest, key: &ed25519_dalek::SigningKey) -> Value {
     let envelope = isdf_api::seal(
         RELEASE_PAYLOAD_TYPE,
         &serde_json::to_vec(manifest).unwrap(),
@@ -38,11 +42,11 @@ fn sealed(manifest: &ReleaseManifest, key: &ed25519_dalek::SigningKey) -> Value 
     serde_json::to_value(envelope).unwrap()
 }
 
-fn key(h: &Harness, file: &str) -> ed25519_dalek::SigningKey {
+pub(crate) fn key(h: &Harness, file: &str) -> ed25519_dalek::SigningKey {
     isdf_controller::trust::roots::read_key(&h.controller.data_dir.join(file)).unwrap()
 }
 
-async fn put_binary(h: &Harness, id: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
+pub(crate) async fn put_binary(h: &Harness, id: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
     let response = h
         .http
         .put(format!(

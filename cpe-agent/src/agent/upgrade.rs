@@ -10,7 +10,7 @@
 
 use std::cmp::Ordering;
 
-use isdf_api::release::{open_release, AgentRelease, ReleaseManifest};
+use isdf_api::release::{compare_versions, open_release, AgentRelease, ReleaseManifest};
 use isdf_api::TrustedKeys;
 
 /// What to do about a config's `agent_release`.
@@ -80,50 +80,6 @@ pub fn decide(
         }),
         _ => Ok(ReleaseDecision::Install(manifest)),
     }
-}
-
-/// Orders versions as SemVer does for what releases use: dot-separated
-/// numbers compared as numbers, a pre-release (`-rc.1`) before its release
-/// and compared part by part (numbers below words), build metadata (`+...`)
-/// ignored. A part that is no number is compared as text.
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
-    let split = |v: &'_ str| -> (String, Option<String>) {
-        let v = v.split('+').next().unwrap_or(v);
-        match v.split_once('-') {
-            Some((core, pre)) => (core.to_owned(), Some(pre.to_owned())),
-            None => (v.to_owned(), None),
-        }
-    };
-    let parts = |text: &str| -> Vec<String> { text.split('.').map(str::to_owned).collect() };
-    let part_order = |x: &str, y: &str| match (x.parse::<u64>(), y.parse::<u64>()) {
-        (Ok(x), Ok(y)) => x.cmp(&y),
-        (Ok(_), Err(_)) => Ordering::Less,
-        (Err(_), Ok(_)) => Ordering::Greater,
-        (Err(_), Err(_)) => x.cmp(y),
-    };
-    let list_order = |x: &[String], y: &[String], missing_is_zero: bool| {
-        for i in 0..x.len().max(y.len()) {
-            let order = match (x.get(i), y.get(i)) {
-                (Some(p), Some(q)) => part_order(p, q),
-                (Some(p), None) if missing_is_zero => part_order(p, "0"),
-                (None, Some(q)) if missing_is_zero => part_order("0", q),
-                (Some(_), None) => Ordering::Greater,
-                (None, Some(_)) => Ordering::Less,
-                (None, None) => Ordering::Equal,
-            };
-            if order != Ordering::Equal {
-                return order;
-            }
-        }
-        Ordering::Equal
-    };
-    let ((core_a, pre_a), (core_b, pre_b)) = (split(a), split(b));
-    list_order(&parts(&core_a), &parts(&core_b), true).then_with(|| match (pre_a, pre_b) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Greater,
-        (Some(_), None) => Ordering::Less,
-        (Some(x), Some(y)) => list_order(&parts(&x), &parts(&y), false),
-    })
 }
 
 #[cfg(test)]
@@ -205,29 +161,5 @@ mod tests {
             refused.unwrap_err().code(),
             "release_not_signed_by_release_key"
         );
-    }
-
-    #[test]
-    fn versions_order_as_semver_does() {
-        let ordered = [
-            "0.1.0",
-            "0.1.1",
-            "0.2.0-alpha",
-            "0.2.0-alpha.1",
-            "0.2.0-alpha.beta",
-            "0.2.0-beta.2",
-            "0.2.0-beta.11",
-            "0.2.0-rc.1",
-            "0.2.0",
-            "0.10.0",
-            "1.0.0",
-        ];
-        for (i, a) in ordered.iter().enumerate() {
-            for (j, b) in ordered.iter().enumerate() {
-                assert_eq!(compare_versions(a, b), i.cmp(&j), "{a} vs {b}");
-            }
-        }
-        assert_eq!(compare_versions("1.2", "1.2.0"), Ordering::Equal);
-        assert_eq!(compare_versions("1.2.0+build.5", "1.2.0"), Ordering::Equal);
     }
 }
