@@ -637,6 +637,18 @@ async function devicesPage(gen) {
   live(gen, reload, (c) => c.topic === "device" || c.topic === "audit");
 }
 
+/** The agent a router runs, and the one an agent-release wants it to run. */
+function agentCell(hl) {
+  const running = hl.agent_version ?? "—";
+  if (hl.agent_release_missing) {
+    return [running, " ", h("span", { class: "badge failing", title: "no build of " + hl.agent_release_missing + " for this router's target" }, "no build of " + hl.agent_release_missing)];
+  }
+  if (hl.wanted_agent_version && hl.wanted_agent_version !== hl.agent_version) {
+    return [running, " → ", hl.wanted_agent_version];
+  }
+  return running;
+}
+
 function deviceTable(rows) {
   return table(
     ["Name", "State", "Outcome", { label: "Enforced", cls: "wide-only" }, { label: "Agent", cls: "wide-only" }, "Last report", { label: "Labels", cls: "wide-only" }],
@@ -647,7 +659,7 @@ function deviceTable(rows) {
         h("td", {}, badge(hl.state), hl.failing ? [" ", badge("failing")] : null),
         h("td", {}, hl.outcome ? badge(hl.outcome) : "—"),
         h("td", { class: "wide-only" }, hl.enforced_version ?? "—"),
-        h("td", { class: "wide-only mono" }, hl.agent_version ?? "—"),
+        h("td", { class: "wide-only mono" }, agentCell(hl)),
         h("td", {}, when(hl.last_report_at)),
         h("td", { class: "wide-only wrap mono" }, labelsText(d.labels)));
     }), { id: "device-table", empty: "No device matches." });
@@ -1003,6 +1015,7 @@ const SPEC_EXAMPLES = {
   "flow-block": { flows: [{ protocol: "udp", dport: 27015 }] },
   "bittorrent-block": { block_secs: 3600 },
   "pay-per-site": { catalog: "default" },
+  "agent-release": { version: "0.2.0" },
 };
 
 /** The type of a ServiceView: `type`, or `kind` from a controller before it was renamed. */

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use isdf_agent::agent::Agent;
+use isdf_agent::agent::{Agent, Stopped};
 use isdf_agent::backend;
 use isdf_agent::control::{self, Request};
 use isdf_agent::controller::enrollment;
@@ -310,11 +310,19 @@ fn run(settings: Settings, config: &Path) -> anyhow::Result<()> {
         // fresh config. Nothing is removed.
         tracing::error!(error = ?e, "could not re-enforce the last good config");
     }
-    runtime.block_on(agent.run(shutdown_signal()));
+    let stopped = runtime.block_on(agent.run(shutdown_signal()));
     // Fail-static: the rules, the sets and the managed dnsmasq keep
     // working; the next agent adopts them (`uninstall` takes them away).
     drop(agent);
-    tracing::info!("stopped; the firewall and the resolver stay as they are");
+    match stopped {
+        Stopped::Shutdown => {
+            tracing::info!("stopped; the firewall and the resolver stay as they are")
+        }
+        Stopped::ForUpgrade => tracing::info!(
+            "exiting for the upgrade: the supervisor starts isdf-agent-launch, which runs the \
+             new agent; the firewall and the resolver stay as they are"
+        ),
+    }
     Ok(())
 }
 

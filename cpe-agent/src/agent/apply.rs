@@ -127,6 +127,7 @@ impl Agent {
                 self.held_back = None;
                 self.version_floor = None;
                 self.set_result(Outcome::Applied, Some(version), vec![]);
+                self.consider_release().await;
             }
             Err(reason) => {
                 let mut errors = vec![format!("apply_failed: {reason:#}")];

@@ -37,6 +37,7 @@ mod report;
 mod state_writes;
 mod uninstall;
 pub mod upgrade;
+mod upgrading;
 
 use std::time::{Duration, Instant};
 
@@ -137,6 +138,18 @@ pub struct Agent {
     facts_retry: Option<(u32, Instant)>,
     /// What the agent counted since it started (`counting.rs`).
     tally: counting::Tally,
+    /// Where the agent is in an upgrade (`upgrading.rs`).
+    upgrading: upgrading::Upgrading,
+}
+
+/// Why [`Agent::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to stop (the shutdown future resolved).
+    Shutdown,
+    /// An agent release is staged: the supervisor starts
+    /// `isdf-agent-launch` again, which runs it.
+    ForUpgrade,
 }
 
 impl Agent {
@@ -166,6 +179,7 @@ impl Agent {
             .map_or(0, |d| d.as_secs() as i64);
         Ok(Agent {
             tally: counting::Tally::new(started_at),
+            upgrading: Default::default(),
             tunnels,
             facts_sent: None,
             facts_retry: None,
@@ -226,15 +240,18 @@ impl Agent {
             .unwrap_or_default()
     }
 
-    /// Runs until `shutdown` resolves. The firewall is left as it is on exit.
-    pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Runs until `shutdown` resolves, or an agent release is staged. The
+    /// firewall is left as it is on exit.
+    pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) -> Stopped {
         tokio::pin!(shutdown);
         if self.commands.is_none() {
             self.listen();
         }
+        self.notice_upgrade_state();
         let wait = Duration::from_secs(self.settings.poll_wait_secs);
         let mut failures: u32 = 0;
         loop {
+            self.consider_release().await;
             self.repair_and_expire();
             self.repair_services();
             self.maintain_identity().await;
@@ -260,11 +277,17 @@ impl Agent {
             rotation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let poll = loop {
                 tokio::select! {
-                    () = &mut shutdown => return,
+                    () = &mut shutdown => return Stopped::Shutdown,
                     command = Self::next_command(&mut self.commands) => {
                         let response = self.handle_command(command.request);
                         let _ = command.reply.send(response);
                         self.send_events_if_due().await;
+                    }
+                    downloaded = Self::next_download(&mut self.upgrading.download) => {
+                        self.finish_download(downloaded);
+                        if self.upgrading.staged {
+                            return Stopped::ForUpgrade;
+                        }
                     }
                     detection = Self::next_detection(&mut self.inspector) => {
                         self.handle_detections(detection);
@@ -333,7 +356,7 @@ impl Agent {
                 // Local requests are served during the pause too.
                 loop {
                     tokio::select! {
-                        () = &mut shutdown => return,
+                        () = &mut shutdown => return Stopped::Shutdown,
                         () = tokio::time::sleep_until(until) => break,
                         command = Self::next_command(&mut self.commands) => {
                             let response = self.handle_command(command.request);

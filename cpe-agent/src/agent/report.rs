@@ -198,6 +198,7 @@ impl Agent {
             Ok(()) => {
                 self.report_due = false;
                 self.last_report = Some(Instant::now());
+                self.confirm_upgrade_if_due();
             }
             Err(e) => {
                 self.tally.counters.reports_failed += 1;

@@ -8,7 +8,9 @@
 //!   that ran before the upgrade, each switched by a rename;
 //! - `pending` (the Unix time by which the new agent must confirm),
 //!   `confirmed` (it did), `reverted` (the launcher undid the upgrade, and
-//!   why).
+//!   why);
+//! - `<version>-<...>/reverted`: the launcher undid the upgrade to this
+//!   release, and why. The agent never installs it again, and reports why.
 //!
 //! Staging is the last step of the old agent before it exits for the
 //! supervisor to start the launcher again; confirming is the new agent's,
@@ -25,6 +27,21 @@ use crate::sys::atomic_write::{install_file, switch_symlink, write_atomically};
 /// The releases folder of a state directory.
 pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("releases")
+}
+
+/// The folder an installed release lives in.
+fn release_folder(state_dir: &Path, manifest: &isdf_api::release::ReleaseManifest) -> PathBuf {
+    dir(state_dir).join(format!("{}-{}", manifest.version, &manifest.sha256[..16]))
+}
+
+/// Why the launcher undid an upgrade to this release, if it did.
+pub fn reverted_reason(
+    state_dir: &Path,
+    manifest: &isdf_api::release::ReleaseManifest,
+) -> Option<String> {
+    std::fs::read_to_string(release_folder(state_dir, manifest).join("reverted"))
+        .ok()
+        .map(|reason| reason.trim().to_owned())
 }
 
 /// Where a release's download is kept while it is incomplete or unchecked.
@@ -85,7 +102,7 @@ pub fn stage(
         return Err(e);
     }
     let releases = dir(state_dir);
-    let folder = releases.join(format!("{}-{}", manifest.version, &manifest.sha256[..16]));
+    let folder = release_folder(state_dir, manifest);
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
     let installed = folder.join("isdf-agent");
     install_file(partial, &installed, 0o755)?;

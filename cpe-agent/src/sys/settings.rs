@@ -58,6 +58,11 @@ pub struct Settings {
     /// Seconds between status heartbeats when nothing changes.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_secs: u64,
+    /// How long a newly installed agent has to reach the controller and
+    /// report its version before `isdf-agent-launch` brings the previous
+    /// one back (agent upgrades).
+    #[serde(default = "default_upgrade_confirm")]
+    pub upgrade_confirm_secs: u64,
     /// Where to write the agent's metrics for node-exporter's textfile
     /// collector (e.g. `/var/prometheus/isdf_agent.prom`, which OpenWrt's
     /// prometheus-node-exporter-lua reads), replaced at every status
@@ -251,6 +256,9 @@ fn default_true() -> bool {
 fn default_heartbeat() -> u64 {
     300
 }
+fn default_upgrade_confirm() -> u64 {
+    300
+}
 
 /// Refuses a URL the agent would talk to in clear: the enrollment token and
 /// the configs must never cross the network unencrypted. Also refuses a
@@ -291,6 +299,11 @@ impl Settings {
         settings.upstream_servers()?;
         if settings.wireguard_table_base == 0 || settings.wireguard_table_base > 0xffff_0000 {
             bail!("wireguard_table_base is a routing table number from 1 to 4294901760");
+        }
+        if !(10..=86_400).contains(&settings.upgrade_confirm_secs) {
+            bail!(
+                "upgrade_confirm_secs is 10 to 86400: a new agent needs time to start and report"
+            );
         }
         if settings.wireguard_facts_secs < 10 {
             bail!("wireguard_facts_secs is at least 10");

@@ -2,7 +2,8 @@
 //! itself, run with stand-in agents (shell scripts): a new agent that
 //! confirms keeps running; one that exits at start, or never reaches the
 //! controller by the deadline, is replaced by the previous agent, and the
-//! reason is left for it to report.
+//! reason is left for it to report (and in the undone release's folder, so
+//! it is never installed again).
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,16 @@ impl Stage {
         .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    /// A stand-in agent installed as a release is (`<folder>/isdf-agent`).
+    fn release(&self, folder: &str, body: &str) -> PathBuf {
+        let dir = self.releases.join(folder);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = self.agent("release-body", body);
+        let installed = dir.join("isdf-agent");
+        std::fs::rename(path, &installed).unwrap();
+        installed
     }
 
     /// Stages an upgrade from `previous` to `new`, to be confirmed within
@@ -120,7 +131,7 @@ fn a_new_agent_that_confirms_keeps_running() {
 fn a_new_agent_that_exits_at_start_is_replaced_by_the_previous_one() {
     let s = Stage::new();
     let previous = s.agent("previous", PREVIOUS);
-    let broken = s.agent("broken", "exit 3");
+    let broken = s.release("9.9.9-0123456789abcdef", "exit 3");
     s.upgrade(&previous, &broken, 600);
     let (code, _) = s.launch(Path::new("/nonexistent"));
     assert_eq!(code, 0, "the previous agent's exit");
@@ -129,6 +140,9 @@ fn a_new_agent_that_exits_at_start_is_replaced_by_the_previous_one() {
         .reverted()
         .expect("the reason is left for the previous agent");
     assert!(reason.contains("exited with status 3"), "{reason}");
+    // The release itself is marked, so the agent never installs it again.
+    let marked = std::fs::read_to_string(broken.with_file_name("reverted")).unwrap();
+    assert_eq!(marked, reason);
     assert_eq!(
         s.ran("previous-ran").as_deref(),
         Some("run --config agent.toml\n")

@@ -28,5 +28,7 @@ mod rogue_controller;
 mod rollouts;
 mod signatures;
 mod state_disk;
+mod upgrade_refusals;
+mod upgrades;
 mod vpn;
 mod wireguard;

@@ -7,6 +7,7 @@ use isdf_agent::controller::client::Client;
 use isdf_api::release::{ReleaseManifest, RELEASE_PAYLOAD_TYPE};
 use isdf_controller::test_support::{TestController, TestControllerOptions};
 use serde_json::json;
+use serde_json::Value;
 use sha2::Digest;
 
 use crate::harness::Operator;
@@ -55,44 +56,7 @@ async fn the_agent_downloads_a_release_and_resumes_a_cut_download() {
     let binary: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(7919) >> 3) as u8)
         .collect();
-    let manifest = ReleaseManifest {
-        version: "9.0.0".into(),
-        target: isdf_agent::AGENT_TARGET.into(),
-        sha256: sha2::Sha256::digest(&binary)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        size: binary.len() as u64,
-    };
-    let release_key =
-        isdf_controller::trust::roots::read_key(&controller.data_dir.join("release-key.pem"))
-            .unwrap();
-    let envelope = isdf_api::seal(
-        RELEASE_PAYLOAD_TYPE,
-        &serde_json::to_vec(&manifest).unwrap(),
-        &release_key,
-    );
-    let release = operator
-        .post("/api/v1/agent-releases", json!({"manifest": envelope}))
-        .await;
-    let uploaded = operator
-        .http
-        .put(format!(
-            "{}/api/v1/agent-releases/{}/binary",
-            controller.api_url,
-            release["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&controller.operator_token)
-        .header("content-type", "application/octet-stream")
-        .body(binary.clone())
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        uploaded.status().is_success(),
-        "{}",
-        uploaded.text().await.unwrap()
-    );
+    let release = publish_release(&controller, &operator, "9.0.0", &binary).await;
     let path = release["path"].as_str().unwrap();
 
     let size = binary.len() as u64;
@@ -148,4 +112,54 @@ async fn the_agent_downloads_a_release_and_resumes_a_cut_download() {
         .await
         .unwrap_err();
     assert!(format!("{missing:#}").contains("not_found"), "{missing:#}");
+}
+
+/// Signs a release of `binary` as agent `version` for this agent's target
+/// with the controller's release key (offline, as `isdfctl releases sign`
+/// does), creates it and uploads the binary; returns the release.
+pub(crate) async fn publish_release(
+    controller: &TestController,
+    operator: &Operator,
+    version: &str,
+    binary: &[u8],
+) -> Value {
+    let manifest = ReleaseManifest {
+        version: version.into(),
+        target: isdf_agent::AGENT_TARGET.into(),
+        sha256: sha2::Sha256::digest(binary)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        size: binary.len() as u64,
+    };
+    let release_key =
+        isdf_controller::trust::roots::read_key(&controller.data_dir.join("release-key.pem"))
+            .unwrap();
+    let envelope = isdf_api::seal(
+        RELEASE_PAYLOAD_TYPE,
+        &serde_json::to_vec(&manifest).unwrap(),
+        &release_key,
+    );
+    let release = operator
+        .post("/api/v1/agent-releases", json!({"manifest": envelope}))
+        .await;
+    let uploaded = operator
+        .http
+        .put(format!(
+            "{}/api/v1/agent-releases/{}/binary",
+            controller.api_url,
+            release["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&controller.operator_token)
+        .header("content-type", "application/octet-stream")
+        .body(binary.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        uploaded.status().is_success(),
+        "{}",
+        uploaded.text().await.unwrap()
+    );
+    release
 }

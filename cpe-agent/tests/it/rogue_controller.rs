@@ -1,6 +1,8 @@
 //! A rogue device API: holds a certificate from the controller's CA (as a
 //! compromised or impersonating server would; it asks no client certificate) and serves whatever envelopes
-//! the test queues, recording the status reports the agent sends back.
+//! the test queues, recording the status reports the agent sends back. It
+//! also serves one release binary at any release path (cut short once, if
+//! asked), recording the `Range` of each request.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -9,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,11 +24,23 @@ struct Shared {
     /// The root chain served at /device/v1/roots (envelopes as JSON text).
     roots: Arc<Mutex<Vec<String>>>,
     reports: mpsc::UnboundedSender<StatusReport>,
+    release: Arc<Mutex<ServedRelease>>,
+}
+
+/// The release binary served at every release path.
+#[derive(Default)]
+pub struct ServedRelease {
+    pub bytes: Vec<u8>,
+    /// Cut the next whole-binary answer after this many bytes.
+    pub cut_next_at: Option<usize>,
+    /// The `Range` header of each request (None: the whole binary).
+    pub ranges: Vec<Option<String>>,
 }
 
 pub struct RogueController {
     queue: Arc<Mutex<VecDeque<Vec<u8>>>>,
     roots: Arc<Mutex<Vec<String>>>,
+    pub release: Arc<Mutex<ServedRelease>>,
     pub reports: mpsc::UnboundedReceiver<StatusReport>,
     handle: axum_server::Handle,
 }
@@ -52,6 +66,55 @@ async fn serve_roots(State(shared): State<Shared>) -> Json<Vec<serde_json::Value
     )
 }
 
+async fn serve_release(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut release = shared.release.lock().unwrap();
+    release.ranges.push(range.clone());
+    let size = release.bytes.len();
+    let from = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|r| r.parse::<usize>().ok());
+    match from {
+        Some(from) if from < size => (
+            StatusCode::PARTIAL_CONTENT,
+            [(
+                header::CONTENT_RANGE,
+                format!("bytes {from}-{}/{size}", size - 1),
+            )],
+            release.bytes[from..].to_vec(),
+        )
+            .into_response(),
+        Some(_) => StatusCode::RANGE_NOT_SATISFIABLE.into_response(),
+        None => match release.cut_next_at.take() {
+            // The first part, then the connection fails mid-body.
+            Some(cut) => {
+                let first = release.bytes[..cut].to_vec();
+                // The first part, a moment for it to be sent, then the error.
+                let parts = futures_util::stream::unfold(Some(first), |first| async move {
+                    match first {
+                        Some(bytes) => Some((Ok::<_, std::io::Error>(bytes), None)),
+                        None => {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            Some((Err(std::io::Error::other("cut halfway")), None))
+                        }
+                    }
+                });
+                (
+                    [(header::CONTENT_LENGTH, size.to_string())],
+                    axum::body::Body::from_stream(parts),
+                )
+                    .into_response()
+            }
+            None => release.bytes.clone().into_response(),
+        },
+    }
+}
+
 async fn take_report(State(shared): State<Shared>, Json(report): Json<StatusReport>) -> StatusCode {
     let _ = shared.reports.send(report);
     StatusCode::NO_CONTENT
@@ -69,12 +132,17 @@ impl RogueController {
             queue: Arc::default(),
             roots: Arc::default(),
             reports: tx,
+            release: Arc::default(),
         };
         let router = Router::new()
             .route(isdf_api::paths::DEVICE_CONFIG, get(serve_config))
             .route(isdf_api::paths::DEVICE_STATUS, post(take_report))
             .route(isdf_api::paths::DEVICE_PING, get(|| async { "ok" }))
             .route(isdf_api::paths::DEVICE_ROOTS, get(serve_roots))
+            .route(
+                &format!("{}/{{sha256}}", isdf_api::paths::DEVICE_RELEASES),
+                get(serve_release),
+            )
             .with_state(shared.clone());
         let listener = std::net::TcpListener::bind(addr).expect("binding the rogue server");
         listener.set_nonblocking(true).unwrap();
@@ -89,6 +157,7 @@ impl RogueController {
         RogueController {
             queue: shared.queue,
             roots: shared.roots,
+            release: shared.release,
             reports: rx,
             handle,
         }
