@@ -202,7 +202,7 @@ mod tests {
     fn the_highest_version_in_force_wins() {
         let labels = Labels::from_pairs(&[("ring", "canary")]);
         let assignments = [
-            assignment("", serde_json::json!({"version": "0.9.0"})),
+            assignment("*", serde_json::json!({"version": "0.9.0"})),
             assignment(
                 "ring=canary",
                 serde_json::json!({"version": "0.10.0", "allow_downgrade": true}),

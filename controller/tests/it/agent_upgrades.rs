@@ -224,8 +224,8 @@ async fn a_release_reaches_each_router_for_its_target_wave_by_wave_as_they_run_i
         |r| r["path"] == format!("/device/v1/releases/{mips_sha}"),
     )
     .await;
-    for i in 1..3 {
-        routers[i].report(&h, "applied", "0.5.0", &[]).await;
+    for router in &mut routers[1..] {
+        router.report(&h, "applied", "0.5.0", &[]).await;
     }
     until(
         "completed",

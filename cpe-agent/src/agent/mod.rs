@@ -3,10 +3,12 @@
 //! renew the device certificate when it is two thirds through its life.
 //!
 //! `Agent::run`, in this file, is the whole loop: one pass of periodic work
-//! (drift repair, services, identity, reports), then one `select!` over the
-//! long poll, local requests, classifier detections, the harvest of the
-//! kernel's endpoint sets and the rotation watcher, then the pause the server
-//! asked for. What each step does lives with its concern: `apply.rs`
+//! (the config's agent release, drift repair, services, identity, reports),
+//! then one `select!` over the long poll, local requests, classifier
+//! detections, the harvest of the kernel's endpoint sets, the rotation
+//! watcher and a release download, then the pause the server asked for. It
+//! returns when asked to stop, or when an agent release is staged
+//! (`upgrading.rs`). What each step does lives with its concern: `apply.rs`
 //! (verify, enforce, roll back, repair), `identity.rs` (trust, renewal,
 //! re-enrollment), `report.rs` (status, events, facts), `blocks.rs` (the
 //! router's own blocks), `state_writes.rs` (what could not be saved to a

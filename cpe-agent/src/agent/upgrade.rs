@@ -5,8 +5,9 @@
 //! only when the operator asked for one). Pure: the manifest, the trusted
 //! keys and what runs now in; the decision out.
 //!
-//! The download, the swap and the watchdog that brings the previous binary
-//! back build on this (issue 20's remaining work).
+//! `upgrading.rs` acts on the decision (download, stage, confirm);
+//! `deploy/isdf-agent-launch` is the watchdog that brings the previous
+//! binary back.
 
 use std::cmp::Ordering;
 

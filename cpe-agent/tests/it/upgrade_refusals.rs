@@ -11,7 +11,8 @@
 //!
 //! Then a good release whose download is cut halfway: the agent resumes it
 //! from the byte it stopped at, installs it and exits for its launcher,
-//! leaving the kernel rules in place.
+//! leaving the kernel rules in place. An agent that no launcher started
+//! refuses that release (`release_needs_launcher`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -216,7 +217,7 @@ fn releases_the_router_must_not_install_are_refused_and_a_cut_download_resumes()
             served.cut_next_at = Some(half);
             served.ranges.clear();
         }
-        let (_, envelope) = serve(release("9.9.10", target, &good, &release_key));
+        let (version, envelope) = serve(release("9.9.10", target, &good, &release_key));
         rogue.serve_next(envelope);
         let releases = state.join("releases");
         until("the release staged", Duration::from_secs(30), || {
@@ -251,7 +252,29 @@ fn releases_the_router_must_not_install_are_refused_and_a_cut_download_resumes()
             enforced,
             "the rules stay"
         );
-        rogue.stop();
         drop(agent);
+
+        // The same release, to an agent no launcher started (its service
+        // runs `isdf-agent` directly): refused, as nothing would bring it
+        // back. (The staged upgrade is taken away first, as if the
+        // launcher had never run.)
+        std::fs::remove_dir_all(&releases).unwrap();
+        let unwatched =
+            AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
+        let report = report_of(&mut rogue, &unwatched, version, Outcome::RolledBack).await;
+        assert!(
+            report.errors[0].starts_with("release_needs_launcher"),
+            "{:?}",
+            report.errors
+        );
+        assert_eq!(report.enforced_version, Some(version));
+        assert_eq!(
+            release_files(&state),
+            Vec::<String>::new(),
+            "nothing written"
+        );
+        assert_eq!(ruleset(&topo.router, "nftables"), enforced);
+        rogue.stop();
+        drop(unwatched);
     });
 }
