@@ -100,6 +100,10 @@ impl Agent {
                     "confirmed: the upgrade stands"
                 );
                 self.upgrading.confirm_due = false;
+                match releases::prune(&self.settings.state_dir) {
+                    Ok(freed) => tracing::info!(freed, "removed older agent releases"),
+                    Err(e) => warn_failed("removing older agent releases", &e),
+                }
             }
             Err(e) => error_failed("confirming the upgrade; the launcher may undo it", &e),
         }

@@ -85,6 +85,47 @@ pub fn confirm(state_dir: &Path) -> anyhow::Result<()> {
     write_atomically(&dir(state_dir).join("confirmed"), b"confirmed\n", 0o600)
 }
 
+/// Frees the router's flash after an upgrade stands: keeps the binaries
+/// `current` and `previous` name (A/B), removes the other releases and any
+/// unfinished download; of a release the launcher undid, only its marker
+/// stays (so it is never installed again). Returns how many bytes it freed.
+pub fn prune(state_dir: &Path) -> anyhow::Result<u64> {
+    let releases = dir(state_dir);
+    let kept: Vec<PathBuf> = ["current", "previous"]
+        .iter()
+        .filter_map(|link| std::fs::read_link(releases.join(link)).ok())
+        .filter_map(|target| target.parent().map(Path::to_owned))
+        .collect();
+    let mut freed = 0;
+    let entries =
+        std::fs::read_dir(&releases).with_context(|| format!("listing {}", releases.display()))?;
+    for entry in entries {
+        let path = entry.context("listing the releases")?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.ends_with(".partial") {
+            freed += remove(&path)?;
+        } else if path.is_dir() && !path.is_symlink() && !kept.contains(&path) {
+            freed += remove(&path.join("isdf-agent"))?;
+            if !path.join("reverted").exists() {
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(freed)
+}
+
+/// Removes a file if it is there; returns its size.
+fn remove(path: &Path) -> anyhow::Result<u64> {
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+            Ok(meta.len())
+        }
+        Err(_) => Ok(0),
+    }
+}
+
 /// Checks the downloaded `partial` against the manifest (size, then
 /// SHA-256, read in pieces), moves it to its own folder as an executable,
 /// points `previous` at `running` and `current` at it, and writes the
@@ -220,6 +261,22 @@ mod tests {
         );
         confirm(state.path()).unwrap();
         assert!(releases.join("confirmed").exists());
+
+        // Once it stands: the A/B pair stays, older releases and unfinished
+        // downloads go, an undone release keeps only its marker.
+        let old = releases.join("0.3.0-aaaaaaaaaaaaaaaa");
+        let undone = releases.join("0.4.9-bbbbbbbbbbbbbbbb");
+        for folder in [&old, &undone] {
+            std::fs::create_dir_all(folder).unwrap();
+            std::fs::write(folder.join("isdf-agent"), [0u8; 1000]).unwrap();
+        }
+        std::fs::write(undone.join("reverted"), "exited\n").unwrap();
+        std::fs::write(partial_path(state.path(), &"c".repeat(64)), [0u8; 500]).unwrap();
+        assert_eq!(prune(state.path()).unwrap(), 2500);
+        assert!(!old.exists());
+        assert!(undone.join("reverted").exists() && !undone.join("isdf-agent").exists());
+        assert_eq!(std::fs::read(&installed).unwrap(), bytes, "current stays");
+        assert_eq!(prune(state.path()).unwrap(), 0);
 
         // The launcher undid it: the reason is read once.
         std::fs::write(

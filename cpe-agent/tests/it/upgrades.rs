@@ -491,5 +491,29 @@ async fn scenario(net: Arc<Network>, work: PathBuf, (next, next_version): (PathB
         );
         assert!(!releases.join("pending").exists(), "{r} confirmed");
     }
+    // Only the A/B pair is kept; of the canary's undone releases, only the
+    // markers that keep them from being installed again.
+    let canary = work.join("u1/state/releases");
+    let mut left: Vec<String> = std::fs::read_dir(&canary)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("0.9"))
+        .flat_map(|folder| {
+            std::fs::read_dir(canary.join(&folder))
+                .unwrap()
+                .map(move |e| format!("{folder}/{}", e.unwrap().file_name().to_string_lossy()))
+        })
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(
+        left[0].starts_with("0.90.0-") && left[0].ends_with("/reverted"),
+        "{left:?}"
+    );
+    assert!(
+        left[1].starts_with("0.91.0-") && left[1].ends_with("/reverted"),
+        "{left:?}"
+    );
+    assert!(left[2].starts_with(&format!("{next_version}-")), "{left:?}");
     fleet.stop().await;
 }
