@@ -192,9 +192,22 @@ impl Agent {
         decide(release, &keys, crate::AGENT_VERSION, crate::AGENT_TARGET)
     }
 
-    /// What keeps a release the agent would take from being installed: the
+    /// What keeps a release the agent would take from being installed: it
+    /// runs already (under another version than its manifest's), the
     /// launcher undid it before, or there is no launcher to watch it.
     fn installable(&self, manifest: &ReleaseManifest) -> Result<(), Refused> {
+        // Installed and running, yet reporting another version: installing
+        // it again would loop.
+        if running_binary()
+            .is_ok_and(|running| releases::runs(&self.settings.state_dir, manifest, &running))
+        {
+            return Err(Refused(format!(
+                "release_version_mismatch: the release signed as {} runs, but reports {}; \
+                 sign it with the version `isdf-agent --version` prints",
+                manifest.version,
+                crate::AGENT_VERSION
+            )));
+        }
         if let Some(reason) = releases::reverted_reason(&self.settings.state_dir, manifest) {
             return Err(Refused(format!(
                 "upgrade_reverted: {} was undone by isdf-agent-launch and is not tried again: {reason}",

@@ -34,6 +34,20 @@ fn release_folder(state_dir: &Path, manifest: &isdf_api::release::ReleaseManifes
     dir(state_dir).join(format!("{}-{}", manifest.version, &manifest.sha256[..16]))
 }
 
+/// Whether `running` is this release as `stage` installed it: the release
+/// runs, whatever version it reports.
+pub fn runs(
+    state_dir: &Path,
+    manifest: &isdf_api::release::ReleaseManifest,
+    running: &Path,
+) -> bool {
+    let installed = release_folder(state_dir, manifest).join("isdf-agent");
+    match (installed.canonicalize(), running.canonicalize()) {
+        (Ok(installed), Ok(running)) => installed == running,
+        _ => false,
+    }
+}
+
 /// Why the launcher undid an upgrade to this release, if it did.
 pub fn reverted_reason(
     state_dir: &Path,
@@ -200,6 +214,10 @@ mod tests {
     use isdf_api::release::ReleaseManifest;
     use std::os::unix::fs::PermissionsExt;
 
+    fn releases_dir_link(state: &Path) -> PathBuf {
+        dir(state).join("current")
+    }
+
     fn manifest(bytes: &[u8]) -> ReleaseManifest {
         ReleaseManifest {
             version: "0.5.0".into(),
@@ -239,7 +257,10 @@ mod tests {
 
         // The right bytes: installed, executable, linked, pending.
         std::fs::write(&partial, &bytes).unwrap();
+        assert!(!runs(state.path(), &m, &running));
         let installed = stage(state.path(), &m, &partial, &running, 1_800_000_000).unwrap();
+        assert!(runs(state.path(), &m, &installed));
+        assert!(runs(state.path(), &m, &releases_dir_link(state.path())));
         assert!(installed.ends_with(format!("0.5.0-{}/isdf-agent", &m.sha256[..16])));
         assert_eq!(std::fs::read(&installed).unwrap(), bytes);
         let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
