@@ -450,7 +450,9 @@ async function fleetPage(gen) {
         card("count-never", "never reported", o.never_reported, "off", "never_reported")),
       h("p", { class: "muted" }, `Online: a report within ${Math.round(o.online_window_secs / 60)} minutes. Failing: the last config was rolled back or rejected. Updated `, when(o.generated_at), "."),
       h("div", { class: "grid2" },
-        h("div", { class: "panel" }, h("h2", {}, "By agent version"), bars(o.by_agent_version)),
+        h("div", { class: "panel" }, h("h2", {}, "By agent version"), bars(o.by_agent_version),
+          (o.release_missing ?? []).map((b) => h("p", { class: "muted release-missing" },
+            `${b.count} ${b.count === 1 ? "router waits" : "routers wait"} for a build of ${b.value} for its target.`))),
         h("div", { class: "panel" }, h("h2", {}, "By model"), bars(o.by_model))),
       overTime);
   // Routers created, deleted, relabelled or reporting all come as `device`.

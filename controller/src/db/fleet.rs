@@ -58,6 +58,7 @@ pub struct OverviewRow {
     pub totals: Json<Totals>,
     pub by_agent_version: Json<Vec<Bucket>>,
     pub by_model: Json<Vec<Bucket>>,
+    pub release_missing: Json<Vec<Bucket>>,
     pub generated_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -90,6 +91,10 @@ pub async fn overview(db: impl PgExecutor<'_>) -> Result<OverviewRow, sqlx::Erro
                                      ORDER BY n DESC, value), '[]')
             FROM (SELECT coalesce(labels ->> 'model', 'unknown') AS value, count(*) AS n
                   FROM devices GROUP BY 1) m) AS by_model,
+           (SELECT coalesce(json_agg(json_build_object('value', value, 'count', n)
+                                     ORDER BY n DESC, value), '[]')
+            FROM (SELECT agent_release_missing AS value, count(*) AS n FROM device_configs
+                  WHERE agent_release_missing IS NOT NULL GROUP BY 1) r) AS release_missing,
            now() AS generated_at
          FROM status, fleet",
         stale = stale_sql(),

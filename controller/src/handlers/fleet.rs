@@ -29,6 +29,9 @@ pub struct FleetOverview {
     pub by_agent_version: Vec<Bucket>,
     /// The `model` label (`unknown` when absent), most common first.
     pub by_model: Vec<Bucket>,
+    /// Agent versions an `agent-release` wants that some routers' targets
+    /// have no build of, with how many routers wait for one.
+    pub release_missing: Vec<Bucket>,
     /// The online window in seconds.
     pub online_window_secs: u64,
     pub generated_at: DateTime<Utc>,
@@ -50,6 +53,7 @@ pub async fn overview(
         never_reported: totals.never_reported,
         by_agent_version: row.by_agent_version.0,
         by_model: row.by_model.0,
+        release_missing: row.release_missing.0,
         online_window_secs: db::fleet::ONLINE_WINDOW.as_secs(),
         generated_at: row.generated_at,
     }))

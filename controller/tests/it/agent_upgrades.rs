@@ -216,6 +216,12 @@ async fn a_release_reaches_each_router_for_its_target_wave_by_wave_as_they_run_i
     let mips = health(&h, "up2").await;
     assert_eq!(mips["agent_release_missing"], "0.5.0", "{mips}");
     assert!(mips.get("wanted_agent_version").is_none(), "{mips}");
+    let overview = h.get("/api/v1/fleet/overview").await.body;
+    assert_eq!(
+        overview["release_missing"],
+        json!([{"value": "0.5.0", "count": 1}]),
+        "{overview}"
+    );
     // Its build arrives: it gets it without another operator step.
     let mips_sha = release(&h, "0.5.0", MIPS, 2).await;
     until(
@@ -224,6 +230,10 @@ async fn a_release_reaches_each_router_for_its_target_wave_by_wave_as_they_run_i
         |r| r["path"] == format!("/device/v1/releases/{mips_sha}"),
     )
     .await;
+    assert_eq!(
+        h.get("/api/v1/fleet/overview").await.body["release_missing"],
+        json!([])
+    );
     for router in &mut routers[1..] {
         router.report(&h, "applied", "0.5.0", &[]).await;
     }
