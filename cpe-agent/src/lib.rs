@@ -12,7 +12,9 @@
 //!   the system match it. `router_blocks/` (the router's own blocks),
 //!   `classify/` (the pure BitTorrent classifier) with `inspect.rs` (its
 //!   NFQUEUE side), `control.rs` (the local socket) and
-//!   `portal_redirect.rs` (the HTTP redirect responder) sit beside them.
+//!   `portal_redirect.rs` (the HTTP redirect responder) sit beside them,
+//!   and `sitename/` (pure: the site name a flow's first bytes carry, TLS,
+//!   HTTP and QUIC).
 //! - `sys/`: settings, the state directory, the one atomic write, processes,
 //!   time and logging; it imports nothing from the layers above.
 
@@ -36,6 +38,7 @@ pub mod dns;
 pub mod inspect;
 pub mod portal_redirect;
 pub mod router_blocks;
+pub mod sitename;
 pub mod sys;
 pub mod wireguard;
 
