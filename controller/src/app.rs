@@ -95,6 +95,8 @@ pub struct Settings {
     /// How long the fleet's minute samples are kept (the dashboard's
     /// charts over time).
     pub fleet_history_retention: Duration,
+    /// How the leader resolves the pay-per-site catalog's names.
+    pub site_resolution: crate::cluster::site_resolution::SiteResolution,
 }
 
 pub struct Application {
@@ -121,6 +123,7 @@ pub struct Application {
     portal_listener: std::net::TcpListener,
     device_tls: Arc<rustls::ServerConfig>,
     enrollment_tls: Arc<rustls::ServerConfig>,
+    site_resolution: crate::cluster::site_resolution::SiteResolution,
     /// The dashboard topics for the other replicas (`cluster::forward_live`).
     live_outbox: tokio::sync::mpsc::Receiver<crate::db::bus::LiveTopic>,
     trusted_proxies: TrustedProxies,
@@ -363,6 +366,7 @@ impl Application {
             enrollment_tls,
             live_outbox,
             trusted_proxies: TrustedProxies::new(settings.proxy_protocol_from.clone()),
+            site_resolution: settings.site_resolution.clone(),
         })
     }
 
@@ -431,6 +435,7 @@ impl Application {
             let (reconciler, rollouts) =
                 (self.state.reconciler.clone(), self.state.rollouts.clone());
             let (pool, retention) = (self.state.pool.clone(), self.state.fleet_history_retention);
+            let site_resolution = self.site_resolution.clone();
             tokio::spawn(crate::cluster::leader::lead(
                 self.state.pool.clone(),
                 self.state.leadership.clone(),
@@ -441,6 +446,10 @@ impl Application {
                         tokio::spawn(crate::cluster::history::sample_loop(
                             pool.clone(),
                             retention,
+                        )),
+                        tokio::spawn(crate::cluster::site_resolution::resolve_loop(
+                            reconciler.clone(),
+                            site_resolution.clone(),
                         )),
                     ]
                 },

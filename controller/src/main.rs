@@ -172,6 +172,32 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=3650)
     )]
     fleet_history_days: u64,
+    /// The DNS server (IP:port) the controller asks for the pay-per-site
+    /// catalog's names, so routers gate the sites' addresses from their
+    /// start; default: the system's resolvers (/etc/resolv.conf).
+    #[arg(global = true, long, env = "ISDF_SITE_RESOLVER")]
+    site_resolver: Option<std::net::SocketAddr>,
+    /// Seconds between two resolutions of the catalog's names; 0 turns
+    /// them off (routers then learn sites' addresses from their own
+    /// resolver only).
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_SITE_RESOLVE_SECS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(0..=86_400)
+    )]
+    site_resolve_secs: u64,
+    /// Seconds a resolved address no longer seen stays gated (CDNs rotate
+    /// through pools); 60 to 2592000.
+    #[arg(
+        global = true,
+        long,
+        env = "ISDF_SITE_ADDRESS_KEEP_SECS",
+        default_value_t = 86_400,
+        value_parser = clap::value_parser!(u64).range(60..=2_592_000)
+    )]
+    site_address_keep_secs: u64,
     /// Extra DNS names or IP addresses for the device API certificate.
     #[arg(
         global = true,
@@ -449,6 +475,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         proxy_protocol_from: args.proxy_protocol_from,
         recompile_batching: Default::default(),
         fleet_history_retention: Duration::from_secs(args.fleet_history_days * 24 * 3600),
+        site_resolution: isdf_controller::cluster::site_resolution::SiteResolution {
+            resolver: args.site_resolver,
+            every: Duration::from_secs(args.site_resolve_secs),
+            keep_for: Duration::from_secs(args.site_address_keep_secs),
+        },
         limits: isdf_controller::http::limits::Limits {
             max_poll_wait: Duration::from_secs(args.max_poll_wait_secs),
             poll_delay: Duration::from_secs(args.poll_delay_secs),

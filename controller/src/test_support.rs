@@ -152,6 +152,10 @@ pub struct TestControllerOptions {
     /// How many routers one transaction compiles (small, to exercise the
     /// large-fleet paths with a few routers).
     pub recompile_batching: crate::reconcile::soon::Batching,
+    /// The leader's resolution of the pay-per-site catalog's names: off
+    /// unless a test turns it on with a resolver it runs (tests never ask
+    /// the machine's resolvers).
+    pub site_resolution: crate::cluster::site_resolution::SiteResolution,
     /// Refusals of callers without credentials admitted per source before
     /// 429 (a second, at once); None: the controller's own budget. The
     /// contract test probes every operation without credentials.
@@ -172,6 +176,10 @@ impl TestControllerOptions {
             portal_public_url: None,
             proxy_protocol_from: Vec::new(),
             recompile_batching: Default::default(),
+            site_resolution: crate::cluster::site_resolution::SiteResolution {
+                every: std::time::Duration::ZERO,
+                ..Default::default()
+            },
             refusal_budget: None,
             config_cache_bytes: crate::reconcile::config_cache::DEFAULT_ENVELOPE_BUDGET,
         }
@@ -216,6 +224,7 @@ impl TestController {
             proxy_protocol_from: options.proxy_protocol_from,
             recompile_batching: options.recompile_batching,
             fleet_history_retention: crate::cluster::history::DEFAULT_RETENTION,
+            site_resolution: options.site_resolution,
         };
         let mut app = Application::build(settings).await?;
         if let Some((per_sec, burst)) = options.refusal_budget {

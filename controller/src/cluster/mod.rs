@@ -16,5 +16,6 @@
 pub mod follow;
 pub mod history;
 pub mod leader;
+pub mod site_resolution;
 
 pub use follow::{forward_live, Follower};

@@ -32,6 +32,7 @@ pub mod releases;
 pub mod rollouts;
 pub mod services;
 pub mod sessions;
+pub mod site_addresses;
 pub mod status;
 pub mod vpns;
 pub mod wireguard;

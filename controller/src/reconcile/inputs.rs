@@ -144,10 +144,18 @@ pub(super) async fn load_shops(
     if names.is_empty() {
         return Ok(shops);
     }
-    for row in db::catalog::sites_of_catalogs(&mut **tx, &names)
+    let sites = db::catalog::sites_of_catalogs(&mut **tx, &names)
         .await
-        .context("loading catalogs")?
+        .context("loading catalogs")?;
+    let ids: Vec<i64> = sites.iter().map(|s| s.id).collect();
+    let mut addresses: HashMap<i64, Vec<std::net::IpAddr>> = HashMap::new();
+    for (site, address) in db::site_addresses::of_sites(&mut **tx, &ids)
+        .await
+        .context("loading the sites' resolved addresses")?
     {
+        addresses.entry(site).or_default().push(address);
+    }
+    for row in sites {
         shops
             .catalogs
             .entry(row.catalog.clone())
@@ -155,6 +163,7 @@ pub(super) async fn load_shops(
             .push(CatalogSite {
                 id: row.id,
                 domains: row.domain_patterns(),
+                addresses: addresses.remove(&row.id).unwrap_or_default(),
             });
     }
     for (device, site, ends_at) in db::purchases::active_for_devices(&mut **tx, devices, now)

@@ -247,6 +247,14 @@ mod tests {
         let site = |id: i64, domain: &str| CatalogSite {
             id,
             domains: vec![isdf_api::DomainPattern::parse(domain).unwrap()],
+            addresses: if id == 1 {
+                vec![
+                    "203.0.113.7".parse().unwrap(),
+                    "2001:db8::7".parse().unwrap(),
+                ]
+            } else {
+                Vec::new()
+            },
         };
         let catalogs: Catalogs = [
             (

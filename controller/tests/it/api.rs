@@ -262,6 +262,10 @@ async fn the_operator_api_is_served_over_tls_on_request_and_never_in_clear_off_l
         proxy_protocol_from: Vec::new(),
         recompile_batching: Default::default(),
         fleet_history_retention: isdf_controller::cluster::history::DEFAULT_RETENTION,
+        site_resolution: isdf_controller::cluster::site_resolution::SiteResolution {
+            every: std::time::Duration::ZERO,
+            ..Default::default()
+        },
     };
     let refused = isdf_controller::Application::build(settings)
         .await

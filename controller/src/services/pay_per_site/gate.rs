@@ -2,7 +2,9 @@
 //! catalog's sites and the passes that open it.
 //!
 //! For every site of the device's catalog the router keeps two address sets
-//! that its resolver fills from the answers for the site's domains. Traffic
+//! that its resolver fills from the answers for the site's domains, and
+//! that hold from the start what the controller resolved for them itself
+//! (so a hard-coded address is gated before any LAN host asks). Traffic
 //! from the LAN to those addresses is gated: new HTTP connections are
 //! redirected to the router's portal responder (which sends the browser to
 //! the portal, naming router and site with a link only the controller can
@@ -36,6 +38,9 @@ const DNS_PORT: u16 = 53;
 pub struct CatalogSite {
     pub id: i64,
     pub domains: Vec<DomainPattern>,
+    /// What the controller resolved for its names (`cluster/site_resolution.rs`):
+    /// gated from the router's start, before any LAN host asks its resolver.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// Sites by catalog name, each list sorted by id.
@@ -237,10 +242,21 @@ pub fn add_to(firewall: &mut Firewall, spec: &PayPerSiteSpec, shop: &DeviceShop<
         let pass_ends = shop.passes.get(&site.id).copied().filter(|end| *end > now);
         let set_of = |family| name(&format!("pps{}_{}", site.id, suffix(family)));
         for family in FAMILIES {
+            // The controller's own answers are the config's elements (the
+            // agent marks them so); the router's resolver adds its own.
             firewall.sets.push(Set {
                 name: set_of(family),
                 key: addr_key(family),
-                elements: Vec::new(),
+                elements: site
+                    .addresses
+                    .iter()
+                    .map(|a| Prefix::from_addr(*a))
+                    .filter(|p| p.family() == family)
+                    .map(|p| SetElement {
+                        value: ElementValue::Addr(p),
+                        expires_at: None,
+                    })
+                    .collect(),
             });
         }
         fill_sets.push(DnsSetFill {

@@ -11,6 +11,7 @@ use crate::support::{error_code, Harness, Response};
 
 mod households_and_sites;
 mod passes;
+mod resolution;
 mod webhook;
 
 /// Rows in `table` (straight from the database: "nothing was stored").

@@ -73,6 +73,8 @@ impl ControllerProcess {
             .args(["--portal-listen", loopback_any])
             // Simulated routers report as fast as the test drives them.
             .args(["--device-rate", "1000", "--device-burst", "1000"])
+            // Tests never ask the machine's resolvers.
+            .args(["--site-resolve-secs", "0"])
             .args(extra_args)
             // Nothing from the test's environment (ISDF_* settings) leaks in.
             .env_clear()
