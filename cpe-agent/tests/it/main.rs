@@ -22,6 +22,7 @@ mod launcher;
 mod netns;
 mod outage;
 mod pay_per_site;
+mod pay_per_site_boot;
 mod readme;
 mod releases;
 mod rogue_controller;

@@ -20,14 +20,14 @@ use crate::netns::{Netns, Topology};
 /// The gated site and an ordinary one, each with an IPv4 and IPv6 address
 /// on the WAN host.
 pub(crate) const VIDEO_V4: &str = "198.51.100.10";
-const VIDEO_V6: &str = "2001:db8:2::10";
+pub(crate) const VIDEO_V6: &str = "2001:db8:2::10";
 pub(crate) const NEWS_V4: &str = "198.51.100.11";
-const NEWS_V6: &str = "2001:db8:2::11";
+pub(crate) const NEWS_V6: &str = "2001:db8:2::11";
 /// Another resolver (plain DNS, DoT on 853 and "DoH" on 443).
 const RESOLVER_V4: &str = "198.51.100.53";
 const RESOLVER_V6: &str = "2001:db8:2::53";
 /// The upstream resolver the router forwards to.
-const UPSTREAM: &str = "198.51.100.2";
+pub(crate) const UPSTREAM: &str = "198.51.100.2";
 const UPSTREAM_TTL: u32 = 3600;
 const MAX_TTL: u32 = 30;
 const PASS_SECS: i64 = 60;
@@ -177,15 +177,15 @@ async fn serve_sites(work: &Path) -> PathBuf {
 }
 
 /// curl on the LAN host: (exit code, HTTP status, redirect target, body, seconds).
-struct Fetch {
-    exit: i32,
-    status: u16,
-    location: String,
-    body: String,
-    secs: f64,
+pub(crate) struct Fetch {
+    pub(crate) exit: i32,
+    pub(crate) status: u16,
+    pub(crate) location: String,
+    pub(crate) body: String,
+    pub(crate) secs: f64,
 }
 
-fn curl(lan: &Netns, ca: &Path, args: &[&str]) -> Fetch {
+pub(crate) fn curl(lan: &Netns, ca: &Path, args: &[&str]) -> Fetch {
     let mut all = vec![
         "-sS",
         "--max-time",
@@ -210,7 +210,7 @@ fn curl(lan: &Netns, ca: &Path, args: &[&str]) -> Fetch {
 }
 
 /// Whether a UDP datagram to `addr` from the LAN host is echoed.
-fn udp_echoed(lan: &Netns, addr: SocketAddr) -> bool {
+pub(crate) fn udp_echoed(lan: &Netns, addr: SocketAddr) -> bool {
     lan.enter(move || {
         let bind = if addr.is_ipv4() {
             "0.0.0.0:0"
@@ -255,7 +255,7 @@ fn answer_ttls(dig_output: &str) -> Vec<u32> {
         .collect()
 }
 
-fn sock(ip: &str, port: u16) -> SocketAddr {
+pub(crate) fn sock(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port)
 }
 
@@ -298,8 +298,8 @@ fn assert_open(lan: &Netns, ca: &Path, family: &str) {
 /// gated site, a household owning the router, and the agent enforcing.
 pub(crate) struct Shop {
     pub(crate) stage: Stage,
-    ca: PathBuf,
-    site_id: i64,
+    pub(crate) ca: PathBuf,
+    pub(crate) site_id: i64,
     customer_id: String,
     /// Taken by tests that stop or kill it.
     pub(crate) agent: Option<AgentProcess>,
@@ -312,7 +312,7 @@ impl Shop {
         Self::open_with(topo, work, |_| {}).await
     }
 
-    async fn open_with(
+    pub(crate) async fn open_with(
         topo: &Topology,
         work: &Path,
         adjust: impl FnOnce(&mut isdf_controller::test_support::TestControllerOptions),

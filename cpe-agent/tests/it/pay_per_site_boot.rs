@@ -1,0 +1,166 @@
+//! Pay-per-site from the router's start (issue 21): the controller resolves
+//! the catalog's names itself (against the WAN side's DNS server) and ships
+//! the answers in the config, so a router that just started, whose
+//! resolver was never asked for the site, gates a hard-coded address of it
+//! over HTTP (to the portal), HTTPS (reset) and QUIC (dropped), on IPv4
+//! and IPv6; an ordinary site at its own address still works.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isdf_controller::cluster::site_resolution::SiteResolution;
+
+use crate::harness::{blocking, in_wan, AgentProcess};
+use crate::netns::Topology;
+use crate::pay_per_site::{
+    curl, sock, udp_echoed, Shop, NEWS_V4, NEWS_V6, UPSTREAM, VIDEO_V4, VIDEO_V6,
+};
+
+#[test]
+fn a_hard_coded_address_is_gated_right_after_the_router_starts() {
+    in_wan("ppb", scenario);
+}
+
+async fn scenario(topo: Arc<Topology>, work: PathBuf) {
+    let mut shop = Shop::open_with(&topo, &work, |options| {
+        options.site_resolution = SiteResolution {
+            resolver: Some(format!("{UPSTREAM}:53").parse().unwrap()),
+            every: Duration::from_secs(1),
+            keep_for: Duration::from_secs(3600),
+        };
+    })
+    .await;
+    let (stage, site) = (&shop.stage, shop.site_id);
+    let op = &stage.operator;
+    // The controller's answers reach the router's config and are applied.
+    let config_path = format!("/api/v1/devices/{}/config", stage.device);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let version = loop {
+        let config = op.get(&config_path).await;
+        let sets = config["config"]["firewall"]["sets"].to_string();
+        if sets.contains(VIDEO_V4) && sets.contains(VIDEO_V6) {
+            break config["version"].as_u64().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controller's answers never reached the config: {sets}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    op.wait_applied(&stage.device, version).await;
+
+    // A power cut: the agent and its dnsmasq gone, the kernel's table too.
+    shop.agent.take().unwrap().kill();
+    let pid_file = work.join("agent/state/dnsmasq/dnsmasq.pid");
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status();
+    }
+    topo.router.run("nft", &["delete", "table", "inet", "isdf"]);
+    // The router starts: the agent enforces its last good config.
+    let agent = AgentProcess::start(&topo.router, &stage.config_path, "nftables", &stage.log);
+    let (waiting, set) = (topo.clone(), format!("pps{site}_v4"));
+    blocking(move || {
+        crate::harness::wait_until("the table is back", Duration::from_secs(20), || {
+            let listed = waiting
+                .router
+                .exec("nft", &["list", "set", "inet", "isdf", &set]);
+            listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains(VIDEO_V4)
+        })
+    })
+    .await;
+
+    let portal_prefix = format!(
+        "{}/p/{}/{site}?sig=",
+        stage.controller.portal_url, stage.device
+    );
+    let (topo2, ca) = (topo.clone(), shop.ca.clone());
+    blocking(move || {
+        let lan = &topo2.lan;
+        for (video, news) in [(VIDEO_V4, NEWS_V4), (VIDEO_V6, NEWS_V6)] {
+            let literal = |ip: &str| {
+                if ip.contains(':') {
+                    format!("[{ip}]")
+                } else {
+                    ip.to_owned()
+                }
+            };
+            let resolve =
+                |name: &str, port: u16, ip: &str| format!("{name}:{port}:{}", literal(ip));
+            // No LAN host asked the router for video.test: the address is
+            // hard-coded.
+            // The kernel gates at once; the portal responder answers once
+            // the agent started it: until then the request fails, and it
+            // never reaches the site.
+            let started = std::time::Instant::now();
+            let http = loop {
+                let http = curl(
+                    lan,
+                    &ca,
+                    &[
+                        "--resolve",
+                        &resolve("video.test", 80, video),
+                        "http://video.test/",
+                    ],
+                );
+                assert_ne!(
+                    http.body, "site video.test",
+                    "{video}: HTTP reached the gated site"
+                );
+                if http.status == 302 || started.elapsed() > Duration::from_secs(15) {
+                    break http;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            assert_eq!(
+                http.status, 302,
+                "{video}: HTTP goes to the portal (exit {})",
+                http.exit
+            );
+            assert!(
+                http.location.starts_with(&portal_prefix),
+                "{video}: {}",
+                http.location
+            );
+            let https = curl(
+                lan,
+                &ca,
+                &[
+                    "--resolve",
+                    &resolve("video.test", 443, video),
+                    "https://video.test/",
+                ],
+            );
+            assert_eq!(
+                https.exit, 7,
+                "{video}: HTTPS is refused, got exit {}",
+                https.exit
+            );
+            assert!(
+                !udp_echoed(lan, sock(video, 443)),
+                "{video}: QUIC is dropped"
+            );
+            // The ordinary site at its own address works.
+            let ordinary = curl(
+                lan,
+                &ca,
+                &[
+                    "--resolve",
+                    &resolve("news.test", 443, news),
+                    "https://news.test/",
+                ],
+            );
+            assert_eq!(
+                (ordinary.status, ordinary.body.as_str()),
+                (200, "site news.test"),
+                "{news}"
+            );
+            assert!(udp_echoed(lan, sock(news, 443)), "{news}: QUIC passes");
+        }
+    })
+    .await;
+    let log = agent.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
