@@ -292,6 +292,21 @@ impl Operator {
         service
     }
 
+    /// The device's latest status report (null before its first).
+    pub(crate) async fn latest_report(&self, device: &str) -> Value {
+        self.try_get(&format!("/api/v1/devices/{device}/status"))
+            .await
+            .map(|s| s["report"].clone())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The version of the device's compiled config.
+    pub(crate) async fn config_version(&self, device: &str) -> u64 {
+        self.get(&format!("/api/v1/devices/{device}/config")).await["version"]
+            .as_u64()
+            .unwrap()
+    }
+
     /// Waits until the device's latest report satisfies `done`; returns it.
     pub(crate) async fn wait_status(&self, device: &str, done: impl Fn(&Value) -> bool) -> Value {
         let started = Instant::now();

@@ -195,3 +195,60 @@ pub(crate) fn agent_toml(dir: &Path, enrollment_url: &str, token: &str, ca_pem: 
     .unwrap();
     path
 }
+
+/// A router of the network registered on the controller, its agent's files
+/// written under the test's work directory.
+pub(crate) struct Registered {
+    pub(crate) name: &'static str,
+    pub(crate) device: String,
+    /// `<work>/<name>`: the agent's config, state and log.
+    pub(crate) dir: PathBuf,
+    pub(crate) config: PathBuf,
+}
+
+/// Starts the controller on the ISP address and registers every router of
+/// `net`, `canary` labelled `canary=true`: the fleet the rollout tests run.
+pub(crate) async fn isp_fleet(
+    net: &Network,
+    work: &Path,
+    canary: &str,
+) -> (
+    isdf_controller::test_support::TestController,
+    crate::harness::Operator,
+    Vec<Registered>,
+) {
+    use isdf_controller::test_support::{TestController, TestControllerOptions};
+    let mut options = TestControllerOptions::new(&work.join("controller"));
+    options.device_listen = format!("{ISP}:0").parse().unwrap();
+    options.device_tls_names = vec![ISP.to_owned()];
+    let controller = TestController::start(options).await.expect("controller");
+    let operator = crate::harness::Operator::new(&controller.api_url, &controller.operator_token);
+    let mut routers = Vec::new();
+    for site in &net.sites {
+        let labels = if site.name == canary {
+            serde_json::json!({"canary": "true"})
+        } else {
+            serde_json::json!({})
+        };
+        let created = operator
+            .post(
+                "/api/v1/devices",
+                serde_json::json!({"name": site.name, "labels": labels}),
+            )
+            .await;
+        let dir = work.join(site.name);
+        let config = agent_toml(
+            &dir,
+            &controller.enrollment_url,
+            created["enrollment_token"].as_str().unwrap(),
+            created["ca_pem"].as_str().unwrap(),
+        );
+        routers.push(Registered {
+            name: site.name,
+            device: created["device"]["id"].as_str().unwrap().to_owned(),
+            dir,
+            config,
+        });
+    }
+    (controller, operator, routers)
+}

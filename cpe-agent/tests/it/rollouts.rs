@@ -23,11 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isdf_controller::test_support::{TestController, TestControllerOptions};
+use isdf_controller::test_support::TestController;
 use serde_json::{json, Value};
 
 use crate::harness::{block_on_in, blocking, serve_greeting, AgentProcess, Operator};
-use crate::isp_network::{agent_toml, ip_in, Network, SiteSpec, Wan, ISP};
+use crate::isp_network::{ip_in, isp_fleet, Network, SiteSpec, Wan, ISP};
 
 const ROUTERS: [&str; 4] = ["r1", "r2", "r3", "r4"];
 /// Blocked by revision 1.
@@ -77,67 +77,34 @@ struct Fleet {
 
 impl Fleet {
     async fn start(net: &Network, work: &Path) -> Self {
-        let mut options = TestControllerOptions::new(&work.join("controller"));
-        options.device_listen = format!("{ISP}:0").parse().unwrap();
-        options.device_tls_names = vec![ISP.to_owned()];
-        let controller = TestController::start(options).await.expect("controller");
-        let operator = Operator::new(&controller.api_url, &controller.operator_token);
+        let (controller, operator, routers) = isp_fleet(net, work, "r1").await;
         let nft = refusing_nft(work);
-        let mut devices = HashMap::new();
-        let mut agents = Vec::new();
-        for site in &net.sites {
-            let labels = if site.name == "r1" {
-                json!({"canary": "true"})
-            } else {
-                json!({})
-            };
-            let created = operator
-                .post(
-                    "/api/v1/devices",
-                    json!({"name": site.name, "labels": labels}),
+        let agents = routers
+            .iter()
+            .map(|r| {
+                AgentProcess::start_with_env(
+                    &net.site(r.name).router,
+                    &r.config,
+                    "nftables",
+                    &r.dir.join("agent.log"),
+                    &[("ISDF_NFT", &nft)],
                 )
-                .await;
-            let dir = work.join(site.name);
-            let config = agent_toml(
-                &dir,
-                &controller.enrollment_url,
-                created["enrollment_token"].as_str().unwrap(),
-                created["ca_pem"].as_str().unwrap(),
-            );
-            devices.insert(
-                site.name,
-                created["device"]["id"].as_str().unwrap().to_owned(),
-            );
-            agents.push(AgentProcess::start_with_env(
-                &site.router,
-                &config,
-                "nftables",
-                &dir.join("agent.log"),
-                &[("ISDF_NFT", &nft)],
-            ));
-        }
+            })
+            .collect();
         Fleet {
             controller,
             operator,
-            devices,
+            devices: routers.into_iter().map(|r| (r.name, r.device)).collect(),
             agents,
         }
     }
 
     async fn status(&self, router: &str) -> Value {
-        self.operator
-            .try_get(&format!("/api/v1/devices/{}/status", self.devices[router]))
-            .await
-            .map(|s| s["report"].clone())
-            .unwrap_or(Value::Null)
+        self.operator.latest_report(&self.devices[router]).await
     }
 
     async fn version(&self, router: &str) -> u64 {
-        self.operator
-            .get(&format!("/api/v1/devices/{}/config", self.devices[router]))
-            .await["version"]
-            .as_u64()
-            .unwrap()
+        self.operator.config_version(&self.devices[router]).await
     }
 
     /// Waits until every router reports its current config applied.

@@ -29,11 +29,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isdf_controller::test_support::{TestController, TestControllerOptions};
+use isdf_controller::test_support::TestController;
 use serde_json::{json, Value};
 
 use crate::harness::{block_on_in, blocking, serve_greeting, Operator};
-use crate::isp_network::{agent_toml, ip_in, Network, SiteSpec, Wan, ISP};
+use crate::isp_network::{ip_in, isp_fleet, Network, SiteSpec, Wan, ISP};
 use crate::releases::publish_release;
 
 const ROUTERS: [&str; 4] = ["u1", "u2", "u3", "u4"];
@@ -136,68 +136,35 @@ struct Fleet {
 
 impl Fleet {
     async fn start(net: &Network, work: &Path) -> Self {
-        let mut options = TestControllerOptions::new(&work.join("controller"));
-        options.device_listen = format!("{ISP}:0").parse().unwrap();
-        options.device_tls_names = vec![ISP.to_owned()];
-        let controller = TestController::start(options).await.expect("controller");
-        let operator = Operator::new(&controller.api_url, &controller.operator_token);
-        let mut devices = HashMap::new();
-        let mut agents = Vec::new();
-        for site in &net.sites {
-            let labels = if site.name == "u1" {
-                json!({"canary": "true"})
-            } else {
-                json!({})
-            };
-            let created = operator
-                .post(
-                    "/api/v1/devices",
-                    json!({"name": site.name, "labels": labels}),
+        let (controller, operator, routers) = isp_fleet(net, work, "u1").await;
+        let agents = routers
+            .iter()
+            .map(|r| {
+                let mut toml = std::fs::read_to_string(&r.config).unwrap();
+                toml.push_str(&format!("upgrade_confirm_secs = {CONFIRM_SECS}\n"));
+                std::fs::write(&r.config, toml).unwrap();
+                Supervised::start(
+                    &net.site(r.name).router.name,
+                    &r.dir.join("state"),
+                    &r.config,
+                    &r.dir.join("agent.log"),
                 )
-                .await;
-            let dir = work.join(site.name);
-            let config = agent_toml(
-                &dir,
-                &controller.enrollment_url,
-                created["enrollment_token"].as_str().unwrap(),
-                created["ca_pem"].as_str().unwrap(),
-            );
-            let mut toml = std::fs::read_to_string(&config).unwrap();
-            toml.push_str(&format!("upgrade_confirm_secs = {CONFIRM_SECS}\n"));
-            std::fs::write(&config, toml).unwrap();
-            devices.insert(
-                site.name,
-                created["device"]["id"].as_str().unwrap().to_owned(),
-            );
-            agents.push(Supervised::start(
-                &site.router.name,
-                &dir.join("state"),
-                &config,
-                &dir.join("agent.log"),
-            ));
-        }
+            })
+            .collect();
         Fleet {
             controller,
             operator,
-            devices,
+            devices: routers.into_iter().map(|r| (r.name, r.device)).collect(),
             agents,
         }
     }
 
     async fn status(&self, router: &str) -> Value {
-        self.operator
-            .try_get(&format!("/api/v1/devices/{}/status", self.devices[router]))
-            .await
-            .map(|s| s["report"].clone())
-            .unwrap_or(Value::Null)
+        self.operator.latest_report(&self.devices[router]).await
     }
 
     async fn version(&self, router: &str) -> u64 {
-        self.operator
-            .get(&format!("/api/v1/devices/{}/config", self.devices[router]))
-            .await["version"]
-            .as_u64()
-            .unwrap()
+        self.operator.config_version(&self.devices[router]).await
     }
 
     /// Starts a rollout of a new `agent-release` service for `version`,
