@@ -26,6 +26,9 @@ pub(crate) const NEWS_V6: &str = "2001:db8:2::11";
 /// Another resolver (plain DNS, DoT on 853 and "DoH" on 443).
 const RESOLVER_V4: &str = "198.51.100.53";
 const RESOLVER_V6: &str = "2001:db8:2::53";
+/// A DNS-over-HTTPS server on no list (RFC 8484, `/dns-query`), as a
+/// self-hosted or new public one would be.
+pub(crate) const UNLISTED_DOH_V4: &str = "198.51.100.99";
 /// The upstream resolver the router forwards to.
 pub(crate) const UPSTREAM: &str = "198.51.100.2";
 const UPSTREAM_TTL: u32 = 3600;
@@ -124,16 +127,18 @@ fn start_upstream_dns(wan: &Netns, work: &Path) -> UpstreamDns {
 /// stand-in) and a TCP greeter on 853 (DNS over TLS).
 async fn serve_sites(work: &Path) -> PathBuf {
     // HTTP/1.1 names the site in Host, HTTP/2 in the URI's authority.
-    let site = axum::Router::new().fallback(
-        |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
-            let host = headers
-                .get("host")
-                .and_then(|h| h.to_str().ok())
-                .or(uri.host())
-                .unwrap_or("");
-            format!("site {host}")
-        },
-    );
+    let site = axum::Router::new()
+        .route("/dns-query", axum::routing::post(doh))
+        .fallback(
+            |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
+                let host = headers
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .or(uri.host())
+                    .unwrap_or("");
+                format!("site {host}")
+            },
+        );
     let listener = tokio::net::TcpListener::bind("[::]:80").await.unwrap();
     let http = site.clone();
     tokio::spawn(async move { axum::serve(listener, http).await });
@@ -142,6 +147,7 @@ async fn serve_sites(work: &Path) -> PathBuf {
         "video.test".to_owned(),
         "news.test".to_owned(),
         RESOLVER_V4.to_owned(),
+        UNLISTED_DOH_V4.to_owned(),
     ])
     .unwrap();
     let ca = work.join("sites-ca.pem");
@@ -174,6 +180,23 @@ async fn serve_sites(work: &Path) -> PathBuf {
         }
     });
     ca
+}
+
+/// DNS over HTTPS (RFC 8484, POST): the query asked of the upstream
+/// resolver over UDP, its answer returned as it came.
+async fn doh(query: axum::body::Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    socket.send_to(&query, (UPSTREAM, 53)).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut answer)).await {
+        Ok(Ok(n)) => (
+            [(axum::http::header::CONTENT_TYPE, "application/dns-message")],
+            answer[..n].to_vec(),
+        )
+            .into_response(),
+        _ => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+    }
 }
 
 /// curl on the LAN host: (exit code, HTTP status, redirect target, body, seconds).
@@ -317,7 +340,7 @@ impl Shop {
         work: &Path,
         adjust: impl FnOnce(&mut isdf_controller::test_support::TestControllerOptions),
     ) -> Self {
-        for addr in [VIDEO_V4, NEWS_V4, RESOLVER_V4] {
+        for addr in [VIDEO_V4, NEWS_V4, RESOLVER_V4, UNLISTED_DOH_V4] {
             topo.wan
                 .run("ip", &["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
         }

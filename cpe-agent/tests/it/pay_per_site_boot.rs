@@ -3,7 +3,8 @@
 //! the answers in the config, so a router that just started, whose
 //! resolver was never asked for the site, gates a hard-coded address of it
 //! over HTTP (to the portal), HTTPS (reset) and QUIC (dropped), on IPv4
-//! and IPv6; an ordinary site at its own address still works.
+//! and IPv6, and after a lookup through a DNS-over-HTTPS server on no list;
+//! an ordinary site at its own address still works.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use isdf_controller::cluster::site_resolution::SiteResolution;
 use crate::harness::{blocking, in_wan, AgentProcess};
 use crate::netns::Topology;
 use crate::pay_per_site::{
-    curl, sock, udp_echoed, Shop, NEWS_V4, NEWS_V6, UPSTREAM, VIDEO_V4, VIDEO_V6,
+    curl, sock, udp_echoed, Shop, NEWS_V4, NEWS_V6, UNLISTED_DOH_V4, UPSTREAM, VIDEO_V4, VIDEO_V6,
 };
 
 #[test]
@@ -159,6 +160,27 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
             );
             assert!(udp_echoed(lan, sock(news, 443)), "{news}: QUIC passes");
         }
+        // DNS over HTTPS through a server on no list: it answers (an
+        // ordinary site loads by it), and the gated site stays gated.
+        let doh = format!("https://{UNLISTED_DOH_V4}/dns-query");
+        let ordinary = curl(lan, &ca, &["-4", "--doh-url", &doh, "https://news.test/"]);
+        assert_eq!(
+            (ordinary.status, ordinary.body.as_str()),
+            (200, "site news.test"),
+            "news.test through the unlisted DoH server (exit {})",
+            ordinary.exit
+        );
+        let https = curl(lan, &ca, &["-4", "--doh-url", &doh, "https://video.test/"]);
+        assert_eq!(
+            https.exit, 7,
+            "HTTPS after a DoH lookup is refused, got exit {}",
+            https.exit
+        );
+        let http = curl(lan, &ca, &["-4", "--doh-url", &doh, "http://video.test/"]);
+        assert_eq!(
+            http.status, 302,
+            "HTTP after a DoH lookup goes to the portal"
+        );
     })
     .await;
     let log = agent.log();
