@@ -413,27 +413,11 @@ fn portal_seeds() -> Vec<Seed> {
 /// 2 QUIC), then the bytes.
 fn sitename_seeds() -> Vec<Seed> {
     let with = |which: u8, bytes: &[u8]| [&[which][..], bytes].concat();
-    let quic: Vec<u8> = {
-        let hex = include_str!("../../src/sitename/testdata/rfc9001-a2-client-initial.hex").trim();
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-            .collect()
-    };
-    // A TLS 1.3 ClientHello record naming video.example.com.
-    let name = b"video.example.com";
-    let mut sni = vec![0, (name.len() + 3) as u8, 0, 0, name.len() as u8];
-    sni.extend(name);
-    let mut body = vec![3, 3];
-    body.extend([7; 32]);
-    body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
-    let extensions = [&[0u8, 0, 0, sni.len() as u8][..], &sni].concat();
-    body.extend((extensions.len() as u16).to_be_bytes());
-    body.extend(extensions);
-    let mut hello = vec![1, 0, (body.len() >> 8) as u8, body.len() as u8];
-    hello.extend(body);
-    let mut record = vec![22, 3, 1, (hello.len() >> 8) as u8, hello.len() as u8];
-    record.extend(hello);
+    let quic = isdf_agent::sitename::samples::rfc9001_client_initial();
+    let record = isdf_agent::sitename::samples::records(
+        &isdf_agent::sitename::samples::browser_hello("video.example.com"),
+        16_384,
+    );
     vec![
         Seed::new("sitename", "tls-hello", with(0, &record)),
         Seed::new(

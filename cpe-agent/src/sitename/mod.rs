@@ -18,6 +18,7 @@
 
 pub mod http;
 pub mod quic;
+pub mod samples;
 pub mod tls;
 
 /// What a flow's first bytes say of the site it is for.

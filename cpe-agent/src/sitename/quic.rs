@@ -236,19 +236,7 @@ fn expand_label(secret: &hkdf::Prk, label: &str, len: usize) -> Option<Vec<u8>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sitename::tls::tests::{client_hello, sni};
-
-    fn unhex(text: &str) -> Vec<u8> {
-        let text = text.trim();
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
-    /// RFC 9001 appendix A.2: the client Initial packet whose ClientHello
-    /// names `example.com`, as the RFC gives it, protected.
-    const RFC_9001_CLIENT_INITIAL: &str = include_str!("testdata/rfc9001-a2-client-initial.hex");
+    use crate::sitename::samples::{client_hello, rfc9001_client_initial, sni, unhex};
 
     #[test]
     fn the_keys_are_rfc_9001s() {
@@ -276,7 +264,7 @@ mod tests {
 
     #[test]
     fn the_rfc_9001_client_initial_names_its_server() {
-        let packet = unhex(RFC_9001_CLIENT_INITIAL);
+        let packet = rfc9001_client_initial();
         assert_eq!(packet.len(), 1200);
         let initial = open_initial(&packet).expect("the RFC's packet opens");
         assert_eq!(initial.dcid, unhex("8394c8f03e515708"));

@@ -172,52 +172,9 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A ClientHello (handshake message) with these extensions, in order.
-    pub(crate) fn client_hello(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
-        let mut body = vec![3, 3];
-        body.extend([7u8; 32]); // random
-        body.push(32);
-        body.extend([9u8; 32]); // session id
-        body.extend([0, 4, 0x13, 0x01, 0x13, 0x02]); // two cipher suites
-        body.extend([1, 0]); // null compression
-        let mut ext = Vec::new();
-        for (kind, data) in extensions {
-            ext.extend(kind.to_be_bytes());
-            ext.extend((data.len() as u16).to_be_bytes());
-            ext.extend(data);
-        }
-        body.extend((ext.len() as u16).to_be_bytes());
-        body.extend(ext);
-        let mut message = vec![CLIENT_HELLO];
-        message.extend(&(body.len() as u32).to_be_bytes()[1..]);
-        message.extend(body);
-        message
-    }
-
-    pub(crate) fn sni(name: &str) -> (u16, Vec<u8>) {
-        let mut entry = vec![0];
-        entry.extend((name.len() as u16).to_be_bytes());
-        entry.extend(name.as_bytes());
-        let mut list = (entry.len() as u16).to_be_bytes().to_vec();
-        list.extend(entry);
-        (SERVER_NAME, list)
-    }
-
-    /// `message` in TLS records of at most `size` bytes each.
-    fn records(message: &[u8], size: usize) -> Vec<u8> {
-        message
-            .chunks(size)
-            .flat_map(|chunk| {
-                let mut record = vec![HANDSHAKE_RECORD, 3, 1];
-                record.extend((chunk.len() as u16).to_be_bytes());
-                record.extend(chunk);
-                record
-            })
-            .collect()
-    }
+    use crate::sitename::samples::{client_hello, records, sni};
 
     fn named(name: &str, ech: bool) -> Sighting {
         Sighting::Name {
