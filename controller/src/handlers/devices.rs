@@ -359,7 +359,11 @@ pub async fn delete(
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CompiledConfigView {
     pub version: i64,
-    /// SHA-256 of the firewall content; the agent reports the same digest.
+    /// SHA-256 of the firewall content (the agent reports the same
+    /// digest), followed by `+release:<sha256>` when the config asks for an
+    /// agent release (or `+release-missing:<version>:<target>` when it
+    /// wants one the router's target has no build of): what decides
+    /// whether a recompile made a new version.
     pub digest: String,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
