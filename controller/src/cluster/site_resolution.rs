@@ -124,7 +124,7 @@ pub async fn resolve_all(
         .await
         .context("listing the catalog's sites")?
     {
-        let Some(addresses) = resolve_site(resolver, &domains).await else {
+        let Some(addresses) = resolve_site(resolver, &domains, &reconciler.metrics).await else {
             tracing::warn!(
                 site,
                 "no answer for the site's names; its addresses stay as they were"
@@ -158,7 +158,17 @@ pub async fn resolve_all(
 /// The addresses of a site's names (and `www.` under each); None when no
 /// lookup was answered at all (the resolver is down), an empty list when
 /// the names have no addresses.
-async fn resolve_site(resolver: &TokioResolver, domains: &[String]) -> Option<Vec<IpAddr>> {
+async fn resolve_site(
+    resolver: &TokioResolver,
+    domains: &[String],
+    metrics: &crate::metrics::Metrics,
+) -> Option<Vec<IpAddr>> {
+    let count = |result| {
+        metrics
+            .site_lookups
+            .get_or_create(&crate::metrics::ResultLabels { result })
+            .inc();
+    };
     let names = domains
         .iter()
         .flat_map(|d| match d.strip_prefix("*.") {
@@ -174,12 +184,22 @@ async fn resolve_site(resolver: &TokioResolver, domains: &[String]) -> Option<Ve
         match tokio::time::timeout(LOOKUP_TIMEOUT, resolver.lookup_ip(format!("{name}."))).await {
             Ok(Ok(lookup)) => {
                 answered = true;
+                count("answered");
                 addresses.extend(lookup.iter().take(MAX_ADDRESSES_PER_NAME));
             }
             // The name has no addresses (NXDOMAIN, no records): an answer.
-            Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => answered = true,
-            Ok(Err(e)) => tracing::debug!(%name, error = %e, "lookup failed"),
-            Err(_) => tracing::debug!(%name, "lookup timed out"),
+            Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => {
+                answered = true;
+                count("answered");
+            }
+            Ok(Err(e)) => {
+                count("failed");
+                tracing::debug!(%name, error = %e, "lookup failed")
+            }
+            Err(_) => {
+                count("failed");
+                tracing::debug!(%name, "lookup timed out")
+            }
         }
     }
     answered.then(|| addresses.into_iter().collect())

@@ -89,6 +89,11 @@ pub struct EventLabels {
 pub const MAX_RULES: usize = 64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: &'static str,
 }
@@ -107,6 +112,9 @@ pub struct Metrics {
     pub configs_compiled: Counter,
     pub configs_signed: Counter,
     pub recompile_seconds: Histogram,
+    /// The leader's lookups of the pay-per-site catalog's names, by result
+    /// (`answered`, `failed`).
+    pub site_lookups: Family<ResultLabels, Counter>,
     /// Scrape-time values (`fleet.rs`).
     pub fleet: fleet::FleetGauges,
     /// The routers' own counters, summed (`routers.rs`).
@@ -169,9 +177,17 @@ impl Metrics {
             Unit::Seconds,
             recompile_seconds.clone(),
         );
+        let site_lookups = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "site_lookups",
+            "The leader's lookups of the pay-per-site catalog's names (whose answers routers \
+             gate from their start), by result: answered (addresses, or none) or failed",
+            site_lookups.clone(),
+        );
         let fleet = fleet::FleetGauges::register(&mut registry);
         let routers = routers::RouterCounters::register(&mut registry);
         Metrics {
+            site_lookups,
             routers,
             registry,
             routes,

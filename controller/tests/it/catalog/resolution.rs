@@ -211,4 +211,16 @@ async fn the_controller_resolves_the_catalog_and_routers_gate_the_answers_from_b
         .await
         .unwrap();
     assert_eq!(rows, vec![("198.51.100.9".to_owned(),)]);
+    // Operators see the lookups: four answered passes of two names, then
+    // a failed one.
+    let metrics = h.controller.state.metrics.encode();
+    let count = |result: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("isdf_site_lookups_total{{result=\"{result}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("answered"), 8, "{metrics}");
+    assert_eq!(count("failed"), 2, "{metrics}");
 }
