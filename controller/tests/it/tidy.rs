@@ -8,7 +8,7 @@
 //!   every plan file) does no I/O and reads no clock;
 //! - the pure core imports only the pure core; the lower layers (the
 //!   controller's `db/`, the agent's `sys/`) only the pure core and
-//!   themselves; the agent's settings nothing of the agent;
+//!   themselves; the leaves (the agent's settings, its hex) nothing;
 //! - SQL only in the controller's `db/`;
 //! - processes are started only in the few files listed below;
 //! - one atomic-write helper per crate (the only `rename` of a file);
@@ -41,9 +41,7 @@ const ATOMIC_WRITERS: &[&str] = &[
     "cpe-agent/src/sys/atomic_write.rs",
 ];
 
-/// Files that do no I/O, read no clock and import only each other: the
-/// controller's vocabulary and service kinds, the wire contract, and the
-/// planners. A path ending in `/` stands for a folder.
+/// Files that do no I/O, read no clock and import only each other (`…/`: a folder).
 const PURE: &[&str] = &[
     "api/src/",
     "controller/src/model/",
@@ -58,12 +56,14 @@ const PURE: &[&str] = &[
     "cpe-agent/src/backend/nft/tunnels.rs",
     "cpe-agent/src/backend/planning.rs",
     "cpe-agent/src/classify/",
+    "cpe-agent/src/sitename/",
+    "cpe-agent/src/sys/hex.rs",
     "cpe-agent/src/sys/settings.rs",
     "cpe-agent/src/wireguard/listing.rs",
 ];
 
-/// Files that import nothing of their own crate (leaves everything else may use).
-const LEAVES: &[&str] = &["cpe-agent/src/sys/settings.rs"];
+/// Files that import nothing of their own crate.
+const LEAVES: &[&str] = &["cpe-agent/src/sys/hex.rs", "cpe-agent/src/sys/settings.rs"];
 
 /// Folders that import only themselves and the pure core: the controller's
 /// SQL and the agent's system layer sit below everything that uses them.

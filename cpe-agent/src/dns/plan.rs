@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 
 use isdf_api::DnsPolicy;
 
+use crate::sys::hex::lower_hex;
 use crate::sys::settings::DnsMode;
 
 /// The name whose TXT record is the digest of the config in force. Under
@@ -95,10 +96,7 @@ pub(super) fn with_marker(rendered: String) -> (String, String) {
     // SHA-256, the same in every agent version: a new agent adopts the
     // dnsmasq an older one started when it answers with the same config.
     let hash = ring::digest::digest(&ring::digest::SHA256, rendered.as_bytes());
-    let digest: String = hash.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = lower_hex(&hash.as_ref()[..8]);
     let text = format!("{rendered}txt-record={MARKER_NAME},{digest}\n");
     (text, digest)
 }

@@ -8,6 +8,7 @@
 
 pub mod atomic_write;
 pub mod config_files;
+pub mod hex;
 pub mod logging;
 pub mod processes;
 pub mod releases;

@@ -23,6 +23,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use crate::sys::atomic_write::{install_file, switch_symlink, write_atomically};
+use crate::sys::hex::lower_hex;
 
 /// The releases folder of a state directory.
 pub fn dir(state_dir: &Path) -> PathBuf {
@@ -201,11 +202,6 @@ fn check_file(path: &Path, manifest: &isdf_api::release::ReleaseManifest) -> any
         );
     }
     Ok(())
-}
-
-/// Bytes as lowercase hex (the agent links no hex crate).
-fn lower_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

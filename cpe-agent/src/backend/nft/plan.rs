@@ -38,6 +38,7 @@ use isdf_api::{Action, Chain, Family, Firewall, Match, PayloadMatch, Protocol, R
 use super::sets::{layout, plan_set, ports, prefix, Carried, Elements, Layout};
 use super::tunnels::{plan_tunnel_sets, tunnel_rules, tunnels};
 use crate::backend::planning::{Interfaces, ANTISPOOF_JUMP_ID, ANTISPOOF_RULE_ID, CLASSIFY_QUEUE};
+use crate::sys::hex::lower_hex;
 
 pub const TABLE: &str = "isdf";
 
@@ -422,12 +423,7 @@ fn match_exprs(
 /// header); a mask compares only its bits.
 fn payload_expr(p: &PayloadMatch) -> String {
     let (offset, bits) = (u32::from(p.offset) * 8, p.bytes.len() * 8);
-    let hex = |b: &[u8]| {
-        b.iter().fold(String::from("0x"), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
-    };
+    let hex = |b: &[u8]| format!("0x{}", lower_hex(b));
     match &p.mask {
         Some(mask) => format!("@ih,{offset},{bits} & {} == {}", hex(mask), hex(&p.bytes)),
         None => format!("@ih,{offset},{bits} {}", hex(&p.bytes)),
