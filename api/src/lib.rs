@@ -22,8 +22,8 @@ pub mod wireguard;
 
 pub use config::{
     Action, AddEndpoints, Chain, ClassifierPolicy, ConfigError, DeviceConfig, ElementValue,
-    Endpoint, Firewall, FlowPattern, InterfaceRole, Match, PayloadMatch, Rule, RuleId, Set,
-    SetElement, SetKey, SetName,
+    Endpoint, Firewall, FlowName, FlowNames, FlowPattern, InterfaceRole, Match, NameGroup,
+    PayloadMatch, Rule, RuleId, Set, SetElement, SetKey, SetName,
 };
 pub use dns::{DnsPolicy, DnsSetFill, DomainPattern, LocalAnswer, PortalRedirect, PortalSite};
 pub use envelope::{

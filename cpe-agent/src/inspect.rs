@@ -1,27 +1,48 @@
-//! The classifier on the packet path: NFQUEUE hands it the first packets of
-//! each new flow (the `classify` rules say which), it answers accept or
-//! drop, and what it recognises goes to the agent loop, which blocks the
-//! peer.
+//! The agent on the packet path, one thread on three NFQUEUE queues:
 //!
-//! Failing open, by construction: the queue rule has `bypass` (no program
-//! bound: the kernel accepts), the queue is bound with fail-open (full:
-//! the kernel accepts), and only a flow's first packets are queued. An
-//! agent crash or hang never stops traffic; the kernel's own signatures
-//! keep blocking.
+//! - the BitTorrent classifier: NFQUEUE hands it the first packets of each
+//!   new flow (the `classify` rules say which), it answers accept or drop,
+//!   and what it recognises goes to the agent loop, which blocks the peer;
+//! - the name reader (`flow_names`): the first client packets of the LAN's
+//!   web flows (`backend/nft/names.rs`), read by `sitename::flows`; its
+//!   verdict accepts the packet with the flow's tag in the packet's mark,
+//!   which the ruleset makes the connection's, so the config's rules judge
+//!   this packet and the rest of the flow in the kernel;
+//! - the portal (`portal` rules): an HTTP request to a site not paid for,
+//!   answered with a 302 to the portal as if from the server, the server
+//!   side reset (`portal_inject.rs`), the request dropped.
+//!
+//! The first two fail open, by construction: their queue rules have
+//! `bypass` (no program bound: the kernel accepts), the queues are bound
+//! with fail-open (full: the kernel accepts), and only a flow's first
+//! packets are queued. An agent crash or hang never stops traffic; the
+//! kernel's own signatures keep blocking, and a web flow whose name was not
+//! read is judged by its addresses. The portal's queue fails closed: with no
+//! agent, or full, the request is dropped.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use crate::classify::{Classifier, Detection, Limits, Verdict};
+use isdf_api::{FlowNames, PortalRedirect};
 
-/// Bytes of each packet copied to the classifier: headers and the first
-/// messages are all it reads.
-const COPY_BYTES: u16 = 1024;
+use crate::backend::planning::{
+    group_tag, CLASSIFY_QUEUE, NAMES_QUEUE, NAME_QUEUE_MARK, NAME_TAG_MASK, PORTAL_QUEUE,
+    TAG_NAMED_ELSEWHERE, TAG_UNDECIDED, TAG_UNNAMED,
+};
+use crate::classify::{Classifier, Detection, Limits, Verdict};
+use crate::portal_inject::{forge, Injector};
+use crate::sitename::flows::{FlowReader, Read};
+use crate::sitename::Sighting;
+
+/// Bytes of each packet copied: whole packets, as the name reader needs a
+/// QUIC Initial whole to open it (the classifier reads only the start).
+/// Only a flow's first packets are queued, so this costs little.
+const COPY_BYTES: u16 = u16::MAX;
 /// Packets the kernel holds for us before failing open.
 const QUEUE_LEN: u32 = 4096;
 /// Detections waiting for the agent loop; more are dropped (the flows
@@ -40,6 +61,14 @@ pub struct Inspector {
     /// The LAN interfaces' indexes (0: none), so that the classifier knows
     /// which side of a flow is the customer's.
     lan: Arc<LanInterfaces>,
+    /// What the enforced config says of names and the portal.
+    names: Arc<Mutex<Option<Arc<NameConfig>>>>,
+}
+
+/// The enforced config's flow names and portal, as the thread reads them.
+struct NameConfig {
+    names: Option<FlowNames>,
+    portal: Option<PortalRedirect>,
 }
 
 /// Up to eight interface indexes, read by the classifier thread per packet
@@ -73,6 +102,17 @@ impl Inspector {
         let _ = self.forget.send(peer);
     }
 
+    /// The enforced config's flow names and portal, from the next packet on.
+    pub fn set_names(&self, names: Option<&FlowNames>, portal: Option<&PortalRedirect>) {
+        let config = (names.is_some() || portal.is_some()).then(|| {
+            Arc::new(NameConfig {
+                names: names.cloned(),
+                portal: portal.cloned(),
+            })
+        });
+        *self.names.lock().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
     /// Turns the heuristic rules on or off from the next packet on.
     pub fn set_heuristics(&self, on: bool) {
         self.heuristics.store(on, Ordering::Relaxed);
@@ -97,74 +137,186 @@ impl Inspector {
     }
 }
 
-/// Binds queue `queue` and classifies its packets on a thread of its own.
-pub fn start(queue: u16) -> anyhow::Result<Inspector> {
+/// Binds the classifier's, the name reader's and the portal's queues and
+/// serves their packets on a thread of its own.
+pub fn start() -> anyhow::Result<Inspector> {
     let mut nfq = nfq::Queue::open().context("opening an NFQUEUE netlink socket")?;
-    nfq.bind(queue)
-        .with_context(|| format!("binding NFQUEUE {queue} (is nfnetlink_queue there?)"))?;
-    nfq.set_fail_open(queue, true)
-        .context("setting fail-open")?;
-    nfq.set_copy_range(queue, COPY_BYTES)
-        .context("setting the copy range")?;
-    nfq.set_queue_max_len(queue, QUEUE_LEN)
-        .context("setting the queue length")?;
+    for (queue, fail_open) in [
+        (CLASSIFY_QUEUE, true),
+        (NAMES_QUEUE, true),
+        (PORTAL_QUEUE, false),
+    ] {
+        nfq.bind(queue)
+            .with_context(|| format!("binding NFQUEUE {queue} (is nfnetlink_queue there?)"))?;
+        nfq.set_fail_open(queue, fail_open)
+            .context("setting fail-open")?;
+        nfq.set_copy_range(queue, COPY_BYTES)
+            .context("setting the copy range")?;
+        nfq.set_queue_max_len(queue, QUEUE_LEN)
+            .context("setting the queue length")?;
+    }
+    // Without raw sockets portal requests are dropped unanswered: the site
+    // stays closed, the browser shows an error instead of the portal.
+    let injector = Injector::open()
+        .map_err(|e| tracing::error!(error = %format!("{e:#}"), "portal answers cannot be sent"))
+        .ok();
     let (tx, rx) = mpsc::channel(PENDING);
     let (forget, forgotten) = std::sync::mpsc::channel();
     let heuristics = Arc::new(AtomicBool::new(true));
     let lan = Arc::new(LanInterfaces::default());
-    let (wanted, lan_seen) = (heuristics.clone(), lan.clone());
+    let names = Arc::new(Mutex::new(None));
+    let thread = Thread {
+        tx,
+        forgotten,
+        heuristics: heuristics.clone(),
+        lan: lan.clone(),
+        names: names.clone(),
+        injector,
+    };
     std::thread::Builder::new()
         .name("classifier".into())
-        .spawn(move || serve(nfq, &tx, &forgotten, &wanted, &lan_seen))
+        .spawn(move || thread.serve(nfq))
         .context("starting the classifier thread")?;
-    tracing::info!(queue, "classifier listening on NFQUEUE");
+    tracing::info!(
+        queues = ?[CLASSIFY_QUEUE, NAMES_QUEUE, PORTAL_QUEUE],
+        "classifier, name reader and portal listening on NFQUEUE"
+    );
     Ok(Inspector {
         detections: rx,
         forget,
         heuristics,
         lan,
+        names,
     })
 }
 
-fn serve(
-    mut nfq: nfq::Queue,
-    tx: &mpsc::Sender<Detection>,
-    forgotten: &std::sync::mpsc::Receiver<SocketAddr>,
-    heuristics: &AtomicBool,
-    lan: &LanInterfaces,
-) {
-    let mut classifier = Classifier::new(Limits::default());
-    let started = Instant::now();
-    let mut errors = 0u32;
-    loop {
-        let mut msg = match nfq.recv() {
-            Ok(msg) => msg,
-            Err(e) => {
-                // ENOBUFS and the like: the kernel failed open meanwhile.
-                errors = errors.saturating_add(1);
-                if errors.is_power_of_two() {
-                    tracing::warn!(error = %e, errors, "NFQUEUE receive");
+/// What the packet thread holds.
+struct Thread {
+    tx: mpsc::Sender<Detection>,
+    forgotten: std::sync::mpsc::Receiver<SocketAddr>,
+    heuristics: Arc<AtomicBool>,
+    lan: Arc<LanInterfaces>,
+    names: Arc<Mutex<Option<Arc<NameConfig>>>>,
+    injector: Option<Injector>,
+}
+
+impl Thread {
+    fn serve(self, mut nfq: nfq::Queue) {
+        let mut classifier = Classifier::new(Limits::default());
+        let mut reader = FlowReader::new();
+        let started = Instant::now();
+        let mut errors = 0u32;
+        loop {
+            let mut msg = match nfq.recv() {
+                Ok(msg) => msg,
+                Err(e) => {
+                    // ENOBUFS and the like: the kernel failed open meanwhile.
+                    errors = errors.saturating_add(1);
+                    if errors.is_power_of_two() {
+                        tracing::warn!(error = %e, errors, "NFQUEUE receive");
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
                 }
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
+            };
+            let now_ms = started.elapsed().as_millis() as u64;
+            let verdict = match msg.get_queue_num() {
+                NAMES_QUEUE => {
+                    // It came marked unnamed: kept so with no names to
+                    // read by (the config is not there yet).
+                    let mark = msg.get_nfmark() & !NAME_QUEUE_MARK;
+                    let tag = match self.config().as_ref().and_then(|c| c.names.as_ref()) {
+                        None => TAG_UNNAMED,
+                        Some(names) => match reader.packet(msg.get_payload(), now_ms) {
+                            Read::Pending => TAG_UNDECIDED,
+                            Read::Decided(sighting) => tag_for(&sighting, names),
+                        },
+                    };
+                    msg.set_nfmark((mark & !NAME_TAG_MASK) | tag);
+                    nfq::Verdict::Accept
+                }
+                PORTAL_QUEUE => {
+                    self.answer_portal(msg.get_payload());
+                    nfq::Verdict::Drop
+                }
+                _ => self.classify(&mut classifier, &msg, now_ms),
+            };
+            msg.set_verdict(verdict);
+            if let Err(e) = nfq.verdict(msg) {
+                tracing::warn!(error = %e, "NFQUEUE verdict");
             }
-        };
-        while let Ok(peer) = forgotten.try_recv() {
+        }
+    }
+
+    fn config(&self) -> Option<Arc<NameConfig>> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn classify(
+        &self,
+        classifier: &mut Classifier,
+        msg: &nfq::Message,
+        now_ms: u64,
+    ) -> nfq::Verdict {
+        while let Ok(peer) = self.forgotten.try_recv() {
             classifier.forget_peer(peer);
         }
-        classifier.set_heuristics(heuristics.load(Ordering::Relaxed));
-        let now_ms = started.elapsed().as_millis() as u64;
-        let from_lan = lan.contains(msg.get_indev());
-        let verdict = match classifier.packet_from(msg.get_payload(), from_lan, now_ms) {
+        classifier.set_heuristics(self.heuristics.load(Ordering::Relaxed));
+        let from_lan = self.lan.contains(msg.get_indev());
+        match classifier.packet_from(msg.get_payload(), from_lan, now_ms) {
             Verdict::BitTorrent(detection) => {
-                let _ = tx.try_send(detection);
+                let _ = self.tx.try_send(detection);
                 nfq::Verdict::Drop
             }
             _ => nfq::Verdict::Accept,
-        };
-        msg.set_verdict(verdict);
-        if let Err(e) = nfq.verdict(msg) {
-            tracing::warn!(error = %e, "NFQUEUE verdict");
         }
+    }
+
+    /// Answers the HTTP request in `packet` with a 302 to the portal URL of
+    /// the site its Host names, as the server, and resets the server's side.
+    fn answer_portal(&self, packet: &[u8]) {
+        let (Some(injector), Some(config)) = (&self.injector, self.config()) else {
+            return;
+        };
+        let Some(portal) = &config.portal else { return };
+        let host =
+            crate::classify::ip::parse(packet).and_then(|p| {
+                match crate::sitename::http::host(p.payload) {
+                    Sighting::Name { name, .. } => Some(name),
+                    _ => None,
+                }
+            });
+        let url = portal.url_for(host.as_deref().unwrap_or(""));
+        let answer = crate::portal_redirect::redirect(url);
+        let Some(forged) = forge(packet, &answer) else {
+            return;
+        };
+        // The server first: its reset must not trail the client's answer.
+        for packet in [&forged.to_server, &forged.to_client] {
+            if let Err(e) = injector.send(packet) {
+                tracing::warn!(error = %format!("{e:#}"), "sending the portal answer");
+            }
+        }
+    }
+}
+
+/// The tag of a flow whose first bytes said `sighting`: its group's, or
+/// named elsewhere; unnamed when no name shows. An Encrypted Client Hello's
+/// outer name is a provider's public name, not the site's: unless that
+/// name is itself in a group, the flow is unnamed, judged by its addresses.
+fn tag_for(sighting: &Sighting, names: &FlowNames) -> u32 {
+    match sighting {
+        Sighting::Name { name, ech } => {
+            match names
+                .groups
+                .iter()
+                .position(|g| g.domains.iter().any(|d| d.covers(name)))
+            {
+                Some(index) => group_tag(index),
+                None if *ech => TAG_UNNAMED,
+                None => TAG_NAMED_ELSEWHERE,
+            }
+        }
+        Sighting::Nameless { .. } | Sighting::Incomplete | Sighting::Other => TAG_UNNAMED,
     }
 }

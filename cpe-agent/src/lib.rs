@@ -36,6 +36,7 @@ pub mod control;
 pub mod controller;
 pub mod dns;
 pub mod inspect;
+pub mod portal_inject;
 pub mod portal_redirect;
 pub mod router_blocks;
 pub mod sitename;

@@ -216,6 +216,13 @@ pub fn answer(head: &[u8], portal: &PortalRedirect) -> Vec<u8> {
     }
 }
 
+/// A `302 Found` to `url` with no body, small enough for one TCP segment:
+/// what the packet path sends for a request it cannot let through
+/// (`inspect.rs`), where the request's method is not known.
+pub fn redirect(url: &str) -> Vec<u8> {
+    response("302 Found", Some(url), "", false)
+}
+
 fn bad_request() -> Vec<u8> {
     response(
         "400 Bad Request",

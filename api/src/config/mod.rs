@@ -12,8 +12,10 @@ pub use crate::name::{Name, RuleId, SetName};
 use crate::net::{Family, PortRange, Prefix, Protocol};
 use crate::wireguard::Wireguard;
 
+mod names;
 mod validate;
 
+pub use names::{FlowName, FlowNames, NameGroup, MAX_LEARN_SECS, MAX_NAME_GROUPS};
 pub use validate::{MAX_DNS_TTL_SECS, MAX_UNTIL, RESERVED_PREFIX};
 
 /// The signed desired state of one router.
@@ -59,6 +61,10 @@ pub struct Firewall {
     /// with every rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classifier: Option<ClassifierPolicy>,
+    /// The names the router reads from the LAN's web flows, for rules'
+    /// `flow_name`; None: it reads none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_names: Option<FlowNames>,
 }
 
 /// Which of the classifier's rules run. Its signatures (messages of the
@@ -352,6 +358,11 @@ pub enum Action {
     Redirect {
         port: u16,
     },
+    /// Answer the HTTP request with a `302 Found` to the portal URL of the
+    /// site its Host names (the firewall's `portal`), sent by the router as
+    /// if from the server, and drop it. While no agent runs the packet is
+    /// dropped. Only in `forward`, on tcp from the LAN.
+    Portal,
 }
 
 /// A rule: all present match fields must hold.
@@ -500,6 +511,10 @@ pub struct Match {
     /// router is offline), and the agent drops the rule after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<i64>,
+    /// The name the flow carried (read by the router from its first
+    /// packets, see `FlowNames`). Only on forward rules from the LAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_name: Option<FlowName>,
 }
 
 /// Why a config is internally inconsistent.

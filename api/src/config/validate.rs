@@ -7,6 +7,7 @@ use std::collections::HashSet;
 
 use super::{
     Action, Chain, ConfigError, DeviceConfig, ElementValue, Match, Rule, Set, SetElement, SetKey,
+    SetName,
 };
 use crate::dns::check_url;
 use crate::net::{Family, Protocol};
@@ -54,9 +55,14 @@ impl DeviceConfig {
                 .map_err(|m| ConfigError(format!("rule `{}`: {m}", rule.id)))?;
             rule.check_chain()
                 .map_err(|m| ConfigError(format!("rule `{}`: {m}", rule.id)))?;
+            rule.check_names(&self.firewall)
+                .map_err(|m| ConfigError(format!("rule `{}`: {m}", rule.id)))?;
         }
         if let Some(dns) = &self.firewall.dns {
             check_dns(dns, &self.firewall.sets).map_err(ConfigError)?;
+        }
+        if let Some(names) = &self.firewall.flow_names {
+            names.check(&self.firewall.sets).map_err(ConfigError)?;
         }
         if let Some(portal) = &self.firewall.portal {
             check_portal(portal).map_err(ConfigError)?;
@@ -97,24 +103,33 @@ fn check_dns(dns: &crate::dns::DnsPolicy, sets: &[Set]) -> Result<(), String> {
             (&fill.ipv4_set, SetKey::Ipv4Addr),
             (&fill.ipv6_set, SetKey::Ipv6Addr),
         ] {
-            let set = sets
-                .iter()
-                .find(|s| &s.name == name)
-                .ok_or_else(|| format!("dns fills unknown set `{name}`"))?;
-            if set.key != key {
-                return Err(format!(
-                    "dns fills set `{name}`, which is not a {key:?} set"
-                ));
-            }
-            if set.elements.iter().any(|e| {
-                !matches!(&e.value, ElementValue::Addr(p)
-                    if p.net().prefix_len() == p.net().max_prefix_len())
-            }) {
-                return Err(format!(
-                    "set `{name}` is filled by dns and may only hold single addresses"
-                ));
-            }
+            check_single_address_set(sets, name, key).map_err(|m| format!("dns fills {m}"))?;
         }
+    }
+    Ok(())
+}
+
+/// A set the router adds addresses to at run time (from DNS answers or
+/// from flows' names): of type `key`, holding single addresses only.
+pub(super) fn check_single_address_set(
+    sets: &[Set],
+    name: &SetName,
+    key: SetKey,
+) -> Result<(), String> {
+    let set = sets
+        .iter()
+        .find(|s| &s.name == name)
+        .ok_or_else(|| format!("unknown set `{name}`"))?;
+    if set.key != key {
+        return Err(format!("set `{name}`, which is not a {key:?} set"));
+    }
+    if set.elements.iter().any(|e| {
+        !matches!(&e.value, ElementValue::Addr(p)
+            if p.net().prefix_len() == p.net().max_prefix_len())
+    }) {
+        return Err(format!(
+            "set `{name}` is filled at run time and may only hold single addresses"
+        ));
     }
     Ok(())
 }

@@ -96,7 +96,7 @@ pub fn compile_firewall<'a>(
 mod tests {
     use super::*;
     use crate::services::ServiceKind;
-    use isdf_api::Action;
+    use isdf_api::{Action, Chain};
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs)
@@ -281,13 +281,27 @@ mod tests {
             600,
         ));
         insta::assert_json_snapshot!(firewall);
-        // Site 2's pass ended at 500: no open/pass rules for it.
+        // Site 2's pass ended at 500: no pass rules for it. Site 1's opens
+        // its flows by name and its addresses' unnamed flows, ahead of the
+        // gate of each.
         let ids: Vec<&str> = firewall.rules.iter().map(|r| r.id.as_str()).collect();
-        assert!(ids.contains(&"pps1-pass-v4") && ids.contains(&"pps1-open-v6"));
+        let at = |id: &str| ids.iter().position(|i| *i == id).unwrap();
+        assert!(at("pps1-named-pass") < at("pps1-named-portal"));
+        assert!(at("pps1-pass-v6") < at("pps1-gate-v6"));
         assert!(!ids
             .iter()
-            .any(|id| id.starts_with("pps2-pass") || id.starts_with("pps2-open")));
+            .any(|id| id.starts_with("pps2") && id.contains("pass")));
         assert!(!ids.iter().any(|id| id.starts_with("pps9")));
+        // Names are read for each site, learning into its sets for the TTL cap.
+        let names = firewall.flow_names.as_ref().unwrap();
+        let groups: Vec<&str> = names.groups.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!((groups, names.learn_secs), (vec!["pps1", "pps2"], 30));
+        // No nat redirect any more: HTTP is answered from the forward path.
+        assert!(firewall
+            .rules
+            .iter()
+            .all(|r| r.chain != Chain::Prerouting
+                || matches!(r.action, Action::Redirect { port: 53 })));
         // Without a shop (no catalog data) the service adds nothing.
         assert!(
             compile_firewall(&Labels::default(), &[spec("main")], &[], None, 600)

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use isdf_api::{open_device_config, DeviceConfig, OpenError, OpenPolicy, Outcome};
+use isdf_api::{open_device_config, Action, DeviceConfig, OpenError, OpenPolicy, Outcome};
 
 use super::blocks::classify_timeout;
 use super::{error_debug, error_failed, warn_failed, Agent, Enforced};
@@ -212,12 +212,14 @@ impl Agent {
             }
         }
         self.blocked = blocked.into_iter().cloned().collect();
-        if classify_timeout(firewall).is_some() {
+        let portal_rules = firewall.rules.iter().any(|r| r.action == Action::Portal);
+        if classify_timeout(firewall).is_some() || firewall.flow_names.is_some() || portal_rules {
             self.start_classifier();
         }
         if let Some(inspector) = &self.inspector {
             inspector.set_heuristics(firewall.classifier_heuristics());
             inspector.set_lan_interfaces(&self.settings.lan_interfaces);
+            inspector.set_names(firewall.flow_names.as_ref(), firewall.portal.as_ref());
         }
         Ok(())
     }

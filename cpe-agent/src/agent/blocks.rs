@@ -46,7 +46,7 @@ impl Agent {
         if self.inspector.is_some() || self.classifier_failed {
             return;
         }
-        match crate::inspect::start(crate::backend::CLASSIFY_QUEUE) {
+        match crate::inspect::start() {
             Ok(inspector) => self.inspector = Some(inspector),
             Err(e) => {
                 // The queue rule has `bypass`: traffic passes unclassified,

@@ -14,6 +14,52 @@ use isdf_api::{InterfaceRole, Prefix, Rule};
 /// The NFQUEUE number `classify` rules queue to.
 pub const CLASSIFY_QUEUE: u16 = 4242;
 
+/// The NFQUEUE the first packets of the LAN's web flows go to, for the
+/// name they carry (`flow_names`); bypassed while no agent listens.
+pub const NAMES_QUEUE: u16 = CLASSIFY_QUEUE + 1;
+
+/// The NFQUEUE `portal` rules send HTTP requests to, to be answered; not
+/// bypassed: with no agent listening the request is dropped.
+pub const PORTAL_QUEUE: u16 = CLASSIFY_QUEUE + 2;
+
+/// The bits of a connection's mark (and of a packet's, from the name
+/// reader's verdict to the rules) that say what name the flow carried:
+/// `TAG_UNDECIDED` until the router decides, then `TAG_UNNAMED`,
+/// `TAG_NAMED_ELSEWHERE` or a group's tag (`group_tag`). Other bits are
+/// left as they are: other software on the router may use them.
+pub const NAME_TAG_MASK: u32 = 0x0fff_0000;
+const NAME_TAG_SHIFT: u32 = 16;
+/// Not decided yet: a web flow whose name the router has not read.
+pub const TAG_UNDECIDED: u32 = 0;
+/// The flow carries no name the router can read (or is no web flow).
+pub const TAG_UNNAMED: u32 = 1 << NAME_TAG_SHIFT;
+/// The flow named a site in no group.
+pub const TAG_NAMED_ELSEWHERE: u32 = 2 << NAME_TAG_SHIFT;
+
+/// The tag of the `index`-th group of `flow_names` (validated: fewer than
+/// `MAX_NAME_GROUPS`, so it fits the mask).
+pub fn group_tag(index: usize) -> u32 {
+    ((index as u32 + 3) << NAME_TAG_SHIFT) & NAME_TAG_MASK
+}
+
+/// The group index of a tag, None for the other values.
+pub fn tag_group(tag: u32) -> Option<usize> {
+    ((tag & NAME_TAG_MASK) >> NAME_TAG_SHIFT)
+        .checked_sub(3)
+        .map(|i| i as usize)
+}
+
+/// How many packets from the client a web flow may send before the router
+/// decides its name: enough for a ClientHello split over several segments
+/// or Initial packets. A flow still undecided then (no agent running) is
+/// judged as unnamed, by its addresses.
+pub const NAME_READ_PACKETS: u8 = 8;
+
+/// Packet marks of `Queueing::Mark` (kernels without nft's queue): the name
+/// reader's packets and the portal's requests, queued by iptables rules.
+pub const NAME_QUEUE_MARK: u32 = 0x2000_0000;
+pub const PORTAL_MARK: u32 = 0x1000_0000;
+
 /// The comment, and so the counter's rule id, of the rules that drop the
 /// router's own LAN sources arriving on another interface (both backends).
 pub const ANTISPOOF_RULE_ID: &str = "agent-antispoof";

@@ -8,7 +8,7 @@ use super::Transport;
 
 /// An address and port, smaller than `SocketAddr` (which carries IPv6 flow
 /// info and scope), because thousands of them sit in the flow table.
-pub(super) type Ep = (IpAddr, u16);
+pub(crate) type Ep = (IpAddr, u16);
 
 /// Tables hash endpoints as bytes: the address (IPv4 mapped into IPv6)
 /// then the port.
@@ -26,7 +26,7 @@ impl super::table::Key for IpAddr {
     }
 }
 
-pub(super) fn write_endpoint(bytes: &mut [u8], (ip, port): Ep) {
+pub(crate) fn write_endpoint(bytes: &mut [u8], (ip, port): Ep) {
     let octets = match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
@@ -35,7 +35,7 @@ pub(super) fn write_endpoint(bytes: &mut [u8], (ip, port): Ep) {
     bytes[16..18].copy_from_slice(&port.to_be_bytes());
 }
 
-pub(super) struct Packet<'a> {
+pub(crate) struct Packet<'a> {
     pub protocol: Transport,
     pub src: Ep,
     pub dst: Ep,
@@ -58,7 +58,7 @@ fn v6(bytes: &[u8]) -> Option<IpAddr> {
     Some(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?).into())
 }
 
-pub(super) fn parse(packet: &[u8]) -> Option<Packet<'_>> {
+pub(crate) fn parse(packet: &[u8]) -> Option<Packet<'_>> {
     let (src, dst, mut next, mut rest) = match packet.first()? >> 4 {
         4 => {
             let header = usize::from(packet[0] & 0x0f) * 4;

@@ -21,11 +21,11 @@
 
 mod bencode;
 mod detection;
-mod ip;
+pub(crate) mod ip;
 mod mse;
 pub mod pcap;
 mod protocol;
-mod table;
+pub(crate) mod table;
 #[cfg(test)]
 mod tests;
 

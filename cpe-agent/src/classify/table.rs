@@ -11,11 +11,11 @@ const WAYS: usize = 8;
 
 /// A key that can be hashed as one block of bytes: one call to the hasher
 /// per packet rather than one per field, which costs several times more.
-pub(super) trait Key: Eq {
+pub(crate) trait Key: Eq {
     fn bytes(&self) -> [u8; 40];
 }
 
-pub(super) struct Slot<K, V> {
+pub(crate) struct Slot<K, V> {
     pub key: K,
     /// When the entry was last touched, in the caller's milliseconds.
     pub stamp: u64,
@@ -24,9 +24,9 @@ pub(super) struct Slot<K, V> {
 
 /// The slots of one hash bucket.
 #[derive(Clone)]
-pub(super) struct Bucket(std::ops::Range<usize>);
+pub(crate) struct Bucket(std::ops::Range<usize>);
 
-pub(super) struct Table<K, V> {
+pub(crate) struct Table<K, V> {
     slots: Vec<Option<Slot<K, V>>>,
     mask: usize,
     // Randomly keyed so that remote hosts cannot aim their flows at one bucket.

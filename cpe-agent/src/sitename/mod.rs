@@ -16,6 +16,7 @@
 //! carries the real name encrypted; only the outer, public name shows, and
 //! the sighting says so (`ech`). See docs/security.md.
 
+pub mod flows;
 pub mod http;
 pub mod quic;
 pub mod samples;

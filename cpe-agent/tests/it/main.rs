@@ -23,6 +23,7 @@ mod netns;
 mod outage;
 mod pay_per_site;
 mod pay_per_site_boot;
+mod quic;
 mod readme;
 mod releases;
 mod rogue_controller;

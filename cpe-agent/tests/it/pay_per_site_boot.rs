@@ -15,7 +15,8 @@ use isdf_controller::cluster::site_resolution::SiteResolution;
 use crate::harness::{blocking, in_wan, AgentProcess};
 use crate::netns::Topology;
 use crate::pay_per_site::{
-    curl, sock, udp_echoed, Shop, NEWS_V4, NEWS_V6, UNLISTED_DOH_V4, UPSTREAM, VIDEO_V4, VIDEO_V6,
+    curl, sock, udp_echoed, Shop, NEWS_V4, NEWS_V6, TLS_RESET, UNLISTED_DOH_V4, UPSTREAM, VIDEO_V4,
+    VIDEO_V6,
 };
 
 #[test]
@@ -135,8 +136,8 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
                 ],
             );
             assert_eq!(
-                https.exit, 7,
-                "{video}: HTTPS is refused, got exit {}",
+                https.exit, TLS_RESET,
+                "{video}: HTTPS is reset in its handshake, got exit {}",
                 https.exit
             );
             assert!(
@@ -172,8 +173,8 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
         );
         let https = curl(lan, &ca, &["-4", "--doh-url", &doh, "https://video.test/"]);
         assert_eq!(
-            https.exit, 7,
-            "HTTPS after a DoH lookup is refused, got exit {}",
+            https.exit, TLS_RESET,
+            "HTTPS after a DoH lookup is reset in its handshake, got exit {}",
             https.exit
         );
         let http = curl(lan, &ca, &["-4", "--doh-url", &doh, "http://video.test/"]);

@@ -1,28 +1,35 @@
 //! The `pay-per-site` service as primitives (pure): the gate in front of a
 //! catalog's sites and the passes that open it.
 //!
-//! For every site of the device's catalog the router keeps two address sets
-//! that its resolver fills from the answers for the site's domains, and
-//! that hold from the start what the controller resolved for them itself
-//! (so a hard-coded address is gated before any LAN host asks). Traffic
-//! from the LAN to those addresses is gated: new HTTP connections are
-//! redirected to the router's portal responder (which sends the browser to
-//! the portal, naming router and site with a link only the controller can
-//! sign), HTTPS is reset at once, QUIC is dropped so browsers fall back, and
-//! everything else is rejected. A household's pass adds `accept` rules in
-//! front that hold `until` the pass ends, so the kernel closes the site on
-//! time by itself, online or not. Bypass is closed: LAN DNS to any resolver
-//! is redirected to the router's, DNS over TLS/QUIC is refused, known
-//! DNS-over-HTTPS resolvers are blocked and their names (and the browsers'
-//! canary domain) answer NXDOMAIN.
+//! A site is gated first by the name its flows carry, then by its addresses.
+//! Every site of the device's catalog is a group of `flow_names`: the
+//! router reads the name in the first packets of each LAN web flow (TLS
+//! server name, HTTP Host, the QUIC Initial's server name), whatever
+//! address it goes to and however the client resolved it (a hard-coded
+//! address, DNS over HTTPS to any resolver). A flow named for the site is
+//! gated; a flow named for another site is not, even to an address the site
+//! shares (a CDN): no collateral. Flows that carry no readable name (other
+//! ports, Encrypted Client Hello, no SNI) are judged by the site's address
+//! sets, which the router's resolver fills from the answers for the site's
+//! domains, which hold from the start what the controller resolved for
+//! them itself, and which the named flows teach their server addresses.
+//!
+//! Gated: HTTP is answered with a 302 to the portal (naming router and site
+//! with a link only the controller can sign), HTTPS is reset, QUIC is
+//! dropped so browsers fall back, everything else is rejected. A
+//! household's pass adds `accept` rules in front that hold `until` the pass
+//! ends, so the kernel closes the site on time by itself, online or not.
+//! Bypass is closed: LAN DNS to any resolver is redirected to the router's,
+//! DNS over TLS/QUIC is refused, known DNS-over-HTTPS resolvers are blocked
+//! and their names (and the browsers' canary domain) answer NXDOMAIN.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use isdf_api::{
-    Action, Chain, DnsPolicy, DnsSetFill, DomainPattern, ElementValue, Family, Firewall,
-    InterfaceRole, LocalAnswer, Match, PortRange, PortalRedirect, PortalSite, Prefix, Protocol,
-    Rule, Set, SetElement, SetKey, SetName,
+    Action, Chain, DnsPolicy, DnsSetFill, DomainPattern, ElementValue, Family, Firewall, FlowName,
+    FlowNames, InterfaceRole, LocalAnswer, Match, NameGroup, PortRange, PortalRedirect, PortalSite,
+    Prefix, Protocol, Rule, Set, SetElement, SetKey, SetName,
 };
 
 use super::links::PortalLinks;
@@ -238,12 +245,14 @@ pub fn add_to(firewall: &mut Firewall, spec: &PayPerSiteSpec, shop: &DeviceShop<
 
     let mut fill_sets = Vec::new();
     let mut portal_sites = Vec::new();
+    let mut groups = Vec::new();
     for site in sites {
         let pass_ends = shop.passes.get(&site.id).copied().filter(|end| *end > now);
         let set_of = |family| name(&format!("pps{}_{}", site.id, suffix(family)));
         for family in FAMILIES {
             // The controller's own answers are the config's elements (the
-            // agent marks them so); the router's resolver adds its own.
+            // agent marks them so); the router's resolver, and the flows
+            // named for the site, add their own.
             firewall.sets.push(Set {
                 name: set_of(family),
                 key: addr_key(family),
@@ -264,61 +273,61 @@ pub fn add_to(firewall: &mut Firewall, spec: &PayPerSiteSpec, shop: &DeviceShop<
             ipv4_set: set_of(Family::Ipv4),
             ipv6_set: set_of(Family::Ipv6),
         });
+        groups.push(NameGroup {
+            id: name(&format!("pps{}", site.id)),
+            domains: site.domains.clone(),
+            ipv4_set: set_of(Family::Ipv4),
+            ipv6_set: set_of(Family::Ipv6),
+        });
         portal_sites.push(PortalSite {
             domains: site.domains.clone(),
             url: shop.portal.site_url(shop.device_id, site.id),
         });
-        for family in FAMILIES {
-            let to_site = Match {
-                dst_in_set: Some(set_of(family)),
-                ..Match::default()
+        // Flows named for the site, then those to its addresses that carry
+        // no name; each the same four rules.
+        let named = Match {
+            flow_name: Some(FlowName::Group(name(&format!("pps{}", site.id)))),
+            ..Match::default()
+        };
+        let unnamed = |family| Match {
+            flow_name: Some(FlowName::Unnamed),
+            dst_in_set: Some(set_of(family)),
+            ..Match::default()
+        };
+        let by = [
+            (named, String::new()),
+            (unnamed(Family::Ipv4), "-v4".to_owned()),
+            (unnamed(Family::Ipv6), "-v6".to_owned()),
+        ];
+        for (to_site, family) in by {
+            let id = |what: &str| {
+                let kind = if family.is_empty() { "-named" } else { "" };
+                format!("pps{}{kind}-{what}{family}", site.id)
             };
-            let http = Match {
-                dst_in_set: Some(set_of(family)),
-                ..port_match(Protocol::Tcp, 80)
+            let with = |protocol, port| Match {
+                protocol: Some(protocol),
+                dport: Some(PortRange::single(port)),
+                ..to_site.clone()
             };
-            let id = |what: &str| format!("pps{}-{what}-{}", site.id, suffix(family));
             if let Some(end) = pass_ends {
-                let until = |m: Match| Match {
+                let until = Match {
                     until: Some(end),
-                    ..m
+                    ..to_site.clone()
                 };
-                firewall.rules.push(lan_rule(
-                    &id("open"),
-                    Chain::Prerouting,
-                    until(http.clone()),
-                    Action::Accept,
-                ));
-                firewall.rules.push(lan_rule(
-                    &id("pass"),
-                    Chain::Forward,
-                    until(to_site.clone()),
-                    Action::Accept,
-                ));
+                firewall
+                    .rules
+                    .push(lan_rule(&id("pass"), Chain::Forward, until, Action::Accept));
             }
-            firewall.rules.push(lan_rule(
-                &id("portal"),
-                Chain::Prerouting,
-                http,
-                Action::Redirect {
-                    port: ROUTER_PORTAL_PORT,
-                },
-            ));
-            firewall.rules.push(lan_rule(
-                &id("quic"),
-                Chain::Forward,
-                Match {
-                    dst_in_set: Some(set_of(family)),
-                    ..port_match(Protocol::Udp, 443)
-                },
-                Action::Drop,
-            ));
-            firewall.rules.push(lan_rule(
-                &id("gate"),
-                Chain::Forward,
-                to_site,
-                Action::Reject,
-            ));
+            let gate = [
+                ("portal", with(Protocol::Tcp, 80), Action::Portal),
+                ("quic", with(Protocol::Udp, 443), Action::Drop),
+                ("gate", to_site.clone(), Action::Reject),
+            ];
+            for (what, matches, action) in gate {
+                firewall
+                    .rules
+                    .push(lan_rule(&id(what), Chain::Forward, matches, action));
+            }
         }
     }
 
@@ -340,6 +349,10 @@ pub fn add_to(firewall: &mut Firewall, spec: &PayPerSiteSpec, shop: &DeviceShop<
                 addresses: Vec::new(),
             })
             .collect(),
+    });
+    firewall.flow_names = Some(FlowNames {
+        groups,
+        learn_secs: spec.max_ttl_secs,
     });
     firewall.portal = Some(PortalRedirect {
         port: ROUTER_PORTAL_PORT,

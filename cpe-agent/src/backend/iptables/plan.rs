@@ -442,7 +442,7 @@ impl Layout {
                 // A rule without a target only counts, then the packet goes on.
                 Action::Count => push(spec, String::new()),
                 // Refused before planning (`refuse_unsupported`).
-                Action::Classify | Action::Redirect { .. } => {}
+                Action::Classify | Action::Redirect { .. } | Action::Portal => {}
                 Action::Reject => {
                     // As in nft.rs: TCP gets a reset (the client fails at
                     // once), the rest an ICMP administratively-prohibited.
@@ -602,6 +602,9 @@ pub(super) fn refuse_unsupported(firewall: &Firewall) -> anyhow::Result<()> {
     }
     if firewall.portal.is_some() {
         pay_per_site.push("a portal".to_owned());
+    }
+    if firewall.flow_names.is_some() {
+        pay_per_site.push("flow names".to_owned());
     }
     if !pay_per_site.is_empty() {
         bail!(

@@ -2,8 +2,9 @@
 //! structure with `nft -c`, read what the resolver added to DNS-filled sets,
 //! apply with `nft -f` (one transaction), verify against a terse listing,
 //! read counters and learned endpoints. Also probes whether the kernel has
-//! nft's `queue`: where it does not, `classify` rules mark the packet and
-//! one iptables NFQUEUE rule (with `--queue-bypass`) on that mark queues it.
+//! nft's `queue`: where it does not, `classify` rules (and the name reader's
+//! and the portal's) mark the packet and an iptables NFQUEUE rule on that
+//! mark queues it (`MarkQueue`).
 
 use anyhow::{bail, Context};
 use isdf_api::{Action, Firewall, RuleCounter};
@@ -13,6 +14,7 @@ use super::listing::{
 };
 use super::plan::{in_force, plan_script, plan_with, PlanInputs, Queueing, CLASSIFY_MARK, TABLE};
 use super::sets::{addr_type, dns_filled, Carried, Elements, MAX_TIMEOUT_SECS};
+use crate::backend::planning::{NAMES_QUEUE, NAME_QUEUE_MARK, PORTAL_MARK, PORTAL_QUEUE};
 use crate::backend::{FirewallBackend, Interfaces, LearnedEndpoint, CLASSIFY_QUEUE};
 use crate::sys::processes;
 
@@ -25,6 +27,54 @@ fn enable_conntrack_accounting() -> anyhow::Result<()> {
         return Ok(());
     }
     std::fs::write(PATH, "1").with_context(|| format!("turning on conntrack accounting ({PATH})"))
+}
+
+/// An iptables rule that queues packets our rules marked, where nft has no
+/// queue of its own (`Queueing::Mark`).
+struct MarkQueue {
+    /// The table and chain: the position relative to our `forward` chain
+    /// (mangle runs before it, filter after).
+    table: &'static str,
+    mark: u32,
+    queue: u16,
+    /// `--queue-bypass`: with no agent listening the packet passes (else it
+    /// is dropped).
+    bypass: bool,
+    comment: &'static str,
+}
+
+const MARK_QUEUES: [MarkQueue; 3] = [
+    MarkQueue {
+        table: "filter",
+        mark: CLASSIFY_MARK,
+        queue: CLASSIFY_QUEUE,
+        bypass: true,
+        comment: "isdf-classify",
+    },
+    MarkQueue {
+        table: "mangle",
+        mark: NAME_QUEUE_MARK,
+        queue: NAMES_QUEUE,
+        bypass: true,
+        comment: "isdf-names",
+    },
+    MarkQueue {
+        table: "filter",
+        mark: PORTAL_MARK,
+        queue: PORTAL_QUEUE,
+        bypass: false,
+        comment: "isdf-portal",
+    },
+];
+
+/// Which packets `firewall` sends to the agent: (classify, names, portal).
+fn queued(firewall: &Firewall) -> [bool; 3] {
+    let action = |a: Action| firewall.rules.iter().any(|r| r.action == a);
+    [
+        action(Action::Classify),
+        firewall.flow_names.is_some(),
+        action(Action::Portal),
+    ]
 }
 
 /// Runs `nft` in the agent's network namespace.
@@ -98,27 +148,36 @@ impl NftBackend {
         })
     }
 
-    /// Adds or removes the iptables rule that queues marked packets (only
-    /// with `Queueing::Mark`), for IPv4 and IPv6.
-    fn sync_mark_queue(&self, wanted: bool) -> anyhow::Result<()> {
-        let (queue, mark) = (
-            CLASSIFY_QUEUE.to_string(),
-            format!("{CLASSIFY_MARK:#x}/{CLASSIFY_MARK:#x}"),
-        );
-        for tool in ["iptables", "ip6tables"] {
-            let rule = |op: &'static str| {
-                let mut args = vec!["-w", "-t", "filter", op, "FORWARD"];
-                args.extend(["-m", "mark", "--mark", &mark, "-m", "comment"]);
-                args.extend(["--comment", "isdf-classify", "-j", "NFQUEUE"]);
-                args.extend(["--queue-num", &queue, "--queue-bypass"]);
-                processes::run(tool, &args, "")
-            };
-            let present = rule("-C").is_ok();
-            if wanted && !present {
-                rule("-I")
-                    .with_context(|| format!("adding the {tool} NFQUEUE rule for classify"))?;
-            } else if !wanted && present {
-                rule("-D").with_context(|| format!("removing the {tool} NFQUEUE rule"))?;
+    /// Adds or removes the iptables rules that queue marked packets (only
+    /// with `Queueing::Mark`), for IPv4 and IPv6: `wanted` in the order of
+    /// `MARK_QUEUES`.
+    fn sync_mark_queues(&self, wanted: [bool; 3]) -> anyhow::Result<()> {
+        for (spec, wanted) in MARK_QUEUES.iter().zip(wanted) {
+            let (queue, mark) = (
+                spec.queue.to_string(),
+                format!("{:#x}/{:#x}", spec.mark, spec.mark),
+            );
+            for tool in ["iptables", "ip6tables"] {
+                let rule = |op: &'static str| {
+                    let mut args = vec!["-w", "-t", spec.table, op, "FORWARD"];
+                    args.extend(["-m", "mark", "--mark", &mark, "-m", "comment"]);
+                    args.extend(["--comment", spec.comment, "-j", "NFQUEUE"]);
+                    args.extend(["--queue-num", &queue]);
+                    if spec.bypass {
+                        args.push("--queue-bypass");
+                    }
+                    processes::run(tool, &args, "")
+                };
+                let present = rule("-C").is_ok();
+                if wanted && !present {
+                    rule("-I").with_context(|| {
+                        format!("adding the {tool} NFQUEUE rule {}", spec.comment)
+                    })?;
+                } else if !wanted && present {
+                    rule("-D").with_context(|| {
+                        format!("removing the {tool} NFQUEUE rule {}", spec.comment)
+                    })?;
+                }
             }
         }
         Ok(())
@@ -151,16 +210,17 @@ impl FirewallBackend for NftBackend {
     }
 
     fn apply(&mut self, firewall: &Firewall, now_ms: i64) -> anyhow::Result<()> {
-        if firewall
-            .rules
-            .iter()
-            .any(|r| r.matches.first_packets.is_some())
+        if firewall.flow_names.is_some()
+            || firewall
+                .rules
+                .iter()
+                .any(|r| r.matches.first_packets.is_some())
         {
             enable_conntrack_accounting()?;
         }
-        let classifies = firewall.rules.iter().any(|r| r.action == Action::Classify);
-        // Without classify rules the queueing does not show in the script.
-        let queueing = if classifies {
+        let queued = queued(firewall);
+        // Without queued packets the queueing does not show in the script.
+        let queueing = if queued.contains(&true) {
             self.queueing()
         } else {
             Queueing::Native
@@ -184,7 +244,7 @@ impl FirewallBackend for NftBackend {
         )
         .context("applying the ruleset with nft -f")?;
         if self.queueing.get() == Some(&Queueing::Mark) {
-            self.sync_mark_queue(classifies)?;
+            self.sync_mark_queues(queued)?;
         }
         Ok(())
     }
@@ -294,7 +354,7 @@ impl FirewallBackend for NftBackend {
 
     fn remove(&mut self) -> anyhow::Result<()> {
         if self.queueing.get() == Some(&Queueing::Mark) {
-            self.sync_mark_queue(false)?;
+            self.sync_mark_queues([false; 3])?;
         }
         processes::run(
             &self.program,

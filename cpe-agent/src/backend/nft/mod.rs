@@ -7,7 +7,9 @@
 //! them), `sets.rs` decides the kernel sets and their elements (hash sets
 //! for exact 5-tuples, interval layers for patterns, timeouts, what
 //! DNS-filled sets carry over), `tunnels.rs` adds the rules that keep each
-//! WireGuard tunnel to its VPN, and `listing.rs` reads the
+//! WireGuard tunnel to its VPN, `names.rs` the reading of flow names (the
+//! queue to the agent's name reader and its verdict made the connection's
+//! mark), and `listing.rs` reads the
 //! kernel's `nft -j` listings back and says what shape the plan gives.
 //! Only `apply.rs` runs `nft` (check with `nft -c`, apply with `nft -f`,
 //! verify, counters, learned endpoints).
@@ -18,6 +20,7 @@
 
 mod apply;
 mod listing;
+mod names;
 mod plan;
 mod sets;
 mod tunnels;

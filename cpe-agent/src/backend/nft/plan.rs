@@ -33,8 +33,11 @@
 
 use std::fmt::Write as _;
 
-use isdf_api::{Action, Chain, Family, Firewall, Match, PayloadMatch, Protocol, Rule, Set};
+use isdf_api::{
+    Action, Chain, Family, Firewall, FlowNames, Match, PayloadMatch, Protocol, Rule, Set,
+};
 
+use super::names::{flow_name_expr, names_chain, portal_statement, tag_chain};
 use super::sets::{layout, plan_set, ports, prefix, Carried, Elements, Layout};
 use super::tunnels::{plan_tunnel_sets, tunnel_rules, tunnels};
 use crate::backend::planning::{Interfaces, ANTISPOOF_JUMP_ID, ANTISPOOF_RULE_ID, CLASSIFY_QUEUE};
@@ -196,7 +199,10 @@ pub(super) fn chains_with_rules(
     layout: &Layout<'_>,
     inputs: &PlanInputs,
 ) -> anyhow::Result<Vec<PlannedChain>> {
-    let mut planned = Vec::new();
+    let mut planned: Vec<PlannedChain> =
+        names_chain(firewall, &inputs.interfaces.lan, inputs.queueing)
+            .into_iter()
+            .collect();
     for chain in planned_chains(firewall, now_ms) {
         let agent_rule = |(comment, line): (String, String)| PlannedRule {
             line: format!("{line} comment \"{comment}\""),
@@ -222,8 +228,14 @@ pub(super) fn chains_with_rules(
         }
         let tunnels = tunnel_rules(chain, tunnels(firewall));
         base.rules.extend(tunnels.into_iter().map(agent_rule));
+        if chain == Chain::Forward {
+            if let Some((jump, tags)) = tag_chain(firewall) {
+                base.rules.push(jump);
+                runs.push(tags);
+            }
+        }
         let lines = |rule: &Rule| -> anyhow::Result<Vec<PlannedRule>> {
-            Ok(rule_lines(rule, &firewall.sets, layout, inputs)?
+            Ok(rule_lines(rule, firewall, layout, inputs)?
                 .into_iter()
                 .map(|line| PlannedRule {
                     comment: rule.id.to_string(),
@@ -325,6 +337,7 @@ pub(super) fn antispoof(chain: Chain, lan: &[String]) -> Option<(String, Vec<(St
 fn match_exprs(
     m: &Match,
     sets: &[Set],
+    names: Option<&FlowNames>,
     layout: &Layout<'_>,
     interfaces: Option<&[String]>,
 ) -> Vec<String> {
@@ -370,6 +383,9 @@ fn match_exprs(
         } else {
             format!("udp length {a}-{b}")
         });
+    }
+    if let Some(wanted) = &m.flow_name {
+        parts.push(flow_name_expr(names, wanted));
     }
     if let Some(n) = m.first_packets {
         // Both directions counted (conntrack accounting; see `apply`).
@@ -475,10 +491,11 @@ fn reject_variants(m: &Match) -> (bool, bool) {
 /// so their counters add up under it.
 pub(super) fn rule_lines(
     rule: &Rule,
-    sets: &[Set],
+    firewall: &Firewall,
     layout: &Layout<'_>,
     inputs: &PlanInputs,
 ) -> anyhow::Result<Vec<String>> {
+    let sets = &firewall.sets[..];
     let comment = format!("comment \"{}\"", rule.id);
     let interfaces = inputs.interfaces.for_rule(rule)?;
     let queueing = inputs.queueing;
@@ -488,7 +505,8 @@ pub(super) fn rule_lines(
         _ => add_endpoints(rule, rule.family_with(sets).ok().flatten()),
     };
     let mut lines = Vec::new();
-    let exprs = match_exprs(&rule.matches, sets, layout, interfaces);
+    let names = firewall.flow_names.as_ref();
+    let exprs = match_exprs(&rule.matches, sets, names, layout, interfaces);
     for (expr, remember) in exprs
         .iter()
         .flat_map(|e| remembers.iter().map(move |r| (e, r)))
@@ -503,6 +521,10 @@ pub(super) fn rule_lines(
             Action::Redirect { port } => {
                 lines.push(format!("{expr}{sep}counter redirect to :{port} {comment}"))
             }
+            Action::Portal => lines.push(format!(
+                "{expr}{sep}counter {} {comment}",
+                portal_statement(queueing)
+            )),
             Action::Classify => lines.push(match queueing {
                 Queueing::Native => {
                     format!("{expr}{sep}counter queue num {CLASSIFY_QUEUE} bypass {comment}")

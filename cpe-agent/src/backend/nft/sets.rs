@@ -70,14 +70,20 @@ pub struct CarriedElement {
     pub remaining_ms: Option<u64>,
 }
 
-/// The names of the sets the config's DNS policy fills.
+/// The names of the sets filled at run time: by the config's DNS policy,
+/// and by the flows named in a `flow_names` group (their server addresses).
 pub(super) fn dns_filled(firewall: &Firewall) -> BTreeSet<&str> {
-    firewall
+    let by_dns = firewall
         .dns
         .iter()
         .flat_map(|dns| &dns.fill_sets)
-        .flat_map(|fill| [fill.ipv4_set.as_str(), fill.ipv6_set.as_str()])
-        .collect()
+        .flat_map(|fill| [fill.ipv4_set.as_str(), fill.ipv6_set.as_str()]);
+    let by_names = firewall
+        .flow_names
+        .iter()
+        .flat_map(|names| &names.groups)
+        .flat_map(|group| [group.ipv4_set.as_str(), group.ipv6_set.as_str()]);
+    by_dns.chain(by_names).collect()
 }
 
 /// A set as the kernel holds it.
@@ -139,7 +145,8 @@ fn dns_filled_set<'a>(set: &'a Set, carried: &'a [CarriedElement]) -> KernelSet<
         name: set.name.to_string(),
         type_expr: addr_type(set.key.family()),
         interval: false,
-        dynamic: false,
+        // Rules add to it (`update @set`: a flow's name taught its address).
+        dynamic: true,
         dns_filled: true,
         elements: set.elements.iter().collect(),
         carried,
@@ -304,12 +311,11 @@ pub(super) fn plan_set(s: &mut String, set: &KernelSet<'_>, now_ms: i64, element
     };
     let _ = writeln!(s, "\tset {} {{", set.name);
     let _ = writeln!(s, "\t\ttype {}; flags {flags};", set.type_expr);
-    if set.dynamic {
-        let _ = writeln!(s, "\t\tsize {DYNAMIC_SET_SIZE};");
-    }
     if set.dns_filled {
         // Never smaller than what goes in now, so carrying cannot fail.
         let _ = writeln!(s, "\t\tsize {};", DNS_SET_SIZE.max(values.len()));
+    } else if set.dynamic {
+        let _ = writeln!(s, "\t\tsize {DYNAMIC_SET_SIZE};");
     }
     if !values.is_empty() {
         let _ = writeln!(

@@ -640,3 +640,71 @@ fn a_run_whose_rules_ended_leaves_with_its_jump_and_the_others_keep_their_names(
     assert_eq!(without_ended_rules(applied, &firewall, later), expected);
     assert!(!plan(&firewall, later).unwrap().contains("forward_early_2"));
 }
+
+/// A gate by flow names: two groups learning into their sets, rules by
+/// name and for unnamed flows by address, a portal answer.
+fn gate_by_names() -> Firewall {
+    serde_json::from_value(serde_json::json!({
+        "sets": [
+            {"name": "site_v4", "key": "ipv4-addr"},
+            {"name": "site_v6", "key": "ipv6-addr"},
+            {"name": "news_v4", "key": "ipv4-addr"},
+            {"name": "news_v6", "key": "ipv6-addr"}
+        ],
+        "rules": [
+            {"id": "site-named-pass", "chain": "forward",
+             "match": {"in_interface": "lan", "flow_name": {"group": "site"},
+                       "until": PPS_NOW / 1000 + 3600},
+             "action": "accept"},
+            {"id": "site-named-portal", "chain": "forward",
+             "match": {"in_interface": "lan", "flow_name": {"group": "site"},
+                       "protocol": "tcp", "dport": 80},
+             "action": "portal"},
+            {"id": "news-named-gate", "chain": "forward",
+             "match": {"in_interface": "lan", "flow_name": {"group": "news"}},
+             "action": "reject"},
+            {"id": "site-gate-v4", "chain": "forward",
+             "match": {"in_interface": "lan", "flow_name": "unnamed", "dst_in_set": "site_v4"},
+             "action": "reject"}
+        ],
+        "flow_names": {"learn_secs": 300, "groups": [
+            {"id": "site", "domains": ["video.test"], "ipv4_set": "site_v4", "ipv6_set": "site_v6"},
+            {"id": "news", "domains": ["*.news.test"], "ipv4_set": "news_v4", "ipv6_set": "news_v6"}
+        ]},
+        "portal": {"port": 8042, "default_url": "https://portal.test/"}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn flow_names_queue_web_flows_and_tag_their_connections() {
+    let firewall = gate_by_names();
+    insta::assert_snapshot!(plan_with(&firewall, PPS_NOW, &router()).unwrap());
+    let shape = expected_shape(&firewall, PPS_NOW, &router()).unwrap();
+    assert_eq!(shape.chains["names"].len(), 6);
+    assert_eq!(
+        shape.chains["forward_names"].len(),
+        6,
+        "2 + 2 groups × 2 families"
+    );
+    assert_eq!(shape.chains["forward"][1], "agent-names");
+    // Without nft's queue, marks for iptables to queue by; the portal's
+    // request stops our chain there (no reject may answer it first).
+    let marked = plan_with(
+        &firewall,
+        PPS_NOW,
+        &PlanInputs {
+            queueing: Queueing::Mark,
+            ..router()
+        },
+    )
+    .unwrap();
+    assert!(marked.contains("meta mark set meta mark | 0x20000000 accept comment \"agent-names\""));
+    assert!(marked.contains(
+        "counter meta mark set meta mark | 0x10000000 accept comment \"site-named-portal\""
+    ));
+    assert!(!marked.contains("queue num"));
+    // No LAN interface: no names are read (and flow_name rules cannot be
+    // planned, as every `in_interface: lan` rule).
+    assert!(plan_with(&firewall, PPS_NOW, &PlanInputs::default()).is_err());
+}

@@ -1,0 +1,165 @@
+//! Flow names (`flow_names`) in nft, pure: which packets go to the agent's
+//! name reader, how its verdict becomes the connection's mark that rules
+//! match (`flow_name`), and how a named flow teaches its group's sets the
+//! server address.
+//!
+//! A base chain of its own, `names`, runs before the connection's other
+//! rules (priority mangle - 10) and only queues: a LAN web flow (TCP 80 and
+//! 443, UDP 443) not yet decided sends its first client packets
+//! (`NAME_READ_PACKETS`, a TCP flow's data only) to the reader, bypassed
+//! when no agent listens. Every other LAN flow, and a web flow still
+//! undecided past those packets (no agent: judged by its addresses, as
+//! before names), is marked unnamed there. Being a base chain, its `accept`
+//! ends only itself: the packet still meets every rule of `forward`.
+//!
+//! The packet goes to the reader already marked unnamed, so one the reader
+//! never answers (no agent: bypassed) leaves its flow judged by its
+//! addresses from then on, never let through unread. The reader answers
+//! with the packet's mark carrying the flow's tag (none while the name may
+//! still come);
+//! `forward` first copies it into the connection's mark (`forward_names`),
+//! one rule per tag, reached only by packets that carry one. So the very
+//! packet that named the flow, and every later one, meets the config's rules
+//! with its name decided: the kernel alone judges them from then on.
+//!
+//! Without nft's queue (`Queueing::Mark`) the `names` chain marks the packet
+//! instead, and an iptables rule in the mangle table's FORWARD chain
+//! (priority -150, after `names`, before `forward`) queues it.
+
+use isdf_api::{Firewall, FlowName, FlowNames};
+
+use super::plan::{PlannedChain, PlannedRule, Queueing};
+use crate::backend::planning::{
+    group_tag, NAMES_QUEUE, NAME_QUEUE_MARK, NAME_READ_PACKETS, NAME_TAG_MASK, PORTAL_MARK,
+    PORTAL_QUEUE, TAG_NAMED_ELSEWHERE, TAG_UNDECIDED, TAG_UNNAMED,
+};
+
+/// The comment (and counter id) of the agent's name-reading rules.
+pub const NAMES_RULE_ID: &str = "agent-names";
+
+/// The chain that copies the reader's verdict into the connection.
+const TAG_CHAIN: &str = "forward_names";
+
+fn agent_rule(line: String) -> PlannedRule {
+    PlannedRule {
+        line: format!("{line} comment \"{NAMES_RULE_ID}\""),
+        comment: NAMES_RULE_ID.to_owned(),
+    }
+}
+
+/// `ct mark` (or `meta mark`) holding `tag` in the name bits.
+fn tag_is(mark: &str, tag: u32) -> String {
+    format!("{mark} & {NAME_TAG_MASK:#010x} == {tag:#010x}")
+}
+
+/// Sets the connection's name bits to `tag`, keeping the others.
+fn set_tag(tag: u32) -> String {
+    format!(
+        "ct mark set ct mark & {:#010x} | {tag:#010x}",
+        !NAME_TAG_MASK
+    )
+}
+
+/// The `names` base chain, when the config reads names and the router has
+/// LAN interfaces (names are read from LAN flows only; `validate` ties
+/// every `flow_name` to `in_interface: lan`, which needs them).
+pub(super) fn names_chain(
+    firewall: &Firewall,
+    lan: &[String],
+    queueing: Queueing,
+) -> Option<PlannedChain> {
+    firewall.flow_names.as_ref()?;
+    if lan.is_empty() {
+        return None;
+    }
+    let quoted: Vec<String> = lan.iter().map(|n| format!("\"{n}\"")).collect();
+    // The packet goes to the reader marked unnamed: the reader overwrites
+    // that with its verdict, so a packet it never saw (no agent, a full
+    // queue, no config yet) makes its flow judged by its addresses.
+    let keep = !NAME_TAG_MASK;
+    let to_reader = match queueing {
+        Queueing::Native => format!(
+            "meta mark set meta mark & {keep:#010x} | {TAG_UNNAMED:#010x} queue num {NAMES_QUEUE} bypass"
+        ),
+        Queueing::Mark => format!(
+            "meta mark set meta mark & {keep:#010x} | {:#010x} accept",
+            TAG_UNNAMED | NAME_QUEUE_MARK
+        ),
+    };
+    let first = format!("ct original packets 1-{NAME_READ_PACKETS}");
+    let rules = [
+        format!("iifname != {{ {} }} return", quoted.join(", ")),
+        format!("ct mark & {NAME_TAG_MASK:#010x} != {TAG_UNDECIDED:#010x} return"),
+        // A SYN carries no name (TCP Fast Open aside, which browsers do not use).
+        format!("tcp dport {{ 80, 443 }} tcp flags & syn == 0 {first} {to_reader}"),
+        format!("tcp dport {{ 80, 443 }} {first} return"),
+        format!("udp dport 443 {first} {to_reader}"),
+        set_tag(TAG_UNNAMED),
+    ];
+    Some(PlannedChain {
+        name: "names".to_owned(),
+        header: Some("type filter hook forward priority mangle - 10; policy accept;".to_owned()),
+        rules: rules.into_iter().map(agent_rule).collect(),
+    })
+}
+
+/// The jump at the top of `forward` for packets carrying the reader's
+/// verdict on an undecided flow, and the chain it leads to: the tag into
+/// the connection's mark, and for a group's tag the server address into
+/// the group's sets for `learn_secs` (refreshed by each new flow).
+pub(super) fn tag_chain(firewall: &Firewall) -> Option<(PlannedRule, PlannedChain)> {
+    let names = firewall.flow_names.as_ref()?;
+    let jump = agent_rule(format!(
+        "meta mark & {NAME_TAG_MASK:#010x} != 0 {} jump {TAG_CHAIN}",
+        tag_is("ct mark", TAG_UNDECIDED)
+    ));
+    let mut rules = Vec::new();
+    for tag in [TAG_UNNAMED, TAG_NAMED_ELSEWHERE] {
+        rules.push(format!(
+            "{} {} return",
+            tag_is("meta mark", tag),
+            set_tag(tag)
+        ));
+    }
+    for (index, group) in names.groups.iter().enumerate() {
+        let tag = group_tag(index);
+        for (nfproto, ip, set) in [
+            ("ipv4", "ip", &group.ipv4_set),
+            ("ipv6", "ip6", &group.ipv6_set),
+        ] {
+            rules.push(format!(
+                "{} meta nfproto {nfproto} {} update @{set} {{ {ip} daddr timeout {}s }} return",
+                tag_is("meta mark", tag),
+                set_tag(tag),
+                names.learn_secs
+            ));
+        }
+    }
+    let chain = PlannedChain {
+        name: TAG_CHAIN.to_owned(),
+        header: None,
+        rules: rules.into_iter().map(agent_rule).collect(),
+    };
+    Some((jump, chain))
+}
+
+/// The match of a rule's `flow_name`; an unknown group (which `validate`
+/// refuses) matches nothing.
+pub(super) fn flow_name_expr(names: Option<&FlowNames>, wanted: &FlowName) -> String {
+    let tag = match wanted {
+        FlowName::Unnamed => TAG_UNNAMED,
+        FlowName::Group(id) => names
+            .and_then(|n| n.groups.iter().position(|g| &g.id == id))
+            .map_or(NAME_TAG_MASK, group_tag),
+    };
+    tag_is("ct mark", tag)
+}
+
+/// The statement of a `portal` rule: the request to the agent, which
+/// answers it and drops it; no bypass, so with no agent it is dropped.
+pub(super) fn portal_statement(queueing: Queueing) -> String {
+    match queueing {
+        Queueing::Native => format!("queue num {PORTAL_QUEUE}"),
+        Queueing::Mark => format!("meta mark set meta mark | {PORTAL_MARK:#x} accept"),
+    }
+}
