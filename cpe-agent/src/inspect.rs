@@ -31,10 +31,11 @@ use tokio::sync::mpsc;
 use isdf_api::{FlowNames, PortalRedirect};
 
 use crate::backend::planning::{
-    group_tag, CLASSIFY_QUEUE, NAMES_QUEUE, NAME_QUEUE_MARK, NAME_TAG_MASK, PORTAL_QUEUE,
-    TAG_NAMED_ELSEWHERE, TAG_UNDECIDED, TAG_UNNAMED,
+    group_tag, tag_group, CLASSIFY_QUEUE, NAMES_QUEUE, NAME_QUEUE_MARK, NAME_TAG_MASK,
+    PORTAL_QUEUE, TAG_NAMED_ELSEWHERE, TAG_UNDECIDED, TAG_UNNAMED,
 };
 use crate::classify::{Classifier, Detection, Limits, Verdict};
+use crate::dns::agreement::NameAgreement;
 use crate::portal_inject::{forge, Injector};
 use crate::sitename::flows::{FlowReader, Read};
 use crate::sitename::Sighting;
@@ -65,10 +66,12 @@ pub struct Inspector {
     names: Arc<Mutex<Option<Arc<NameConfig>>>>,
 }
 
-/// The enforced config's flow names and portal, as the thread reads them.
+/// The enforced config's flow names and portal, as the thread reads them,
+/// and the router's resolver.
 struct NameConfig {
     names: Option<FlowNames>,
     portal: Option<PortalRedirect>,
+    resolver: SocketAddr,
 }
 
 /// Up to eight interface indexes, read by the classifier thread per packet
@@ -102,12 +105,20 @@ impl Inspector {
         let _ = self.forget.send(peer);
     }
 
-    /// The enforced config's flow names and portal, from the next packet on.
-    pub fn set_names(&self, names: Option<&FlowNames>, portal: Option<&PortalRedirect>) {
+    /// The enforced config's flow names and portal, from the next packet
+    /// on; `resolver`: the router's, which says whether a name agrees with
+    /// an address (`dns::agreement`).
+    pub fn set_names(
+        &self,
+        names: Option<&FlowNames>,
+        portal: Option<&PortalRedirect>,
+        resolver: SocketAddr,
+    ) {
         let config = (names.is_some() || portal.is_some()).then(|| {
             Arc::new(NameConfig {
                 names: names.cloned(),
                 portal: portal.cloned(),
+                resolver,
             })
         });
         *self.names.lock().unwrap_or_else(|e| e.into_inner()) = config;
@@ -204,6 +215,7 @@ impl Thread {
     fn serve(self, mut nfq: nfq::Queue) {
         let mut classifier = Classifier::new(Limits::default());
         let mut reader = FlowReader::new();
+        let mut agreement: Option<NameAgreement> = None;
         let started = Instant::now();
         let mut errors = 0u32;
         loop {
@@ -222,15 +234,31 @@ impl Thread {
             let now_ms = started.elapsed().as_millis() as u64;
             let verdict = match msg.get_queue_num() {
                 NAMES_QUEUE => {
-                    // It came marked unnamed: kept so with no names to
-                    // read by (the config is not there yet).
+                    // It came marked with what its address says (a group
+                    // whose sets hold it, or unnamed): kept so with no names
+                    // to read by (the config is not there yet).
                     let mark = msg.get_nfmark() & !NAME_QUEUE_MARK;
-                    let tag = match self.config().as_ref().and_then(|c| c.names.as_ref()) {
-                        None => TAG_UNNAMED,
-                        Some(names) => match reader.packet(msg.get_payload(), now_ms) {
-                            Read::Pending => TAG_UNDECIDED,
-                            Read::Decided(sighting) => tag_for(&sighting, names),
-                        },
+                    let by_address = mark & NAME_TAG_MASK;
+                    let tag = match self.config() {
+                        Some(config) if config.names.is_some() => {
+                            let check = agreement
+                                .get_or_insert_with(|| NameAgreement::new(config.resolver));
+                            if check.resolver() != config.resolver {
+                                *check = NameAgreement::new(config.resolver);
+                            }
+                            match reader.packet(msg.get_payload(), now_ms) {
+                                Read::Pending => TAG_UNDECIDED,
+                                Read::Decided(sighting) => {
+                                    let flow = Flow {
+                                        packet: msg.get_payload(),
+                                        by_address,
+                                        now_ms,
+                                    };
+                                    flow.tag(&sighting, &config, check)
+                                }
+                            }
+                        }
+                        _ => by_address,
                     };
                     msg.set_nfmark((mark & !NAME_TAG_MASK) | tag);
                     nfq::Verdict::Accept
@@ -296,6 +324,42 @@ impl Thread {
             if let Err(e) = injector.send(packet) {
                 tracing::warn!(error = %format!("{e:#}"), "sending the portal answer");
             }
+        }
+    }
+}
+
+/// A web flow the reader has decided, as its last packet shows it.
+struct Flow<'a> {
+    packet: &'a [u8],
+    /// The tag the flow's server address alone gives (`names_read`).
+    by_address: u32,
+    now_ms: u64,
+}
+
+impl Flow<'_> {
+    /// The flow's tag: what its name says, unless the name is another
+    /// site's than the one its address is known for and does not resolve
+    /// to that address (domain fronting): then the address's.
+    fn tag(&self, sighting: &Sighting, config: &NameConfig, check: &mut NameAgreement) -> u32 {
+        let Some(names) = &config.names else {
+            return self.by_address;
+        };
+        let by_name = tag_for(sighting, names);
+        let disagrees = by_name != self.by_address && by_name != TAG_UNNAMED;
+        if !disagrees || tag_group(self.by_address).is_none() {
+            return by_name;
+        }
+        let (Sighting::Name { name, .. }, Some(packet)) =
+            (sighting, crate::classify::ip::parse(self.packet))
+        else {
+            return self.by_address;
+        };
+        let keep_ms = u64::from(names.learn_secs) * 1000;
+        if check.agrees(name, packet.dst.0, self.now_ms, keep_ms) {
+            by_name
+        } else {
+            tracing::debug!(name, address = %packet.dst.0, "a name that does not resolve to its flow's address: judged by the address");
+            self.by_address
         }
     }
 }

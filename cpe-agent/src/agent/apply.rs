@@ -219,7 +219,12 @@ impl Agent {
         if let Some(inspector) = &self.inspector {
             inspector.set_heuristics(firewall.classifier_heuristics());
             inspector.set_lan_interfaces(&self.settings.lan_interfaces);
-            inspector.set_names(firewall.flow_names.as_ref(), firewall.portal.as_ref());
+            let resolver = std::net::SocketAddr::from(([127, 0, 0, 1], self.settings.dns_port));
+            inspector.set_names(
+                firewall.flow_names.as_ref(),
+                firewall.portal.as_ref(),
+                resolver,
+            );
         }
         Ok(())
     }

@@ -31,9 +31,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use isdf_api::DnsPolicy;
 
-use super::plan::{
-    answers_with, marker_digest, txt_query, with_marker, RenderOptions, MARKER_NAME,
-};
+use super::lookup::{query, query_id, Record};
+use super::plan::{answers_with, marker_digest, with_marker, RenderOptions, MARKER_NAME};
 use super::{render, Resolver};
 use crate::sys::atomic_write::write_atomically;
 use crate::sys::processes;
@@ -498,11 +497,9 @@ fn query_marker(port: u16, digest: &str) -> std::io::Result<bool> {
     let socket = UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     socket.connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let id = (nanos >> 8) as u16;
-    socket.send(&txt_query(id, MARKER_NAME))?;
+    let id = query_id();
+    let question = query(id, MARKER_NAME, Record::Txt).expect("the marker is a valid name");
+    socket.send(&question)?;
     let mut answer = [0u8; 512];
     let len = socket.recv(&mut answer)?;
     Ok(answers_with(&answer[..len], id, digest))

@@ -13,7 +13,9 @@
 //! written, so "applied" means "this config answers", not "a dnsmasq
 //! answers".
 
+pub mod agreement;
 mod dnsmasq;
+pub mod lookup;
 mod plan;
 
 use isdf_api::DnsPolicy;

@@ -1,7 +1,7 @@
 //! The DNS policy as dnsmasq config text (`render`), pure and
 //! snapshot-tested, and the marker that proves a dnsmasq answers with that
 //! very text: a TXT record naming a digest of it (`with_marker`), asked for
-//! with a query built and checked here (`txt_query`, `answers_with`).
+//! with a query built by `lookup.rs` and checked here (`answers_with`).
 //!
 //! Nothing here touches a file, a socket or a process; `dnsmasq.rs` does,
 //! with what this module writes.
@@ -109,21 +109,6 @@ pub(super) fn marker_digest(text: &str) -> Option<&str> {
         .find_map(|line| line.strip_prefix(&marker))
 }
 
-/// A recursive DNS query for `name`'s TXT record.
-pub(super) fn txt_query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = Vec::with_capacity(18 + name.len());
-    q.extend_from_slice(&id.to_be_bytes());
-    // Recursion desired; one question.
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    // Root label, type TXT (16), class IN (1).
-    q.extend_from_slice(&[0, 0, 16, 0, 1]);
-    q
-}
-
 /// Whether `answer` answers query `id` without error and holds `digest`.
 pub(super) fn answers_with(answer: &[u8], id: u16, digest: &str) -> bool {
     answer.len() > 12
@@ -136,6 +121,7 @@ pub(super) fn answers_with(answer: &[u8], id: u16, digest: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::lookup::Record;
     use crate::dns::sample_policy as policy;
 
     #[test]
@@ -198,7 +184,7 @@ mod tests {
 
     #[test]
     fn queries_and_answers_are_matched() {
-        let q = txt_query(0xbeef, "config.isdf.invalid");
+        let q = crate::dns::lookup::query(0xbeef, "config.isdf.invalid", Record::Txt).unwrap();
         assert_eq!(&q[..4], &[0xbe, 0xef, 0x01, 0x00]);
         assert_eq!(&q[12..19], b"\x06config");
         assert_eq!(&q[q.len() - 5..], &[0, 0, 16, 0, 1]);

@@ -5,8 +5,13 @@
 //! over HTTP (to the portal), HTTPS (reset) and QUIC (dropped), on IPv4
 //! and IPv6, and after a lookup through a DNS-over-HTTPS server on no list;
 //! an ordinary site at its own address still works.
+//!
+//! And gated by the name the flow carries (issue 21, part 1): both sites
+//! served at one address that no DNS answer names (a CDN's), where the gated
+//! one is gated over HTTP, HTTPS and QUIC (a real QUIC client) and the
+//! ordinary one works by its name, on IPv4 and IPv6.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +20,8 @@ use isdf_controller::cluster::site_resolution::SiteResolution;
 use crate::harness::{blocking, in_wan, AgentProcess};
 use crate::netns::Topology;
 use crate::pay_per_site::{
-    curl, sock, udp_echoed, Shop, NEWS_V4, NEWS_V6, TLS_RESET, UNLISTED_DOH_V4, UPSTREAM, VIDEO_V4,
-    VIDEO_V6,
+    curl, quic_answers, Shop, CDN_V4, CDN_V6, NEWS_V4, NEWS_V6, TLS_RESET, UNLISTED_DOH_V4,
+    UPSTREAM, VIDEO_V4, VIDEO_V6,
 };
 
 #[test]
@@ -78,9 +83,9 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
         "{}/p/{}/{site}?sig=",
         stage.controller.portal_url, stage.device
     );
-    let (topo2, ca) = (topo.clone(), shop.ca.clone());
+    let (topo2, ca, prefix) = (topo.clone(), shop.ca.clone(), portal_prefix.clone());
     blocking(move || {
-        let lan = &topo2.lan;
+        let (lan, portal_prefix) = (&topo2.lan, prefix);
         for (video, news) in [(VIDEO_V4, NEWS_V4), (VIDEO_V6, NEWS_V6)] {
             let literal = |ip: &str| {
                 if ip.contains(':') {
@@ -141,7 +146,7 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
                 https.exit
             );
             assert!(
-                !udp_echoed(lan, sock(video, 443)),
+                !quic_answers(lan, &ca, "video.test", video),
                 "{video}: QUIC is dropped"
             );
             // The ordinary site at its own address works.
@@ -159,31 +164,141 @@ async fn scenario(topo: Arc<Topology>, work: PathBuf) {
                 (200, "site news.test"),
                 "{news}"
             );
-            assert!(udp_echoed(lan, sock(news, 443)), "{news}: QUIC passes");
+            assert!(
+                quic_answers(lan, &ca, "news.test", news),
+                "{news}: QUIC passes"
+            );
         }
         // DNS over HTTPS through a server on no list: it answers (an
         // ordinary site loads by it), and the gated site stays gated.
         let doh = format!("https://{UNLISTED_DOH_V4}/dns-query");
-        let ordinary = curl(lan, &ca, &["-4", "--doh-url", &doh, "https://news.test/"]);
-        assert_eq!(
-            (ordinary.status, ordinary.body.as_str()),
-            (200, "site news.test"),
-            "news.test through the unlisted DoH server (exit {})",
-            ordinary.exit
-        );
-        let https = curl(lan, &ca, &["-4", "--doh-url", &doh, "https://video.test/"]);
-        assert_eq!(
-            https.exit, TLS_RESET,
-            "HTTPS after a DoH lookup is reset in its handshake, got exit {}",
-            https.exit
-        );
-        let http = curl(lan, &ca, &["-4", "--doh-url", &doh, "http://video.test/"]);
-        assert_eq!(
-            http.status, 302,
-            "HTTP after a DoH lookup goes to the portal"
-        );
+        for family in ["-4", "-6"] {
+            let ordinary = curl(lan, &ca, &[family, "--doh-url", &doh, "https://news.test/"]);
+            assert_eq!(
+                (ordinary.status, ordinary.body.as_str()),
+                (200, "site news.test"),
+                "{family} news.test through the unlisted DoH server (exit {})",
+                ordinary.exit
+            );
+            let https = curl(
+                lan,
+                &ca,
+                &[family, "--doh-url", &doh, "https://video.test/"],
+            );
+            assert_eq!(
+                https.exit, TLS_RESET,
+                "{family} HTTPS after a DoH lookup is reset in its handshake, got exit {}",
+                https.exit
+            );
+            let http = curl(lan, &ca, &[family, "--doh-url", &doh, "http://video.test/"]);
+            assert_eq!(
+                http.status, 302,
+                "{family} HTTP after a DoH lookup goes to the portal"
+            );
+        }
     })
     .await;
+    let (topo2, ca) = (topo.clone(), shop.ca.clone());
+    blocking(move || one_cdn_address_for_both_sites(&topo2, &ca, site, &portal_prefix)).await;
     let log = agent.log();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Two sites at one address (a CDN's) that DNS names for the ordinary one
+/// only (`shop.test`): each flow is judged by the name it carries. The gated
+/// site (catalog id `site`) is gated over HTTP, HTTPS and QUIC there; the
+/// ordinary one works over all three, before and after the gated site's
+/// flows taught the router the address. A flow that names nothing there
+/// (TLS without SNI) is judged by the address, as learned; and the ordinary
+/// name put in front of the gated site's own address (domain fronting) does
+/// not resolve there, so it is the gated site's flow.
+fn one_cdn_address_for_both_sites(topo: &Topology, ca: &Path, site: i64, portal_prefix: &str) {
+    let lan = &topo.lan;
+    let literal = |ip: &str| {
+        if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_owned()
+        }
+    };
+    for (cdn, video) in [(CDN_V4, VIDEO_V4), (CDN_V6, VIDEO_V6)] {
+        let fetch = |name: &str, scheme: &str, port: u16| {
+            let at = format!("{name}:{port}:{}", literal(cdn));
+            curl(lan, ca, &["--resolve", &at, &format!("{scheme}://{name}/")])
+        };
+        let ordinary_works = |when: &str| {
+            for (scheme, port) in [("http", 80), ("https", 443)] {
+                let shop = fetch("shop.test", scheme, port);
+                assert_eq!(
+                    (shop.status, shop.body.as_str()),
+                    (200, "site shop.test"),
+                    "{cdn} {scheme} {when}: the ordinary site works by its name (exit {})",
+                    shop.exit
+                );
+            }
+            assert!(
+                quic_answers(lan, ca, "shop.test", cdn),
+                "{cdn} QUIC {when}: the ordinary site works by its name"
+            );
+        };
+        ordinary_works("first");
+        let http = fetch("video.test", "http", 80);
+        assert_eq!(
+            (http.status, http.location.starts_with(portal_prefix)),
+            (302, true),
+            "{cdn}: HTTP to the gated site goes to its portal page ({} {})",
+            http.status,
+            http.location
+        );
+        let https = fetch("video.test", "https", 443);
+        assert_eq!(
+            https.exit, TLS_RESET,
+            "{cdn}: HTTPS to the gated site is reset"
+        );
+        assert!(
+            !quic_answers(lan, ca, "video.test", cdn),
+            "{cdn}: QUIC to the gated site is dropped"
+        );
+        // The gated site's flows taught the router the address.
+        let family = if cdn.contains(':') { "v6" } else { "v4" };
+        let set = format!("pps{site}_{family}");
+        let listed = topo
+            .router
+            .run("nft", &["list", "set", "inet", "isdf", &set]);
+        assert!(listed.contains(cdn), "{cdn} learned into {set}: {listed}");
+        ordinary_works("after the address was learned");
+        // No name to read: judged by the address, which is the gated site's.
+        let nameless = curl(
+            lan,
+            ca,
+            &["--insecure", &format!("https://{}/", literal(cdn))],
+        );
+        assert_eq!(
+            nameless.exit, TLS_RESET,
+            "{cdn}: TLS without SNI is gated by the address (status {})",
+            nameless.status
+        );
+        // The ordinary name in front of the gated site's own address.
+        let fronted = curl(
+            lan,
+            ca,
+            &[
+                "--insecure",
+                "--resolve",
+                &format!("shop.test:443:{}", literal(video)),
+                "-H",
+                "Host: video.test",
+                "https://shop.test/",
+            ],
+        );
+        assert_eq!(
+            fronted.exit, TLS_RESET,
+            "{video}: shop.test's name in front of the gated address is gated ({} {})",
+            fronted.status, fronted.body
+        );
+        assert!(
+            !quic_answers(lan, ca, "shop.test", video),
+            "{video}: QUIC naming shop.test at the gated address is dropped"
+        );
+    }
 }

@@ -12,9 +12,11 @@
 //! before names), is marked unnamed there. Being a base chain, its `accept`
 //! ends only itself: the packet still meets every rule of `forward`.
 //!
-//! The packet goes to the reader already marked unnamed, so one the reader
-//! never answers (no agent: bypassed) leaves its flow judged by its
-//! addresses from then on, never let through unread. The reader answers
+//! The packet goes to the reader (`names_read`) already marked with what its
+//! address alone says (the group whose sets hold it, else unnamed), so one
+//! the reader never answers (no agent: bypassed) leaves its flow judged by
+//! its address from then on, never let through unread; and the reader knows
+//! when a name disagrees with an address known to be a group's. It answers
 //! with the packet's mark carrying the flow's tag (none while the name may
 //! still come);
 //! `forward` first copies it into the connection's mark (`forward_names`),
@@ -39,6 +41,8 @@ pub const NAMES_RULE_ID: &str = "agent-names";
 
 /// The chain that copies the reader's verdict into the connection.
 const TAG_CHAIN: &str = "forward_names";
+/// The chain of the packets the reader reads.
+const READ_CHAIN: &str = "names_read";
 
 fn agent_rule(line: String) -> PlannedRule {
     PlannedRule {
@@ -62,45 +66,66 @@ fn set_tag(tag: u32) -> String {
 
 /// The `names` base chain, when the config reads names and the router has
 /// LAN interfaces (names are read from LAN flows only; `validate` ties
-/// every `flow_name` to `in_interface: lan`, which needs them).
-pub(super) fn names_chain(
+/// every `flow_name` to `in_interface: lan`, which needs them), and
+/// `names_read`, where the packets the reader reads go.
+pub(super) fn names_chains(
     firewall: &Firewall,
     lan: &[String],
     queueing: Queueing,
-) -> Option<PlannedChain> {
-    firewall.flow_names.as_ref()?;
+) -> Vec<PlannedChain> {
+    let Some(names) = firewall.flow_names.as_ref() else {
+        return Vec::new();
+    };
     if lan.is_empty() {
-        return None;
+        return Vec::new();
     }
     let quoted: Vec<String> = lan.iter().map(|n| format!("\"{n}\"")).collect();
-    // The packet goes to the reader marked unnamed: the reader overwrites
-    // that with its verdict, so a packet it never saw (no agent, a full
-    // queue, no config yet) makes its flow judged by its addresses.
-    let keep = !NAME_TAG_MASK;
-    let to_reader = match queueing {
-        Queueing::Native => format!(
-            "meta mark set meta mark & {keep:#010x} | {TAG_UNNAMED:#010x} queue num {NAMES_QUEUE} bypass"
-        ),
-        Queueing::Mark => format!(
-            "meta mark set meta mark & {keep:#010x} | {:#010x} accept",
-            TAG_UNNAMED | NAME_QUEUE_MARK
-        ),
-    };
     let first = format!("ct original packets 1-{NAME_READ_PACKETS}");
-    let rules = [
+    let entry = [
         format!("iifname != {{ {} }} return", quoted.join(", ")),
         format!("ct mark & {NAME_TAG_MASK:#010x} != {TAG_UNDECIDED:#010x} return"),
         // A SYN carries no name (TCP Fast Open aside, which browsers do not use).
-        format!("tcp dport {{ 80, 443 }} tcp flags & syn == 0 {first} {to_reader}"),
+        format!("tcp dport {{ 80, 443 }} tcp flags & syn == 0 {first} goto {READ_CHAIN}"),
         format!("tcp dport {{ 80, 443 }} {first} return"),
-        format!("udp dport 443 {first} {to_reader}"),
+        format!("udp dport 443 {first} goto {READ_CHAIN}"),
         set_tag(TAG_UNNAMED),
     ];
-    Some(PlannedChain {
-        name: "names".to_owned(),
-        header: Some("type filter hook forward priority mangle - 10; policy accept;".to_owned()),
-        rules: rules.into_iter().map(agent_rule).collect(),
-    })
+    // The packet goes to the reader marked with what its address alone
+    // says: the group whose sets hold it, else unnamed. The reader
+    // overwrites that with its verdict, so a packet it never saw (no agent,
+    // a full queue, no config yet) leaves its flow judged by its address,
+    // never let through unread; and the reader learns which group the
+    // address is known for.
+    let keep = !NAME_TAG_MASK;
+    let mut read = vec![format!(
+        "meta mark set meta mark & {keep:#010x} | {TAG_UNNAMED:#010x}"
+    )];
+    for (index, group) in names.groups.iter().enumerate() {
+        for (ip, set) in [("ip", &group.ipv4_set), ("ip6", &group.ipv6_set)] {
+            read.push(format!(
+                "{ip} daddr @{set} meta mark set meta mark & {keep:#010x} | {:#010x}",
+                group_tag(index)
+            ));
+        }
+    }
+    read.push(match queueing {
+        Queueing::Native => format!("queue num {NAMES_QUEUE} bypass"),
+        Queueing::Mark => format!("meta mark set meta mark | {NAME_QUEUE_MARK:#x} accept"),
+    });
+    vec![
+        PlannedChain {
+            name: "names".to_owned(),
+            header: Some(
+                "type filter hook forward priority mangle - 10; policy accept;".to_owned(),
+            ),
+            rules: entry.into_iter().map(agent_rule).collect(),
+        },
+        PlannedChain {
+            name: READ_CHAIN.to_owned(),
+            header: None,
+            rules: read.into_iter().map(agent_rule).collect(),
+        },
+    ]
 }
 
 /// The jump at the top of `forward` for packets carrying the reader's

@@ -37,7 +37,7 @@ use isdf_api::{
     Action, Chain, Family, Firewall, FlowNames, Match, PayloadMatch, Protocol, Rule, Set,
 };
 
-use super::names::{flow_name_expr, names_chain, portal_statement, tag_chain};
+use super::names::{flow_name_expr, names_chains, portal_statement, tag_chain};
 use super::sets::{layout, plan_set, ports, prefix, Carried, Elements, Layout};
 use super::tunnels::{plan_tunnel_sets, tunnel_rules, tunnels};
 use crate::backend::planning::{Interfaces, ANTISPOOF_JUMP_ID, ANTISPOOF_RULE_ID, CLASSIFY_QUEUE};
@@ -199,10 +199,7 @@ pub(super) fn chains_with_rules(
     layout: &Layout<'_>,
     inputs: &PlanInputs,
 ) -> anyhow::Result<Vec<PlannedChain>> {
-    let mut planned: Vec<PlannedChain> =
-        names_chain(firewall, &inputs.interfaces.lan, inputs.queueing)
-            .into_iter()
-            .collect();
+    let mut planned = names_chains(firewall, &inputs.interfaces.lan, inputs.queueing);
     for chain in planned_chains(firewall, now_ms) {
         let agent_rule = |(comment, line): (String, String)| PlannedRule {
             line: format!("{line} comment \"{comment}\""),

@@ -683,6 +683,11 @@ fn flow_names_queue_web_flows_and_tag_their_connections() {
     let shape = expected_shape(&firewall, PPS_NOW, &router()).unwrap();
     assert_eq!(shape.chains["names"].len(), 6);
     assert_eq!(
+        shape.chains["names_read"].len(),
+        6,
+        "unnamed, 2 groups × 2 families, queue"
+    );
+    assert_eq!(
         shape.chains["forward_names"].len(),
         6,
         "2 + 2 groups × 2 families"
