@@ -434,6 +434,38 @@ fn sitename_seeds() -> Vec<Seed> {
     ]
 }
 
+/// A flow's packets for `name_reader`, each behind its two-byte length: a
+/// ClientHello over two TCP segments, an HTTP request, a QUIC Initial over
+/// IPv6.
+fn name_reader_seeds() -> Vec<Seed> {
+    use isdf_agent::sitename::samples::{browser_hello, ipv4_tcp, ipv6_udp, records};
+    let framed = |packets: &[Vec<u8>]| -> Vec<u8> {
+        packets
+            .iter()
+            .flat_map(|p| [&(p.len() as u16).to_be_bytes()[..], p].concat())
+            .collect()
+    };
+    let hello = records(&browser_hello("video.example.com"), 16_384);
+    let (first, second) = hello.split_at(hello.len() / 2);
+    let initial = isdf_agent::sitename::samples::rfc9001_client_initial();
+    vec![
+        Seed::new(
+            "name_reader",
+            "tls-two-segments",
+            framed(&[
+                ipv4_tcp(443, 1000, first),
+                ipv4_tcp(443, 1000 + first.len() as u32, second),
+            ]),
+        ),
+        Seed::new(
+            "name_reader",
+            "http",
+            framed(&[ipv4_tcp(80, 1, b"GET / HTTP/1.1\r\nHost: news.test\r\n\r\n")]),
+        ),
+        Seed::new("name_reader", "quic-v6", framed(&[ipv6_udp(&initial)])),
+    ]
+}
+
 /// The seeds of the agent's targets.
 pub fn agent_seeds() -> Vec<Seed> {
     [
@@ -446,6 +478,7 @@ pub fn agent_seeds() -> Vec<Seed> {
         settings_seeds(),
         portal_seeds(),
         sitename_seeds(),
+        name_reader_seeds(),
     ]
     .into_iter()
     .flatten()

@@ -93,7 +93,11 @@ impl FlowReader {
         };
         let since = now_ms.saturating_sub(IDLE_MS);
         let read = match p.protocol {
-            Transport::Tcp => self.tcp(key, p.seq, p.payload, p.dst.1, now_ms, since),
+            // A SYN's data (TCP Fast Open) follows the one number it takes.
+            Transport::Tcp => {
+                let seq = p.seq.wrapping_add(u32::from(p.syn));
+                self.tcp(key, seq, p.payload, p.dst.1, now_ms, since)
+            }
             Transport::Udp => self.quic(key, p.payload, now_ms, since),
         };
         if read != Read::Pending {
@@ -201,39 +205,12 @@ mod tests {
     use super::*;
     use crate::sitename::samples;
 
-    /// An IPv4 TCP packet from 192.168.1.10:40000 to 198.51.100.7:`port`.
     fn tcp(port: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
-        p.extend([192, 168, 1, 10, 198, 51, 100, 7]);
-        p.extend(40000u16.to_be_bytes());
-        p.extend(port.to_be_bytes());
-        p.extend(seq.to_be_bytes());
-        p.extend([0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
-        p.extend_from_slice(payload);
-        let total = p.len() as u16;
-        p[2..4].copy_from_slice(&total.to_be_bytes());
-        p
+        samples::ipv4_tcp(port, seq, payload)
     }
 
-    /// An IPv6 UDP datagram from [fd00::10]:40000 to [2001:db8::7]:443.
     fn udp6(payload: &[u8]) -> Vec<u8> {
-        let length = (payload.len() + 8) as u16;
-        let mut p = vec![0x60, 0, 0, 0];
-        p.extend(length.to_be_bytes());
-        p.extend([17, 64]);
-        p.extend("fd00::10".parse::<std::net::Ipv6Addr>().unwrap().octets());
-        p.extend(
-            "2001:db8::7"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
-        );
-        p.extend(40000u16.to_be_bytes());
-        p.extend(443u16.to_be_bytes());
-        p.extend(length.to_be_bytes());
-        p.extend([0, 0]);
-        p.extend_from_slice(payload);
-        p
+        samples::ipv6_udp(payload)
     }
 
     fn named(name: &str) -> Read {
@@ -258,6 +235,14 @@ mod tests {
             reader.packet(&tcp(443, next, second), 4),
             named("video.test")
         );
+    }
+
+    #[test]
+    fn a_client_hello_in_the_syn_is_read() {
+        let hello = samples::records(&samples::browser_hello("video.test"), 16 * 1024);
+        let mut syn = tcp(443, 999, &hello);
+        syn[33] = 0x02; // SYN alone
+        assert_eq!(FlowReader::new().packet(&syn, 1), named("video.test"));
     }
 
     #[test]

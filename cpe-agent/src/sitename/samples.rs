@@ -1,7 +1,8 @@
 //! What clients send, built for the tests, the benchmark
-//! (`benches/sitename.rs`) and the fuzz target's seeds: TLS ClientHellos
-//! with the extensions asked for, in records of a chosen size. Not used by
-//! the agent itself (the release build leaves it out).
+//! (`benches/sitename.rs`) and the fuzz targets' seeds: TLS ClientHellos
+//! with the extensions asked for, in records of a chosen size, and the IP
+//! packets that carry them. Not used by the agent itself (the release
+//! build leaves it out).
 
 /// A ClientHello handshake message with these extensions, in order.
 pub fn client_hello(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
@@ -75,4 +76,35 @@ pub fn unhex(text: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex digits"))
         .collect()
+}
+
+/// An IPv4 TCP segment (ACK|PSH) from the LAN host 192.168.1.10:40000 to
+/// 198.51.100.7:`port`, its first payload byte numbered `seq`.
+pub fn ipv4_tcp(port: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    p.extend([192, 168, 1, 10, 198, 51, 100, 7]);
+    p.extend(40000u16.to_be_bytes());
+    p.extend(port.to_be_bytes());
+    p.extend(seq.to_be_bytes());
+    p.extend([0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    p.extend_from_slice(payload);
+    let total = p.len() as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p
+}
+
+/// An IPv6 UDP datagram from [fd00::10]:40000 to [2001:db8::7]:443.
+pub fn ipv6_udp(payload: &[u8]) -> Vec<u8> {
+    let length = (payload.len() + 8) as u16;
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend(length.to_be_bytes());
+    p.extend([17, 64]);
+    p.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+    p.extend([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+    p.extend(40000u16.to_be_bytes());
+    p.extend(443u16.to_be_bytes());
+    p.extend(length.to_be_bytes());
+    p.extend([0, 0]);
+    p.extend_from_slice(payload);
+    p
 }

@@ -359,6 +359,11 @@ impl Shop {
                 ],
             );
         }
+        // TCP Fast Open without cookies both ways (clients put data in the
+        // SYN, servers take it): a ClientHello in a SYN must be read too.
+        topo.lan.run("sysctl", &["-qw", "net.ipv4.tcp_fastopen=5"]);
+        topo.wan
+            .run("sysctl", &["-qw", "net.ipv4.tcp_fastopen=1539"]);
         let ca = serve_sites(work).await;
         let upstream = start_upstream_dns(&topo.wan, work);
         let resolver = LanResolver::point_to_router(&topo.lan);

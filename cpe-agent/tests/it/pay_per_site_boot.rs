@@ -242,6 +242,27 @@ fn one_cdn_address_for_both_sites(topo: &Topology, ca: &Path, site: i64, portal_
             );
         };
         ordinary_works("first");
+        // First, while no flow has taught the router the address: the
+        // ClientHello in the SYN (TCP Fast Open) is read, the SYN reset.
+        let at = format!("video.test:443:{}", literal(cdn));
+        let fast_open = ["--tcp-fastopen", "--resolve", &at, "https://video.test/"];
+        let fast_open = curl(lan, ca, &fast_open);
+        assert_ne!(
+            fast_open.status, 200,
+            "{cdn}: HTTPS with the ClientHello in the SYN is gated (exit {})",
+            fast_open.exit
+        );
+        let at = format!("shop.test:443:{}", literal(cdn));
+        let ordinary = curl(
+            lan,
+            ca,
+            &["--tcp-fastopen", "--resolve", &at, "https://shop.test/"],
+        );
+        assert_eq!(
+            ordinary.status, 200,
+            "{cdn}: the ordinary site with TCP Fast Open works (exit {})",
+            ordinary.exit
+        );
         let http = fetch("video.test", "http", 80);
         assert_eq!(
             (http.status, http.location.starts_with(portal_prefix)),

@@ -41,6 +41,10 @@ pub const NAMES_RULE_ID: &str = "agent-names";
 
 /// The chain that copies the reader's verdict into the connection.
 const TAG_CHAIN: &str = "forward_names";
+/// The longest SYN without data: an IPv6 header and a TCP header with the
+/// most options (40 + 60 bytes).
+const SYN_WITHOUT_DATA: u32 = 100;
+
 /// The chain of the packets the reader reads.
 const READ_CHAIN: &str = "names_read";
 
@@ -84,8 +88,11 @@ pub(super) fn names_chains(
     let entry = [
         format!("iifname != {{ {} }} return", quoted.join(", ")),
         format!("ct mark & {NAME_TAG_MASK:#010x} != {TAG_UNDECIDED:#010x} return"),
-        // A SYN carries no name (TCP Fast Open aside, which browsers do not use).
         format!("tcp dport {{ 80, 443 }} tcp flags & syn == 0 {first} goto {READ_CHAIN}"),
+        // A SYN longer than any header carries data (TCP Fast Open): read.
+        format!(
+            "tcp dport {{ 80, 443 }} tcp flags & syn == syn meta length > {SYN_WITHOUT_DATA} {first} goto {READ_CHAIN}"
+        ),
         format!("tcp dport {{ 80, 443 }} {first} return"),
         format!("udp dport 443 {first} goto {READ_CHAIN}"),
         set_tag(TAG_UNNAMED),

@@ -681,7 +681,7 @@ fn flow_names_queue_web_flows_and_tag_their_connections() {
     let firewall = gate_by_names();
     insta::assert_snapshot!(plan_with(&firewall, PPS_NOW, &router()).unwrap());
     let shape = expected_shape(&firewall, PPS_NOW, &router()).unwrap();
-    assert_eq!(shape.chains["names"].len(), 6);
+    assert_eq!(shape.chains["names"].len(), 7);
     assert_eq!(
         shape.chains["names_read"].len(),
         6,
