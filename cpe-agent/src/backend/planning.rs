@@ -2,7 +2,8 @@
 //! interfaces by role (settings `lan_interfaces` and `wan_interfaces`: what a
 //! rule's `in_interface: lan|wan` stands for; a role with no interface is an
 //! apply error, so one config fits routers whose interfaces are named
-//! differently), the NFQUEUE number `classify` rules queue to, the
+//! differently), the NFQUEUE numbers (`classify` rules', the name reader's,
+//! the portal's) and the mark bits of flow names, the
 //! anti-spoofing rules' id, the router's LAN prefixes as the kernel routes
 //! them (`lan_prefixes`), and element timeouts computed from absolute
 //! expiries.
