@@ -23,11 +23,12 @@ pub struct StatusRow {
 pub enum Recorded {
     /// Its sequence is not above the stored one: nothing was stored.
     Stale,
-    /// Stored; with the agent's counters and target triple of the report
-    /// it replaced, if that one carried them.
+    /// Stored; with the agent's counters, target triple and version of the
+    /// report it replaced, if that one carried them.
     Accepted {
         previous_counters: Option<AgentCounters>,
         previous_target: Option<String>,
+        previous_version: Option<String>,
     },
 }
 
@@ -43,13 +44,15 @@ pub async fn record(
     let sequence = i64::try_from(report.sequence).unwrap_or(i64::MAX);
     // A statement of its own: a row locked in a CTE and updated by the
     // same statement is gone from the CTE when RETURNING reads it.
-    let previous: Option<(Option<Json<AgentCounters>>, Option<String>)> = sqlx::query_as(
-        "SELECT report -> 'agent_counters', report ->> 'agent_target' FROM device_status
-         WHERE device_id = $1 FOR UPDATE",
-    )
-    .bind(device_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let previous: Option<(Option<Json<AgentCounters>>, Option<String>, Option<String>)> =
+        sqlx::query_as(
+            "SELECT report -> 'agent_counters', report ->> 'agent_target',
+                    report ->> 'agent_version' FROM device_status
+             WHERE device_id = $1 FOR UPDATE",
+        )
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?;
     let accepted = sqlx::query(
         "INSERT INTO device_status (device_id, sequence, report) VALUES ($1, $2, $3)
          ON CONFLICT (device_id) DO UPDATE SET sequence = $2, report = $3, received_at = now()
@@ -65,7 +68,7 @@ pub async fn record(
     if !accepted {
         return Ok(Recorded::Stale);
     }
-    let (previous_counters, previous_target) = previous.unwrap_or_default();
+    let (previous_counters, previous_target, previous_version) = previous.unwrap_or_default();
     sqlx::query(
         "INSERT INTO device_status_history (device_id, sequence, report) VALUES ($1, $2, $3)",
     )
@@ -87,7 +90,22 @@ pub async fn record(
     Ok(Recorded::Accepted {
         previous_counters: previous_counters.map(|c| c.0),
         previous_target,
+        previous_version,
     })
+}
+
+/// The agent version each of `devices` (all when None) last reported.
+pub async fn reported_agent_versions(
+    db: impl PgExecutor<'_>,
+    devices: Option<&[Uuid]>,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT device_id, report->>'agent_version' FROM device_status
+         WHERE report ? 'agent_version' AND ($1::uuid[] IS NULL OR device_id = ANY($1))",
+    )
+    .bind(devices)
+    .fetch_all(db)
+    .await
 }
 
 /// The target triple each of `devices` (all when None) last reported.

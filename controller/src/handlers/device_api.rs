@@ -146,6 +146,7 @@ pub async fn report_status(
     let db::status::Recorded::Accepted {
         previous_counters,
         previous_target,
+        previous_version,
     } = db::status::record(&mut tx, id, &report).await?
     else {
         return Err(ApiError::conflict(
@@ -161,14 +162,17 @@ pub async fn report_status(
         enforced: report.enforced_version,
     };
     db::bus::send(&mut tx, state.reconciler.replica, &heard).await?;
-    // An agent release is compiled for the target the router reports: a
-    // new one (its first report, or another build) is compiled again.
+    // An agent release is compiled for the target the router reports, and
+    // pay-per-site for what its agent version reads: a new target or
+    // version (its first report, another build) is compiled again.
     let new_target = report.agent_target.is_some() && report.agent_target != previous_target;
-    if new_target {
+    let new_version = previous_version.as_deref() != Some(report.agent_version.as_str());
+    let recompile = new_target || new_version;
+    if recompile {
         state.reconciler.recompile_soon_in(&mut tx, &[id]).await?;
     }
     tx.commit().await?;
-    if new_target {
+    if recompile {
         state.reconciler.poke();
     }
     state

@@ -118,6 +118,9 @@ pub(super) struct Shops {
     pub(super) catalogs: Catalogs,
     pub(super) passes: HashMap<Uuid, BTreeMap<i64, i64>>,
     pub(super) no_passes: BTreeMap<i64, i64>,
+    /// The agent version each router last reported: routers whose agent is
+    /// older than flow names get the gate by address alone.
+    pub(super) agent_versions: HashMap<Uuid, String>,
 }
 
 /// Loads the catalogs `assignments` name and the passes of `devices`
@@ -140,6 +143,7 @@ pub(super) async fn load_shops(
         catalogs: Catalogs::new(),
         passes: HashMap::new(),
         no_passes: BTreeMap::new(),
+        agent_versions: HashMap::new(),
     };
     if names.is_empty() {
         return Ok(shops);
@@ -176,6 +180,11 @@ pub(super) async fn load_shops(
             .or_default()
             .insert(site, ends_at.timestamp());
     }
+    shops.agent_versions = db::status::reported_agent_versions(&mut **tx, devices)
+        .await
+        .context("loading the routers' agent versions")?
+        .into_iter()
+        .collect();
     Ok(shops)
 }
 

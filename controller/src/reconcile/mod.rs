@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::model::Labels;
-use crate::services::pay_per_site::{DeviceShop, PortalLinks};
+use crate::services::pay_per_site::{reads_flow_names, DeviceShop, PortalLinks};
 use crate::services::{agent_release, compile_firewall, DeviceBlock};
 use config_cache::{ConfigCache, ServedConfig};
 use signer::ConfigSigner;
@@ -199,6 +199,7 @@ impl Reconciler {
                     catalogs: &shops.catalogs,
                     passes: shops.passes.get(id).unwrap_or(&shops.no_passes),
                     portal: &self.portal_links,
+                    reads_names: reads_flow_names(shops.agent_versions.get(id).map(String::as_str)),
                 };
                 let in_force = staged.in_force(*id, &assignments);
                 let mut firewall = compile_firewall(

@@ -271,6 +271,7 @@ mod tests {
             catalogs: &catalogs,
             passes: &passes,
             portal: &portal,
+            reads_names: true,
         };
         // Two assignments: the first catalog by name wins.
         let firewall = validated(compile_firewall(
@@ -302,6 +303,40 @@ mod tests {
             .iter()
             .all(|r| r.chain != Chain::Prerouting
                 || matches!(r.action, Action::Redirect { port: 53 })));
+        // An agent older than flow names gets the gate by address alone,
+        // which it parses: no flow_names, no flow_name or portal rule.
+        let old = DeviceShop {
+            reads_names: false,
+            ..shop
+        };
+        let legacy = validated(compile_firewall(
+            &Labels::default(),
+            &[spec("main")],
+            &[],
+            Some(&old),
+            600,
+        ));
+        assert!(legacy.flow_names.is_none());
+        assert!(legacy
+            .rules
+            .iter()
+            .all(|r| r.matches.flow_name.is_none() && r.action != Action::Portal));
+        let ids: Vec<&str> = legacy.rules.iter().map(|r| r.id.as_str()).collect();
+        assert!(ids.contains(&"pps1-portal-v4") && ids.contains(&"pps1-open-v6"));
+        for (version, reads) in [
+            (None, true),
+            (Some("0.1.0"), false),
+            (Some("0.2.0"), true),
+            (Some("0.2.0-rc.1"), false),
+            (Some("0.99.0-next"), true),
+            (Some("test"), true),
+        ] {
+            assert_eq!(
+                crate::services::pay_per_site::reads_flow_names(version),
+                reads,
+                "{version:?}"
+            );
+        }
         // Without a shop (no catalog data) the service adds nothing.
         assert!(
             compile_firewall(&Labels::default(), &[spec("main")], &[], None, 600)

@@ -7,22 +7,22 @@
 //! to get past the gate (domain fronting: `curl --resolve other:443:<gated
 //! address>`) does not resolve there: the flow is the address's site's.
 //!
-//! Answers are kept (`CACHE`, for the TTL cap the caller gives), failures
-//! for a few seconds; the questions asked per second are bounded, so a LAN
+//! Answers are kept (the last `CACHE`, for the TTL cap the caller gives;
+//! a list scanned in full, which costs nothing beside a DNS question and
+//! keeps the agent's code small), failures for a few seconds; the questions asked per second are bounded, so a LAN
 //! host making up names cannot make the reader wait on the resolver for
 //! long. A name that cannot be checked (no answer, budget spent) does not
 //! agree: the flow is judged by its address, as before names.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::lookup::resolve;
 
-/// Answers kept; past it the oldest half of the decisions is forgotten at
-/// once (simpler than an LRU, and rare: these are flows naming one site at
-/// another's address).
-const CACHE: usize = 4096;
+/// Answers kept; past it the oldest is forgotten (rare: these are flows
+/// naming one site at another's address).
+const CACHE: usize = 512;
 /// How long the reader waits for the resolver (its cache answers at once;
 /// an upstream question takes a round trip).
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -34,12 +34,14 @@ const FAILURE_MS: u64 = 5_000;
 /// The checks, with their answers kept.
 pub struct NameAgreement {
     resolver: SocketAddr,
-    kept: HashMap<(String, IpAddr), Kept>,
+    kept: VecDeque<Kept>,
     budget: u32,
     refilled_ms: u64,
 }
 
 struct Kept {
+    name: String,
+    address: IpAddr,
     agrees: bool,
     until_ms: u64,
 }
@@ -49,7 +51,7 @@ impl NameAgreement {
     pub fn new(resolver: SocketAddr) -> Self {
         NameAgreement {
             resolver,
-            kept: HashMap::new(),
+            kept: VecDeque::new(),
             budget: QUESTIONS_PER_SECOND,
             refilled_ms: 0,
         }
@@ -63,9 +65,17 @@ impl NameAgreement {
     /// Whether `name` resolves to `address` (as of `now_ms`, the caller's
     /// clock); an answer is kept for `keep_ms`.
     pub fn agrees(&mut self, name: &str, address: IpAddr, now_ms: u64, keep_ms: u64) -> bool {
-        let key = (name.to_owned(), address);
-        if let Some(kept) = self.kept.get(&key).filter(|k| k.until_ms > now_ms) {
-            return kept.agrees;
+        let found = self
+            .kept
+            .iter()
+            .position(|k| k.address == address && k.name == name);
+        if let Some(kept) = found.and_then(|i| self.kept.get(i)) {
+            if kept.until_ms > now_ms {
+                return kept.agrees;
+            }
+        }
+        if let Some(i) = found {
+            self.kept.remove(i);
         }
         if now_ms.saturating_sub(self.refilled_ms) >= 1_000 {
             (self.budget, self.refilled_ms) = (QUESTIONS_PER_SECOND, now_ms);
@@ -82,18 +92,14 @@ impl NameAgreement {
             }
         };
         if self.kept.len() >= CACHE {
-            self.kept.retain(|_, k| k.until_ms > now_ms);
-            if self.kept.len() >= CACHE {
-                self.kept.clear();
-            }
+            self.kept.pop_front();
         }
-        self.kept.insert(
-            key,
-            Kept {
-                agrees,
-                until_ms: now_ms.saturating_add(keep_ms),
-            },
-        );
+        self.kept.push_back(Kept {
+            name: name.to_owned(),
+            address,
+            agrees,
+            until_ms: now_ms.saturating_add(keep_ms),
+        });
         agrees
     }
 }

@@ -60,6 +60,26 @@ pub struct DeviceShop<'a> {
     pub catalogs: &'a Catalogs,
     pub passes: &'a BTreeMap<i64, i64>,
     pub portal: &'a PortalLinks,
+    /// Whether the router's agent reads flow names (`reads_flow_names`);
+    /// an older one gets the gate by address alone, which it can parse.
+    pub reads_names: bool,
+}
+
+/// The first agent version that reads flow names (`flow_names`,
+/// `flow_name`, `portal` rules).
+pub const FLOW_NAMES_SINCE: &str = "0.2.0";
+
+/// Whether an agent reporting `version` reads flow names: every agent but
+/// one that reported an older release (an agent refuses a config with
+/// fields it does not know, and would then never take another, not even
+/// the release that upgrades it). A router that never reported gets names;
+/// if its agent refuses them, its report of the refusal names its version
+/// and it is compiled again.
+pub fn reads_flow_names(version: Option<&str>) -> bool {
+    version.is_none_or(|v| {
+        isdf_api::release::check_version(v).is_err()
+            || isdf_api::release::compare_versions(v, FLOW_NAMES_SINCE).is_ge()
+    })
 }
 
 /// Well-known DNS-over-HTTPS resolvers (their addresses are blocked on port
@@ -283,6 +303,10 @@ pub fn add_to(firewall: &mut Firewall, spec: &PayPerSiteSpec, shop: &DeviceShop<
             domains: site.domains.clone(),
             url: shop.portal.site_url(shop.device_id, site.id),
         });
+        if !shop.reads_names {
+            add_address_gate(firewall, site.id, pass_ends);
+            continue;
+        }
         // Flows named for the site, then those to its addresses that carry
         // no name; each the same four rules.
         let named = Match {
@@ -350,13 +374,70 @@ pub fn add_to(firewall: &mut Firewall, spec: &PayPerSiteSpec, shop: &DeviceShop<
             })
             .collect(),
     });
-    firewall.flow_names = Some(FlowNames {
-        groups,
-        learn_secs: spec.max_ttl_secs,
-    });
+    if shop.reads_names {
+        firewall.flow_names = Some(FlowNames {
+            groups,
+            learn_secs: spec.max_ttl_secs,
+        });
+    }
     firewall.portal = Some(PortalRedirect {
         port: ROUTER_PORTAL_PORT,
         default_url: shop.portal.device_url(shop.device_id),
         sites: portal_sites,
     });
+}
+
+/// The gate by address alone, for agents older than flow names
+/// (`FLOW_NAMES_SINCE`): new HTTP connections to the site's addresses are
+/// redirected to the router's portal responder, the rest as by name.
+fn add_address_gate(firewall: &mut Firewall, site: i64, pass_ends: Option<i64>) {
+    for family in FAMILIES {
+        let set = name(&format!("pps{site}_{}", suffix(family)));
+        let to_site = Match {
+            dst_in_set: Some(set.clone()),
+            ..Match::default()
+        };
+        let http = Match {
+            dst_in_set: Some(set.clone()),
+            ..port_match(Protocol::Tcp, 80)
+        };
+        let id = |what: &str| format!("pps{site}-{what}-{}", suffix(family));
+        if let Some(end) = pass_ends {
+            let until = |m: Match| Match {
+                until: Some(end),
+                ..m
+            };
+            firewall.rules.push(lan_rule(
+                &id("open"),
+                Chain::Prerouting,
+                until(http.clone()),
+                Action::Accept,
+            ));
+            firewall.rules.push(lan_rule(
+                &id("pass"),
+                Chain::Forward,
+                until(to_site.clone()),
+                Action::Accept,
+            ));
+        }
+        let redirect = Action::Redirect {
+            port: ROUTER_PORTAL_PORT,
+        };
+        firewall
+            .rules
+            .push(lan_rule(&id("portal"), Chain::Prerouting, http, redirect));
+        let quic = Match {
+            dst_in_set: Some(set),
+            ..port_match(Protocol::Udp, 443)
+        };
+        firewall
+            .rules
+            .push(lan_rule(&id("quic"), Chain::Forward, quic, Action::Drop));
+        firewall.rules.push(lan_rule(
+            &id("gate"),
+            Chain::Forward,
+            to_site,
+            Action::Reject,
+        ));
+    }
 }

@@ -9,7 +9,10 @@ pub mod catalog;
 pub mod gate;
 pub mod links;
 
-pub use gate::{add_to, CatalogSite, Catalogs, DeviceShop, ROUTER_PORTAL_PORT};
+pub use gate::{
+    add_to, reads_flow_names, CatalogSite, Catalogs, DeviceShop, FLOW_NAMES_SINCE,
+    ROUTER_PORTAL_PORT,
+};
 pub use links::PortalLinks;
 
 /// `pay-per-site`: the sites of a catalog are gated on the router until the

@@ -9,6 +9,7 @@ use sha2::Sha256;
 
 use crate::support::{error_code, Harness, Response};
 
+mod agent_versions;
 mod households_and_sites;
 mod passes;
 mod resolution;
