@@ -32,6 +32,10 @@ pub enum Recorded {
     },
 }
 
+/// What `record` reads of the report it replaces: the agent's counters,
+/// target triple and version.
+type PreviousReport = (Option<Json<AgentCounters>>, Option<String>, Option<String>);
+
 /// Stores a report if its sequence is above the stored one, returning the
 /// agent counters it replaced (the row is locked first, so two reports of
 /// one router never both count the same increase). Run inside a
@@ -44,15 +48,14 @@ pub async fn record(
     let sequence = i64::try_from(report.sequence).unwrap_or(i64::MAX);
     // A statement of its own: a row locked in a CTE and updated by the
     // same statement is gone from the CTE when RETURNING reads it.
-    let previous: Option<(Option<Json<AgentCounters>>, Option<String>, Option<String>)> =
-        sqlx::query_as(
-            "SELECT report -> 'agent_counters', report ->> 'agent_target',
+    let previous: Option<PreviousReport> = sqlx::query_as(
+        "SELECT report -> 'agent_counters', report ->> 'agent_target',
                     report ->> 'agent_version' FROM device_status
              WHERE device_id = $1 FOR UPDATE",
-        )
-        .bind(device_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    )
+    .bind(device_id)
+    .fetch_optional(&mut *tx)
+    .await?;
     let accepted = sqlx::query(
         "INSERT INTO device_status (device_id, sequence, report) VALUES ($1, $2, $3)
          ON CONFLICT (device_id) DO UPDATE SET sequence = $2, report = $3, received_at = now()
