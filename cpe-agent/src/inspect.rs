@@ -32,7 +32,7 @@ use isdf_api::{FlowNames, PortalRedirect};
 
 use crate::backend::planning::{
     group_tag, tag_group, CLASSIFY_QUEUE, NAMES_QUEUE, NAME_QUEUE_MARK, NAME_TAG_MASK,
-    PORTAL_QUEUE, TAG_NAMED_ELSEWHERE, TAG_UNDECIDED, TAG_UNNAMED,
+    PORTAL_QUEUE, TAG_NAMED_ELSEWHERE, TAG_UNDECIDED, TAG_UNNAMED, TAG_UNNAMED_ELSEWHERE,
 };
 use crate::classify::{Classifier, Detection, Limits, Verdict};
 use crate::dns::agreement::NameAgreement;
@@ -235,8 +235,8 @@ impl Thread {
             let verdict = match msg.get_queue_num() {
                 NAMES_QUEUE => {
                     // It came marked with what its address says (a group
-                    // whose sets hold it, or unnamed): kept so with no names
-                    // to read by (the config is not there yet).
+                    // whose sets hold it, or unnamed elsewhere): kept so with
+                    // no names to read by (the config is not there yet).
                     let mark = msg.get_nfmark() & !NAME_QUEUE_MARK;
                     let by_address = mark & NAME_TAG_MASK;
                     let tag = match self.config() {
@@ -345,8 +345,16 @@ impl Flow<'_> {
             return self.by_address;
         };
         let by_name = tag_for(sighting, names);
-        let disagrees = by_name != self.by_address && by_name != TAG_UNNAMED;
-        if !disagrees || tag_group(self.by_address).is_none() {
+        let address_is_a_groups = tag_group(self.by_address).is_some();
+        if by_name == TAG_UNNAMED {
+            // No name: judged by the address, if a group's sets hold it.
+            return if address_is_a_groups {
+                TAG_UNNAMED
+            } else {
+                TAG_UNNAMED_ELSEWHERE
+            };
+        }
+        if by_name == self.by_address || !address_is_a_groups {
             return by_name;
         }
         let (Sighting::Name { name, .. }, Some(packet)) =

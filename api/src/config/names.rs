@@ -48,12 +48,15 @@ pub enum FlowName {
     /// The flow carried no name the router could read (and so is judged by
     /// its addresses): not a web flow (TCP 80 or 443, UDP 443), or a web
     /// flow without one (Encrypted Client Hello, no SNI or Host, not the
-    /// protocol), or one the router never read (no agent running).
+    /// protocol), or one the router never read (no agent running). The
+    /// router judges by address only flows whose server address a group's
+    /// sets held when they started (the rules by address look in those
+    /// sets); one to an address learned later is not cut mid-flow.
     Unnamed,
 }
 
 /// Most groups: the router tags each decided flow with its group in 12 bits
-/// of the connection's mark, three values of which are taken.
+/// of the connection's mark, four values of which are taken.
 pub const MAX_NAME_GROUPS: usize = 4_000;
 
 /// Longest `learn_secs`: a day, like the DNS TTL cap.

@@ -26,27 +26,37 @@ pub const PORTAL_QUEUE: u16 = CLASSIFY_QUEUE + 2;
 /// The bits of a connection's mark (and of a packet's, from the name
 /// reader's verdict to the rules) that say what name the flow carried:
 /// `TAG_UNDECIDED` until the router decides, then `TAG_UNNAMED`,
-/// `TAG_NAMED_ELSEWHERE` or a group's tag (`group_tag`). Other bits are
-/// left as they are: other software on the router may use them.
+/// `TAG_UNNAMED_ELSEWHERE`, `TAG_NAMED_ELSEWHERE` or a group's tag
+/// (`group_tag`). Other bits are left as they are: other software on the
+/// router may use them.
 pub const NAME_TAG_MASK: u32 = 0x0fff_0000;
 const NAME_TAG_SHIFT: u32 = 16;
 /// Not decided yet: a web flow whose name the router has not read.
 pub const TAG_UNDECIDED: u32 = 0;
-/// The flow carries no name the router can read (or is no web flow).
+/// The flow carries no name the router can read (or is no web flow), and
+/// its server address was in a group's sets when it started: rules with
+/// `flow_name: unnamed` judge it by its address.
 pub const TAG_UNNAMED: u32 = 1 << NAME_TAG_SHIFT;
 /// The flow named a site in no group.
 pub const TAG_NAMED_ELSEWHERE: u32 = 2 << NAME_TAG_SHIFT;
+/// The flow carries no name, and its server address was in no group's
+/// sets when it started: no rule by name or address concerns it, and it
+/// passes them all with one comparison (bulk traffic, most of a LAN's).
+pub const TAG_UNNAMED_ELSEWHERE: u32 = 3 << NAME_TAG_SHIFT;
 
 /// The tag of the `index`-th group of `flow_names` (validated: fewer than
 /// `MAX_NAME_GROUPS`, so it fits the mask).
 pub fn group_tag(index: usize) -> u32 {
-    ((index as u32 + 3) << NAME_TAG_SHIFT) & NAME_TAG_MASK
+    ((index as u32 + FIRST_GROUP) << NAME_TAG_SHIFT) & NAME_TAG_MASK
 }
+
+/// The tag value of the first group.
+const FIRST_GROUP: u32 = 4;
 
 /// The group index of a tag, None for the other values.
 pub fn tag_group(tag: u32) -> Option<usize> {
     ((tag & NAME_TAG_MASK) >> NAME_TAG_SHIFT)
-        .checked_sub(3)
+        .checked_sub(FIRST_GROUP)
         .map(|i| i as usize)
 }
 

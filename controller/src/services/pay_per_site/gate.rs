@@ -266,6 +266,10 @@ pub fn add_to(firewall: &mut Firewall, spec: &PayPerSiteSpec, shop: &DeviceShop<
     let mut fill_sets = Vec::new();
     let mut portal_sites = Vec::new();
     let mut groups = Vec::new();
+    // Every site's rules by name, then every site's by address: a flow has
+    // one name, so neither order changes what a packet meets, and the
+    // router reaches each run with one lookup of the flow's name.
+    let (mut by_name, mut by_address) = (Vec::new(), Vec::new());
     for site in sites {
         let pass_ends = shop.passes.get(&site.id).copied().filter(|end| *end > now);
         let set_of = |family| name(&format!("pps{}_{}", site.id, suffix(family)));
@@ -324,6 +328,11 @@ pub fn add_to(firewall: &mut Firewall, spec: &PayPerSiteSpec, shop: &DeviceShop<
             (unnamed(Family::Ipv6), "-v6".to_owned()),
         ];
         for (to_site, family) in by {
+            let rules = if family.is_empty() {
+                &mut by_name
+            } else {
+                &mut by_address
+            };
             let id = |what: &str| {
                 let kind = if family.is_empty() { "-named" } else { "" };
                 format!("pps{}{kind}-{what}{family}", site.id)
@@ -338,9 +347,7 @@ pub fn add_to(firewall: &mut Firewall, spec: &PayPerSiteSpec, shop: &DeviceShop<
                     until: Some(end),
                     ..to_site.clone()
                 };
-                firewall
-                    .rules
-                    .push(lan_rule(&id("pass"), Chain::Forward, until, Action::Accept));
+                rules.push(lan_rule(&id("pass"), Chain::Forward, until, Action::Accept));
             }
             let gate = [
                 ("portal", with(Protocol::Tcp, 80), Action::Portal),
@@ -348,12 +355,12 @@ pub fn add_to(firewall: &mut Firewall, spec: &PayPerSiteSpec, shop: &DeviceShop<
                 ("gate", to_site.clone(), Action::Reject),
             ];
             for (what, matches, action) in gate {
-                firewall
-                    .rules
-                    .push(lan_rule(&id(what), Chain::Forward, matches, action));
+                rules.push(lan_rule(&id(what), Chain::Forward, matches, action));
             }
         }
     }
+    firewall.rules.extend(by_name);
+    firewall.rules.extend(by_address);
 
     let mut nxdomain: Vec<DomainPattern> = DOH_HOSTNAMES
         .iter()

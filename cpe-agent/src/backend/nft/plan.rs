@@ -37,7 +37,10 @@ use isdf_api::{
     Action, Chain, Family, Firewall, FlowNames, Match, PayloadMatch, Protocol, Rule, Set,
 };
 
-use super::names::{flow_name_expr, names_chains, portal_statement, tag_chain};
+use super::names::{
+    flow_name_expr, group_dispatch, names_chains, portal_statement, tag_chain, unnamed_dispatch,
+    wanted_tag, NameRun,
+};
 use super::sets::{layout, plan_set, ports, prefix, Carried, Elements, Layout};
 use super::tunnels::{plan_tunnel_sets, tunnel_rules, tunnels};
 use crate::backend::planning::{Interfaces, ANTISPOOF_JUMP_ID, ANTISPOOF_RULE_ID, CLASSIFY_QUEUE};
@@ -244,6 +247,7 @@ pub(super) fn chains_with_rules(
         // Only filter chains group: a nat chain sees a flow's first packet only.
         let groups = chain != Chain::Prerouting;
         let mut early_runs = 0;
+        let mut name_runs = 0;
         for run in rules
             .chunk_by(|a, b| a.matches.first_packets.is_some() == b.matches.first_packets.is_some())
         {
@@ -254,8 +258,52 @@ pub(super) fn chains_with_rules(
                 .collect();
             let early = run[0].matches.first_packets.is_some() && groups;
             if !early {
-                for rule in in_force {
-                    base.rules.extend(lines(rule)?);
+                for run in in_force.chunk_by(|a, b| NameRun::of(a) == NameRun::of(b)) {
+                    let kind = NameRun::of(run[0]);
+                    if kind == NameRun::Any {
+                        for rule in run {
+                            base.rules.extend(lines(rule)?);
+                        }
+                        continue;
+                    }
+                    let prefix = format!("{}_byname_{name_runs}", chain.name());
+                    name_runs += 1;
+                    // (tag, its chain), in the order the run first names them.
+                    let mut chains: Vec<(u32, PlannedChain)> = Vec::new();
+                    for rule in run {
+                        let tag = match (&rule.matches.flow_name, kind) {
+                            (Some(wanted), NameRun::Groups) => {
+                                wanted_tag(firewall.flow_names.as_ref(), wanted)
+                            }
+                            _ => 0,
+                        };
+                        let at = match chains.iter().position(|(t, _)| *t == tag) {
+                            Some(at) => at,
+                            None => {
+                                let name = format!("{prefix}_{}", chains.len());
+                                chains.push((
+                                    tag,
+                                    PlannedChain {
+                                        name,
+                                        header: None,
+                                        rules: Vec::new(),
+                                    },
+                                ));
+                                chains.len() - 1
+                            }
+                        };
+                        chains[at].1.rules.extend(lines(rule)?);
+                    }
+                    base.rules.push(match kind {
+                        NameRun::Groups => group_dispatch(
+                            &chains
+                                .iter()
+                                .map(|(tag, c)| (*tag, c.name.clone()))
+                                .collect::<Vec<_>>(),
+                        ),
+                        _ => unnamed_dispatch(&chains[0].1.name),
+                    });
+                    runs.extend(chains.into_iter().map(|(_, c)| c));
                 }
                 continue;
             }

@@ -681,7 +681,11 @@ fn flow_names_queue_web_flows_and_tag_their_connections() {
     let firewall = gate_by_names();
     insta::assert_snapshot!(plan_with(&firewall, PPS_NOW, &router()).unwrap());
     let shape = expected_shape(&firewall, PPS_NOW, &router()).unwrap();
-    assert_eq!(shape.chains["names"].len(), 7);
+    assert_eq!(
+        shape.chains["names"].len(),
+        11,
+        "7, and 2 groups × 2 families by address"
+    );
     assert_eq!(
         shape.chains["names_read"].len(),
         6,
@@ -689,10 +693,18 @@ fn flow_names_queue_web_flows_and_tag_their_connections() {
     );
     assert_eq!(
         shape.chains["forward_names"].len(),
-        6,
-        "2 + 2 groups × 2 families"
+        7,
+        "3 + 2 groups × 2 families"
     );
-    assert_eq!(shape.chains["forward"][1], "agent-names");
+    // The config's rules: one verdict map for the run by group, one
+    // comparison for the run by address, each group's rules in its chain.
+    assert_eq!(shape.chains["forward"][1..], ["agent-names"; 3]);
+    assert_eq!(
+        shape.chains["forward_byname_0_0"],
+        ["site-named-pass", "site-named-portal"]
+    );
+    assert_eq!(shape.chains["forward_byname_0_1"], ["news-named-gate"; 2]);
+    assert_eq!(shape.chains["forward_byname_1_0"], ["site-gate-v4"; 2]);
     // Without nft's queue, marks for iptables to queue by; the portal's
     // request stops our chain there (no reject may answer it first).
     let marked = plan_with(
