@@ -133,11 +133,13 @@ pub struct LocalAnswer {
     pub addresses: Vec<IpAddr>,
 }
 
-/// The router's answer to redirected HTTP requests (a `redirect` rule sends
-/// them to `port` on the router): a redirect to the URL of the site the
-/// request's Host names, else to `default_url`. The URLs come from the
-/// signed config, so a LAN host cannot make the router name another router
-/// or site.
+/// The router's answer to gated HTTP requests (`portal` rules): a redirect
+/// to the URL of the site the request's Host names, else to `default_url`.
+/// The URLs come from the signed config, so a LAN host cannot make the
+/// router name another router or site. `port`: where agents before 0.2.0
+/// listen for the requests a `redirect` rule sends them (the controller
+/// compiles that form for them); later agents answer from the packet path
+/// and listen on no port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortalRedirect {

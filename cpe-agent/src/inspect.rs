@@ -315,7 +315,7 @@ impl Thread {
                 }
             });
         let url = portal.url_for(host.as_deref().unwrap_or(""));
-        let answer = crate::portal_redirect::redirect(url);
+        let answer = crate::portal_inject::portal_answer(url);
         let Some(forged) = forge(packet, &answer) else {
             return;
         };

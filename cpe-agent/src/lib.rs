@@ -37,7 +37,6 @@ pub mod controller;
 pub mod dns;
 pub mod inspect;
 pub mod portal_inject;
-pub mod portal_redirect;
 pub mod router_blocks;
 pub mod sitename;
 pub mod sys;

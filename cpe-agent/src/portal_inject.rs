@@ -444,3 +444,13 @@ impl Injector {
         Ok(())
     }
 }
+
+/// The answer to a gated HTTP request: a `302 Found` to `url` (one of the
+/// signed config's portal URLs, printable ASCII without spaces: it cannot
+/// end the header), with no body, small enough for one TCP segment.
+pub fn portal_answer(url: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 302 Found\r\nLocation: {url}\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}

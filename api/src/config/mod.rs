@@ -51,7 +51,7 @@ pub struct Firewall {
     /// What the router's resolver enforces; None: the agent runs no resolver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsPolicy>,
-    /// The router's answer to HTTP requests a `redirect` rule sends to it.
+    /// The portal URLs the router answers gated HTTP requests with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub portal: Option<PortalRedirect>,
     /// Site-to-site tunnels; None: the router runs none and makes no key.

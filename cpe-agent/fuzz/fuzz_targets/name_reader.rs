@@ -3,8 +3,9 @@
 //! (`sitename::flows::FlowReader`, which joins segments and QUIC Initials
 //! in bounded memory), the portal's forged answer to each packet
 //! (`portal_inject::forge`), and the router's resolver's answers
-//! (`dns::lookup::answers`). The input is packets, each behind a two-byte
-//! length. Whatever the bytes: no panic, a name found is normalised, and a
+//! (`dns::lookup::answers`). The input is packets over time
+//! (`isdf_agent_fuzz::packets`). Whatever the bytes: no panic, a name found
+//! is normalised, and a
 //! forged answer is two well-formed IP packets of the lengths they claim.
 #![no_main]
 
@@ -12,6 +13,7 @@ use isdf_agent::dns::lookup::answers;
 use isdf_agent::portal_inject::forge;
 use isdf_agent::sitename::flows::{FlowReader, Read};
 use isdf_agent::sitename::{normalise, Sighting};
+use isdf_agent_fuzz::packets::decode;
 use libfuzzer_sys::fuzz_target;
 
 const ANSWER: &[u8] = b"HTTP/1.1 302 Found\r\nLocation: https://portal.test/\r\nContent-Length: 0\r\n\r\n";
@@ -26,13 +28,12 @@ fn claimed_length(packet: &[u8]) -> usize {
 
 fuzz_target!(|data: &[u8]| {
     let mut reader = FlowReader::new();
-    let mut rest = data;
     let mut now_ms = 0;
-    while let [high, low, tail @ ..] = rest {
-        let length = usize::from(u16::from_be_bytes([*high, *low])).min(tail.len());
-        let (packet, next) = tail.split_at(length);
-        rest = next;
-        now_ms += 1;
+    for (step_ms, packet) in decode(data) {
+        now_ms += step_ms;
+        if packet.is_empty() {
+            continue;
+        }
         if let Read::Decided(Sighting::Name { name, .. }) = reader.packet(packet, now_ms) {
             assert_eq!(normalise(name.as_bytes()).as_deref(), Some(name.as_str()));
         }

@@ -8,8 +8,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-/// Bytes of each packet the kernel copies to the classifier (`inspect.rs`).
-pub const COPY_BYTES: usize = 1024;
+/// Bytes of each packet the kernel copies to the agent (`inspect.rs`:
+/// whole packets, which a QUIC Initial needs).
+pub const COPY_BYTES: usize = u16::MAX as usize;
 
 /// The packets of `data`, each with the milliseconds the clock advanced
 /// before it. At most `COPY_BYTES` of each, as the queue delivers them.

@@ -1,11 +1,9 @@
 //! The router the targets run on: the settings of a plain install, its
-//! interfaces, the classifier's limits and the portal redirect of a
-//! pay-per-site config.
+//! interfaces and the classifier's limits.
 
 use isdf_agent::backend::Interfaces;
 use isdf_agent::classify::Limits;
 use isdf_agent::sys::settings::Settings;
-use isdf_api::PortalRedirect;
 
 /// The settings of a router installed from `deploy/agent.toml.example`'s
 /// minimum: everything else comes from enrollment.
@@ -32,17 +30,3 @@ pub fn classifier_limits() -> Limits {
     }
 }
 
-/// A portal with two sites and a default page, as pay-per-site compiles it.
-pub fn portal() -> PortalRedirect {
-    serde_json::from_value(serde_json::json!({
-        "port": 8081,
-        "default_url": "https://portal.isp.test/r/7f0b3c1e",
-        "sites": [
-            {"domains": ["video.test", "*.cdn-video.test"],
-             "url": "https://portal.isp.test/r/7f0b3c1e/video?sig=ab12"},
-            {"domains": ["music.test"],
-             "url": "https://portal.isp.test/r/7f0b3c1e/music?sig=cd34"}
-        ]
-    }))
-    .expect("the portal parses")
-}

@@ -2,7 +2,7 @@
 //! snapshot tests' firewalls), an enrollment answer, BitTorrent and other
 //! conversations as packets and as captures, the messages the classifier
 //! reads bencode from, control socket requests as `isdf-agent block`
-//! writes them, the example settings file and portal requests. Every
+//! writes them, the example settings file, and a LAN flow's packets. Every
 //! document seed is checked to be accepted where it should be, so a change
 //! of the formats cannot leave the corpora starting from refused inputs.
 
@@ -393,22 +393,6 @@ fn settings_seeds() -> Vec<Seed> {
     ]
 }
 
-fn portal_seeds() -> Vec<Seed> {
-    vec![
-        Seed::new(
-            "portal_redirect",
-            "get-site",
-            "GET /watch?v=1 HTTP/1.1\r\nHost: www.cdn-video.test:80\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\n\r\n",
-        ),
-        Seed::new("portal_redirect", "head-http10", "HEAD / HTTP/1.0\r\n\r\n"),
-        Seed::new(
-            "portal_redirect",
-            "other-host",
-            "POST /form HTTP/1.1\r\nhost: example.test.\r\nContent-Length: 3\r\n\r\n",
-        ),
-    ]
-}
-
 /// A flow's first bytes for `sitename`: a selector byte (0 TLS, 1 HTTP,
 /// 2 QUIC), then the bytes.
 fn sitename_seeds() -> Vec<Seed> {
@@ -434,15 +418,14 @@ fn sitename_seeds() -> Vec<Seed> {
     ]
 }
 
-/// A flow's packets for `name_reader`, each behind its two-byte length: a
-/// ClientHello over two TCP segments, an HTTP request, a QUIC Initial over
-/// IPv6.
+/// A flow's packets for `name_reader` (`packets::encode`): a ClientHello
+/// over two TCP segments, an HTTP request, a QUIC Initial over IPv6.
 fn name_reader_seeds() -> Vec<Seed> {
     use isdf_agent::sitename::samples::{browser_hello, ipv4_tcp, ipv6_udp, records};
     let framed = |packets: &[Vec<u8>]| -> Vec<u8> {
         packets
             .iter()
-            .flat_map(|p| [&(p.len() as u16).to_be_bytes()[..], p].concat())
+            .flat_map(|p| crate::packets::encode(1, p))
             .collect()
     };
     let hello = records(&browser_hello("video.example.com"), 16_384);
@@ -476,7 +459,6 @@ pub fn agent_seeds() -> Vec<Seed> {
         bencode_seeds(),
         control_seeds(),
         settings_seeds(),
-        portal_seeds(),
         sitename_seeds(),
         name_reader_seeds(),
     ]

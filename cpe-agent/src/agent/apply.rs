@@ -1,8 +1,8 @@
 //! Applying a config: verify (`open_device_config`), then the ruleset
 //! (applied and verified, with the tunnels' isolation rules and the router's
-//! own blocks), the tunnels, the DNS policy, the portal redirect and the
-//! reachability check, in that order; on any failure the previous ruleset,
-//! tunnels, DNS policy and portal are put back and `rolled_back` reported.
+//! own blocks), the tunnels, the DNS policy and the reachability check, in
+//! that order; on any failure the previous ruleset, tunnels and DNS policy
+//! are put back and `rolled_back` reported.
 //!
 //! A refused or rolled-back version is held back: the agent polls for
 //! anything newer and retries it minutes later, so it is never fetched in a
@@ -79,10 +79,10 @@ impl Agent {
         self.enforced = Some(Enforced { config });
         self.report_due = true;
         // The kernel holds it either way; the periodic pass tries the
-        // tunnels, the resolver and the portal again.
+        // tunnels and the resolver again.
         tunnels
             .and(services)
-            .context("re-enforcing the tunnels, DNS policy and portal of the last good config")
+            .context("re-enforcing the tunnels and DNS policy of the last good config")
     }
 
     /// Waits for a version newer than `version` for a while instead of
@@ -229,15 +229,13 @@ impl Agent {
         Ok(())
     }
 
-    /// Enforces the DNS policy, then the portal redirect, of `firewall`
-    /// (after its ruleset: the sets DNS answers fill must exist first).
+    /// Enforces the DNS policy of `firewall` (after its ruleset: the sets
+    /// DNS answers fill must exist first). The portal's answers come from
+    /// the packet path (`inspect.rs`), which reads `firewall.portal`.
     fn enforce_services(&mut self, firewall: &isdf_api::Firewall) -> anyhow::Result<()> {
         self.resolver
             .apply(firewall.dns.as_ref())
-            .context("the router's resolver")?;
-        self.portal
-            .set(firewall.portal.as_ref())
-            .context("the portal redirect")
+            .context("the router's resolver")
     }
 
     /// Makes the router's tunnels those of `firewall` (after its ruleset,
@@ -248,22 +246,15 @@ impl Agent {
             .context("the WireGuard tunnels")
     }
 
-    /// The periodic pass for the tunnels, the resolver and the portal: a
-    /// tunnel interface that went away is made again, a dnsmasq that died
-    /// is started again, a portal that could not listen tries again.
+    /// The periodic pass for the tunnels and the resolver: a tunnel
+    /// interface that went away is made again, a dnsmasq that died is
+    /// started again.
     pub(super) fn repair_services(&mut self) {
         if let Err(e) = self.tunnels.repair() {
             error_failed("the WireGuard tunnels", &e);
         }
         if let Err(e) = self.resolver.repair() {
             error_failed("the router's resolver", &e);
-        }
-        let portal = self
-            .enforced
-            .as_ref()
-            .and_then(|e| e.config.firewall.portal.as_ref());
-        if let Err(e) = self.portal.set(portal) {
-            error_failed("the portal redirect", &e);
         }
     }
 
@@ -282,7 +273,7 @@ impl Agent {
     }
 
     /// Puts back what was enforced before (or nothing, if nothing was):
-    /// ruleset, tunnels, DNS policy and portal redirect, each tried whatever
+    /// ruleset, tunnels and DNS policy, each tried whatever
     /// the others did. Returns what could not be put back.
     fn restore_previous(&mut self) -> Vec<anyhow::Error> {
         let previous = self.enforced.as_ref().map(|e| e.config.firewall.clone());

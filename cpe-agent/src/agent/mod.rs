@@ -18,13 +18,13 @@
 //!
 //! A config is applied in order: the kernel ruleset (applied and verified,
 //! with the tunnels' isolation rules), then the WireGuard tunnels, then the
-//! DNS policy (the resolver answers with it), then the portal redirect
-//! (listening), then the reachability check. A failure at any step puts all
-//! four back as they were and reports `rolled_back`.
+//! DNS policy (the resolver answers with it), then the reachability check.
+//! A failure at any step puts all three back as they were and reports
+//! `rolled_back`.
 //!
 //! Invariants: **nothing reaches the backend before `open_device_config`
 //! accepted it** (signature, device id, version, expiry); a failed apply
-//! restores the previous ruleset, tunnels, DNS policy and portal redirect;
+//! restores the previous ruleset, tunnels and DNS policy;
 //! losing the controller never removes rules, and neither does losing the
 //! certificate: a router that can no longer authenticate keeps enforcing
 //! what it has.
@@ -50,7 +50,6 @@ use crate::backend::FirewallBackend;
 use crate::control::Command;
 use crate::controller::client::{Client, Poll};
 use crate::dns::{Dnsmasq, Resolver};
-use crate::portal_redirect::PortalResponder;
 use crate::router_blocks::RouterBlocks;
 use crate::sys::settings::Settings;
 use crate::sys::state::{Identity, StateDir};
@@ -90,7 +89,6 @@ pub struct Agent {
     /// The router's resolver, which enforces the config's DNS policy.
     resolver: Box<dyn Resolver>,
     /// Answers the HTTP requests the config redirects to the router.
-    portal: PortalResponder,
     state: StateDir,
     client: Client,
     enforced: Option<Enforced>,
@@ -189,7 +187,6 @@ impl Agent {
             clock: std::sync::Arc::new(crate::sys::time::SystemClock),
             clock_anchor: None,
             resolver: Box::new(Dnsmasq::new(&settings)),
-            portal: PortalResponder::default(),
             settings,
             identity,
             trusted,

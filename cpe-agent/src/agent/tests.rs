@@ -265,38 +265,6 @@ async fn a_config_whose_dns_fails_is_rolled_back_with_the_previous_firewall_and_
 }
 
 #[tokio::test]
-async fn a_portal_that_cannot_listen_rolls_back_the_firewall_and_dns() {
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = Arc::new(Mutex::new(Kernel::default()));
-    let dns = Arc::new(Mutex::new(Dns::default()));
-    let mut agent = agent_with_dns(dir.path(), &kernel, &dns);
-    agent
-        .handle_envelope(envelope_with(1, 1, dns_policy(60), &key()), Some(1))
-        .await;
-    // Listening on loopback: the portal's [::] on that port is refused.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let mut extra = dns_policy(120);
-    extra["portal"] = serde_json::json!({"port": port, "default_url": "https://portal.isp.test/"});
-    agent
-        .handle_envelope(envelope_with(2, 2, extra, &key()), Some(2))
-        .await;
-    let last = agent.last.as_ref().unwrap();
-    assert_eq!(last.outcome, Outcome::RolledBack);
-    assert!(
-        last.errors[0].starts_with("apply_failed: the portal redirect: listening on port"),
-        "{:?}",
-        last.errors
-    );
-    assert_eq!(
-        (rules_held(&kernel), ttl_held(&dns)),
-        (Some(1), Some(60)),
-        "the DNS policy that went in is taken out again"
-    );
-    assert_eq!(agent.portal.local_addr(), None);
-}
-
-#[tokio::test]
 async fn the_last_good_dns_policy_comes_back_at_start_and_is_retried_until_it_works() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = Arc::new(Mutex::new(Kernel::default()));

@@ -494,3 +494,14 @@ proptest! {
         prop_assert_eq!(reset.seq_ack(), (seq, ack));
     }
 }
+
+#[test]
+fn the_portal_answer_is_a_bodyless_redirect_that_closes() {
+    let answer = String::from_utf8(portal_answer("https://portal.isp.test/p/r/1?sig=ab")).unwrap();
+    assert_eq!(
+        answer,
+        "HTTP/1.1 302 Found\r\nLocation: https://portal.isp.test/p/r/1?sig=ab\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert!(answer.len() <= MAX_HTTP_BYTES);
+}

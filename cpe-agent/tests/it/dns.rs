@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isdf_agent::dns::{Dnsmasq, Resolver};
-use isdf_agent::portal_redirect::PortalResponder;
 use isdf_agent::sys::settings::Settings;
-use isdf_api::{DnsPolicy, PortalRedirect};
+use isdf_api::DnsPolicy;
 
 use crate::harness::wait_until;
 use crate::netns::{Netns, Topology};
@@ -300,45 +299,6 @@ fn a_dnsmasq_that_cannot_start_names_the_reason_and_a_running_one_is_adopted() {
         assert!(!alive(replaced), "uninstalling ends the running dnsmasq");
         assert_eq!(last.pid(), None);
     });
-}
-
-#[test]
-fn the_portal_redirect_answers_the_lan() {
-    let topo = Topology::create("portal");
-    let portal: PortalRedirect = serde_json::from_value(serde_json::json!({
-        "port": 8042,
-        "default_url": "https://portal.isp.test/",
-        "sites": [{"domains": ["video.test"], "url": "https://portal.isp.test/buy?site=video&plan=day"}]
-    }))
-    .unwrap();
-    // The responder's threads start in the router namespace and stay there.
-    let mut responder = topo.router.enter(move || {
-        let mut responder = PortalResponder::default();
-        responder.set(Some(&portal)).unwrap();
-        responder
-    });
-    let curl = |url: &str, host: &str| {
-        let host = format!("Host: {host}");
-        topo.lan
-            .run("curl", &["-s", "-i", "--max-time", "5", "-H", &host, url])
-    };
-    let got = curl("http://192.0.2.1:8042/watch?v=1", "www.video.test");
-    assert!(got.starts_with("HTTP/1.1 302 Found\r\n"), "{got}");
-    assert!(
-        got.contains("\r\nLocation: https://portal.isp.test/buy?site=video&plan=day\r\n"),
-        "{got}"
-    );
-    assert!(got.contains("\r\nCache-Control: no-store\r\n"), "{got}");
-    let got = curl("http://[2001:db8:1::1]:8042/", "news.test");
-    assert!(
-        got.contains("\r\nLocation: https://portal.isp.test/\r\n"),
-        "IPv6, another site: {got}"
-    );
-    responder.set(None).unwrap();
-    let refused = topo
-        .lan
-        .exec("curl", &["-s", "--max-time", "5", "http://192.0.2.1:8042/"]);
-    assert!(!refused.status.success(), "stopped");
 }
 
 #[test]
