@@ -97,30 +97,37 @@ pub async fn record(
     })
 }
 
-/// The agent version each of `devices` (all when None) last reported.
-pub async fn reported_agent_versions(
-    db: impl PgExecutor<'_>,
-    devices: Option<&[Uuid]>,
-) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT device_id, report->>'agent_version' FROM device_status
-         WHERE report ? 'agent_version' AND ($1::uuid[] IS NULL OR device_id = ANY($1))",
-    )
-    .bind(devices)
-    .fetch_all(db)
-    .await
+/// A text field of the agent's reports that the controller compiles by.
+#[derive(Debug, Clone, Copy)]
+pub enum ReportedText {
+    /// The target triple it was built for (agent releases).
+    AgentTarget,
+    /// Its version (what config fields it reads).
+    AgentVersion,
 }
 
-/// The target triple each of `devices` (all when None) last reported.
-pub async fn reported_targets(
+impl ReportedText {
+    fn key(self) -> &'static str {
+        match self {
+            ReportedText::AgentTarget => "agent_target",
+            ReportedText::AgentVersion => "agent_version",
+        }
+    }
+}
+
+/// `field` as each of `devices` (all when None) last reported it (devices
+/// whose report has it).
+pub async fn reported(
     db: impl PgExecutor<'_>,
     devices: Option<&[Uuid]>,
+    field: ReportedText,
 ) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT device_id, report->>'agent_target' FROM device_status
-         WHERE report ? 'agent_target' AND ($1::uuid[] IS NULL OR device_id = ANY($1))",
+        "SELECT device_id, report->>$2 FROM device_status
+         WHERE report ? $2 AND ($1::uuid[] IS NULL OR device_id = ANY($1))",
     )
     .bind(devices)
+    .bind(field.key())
     .fetch_all(db)
     .await
 }

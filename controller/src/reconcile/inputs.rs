@@ -180,11 +180,12 @@ pub(super) async fn load_shops(
             .or_default()
             .insert(site, ends_at.timestamp());
     }
-    shops.agent_versions = db::status::reported_agent_versions(&mut **tx, devices)
-        .await
-        .context("loading the routers' agent versions")?
-        .into_iter()
-        .collect();
+    shops.agent_versions =
+        db::status::reported(&mut **tx, devices, db::status::ReportedText::AgentVersion)
+            .await
+            .context("loading the routers' agent versions")?
+            .into_iter()
+            .collect();
     Ok(shops)
 }
 
@@ -225,10 +226,11 @@ pub(super) async fn load_releases(
             manifest: row.manifest.0,
         });
     }
-    releases.targets = db::status::reported_targets(&mut **tx, devices)
-        .await
-        .context("loading the routers' targets")?
-        .into_iter()
-        .collect();
+    releases.targets =
+        db::status::reported(&mut **tx, devices, db::status::ReportedText::AgentTarget)
+            .await
+            .context("loading the routers' targets")?
+            .into_iter()
+            .collect();
     Ok(releases)
 }

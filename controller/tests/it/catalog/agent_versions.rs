@@ -37,19 +37,7 @@ fn reads_names(firewall: &Value) -> bool {
 #[tokio::test]
 async fn each_router_gets_the_gate_its_agent_reads() {
     let h = Harness::start().await;
-    super::site(
-        &h,
-        json!({"name": "Video", "domains": ["video.example"], "currency": "EUR",
-               "passes": [{"duration_secs": 3600, "price": 150}]}),
-    )
-    .await;
-    let service = h
-        .post(
-            "/api/v1/services",
-            json!({"name": "pps", "kind": "pay-per-site", "spec": {"catalog": "main"}}),
-        )
-        .await;
-    h.assign(service.body["id"].as_str().unwrap(), "*").await;
+    super::video_gated_everywhere(&h).await;
     let (device, router) = h.device("home", json!({})).await;
     // Never reported: the gate by name.
     firewall_when(&h, &device, reads_names).await;

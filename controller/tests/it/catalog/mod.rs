@@ -44,6 +44,25 @@ async fn site(h: &Harness, body: Value) -> i64 {
     r.body["id"].as_i64().unwrap()
 }
 
+/// The site `video.example` in catalog `main`, gated on every router;
+/// returns the site's id.
+async fn video_gated_everywhere(h: &Harness) -> i64 {
+    let id = site(
+        h,
+        json!({"name": "Video", "domains": ["video.example"], "currency": "EUR",
+               "passes": [{"duration_secs": 3600, "price": 150}]}),
+    )
+    .await;
+    let service = h
+        .post(
+            "/api/v1/services",
+            json!({"name": "pps", "kind": "pay-per-site", "spec": {"catalog": "main"}}),
+        )
+        .await;
+    h.assign(service.body["id"].as_str().unwrap(), "*").await;
+    id
+}
+
 async fn customer(h: &Harness, name: &str, external_ref: Option<&str>, devices: &[&str]) -> String {
     let r = h
         .post(

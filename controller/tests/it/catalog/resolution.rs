@@ -128,19 +128,7 @@ fn addrs(list: &[&str]) -> Value {
 #[tokio::test]
 async fn the_controller_resolves_the_catalog_and_routers_gate_the_answers_from_boot() {
     let h = Harness::start().await;
-    let site = super::site(
-        &h,
-        json!({"name": "Video", "domains": ["video.example"], "currency": "EUR",
-               "passes": [{"duration_secs": 3600, "price": 150}]}),
-    )
-    .await;
-    let service = h
-        .post(
-            "/api/v1/services",
-            json!({"name": "pps", "kind": "pay-per-site", "spec": {"catalog": "main"}}),
-        )
-        .await;
-    h.assign(service.body["id"].as_str().unwrap(), "*").await;
+    let site = super::video_gated_everywhere(&h).await;
     let (device, _) = h.register("home", json!({})).await;
     assert_eq!(
         gated(&h, &device, site).await,
