@@ -16,7 +16,8 @@ use isdf_agent::sitename::{normalise, Sighting};
 use isdf_agent_fuzz::packets::decode;
 use libfuzzer_sys::fuzz_target;
 
-const ANSWER: &[u8] = b"HTTP/1.1 302 Found\r\nLocation: https://portal.test/\r\nContent-Length: 0\r\n\r\n";
+const ANSWER: &[u8] =
+    b"HTTP/1.1 302 Found\r\nLocation: https://portal.test/\r\nContent-Length: 0\r\n\r\n";
 
 /// The length an IP packet's header gives it.
 fn claimed_length(packet: &[u8]) -> usize {

@@ -29,4 +29,3 @@ pub fn classifier_limits() -> Limits {
         ..Limits::default()
     }
 }
-

@@ -443,7 +443,11 @@ fn name_reader_seeds() -> Vec<Seed> {
         Seed::new(
             "name_reader",
             "http",
-            framed(&[ipv4_tcp(80, 1, b"GET / HTTP/1.1\r\nHost: news.test\r\n\r\n")]),
+            framed(&[ipv4_tcp(
+                80,
+                1,
+                b"GET / HTTP/1.1\r\nHost: news.test\r\n\r\n",
+            )]),
         ),
         Seed::new("name_reader", "quic-v6", framed(&[ipv6_udp(&initial)])),
     ]

@@ -6,7 +6,8 @@
 //! A base chain of its own, `names`, runs before the connection's other
 //! rules (priority mangle - 10) and only queues: a LAN web flow (TCP 80 and
 //! 443, UDP 443) not yet decided sends its first client packets
-//! (`NAME_READ_PACKETS`, a TCP flow's data only) to the reader, bypassed
+//! (`NAME_READ_PACKETS`: a TCP flow's data, and a SYN that carries some) to
+//! the reader, bypassed
 //! when no agent listens. Every other LAN flow, and a web flow still
 //! undecided past those packets (no agent: judged by its addresses, as
 //! before names), is tagged there by its server address, looked up once per
@@ -17,9 +18,9 @@
 //!
 //! The packet goes to the reader (`names_read`) already marked with what its
 //! address alone says (the group whose sets hold it, else unnamed
-//! elsewhere), so one
-//! the reader never answers (no agent: bypassed) leaves its flow judged by
-//! its address from then on, never let through unread; and the reader knows
+//! elsewhere), so one the reader never answers (no agent: bypassed) leaves
+//! its flow judged by its address from then on, never let through unread;
+//! and the reader knows
 //! when a name disagrees with an address known to be a group's. It answers
 //! with the packet's mark carrying the flow's tag (none while the name may
 //! still come);
@@ -29,9 +30,10 @@
 //! with its name decided: the kernel alone judges them from then on.
 //!
 //! In `forward`, a run of config rules by group name is reached by one
-//! verdict map on the connection's tag (`named_runs`), a run of rules for
-//! unnamed flows by one comparison: the rules of 50 sites cost a packet a
-//! lookup, not 400 comparisons.
+//! verdict map on the connection's tag, each group's rules in a chain of
+//! their own (`forward_byname_<run>_<i>`, see `NameRun`), and a run of rules
+//! for unnamed flows by one comparison: the rules of 50 sites cost a packet
+//! a lookup, not 400 comparisons.
 //!
 //! Without nft's queue (`Queueing::Mark`) the `names` chain marks the packet
 //! instead, and an iptables rule in the mangle table's FORWARD chain
