@@ -106,6 +106,24 @@ impl FlowReader {
         read
     }
 
+    /// What is kept of `key`'s flow (heard of since `since`), or `start()`
+    /// for a flow not followed yet; stamped `now_ms`.
+    fn follow(
+        &mut self,
+        key: FlowKey,
+        now_ms: u64,
+        since: u64,
+        start: impl FnOnce() -> Partial,
+    ) -> &mut Partial {
+        let index = match self.flows.find(&key, since) {
+            Some(index) => index,
+            None => self.flows.insert(key, start(), now_ms),
+        };
+        let slot = self.flows.slot_mut(index);
+        slot.stamp = now_ms;
+        &mut slot.value
+    }
+
     fn tcp(
         &mut self,
         key: FlowKey,
@@ -118,19 +136,11 @@ impl FlowReader {
         if payload.is_empty() {
             return Read::Pending;
         }
-        let index = match self.flows.find(&key, since) {
-            Some(index) => index,
-            None => {
-                let partial = Partial::Tcp {
-                    next_seq: seq,
-                    stream: Vec::new(),
-                };
-                self.flows.insert(key, partial, now_ms)
-            }
-        };
-        let slot = self.flows.slot_mut(index);
-        slot.stamp = now_ms;
-        let Partial::Tcp { next_seq, stream } = &mut slot.value else {
+        let partial = self.follow(key, now_ms, since, || Partial::Tcp {
+            next_seq: seq,
+            stream: Vec::new(),
+        });
+        let Partial::Tcp { next_seq, stream } = partial else {
             return Read::Decided(Sighting::Other);
         };
         // Where this segment starts relative to what we have: a
@@ -165,19 +175,11 @@ impl FlowReader {
             // read (the flow is judged by its addresses).
             return Read::Decided(Sighting::Other);
         };
-        let index = match self.flows.find(&key, since) {
-            Some(index) => index,
-            None => {
-                let partial = Partial::Quic {
-                    dcid: initial.dcid.clone(),
-                    crypto: Vec::new(),
-                };
-                self.flows.insert(key, partial, now_ms)
-            }
-        };
-        let slot = self.flows.slot_mut(index);
-        slot.stamp = now_ms;
-        let Partial::Quic { dcid, crypto } = &mut slot.value else {
+        let partial = self.follow(key, now_ms, since, || Partial::Quic {
+            dcid: initial.dcid.clone(),
+            crypto: Vec::new(),
+        });
+        let Partial::Quic { dcid, crypto } = partial else {
             return Read::Decided(Sighting::Other);
         };
         if *dcid != initial.dcid {
